@@ -1,0 +1,45 @@
+//! Error types of the crate.
+
+use thiserror::Error;
+
+/// Why a math answer could not be parsed into an expression tree.
+///
+/// A parse error is never fatal to a verdict: the comparator then falls back to
+/// comparing normalised strings.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseError {
+    /// The input has more tokens than [`crate::math::lexer::MAX_TOKENS`].
+    #[error("expression too long")]
+    TooLong,
+    /// Nesting deeper than [`crate::math::parser::MAX_DEPTH`].
+    #[error("expression nested too deeply")]
+    TooDeep,
+    /// A brace, bracket or environment is not closed.
+    #[error("unbalanced braces or brackets")]
+    Unbalanced,
+    /// A token the grammar does not accept here.
+    #[error("unexpected `{0}`")]
+    Unexpected(String),
+    /// The input ended where more was needed.
+    #[error("unexpected end of expression")]
+    UnexpectedEnd,
+    /// A word that is neither a known function, constant, unit nor a short variable name.
+    #[error("unknown word `{0}`")]
+    UnknownWord(String),
+}
+
+/// Errors of the judging front end (reading case files).
+#[derive(Debug, Error)]
+pub enum JudgeError {
+    /// A case line is not valid JSON or lacks a required field.
+    #[error("line {line}: {message}")]
+    MalformedLine {
+        /// 1-based line number in the input file.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The `kind` field names no known checker.
+    #[error("unknown kind `{0}` (expected math, mc, gsm8k or factual)")]
+    UnknownKind(String),
+}

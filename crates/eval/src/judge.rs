@@ -1,0 +1,269 @@
+//! The single entry point: `check(kind, gold, response) -> Verdict`.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::choice::{extract_choice, gold_letter, Choice};
+use crate::error::JudgeError;
+use crate::extract::{anchored, last_boxed, math_answer, tail};
+use crate::factual;
+use crate::math::{self, Expr};
+use crate::numeric::{extract_numeric, gold_value, number_value};
+use crate::response::{split, ThinkFormat};
+
+/// Responses longer than this are cut to their last part before judging (the answer is
+/// at the end); see also [`crate::extract::MAX_SECTION`].
+pub const MAX_RESPONSE: usize = 1 << 20;
+
+/// Which checker to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Math answers (MATH, AIME...): boxed answer, symbolic equivalence.
+    #[default]
+    Math,
+    /// Multiple choice (GPQA, MMLU): one option letter.
+    Mc,
+    /// Grade-school math: a number, compared exactly.
+    Gsm8k,
+    /// Short factual answers with aliases (SimpleQA-style, TriviaQA).
+    Factual,
+}
+
+impl FromStr for Kind {
+    type Err = JudgeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "math" => Ok(Kind::Math),
+            "mc" => Ok(Kind::Mc),
+            "gsm8k" => Ok(Kind::Gsm8k),
+            "factual" => Ok(Kind::Factual),
+            other => Err(JudgeError::UnknownKind(other.to_string())),
+        }
+    }
+}
+
+/// The reference answer: one string, or a list of accepted aliases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Gold {
+    /// A single reference.
+    One(String),
+    /// Accepted aliases; any one matching is correct.
+    Aliases(Vec<String>),
+}
+
+impl Gold {
+    /// The references as a slice-like list.
+    pub fn all(&self) -> Vec<&str> {
+        match self {
+            Gold::One(s) => vec![s.as_str()],
+            Gold::Aliases(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl From<&str> for Gold {
+    fn from(s: &str) -> Self {
+        Gold::One(s.to_string())
+    }
+}
+
+impl From<String> for Gold {
+    fn from(s: String) -> Self {
+        Gold::One(s)
+    }
+}
+
+impl From<Vec<String>> for Gold {
+    fn from(v: Vec<String>) -> Self {
+        Gold::Aliases(v)
+    }
+}
+
+/// Options of a [`Judge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JudgeConfig {
+    /// Give no answer to responses without a `</think>` (default `false`: a response
+    /// with no tags at all is all answer).
+    pub require_think: bool,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Whether the final answer matches the reference.
+    pub correct: bool,
+    /// The extracted final answer, if any.
+    pub extracted: Option<String>,
+    /// How the response used the think tags.
+    #[serde(skip)]
+    pub format: ThinkFormat,
+}
+
+impl Verdict {
+    fn none(format: ThinkFormat) -> Self {
+        Verdict {
+            correct: false,
+            extracted: None,
+            format,
+        }
+    }
+}
+
+/// Rule-based judge; cheap to construct, `Send + Sync`, usable as a GRPO reward.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Judge {
+    config: JudgeConfig,
+}
+
+fn is_list_reference(gold: &str) -> bool {
+    match math::parse(gold) {
+        Ok(Expr::List(v) | Expr::Set(v) | Expr::Tuple(v)) => v.len() > 1,
+        Ok(e) => {
+            let mut pm = false;
+            e.visit(&mut |x| pm |= matches!(x, Expr::PlusMinus(..)));
+            pm
+        }
+        Err(_) => false,
+    }
+}
+
+impl Judge {
+    /// A judge with the given options.
+    pub fn new(config: JudgeConfig) -> Self {
+        Judge { config }
+    }
+
+    /// Judges `response` against `gold` with the checker for `kind`.
+    ///
+    /// ```
+    /// use eval::{Judge, Kind};
+    /// let judge = Judge::default();
+    /// let v = judge.check(Kind::Gsm8k, &"#### 1200".into(), "So she pays $1,200.00.</think>\\boxed{1,200}");
+    /// assert!(v.correct);
+    /// ```
+    pub fn check(&self, kind: Kind, gold: &Gold, response: &str) -> Verdict {
+        let response = if response.len() > MAX_RESPONSE {
+            let mut start = response.len() - MAX_RESPONSE;
+            while !response.is_char_boundary(start) {
+                start += 1;
+            }
+            &response[start..]
+        } else {
+            response
+        };
+        let parts = split(response);
+        let Some(section) = parts.answer else {
+            return Verdict::none(parts.format);
+        };
+        if self.config.require_think && parts.format == ThinkFormat::NoTags {
+            return Verdict::none(parts.format);
+        }
+        let golds = gold.all();
+        let (correct, extracted) = match kind {
+            Kind::Math => {
+                let list = golds.iter().any(|g| is_list_reference(g));
+                match math_answer(section, list) {
+                    Ok(Some(ans)) => (
+                        golds.iter().any(|g| math::answers_match(g, &ans)),
+                        Some(ans),
+                    ),
+                    _ => (false, None),
+                }
+            }
+            Kind::Gsm8k => match extract_numeric(section) {
+                Some(ans) => {
+                    let p = number_value(&ans);
+                    let ok = p.is_some() && golds.iter().any(|g| gold_value(g) == p);
+                    (ok, Some(ans))
+                }
+                None => (false, None),
+            },
+            Kind::Mc => match extract_choice(section) {
+                Choice::One(c) => (
+                    golds.iter().any(|g| gold_letter(g) == Some(c)),
+                    Some(c.to_string()),
+                ),
+                Choice::Several => (false, Some("<several options>".to_string())),
+                Choice::Nothing => (false, None),
+            },
+            Kind::Factual => {
+                let section = tail(section);
+                let ans = match last_boxed(section, false) {
+                    Err(_) => None,
+                    Ok(Some(b)) => Some(math::text_form(&b).replace("\\", "")),
+                    Ok(None) => anchored(section).or_else(|| {
+                        let t = section.trim();
+                        (!t.is_empty()).then(|| {
+                            t.lines()
+                                .rev()
+                                .find(|l| !l.trim().is_empty())
+                                .unwrap_or(t)
+                                .to_string()
+                        })
+                    }),
+                };
+                match ans {
+                    Some(a) => (factual::score(&a, &golds).correct, Some(a)),
+                    None => (false, None),
+                }
+            }
+        };
+        Verdict {
+            correct,
+            extracted,
+            format: parts.format,
+        }
+    }
+
+    /// Like [`Judge::check`] for raw bytes; invalid UTF-8 is replaced, never rejected.
+    pub fn check_bytes(&self, kind: Kind, gold: &Gold, response: &[u8]) -> Verdict {
+        let text = String::from_utf8_lossy(response);
+        self.check(kind, gold, &text)
+    }
+
+    /// GRPO accuracy reward: 1.0 for a correct answer, 0.0 otherwise.
+    pub fn accuracy_reward(&self, kind: Kind, gold: &Gold, response: &str) -> f32 {
+        if self.check(kind, gold, response).correct {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// GRPO format reward: 1.0 when the response follows the R1 think format.
+    pub fn format_reward(&self, response: &str) -> f32 {
+        if split(response).format.is_valid() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One line of a judge input file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Case {
+    /// Case identifier, echoed in the output.
+    pub id: serde_json::Value,
+    /// Checker (default `math`).
+    #[serde(default)]
+    pub kind: Kind,
+    /// Reference answer or aliases.
+    pub gold: Gold,
+    /// The model's full response.
+    pub response: String,
+}
+
+/// Parses one JSONL case line; the error names the line and the problem.
+pub fn parse_case_line(line: &str, line_no: usize) -> Result<Case, String> {
+    serde_json::from_str::<Case>(line).map_err(|e| {
+        JudgeError::MalformedLine {
+            line: line_no,
+            message: e.to_string(),
+        }
+        .to_string()
+    })
+}

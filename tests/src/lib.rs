@@ -1,0 +1,148 @@
+//! Test support for the workspace: loads the parity fixtures that
+//! `tests/reference/generate.py` writes with HF transformers 5.23, and compares tensors.
+//!
+//! A fixture case is a directory `tests/fixtures/<case>/` holding a tiny random checkpoint in
+//! the layout of DeepSeek's releases (`config.json`, sharded safetensors with
+//! `model.safetensors.index.json`) plus `reference.safetensors` (tensors captured from the HF
+//! model) and `meta.json`. Reference tensor names:
+//!
+//! | name | shape | what |
+//! |---|---|---|
+//! | `input_ids` | `[T]` | the prompt |
+//! | `rope.inv_freq`, `rope.attention_scaling` | `[d/2]`, `[1]` | the rotary table's parameters |
+//! | `rope.positions`, `rope.cos`, `rope.sin` | `[P]`, `[P, d]` | HF cos/sin (`cat(f, f)`) at far positions |
+//! | `rope.q_in/k_in`, `rope.q_out/k_out` | `[1, h, P, d]` | rotation in the case's HF layout (`rope.layout`: 0 interleaved, 1 evens-then-odds) |
+//! | `prefill.layers.{l}.attn_in/attn_out` | `[T, hidden]` | attention input (after `input_layernorm`) and output |
+//! | `prefill.layers.{l}.mlp_in/mlp_out` | `[T, hidden]` | FFN/MoE input and output |
+//! | `prefill.layers.{l}.layer_in/layer_out` | `[T, hidden]` | decoder layer input and output |
+//! | `prefill.layers.{l}.gate_logits/weights/indices` | `[T, E]`, `[T, k]` | router (indices ascending per token) |
+//! | `prefill.final_hidden`, `prefill.logits` | `[T, hidden]`, `[T, V]` | after the final norm; logits |
+//! | `decode.layers.{l}.attn_out`, `decode.logits` | `[T, ...]` | the same, one token at a time through the cache |
+//! | `greedy` | `[16]` | greedy continuation of the prompt |
+//! | `mtp.hidden`, `mtp.logits` | `[T-1, ...]` | depth-1 MTP module (MTP case only) |
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+/// The fixture format version the Rust side expects (`meta.json` "version").
+pub const FIXTURE_VERSION: u64 = 1;
+
+/// Every fixture case, in the order of the generator.
+pub const CASES: &[&str] = &[
+    "v2_greedy",
+    "v2_group_limited",
+    "v3_noaux",
+    "v3_mtp",
+    "v3_fp8",
+];
+
+/// The directory holding the committed fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The shared data directory (`../shared/data` beside the repository), if present.
+pub fn shared_data_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    dir.is_dir().then_some(dir)
+}
+
+/// One loaded fixture case.
+pub struct Case {
+    /// Case name (directory name).
+    pub name: String,
+    /// The case directory, also the checkpoint directory.
+    pub dir: PathBuf,
+    /// `config.json` as written by the generator (release spelling).
+    pub config: serde_json::Value,
+    /// `meta.json`.
+    pub meta: serde_json::Value,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Case {
+    /// Loads a case; panics with a regeneration hint if it is missing or stale.
+    pub fn load(name: &str) -> Case {
+        let dir = fixtures_dir().join(name);
+        let read_json = |file: &str| -> serde_json::Value {
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let meta = read_json("meta.json");
+        let version = meta["version"].as_u64().unwrap_or(0);
+        assert_eq!(
+            version, FIXTURE_VERSION,
+            "fixture {name} has version {version}, the tests expect {FIXTURE_VERSION}: \
+             regenerate with `python tests/reference/generate.py`"
+        );
+        let config = read_json("config.json");
+        let path = dir.join("reference.safetensors");
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Case {
+            name: name.to_string(),
+            dir,
+            config,
+            meta,
+            tensors,
+        }
+    }
+
+    /// A reference tensor by name; panics naming the case and the tensor if absent.
+    pub fn tensor(&self, key: &str) -> Tensor {
+        self.try_tensor(key)
+            .unwrap_or_else(|| panic!("fixture {}: no reference tensor {key}", self.name))
+    }
+
+    /// A reference tensor by name, if present.
+    pub fn try_tensor(&self, key: &str) -> Option<Tensor> {
+        self.tensors.get(key).cloned()
+    }
+
+    /// A reference integer tensor as a flat `Vec<u32>` (token ids, expert indices, positions).
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        let t = self.tensor(key).to_dtype(DType::I64).expect("i64");
+        let v: Vec<i64> = t.flatten_all().and_then(|t| t.to_vec1()).expect("ids");
+        v.into_iter().map(|x| x as u32).collect()
+    }
+
+    /// An integer field of `config.json`.
+    pub fn config_usize(&self, key: &str) -> usize {
+        self.config[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("fixture {}: config.json has no integer {key}", self.name))
+            as usize
+    }
+}
+
+/// Maximum absolute difference between two tensors of the same shape (as f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).expect("f32");
+    let b = b.to_dtype(DType::F32).expect("f32");
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max abs diff")
+}
+
+/// Asserts `max |actual - expected| <= tol`, printing the difference either way.
+pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f32, what: &str) {
+    assert_eq!(
+        actual.dims(),
+        expected.dims(),
+        "{what}: shape {:?} vs reference {:?}",
+        actual.dims(),
+        expected.dims()
+    );
+    let diff = max_abs_diff(actual, expected);
+    println!("{what}: max |diff| = {diff:.3e} (tol {tol:.0e})");
+    assert!(diff <= tol, "{what}: max |diff| = {diff:e} > {tol:e}");
+}
