@@ -22,6 +22,15 @@
 //! not `1/2^98`; floating point is used only for irrational or symbolic values, with a
 //! tight relative tolerance. The policies of each module are listed in its documentation.
 //!
+//! # The harness
+//!
+//! On top of the judge sits the benchmark harness: tasks as YAML ([`task`]), dataset
+//! loaders ([`dataset`]), prompt templates ([`prompt`]), response sources (recorded
+//! files, OpenAI-compatible servers with a crash-safe cache: [`source`]), a process
+//! sandbox for generated code ([`sandbox`], [`code`]), metrics ([`metrics`]), reports
+//! ([`report`]), per-sample regression diffs ([`diff`]), the runner ([`run`]) and the
+//! bundled suite that `cargo run -p eval` runs ([`suite`]).
+//!
 //! Every check is bounded: inputs are cut to their last megabyte, extraction looks at the
 //! last 64 KB, the parser refuses inputs over 8 KB, 4096 tokens or nesting deeper than 120,
 //! exact values are limited to 65,536 bits (`10^{10^{10}}` is refused before any
@@ -47,13 +56,24 @@
 #![deny(missing_docs)]
 
 pub mod choice;
+pub mod code;
+pub mod dataset;
+pub mod diff;
 pub mod error;
 pub mod extract;
 pub mod factual;
 pub mod judge;
 pub mod math;
+pub mod metrics;
 pub mod numeric;
+pub mod prompt;
+pub mod report;
 pub mod response;
+pub mod run;
+pub mod sandbox;
+pub mod source;
+pub mod suite;
+pub mod task;
 
 pub use error::{JudgeError, ParseError};
 pub use judge::{Gold, Judge, JudgeConfig, Kind, Verdict};

@@ -1,13 +1,22 @@
-//! `eval` command line: judge a JSONL file of responses.
+//! `eval` command line. With no subcommand it runs the bundled suite and writes its
+//! reports to `eval-out/bundled/` (relative to the current folder).
 
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use eval::judge::{parse_case_line, Case};
+use eval::report::{write_all, Report, REPORT_VERSION};
+use eval::run::{run_task, RunOptions};
+use eval::source::cache::Cache;
+use eval::source::openai::{Api, OpenAi, OpenAiConfig};
+use eval::source::recorded::Recorded;
+use eval::source::ResponseSource;
+use eval::task::Task;
 use eval::Judge;
 use rayon::prelude::*;
 
@@ -21,8 +30,72 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process; boxing the `Run` variant would only obscure the code.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// Run the bundled suite (the default when no subcommand is given).
+    Suite {
+        /// Report folder.
+        #[arg(long, default_value = "eval-out/bundled")]
+        out: PathBuf,
+    },
+    /// Run task files against recorded responses or an OpenAI-compatible endpoint.
+    Run {
+        /// Task YAML files, or names of built-in tasks (math500, gsm8k, humaneval...).
+        #[arg(long = "task", required = true)]
+        tasks: Vec<String>,
+        /// Recorded responses (JSONL: id, sample, text).
+        #[arg(long, conflicts_with = "endpoint")]
+        responses: Option<PathBuf>,
+        /// OpenAI-compatible server (http://host:port[/v1]).
+        #[arg(long, requires = "model")]
+        endpoint: Option<String>,
+        /// Model name for the endpoint.
+        #[arg(long)]
+        model: Option<String>,
+        /// Endpoint kind.
+        #[arg(long, value_enum, default_value_t = Api::Chat)]
+        api: Api,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Response cache (default: OUT/responses.jsonl).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Retries per request.
+        #[arg(long, default_value_t = 6)]
+        retries: u32,
+        /// First retry backoff in milliseconds (doubles per retry, with jitter).
+        #[arg(long, default_value_t = 500)]
+        backoff_ms: u64,
+        /// Override the task's per-request timeout (seconds).
+        #[arg(long)]
+        request_timeout: Option<f64>,
+        /// Override samples per problem.
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Use only the first N problems.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Folder substituted for `{data_dir}` in dataset paths (default: $EVAL_DATA_DIR,
+        /// else ../shared/data beside the repository).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Sandbox workers for code tasks.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Report folder.
+        #[arg(long, default_value = "eval-out/run")]
+        out: PathBuf,
+    },
+    /// Compare two report.json files; exits 1 when a sample regressed.
+    Diff {
+        /// The reference report.
+        old: PathBuf,
+        /// The new report.
+        new: PathBuf,
+    },
     /// Judge every line of a JSONL case file; writes one verdict line per input line.
     Judge {
         /// Input JSONL: {"id", "kind", "gold", "response"} per line.
@@ -56,16 +129,160 @@ fn raw_id(line: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EVAL_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let local = PathBuf::from("../shared/data");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+fn load_task(spec: &str) -> Result<Task> {
+    let p = Path::new(spec);
+    if p.exists() || spec.ends_with(".yaml") || spec.ends_with(".yml") {
+        return Ok(Task::load(p)?);
+    }
+    eval::task::builtin(spec).with_context(|| {
+        let names: Vec<&str> = eval::task::BUILTIN.iter().map(|(n, _)| *n).collect();
+        format!(
+            "{spec}: no such file or built-in task ({})",
+            names.join(", ")
+        )
+    })
+}
+
+fn print_written(report: &Report, out: &Path) -> Result<()> {
+    let w = write_all(report, out)?;
+    print!("{}", eval::report::markdown::render(report));
+    println!(
+        "\nReports written to {}/ ({}, {}, {})",
+        out.display(),
+        w.markdown.file_name().unwrap().to_string_lossy(),
+        w.json.file_name().unwrap().to_string_lossy(),
+        w.html.file_name().unwrap().to_string_lossy()
+    );
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let judge = Judge::default();
-    match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!();
+    let command = cli.command.unwrap_or(Command::Suite {
+        out: PathBuf::from("eval-out/bundled"),
+    });
+    match command {
+        Command::Suite { out } => {
+            let report = runtime()?.block_on(eval::suite::run(&RunOptions::default()))?;
+            print_written(&report, &out)?;
         }
-        Some(Command::Judge { input, out }) => {
+        Command::Run {
+            tasks,
+            responses,
+            endpoint,
+            model,
+            api,
+            concurrency,
+            cache,
+            retries,
+            backoff_ms,
+            request_timeout,
+            samples,
+            limit,
+            data_dir,
+            workers,
+            out,
+        } => {
+            let source: Arc<dyn ResponseSource> = match (&responses, &endpoint) {
+                (Some(r), _) => Arc::new(Recorded::load(r)?),
+                (None, Some(url)) => {
+                    let mut c = OpenAiConfig::new(url, model.as_deref().unwrap_or_default());
+                    c.api = api;
+                    c.max_retries = retries;
+                    c.backoff_base = std::time::Duration::from_millis(backoff_ms);
+                    c.api_key = std::env::var("OPENAI_API_KEY").ok();
+                    Arc::new(OpenAi::new(c)?)
+                }
+                (None, None) => bail!("give --responses FILE or --endpoint URL --model NAME"),
+            };
+            let cache = if source.wants_cache() {
+                let p = cache.unwrap_or_else(|| out.join("responses.jsonl"));
+                let c = Cache::open(&p)?;
+                eprintln!("response cache: {} ({} cached)", p.display(), c.len());
+                Some(Arc::new(c))
+            } else {
+                None
+            };
+            let data_dir = data_dir.unwrap_or_else(default_data_dir);
+            let mut opts = RunOptions {
+                concurrency,
+                ..RunOptions::default()
+            };
+            if let Some(w) = workers {
+                opts.workers = w;
+            }
+            let rt = runtime()?;
+            let mut reports = Vec::new();
+            for spec in &tasks {
+                let mut task = load_task(spec)?;
+                if let Some(t) = request_timeout {
+                    task.limits.request_timeout_s = t;
+                }
+                if let Some(k) = samples {
+                    task.samples = k;
+                }
+                if limit.is_some() {
+                    task.dataset.limit = limit;
+                }
+                let problems = eval::dataset::load(&task, &task.dataset_path(&data_dir))?;
+                reports.push(rt.block_on(run_task(
+                    &task,
+                    &problems,
+                    source.clone(),
+                    cache.clone(),
+                    &opts,
+                ))?);
+            }
+            let report = Report {
+                version: REPORT_VERSION,
+                name: tasks.join(" "),
+                tasks: reports,
+            };
+            print_written(&report, &out)?;
+            let errors: usize = report.tasks.iter().map(|t| t.metrics.errors).sum();
+            if errors > 0 {
+                eprintln!("{errors} samples could not be generated; rerun to resume");
+                std::process::exit(2);
+            }
+        }
+        Command::Diff { old, new } => {
+            let read = |p: &PathBuf| -> Result<serde_json::Value> {
+                serde_json::from_str(&read_text(p)?)
+                    .with_context(|| format!("parsing {}", p.display()))
+            };
+            let changes = eval::diff::diff(&read(&old)?, &read(&new)?)?;
+            let (text, regressions) = eval::diff::render(&changes);
+            print!("{text}");
+            if regressions > 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Judge { input, out } => {
             let text = read_text(&input)?;
             let lines: Vec<&str> = text.lines().collect();
             let cases: Vec<Result<Case, String>> = lines
@@ -100,7 +317,7 @@ fn main() -> Result<()> {
             }
             w.flush()?;
         }
-        Some(Command::Bench { input, repeat }) => {
+        Command::Bench { input, repeat } => {
             let text = read_text(&input)?;
             let cases: Vec<Case> = text
                 .lines()

@@ -1,0 +1,72 @@
+//! The Markdown summary: one table row per task, then per-subject and per-level
+//! breakdowns and SimpleQA-style grades where they apply.
+
+use std::fmt::Write;
+
+use super::Report;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+/// Renders the summary.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Evaluation report: {}\n", r.name);
+    let _ = writeln!(
+        s,
+        "| task | checker | problems | k | pass@1 (95% CI) | pass@k | cons@k | format | mean chars | errors |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
+    for t in &r.tasks {
+        let m = &t.metrics;
+        let passk = m.pass_at_k.get(&t.k).copied().unwrap_or(m.pass1);
+        let _ = writeln!(
+            s,
+            "| {} | {:?} | {} | {} | {} ({}–{}) | {} | {} | {} | {:.0} | {} |",
+            t.name,
+            t.checker,
+            t.problems,
+            t.k,
+            pct(m.pass1),
+            pct(m.pass1_ci[0]),
+            pct(m.pass1_ci[1]),
+            pct(passk),
+            m.cons_at_k.map(pct).unwrap_or_else(|| "–".into()),
+            pct(m.format_rate),
+            m.chars.mean,
+            m.errors,
+        );
+    }
+    for t in &r.tasks {
+        if let Some(f) = &t.metrics.factual {
+            let _ = writeln!(
+                s,
+                "\n**{}** (SimpleQA grades): correct {}, incorrect {}, not attempted {}, accuracy given attempted {}, F-score {}",
+                t.name,
+                pct(f.correct),
+                pct(f.incorrect),
+                pct(f.not_attempted),
+                pct(f.accuracy_given_attempted),
+                pct(f.f_score)
+            );
+        }
+        for (title, groups) in [("subject", &t.by_subject), ("level", &t.by_level)] {
+            if groups.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "\n**{}** by {title}:\n\n| {title} | problems | pass@1 |\n|---|---:|---:|",
+                t.name
+            );
+            for (g, v) in groups.iter() {
+                let _ = writeln!(s, "| {g} | {} | {} |", v.problems, pct(v.pass1));
+            }
+        }
+        if let Some(iso) = t.isolation {
+            let _ = writeln!(s, "\n**{}** sandbox isolation: `{iso:?}`", t.name);
+        }
+    }
+    s
+}

@@ -1,0 +1,106 @@
+//! Recorded responses: JSONL lines `{"id", "sample", "text"}` (optionally `"task"`, to
+//! keep several tasks in one file, and `"reasoning"`). What CI uses.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::{BoxFuture, Generation, Request, ResponseSource};
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    task: Option<String>,
+    id: serde_json::Value,
+    #[serde(default)]
+    sample: usize,
+    #[serde(alias = "response")]
+    text: String,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+/// Responses read from a file.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    name: String,
+    map: HashMap<(Option<String>, String, usize), Generation>,
+}
+
+fn id_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Recorded {
+    /// Parses JSONL text; `name` is used in errors. A repeated key is an error.
+    pub fn parse(text: &str, name: &str) -> Result<Recorded> {
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: Line =
+                serde_json::from_str(line).with_context(|| format!("{name}:{}", i + 1))?;
+            let key = (l.task, id_text(&l.id), l.sample);
+            let g = Generation {
+                text: l.text,
+                reasoning: l.reasoning,
+                ..Generation::default()
+            };
+            if map.insert(key.clone(), g).is_some() {
+                bail!(
+                    "{name}:{}: duplicate response for id {:?} sample {}",
+                    i + 1,
+                    key.1,
+                    key.2
+                );
+            }
+        }
+        Ok(Recorded {
+            name: name.to_string(),
+            map,
+        })
+    }
+
+    /// Reads a file.
+    pub fn load(path: &std::path::Path) -> Result<Recorded> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Recorded::parse(&text, &path.display().to_string())
+    }
+
+    /// The number of samples recorded for `(task, id)`.
+    pub fn samples_for(&self, task: &str, id: &str) -> usize {
+        self.map
+            .keys()
+            .filter(|(t, i, _)| i == id && t.as_deref().is_none_or(|t| t == task))
+            .count()
+    }
+
+    /// The response for a key, if recorded (a line without `task` matches any task).
+    pub fn get(&self, task: &str, id: &str, sample: usize) -> Option<&Generation> {
+        self.map
+            .get(&(Some(task.to_string()), id.to_string(), sample))
+            .or_else(|| self.map.get(&(None, id.to_string(), sample)))
+    }
+}
+
+impl ResponseSource for Recorded {
+    fn describe(&self) -> String {
+        format!("recorded responses from {}", self.name)
+    }
+    fn wants_cache(&self) -> bool {
+        false
+    }
+    fn generate<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Generation>> {
+        Box::pin(async move {
+            self.get(&req.task, &req.id, req.sample)
+                .cloned()
+                .with_context(|| format!("{}: no recorded response for {}", self.name, req.key()))
+        })
+    }
+}
