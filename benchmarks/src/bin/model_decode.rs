@@ -1,0 +1,272 @@
+//! Whole-model prefill and decode throughput on the CPU (issue #5), with the decode roofline.
+//!
+//! Loads a checkpoint directory with a chosen compute dtype, runs one warm-up generation, then
+//! times a prefill of a deterministic `--prompt-len`-token prompt and `--new-tokens` greedy
+//! tokens with `model::generate::generate` (the first token comes from the prefill's logits,
+//! the other `new_tokens - 1` from single-token decode steps over the latent cache, so decode
+//! tok/s = (new_tokens - 1) / decode seconds, as `hf_bench.py` counts it).
+//!
+//! Roofline: the bytes of weights one decode step must read (one embedding row, every
+//! attention/norm/dense-FFN/router/shared-expert weight, `top_k` routed experts per MoE layer,
+//! the final norm and the head) divided by the measured read bandwidth
+//! ([`benchmarks::read_bandwidth`]). It is given for the compute dtype (what this run's weights
+//! occupy in memory) and for bf16 (issue #5's target: bf16 weights in memory).
+//!
+//! `--matvec` also measures candle's `[1, K] x [K, N]` matmul (the decode shape) in each dtype.
+//!
+//! Run: `cargo run --release -p benchmarks --bin model_decode -- --model DIR --dtype f32`
+//! (see `benchmarks/model_cpu/run.sh`). The last line of output is JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use benchmarks::{median_time, read_bandwidth};
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, ValueEnum};
+use model::generate::{generate, FinishReason, GenerateOptions, Generation};
+use model::plan::expected_tensors;
+use model::{DeepSeek, ModelConfig};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Compute {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Compute {
+    fn dtype(self) -> DType {
+        match self {
+            Compute::F32 => DType::F32,
+            Compute::F16 => DType::F16,
+            Compute::Bf16 => DType::BF16,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Compute::F32 => "f32",
+            Compute::F16 => "f16",
+            Compute::Bf16 => "bf16",
+        }
+    }
+}
+
+#[derive(Parser)]
+struct Args {
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute dtype (the weights are converted to it at load time).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Compute,
+    /// Prompt tokens (one prefill).
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Generated tokens (the first from the prefill, the rest from decode steps).
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Skip the warm-up generation (32-token prompt, 4 tokens).
+    #[arg(long)]
+    no_warmup: bool,
+    /// Also measure candle's M=1 matmul in f32, f16 and bf16 on decode shapes.
+    #[arg(long)]
+    matvec: bool,
+    /// Prefill head: `all` runs `generate` (the model computes logits for every prompt
+    /// position); `last` runs the same layers through the session API but applies the final
+    /// norm and head to the last position only (what HF's `logits_to_keep=1` does).
+    #[arg(long, value_enum, default_value = "all")]
+    prefill_head: PrefillHead,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrefillHead {
+    All,
+    Last,
+}
+
+/// Greedy generation through the session API with the head applied to the last prompt
+/// position only: (prefill secs, decode secs, tokens), timed as `generate` times them.
+fn generate_last_head(
+    model: &DeepSeek,
+    ids: &[u32],
+    new_tokens: usize,
+) -> Result<(f64, f64, Vec<u32>)> {
+    let cfg = model.config();
+    let vb = model
+        .checkpoint()
+        .var_builder(model.dtype(), model.device());
+    let norm = candle_nn::rms_norm(cfg.hf.hidden_size, cfg.hf.rms_norm_eps, vb.pp("model.norm"))?;
+    let mut session = model.new_session()?;
+    let t0 = Instant::now();
+    let mut x = model.embed(ids)?;
+    for (layer, cache) in model.layers().iter().zip(session.kv.layers_mut()) {
+        x = layer.forward(&x, 0, &mut session.rope, Some(cache), model.paths.0)?;
+    }
+    let last = x.narrow(1, ids.len() - 1, 1)?.squeeze(0)?; // [1, C]
+    let logits = model.head(&candle_nn::Module::forward(&norm, &last)?)?;
+    let mut next = DeepSeek::argmax_rows(&logits)?[0];
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut tokens = vec![next];
+    while tokens.len() < new_tokens {
+        let out = model.forward(&[next], &mut session)?;
+        next = DeepSeek::argmax_rows(&out.logits)?[0];
+        tokens.push(next);
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64(), tokens))
+}
+
+/// The benchmark prompt: the same ids `hf_bench.py` uses.
+fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len as u64)
+        .map(|i| ((i * 1_000_003 + 12_345) % vocab as u64) as u32)
+        .collect()
+}
+
+/// Bytes of weights one decode step reads, at `elem` bytes per weight: (total, routed part).
+fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
+    let (tensors, _) = expected_tensors(cfg);
+    let layers = cfg.hf.num_hidden_layers;
+    let (mut total, mut routed) = (0usize, 0usize);
+    for t in &tensors {
+        let layer = t
+            .name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        if layer.is_some_and(|l| l >= layers) {
+            continue; // MTP modules are not run
+        }
+        let n: usize = t.shape.iter().product();
+        let n = if t.name == "model.embed_tokens.weight" {
+            cfg.hf.hidden_size // one row
+        } else if t.name.contains(".mlp.experts.") {
+            let g = &cfg.moe.as_ref().expect("experts imply MoE").gate;
+            let r = n * g.top_k / g.n_routed_experts;
+            routed += r * elem;
+            r
+        } else {
+            n
+        };
+        total += n * elem;
+    }
+    (total, routed)
+}
+
+/// candle `[1, K] x [K, N]` (weight stored `[N, K]`, transposed view as in `Linear`): GFLOP/s
+/// and effective weight GB/s.
+fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(dtype)?;
+    let x = Tensor::randn(0f32, 1.0, (1, k), &dev)?.to_dtype(dtype)?;
+    let wt = w.t()?;
+    let t = median_time(2, 7, || x.matmul(&wt).unwrap());
+    let s = t.as_secs_f64();
+    Ok((
+        2.0 * (n * k) as f64 / s / 1e9,
+        (n * k * dtype.size_in_bytes()) as f64 / s / 1e9,
+    ))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dtype = args.dtype.dtype();
+    let threads = candle_core::utils::get_num_threads();
+    let bw = read_bandwidth();
+    println!(
+        "read bandwidth {:.1} GB/s, candle CPU threads {threads}",
+        bw / 1e9
+    );
+
+    if args.matvec {
+        for (n, k, what) in [
+            (10944, 2048, "dense gate_proj"),
+            (1408, 2048, "expert gate_proj"),
+            (102400, 2048, "lm_head"),
+        ] {
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                let (gf, gb) = matvec(dt, n, k)?;
+                println!("matvec {what} [1,{k}]x[{k},{n}] {dt:?}: {gf:.2} GFLOP/s, {gb:.2} GB/s of weights");
+            }
+        }
+    }
+
+    let t = Instant::now();
+    let model = DeepSeek::load(&args.model, dtype, &Device::Cpu)?;
+    let load_secs = t.elapsed().as_secs_f64();
+    let cfg = model.config().clone();
+    let ids = prompt(args.prompt_len, cfg.hf.vocab_size);
+    let greedy = |n| GenerateOptions {
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    if !args.no_warmup {
+        generate(&model, &ids[..32.min(ids.len())], &greedy(4), |_| Ok(true))?;
+    }
+    let gen = match args.prefill_head {
+        PrefillHead::All => generate(&model, &ids, &greedy(args.new_tokens), |_| Ok(true))?,
+        PrefillHead::Last => {
+            let (prefill_secs, decode_secs, tokens) =
+                generate_last_head(&model, &ids, args.new_tokens)?;
+            Generation {
+                tokens,
+                finish: FinishReason::MaxTokens,
+                prompt_tokens: ids.len(),
+                prefill_secs,
+                decode_secs,
+            }
+        }
+    };
+    let prefill = gen.prefill_tokens_per_sec();
+    let decode = gen.decode_tokens_per_sec();
+
+    let (bytes, routed) = decode_weight_bytes(&cfg, dtype.size_in_bytes());
+    let (bytes_bf16, _) = decode_weight_bytes(&cfg, 2);
+    let roof = bw / bytes as f64;
+    let roof_bf16 = bw / bytes_bf16 as f64;
+    println!(
+        "{} compute: load {load_secs:.1} s; prefill {} tokens in {:.2} s = {prefill:.1} tok/s; \
+         decode {} tokens in {:.2} s = {decode:.2} tok/s",
+        args.dtype.name(),
+        gen.prompt_tokens,
+        gen.prefill_secs,
+        gen.tokens.len().saturating_sub(1),
+        gen.decode_secs,
+    );
+    println!(
+        "weights read per decoded token: {:.3} GB in {} ({:.3} GB routed experts), {:.3} GB in bf16",
+        bytes as f64 / 1e9,
+        args.dtype.name(),
+        routed as f64 / 1e9,
+        bytes_bf16 as f64 / 1e9
+    );
+    println!(
+        "roofline: {roof:.1} tok/s with {} weights ({:.0}% reached), {roof_bf16:.1} tok/s with bf16 \
+         weights ({:.0}% reached); achieved {:.1} GB/s of weights",
+        args.dtype.name(),
+        100.0 * decode / roof,
+        100.0 * decode / roof_bf16,
+        decode * bytes as f64 / 1e9
+    );
+    println!(
+        "{{\"impl\":\"ours\",\"dtype\":\"{}\",\"threads\":{threads},\"bandwidth_gbs\":{:.3},\
+         \"load_secs\":{load_secs:.3},\"prompt_len\":{},\"new_tokens\":{},\"prefill_secs\":{:.4},\
+         \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
+         \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
+         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"prefill_head\":\"{}\",\"first_tokens\":{:?}}}",
+        args.dtype.name(),
+        bw / 1e9,
+        gen.prompt_tokens,
+        gen.tokens.len(),
+        gen.prefill_secs,
+        gen.decode_secs,
+        if args.prefill_head == PrefillHead::Last {
+            "last"
+        } else {
+            "all"
+        },
+        &gen.tokens[..gen.tokens.len().min(8)],
+    );
+    Ok(())
+}

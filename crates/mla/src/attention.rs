@@ -1,0 +1,411 @@
+//! [`Mla`]: the attention layer, with the expanded (textbook) and the absorbed paths side by
+//! side. The expanded path is the test oracle; the absorbed one is the default.
+//!
+//! Dimension legend: `B` batch, `T` new tokens, `S` keys (cached + new), `C` hidden size,
+//! `H` heads, `R` kv_lora_rank, `n` qk_nope_head_dim, `r` qk_rope_head_dim, `v` v_head_dim.
+
+use candle_core::{DType, Device, Tensor, D};
+use rope_yarn::{apply_rotary, RopeCache, RopeLayout};
+
+use crate::cache::LayerCache;
+use crate::config::MlaConfig;
+use crate::error::{MlaError, Result};
+use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
+
+/// Which formulation of the attention to run. Both give the same result up to rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// `kv_b_proj` expands every cached latent into per-head keys `[S, H, n]` and values
+    /// `[S, H, v]`, then standard attention (what HF transformers does). Costs
+    /// `2·S·R·H·(n + v)` FLOPs and `S·H·(n + r + v)` values of scratch per step.
+    Expanded,
+    /// `W_UK` is folded into the query and `W_UV` applied after attention, so the scores and the
+    /// weighted sum run directly over the cached latent `[S, R]` shared by all heads (an
+    /// MQA-shaped attention with `R + r`-dim keys and `R`-dim values). The default.
+    #[default]
+    Absorbed,
+}
+
+/// The query and key/value parts of `T` new tokens, after the projections, norms and RoPE.
+struct Projected {
+    /// `[B, H, T, n]`
+    q_nope: Tensor,
+    /// `[B, H, T, r]`, roped
+    q_pe: Tensor,
+    /// `[B, T, R]`, normed
+    c_kv: Tensor,
+    /// `[B, T, r]`, roped
+    k_pe: Tensor,
+}
+
+/// One Multi-head Latent Attention layer.
+#[derive(Debug, Clone)]
+pub struct Mla {
+    config: MlaConfig,
+    weights: MlaWeights,
+    absorbed: AbsorbedWeights,
+    softmax_scale: f64,
+}
+
+impl Mla {
+    /// Builds the layer from weights already in memory (e.g. dequantised by the caller),
+    /// checking every shape and precomputing the absorbed `W_UK` / `W_UVᵀ`.
+    pub fn new(config: MlaConfig, weights: MlaWeights) -> Result<Self> {
+        weights.validate(&config)?;
+        let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config)?;
+        Ok(Self {
+            softmax_scale: config.softmax_scale(),
+            config,
+            weights,
+            absorbed,
+        })
+    }
+
+    /// Loads the weights from `vb` (prefixed at the layer's `self_attn`) under the HF names.
+    pub fn load(vb: &candle_nn::VarBuilder, config: MlaConfig) -> Result<Self> {
+        let weights = MlaWeights::load(vb, &config)?;
+        Self::new(config, weights)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MlaConfig {
+        &self.config
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &MlaWeights {
+        &self.weights
+    }
+
+    /// The compute dtype (that of the weights); inputs must match it.
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype()
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.weights.kv_b_proj.device()
+    }
+
+    /// The same layer with its weights converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Self::new(self.config.clone(), self.weights.to_dtype(dtype)?)
+    }
+
+    /// An empty cache for this layer: `batch` sequences in the layer's dtype and device.
+    pub fn new_cache(&self, batch: usize) -> Result<LayerCache> {
+        LayerCache::for_config(&self.config, batch, self.dtype(), self.device())
+    }
+
+    /// Attention over `x` `[B, T, C]` whose tokens sit at positions `start_pos..start_pos + T`
+    /// in every sequence; returns `[B, T, C]`.
+    ///
+    /// - Without a cache the keys are the `T` tokens themselves (causal prefill; `start_pos`
+    ///   only shifts the rotary positions).
+    /// - With a cache, every sequence must hold exactly `start_pos` tokens (a larger
+    ///   `start_pos` is an error, a smaller one asks to [`LayerCache::truncate`] first); the new
+    ///   latents are appended and query `i` attends to keys `0..=start_pos + i`. `T = 1` is a
+    ///   decode step, `T > 1` a chunked prefill or a speculative verification block.
+    ///
+    /// `rope` must rotate `qk_rope_head_dim` dimensions; it grows on demand and can be shared
+    /// by every layer. Use [`Mla::forward_ragged`] when sequences hold different lengths.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        start_pos: usize,
+        rope: &mut RopeCache,
+        cache: Option<&mut LayerCache>,
+        path: AttentionPath,
+    ) -> Result<Tensor> {
+        let (b, _t) = self.check_x(x)?;
+        let Some(cache) = cache else {
+            let p = self.project(x, start_pos, rope)?;
+            let out = self.attend(&p, &p.c_kv, &p.k_pe, path)?;
+            return self.output(&out);
+        };
+        self.check_cache(cache, b)?;
+        let len = cache.uniform_len().ok_or_else(|| {
+            MlaError::Cache(format!(
+                "sequences hold different lengths {:?}: use forward_ragged",
+                cache.lens()
+            ))
+        })?;
+        check_start(start_pos, len)?;
+        let p = self.project(x, start_pos, rope)?;
+        cache.append(&p.c_kv, &p.k_pe)?;
+        let (c_all, k_all) = cache.views()?;
+        let out = self.attend(&p, &c_all, &k_all, path)?;
+        self.output(&out)
+    }
+
+    /// Like [`Mla::forward`] with a cache, but each sequence `i` continues from its own cached
+    /// length `cache.lens()[i]` (batches of sequences at different positions, e.g. after
+    /// per-sequence speculative rollbacks). Runs the sequences one after another; the result
+    /// for each equals a batch-1 [`Mla::forward`].
+    pub fn forward_ragged(
+        &self,
+        x: &Tensor,
+        rope: &mut RopeCache,
+        cache: &mut LayerCache,
+        path: AttentionPath,
+    ) -> Result<Tensor> {
+        let (b, _t) = self.check_x(x)?;
+        self.check_cache(cache, b)?;
+        let mut outs = Vec::with_capacity(b);
+        for i in 0..b {
+            let start = cache.seq_len(i)?;
+            let p = self.project(&x.narrow(0, i, 1)?, start, rope)?;
+            cache.append_seq(i, &p.c_kv, &p.k_pe)?;
+            let (c_all, k_all) = cache.seq(i)?;
+            outs.push(self.attend(&p, &c_all, &k_all, path)?);
+        }
+        self.output(&Tensor::cat(&outs, 0)?)
+    }
+
+    fn check_x(&self, x: &Tensor) -> Result<(usize, usize)> {
+        let c = self.config.hidden_size;
+        let (b, t) = match *x.dims() {
+            [b, t, h] if h == c && b > 0 && t > 0 => (b, t),
+            _ => {
+                return Err(MlaError::InputShape {
+                    what: "x",
+                    expected: format!("[batch > 0, tokens > 0, {c}]"),
+                    found: x.dims().to_vec(),
+                })
+            }
+        };
+        if x.dtype() != self.dtype() {
+            return Err(MlaError::DTypeMismatch {
+                what: "x",
+                expected: self.dtype(),
+                found: x.dtype(),
+            });
+        }
+        Ok((b, t))
+    }
+
+    fn check_cache(&self, cache: &LayerCache, batch: usize) -> Result<()> {
+        let c = &self.config;
+        if cache.kv_lora_rank() != c.kv_lora_rank || cache.rope_dim() != c.qk_rope_head_dim {
+            return Err(MlaError::Cache(format!(
+                "built for kv_lora_rank {} / qk_rope_head_dim {}, the layer has {} / {}",
+                cache.kv_lora_rank(),
+                cache.rope_dim(),
+                c.kv_lora_rank,
+                c.qk_rope_head_dim
+            )));
+        }
+        if cache.batch() != batch {
+            return Err(MlaError::Cache(format!(
+                "holds {} sequences, x has batch {batch}",
+                cache.batch()
+            )));
+        }
+        if cache.dtype() != self.dtype() {
+            return Err(MlaError::DTypeMismatch {
+                what: "cache",
+                expected: self.dtype(),
+                found: cache.dtype(),
+            });
+        }
+        if !cache.device().same_device(self.device()) {
+            return Err(MlaError::Cache(
+                "lives on another device than the weights".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Projections, norms and RoPE of `x` `[B, T, C]` at positions `start..start + T`.
+    fn project(&self, x: &Tensor, start: usize, rope: &mut RopeCache) -> Result<Projected> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (h, n, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim);
+        if rope.config().dim != r {
+            return Err(MlaError::config(
+                "qk_rope_head_dim",
+                format!(
+                    "is {r} but the rope cache rotates {} dims",
+                    rope.config().dim
+                ),
+            ));
+        }
+        let q = match &self.weights.query {
+            QueryWeights::Direct { q_proj } => linear(x, q_proj)?,
+            QueryWeights::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => {
+                let q_a = rms_norm(&linear(x, q_a_proj)?, q_a_layernorm, c.rms_norm_eps)?;
+                linear(&q_a, q_b_proj)?
+            }
+        };
+        // [B, T, H·(n+r)] -> [B, T, H, n+r] -> [B, H, T, n+r]
+        let q = q.reshape((b, t, h, n + r))?.transpose(1, 2)?;
+        let q_nope = q.narrow(D::Minus1, 0, n)?.contiguous()?;
+        let q_pe = q.narrow(D::Minus1, n, r)?;
+
+        // [B, T, R + r] -> c_kv [B, T, R] (normed), k_pe [B, T, r] (roped below)
+        let kv = linear(x, &self.weights.kv_a_proj_with_mqa)?;
+        let c_kv = rms_norm(
+            &kv.narrow(D::Minus1, 0, c.kv_lora_rank)?,
+            &self.weights.kv_a_layernorm,
+            c.rms_norm_eps,
+        )?;
+        let k_pe = kv
+            .narrow(D::Minus1, c.kv_lora_rank, r)?
+            .contiguous()?
+            .reshape((b, 1, t, r))?; // one shared rotary key "head"
+
+        let (cos, sin) = rope.cos_sin(start, t, x.device())?;
+        let q_pe = apply_rotary(&q_pe, &cos, &sin, RopeLayout::Interleaved)?;
+        let k_pe = apply_rotary(&k_pe, &cos, &sin, RopeLayout::Interleaved)?.reshape((b, t, r))?;
+        Ok(Projected {
+            q_nope,
+            q_pe,
+            c_kv,
+            k_pe,
+        })
+    }
+
+    /// Attention of the projected queries over all keys (`c_all` `[B, S, R]`, `k_all`
+    /// `[B, S, r]`, whose last `T` rows are the queries' own tokens); returns `[B, T, H·v]`.
+    fn attend(
+        &self,
+        p: &Projected,
+        c_all: &Tensor,
+        k_all: &Tensor,
+        path: AttentionPath,
+    ) -> Result<Tensor> {
+        match path {
+            AttentionPath::Expanded => self.attend_expanded(p, c_all, k_all),
+            AttentionPath::Absorbed => self.attend_absorbed(p, c_all, k_all),
+        }
+    }
+
+    fn attend_expanded(&self, p: &Projected, c_all: &Tensor, k_all: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, h, t, _) = p.q_nope.dims4()?;
+        let (n, r, v) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+        let s = c_all.dim(1)?;
+        // [B, S, R] -> [B, S, H·(n+v)] -> [B, S, H, n+v] -> [B, H, S, n+v]
+        let kv = linear(c_all, &self.weights.kv_b_proj)?
+            .reshape((b, s, h, n + v))?
+            .transpose(1, 2)?;
+        let k_nope = kv.narrow(D::Minus1, 0, n)?;
+        let values = kv.narrow(D::Minus1, n, v)?.contiguous()?; // [B, H, S, v]
+                                                                // The shared rotary key, broadcast to every head: [B, S, r] -> [B, H, S, r]
+        let k_rot = k_all.unsqueeze(1)?.broadcast_as((b, h, s, r))?;
+        let keys = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?.contiguous()?; // [B, H, S, n+r]
+        let queries = Tensor::cat(&[&p.q_nope, &p.q_pe], D::Minus1)?.contiguous()?; // [B, H, T, n+r]
+        let scores = queries.matmul(&keys.t()?)?; // [B, H, T, S]
+        let probs = self.softmax(&scores, t, s)?;
+        let out = probs.matmul(&values)?; // [B, H, T, v]
+                                          // [B, H, T, v] -> [B, T, H, v] -> [B, T, H·v]
+        Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?)
+    }
+
+    fn attend_absorbed(&self, p: &Projected, c_all: &Tensor, k_all: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, h, t, n) = p.q_nope.dims4()?;
+        let (rk, r, v) = (c.kv_lora_rank, c.qk_rope_head_dim, c.v_head_dim);
+        let s = c_all.dim(1)?;
+        // q_lat = q_nope · W_UK per head:
+        // [B, H, T, n] -> [H, B·T, n] x [H, n, R] -> [H, B·T, R] -> [B, H·T, R]
+        let q_lat = p
+            .q_nope
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((h, b * t, n))?
+            .matmul(&self.absorbed.w_uk)?
+            .reshape((h, b, t, rk))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((b, h * t, rk))?;
+        let q_pe = p.q_pe.reshape((b, h * t, r))?; // [B, H·T, r]
+                                                   // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
+                                                   // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
+        let scores = (q_lat.matmul(&c_all.t()?)? + q_pe.matmul(&k_all.t()?)?)?;
+        let probs = self.softmax(&scores.reshape((b, h, t, s))?, t, s)?;
+        // [B, H·T, S] x [B, S, R] -> [B, H·T, R]
+        let out_lat = probs.reshape((b, h * t, s))?.matmul(c_all)?;
+        // out = out_lat · W_UVᵀ per head:
+        // [B, H·T, R] -> [H, B·T, R] x [H, R, v] -> [H, B·T, v] -> [B, T, H, v] -> [B, T, H·v]
+        let out = out_lat
+            .reshape((b, h, t, rk))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((h, b * t, rk))?
+            .matmul(&self.absorbed.w_uv_t)?
+            .reshape((h, b, t, v))?
+            .permute((1, 2, 0, 3))?
+            .reshape((b, t, h * v))?;
+        Ok(out)
+    }
+
+    /// Scaled, causally masked softmax of `scores` `[B, H, T, S]` computed in f32 whatever
+    /// the input dtype, returned in the input dtype. Query `i` sees keys `0..=S - T + i`.
+    fn softmax(&self, scores: &Tensor, t: usize, s: usize) -> Result<Tensor> {
+        let dtype = scores.dtype();
+        let mut scores = (scores.to_dtype(DType::F32)? * self.softmax_scale)?;
+        if t > 1 {
+            scores = scores.broadcast_add(&causal_mask(t, s, scores.device())?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+        Ok(probs.to_dtype(dtype)?)
+    }
+
+    fn output(&self, attn: &Tensor) -> Result<Tensor> {
+        linear(attn, &self.weights.o_proj)
+    }
+}
+
+fn check_start(start_pos: usize, len: usize) -> Result<()> {
+    if start_pos > len {
+        Err(MlaError::Cache(format!(
+            "position {start_pos} is beyond what the cache holds ({len} tokens)"
+        )))
+    } else if start_pos < len {
+        Err(MlaError::Cache(format!(
+            "holds {len} tokens but start_pos is {start_pos}: truncate the cache to {start_pos} first"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// `[T, S]` additive mask: 0 where key `j <= S - T + i`, -inf elsewhere.
+fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let past = s - t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), device)?)
+}
+
+/// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]`.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, t, k) = x.dims3()?;
+    let y = x.contiguous()?.reshape((b * t, k))?.matmul(&w.t()?)?;
+    Ok(y.reshape((b, t, ()))?)
+}
+
+/// HF's RMSNorm: normalise in f32, cast back, then multiply by the weight.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let inv_rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let normed = xf.broadcast_mul(&inv_rms)?.to_dtype(dtype)?;
+    Ok(normed.broadcast_mul(weight)?)
+}

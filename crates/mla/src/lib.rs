@@ -1,0 +1,81 @@
+//! Multi-head Latent Attention (MLA), the attention of DeepSeek-V2/V3/R1, with the compressed
+//! latent KV cache.
+//!
+//! Standard attention caches a key and a value per head per token. MLA compresses keys and
+//! values jointly into one low-rank latent `c_kv` of `R = kv_lora_rank` values per token, plus
+//! one small rotary key `k_pe` shared by all heads, and caches only those: 576 values per token
+//! per layer for V3 instead of 40,960 (see [`accounting`]). For a token with input `x`:
+//!
+//! ```text
+//! q           = q_b_proj(rms(q_a_proj(x)))   (or q_proj(x))      per head [q_nope | q_pe]
+//! [c_kv|k_pe] = kv_a_proj_with_mqa(x);  c_kv = rms(c_kv);  q_pe, k_pe = RoPE(q_pe), RoPE(k_pe)
+//! [k_nope|v]  = kv_b_proj(c_kv)        per head: k_nope = W_UK c_kv,  v = W_UV c_kv
+//! score_hs    = (q_nope_h · W_UK_h c_kv_s + q_pe_h · k_pe_s) · softmax_scale
+//! o_h         = Σ_s softmax(score_h)_s · W_UV_h c_kv_s
+//! out         = o_proj([o_1 | ... | o_H])
+//! ```
+//!
+//! The two products can be regrouped. The **expanded** path ([`AttentionPath::Expanded`],
+//! HF's) computes `W_UK c_kv` and `W_UV c_kv` for every cached token and every head at every
+//! step. The **absorbed** path ([`AttentionPath::Absorbed`], DeepSeek's `attn_impl="absorb"`,
+//! the default) folds `W_UK` into the query, `q_lat_h = W_UKᵀ q_nope_h` (`R` values), and
+//! applies `W_UV` once after the weighted sum, `o_h = W_UV_h (Σ_s p_hs c_kv_s)`, so attention
+//! runs directly over the cached latent, shared by all heads like MQA. A decode step then reads
+//! the `(R + r)`-value cache once instead of materialising `H·(n + r + v)` values per token.
+//! Both paths are always available and tested against each other and against HF fixtures.
+//!
+//! Pieces: [`MlaConfig`] (dimensions, validated by a builder that names the HF field),
+//! [`MlaWeights`] (loaded from a `VarBuilder` under the HF names, or handed in as tensors, e.g.
+//! dequantised FP8), [`Mla`] (the layer), [`LayerCache`] / [`LatentKvCache`] (the latent
+//! cache with truncation for speculative decoding), [`KvLayout`] (cache accounting). Softmax
+//! always runs in f32; f32, bf16 and f16 are supported on CPU, and on CUDA with the `cuda`
+//! feature.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
+//! use rope_yarn::RopeCache;
+//!
+//! let cfg = MlaConfig::builder()
+//!     .hidden_size(64).num_attention_heads(4).q_lora_rank(None).kv_lora_rank(32)
+//!     .qk_nope_head_dim(16).qk_rope_head_dim(8).v_head_dim(16)
+//!     .build()?;
+//! let dev = Device::Cpu;
+//! let w = |o: usize, i: usize| Tensor::randn(0f32, 0.1, (o, i), &dev);
+//! let weights = MlaWeights {
+//!     query: QueryWeights::Direct { q_proj: w(4 * 24, 64)? },
+//!     kv_a_proj_with_mqa: w(32 + 8, 64)?,
+//!     kv_a_layernorm: Tensor::ones(32, DType::F32, &dev)?,
+//!     kv_b_proj: w(4 * (16 + 16), 32)?,
+//!     o_proj: w(64, 4 * 16)?,
+//! };
+//! let mla = Mla::new(cfg.clone(), weights)?;
+//! let mut rope = RopeCache::new(cfg.rope);
+//! let mut cache = mla.new_cache(1)?;
+//!
+//! // Prefill 5 tokens, then decode one, over the latent cache.
+//! let prompt = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev)?;
+//! let y = mla.forward(&prompt, 0, &mut rope, Some(&mut cache), AttentionPath::Absorbed)?;
+//! assert_eq!(y.dims(), &[1, 5, 64]);
+//! let next = Tensor::randn(0f32, 1.0, (1, 1, 64), &dev)?;
+//! let y = mla.forward(&next, 5, &mut rope, Some(&mut cache), AttentionPath::default())?;
+//! assert_eq!(y.dims(), &[1, 1, 64]);
+//! assert_eq!(cache.lens(), &[6]);
+//! assert_eq!(cache.bytes_per_token(), (32 + 8) * 4); // only c_kv and k_pe
+//! # Ok::<(), mla::MlaError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod accounting;
+mod attention;
+mod cache;
+mod config;
+mod error;
+mod weights;
+
+pub use accounting::KvLayout;
+pub use attention::{AttentionPath, Mla};
+pub use cache::{LatentKvCache, LayerCache};
+pub use config::{MlaConfig, MlaConfigBuilder};
+pub use error::{MlaError, Result};
+pub use weights::{MlaWeights, QueryWeights};

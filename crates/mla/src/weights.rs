@@ -1,0 +1,199 @@
+//! [`MlaWeights`]: the projection matrices of one layer, loaded under the HF names or handed
+//! in as tensors, and the absorbed views of `kv_b_proj` precomputed from them.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::MlaConfig;
+use crate::error::{MlaError, Result};
+
+/// How the query is projected.
+#[derive(Debug, Clone)]
+pub enum QueryWeights {
+    /// `q_proj.weight` `[H · (nope + rope), C]` (V2-Lite, `q_lora_rank: null`).
+    Direct {
+        /// `q_proj.weight`.
+        q_proj: Tensor,
+    },
+    /// Low-rank query: `q_b_proj(q_a_layernorm(q_a_proj(x)))` (V2, V3).
+    LowRank {
+        /// `q_a_proj.weight` `[q_lora_rank, C]`.
+        q_a_proj: Tensor,
+        /// `q_a_layernorm.weight` `[q_lora_rank]`.
+        q_a_layernorm: Tensor,
+        /// `q_b_proj.weight` `[H · (nope + rope), q_lora_rank]`.
+        q_b_proj: Tensor,
+    },
+}
+
+/// The weights of one MLA layer, in the checkpoint's `[out, in]` layout.
+///
+/// Build it with [`MlaWeights::load`] from a `VarBuilder` prefixed at the layer's `self_attn`,
+/// or fill the fields directly with tensors you already hold (for instance weights the caller
+/// dequantised from FP8); [`Mla::new`](crate::Mla::new) checks every shape against the config.
+#[derive(Debug, Clone)]
+pub struct MlaWeights {
+    /// Query projection(s).
+    pub query: QueryWeights,
+    /// `kv_a_proj_with_mqa.weight` `[R + rope, C]`: the latent and the shared RoPE key.
+    pub kv_a_proj_with_mqa: Tensor,
+    /// `kv_a_layernorm.weight` `[R]`.
+    pub kv_a_layernorm: Tensor,
+    /// `kv_b_proj.weight` `[H · (nope + v), R]`: per head, key rows first, then value rows.
+    pub kv_b_proj: Tensor,
+    /// `o_proj.weight` `[C, H · v]`.
+    pub o_proj: Tensor,
+}
+
+impl MlaWeights {
+    /// Loads the weights under their HF names from `vb` (already prefixed, e.g.
+    /// `vb.pp("model.layers.0.self_attn")`): `q_proj` or `q_a_proj` + `q_a_layernorm` +
+    /// `q_b_proj` (chosen by `config.q_lora_rank`), `kv_a_proj_with_mqa`, `kv_a_layernorm`,
+    /// `kv_b_proj`, `o_proj`. Shapes are checked; a wrong one is reported with both shapes.
+    pub fn load(vb: &VarBuilder, config: &MlaConfig) -> Result<Self> {
+        let get = |name: &str| -> Result<Tensor> {
+            let key = format!("{name}.weight");
+            vb.get_unchecked_dtype(&key, vb.dtype())
+                .map_err(|source| MlaError::MissingWeight {
+                    tensor: key,
+                    source,
+                })
+        };
+        let query = match config.q_lora_rank {
+            None => QueryWeights::Direct {
+                q_proj: get("q_proj")?,
+            },
+            Some(_) => QueryWeights::LowRank {
+                q_a_proj: get("q_a_proj")?,
+                q_a_layernorm: get("q_a_layernorm")?,
+                q_b_proj: get("q_b_proj")?,
+            },
+        };
+        let weights = Self {
+            query,
+            kv_a_proj_with_mqa: get("kv_a_proj_with_mqa")?,
+            kv_a_layernorm: get("kv_a_layernorm")?,
+            kv_b_proj: get("kv_b_proj")?,
+            o_proj: get("o_proj")?,
+        };
+        weights.validate(config)?;
+        Ok(weights)
+    }
+
+    /// Checks every shape against `config`, naming the first tensor that does not fit.
+    pub fn validate(&self, config: &MlaConfig) -> Result<()> {
+        let c = config;
+        let h = c.num_heads;
+        let q_out = h * c.qk_head_dim();
+        let check = |name: &str, t: &Tensor, expected: &[usize]| -> Result<()> {
+            if t.dims() == expected {
+                Ok(())
+            } else {
+                Err(MlaError::WeightShape {
+                    tensor: name.to_string(),
+                    expected: expected.to_vec(),
+                    found: t.dims().to_vec(),
+                })
+            }
+        };
+        match (&self.query, c.q_lora_rank) {
+            (QueryWeights::Direct { q_proj }, None) => {
+                check("q_proj", q_proj, &[q_out, c.hidden_size])?
+            }
+            (
+                QueryWeights::LowRank {
+                    q_a_proj,
+                    q_a_layernorm,
+                    q_b_proj,
+                },
+                Some(r),
+            ) => {
+                check("q_a_proj", q_a_proj, &[r, c.hidden_size])?;
+                check("q_a_layernorm", q_a_layernorm, &[r])?;
+                check("q_b_proj", q_b_proj, &[q_out, r])?;
+            }
+            (QueryWeights::Direct { .. }, Some(_)) => {
+                return Err(MlaError::config(
+                    "q_lora_rank",
+                    "is set but the weights hold a plain q_proj",
+                ))
+            }
+            (QueryWeights::LowRank { .. }, None) => {
+                return Err(MlaError::config(
+                    "q_lora_rank",
+                    "is null but the weights hold q_a_proj/q_b_proj",
+                ))
+            }
+        }
+        check(
+            "kv_a_proj_with_mqa",
+            &self.kv_a_proj_with_mqa,
+            &[c.latent_dim(), c.hidden_size],
+        )?;
+        check("kv_a_layernorm", &self.kv_a_layernorm, &[c.kv_lora_rank])?;
+        check(
+            "kv_b_proj",
+            &self.kv_b_proj,
+            &[h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank],
+        )?;
+        check("o_proj", &self.o_proj, &[c.hidden_size, h * c.v_head_dim])?;
+        Ok(())
+    }
+
+    /// The same weights converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let cv = |t: &Tensor| t.to_dtype(dtype);
+        Ok(Self {
+            query: match &self.query {
+                QueryWeights::Direct { q_proj } => QueryWeights::Direct {
+                    q_proj: cv(q_proj)?,
+                },
+                QueryWeights::LowRank {
+                    q_a_proj,
+                    q_a_layernorm,
+                    q_b_proj,
+                } => QueryWeights::LowRank {
+                    q_a_proj: cv(q_a_proj)?,
+                    q_a_layernorm: cv(q_a_layernorm)?,
+                    q_b_proj: cv(q_b_proj)?,
+                },
+            },
+            kv_a_proj_with_mqa: cv(&self.kv_a_proj_with_mqa)?,
+            kv_a_layernorm: cv(&self.kv_a_layernorm)?,
+            kv_b_proj: cv(&self.kv_b_proj)?,
+            o_proj: cv(&self.o_proj)?,
+        })
+    }
+
+    /// The dtype of the weights (that of `kv_b_proj`).
+    pub fn dtype(&self) -> DType {
+        self.kv_b_proj.dtype()
+    }
+}
+
+/// `kv_b_proj` viewed per head as `[H, nope + v, R]` (key rows first) and split, laid out for
+/// the two batched matmuls of the absorbed path.
+#[derive(Debug, Clone)]
+pub(crate) struct AbsorbedWeights {
+    /// `W_UK` `[H, nope, R]`: `q_lat = q_nope · W_UK` per head.
+    pub w_uk: Tensor,
+    /// `W_UVᵀ` `[H, R, v]`: `out = out_lat · W_UVᵀ` per head.
+    pub w_uv_t: Tensor,
+}
+
+impl AbsorbedWeights {
+    pub(crate) fn new(kv_b_proj: &Tensor, c: &MlaConfig) -> Result<Self> {
+        // [H·(nope+v), R] -> [H, nope+v, R]
+        let per_head = kv_b_proj.reshape((
+            c.num_heads,
+            c.qk_nope_head_dim + c.v_head_dim,
+            c.kv_lora_rank,
+        ))?;
+        let w_uk = per_head.narrow(1, 0, c.qk_nope_head_dim)?.contiguous()?; // [H, nope, R]
+        let w_uv_t = per_head
+            .narrow(1, c.qk_nope_head_dim, c.v_head_dim)? // [H, v, R]
+            .transpose(1, 2)? // [H, R, v]
+            .contiguous()?;
+        Ok(Self { w_uk, w_uv_t })
+    }
+}

@@ -1,0 +1,214 @@
+//! The latent cache: rollback leaves no stale entries, growth keeps contents, batches with
+//! per-sequence lengths, and exactly (R + rope) values per token.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{random_layer, rope_for, run_every_path, PATHS};
+use mla::{AttentionPath, KvLayout, LatentKvCache, LayerCache, MlaConfig};
+use testkit::max_abs_diff;
+
+fn decode(
+    mla: &mla::Mla,
+    rope: &mut rope_yarn::RopeCache,
+    cache: &mut LayerCache,
+    xs: &Tensor,
+    start: usize,
+    path: AttentionPath,
+) -> Tensor {
+    let t = xs.dim(1).unwrap();
+    let steps: Vec<Tensor> = (0..t)
+        .map(|i| {
+            mla.forward(
+                &xs.narrow(1, i, 1).unwrap(),
+                start + i,
+                rope,
+                Some(cache),
+                path,
+            )
+            .unwrap()
+        })
+        .collect();
+    Tensor::cat(&steps, 1).unwrap()
+}
+
+#[test]
+fn rollback_leaves_no_stale_entries() {
+    // Decode 5 tokens, truncate to 3, decode 2 different tokens: must equal a fresh run of
+    // the 3 kept tokens followed by the 2 new ones (speculative-decoding rejection).
+    let mla = random_layer(true, 0.2);
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (1, 2, 64), &dev).unwrap();
+    for path in PATHS {
+        let mut rope = rope_for(&mla);
+        let mut cache = mla.new_cache(1).unwrap();
+        decode(&mla, &mut rope, &mut cache, &a, 0, path);
+        cache.truncate(3);
+        assert_eq!(cache.lens(), &[3]);
+        let rolled = decode(&mla, &mut rope, &mut cache, &b, 3, path);
+
+        let mut fresh_cache = mla.new_cache(1).unwrap();
+        let kept = a.narrow(1, 0, 3).unwrap();
+        decode(&mla, &mut rope, &mut fresh_cache, &kept, 0, path);
+        let fresh = decode(&mla, &mut rope, &mut fresh_cache, &b, 3, path);
+        assert_eq!(max_abs_diff(&rolled, &fresh), 0.0, "{path:?}");
+        let (c1, k1) = cache.views().unwrap();
+        let (c2, k2) = fresh_cache.views().unwrap();
+        assert_eq!(max_abs_diff(&c1, &c2), 0.0);
+        assert_eq!(max_abs_diff(&k1, &k2), 0.0);
+    }
+}
+
+#[test]
+fn truncate_beyond_length_is_a_no_op_and_multi_layer_truncates_all() {
+    let cfg = common::small_config(false);
+    let mut cache = LatentKvCache::new(&cfg, 3, 1, DType::F32, &Device::Cpu).unwrap();
+    for l in 0..3 {
+        let layer = cache.layer_mut(l).unwrap();
+        let c = Tensor::ones((1, 4, 32), DType::F32, &Device::Cpu).unwrap();
+        let k = Tensor::ones((1, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        layer.append(&c, &k).unwrap();
+    }
+    cache.truncate(10);
+    assert_eq!(cache.layer(2).unwrap().lens(), &[4]);
+    cache.truncate(1);
+    for l in 0..3 {
+        assert_eq!(cache.layer(l).unwrap().lens(), &[1]);
+    }
+    assert!(cache.layer(3).is_err());
+    assert_eq!(cache.bytes_per_token(), 3 * (32 + 8) * 4);
+}
+
+#[test]
+fn growth_is_geometric_and_keeps_contents() {
+    let dev = Device::Cpu;
+    let mut cache = LayerCache::new(2, 32, 8, DType::F32, &dev).unwrap();
+    let mut caps = vec![];
+    let mut all_c = vec![];
+    for i in 0..100 {
+        let c = Tensor::full(i as f32, (2, 1, 32), &dev).unwrap();
+        let k = Tensor::full(-(i as f32), (2, 1, 8), &dev).unwrap();
+        cache.append(&c, &k).unwrap();
+        all_c.push(c);
+        if caps.last() != Some(&cache.capacity()) {
+            caps.push(cache.capacity());
+        }
+    }
+    // 16, 32, 64, 128: log2 reallocations, not one per token.
+    assert_eq!(caps, vec![16, 32, 64, 128]);
+    let (c, k) = cache.views().unwrap();
+    assert_eq!(c.dims(), &[2, 100, 32]);
+    assert_eq!(max_abs_diff(&c, &Tensor::cat(&all_c, 1).unwrap()), 0.0);
+    let k0: Vec<f32> = k
+        .narrow(1, 99, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(k0.iter().all(|&v| v == -99.0));
+    assert_eq!(cache.allocated_bytes(), 2 * 128 * (32 + 8) * 4);
+}
+
+#[test]
+fn batch_of_two_equals_two_single_runs() {
+    let mla = random_layer(false, 0.2);
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 6, 64), &dev).unwrap();
+    // Uniform batch: every path agrees, and each row equals its batch-1 run.
+    let outs = run_every_path(&mla, &x, 1e-5);
+    for i in 0..2 {
+        let xi = x.narrow(0, i, 1).unwrap();
+        let single = run_every_path(&mla, &xi, 1e-5);
+        for ((name, y), (_, y1)) in outs.iter().zip(&single) {
+            let d = max_abs_diff(&y.narrow(0, i, 1).unwrap(), y1);
+            assert!(d <= 1e-5, "{name} row {i}: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn ragged_batch_continues_each_sequence_from_its_own_length() {
+    let mla = random_layer(true, 0.2);
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (1, 3, 64), &dev).unwrap();
+    let next = Tensor::randn(0f32, 1.0, (2, 1, 64), &dev).unwrap();
+    for path in PATHS {
+        let mut rope = rope_for(&mla);
+        // Batched cache: sequence 0 holds 5 tokens, sequence 1 holds 3.
+        let mut cache = mla.new_cache(2).unwrap();
+        let both = Tensor::cat(&[&a.narrow(1, 0, 3).unwrap(), &b], 0).unwrap();
+        mla.forward(&both, 0, &mut rope, Some(&mut cache), path)
+            .unwrap();
+        let x0 = a.narrow(1, 3, 2).unwrap();
+        for i in 0..2 {
+            let xi = x0.narrow(1, i, 1).unwrap();
+            let pad = Tensor::zeros((1, 1, 64), DType::F32, &dev).unwrap();
+            let x = Tensor::cat(&[&xi, &pad], 0).unwrap();
+            // Only sequence 0 advances: roll sequence 1 back afterwards.
+            mla.forward_ragged(&x, &mut rope, &mut cache, path).unwrap();
+            cache.truncate_seq(1, 3).unwrap();
+        }
+        assert_eq!(cache.lens(), &[5, 3]);
+        // forward needs equal lengths and says so.
+        let err = mla
+            .forward(&next, 5, &mut rope, Some(&mut cache), path)
+            .unwrap_err();
+        assert!(err.to_string().contains("forward_ragged"), "{err}");
+        let y = mla
+            .forward_ragged(&next, &mut rope, &mut cache, path)
+            .unwrap();
+        assert_eq!(cache.lens(), &[6, 4]);
+
+        // Reference: each sequence alone.
+        for (i, (prompt, start)) in [(&a, 5usize), (&b, 3usize)].into_iter().enumerate() {
+            let mut c1 = mla.new_cache(1).unwrap();
+            mla.forward(prompt, 0, &mut rope, Some(&mut c1), path)
+                .unwrap();
+            let want = mla
+                .forward(
+                    &next.narrow(0, i, 1).unwrap(),
+                    start,
+                    &mut rope,
+                    Some(&mut c1),
+                    path,
+                )
+                .unwrap();
+            let d = max_abs_diff(&y.narrow(0, i, 1).unwrap(), &want);
+            assert!(d <= 1e-5, "{path:?} sequence {i}: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn cache_holds_exactly_latent_plus_rope_values() {
+    let v2 = MlaConfig::deepseek_v2_lite();
+    let c = LayerCache::for_config(&v2, 1, DType::BF16, &Device::Cpu).unwrap();
+    assert_eq!(c.bytes_per_token(), (512 + 64) * 2);
+    assert_eq!(
+        KvLayout::mla(&v2).bytes_per_token(1, DType::BF16),
+        c.bytes_per_token()
+    );
+}
+
+#[test]
+fn accounting_matches_the_v3_figures() {
+    let v3 = MlaConfig::deepseek_v3();
+    let bf16 = DType::BF16;
+    assert_eq!(KvLayout::mla(&v3).bytes_per_token(61, bf16), 70_272);
+    let mha = KvLayout::mha(&v3).bytes_per_token(61, bf16);
+    assert_eq!(mha, 128 * (192 + 128) * 61 * 2);
+    assert_eq!(mha, 4_997_120);
+    assert!((mha as f64 / (1024.0 * 1024.0) - 4.77).abs() < 0.01);
+    assert_eq!(
+        KvLayout::gqa(&v3, 8).bytes_per_token(61, bf16),
+        8 * 320 * 61 * 2
+    );
+    assert_eq!(KvLayout::mqa(&v3).bytes_per_token(61, bf16), 320 * 61 * 2);
+    assert_eq!(KvLayout::mla(&v3).bytes_per_token(61, DType::F32), 140_544);
+    assert_eq!(KvLayout::mla(&v3).bytes(1000, 61, bf16), 70_272_000);
+    let full = LatentKvCache::new(&v3, 61, 1, bf16, &Device::Cpu).unwrap();
+    assert_eq!(full.bytes_per_token(), 70_272);
+}

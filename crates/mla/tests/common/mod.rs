@@ -1,0 +1,214 @@
+//! Shared test helpers: fixture loading (with the FP8 dequantisation the model crate does),
+//! random layers, and the every-path agreement check.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
+use rope_yarn::{RopeCache, RopeConfig};
+use testkit::Case;
+
+/// `MlaConfig` from a fixture's `config.json` (what the model crate will do).
+pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
+    let us = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("{k}")) as usize;
+    let rope_dim = us("qk_rope_head_dim");
+    MlaConfig::builder()
+        .hidden_size(us("hidden_size"))
+        .num_attention_heads(us("num_attention_heads"))
+        .q_lora_rank(cfg["q_lora_rank"].as_u64().map(|v| v as usize))
+        .kv_lora_rank(us("kv_lora_rank"))
+        .qk_nope_head_dim(us("qk_nope_head_dim"))
+        .qk_rope_head_dim(rope_dim)
+        .v_head_dim(us("v_head_dim"))
+        .rms_norm_eps(cfg["rms_norm_eps"].as_f64().unwrap())
+        .rope(RopeConfig::from_hf_config(rope_dim, cfg).unwrap())
+        .build()
+        .unwrap()
+}
+
+pub fn shards(case: &Case) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&case.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("model-") && n.ends_with(".safetensors")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `W = fp8 · scale[i / 128, j / 128]` with partial edge blocks.
+pub fn dequantize_fp8(w: &Tensor, scale_inv: &Tensor) -> Tensor {
+    let (out, inp) = w.dims2().unwrap();
+    let (so, si) = scale_inv.dims2().unwrap();
+    let scale = scale_inv
+        .reshape((so, 1, si, 1))
+        .unwrap()
+        .broadcast_as((so, 128, si, 128))
+        .unwrap()
+        .reshape((so * 128, si * 128))
+        .unwrap()
+        .narrow(0, 0, out)
+        .unwrap()
+        .narrow(1, 0, inp)
+        .unwrap();
+    (w.to_dtype(DType::F32).unwrap() * scale).unwrap()
+}
+
+/// Every tensor of the checkpoint, FP8 weights dequantised to f32.
+pub fn load_dequantized(case: &Case) -> HashMap<String, Tensor> {
+    let mut all = HashMap::new();
+    for s in shards(case) {
+        all.extend(candle_core::safetensors::load(&s, &Device::Cpu).unwrap());
+    }
+    let mut out = HashMap::new();
+    for (k, v) in &all {
+        if k.ends_with(".weight_scale_inv") {
+            continue;
+        }
+        let scale_key = format!("{}_scale_inv", k);
+        let t = match all.get(&scale_key) {
+            Some(s) => dequantize_fp8(v, s),
+            None => v.to_dtype(DType::F32).unwrap(),
+        };
+        out.insert(k.clone(), t);
+    }
+    out
+}
+
+/// Layer `l` of a fixture. FP8 checkpoints are dequantised here and handed in as tensors
+/// (the model crate's job); the others load through a `VarBuilder` under the HF names.
+pub fn load_layer(case: &Case, l: usize) -> Mla {
+    let cfg = config_from_json(&case.config);
+    let fp8 = case.config.get("quantization_config").is_some();
+    if !fp8 {
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&shards(case), DType::F32, &Device::Cpu)
+                .unwrap()
+        };
+        return Mla::load(&vb.pp(format!("model.layers.{l}.self_attn")), cfg).unwrap();
+    }
+    let all = load_dequantized(case);
+    let get = |n: &str| {
+        all.get(&format!("model.layers.{l}.self_attn.{n}.weight"))
+            .unwrap_or_else(|| panic!("{n}"))
+            .clone()
+    };
+    let query = match cfg.q_lora_rank {
+        None => QueryWeights::Direct {
+            q_proj: get("q_proj"),
+        },
+        Some(_) => QueryWeights::LowRank {
+            q_a_proj: get("q_a_proj"),
+            q_a_layernorm: get("q_a_layernorm"),
+            q_b_proj: get("q_b_proj"),
+        },
+    };
+    let weights = MlaWeights {
+        query,
+        kv_a_proj_with_mqa: get("kv_a_proj_with_mqa"),
+        kv_a_layernorm: get("kv_a_layernorm"),
+        kv_b_proj: get("kv_b_proj"),
+        o_proj: get("o_proj"),
+    };
+    Mla::new(cfg, weights).unwrap()
+}
+
+/// A small layer with random weights (`q_lora` selects the low-rank query).
+pub fn random_layer(q_lora: bool, seed_scale: f32) -> Mla {
+    let cfg = small_config(q_lora);
+    let dev = Device::Cpu;
+    let w = |o: usize, i: usize| Tensor::randn(0f32, seed_scale, (o, i), &dev).unwrap();
+    let (c, h, n, r, v, rk) = (64, 4, 16, 8, 16, 32);
+    let query = if q_lora {
+        QueryWeights::LowRank {
+            q_a_proj: w(24, c),
+            q_a_layernorm: (Tensor::rand(0.5f32, 1.5, 24, &dev).unwrap()),
+            q_b_proj: w(h * (n + r), 24),
+        }
+    } else {
+        QueryWeights::Direct {
+            q_proj: w(h * (n + r), c),
+        }
+    };
+    let weights = MlaWeights {
+        query,
+        kv_a_proj_with_mqa: w(rk + r, c),
+        kv_a_layernorm: Tensor::rand(0.5f32, 1.5, rk, &dev).unwrap(),
+        kv_b_proj: w(h * (n + v), rk),
+        o_proj: w(c, h * v),
+    };
+    Mla::new(cfg, weights).unwrap()
+}
+
+pub fn small_config(q_lora: bool) -> MlaConfig {
+    MlaConfig::builder()
+        .hidden_size(64)
+        .num_attention_heads(4)
+        .q_lora_rank(q_lora.then_some(24))
+        .kv_lora_rank(32)
+        .qk_nope_head_dim(16)
+        .qk_rope_head_dim(8)
+        .v_head_dim(16)
+        .build()
+        .unwrap()
+}
+
+pub fn rope_for(mla: &Mla) -> RopeCache {
+    RopeCache::new(mla.config().rope)
+}
+
+pub const PATHS: [AttentionPath; 2] = [AttentionPath::Expanded, AttentionPath::Absorbed];
+
+/// Runs `x` `[B, T, C]` through every code path: prefill without a cache, prefill through a
+/// cache, token-by-token decode, and a 2-token chunked decode, each with both attention paths.
+/// Asserts all agree within `tol` and returns (name, output) for each.
+pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> {
+    let (b, t, _) = x.dims3().unwrap();
+    let mut rope = rope_for(mla);
+    let mut outs = Vec::new();
+    for path in PATHS {
+        let y = mla.forward(x, 0, &mut rope, None, path).unwrap();
+        outs.push((format!("prefill/{path:?}"), y));
+        let mut cache = mla.new_cache(b).unwrap();
+        let y = mla
+            .forward(x, 0, &mut rope, Some(&mut cache), path)
+            .unwrap();
+        outs.push((format!("prefill-cache/{path:?}"), y));
+        let mut cache = mla.new_cache(b).unwrap();
+        let steps: Vec<Tensor> = (0..t)
+            .map(|i| {
+                let xi = x.narrow(1, i, 1).unwrap();
+                mla.forward(&xi, i, &mut rope, Some(&mut cache), path)
+                    .unwrap()
+            })
+            .collect();
+        outs.push((format!("decode/{path:?}"), Tensor::cat(&steps, 1).unwrap()));
+        let mut cache = mla.new_cache(b).unwrap();
+        let mut chunks = Vec::new();
+        let mut i = 0;
+        while i < t {
+            let len = 2.min(t - i);
+            let xi = x.narrow(1, i, len).unwrap();
+            chunks.push(
+                mla.forward(&xi, i, &mut rope, Some(&mut cache), path)
+                    .unwrap(),
+            );
+            i += len;
+        }
+        outs.push((
+            format!("chunked/{path:?}"),
+            Tensor::cat(&chunks, 1).unwrap(),
+        ));
+    }
+    let (name0, ref0) = &outs[0];
+    for (name, y) in &outs[1..] {
+        let d = testkit::max_abs_diff(y, ref0);
+        assert!(d <= tol, "{name} vs {name0}: max |diff| {d:e} > {tol:e}");
+    }
+    outs
+}

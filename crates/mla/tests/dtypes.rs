@@ -1,0 +1,50 @@
+//! bf16 and f16 inputs give finite outputs close to f32 (softmax always runs in f32).
+//!
+//! Tolerance: relative to the output's max magnitude, 3e-2 for bf16 (8-bit mantissa through
+//! six matmuls) and 5e-3 for f16.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{random_layer, run_every_path};
+use testkit::max_abs_diff;
+
+fn check(dtype: DType, rel_tol: f32) {
+    for q_lora in [false, true] {
+        let mla32 = random_layer(q_lora, 0.2);
+        let mla = mla32.to_dtype(dtype).unwrap();
+        let x32 = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
+        let x = x32.to_dtype(dtype).unwrap();
+        let want = &run_every_path(&mla32, &x32, 1e-5)[0].1;
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Every path in the low precision, checked against f32 (and so against each other).
+        for (name, y) in run_every_path(&mla, &x, f32::INFINITY) {
+            assert_eq!(y.dtype(), dtype);
+            let y = y.to_dtype(DType::F32).unwrap();
+            let finite: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(finite.iter().all(|v| v.is_finite()), "{name}: non-finite");
+            let d = max_abs_diff(&y, want) / scale;
+            println!("{dtype:?} q_lora={q_lora} {name}: max |diff| / max |y| = {d:.2e}");
+            assert!(
+                d <= rel_tol,
+                "{dtype:?} {name}: relative diff {d:e} > {rel_tol:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_close_to_f32() {
+    check(DType::BF16, 3e-2);
+}
+
+#[test]
+fn f16_close_to_f32() {
+    check(DType::F16, 5e-3);
+}

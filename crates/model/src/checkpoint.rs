@@ -1,0 +1,331 @@
+//! HF checkpoints on disk: sharded safetensors through `model.safetensors.index.json` (or a
+//! single file), memory-mapped, validated against the configuration, with FP8 e4m3 block
+//! weights dequantised at load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::error::{ModelError, Result};
+
+/// Side of the square FP8 scale blocks (`weight_block_size`).
+pub const FP8_BLOCK: usize = 128;
+
+/// Suffix of the per-block scales stored beside an FP8 weight.
+const SCALE_SUFFIX: &str = "_scale_inv";
+
+/// Where a tensor lives and what it looks like, read from the safetensors headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    /// The shard holding it.
+    pub file: PathBuf,
+    /// Stored dtype.
+    pub dtype: DType,
+    /// Stored shape.
+    pub shape: Vec<usize>,
+}
+
+/// A memory-mapped checkpoint directory.
+pub struct Checkpoint {
+    dir: PathBuf,
+    mmaps: MmapedSafetensors,
+    tensors: BTreeMap<String, TensorMeta>,
+}
+
+impl Checkpoint {
+    /// Opens `dir`: `model.safetensors.index.json` if present, else `model.safetensors`, else
+    /// every `*.safetensors` file. Every shard is validated (header, offsets, file length), and
+    /// every index entry must be found in the shard it names.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            ));
+        }
+        let index_path = dir.join("model.safetensors.index.json");
+        let index: Option<BTreeMap<String, String>> = if index_path.is_file() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
+            let map = v["weight_map"]
+                .as_object()
+                .ok_or_else(|| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    reason: "no weight_map object".into(),
+                })?;
+            Some(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let files: Vec<PathBuf> = match &index {
+            Some(map) => map
+                .values()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect(),
+            None if dir.join("model.safetensors").is_file() => vec![dir.join("model.safetensors")],
+            None => {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(|e| ModelError::io(dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        if files.is_empty() {
+            return Err(ModelError::Safetensors {
+                path: dir.to_path_buf(),
+                reason: "no *.safetensors files".into(),
+            });
+        }
+        let mut tensors = BTreeMap::new();
+        for file in &files {
+            for (name, meta) in read_header(file)? {
+                tensors.insert(name, meta);
+            }
+        }
+        if let Some(map) = &index {
+            let wrong: Vec<String> = map
+                .iter()
+                .filter(|(name, file)| tensors.get(*name).is_none_or(|m| m.file != dir.join(file)))
+                .map(|(name, file)| {
+                    format!("{name}: listed in the index under {file}, not found there")
+                })
+                .collect();
+            if !wrong.is_empty() {
+                return Err(ModelError::Weights {
+                    dir: dir.to_path_buf(),
+                    problems: wrong,
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only; like every safetensors loader we rely on
+        // them not being modified while the checkpoint is open.
+        let mmaps =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Safetensors {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            mmaps,
+            tensors,
+        })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every stored tensor.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorMeta> {
+        &self.tensors
+    }
+
+    /// Total bytes of stored tensor data.
+    pub fn stored_bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|m| m.shape.iter().product::<usize>() * m.dtype.size_in_bytes())
+            .sum()
+    }
+
+    /// Loads `name` as `dtype` on `device`. FP8 weights are dequantised with their
+    /// `weight_scale_inv` blocks first (in f32).
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let raw = self.load_raw(name)?;
+        let t = if raw.dtype() == DType::F8E4M3 {
+            let scale_name = format!("{name}{SCALE_SUFFIX}");
+            if !self.tensors.contains_key(&scale_name) {
+                return Err(ModelError::Weights {
+                    dir: self.dir.clone(),
+                    problems: vec![format!("{name}: FP8 weight without {scale_name}")],
+                });
+            }
+            dequantize_fp8(&raw, &self.load_raw(&scale_name)?).map_err(|e| ModelError::Weights {
+                dir: self.dir.clone(),
+                problems: vec![format!("{name}: {e}")],
+            })?
+        } else {
+            raw
+        };
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    fn load_raw(&self, name: &str) -> Result<Tensor> {
+        if !self.tensors.contains_key(name) {
+            return Err(ModelError::Weights {
+                dir: self.dir.clone(),
+                problems: vec![format!("{name}: missing")],
+            });
+        }
+        self.mmaps
+            .load(name, &Device::Cpu)
+            .map_err(|e| ModelError::Safetensors {
+                path: self.tensors[name].file.clone(),
+                reason: format!("{name}: {e}"),
+            })
+    }
+
+    /// Compares the stored tensors with the `expected` (name, shape) list and returns ONE
+    /// error listing every missing, unexpected and mis-shaped tensor. An FP8 weight's
+    /// `weight_scale_inv` is expected with shape `[ceil(rows/128), ceil(cols/128)]`; names in
+    /// `optional` may be present or absent.
+    pub fn check(&self, expected: &[(String, Vec<usize>)], optional: &[String]) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut known: BTreeSet<&str> = optional.iter().map(String::as_str).collect();
+        for (name, shape) in expected {
+            known.insert(name);
+            let Some(meta) = self.tensors.get(name) else {
+                problems.push(format!("{name}: missing (expected {shape:?})"));
+                continue;
+            };
+            if &meta.shape != shape {
+                problems.push(format!(
+                    "{name}: expected {shape:?}, found {:?}",
+                    meta.shape
+                ));
+            }
+            if meta.dtype == DType::F8E4M3 {
+                let scale = format!("{name}{SCALE_SUFFIX}");
+                let want: Vec<usize> = shape.iter().map(|d| d.div_ceil(FP8_BLOCK)).collect();
+                match self.tensors.get(&scale) {
+                    None => problems.push(format!(
+                        "{scale}: missing (FP8 weight needs block scales {want:?})"
+                    )),
+                    Some(m) if m.shape != want => {
+                        problems.push(format!("{scale}: expected {want:?}, found {:?}", m.shape))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (name, meta) in &self.tensors {
+            let scale_of = name.strip_suffix(SCALE_SUFFIX);
+            let is_scale = scale_of.is_some_and(|w| {
+                self.tensors
+                    .get(w)
+                    .is_some_and(|m| m.dtype == DType::F8E4M3)
+            });
+            if !known.contains(name.as_str()) && !is_scale {
+                problems.push(format!(
+                    "{name}: unexpected ({:?} {:?})",
+                    meta.dtype, meta.shape
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::Weights {
+                dir: self.dir.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// A candle `VarBuilder` over this checkpoint that dequantises FP8 on the fly, converts to
+    /// `dtype` and checks every requested shape.
+    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = Box::new(Backend(Arc::clone(self)));
+        VarBuilder::from_backend(backend, dtype, device.clone())
+    }
+}
+
+struct Backend(Arc<Checkpoint>);
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &shape {
+            candle_core::bail!("{name}: expected {:?}, found {:?}", shape.dims(), t.dims());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0
+            .load(name, dtype, dev)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
+    }
+}
+
+/// Reads and validates one shard's header: every tensor's offsets must lie inside the file
+/// (a truncated download fails here, naming the file).
+fn read_header(path: &Path) -> Result<Vec<(String, TensorMeta)>> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: read-only map, see `Checkpoint::open`.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: format!("not a valid safetensors file (truncated?): {e}"),
+    })?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = DType::try_from(view.dtype()).map_err(|e| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!("{name}: {e}"),
+            })?;
+            Ok((
+                name,
+                TensorMeta {
+                    file: path.to_path_buf(),
+                    dtype,
+                    shape: view.shape().to_vec(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Dequantises a block-FP8 weight: `W[i, j] = q[i, j] · scale[i / 128, j / 128]`, in f32.
+/// Edge blocks may be partial (dimensions need not be multiples of 128).
+pub fn dequantize_fp8(q: &Tensor, scale_inv: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, cols) = q.dims2()?;
+    let (br, bc) = scale_inv.dims2()?;
+    if br != rows.div_ceil(FP8_BLOCK) || bc != cols.div_ceil(FP8_BLOCK) {
+        candle_core::bail!(
+            "weight_scale_inv: expected [{}, {}] for a [{rows}, {cols}] weight, found [{br}, {bc}]",
+            rows.div_ceil(FP8_BLOCK),
+            cols.div_ceil(FP8_BLOCK)
+        );
+    }
+    let device = q.device();
+    let row_block: Vec<u32> = (0..rows).map(|i| (i / FP8_BLOCK) as u32).collect();
+    let col_block: Vec<u32> = (0..cols).map(|j| (j / FP8_BLOCK) as u32).collect();
+    let scale = scale_inv
+        .to_dtype(DType::F32)?
+        .index_select(&Tensor::new(row_block, device)?, 0)?
+        .index_select(&Tensor::new(col_block, device)?, 1)?;
+    q.to_dtype(DType::F32)? * scale
+}

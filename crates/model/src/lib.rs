@@ -1,0 +1,60 @@
+//! DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 inference from HF checkpoints.
+//!
+//! Point [`DeepSeek::load`] at a downloaded checkpoint directory (`config.json`, sharded
+//! safetensors with `model.safetensors.index.json`, bf16/f32 or FP8 e4m3 with 128x128
+//! `weight_scale_inv` blocks) and get HF-exact logits and fast generation. The crate composes
+//! the component crates and re-implements none of their maths:
+//!
+//! ```text
+//! x_0     = embed_tokens[t]
+//! h_l     = x_l + MLA_l(RMSNorm(x_l))                         (mla, rope-yarn)
+//! x_{l+1} = h_l + FFN_l(RMSNorm(h_l))   FFN = SwiGLU for l < first_k_dense_replace,
+//!                                             DeepSeekMoE after  (moe)
+//! logits  = lm_head(RMSNorm(x_L))
+//! ```
+//!
+//! - [`config`]: `config.json` in either rotary spelling, validated with errors naming fields;
+//!   V2 vs V3 semantics come from `model_type`, as in HF 5.23.
+//! - [`checkpoint`]: memory-mapped shards, one error listing every missing / unexpected /
+//!   mis-shaped tensor, FP8 dequantised at load (partial edge blocks handled), and a candle
+//!   `VarBuilder` over it so the component crates load their own weights.
+//! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache + RoPE table);
+//!   prefill runs the expanded MLA path, decode the weight-absorbed one.
+//! - [`generate`], [`sampling`], [`tokenizer`]: prefill + decode loop with greedy/top-k/top-p
+//!   sampling, EOS and stop strings, streaming; `tokenizer.json` and the chat template (R1:
+//!   one BOS, optional `<think>\n` prefill).
+//! - [`plan`], [`random`]: the tensors a config implies (validation, parameter counts) and
+//!   random checkpoints of any config in the release layout.
+//!
+//! ```
+//! use candle_core::{DType, Device};
+//! use model::DeepSeek;
+//!
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/v3_noaux");
+//! let model = DeepSeek::load(&dir, DType::F32, &Device::Cpu)?;
+//! let mut session = model.new_session()?;
+//! let prompt = model.forward(&[5, 17, 42], &mut session)?; // prefill: logits [3, vocab]
+//! let next = *DeepSeek::argmax_rows(&prompt.logits)?.last().unwrap();
+//! let step = model.forward(&[next], &mut session)?; // one decode step over the latent cache
+//! assert_eq!(step.logits.dims(), &[1, model.config().hf.vocab_size]);
+//! # Ok::<(), model::ModelError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod generate;
+pub mod model;
+pub mod mtp;
+pub mod plan;
+pub mod random;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use checkpoint::{dequantize_fp8, Checkpoint};
+pub use config::{Arch, ModelConfig};
+pub use error::{ModelError, Result};
+pub use model::{DeepSeek, Output, Session};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::{ChatOptions, Message, Tokenizer};

@@ -1,0 +1,399 @@
+//! `cargo run --release -p model -- <command>`: logits, generate, info, random-checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use model::generate::{generate_text, GenerateOptions};
+use model::random::{write_random_checkpoint, StoreDtype};
+use model::{ChatOptions, DeepSeek, Message, ModelConfig, SamplingParams, Tokenizer};
+
+#[derive(Parser)]
+#[command(about = "DeepSeek-V2/V3/R1 inference from HF checkpoints", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Compute {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Compute {
+    fn dtype(self) -> DType {
+        match self {
+            Compute::F32 => DType::F32,
+            Compute::F16 => DType::F16,
+            Compute::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Store {
+    F32,
+    Bf16,
+    Fp8,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute dtype. f32 is the CPU default: candle's CPU bf16 matmul is several times slower
+    /// (see benchmarks/README.md).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Compute,
+    /// Run on the first CUDA device (needs `--features cuda`).
+    #[arg(long)]
+    cuda: bool,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<DeepSeek> {
+        let device = if self.cuda {
+            Device::new_cuda(0).context("CUDA device 0 (build with --features cuda)")?
+        } else {
+            Device::Cpu
+        };
+        Ok(DeepSeek::load(&self.model, self.dtype.dtype(), &device)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One causal prefill; writes f32 `logits` [T, vocab] to a safetensors file.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Streams generated text; prints prefill and decode tokens/s at the end.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Directory with tokenizer.json (+ tokenizer_config.json); default: the model dir.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the chat template as a user message (R1: ends with `<think>\n`).
+        #[arg(long)]
+        chat: bool,
+        /// Token budget.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Temperature (0: greedy). Default: 0.6 with --chat (R1's recommendation), else 0.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Nucleus mass. Default: 0.95 with --chat, else 1.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Keep the k most likely tokens (0: off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop strings (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Speculative decoding with the checkpoint's MTP modules (drafts verified by the main
+        /// model; output distribution unchanged). Prints the acceptance rate.
+        #[arg(long)]
+        mtp: bool,
+    },
+    /// Parameters, layer plan, KV-cache bytes per token and memory per dtype.
+    Info {
+        /// Checkpoint directory or config.json.
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Writes a random checkpoint of any config in the release layout.
+    RandomCheckpoint {
+        /// A config.json.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: Store,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Logits { model, tokens, out } => logits(&model, &tokens, &out),
+        Command::Generate {
+            model,
+            tokenizer,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop,
+            mtp,
+        } => {
+            let defaults = if chat {
+                SamplingParams::r1_chat(seed)
+            } else {
+                SamplingParams::greedy()
+            };
+            let sampling = SamplingParams {
+                temperature: temperature.unwrap_or(defaults.temperature),
+                top_p: top_p.unwrap_or(defaults.top_p),
+                top_k,
+                seed,
+            };
+            let tok_dir = tokenizer.unwrap_or_else(|| model.model.clone());
+            run_generate(
+                &model,
+                &tok_dir,
+                &prompt,
+                chat,
+                GenerateOptions {
+                    max_new_tokens: max_tokens,
+                    sampling,
+                    stop_tokens: vec![],
+                    stop_strings: stop,
+                },
+                mtp,
+            )
+        }
+        Command::Info { model } => info(&model),
+        Command::RandomCheckpoint {
+            config,
+            out,
+            dtype,
+            seed,
+        } => random(&config, &out, dtype, seed),
+    }
+}
+
+fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> Result<()> {
+    let model = args.load()?;
+    let logits = model.logits(tokens)?;
+    let mut tensors = HashMap::from([("logits".to_string(), logits)]);
+    // Row j: the depth-1 MTP module on (main hidden state j, token j + 1): predicts token j + 2.
+    if let Some(mtp_logits) = model::mtp::mtp_logits(&model, tokens)? {
+        eprintln!(
+            "checkpoint has MTP modules: writing mtp_logits {:?}",
+            mtp_logits.dims()
+        );
+        tensors.insert("mtp_logits".to_string(), mtp_logits);
+    }
+    candle_core::safetensors::save(&tensors, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote logits {:?} to {}",
+        tensors["logits"].dims(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn run_generate(
+    args: &ModelArgs,
+    tok_dir: &Path,
+    prompt: &str,
+    chat: bool,
+    mut opts: GenerateOptions,
+    use_mtp: bool,
+) -> Result<()> {
+    let tokenizer = Tokenizer::from_dir(tok_dir)?;
+    let model = args.load()?;
+    let ids = if chat {
+        let opts = ChatOptions {
+            add_generation_prompt: true,
+            think_prefill: true,
+        };
+        tokenizer.encode_chat(&[Message::new("user", prompt)], opts)?
+    } else {
+        tokenizer.encode(prompt)?
+    };
+    opts.stop_tokens.extend(
+        model
+            .config()
+            .eos_token_ids
+            .iter()
+            .copied()
+            .chain(tokenizer.eos_id()),
+    );
+    if use_mtp {
+        return run_speculative(&model, &tokenizer, &ids, &opts);
+    }
+    let mut stdout = std::io::stdout();
+    let (gen, _) = generate_text(&model, &tokenizer, &ids, &opts, |piece| {
+        let _ = stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush());
+    })?;
+    println!();
+    eprintln!(
+        "prompt {} tokens, prefill {:.1} tok/s; generated {} tokens, decode {:.2} tok/s ({:?})",
+        gen.prompt_tokens,
+        gen.prefill_tokens_per_sec(),
+        gen.tokens.len(),
+        gen.decode_tokens_per_sec(),
+        gen.finish
+    );
+    Ok(())
+}
+
+/// `generate --mtp`: MTP drafts verified by the main model (stop strings are not applied here).
+fn run_speculative(
+    model: &DeepSeek,
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<()> {
+    let modules = model::mtp::load_mtp_modules(model)?;
+    if modules.is_empty() {
+        bail!(
+            "{}: the checkpoint has no MTP modules (num_nextn_predict_layers is 0)",
+            model.checkpoint().dir().display()
+        );
+    }
+    let mut sampler = model::Sampler::new(opts.sampling);
+    let mut stream = model::tokenizer::TextStream::new(tokenizer);
+    let mut stdout = std::io::stdout();
+    let spec = mtp::SpecOptions {
+        max_new_tokens: opts.max_new_tokens,
+        stop_tokens: opts.stop_tokens.clone(),
+    };
+    let start = std::time::Instant::now();
+    let out = mtp::speculative_generate(model, &modules, ids, &spec, &mut sampler, |t| {
+        if let Ok(Some(piece)) = stream.push(t) {
+            let _ = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush());
+        }
+        true
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "generated {} tokens in {:.2} s ({:.2} tok/s incl. prefill); MTP acceptance {:.1}% ({:.2} tokens per main forward)",
+        out.tokens.len(),
+        secs,
+        out.tokens.len() as f64 / secs,
+        100.0 * out.stats.acceptance_rate(),
+        out.stats.tokens_per_step()
+    );
+    Ok(())
+}
+
+fn info(path: &Path) -> Result<()> {
+    let cfg_path = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let cfg = ModelConfig::from_file(&cfg_path)?;
+    let h = &cfg.hf;
+    let (total, active) = model::plan::parameter_counts(&cfg);
+    println!(
+        "{}: {:?}, {} layers (+{} MTP), hidden {}, vocab {}",
+        cfg_path.display(),
+        cfg.arch,
+        h.num_hidden_layers,
+        h.num_nextn_predict_layers,
+        h.hidden_size,
+        h.vocab_size
+    );
+    println!(
+        "parameters: {:.3} B total, {:.3} B active per token (MTP modules excluded)",
+        total as f64 / 1e9,
+        active as f64 / 1e9
+    );
+    let dense: Vec<usize> = (0..h.num_hidden_layers)
+        .filter(|&l| !cfg.is_moe_layer(l))
+        .collect();
+    println!(
+        "layer plan: dense FFN in layers {dense:?}, MoE in the other {}",
+        h.num_hidden_layers - dense.len()
+    );
+    if let Some(m) = &cfg.moe {
+        let g = &m.gate;
+        println!(
+            "routing: {} routed experts (top-{}, {:?}/{:?}, {} groups keep {}), {} shared, width {}, scale {}",
+            g.n_routed_experts, g.top_k, g.scoring, g.topk_method, g.n_group, g.topk_group, m.n_shared_experts, m.moe_intermediate_size, g.routed_scaling_factor
+        );
+    }
+    for dtype in [DType::BF16, DType::F32] {
+        let mla = mla::KvLayout::mla(&cfg.mla).bytes_per_token(h.num_hidden_layers, dtype);
+        let mha = mla::KvLayout::mha(&cfg.mla).bytes_per_token(h.num_hidden_layers, dtype);
+        println!(
+            "KV cache per token ({dtype:?}): MLA {mla} B, MHA would need {mha} B ({:.1}x)",
+            mha as f64 / mla as f64
+        );
+    }
+    for (name, bytes) in [("f32", 4.0), ("bf16/f16", 2.0), ("fp8", 1.0)] {
+        println!("weights in {name}: {:.2} GB", total as f64 * bytes / 1e9);
+    }
+    Ok(())
+}
+
+fn random(config: &Path, out: &Path, dtype: Store, seed: u64) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    if out.join("config.json").exists() {
+        bail!(
+            "{} already holds a checkpoint; choose another --out",
+            out.display()
+        );
+    }
+    let store = match dtype {
+        Store::F32 => StoreDtype::F32,
+        Store::Bf16 => StoreDtype::Bf16,
+        Store::Fp8 => StoreDtype::Fp8,
+    };
+    let bar = ProgressBar::new(0)
+        .with_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("template"));
+    write_random_checkpoint(&text, out, store, seed, |name, i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+        bar.set_message(name.to_string());
+    })
+    .with_context(|| format!("config {}", config.display()))?;
+    bar.finish_and_clear();
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

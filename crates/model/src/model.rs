@@ -1,0 +1,295 @@
+//! The DeepSeek network: embedding, decoder layers (MLA + dense or MoE FFN), final RMSNorm and
+//! head. Attention comes from the `mla` crate, FFNs from the `moe` crate, RoPE from `rope-yarn`;
+//! this module only wires them together.
+//!
+//! Dimension legend: `T` tokens of one sequence, `C` hidden size, `V` vocabulary.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Embedding, Linear, Module, RmsNorm, VarBuilder};
+use mla::{AttentionPath, LatentKvCache, Mla};
+use moe::{Mlp, Moe};
+use rope_yarn::RopeCache;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::plan::{expected_tensors, ffn_kind, FfnKind};
+
+/// A decoder layer's FFN.
+pub enum Ffn {
+    /// Dense SwiGLU (the first `first_k_dense_replace` layers).
+    Dense(Mlp),
+    /// Routed + shared experts.
+    Moe(Moe),
+}
+
+impl Ffn {
+    fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match ffn_kind(cfg, layer) {
+            FfnKind::Dense => {
+                Ffn::Dense(Mlp::load(vb, cfg.hf.hidden_size, cfg.hf.intermediate_size)?)
+            }
+            FfnKind::Moe => Ffn::Moe(Moe::load(vb, cfg.moe.as_ref().expect("MoE layer"))?),
+        })
+    }
+
+    /// `[T, C] -> [T, C]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Ffn::Dense(m) => m.forward(x)?,
+            Ffn::Moe(m) => m.forward(x)?,
+        })
+    }
+}
+
+/// One pre-norm decoder block: `h = x + attn(norm(x)); out = h + ffn(norm(h))`.
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Mla,
+    post_attention_layernorm: RmsNorm,
+    mlp: Ffn,
+}
+
+impl DecoderLayer {
+    /// Loads layer `layer` (a main layer or an MTP module's block) from `vb` at its prefix.
+    pub fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+        let (c, eps) = (cfg.hf.hidden_size, cfg.hf.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: candle_nn::rms_norm(c, eps, vb.pp("input_layernorm"))?,
+            self_attn: Mla::load(&vb.pp("self_attn"), cfg.mla.clone())?,
+            post_attention_layernorm: candle_nn::rms_norm(
+                c,
+                eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Ffn::load(cfg, layer, vb.pp("mlp"))?,
+        })
+    }
+
+    /// `x` `[1, T, C]` at positions `start..start + T`; appends to `cache` when given.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &mut RopeCache,
+        cache: Option<&mut mla::LayerCache>,
+        path: AttentionPath,
+    ) -> Result<Tensor> {
+        let a =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, start, rope, cache, path)?;
+        let h = (x + a)?;
+        let (b, t, c) = h.dims3()?;
+        let f = self.mlp.forward(
+            &self
+                .post_attention_layernorm
+                .forward(&h)?
+                .reshape((b * t, c))?,
+        )?;
+        Ok((h + f.reshape((b, t, c))?)?)
+    }
+
+    /// The attention block.
+    pub fn attention(&self) -> &Mla {
+        &self.self_attn
+    }
+
+    /// The FFN.
+    pub fn ffn(&self) -> &Ffn {
+        &self.mlp
+    }
+}
+
+/// Per-sequence state: the latent KV cache of every layer, the shared RoPE table and the
+/// number of tokens processed.
+pub struct Session {
+    /// One latent cache per decoder layer.
+    pub kv: LatentKvCache,
+    /// cos/sin table grown on demand.
+    pub rope: RopeCache,
+}
+
+impl Session {
+    /// Tokens held by the cache.
+    pub fn len(&self) -> usize {
+        self.kv
+            .layer(0)
+            .ok()
+            .and_then(|l| l.uniform_len())
+            .unwrap_or(0)
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rolls the cache back to `pos` tokens (speculative decoding rejects a suffix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.kv.truncate(pos);
+    }
+}
+
+/// What one forward pass returns.
+pub struct Output {
+    /// `[T, V]` f32 logits.
+    pub logits: Tensor,
+    /// `[T, C]` hidden states after the final norm (what MTP modules take).
+    pub hidden: Tensor,
+}
+
+/// A DeepSeek-V2/V3 causal language model.
+pub struct DeepSeek {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    dtype: DType,
+    device: Device,
+    checkpoint: Arc<Checkpoint>,
+    /// Attention path for prefill (`T > 1`) and decode (`T = 1`).
+    pub paths: (AttentionPath, AttentionPath),
+}
+
+impl DeepSeek {
+    /// Loads `dir` (config.json + safetensors) computing in `dtype` on `device`. The checkpoint is
+    /// validated against the configuration first: one error lists every missing, unexpected or
+    /// mis-shaped tensor.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Arc::new(Checkpoint::open(dir)?);
+        let (plan, optional) = expected_tensors(&config);
+        let expected: Vec<(String, Vec<usize>)> =
+            plan.into_iter().map(|t| (t.name, t.shape)).collect();
+        checkpoint.check(&expected, &optional)?;
+        Self::from_checkpoint(config, checkpoint, dtype, device)
+    }
+
+    /// Builds the model from an opened (and checked) checkpoint.
+    pub fn from_checkpoint(
+        config: ModelConfig,
+        checkpoint: Arc<Checkpoint>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = checkpoint.var_builder(dtype, device);
+        let h = &config.hf;
+        let embed_tokens =
+            candle_nn::embedding(h.vocab_size, h.hidden_size, vb.pp("model.embed_tokens"))?;
+        let layers = (0..h.num_hidden_layers)
+            .map(|l| DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(h.hidden_size, h.rms_norm_eps, vb.pp("model.norm"))?;
+        let lm_head = candle_nn::linear_no_bias(h.hidden_size, h.vocab_size, vb.pp("lm_head"))?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device: device.clone(),
+            checkpoint,
+            paths: (AttentionPath::Expanded, AttentionPath::Absorbed),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The checkpoint the weights came from (MTP modules load from it too).
+    pub fn checkpoint(&self) -> &Arc<Checkpoint> {
+        &self.checkpoint
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The decoder layers.
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// A fresh session (empty cache).
+    pub fn new_session(&self) -> Result<Session> {
+        let kv = LatentKvCache::new(
+            &self.config.mla,
+            self.layers.len(),
+            1,
+            self.dtype,
+            &self.device,
+        )?;
+        Ok(Session {
+            kv,
+            rope: RopeCache::new(self.config.mla.rope),
+        })
+    }
+
+    /// Token embeddings `[1, T, C]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let vocab = self.config.hf.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is out of range (vocab_size {vocab})"
+            )));
+        }
+        if tokens.is_empty() {
+            return Err(ModelError::Input("no tokens to process".into()));
+        }
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        Ok(self.embed_tokens.forward(&ids)?)
+    }
+
+    /// Runs `tokens` through the model after the session's cached tokens, appending them to
+    /// the cache. Returns f32 logits and the final-normed hidden states of the new tokens.
+    pub fn forward(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
+        let start = session.len();
+        let path = if tokens.len() == 1 {
+            self.paths.1
+        } else {
+            self.paths.0
+        };
+        let mut x = self.embed(tokens)?;
+        for (layer, cache) in self.layers.iter().zip(session.kv.layers_mut()) {
+            x = layer.forward(&x, start, &mut session.rope, Some(cache), path)?;
+        }
+        let hidden = self.norm.forward(&x)?.squeeze(0)?;
+        let logits = self.head(&hidden)?;
+        Ok(Output { logits, hidden })
+    }
+
+    /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// One causal prefill of `tokens` with no cache: f32 logits `[T, V]`.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        let mut session = self.new_session()?;
+        Ok(self.forward(tokens, &mut session)?.logits)
+    }
+
+    /// Logits of the last position as a `Vec<f32>`.
+    pub fn last_logits(out: &Output) -> Result<Vec<f32>> {
+        let t = out.logits.dim(0)?;
+        Ok(out.logits.get(t - 1)?.to_vec1::<f32>()?)
+    }
+
+    /// Index of the largest logit of each row of `[T, V]` logits.
+    pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+        Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    }
+}

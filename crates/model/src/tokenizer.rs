@@ -1,0 +1,214 @@
+//! `tokenizer.json` through the `tokenizers` crate and the chat template of
+//! `tokenizer_config.json` rendered with minijinja.
+//!
+//! DeepSeek's tokenizers do not add BOS in their post-processor; `add_bos_token: true` in
+//! `tokenizer_config.json` asks the caller to. [`Tokenizer::encode`] prepends it for raw text;
+//! the chat template writes `{{bos_token}}` itself, so [`Tokenizer::encode_chat`] does not add a
+//! second one. R1 checkpoints expect the answer to open with `<think>\n`: newer R1 templates
+//! append it, and [`ChatOptions::think_prefill`] appends it for templates that do not.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// One chat message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+/// How a conversation is turned into a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// Append the assistant header so the model answers (HF's `add_generation_prompt`).
+    pub add_generation_prompt: bool,
+    /// End the prompt with `<think>\n` (R1) unless the template already does.
+    pub think_prefill: bool,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        Self {
+            add_generation_prompt: true,
+            think_prefill: false,
+        }
+    }
+}
+
+/// A tokenizer with its special tokens and chat template.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<(String, u32)>,
+    eos: Option<(String, u32)>,
+    add_bos: bool,
+    chat_template: Option<String>,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` and (if present) `tokenizer_config.json` from `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.is_file() {
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|e| {
+                ModelError::Tokenizer(format!("{}: invalid JSON: {e}", cfg_path.display()))
+            })?
+        } else {
+            Value::Null
+        };
+        let special = |key: &str| -> Option<(String, u32)> {
+            // Either a plain string or an AddedToken object with "content".
+            let text = match &cfg[key] {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o.get("content")?.as_str()?.to_string(),
+                _ => return None,
+            };
+            let id = inner.token_to_id(&text)?;
+            Some((text, id))
+        };
+        Ok(Self {
+            bos: special("bos_token"),
+            eos: special("eos_token"),
+            add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
+            chat_template: cfg["chat_template"].as_str().map(str::to_string),
+            inner,
+        })
+    }
+
+    /// The BOS token id, if the config names one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos.as_ref().map(|b| b.1)
+    }
+
+    /// The EOS token id, if the config names one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos.as_ref().map(|b| b.1)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes raw text, prepending BOS when `add_bos_token` is set.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode_plain(text)?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id()) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Encodes text as is (special-token strings in it become their ids; nothing is added).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text (special tokens kept, so think tags stay visible).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Renders the chat template over `messages`.
+    pub fn apply_chat_template(&self, messages: &[Message], opts: ChatOptions) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            ModelError::Tokenizer("tokenizer_config.json has no chat_template".into())
+        })?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template)
+            .map_err(|e| ModelError::Tokenizer(format!("chat_template: {e}")))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => opts.add_generation_prompt,
+            bos_token => self.bos.as_ref().map_or("", |b| b.0.as_str()),
+            eos_token => self.eos.as_ref().map_or("", |b| b.0.as_str()),
+        };
+        let mut text = env
+            .get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| ModelError::Tokenizer(format!("chat_template: {e}")))?;
+        if opts.think_prefill && !text.ends_with("<think>\n") {
+            text.push_str("<think>\n");
+        }
+        Ok(text)
+    }
+
+    /// Renders and encodes a conversation (the template supplies BOS).
+    pub fn encode_chat(&self, messages: &[Message], opts: ChatOptions) -> Result<Vec<u32>> {
+        self.encode_plain(&self.apply_chat_template(messages, opts)?)
+    }
+}
+
+/// Turns a growing list of generated ids into text pieces without splitting UTF-8 characters
+/// that span several byte-level tokens.
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream over `tokenizer`.
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns the newly completed text, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        // A trailing U+FFFD is a character whose remaining bytes are still to come.
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
+            return Ok(None);
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(Some(piece))
+    }
+
+    /// Everything decoded so far.
+    pub fn text(&self) -> Result<String> {
+        self.tokenizer.decode(&self.ids)
+    }
+}

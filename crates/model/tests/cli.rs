@@ -1,0 +1,100 @@
+//! The `model` binary: `logits` writes HF-exact `logits` (and `mtp_logits` for MTP
+//! checkpoints); `info` and `random-checkpoint` run; errors are one line with a non-zero exit.
+
+use std::process::Command;
+
+use candle_core::Device;
+use testkit::{assert_close, Case};
+
+fn model_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_model"))
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("model-cli-{name}-{}", std::process::id()))
+}
+
+#[test]
+fn logits_command_writes_logits_and_mtp_logits() {
+    let case = Case::load("v3_mtp");
+    let ids: Vec<String> = case.ids("input_ids").iter().map(u32::to_string).collect();
+    let out = tmp("logits.safetensors");
+    let status = model_bin()
+        .args(["logits", "--model"])
+        .arg(&case.dir)
+        .args(["--tokens", &ids.join(","), "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_close(
+        &t["logits"],
+        &case.tensor("prefill.logits"),
+        1e-4,
+        "cli logits",
+    );
+    assert_close(
+        &t["mtp_logits"],
+        &case.tensor("mtp.logits"),
+        1e-4,
+        "cli mtp_logits",
+    );
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn info_and_random_checkpoint_run() {
+    let case = Case::load("v2_greedy");
+    let out = model_bin()
+        .args(["info", "--model"])
+        .arg(&case.dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("KV cache per token") && text.contains("parameters"),
+        "{text}"
+    );
+
+    let dir = tmp("random");
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = model_bin()
+        .args(["random-checkpoint", "--config"])
+        .arg(case.dir.join("config.json"))
+        .arg("--out")
+        .arg(&dir)
+        .args(["--dtype", "fp8"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(dir.join("model.safetensors.index.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_are_one_line_with_nonzero_exit() {
+    let runs: [&[&str]; 3] = [
+        &[
+            "logits",
+            "--model",
+            "/nonexistent/dir",
+            "--tokens",
+            "1",
+            "--out",
+            "/tmp/x.safetensors",
+        ],
+        &["info", "--model", "/nonexistent/dir"],
+        &["generate", "--model", "/nonexistent/dir", "--prompt", "hi"],
+    ];
+    for args in runs {
+        let out = model_bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("/nonexistent/dir"),
+            "{err}"
+        );
+    }
+}

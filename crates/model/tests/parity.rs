@@ -1,0 +1,95 @@
+//! End-to-end parity with HF transformers 5.23 on the committed fixture checkpoints.
+
+use candle_core::{DType, Device, Tensor};
+use model::DeepSeek;
+use testkit::{assert_close, Case};
+
+/// Cases whose logits must match (the MTP case is covered in the mtp tests).
+const CASES: &[&str] = &[
+    "v2_greedy",
+    "v2_group_limited",
+    "v3_noaux",
+    "v3_mtp",
+    "v3_fp8",
+];
+
+fn load(case: &Case) -> DeepSeek {
+    DeepSeek::load(&case.dir, DType::F32, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+}
+
+#[test]
+fn prefill_logits_match_hf() {
+    for name in CASES {
+        let case = Case::load(name);
+        let model = load(&case);
+        let logits = model.logits(&case.ids("input_ids")).unwrap();
+        assert_close(
+            &logits,
+            &case.tensor("prefill.logits"),
+            1e-4,
+            &format!("{name} logits"),
+        );
+    }
+}
+
+#[test]
+fn decode_step_by_step_matches_prefill() {
+    for name in CASES {
+        let case = Case::load(name);
+        let model = load(&case);
+        let mut session = model.new_session().unwrap();
+        let rows: Vec<Tensor> = case
+            .ids("input_ids")
+            .iter()
+            .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
+            .collect();
+        let decoded = Tensor::cat(&rows, 0).unwrap();
+        assert_close(
+            &decoded,
+            &case.tensor("decode.logits"),
+            1e-4,
+            &format!("{name} decode logits"),
+        );
+        assert_close(
+            &decoded,
+            &case.tensor("prefill.logits"),
+            1e-4,
+            &format!("{name} decode vs prefill"),
+        );
+    }
+}
+
+#[test]
+fn final_hidden_matches_hf() {
+    for name in CASES {
+        let case = Case::load(name);
+        let model = load(&case);
+        let mut session = model.new_session().unwrap();
+        let out = model.forward(&case.ids("input_ids"), &mut session).unwrap();
+        assert_close(
+            &out.hidden,
+            &case.tensor("prefill.final_hidden"),
+            1e-4,
+            &format!("{name} hidden"),
+        );
+    }
+}
+
+#[test]
+fn greedy_continuation_matches_hf() {
+    for name in CASES {
+        let case = Case::load(name);
+        let model = load(&case);
+        let mut session = model.new_session().unwrap();
+        let mut out = model.forward(&case.ids("input_ids"), &mut session).unwrap();
+        let want = case.ids("greedy");
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let next = *DeepSeek::argmax_rows(&out.logits).unwrap().last().unwrap();
+            got.push(next);
+            out = model.forward(&[next], &mut session).unwrap();
+        }
+        assert_eq!(got, want, "{name}");
+    }
+}

@@ -1,0 +1,200 @@
+//! Routed experts and the three ways to run them: grouped dispatch (prefill), the decode path
+//! (one token) and the naive per-token loop (the test oracle and benchmark baseline).
+//!
+//! Grouped dispatch, for T tokens and k experts each (T·k (token, slot) pairs):
+//! 1. one counting sort of the pairs by expert (a single permutation, [`DispatchPlan`]);
+//! 2. per active expert e: gather its tokens' rows (`index_select`), run the expert once as a
+//!    matmul over `[n_e, H]`, multiply each row by its routing weight;
+//! 3. concatenate the results in plan order and scatter-add them back with one `index_add`.
+//!
+//! On the CPU step 2 runs in parallel over experts with rayon.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use crate::error::{MoeError, Result};
+use crate::gate::Routing;
+use crate::mlp::Mlp;
+
+/// Experts with at most this many tokens use the row kernel instead of the GEMM (CPU f32).
+const SMALL_BATCH: usize = 8;
+
+/// The (token, slot) pairs of a [`Routing`] sorted by expert.
+#[derive(Debug, Clone)]
+pub struct DispatchPlan {
+    /// Pair ids `t * k + slot`, grouped by expert (stable within an expert).
+    pub order: Vec<u32>,
+    /// `order[offsets[e]..offsets[e + 1]]` are expert e's pairs; length E + 1.
+    pub offsets: Vec<usize>,
+}
+
+impl DispatchPlan {
+    /// Counting sort of the routing's pairs by expert id.
+    pub fn new(routing: &Routing, n_experts: usize) -> Self {
+        let mut offsets = vec![0usize; n_experts + 1];
+        for &e in &routing.indices {
+            offsets[e as usize + 1] += 1;
+        }
+        for e in 0..n_experts {
+            offsets[e + 1] += offsets[e];
+        }
+        let mut next = offsets.clone();
+        let mut order = vec![0u32; routing.indices.len()];
+        for (pair, &e) in routing.indices.iter().enumerate() {
+            order[next[e as usize]] = pair as u32;
+            next[e as usize] += 1;
+        }
+        Self { order, offsets }
+    }
+
+    /// Experts that received at least one token.
+    pub fn active_experts(&self) -> Vec<usize> {
+        (0..self.offsets.len() - 1)
+            .filter(|&e| self.offsets[e + 1] > self.offsets[e])
+            .collect()
+    }
+}
+
+/// The routed experts of one layer.
+#[derive(Debug, Clone)]
+pub struct Experts {
+    experts: Vec<Mlp>,
+}
+
+impl Experts {
+    /// From already-built expert MLPs (e.g. dequantised by the model crate). All must share
+    /// one shape.
+    pub fn new(experts: Vec<Mlp>) -> Result<Self> {
+        let first = experts.first().ok_or(MoeError::MissingTensor {
+            name: "experts.0".into(),
+        })?;
+        let (h, i) = (first.hidden_size(), first.intermediate_size());
+        for (e, m) in experts.iter().enumerate() {
+            if (m.hidden_size(), m.intermediate_size()) != (h, i) {
+                return Err(MoeError::Shape {
+                    name: format!("experts.{e}.gate_proj.weight"),
+                    expected: vec![i, h],
+                    found: vec![m.intermediate_size(), m.hidden_size()],
+                });
+            }
+        }
+        Ok(Self { experts })
+    }
+
+    /// Loads `{e}.{gate,up,down}_proj.weight` for e in 0..n under `vb` (the `experts` prefix).
+    pub fn load(vb: VarBuilder, n: usize, hidden: usize, intermediate: usize) -> Result<Self> {
+        let experts = (0..n)
+            .map(|e| Mlp::load(vb.pp(e.to_string()), hidden, intermediate))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(experts)
+    }
+
+    /// Number of experts.
+    pub fn len(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// Never true: construction needs at least one expert.
+    pub fn is_empty(&self) -> bool {
+        self.experts.is_empty()
+    }
+
+    /// Expert `e`.
+    pub fn expert(&self, e: usize) -> &Mlp {
+        &self.experts[e]
+    }
+
+    /// Grouped dispatch (see the module docs). `x` is `[T, H]`.
+    pub fn forward_grouped(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        if routing.n_tokens == 0 {
+            return Ok(x.zeros_like()?);
+        }
+        let dev = x.device();
+        let k = routing.top_k;
+        let plan = DispatchPlan::new(routing, self.len());
+        // Experts with few tokens skip the GEMM (which would pack the whole weight matrix for
+        // a handful of rows) and use the row kernel on the host copy of x.
+        let x_host: Option<Vec<f32>> = if matches!(dev, Device::Cpu) && x.dtype() == DType::F32 {
+            Some(x.flatten_all()?.to_vec1()?)
+        } else {
+            None
+        };
+        let h = x.dim(1)?;
+        let run = |e: usize| -> Result<Tensor> {
+            let pairs = &plan.order[plan.offsets[e]..plan.offsets[e + 1]];
+            let n = pairs.len();
+            let tokens: Vec<u32> = pairs.iter().map(|&p| p / k as u32).collect();
+            let w: Vec<f32> = pairs.iter().map(|&p| routing.weights[p as usize]).collect();
+            if let (Some(xh), true) = (&x_host, n <= SMALL_BATCH) {
+                let xs: Vec<f32> = tokens
+                    .iter()
+                    .flat_map(|&t| &xh[t as usize * h..(t as usize + 1) * h])
+                    .copied()
+                    .collect();
+                if let Some(mut ys) = self.experts[e].forward_rows_f32(&xs, n) {
+                    for (row, wj) in ys.chunks_mut(h).zip(&w) {
+                        row.iter_mut().for_each(|v| *v *= wj);
+                    }
+                    return Ok(Tensor::from_vec(ys, (n, h), dev)?);
+                }
+            }
+            let xs = x.index_select(&Tensor::from_vec(tokens, n, dev)?, 0)?; // [n_e, H]
+            let ys = self.experts[e].forward(&xs)?; // [n_e, H]
+            let w = Tensor::from_vec(w, (n, 1), dev)?.to_dtype(ys.dtype())?; // [n_e, 1]
+            Ok(ys.broadcast_mul(&w)?)
+        };
+        let active = plan.active_experts();
+        let parts: Vec<Tensor> = if matches!(dev, Device::Cpu) {
+            active.par_iter().map(|&e| run(e)).collect::<Result<_>>()?
+        } else {
+            active.iter().map(|&e| run(e)).collect::<Result<_>>()?
+        };
+        let ys = Tensor::cat(&parts, 0)?; // [T*k, H] in plan order
+        let tokens: Vec<u32> = plan.order.iter().map(|&p| p / k as u32).collect();
+        let tokens = Tensor::from_vec(tokens, plan.order.len(), dev)?;
+        Ok(x.zeros_like()?.index_add(&tokens, &ys, 0)?)
+    }
+
+    /// One token (`x` `[1, H]`): runs only the chosen experts, in parallel, reading each chosen
+    /// expert's weights once (a matrix-vector kernel on CPU f32 weights, candle otherwise).
+    pub fn forward_decode(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (idx, w) = routing.token(0);
+        let cpu_f32 = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
+        if cpu_f32 {
+            let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let outs: Vec<Option<Vec<f32>>> = idx
+                .par_iter()
+                .map(|&e| self.experts[e as usize].forward_rows_f32(&xv, 1))
+                .collect();
+            if outs.iter().all(Option::is_some) {
+                let mut y = vec![0f32; xv.len()];
+                for (out, &wk) in outs.into_iter().flatten().zip(w) {
+                    y.iter_mut().zip(out).for_each(|(acc, v)| *acc += wk * v);
+                }
+                return Ok(Tensor::from_vec(y, x.dims(), x.device())?);
+            }
+        }
+        self.forward_naive(x, routing)
+    }
+
+    /// The naive oracle: for every token, for every chosen expert, run the expert on that one
+    /// row and add `w * expert(x_t)`.
+    pub fn forward_naive(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        if routing.n_tokens == 0 {
+            return Ok(x.zeros_like()?);
+        }
+        let mut rows = Vec::with_capacity(routing.n_tokens);
+        for t in 0..routing.n_tokens {
+            let xt = x.narrow(0, t, 1)?; // [1, H]
+            let (idx, w) = routing.token(t);
+            let mut acc = xt.zeros_like()?;
+            for (&e, &wk) in idx.iter().zip(w) {
+                let y = self.experts[e as usize].forward(&xt)?;
+                acc = (acc + (y * wk as f64)?)?;
+            }
+            rows.push(acc);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}

@@ -1,0 +1,43 @@
+//! The crate's error type: every message names the input at fault.
+
+/// Errors from building, loading or running a MoE layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MoeError {
+    /// A configuration field is invalid; `field` names it (release spelling).
+    #[error("{field}: {message}")]
+    Config {
+        /// The offending field, e.g. `n_group`.
+        field: &'static str,
+        /// What is wrong, with the values involved.
+        message: String,
+    },
+    /// A weight the layer needs is absent from the checkpoint.
+    #[error("{name}: missing")]
+    MissingTensor {
+        /// The tensor's full name under the loader's prefix.
+        name: String,
+    },
+    /// A weight or input has the wrong shape.
+    #[error("{name}: expected {expected:?}, found {found:?}")]
+    Shape {
+        /// The tensor's name (or `input` for activations).
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape actually found.
+        found: Vec<usize>,
+    },
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, MoeError>;
+
+pub(crate) fn config_err(field: &'static str, message: impl Into<String>) -> MoeError {
+    MoeError::Config {
+        field,
+        message: message.into(),
+    }
+}

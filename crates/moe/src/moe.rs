@@ -1,0 +1,185 @@
+//! The MoE layer: `y = sum_k w_k * expert_{i_k}(x) + shared_experts(x)`.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::config::MoeConfig;
+use crate::dispatch::Experts;
+use crate::error::{config_err, MoeError, Result};
+use crate::gate::{Gate, Routing};
+use crate::mlp::Mlp;
+
+/// How the routed experts are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// Decode path for one token, grouped dispatch otherwise (the default).
+    #[default]
+    Auto,
+    /// Grouped dispatch: one matmul per active expert.
+    Grouped,
+    /// Per-token loop (oracle / baseline).
+    Naive,
+}
+
+/// A DeepSeekMoE layer: gate, routed experts and the (optional) shared-expert MLP.
+#[derive(Debug, Clone)]
+pub struct Moe {
+    cfg: MoeConfig,
+    gate: Gate,
+    experts: Experts,
+    shared: Option<Mlp>,
+}
+
+impl Moe {
+    /// Assembles a layer from parts (e.g. weights the model crate has dequantised).
+    pub fn new(cfg: MoeConfig, gate: Gate, experts: Experts, shared: Option<Mlp>) -> Result<Self> {
+        let g = &cfg.gate;
+        if experts.len() != g.n_routed_experts {
+            return Err(config_err(
+                "n_routed_experts",
+                format!(
+                    "n_routed_experts is {}, but {} experts were given",
+                    g.n_routed_experts,
+                    experts.len()
+                ),
+            ));
+        }
+        let (h, i) = (g.hidden_size, cfg.moe_intermediate_size);
+        let e0 = experts.expert(0);
+        if (e0.hidden_size(), e0.intermediate_size()) != (h, i) {
+            return Err(MoeError::Shape {
+                name: "experts.0.gate_proj.weight".into(),
+                expected: vec![i, h],
+                found: vec![e0.intermediate_size(), e0.hidden_size()],
+            });
+        }
+        match (&shared, cfg.n_shared_experts) {
+            (None, 0) => {}
+            (None, _) => {
+                return Err(MoeError::MissingTensor {
+                    name: "shared_experts".into(),
+                })
+            }
+            (Some(s), _) => {
+                let si = cfg.shared_intermediate_size();
+                if (s.hidden_size(), s.intermediate_size()) != (h, si) {
+                    return Err(MoeError::Shape {
+                        name: "shared_experts.gate_proj.weight".into(),
+                        expected: vec![si, h],
+                        found: vec![s.intermediate_size(), s.hidden_size()],
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            cfg,
+            gate,
+            experts,
+            shared,
+        })
+    }
+
+    /// Loads from HF names under `vb` (the `mlp` prefix, e.g. `model.layers.3.mlp`):
+    /// `gate.weight`, `gate.e_score_correction_bias` (noaux_tc),
+    /// `experts.{e}.{gate,up,down}_proj.weight`, `shared_experts.{gate,up,down}_proj.weight`.
+    pub fn load(vb: VarBuilder, cfg: &MoeConfig) -> Result<Self> {
+        let g = &cfg.gate;
+        let gate = Gate::load(vb.pp("gate"), g)?;
+        let experts = Experts::load(
+            vb.pp("experts"),
+            g.n_routed_experts,
+            g.hidden_size,
+            cfg.moe_intermediate_size,
+        )?;
+        let shared = if cfg.n_shared_experts > 0 {
+            Some(Mlp::load(
+                vb.pp("shared_experts"),
+                g.hidden_size,
+                cfg.shared_intermediate_size(),
+            )?)
+        } else {
+            None
+        };
+        Self::new(cfg.clone(), gate, experts, shared)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MoeConfig {
+        &self.cfg
+    }
+
+    /// The router.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The router, mutably (e.g. to update the correction bias).
+    pub fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+
+    /// The routed experts.
+    pub fn experts(&self) -> &Experts {
+        &self.experts
+    }
+
+    /// The shared-expert MLP, if any.
+    pub fn shared(&self) -> Option<&Mlp> {
+        self.shared.as_ref()
+    }
+
+    /// Routes `x` `[..., H]` (flattened to tokens).
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        self.gate.route(&self.flat(x)?)
+    }
+
+    /// Forward with [`Dispatch::Auto`]: `x` `[..., H]` → `[..., H]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Dispatch::Auto)
+    }
+
+    /// Forward with an explicit dispatch strategy.
+    pub fn forward_with(&self, x: &Tensor, dispatch: Dispatch) -> Result<Tensor> {
+        let x2 = self.flat(x)?; // [T, H]
+        let routing = self.gate.route(&x2)?;
+        let y = self.forward_routed(&x2, &routing, dispatch)?;
+        Ok(y.reshape(x.dims())?)
+    }
+
+    /// Routed experts (with a given routing) plus shared experts; `x` is `[T, H]`.
+    pub fn forward_routed(
+        &self,
+        x: &Tensor,
+        routing: &Routing,
+        dispatch: Dispatch,
+    ) -> Result<Tensor> {
+        let routed = match dispatch {
+            Dispatch::Auto if routing.n_tokens == 1 => self.experts.forward_decode(x, routing)?,
+            Dispatch::Auto | Dispatch::Grouped => self.experts.forward_grouped(x, routing)?,
+            Dispatch::Naive => self.experts.forward_naive(x, routing)?,
+        };
+        match &self.shared {
+            Some(s) => Ok((routed + s.forward(x)?)?),
+            None => Ok(routed),
+        }
+    }
+
+    /// Bytes of expert weights one decode step reads: shared MLP + k routed experts.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let k = self.cfg.gate.top_k;
+        self.shared.as_ref().map_or(0, Mlp::weight_bytes)
+            + k * self.experts.expert(0).weight_bytes()
+    }
+
+    fn flat(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.cfg.gate.hidden_size;
+        if x.dims().last() != Some(&h) {
+            return Err(MoeError::Shape {
+                name: "input".into(),
+                expected: vec![h],
+                found: x.dims().to_vec(),
+            });
+        }
+        Ok(x.reshape(((), h))?)
+    }
+}

@@ -1,0 +1,302 @@
+//! Parity with HF transformers 5.23 on the committed fixtures: gate logits, routing
+//! (tie-aware), and MoE / dense MLP outputs for every dispatch path.
+
+use std::collections::{BTreeSet, HashMap};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use moe::gate::{affinity_scores, route_with_dropped_fill};
+use moe::{Dispatch, Mlp, Moe, MoeConfig, MoeError};
+use testkit::{assert_close, Case};
+
+const TOL: f32 = 1e-5;
+
+fn shard_paths(case: &Case) -> Vec<std::path::PathBuf> {
+    (1..=2)
+        .map(|i| case.dir.join(format!("model-0000{i}-of-00002.safetensors")))
+        .collect()
+}
+
+/// All checkpoint tensors of a case, FP8 block-quantised weights dequantised to f32:
+/// `W[i, j] = fp8[i, j] * weight_scale_inv[i / 128, j / 128]`.
+fn load_dequantised(case: &Case) -> HashMap<String, Tensor> {
+    let mut raw = HashMap::new();
+    for p in shard_paths(case) {
+        raw.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
+    }
+    let mut out = HashMap::new();
+    for (name, t) in &raw {
+        if name.ends_with("weight_scale_inv") {
+            continue;
+        }
+        let scale = raw.get(&format!("{name}_scale_inv"));
+        let t = match scale {
+            Some(s) if t.dtype() == DType::F8E4M3 => {
+                let (r, c) = t.dims2().unwrap();
+                let rows: Vec<u32> = (0..r as u32).map(|i| i / 128).collect();
+                let cols: Vec<u32> = (0..c as u32).map(|j| j / 128).collect();
+                let s = s
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .index_select(&Tensor::new(rows, &Device::Cpu).unwrap(), 0)
+                    .unwrap()
+                    .index_select(&Tensor::new(cols, &Device::Cpu).unwrap(), 1)
+                    .unwrap(); // [r, c]
+                (t.to_dtype(DType::F32).unwrap() * s).unwrap()
+            }
+            _ => t.to_dtype(DType::F32).unwrap(),
+        };
+        out.insert(name.clone(), t);
+    }
+    out
+}
+
+fn var_builder(case: &Case) -> VarBuilder<'static> {
+    if case.config.get("quantization_config").is_some() {
+        VarBuilder::from_tensors(load_dequantised(case), DType::F32, &Device::Cpu)
+    } else {
+        // SAFETY: the fixture files are not modified while mapped.
+        unsafe {
+            VarBuilder::from_mmaped_safetensors(&shard_paths(case), DType::F32, &Device::Cpu)
+                .unwrap()
+        }
+    }
+}
+
+/// MoE layers of the case that have gate references (the MTP layer has none).
+fn moe_layers(case: &Case) -> Vec<usize> {
+    let first = case.config_usize("first_k_dense_replace");
+    let n = case.config_usize("num_hidden_layers");
+    (first..n)
+        .filter(|l| {
+            case.try_tensor(&format!("prefill.layers.{l}.gate_indices"))
+                .is_some()
+        })
+        .collect()
+}
+
+/// Tie-aware routing comparison. Returns the number of tokens whose expert sets differ (each
+/// only by near-ties of the selection scores) and the max |diff| of the aligned weights.
+fn compare_routing(layer: &Moe, case: &Case, l: usize, routing: &moe::Routing) -> (usize, f32) {
+    let cfg = &layer.config().gate;
+    let (e, k) = (cfg.n_routed_experts, cfg.top_k);
+    let logits: Vec<f32> = case
+        .tensor(&format!("prefill.layers.{l}.gate_logits"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let ref_idx = case.ids(&format!("prefill.layers.{l}.gate_indices"));
+    let ref_w: Vec<f32> = case
+        .tensor(&format!("prefill.layers.{l}.gate_weights"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (mut flips, mut max_w) = (0, 0f32);
+    let mut s = Vec::new();
+    for t in 0..routing.n_tokens {
+        affinity_scores(cfg.scoring, &logits[t * e..(t + 1) * e], &mut s);
+        let sel: Vec<f32> = match (cfg.uses_bias(), layer.gate().bias()) {
+            (true, Some(b)) => s.iter().zip(b).map(|(s, b)| s + b).collect(),
+            _ => s.clone(),
+        };
+        let (idx, w) = routing.token(t);
+        let ours: BTreeSet<u32> = idx.iter().copied().collect();
+        let theirs: BTreeSet<u32> = ref_idx[t * k..(t + 1) * k].iter().copied().collect();
+        if ours != theirs {
+            flips += 1;
+            for a in ours.difference(&theirs) {
+                for b in theirs.difference(&ours) {
+                    let gap = (sel[*a as usize] - sel[*b as usize]).abs();
+                    assert!(
+                        gap <= 1e-6,
+                        "{} layer {l} token {t}: experts {ours:?} vs reference {theirs:?}; \
+                         {a} and {b} differ by {gap:e} in selection score (not a tie)",
+                        case.name
+                    );
+                }
+            }
+        }
+        for (j, &x) in ref_idx[t * k..(t + 1) * k].iter().enumerate() {
+            if let Some(pos) = idx.iter().position(|&i| i == x) {
+                max_w = max_w.max((w[pos] - ref_w[t * k + j]).abs());
+            }
+        }
+    }
+    (flips, max_w)
+}
+
+fn check_moe_case(name: &str) {
+    let case = Case::load(name);
+    let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
+    let vb = var_builder(&case);
+    let layers = moe_layers(&case);
+    assert!(
+        !layers.is_empty(),
+        "{name}: no MoE layer with gate references"
+    );
+    for l in layers {
+        let layer = Moe::load(vb.pp(format!("model.layers.{l}.mlp")), &cfg).unwrap();
+        let x = case.tensor(&format!("prefill.layers.{l}.mlp_in"));
+        let expected = case.tensor(&format!("prefill.layers.{l}.mlp_out"));
+        let what = |s: &str| format!("{name} layer {l} {s}");
+
+        let (logits, routing) = layer.gate().route_with_logits(&x).unwrap();
+        let ref_logits = case.tensor(&format!("prefill.layers.{l}.gate_logits"));
+        assert_close(&logits, &ref_logits, TOL, &what("gate_logits"));
+        let (flips, max_w) = compare_routing(&layer, &case, l, &routing);
+        println!(
+            "{}: routing tie flips {flips}, weights max |diff| = {max_w:.3e}",
+            what("")
+        );
+        assert!(
+            max_w <= TOL,
+            "{}: weights differ by {max_w:e}",
+            what("routing")
+        );
+        assert_eq!(
+            flips,
+            0,
+            "{}: near-tie flips change the output",
+            what("routing")
+        );
+
+        for (d, label) in [
+            (Dispatch::Grouped, "grouped"),
+            (Dispatch::Naive, "naive"),
+            (Dispatch::Auto, "auto"),
+        ] {
+            let y = layer.forward_with(&x, d).unwrap();
+            assert_close(&y, &expected, TOL, &what(label));
+        }
+        // Decode path: one token at a time.
+        let t = x.dim(0).unwrap();
+        let rows: Vec<Tensor> = (0..t)
+            .map(|i| layer.forward(&x.narrow(0, i, 1).unwrap()).unwrap())
+            .collect();
+        let y = Tensor::cat(&rows, 0).unwrap();
+        assert_close(&y, &expected, TOL, &what("decode (T=1 each)"));
+    }
+}
+
+#[test]
+fn v2_greedy_parity() {
+    check_moe_case("v2_greedy");
+}
+
+#[test]
+fn v2_group_limited_parity() {
+    check_moe_case("v2_group_limited");
+}
+
+#[test]
+fn v3_noaux_tc_parity() {
+    check_moe_case("v3_noaux");
+}
+
+#[test]
+fn v3_mtp_parity() {
+    check_moe_case("v3_mtp");
+}
+
+#[test]
+fn v3_fp8_dequantised_parity() {
+    check_moe_case("v3_fp8");
+}
+
+#[test]
+fn dense_mlp_parity() {
+    for name in testkit::CASES {
+        let case = Case::load(name);
+        let vb = var_builder(&case);
+        let (h, i) = (
+            case.config_usize("hidden_size"),
+            case.config_usize("intermediate_size"),
+        );
+        for l in 0..case.config_usize("first_k_dense_replace") {
+            let mlp = Mlp::load(vb.pp(format!("model.layers.{l}.mlp")), h, i).unwrap();
+            let x = case.tensor(&format!("prefill.layers.{l}.mlp_in"));
+            let y = mlp.forward(&x).unwrap();
+            let expected = case.tensor(&format!("prefill.layers.{l}.mlp_out"));
+            assert_close(&y, &expected, TOL, &format!("{name} dense layer {l}"));
+        }
+    }
+}
+
+/// Regression: masking dropped groups with 0.0 instead of -inf. The fixture's mostly negative
+/// `e_score_correction_bias` makes kept-group selection scores negative, so 0.0-masked experts
+/// of dropped groups win; the correct rule must agree with HF and the buggy one must not.
+#[test]
+fn noaux_tc_masks_dropped_groups_with_neg_inf_not_zero() {
+    let case = Case::load("v3_noaux");
+    let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
+    let l = moe_layers(&case)[0];
+    let layer = Moe::load(var_builder(&case).pp(format!("model.layers.{l}.mlp")), &cfg).unwrap();
+    let logits: Vec<f32> = case
+        .tensor(&format!("prefill.layers.{l}.gate_logits"))
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let k = cfg.gate.top_k;
+    let reference = case.ids(&format!("prefill.layers.{l}.gate_indices"));
+    let sets = |idx: &[u32]| -> Vec<BTreeSet<u32>> {
+        idx.chunks(k).map(|c| c.iter().copied().collect()).collect()
+    };
+    let bias = layer.gate().bias();
+    let right = route_with_dropped_fill(&cfg.gate, &logits, bias, f32::NEG_INFINITY);
+    let wrong = route_with_dropped_fill(&cfg.gate, &logits, bias, 0.0);
+    assert_eq!(
+        sets(&right.indices),
+        sets(&reference),
+        "-inf masking must match HF"
+    );
+    let disagreeing = sets(&wrong.indices)
+        .iter()
+        .zip(sets(&reference))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    println!(
+        "0.0 masking disagrees with HF on {disagreeing} of {} tokens",
+        right.n_tokens
+    );
+    assert!(
+        disagreeing > 0,
+        "the fixture no longer exposes the 0.0-masking bug"
+    );
+}
+
+#[test]
+fn missing_expert_weight_is_named() {
+    let case = Case::load("v3_noaux");
+    let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
+    let l = moe_layers(&case)[0];
+    let mut tensors = load_dequantised(&case);
+    let key = format!("model.layers.{l}.mlp.experts.7.up_proj.weight");
+    assert!(tensors.remove(&key).is_some());
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let err = Moe::load(vb.pp(format!("model.layers.{l}.mlp")), &cfg).unwrap_err();
+    assert!(matches!(err, MoeError::MissingTensor { .. }));
+    assert_eq!(err.to_string(), format!("{key}: missing"));
+}
+
+#[test]
+fn bad_group_configs_are_named() {
+    let case = Case::load("v3_noaux");
+    let mut c = case.config.clone();
+    c["n_group"] = 3.into();
+    let err = MoeConfig::from_hf_json(&c).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "n_group: n_routed_experts (16) is not divisible by n_group (3)"
+    );
+    let mut c = case.config.clone();
+    c["topk_group"] = 5.into();
+    let err = MoeConfig::from_hf_json(&c).unwrap_err().to_string();
+    assert_eq!(err, "topk_group: topk_group (5) must be in 1..=n_group (4)");
+    let mut c = case.config.clone();
+    c["topk_method"] = "top_p".into();
+    let err = MoeConfig::from_hf_json(&c).unwrap_err().to_string();
+    assert!(err.starts_with("topk_method: unknown"), "{err}");
+}
