@@ -120,6 +120,67 @@ impl Case {
     }
 }
 
+impl Case {
+    /// The checkpoint shards (`model-*.safetensors`), sorted.
+    pub fn shards(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| {
+                let n = p.file_name().unwrap_or_default().to_string_lossy();
+                n.starts_with("model-") && n.ends_with(".safetensors")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every checkpoint tensor in f32, FP8 block weights dequantised
+    /// (`W[i, j] = q[i, j] * weight_scale_inv[i / 128, j / 128]`, partial edge blocks), as the
+    /// model crate does at load; the scales themselves are dropped. Component crates use this
+    /// to run parity on the FP8 case without depending on the model crate.
+    pub fn weights_f32(&self) -> HashMap<String, Tensor> {
+        let mut raw = HashMap::new();
+        for shard in self.shards() {
+            raw.extend(
+                candle_core::safetensors::load(&shard, &Device::Cpu)
+                    .unwrap_or_else(|e| panic!("{}: {e}", shard.display())),
+            );
+        }
+        raw.iter()
+            .filter(|(name, _)| !name.ends_with("weight_scale_inv"))
+            .map(|(name, t)| {
+                let t = match raw.get(&format!("{name}_scale_inv")) {
+                    Some(scale) => dequantize_fp8_blocks(t, scale),
+                    None => t.to_dtype(DType::F32).expect("f32"),
+                };
+                (name.clone(), t)
+            })
+            .collect()
+    }
+
+    /// A `VarBuilder` over [`Case::weights_f32`], for loading layers under their HF names.
+    pub fn var_builder(&self) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_tensors(self.weights_f32(), DType::F32, &Device::Cpu)
+    }
+}
+
+fn dequantize_fp8_blocks(q: &Tensor, scale_inv: &Tensor) -> Tensor {
+    let (rows, cols) = q.dims2().expect("2-D FP8 weight");
+    let block = |n: usize| {
+        Tensor::new(
+            (0..n as u32).map(|i| i / 128).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+    };
+    let scale = scale_inv
+        .to_dtype(DType::F32)
+        .and_then(|s| s.index_select(&block(rows)?, 0))
+        .and_then(|s| s.index_select(&block(cols)?, 1))
+        .expect("block scales");
+    (q.to_dtype(DType::F32).expect("f32") * scale).expect("dequantise")
+}
+
 /// Maximum absolute difference between two tensors of the same shape (as f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");

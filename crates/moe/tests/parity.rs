@@ -1,7 +1,7 @@
 //! Parity with HF transformers 5.23 on the committed fixtures: gate logits, routing
 //! (tie-aware), and MoE / dense MLP outputs for every dispatch path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -10,58 +10,6 @@ use moe::{Dispatch, Mlp, Moe, MoeConfig, MoeError};
 use testkit::{assert_close, Case};
 
 const TOL: f32 = 1e-5;
-
-fn shard_paths(case: &Case) -> Vec<std::path::PathBuf> {
-    (1..=2)
-        .map(|i| case.dir.join(format!("model-0000{i}-of-00002.safetensors")))
-        .collect()
-}
-
-/// All checkpoint tensors of a case, FP8 block-quantised weights dequantised to f32:
-/// `W[i, j] = fp8[i, j] * weight_scale_inv[i / 128, j / 128]`.
-fn load_dequantised(case: &Case) -> HashMap<String, Tensor> {
-    let mut raw = HashMap::new();
-    for p in shard_paths(case) {
-        raw.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
-    }
-    let mut out = HashMap::new();
-    for (name, t) in &raw {
-        if name.ends_with("weight_scale_inv") {
-            continue;
-        }
-        let scale = raw.get(&format!("{name}_scale_inv"));
-        let t = match scale {
-            Some(s) if t.dtype() == DType::F8E4M3 => {
-                let (r, c) = t.dims2().unwrap();
-                let rows: Vec<u32> = (0..r as u32).map(|i| i / 128).collect();
-                let cols: Vec<u32> = (0..c as u32).map(|j| j / 128).collect();
-                let s = s
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .index_select(&Tensor::new(rows, &Device::Cpu).unwrap(), 0)
-                    .unwrap()
-                    .index_select(&Tensor::new(cols, &Device::Cpu).unwrap(), 1)
-                    .unwrap(); // [r, c]
-                (t.to_dtype(DType::F32).unwrap() * s).unwrap()
-            }
-            _ => t.to_dtype(DType::F32).unwrap(),
-        };
-        out.insert(name.clone(), t);
-    }
-    out
-}
-
-fn var_builder(case: &Case) -> VarBuilder<'static> {
-    if case.config.get("quantization_config").is_some() {
-        VarBuilder::from_tensors(load_dequantised(case), DType::F32, &Device::Cpu)
-    } else {
-        // SAFETY: the fixture files are not modified while mapped.
-        unsafe {
-            VarBuilder::from_mmaped_safetensors(&shard_paths(case), DType::F32, &Device::Cpu)
-                .unwrap()
-        }
-    }
-}
 
 /// MoE layers of the case that have gate references (the MTP layer has none).
 fn moe_layers(case: &Case) -> Vec<usize> {
@@ -130,7 +78,7 @@ fn compare_routing(layer: &Moe, case: &Case, l: usize, routing: &moe::Routing) -
 fn check_moe_case(name: &str) {
     let case = Case::load(name);
     let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
-    let vb = var_builder(&case);
+    let vb = case.var_builder();
     let layers = moe_layers(&case);
     assert!(
         !layers.is_empty(),
@@ -209,7 +157,7 @@ fn v3_fp8_dequantised_parity() {
 fn dense_mlp_parity() {
     for name in testkit::CASES {
         let case = Case::load(name);
-        let vb = var_builder(&case);
+        let vb = case.var_builder();
         let (h, i) = (
             case.config_usize("hidden_size"),
             case.config_usize("intermediate_size"),
@@ -232,7 +180,7 @@ fn noaux_tc_masks_dropped_groups_with_neg_inf_not_zero() {
     let case = Case::load("v3_noaux");
     let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
     let l = moe_layers(&case)[0];
-    let layer = Moe::load(var_builder(&case).pp(format!("model.layers.{l}.mlp")), &cfg).unwrap();
+    let layer = Moe::load(case.var_builder().pp(format!("model.layers.{l}.mlp")), &cfg).unwrap();
     let logits: Vec<f32> = case
         .tensor(&format!("prefill.layers.{l}.gate_logits"))
         .flatten_all()
@@ -272,7 +220,7 @@ fn missing_expert_weight_is_named() {
     let case = Case::load("v3_noaux");
     let cfg = MoeConfig::from_hf_json(&case.config).unwrap();
     let l = moe_layers(&case)[0];
-    let mut tensors = load_dequantised(&case);
+    let mut tensors = case.weights_f32();
     let key = format!("model.layers.{l}.mlp.experts.7.up_proj.weight");
     assert!(tensors.remove(&key).is_some());
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);

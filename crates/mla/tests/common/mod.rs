@@ -2,10 +2,7 @@
 //! random layers, and the every-path agreement check.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
 use rope_yarn::{RopeCache, RopeConfig};
 use testkit::Case;
@@ -28,94 +25,15 @@ pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
         .unwrap()
 }
 
-pub fn shards(case: &Case) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&case.dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("model-") && n.ends_with(".safetensors")
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// `W = fp8 · scale[i / 128, j / 128]` with partial edge blocks.
-pub fn dequantize_fp8(w: &Tensor, scale_inv: &Tensor) -> Tensor {
-    let (out, inp) = w.dims2().unwrap();
-    let (so, si) = scale_inv.dims2().unwrap();
-    let scale = scale_inv
-        .reshape((so, 1, si, 1))
-        .unwrap()
-        .broadcast_as((so, 128, si, 128))
-        .unwrap()
-        .reshape((so * 128, si * 128))
-        .unwrap()
-        .narrow(0, 0, out)
-        .unwrap()
-        .narrow(1, 0, inp)
-        .unwrap();
-    (w.to_dtype(DType::F32).unwrap() * scale).unwrap()
-}
-
-/// Every tensor of the checkpoint, FP8 weights dequantised to f32.
-pub fn load_dequantized(case: &Case) -> HashMap<String, Tensor> {
-    let mut all = HashMap::new();
-    for s in shards(case) {
-        all.extend(candle_core::safetensors::load(&s, &Device::Cpu).unwrap());
-    }
-    let mut out = HashMap::new();
-    for (k, v) in &all {
-        if k.ends_with(".weight_scale_inv") {
-            continue;
-        }
-        let scale_key = format!("{}_scale_inv", k);
-        let t = match all.get(&scale_key) {
-            Some(s) => dequantize_fp8(v, s),
-            None => v.to_dtype(DType::F32).unwrap(),
-        };
-        out.insert(k.clone(), t);
-    }
-    out
-}
-
-/// Layer `l` of a fixture. FP8 checkpoints are dequantised here and handed in as tensors
-/// (the model crate's job); the others load through a `VarBuilder` under the HF names.
+/// Layer `l` of a fixture, loaded under the HF names (FP8 checkpoints dequantised by testkit,
+/// as the model crate does, which exercises loading from already-dequantised tensors).
 pub fn load_layer(case: &Case, l: usize) -> Mla {
     let cfg = config_from_json(&case.config);
-    let fp8 = case.config.get("quantization_config").is_some();
-    if !fp8 {
-        let vb = unsafe {
-            candle_nn::VarBuilder::from_mmaped_safetensors(&shards(case), DType::F32, &Device::Cpu)
-                .unwrap()
-        };
-        return Mla::load(&vb.pp(format!("model.layers.{l}.self_attn")), cfg).unwrap();
-    }
-    let all = load_dequantized(case);
-    let get = |n: &str| {
-        all.get(&format!("model.layers.{l}.self_attn.{n}.weight"))
-            .unwrap_or_else(|| panic!("{n}"))
-            .clone()
-    };
-    let query = match cfg.q_lora_rank {
-        None => QueryWeights::Direct {
-            q_proj: get("q_proj"),
-        },
-        Some(_) => QueryWeights::LowRank {
-            q_a_proj: get("q_a_proj"),
-            q_a_layernorm: get("q_a_layernorm"),
-            q_b_proj: get("q_b_proj"),
-        },
-    };
-    let weights = MlaWeights {
-        query,
-        kv_a_proj_with_mqa: get("kv_a_proj_with_mqa"),
-        kv_a_layernorm: get("kv_a_layernorm"),
-        kv_b_proj: get("kv_b_proj"),
-        o_proj: get("o_proj"),
-    };
-    Mla::new(cfg, weights).unwrap()
+    Mla::load(
+        &case.var_builder().pp(format!("model.layers.{l}.self_attn")),
+        cfg,
+    )
+    .unwrap()
 }
 
 /// A small layer with random weights (`q_lora` selects the low-rank query).
