@@ -54,6 +54,12 @@ enum Command {
         /// Model name for the endpoint.
         #[arg(long)]
         model: Option<String>,
+        /// A local DeepSeek checkpoint as the source (needs `--features local-model`).
+        #[arg(long, conflicts_with_all = ["responses", "endpoint"])]
+        model_dir: Option<PathBuf>,
+        /// Tokenizer directory for --model-dir (default: the checkpoint directory).
+        #[arg(long, requires = "model_dir")]
+        tokenizer: Option<PathBuf>,
         /// Endpoint kind.
         #[arg(long, value_enum, default_value_t = Api::Chat)]
         api: Api,
@@ -196,6 +202,8 @@ fn main() -> Result<()> {
             responses,
             endpoint,
             model,
+            model_dir,
+            tokenizer,
             api,
             concurrency,
             cache,
@@ -209,6 +217,9 @@ fn main() -> Result<()> {
             out,
         } => {
             let source: Arc<dyn ResponseSource> = match (&responses, &endpoint) {
+                _ if model_dir.is_some() => {
+                    local_source(model_dir.as_deref(), tokenizer.as_deref())?
+                }
                 (Some(r), _) => Arc::new(Recorded::load(r)?),
                 (None, Some(url)) => {
                     let mut c = OpenAiConfig::new(url, model.as_deref().unwrap_or_default());
@@ -218,7 +229,9 @@ fn main() -> Result<()> {
                     c.api_key = std::env::var("OPENAI_API_KEY").ok();
                     Arc::new(OpenAi::new(c)?)
                 }
-                (None, None) => bail!("give --responses FILE or --endpoint URL --model NAME"),
+                (None, None) => {
+                    bail!("give --responses FILE, --endpoint URL --model NAME or --model-dir DIR")
+                }
             };
             let cache = if source.wants_cache() {
                 let p = cache.unwrap_or_else(|| out.join("responses.jsonl"));
@@ -348,4 +361,19 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "local-model")]
+fn local_source(dir: Option<&Path>, tokenizer: Option<&Path>) -> Result<Arc<dyn ResponseSource>> {
+    let dir = dir.expect("checked by the caller");
+    Ok(Arc::new(eval::source::local::LocalModel::load(
+        dir, tokenizer,
+    )?))
+}
+
+#[cfg(not(feature = "local-model"))]
+fn local_source(_: Option<&Path>, _: Option<&Path>) -> Result<Arc<dyn ResponseSource>> {
+    bail!(
+        "--model-dir needs the local model: build with `cargo run -p eval --features local-model`"
+    )
 }

@@ -1,12 +1,13 @@
 //! Where responses come from: recorded files ([`recorded`]), OpenAI-compatible servers
-//! ([`openai`]), and, once the model crate exists, the local model (a `local-model`
-//! feature is planned; it will implement [`ResponseSource`] like the others).
+//! ([`openai`]), and the local model crate (`local`, behind the `local-model` feature).
 //!
 //! Every source answers one [`Request`] (one sample of one problem) at a time; the
 //! runner asks for samples concurrently and appends each answer to the [`cache`] before
 //! scoring it, so an interrupted run resumes without asking again.
 
 pub mod cache;
+#[cfg(feature = "local-model")]
+pub mod local;
 pub mod openai;
 pub mod recorded;
 
