@@ -83,7 +83,7 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling);
     let mut session = model.new_session()?;
     let t0 = Instant::now();
-    let mut out = model.forward(prompt, &mut session)?;
+    let mut out = model.forward_last(prompt, &mut session)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut tokens = Vec::new();

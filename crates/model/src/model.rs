@@ -256,6 +256,22 @@ impl DeepSeek {
     /// Runs `tokens` through the model after the session's cached tokens, appending them to
     /// the cache. Returns f32 logits and the final-normed hidden states of the new tokens.
     pub fn forward(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
+        let hidden = self.hidden_states(tokens, session)?;
+        let logits = self.head(&hidden)?;
+        Ok(Output { logits, hidden })
+    }
+
+    /// Like [`DeepSeek::forward`] but applies the head to the last position only (logits
+    /// `[1, V]`): what generation needs after a prefill. The head is the largest matrix, so
+    /// this saves `(T - 1) · V · C` multiply-adds (39% of a 512-token V2-Lite-4L prefill).
+    pub fn forward_last(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
+        let hidden = self.hidden_states(tokens, session)?;
+        let logits = self.head(&hidden.narrow(0, tokens.len() - 1, 1)?)?;
+        Ok(Output { logits, hidden })
+    }
+
+    /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache.
+    pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
         let start = session.len();
         let path = if tokens.len() == 1 {
             self.paths.1
@@ -266,9 +282,7 @@ impl DeepSeek {
         for (layer, cache) in self.layers.iter().zip(session.kv.layers_mut()) {
             x = layer.forward(&x, start, &mut session.rope, Some(cache), path)?;
         }
-        let hidden = self.norm.forward(&x)?.squeeze(0)?;
-        let logits = self.head(&hidden)?;
-        Ok(Output { logits, hidden })
+        Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
 
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.

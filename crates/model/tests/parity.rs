@@ -93,3 +93,19 @@ fn greedy_continuation_matches_hf() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[test]
+fn forward_last_is_the_last_row_of_forward() {
+    let case = Case::load("v3_noaux");
+    let model = load(&case);
+    let ids = case.ids("input_ids");
+    let all = model
+        .forward(&ids, &mut model.new_session().unwrap())
+        .unwrap();
+    let last = model
+        .forward_last(&ids, &mut model.new_session().unwrap())
+        .unwrap();
+    let want = all.logits.narrow(0, ids.len() - 1, 1).unwrap();
+    assert_close(&last.logits, &want, 1e-6, "forward_last");
+    assert_close(&last.hidden, &all.hidden, 0.0, "forward_last hidden");
+}
