@@ -26,40 +26,21 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Parser, ValueEnum};
 use model::generate::{generate, FinishReason, GenerateOptions, Generation};
 use model::plan::expected_tensors;
-use model::{DeepSeek, ModelConfig};
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Compute {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Compute {
-    fn dtype(self) -> DType {
-        match self {
-            Compute::F32 => DType::F32,
-            Compute::F16 => DType::F16,
-            Compute::Bf16 => DType::BF16,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Compute::F32 => "f32",
-            Compute::F16 => "f16",
-            Compute::Bf16 => "bf16",
-        }
-    }
-}
+use model::precision::parse_float_dtype;
+use model::{DeepSeek, ModelConfig, Precision};
 
 #[derive(Parser)]
 struct Args {
     /// Checkpoint directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Compute dtype (the weights are converted to it at load time).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Compute,
+    /// Compute dtype (activations, cache, norms): f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
+    dtype: DType,
+    /// Dtype the weight matrices are kept in (default: the compute dtype). `--dtype f32
+    /// --matrices bf16` keeps bf16 weights in memory under f32 arithmetic.
+    #[arg(long, value_parser = parse_float_dtype)]
+    matrices: Option<DType>,
     /// Prompt tokens (one prefill).
     #[arg(long, default_value_t = 512)]
     prompt_len: usize,
@@ -69,7 +50,7 @@ struct Args {
     /// Skip the warm-up generation (32-token prompt, 4 tokens).
     #[arg(long)]
     no_warmup: bool,
-    /// Also measure candle's M=1 matmul in f32, f16 and bf16 on decode shapes.
+    /// Also measure M=1 products on decode shapes: candle matmul vs the `linear` kernel, per dtype.
     #[arg(long)]
     matvec: bool,
     /// Prefill head: `all` runs `generate` (the model computes logits for every prompt
@@ -95,7 +76,7 @@ fn generate_last_head(
     let cfg = model.config();
     let vb = model
         .checkpoint()
-        .var_builder(model.dtype(), model.device());
+        .var_builder(model.precision(), model.device());
     let norm = candle_nn::rms_norm(cfg.hf.hidden_size, cfg.hf.rms_norm_eps, vb.pp("model.norm"))?;
     let mut session = model.new_session()?;
     let t0 = Instant::now();
@@ -154,24 +135,31 @@ fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
     (total, routed)
 }
 
-/// candle `[1, K] x [K, N]` (weight stored `[N, K]`, transposed view as in `Linear`): GFLOP/s
-/// and effective weight GB/s.
+/// `[1, K] x [K, N]` with the weight stored `[N, K]`: candle's matmul on a transposed view (as
+/// `candle_nn::Linear` runs it, activations in the weight's dtype) and `linear::linear` (f32
+/// activations, weights in `dtype`). Returns the weight GB/s of each.
 fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(dtype)?;
-    let x = Tensor::randn(0f32, 1.0, (1, k), &dev)?.to_dtype(dtype)?;
+    let x32 = Tensor::randn(0f32, 1.0, (1, k), &dev)?;
+    let x = x32.to_dtype(dtype)?;
     let wt = w.t()?;
-    let t = median_time(2, 7, || x.matmul(&wt).unwrap());
-    let s = t.as_secs_f64();
-    Ok((
-        2.0 * (n * k) as f64 / s / 1e9,
-        (n * k * dtype.size_in_bytes()) as f64 / s / 1e9,
-    ))
+    let gbs =
+        |t: std::time::Duration| (n * k * dtype.size_in_bytes()) as f64 / t.as_secs_f64() / 1e9;
+    let candle = median_time(2, 7, || x.matmul(&wt).unwrap());
+    let ours = median_time(2, 7, || linear::linear(&x32, &w).unwrap());
+    Ok((gbs(candle), gbs(ours)))
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dtype = args.dtype.dtype();
+    let dtype = args.dtype;
+    let precision = Precision::mixed(dtype, args.matrices.unwrap_or(dtype));
+    let label = if precision.matrices == dtype {
+        dtype.as_str().to_string()
+    } else {
+        format!("{}/{}", dtype.as_str(), precision.matrices.as_str())
+    };
     let threads = candle_core::utils::get_num_threads();
     let bw = read_bandwidth();
     println!(
@@ -186,14 +174,17 @@ fn main() -> Result<()> {
             (102400, 2048, "lm_head"),
         ] {
             for dt in [DType::F32, DType::F16, DType::BF16] {
-                let (gf, gb) = matvec(dt, n, k)?;
-                println!("matvec {what} [1,{k}]x[{k},{n}] {dt:?}: {gf:.2} GFLOP/s, {gb:.2} GB/s of weights");
+                let (candle, ours) = matvec(dt, n, k)?;
+                println!(
+                    "matvec {what} [1,{k}]x[{k},{n}] {dt:?} weights: candle matmul {candle:.2} GB/s, \
+                     linear kernel {ours:.2} GB/s"
+                );
             }
         }
     }
 
     let t = Instant::now();
-    let model = DeepSeek::load(&args.model, dtype, &Device::Cpu)?;
+    let model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
     let load_secs = t.elapsed().as_secs_f64();
     let cfg = model.config().clone();
     let ids = prompt(args.prompt_len, cfg.hf.vocab_size);
@@ -221,14 +212,14 @@ fn main() -> Result<()> {
     let prefill = gen.prefill_tokens_per_sec();
     let decode = gen.decode_tokens_per_sec();
 
-    let (bytes, routed) = decode_weight_bytes(&cfg, dtype.size_in_bytes());
+    let (bytes, routed) = decode_weight_bytes(&cfg, precision.matrices.size_in_bytes());
     let (bytes_bf16, _) = decode_weight_bytes(&cfg, 2);
     let roof = bw / bytes as f64;
     let roof_bf16 = bw / bytes_bf16 as f64;
     println!(
         "{} compute: load {load_secs:.1} s; prefill {} tokens in {:.2} s = {prefill:.1} tok/s; \
          decode {} tokens in {:.2} s = {decode:.2} tok/s",
-        args.dtype.name(),
+        label,
         gen.prompt_tokens,
         gen.prefill_secs,
         gen.tokens.len().saturating_sub(1),
@@ -237,14 +228,14 @@ fn main() -> Result<()> {
     println!(
         "weights read per decoded token: {:.3} GB in {} ({:.3} GB routed experts), {:.3} GB in bf16",
         bytes as f64 / 1e9,
-        args.dtype.name(),
+        label,
         routed as f64 / 1e9,
         bytes_bf16 as f64 / 1e9
     );
     println!(
         "roofline: {roof:.1} tok/s with {} weights ({:.0}% reached), {roof_bf16:.1} tok/s with bf16 \
          weights ({:.0}% reached); achieved {:.1} GB/s of weights",
-        args.dtype.name(),
+        label,
         100.0 * decode / roof,
         100.0 * decode / roof_bf16,
         decode * bytes as f64 / 1e9
@@ -255,7 +246,7 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"prefill_head\":\"{}\",\"first_tokens\":{:?}}}",
-        args.dtype.name(),
+        label,
         bw / 1e9,
         gen.prompt_tokens,
         gen.tokens.len(),

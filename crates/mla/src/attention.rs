@@ -52,7 +52,7 @@ impl Mla {
     /// checking every shape and precomputing the absorbed `W_UK` / `W_UVᵀ`.
     pub fn new(config: MlaConfig, weights: MlaWeights) -> Result<Self> {
         weights.validate(&config)?;
-        let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config)?;
+        let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config, weights.dtype())?;
         Ok(Self {
             softmax_scale: config.softmax_scale(),
             config,
@@ -77,7 +77,8 @@ impl Mla {
         &self.weights
     }
 
-    /// The compute dtype (that of the weights); inputs must match it.
+    /// The compute dtype (that of the norm weights, see [`MlaWeights::dtype`]); inputs and
+    /// caches must match it.
     pub fn dtype(&self) -> DType {
         self.weights.dtype()
     }
@@ -392,11 +393,9 @@ fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(mask, (t, s), device)?)
 }
 
-/// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]`.
+/// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]`, `w` possibly narrower than `x`.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, t, k) = x.dims3()?;
-    let y = x.contiguous()?.reshape((b * t, k))?.matmul(&w.t()?)?;
-    Ok(y.reshape((b, t, ()))?)
+    Ok(linear::linear(&x.contiguous()?, w)?)
 }
 
 /// HF's RMSNorm: normalise in f32, cast back, then multiply by the weight.

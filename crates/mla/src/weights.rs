@@ -31,6 +31,9 @@ pub enum QueryWeights {
 /// Build it with [`MlaWeights::load`] from a `VarBuilder` prefixed at the layer's `self_attn`,
 /// or fill the fields directly with tensors you already hold (for instance weights the caller
 /// dequantised from FP8); [`Mla::new`](crate::Mla::new) checks every shape against the config.
+///
+/// Mixed precision: the projection matrices may be stored in bf16 or f16 while the two norm
+/// weights, and so the activations and the cache, are f32 ([`MlaWeights::dtype`]).
 #[derive(Debug, Clone)]
 pub struct MlaWeights {
     /// Query projection(s).
@@ -165,9 +168,12 @@ impl MlaWeights {
         })
     }
 
-    /// The dtype of the weights (that of `kv_b_proj`).
+    /// The compute dtype: that of the norm weights (`kv_a_layernorm`). The projection
+    /// matrices may be stored narrower (for example bf16 matrices with f32 norms and
+    /// activations on the CPU, where decode reads half the bytes); they are widened on the fly
+    /// by `linear`.
     pub fn dtype(&self) -> DType {
-        self.kv_b_proj.dtype()
+        self.kv_a_layernorm.dtype()
     }
 }
 
@@ -182,9 +188,10 @@ pub(crate) struct AbsorbedWeights {
 }
 
 impl AbsorbedWeights {
-    pub(crate) fn new(kv_b_proj: &Tensor, c: &MlaConfig) -> Result<Self> {
+    /// Built in the compute `dtype`: the two batched matmuls multiply activations directly.
+    pub(crate) fn new(kv_b_proj: &Tensor, c: &MlaConfig, dtype: DType) -> Result<Self> {
         // [H·(nope+v), R] -> [H, nope+v, R]
-        let per_head = kv_b_proj.reshape((
+        let per_head = kv_b_proj.to_dtype(dtype)?.reshape((
             c.num_heads,
             c.qk_nope_head_dim + c.v_head_dim,
             c.kv_lora_rank,

@@ -7,6 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{random_layer, run_every_path};
+use mla::{Mla, MlaWeights, QueryWeights};
 use testkit::max_abs_diff;
 
 fn check(dtype: DType, rel_tol: f32) {
@@ -47,4 +48,49 @@ fn bf16_close_to_f32() {
 #[test]
 fn f16_close_to_f32() {
     check(DType::F16, 5e-3);
+}
+
+/// The weights with every projection matrix converted by `f` and the norms kept.
+fn map_matrices(w: &MlaWeights, f: impl Fn(&Tensor) -> Tensor) -> MlaWeights {
+    MlaWeights {
+        query: match &w.query {
+            QueryWeights::Direct { q_proj } => QueryWeights::Direct { q_proj: f(q_proj) },
+            QueryWeights::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => QueryWeights::LowRank {
+                q_a_proj: f(q_a_proj),
+                q_a_layernorm: q_a_layernorm.clone(),
+                q_b_proj: f(q_b_proj),
+            },
+        },
+        kv_a_proj_with_mqa: f(&w.kv_a_proj_with_mqa),
+        kv_a_layernorm: w.kv_a_layernorm.clone(),
+        kv_b_proj: f(&w.kv_b_proj),
+        o_proj: f(&w.o_proj),
+    }
+}
+
+/// bf16/f16 matrices with f32 norms compute in f32: equal (up to summation order) to an f32
+/// layer holding the same rounded matrices, on every path, prefill and decode.
+#[test]
+fn narrow_matrices_with_f32_activations() {
+    for dtype in [DType::BF16, DType::F16] {
+        for q_lora in [false, true] {
+            let mla32 = random_layer(q_lora, 0.2);
+            let narrow = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let rounded = |t: &Tensor| narrow(t).to_dtype(DType::F32).unwrap();
+            let cfg = mla32.config().clone();
+            let mixed = Mla::new(cfg.clone(), map_matrices(mla32.weights(), narrow)).unwrap();
+            let exact = Mla::new(cfg, map_matrices(mla32.weights(), rounded)).unwrap();
+            assert_eq!(mixed.dtype(), DType::F32);
+            let x = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
+            let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+            for (name, y) in run_every_path(&mixed, &x, 1e-4) {
+                let d = max_abs_diff(&y, want);
+                assert!(d < 1e-4, "{dtype:?} q_lora={q_lora} {name}: {d:e}");
+            }
+        }
+    }
 }

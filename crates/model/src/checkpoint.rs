@@ -9,6 +9,8 @@ use std::sync::Arc;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
+
+pub use crate::precision::Precision;
 use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
@@ -140,6 +142,20 @@ impl Checkpoint {
         &self.tensors
     }
 
+    /// The dtype most of the matrix bytes are stored in (FP8 checkpoints report
+    /// `F8E4M3`); `None` for a checkpoint without matrices.
+    pub fn matrix_dtype(&self) -> Option<DType> {
+        let mut bytes: Vec<(DType, usize)> = Vec::new();
+        for m in self.tensors.values().filter(|m| m.shape.len() == 2) {
+            let b = m.shape.iter().product::<usize>() * m.dtype.size_in_bytes();
+            match bytes.iter_mut().find(|(d, _)| *d == m.dtype) {
+                Some((_, total)) => *total += b,
+                None => bytes.push((m.dtype, b)),
+            }
+        }
+        bytes.into_iter().max_by_key(|&(_, b)| b).map(|(d, _)| d)
+    }
+
     /// Total bytes of stored tensor data.
     pub fn stored_bytes(&self) -> usize {
         self.tensors
@@ -242,15 +258,27 @@ impl Checkpoint {
         }
     }
 
-    /// A candle `VarBuilder` over this checkpoint that dequantises FP8 on the fly, converts to
-    /// `dtype` and checks every requested shape.
-    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        let backend: Box<dyn SimpleBackend> = Box::new(Backend(Arc::clone(self)));
-        VarBuilder::from_backend(backend, dtype, device.clone())
+    /// A candle `VarBuilder` over this checkpoint that dequantises FP8 on the fly, converts
+    /// matrices to `precision.matrices` and everything else (norms, biases) to
+    /// `precision.compute`, and checks every requested shape.
+    pub fn var_builder(
+        self: &Arc<Self>,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let precision = precision.into();
+        let backend: Box<dyn SimpleBackend> = Box::new(Backend {
+            checkpoint: Arc::clone(self),
+            matrices: precision.matrices,
+        });
+        VarBuilder::from_backend(backend, precision.compute, device.clone())
     }
 }
 
-struct Backend(Arc<Checkpoint>);
+struct Backend {
+    checkpoint: Arc<Checkpoint>,
+    matrices: DType,
+}
 
 impl SimpleBackend for Backend {
     fn get(
@@ -269,13 +297,19 @@ impl SimpleBackend for Backend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0
+        let is_matrix = self
+            .checkpoint
+            .tensors
+            .get(name)
+            .is_some_and(|m| m.shape.len() == 2);
+        let dtype = if is_matrix { self.matrices } else { dtype };
+        self.checkpoint
             .load(name, dtype, dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.contains_key(name)
+        self.checkpoint.tensors.contains_key(name)
     }
 }
 

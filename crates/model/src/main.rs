@@ -10,31 +10,17 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::generate::{generate_text, GenerateOptions};
+use model::precision::parse_float_dtype;
 use model::random::{write_random_checkpoint, StoreDtype};
-use model::{ChatOptions, DeepSeek, Message, ModelConfig, SamplingParams, Tokenizer};
+use model::{
+    ChatOptions, Checkpoint, DeepSeek, Message, ModelConfig, Precision, SamplingParams, Tokenizer,
+};
 
 #[derive(Parser)]
 #[command(about = "DeepSeek-V2/V3/R1 inference from HF checkpoints", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Compute {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Compute {
-    fn dtype(self) -> DType {
-        match self {
-            Compute::F32 => DType::F32,
-            Compute::F16 => DType::F16,
-            Compute::Bf16 => DType::BF16,
-        }
-    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,10 +35,15 @@ struct ModelArgs {
     /// Checkpoint directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Compute dtype. f32 is the CPU default: candle's CPU bf16 matmul is several times slower
-    /// (see benchmarks/README.md).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Compute,
+    /// Compute dtype (activations, KV cache, norms): f32, bf16 or f16. f32 is the CPU default:
+    /// exact, and candle's CPU bf16 GEMM is slow (see benchmarks/README.md).
+    #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
+    dtype: DType,
+    /// Dtype the weight matrices are kept in (f32, bf16, f16). Default: on the CPU with f32
+    /// compute, the checkpoint's own bf16/f16 (FP8 -> bf16), so decode reads half the bytes;
+    /// otherwise the compute dtype.
+    #[arg(long, value_parser = parse_float_dtype)]
+    matrices: Option<DType>,
     /// Run on the first CUDA device (needs `--features cuda`).
     #[arg(long)]
     cuda: bool,
@@ -65,7 +56,11 @@ impl ModelArgs {
         } else {
             Device::Cpu
         };
-        Ok(DeepSeek::load(&self.model, self.dtype.dtype(), &device)?)
+        let precision = match self.matrices {
+            Some(m) => Precision::mixed(self.dtype, m),
+            None => Precision::auto(&Checkpoint::open(&self.model)?, self.dtype, &device),
+        };
+        Ok(DeepSeek::load(&self.model, precision, &device)?)
     }
 }
 

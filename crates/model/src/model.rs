@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Embedding, Linear, Module, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, Module, RmsNorm, VarBuilder};
 use mla::{AttentionPath, LatentKvCache, Mla};
 use moe::{Mlp, Moe};
 use rope_yarn::RopeCache;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Precision};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::plan::{expected_tensors, ffn_kind, FfnKind};
@@ -147,8 +147,9 @@ pub struct DeepSeek {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
-    dtype: DType,
+    /// `lm_head.weight` `[V, C]`.
+    lm_head: Tensor,
+    precision: Precision,
     device: Device,
     checkpoint: Arc<Checkpoint>,
     /// Attention path for prefill (`T > 1`) and decode (`T = 1`).
@@ -156,27 +157,29 @@ pub struct DeepSeek {
 }
 
 impl DeepSeek {
-    /// Loads `dir` (config.json + safetensors) computing in `dtype` on `device`. The checkpoint is
-    /// validated against the configuration first: one error lists every missing, unexpected or
-    /// mis-shaped tensor.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    /// Loads `dir` (config.json + safetensors) on `device`, computing in a [`DType`] or a
+    /// mixed [`Precision`] (e.g. f32 activations over bf16 matrices, the fast CPU decode
+    /// setting). The checkpoint is validated against the configuration first: one error lists
+    /// every missing, unexpected or mis-shaped tensor.
+    pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         let (plan, optional) = expected_tensors(&config);
         let expected: Vec<(String, Vec<usize>)> =
             plan.into_iter().map(|t| (t.name, t.shape)).collect();
         checkpoint.check(&expected, &optional)?;
-        Self::from_checkpoint(config, checkpoint, dtype, device)
+        Self::from_checkpoint(config, checkpoint, precision, device)
     }
 
     /// Builds the model from an opened (and checked) checkpoint.
     pub fn from_checkpoint(
         config: ModelConfig,
         checkpoint: Arc<Checkpoint>,
-        dtype: DType,
+        precision: impl Into<Precision>,
         device: &Device,
     ) -> Result<Self> {
-        let vb = checkpoint.var_builder(dtype, device);
+        let precision = precision.into();
+        let vb = checkpoint.var_builder(precision, device);
         let h = &config.hf;
         let embed_tokens =
             candle_nn::embedding(h.vocab_size, h.hidden_size, vb.pp("model.embed_tokens"))?;
@@ -184,14 +187,16 @@ impl DeepSeek {
             .map(|l| DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(h.hidden_size, h.rms_norm_eps, vb.pp("model.norm"))?;
-        let lm_head = candle_nn::linear_no_bias(h.hidden_size, h.vocab_size, vb.pp("lm_head"))?;
+        let lm_head = vb
+            .pp("lm_head")
+            .get((h.vocab_size, h.hidden_size), "weight")?;
         Ok(Self {
             config,
             embed_tokens,
             layers,
             norm,
             lm_head,
-            dtype,
+            precision,
             device: device.clone(),
             checkpoint,
             paths: (AttentionPath::Expanded, AttentionPath::Absorbed),
@@ -208,9 +213,14 @@ impl DeepSeek {
         &self.checkpoint
     }
 
-    /// Compute dtype.
+    /// Compute dtype (activations, cache, norms).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.precision.compute
+    }
+
+    /// Compute and matrix dtypes.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Device.
@@ -229,7 +239,7 @@ impl DeepSeek {
             &self.config.mla,
             self.layers.len(),
             1,
-            self.dtype,
+            self.dtype(),
             &self.device,
         )?;
         Ok(Session {
@@ -250,7 +260,7 @@ impl DeepSeek {
             return Err(ModelError::Input("no tokens to process".into()));
         }
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        Ok(self.embed_tokens.forward(&ids)?)
+        Ok(self.embed_tokens.forward(&ids)?.to_dtype(self.dtype())?)
     }
 
     /// Runs `tokens` through the model after the session's cached tokens, appending them to
@@ -287,7 +297,7 @@ impl DeepSeek {
 
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+        Ok(linear::linear(hidden, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 
     /// One causal prefill of `tokens` with no cache: f32 logits `[T, V]`.

@@ -96,14 +96,14 @@ impl TokenSampler for Sampler {
 }
 
 /// Loads every MTP module the configuration declares (`num_nextn_predict_layers`; none for
-/// V2 or checkpoints without MTP weights), in the model's dtype and device, from the model's
+/// V2 or checkpoints without MTP weights), in the model's precision and device, from the model's
 /// checkpoint. Module `k` (1-based) comes from `model.layers.{num_hidden_layers + k - 1}`.
 pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
     let cfg = model.config();
     let h = &cfg.hf;
     let vb = model
         .checkpoint()
-        .var_builder(model.dtype(), model.device());
+        .var_builder(model.precision(), model.device());
     (h.num_hidden_layers..h.num_hidden_layers + h.num_nextn_predict_layers)
         .map(|layer| {
             let vb = vb.pp(format!("model.layers.{layer}"));

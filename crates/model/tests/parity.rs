@@ -106,6 +106,8 @@ fn forward_last_is_the_last_row_of_forward() {
         .forward_last(&ids, &mut model.new_session().unwrap())
         .unwrap();
     let want = all.logits.narrow(0, ids.len() - 1, 1).unwrap();
-    assert_close(&last.logits, &want, 1e-6, "forward_last");
+    // One head row runs on the matrix-vector kernel, T rows on the GEMM: same products,
+    // another summation order.
+    assert_close(&last.logits, &want, 1e-5, "forward_last");
     assert_close(&last.hidden, &all.hidden, 0.0, "forward_last hidden");
 }

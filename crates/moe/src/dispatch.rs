@@ -9,16 +9,13 @@
 //!
 //! On the CPU step 2 runs in parallel over experts with rayon.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::error::{MoeError, Result};
 use crate::gate::Routing;
 use crate::mlp::Mlp;
-
-/// Experts with at most this many tokens use the row kernel instead of the GEMM (CPU f32).
-const SMALL_BATCH: usize = 8;
 
 /// The (token, slot) pairs of a [`Routing`] sorted by expert.
 #[derive(Debug, Clone)]
@@ -113,32 +110,13 @@ impl Experts {
         let dev = x.device();
         let k = routing.top_k;
         let plan = DispatchPlan::new(routing, self.len());
-        // Experts with few tokens skip the GEMM (which would pack the whole weight matrix for
-        // a handful of rows) and use the row kernel on the host copy of x.
-        let x_host: Option<Vec<f32>> = if matches!(dev, Device::Cpu) && x.dtype() == DType::F32 {
-            Some(x.flatten_all()?.to_vec1()?)
-        } else {
-            None
-        };
-        let h = x.dim(1)?;
+        // Experts with few tokens (<= linear::GEMV_MAX_ROWS) run on `linear`'s matrix-vector
+        // kernel inside `Mlp::forward`; busy experts on the GEMM.
         let run = |e: usize| -> Result<Tensor> {
             let pairs = &plan.order[plan.offsets[e]..plan.offsets[e + 1]];
             let n = pairs.len();
             let tokens: Vec<u32> = pairs.iter().map(|&p| p / k as u32).collect();
             let w: Vec<f32> = pairs.iter().map(|&p| routing.weights[p as usize]).collect();
-            if let (Some(xh), true) = (&x_host, n <= SMALL_BATCH) {
-                let xs: Vec<f32> = tokens
-                    .iter()
-                    .flat_map(|&t| &xh[t as usize * h..(t as usize + 1) * h])
-                    .copied()
-                    .collect();
-                if let Some(mut ys) = self.experts[e].forward_rows_f32(&xs, n) {
-                    for (row, wj) in ys.chunks_mut(h).zip(&w) {
-                        row.iter_mut().for_each(|v| *v *= wj);
-                    }
-                    return Ok(Tensor::from_vec(ys, (n, h), dev)?);
-                }
-            }
             let xs = x.index_select(&Tensor::from_vec(tokens, n, dev)?, 0)?; // [n_e, H]
             let ys = self.experts[e].forward(&xs)?; // [n_e, H]
             let w = Tensor::from_vec(w, (n, 1), dev)?.to_dtype(ys.dtype())?; // [n_e, 1]
@@ -156,26 +134,23 @@ impl Experts {
         Ok(x.zeros_like()?.index_add(&tokens, &ys, 0)?)
     }
 
-    /// One token (`x` `[1, H]`): runs only the chosen experts, in parallel, reading each chosen
-    /// expert's weights once (a matrix-vector kernel on CPU f32 weights, candle otherwise).
+    /// One token (`x` `[1, H]`): runs only the chosen experts, in parallel on the CPU, each
+    /// reading its weights once (`linear`'s matrix-vector kernel), and sums them weighted.
     pub fn forward_decode(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
         let (idx, w) = routing.token(0);
-        let cpu_f32 = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
-        if cpu_f32 {
-            let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let outs: Vec<Option<Vec<f32>>> = idx
-                .par_iter()
-                .map(|&e| self.experts[e as usize].forward_rows_f32(&xv, 1))
-                .collect();
-            if outs.iter().all(Option::is_some) {
-                let mut y = vec![0f32; xv.len()];
-                for (out, &wk) in outs.into_iter().flatten().zip(w) {
-                    y.iter_mut().zip(out).for_each(|(acc, v)| *acc += wk * v);
-                }
-                return Ok(Tensor::from_vec(y, x.dims(), x.device())?);
-            }
+        let run = |(&e, &wk): (&u32, &f32)| -> Result<Tensor> {
+            Ok((self.experts[e as usize].forward(x)? * wk as f64)?)
+        };
+        let parts: Vec<Tensor> = if matches!(x.device(), Device::Cpu) {
+            idx.par_iter().zip(w).map(run).collect::<Result<_>>()?
+        } else {
+            idx.iter().zip(w).map(run).collect::<Result<_>>()?
+        };
+        let mut y = x.zeros_like()?;
+        for part in parts {
+            y = (y + part)?;
         }
-        self.forward_naive(x, routing)
+        Ok(y)
     }
 
     /// The naive oracle: for every token, for every chosen expert, run the expert on that one

@@ -228,7 +228,7 @@ impl Gate {
     /// Router logits `[T, E]` in f32 for `x` `[T, hidden]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
-        Ok(x.matmul(&self.weight.t()?)?)
+        Ok(linear::linear(&x, &self.weight)?)
     }
 
     /// Routes `x` `[T, hidden]`.

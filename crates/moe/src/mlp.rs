@@ -1,9 +1,9 @@
 //! The SwiGLU MLP: `down(silu(gate(x)) * up(x))`, used for dense layers, the shared experts
 //! and every routed expert.
 
-use candle_core::{DType, Shape, Storage, Tensor};
+use candle_core::{Shape, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
+use linear::linear;
 
 use crate::error::{MoeError, Result};
 
@@ -89,121 +89,28 @@ impl Mlp {
         3 * self.hidden_size() * self.intermediate_size() * self.gate_proj.dtype().size_in_bytes()
     }
 
-    /// `x` `[..., H]` → `[..., H]`.
+    /// `x` `[..., H]` → `[..., H]` in `x`'s dtype. The weights may be narrower than `x` (bf16
+    /// weights with f32 activations); up to [`linear::GEMV_MAX_ROWS`] tokens on the CPU each
+    /// weight row is read once by `linear`'s matrix-vector kernel (decode, sparse experts).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let h = self.hidden_size();
         let x2 = x.reshape(((), h))?; // [T, H]
-        let gate = x2.matmul(&self.gate_proj.t()?)?; // [T, I]
-        let up = x2.matmul(&self.up_proj.t()?)?; // [T, I]
+        let gate = linear(&x2, &self.gate_proj)?; // [T, I]
+        let up = linear(&x2, &self.up_proj)?; // [T, I]
         let act = (candle_nn::ops::silu(&gate)? * up)?;
-        let y = act.matmul(&self.down_proj.t()?)?; // [T, H]
+        let y = linear(&act, &self.down_proj)?; // [T, H]
         Ok(y.reshape(dims)?)
     }
-
-    /// A few tokens on the CPU, straight from f32 weight memory: `xs` is `[n, H]` row-major;
-    /// each weight row is read from memory once and dotted with all n tokens while it sits in
-    /// L1, rows split over rayon threads. `None` when the weights are not contiguous CPU f32
-    /// (the caller then uses [`Mlp::forward`]). Meant for small n (decode, sparse experts);
-    /// large n belongs to the GEMM.
-    pub(crate) fn forward_rows_f32(&self, xs: &[f32], n: usize) -> Option<Vec<f32>> {
-        let (h, i) = (self.hidden_size(), self.intermediate_size());
-        with_f32(&self.gate_proj, |g| {
-            with_f32(&self.up_proj, |u| {
-                with_f32(&self.down_proj, |d| {
-                    // act_t [I, n]: silu(g_r . x_j) * (u_r . x_j)
-                    let mut act_t = vec![0f32; i * n];
-                    act_t
-                        .par_chunks_mut(ROWS * n)
-                        .enumerate()
-                        .for_each(|(c, out)| {
-                            for (r, o) in out.chunks_mut(n).enumerate() {
-                                let row = (c * ROWS + r) * h;
-                                let (gr, ur) = (&g[row..row + h], &u[row..row + h]);
-                                for (j, o) in o.iter_mut().enumerate() {
-                                    let xj = &xs[j * h..(j + 1) * h];
-                                    let (gv, uv) = (dot(gr, xj), dot(ur, xj));
-                                    *o = gv / (1.0 + (-gv).exp()) * uv;
-                                }
-                            }
-                        });
-                    let act = transpose(&act_t, i, n); // [n, I]
-                                                       // y_t [H, n]: d_r . act_j
-                    let mut y_t = vec![0f32; h * n];
-                    y_t.par_chunks_mut(ROWS * n)
-                        .enumerate()
-                        .for_each(|(c, out)| {
-                            for (r, o) in out.chunks_mut(n).enumerate() {
-                                let row = (c * ROWS + r) * i;
-                                for (j, o) in o.iter_mut().enumerate() {
-                                    *o = dot(&d[row..row + i], &act[j * i..(j + 1) * i]);
-                                }
-                            }
-                        });
-                    transpose(&y_t, h, n) // [n, H]
-                })
-            })
-        })
-        .flatten()
-        .flatten()
-    }
-}
-
-/// `[r, c]` → `[c, r]`.
-fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
-    if c == 1 || r == 1 {
-        return a.to_vec();
-    }
-    let mut out = vec![0f32; r * c];
-    for (ri, row) in a.chunks_exact(c).enumerate() {
-        for (ci, &v) in row.iter().enumerate() {
-            out[ci * r + ri] = v;
-        }
-    }
-    out
-}
-
-/// Rows per rayon task in the matrix-vector kernel.
-const ROWS: usize = 64;
-
-/// Runs `f` on the tensor's memory if it is a contiguous f32 CPU tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(cpu) => cpu.as_slice::<f32>().ok().map(|s| f(&s[start..end])),
-        _ => None,
-    }
-}
-
-/// Dot product with 16 independent accumulators (vectorises without fast-math).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
-    fn row_kernel_matches_candle() {
+    fn narrow_weights_with_f32_activations_match_f32_weights() {
         let dev = Device::Cpu;
         let (h, i) = (37, 70);
         let w = |r, c, seed: f32| {
@@ -212,18 +119,31 @@ mod tests {
                 .collect();
             Tensor::from_vec(v, (r, c), &dev).unwrap()
         };
-        let mlp = Mlp::new(w(i, h, 1.0), w(i, h, 2.0), w(h, i, 3.0)).unwrap();
-        let x: Vec<f32> = (0..3 * h).map(|k| (k as f32 * 0.11).cos()).collect();
-        let fast = mlp.forward_rows_f32(&x, 3).unwrap();
-        let slow: Vec<f32> = mlp
-            .forward(&Tensor::from_vec(x, (3, h), &dev).unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for (a, b) in fast.iter().zip(&slow) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let (g, u, d) = (w(i, h, 1.0), w(i, h, 2.0), w(h, i, 3.0));
+        let x: Vec<f32> = (0..12 * h).map(|k| (k as f32 * 0.11).cos()).collect();
+        let x = Tensor::from_vec(x, (12, h), &dev).unwrap();
+        for dt in [DType::BF16, DType::F16] {
+            let narrow = |t: &Tensor| t.to_dtype(dt).unwrap();
+            // The reference: f32 weights holding exactly the rounded values.
+            let widen = |t: &Tensor| narrow(t).to_dtype(DType::F32).unwrap();
+            let mixed = Mlp::new(narrow(&g), narrow(&u), narrow(&d)).unwrap();
+            let exact = Mlp::new(widen(&g), widen(&u), widen(&d)).unwrap();
+            // 2 tokens take the matrix-vector kernel, 12 the GEMM.
+            for rows in [2, 12] {
+                let xs = x.narrow(0, 0, rows).unwrap();
+                let a = mixed.forward(&xs).unwrap();
+                let b = exact.forward(&xs).unwrap();
+                assert_eq!(a.dtype(), DType::F32);
+                let diff: f32 = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(diff < 1e-5, "{dt:?}, {rows} rows: {diff}");
+            }
         }
     }
 }

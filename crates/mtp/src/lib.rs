@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use candle_nn::{Linear, RmsNorm};
+//! use candle_nn::RmsNorm;
 //! use mtp::{DecoderBlock, MtpModule, Result};
 //!
 //! /// A stand-in block: identity, with a cache that only counts tokens.
@@ -47,7 +47,7 @@
 //!
 //! let (c, dev) = (8, Device::Cpu);
 //! let norm = || RmsNorm::new(Tensor::ones(c, DType::F32, &dev).unwrap(), 1e-6);
-//! let eh_proj = Linear::new(Tensor::randn(0f32, 0.3, (c, 2 * c), &dev)?, None);
+//! let eh_proj = Tensor::randn(0f32, 0.3, (c, 2 * c), &dev)?;
 //! let module = MtpModule::new(norm(), norm(), eh_proj, Identity, norm())?;
 //!
 //! let emb = Tensor::randn(0f32, 1.0, (1, 5, c), &dev)?; // emb(t_{i+1}), i = 0..5

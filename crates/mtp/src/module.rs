@@ -2,7 +2,7 @@
 //! `shared_head.norm`. The main model's embedding and head are passed in, never copied.
 
 use candle_core::{Tensor, D};
-use candle_nn::{Linear, Module, RmsNorm, VarBuilder};
+use candle_nn::{Module, RmsNorm, VarBuilder};
 
 use crate::block::DecoderBlock;
 use crate::error::{MtpError, Result};
@@ -12,23 +12,25 @@ use crate::error::{MtpError, Result};
 pub struct MtpModule<B> {
     enorm: RmsNorm,
     hnorm: RmsNorm,
-    eh_proj: Linear,
+    /// `eh_proj.weight` `[C, 2C]`, possibly narrower than the activations (see `linear`).
+    eh_proj: Tensor,
     block: B,
     shared_head_norm: RmsNorm,
     hidden_size: usize,
 }
 
 impl<B: DecoderBlock> MtpModule<B> {
-    /// Assembles a module from its parts. `eh_proj` maps `2C -> C` with the embedding half
-    /// first (`[enorm(emb) | hnorm(h)]`).
+    /// Assembles a module from its parts. `eh_proj` is the `[C, 2C]` weight mapping `2C -> C`
+    /// with the embedding half first (`[enorm(emb) | hnorm(h)]`); it may be stored narrower
+    /// than the activations (bf16 weights, f32 activations).
     pub fn new(
         enorm: RmsNorm,
         hnorm: RmsNorm,
-        eh_proj: Linear,
+        eh_proj: Tensor,
         block: B,
         shared_head_norm: RmsNorm,
     ) -> Result<Self> {
-        let w = eh_proj.weight().dims().to_vec();
+        let w = eh_proj.dims().to_vec();
         match w[..] {
             [c, c2] if c2 == 2 * c => Ok(Self {
                 enorm,
@@ -51,7 +53,7 @@ impl<B: DecoderBlock> MtpModule<B> {
         Self::new(
             candle_nn::rms_norm(c, rms_norm_eps, vb.pp("enorm"))?,
             candle_nn::rms_norm(c, rms_norm_eps, vb.pp("hnorm"))?,
-            candle_nn::linear_no_bias(2 * c, c, vb.pp("eh_proj"))?,
+            vb.pp("eh_proj").get((c, 2 * c), "weight")?,
             block,
             candle_nn::rms_norm(c, rms_norm_eps, vb.pp("shared_head").pp("norm"))?,
         )
@@ -90,7 +92,7 @@ impl<B: DecoderBlock> MtpModule<B> {
             &[self.enorm.forward(emb)?, self.hnorm.forward(prev)?],
             D::Minus1,
         )?;
-        let x = self.eh_proj.forward(&x)?; // [1, T, C]
+        let x = linear::linear(&x, &self.eh_proj)?; // [1, T, C]
         let h = self.block.forward(&x, cache)?;
         Ok(self.shared_head_norm.forward(&h)?)
     }

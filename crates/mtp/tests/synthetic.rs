@@ -83,7 +83,7 @@ fn module(table: &Tensor) -> MtpModule<TableBlock> {
     let block = TableBlock {
         w: Linear::new(w.contiguous().unwrap(), None),
     };
-    MtpModule::new(norm(), norm(), Linear::new(eh, None), block, norm()).unwrap()
+    MtpModule::new(norm(), norm(), eh, block, norm()).unwrap()
 }
 
 fn random_table(v: usize, scale: f32, seed: u64) -> Tensor {

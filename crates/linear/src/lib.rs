@@ -1,0 +1,93 @@
+//! Mixed-precision linear layers for candle, built for LLM decoding on the CPU.
+//!
+//! [`linear`] computes `y = x · Wᵀ`, i.e. `y[m, n] = Σ_k x[m, k] · W[n, k]`, for activations
+//! `x` `[..., K]` and a weight `W` `[N, K]` in the checkpoint's `[out, in]` layout. The weight
+//! may be stored in a narrower dtype than the activations (bf16 or f16 weights with f32
+//! activations), which halves the bytes a decode step reads without giving up f32 arithmetic.
+//!
+//! Two regimes:
+//! - **few rows** (`M ≤` [`GEMV_MAX_ROWS`], the decode step, a speculative verification block
+//!   or an expert that received a handful of tokens) on the CPU: [`matmul_rows`] streams each
+//!   weight row from memory once, widens it to f32 in registers (bf16 → f32 is a 16-bit shift,
+//!   f16 → f32 uses F16C) and dots it with the `M` activation rows while it sits in L1, with
+//!   f32 accumulation. Rows are split over rayon threads in contiguous blocks, so the kernel
+//!   runs at the machine's read bandwidth: its time is `N·K·sizeof(W) / bandwidth`.
+//! - **many rows** (prefill) or another device: candle's matmul, after converting the weight
+//!   to the activations' dtype when they differ.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! # fn main() -> candle_core::Result<()> {
+//! let w = Tensor::randn(0f32, 1.0, (64, 32), &Device::Cpu)?.to_dtype(DType::BF16)?;
+//! let x = Tensor::randn(0f32, 1.0, (1, 32), &Device::Cpu)?;
+//! let y = linear::linear(&x, &w)?; // f32 [1, 64], from bf16 weights
+//! assert_eq!((y.dims(), y.dtype()), (&[1usize, 64][..], DType::F32));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod kernel;
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+
+pub use kernel::WeightElem;
+
+/// Up to this many activation rows, CPU weights go through the matrix-vector kernel; above it,
+/// through candle's GEMM (which packs the weight once and wins on reuse).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// `x · wᵀ` for `x` `[..., K]` (any float dtype) and `w` `[N, K]` (f32, bf16 or f16); the
+/// result is `[..., N]` in `x`'s dtype. See the crate docs for the two regimes.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "linear: input {:?} does not end in the weight's in-features {k} (weight [{n}, {k}])",
+            dims
+        );
+    }
+    let m = x.elem_count() / k;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    if m <= GEMV_MAX_ROWS && x.device().is_cpu() {
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if let Some(y) = matmul_rows(w, &xs, m) {
+            return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
+        }
+    }
+    let w = if w.dtype() == x.dtype() {
+        w.clone()
+    } else {
+        w.to_dtype(x.dtype())?
+    };
+    x.reshape((m, k))?.matmul(&w.t()?)?.reshape(out_dims)
+}
+
+/// The matrix-vector kernel on host memory: `xs` holds `m` f32 rows of length `K` (row-major),
+/// `w` is a contiguous CPU tensor `[N, K]` in f32, bf16 or f16; returns the `[m, N]` product
+/// row-major. `None` when `w` is not such a tensor (the caller falls back to a matmul).
+///
+/// # Panics
+/// If `xs.len() != m · K`.
+pub fn matmul_rows(w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
+    let (_, k) = w.dims2().ok()?;
+    assert_eq!(xs.len(), m * k, "matmul_rows: xs must hold m rows of K");
+    let (storage, layout) = w.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    Some(match cpu {
+        CpuStorage::F32(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
+        CpuStorage::BF16(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
+        CpuStorage::F16(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
+        _ => return None,
+    })
+}
+
+/// Bytes of `w` one [`linear`] call reads in the matrix-vector regime.
+pub fn weight_bytes(w: &Tensor) -> usize {
+    w.elem_count() * w.dtype().size_in_bytes()
+}
