@@ -141,6 +141,7 @@ fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
 fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(dtype)?;
+    linear::advise_huge_pages(&w); // as the model loads its matrices
     let x32 = Tensor::randn(0f32, 1.0, (1, k), &dev)?;
     let x = x32.to_dtype(dtype)?;
     let wt = w.t()?;

@@ -1,14 +1,37 @@
 //! The matrix-vector kernel: `out[j, r] = Σ_c W[r, c] · x[j, c]` for a few activation rows `j`,
 //! reading every weight row once. Portable code everywhere, AVX2 + FMA (+ F16C for f16) on
 //! x86-64 when the CPU has them (checked at run time).
+//!
+//! Rows are processed four at a time so each activation load serves four weight rows. For
+//! bf16 the activations are first laid out per 16-element block as its 8 even elements then
+//! its 8 odd ones ([`WeightElem::prepare`]): one 256-bit load then holds 8 (even, odd) weight
+//! pairs, and `w << 16` / `w & 0xffff0000` widen the evens and the odds exactly with one
+//! integer op each, no shuffles. On a 2-thread core this instruction diet is what lets the
+//! bf16 kernel run at the memory's pace.
+
+use std::borrow::Cow;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// A weight element the kernel can widen to f32: f32, bf16 or f16.
-pub trait WeightElem: Copy + Send + Sync + 'static {
-    /// `Σ_i w[i] · x[i]` in f32 (`w.len() == x.len()`).
+pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
+    /// Activations laid out for [`WeightElem::dot`] / [`WeightElem::dot4`] (the identity
+    /// unless the SIMD kernel wants another order).
+    fn prepare(x: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(x)
+    }
+
+    /// `Σ_i w[i] · x[i]` in f32, `x` from [`WeightElem::prepare`] (`w.len() == x.len()`).
     fn dot(w: &[Self], x: &[f32]) -> f32;
+
+    /// Four rows against one prepared `x`.
+    fn dot4(w: [&[Self]; 4], x: &[f32]) -> [f32; 4] {
+        w.map(|row| Self::dot(row, x))
+    }
+
+    /// The exact f32 value.
+    fn widen(self) -> f32;
 }
 
 /// Target bytes of weights per rayon task: large enough that scheduling is noise, small enough
@@ -21,6 +44,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
     }
+    let xs: Vec<Cow<[f32]>> = xs.chunks_exact(k).map(W::prepare).collect();
     let row_bytes = k * std::mem::size_of::<W>();
     // At least 8 tasks per thread for balance, each at least TASK_BYTES unless the matrix is
     // smaller than that.
@@ -31,9 +55,25 @@ pub(crate) fn matmul_rows<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| {
-            for (o, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(k)) {
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = W::dot(row, &xs[j * k..(j + 1) * k]);
+            let mut quads = rows.chunks_exact(4 * k);
+            let mut outs = out.chunks_exact_mut(4 * m);
+            for (o, quad) in (&mut outs).zip(&mut quads) {
+                let r = [
+                    &quad[..k],
+                    &quad[k..2 * k],
+                    &quad[2 * k..3 * k],
+                    &quad[3 * k..],
+                ];
+                for (j, x) in xs.iter().enumerate() {
+                    for (q, v) in W::dot4(r, x).into_iter().enumerate() {
+                        o[q * m + j] = v;
+                    }
+                }
+            }
+            let rest = outs.into_remainder().chunks_exact_mut(m);
+            for (o, row) in rest.zip(quads.remainder().chunks_exact(k)) {
+                for (o, x) in o.iter_mut().zip(&xs) {
+                    *o = W::dot(row, x);
                 }
             }
         });
@@ -51,134 +91,158 @@ pub(crate) fn matmul_rows<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize
 
 /// Portable dot product: 16 independent accumulators so the compiler vectorises it without
 /// reassociating (no fast-math in Rust).
-fn dot_portable<W: Copy>(w: &[W], x: &[f32], widen: impl Fn(W) -> f32) -> f32 {
+fn dot_portable<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (cw, cx) = (w.chunks_exact(16), x.chunks_exact(16));
     let tail: f32 = cw
         .remainder()
         .iter()
         .zip(cx.remainder())
-        .map(|(&a, b)| widen(a) * b)
+        .map(|(&a, b)| a.widen() * b)
         .sum();
     for (a, b) in cw.zip(cx) {
         for ((s, &a), b) in acc.iter_mut().zip(a).zip(b) {
-            *s += widen(a) * b;
+            *s += a.widen() * b;
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 impl WeightElem for f32 {
     fn dot(w: &[f32], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if avx2::available() {
+        if has_avx2() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { avx2::dot_f32(w, x) };
         }
-        dot_portable(w, x, |v| v)
+        dot_portable(w, x)
+    }
+
+    fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: as above.
+            return unsafe { avx2::dot4_f32(w, x) };
+        }
+        w.map(|row| dot_portable(row, x))
+    }
+
+    fn widen(self) -> f32 {
+        self
     }
 }
 
 impl WeightElem for bf16 {
-    fn dot(w: &[bf16], x: &[f32]) -> f32 {
+    fn prepare(x: &[f32]) -> Cow<'_, [f32]> {
         #[cfg(target_arch = "x86_64")]
-        if avx2::available() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2::dot_bf16(w, x) };
+        if has_avx2() {
+            return Cow::Owned(avx2::split_even_odd(x));
         }
-        dot_portable(w, x, bf16::to_f32)
+        Cow::Borrowed(x)
+    }
+
+    fn dot(w: &[bf16], x: &[f32]) -> f32 {
+        Self::dot4([w, w, w, w], x)[0]
+    }
+
+    fn dot4(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2 and FMA are present, and `prepare` split `x` (same check).
+            return unsafe { avx2::dot4_bf16(w, x) };
+        }
+        w.map(|row| dot_portable(row, x))
+    }
+
+    fn widen(self) -> f32 {
+        self.to_f32()
     }
 }
 
 impl WeightElem for f16 {
     fn dot(w: &[f16], x: &[f32]) -> f32 {
+        Self::dot4([w, w, w, w], x)[0]
+    }
+
+    fn dot4(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
-        if avx2::available() && std::arch::is_x86_feature_detected!("f16c") {
+        if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
             // SAFETY: AVX2, FMA and F16C are present (checked just above).
-            return unsafe { avx2::dot_f16(w, x) };
+            return unsafe { avx2::dot4_f16(w, x) };
         }
-        dot_portable(w, x, f16::to_f32)
+        w.map(|row| dot_portable(row, x))
+    }
+
+    fn widen(self) -> f32 {
+        self.to_f32()
     }
 }
 
-/// AVX2 + FMA kernels. The generic body is `inline(always)` so that it, and the intrinsics in
-/// it, are compiled inside each `#[target_feature]` entry point (the pattern `memchr` uses).
+/// AVX2 + FMA kernels. Generic bodies are `inline(always)` so that they, and the intrinsics in
+/// them, are compiled inside each `#[target_feature]` entry point (the pattern `memchr` uses).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    use super::WeightElem;
+
+    /// Per 16-element block: the 8 even elements, then the 8 odd ones; a shorter tail is kept
+    /// as is (the kernels finish it in scalar code in natural order).
+    pub(super) fn split_even_odd(x: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        let blocks = x.chunks_exact(16);
+        let tail = blocks.remainder();
+        for b in blocks {
+            out.extend(b.iter().step_by(2));
+            out.extend(b.iter().skip(1).step_by(2));
+        }
+        out.extend_from_slice(tail);
+        out
     }
 
-    /// 8 weights widened to f32, and one weight for the scalar tail.
-    trait Load8: Copy {
-        /// # Safety
-        /// `p` must point at 8 readable elements, inside a function with the needed features.
-        unsafe fn load8(p: *const Self) -> __m256;
-        fn widen(self) -> f32;
+    /// Horizontal sum of 8 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
     }
 
-    impl Load8 for f32 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
+    /// Sums the accumulators of each row and adds the scalar tail `from..` in natural order.
+    #[inline(always)]
+    unsafe fn finish<W: WeightElem>(
+        w: [&[W]; 4],
+        x: &[f32],
+        lo: [__m256; 4],
+        hi: [__m256; 4],
+        from: usize,
+        len: usize,
+    ) -> [f32; 4] {
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            out[r] = hsum(_mm256_add_ps(lo[r], hi[r]));
+            for j in from..len {
+                out[r] += w[r][j].widen() * x[j];
+            }
         }
-        fn widen(self) -> f32 {
-            self
-        }
+        out
     }
 
-    impl Load8 for bf16 {
-        /// Zero-extend to 32 bits and shift into the high half (exact: bf16 is the top half of
-        /// an f32).
-        #[inline(always)]
-        unsafe fn load8(p: *const bf16) -> __m256 {
-            let raw = _mm_loadu_si128(p as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
-        }
-        fn widen(self) -> f32 {
-            self.to_f32()
-        }
-    }
-
-    impl Load8 for f16 {
-        /// F16C conversion.
-        #[inline(always)]
-        unsafe fn load8(p: *const f16) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        }
-        fn widen(self) -> f32 {
-            self.to_f32()
-        }
+    /// Length every row and `x` share.
+    fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
+        w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
     }
 
     /// # Safety
     /// AVX2 and FMA must be available.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-        dot(w, x)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        dot(w, x)
-    }
-
-    /// # Safety
-    /// AVX2, FMA and F16C must be available.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-        dot(w, x)
-    }
-
-    /// 32 elements per iteration into four independent accumulators (hides the FMA latency),
-    /// then 8 at a time, then a scalar tail.
-    #[inline(always)]
-    unsafe fn dot<W: Load8>(w: &[W], x: &[f32]) -> f32 {
         let len = w.len().min(x.len());
         let (pw, px) = (w.as_ptr(), x.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -186,24 +250,101 @@ mod avx2 {
         while i + 32 <= len {
             for (u, a) in acc.iter_mut().enumerate() {
                 let o = i + 8 * u;
-                *a = _mm256_fmadd_ps(W::load8(pw.add(o)), _mm256_loadu_ps(px.add(o)), *a);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(o)), _mm256_loadu_ps(px.add(o)), *a);
             }
             i += 32;
         }
-        while i + 8 <= len {
-            acc[0] = _mm256_fmadd_ps(W::load8(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
-            i += 8;
-        }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        // Horizontal sum of the 8 lanes.
-        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let single = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-        let mut total = _mm_cvtss_f32(single);
+        let mut total = hsum(sum);
         for j in i..len {
-            total += w[j].widen() * x[j];
+            total += w[j] * x[j];
         }
         total
+    }
+
+    /// 8 weights widened to f32 (f32 and f16).
+    trait Load8 {
+        /// # Safety
+        /// `p` must point at 8 readable elements, inside a function with the needed features.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+
+    /// Four rows, 16 elements per iteration: two activation loads shared by eight weight loads
+    /// into eight independent accumulators, then a scalar tail.
+    #[inline(always)]
+    unsafe fn dot4_widening<W: Load8 + WeightElem>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
+        let len = common_len(&w, x);
+        let p = w.map(|r| r.as_ptr());
+        let px = x.as_ptr();
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= len {
+            let (x0, x1) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
+            for r in 0..4 {
+                lo[r] = _mm256_fmadd_ps(W::load8(p[r].add(i)), x0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(W::load8(p[r].add(i + 8)), x1, hi[r]);
+            }
+            i += 16;
+        }
+        finish(w, x, lo, hi, i, len)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4_f32(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        dot4_widening(w, x)
+    }
+
+    /// # Safety
+    /// AVX2, FMA and F16C must be available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_f16(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+        dot4_widening(w, x)
+    }
+
+    /// Four bf16 rows against `x` laid out by [`split_even_odd`]: per 16-element block one
+    /// 256-bit load per row holds 8 (even, odd) pairs; `<< 16` widens the evens and
+    /// `& 0xffff0000` the odds (bf16 is the top half of an f32, so both are exact).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `x` must come from [`split_even_odd`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4_bf16(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+        let len = common_len(&w, x);
+        let p = w.map(|r| r.as_ptr());
+        let px = x.as_ptr();
+        let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= len {
+            let (even_x, odd_x) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
+            for r in 0..4 {
+                let pairs = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
+                let even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+                let odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, odd_mask));
+                lo[r] = _mm256_fmadd_ps(even, even_x, lo[r]);
+                hi[r] = _mm256_fmadd_ps(odd, odd_x, hi[r]);
+            }
+            i += 16;
+        }
+        finish(w, x, lo, hi, i, len)
     }
 }
 
@@ -235,7 +376,7 @@ mod tests {
     ) {
         let w: Vec<W> = w32.iter().map(|&v| narrow(v)).collect();
         // The reference sees the rounded weights, so only the summation order differs.
-        let widened: Vec<f32> = w.iter().map(|&v| W::dot(&[v], &[1.0])).collect();
+        let widened: Vec<f32> = w.iter().map(|&v| v.widen()).collect();
         let want = reference(&widened, k, xs, m);
         let got = matmul_rows(&w, k, xs, m);
         assert_eq!(got.len(), want.len());
@@ -272,9 +413,12 @@ mod tests {
         for len in [k, 999, 37, 7, 0] {
             let w: Vec<bf16> = (0..len).map(|i| bf16::from_f32((i as f32).cos())).collect();
             let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.5).sin()).collect();
-            let fast = bf16::dot(&w, &x);
-            let slow = dot_portable(&w, &x, bf16::to_f32);
+            let slow = dot_portable(&w, &x);
+            let xp = bf16::prepare(&x);
+            let fast = bf16::dot(&w, &xp);
             assert!((fast - slow).abs() < 1e-3, "len {len}: {fast} vs {slow}");
+            let four = bf16::dot4([&w, &w, &w, &w], &xp);
+            assert!(four.iter().all(|v| (v - slow).abs() < 1e-3), "len {len}: {four:?}");
         }
     }
 

@@ -27,11 +27,13 @@
 
 #![warn(missing_docs)]
 
+mod huge_pages;
 mod kernel;
+
+pub use huge_pages::advise_huge_pages;
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
-pub use kernel::WeightElem;
 
 /// Up to this many activation rows, CPU weights go through the matrix-vector kernel; above it,
 /// through candle's GEMM (which packs the weight once and wins on reuse).
