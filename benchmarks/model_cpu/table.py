@@ -24,19 +24,19 @@ if ours:
 if ref:
     print("Ratios are against HF's best bf16 prefill and best bf16 decode among the HF runs above.")
     print()
-print("| implementation | compute dtype | new tokens | prefill tok/s | vs HF bf16 | decode tok/s | vs HF bf16 "
+print("| implementation | compute / matrices | new tokens | prefill tok/s | vs HF bf16 | decode tok/s | vs HF bf16 "
       "| % of bf16 roofline | % of own-dtype roofline | first greedy tokens |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for r in ours + hf:
-    last = " (prefill head on last position)" if r.get("prefill_head") == "last" else ""
-    name = (f"ours (`model`){last}" if r["impl"] == "ours"
+    name = ("ours (`model`)" if r["impl"] == "ours"
             else f"HF transformers {r['transformers']} ({r['experts_implementation']} experts, "
                   f"{r['threads']} thread{'s' if r['threads'] > 1 else ''})")
     pre, dec = r["prefill_tok_s"], r["decode_tok_s"]
     vs_pre = f"{pre / ref['prefill_tok_s']:.2f}x" if ref else "-"
     vs_dec = f"{dec / ref['decode_tok_s']:.2f}x" if ref else "-"
     pct_bf16 = f"{100 * dec / roof_bf16:.0f}%" if roof_bf16 else "-"
-    elem = {"f32": 4, "f16": 2, "bf16": 2}[r["dtype"]]
+    matrices = r.get("matrices", r["dtype"])
+    elem = {"f32": 4, "f16": 2, "bf16": 2}[matrices]
     own = f"{100 * dec / (roof_bf16 * 2 / elem):.0f}%" if roof_bf16 else "-"
     print(f"| {name} | {r['dtype']} | {r['new_tokens']} | {pre:.1f} | {vs_pre} | {dec:.2f} | {vs_dec} | {pct_bf16} "
           f"| {own} | {r['first_tokens'][:4]} |")

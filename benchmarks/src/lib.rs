@@ -84,7 +84,9 @@ unsafe fn sum_avx2(xs: &[f32]) -> f32 {
         }
     }
     let mut lanes = [0f32; 8];
-    let total = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+    let total = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
     _mm256_storeu_ps(lanes.as_mut_ptr(), total);
     lanes.iter().sum::<f32>() + tail
 }

@@ -1,6 +1,7 @@
 //! Whole-model prefill and decode throughput on the CPU (issue #5), with the decode roofline.
 //!
-//! Loads a checkpoint directory with a chosen compute dtype, runs one warm-up generation, then
+//! Loads a checkpoint directory with a chosen precision (`--dtype` for the activations,
+//! `--matrices` for the weight matrices), runs one warm-up generation, then
 //! times a prefill of a deterministic `--prompt-len`-token prompt and `--new-tokens` greedy
 //! tokens with `model::generate::generate` (the first token comes from the prefill's logits,
 //! the other `new_tokens - 1` from single-token decode steps over the latent cache, so decode
@@ -9,12 +10,14 @@
 //! Roofline: the bytes of weights one decode step must read (one embedding row, every
 //! attention/norm/dense-FFN/router/shared-expert weight, `top_k` routed experts per MoE layer,
 //! the final norm and the head) divided by the measured read bandwidth
-//! ([`benchmarks::read_bandwidth`]). It is given for the compute dtype (what this run's weights
-//! occupy in memory) and for bf16 (issue #5's target: bf16 weights in memory).
+//! ([`benchmarks::read_bandwidth`]). It is given for the matrices' dtype (what this run's
+//! weights occupy in memory) and for bf16 (issue #5's target: bf16 weights in memory).
 //!
-//! `--matvec` also measures candle's `[1, K] x [K, N]` matmul (the decode shape) in each dtype.
+//! `--matvec` also measures the decode shape `[1, K] x [K, N]` per weight dtype: candle's matmul
+//! against the `linear` crate's matrix-vector kernel.
 //!
-//! Run: `cargo run --release -p benchmarks --bin model_decode -- --model DIR --dtype f32`
+//! Run: `cargo run --release -p benchmarks --bin model_decode -- --model DIR --dtype f32
+//! --matrices bf16`
 //! (see `benchmarks/model_cpu/run.sh`). The last line of output is JSON.
 
 use std::path::PathBuf;
@@ -23,8 +26,8 @@ use std::time::Instant;
 use anyhow::Result;
 use benchmarks::{median_time, read_bandwidth};
 use candle_core::{DType, Device, Tensor};
-use clap::{Parser, ValueEnum};
-use model::generate::{generate, FinishReason, GenerateOptions, Generation};
+use clap::Parser;
+use model::generate::{generate, GenerateOptions};
 use model::plan::expected_tensors;
 use model::precision::parse_float_dtype;
 use model::{DeepSeek, ModelConfig, Precision};
@@ -53,49 +56,6 @@ struct Args {
     /// Also measure M=1 products on decode shapes: candle matmul vs the `linear` kernel, per dtype.
     #[arg(long)]
     matvec: bool,
-    /// Prefill head: `all` runs `generate` (the model computes logits for every prompt
-    /// position); `last` runs the same layers through the session API but applies the final
-    /// norm and head to the last position only (what HF's `logits_to_keep=1` does).
-    #[arg(long, value_enum, default_value = "all")]
-    prefill_head: PrefillHead,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum PrefillHead {
-    All,
-    Last,
-}
-
-/// Greedy generation through the session API with the head applied to the last prompt
-/// position only: (prefill secs, decode secs, tokens), timed as `generate` times them.
-fn generate_last_head(
-    model: &DeepSeek,
-    ids: &[u32],
-    new_tokens: usize,
-) -> Result<(f64, f64, Vec<u32>)> {
-    let cfg = model.config();
-    let vb = model
-        .checkpoint()
-        .var_builder(model.precision(), model.device());
-    let norm = candle_nn::rms_norm(cfg.hf.hidden_size, cfg.hf.rms_norm_eps, vb.pp("model.norm"))?;
-    let mut session = model.new_session()?;
-    let t0 = Instant::now();
-    let mut x = model.embed(ids)?;
-    for (layer, cache) in model.layers().iter().zip(session.kv.layers_mut()) {
-        x = layer.forward(&x, 0, &mut session.rope, Some(cache), model.paths.0)?;
-    }
-    let last = x.narrow(1, ids.len() - 1, 1)?.squeeze(0)?; // [1, C]
-    let logits = model.head(&candle_nn::Module::forward(&norm, &last)?)?;
-    let mut next = DeepSeek::argmax_rows(&logits)?[0];
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut tokens = vec![next];
-    while tokens.len() < new_tokens {
-        let out = model.forward(&[next], &mut session)?;
-        next = DeepSeek::argmax_rows(&out.logits)?[0];
-        tokens.push(next);
-    }
-    Ok((prefill, t1.elapsed().as_secs_f64(), tokens))
 }
 
 /// The benchmark prompt: the same ids `hf_bench.py` uses.
@@ -196,20 +156,7 @@ fn main() -> Result<()> {
     if !args.no_warmup {
         generate(&model, &ids[..32.min(ids.len())], &greedy(4), |_| Ok(true))?;
     }
-    let gen = match args.prefill_head {
-        PrefillHead::All => generate(&model, &ids, &greedy(args.new_tokens), |_| Ok(true))?,
-        PrefillHead::Last => {
-            let (prefill_secs, decode_secs, tokens) =
-                generate_last_head(&model, &ids, args.new_tokens)?;
-            Generation {
-                tokens,
-                finish: FinishReason::MaxTokens,
-                prompt_tokens: ids.len(),
-                prefill_secs,
-                decode_secs,
-            }
-        }
-    };
+    let gen = generate(&model, &ids, &greedy(args.new_tokens), |_| Ok(true))?;
     let prefill = gen.prefill_tokens_per_sec();
     let decode = gen.decode_tokens_per_sec();
 
@@ -246,18 +193,14 @@ fn main() -> Result<()> {
          \"load_secs\":{load_secs:.3},\"prompt_len\":{},\"new_tokens\":{},\"prefill_secs\":{:.4},\
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
-         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"prefill_head\":\"{}\",\"first_tokens\":{:?}}}",
+         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
         gen.prompt_tokens,
         gen.tokens.len(),
         gen.prefill_secs,
         gen.decode_secs,
-        if args.prefill_head == PrefillHead::Last {
-            "last"
-        } else {
-            "all"
-        },
+        precision.matrices.as_str(),
         &gen.tokens[..gen.tokens.len().min(8)],
     );
     Ok(())

@@ -102,7 +102,7 @@ fn main() -> Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for (label, d) in [
         ("decode kernel (Auto)", Dispatch::Auto),
-        ("grouped (row kernel, n_e <= 8)", Dispatch::Grouped),
+        ("grouped (linear kernel, n_e <= 8)", Dispatch::Grouped),
         ("naive loop (candle matmul)", Dispatch::Naive),
     ] {
         let dt = median_time(3, 20, || layer.forward_with(&x, d).unwrap());

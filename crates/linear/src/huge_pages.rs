@@ -61,7 +61,8 @@ fn advise(addr: usize, len: usize) -> bool {
     // by the read guard in the caller); these advices change how the kernel backs the pages,
     // never their contents.
     unsafe {
-        libc::madvise(ptr, len, libc::MADV_HUGEPAGE) == 0 && libc::madvise(ptr, len, MADV_COLLAPSE) == 0
+        libc::madvise(ptr, len, libc::MADV_HUGEPAGE) == 0
+            && libc::madvise(ptr, len, MADV_COLLAPSE) == 0
     }
 }
 
@@ -84,6 +85,8 @@ mod tests {
         println!("huge pages applied: {applied}");
         let after: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(before, after);
-        assert!(!advise_huge_pages(&Tensor::ones((4, 4), DType::F32, &dev).unwrap()));
+        assert!(!advise_huge_pages(
+            &Tensor::ones((4, 4), DType::F32, &dev).unwrap()
+        ));
     }
 }

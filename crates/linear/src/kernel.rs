@@ -25,8 +25,10 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     /// `Σ_i w[i] · x[i]` in f32, `x` from [`WeightElem::prepare`] (`w.len() == x.len()`).
     fn dot(w: &[Self], x: &[f32]) -> f32;
 
-    /// Four rows against one prepared `x`.
-    fn dot4(w: [&[Self]; 4], x: &[f32]) -> [f32; 4] {
+    /// Four rows against one prepared `x`, prefetching the rows `next` (the following four)
+    /// while it runs.
+    fn dot4(w: [&[Self]; 4], x: &[f32], next: [&[Self]; 4]) -> [f32; 4] {
+        let _ = next;
         w.map(|row| Self::dot(row, x))
     }
 
@@ -55,17 +57,21 @@ pub(crate) fn matmul_rows<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| {
+            let n_quads = rows.len() / (4 * k);
             let mut quads = rows.chunks_exact(4 * k);
             let mut outs = out.chunks_exact_mut(4 * m);
-            for (o, quad) in (&mut outs).zip(&mut quads) {
-                let r = [
-                    &quad[..k],
-                    &quad[k..2 * k],
-                    &quad[2 * k..3 * k],
-                    &quad[3 * k..],
-                ];
+            for (qi, (o, quad)) in (&mut outs).zip(&mut quads).enumerate() {
+                let r = split4(quad, k);
+                // The next quad's rows are prefetched while these four are summed (the last
+                // quad of a task prefetches its own rows, which are in cache already).
+                let next = if qi + 1 < n_quads {
+                    split4(&rows[(qi + 1) * 4 * k..], k)
+                } else {
+                    r
+                };
                 for (j, x) in xs.iter().enumerate() {
-                    for (q, v) in W::dot4(r, x).into_iter().enumerate() {
+                    let next = if j == 0 { next } else { r };
+                    for (q, v) in W::dot4(r, x, next).into_iter().enumerate() {
                         o[q * m + j] = v;
                     }
                 }
@@ -87,6 +93,16 @@ pub(crate) fn matmul_rows<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize
         }
     }
     out
+}
+
+/// The first four rows of length `k` in `rows`.
+fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
+    [
+        &rows[..k],
+        &rows[k..2 * k],
+        &rows[2 * k..3 * k],
+        &rows[3 * k..4 * k],
+    ]
 }
 
 /// Portable dot product: 16 independent accumulators so the compiler vectorises it without
@@ -123,12 +139,13 @@ impl WeightElem for f32 {
         dot_portable(w, x)
     }
 
-    fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    fn dot4(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: as above.
-            return unsafe { avx2::dot4_f32(w, x) };
+            return unsafe { avx2::dot4_f32(w, x, next) };
         }
+        let _ = next;
         w.map(|row| dot_portable(row, x))
     }
 
@@ -147,15 +164,16 @@ impl WeightElem for bf16 {
     }
 
     fn dot(w: &[bf16], x: &[f32]) -> f32 {
-        Self::dot4([w, w, w, w], x)[0]
+        Self::dot4([w, w, w, w], x, [w, w, w, w])[0]
     }
 
-    fn dot4(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+    fn dot4(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: AVX2 and FMA are present, and `prepare` split `x` (same check).
-            return unsafe { avx2::dot4_bf16(w, x) };
+            return unsafe { avx2::dot4_bf16(w, x, next) };
         }
+        let _ = next;
         w.map(|row| dot_portable(row, x))
     }
 
@@ -166,15 +184,16 @@ impl WeightElem for bf16 {
 
 impl WeightElem for f16 {
     fn dot(w: &[f16], x: &[f32]) -> f32 {
-        Self::dot4([w, w, w, w], x)[0]
+        Self::dot4([w, w, w, w], x, [w, w, w, w])[0]
     }
 
-    fn dot4(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+    fn dot4(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
             // SAFETY: AVX2, FMA and F16C are present (checked just above).
-            return unsafe { avx2::dot4_f16(w, x) };
+            return unsafe { avx2::dot4_f16(w, x, next) };
         }
+        let _ = next;
         w.map(|row| dot_portable(row, x))
     }
 
@@ -234,6 +253,20 @@ mod avx2 {
         out
     }
 
+    /// Prefetches, once per 64-byte line, the line of each `next` row at element `i`
+    /// (`step` elements are consumed per call).
+    #[inline(always)]
+    unsafe fn prefetch_line<W>(next: [&[W]; 4], i: usize, step: usize) {
+        let per_line = 64 / std::mem::size_of::<W>();
+        if i % per_line < step {
+            for row in next {
+                if i < row.len() {
+                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i) as *const i8);
+                }
+            }
+        }
+    }
+
     /// Length every row and `x` share.
     fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
         w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
@@ -286,7 +319,11 @@ mod avx2 {
     /// Four rows, 16 elements per iteration: two activation loads shared by eight weight loads
     /// into eight independent accumulators, then a scalar tail.
     #[inline(always)]
-    unsafe fn dot4_widening<W: Load8 + WeightElem>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
+    unsafe fn dot4_widening<W: Load8 + WeightElem>(
+        w: [&[W]; 4],
+        x: &[f32],
+        next: [&[W]; 4],
+    ) -> [f32; 4] {
         let len = common_len(&w, x);
         let p = w.map(|r| r.as_ptr());
         let px = x.as_ptr();
@@ -294,6 +331,7 @@ mod avx2 {
         let mut hi = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 16 <= len {
+            prefetch_line(next, i, 16);
             let (x0, x1) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
             for r in 0..4 {
                 lo[r] = _mm256_fmadd_ps(W::load8(p[r].add(i)), x0, lo[r]);
@@ -307,15 +345,15 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA must be available.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot4_f32(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-        dot4_widening(w, x)
+    pub(super) unsafe fn dot4_f32(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+        dot4_widening(w, x, next)
     }
 
     /// # Safety
     /// AVX2, FMA and F16C must be available.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_f16(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
-        dot4_widening(w, x)
+    pub(super) unsafe fn dot4_f16(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+        dot4_widening(w, x, next)
     }
 
     /// Four bf16 rows against `x` laid out by [`split_even_odd`]: per 16-element block one
@@ -325,7 +363,7 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA must be available; `x` must come from [`split_even_odd`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot4_bf16(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+    pub(super) unsafe fn dot4_bf16(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
         let len = common_len(&w, x);
         let p = w.map(|r| r.as_ptr());
         let px = x.as_ptr();
@@ -334,6 +372,7 @@ mod avx2 {
         let mut hi = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 16 <= len {
+            prefetch_line(next, i, 16);
             let (even_x, odd_x) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
             for r in 0..4 {
                 let pairs = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
@@ -417,8 +456,11 @@ mod tests {
             let xp = bf16::prepare(&x);
             let fast = bf16::dot(&w, &xp);
             assert!((fast - slow).abs() < 1e-3, "len {len}: {fast} vs {slow}");
-            let four = bf16::dot4([&w, &w, &w, &w], &xp);
-            assert!(four.iter().all(|v| (v - slow).abs() < 1e-3), "len {len}: {four:?}");
+            let four = bf16::dot4([&w, &w, &w, &w], &xp, [&w, &w, &w, &w]);
+            assert!(
+                four.iter().all(|v| (v - slow).abs() < 1e-3),
+                "len {len}: {four:?}"
+            );
         }
     }
 

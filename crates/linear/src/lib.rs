@@ -34,7 +34,6 @@ pub use huge_pages::advise_huge_pages;
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
-
 /// Up to this many activation rows, CPU weights go through the matrix-vector kernel; above it,
 /// through candle's GEMM (which packs the weight once and wins on reuse).
 pub const GEMV_MAX_ROWS: usize = 8;

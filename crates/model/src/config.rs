@@ -225,7 +225,9 @@ impl ModelConfig {
             .qk_nope_head_dim(hf.qk_nope_head_dim)
             .qk_rope_head_dim(hf.qk_rope_head_dim)
             .v_head_dim(hf.v_head_dim)
-            .rms_norm_eps(hf.rms_norm_eps)
+            // HF 5.23 and DeepSeek's reference code build q_a_layernorm / kv_a_layernorm with
+            // their default eps whatever `rms_norm_eps` says (equal in every release).
+            .rms_norm_eps(1e-6)
             .rope(rope)
             .build()?;
         let eos_token_ids = match &hf.eos_token_id {
