@@ -18,7 +18,7 @@ use mla::AttentionPath;
 use model::generate::{generate, GenerateOptions};
 use model::mtp::{load_mtp_modules, Module};
 use model::random::{write_random_checkpoint, StoreDtype};
-use model::DeepSeek;
+use model::{DeepSeek, PathPolicy};
 use mtp::{speculative_generate, DecoderBlock, Greedy, SpecOptions};
 
 #[derive(Parser)]
@@ -77,7 +77,11 @@ fn bench(dir: &Path, args: &Args, verify_path: AttentionPath) -> Result<Row> {
     let dev = Device::Cpu;
     let mut model = DeepSeek::load(dir, DType::F32, &dev)?;
     // Multi-token forwards (prefill and verification) use `verify_path`; one token: absorbed.
-    model.paths = (verify_path, AttentionPath::Absorbed);
+    model.paths = PathPolicy {
+        short: AttentionPath::Absorbed,
+        long: verify_path,
+        short_max: 1,
+    };
     let modules: Vec<Module> = load_mtp_modules(&model)?;
     ensure!(!modules.is_empty(), "{}: no MTP layer", dir.display());
     let vocab = model.config().hf.vocab_size as u32;

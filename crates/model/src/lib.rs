@@ -19,7 +19,8 @@
 //!   mis-shaped tensor, FP8 dequantised at load (partial edge blocks handled), and a candle
 //!   `VarBuilder` over it so the component crates load their own weights.
 //! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache + RoPE table);
-//!   prefill runs the expanded MLA path, decode the weight-absorbed one.
+//!   blocks of up to 8 tokens (decode steps, MTP verification) run the weight-absorbed MLA path,
+//!   longer prefills the expanded one ([`PathPolicy`]).
 //! - [`generate`], [`sampling`], [`tokenizer`]: prefill + decode loop with greedy/top-k/top-p
 //!   sampling, EOS and stop strings, streaming; `tokenizer.json` and the chat template (R1:
 //!   one BOS, optional `<think>\n` prefill).
@@ -56,7 +57,7 @@ pub mod tokenizer;
 pub use checkpoint::{dequantize_fp8, Checkpoint};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
-pub use model::{DeepSeek, Output, Session};
+pub use model::{DeepSeek, Output, PathPolicy, Session};
 pub use precision::Precision;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{ChatOptions, Message, Tokenizer};

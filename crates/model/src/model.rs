@@ -152,8 +152,47 @@ pub struct DeepSeek {
     precision: Precision,
     device: Device,
     checkpoint: Arc<Checkpoint>,
-    /// Attention path for prefill (`T > 1`) and decode (`T = 1`).
-    pub paths: (AttentionPath, AttentionPath),
+    /// Which MLA path runs a forward over `T` new tokens.
+    pub paths: PathPolicy,
+}
+
+/// Which MLA formulation runs a forward over `T` new tokens.
+///
+/// The absorbed path attends over the cached latent directly, costing `T·H·(R + r)` per key;
+/// the expanded path first expands every cached latent into per-head keys and values
+/// (`S·R·H·(n + v)`), which pays off only when many queries share it. Short blocks (decode
+/// steps, MTP verification blocks of 2-3 tokens: 1.5x cheaper absorbed in
+/// `benchmarks/README.md`) therefore default to absorbed, prefill to expanded (HF's numerics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// Blocks of at most `short_max` tokens.
+    pub short: AttentionPath,
+    /// Longer blocks.
+    pub long: AttentionPath,
+    /// The largest block that counts as short.
+    pub short_max: usize,
+}
+
+impl PathPolicy {
+    /// The path for a block of `tokens` new tokens.
+    pub fn for_tokens(&self, tokens: usize) -> AttentionPath {
+        if tokens <= self.short_max {
+            self.short
+        } else {
+            self.long
+        }
+    }
+}
+
+impl Default for PathPolicy {
+    /// Absorbed up to 8 tokens, expanded above.
+    fn default() -> Self {
+        Self {
+            short: AttentionPath::Absorbed,
+            long: AttentionPath::Expanded,
+            short_max: 8,
+        }
+    }
 }
 
 impl DeepSeek {
@@ -199,7 +238,7 @@ impl DeepSeek {
             precision,
             device: device.clone(),
             checkpoint,
-            paths: (AttentionPath::Expanded, AttentionPath::Absorbed),
+            paths: PathPolicy::default(),
         })
     }
 
@@ -283,11 +322,7 @@ impl DeepSeek {
     /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache.
     pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
         let start = session.len();
-        let path = if tokens.len() == 1 {
-            self.paths.1
-        } else {
-            self.paths.0
-        };
+        let path = self.paths.for_tokens(tokens.len());
         let mut x = self.embed(tokens)?;
         for (layer, cache) in self.layers.iter().zip(session.kv.layers_mut()) {
             x = layer.forward(&x, start, &mut session.rope, Some(cache), path)?;

@@ -6,11 +6,11 @@
 //! [`mtp::MtpError::Backend`].
 
 use candle_core::Tensor;
-use mla::{AttentionPath, LayerCache};
+use mla::LayerCache;
 use mtp::{MtpError, MtpModule, Result, TokenSampler};
 use rope_yarn::RopeCache;
 
-use crate::model::{DecoderLayer, DeepSeek, Session};
+use crate::model::{DecoderLayer, DeepSeek, PathPolicy, Session};
 use crate::sampling::Sampler;
 
 /// An MTP module of this model.
@@ -37,12 +37,8 @@ impl mtp::DecoderBlock for DecoderLayer {
 
     fn forward(&self, x: &Tensor, cache: &mut MtpCache) -> Result<Tensor> {
         let start = cache.kv.uniform_len().unwrap_or(0);
-        // Same choice as `DeepSeek::paths`' defaults: expanded for blocks, absorbed for one token.
-        let path = if x.dim(1)? == 1 {
-            AttentionPath::Absorbed
-        } else {
-            AttentionPath::Expanded
-        };
+        // The main model's default choice (absorbed for short blocks).
+        let path = PathPolicy::default().for_tokens(x.dim(1)?);
         DecoderLayer::forward(self, x, start, &mut cache.rope, Some(&mut cache.kv), path)
             .map_err(MtpError::backend)
     }

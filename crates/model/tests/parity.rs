@@ -60,6 +60,33 @@ fn decode_step_by_step_matches_prefill() {
     }
 }
 
+/// Blocks of 3 tokens over a growing cache (what MTP verification runs) take the absorbed path
+/// by default and the expanded path when forced; both match HF's prefill.
+#[test]
+fn short_blocks_over_the_cache_match_prefill_on_both_paths() {
+    use mla::AttentionPath;
+    use model::PathPolicy;
+    let case = Case::load("v3_noaux");
+    let mut model = load(&case);
+    let ids = case.ids("input_ids");
+    let want = case.tensor("prefill.logits");
+    assert_eq!(model.paths.for_tokens(3), AttentionPath::Absorbed);
+    assert_eq!(model.paths.for_tokens(9), AttentionPath::Expanded);
+    for short in [AttentionPath::Absorbed, AttentionPath::Expanded] {
+        model.paths = PathPolicy {
+            short,
+            ..PathPolicy::default()
+        };
+        let mut session = model.new_session().unwrap();
+        let rows: Vec<Tensor> = ids
+            .chunks(3)
+            .map(|block| model.forward(block, &mut session).unwrap().logits)
+            .collect();
+        let got = Tensor::cat(&rows, 0).unwrap();
+        assert_close(&got, &want, 1e-4, &format!("3-token blocks, {short:?}"));
+    }
+}
+
 #[test]
 fn final_hidden_matches_hf() {
     for name in CASES {
