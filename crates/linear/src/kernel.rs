@@ -6,8 +6,9 @@
 //! bf16 the activations are first laid out per 16-element block as its 8 even elements then
 //! its 8 odd ones ([`WeightElem::prepare`]): one 256-bit load then holds 8 (even, odd) weight
 //! pairs, and `w << 16` / `w & 0xffff0000` widen the evens and the odds exactly with one
-//! integer op each, no shuffles. On a 2-thread core this instruction diet is what lets the
-//! bf16 kernel run at the memory's pace.
+//! integer op each, no shuffles. The fewer instructions per byte, the more cache lines a core
+//! keeps in flight: on the 2-core dev machine that, not the arithmetic, decides how close bf16
+//! gets to the memory's pace (`benchmarks/README.md`).
 
 use std::borrow::Cow;
 
