@@ -8,8 +8,24 @@ use model::random::{write_random_checkpoint, StoreDtype};
 use model::{dequantize_fp8, DeepSeek, ModelConfig};
 use testkit::Case;
 
+/// A scratch directory, removed when dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A scratch copy of a fixture checkpoint that tests may damage.
-fn scratch_copy(case: &str, tag: &str) -> PathBuf {
+fn scratch_copy(case: &str, tag: &str) -> Scratch {
     let src = Case::load(case).dir;
     let dst = std::env::temp_dir().join(format!("model-test-{case}-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dst);
@@ -18,7 +34,7 @@ fn scratch_copy(case: &str, tag: &str) -> PathBuf {
         let p = e.unwrap().path();
         std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
     }
-    dst
+    Scratch(dst)
 }
 
 fn load_err(dir: &Path) -> String {
