@@ -12,9 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use model::generate::{generate_text, GenerateOptions};
 use model::precision::parse_float_dtype;
 use model::random::{write_random_checkpoint, StoreDtype};
-use model::{
-    ChatOptions, Checkpoint, DeepSeek, Message, ModelConfig, Precision, SamplingParams, Tokenizer,
-};
+use model::{ChatOptions, DeepSeek, Message, ModelConfig, Precision, SamplingParams, Tokenizer};
 
 #[derive(Parser)]
 #[command(about = "DeepSeek-V2/V3/R1 inference from HF checkpoints", version)]
@@ -56,11 +54,10 @@ impl ModelArgs {
         } else {
             Device::Cpu
         };
-        let precision = match self.matrices {
-            Some(m) => Precision::mixed(self.dtype, m),
-            None => Precision::auto(&Checkpoint::open(&self.model)?, self.dtype, &device),
-        };
-        Ok(DeepSeek::load(&self.model, precision, &device)?)
+        Ok(match self.matrices {
+            Some(m) => DeepSeek::load(&self.model, Precision::mixed(self.dtype, m), &device)?,
+            None => DeepSeek::load_auto(&self.model, self.dtype, &device)?,
+        })
     }
 }
 

@@ -201,12 +201,32 @@ impl DeepSeek {
     /// setting). The checkpoint is validated against the configuration first: one error lists
     /// every missing, unexpected or mis-shaped tensor.
     pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
+        let precision = precision.into();
+        Self::load_choosing(dir, device, |_| precision)
+    }
+
+    /// [`DeepSeek::load`] with [`Precision::auto`]: `compute` for the activations, and the
+    /// matrices kept as the checkpoint stores them where that is faster (the CLI's default).
+    pub fn load_auto(dir: &Path, compute: DType, device: &Device) -> Result<Self> {
+        Self::load_choosing(dir, device, |checkpoint| {
+            Precision::auto(checkpoint, compute, device)
+        })
+    }
+
+    /// Opens and checks the checkpoint once, then builds the model in the precision `choose`
+    /// picks from it.
+    fn load_choosing(
+        dir: &Path,
+        device: &Device,
+        choose: impl FnOnce(&Checkpoint) -> Precision,
+    ) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         let (plan, optional) = expected_tensors(&config);
         let expected: Vec<(String, Vec<usize>)> =
             plan.into_iter().map(|t| (t.name, t.shape)).collect();
         checkpoint.check(&expected, &optional)?;
+        let precision = choose(&checkpoint);
         Self::from_checkpoint(config, checkpoint, precision, device)
     }
 

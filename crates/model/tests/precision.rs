@@ -43,7 +43,8 @@ fn narrow_matrices_compute_in_f32() {
         let auto = Precision::auto(&ckpt, DType::F32, &Device::Cpu);
         assert_eq!(auto, Precision::mixed(DType::F32, dt));
 
-        let mixed = DeepSeek::load(&narrow_dir, auto, &Device::Cpu).unwrap();
+        let mixed = DeepSeek::load_auto(&narrow_dir, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(mixed.precision(), auto);
         let exact = DeepSeek::load(&rounded_dir, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(mixed.dtype(), DType::F32);
         let ids = case.ids("input_ids");

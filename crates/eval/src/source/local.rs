@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use model::generate::{generate_text, FinishReason, GenerateOptions};
-use model::{ChatOptions, DeepSeek, Message, Precision, SamplingParams, Tokenizer};
+use model::{ChatOptions, DeepSeek, Message, SamplingParams, Tokenizer};
 
 use super::{BoxFuture, Generation, Request, ResponseSource};
 
@@ -23,10 +23,11 @@ impl LocalModel {
     /// the checkpoint's bf16/f16 matrices, see `model::Precision::auto`) and the tokenizer
     /// from `tokenizer_dir` (default: the model directory).
     pub fn load(model_dir: &Path, tokenizer_dir: Option<&Path>) -> anyhow::Result<Self> {
-        let device = candle_core::Device::Cpu;
-        let checkpoint = model::Checkpoint::open(model_dir)?;
-        let precision = Precision::auto(&checkpoint, candle_core::DType::F32, &device);
-        let model = DeepSeek::load(model_dir, precision, &device)?;
+        let model = DeepSeek::load_auto(
+            model_dir,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
         let tok_dir = tokenizer_dir.unwrap_or(model_dir);
         let tokenizer = Tokenizer::from_dir(tok_dir)
             .with_context(|| format!("tokenizer in {}", tok_dir.display()))?;
