@@ -4,8 +4,7 @@
 
 mod common;
 
-use candle_core::Tensor;
-use common::{load_layer, rope_for, run_every_path, PATHS};
+use common::{load_layer, rope_for, run_every_path, run_in_chunks, PATHS};
 use mla::AttentionPath;
 use testkit::{assert_close, Case};
 
@@ -34,16 +33,9 @@ fn check_case(name: &str) {
             // Decode one token at a time through the latent cache. HF's decode reference saw
             // the decode-path inputs of earlier layers; ours feeds the prefill inputs, which
             // agree with them to ~1e-6.
-            let mut cache = mla.new_cache(1).unwrap();
-            let t = x.dim(1).unwrap();
-            let steps: Vec<Tensor> = (0..t)
-                .map(|i| {
-                    let xi = x.narrow(1, i, 1).unwrap();
-                    mla.forward(&xi, i, &mut rope, Some(&mut cache), path)
-                        .unwrap()
-                })
-                .collect();
-            let y = Tensor::cat(&steps, 1).unwrap().squeeze(0).unwrap();
+            let y = run_in_chunks(&mla, &x, &mut rope, path, 1)
+                .squeeze(0)
+                .unwrap();
             assert_close(
                 &y,
                 &want_decode,

@@ -82,11 +82,32 @@ pub fn rope_for(mla: &Mla) -> RopeCache {
 
 pub const PATHS: [AttentionPath; 2] = [AttentionPath::Expanded, AttentionPath::Absorbed];
 
+/// Feeds `x` `[B, T, C]` through a fresh cache `chunk` tokens at a time (1: token-by-token
+/// decode) and concatenates the outputs `[B, T, C]`.
+pub fn run_in_chunks(
+    mla: &Mla,
+    x: &Tensor,
+    rope: &mut RopeCache,
+    path: AttentionPath,
+    chunk: usize,
+) -> Tensor {
+    let (b, t, _) = x.dims3().unwrap();
+    let mut cache = mla.new_cache(b).unwrap();
+    let outs: Vec<Tensor> = (0..t)
+        .step_by(chunk)
+        .map(|i| {
+            let xi = x.narrow(1, i, chunk.min(t - i)).unwrap();
+            mla.forward(&xi, i, rope, Some(&mut cache), path).unwrap()
+        })
+        .collect();
+    Tensor::cat(&outs, 1).unwrap()
+}
+
 /// Runs `x` `[B, T, C]` through every code path: prefill without a cache, prefill through a
 /// cache, token-by-token decode, and a 2-token chunked decode, each with both attention paths.
 /// Asserts all agree within `tol` and returns (name, output) for each.
 pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> {
-    let (b, t, _) = x.dims3().unwrap();
+    let b = x.dim(0).unwrap();
     let mut rope = rope_for(mla);
     let mut outs = Vec::new();
     for path in PATHS {
@@ -97,31 +118,10 @@ pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> 
             .forward(x, 0, &mut rope, Some(&mut cache), path)
             .unwrap();
         outs.push((format!("prefill-cache/{path:?}"), y));
-        let mut cache = mla.new_cache(b).unwrap();
-        let steps: Vec<Tensor> = (0..t)
-            .map(|i| {
-                let xi = x.narrow(1, i, 1).unwrap();
-                mla.forward(&xi, i, &mut rope, Some(&mut cache), path)
-                    .unwrap()
-            })
-            .collect();
-        outs.push((format!("decode/{path:?}"), Tensor::cat(&steps, 1).unwrap()));
-        let mut cache = mla.new_cache(b).unwrap();
-        let mut chunks = Vec::new();
-        let mut i = 0;
-        while i < t {
-            let len = 2.min(t - i);
-            let xi = x.narrow(1, i, len).unwrap();
-            chunks.push(
-                mla.forward(&xi, i, &mut rope, Some(&mut cache), path)
-                    .unwrap(),
-            );
-            i += len;
-        }
-        outs.push((
-            format!("chunked/{path:?}"),
-            Tensor::cat(&chunks, 1).unwrap(),
-        ));
+        let decode = run_in_chunks(mla, x, &mut rope, path, 1);
+        outs.push((format!("decode/{path:?}"), decode));
+        let chunked = run_in_chunks(mla, x, &mut rope, path, 2);
+        outs.push((format!("chunked/{path:?}"), chunked));
     }
     let (name0, ref0) = &outs[0];
     for (name, y) in &outs[1..] {
