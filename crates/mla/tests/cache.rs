@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{random_layer, rope_for, run_every_path, PATHS};
 use mla::{AttentionPath, KvLayout, LatentKvCache, LayerCache, MlaConfig};
-use testkit::max_abs_diff;
+use fixtures::max_abs_diff;
 
 fn decode(
     mla: &mla::Mla,

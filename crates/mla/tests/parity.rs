@@ -6,7 +6,7 @@ mod common;
 
 use common::{load_layer, rope_for, run_every_path, run_in_chunks, PATHS};
 use mla::AttentionPath;
-use testkit::{assert_close, Case};
+use fixtures::{assert_close, Case};
 
 const TOL: f32 = 1e-4;
 

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use candle_core::Device;
-use testkit::{assert_close, Case};
+use fixtures::{assert_close, Case};
 
 fn model_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_model"))

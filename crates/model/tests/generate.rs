@@ -4,7 +4,7 @@
 use candle_core::{DType, Device};
 use model::generate::{generate, FinishReason, GenerateOptions};
 use model::{DeepSeek, SamplingParams};
-use testkit::Case;
+use fixtures::Case;
 
 fn setup() -> (Case, DeepSeek) {
     let case = Case::load("v3_noaux");

@@ -7,7 +7,7 @@ use model::generate::{generate, GenerateOptions};
 use model::mtp::{load_mtp_modules, mtp_forward, mtp_logits, Module};
 use model::{DeepSeek, Sampler, SamplingParams};
 use mtp::{speculative_generate, Greedy, SpecOptions, Speculator};
-use testkit::{assert_close, max_abs_diff, Case};
+use fixtures::{assert_close, max_abs_diff, Case};
 
 fn load() -> (Case, DeepSeek, Vec<Module>) {
     let case = Case::load("v3_mtp");

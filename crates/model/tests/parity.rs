@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use model::DeepSeek;
-use testkit::{assert_close, Case};
+use fixtures::{assert_close, Case};
 
 /// Cases whose logits must match (the MTP case is covered in the mtp tests).
 const CASES: &[&str] = &[

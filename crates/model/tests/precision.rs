@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use model::{Checkpoint, DeepSeek, Precision};
-use testkit::{assert_close, Case};
+use fixtures::{assert_close, Case};
 
 /// Writes `case`'s weights (FP8 dequantised) to `dir` as one `model.safetensors`, matrices
 /// converted by `matrix`, vectors in f32, next to the case's `config.json`.

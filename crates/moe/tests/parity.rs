@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use moe::gate::{affinity_scores, route_with_dropped_fill};
 use moe::{Dispatch, Mlp, Moe, MoeConfig, MoeError};
-use testkit::{assert_close, Case};
+use fixtures::{assert_close, Case};
 
 const TOL: f32 = 1e-5;
 
@@ -155,7 +155,7 @@ fn v3_fp8_dequantised_parity() {
 
 #[test]
 fn dense_mlp_parity() {
-    for name in testkit::CASES {
+    for name in fixtures::CASES {
         let case = Case::load(name);
         let vb = case.var_builder();
         let (h, i) = (

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use rope_yarn::{apply_rotary, deinterleave, RopeCache, RopeConfig, RopeLayout};
-use testkit::{assert_close, Case, CASES};
+use fixtures::{assert_close, Case, CASES};
 
 fn config(case: &Case) -> RopeConfig {
     RopeConfig::from_hf_config(case.config_usize("qk_rope_head_dim"), &case.config).unwrap()

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
 use rope_yarn::{RopeCache, RopeConfig};
-use testkit::Case;
+use fixtures::Case;
 
 /// `MlaConfig` from a fixture's `config.json` (what the model crate will do).
 pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
@@ -25,7 +25,7 @@ pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
         .unwrap()
 }
 
-/// Layer `l` of a fixture, loaded under the HF names (FP8 checkpoints dequantised by testkit,
+/// Layer `l` of a fixture, loaded under the HF names (FP8 checkpoints dequantised by fixtures,
 /// as the model crate does, which exercises loading from already-dequantised tensors).
 pub fn load_layer(case: &Case, l: usize) -> Mla {
     let cfg = config_from_json(&case.config);
@@ -125,7 +125,7 @@ pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> 
     }
     let (name0, ref0) = &outs[0];
     for (name, y) in &outs[1..] {
-        let d = testkit::max_abs_diff(y, ref0);
+        let d = fixtures::max_abs_diff(y, ref0);
         assert!(d <= tol, "{name} vs {name0}: max |diff| {d:e} > {tol:e}");
     }
     outs
