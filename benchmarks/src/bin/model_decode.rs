@@ -68,7 +68,7 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 /// Bytes of weights one decode step reads, at `elem` bytes per weight: (total, routed part).
 fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
     let (tensors, _) = expected_tensors(cfg);
-    let layers = cfg.hf.num_hidden_layers;
+    let layers = cfg.num_hidden_layers;
     let (mut total, mut routed) = (0usize, 0usize);
     for t in &tensors {
         let layer = t
@@ -81,7 +81,7 @@ fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
         }
         let n: usize = t.shape.iter().product();
         let n = if t.name == "model.embed_tokens.weight" {
-            cfg.hf.hidden_size // one row
+            cfg.hidden_size // one row
         } else if t.name.contains(".mlp.experts.") {
             let g = &cfg.moe.as_ref().expect("experts imply MoE").gate;
             let r = n * g.top_k / g.n_routed_experts;
@@ -148,7 +148,7 @@ fn main() -> Result<()> {
     let model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
     let load_secs = t.elapsed().as_secs_f64();
     let cfg = model.config().clone();
-    let ids = prompt(args.prompt_len, cfg.hf.vocab_size);
+    let ids = prompt(args.prompt_len, cfg.vocab_size);
     let greedy = |n| GenerateOptions {
         max_new_tokens: n,
         ..Default::default()

@@ -156,7 +156,7 @@ impl MlaConfigBuilder {
         rms_norm_eps, rms_norm_eps, f64
     );
     setter!(
-        /// Rotary settings, e.g. `RopeConfig::from_hf_config(qk_rope_head_dim, &json)`
+        /// Rotary settings, e.g. `RopeConfig::from_hf_config(qk_rope_head_dim, &json)` (rope-yarn feature `hf`)
         /// (default: plain RoPE, base 10000). Its `dim` must equal `qk_rope_head_dim`.
         rope, rope, RopeConfig
     );

@@ -79,3 +79,6 @@ pub use cache::{LatentKvCache, LayerCache};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};
 pub use weights::{MlaWeights, QueryWeights};
+// Types of the public API from the crates below, so a user needs no second dependency.
+pub use linear::WeightSpec;
+pub use rope_yarn;

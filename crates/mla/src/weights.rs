@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
+use linear::WeightSpec;
 
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
@@ -49,6 +50,33 @@ pub struct MlaWeights {
 }
 
 impl MlaWeights {
+    /// The weights a layer of `config` expects, under their HF names relative to the layer's
+    /// `self_attn` prefix, with their shapes: what [`MlaWeights::load`] reads.
+    pub fn expected(config: &MlaConfig) -> Vec<WeightSpec> {
+        let (c, h) = (config.hidden_size, config.num_heads);
+        let r = config.kv_lora_rank;
+        let q_out = h * config.qk_head_dim();
+        let mut out = match config.q_lora_rank {
+            None => vec![WeightSpec::projection("q_proj.weight", q_out, c)],
+            Some(q) => vec![
+                WeightSpec::projection("q_a_proj.weight", q, c),
+                WeightSpec::plain("q_a_layernorm.weight", vec![q]),
+                WeightSpec::projection("q_b_proj.weight", q_out, q),
+            ],
+        };
+        out.extend([
+            WeightSpec::projection("kv_a_proj_with_mqa.weight", r + config.qk_rope_head_dim, c),
+            WeightSpec::plain("kv_a_layernorm.weight", vec![r]),
+            WeightSpec::projection(
+                "kv_b_proj.weight",
+                h * (config.qk_nope_head_dim + config.v_head_dim),
+                r,
+            ),
+            WeightSpec::projection("o_proj.weight", c, h * config.v_head_dim),
+        ]);
+        out
+    }
+
     /// Loads the weights under their HF names from `vb` (already prefixed, e.g.
     /// `vb.pp("model.layers.0.self_attn")`): `q_proj` or `q_a_proj` + `q_a_layernorm` +
     /// `q_b_proj` (chosen by `config.q_lora_rank`), `kv_a_proj_with_mqa`, `kv_a_layernorm`,

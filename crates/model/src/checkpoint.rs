@@ -270,6 +270,7 @@ impl Checkpoint {
         let backend: Box<dyn SimpleBackend> = Box::new(Backend {
             checkpoint: Arc::clone(self),
             matrices: precision.matrices,
+            huge_pages: precision.huge_pages,
         });
         VarBuilder::from_backend(backend, precision.compute, device.clone())
     }
@@ -278,6 +279,7 @@ impl Checkpoint {
 struct Backend {
     checkpoint: Arc<Checkpoint>,
     matrices: DType,
+    huge_pages: bool,
 }
 
 impl SimpleBackend for Backend {
@@ -308,7 +310,7 @@ impl SimpleBackend for Backend {
             .load(name, dtype, dev)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         // Decode streams every matrix once per token: huge pages spare a TLB miss per 4 KiB.
-        if is_matrix {
+        if is_matrix && self.huge_pages {
             linear::advise_huge_pages(&t);
         }
         Ok(t)

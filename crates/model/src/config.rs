@@ -30,24 +30,47 @@ pub struct QuantizationConfig {
     pub weight_block_size: Option<Vec<usize>>,
 }
 
-/// The HF `config.json` fields this crate reads, with HF's defaults.
+/// `model_type`: which family's semantics the checkpoint follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ModelType {
+    /// V2, V2-Lite, V2.5.
+    #[serde(rename = "deepseek_v2")]
+    DeepseekV2,
+    /// V3, R1.
+    #[serde(rename = "deepseek_v3")]
+    DeepseekV3,
+}
+
+/// `eos_token_id`: one id or a list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// A single id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+/// The model-level fields of `config.json`, typed, with HF's defaults (the one place they are
+/// set). The rotary fields are [`rope_yarn::hf::HfRope`] and the routing fields
+/// [`moe::hf::HfRouting`], each beside the code that gives them meaning; [`HfConfig`] holds
+/// all three and [`ModelConfig::from_json_str`] resolves them.
 #[derive(Debug, Clone, Deserialize)]
-pub struct HfConfig {
+pub struct HfModelFields {
     /// `deepseek_v2` or `deepseek_v3`.
-    pub model_type: String,
+    pub model_type: ModelType,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Model width.
     pub hidden_size: usize,
     /// Dense FFN width.
     pub intermediate_size: usize,
-    /// Routed/shared expert width.
-    pub moe_intermediate_size: Option<usize>,
     /// Decoder layers (MTP modules come after them).
     pub num_hidden_layers: usize,
     /// Attention heads.
     pub num_attention_heads: usize,
     /// Query compression rank (`null`: plain `q_proj`).
+    #[serde(default)]
     pub q_lora_rank: Option<usize>,
     /// KV latent rank.
     pub kv_lora_rank: usize,
@@ -57,36 +80,11 @@ pub struct HfConfig {
     pub qk_rope_head_dim: usize,
     /// Value dims per head.
     pub v_head_dim: usize,
-    /// Routed experts (`null`: dense model).
-    pub n_routed_experts: Option<usize>,
-    /// Shared experts.
-    #[serde(default)]
-    pub n_shared_experts: Option<usize>,
-    /// Routed experts per token.
-    pub num_experts_per_tok: Option<usize>,
-    /// Expert groups.
-    #[serde(default)]
-    pub n_group: Option<usize>,
-    /// Groups kept per token.
-    #[serde(default)]
-    pub topk_group: Option<usize>,
-    /// `greedy`, `group_limited_greedy` or `noaux_tc`.
-    #[serde(default)]
-    pub topk_method: Option<String>,
-    /// `softmax` or `sigmoid`.
-    #[serde(default)]
-    pub scoring_func: Option<String>,
-    /// Normalise the top-k weights (V3 semantics).
-    #[serde(default)]
-    pub norm_topk_prob: Option<bool>,
-    /// Multiplier of the routed output.
-    #[serde(default = "one")]
-    pub routed_scaling_factor: f64,
     /// Layers `0..first_k_dense_replace` use the dense FFN.
     #[serde(default)]
     pub first_k_dense_replace: usize,
     /// Every `moe_layer_freq`-th layer after that is MoE (1 in every release).
-    #[serde(default = "one_usize")]
+    #[serde(default = "one")]
     pub moe_layer_freq: usize,
     /// RMSNorm epsilon.
     #[serde(default = "default_eps")]
@@ -94,18 +92,15 @@ pub struct HfConfig {
     /// MTP modules stored after the decoder layers.
     #[serde(default)]
     pub num_nextn_predict_layers: usize,
-    /// Maximum context.
-    #[serde(default)]
-    pub max_position_embeddings: Option<usize>,
     /// Share embedding and head (false for every DeepSeek release).
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// BOS token id.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
-    /// EOS token id.
+    /// EOS token id(s).
     #[serde(default)]
-    pub eos_token_id: Option<Value>,
+    pub eos_token_id: Option<TokenIds>,
     /// `silu` in every release.
     #[serde(default)]
     pub hidden_act: Option<String>,
@@ -114,31 +109,82 @@ pub struct HfConfig {
     pub quantization_config: Option<QuantizationConfig>,
 }
 
-fn one() -> f64 {
-    1.0
-}
-fn one_usize() -> usize {
+fn one() -> usize {
     1
 }
 fn default_eps() -> f64 {
     1e-6
 }
 
-/// A validated model configuration.
+/// The typed mirror of a whole `config.json`: model, rotary and routing fields.
+#[derive(Debug, Clone)]
+pub struct HfConfig {
+    /// Model-level fields.
+    pub model: HfModelFields,
+    /// `rope_theta`, `rope_scaling` / `rope_parameters`, `max_position_embeddings`.
+    pub rope: rope_yarn::hf::HfRope,
+    /// `n_routed_experts`, `topk_method`, `scoring_func`, ...
+    pub routing: moe::hf::HfRouting,
+}
+
+impl HfConfig {
+    /// Reads the three parts from a parsed `config.json`; a wrongly typed field is an error
+    /// naming it (`hidden_size: invalid type ...`).
+    pub fn from_value(json: &Value) -> Result<Self> {
+        let model = serde_path_to_error::deserialize(json).map_err(|e| {
+            let field = e.path().to_string();
+            ModelError::config(field, e.into_inner().to_string())
+        })?;
+        Ok(Self {
+            model,
+            rope: rope_yarn::hf::HfRope::from_value(json)?,
+            routing: moe::hf::HfRouting::from_value(json)?,
+        })
+    }
+}
+
+/// The FFN of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnKind {
+    /// Dense SwiGLU of `intermediate_size`.
+    Dense,
+    /// Routed + shared experts.
+    Moe,
+}
+
+/// A validated model configuration: every field resolved, the component crates' configs built.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     /// V2 or V3 semantics.
     pub arch: Arch,
-    /// The raw fields.
-    pub hf: HfConfig,
-    /// The raw JSON (rotary settings are read from it by rope-yarn, in either spelling).
-    pub json: Value,
-    /// Attention dimensions and rotary settings (rope-yarn reads either spelling).
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Dense FFN width.
+    pub intermediate_size: usize,
+    /// Decoder layers of the main model.
+    pub num_hidden_layers: usize,
+    /// MTP modules, stored as layers `num_hidden_layers..`.
+    pub num_nextn_predict_layers: usize,
+    /// Layers `0..first_k_dense_replace` are dense.
+    pub first_k_dense_replace: usize,
+    /// MoE every `moe_layer_freq`-th layer after them.
+    pub moe_layer_freq: usize,
+    /// RMSNorm epsilon of the layer and final norms.
+    pub rms_norm_eps: f64,
+    /// Maximum context, when the config gives one.
+    pub max_position_embeddings: Option<usize>,
+    /// BOS token id.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence ids.
+    pub eos_token_ids: Vec<u32>,
+    /// FP8 block quantisation of the stored weights.
+    pub quantization: Option<QuantizationConfig>,
+    /// Attention dimensions and rotary settings.
     pub mla: mla::MlaConfig,
     /// Routing and expert widths, for MoE models (HF 5.23 semantics, see the moe crate).
     pub moe: Option<moe::MoeConfig>,
-    /// End-of-sequence ids.
-    pub eos_token_ids: Vec<u32>,
 }
 
 impl ModelConfig {
@@ -152,46 +198,48 @@ impl ModelConfig {
     pub fn from_json_str(text: &str) -> Result<Self> {
         let json: Value = serde_json::from_str(text)
             .map_err(|e| ModelError::config("config.json", format!("invalid JSON: {e}")))?;
-        let hf: HfConfig = serde_json::from_value(json.clone())
-            .map_err(|e| ModelError::config("config.json", e.to_string()))?;
-        let arch = match hf.model_type.as_str() {
-            "deepseek_v2" => Arch::V2,
-            "deepseek_v3" => Arch::V3,
-            other => {
-                return Err(ModelError::config(
-                    "model_type",
-                    format!("expected deepseek_v2 or deepseek_v3, found {other:?}"),
-                ))
-            }
+        if !json.is_object() {
+            return Err(ModelError::config("config.json", "expected a JSON object"));
+        }
+        Self::resolve(&HfConfig::from_value(&json)?)
+    }
+
+    /// Validates the typed mirror and builds the component configurations through their
+    /// builders.
+    pub fn resolve(hf: &HfConfig) -> Result<Self> {
+        let m = &hf.model;
+        let arch = match m.model_type {
+            ModelType::DeepseekV2 => Arch::V2,
+            ModelType::DeepseekV3 => Arch::V3,
         };
         for (field, v) in [
-            ("vocab_size", hf.vocab_size),
-            ("hidden_size", hf.hidden_size),
-            ("num_hidden_layers", hf.num_hidden_layers),
-            ("num_attention_heads", hf.num_attention_heads),
-            ("kv_lora_rank", hf.kv_lora_rank),
-            ("qk_rope_head_dim", hf.qk_rope_head_dim),
-            ("v_head_dim", hf.v_head_dim),
-            ("intermediate_size", hf.intermediate_size),
-            ("moe_layer_freq", hf.moe_layer_freq),
+            ("vocab_size", m.vocab_size),
+            ("hidden_size", m.hidden_size),
+            ("num_hidden_layers", m.num_hidden_layers),
+            ("num_attention_heads", m.num_attention_heads),
+            ("kv_lora_rank", m.kv_lora_rank),
+            ("qk_rope_head_dim", m.qk_rope_head_dim),
+            ("v_head_dim", m.v_head_dim),
+            ("intermediate_size", m.intermediate_size),
+            ("moe_layer_freq", m.moe_layer_freq),
         ] {
             if v == 0 {
                 return Err(ModelError::config(field, "must be > 0"));
             }
         }
-        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+        if let Some(act) = m.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(ModelError::config(
                 "hidden_act",
                 format!("only silu is supported, found {act:?}"),
             ));
         }
-        if hf.tie_word_embeddings {
+        if m.tie_word_embeddings {
             return Err(ModelError::config(
                 "tie_word_embeddings",
                 "DeepSeek models never tie; true is unsupported",
             ));
         }
-        if let Some(q) = &hf.quantization_config {
+        if let Some(q) = &m.quantization_config {
             if q.quant_method != "fp8" {
                 return Err(ModelError::config(
                     "quantization_config.quant_method",
@@ -209,91 +257,70 @@ impl ModelConfig {
                 ));
             }
         }
-        let moe = match hf.n_routed_experts {
-            Some(_) => {
-                check_routing_fields(&hf, arch)?;
-                Some(moe::MoeConfig::from_hf_json(&json)?)
-            }
-            None => None,
+        let family = match arch {
+            Arch::V2 => moe::hf::RouterFamily::V2,
+            Arch::V3 => moe::hf::RouterFamily::V3,
         };
-        let rope = rope_yarn::RopeConfig::from_hf_config(hf.qk_rope_head_dim, &json)?;
+        let moe = hf.routing.resolve(m.hidden_size, family)?;
         let mla = mla::MlaConfig::builder()
-            .hidden_size(hf.hidden_size)
-            .num_attention_heads(hf.num_attention_heads)
-            .q_lora_rank(hf.q_lora_rank)
-            .kv_lora_rank(hf.kv_lora_rank)
-            .qk_nope_head_dim(hf.qk_nope_head_dim)
-            .qk_rope_head_dim(hf.qk_rope_head_dim)
-            .v_head_dim(hf.v_head_dim)
+            .hidden_size(m.hidden_size)
+            .num_attention_heads(m.num_attention_heads)
+            .q_lora_rank(m.q_lora_rank)
+            .kv_lora_rank(m.kv_lora_rank)
+            .qk_nope_head_dim(m.qk_nope_head_dim)
+            .qk_rope_head_dim(m.qk_rope_head_dim)
+            .v_head_dim(m.v_head_dim)
             // HF 5.23 and DeepSeek's reference code build q_a_layernorm / kv_a_layernorm with
             // their default eps whatever `rms_norm_eps` says (equal in every release).
             .rms_norm_eps(1e-6)
-            .rope(rope)
+            .rope(hf.rope.resolve(m.qk_rope_head_dim)?)
             .build()?;
-        let eos_token_ids = match &hf.eos_token_id {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Number(n)) => vec![n.as_u64().unwrap_or(0) as u32],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
-            Some(other) => {
-                return Err(ModelError::config(
-                    "eos_token_id",
-                    format!("expected an id or a list, found {other}"),
-                ))
-            }
+        let eos_token_ids = match &m.eos_token_id {
+            None => vec![],
+            Some(TokenIds::One(id)) => vec![*id],
+            Some(TokenIds::Many(ids)) => ids.clone(),
         };
         Ok(Self {
             arch,
-            hf,
-            json,
+            vocab_size: m.vocab_size,
+            hidden_size: m.hidden_size,
+            intermediate_size: m.intermediate_size,
+            num_hidden_layers: m.num_hidden_layers,
+            num_nextn_predict_layers: m.num_nextn_predict_layers,
+            first_k_dense_replace: m.first_k_dense_replace,
+            moe_layer_freq: m.moe_layer_freq,
+            rms_norm_eps: m.rms_norm_eps,
+            max_position_embeddings: hf.rope.max_position_embeddings.map(|v| v as usize),
+            bos_token_id: m.bos_token_id,
+            eos_token_ids,
+            quantization: m.quantization_config.clone(),
             mla,
             moe,
-            eos_token_ids,
         })
     }
 
-    /// True when layer `i` (of the main model) uses the MoE FFN: `i >= first_k_dense_replace`
-    /// and `i % moe_layer_freq == 0`. HF ignores `moe_layer_freq`; every release has 1, where
-    /// both rules agree.
-    pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.moe.is_some() && i >= self.hf.first_k_dense_replace && i % self.hf.moe_layer_freq == 0
+    /// The FFN of layer `layer`, counting MTP modules (stored after the main layers, always MoE
+    /// in a MoE model) as layers: the one rule for which layers are MoE. A main layer is MoE
+    /// when `layer >= first_k_dense_replace` and `layer % moe_layer_freq == 0`; HF ignores
+    /// `moe_layer_freq`, and every release has 1, where both rules agree.
+    pub fn ffn_kind(&self, layer: usize) -> FfnKind {
+        let is_mtp = layer >= self.num_hidden_layers;
+        let moe_layer =
+            layer >= self.first_k_dense_replace && layer % self.moe_layer_freq == 0;
+        if self.moe.is_some() && (is_mtp || moe_layer) {
+            FfnKind::Moe
+        } else {
+            FfnKind::Dense
+        }
     }
 
-    /// Query/key head size (`qk_nope_head_dim + qk_rope_head_dim`).
-    pub fn qk_head_dim(&self) -> usize {
-        self.hf.qk_nope_head_dim + self.hf.qk_rope_head_dim
+    /// True when main layer `i` uses the MoE FFN (see [`ModelConfig::ffn_kind`]).
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        self.ffn_kind(i) == FfnKind::Moe
     }
 
     /// Whether weights are FP8 block-quantised.
     pub fn is_fp8(&self) -> bool {
-        self.hf.quantization_config.is_some()
+        self.quantization.is_some()
     }
-}
-
-/// HF 5.23 keys the gate on the class (V2: softmax, V3: sigmoid + noaux_tc) and silently
-/// ignores contradicting fields; we refuse them instead.
-fn check_routing_fields(hf: &HfConfig, arch: Arch) -> Result<()> {
-    let (allowed, scoring): (&[&str], &str) = match arch {
-        Arch::V2 => (&["greedy", "group_limited_greedy"], "softmax"),
-        Arch::V3 => (&["noaux_tc"], "sigmoid"),
-    };
-    if let Some(m) = hf.topk_method.as_deref().filter(|m| !allowed.contains(m)) {
-        return Err(ModelError::config(
-            "topk_method",
-            format!(
-                "{m:?} is not valid for {} (expected one of {allowed:?})",
-                hf.model_type
-            ),
-        ));
-    }
-    if let Some(s) = hf.scoring_func.as_deref().filter(|s| *s != scoring) {
-        return Err(ModelError::config(
-            "scoring_func",
-            format!("{} uses {scoring}, found {s:?}", hf.model_type),
-        ));
-    }
-    Ok(())
 }

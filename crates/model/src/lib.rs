@@ -37,7 +37,7 @@
 //! let prompt = model.forward(&[5, 17, 42], &mut session)?; // prefill: logits [3, vocab]
 //! let next = *DeepSeek::argmax_rows(&prompt.logits)?.last().unwrap();
 //! let step = model.forward(&[next], &mut session)?; // one decode step over the latent cache
-//! assert_eq!(step.logits.dims(), &[1, model.config().hf.vocab_size]);
+//! assert_eq!(step.logits.dims(), &[1, model.config().vocab_size]);
 //! # Ok::<(), model::ModelError>(())
 //! ```
 #![deny(missing_docs)]

@@ -14,9 +14,9 @@ use moe::{Mlp, Moe};
 use rope_yarn::RopeCache;
 
 use crate::checkpoint::{Checkpoint, Precision};
-use crate::config::ModelConfig;
+use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::plan::{expected_tensors, ffn_kind, FfnKind};
+use crate::plan::expected_tensors;
 
 /// A decoder layer's FFN.
 pub enum Ffn {
@@ -28,9 +28,9 @@ pub enum Ffn {
 
 impl Ffn {
     fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(match ffn_kind(cfg, layer) {
+        Ok(match cfg.ffn_kind(layer) {
             FfnKind::Dense => {
-                Ffn::Dense(Mlp::load(vb, cfg.hf.hidden_size, cfg.hf.intermediate_size)?)
+                Ffn::Dense(Mlp::load(vb, cfg.hidden_size, cfg.intermediate_size)?)
             }
             FfnKind::Moe => Ffn::Moe(Moe::load(vb, cfg.moe.as_ref().expect("MoE layer"))?),
         })
@@ -56,7 +56,7 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     /// Loads layer `layer` (a main layer or an MTP module's block) from `vb` at its prefix.
     pub fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
-        let (c, eps) = (cfg.hf.hidden_size, cfg.hf.rms_norm_eps);
+        let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: candle_nn::rms_norm(c, eps, vb.pp("input_layernorm"))?,
             self_attn: Mla::load(&vb.pp("self_attn"), cfg.mla.clone())?,
@@ -202,20 +202,20 @@ impl DeepSeek {
     /// every missing, unexpected or mis-shaped tensor.
     pub fn load(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
         let precision = precision.into();
-        Self::load_choosing(dir, device, |_| precision)
+        Self::load_with(dir, device, |_| precision)
     }
 
     /// [`DeepSeek::load`] with [`Precision::auto`]: `compute` for the activations, and the
     /// matrices kept as the checkpoint stores them where that is faster (the CLI's default).
     pub fn load_auto(dir: &Path, compute: DType, device: &Device) -> Result<Self> {
-        Self::load_choosing(dir, device, |checkpoint| {
+        Self::load_with(dir, device, |checkpoint| {
             Precision::auto(checkpoint, compute, device)
         })
     }
 
     /// Opens and checks the checkpoint once, then builds the model in the precision `choose`
-    /// picks from it.
-    fn load_choosing(
+    /// picks from it (e.g. [`Precision::auto`] with huge pages turned off).
+    pub fn load_with(
         dir: &Path,
         device: &Device,
         choose: impl FnOnce(&Checkpoint) -> Precision,
@@ -239,7 +239,7 @@ impl DeepSeek {
     ) -> Result<Self> {
         let precision = precision.into();
         let vb = checkpoint.var_builder(precision, device);
-        let h = &config.hf;
+        let h = &config;
         let embed_tokens =
             candle_nn::embedding(h.vocab_size, h.hidden_size, vb.pp("model.embed_tokens"))?;
         let layers = (0..h.num_hidden_layers)
@@ -309,7 +309,7 @@ impl DeepSeek {
 
     /// Token embeddings `[1, T, C]`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
-        let vocab = self.config.hf.vocab_size;
+        let vocab = self.config.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ModelError::Input(format!(
                 "token id {bad} is out of range (vocab_size {vocab})"

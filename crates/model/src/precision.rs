@@ -1,4 +1,5 @@
-//! [`Precision`]: the dtype a model computes in and the dtype it keeps its matrices in.
+//! [`Precision`]: the dtype a model computes in, the dtype it keeps its matrices in, and whether
+//! the matrices are placed in huge pages.
 
 use candle_core::{DType, Device};
 
@@ -17,12 +18,24 @@ pub struct Precision {
     pub compute: DType,
     /// Rank-2 weights.
     pub matrices: DType,
+    /// Back CPU matrices with transparent huge pages (`linear::advise_huge_pages`; on by
+    /// default). Values never change; off only to measure what the pages are worth.
+    pub huge_pages: bool,
 }
 
 impl Precision {
     /// Matrices stored in `matrices`, everything else in `compute`.
     pub fn mixed(compute: DType, matrices: DType) -> Self {
-        Self { compute, matrices }
+        Self {
+            compute,
+            matrices,
+            huge_pages: true,
+        }
+    }
+
+    /// The same dtypes, with huge pages on or off.
+    pub fn with_huge_pages(self, huge_pages: bool) -> Self {
+        Self { huge_pages, ..self }
     }
 
     /// The fastest setting for `compute` on `device` given how `checkpoint` stores its

@@ -70,7 +70,7 @@ pub fn write_random_checkpoint(
                 t.shape.clone(),
                 f32_bytes(&values),
             )],
-            StoreDtype::Fp8 if t.quantizable && t.shape.len() == 2 => {
+            StoreDtype::Fp8 if t.fp8_in_releases && t.shape.len() == 2 => {
                 let (q, scales, scale_shape) = quantize_fp8(&values, t.shape[0], t.shape[1]);
                 vec![
                     (t.name.clone(), Dtype::F8_E4M3, t.shape.clone(), q),

@@ -1,8 +1,8 @@
 //! Gate and layer configuration, validated once in `build()`.
 //!
 //! [`GateConfig`] holds exactly what routing needs; [`MoeConfig`] adds the expert widths.
-//! [`MoeConfig::from_hf_json`] reads the fields of a DeepSeek `config.json` (release spelling)
-//! and resolves them with **HF transformers 5.23 semantics**:
+//! With the `hf` feature, [`crate::hf`] reads the routing fields of a DeepSeek `config.json`
+//! (release spelling) and resolves them with **HF transformers 5.23 semantics**:
 //!
 //! * softmax scoring (the V2 router, `DeepseekV2TopkRouter`): weights are the chosen scores times
 //!   `routed_scaling_factor`; `norm_topk_prob` is **ignored** (the original V2 remote code
@@ -15,6 +15,7 @@ use crate::error::{config_err, Result};
 
 /// How router logits become affinity scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "hf", derive(serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum Scoring {
     /// `softmax` over all routed experts (DeepSeek-V2).
     Softmax,
@@ -24,6 +25,7 @@ pub enum Scoring {
 
 /// How the top-k experts are chosen from the scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "hf", derive(serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum TopkMethod {
     /// Plain top-k over all experts; groups are ignored.
     Greedy,
@@ -34,6 +36,27 @@ pub enum TopkMethod {
     /// score = sum of the group's top-2 selection scores; keep `topk_group` groups (the others
     /// masked with -inf); top-k on the masked selection scores; weights from the unbiased s.
     NoauxTc,
+}
+
+impl std::fmt::Display for Scoring {
+    /// The `config.json` spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Softmax => "softmax",
+            Self::Sigmoid => "sigmoid",
+        })
+    }
+}
+
+impl std::fmt::Display for TopkMethod {
+    /// The `config.json` spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Greedy => "greedy",
+            Self::GroupLimitedGreedy => "group_limited_greedy",
+            Self::NoauxTc => "noaux_tc",
+        })
+    }
 }
 
 /// Everything the router needs. Build with [`GateConfig::builder`].
@@ -54,7 +77,7 @@ pub struct GateConfig {
     /// Selection rule.
     pub topk_method: TopkMethod,
     /// Divide the chosen weights by their sum (+1e-20) before scaling. This is the
-    /// *effective* flag: [`MoeConfig::from_hf_json`] clears it for softmax gates (HF 5.23 V2).
+    /// *effective* flag: the HF reader (feature `hf`) clears it for softmax gates (HF 5.23 V2).
     pub normalize: bool,
     /// Multiplier applied to the (possibly normalised) weights.
     pub routed_scaling_factor: f32,
@@ -238,79 +261,6 @@ impl MoeConfig {
     pub fn shared_intermediate_size(&self) -> usize {
         self.moe_intermediate_size * self.n_shared_experts
     }
-
-    /// Reads a DeepSeek `config.json` (release spelling) with HF 5.23 semantics (see the
-    /// module docs). Defaults follow `model_type`: `deepseek_v2` → softmax/greedy,
-    /// otherwise sigmoid/noaux_tc; `n_group`/`topk_group` default to 1, `norm_topk_prob` to
-    /// false, `routed_scaling_factor` to 1.0, `n_shared_experts` to 0.
-    pub fn from_hf_json(config: &serde_json::Value) -> Result<Self> {
-        let usize_field = |key: &'static str| -> Result<usize> {
-            config[key]
-                .as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| config_err(key, "missing or not an integer"))
-        };
-        let usize_or = |key: &'static str, default: usize| -> Result<usize> {
-            match &config[key] {
-                serde_json::Value::Null => Ok(default),
-                v => v
-                    .as_u64()
-                    .map(|v| v as usize)
-                    .ok_or_else(|| config_err(key, format!("not an integer: {v}"))),
-            }
-        };
-        let is_v2 = config["model_type"].as_str() == Some("deepseek_v2");
-        let scoring = match config["scoring_func"].as_str().unwrap_or(if is_v2 {
-            "softmax"
-        } else {
-            "sigmoid"
-        }) {
-            "softmax" => Scoring::Softmax,
-            "sigmoid" => Scoring::Sigmoid,
-            other => {
-                return Err(config_err(
-                    "scoring_func",
-                    format!("unknown scoring function {other:?} (softmax, sigmoid)"),
-                ))
-            }
-        };
-        let topk_method = match config["topk_method"].as_str().unwrap_or(if is_v2 {
-            "greedy"
-        } else {
-            "noaux_tc"
-        }) {
-            "greedy" => TopkMethod::Greedy,
-            "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
-            "noaux_tc" => TopkMethod::NoauxTc,
-            other => {
-                return Err(config_err(
-                    "topk_method",
-                    format!(
-                        "unknown topk_method {other:?} (greedy, group_limited_greedy, noaux_tc)"
-                    ),
-                ))
-            }
-        };
-        let norm_topk_prob = config["norm_topk_prob"].as_bool().unwrap_or(false);
-        let rsf = config["routed_scaling_factor"].as_f64().unwrap_or(1.0) as f32;
-        let gate = GateConfig::builder(
-            usize_field("hidden_size")?,
-            usize_field("n_routed_experts")?,
-            usize_field("num_experts_per_tok")?,
-        )
-        .scoring(scoring)
-        .topk_method(topk_method)
-        .groups(usize_or("n_group", 1)?, usize_or("topk_group", 1)?)
-        // HF 5.23: the V2 (softmax) router ignores norm_topk_prob; V3 honours it.
-        .normalize(norm_topk_prob && scoring == Scoring::Sigmoid)
-        .routed_scaling_factor(rsf)
-        .build()?;
-        Self::new(
-            gate,
-            usize_field("moe_intermediate_size")?,
-            usize_or("n_shared_experts", 0)?,
-        )
-    }
 }
 
 #[cfg(test)]
@@ -342,21 +292,5 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().starts_with("num_experts_per_tok:"), "{err}");
-    }
-
-    #[test]
-    fn hf_v2_ignores_norm_topk_prob_v3_honours_it() {
-        let v2 = serde_json::json!({"model_type": "deepseek_v2", "hidden_size": 8,
-            "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 4,
-            "norm_topk_prob": true, "routed_scaling_factor": 2.0});
-        let c = MoeConfig::from_hf_json(&v2).unwrap();
-        assert!(!c.gate.normalize);
-        assert_eq!(c.gate.scoring, Scoring::Softmax);
-        let v3 = serde_json::json!({"model_type": "deepseek_v3", "hidden_size": 8,
-            "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 4,
-            "n_group": 2, "topk_group": 1, "norm_topk_prob": true});
-        let c = MoeConfig::from_hf_json(&v3).unwrap();
-        assert!(c.gate.normalize);
-        assert_eq!(c.gate.topk_method, TopkMethod::NoauxTc);
     }
 }

@@ -7,7 +7,7 @@ pub enum MoeError {
     #[error("{field}: {message}")]
     Config {
         /// The offending field, e.g. `n_group`.
-        field: &'static str,
+        field: String,
         /// What is wrong, with the values involved.
         message: String,
     },
@@ -35,9 +35,9 @@ pub enum MoeError {
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, MoeError>;
 
-pub(crate) fn config_err(field: &'static str, message: impl Into<String>) -> MoeError {
+pub(crate) fn config_err(field: impl Into<String>, message: impl Into<String>) -> MoeError {
     MoeError::Config {
-        field,
+        field: field.into(),
         message: message.into(),
     }
 }

@@ -80,6 +80,8 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod gate;
+#[cfg(feature = "hf")]
+pub mod hf;
 pub mod mlp;
 pub mod moe;
 pub mod placement;
@@ -89,6 +91,7 @@ pub use config::{GateConfig, GateConfigBuilder, MoeConfig, Scoring, TopkMethod};
 pub use dispatch::{DispatchPlan, Experts};
 pub use error::{MoeError, Result};
 pub use gate::{route, Gate, Routing};
+pub use linear::WeightSpec;
 pub use mlp::Mlp;
 pub use moe::{Dispatch, Moe};
 pub use placement::{

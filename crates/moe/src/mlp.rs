@@ -3,7 +3,7 @@
 
 use candle_core::{Shape, Tensor};
 use candle_nn::VarBuilder;
-use linear::linear;
+use linear::{linear, WeightSpec};
 
 use crate::error::{MoeError, Result};
 
@@ -61,6 +61,17 @@ impl Mlp {
             up_proj,
             down_proj,
         })
+    }
+
+    /// The weights [`Mlp::load`] reads (relative to its prefix): `gate_proj`, `up_proj`
+    /// `[I, H]` and `down_proj` `[H, I]`.
+    pub fn expected(hidden_size: usize, intermediate_size: usize) -> Vec<WeightSpec> {
+        let (h, i) = (hidden_size, intermediate_size);
+        vec![
+            WeightSpec::projection("gate_proj.weight", i, h),
+            WeightSpec::projection("up_proj.weight", i, h),
+            WeightSpec::projection("down_proj.weight", h, i),
+        ]
     }
 
     /// Loads `{gate,up,down}_proj.weight` under `vb` (e.g. `model.layers.0.mlp` or

@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use linear::WeightSpec;
 
 use crate::config::MoeConfig;
 use crate::dispatch::Experts;
@@ -77,6 +78,33 @@ impl Moe {
             experts,
             shared,
         })
+    }
+
+    /// The weights [`Moe::load`] reads, relative to the `mlp` prefix: the router (and its
+    /// correction bias for `noaux_tc`), every routed expert and the shared-expert MLP.
+    pub fn expected(cfg: &MoeConfig) -> Vec<WeightSpec> {
+        let g = &cfg.gate;
+        let (h, e) = (g.hidden_size, g.n_routed_experts);
+        let mut out = vec![WeightSpec::plain("gate.weight", vec![e, h])];
+        if g.uses_bias() {
+            out.push(WeightSpec::plain("gate.e_score_correction_bias", vec![e]));
+        }
+        for i in 0..e {
+            let prefix = format!("experts.{i}");
+            out.extend(
+                Mlp::expected(h, cfg.moe_intermediate_size)
+                    .into_iter()
+                    .map(|w| w.under(&prefix)),
+            );
+        }
+        if cfg.n_shared_experts > 0 {
+            out.extend(
+                Mlp::expected(h, cfg.shared_intermediate_size())
+                    .into_iter()
+                    .map(|w| w.under("shared_experts")),
+            );
+        }
+        out
     }
 
     /// Loads from HF names under `vb` (the `mlp` prefix, e.g. `model.layers.3.mlp`):

@@ -3,9 +3,33 @@
 
 use candle_core::{Tensor, D};
 use candle_nn::{Module, RmsNorm, VarBuilder};
+use linear::WeightSpec;
 
 use crate::block::DecoderBlock;
 use crate::error::{MtpError, Result};
+
+/// The weights [`MtpModule::load`] reads around the block, relative to the module's prefix
+/// (`model.layers.{num_hidden_layers + k - 1}`): `enorm`, `hnorm`, `eh_proj` `[C, 2C]` (kept in
+/// high precision by DeepSeek's FP8 releases) and `shared_head.norm`.
+pub fn module_weights(hidden_size: usize) -> Vec<WeightSpec> {
+    let c = hidden_size;
+    vec![
+        WeightSpec::plain("enorm.weight", vec![c]),
+        WeightSpec::plain("hnorm.weight", vec![c]),
+        WeightSpec::plain("eh_proj.weight", vec![c, 2 * c]),
+        WeightSpec::plain("shared_head.norm.weight", vec![c]),
+    ]
+}
+
+/// Per-module copies of the embedding `[V, C]` and head that V3 releases store beside each
+/// module and that neither HF nor this crate reads (the main model's are shared).
+pub fn unused_release_weights(vocab_size: usize, hidden_size: usize) -> Vec<WeightSpec> {
+    let shape = vec![vocab_size, hidden_size];
+    vec![
+        WeightSpec::plain("embed_tokens.weight", shape.clone()),
+        WeightSpec::plain("shared_head.head.weight", shape),
+    ]
+}
 
 /// MTP module `k` (weights at `model.layers.{num_hidden_layers + k - 1}`), generic over its
 /// decoder block `B`. Field names follow the checkpoint keys.

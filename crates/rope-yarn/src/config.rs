@@ -1,6 +1,4 @@
-//! Rotary configuration, and its parsing from HF `config.json` in both spellings.
-
-use serde_json::Value;
+//! Rotary configuration: the numbers, validated once.
 
 use crate::error::{Result, RopeError};
 use crate::yarn::{correction_range, get_mscale, linear_ramp};
@@ -110,123 +108,6 @@ impl RopeConfig {
         })
     }
 
-    /// Reads the rotary settings of an HF `config.json` object.
-    ///
-    /// Accepts the spelling of DeepSeek's releases (top-level `rope_theta` plus `rope_scaling`
-    /// with `type`) and the one transformers 5.x writes (`rope_parameters` with `rope_type` and
-    /// `rope_theta` inside). `dim` is the rotary head size (`qk_rope_head_dim`). As in HF, a YaRN
-    /// config without `original_max_position_embeddings` falls back to `max_position_embeddings`,
-    /// and one without `factor` uses `max_position_embeddings / original_max_position_embeddings`.
-    ///
-    /// ```
-    /// let cfg: serde_json::Value = serde_json::json!({
-    ///     "rope_theta": 10000, "max_position_embeddings": 163840,
-    ///     "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-    ///                      "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
-    /// });
-    /// let rope = rope_yarn::RopeConfig::from_hf_config(64, &cfg).unwrap();
-    /// assert!((rope.softmax_scale(192) - 0.135_233_778_86).abs() < 1e-10);
-    /// ```
-    pub fn from_hf_config(dim: usize, config: &Value) -> Result<Self> {
-        let obj = config
-            .as_object()
-            .ok_or_else(|| RopeError::config("config", "expected a JSON object"))?;
-        let (section, params) = match (obj.get("rope_parameters"), obj.get("rope_scaling")) {
-            (Some(Value::Object(p)), _) => ("rope_parameters", Some(p)),
-            (_, Some(Value::Object(p))) => ("rope_scaling", Some(p)),
-            (_, Some(Value::Null) | None) => ("rope_scaling", None),
-            (_, Some(other)) => {
-                return Err(RopeError::config(
-                    "rope_scaling",
-                    format!("expected an object or null, found {other}"),
-                ))
-            }
-        };
-        let field = |name: &str| format!("{section}.{name}");
-        let get = |name: &str| params.and_then(|p| p.get(name)).filter(|v| !v.is_null());
-        let theta = match (get("rope_theta"), obj.get("rope_theta")) {
-            (Some(v), _) => number(&field("rope_theta"), v)?,
-            (None, Some(v)) => number("rope_theta", v)?,
-            (None, None) => 10_000.0,
-        };
-        let kind = match get("rope_type").or_else(|| get("type")) {
-            Some(Value::String(s)) => s.as_str(),
-            Some(other) => {
-                return Err(RopeError::config(
-                    field("rope_type"),
-                    format!("expected a string, found {other}"),
-                ))
-            }
-            None => "default",
-        };
-        let opt = |name: &str| get(name).map(|v| number(&field(name), v)).transpose();
-        let max_pos = obj.get("max_position_embeddings").filter(|v| !v.is_null());
-        let scaling = match kind {
-            "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear {
-                factor: opt("factor")?
-                    .ok_or_else(|| RopeError::config(field("factor"), "missing"))?,
-            },
-            "yarn" => {
-                let original = match (opt("original_max_position_embeddings")?, max_pos) {
-                    (Some(v), _) => v,
-                    (None, Some(v)) => number("max_position_embeddings", v)?,
-                    (None, None) => {
-                        return Err(RopeError::config(
-                            field("original_max_position_embeddings"),
-                            "missing (and no max_position_embeddings to fall back on)",
-                        ))
-                    }
-                };
-                if original.fract() != 0.0 || original < 1.0 {
-                    return Err(RopeError::config(
-                        field("original_max_position_embeddings"),
-                        format!("expected a positive integer, found {original}"),
-                    ));
-                }
-                let factor = match (opt("factor")?, max_pos) {
-                    (Some(f), _) => f,
-                    (None, Some(v)) => number("max_position_embeddings", v)? / original,
-                    (None, None) => return Err(RopeError::config(field("factor"), "missing")),
-                };
-                RopeScaling::Yarn(YarnParams {
-                    factor,
-                    original_max_position_embeddings: original as usize,
-                    // HF uses `or`: a 0 or null beta means the default.
-                    beta_fast: opt("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
-                    beta_slow: opt("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
-                    mscale: opt("mscale")?,
-                    mscale_all_dim: opt("mscale_all_dim")?,
-                    attention_factor: opt("attention_factor")?,
-                    truncate: match get("truncate") {
-                        None => true,
-                        Some(Value::Bool(b)) => *b,
-                        Some(other) => {
-                            return Err(RopeError::config(
-                                field("truncate"),
-                                format!("expected a bool, found {other}"),
-                            ))
-                        }
-                    },
-                })
-            }
-            other => {
-                return Err(RopeError::config(
-                    field("rope_type"),
-                    format!("unsupported rope type {other:?} (supported: default, linear, yarn)"),
-                ))
-            }
-        };
-        Self::with_scaling(dim, theta, scaling).map_err(|e| match e {
-            // Validation speaks of `rope_scaling`; say where the value really came from.
-            RopeError::InvalidConfig { field, reason } => RopeError::InvalidConfig {
-                field: field.replacen("rope_scaling", section, 1),
-                reason,
-            },
-            other => other,
-        })
-    }
-
     /// The inverse frequencies `θ'_i` of the `dim / 2` rotary pairs, in f32 exactly as HF
     /// computes them (`1 / b^(2i/d)`, then the scaling rule).
     pub fn inv_freq(&self) -> Vec<f32> {
@@ -320,9 +201,4 @@ fn check_positive(field: &str, v: f64) -> Result<()> {
             format!("must be a positive number, found {v}"),
         ))
     }
-}
-
-fn number(field: &str, v: &Value) -> Result<f64> {
-    v.as_f64()
-        .ok_or_else(|| RopeError::config(field, format!("expected a number, found {v}")))
 }

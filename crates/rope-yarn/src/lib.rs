@@ -18,8 +18,9 @@
 //!
 //! The design keeps three concerns apart:
 //! - [`RopeConfig`]: the numbers (inverse frequencies, attention factor, softmax scale), built
-//!   directly or from an HF `config.json` in either spelling (`rope_scaling` of the releases,
-//!   `rope_parameters` of transformers 5.x), with errors that name the field;
+//!   directly, or (feature `hf`, see [`hf`]) from an HF `config.json` in either spelling
+//!   (`rope_scaling` of the releases, `rope_parameters` of transformers 5.x), with errors that
+//!   name the field;
 //! - [`RopeCache`]: the cos/sin table, grown on demand and shared by all layers;
 //! - [`apply_rotary`]: the rotation of candle tensors, in the interleaved layout of DeepSeek
 //!   ([`RopeLayout::Interleaved`]) or the half-split one, always computed in f32.
@@ -46,6 +47,8 @@ mod apply;
 mod cache;
 mod config;
 mod error;
+#[cfg(feature = "hf")]
+pub mod hf;
 pub mod yarn;
 
 pub use apply::{apply_rotary, deinterleave, RopeLayout};

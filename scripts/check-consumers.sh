@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds each single-crate consumer under tests/consumers/ exactly as a downstream project would
+# (with the lock file, nothing else from the workspace), runs its one real call, and fails if a
+# component crate pulls in anything a library user should not pay for (async runtime, HTTP
+# client, CLI parser, progress bars, the model crate). Prints each consumer's count of
+# compiled dependency crates (`cargo tree -e normal`), the number the closing notes quote.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Crates no component library may pull in.
+forbidden='^(tokio|reqwest|hyper|clap|clap_builder|indicatif|anyhow|tracing-subscriber|csv|flate2|serde_yaml|tempfile|model|eval)$'
+# The grader needs no tensor library either.
+forbidden_judge='^(candle-core|candle-nn|gemm|rayon|safetensors)$'
+
+status=0
+for dir in tests/consumers/*/; do
+    name="consumer-$(basename "$dir")"
+    cargo build --locked --quiet -p "$name"
+    cargo run --locked --quiet -p "$name"
+    deps=$(cargo tree --locked -p "$name" -e normal --prefix none | awk '{print $1}' | sort -u)
+    count=$(printf '%s\n' "$deps" | wc -l)
+    echo "$name: $count crates in its normal dependency tree (itself included)"
+    bad=$(printf '%s\n' "$deps" | grep -E "$forbidden" || true)
+    if [ "$name" = consumer-judge ]; then
+        bad="$bad$(printf '%s\n' "$deps" | grep -E "$forbidden_judge" || true)"
+    fi
+    if [ -n "$bad" ]; then
+        echo "error: $name pulls in: $(echo $bad)" >&2
+        status=1
+    fi
+done
+exit $status
