@@ -29,4 +29,12 @@ for dir in tests/consumers/*/; do
         status=1
     fi
 done
+# The model crate as a library (`default-features = false`): no CLI dependencies.
+model_deps=$(cargo tree --locked -p model --no-default-features -e normal --prefix none | awk '{print $1}' | sort -u)
+echo "model (library, no default features): $(printf '%s\n' "$model_deps" | wc -l) crates"
+bad=$(printf '%s\n' "$model_deps" | grep -E '^(clap|clap_builder|anyhow|indicatif|tracing-subscriber|tokio|reqwest)$' || true)
+if [ -n "$bad" ]; then
+    echo "error: the model library pulls in: $(echo $bad)" >&2
+    status=1
+fi
 exit $status
