@@ -36,10 +36,11 @@ pub fn read_bandwidth() -> f64 {
         unreachable!("CPU tensor")
     };
     let data = cpu.as_slice::<f32>().expect("f32 buffer");
+    let isa = linear::Isa::detect();
     let best = (0..7)
         .map(|_| {
             let t = Instant::now();
-            let s: f32 = data.par_chunks(256 << 10).map(sum_lanes).sum();
+            let s: f32 = data.par_chunks(256 << 10).map(|c| sum_lanes(isa, c)).sum();
             std::hint::black_box(s);
             t.elapsed()
         })
@@ -49,15 +50,18 @@ pub fn read_bandwidth() -> f64 {
 }
 
 /// A sum with independent accumulators, so it is bound by memory, not by the latency of one
-/// add chain: AVX2 (8 ymm accumulators) when the CPU has it, portable code otherwise. (The
+/// add chain: AVX2 (8 ymm accumulators) when `isa` (linear's detected kernel path) has it,
+/// portable code otherwise, so the probe reads the way the kernels it bounds do. (The
 /// portable loop compiles to SSE2 for the default x86-64 target and reads ~20% slower than
-/// the AVX2 kernels it is meant to bound.)
-fn sum_lanes(xs: &[f32]) -> f32 {
+/// the AVX2 kernels.)
+fn sum_lanes(isa: linear::Isa, xs: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above).
+    if isa.has_avx2_fma() {
+        // SAFETY: a `linear::Isa` reports AVX2 only when `linear::Isa::detect` found it at
+        // run time (it has no other constructor for a SIMD path).
         return unsafe { sum_avx2(xs) };
     }
+    let _ = isa;
     let mut acc = [0f32; 16];
     let chunks = xs.chunks_exact(16);
     let tail: f32 = chunks.remainder().iter().sum();

@@ -21,10 +21,13 @@ const MADV_COLLAPSE: libc::c_int = 25;
 /// Asks the kernel to back the 2 MiB-aligned interior of the contiguous CPU tensor `w` with
 /// transparent huge pages, in place. Returns whether it applied (Linux, a CPU tensor of at
 /// least 4 MiB, and the kernel accepted; THP disabled or an old kernel just leave 4 KiB pages).
-/// Values never change. Setting `LINEAR_NO_HUGE_PAGES=1` turns it off.
+/// Values never change.
+///
+/// Whether to call it at all is the caller's decision (a loader option, say); this crate reads
+/// no environment variables.
 pub fn advise_huge_pages(w: &Tensor) -> bool {
     let bytes = w.elem_count() * w.dtype().size_in_bytes();
-    if bytes < MIN_BYTES || std::env::var_os("LINEAR_NO_HUGE_PAGES").is_some_and(|v| v == "1") {
+    if bytes < MIN_BYTES {
         return false;
     }
     let (storage, layout) = w.storage_and_layout();

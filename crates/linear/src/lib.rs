@@ -17,6 +17,19 @@
 //! - **many rows** (prefill) or another device: candle's matmul, after converting the weight
 //!   to the activations' dtype when they differ.
 //!
+//! # Instruction sets
+//!
+//! The kernel has an AVX2 + FMA path (+ F16C for f16 weights) on x86-64 and a portable path
+//! for every CPU. Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
+//! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
+//! kernels rely on that one check instead of re-checking per call. [`linear`] and
+//! [`matmul_rows`] use [`Isa::detect`]; [`linear_with`] and [`matmul_rows_with`] take the
+//! `Isa` explicitly, e.g. [`Isa::portable`] to force the fallback, and [`Isa::supported`]
+//! lists every path this CPU runs (tests compare each against a reference).
+//!
+//! The crate reads no environment variables: whether to back weights with huge pages
+//! ([`advise_huge_pages`]) or to force a path is the caller's decision, passed as a value.
+//!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! # fn main() -> candle_core::Result<()> {
@@ -24,15 +37,23 @@
 //! let x = Tensor::randn(0f32, 1.0, (1, 32), &Device::Cpu)?;
 //! let y = linear::linear(&x, &w)?; // f32 [1, 64], from bf16 weights
 //! assert_eq!((y.dims(), y.dtype()), (&[1usize, 64][..], DType::F32));
+//! // The same product on the portable path: equal up to summation order.
+//! let p = linear::linear_with(linear::Isa::portable(), &x, &w)?;
+//! let diff: f32 = (y - p)?.abs()?.max_all()?.to_scalar()?;
+//! assert!(diff < 1e-4);
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod huge_pages;
+mod isa;
 mod kernel;
+mod spec;
 
 pub use huge_pages::advise_huge_pages;
+pub use isa::Isa;
+pub use spec::WeightSpec;
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
@@ -41,8 +62,15 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// `x · wᵀ` for `x` `[..., K]` (any float dtype) and `w` `[N, K]` (f32, bf16 or f16); the
-/// result is `[..., N]` in `x`'s dtype. See the crate docs for the two regimes.
+/// result is `[..., N]` in `x`'s dtype. See the crate docs for the two regimes. The
+/// matrix-vector kernel runs on [`Isa::detect`]'s path; [`linear_with`] chooses it.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_with(Isa::detect(), x, w)
+}
+
+/// [`linear`] with the matrix-vector kernel on `isa` (e.g. [`Isa::portable`] to force the
+/// fallback). The GEMM regime is candle's and does not depend on `isa`.
+pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     let dims = x.dims();
     if dims.last() != Some(&k) {
@@ -56,7 +84,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     *out_dims.last_mut().expect("checked above") = n;
     if m <= GEMV_MAX_ROWS && x.device().is_cpu() {
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if let Some(y) = matmul_rows(w, &xs, m) {
+        if let Some(y) = matmul_rows_with(isa, w, &xs, m) {
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
     }
@@ -70,11 +98,20 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// The matrix-vector kernel on host memory: `xs` holds `m` f32 rows of length `K` (row-major),
 /// `w` is a contiguous CPU tensor `[N, K]` in f32, bf16 or f16; returns the `[m, N]` product
-/// row-major. `None` when `w` is not such a tensor (the caller falls back to a matmul).
+/// row-major. `None` when `w` is not such a tensor (the caller falls back to a matmul). Runs on
+/// [`Isa::detect`]'s path; [`matmul_rows_with`] chooses it.
 ///
 /// # Panics
 /// If `xs.len() != m · K`.
 pub fn matmul_rows(w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
+    matmul_rows_with(Isa::detect(), w, xs, m)
+}
+
+/// [`matmul_rows`] on the kernel path `isa`.
+///
+/// # Panics
+/// If `xs.len() != m · K`.
+pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
     let (_, k) = w.dims2().ok()?;
     assert_eq!(xs.len(), m * k, "matmul_rows: xs must hold m rows of K");
     let (storage, layout) = w.storage_and_layout();
@@ -83,9 +120,9 @@ pub fn matmul_rows(w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
         return None;
     };
     Some(match cpu {
-        CpuStorage::F32(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
-        CpuStorage::BF16(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
-        CpuStorage::F16(v) => kernel::matmul_rows(&v[start..end], k, xs, m),
+        CpuStorage::F32(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
+        CpuStorage::BF16(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
+        CpuStorage::F16(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
         _ => return None,
     })
 }

@@ -1,6 +1,8 @@
-//! `linear` against candle's matmul in every regime and dtype combination.
+//! `linear` against candle's matmul in every regime and dtype combination, on every kernel
+//! path this machine runs (`Isa::supported`: the detected one down to the portable one).
 
 use candle_core::{DType, Device, Tensor};
+use linear::Isa;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
@@ -25,12 +27,14 @@ fn matches_matmul_for_every_dtype_and_row_count() {
         let w_ref = w.to_dtype(DType::F32).unwrap();
         for rows in [1usize, 3, 8, 9, 40] {
             let x = Tensor::randn(0f32, 1.0, (2, rows, 200), &dev).unwrap();
-            let y = linear::linear(&x, &w).unwrap();
-            assert_eq!(y.dims(), &[2, rows, 96]);
-            assert_eq!(y.dtype(), DType::F32);
             let want = x.broadcast_matmul(&w_ref.t().unwrap()).unwrap();
-            let d = max_diff(&y, &want);
-            assert!(d < 1e-4, "{wdt:?} rows {rows}: {d}");
+            for isa in Isa::supported() {
+                let y = linear::linear_with(isa, &x, &w).unwrap();
+                assert_eq!(y.dims(), &[2, rows, 96]);
+                assert_eq!(y.dtype(), DType::F32);
+                let d = max_diff(&y, &want);
+                assert!(d < 1e-4, "{isa} {wdt:?} rows {rows}: {d}");
+            }
         }
     }
 }
@@ -44,8 +48,6 @@ fn half_activations_come_back_in_their_dtype() {
             .unwrap()
             .to_dtype(dt)
             .unwrap();
-        let y = linear::linear(&x, &w.to_dtype(dt).unwrap()).unwrap();
-        assert_eq!(y.dtype(), dt);
         let want = x
             .to_dtype(DType::F32)
             .unwrap()
@@ -58,7 +60,11 @@ fn half_activations_come_back_in_their_dtype() {
                     .unwrap(),
             )
             .unwrap();
-        assert!(max_diff(&y, &want) < 0.1);
+        for isa in Isa::supported() {
+            let y = linear::linear_with(isa, &x, &w.to_dtype(dt).unwrap()).unwrap();
+            assert_eq!(y.dtype(), dt);
+            assert!(max_diff(&y, &want) < 0.1, "{isa} {dt:?}");
+        }
     }
 }
 
@@ -68,9 +74,12 @@ fn non_contiguous_weights_fall_back_to_matmul() {
     let wt = Tensor::randn(0f32, 1.0, (64, 16), &dev).unwrap();
     let w = wt.t().unwrap(); // [16, 64], strided
     let x = Tensor::randn(0f32, 1.0, (1, 64), &dev).unwrap();
-    let y = linear::linear(&x, &w).unwrap();
+    assert!(linear::matmul_rows_with(Isa::portable(), &w, &[0.0; 64], 1).is_none());
     let want = x.matmul(&wt).unwrap();
-    assert!(max_diff(&y, &want) < 1e-5);
+    for isa in Isa::supported() {
+        let y = linear::linear_with(isa, &x, &w).unwrap();
+        assert!(max_diff(&y, &want) < 1e-5, "{isa}");
+    }
 }
 
 #[test]
@@ -80,4 +89,30 @@ fn shape_mismatch_is_an_error_naming_both_shapes() {
     let x = Tensor::zeros((1, 31), DType::F32, &dev).unwrap();
     let err = linear::linear(&x, &w).unwrap_err().to_string();
     assert!(err.contains("[1, 31]") && err.contains("[8, 32]"), "{err}");
+}
+
+#[test]
+fn default_entry_points_use_the_detected_path() {
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 1.0, (40, 100), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 100), &dev).unwrap();
+    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    // Same path, same summation order: bit-identical.
+    assert_eq!(
+        linear::matmul_rows(&w, &xs, 2),
+        linear::matmul_rows_with(Isa::detect(), &w, &xs, 2)
+    );
+    let (a, b) = (
+        linear::linear(&x, &w).unwrap(),
+        linear::linear_with(Isa::detect(), &x, &w).unwrap(),
+    );
+    assert_eq!(max_diff(&a, &b), 0.0);
+    println!(
+        "detected: {}, supported: {:?}",
+        Isa::detect(),
+        Isa::supported()
+    );
 }

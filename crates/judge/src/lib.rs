@@ -1,0 +1,71 @@
+//! Rule-based answer checking for R1-style outputs: the accuracy and format rewards of
+//! GRPO and the grader of the `eval` benchmark harness.
+//!
+//! # Design
+//!
+//! A check runs in three stages, each its own module:
+//!
+//! 1. [`response`] splits the reasoning from the answer at `</think>` and gives the R1
+//!    format verdict. Answers inside the reasoning never count; an unterminated
+//!    `<think>` means no answer.
+//! 2. [`extract`] finds the final answer in the answer section: the last balanced
+//!    `\boxed{}`, then answer anchors, then task-specific tiers (GSM8K `####`, the last
+//!    number). A truncated last box is no answer.
+//! 3. A checker per task kind compares with the reference: [`math`] (a LaTeX/plain-text
+//!    parser to an expression tree, exact rational arithmetic with bounded big integers,
+//!    evaluation at random points for symbolic identities, and structures: sets, tuples,
+//!    intervals, matrices, relations), [`choice`] (multiple choice), [`numeric`] (GSM8K)
+//!    and [`factual`] (SQuAD-normalised short answers with aliases).
+//!
+//! [`Judge::check`] ties the stages together. There is deliberately **no loose numeric
+//! tolerance**: a decimal is an exact rational, so `0.333` is not `1/3` and `1/2^99` is
+//! not `1/2^98`; floating point is used only for irrational or symbolic values, with a
+//! tight relative tolerance. The policies of each module are listed in its documentation.
+//!
+//! Every check is bounded: inputs are cut to their last megabyte, extraction looks at the
+//! last 64 KB, the parser refuses inputs over 8 KB, 4096 tokens or nesting deeper than 120,
+//! exact values are limited to 65,536 bits (`10^{10^{10}}` is refused before any
+//! arithmetic), and set matching has a work budget. Malformed input gives a verdict,
+//! never a panic.
+//!
+//! The crate is pure computation: no I/O, no threads, no async runtime. The benchmark
+//! harness (tasks, datasets, response sources, sandbox, reports) is the `eval` crate.
+//!
+//! # Example
+//!
+//! ```
+//! use judge::{Judge, Kind};
+//!
+//! let judge = Judge::default();
+//! let response = "<think>\nx = 1/2, so the value is \\boxed{2}... no wait\n</think>\n\
+//!                 The answer is $\\boxed{\\dfrac{1}{2}}$.";
+//! let verdict = judge.check(Kind::Math, &"0.5".into(), response);
+//! assert!(verdict.correct);
+//! assert_eq!(verdict.extracted.as_deref(), Some("\\dfrac{1}{2}"));
+//! assert!(verdict.format.is_valid());
+//!
+//! // 1/3 is not 0.333, and the reasoning's box does not count.
+//! assert!(!judge.check(Kind::Math, &"\\frac13".into(), "</think>\\boxed{0.333}").correct);
+//!
+//! // The GRPO rewards.
+//! assert_eq!(judge.accuracy_reward(Kind::Math, &"0.5".into(), response), 1.0);
+//! assert_eq!(judge.format_reward("\\boxed{4}"), 0.0);
+//! ```
+#![deny(missing_docs)]
+
+pub mod choice;
+pub mod error;
+pub mod extract;
+pub mod factual;
+pub mod grader;
+pub mod math;
+pub mod numeric;
+pub mod response;
+
+pub use error::{JudgeError, ParseError};
+pub use grader::{Gold, Judge, JudgeConfig, Kind, Verdict};
+
+// The README's example runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

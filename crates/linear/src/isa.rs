@@ -1,0 +1,163 @@
+//! Which kernel path the CPU can run, detected once and passed down as a value.
+//!
+//! An [`Isa`] other than [`Isa::portable`] holds a proof token from the x86 kernel module
+//! (`kernel::x86`), and those tokens are only made by its run-time feature detection. So a
+//! kernel entry point that receives an `Isa` needs no check of its own: the value could not
+//! exist on a CPU without the features.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+use crate::kernel::x86;
+
+/// A kernel path for the matrix-vector product: the SIMD instruction sets it may use.
+///
+/// Obtain one with [`Isa::detect`] (the best path this CPU runs, detected once per process),
+/// [`Isa::portable`] (plain Rust, every CPU) or [`Isa::supported`] (every path this CPU
+/// runs). There is no other constructor, so holding an `Isa` that names a SIMD path proves
+/// the CPU has those features.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Isa(Path);
+
+/// The paths, each x86 one carrying the token that proves its features.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Path {
+    /// Portable Rust; the compiler vectorises it for the build target (SSE2 on x86-64).
+    Portable,
+    /// AVX2 + FMA: f32 and bf16 weights; f16 weights take the portable loop.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(x86::Avx2Fma),
+    /// AVX2 + FMA + F16C: every weight dtype.
+    #[cfg(target_arch = "x86_64")]
+    Avx2FmaF16c(x86::Avx2FmaF16c),
+}
+
+impl Isa {
+    /// The best path this CPU runs. Detected on the first call and cached for the process.
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(detect_uncached)
+    }
+
+    /// The portable fallback, valid on every CPU: forces the plain-Rust loops (for tests,
+    /// benchmarks, or ruling the SIMD kernels out).
+    pub const fn portable() -> Isa {
+        Isa(Path::Portable)
+    }
+
+    /// Every path this CPU runs, best first, ending with [`Isa::portable`]: the detected one
+    /// and each narrower one (a subset of proven features is proven too).
+    pub fn supported() -> Vec<Isa> {
+        let mut out = vec![Isa::detect()];
+        while let Some(next) = out.last().and_then(|isa| isa.narrower()) {
+            out.push(next);
+        }
+        out
+    }
+
+    /// Whether this path uses AVX2 and FMA (true only after detection found them).
+    pub fn has_avx2_fma(self) -> bool {
+        !self.is_portable()
+    }
+
+    /// Whether this is the portable fallback.
+    pub fn is_portable(self) -> bool {
+        self.0 == Path::Portable
+    }
+
+    /// A short name: `"avx2+fma+f16c"`, `"avx2+fma"` or `"portable"`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Path::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2Fma(_) => "avx2+fma",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2FmaF16c(_) => "avx2+fma+f16c",
+        }
+    }
+
+    /// The AVX2 + FMA proof, when this path has one (the kernel's dispatch asks).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx2_fma(self) -> Option<x86::Avx2Fma> {
+        match self.0 {
+            Path::Portable => None,
+            Path::Avx2Fma(t) => Some(t),
+            Path::Avx2FmaF16c(t) => Some(t.avx2_fma()),
+        }
+    }
+
+    /// The AVX2 + FMA + F16C proof, when this path has one.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx2_fma_f16c(self) -> Option<x86::Avx2FmaF16c> {
+        match self.0 {
+            Path::Avx2FmaF16c(t) => Some(t),
+            Path::Portable | Path::Avx2Fma(_) => None,
+        }
+    }
+
+    /// The next path down (dropping one feature), `None` below the portable one.
+    fn narrower(self) -> Option<Isa> {
+        match self.0 {
+            Path::Portable => None,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2Fma(_) => Some(Isa::portable()),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2FmaF16c(t) => Some(Isa(Path::Avx2Fma(t.avx2_fma()))),
+        }
+    }
+}
+
+/// Asks the CPU; [`Isa::detect`] caches the answer.
+fn detect_uncached() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = x86::Avx2Fma::detect() {
+        return Isa(match avx2.with_f16c() {
+            Some(t) => Path::Avx2FmaF16c(t),
+            None => Path::Avx2Fma(avx2),
+        });
+    }
+    Isa::portable()
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Debug for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Isa({})", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_starts_detected_and_ends_portable() {
+        let all = Isa::supported();
+        println!("supported: {all:?}");
+        assert_eq!(all.first(), Some(&Isa::detect()));
+        assert_eq!(all.last(), Some(&Isa::portable()));
+        assert!(all.iter().rev().skip(1).all(|i| i.has_avx2_fma()));
+        assert_eq!(Isa::detect(), Isa::detect());
+        assert_eq!(Isa::portable().to_string(), "portable");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn detection_agrees_with_the_cpu() {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        let f16c = std::arch::is_x86_feature_detected!("f16c");
+        let want = match (avx2, f16c) {
+            (false, _) => "portable",
+            (true, false) => "avx2+fma",
+            (true, true) => "avx2+fma+f16c",
+        };
+        assert_eq!(Isa::detect().name(), want);
+    }
+}
