@@ -84,7 +84,7 @@ fn bench(dir: &Path, args: &Args, verify_path: AttentionPath) -> Result<Row> {
     };
     let modules: Vec<Module> = load_mtp_modules(&model)?;
     ensure!(!modules.is_empty(), "{}: no MTP layer", dir.display());
-    let vocab = model.config().hf.vocab_size as u32;
+    let vocab = model.config().vocab_size as u32;
     let prompt: Vec<u32> = (0..args.context as u32)
         .map(|i| (i * 7919 + 3) % vocab)
         .collect();
@@ -109,14 +109,14 @@ fn bench(dir: &Path, args: &Args, verify_path: AttentionPath) -> Result<Row> {
     let warm_emb = model.embed(&prompt[1..])?;
     let h = model.forward(&prompt, &mut model.new_session()?)?.hidden;
     m.forward(&warm_emb, &h.narrow(0, 0, p - 1)?.unsqueeze(0)?, &mut cache)?;
-    let len = <model::model::DecoderLayer as DecoderBlock>::cache_len(&cache);
+    let len = <model::mtp::MtpBlock as DecoderBlock>::cache_len(&cache);
     let emb = model.embed(&[9])?;
     let prev = h.narrow(0, p - 1, 1)?.unsqueeze(0)?; // [1, 1, C]
     let draft = median_time(3, 20, || {
         let g = m.forward(&emb, &prev, &mut cache).unwrap();
         let logits = model.head(&g.squeeze(0).unwrap()).unwrap();
         let _ = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        <model::model::DecoderLayer as DecoderBlock>::truncate(&mut cache, len);
+        <model::mtp::MtpBlock as DecoderBlock>::truncate(&mut cache, len);
     });
 
     // Tokens/s, greedy, without and with MTP (same output by construction).

@@ -5,8 +5,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{random_layer, rope_for, run_every_path, PATHS};
-use mla::{AttentionPath, KvLayout, LatentKvCache, LayerCache, MlaConfig};
 use fixtures::max_abs_diff;
+use mla::{AttentionPath, KvLayout, LatentKvCache, LayerCache, MlaConfig};
 
 fn decode(
     mla: &mla::Mla,

@@ -7,8 +7,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{random_layer, run_every_path};
-use mla::{Mla, MlaWeights, QueryWeights};
 use fixtures::max_abs_diff;
+use mla::{Mla, MlaWeights, QueryWeights};
 
 fn check(dtype: DType, rel_tol: f32) {
     for q_lora in [false, true] {

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{load_layer, rope_for, run_every_path, run_in_chunks, PATHS};
-use mla::AttentionPath;
 use fixtures::{assert_close, Case};
+use mla::AttentionPath;
 
 const TOL: f32 = 1e-4;
 

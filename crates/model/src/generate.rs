@@ -1,13 +1,38 @@
-//! Generation: one prefill over the prompt, then one decode step per token over the latent
-//! cache, with greedy or sampled selection, EOS ids, stop strings, a token budget and a
-//! streaming callback.
+//! Generation: one prefill over the prompt, then decode steps over the latent cache, with
+//! greedy or sampled selection, EOS ids, stop strings, a token budget and a streaming callback.
+//!
+//! Two decodings share every rule ([`Decoding`]): plain (one main forward per token) and MTP
+//! speculative decoding (the checkpoint's MTP modules draft, one main forward verifies and
+//! commits 1 to `D + 1` tokens; greedy output is identical, sampled output has the same
+//! distribution). Stop tokens, stop strings, the budget, the callback, the timing split and
+//! the finish reason are applied token by token to what either one commits, so MTP never
+//! overshoots the budget or a stop.
+//!
+//! [`generate`] / [`generate_text`] take a bare model and load the MTP modules on each MTP
+//! call; a [`Generator`] owns the model and loads them once, for callers that generate many
+//! times (eval).
 
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::error::Result;
-use crate::model::DeepSeek;
+use mtp::{AcceptanceStats, Speculator};
+
+use crate::error::{ModelError, Result};
+use crate::model::{DeepSeek, PathPolicy};
+use crate::mtp::{into_model_error, load_mtp_modules, Module};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{TextStream, Tokenizer};
+
+/// How tokens are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decoding {
+    /// One main forward per token.
+    #[default]
+    Plain,
+    /// MTP speculative decoding with all of the checkpoint's MTP modules
+    /// (`num_nextn_predict_layers`, 1 for V3/R1): an error on checkpoints without them.
+    Mtp,
+}
 
 /// Generation settings.
 #[derive(Debug, Clone)]
@@ -20,6 +45,8 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
     /// Strings that end generation (the text is cut before them; needs a tokenizer).
     pub stop_strings: Vec<String>,
+    /// Plain or MTP speculative decoding.
+    pub decoding: Decoding,
 }
 
 impl Default for GenerateOptions {
@@ -29,6 +56,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::greedy(),
             stop_tokens: vec![],
             stop_strings: vec![],
+            decoding: Decoding::Plain,
         }
     }
 }
@@ -57,8 +85,10 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Seconds spent in the prefill.
     pub prefill_secs: f64,
-    /// Seconds spent in decode steps.
+    /// Seconds spent in decode steps (MTP: draft + verify steps).
     pub decode_secs: f64,
+    /// Draft acceptance when MTP speculative decoding ran.
+    pub mtp: Option<AcceptanceStats>,
 }
 
 impl Generation {
@@ -73,54 +103,273 @@ impl Generation {
     }
 }
 
-/// Generates after `prompt`. `on_token` sees each new id and returns false to stop.
+/// A model and its MTP modules, loaded on first use and kept: what callers that generate many
+/// times with [`Decoding::Mtp`] hold. Plain decoding never loads the modules.
+pub struct Generator {
+    model: DeepSeek,
+    mtp: OnceLock<Vec<Module>>,
+    /// Serialises the one load of `mtp` (concurrent first MTP requests wait for it).
+    mtp_load: Mutex<()>,
+}
+
+impl Generator {
+    /// Wraps `model` (its `paths` policy, the MTP blocks' too).
+    pub fn new(model: DeepSeek) -> Self {
+        Self {
+            model,
+            mtp: OnceLock::new(),
+            mtp_load: Mutex::new(()),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &DeepSeek {
+        &self.model
+    }
+
+    /// The model back.
+    pub fn into_model(self) -> DeepSeek {
+        self.model
+    }
+
+    /// Sets the MLA path policy of the model and of the MTP blocks (loaded modules are
+    /// dropped and load again with it on the next MTP call).
+    pub fn set_path_policy(&mut self, paths: PathPolicy) {
+        self.model.paths = paths;
+        self.mtp = OnceLock::new();
+    }
+
+    /// The MTP modules, loaded on the first call; an error naming the checkpoint when it has
+    /// none.
+    pub fn mtp_modules(&self) -> Result<&[Module]> {
+        if let Some(m) = self.mtp.get() {
+            return Ok(m);
+        }
+        let _guard = self
+            .mtp_load
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = self.mtp.get() {
+            return Ok(m);
+        }
+        let modules = required_mtp_modules(&self.model)?;
+        Ok(self.mtp.get_or_init(|| modules))
+    }
+
+    /// [`generate`] with the kept modules.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<Generation> {
+        match opts.decoding {
+            Decoding::Plain => generate_plain(&self.model, prompt, opts, on_token),
+            Decoding::Mtp => generate_mtp(&self.model, self.mtp_modules()?, prompt, opts, on_token),
+        }
+    }
+
+    /// [`generate_text`] with the kept modules.
+    pub fn generate_text(
+        &self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str),
+    ) -> Result<(Generation, String)> {
+        stream_text(tokenizer, opts, on_text, |on_token| {
+            self.generate(prompt, opts, on_token)
+        })
+    }
+}
+
+/// The model's MTP modules, or an error naming the checkpoint when it has none.
+fn required_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
+    let n = model.config().num_nextn_predict_layers;
+    if n == 0 {
+        return Err(ModelError::Input(format!(
+            "{}: MTP speculative decoding needs MTP modules, but the checkpoint has none \
+             (num_nextn_predict_layers is {n} in config.json)",
+            model.checkpoint().dir().display()
+        )));
+    }
+    load_mtp_modules(model).map_err(into_model_error)
+}
+
+/// Generates after `prompt` with `opts.decoding`. `on_token` sees each new id and returns
+/// false to stop. [`Decoding::Mtp`] loads the MTP modules for this call (a [`Generator`]
+/// loads them once).
 pub fn generate(
     model: &DeepSeek,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> Result<bool>,
+    on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Generation> {
+    match opts.decoding {
+        Decoding::Plain => generate_plain(model, prompt, opts, on_token),
+        Decoding::Mtp => {
+            let modules = required_mtp_modules(model)?;
+            generate_mtp(model, &modules, prompt, opts, on_token)
+        }
+    }
+}
+
+/// Where a commit loop stands after one token.
+enum Next {
+    Continue,
+    Done(FinishReason),
+}
+
+/// The rules both decodings apply to each token they commit, in order: a stop token ends
+/// generation (not emitted), the token is emitted, the callback may stop, the budget may run
+/// out.
+struct Commit<'a, F> {
+    opts: &'a GenerateOptions,
+    on_token: F,
+    tokens: Vec<u32>,
+}
+
+impl<F: FnMut(u32) -> Result<bool>> Commit<'_, F> {
+    /// A `Done` before any token when the budget is 0.
+    fn start(&self) -> Next {
+        if self.tokens.len() >= self.opts.max_new_tokens {
+            Next::Done(FinishReason::MaxTokens)
+        } else {
+            Next::Continue
+        }
+    }
+
+    fn push(&mut self, next: u32) -> Result<Next> {
+        if self.opts.stop_tokens.contains(&next) {
+            return Ok(Next::Done(FinishReason::Eos));
+        }
+        self.tokens.push(next);
+        if !(self.on_token)(next)? {
+            return Ok(Next::Done(FinishReason::Callback));
+        }
+        Ok(self.start())
+    }
+}
+
+fn check_prompt(prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(ModelError::Input(
+            "empty prompt: nothing to generate after".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Plain decoding: one main forward per token.
+fn generate_plain(
+    model: &DeepSeek,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Generation> {
+    check_prompt(prompt)?;
     let mut sampler = Sampler::new(opts.sampling);
     let mut session = model.new_session()?;
     let t0 = Instant::now();
     let mut out = model.forward_last(prompt, &mut session)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut tokens = Vec::new();
-    let mut finish = FinishReason::MaxTokens;
-    while tokens.len() < opts.max_new_tokens {
+    let mut commit = Commit {
+        opts,
+        on_token,
+        tokens: Vec::new(),
+    };
+    let mut state = commit.start();
+    while let Next::Continue = state {
         let next = sampler.sample(&DeepSeek::last_logits(&out)?);
-        if opts.stop_tokens.contains(&next) {
-            finish = FinishReason::Eos;
-            break;
+        state = commit.push(next)?;
+        if let Next::Continue = state {
+            out = model.forward(&[next], &mut session)?;
         }
-        tokens.push(next);
-        if !on_token(next)? {
-            finish = FinishReason::Callback;
-            break;
-        }
-        if tokens.len() == opts.max_new_tokens {
-            break;
-        }
-        out = model.forward(&[next], &mut session)?;
     }
+    let Next::Done(finish) = state else {
+        unreachable!("the loop ends on Done")
+    };
     Ok(Generation {
-        tokens,
+        tokens: commit.tokens,
         finish,
         prompt_tokens: prompt.len(),
         prefill_secs,
         decode_secs: t1.elapsed().as_secs_f64(),
+        mtp: None,
+    })
+}
+
+/// MTP speculative decoding: the prefill (main forward over the prompt + the first token),
+/// then draft + verify steps, each committing 1 to `D + 1` tokens that go through the same
+/// rules one by one; tokens a step committed past a stop are dropped.
+fn generate_mtp(
+    model: &DeepSeek,
+    modules: &[Module],
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Generation> {
+    check_prompt(prompt)?;
+    let mut sampler = Sampler::new(opts.sampling);
+    let t0 = Instant::now();
+    let mut spec =
+        Speculator::new(model, modules, prompt, &mut sampler).map_err(into_model_error)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut commit = Commit {
+        opts,
+        on_token,
+        tokens: Vec::new(),
+    };
+    let mut state = commit.start();
+    let mut fresh = spec.generated().to_vec();
+    while let Next::Continue = state {
+        for &next in &fresh {
+            state = commit.push(next)?;
+            if let Next::Done(_) = state {
+                break;
+            }
+        }
+        if let Next::Continue = state {
+            fresh = spec.step(&mut sampler).map_err(into_model_error)?.to_vec();
+        }
+    }
+    let Next::Done(finish) = state else {
+        unreachable!("the loop ends on Done")
+    };
+    Ok(Generation {
+        tokens: commit.tokens,
+        finish,
+        prompt_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+        mtp: Some(spec.stats().clone()),
     })
 }
 
 /// [`generate`] with text: streams decoded pieces to `on_text`, honours `stop_strings` (text
 /// that could start a stop string is held back until it cannot), and returns the final text.
+/// Either decoding ([`GenerateOptions::decoding`]).
 pub fn generate_text(
     model: &DeepSeek,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<(Generation, String)> {
+    stream_text(tokenizer, opts, on_text, |on_token| {
+        generate(model, prompt, opts, on_token)
+    })
+}
+
+/// The text side of [`generate_text`] around `run`, which generates with the per-token
+/// callback it is given.
+fn stream_text(
+    tokenizer: &Tokenizer,
+    opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
+    run: impl FnOnce(&mut dyn FnMut(u32) -> Result<bool>) -> Result<Generation>,
 ) -> Result<(Generation, String)> {
     let mut stream = TextStream::new(tokenizer);
     let mut text = String::new();
@@ -133,7 +382,7 @@ pub fn generate_text(
         .max()
         .unwrap_or(1)
         .saturating_sub(1);
-    let mut gen = generate(model, prompt, opts, |id| {
+    let mut gen = run(&mut |id| {
         if let Some(piece) = stream.push(id)? {
             text.push_str(&piece);
         }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use model::generate::{generate_text, GenerateOptions};
+use model::generate::{generate_text, Decoding, GenerateOptions};
 use model::precision::parse_float_dtype;
 use model::random::{write_random_checkpoint, StoreDtype};
 use model::{ChatOptions, DeepSeek, Message, ModelConfig, Precision, SamplingParams, Tokenizer};
@@ -45,6 +45,10 @@ struct ModelArgs {
     /// Run on the first CUDA device (needs `--features cuda`).
     #[arg(long)]
     cuda: bool,
+    /// Keep weight matrices in ordinary 4 KiB pages (default: transparent huge pages, which
+    /// spare decode a TLB miss per 4 KiB of weights; values are the same either way).
+    #[arg(long)]
+    no_huge_pages: bool,
 }
 
 impl ModelArgs {
@@ -54,10 +58,14 @@ impl ModelArgs {
         } else {
             Device::Cpu
         };
-        Ok(match self.matrices {
-            Some(m) => DeepSeek::load(&self.model, Precision::mixed(self.dtype, m), &device)?,
-            None => DeepSeek::load_auto(&self.model, self.dtype, &device)?,
-        })
+        let huge_pages = !self.no_huge_pages;
+        Ok(DeepSeek::load_with(&self.model, &device, |checkpoint| {
+            match self.matrices {
+                Some(m) => Precision::mixed(self.dtype, m),
+                None => Precision::auto(checkpoint, self.dtype, &device),
+            }
+            .with_huge_pages(huge_pages)
+        })?)
     }
 }
 
@@ -106,7 +114,8 @@ enum Command {
         #[arg(long)]
         stop: Vec<String>,
         /// Speculative decoding with the checkpoint's MTP modules (drafts verified by the main
-        /// model; output distribution unchanged). Prints the acceptance rate.
+        /// model; greedy output identical, sampled output distribution unchanged; stop strings
+        /// and the token budget apply as without it). Adds the acceptance rate to the summary.
         #[arg(long)]
         mtp: bool,
     },
@@ -185,8 +194,8 @@ fn run(cli: Cli) -> Result<()> {
                     sampling,
                     stop_tokens: vec![],
                     stop_strings: stop,
+                    decoding: if mtp { Decoding::Mtp } else { Decoding::Plain },
                 },
-                mtp,
             )
         }
         Command::Info { model } => info(&model),
@@ -227,7 +236,6 @@ fn run_generate(
     prompt: &str,
     chat: bool,
     mut opts: GenerateOptions,
-    use_mtp: bool,
 ) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(tok_dir)?;
     let model = args.load()?;
@@ -248,9 +256,6 @@ fn run_generate(
             .copied()
             .chain(tokenizer.eos_id()),
     );
-    if use_mtp {
-        return run_speculative(&model, &tokenizer, &ids, &opts);
-    }
     let mut stdout = std::io::stdout();
     let (gen, _) = generate_text(&model, &tokenizer, &ids, &opts, |piece| {
         let _ = stdout
@@ -258,56 +263,20 @@ fn run_generate(
             .and_then(|_| stdout.flush());
     })?;
     println!();
+    let mtp = gen.mtp.as_ref().map_or(String::new(), |s| {
+        format!(
+            "; MTP acceptance {:.1}% ({:.2} tokens per step)",
+            100.0 * s.acceptance_rate(),
+            s.tokens_per_step()
+        )
+    });
     eprintln!(
-        "prompt {} tokens, prefill {:.1} tok/s; generated {} tokens, decode {:.2} tok/s ({:?})",
+        "prompt {} tokens, prefill {:.1} tok/s; generated {} tokens, decode {:.2} tok/s ({:?}){mtp}",
         gen.prompt_tokens,
         gen.prefill_tokens_per_sec(),
         gen.tokens.len(),
         gen.decode_tokens_per_sec(),
         gen.finish
-    );
-    Ok(())
-}
-
-/// `generate --mtp`: MTP drafts verified by the main model (stop strings are not applied here).
-fn run_speculative(
-    model: &DeepSeek,
-    tokenizer: &Tokenizer,
-    ids: &[u32],
-    opts: &GenerateOptions,
-) -> Result<()> {
-    let modules = model::mtp::load_mtp_modules(model)?;
-    if modules.is_empty() {
-        bail!(
-            "{}: the checkpoint has no MTP modules (num_nextn_predict_layers is 0)",
-            model.checkpoint().dir().display()
-        );
-    }
-    let mut sampler = model::Sampler::new(opts.sampling);
-    let mut stream = model::tokenizer::TextStream::new(tokenizer);
-    let mut stdout = std::io::stdout();
-    let spec = mtp::SpecOptions {
-        max_new_tokens: opts.max_new_tokens,
-        stop_tokens: opts.stop_tokens.clone(),
-    };
-    let start = std::time::Instant::now();
-    let out = mtp::speculative_generate(model, &modules, ids, &spec, &mut sampler, |t| {
-        if let Ok(Some(piece)) = stream.push(t) {
-            let _ = stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush());
-        }
-        true
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    println!();
-    eprintln!(
-        "generated {} tokens in {:.2} s ({:.2} tok/s incl. prefill); MTP acceptance {:.1}% ({:.2} tokens per main forward)",
-        out.tokens.len(),
-        secs,
-        out.tokens.len() as f64 / secs,
-        100.0 * out.stats.acceptance_rate(),
-        out.stats.tokens_per_step()
     );
     Ok(())
 }
@@ -319,7 +288,7 @@ fn info(path: &Path) -> Result<()> {
         path.to_path_buf()
     };
     let cfg = ModelConfig::from_file(&cfg_path)?;
-    let h = &cfg.hf;
+    let h = &cfg;
     let (total, active) = model::plan::parameter_counts(&cfg);
     println!(
         "{}: {:?}, {} layers (+{} MTP), hidden {}, vocab {}",

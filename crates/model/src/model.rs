@@ -29,9 +29,7 @@ pub enum Ffn {
 impl Ffn {
     fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
         Ok(match cfg.ffn_kind(layer) {
-            FfnKind::Dense => {
-                Ffn::Dense(Mlp::load(vb, cfg.hidden_size, cfg.intermediate_size)?)
-            }
+            FfnKind::Dense => Ffn::Dense(Mlp::load(vb, cfg.hidden_size, cfg.intermediate_size)?),
             FfnKind::Moe => Ffn::Moe(Moe::load(vb, cfg.moe.as_ref().expect("MoE layer"))?),
         })
     }

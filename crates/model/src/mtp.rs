@@ -1,20 +1,48 @@
-//! The model side of multi-token prediction: [`DecoderLayer`] as the block of an MTP module,
-//! [`DeepSeek`] as the main model of speculative decoding, loading the modules from
-//! `model.layers.{num_hidden_layers + k}`, and the depth-1 `mtp_logits` the CLI writes.
+//! The model side of multi-token prediction: [`MtpBlock`] (a [`DecoderLayer`] run with the
+//! main model's [`PathPolicy`]) as the block of an MTP module, [`DeepSeek`] as the main model of
+//! speculative decoding, loading the modules from `model.layers.{num_hidden_layers + k}`, and
+//! the depth-1 `mtp_logits` the CLI writes. Generation with MTP drafts goes through
+//! [`crate::generate`] (`Decoding::Mtp`).
 //!
 //! Functions here return [`mtp::Result`]; model errors are boxed into
-//! [`mtp::MtpError::Backend`].
+//! [`mtp::MtpError::Backend`] ([`into_model_error`] unboxes them again).
 
 use candle_core::Tensor;
 use mla::LayerCache;
 use mtp::{MtpError, MtpModule, Result, TokenSampler};
 use rope_yarn::RopeCache;
 
+use crate::error::ModelError;
 use crate::model::{DecoderLayer, DeepSeek, PathPolicy, Session};
 use crate::sampling::Sampler;
 
 /// An MTP module of this model.
-pub type Module = MtpModule<DecoderLayer>;
+pub type Module = MtpModule<MtpBlock>;
+
+/// The decoder block of an MTP module: its [`DecoderLayer`] and the MLA [`PathPolicy`] it runs
+/// with, the main model's (`DeepSeek::paths` when the module was loaded), so drafting follows
+/// the same absorbed/expanded choice as the main model's forwards.
+pub struct MtpBlock {
+    layer: DecoderLayer,
+    paths: PathPolicy,
+}
+
+impl MtpBlock {
+    /// `layer` run with `paths`.
+    pub fn new(layer: DecoderLayer, paths: PathPolicy) -> Self {
+        Self { layer, paths }
+    }
+
+    /// The decoder layer.
+    pub fn layer(&self) -> &DecoderLayer {
+        &self.layer
+    }
+
+    /// The MLA path policy the block runs with.
+    pub fn path_policy(&self) -> PathPolicy {
+        self.paths
+    }
+}
 
 /// The incremental state of an MTP module's block: its latent KV cache and RoPE table.
 pub struct MtpCache {
@@ -24,11 +52,11 @@ pub struct MtpCache {
     pub rope: RopeCache,
 }
 
-impl mtp::DecoderBlock for DecoderLayer {
+impl mtp::DecoderBlock for MtpBlock {
     type Cache = MtpCache;
 
     fn new_cache(&self) -> Result<MtpCache> {
-        let attn = self.attention();
+        let attn = self.layer.attention();
         Ok(MtpCache {
             kv: attn.new_cache(1).map_err(MtpError::backend)?,
             rope: RopeCache::new(attn.config().rope),
@@ -37,9 +65,9 @@ impl mtp::DecoderBlock for DecoderLayer {
 
     fn forward(&self, x: &Tensor, cache: &mut MtpCache) -> Result<Tensor> {
         let start = cache.kv.uniform_len().unwrap_or(0);
-        // The main model's default choice (absorbed for short blocks).
-        let path = PathPolicy::default().for_tokens(x.dim(1)?);
-        DecoderLayer::forward(self, x, start, &mut cache.rope, Some(&mut cache.kv), path)
+        let path = self.paths.for_tokens(x.dim(1)?);
+        self.layer
+            .forward(x, start, &mut cache.rope, Some(&mut cache.kv), path)
             .map_err(MtpError::backend)
     }
 
@@ -49,6 +77,19 @@ impl mtp::DecoderBlock for DecoderLayer {
 
     fn truncate(cache: &mut MtpCache, len: usize) {
         cache.kv.truncate(len);
+    }
+}
+
+/// An MTP error as a [`ModelError`]: the model's own errors that the MTP crate boxed come back
+/// as they were, candle errors as [`ModelError::Candle`], the rest as [`ModelError::Mtp`].
+pub fn into_model_error(e: MtpError) -> ModelError {
+    match e {
+        MtpError::Backend(inner) => match inner.downcast::<ModelError>() {
+            Ok(model) => *model,
+            Err(other) => ModelError::Mtp(MtpError::Backend(other)),
+        },
+        MtpError::Candle(c) => ModelError::Candle(c),
+        other => ModelError::Mtp(other),
     }
 }
 
@@ -93,17 +134,21 @@ impl TokenSampler for Sampler {
 
 /// Loads every MTP module the configuration declares (`num_nextn_predict_layers`; none for
 /// V2 or checkpoints without MTP weights), in the model's precision and device, from the model's
-/// checkpoint. Module `k` (1-based) comes from `model.layers.{num_hidden_layers + k - 1}`.
+/// checkpoint. Module `k` (1-based) comes from `model.layers.{num_hidden_layers + k - 1}`. The
+/// blocks run with the model's current [`PathPolicy`] (`model.paths`; load again after changing
+/// it).
 pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
     let cfg = model.config();
-    let h = &cfg.hf;
+    let h = cfg;
     let vb = model
         .checkpoint()
         .var_builder(model.precision(), model.device());
     (h.num_hidden_layers..h.num_hidden_layers + h.num_nextn_predict_layers)
         .map(|layer| {
             let vb = vb.pp(format!("model.layers.{layer}"));
-            let block = DecoderLayer::load(cfg, layer, vb.clone()).map_err(MtpError::backend)?;
+            let layer_weights =
+                DecoderLayer::load(cfg, layer, vb.clone()).map_err(MtpError::backend)?;
+            let block = MtpBlock::new(layer_weights, model.paths);
             MtpModule::load(vb, h.hidden_size, h.rms_norm_eps, block)
         })
         .collect()

@@ -22,7 +22,10 @@ pub fn expected_tensors(cfg: &ModelConfig) -> (Vec<WeightSpec>, Vec<String>) {
     let under = |prefix: String| move |w: WeightSpec| w.under(&prefix);
     for layer in 0..cfg.num_hidden_layers + cfg.num_nextn_predict_layers {
         let p = format!("model.layers.{layer}");
-        out.push(WeightSpec::plain(format!("{p}.input_layernorm.weight"), vec![hidden]));
+        out.push(WeightSpec::plain(
+            format!("{p}.input_layernorm.weight"),
+            vec![hidden],
+        ));
         out.push(WeightSpec::plain(
             format!("{p}.post_attention_layernorm.weight"),
             vec![hidden],
@@ -38,7 +41,11 @@ pub fn expected_tensors(cfg: &ModelConfig) -> (Vec<WeightSpec>, Vec<String>) {
         };
         out.extend(ffn.into_iter().map(under(format!("{p}.mlp"))));
         if layer >= cfg.num_hidden_layers {
-            out.extend(mtp::module_weights(hidden).into_iter().map(under(p.clone())));
+            out.extend(
+                mtp::module_weights(hidden)
+                    .into_iter()
+                    .map(under(p.clone())),
+            );
             optional.extend(
                 mtp::unused_release_weights(cfg.vocab_size, hidden)
                     .into_iter()

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use fixtures::Case;
 use model::random::{write_random_checkpoint, StoreDtype};
 use model::{dequantize_fp8, DeepSeek, ModelConfig};
-use fixtures::Case;
 
 /// A scratch directory, removed when dropped (also when the test fails).
 struct Scratch(PathBuf);

@@ -2,9 +2,9 @@
 //! sampling is reproducible by seed.
 
 use candle_core::{DType, Device};
-use model::generate::{generate, FinishReason, GenerateOptions};
-use model::{DeepSeek, SamplingParams};
 use fixtures::Case;
+use model::generate::{generate, Decoding, FinishReason, GenerateOptions, Generator};
+use model::{DeepSeek, SamplingParams};
 
 fn setup() -> (Case, DeepSeek) {
     let case = Case::load("v3_noaux");
@@ -77,4 +77,30 @@ fn bad_token_ids_are_errors() {
     let err = model.logits(&[1, 256]).unwrap_err().to_string();
     assert!(err.contains("token id 256 is out of range"), "{err}");
     assert!(model.logits(&[]).is_err());
+}
+
+#[test]
+fn plain_is_the_default_and_reports_no_mtp_stats() {
+    let (case, model) = setup();
+    let prompt = case.ids("input_ids");
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    assert_eq!(opts.decoding, Decoding::Plain);
+    let free = generate(&model, &prompt, &opts, |_| Ok(true)).unwrap();
+    assert!(free.mtp.is_none());
+    assert_eq!(free.tokens, case.ids("greedy")[..6]);
+    let gen = Generator::new(model);
+    let held = gen.generate(&prompt, &opts, |_| Ok(true)).unwrap();
+    assert_eq!(held.tokens, free.tokens);
+
+    let zero = GenerateOptions {
+        max_new_tokens: 0,
+        ..Default::default()
+    };
+    let out = gen.generate(&prompt, &zero, |_| Ok(true)).unwrap();
+    assert_eq!((out.tokens.len(), out.finish), (0, FinishReason::MaxTokens));
+    let e = gen.generate(&[], &opts, |_| Ok(true)).unwrap_err();
+    assert!(e.to_string().contains("empty prompt"), "{e}");
 }

@@ -1,13 +1,17 @@
 //! MTP on the `v3_mtp` fixture: depth-1 logits against HF transformers 5.23, speculative
 //! greedy against plain greedy, cache rollback against fresh recomputation, and the sampled
-//! distribution against the exact one.
+//! distribution against the exact one; MTP through `model::generate` against plain decoding
+//! (tokens, stop tokens and strings, budget, callback, errors, the path policy).
 
-use candle_core::{DType, Device};
-use model::generate::{generate, GenerateOptions};
+use candle_core::{DType, Device, Tensor};
+use fixtures::{assert_close, fixtures_dir, max_abs_diff, Case};
+use mla::AttentionPath;
+use model::generate::{
+    generate, generate_text, Decoding, FinishReason, GenerateOptions, Generation, Generator,
+};
 use model::mtp::{load_mtp_modules, mtp_forward, mtp_logits, Module};
-use model::{DeepSeek, Sampler, SamplingParams};
-use mtp::{speculative_generate, Greedy, SpecOptions, Speculator};
-use fixtures::{assert_close, max_abs_diff, Case};
+use model::{DeepSeek, ModelError, PathPolicy, Sampler, SamplingParams, Tokenizer};
+use mtp::{speculative_generate, DecoderBlock, Greedy, SpecOptions, Speculator};
 
 fn load() -> (Case, DeepSeek, Vec<Module>) {
     let case = Case::load("v3_mtp");
@@ -212,4 +216,278 @@ fn mtp_needs_two_tokens() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("at least 2 tokens"), "{e}");
+}
+
+fn generator() -> (Case, Generator) {
+    let case = Case::load("v3_mtp");
+    let model = DeepSeek::load(&case.dir, DType::F32, &Device::Cpu).unwrap();
+    (case, Generator::new(model))
+}
+
+fn options(max_new_tokens: usize, decoding: Decoding) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        decoding,
+        ..GenerateOptions::default()
+    }
+}
+
+/// Runs `opts` and returns the generation and every id the callback saw.
+fn run(gen: &Generator, prompt: &[u32], opts: &GenerateOptions) -> (Generation, Vec<u32>) {
+    let mut seen = Vec::new();
+    let out = gen
+        .generate(prompt, opts, |t| {
+            seen.push(t);
+            Ok(true)
+        })
+        .unwrap();
+    (out, seen)
+}
+
+#[test]
+fn mtp_through_generate_equals_plain_greedy() {
+    let (case, gen) = generator();
+    let prompt = case.ids("input_ids");
+    let n = 96;
+    let (plain, _) = run(&gen, &prompt, &options(n, Decoding::Plain));
+    assert_eq!(
+        &plain.tokens[..16],
+        &case.ids("greedy")[..],
+        "plain greedy vs HF"
+    );
+    assert!(plain.mtp.is_none());
+    let (spec, seen) = run(&gen, &prompt, &options(n, Decoding::Mtp));
+    assert_eq!(spec.tokens, plain.tokens);
+    assert_eq!(seen, plain.tokens, "every token reaches the callback once");
+    assert_eq!(spec.finish, FinishReason::MaxTokens);
+    assert_eq!(spec.prompt_tokens, prompt.len());
+    let stats = spec.mtp.expect("MTP ran");
+    assert!(stats.steps > 0 && stats.steps < n, "{stats:?}");
+    assert_eq!(stats.proposed.len(), 1);
+    // The free function loads the modules itself and gives the same tokens.
+    let free = generate(gen.model(), &prompt, &options(n, Decoding::Mtp), |_| {
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(free.tokens, plain.tokens);
+}
+
+/// Sampling commits several tokens per step now and then; every budget is met exactly and
+/// each shorter run is a prefix of the longer one (same seed, same draws).
+#[test]
+fn mtp_meets_the_token_budget_exactly() {
+    let (case, gen) = generator();
+    let prompt = case.ids("input_ids");
+    let sampled = |n| GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 5,
+        },
+        ..options(n, Decoding::Mtp)
+    };
+    let full_len = 40;
+    let (full, _) = run(&gen, &prompt, &sampled(full_len));
+    assert_eq!(full.tokens.len(), full_len);
+    let stats = full.mtp.as_ref().unwrap();
+    assert!(
+        stats.accepted[0] > 0,
+        "no step committed two tokens, so overshoot is untested: {stats:?}"
+    );
+    for n in 0..full_len {
+        let (out, seen) = run(&gen, &prompt, &sampled(n));
+        assert_eq!(out.tokens, full.tokens[..n], "budget {n}");
+        assert_eq!(seen, out.tokens, "budget {n}");
+        assert_eq!(out.finish, FinishReason::MaxTokens);
+    }
+    // Greedy too, against plain.
+    let (plain, _) = run(&gen, &prompt, &options(full_len, Decoding::Plain));
+    for n in [1, 2, 3, 7, 10] {
+        assert_eq!(
+            run(&gen, &prompt, &options(n, Decoding::Mtp)).0.tokens,
+            plain.tokens[..n]
+        );
+    }
+}
+
+#[test]
+fn mtp_stop_tokens_and_callback_stop_like_plain() {
+    let (case, gen) = generator();
+    let prompt = case.ids("input_ids");
+    let (plain, _) = run(&gen, &prompt, &options(40, Decoding::Plain));
+    let stop = plain.tokens[5];
+    let first = plain.tokens.iter().position(|&t| t == stop).unwrap();
+    for decoding in [Decoding::Plain, Decoding::Mtp] {
+        let opts = GenerateOptions {
+            stop_tokens: vec![stop],
+            ..options(40, decoding)
+        };
+        let (out, seen) = run(&gen, &prompt, &opts);
+        assert_eq!(out.tokens, plain.tokens[..first], "{decoding:?}");
+        assert_eq!(seen, out.tokens);
+        assert_eq!(out.finish, FinishReason::Eos, "{decoding:?}");
+
+        let mut calls = 0;
+        let out = gen
+            .generate(&prompt, &options(40, decoding), |_| {
+                calls += 1;
+                Ok(calls < 4)
+            })
+            .unwrap();
+        assert_eq!(out.tokens, plain.tokens[..4], "{decoding:?}");
+        assert_eq!(out.finish, FinishReason::Callback);
+    }
+}
+
+#[test]
+fn mtp_stop_strings_end_generation_like_plain() {
+    let (_, gen) = generator();
+    let tokenizer = Tokenizer::from_dir(&fixtures_dir().join("tiny_tokenizer")).unwrap();
+    let prompt = tokenizer.encode("What is 2+2?").unwrap();
+    let text_of = |opts: &GenerateOptions| {
+        let mut streamed = String::new();
+        let (out, text) = gen
+            .generate_text(&tokenizer, &prompt, opts, |piece| streamed.push_str(piece))
+            .unwrap();
+        assert_eq!(streamed, text, "the stream is the final text");
+        (out, text)
+    };
+    let (plain, full) = text_of(&options(48, Decoding::Plain));
+    let (spec, spec_full) = text_of(&options(48, Decoding::Mtp));
+    assert_eq!((&spec.tokens, &spec_full), (&plain.tokens, &full));
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    assert!(chars.len() >= 8, "too little text to cut: {full:?}");
+    // A two-character stop string from the middle of the text.
+    let (cut, _) = chars[chars.len() / 2];
+    let stop: String = full[cut..].chars().take(2).collect();
+    let want = &full[..full.find(&stop).unwrap()];
+    for decoding in [Decoding::Plain, Decoding::Mtp] {
+        let opts = GenerateOptions {
+            stop_strings: vec![stop.clone(), "\u{1}never".into()],
+            ..options(48, decoding)
+        };
+        let (out, text) = text_of(&opts);
+        assert_eq!(text, want, "{decoding:?}");
+        assert_eq!(out.finish, FinishReason::StopString, "{decoding:?}");
+        assert!(out.tokens.len() < plain.tokens.len());
+        assert_eq!(out.tokens, plain.tokens[..out.tokens.len()]);
+    }
+    // The free function, same path.
+    let opts = GenerateOptions {
+        stop_strings: vec![stop.clone()],
+        ..options(48, Decoding::Mtp)
+    };
+    let (out, text) = generate_text(gen.model(), &tokenizer, &prompt, &opts, |_| {}).unwrap();
+    assert_eq!(
+        (text.as_str(), out.finish),
+        (want, FinishReason::StopString)
+    );
+}
+
+#[test]
+fn mtp_without_mtp_modules_is_an_error() {
+    let case = Case::load("v3_noaux");
+    let model = DeepSeek::load(&case.dir, DType::F32, &Device::Cpu).unwrap();
+    let prompt = case.ids("input_ids");
+    let opts = options(4, Decoding::Mtp);
+    let e = generate(&model, &prompt, &opts, |_| Ok(true)).unwrap_err();
+    assert!(matches!(e, ModelError::Input(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&case.dir.display().to_string()) && msg.contains("num_nextn_predict_layers"),
+        "{msg}"
+    );
+    let gen = Generator::new(model);
+    let Err(e) = gen.mtp_modules() else {
+        panic!("v3_noaux has no MTP modules")
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("num_nextn_predict_layers is 0"), "{msg}");
+    assert!(gen.generate(&prompt, &opts, |_| Ok(true)).is_err());
+    // Plain decoding is unaffected.
+    let plain = gen
+        .generate(&prompt, &options(4, Decoding::Plain), |_| Ok(true))
+        .unwrap();
+    assert_eq!(plain.tokens.len(), 4);
+}
+
+/// Model errors raised inside speculative decoding come back as themselves, not boxed.
+#[test]
+fn mtp_errors_are_model_errors() {
+    let (_, gen) = generator();
+    let opts = options(4, Decoding::Mtp);
+    let e = gen.generate(&[3, 300], &opts, |_| Ok(true)).unwrap_err();
+    assert!(matches!(e, ModelError::Input(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("token id 300 is out of range"),
+        "{e}"
+    );
+    let e = gen.generate(&[], &opts, |_| Ok(true)).unwrap_err();
+    assert!(e.to_string().contains("empty prompt"), "{e}");
+}
+
+const EXPANDED: PathPolicy = PathPolicy {
+    short: AttentionPath::Expanded,
+    long: AttentionPath::Expanded,
+    short_max: 8,
+};
+
+/// The MTP blocks run with the model's path policy: with the expanded path forced, a block
+/// over 3 tokens (short, so absorbed under the default policy) equals the expanded layer
+/// bit for bit, which the absorbed layer does not.
+#[test]
+fn mtp_blocks_use_the_model_path_policy() {
+    let (_, mut model, default_modules) = load();
+    assert_eq!(
+        default_modules[0].block().path_policy(),
+        PathPolicy::default()
+    );
+    model.paths = EXPANDED;
+    let modules = load_mtp_modules(&model).unwrap();
+    let block = modules[0].block();
+    assert_eq!(block.path_policy(), EXPANDED);
+
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64), &Device::Cpu).unwrap();
+    let layer_out = |path| {
+        let mut cache = block.new_cache().unwrap();
+        block
+            .layer()
+            .forward(&x, 0, &mut cache.rope, Some(&mut cache.kv), path)
+            .unwrap()
+    };
+    let expanded = layer_out(AttentionPath::Expanded);
+    let absorbed = layer_out(AttentionPath::Absorbed);
+    assert!(
+        max_abs_diff(&expanded, &absorbed) > 0.0,
+        "the two paths agree bit for bit here, so this test cannot tell them apart"
+    );
+    let via_block = |module: &Module| {
+        let mut cache = module.new_cache().unwrap();
+        DecoderBlock::forward(module.block(), &x, &mut cache).unwrap()
+    };
+    assert_eq!(max_abs_diff(&via_block(&modules[0]), &expanded), 0.0);
+    assert_eq!(
+        max_abs_diff(&via_block(&default_modules[0]), &absorbed),
+        0.0
+    );
+
+    // Through a Generator: the policy reaches the modules it loads, and MTP generation under
+    // it still equals plain generation under it.
+    let case = Case::load("v3_mtp");
+    let prompt = case.ids("input_ids");
+    let mut gen = Generator::new(model);
+    assert_eq!(
+        gen.mtp_modules().unwrap()[0].block().path_policy(),
+        EXPANDED
+    );
+    let (plain, _) = run(&gen, &prompt, &options(32, Decoding::Plain));
+    let (spec, _) = run(&gen, &prompt, &options(32, Decoding::Mtp));
+    assert_eq!(spec.tokens, plain.tokens);
+    gen.set_path_policy(PathPolicy::default());
+    assert_eq!(gen.model().paths, PathPolicy::default());
+    assert_eq!(
+        gen.mtp_modules().unwrap()[0].block().path_policy(),
+        PathPolicy::default()
+    );
 }

@@ -1,8 +1,8 @@
 //! End-to-end parity with HF transformers 5.23 on the committed fixture checkpoints.
 
 use candle_core::{DType, Device, Tensor};
-use model::DeepSeek;
 use fixtures::{assert_close, Case};
+use model::DeepSeek;
 
 /// Cases whose logits must match (the MTP case is covered in the mtp tests).
 const CASES: &[&str] = &[

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use model::{Checkpoint, DeepSeek, Precision};
 use fixtures::{assert_close, Case};
+use model::{Checkpoint, DeepSeek, Precision};
 
 /// Writes `case`'s weights (FP8 dequantised) to `dir` as one `model.safetensors`, matrices
 /// converted by `matrix`, vectors in f32, next to the case's `config.json`.

@@ -15,7 +15,11 @@ use crate::error::{config_err, Result};
 
 /// How router logits become affinity scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "hf", derive(serde::Deserialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "hf",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Scoring {
     /// `softmax` over all routed experts (DeepSeek-V2).
     Softmax,
@@ -25,7 +29,11 @@ pub enum Scoring {
 
 /// How the top-k experts are chosen from the scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "hf", derive(serde::Deserialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "hf",
+    derive(serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum TopkMethod {
     /// Plain top-k over all experts; groups are ignored.
     Greedy,

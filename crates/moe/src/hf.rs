@@ -111,7 +111,11 @@ impl HfRouting {
                 format!(
                     "{topk_method} is not valid for {} (expected {})",
                     family.model_type(),
-                    allowed.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" or ")
+                    allowed
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
                 ),
             ));
         }

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use fixtures::{assert_close, Case};
 use moe::gate::{affinity_scores, route_with_dropped_fill};
 use moe::{Dispatch, Mlp, Moe, MoeConfig, MoeError};
-use fixtures::{assert_close, Case};
 
 const TOL: f32 = 1e-5;
 

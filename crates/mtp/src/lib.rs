@@ -75,8 +75,8 @@ pub mod speculative;
 
 pub use block::{DecoderBlock, MainModel};
 pub use error::{MtpError, Result};
-pub use loss::{cross_entropy, mtp_loss};
 pub use linear::WeightSpec;
+pub use loss::{cross_entropy, mtp_loss};
 pub use module::{module_weights, unused_release_weights, MtpModule};
 pub use sampling::{Greedy, TokenSampler};
 pub use speculative::{

@@ -137,7 +137,10 @@ impl HfRope {
                     .ok_or_else(|| RopeError::config(field("factor"), "missing"))?,
             },
             RopeType::Yarn => {
-                let original = match (p.original_max_position_embeddings, self.max_position_embeddings) {
+                let original = match (
+                    p.original_max_position_embeddings,
+                    self.max_position_embeddings,
+                ) {
                     (Some(v), _) => v,
                     (None, Some(v)) => v,
                     (None, None) => {

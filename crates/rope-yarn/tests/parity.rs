@@ -1,8 +1,8 @@
 //! Parity with HF transformers 5.23 on the committed fixtures (tests/fixtures).
 
 use candle_core::{Device, Tensor};
-use rope_yarn::{apply_rotary, deinterleave, RopeCache, RopeConfig, RopeLayout};
 use fixtures::{assert_close, Case, CASES};
+use rope_yarn::{apply_rotary, deinterleave, RopeCache, RopeConfig, RopeLayout};
 
 fn config(case: &Case) -> RopeConfig {
     RopeConfig::from_hf_config(case.config_usize("qk_rope_head_dim"), &case.config).unwrap()

@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
+use fixtures::Case;
 use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
 use rope_yarn::{RopeCache, RopeConfig};
-use fixtures::Case;
 
 /// `MlaConfig` from a fixture's `config.json` (what the model crate will do).
 pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {

@@ -8,7 +8,11 @@ fn run() {
     let verdict = judge.check(Kind::Math, &"0.5".into(), response);
     assert!(verdict.correct, "{verdict:?}");
     assert_eq!(verdict.extracted.as_deref(), Some("\\frac{1}{2}"));
-    assert!(!judge.check(Kind::Math, &"1/3".into(), "</think>\\boxed{0.333}").correct);
+    assert!(
+        !judge
+            .check(Kind::Math, &"1/3".into(), "</think>\\boxed{0.333}")
+            .correct
+    );
     println!("judge: 1/2 == 0.5, 0.333 != 1/3");
 }
 

@@ -30,15 +30,38 @@ fn run() {
     let mut cache = layer.new_cache(1).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 6, 64), &dev).unwrap();
     let prefill = layer
-        .forward(&x.narrow(1, 0, 5).unwrap(), 0, &mut rope, Some(&mut cache), AttentionPath::Absorbed)
+        .forward(
+            &x.narrow(1, 0, 5).unwrap(),
+            0,
+            &mut rope,
+            Some(&mut cache),
+            AttentionPath::Absorbed,
+        )
         .unwrap();
     let step = layer
-        .forward(&x.narrow(1, 5, 1).unwrap(), 5, &mut rope, Some(&mut cache), AttentionPath::Absorbed)
+        .forward(
+            &x.narrow(1, 5, 1).unwrap(),
+            5,
+            &mut rope,
+            Some(&mut cache),
+            AttentionPath::Absorbed,
+        )
         .unwrap();
     // The cached decode step equals the last row of a cache-free causal pass.
-    let full = layer.forward(&x, 0, &mut rope, None, AttentionPath::Expanded).unwrap();
-    let diff = (full.narrow(1, 5, 1).unwrap() - &step).unwrap().abs().unwrap();
-    let max: f32 = diff.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let full = layer
+        .forward(&x, 0, &mut rope, None, AttentionPath::Expanded)
+        .unwrap();
+    let diff = (full.narrow(1, 5, 1).unwrap() - &step)
+        .unwrap()
+        .abs()
+        .unwrap();
+    let max: f32 = diff
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(max < 1e-4, "decode vs full pass: {max}");
     assert_eq!(prefill.dims(), &[1, 5, 64]);
     assert_eq!(cache.lens(), &[6]);

@@ -17,7 +17,11 @@ fn run() {
     let (experts, weights) = routing.token(0);
     let mut chosen = experts.to_vec();
     chosen.sort_unstable();
-    assert_eq!(chosen, [6, 7], "group-limited: expert 2's group has a bad partner");
+    assert_eq!(
+        chosen,
+        [6, 7],
+        "group-limited: expert 2's group has a bad partner"
+    );
     let sum: f32 = weights.iter().sum();
     assert!((sum - 2.5).abs() < 1e-5, "normalised then scaled: {sum}");
     println!("moe: token routed to {experts:?} with weights {weights:?}");

@@ -16,7 +16,15 @@ fn run() {
     let q = Tensor::ones((1, 2, 3, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     let rotated = rope.apply(&q, 0, RopeLayout::Interleaved).unwrap();
     // Position 0 is the identity rotation (times YaRN's attention factor, 1 here).
-    let first: Vec<f32> = rotated.get(0).unwrap().get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
+    let first: Vec<f32> = rotated
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert!(first.iter().all(|v| (v - 1.0).abs() < 1e-6), "{first:?}");
     println!("rope-yarn: V3 softmax scale {}", config.softmax_scale(192));
 }
