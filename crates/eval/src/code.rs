@@ -22,10 +22,10 @@
 //! * `function_call`: the program and a harness that calls `entry_point(*args)` (or the
 //!   method of `Solution()`) for every test and compares with the JSON output.
 
+use judge::response::split;
 use serde_json::Value;
 
 use crate::dataset::Problem;
-use crate::response::split;
 use crate::sandbox::{run_python, Outcome, SandboxConfig};
 use crate::task::Checker;
 

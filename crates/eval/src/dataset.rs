@@ -13,9 +13,9 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use judge::Gold;
 use serde_json::{Map, Value};
 
-use crate::judge::Gold;
 use crate::task::{Fields, Format, Task};
 
 /// One problem: its record (for the prompt) and the mapped fields.

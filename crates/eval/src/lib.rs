@@ -1,41 +1,23 @@
-//! Rule-based answer checking for R1-style outputs: the accuracy reward of GRPO and the
-//! grader of the evaluation harness.
+//! The benchmark harness for R1-style models: tasks, datasets, response sources, a code
+//! sandbox, metrics and reports, on top of the rule-based grader of the [`judge`] crate.
 //!
-//! # Design
+//! # The grader
 //!
-//! A check runs in three stages, each its own module:
-//!
-//! 1. [`response`] splits the reasoning from the answer at `</think>` and gives the R1
-//!    format verdict. Answers inside the reasoning never count; an unterminated
-//!    `<think>` means no answer.
-//! 2. [`extract`] finds the final answer in the answer section: the last balanced
-//!    `\boxed{}`, then answer anchors, then task-specific tiers (GSM8K `####`, the last
-//!    number). A truncated last box is no answer.
-//! 3. A checker per task kind compares with the reference: [`math`] (a LaTeX/plain-text
-//!    parser to an expression tree, exact rational arithmetic with bounded big integers,
-//!    evaluation at random points for symbolic identities, and structures: sets, tuples,
-//!    intervals, matrices, relations), [`choice`] (multiple choice), [`numeric`] (GSM8K)
-//!    and [`factual`] (SQuAD-normalised short answers with aliases).
-//!
-//! [`Judge::check`] ties the stages together. There is deliberately **no loose numeric
-//! tolerance**: a decimal is an exact rational, so `0.333` is not `1/3` and `1/2^99` is
-//! not `1/2^98`; floating point is used only for irrational or symbolic values, with a
-//! tight relative tolerance. The policies of each module are listed in its documentation.
+//! Answer checking (the R1 think-format split, final-answer extraction and the math,
+//! multiple-choice, GSM8K and factual checkers) lives in the `judge` crate, which has no
+//! I/O or async dependencies and is usable on its own (for instance as a GRPO reward).
+//! It is re-exported here as [`judge`], with its main types at the crate root, so
+//! `eval::Judge` and `eval::judge::Judge` are the same type.
 //!
 //! # The harness
 //!
-//! On top of the judge sits the benchmark harness: tasks as YAML ([`task`]), dataset
-//! loaders ([`dataset`]), prompt templates ([`prompt`]), response sources (recorded
-//! files, OpenAI-compatible servers with a crash-safe cache: [`source`]), a process
-//! sandbox for generated code ([`sandbox`], [`code`]), metrics ([`metrics`]), reports
-//! ([`report`]), per-sample regression diffs ([`diff`]), the runner ([`run`]) and the
-//! bundled suite that `cargo run -p eval` runs ([`suite`]).
-//!
-//! Every check is bounded: inputs are cut to their last megabyte, extraction looks at the
-//! last 64 KB, the parser refuses inputs over 8 KB, 4096 tokens or nesting deeper than 120,
-//! exact values are limited to 65,536 bits (`10^{10^{10}}` is refused before any
-//! arithmetic), and set matching has a work budget. Malformed input gives a verdict,
-//! never a panic.
+//! Tasks are YAML ([`task`]); dataset loaders ([`dataset`]), prompt templates
+//! ([`prompt`]), response sources (JSONL response files, OpenAI-compatible servers with a
+//! crash-safe cache and, behind the `local-model` feature, a local checkpoint:
+//! [`source`]), a process sandbox for generated code ([`sandbox`], [`code`]), metrics
+//! ([`metrics`]), reports ([`report`]), per-sample regression diffs ([`diff`]), the runner
+//! ([`run`]) and the bundled suite that `cargo run -p eval` runs ([`suite`]). The
+//! `eval judge` and `eval bench` subcommands read JSONL case files ([`cases`]).
 //!
 //! # Example
 //!
@@ -43,37 +25,23 @@
 //! use eval::{Judge, Kind};
 //!
 //! let judge = Judge::default();
-//! let response = "<think>\nx = 1/2, so the value is \\boxed{2}... no wait\n</think>\n\
-//!                 The answer is $\\boxed{\\dfrac{1}{2}}$.";
-//! let verdict = judge.check(Kind::Math, &"0.5".into(), response);
+//! let verdict = judge.check(Kind::Math, &"0.5".into(), "<think>...</think>\\boxed{\\frac12}");
 //! assert!(verdict.correct);
-//! assert_eq!(verdict.extracted.as_deref(), Some("\\dfrac{1}{2}"));
-//! assert!(verdict.format.is_valid());
-//!
-//! // 1/3 is not 0.333, and the reasoning's box does not count.
-//! assert!(!judge.check(Kind::Math, &"\\frac13".into(), "</think>\\boxed{0.333}").correct);
 //! ```
 #![deny(missing_docs)]
 
-pub mod choice;
+pub mod cases;
 pub mod code;
 pub mod dataset;
 pub mod diff;
-pub mod error;
-pub mod extract;
-pub mod factual;
-pub mod judge;
-pub mod math;
 pub mod metrics;
-pub mod numeric;
 pub mod prompt;
 pub mod report;
-pub mod response;
 pub mod run;
 pub mod sandbox;
 pub mod source;
 pub mod suite;
 pub mod task;
 
-pub use error::{JudgeError, ParseError};
-pub use judge::{Gold, Judge, JudgeConfig, Kind, Verdict};
+pub use judge;
+pub use judge::{Gold, Judge, JudgeConfig, JudgeError, Kind, ParseError, Verdict};

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use eval::judge::{parse_case_line, Case};
+use eval::cases::{parse_case_line, Case};
 use eval::report::{write_all, Report, REPORT_VERSION};
 use eval::run::{run_task, RunOptions};
 use eval::source::cache::Cache;
+use eval::source::file::ResponseFile;
 use eval::source::openai::{Api, OpenAi, OpenAiConfig};
-use eval::source::recorded::Recorded;
 use eval::source::ResponseSource;
 use eval::task::Task;
 use eval::Judge;
@@ -40,12 +40,12 @@ enum Command {
         #[arg(long, default_value = "eval-out/bundled")]
         out: PathBuf,
     },
-    /// Run task files against recorded responses or an OpenAI-compatible endpoint.
+    /// Run task files against a responses file, an OpenAI-compatible endpoint or a local model.
     Run {
         /// Task YAML files, or names of built-in tasks (math500, gsm8k, humaneval...).
         #[arg(long = "task", required = true)]
         tasks: Vec<String>,
-        /// Recorded responses (JSONL: id, sample, text).
+        /// Responses from a file (JSONL: id, sample, text).
         #[arg(long, conflicts_with = "endpoint")]
         responses: Option<PathBuf>,
         /// OpenAI-compatible server (http://host:port[/v1]).
@@ -60,6 +60,10 @@ enum Command {
         /// Tokenizer directory for --model-dir (default: the checkpoint directory).
         #[arg(long, requires = "model_dir")]
         tokenizer: Option<PathBuf>,
+        /// For --model-dir: MTP speculative decoding with the checkpoint's MTP modules (same
+        /// greedy responses, same sampling distribution; an error without MTP modules).
+        #[arg(long, requires = "model_dir")]
+        mtp: bool,
         /// Endpoint kind.
         #[arg(long, value_enum, default_value_t = Api::Chat)]
         api: Api,
@@ -204,6 +208,7 @@ fn main() -> Result<()> {
             model,
             model_dir,
             tokenizer,
+            mtp,
             api,
             concurrency,
             cache,
@@ -218,9 +223,9 @@ fn main() -> Result<()> {
         } => {
             let source: Arc<dyn ResponseSource> = match (&responses, &endpoint) {
                 _ if model_dir.is_some() => {
-                    local_source(model_dir.as_deref(), tokenizer.as_deref())?
+                    local_source(model_dir.as_deref(), tokenizer.as_deref(), mtp)?
                 }
-                (Some(r), _) => Arc::new(Recorded::load(r)?),
+                (Some(r), _) => Arc::new(ResponseFile::load(r)?),
                 (None, Some(url)) => {
                     let mut c = OpenAiConfig::new(url, model.as_deref().unwrap_or_default());
                     c.api = api;
@@ -364,15 +369,21 @@ fn main() -> Result<()> {
 }
 
 #[cfg(feature = "local-model")]
-fn local_source(dir: Option<&Path>, tokenizer: Option<&Path>) -> Result<Arc<dyn ResponseSource>> {
+fn local_source(
+    dir: Option<&Path>,
+    tokenizer: Option<&Path>,
+    mtp: bool,
+) -> Result<Arc<dyn ResponseSource>> {
+    use model::generate::Decoding;
     let dir = dir.expect("checked by the caller");
-    Ok(Arc::new(eval::source::local::LocalModel::load(
-        dir, tokenizer,
-    )?))
+    let decoding = if mtp { Decoding::Mtp } else { Decoding::Plain };
+    Ok(Arc::new(
+        eval::source::local::LocalModel::load(dir, tokenizer)?.with_decoding(decoding)?,
+    ))
 }
 
 #[cfg(not(feature = "local-model"))]
-fn local_source(_: Option<&Path>, _: Option<&Path>) -> Result<Arc<dyn ResponseSource>> {
+fn local_source(_: Option<&Path>, _: Option<&Path>, _: bool) -> Result<Arc<dyn ResponseSource>> {
     bail!(
         "--model-dir needs the local model: build with `cargo run -p eval --features local-model`"
     )

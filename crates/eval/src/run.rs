@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use judge::response::{split, ThinkFormat};
+use judge::Judge;
 use rayon::prelude::*;
 
 use crate::code;
 use crate::dataset::Problem;
-use crate::judge::Judge;
 use crate::report::{SampleResult, TaskReport};
-use crate::response::{split, ThinkFormat};
 use crate::sandbox::{Isolation, SandboxConfig};
 use crate::source::cache::Cache;
 use crate::source::{Generation, Request, ResponseSource};

@@ -1,8 +1,9 @@
 //! The bundled suite: problems written for this project across math, grade-school
 //! arithmetic, multiple choice, short factual answers and code (HumanEval-style and
-//! stdin/stdout), each with several recorded R1-format responses (right, wrong,
-//! truncated, self-correcting, missing think tag). Embedded in the binary, so
-//! `cargo run -p eval` needs nothing outside the repository (code tasks need `python3`).
+//! stdin/stdout), each with several R1-format reference responses written for the suite
+//! (right, wrong, truncated, self-correcting, missing think tag; not model output).
+//! Embedded in the binary, so `cargo run -p eval` needs nothing outside the repository
+//! (code tasks need `python3`).
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 use crate::dataset;
 use crate::report::Report;
 use crate::run::{run_task, RunOptions};
-use crate::source::recorded::Recorded;
+use crate::source::file::ResponseFile;
 use crate::task::Task;
 
 /// One bundled task: (file stem, task YAML, dataset JSONL, responses JSONL).
@@ -38,13 +39,13 @@ pub const SUITE: &[Entry] = &[
     entry!("stdio"),
 ];
 
-/// Runs the whole bundled suite on its recorded responses.
+/// Runs the whole bundled suite on its reference responses.
 pub async fn run(opts: &RunOptions) -> Result<Report> {
     let mut tasks = Vec::new();
     for (stem, yaml, data, responses) in SUITE {
         let task = Task::from_yaml_str(yaml, &format!("suite/{stem}.yaml"))?;
         let problems = dataset::load_bytes(&task, data.as_bytes(), &format!("suite/{stem}.jsonl"))?;
-        let source = Recorded::parse(responses, &format!("suite/{stem}.responses.jsonl"))?;
+        let source = ResponseFile::parse(responses, &format!("suite/{stem}.responses.jsonl"))?;
         let report = run_task(&task, &problems, Arc::new(source), None, opts)
             .await
             .with_context(|| format!("bundled task {}", task.name))?;

@@ -17,9 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use judge::Kind;
 use serde::{Deserialize, Serialize};
-
-use crate::judge::Kind;
 
 /// The task schema version this build reads.
 pub const TASK_VERSION: u32 = 1;

@@ -28,18 +28,10 @@ pub enum ParseError {
     UnknownWord(String),
 }
 
-/// Errors of the judging front end (reading case files).
-#[derive(Debug, Error)]
+/// Errors of the judge's API.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum JudgeError {
-    /// A case line is not valid JSON or lacks a required field.
-    #[error("line {line}: {message}")]
-    MalformedLine {
-        /// 1-based line number in the input file.
-        line: usize,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The `kind` field names no known checker.
+    /// The name of a [`crate::Kind`] is not one of `math`, `mc`, `gsm8k`, `factual`.
     #[error("unknown kind `{0}` (expected math, mc, gsm8k or factual)")]
     UnknownKind(String),
 }

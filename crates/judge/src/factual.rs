@@ -76,7 +76,7 @@ fn find_words(hay: &[&str], needle: &[&str]) -> Vec<usize> {
 /// Scores `answer` against `aliases`.
 ///
 /// ```
-/// use eval::factual::score;
+/// use judge::factual::score;
 /// assert!(score("It is Paris.", &["Paris"]).correct);
 /// assert!(!score("Lyon", &["Paris"]).correct);
 /// assert!(!score("John Quincy Adams", &["John Adams"]).correct);

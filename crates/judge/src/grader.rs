@@ -139,7 +139,7 @@ impl Judge {
     /// Judges `response` against `gold` with the checker for `kind`.
     ///
     /// ```
-    /// use eval::{Judge, Kind};
+    /// use judge::{Judge, Kind};
     /// let judge = Judge::default();
     /// let v = judge.check(Kind::Gsm8k, &"#### 1200".into(), "So she pays $1,200.00.</think>\\boxed{1,200}");
     /// assert!(v.correct);
@@ -241,29 +241,4 @@ impl Judge {
             0.0
         }
     }
-}
-
-/// One line of a judge input file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Case {
-    /// Case identifier, echoed in the output.
-    pub id: serde_json::Value,
-    /// Checker (default `math`).
-    #[serde(default)]
-    pub kind: Kind,
-    /// Reference answer or aliases.
-    pub gold: Gold,
-    /// The model's full response.
-    pub response: String,
-}
-
-/// Parses one JSONL case line; the error names the line and the problem.
-pub fn parse_case_line(line: &str, line_no: usize) -> Result<Case, String> {
-    serde_json::from_str::<Case>(line).map_err(|e| {
-        JudgeError::MalformedLine {
-            line: line_no,
-            message: e.to_string(),
-        }
-        .to_string()
-    })
 }

@@ -53,7 +53,7 @@ const CLOSE: &str = "</think>";
 /// Splits `response` into reasoning and answer under the module's policy.
 ///
 /// ```
-/// use eval::response::{split, ThinkFormat};
+/// use judge::response::{split, ThinkFormat};
 /// let s = split("Let me think... \\boxed{3}</think>The answer is \\boxed{4}.");
 /// assert_eq!(s.format, ThinkFormat::Prefilled);
 /// assert_eq!(s.answer, Some("The answer is \\boxed{4}."));

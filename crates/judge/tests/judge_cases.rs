@@ -1,6 +1,6 @@
-//! End-to-end judge behaviour: think splitting, extraction tiers, kinds, the CLI.
+//! End-to-end judge behaviour: think splitting, extraction tiers, kinds, rewards.
 
-use eval::{Gold, Judge, JudgeConfig, Kind};
+use judge::{Gold, Judge, JudgeConfig, Kind};
 
 #[test]
 fn r1_responses() {
@@ -189,47 +189,4 @@ fn rewards() {
     );
     assert_eq!(j.format_reward("r</think>\\boxed{4}"), 1.0);
     assert_eq!(j.format_reward("\\boxed{4}"), 0.0);
-}
-
-#[test]
-fn cli_judges_a_file_and_reports_malformed_lines() {
-    let dir = std::env::temp_dir().join(format!("eval-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let input = dir.join("in.jsonl");
-    let out = dir.join("out.jsonl");
-    std::fs::write(
-        &input,
-        concat!(
-            r#"{"id": "a", "kind": "math", "gold": "1/2", "response": "</think>\\boxed{0.5}"}"#, "\n",
-            r#"{"id": "b", "gold": "3", "response": "</think>\\boxed{4}", "extra": 1}"#, "\n",
-            "not json\n",
-            r#"{"id": "d", "kind": "factual", "gold": ["Paris", "City of Light"], "response": "Paris"}"#, "\n",
-        ),
-    )
-    .expect("write input");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
-        .args(["judge", "--input"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run eval");
-    assert!(status.status.success());
-    assert!(String::from_utf8_lossy(&status.stderr).contains("line 3"));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .expect("output")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    assert_eq!(lines.len(), 4);
-    assert_eq!(lines[0]["correct"], true);
-    assert_eq!(lines[0]["extracted"], "0.5");
-    assert_eq!(lines[1]["correct"], false);
-    assert_eq!(lines[2]["correct"], false);
-    assert_eq!(lines[3]["correct"], true);
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_eval"))
-        .args(["judge", "--input", "/nonexistent"])
-        .output()
-        .expect("run");
-    assert!(!missing.status.success());
 }

@@ -1,6 +1,6 @@
 //! Table-driven tests of math equivalence, grouped by topic; each case states its reason.
 
-use eval::math::answers_match;
+use judge::math::answers_match;
 
 /// (gold, prediction, expected, reason)
 type Case = (&'static str, &'static str, bool, &'static str);

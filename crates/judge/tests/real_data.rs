@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use eval::{math::answers_match, Judge, Kind};
+use judge::{math::answers_match, Judge, Kind};
 use serde_json::Value;
 
 fn data_dir() -> Option<PathBuf> {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use eval::{math::answers_match, Judge, Kind};
+use judge::{math::answers_match, Judge, Kind};
 
 /// Generous for unoptimised test builds on a loaded 2-core machine; release builds are
 /// far below it.

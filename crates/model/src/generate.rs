@@ -249,6 +249,29 @@ impl<F: FnMut(u32) -> Result<bool>> Commit<'_, F> {
         }
         Ok(self.start())
     }
+
+    /// The result once the loop has ended (`state` is `Done`); `decode_start` is when the
+    /// first decode step began.
+    fn finish(
+        self,
+        state: Next,
+        prompt_tokens: usize,
+        prefill_secs: f64,
+        decode_start: Instant,
+        mtp: Option<AcceptanceStats>,
+    ) -> Generation {
+        let Next::Done(finish) = state else {
+            unreachable!("generation loops end on Done")
+        };
+        Generation {
+            tokens: self.tokens,
+            finish,
+            prompt_tokens,
+            prefill_secs,
+            decode_secs: decode_start.elapsed().as_secs_f64(),
+            mtp,
+        }
+    }
 }
 
 fn check_prompt(prompt: &[u32]) -> Result<()> {
@@ -287,17 +310,7 @@ fn generate_plain(
             out = model.forward(&[next], &mut session)?;
         }
     }
-    let Next::Done(finish) = state else {
-        unreachable!("the loop ends on Done")
-    };
-    Ok(Generation {
-        tokens: commit.tokens,
-        finish,
-        prompt_tokens: prompt.len(),
-        prefill_secs,
-        decode_secs: t1.elapsed().as_secs_f64(),
-        mtp: None,
-    })
+    Ok(commit.finish(state, prompt.len(), prefill_secs, t1, None))
 }
 
 /// MTP speculative decoding: the prefill (main forward over the prompt + the first token),
@@ -335,17 +348,8 @@ fn generate_mtp(
             fresh = spec.step(&mut sampler).map_err(into_model_error)?.to_vec();
         }
     }
-    let Next::Done(finish) = state else {
-        unreachable!("the loop ends on Done")
-    };
-    Ok(Generation {
-        tokens: commit.tokens,
-        finish,
-        prompt_tokens: prompt.len(),
-        prefill_secs,
-        decode_secs: t1.elapsed().as_secs_f64(),
-        mtp: Some(spec.stats().clone()),
-    })
+    let stats = spec.stats().clone();
+    Ok(commit.finish(state, prompt.len(), prefill_secs, t1, Some(stats)))
 }
 
 /// [`generate`] with text: streams decoded pieces to `on_text`, honours `stop_strings` (text

@@ -1,10 +1,11 @@
-//! A fake OpenAI-compatible server for the integration tests: serves recorded responses
-//! on 127.0.0.1 with deterministic fault injection. std only (one thread per connection).
+//! A fake OpenAI-compatible server for the integration tests: serves the responses of a
+//! JSONL file on 127.0.0.1 with deterministic fault injection. std only (one thread per
+//! connection).
 //!
 //! Usage: `fake_openai RESPONSES.jsonl LOG_FILE [--delay-ms N] [--slow-ms N] [--no-faults]`
 //!
 //! Prints `listening on 127.0.0.1:PORT` on stdout. Each request carries the
-//! `x-eval-sample: task/id/sample` header; the reply is the recorded text for
+//! `x-eval-sample: task/id/sample` header; the reply is the file's text for
 //! `(id, sample)`. The first attempt for a key fails in a way picked by a hash of the key
 //! (429 with `Retry-After: 0`, 500, a reply slower than `--slow-ms`, a connection closed
 //! without reply, or no fault); later attempts succeed after `--delay-ms`. Every request

@@ -119,15 +119,15 @@ pub struct Report {
 /// Whether two extracted answers are the same vote under the checker's equivalence.
 pub fn same_answer(checker: Checker, a: &str, b: &str) -> bool {
     match checker {
-        Checker::Math => a == b || crate::math::answers_match(a, b),
+        Checker::Math => a == b || judge::math::answers_match(a, b),
         Checker::Gsm8k => {
             a == b || {
-                let x = crate::numeric::number_value(a);
-                x.is_some() && x == crate::numeric::number_value(b)
+                let x = judge::numeric::number_value(a);
+                x.is_some() && x == judge::numeric::number_value(b)
             }
         }
         Checker::Mc => a == b,
-        Checker::Factual => crate::factual::normalise(a) == crate::factual::normalise(b),
+        Checker::Factual => judge::factual::normalise(a) == judge::factual::normalise(b),
         _ => a == b,
     }
 }

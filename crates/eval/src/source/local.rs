@@ -1,20 +1,23 @@
 //! The local model crate as a response source: a DeepSeek checkpoint on this machine, its
 //! tokenizer and chat template. R1 protocol: one user message (plus an optional system
 //! prompt), the assistant turn opened with `<think>\n`, so responses lack the opening tag (the
-//! answer engine treats that as normal).
+//! answer engine treats that as normal). Generation goes through `model::generate`, plain or
+//! with MTP speculative decoding ([`LocalModel::with_decoding`]; same responses for greedy
+//! requests, same distribution for sampled ones).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use model::generate::{generate_text, FinishReason, GenerateOptions};
+use model::generate::{Decoding, FinishReason, GenerateOptions, Generator};
 use model::{ChatOptions, DeepSeek, Message, SamplingParams, Tokenizer};
 
 use super::{BoxFuture, Generation, Request, ResponseSource};
 
 /// A loaded local model; requests run one at a time per call on blocking threads.
 pub struct LocalModel {
-    inner: Arc<(DeepSeek, Tokenizer)>,
+    inner: Arc<(Generator, Tokenizer)>,
+    decoding: Decoding,
     describe: String,
 }
 
@@ -32,13 +35,30 @@ impl LocalModel {
         let tokenizer = Tokenizer::from_dir(tok_dir)
             .with_context(|| format!("tokenizer in {}", tok_dir.display()))?;
         Ok(Self {
-            inner: Arc::new((model, tokenizer)),
+            inner: Arc::new((Generator::new(model), tokenizer)),
+            decoding: Decoding::Plain,
             describe: format!("local model {}", model_dir.display()),
         })
     }
+
+    /// Generates with `decoding` (default [`Decoding::Plain`]). [`Decoding::Mtp`] loads the
+    /// checkpoint's MTP modules now, once for all requests, and fails when it has none.
+    pub fn with_decoding(mut self, decoding: Decoding) -> anyhow::Result<Self> {
+        if decoding == Decoding::Mtp {
+            self.inner.0.mtp_modules()?;
+        }
+        self.decoding = decoding;
+        Ok(self)
+    }
 }
 
-fn run(model: &DeepSeek, tokenizer: &Tokenizer, req: &Request) -> anyhow::Result<Generation> {
+fn run(
+    generator: &Generator,
+    tokenizer: &Tokenizer,
+    decoding: Decoding,
+    req: &Request,
+) -> anyhow::Result<Generation> {
+    let model = generator.model();
     let mut messages = Vec::new();
     if let Some(system) = &req.system {
         messages.push(Message::new("system", system));
@@ -73,8 +93,9 @@ fn run(model: &DeepSeek, tokenizer: &Tokenizer, req: &Request) -> anyhow::Result
             .chain(tokenizer.eos_id())
             .collect(),
         stop_strings: req.stop.clone(),
+        decoding,
     };
-    let (gen, text) = generate_text(model, tokenizer, &prompt, &opts, |_| {})?;
+    let (gen, text) = generator.generate_text(tokenizer, &prompt, &opts, |_| {})?;
     Ok(Generation {
         text,
         reasoning: None,
@@ -98,14 +119,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 impl ResponseSource for LocalModel {
     fn describe(&self) -> String {
-        self.describe.clone()
+        match self.decoding {
+            Decoding::Plain => self.describe.clone(),
+            Decoding::Mtp => format!("{} (MTP speculative decoding)", self.describe),
+        }
     }
 
     fn generate<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, anyhow::Result<Generation>> {
         let inner = Arc::clone(&self.inner);
+        let decoding = self.decoding;
         let req = req.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || run(&inner.0, &inner.1, &req))
+            tokio::task::spawn_blocking(move || run(&inner.0, &inner.1, decoding, &req))
                 .await
                 .context("local model worker")?
         })

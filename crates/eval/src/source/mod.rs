@@ -1,4 +1,4 @@
-//! Where responses come from: recorded files ([`recorded`]), OpenAI-compatible servers
+//! Where responses come from: JSONL files ([`file`]), OpenAI-compatible servers
 //! ([`openai`]), and the local model crate (`local`, behind the `local-model` feature).
 //!
 //! Every source answers one [`Request`] (one sample of one problem) at a time; the
@@ -6,10 +6,10 @@
 //! scoring it, so an interrupted run resumes without asking again.
 
 pub mod cache;
+pub mod file;
 #[cfg(feature = "local-model")]
 pub mod local;
 pub mod openai;
-pub mod recorded;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,7 +81,7 @@ impl Generation {
 pub trait ResponseSource: Send + Sync {
     /// A short description for logs and reports.
     fn describe(&self) -> String;
-    /// Whether answers should go through the response cache (false for recorded files).
+    /// Whether answers should go through the response cache (false for response files).
     fn wants_cache(&self) -> bool {
         true
     }

@@ -1,16 +1,16 @@
 //! Fuzz extraction plus checking: the first byte picks the checker, the bytes up to the
 //! first NUL are the reference, the rest is the response (raw bytes, possibly invalid
-//! UTF-8). Run with `cargo +nightly fuzz run judge` from `crates/eval`.
+//! UTF-8). Run with `cargo +nightly fuzz run judge` from `crates/judge`.
 #![no_main]
 
-use eval::{Judge, Kind};
+use judge::{math::answers_match, Judge, Kind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    eval_fuzz_one(data);
+    fuzz_one(data);
 });
 
-fn eval_fuzz_one(data: &[u8]) {
+fn fuzz_one(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
@@ -22,5 +22,5 @@ fn eval_fuzz_one(data: &[u8]) {
     let gold = String::from_utf8_lossy(gold).into_owned();
     let judge = Judge::default();
     let _ = judge.check_bytes(kind, &gold.as_str().into(), response);
-    let _ = eval::math::answers_match(&gold, &String::from_utf8_lossy(response));
+    let _ = answers_match(&gold, &String::from_utf8_lossy(response));
 }

@@ -65,7 +65,7 @@ pub fn text_form(s: &str) -> String {
 /// Whether `pred` is an acceptable answer for the reference `gold`.
 ///
 /// ```
-/// use eval::math::answers_match;
+/// use judge::math::answers_match;
 /// assert!(answers_match("\\frac{1}{2}", "0.5"));
 /// assert!(!answers_match("\\frac{1}{3}", "0.333"));
 /// assert!(answers_match("(-\\infty, 2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,2)"));

@@ -1,5 +1,6 @@
-//! Recorded responses: JSONL lines `{"id", "sample", "text"}` (optionally `"task"`, to
-//! keep several tasks in one file, and `"reasoning"`). What CI uses.
+//! Responses from a file: JSONL lines `{"id", "sample", "text"}` (optionally `"task"`, to
+//! keep several tasks in one file, and `"reasoning"`), such as saved model output or the
+//! bundled suite's reference responses. What CI uses.
 
 use std::collections::HashMap;
 
@@ -23,7 +24,7 @@ struct Line {
 
 /// Responses read from a file.
 #[derive(Debug, Default)]
-pub struct Recorded {
+pub struct ResponseFile {
     name: String,
     map: HashMap<(Option<String>, String, usize), Generation>,
 }
@@ -35,9 +36,9 @@ fn id_text(v: &serde_json::Value) -> String {
     }
 }
 
-impl Recorded {
+impl ResponseFile {
     /// Parses JSONL text; `name` is used in errors. A repeated key is an error.
-    pub fn parse(text: &str, name: &str) -> Result<Recorded> {
+    pub fn parse(text: &str, name: &str) -> Result<ResponseFile> {
         let mut map = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -60,20 +61,20 @@ impl Recorded {
                 );
             }
         }
-        Ok(Recorded {
+        Ok(ResponseFile {
             name: name.to_string(),
             map,
         })
     }
 
     /// Reads a file.
-    pub fn load(path: &std::path::Path) -> Result<Recorded> {
+    pub fn load(path: &std::path::Path) -> Result<ResponseFile> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Recorded::parse(&text, &path.display().to_string())
+        ResponseFile::parse(&text, &path.display().to_string())
     }
 
-    /// The number of samples recorded for `(task, id)`.
+    /// The number of samples in the file for `(task, id)`.
     pub fn samples_for(&self, task: &str, id: &str) -> usize {
         self.map
             .keys()
@@ -81,7 +82,7 @@ impl Recorded {
             .count()
     }
 
-    /// The response for a key, if recorded (a line without `task` matches any task).
+    /// The response for a key, if the file has it (a line without `task` matches any task).
     pub fn get(&self, task: &str, id: &str, sample: usize) -> Option<&Generation> {
         self.map
             .get(&(Some(task.to_string()), id.to_string(), sample))
@@ -89,9 +90,9 @@ impl Recorded {
     }
 }
 
-impl ResponseSource for Recorded {
+impl ResponseSource for ResponseFile {
     fn describe(&self) -> String {
-        format!("recorded responses from {}", self.name)
+        format!("responses from {}", self.name)
     }
     fn wants_cache(&self) -> bool {
         false
@@ -100,7 +101,7 @@ impl ResponseSource for Recorded {
         Box::pin(async move {
             self.get(&req.task, &req.id, req.sample)
                 .cloned()
-                .with_context(|| format!("{}: no recorded response for {}", self.name, req.key()))
+                .with_context(|| format!("{}: no response for {}", self.name, req.key()))
         })
     }
 }
