@@ -67,3 +67,32 @@ fn local_model_generates_reproducibly_and_honours_stop_strings() {
     assert_eq!(stopped.text, text[..text.find(&stop).unwrap()]);
     assert_eq!(stopped.finish_reason.as_deref(), Some("stop"));
 }
+
+#[test]
+fn mtp_speculative_decoding_gives_the_plain_greedy_responses() {
+    let f = fixtures();
+    let tok = f.join("tiny_tokenizer");
+    let plain = LocalModel::load(&f.join("v3_mtp"), Some(&tok)).unwrap();
+    let mtp = LocalModel::load(&f.join("v3_mtp"), Some(&tok))
+        .unwrap()
+        .with_decoding(model::generate::Decoding::Mtp)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for stop in [&[][..], &["a"][..]] {
+        let req = request(0, 0.0, stop);
+        let a = rt.block_on(plain.generate(&req)).unwrap();
+        let b = rt.block_on(mtp.generate(&req)).unwrap();
+        assert_eq!(a, b, "stop {stop:?}");
+    }
+    // A checkpoint without MTP modules is refused when the source is built, not per request.
+    let err = LocalModel::load(&f.join("v3_noaux"), Some(&tok))
+        .unwrap()
+        .with_decoding(model::generate::Decoding::Mtp)
+        .err()
+        .expect("v3_noaux has no MTP modules")
+        .to_string();
+    assert!(err.contains("num_nextn_predict_layers"), "{err}");
+}
