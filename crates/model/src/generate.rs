@@ -229,7 +229,18 @@ struct Commit<'a, F> {
     tokens: Vec<u32>,
 }
 
-impl<F: FnMut(u32) -> Result<bool>> Commit<'_, F> {
+impl<'a, F: FnMut(u32) -> Result<bool>> Commit<'a, F> {
+    /// A commit loop with no token yet, and whether it may run (a budget of 0 ends it).
+    fn begin(opts: &'a GenerateOptions, on_token: F) -> (Self, Next) {
+        let commit = Self {
+            opts,
+            on_token,
+            tokens: Vec::new(),
+        };
+        let state = commit.start();
+        (commit, state)
+    }
+
     /// A `Done` before any token when the budget is 0.
     fn start(&self) -> Next {
         if self.tokens.len() >= self.opts.max_new_tokens {
@@ -297,12 +308,7 @@ fn generate_plain(
     let mut out = model.forward_last(prompt, &mut session)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut commit = Commit {
-        opts,
-        on_token,
-        tokens: Vec::new(),
-    };
-    let mut state = commit.start();
+    let (mut commit, mut state) = Commit::begin(opts, on_token);
     while let Next::Continue = state {
         let next = sampler.sample(&DeepSeek::last_logits(&out)?);
         state = commit.push(next)?;
@@ -330,12 +336,7 @@ fn generate_mtp(
         Speculator::new(model, modules, prompt, &mut sampler).map_err(into_model_error)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut commit = Commit {
-        opts,
-        on_token,
-        tokens: Vec::new(),
-    };
-    let mut state = commit.start();
+    let (mut commit, mut state) = Commit::begin(opts, on_token);
     let mut fresh = spec.generated().to_vec();
     while let Next::Continue = state {
         for &next in &fresh {
