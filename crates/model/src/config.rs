@@ -1,5 +1,7 @@
-//! `config.json` of DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 checkpoints: the serde mirror of
-//! the HF fields with their defaults in one place, resolved and validated into [`ModelConfig`].
+//! `config.json` of DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 checkpoints, read once: the typed
+//! mirror [`HfConfig`] (the model-level fields here; the rotary and routing fields in
+//! `rope_yarn::hf` and `moe::hf`, beside the code that gives them meaning), every default set
+//! once, resolved and validated into [`ModelConfig`] through the component crates' builders.
 
 use std::path::Path;
 

@@ -13,19 +13,27 @@
 //! logits  = lm_head(RMSNorm(x_L))
 //! ```
 //!
-//! - [`config`]: `config.json` in either rotary spelling, validated with errors naming fields;
-//!   V2 vs V3 semantics come from `model_type`, as in HF 5.23.
+//! - [`config`]: the one reader of `config.json`: a typed mirror (model fields here, rotary
+//!   fields from `rope_yarn::hf`, routing fields from `moe::hf`, every default set once)
+//!   resolved through the component builders, errors naming the field; V2 vs V3 semantics
+//!   come from `model_type`, as in HF 5.23; [`ModelConfig::ffn_kind`] is the one rule for
+//!   which layers are MoE.
 //! - [`checkpoint`]: memory-mapped shards, one error listing every missing / unexpected /
 //!   mis-shaped tensor, FP8 dequantised at load (partial edge blocks handled), and a candle
 //!   `VarBuilder` over it so the component crates load their own weights.
 //! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache + RoPE table);
 //!   blocks of up to 8 tokens (decode steps, MTP verification) run the weight-absorbed MLA path,
 //!   longer prefills the expanded one ([`PathPolicy`]).
-//! - [`generate`], [`sampling`], [`tokenizer`]: prefill + decode loop with greedy/top-k/top-p
-//!   sampling, EOS and stop strings, streaming; `tokenizer.json` and the chat template (R1:
+//! - [`generate`], [`sampling`], [`tokenizer`]: the one generation path, plain or MTP
+//!   speculative ([`generate::Decoding`]), with greedy/top-k/top-p sampling, EOS and stop
+//!   strings, a token budget, streaming and timing; `tokenizer.json` and the chat template (R1:
 //!   one BOS, optional `<think>\n` prefill).
-//! - [`plan`], [`random`]: the tensors a config implies (validation, parameter counts) and
-//!   random checkpoints of any config in the release layout.
+//! - [`plan`], [`random`]: the tensors a config implies, assembled from the weights each
+//!   component crate lists for itself (validation, parameter counts), and random checkpoints
+//!   of any config in the release layout.
+//!
+//! The `model` command-line tool is behind the default `cli` feature; library users depend on
+//! this crate with `default-features = false`.
 //!
 //! ```
 //! use candle_core::{DType, Device};
