@@ -314,7 +314,7 @@ fn info(path: &Path) -> Result<()> {
     if let Some(m) = &cfg.moe {
         let g = &m.gate;
         println!(
-            "routing: {} routed experts (top-{}, {:?}/{:?}, {} groups keep {}), {} shared, width {}, scale {}",
+            "routing: {} routed experts (top-{}, {}/{}, {} groups keep {}), {} shared, width {}, scale {}",
             g.n_routed_experts, g.top_k, g.scoring, g.topk_method, g.n_group, g.topk_group, m.n_shared_experts, m.moe_intermediate_size, g.routed_scaling_factor
         );
     }
