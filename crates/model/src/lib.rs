@@ -65,7 +65,7 @@ pub mod tokenizer;
 pub use checkpoint::{dequantize_fp8, Checkpoint};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
-pub use model::{DeepSeek, Output, PathPolicy, Session};
+pub use model::{DeepSeek, Output, PathPolicy, Session, DEFAULT_PREFILL_CHUNK};
 pub use precision::Precision;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{ChatOptions, Message, Tokenizer};

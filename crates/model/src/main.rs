@@ -49,6 +49,10 @@ struct ModelArgs {
     /// spare decode a TLB miss per 4 KiB of weights; values are the same either way).
     #[arg(long)]
     no_huge_pages: bool,
+    /// Longest block of prompt tokens one pass through the layers takes; longer prompts go
+    /// through in chunks over the cache (same results, activation memory bounded by the chunk).
+    #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
 }
 
 impl ModelArgs {
@@ -58,14 +62,19 @@ impl ModelArgs {
         } else {
             Device::Cpu
         };
+        if self.prefill_chunk == 0 {
+            bail!("--prefill-chunk must be at least 1");
+        }
         let huge_pages = !self.no_huge_pages;
-        Ok(DeepSeek::load_with(&self.model, &device, |checkpoint| {
+        let mut model = DeepSeek::load_with(&self.model, &device, |checkpoint| {
             match self.matrices {
                 Some(m) => Precision::mixed(self.dtype, m),
                 None => Precision::auto(checkpoint, self.dtype, &device),
             }
             .with_huge_pages(huge_pages)
-        })?)
+        })?;
+        model.prefill_chunk = self.prefill_chunk;
+        Ok(model)
     }
 }
 

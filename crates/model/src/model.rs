@@ -152,7 +152,15 @@ pub struct DeepSeek {
     checkpoint: Arc<Checkpoint>,
     /// Which MLA path runs a forward over `T` new tokens.
     pub paths: PathPolicy,
+    /// Longest block of tokens one pass through the layers takes: longer inputs go through in
+    /// chunks, each attending to the cache plus itself, so activation memory is bounded by
+    /// the chunk, not the prompt ([`DEFAULT_PREFILL_CHUNK`]; results equal one pass).
+    pub prefill_chunk: usize,
 }
+
+/// Default [`DeepSeek::prefill_chunk`]: long enough that per-pass overheads are amortised,
+/// short enough that a chunk's activations (`T x` the widest layer) stay small.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
 /// Which MLA formulation runs a forward over `T` new tokens.
 ///
@@ -257,6 +265,7 @@ impl DeepSeek {
             device: device.clone(),
             checkpoint,
             paths: PathPolicy::default(),
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         })
     }
 
@@ -337,8 +346,24 @@ impl DeepSeek {
         Ok(Output { logits, hidden })
     }
 
-    /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache.
+    /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache, in
+    /// chunks of at most [`DeepSeek::prefill_chunk`] tokens.
     pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::Input("no tokens to process".into()));
+        }
+        let chunks = tokens
+            .chunks(self.prefill_chunk.max(1))
+            .map(|chunk| self.chunk_hidden_states(chunk, session))
+            .collect::<Result<Vec<_>>>()?;
+        match <[Tensor; 1]>::try_from(chunks) {
+            Ok([one]) => Ok(one),
+            Err(chunks) => Ok(Tensor::cat(&chunks, 0)?),
+        }
+    }
+
+    /// One pass of `tokens` through every layer after the session's cached tokens.
+    fn chunk_hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
         let start = session.len();
         let path = self.paths.for_tokens(tokens.len());
         let mut x = self.embed(tokens)?;

@@ -138,3 +138,39 @@ fn forward_last_is_the_last_row_of_forward() {
     assert_close(&last.logits, &want, 1e-5, "forward_last");
     assert_close(&last.hidden, &all.hidden, 0.0, "forward_last hidden");
 }
+
+/// Chunked prefill (each chunk through every layer over the cache plus itself) gives HF's
+/// prefill logits and hidden states on every fixture, for chunk sizes that split the prompt
+/// unevenly and that fall on either side of the short/long path boundary, and the decode step
+/// after it matches HF's greedy continuation.
+#[test]
+fn chunked_prefill_matches_hf_and_one_pass() {
+    for name in CASES {
+        let case = Case::load(name);
+        let mut model = load(&case);
+        let ids = case.ids("input_ids");
+        for chunk in [1, 3, 4, ids.len() - 1, ids.len(), usize::MAX] {
+            model.prefill_chunk = chunk;
+            let mut session = model.new_session().unwrap();
+            let out = model.forward(&ids, &mut session).unwrap();
+            let what = format!("{name}, chunks of {chunk}");
+            assert_close(&out.logits, &case.tensor("prefill.logits"), 1e-4, &what);
+            assert_close(
+                &out.hidden,
+                &case.tensor("prefill.final_hidden"),
+                1e-4,
+                &what,
+            );
+            assert_eq!(session.len(), ids.len(), "{what}");
+            let next = *DeepSeek::argmax_rows(&out.logits).unwrap().last().unwrap();
+            assert_eq!(next, case.ids("greedy")[0], "{what}");
+            let step = model.forward(&[next], &mut session).unwrap();
+            let again = *DeepSeek::argmax_rows(&step.logits).unwrap().last().unwrap();
+            assert_eq!(
+                again,
+                case.ids("greedy")[1],
+                "{what}: decode after chunked prefill"
+            );
+        }
+    }
+}
