@@ -1,5 +1,6 @@
-//! [`Mla`]: the attention layer, with the expanded (textbook) and the absorbed paths side by
-//! side. The expanded path is the test oracle; the absorbed one is the default.
+//! [`Mla`]: the attention layer, with the expanded (textbook), the absorbed and the flash
+//! (online softmax over key blocks, in `flash.rs`) paths side by side. The expanded and
+//! absorbed paths are the test oracles; the absorbed one is the default.
 //!
 //! Dimension legend: `B` batch, `T` new tokens, `S` keys (cached + new), `C` hidden size,
 //! `H` heads, `R` kv_lora_rank, `n` qk_nope_head_dim, `r` qk_rope_head_dim, `v` v_head_dim.
@@ -12,7 +13,12 @@ use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
 
-/// Which formulation of the attention to run. Both give the same result up to rounding.
+mod flash;
+pub use flash::{FlashFormulation, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
+
+/// Which formulation of the attention to run. All give the same result up to rounding;
+/// `Expanded` and `Absorbed` materialise the `[B, H, T, S]` f32 scores and are the oracles of
+/// `Flash`, which never does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// `kv_b_proj` expands every cached latent into per-head keys `[S, H, n]` and values
@@ -24,6 +30,34 @@ pub enum AttentionPath {
     /// MQA-shaped attention with `R + r`-dim keys and `R`-dim values). The default.
     #[default]
     Absorbed,
+    /// Flash-style attention: an online softmax over key blocks of [`FLASH_KEY_BLOCK`] keys
+    /// (and query tiles of [`FLASH_QUERY_BLOCK`] tokens), so the scores never exist beyond one
+    /// `[B, H, tile, block]` f32 piece: peak scratch `O(B·H·min(T, FLASH_QUERY_BLOCK)·
+    /// FLASH_KEY_BLOCK)` plus the `[B, H, T, ·]` f32 accumulator, instead of `B·H·T·S`. For
+    /// the scaled, masked f32 scores `s_j` of key block `j` (in order) and its values `V_j`,
+    /// per query row:
+    ///
+    /// ```text
+    /// m_j   = max(m_{j-1}, rowmax(s_j))                      running max
+    /// p_j   = exp(s_j - m_j)
+    /// l_j   = l_{j-1} · exp(m_{j-1} - m_j) + rowsum(p_j)      running sum
+    /// acc_j = acc_{j-1} · exp(m_{j-1} - m_j) + p_j · V_j      running weighted sum
+    /// out   = acc_last / l_last                               = softmax(s) · V
+    /// ```
+    ///
+    /// starting from block 0 (which holds key 0, visible to every query, so `m` is finite from
+    /// the start and no row ever computes `exp(-inf - -inf)`). Blocks entirely in the future
+    /// of a query tile are skipped, blocks straddling its diagonal masked with -inf. Softmax
+    /// and accumulation run in f32 whatever the compute dtype; `p · V` multiplies in the
+    /// compute dtype as the oracles do.
+    ///
+    /// Inside the blocks each call runs the cheaper regrouping by a FLOP count calibrated on
+    /// the CPU ([`Mla::flash_formulation`]): absorbed (`V_j` = the cached latent `c_kv`,
+    /// `W_UV` once after) for decode steps, verification blocks and chunks up to ~500 tokens
+    /// on V2/V3 shapes; expanded (`V_j` = the block's per-head values from `kv_b_proj`) for
+    /// longer chunks and long single-pass prompts. The two measured even on 512-token chunks
+    /// and 1.56x apart (expanded ahead) on one 8,192-token pass (`benchmarks/README.md`).
+    Flash,
 }
 
 /// The query and key/value parts of `T` new tokens, after the projections, norms and RoPE.
@@ -282,6 +316,7 @@ impl Mla {
         match path {
             AttentionPath::Expanded => self.attend_expanded(p, c_all, k_all),
             AttentionPath::Absorbed => self.attend_absorbed(p, c_all, k_all),
+            AttentionPath::Flash => self.attend_flash(p, c_all, k_all),
         }
     }
 
@@ -309,40 +344,48 @@ impl Mla {
 
     fn attend_absorbed(&self, p: &Projected, c_all: &Tensor, k_all: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let (b, h, t, n) = p.q_nope.dims4()?;
-        let (rk, r, v) = (c.kv_lora_rank, c.qk_rope_head_dim, c.v_head_dim);
+        let (b, h, t, _) = p.q_nope.dims4()?;
+        let (rk, r) = (c.kv_lora_rank, c.qk_rope_head_dim);
         let s = c_all.dim(1)?;
-        // q_lat = q_nope · W_UK per head:
-        // [B, H, T, n] -> [H, B·T, n] x [H, n, R] -> [H, B·T, R] -> [B, H·T, R]
-        let q_lat = p
-            .q_nope
+        // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
+        // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
+        let q_lat = self.absorb_query(&p.q_nope)?.reshape((b, h * t, rk))?;
+        let q_pe = p.q_pe.reshape((b, h * t, r))?;
+        let scores = (q_lat.matmul(&c_all.t()?)? + q_pe.matmul(&k_all.t()?)?)?;
+        let probs = self.softmax(&scores.reshape((b, h, t, s))?, t, s)?;
+        // [B, H·T, S] x [B, S, R] -> [B, H·T, R]
+        let out_lat = probs.reshape((b, h * t, s))?.matmul(c_all)?;
+        self.apply_w_uv(&out_lat.reshape((b, h, t, rk))?)
+    }
+
+    /// `q_lat = q_nope · W_UK` per head: `[B, H, T, n]` -> `[B, H, T, R]` (contiguous).
+    fn absorb_query(&self, q_nope: &Tensor) -> Result<Tensor> {
+        let (b, h, t, n) = q_nope.dims4()?;
+        let rk = self.config.kv_lora_rank;
+        // [B, H, T, n] -> [H, B·T, n] x [H, n, R] -> [H, B·T, R] -> [B, H, T, R]
+        Ok(q_nope
             .transpose(0, 1)?
             .contiguous()?
             .reshape((h, b * t, n))?
             .matmul(&self.absorbed.w_uk)?
             .reshape((h, b, t, rk))?
             .transpose(0, 1)?
-            .contiguous()?
-            .reshape((b, h * t, rk))?;
-        let q_pe = p.q_pe.reshape((b, h * t, r))?; // [B, H·T, r]
-                                                   // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
-                                                   // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
-        let scores = (q_lat.matmul(&c_all.t()?)? + q_pe.matmul(&k_all.t()?)?)?;
-        let probs = self.softmax(&scores.reshape((b, h, t, s))?, t, s)?;
-        // [B, H·T, S] x [B, S, R] -> [B, H·T, R]
-        let out_lat = probs.reshape((b, h * t, s))?.matmul(c_all)?;
-        // out = out_lat · W_UVᵀ per head:
-        // [B, H·T, R] -> [H, B·T, R] x [H, R, v] -> [H, B·T, v] -> [B, T, H, v] -> [B, T, H·v]
-        let out = out_lat
-            .reshape((b, h, t, rk))?
+            .contiguous()?)
+    }
+
+    /// `out = out_lat · W_UVᵀ` per head: `[B, H, T, R]` -> `[B, T, H·v]`.
+    fn apply_w_uv(&self, out_lat: &Tensor) -> Result<Tensor> {
+        let (b, h, t, rk) = out_lat.dims4()?;
+        let v = self.config.v_head_dim;
+        // [B, H, T, R] -> [H, B·T, R] x [H, R, v] -> [H, B·T, v] -> [B, T, H, v] -> [B, T, H·v]
+        Ok(out_lat
             .transpose(0, 1)?
             .contiguous()?
             .reshape((h, b * t, rk))?
             .matmul(&self.absorbed.w_uv_t)?
             .reshape((h, b, t, v))?
             .permute((1, 2, 0, 3))?
-            .reshape((b, t, h * v))?;
-        Ok(out)
+            .reshape((b, t, h * v))?)
     }
 
     /// Scaled, causally masked softmax of `scores` `[B, H, T, S]` computed in f32 whatever

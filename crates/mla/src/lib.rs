@@ -24,6 +24,31 @@
 //! the `(R + r)`-value cache once instead of materialising `H·(n + r + v)` values per token.
 //! Both paths are always available and tested against each other and against HF fixtures.
 //!
+//! Both also materialise the `[B, H, T, S]` f32 scores of `T` new tokens over `S` keys: 64 GiB
+//! for a single 32K-token prompt on V2-Lite's 16 heads. The **flash** path
+//! ([`AttentionPath::Flash`]) never does: it visits the keys in blocks of
+//! [`FLASH_KEY_BLOCK`] (queries in tiles of [`FLASH_QUERY_BLOCK`]) with an online softmax,
+//! keeping per query row a running max `m`, sum `l` and weighted sum `acc` in f32. For the
+//! scaled, causally masked scores `s_j` of block `j` and its values `V_j`:
+//!
+//! ```text
+//! m_j   = max(m_{j-1}, rowmax(s_j))
+//! p_j   = exp(s_j - m_j)
+//! l_j   = l_{j-1} · exp(m_{j-1} - m_j) + rowsum(p_j)
+//! acc_j = acc_{j-1} · exp(m_{j-1} - m_j) + p_j · V_j
+//! o     = acc_last / l_last  (= softmax(s) · V)
+//! ```
+//!
+//! Blocks run in order from the one holding key 0 (visible to every query, so `m` is finite
+//! from the start); blocks in a query tile's future are skipped. Inside the blocks each call
+//! takes the cheaper regrouping by a FLOP count calibrated on the CPU
+//! ([`Mla::flash_formulation`]): absorbed for decode steps and chunks up to ~500 tokens on
+//! V2/V3 shapes, expanded (each key block through `kv_b_proj`) for longer chunks and long
+//! single-pass prompts. Its peak scratch is one `[B, H, tile, block]` piece plus the
+//! `[B, H, T, ·]` accumulator, so long prompts prefill in chunks through the cache (or in one
+//! call) at a memory cost linear in `T`. It is tested against both oracles (and so against
+//! the HF fixtures) on every path, across block boundaries, and in bf16.
+//!
 //! Pieces: [`MlaConfig`] (dimensions, validated by a builder that names the HF field),
 //! [`MlaWeights`] (loaded from a `VarBuilder` under the HF names, or handed in as tensors, e.g.
 //! dequantised FP8), [`Mla`] (the layer), [`LayerCache`] / [`LatentKvCache`] (the latent
@@ -74,7 +99,7 @@ mod error;
 mod weights;
 
 pub use accounting::KvLayout;
-pub use attention::{AttentionPath, Mla};
+pub use attention::{AttentionPath, FlashFormulation, Mla, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
 pub use cache::{LatentKvCache, LayerCache};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};

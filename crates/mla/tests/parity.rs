@@ -1,5 +1,5 @@
-//! Parity with HF transformers 5.23 (fixtures from `tests/reference/generate.py`, f32): both
-//! attention paths, prefill and step-by-step decode, q_proj and q_lora variants, FP8 weights
+//! Parity with HF transformers 5.23 (fixtures from `tests/reference/generate.py`, f32): every
+//! attention path (expanded, absorbed, flash), prefill and step-by-step decode, q_proj and q_lora variants, FP8 weights
 //! dequantised by the caller. Tolerance 1e-4 (max |diff|).
 
 mod common;
@@ -43,7 +43,7 @@ fn check_case(name: &str) {
                 &format!("{name} layer {l} decode {path:?}"),
             );
         }
-        // Every path (prefill/cache/decode/chunked x expanded/absorbed) agrees.
+        // Every path (prefill/cache/decode/chunked x expanded/absorbed/flash) agrees.
         run_every_path(&mla, &x, 1e-5);
     }
 }

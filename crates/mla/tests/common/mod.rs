@@ -38,20 +38,24 @@ pub fn load_layer(case: &Case, l: usize) -> Mla {
 
 /// A small layer with random weights (`q_lora` selects the low-rank query).
 pub fn random_layer(q_lora: bool, seed_scale: f32) -> Mla {
-    let cfg = small_config(q_lora);
+    random_layer_for(small_config(q_lora), seed_scale)
+}
+
+/// A layer of `cfg`'s shape with random weights (the low-rank query norm random too).
+pub fn random_layer_for(cfg: MlaConfig, seed_scale: f32) -> Mla {
     let dev = Device::Cpu;
     let w = |o: usize, i: usize| Tensor::randn(0f32, seed_scale, (o, i), &dev).unwrap();
-    let (c, h, n, r, v, rk) = (64, 4, 16, 8, 16, 32);
-    let query = if q_lora {
-        QueryWeights::LowRank {
-            q_a_proj: w(24, c),
-            q_a_layernorm: (Tensor::rand(0.5f32, 1.5, 24, &dev).unwrap()),
-            q_b_proj: w(h * (n + r), 24),
-        }
-    } else {
-        QueryWeights::Direct {
+    let (c, h, rk) = (cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank);
+    let (n, r, v) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim);
+    let query = match cfg.q_lora_rank {
+        Some(q) => QueryWeights::LowRank {
+            q_a_proj: w(q, c),
+            q_a_layernorm: (Tensor::rand(0.5f32, 1.5, q, &dev).unwrap()),
+            q_b_proj: w(h * (n + r), q),
+        },
+        None => QueryWeights::Direct {
             q_proj: w(h * (n + r), c),
-        }
+        },
     };
     let weights = MlaWeights {
         query,
@@ -61,6 +65,17 @@ pub fn random_layer(q_lora: bool, seed_scale: f32) -> Mla {
         o_proj: w(c, h * v),
     };
     Mla::new(cfg, weights).unwrap()
+}
+
+/// [`small_config`] with V2/V3's proportions between the latent and the heads,
+/// `kv_lora_rank = 2·(nope + v)` (64): what decides which formulation the flash path runs
+/// (absorbed below ~60 new tokens over a long cache, expanded above), as it does for V2/V3
+/// around 500.
+pub fn v2_proportioned_config(q_lora: bool) -> MlaConfig {
+    MlaConfig {
+        kv_lora_rank: 64,
+        ..small_config(q_lora)
+    }
 }
 
 pub fn small_config(q_lora: bool) -> MlaConfig {
@@ -80,7 +95,12 @@ pub fn rope_for(mla: &Mla) -> RopeCache {
     RopeCache::new(mla.config().rope)
 }
 
-pub const PATHS: [AttentionPath; 2] = [AttentionPath::Expanded, AttentionPath::Absorbed];
+/// Every attention path: the two oracles first, then the flash path checked against them.
+pub const PATHS: [AttentionPath; 3] = [
+    AttentionPath::Expanded,
+    AttentionPath::Absorbed,
+    AttentionPath::Flash,
+];
 
 /// Feeds `x` `[B, T, C]` through a fresh cache `chunk` tokens at a time (1: token-by-token
 /// decode) and concatenates the outputs `[B, T, C]`.
@@ -104,7 +124,7 @@ pub fn run_in_chunks(
 }
 
 /// Runs `x` `[B, T, C]` through every code path: prefill without a cache, prefill through a
-/// cache, token-by-token decode, and a 2-token chunked decode, each with both attention paths.
+/// cache, token-by-token decode, and a 2-token chunked decode, each with every attention path.
 /// Asserts all agree within `tol` and returns (name, output) for each.
 pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> {
     let b = x.dim(0).unwrap();
