@@ -168,7 +168,10 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 /// the expanded path first expands every cached latent into per-head keys and values
 /// (`S·R·H·(n + v)`), which pays off only when many queries share it. Short blocks (decode
 /// steps, MTP verification blocks of 2-3 tokens: 1.5x cheaper absorbed in
-/// `benchmarks/README.md`) therefore default to absorbed, prefill to expanded (HF's numerics).
+/// `benchmarks/README.md`) therefore default to absorbed; prefill chunks to the flash-style
+/// path (online softmax over key blocks, choosing the absorbed or expanded formulation per
+/// call), which never materialises the `T x S` scores: as fast as expanded at 512-token chunks
+/// and faster beyond, in bounded memory (`benchmarks/README.md`, MLA prefill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathPolicy {
     /// Blocks of at most `short_max` tokens.
@@ -191,11 +194,11 @@ impl PathPolicy {
 }
 
 impl Default for PathPolicy {
-    /// Absorbed up to 8 tokens, expanded above.
+    /// Absorbed up to 8 tokens, flash-style above.
     fn default() -> Self {
         Self {
             short: AttentionPath::Absorbed,
-            long: AttentionPath::Expanded,
+            long: AttentionPath::Flash,
             short_max: 8,
         }
     }

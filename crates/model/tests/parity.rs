@@ -71,7 +71,7 @@ fn short_blocks_over_the_cache_match_prefill_on_both_paths() {
     let ids = case.ids("input_ids");
     let want = case.tensor("prefill.logits");
     assert_eq!(model.paths.for_tokens(3), AttentionPath::Absorbed);
-    assert_eq!(model.paths.for_tokens(9), AttentionPath::Expanded);
+    assert_eq!(model.paths.for_tokens(9), AttentionPath::Flash);
     for short in [AttentionPath::Absorbed, AttentionPath::Expanded] {
         model.paths = PathPolicy {
             short,
