@@ -30,6 +30,7 @@ use clap::Parser;
 use model::generate::{generate, GenerateOptions};
 use model::plan::expected_tensors;
 use model::precision::parse_float_dtype;
+use mla::AttentionPath;
 use model::{DeepSeek, ModelConfig, Precision};
 
 #[derive(Parser)]
@@ -56,6 +57,30 @@ struct Args {
     /// Also measure M=1 products on decode shapes: candle matmul vs the `linear` kernel, per dtype.
     #[arg(long)]
     matvec: bool,
+    /// MLA path for prefill chunks (more than 8 tokens): flash (the default), expanded or
+    /// absorbed (the last two materialise `[heads, chunk, keys]` scores).
+    #[arg(long, default_value = "flash", value_parser = parse_path)]
+    long_path: AttentionPath,
+    /// Prompt tokens per pass through the layers (the model's default chunk).
+    #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
+}
+
+fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
+    match s {
+        "flash" => Ok(AttentionPath::Flash),
+        "expanded" => Ok(AttentionPath::Expanded),
+        "absorbed" => Ok(AttentionPath::Absorbed),
+        _ => Err(format!("'{s}' is not one of flash, expanded, absorbed")),
+    }
+}
+
+/// Peak resident set of this process so far (`VmHWM`, Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The benchmark prompt: the same ids `hf_bench.py` uses.
@@ -145,7 +170,9 @@ fn main() -> Result<()> {
     }
 
     let t = Instant::now();
-    let model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
+    let mut model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
+    model.paths.long = args.long_path;
+    model.prefill_chunk = args.prefill_chunk.max(1);
     let load_secs = t.elapsed().as_secs_f64();
     let cfg = model.config().clone();
     let ids = prompt(args.prompt_len, cfg.vocab_size);
@@ -193,7 +220,8 @@ fn main() -> Result<()> {
          \"load_secs\":{load_secs:.3},\"prompt_len\":{},\"new_tokens\":{},\"prefill_secs\":{:.4},\
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
-         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"first_tokens\":{:?}}}",
+         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\
+         \"prefill_chunk\":{},\"peak_rss_bytes\":{},\"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
         gen.prompt_tokens,
@@ -201,6 +229,9 @@ fn main() -> Result<()> {
         gen.prefill_secs,
         gen.decode_secs,
         precision.matrices.as_str(),
+        args.long_path,
+        model.prefill_chunk,
+        peak_rss().unwrap_or(0),
         &gen.tokens[..gen.tokens.len().min(8)],
     );
     Ok(())
