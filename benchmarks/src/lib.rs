@@ -94,3 +94,27 @@ unsafe fn sum_avx2(xs: &[f32]) -> f32 {
     _mm256_storeu_ps(lanes.as_mut_ptr(), total);
     lanes.iter().sum::<f32>() + tail
 }
+
+/// An MLA layer of `cfg` (plain `q_proj`) with random f32 weights scaled by `1/sqrt(fan_in)`
+/// and unit norm weights: the layer the MLA benchmarks time.
+pub fn random_mla_layer(
+    cfg: &mla::MlaConfig,
+    dev: &candle_core::Device,
+) -> anyhow::Result<mla::Mla> {
+    use candle_core::{DType, Tensor};
+    let w = |o: usize, i: usize| Tensor::randn(0f32, (i as f32).powf(-0.5), (o, i), dev);
+    let (c, h) = (cfg.hidden_size, cfg.num_heads);
+    let weights = mla::MlaWeights {
+        query: mla::QueryWeights::Direct {
+            q_proj: w(h * cfg.qk_head_dim(), c)?,
+        },
+        kv_a_proj_with_mqa: w(cfg.latent_dim(), c)?,
+        kv_a_layernorm: Tensor::ones(cfg.kv_lora_rank, DType::F32, dev)?,
+        kv_b_proj: w(
+            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+            cfg.kv_lora_rank,
+        )?,
+        o_proj: w(c, h * cfg.v_head_dim)?,
+    };
+    Ok(mla::Mla::new(cfg.clone(), weights)?)
+}

@@ -12,7 +12,7 @@ use anyhow::Result;
 use benchmarks::{median_time, read_bandwidth};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use mla::{AttentionPath, KvLayout, Mla, MlaConfig, MlaWeights, QueryWeights};
+use mla::{AttentionPath, KvLayout, MlaConfig};
 use rope_yarn::RopeCache;
 
 #[derive(Parser)]
@@ -23,24 +23,6 @@ struct Args {
     /// Timed steps per measurement (median reported); long contexts use fewer.
     #[arg(long, default_value_t = 9)]
     iters: usize,
-}
-
-fn random_layer(cfg: &MlaConfig, dev: &Device) -> Result<Mla> {
-    let w = |o: usize, i: usize| Tensor::randn(0f32, (i as f32).powf(-0.5), (o, i), dev);
-    let (c, h) = (cfg.hidden_size, cfg.num_heads);
-    let weights = MlaWeights {
-        query: QueryWeights::Direct {
-            q_proj: w(h * cfg.qk_head_dim(), c)?,
-        },
-        kv_a_proj_with_mqa: w(cfg.latent_dim(), c)?,
-        kv_a_layernorm: Tensor::ones(cfg.kv_lora_rank, DType::F32, dev)?,
-        kv_b_proj: w(
-            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-            cfg.kv_lora_rank,
-        )?,
-        o_proj: w(c, h * cfg.v_head_dim)?,
-    };
-    Ok(Mla::new(cfg.clone(), weights)?)
 }
 
 /// Measured f32 GEMM throughput (FLOP/s) on a shape like the expansion's.
@@ -56,7 +38,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let cfg = MlaConfig::deepseek_v2_lite();
-    let mla = random_layer(&cfg, &dev)?;
+    let mla = benchmarks::random_mla_layer(&cfg, &dev)?;
     let (c, h, n, r, v, rk) = (
         cfg.hidden_size as f64,
         cfg.num_heads as f64,

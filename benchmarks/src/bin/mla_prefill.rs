@@ -13,12 +13,9 @@
 
 use anyhow::{bail, Result};
 use benchmarks::median_time;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::Parser;
-use mla::{
-    AttentionPath, FlashFormulation, Mla, MlaConfig, MlaWeights, QueryWeights, FLASH_KEY_BLOCK,
-    FLASH_QUERY_BLOCK,
-};
+use mla::{AttentionPath, FlashFormulation, Mla, MlaConfig, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
 use rope_yarn::RopeCache;
 
 #[derive(Parser)]
@@ -48,24 +45,6 @@ fn parse_path(name: &str) -> Result<AttentionPath> {
         "flash" => AttentionPath::Flash,
         _ => bail!("unknown path {name:?} (expanded, absorbed, flash)"),
     })
-}
-
-fn random_layer(cfg: &MlaConfig, dev: &Device) -> Result<Mla> {
-    let w = |o: usize, i: usize| Tensor::randn(0f32, (i as f32).powf(-0.5), (o, i), dev);
-    let (c, h) = (cfg.hidden_size, cfg.num_heads);
-    let weights = MlaWeights {
-        query: QueryWeights::Direct {
-            q_proj: w(h * cfg.qk_head_dim(), c)?,
-        },
-        kv_a_proj_with_mqa: w(cfg.latent_dim(), c)?,
-        kv_a_layernorm: Tensor::ones(cfg.kv_lora_rank, DType::F32, dev)?,
-        kv_b_proj: w(
-            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-            cfg.kv_lora_rank,
-        )?,
-        o_proj: w(c, h * cfg.v_head_dim)?,
-    };
-    Ok(Mla::new(cfg.clone(), weights)?)
 }
 
 /// Estimated peak attention scratch (bytes) of the last chunk, `t` tokens over `s` keys: the
@@ -136,7 +115,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let cfg = MlaConfig::deepseek_v2_lite();
-    let mla = random_layer(&cfg, &dev)?;
+    let mla = benchmarks::random_mla_layer(&cfg, &dev)?;
     let mut rope = RopeCache::new(cfg.rope);
     rope.ensure(args.prompt_len);
     let x = Tensor::randn(0f32, 1.0, (1, args.prompt_len, cfg.hidden_size), &dev)?;

@@ -27,10 +27,10 @@ use anyhow::Result;
 use benchmarks::{median_time, read_bandwidth};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
+use mla::AttentionPath;
 use model::generate::{generate, GenerateOptions};
 use model::plan::expected_tensors;
 use model::precision::parse_float_dtype;
-use mla::AttentionPath;
 use model::{DeepSeek, ModelConfig, Precision};
 
 #[derive(Parser)]
