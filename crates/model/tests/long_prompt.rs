@@ -58,7 +58,7 @@ fn a_32k_prompt_prefills_in_bounded_memory() {
     write_random_checkpoint(&config.to_string(), &dir, StoreDtype::F32, 3, |_, _, _| {}).unwrap();
     let model = DeepSeek::load(&dir, DType::F32, &Device::Cpu).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    // The defaults under test: flash-style attention for prefill chunks of 512.
+    // The defaults under test: flash-style attention for prefill chunks of 2048.
     assert_eq!(model.paths.long, AttentionPath::Flash);
     assert_eq!(model.prefill_chunk, model::DEFAULT_PREFILL_CHUNK);
     let prompt: Vec<u32> = (0..PROMPT).map(|i| (i * 7 % 61) as u32 + 2).collect();
