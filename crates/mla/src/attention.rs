@@ -394,7 +394,7 @@ impl Mla {
         let dtype = scores.dtype();
         let mut scores = (scores.to_dtype(DType::F32)? * self.softmax_scale)?;
         if t > 1 {
-            scores = scores.broadcast_add(&causal_mask(t, s, scores.device())?)?;
+            scores = scores.broadcast_add(&causal_mask(t, s, s - t, 0, scores.device())?)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
         Ok(probs.to_dtype(dtype)?)
@@ -419,13 +419,20 @@ fn check_start(start_pos: usize, len: usize) -> Result<()> {
     }
 }
 
-/// `[T, S]` additive mask: 0 where key `j <= S - T + i`, -inf elsewhere.
-fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
-    let past = s - t;
+/// `[t, len]` additive causal mask of queries at absolute positions `first_pos..first_pos + t`
+/// against keys `k0..k0 + len`: 0 where key `k0 + j <= first_pos + i`, -inf elsewhere (the
+/// whole `[T, S]` score matrix is `first_pos = S - T`, `k0 = 0`; a flash block any offsets).
+fn causal_mask(
+    t: usize,
+    len: usize,
+    first_pos: usize,
+    k0: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j <= past + i {
+            (0..len).map(move |j| {
+                if k0 + j <= first_pos + i {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -433,7 +440,7 @@ fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
             })
         })
         .collect();
-    Ok(Tensor::from_vec(mask, (t, s), device)?)
+    Ok(Tensor::from_vec(mask, (t, len), device)?)
 }
 
 /// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]`, `w` possibly narrower than `x`.

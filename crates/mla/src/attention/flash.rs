@@ -13,7 +13,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::{linear, Mla, Projected};
+use super::{causal_mask, linear, Mla, Projected};
 use crate::config::MlaConfig;
 use crate::error::Result;
 
@@ -422,7 +422,7 @@ impl Mla {
         if k0 + len - 1 <= first_pos {
             return Ok(scores); // every key visible to every query of the tile
         }
-        Ok(scores.broadcast_add(&block_mask(tile, len, first_pos, k0, device)?)?)
+        Ok(scores.broadcast_add(&causal_mask(tile, len, first_pos, k0, device)?)?)
     }
 }
 
@@ -435,26 +435,4 @@ fn tiles(t: usize) -> Vec<Tile> {
             len: FLASH_QUERY_BLOCK.min(t - first),
         })
         .collect()
-}
-
-/// `[tile, len]` additive mask: 0 where key `k0 + j <= first_pos + i`, -inf elsewhere.
-fn block_mask(
-    tile: usize,
-    len: usize,
-    first_pos: usize,
-    k0: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..tile)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if k0 + j <= first_pos + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (tile, len), device)?)
 }
