@@ -150,3 +150,12 @@ pub fn run_every_path(mla: &Mla, x: &Tensor, tol: f32) -> Vec<(String, Tensor)> 
     }
     outs
 }
+
+/// `max |t|` over all elements, in f32 (the scale relative tolerances are taken against).
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar::<f32>())
+        .expect("max abs")
+}
