@@ -15,7 +15,6 @@ forbidden_judge='^(candle-core|candle-nn|gemm|rayon|safetensors)$'
 status=0
 for dir in tests/consumers/*/; do
     name="consumer-$(basename "$dir")"
-    cargo build --locked --quiet -p "$name"
     cargo run --locked --quiet -p "$name"
     deps=$(cargo tree --locked -p "$name" -e normal --prefix none | awk '{print $1}' | sort -u)
     count=$(printf '%s\n' "$deps" | wc -l)

@@ -297,28 +297,27 @@ fn info(path: &Path) -> Result<()> {
         path.to_path_buf()
     };
     let cfg = ModelConfig::from_file(&cfg_path)?;
-    let h = &cfg;
     let (total, active) = model::plan::parameter_counts(&cfg);
     println!(
         "{}: {:?}, {} layers (+{} MTP), hidden {}, vocab {}",
         cfg_path.display(),
         cfg.arch,
-        h.num_hidden_layers,
-        h.num_nextn_predict_layers,
-        h.hidden_size,
-        h.vocab_size
+        cfg.num_hidden_layers,
+        cfg.num_nextn_predict_layers,
+        cfg.hidden_size,
+        cfg.vocab_size
     );
     println!(
         "parameters: {:.3} B total, {:.3} B active per token (MTP modules excluded)",
         total as f64 / 1e9,
         active as f64 / 1e9
     );
-    let dense: Vec<usize> = (0..h.num_hidden_layers)
+    let dense: Vec<usize> = (0..cfg.num_hidden_layers)
         .filter(|&l| !cfg.is_moe_layer(l))
         .collect();
     println!(
         "layer plan: dense FFN in layers {dense:?}, MoE in the other {}",
-        h.num_hidden_layers - dense.len()
+        cfg.num_hidden_layers - dense.len()
     );
     if let Some(m) = &cfg.moe {
         let g = &m.gate;
@@ -328,8 +327,8 @@ fn info(path: &Path) -> Result<()> {
         );
     }
     for dtype in [DType::BF16, DType::F32] {
-        let mla = mla::KvLayout::mla(&cfg.mla).bytes_per_token(h.num_hidden_layers, dtype);
-        let mha = mla::KvLayout::mha(&cfg.mla).bytes_per_token(h.num_hidden_layers, dtype);
+        let mla = mla::KvLayout::mla(&cfg.mla).bytes_per_token(cfg.num_hidden_layers, dtype);
+        let mha = mla::KvLayout::mha(&cfg.mla).bytes_per_token(cfg.num_hidden_layers, dtype);
         println!(
             "KV cache per token ({dtype:?}): MLA {mla} B, MHA would need {mha} B ({:.1}x)",
             mha as f64 / mla as f64

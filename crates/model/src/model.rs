@@ -250,16 +250,13 @@ impl DeepSeek {
     ) -> Result<Self> {
         let precision = precision.into();
         let vb = checkpoint.var_builder(precision, device);
-        let h = &config;
-        let embed_tokens =
-            candle_nn::embedding(h.vocab_size, h.hidden_size, vb.pp("model.embed_tokens"))?;
-        let layers = (0..h.num_hidden_layers)
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = candle_nn::embedding(vocab, hidden, vb.pp("model.embed_tokens"))?;
+        let layers = (0..config.num_hidden_layers)
             .map(|l| DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}"))))
             .collect::<Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(h.hidden_size, h.rms_norm_eps, vb.pp("model.norm"))?;
-        let lm_head = vb
-            .pp("lm_head")
-            .get((h.vocab_size, h.hidden_size), "weight")?;
+        let norm = candle_nn::rms_norm(hidden, config.rms_norm_eps, vb.pp("model.norm"))?;
+        let lm_head = vb.pp("lm_head").get((vocab, hidden), "weight")?;
         Ok(Self {
             config,
             embed_tokens,

@@ -139,17 +139,16 @@ impl TokenSampler for Sampler {
 /// it).
 pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
     let cfg = model.config();
-    let h = cfg;
     let vb = model
         .checkpoint()
         .var_builder(model.precision(), model.device());
-    (h.num_hidden_layers..h.num_hidden_layers + h.num_nextn_predict_layers)
+    (cfg.num_hidden_layers..cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
         .map(|layer| {
             let vb = vb.pp(format!("model.layers.{layer}"));
             let layer_weights =
                 DecoderLayer::load(cfg, layer, vb.clone()).map_err(MtpError::backend)?;
             let block = MtpBlock::new(layer_weights, model.paths);
-            MtpModule::load(vb, h.hidden_size, h.rms_norm_eps, block)
+            MtpModule::load(vb, cfg.hidden_size, cfg.rms_norm_eps, block)
         })
         .collect()
 }
