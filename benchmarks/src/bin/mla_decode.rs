@@ -1,9 +1,12 @@
-//! MLA decode-step latency, absorbed vs expanded, on a DeepSeek-V2-Lite-shaped layer
+//! MLA decode-step latency, flash vs absorbed vs expanded, on a DeepSeek-V2-Lite-shaped layer
 //! (hidden 2048, 16 heads, kv_lora_rank 512, nope 128, rope 64, v 128), f32 on CPU.
 //!
 //! For each context length the latent cache is filled directly with random values (no 32K-token
 //! prefill through attention), then one decode step (1 new token) is timed for both paths; the
-//! cache is rolled back after every step so the context stays fixed. The expanded path
+//! cache is rolled back after every step so the context stays fixed. The cache is paged
+//! ([`mla::CACHE_PAGE`] tokens per page): the flash path reads the pages in place with an
+//! online softmax (one pass over the cache); the absorbed and expanded oracle paths first join
+//! the pages into one tensor (a copy of the cache per step). The expanded path
 //! re-expands the whole latent cache through `kv_b_proj` at every step, as HF does.
 //!
 //! Run: `cargo run --release -p benchmarks --bin mla_decode`
@@ -63,12 +66,12 @@ fn main() -> Result<()> {
     let mha_bpt = KvLayout::mha(&cfg).bytes_per_token(1, DType::F32);
     println!();
     println!(
-        "| context | absorbed ms/step | expanded ms/step | expanded / absorbed | \
+        "| context | flash ms/step | absorbed ms/step | expanded ms/step | expanded / absorbed | \
          cache B/token absorbed (MLA) | expanded K/V B/token (MHA equiv.) | \
          absorbed bytes/step | absorbed GFLOP/step | absorbed bound (ms) | absorbed % of bound | \
          expanded GFLOP/step | expanded bound (ms) | expanded % of bound |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rope = RopeCache::new(cfg.rope);
     for &ctx in &args.contexts {
         let mut cache = mla.new_cache(1)?;
@@ -91,6 +94,7 @@ fn main() -> Result<()> {
             })
             .as_secs_f64()
         };
+        let t_flash = time(AttentionPath::Flash);
         let t_abs = time(AttentionPath::Absorbed);
         let t_exp = time(AttentionPath::Expanded);
         let s = (ctx + 1) as f64;
@@ -109,7 +113,8 @@ fn main() -> Result<()> {
             weight_bytes + s * (rk + r) * f32_bytes + 3.0 * s * h * (n + r + v) * f32_bytes;
         let exp_bound = (exp_bytes / bw).max(exp_flops / peak);
         println!(
-            "| {ctx} | {:.2} | {:.2} | {:.1}x | {mla_bpt} | {mha_bpt} | {:.1} MB | {:.3} | {:.2} ({}) | {:.0}% | {:.1} | {:.1} ({}) | {:.0}% |",
+            "| {ctx} | {:.2} | {:.2} | {:.2} | {:.1}x | {mla_bpt} | {mha_bpt} | {:.1} MB | {:.3} | {:.2} ({}) | {:.0}% | {:.1} | {:.1} ({}) | {:.0}% |",
+            t_flash * 1e3,
             t_abs * 1e3,
             t_exp * 1e3,
             t_exp / t_abs,

@@ -61,6 +61,10 @@ struct Args {
     /// absorbed (the last two materialise `[heads, chunk, keys]` scores).
     #[arg(long, default_value = "flash", value_parser = parse_path)]
     long_path: AttentionPath,
+    /// MLA path for decode steps and blocks of at most 8 tokens (the model's default when
+    /// not given): flash, absorbed or expanded.
+    #[arg(long, value_parser = parse_path)]
+    short_path: Option<AttentionPath>,
     /// Prompt tokens per pass through the layers (the model's default chunk).
     #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
@@ -172,6 +176,9 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let mut model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
     model.paths.long = args.long_path;
+    if let Some(short) = args.short_path {
+        model.paths.short = short;
+    }
     model.prefill_chunk = args.prefill_chunk.max(1);
     let load_secs = t.elapsed().as_secs_f64();
     let cfg = model.config().clone();
@@ -220,7 +227,7 @@ fn main() -> Result<()> {
          \"load_secs\":{load_secs:.3},\"prompt_len\":{},\"new_tokens\":{},\"prefill_secs\":{:.4},\
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
-         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\
+         \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
          \"prefill_chunk\":{},\"peak_rss_bytes\":{},\"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
@@ -230,6 +237,7 @@ fn main() -> Result<()> {
         gen.decode_secs,
         precision.matrices.as_str(),
         args.long_path,
+        model.paths.short,
         model.prefill_chunk,
         peak_rss().unwrap_or(0),
         &gen.tokens[..gen.tokens.len().min(8)],

@@ -14,13 +14,20 @@
 //!   bound by the machine's read bandwidth: its time is about `N·K·sizeof(W) / bandwidth`
 //!   (23-31 GB/s on large matrices on a 2-core AVX2 machine whose read probe gives 22-28 GB/s;
 //!   candle's CPU matmul reaches 12-14 GB/s in f32 and 0.6 GB/s in bf16 there).
-//! - **many rows** (prefill) or another device: candle's matmul, after converting the weight
-//!   to the activations' dtype when they differ.
+//! - **many rows** (prefill chunks, experts that received many tokens) on the CPU: a
+//!   register-blocked GEMM in dot-product form. A tile is four activation rows against four
+//!   weight rows; each weight vector is widened to f32 in registers once and feeds four FMAs,
+//!   and the work is blocked so a tile's activations stay in L1 and a task's weight block in
+//!   L2 (slices of 1024 along `K`). The weight is never converted as a whole: no
+//!   per-call f32 copy of the matrix, which candle's matmul needs for bf16 weights.
+//! - another device: candle's matmul, after converting the weight to the activations' dtype
+//!   when they differ.
 //!
 //! # Instruction sets
 //!
-//! The kernel has an AVX2 + FMA path (+ F16C for f16 weights) on x86-64 and a portable path
-//! for every CPU. Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
+//! The kernels have an AVX2 + FMA path (+ F16C for f16 weights, and for the GEMM), an AVX-512F
+//! GEMM (the matrix-vector kernel keeps AVX2 there: it is bound by memory, not arithmetic) on
+//! x86-64, and a portable path for every CPU. Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
 //! [`matmul_rows`] use [`Isa::detect`]; [`linear_with`] and [`matmul_rows_with`] take the
@@ -58,7 +65,7 @@ pub use spec::WeightSpec;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 /// Up to this many activation rows, CPU weights go through the matrix-vector kernel; above it,
-/// through candle's GEMM (which packs the weight once and wins on reuse).
+/// through the register-blocked GEMM (which reuses each widened weight vector four times).
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// `x · wᵀ` for `x` `[..., K]` (any float dtype) and `w` `[N, K]` (f32, bf16 or f16); the
@@ -82,7 +89,7 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let m = x.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    if m <= GEMV_MAX_ROWS && x.device().is_cpu() {
+    if x.device().is_cpu() {
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         if let Some(y) = matmul_rows_with(isa, w, &xs, m) {
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
@@ -96,10 +103,11 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.reshape((m, k))?.matmul(&w.t()?)?.reshape(out_dims)
 }
 
-/// The matrix-vector kernel on host memory: `xs` holds `m` f32 rows of length `K` (row-major),
-/// `w` is a contiguous CPU tensor `[N, K]` in f32, bf16 or f16; returns the `[m, N]` product
-/// row-major. `None` when `w` is not such a tensor (the caller falls back to a matmul). Runs on
-/// [`Isa::detect`]'s path; [`matmul_rows_with`] chooses it.
+/// The CPU kernels on host memory: `xs` holds `m` f32 rows of length `K` (row-major), `w` is
+/// a contiguous CPU tensor `[N, K]` in f32, bf16 or f16; returns the `[m, N]` product
+/// row-major, accumulated in f32. Up to [`GEMV_MAX_ROWS`] rows take the matrix-vector kernel,
+/// more rows the register-blocked GEMM. `None` when `w` is not such a tensor (the caller
+/// falls back to a matmul). Runs on [`Isa::detect`]'s path; [`matmul_rows_with`] chooses it.
 ///
 /// # Panics
 /// If `xs.len() != m · K`.
@@ -119,10 +127,17 @@ pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Ve
     let Storage::Cpu(cpu) = &*storage else {
         return None;
     };
+    fn run<W: kernel::WeightElem>(isa: Isa, w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f32> {
+        if m <= GEMV_MAX_ROWS {
+            kernel::matmul_rows(isa, w, k, xs, m)
+        } else {
+            kernel::gemm(isa, w, k, xs, m)
+        }
+    }
     Some(match cpu {
-        CpuStorage::F32(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
-        CpuStorage::BF16(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
-        CpuStorage::F16(v) => kernel::matmul_rows(isa, &v[start..end], k, xs, m),
+        CpuStorage::F32(v) => run(isa, &v[start..end], k, xs, m),
+        CpuStorage::BF16(v) => run(isa, &v[start..end], k, xs, m),
+        CpuStorage::F16(v) => run(isa, &v[start..end], k, xs, m),
         _ => return None,
     })
 }

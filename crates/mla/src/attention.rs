@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use rope_yarn::{apply_rotary, RopeCache, RopeLayout};
 
-use crate::cache::LayerCache;
+use crate::cache::{LatentKeys, LayerCache};
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
@@ -155,7 +155,8 @@ impl Mla {
         let (b, _t) = self.check_x(x)?;
         let Some(cache) = cache else {
             let p = self.project(x, start_pos, rope)?;
-            let out = self.attend(&p, &p.c_kv, &p.k_pe, path)?;
+            let keys = LatentKeys::contiguous(&p.c_kv, &p.k_pe)?;
+            let out = self.attend(&p, &keys, path)?;
             return self.output(&out);
         };
         self.check_cache(cache, b)?;
@@ -168,8 +169,7 @@ impl Mla {
         check_start(start_pos, len)?;
         let p = self.project(x, start_pos, rope)?;
         cache.append(&p.c_kv, &p.k_pe)?;
-        let (c_all, k_all) = cache.views()?;
-        let out = self.attend(&p, &c_all, &k_all, path)?;
+        let out = self.attend(&p, &cache.keys()?, path)?;
         self.output(&out)
     }
 
@@ -191,8 +191,7 @@ impl Mla {
             let start = cache.seq_len(i)?;
             let p = self.project(&x.narrow(0, i, 1)?, start, rope)?;
             cache.append_seq(i, &p.c_kv, &p.k_pe)?;
-            let (c_all, k_all) = cache.seq(i)?;
-            outs.push(self.attend(&p, &c_all, &k_all, path)?);
+            outs.push(self.attend(&p, &cache.seq_keys(i)?, path)?);
         }
         self.output(&Tensor::cat(&outs, 0)?)
     }
@@ -304,19 +303,20 @@ impl Mla {
         })
     }
 
-    /// Attention of the projected queries over all keys (`c_all` `[B, S, R]`, `k_all`
-    /// `[B, S, r]`, whose last `T` rows are the queries' own tokens); returns `[B, T, H·v]`.
-    fn attend(
-        &self,
-        p: &Projected,
-        c_all: &Tensor,
-        k_all: &Tensor,
-        path: AttentionPath,
-    ) -> Result<Tensor> {
+    /// Attention of the projected queries over all `keys` (whose last `T` are the queries'
+    /// own tokens); returns `[B, T, H·v]`. The flash path reads the keys' segments (cache
+    /// pages) in place; the oracle paths take them as one tensor each.
+    fn attend(&self, p: &Projected, keys: &LatentKeys, path: AttentionPath) -> Result<Tensor> {
         match path {
-            AttentionPath::Expanded => self.attend_expanded(p, c_all, k_all),
-            AttentionPath::Absorbed => self.attend_absorbed(p, c_all, k_all),
-            AttentionPath::Flash => self.attend_flash(p, c_all, k_all),
+            AttentionPath::Expanded => {
+                let (c_all, k_all) = keys.to_contiguous()?;
+                self.attend_expanded(p, &c_all, &k_all)
+            }
+            AttentionPath::Absorbed => {
+                let (c_all, k_all) = keys.to_contiguous()?;
+                self.attend_absorbed(p, &c_all, &k_all)
+            }
+            AttentionPath::Flash => self.attend_flash(p, keys),
         }
     }
 

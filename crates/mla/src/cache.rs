@@ -1,10 +1,14 @@
 //! The latent KV cache: only the normed `c_kv` (`R` values) and the roped shared key `k_pe`
 //! (`rope` values) per token, per layer.
 //!
-//! Storage is one preallocated buffer pair per layer, `[B, capacity, R]` and
-//! `[B, capacity, rope]`, written in place with `Tensor::slice_set`. When a write does not fit
-//! the capacity grows geometrically (at least doubling), so appending `n` tokens one by one
-//! copies `O(n)` values in total, not `O(n²)` as `Tensor::cat` on every step would.
+//! Storage is paged: each layer holds a list of pages, each a buffer pair `[B, page, R]` and
+//! `[B, page, rope]` for [`CACHE_PAGE`] tokens (by default) written in place with
+//! `Tensor::slice_set`. Growing allocates one more page and never copies what is stored, so a
+//! 128K-token cache does not move 128K tokens each time it outgrows its allocation, and peak
+//! memory is the cache plus at most one page. Attention reads the pages where they lie through
+//! [`LatentKeys`]: the flash path's key blocks are whole pages (zero-copy views); the oracle
+//! paths ask for one contiguous tensor ([`LatentKeys::to_contiguous`], a copy when the keys
+//! span pages).
 //!
 //! Each sequence of the batch has its own length. [`LayerCache::truncate`] and
 //! [`LayerCache::truncate_seq`] only move lengths back: stale rows past a length are never
@@ -16,8 +20,80 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 
-/// The smallest capacity allocated on the first write.
-const MIN_CAPACITY: usize = 16;
+/// Tokens per page of a [`LayerCache`] unless [`LayerCache::with_page_tokens`] says otherwise:
+/// equal to the flash path's key block ([`crate::FLASH_KEY_BLOCK`]), so each block it reads is
+/// one page, viewed in place.
+pub const CACHE_PAGE: usize = 512;
+
+/// The latent keys some queries attend to, in order: contiguous segments (the pages of a
+/// cache, or one tensor), each a `c_kv` `[B, len, R]` and `k_pe` `[B, len, rope]` pair.
+#[derive(Debug, Clone)]
+pub struct LatentKeys {
+    segments: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl LatentKeys {
+    /// One contiguous segment: `c_kv` `[B, S, R]` and `k_pe` `[B, S, rope]`.
+    pub fn contiguous(c_kv: &Tensor, k_pe: &Tensor) -> Result<Self> {
+        let len = c_kv.dim(1)?;
+        Ok(Self {
+            segments: vec![(c_kv.clone(), k_pe.clone())],
+            len,
+        })
+    }
+
+    /// Number of keys `S`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segments in order (pages of a cache, narrowed to the length).
+    pub fn segments(&self) -> &[(Tensor, Tensor)] {
+        &self.segments
+    }
+
+    /// Keys `start..start + len`: a view when they lie in one segment, else a copy of the
+    /// pieces joined.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        if start + len > self.len {
+            return Err(MlaError::Cache(format!(
+                "keys {start}..{} requested from {} keys",
+                start + len,
+                self.len
+            )));
+        }
+        let (mut cs, mut ks) = (vec![], vec![]);
+        let mut seg_start = 0;
+        for (c, k) in &self.segments {
+            let seg_len = c.dim(1)?;
+            let lo = start.max(seg_start);
+            let hi = (start + len).min(seg_start + seg_len);
+            if lo < hi {
+                cs.push(c.narrow(1, lo - seg_start, hi - lo)?);
+                ks.push(k.narrow(1, lo - seg_start, hi - lo)?);
+            }
+            seg_start += seg_len;
+        }
+        match (cs.len(), self.segments.first()) {
+            (1, _) => Ok((cs.remove(0), ks.remove(0))),
+            (0, Some((c, k))) => Ok((c.narrow(1, 0, 0)?, k.narrow(1, 0, 0)?)),
+            (0, None) => Err(MlaError::Cache("no key segments".into())),
+            _ => Ok((Tensor::cat(&cs, 1)?, Tensor::cat(&ks, 1)?)),
+        }
+    }
+
+    /// All keys as one `c_kv` `[B, S, R]` and `k_pe` `[B, S, rope]` (a copy when they span
+    /// several segments).
+    pub fn to_contiguous(&self) -> Result<(Tensor, Tensor)> {
+        self.narrow(0, self.len)
+    }
+}
 
 /// One layer's latent cache for a batch of sequences.
 ///
@@ -25,10 +101,10 @@ const MIN_CAPACITY: usize = 16;
 /// snapshots only until the next write to the cache.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    c_kv: Option<Tensor>,
-    k_pe: Option<Tensor>,
+    /// Pages in order: `c_kv` `[B, page, R]` and `k_pe` `[B, page, rope]`.
+    pages: Vec<(Tensor, Tensor)>,
+    page: usize,
     lens: Vec<usize>,
-    capacity: usize,
     kv_lora_rank: usize,
     rope_dim: usize,
     dtype: DType,
@@ -49,15 +125,35 @@ impl LayerCache {
             return Err(MlaError::Cache("batch must be > 0".into()));
         }
         Ok(Self {
-            c_kv: None,
-            k_pe: None,
+            pages: vec![],
+            page: CACHE_PAGE,
             lens: vec![0; batch],
-            capacity: 0,
             kv_lora_rank,
             rope_dim,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// The same empty cache with pages of `tokens` tokens (more pages of fewer tokens waste
+    /// less memory on short sequences; the flash path reads whole pages best when `tokens`
+    /// is [`crate::FLASH_KEY_BLOCK`]). An error once anything is allocated, or for 0.
+    pub fn with_page_tokens(mut self, tokens: usize) -> Result<Self> {
+        if tokens == 0 {
+            return Err(MlaError::Cache("page size must be > 0 tokens".into()));
+        }
+        if !self.pages.is_empty() {
+            return Err(MlaError::Cache(
+                "the page size can only be set before the first allocation".into(),
+            ));
+        }
+        self.page = tokens;
+        Ok(self)
+    }
+
+    /// Tokens per page.
+    pub fn page_tokens(&self) -> usize {
+        self.page
     }
 
     /// An empty cache sized for `config`.
@@ -102,9 +198,9 @@ impl LayerCache {
         self.lens.iter().all(|&l| l == 0)
     }
 
-    /// Tokens that fit without reallocating.
+    /// Tokens per sequence that fit in the pages allocated so far.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.pages.len() * self.page
     }
 
     /// Latent rank `R`.
@@ -134,28 +230,41 @@ impl LayerCache {
 
     /// Bytes allocated (capacity, all sequences).
     pub fn allocated_bytes(&self) -> usize {
-        self.batch() * self.capacity * self.bytes_per_token()
+        self.batch() * self.capacity() * self.bytes_per_token()
     }
 
-    /// Makes room for `len` tokens per sequence (grows to at least `len`, keeping contents).
+    /// Makes room for `len` tokens per sequence: allocates pages until they hold `len`,
+    /// leaving the stored ones where they are.
     pub fn reserve(&mut self, len: usize) -> Result<()> {
-        if len <= self.capacity {
-            return Ok(());
-        }
-        let new_cap = len.max(2 * self.capacity).max(MIN_CAPACITY);
         let b = self.batch();
-        let c_kv = Tensor::zeros((b, new_cap, self.kv_lora_rank), self.dtype, &self.device)?;
-        let k_pe = Tensor::zeros((b, new_cap, self.rope_dim), self.dtype, &self.device)?;
-        let used = self.lens.iter().copied().max().unwrap_or(0);
-        if let (Some(old_c), Some(old_k)) = (&self.c_kv, &self.k_pe) {
-            if used > 0 {
-                c_kv.slice_set(&old_c.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
-                k_pe.slice_set(&old_k.narrow(1, 0, used)?.contiguous()?, 1, 0)?;
-            }
+        while self.capacity() < len {
+            self.pages.push((
+                Tensor::zeros((b, self.page, self.kv_lora_rank), self.dtype, &self.device)?,
+                Tensor::zeros((b, self.page, self.rope_dim), self.dtype, &self.device)?,
+            ));
         }
-        self.c_kv = Some(c_kv);
-        self.k_pe = Some(k_pe);
-        self.capacity = new_cap;
+        Ok(())
+    }
+
+    /// Writes `c_kv` `[b, t, R]` / `k_pe` `[b, t, rope]` at token `pos` of sequences
+    /// `first..first + b`, page by page (the pages must be reserved).
+    fn write(&self, first: usize, pos: usize, c_kv: &Tensor, k_pe: &Tensor) -> Result<()> {
+        let (b, t) = (c_kv.dim(0)?, c_kv.dim(1)?);
+        let mut done = 0;
+        while done < t {
+            let at = pos + done;
+            let (page, offset) = (at / self.page, at % self.page);
+            let n = (self.page - offset).min(t - done);
+            let (pc, pk) = &self.pages[page];
+            let (pc, pk) = if b == self.batch() {
+                (pc.clone(), pk.clone())
+            } else {
+                (pc.narrow(0, first, b)?, pk.narrow(0, first, b)?)
+            };
+            pc.slice_set(&c_kv.narrow(1, done, n)?.contiguous()?, 1, offset)?;
+            pk.slice_set(&k_pe.narrow(1, done, n)?.contiguous()?, 1, offset)?;
+            done += n;
+        }
         Ok(())
     }
 
@@ -201,9 +310,7 @@ impl LayerCache {
             ))
         })?;
         self.reserve(len + t)?;
-        let (buf_c, buf_k) = self.buffers()?;
-        buf_c.slice_set(&c_kv.contiguous()?, 1, len)?;
-        buf_k.slice_set(&k_pe.contiguous()?, 1, len)?;
+        self.write(0, len, c_kv, k_pe)?;
         self.lens.iter_mut().for_each(|l| *l += t);
         Ok(())
     }
@@ -213,22 +320,9 @@ impl LayerCache {
         let len = self.seq_len(i)?;
         let t = self.check_new(c_kv, k_pe, 1)?;
         self.reserve(len + t)?;
-        let (buf_c, buf_k) = self.buffers()?;
-        buf_c
-            .narrow(0, i, 1)?
-            .slice_set(&c_kv.contiguous()?, 1, len)?;
-        buf_k
-            .narrow(0, i, 1)?
-            .slice_set(&k_pe.contiguous()?, 1, len)?;
+        self.write(i, len, c_kv, k_pe)?;
         self.lens[i] += t;
         Ok(())
-    }
-
-    fn buffers(&self) -> Result<(&Tensor, &Tensor)> {
-        match (&self.c_kv, &self.k_pe) {
-            (Some(c), Some(k)) => Ok((c, k)),
-            _ => Err(MlaError::Cache("no storage allocated".into())),
-        }
     }
 
     /// Rolls every sequence back to at most `pos` tokens (no-op for shorter ones).
@@ -248,35 +342,55 @@ impl LayerCache {
         self.truncate(0);
     }
 
-    /// The cached `c_kv` `[B, len, R]` and `k_pe` `[B, len, rope]` when every sequence holds
-    /// `len` tokens.
-    pub fn views(&self) -> Result<(Tensor, Tensor)> {
+    /// The cached keys of every sequence, in place, when all hold the same number of tokens.
+    pub fn keys(&self) -> Result<LatentKeys> {
         let len = self.uniform_len().ok_or_else(|| {
             MlaError::Cache(format!(
-                "views need equal sequence lengths, found {:?}: use seq",
+                "keys need equal sequence lengths, found {:?}: use seq_keys",
                 self.lens
             ))
         })?;
         self.range(0, self.batch(), len)
     }
 
-    /// Sequence `i`'s cached `c_kv` `[1, len_i, R]` and `k_pe` `[1, len_i, rope]`.
-    pub fn seq(&self, i: usize) -> Result<(Tensor, Tensor)> {
+    /// Sequence `i`'s cached keys, in place.
+    pub fn seq_keys(&self, i: usize) -> Result<LatentKeys> {
         let len = self.seq_len(i)?;
         self.range(i, 1, len)
     }
 
-    fn range(&self, first: usize, count: usize, len: usize) -> Result<(Tensor, Tensor)> {
-        match (&self.c_kv, &self.k_pe) {
-            (Some(c), Some(k)) => Ok((
-                c.narrow(0, first, count)?.narrow(1, 0, len)?,
-                k.narrow(0, first, count)?.narrow(1, 0, len)?,
-            )),
-            _ => Ok((
+    /// The cached `c_kv` `[B, len, R]` and `k_pe` `[B, len, rope]` when every sequence holds
+    /// `len` tokens, as one tensor each (a copy when they span pages).
+    pub fn views(&self) -> Result<(Tensor, Tensor)> {
+        self.keys()?.to_contiguous()
+    }
+
+    /// Sequence `i`'s cached `c_kv` `[1, len_i, R]` and `k_pe` `[1, len_i, rope]`, as one
+    /// tensor each (a copy when they span pages).
+    pub fn seq(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        self.seq_keys(i)?.to_contiguous()
+    }
+
+    fn range(&self, first: usize, count: usize, len: usize) -> Result<LatentKeys> {
+        let mut segments = Vec::with_capacity(len.div_ceil(self.page));
+        for (p, (c, k)) in self.pages.iter().enumerate() {
+            let start = p * self.page;
+            if start >= len {
+                break;
+            }
+            let n = self.page.min(len - start);
+            segments.push((
+                c.narrow(0, first, count)?.narrow(1, 0, n)?,
+                k.narrow(0, first, count)?.narrow(1, 0, n)?,
+            ));
+        }
+        if segments.is_empty() {
+            segments.push((
                 Tensor::zeros((count, 0, self.kv_lora_rank), self.dtype, &self.device)?,
                 Tensor::zeros((count, 0, self.rope_dim), self.dtype, &self.device)?,
-            )),
+            ));
         }
+        Ok(LatentKeys { segments, len })
     }
 
     fn bad_seq(&self, i: usize) -> MlaError {

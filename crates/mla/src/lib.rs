@@ -100,7 +100,7 @@ mod weights;
 
 pub use accounting::KvLayout;
 pub use attention::{AttentionPath, FlashFormulation, Mla, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
-pub use cache::{LatentKvCache, LayerCache};
+pub use cache::{LatentKeys, LatentKvCache, LayerCache, CACHE_PAGE};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};
 pub use weights::{MlaWeights, QueryWeights};

@@ -81,11 +81,15 @@ fn truncate_beyond_length_is_a_no_op_and_multi_layer_truncates_all() {
 }
 
 #[test]
-fn growth_is_geometric_and_keeps_contents() {
+fn growth_adds_pages_and_never_moves_stored_tokens() {
     let dev = Device::Cpu;
-    let mut cache = LayerCache::new(2, 32, 8, DType::F32, &dev).unwrap();
+    let mut cache = LayerCache::new(2, 32, 8, DType::F32, &dev)
+        .unwrap()
+        .with_page_tokens(16)
+        .unwrap();
     let mut caps = vec![];
     let mut all_c = vec![];
+    let mut early_view = None;
     for i in 0..100 {
         let c = Tensor::full(i as f32, (2, 1, 32), &dev).unwrap();
         let k = Tensor::full(-(i as f32), (2, 1, 8), &dev).unwrap();
@@ -94,9 +98,15 @@ fn growth_is_geometric_and_keeps_contents() {
         if caps.last() != Some(&cache.capacity()) {
             caps.push(cache.capacity());
         }
+        if i == 9 {
+            // A view of the first page, taken before any growth.
+            early_view = Some(cache.keys().unwrap().segments()[0].0.clone());
+        }
     }
-    // 16, 32, 64, 128: log2 reallocations, not one per token.
-    assert_eq!(caps, vec![16, 32, 64, 128]);
+    // One page of 16 tokens at a time.
+    assert_eq!(caps, (1..=7).map(|p| 16 * p).collect::<Vec<_>>());
+    let keys = cache.keys().unwrap();
+    assert_eq!((keys.len(), keys.segments().len()), (100, 7));
     let (c, k) = cache.views().unwrap();
     assert_eq!(c.dims(), &[2, 100, 32]);
     assert_eq!(max_abs_diff(&c, &Tensor::cat(&all_c, 1).unwrap()), 0.0);
@@ -108,7 +118,55 @@ fn growth_is_geometric_and_keeps_contents() {
         .to_vec1()
         .unwrap();
     assert!(k0.iter().all(|&v| v == -99.0));
-    assert_eq!(cache.allocated_bytes(), 2 * 128 * (32 + 8) * 4);
+    assert_eq!(cache.allocated_bytes(), 2 * 112 * (32 + 8) * 4);
+    // The first page is where it was: a write after all that growth shows in the old view.
+    cache.truncate(5);
+    let c = Tensor::full(1000f32, (2, 1, 32), &dev).unwrap();
+    let k = Tensor::full(0f32, (2, 1, 8), &dev).unwrap();
+    cache.append(&c, &k).unwrap();
+    let seen: f32 = early_view
+        .unwrap()
+        .narrow(1, 5, 1)
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(seen, 1000.0);
+    // Keys that straddle pages come back joined; within a page, as a view.
+    let keys = cache.keys().unwrap();
+    let (c, _) = keys.narrow(0, 6).unwrap();
+    assert_eq!(c.dims(), &[2, 6, 32]);
+    assert!(keys.narrow(3, 4).is_err());
+}
+
+#[test]
+fn every_path_over_many_small_pages_equals_one_pass() {
+    // Pages of 7 tokens, chunks of 5 then single steps: every key block of the flash path
+    // and every write straddles page boundaries somewhere.
+    let mla = random_layer(true, 0.2);
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 23, 64), &dev).unwrap();
+    for path in PATHS {
+        let mut rope = rope_for(&mla);
+        let want = mla.forward(&x, 0, &mut rope, None, path).unwrap();
+        let mut cache = mla.new_cache(2).unwrap().with_page_tokens(7).unwrap();
+        let mut outs = vec![];
+        let mut pos = 0;
+        for len in [5, 5, 5, 1, 1, 1, 5] {
+            let xi = x.narrow(1, pos, len).unwrap();
+            outs.push(
+                mla.forward(&xi, pos, &mut rope, Some(&mut cache), path)
+                    .unwrap(),
+            );
+            pos += len;
+        }
+        assert_eq!(pos, 23);
+        let got = Tensor::cat(&outs, 1).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= 1e-5, "{path:?}: {d:e}");
+        assert_eq!(cache.capacity(), 28);
+    }
 }
 
 #[test]

@@ -143,7 +143,7 @@ impl GateConfig {
         if self.n_group == 0 {
             return Err(config_err("n_group", "must be > 0"));
         }
-        if e % self.n_group != 0 {
+        if !e.is_multiple_of(self.n_group) {
             return Err(config_err(
                 "n_group",
                 format!(

@@ -54,7 +54,7 @@ impl Placement {
 /// The baseline: experts `[d * E/G, (d+1) * E/G)` on device d, no replication.
 pub fn contiguous_placement(loads: &[f64], devices: usize) -> Result<Placement> {
     let e = loads.len();
-    if devices == 0 || e % devices != 0 {
+    if devices == 0 || !e.is_multiple_of(devices) {
         return Err(config_err(
             "devices",
             format!("{e} experts do not split evenly over {devices} devices"),
@@ -79,7 +79,7 @@ pub fn contiguous_placement(loads: &[f64], devices: usize) -> Result<Placement> 
 pub fn plan_placement(loads: &[f64], opts: &PlacementOptions) -> Result<Placement> {
     let e = loads.len();
     let (r, g) = (opts.redundant_slots, opts.devices);
-    if g == 0 || (e + r) % g != 0 {
+    if g == 0 || !(e + r).is_multiple_of(g) {
         return Err(config_err(
             "devices",
             format!("{e} experts + {r} redundant slots do not split evenly over {g} devices"),
@@ -95,7 +95,7 @@ pub fn plan_placement(loads: &[f64], opts: &PlacementOptions) -> Result<Placemen
         return Ok(placement);
     };
     let (n, groups) = (ng.nodes, ng.n_group);
-    if n == 0 || groups == 0 || e % groups != 0 || groups % n != 0 || g % n != 0 || r % n != 0 {
+    if n == 0 || groups == 0 || !e.is_multiple_of(groups) || groups % n != 0 || g % n != 0 || r % n != 0 {
         return Err(config_err(
             "nodes",
             format!(

@@ -26,7 +26,7 @@ pub enum RopeLayout {
 /// cos/sin tables are f32).
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
     let dims = x.dims();
-    if dims.len() != 4 || dims[3] % 2 != 0 {
+    if dims.len() != 4 || !dims[3].is_multiple_of(2) {
         return Err(RopeError::Shape {
             what: "x",
             expected: "[batch, heads, seq, dim] with an even dim".into(),

@@ -74,7 +74,7 @@ impl RopeConfig {
 
     /// A validated configuration.
     pub fn with_scaling(dim: usize, theta: f64, scaling: RopeScaling) -> Result<Self> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             return Err(RopeError::config(
                 "dim",
                 format!("must be even and > 0, found {dim}"),

@@ -22,6 +22,9 @@ use rayon::prelude::*;
 
 use crate::Isa;
 
+pub(crate) use gemm::gemm;
+
+mod gemm;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -44,6 +47,10 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     fn dot(isa: Isa, w: &[Self], x: &[f32]) -> f32 {
         Self::dot4(isa, [w; 4], x, [w; 4])[0]
     }
+
+    /// The GEMM tile: four activation rows `a` (natural layout) against four weight rows,
+    /// `out[j][r] = Σ_i a[j][i] · w[r][i]` in f32.
+    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[Self]; 4]) -> [[f32; 4]; 4];
 
     /// The exact f32 value.
     fn widen(self) -> f32;
@@ -128,6 +135,19 @@ fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
 // no branch here re-checks the CPU; without a token the portable loop runs.
 
 impl WeightElem for f32 {
+    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512() {
+            return x86::tile_avx512(t, a, w);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::tile_avx2(t, a, w);
+        }
+        let _ = isa;
+        portable::tile(a, w)
+    }
+
     fn dot4(isa: Isa, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -152,6 +172,19 @@ impl WeightElem for f32 {
 }
 
 impl WeightElem for bf16 {
+    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[bf16]; 4]) -> [[f32; 4]; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512() {
+            return x86::tile_avx512(t, a, w);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::tile_avx2(t, a, w);
+        }
+        let _ = isa;
+        portable::tile(a, w)
+    }
+
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
         #[cfg(target_arch = "x86_64")]
         if isa.avx2_fma().is_some() {
@@ -178,6 +211,19 @@ impl WeightElem for bf16 {
 }
 
 impl WeightElem for f16 {
+    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[f16]; 4]) -> [[f32; 4]; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512() {
+            return x86::tile_avx512(t, a, w);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::tile_avx2(t, a, w);
+        }
+        let _ = isa;
+        portable::tile(a, w)
+    }
+
     fn dot4(isa: Isa, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {

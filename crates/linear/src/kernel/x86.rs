@@ -34,9 +34,26 @@ impl Avx2Fma {
     }
 }
 
+/// Proof that the CPU runs AVX-512F code besides AVX2, FMA and F16C. Made only by
+/// [`Avx2FmaF16c::with_avx512`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Avx512(Avx2FmaF16c);
+
 impl Avx2FmaF16c {
     /// The AVX2 + FMA part of the proof.
     pub(crate) fn avx2_fma(self) -> Avx2Fma {
+        self.0
+    }
+
+    /// Run-time detection of AVX-512F on top of the proven AVX2, FMA and F16C.
+    pub(crate) fn with_avx512(self) -> Option<Avx512> {
+        is_x86_feature_detected!("avx512f").then_some(Avx512(self))
+    }
+}
+
+impl Avx512 {
+    /// The AVX2 + FMA + F16C part of the proof.
+    pub(crate) fn avx2_fma_f16c(self) -> Avx2FmaF16c {
         self.0
     }
 }
@@ -157,8 +174,8 @@ unsafe fn dot_f32_avx2(w: &[f32], x: &[f32]) -> f32 {
     total
 }
 
-/// 8 weights widened to f32 (f32 and f16).
-trait Load8 {
+/// 8 weights widened to f32 in natural order.
+pub(crate) trait Load8 {
     /// # Safety
     /// `p` must point at 8 readable elements, inside a function with the needed features.
     unsafe fn load8(p: *const Self) -> __m256;
@@ -246,4 +263,142 @@ unsafe fn dot4_bf16_avx2(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32
         i += 16;
     }
     finish(w, x, lo, hi, i, len)
+}
+
+// The GEMM tiles: four activation rows against four weight rows, each weight vector widened
+// once in registers and used by all four activation rows. The weights are read in natural
+// order (no activation layout to prepare): widening bf16 costs a zero-extend and a shift per
+// vector, spread over four FMAs.
+
+/// Four activation rows `a` times four weight rows `w`: `out[j][r] = Σ_i a[j][i] · w[r][i]`.
+#[inline]
+pub(crate) fn tile_avx2<W: Load8 + WeightElem>(
+    _: Avx2FmaF16c,
+    a: [&[f32]; 4],
+    w: [&[W]; 4],
+) -> [[f32; 4]; 4] {
+    // SAFETY: the `Avx2FmaF16c` token exists, so detection found AVX2, FMA and F16C.
+    let (left, right) = unsafe { (tile8_avx2(a, [w[0], w[1]]), tile8_avx2(a, [w[2], w[3]])) };
+    std::array::from_fn(|j| [left[j][0], left[j][1], right[j][0], right[j][1]])
+}
+
+/// [`tile_avx2`] with 512-bit vectors.
+#[inline]
+pub(crate) fn tile_avx512<W: Load16 + WeightElem>(
+    _: Avx512,
+    a: [&[f32]; 4],
+    w: [&[W]; 4],
+) -> [[f32; 4]; 4] {
+    // SAFETY: the `Avx512` token exists, so detection found AVX-512F, AVX2, FMA and F16C.
+    unsafe { tile16_avx512(a, w) }
+}
+
+/// Length every row shares.
+fn tile_len<W, const R: usize>(a: &[&[f32]; 4], w: &[&[W]; R]) -> usize {
+    let la = a.iter().map(|r| r.len()).min().unwrap_or(0);
+    w.iter().map(|r| r.len()).min().unwrap_or(0).min(la)
+}
+
+/// Adds the scalar tail `from..len` of every (activation, weight) pair to `out`.
+fn tile_tail<W: WeightElem, const R: usize>(
+    a: [&[f32]; 4],
+    w: [&[W]; R],
+    from: usize,
+    len: usize,
+    out: &mut [[f32; R]; 4],
+) {
+    for (o, a) in out.iter_mut().zip(a) {
+        for (o, w) in o.iter_mut().zip(w) {
+            *o += (from..len).map(|i| w[i].widen() * a[i]).sum::<f32>();
+        }
+    }
+}
+
+/// Four activation rows against two weight rows, 8 lanes: 8 accumulators, 2 widened weight
+/// vectors and 1 activation vector live, within AVX2's 16 registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile8_avx2<W: Load8 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 2]) -> [[f32; 2]; 4] {
+    let len = tile_len(&a, &w);
+    let (pa, pw) = (a.map(|r| r.as_ptr()), w.map(|r| r.as_ptr()));
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut i = 0;
+    while i + 8 <= len {
+        let wv = [W::load8(pw[0].add(i)), W::load8(pw[1].add(i))];
+        for (acc, pa) in acc.iter_mut().zip(pa) {
+            let av = _mm256_loadu_ps(pa.add(i));
+            for (acc, wv) in acc.iter_mut().zip(wv) {
+                *acc = _mm256_fmadd_ps(wv, av, *acc);
+            }
+        }
+        i += 8;
+    }
+    let mut out = acc.map(|row| row.map(|v| hsum(v)));
+    tile_tail(a, w, i, len, &mut out);
+    out
+}
+
+/// Four activation rows against four weight rows, 16 lanes: 16 accumulators, 4 widened weight
+/// vectors and 1 activation vector live, within AVX-512's 32 registers.
+///
+/// # Safety
+/// AVX-512F, AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn tile16_avx512<W: Load16 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 4]) -> [[f32; 4]; 4] {
+    let len = tile_len(&a, &w);
+    let (pa, pw) = (a.map(|r| r.as_ptr()), w.map(|r| r.as_ptr()));
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut i = 0;
+    while i + 16 <= len {
+        let wv = pw.map(|p| W::load16(p.add(i)));
+        for (acc, pa) in acc.iter_mut().zip(pa) {
+            let av = _mm512_loadu_ps(pa.add(i));
+            for (acc, wv) in acc.iter_mut().zip(wv) {
+                *acc = _mm512_fmadd_ps(wv, av, *acc);
+            }
+        }
+        i += 16;
+    }
+    let mut out = acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)));
+    tile_tail(a, w, i, len, &mut out);
+    out
+}
+
+/// 16 weights widened to f32 in natural order, for the AVX-512 tiles.
+pub(crate) trait Load16 {
+    /// # Safety
+    /// `p` must point at 16 readable elements, inside a function with AVX-512F and F16C.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Load16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+}
+
+impl Load16 for bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16) -> __m512 {
+        let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))
+    }
+}
+
+impl Load16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+impl Load8 for bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+    }
 }

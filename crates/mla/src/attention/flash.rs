@@ -14,16 +14,18 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::{causal_mask, linear, Mla, Projected};
+use crate::cache::LatentKeys;
 use crate::config::MlaConfig;
 use crate::error::Result;
 
-/// Keys per block of the flash path. The f32 score scratch of one (tile, block) piece is
+/// Keys per block of the flash path: one page of the latent cache ([`crate::CACHE_PAGE`]),
+/// so a block is a view of a page where it lies. The f32 score scratch of one (tile, block) piece is
 /// `B·H·min(T, FLASH_QUERY_BLOCK)·FLASH_KEY_BLOCK` values: 16 MiB for V2-Lite's 16 heads,
 /// 128 MiB for V3's 128. On the V2-Lite-shaped `mla_prefill` benchmark (2,048-token prompt,
 /// quiet 2-core machine) blocks of 256, 512 and 1,024 keys ran within 8% of each other in both
 /// formulations (1,024 marginally ahead, 256 behind); 512 takes most of that for half the
 /// scratch of 1,024.
-pub const FLASH_KEY_BLOCK: usize = 512;
+pub const FLASH_KEY_BLOCK: usize = crate::cache::CACHE_PAGE;
 
 /// Query tokens per tile of the flash path. Tiling the queries lets a long cache-free prefill
 /// skip the key blocks entirely in a tile's future (half the score work of a single causal
@@ -189,21 +191,14 @@ trait Blocked {
 /// Scores and values over the latent: `q_lat · c_kvᵀ + q_pe · k_peᵀ`, `acc` over `c_kv`.
 struct AbsorbedBlocks<'a> {
     mla: &'a Mla,
-    c_all: &'a Tensor,
-    k_all: &'a Tensor,
+    keys: &'a LatentKeys,
     /// Per tile: `q_lat` `[B, H·tile, R]` and `q_pe` `[B, H·tile, r]`, contiguous.
     queries: Vec<(Tensor, Tensor)>,
     dtype: DType,
 }
 
 impl<'a> AbsorbedBlocks<'a> {
-    fn new(
-        mla: &'a Mla,
-        p: &Projected,
-        c_all: &'a Tensor,
-        k_all: &'a Tensor,
-        tiles: &[Tile],
-    ) -> Result<Self> {
+    fn new(mla: &'a Mla, p: &Projected, keys: &'a LatentKeys, tiles: &[Tile]) -> Result<Self> {
         let q_lat = mla.absorb_query(&p.q_nope)?; // [B, H, T, R]
         let (b, h, _, rk) = q_lat.dims4()?;
         let r = p.q_pe.dim(D::Minus1)?;
@@ -222,8 +217,7 @@ impl<'a> AbsorbedBlocks<'a> {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             mla,
-            c_all,
-            k_all,
+            keys,
             queries,
             dtype: q_lat.dtype(),
         })
@@ -235,10 +229,7 @@ impl Blocked for AbsorbedBlocks<'_> {
     type Block = (Tensor, Tensor);
 
     fn block(&self, k0: usize, len: usize) -> Result<Self::Block> {
-        Ok((
-            self.c_all.narrow(1, k0, len)?,
-            self.k_all.narrow(1, k0, len)?,
-        ))
+        self.keys.narrow(k0, len)
     }
 
     fn scores(&self, i: usize, (c_kv, k_pe): &Self::Block) -> Result<Tensor> {
@@ -269,21 +260,14 @@ impl Blocked for AbsorbedBlocks<'_> {
 /// the whole cache.
 struct ExpandedBlocks<'a> {
     mla: &'a Mla,
-    c_all: &'a Tensor,
-    k_all: &'a Tensor,
+    keys: &'a LatentKeys,
     /// Per tile: `[q_nope | q_pe]` `[B, H, tile, n + r]`, contiguous.
     queries: Vec<Tensor>,
     dtype: DType,
 }
 
 impl<'a> ExpandedBlocks<'a> {
-    fn new(
-        mla: &'a Mla,
-        p: &Projected,
-        c_all: &'a Tensor,
-        k_all: &'a Tensor,
-        tiles: &[Tile],
-    ) -> Result<Self> {
+    fn new(mla: &'a Mla, p: &Projected, keys: &'a LatentKeys, tiles: &[Tile]) -> Result<Self> {
         let q = Tensor::cat(&[&p.q_nope, &p.q_pe], D::Minus1)?; // [B, H, T, n+r]
         let queries = tiles
             .iter()
@@ -291,8 +275,7 @@ impl<'a> ExpandedBlocks<'a> {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             mla,
-            c_all,
-            k_all,
+            keys,
             queries,
             dtype: q.dtype(),
         })
@@ -311,16 +294,13 @@ impl Blocked for ExpandedBlocks<'_> {
             c.v_head_dim,
             c.num_heads,
         );
-        let b = self.c_all.dim(0)?;
+        let (c_kv, k_pe) = self.keys.narrow(k0, len)?;
+        let b = c_kv.dim(0)?;
         // [B, len, R] -> [B, len, H·(n+v)] -> [B, H, len, n+v]
-        let kv = linear(&self.c_all.narrow(1, k0, len)?, &self.mla.weights.kv_b_proj)?
+        let kv = linear(&c_kv, &self.mla.weights.kv_b_proj)?
             .reshape((b, len, h, n + v))?
             .transpose(1, 2)?;
-        let k_rot = self
-            .k_all
-            .narrow(1, k0, len)?
-            .unsqueeze(1)?
-            .broadcast_as((b, h, len, r))?;
+        let k_rot = k_pe.unsqueeze(1)?.broadcast_as((b, h, len, r))?;
         let keys = Tensor::cat(&[&kv.narrow(D::Minus1, 0, n)?, &k_rot], D::Minus1)?;
         let values = kv.narrow(D::Minus1, n, v)?.contiguous()?;
         Ok((keys.contiguous()?, values))
@@ -347,25 +327,21 @@ impl Blocked for ExpandedBlocks<'_> {
 }
 
 impl Mla {
-    /// The flash path: attention of the projected queries over all keys (`c_all` `[B, S, R]`,
-    /// `k_all` `[B, S, r]`, the last `T` rows being the queries' own tokens) with an online
-    /// softmax over key blocks; returns `[B, T, H·v]`.
-    pub(super) fn attend_flash(
-        &self,
-        p: &Projected,
-        c_all: &Tensor,
-        k_all: &Tensor,
-    ) -> Result<Tensor> {
-        let (t, s) = (p.q_nope.dim(2)?, c_all.dim(1)?);
+    /// The flash path: attention of the projected queries over all `keys` (the last `T`
+    /// being the queries' own tokens) with an online softmax over key blocks; returns
+    /// `[B, T, H·v]`.
+    pub(super) fn attend_flash(&self, p: &Projected, keys: &LatentKeys) -> Result<Tensor> {
+        let (t, s) = (p.q_nope.dim(2)?, keys.len());
         let tiles = tiles(t);
+        let device = p.q_nope.device();
         match self.flash_formulation(t, s) {
             FlashFormulation::Absorbed => {
-                let blocks = AbsorbedBlocks::new(self, p, c_all, k_all, &tiles)?;
-                self.online_attention(&blocks, &tiles, s, c_all.device())
+                let blocks = AbsorbedBlocks::new(self, p, keys, &tiles)?;
+                self.online_attention(&blocks, &tiles, s, device)
             }
             FlashFormulation::Expanded => {
-                let blocks = ExpandedBlocks::new(self, p, c_all, k_all, &tiles)?;
-                self.online_attention(&blocks, &tiles, s, c_all.device())
+                let blocks = ExpandedBlocks::new(self, p, keys, &tiles)?;
+                self.online_attention(&blocks, &tiles, s, device)
             }
         }
     }

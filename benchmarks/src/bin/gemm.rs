@@ -1,0 +1,92 @@
+//! Prefill-shaped products (`m` activation rows > 8) on the CPU: `linear`'s register-blocked
+//! GEMM on every kernel path this machine runs, against candle's matmul (the `gemm` crate)
+//! on the same machine in the same run, for f32 / bf16 / f16 weights.
+//!
+//! Baselines: `candle f32` is candle's matmul on a weight already held in f32 (its best case,
+//! at twice the memory of bf16); `candle convert` converts the stored weight to f32 on every
+//! call (what `linear` did for more than 8 rows before it had a GEMM). Shapes are the
+//! DeepSeek-V2-Lite projections at a 512-token chunk, and one routed expert's share of it
+//! (`512 · 6 / 64 = 48` rows). One JSON line per (shape, weight dtype, implementation).
+//!
+//! Run: `cargo run --release -p benchmarks --bin gemm`
+
+use anyhow::Result;
+use benchmarks::median_time;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use linear::Isa;
+
+#[derive(Parser)]
+struct Args {
+    /// Activation rows of the projection shapes (the chunk length).
+    #[arg(long, default_value_t = 512)]
+    rows: usize,
+    /// Timed calls per measurement (median reported), after one untimed call.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Weight dtypes to run.
+    #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16")]
+    dtypes: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dev = Device::Cpu;
+    let m = args.rows;
+    // (name, rows, out features N, in features K)
+    let shapes = [
+        ("q_proj", m, 3072, 2048),
+        ("o_proj", m, 2048, 2048),
+        ("dense_up", m, 10944, 2048),
+        ("dense_down", m, 2048, 10944),
+        ("expert_up", m * 6 / 64, 1408, 2048),
+    ];
+    println!(
+        "# cores {}, paths {:?}",
+        rayon::current_num_threads(),
+        Isa::supported()
+    );
+    for (name, rows, n, k) in shapes {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+        let w32 = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
+        let flops = 2.0 * rows as f64 * n as f64 * k as f64;
+        for dt in &args.dtypes {
+            let dtype = match dt.as_str() {
+                "f32" => DType::F32,
+                "bf16" => DType::BF16,
+                "f16" => DType::F16,
+                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16)"),
+            };
+            let w = w32.to_dtype(dtype)?;
+            let wf = w.to_dtype(DType::F32)?;
+            let report = |imp: &str, secs: f64, base: Option<f64>| {
+                let gflops = flops / secs / 1e9;
+                let ratio = base.map(|b| b / secs);
+                println!(
+                    "{{\"shape\":\"{name}\",\"m\":{rows},\"n\":{n},\"k\":{k},\"weights\":\"{dt}\",\
+                     \"impl\":\"{imp}\",\"ms\":{:.3},\"gflops\":{gflops:.1},\
+                     \"speedup_vs_candle_f32\":{}}}",
+                    secs * 1e3,
+                    ratio.map_or("null".into(), |r| format!("{r:.2}"))
+                );
+            };
+            let base =
+                median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap()).as_secs_f64();
+            report("candle f32", base, None);
+            if dtype != DType::F32 {
+                let conv = median_time(1, args.iters, || {
+                    x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                        .unwrap()
+                })
+                .as_secs_f64();
+                report("candle convert", conv, Some(base));
+            }
+            for isa in Isa::supported() {
+                let t = median_time(1, args.iters, || linear::linear_with(isa, &x, &w).unwrap())
+                    .as_secs_f64();
+                report(&format!("linear {isa}"), t, Some(base));
+            }
+        }
+    }
+    Ok(())
+}
