@@ -1,5 +1,7 @@
 //! The JSONL case files read by `eval judge` and `eval bench`: one
-//! `{"id", "kind", "gold", "response"}` object per line.
+//! `{"id", "kind", "gold", "response"}` object per line, optionally with `"policy":
+//! "careful" | "strict"` and `"think_prefilled": true` overriding the command's options
+//! for that line.
 //!
 //! ```
 //! use eval::cases::parse_case_line;
@@ -11,7 +13,7 @@
 //! assert_eq!(parse_case_line("not json", 7).unwrap_err().split(':').next(), Some("line 7"));
 //! ```
 
-use judge::{Gold, Kind};
+use judge::{AnswerPolicy, Gold, Judge, JudgeConfig, Kind};
 use serde::Deserialize;
 
 /// One line of a judge input file.
@@ -26,6 +28,33 @@ pub struct Case {
     pub gold: Gold,
     /// The model's full response.
     pub response: String,
+    /// Answer policy for this line (default: the command's).
+    #[serde(default)]
+    pub policy: Option<AnswerPolicy>,
+    /// The prompt pre-filled `<think>` (default: the command's).
+    #[serde(default)]
+    pub think_prefilled: Option<bool>,
+}
+
+impl Case {
+    /// The judge for this line: `base` with the line's overrides.
+    ///
+    /// ```
+    /// use eval::cases::parse_case_line;
+    /// use eval::{AnswerPolicy, JudgeConfig};
+    /// let line = r#"{"id": 1, "gold": "7", "response": "</think>So the total is 7.", "policy": "strict"}"#;
+    /// let case = parse_case_line(line, 1).unwrap();
+    /// let judge = case.judge(JudgeConfig::default());
+    /// assert_eq!(judge.config().policy, AnswerPolicy::Strict);
+    /// assert!(!judge.check(case.kind, &case.gold, &case.response).correct);
+    /// ```
+    pub fn judge(&self, base: JudgeConfig) -> Judge {
+        Judge::new(JudgeConfig {
+            policy: self.policy.unwrap_or(base.policy),
+            think_prefilled: self.think_prefilled.unwrap_or(base.think_prefilled),
+            ..base
+        })
+    }
 }
 
 /// Parses one JSONL case line; the error names the 1-based line number and the problem

@@ -44,4 +44,4 @@ pub mod suite;
 pub mod task;
 
 pub use judge;
-pub use judge::{Gold, Judge, JudgeConfig, JudgeError, Kind, ParseError, Verdict};
+pub use judge::{AnswerPolicy, Gold, Judge, JudgeConfig, JudgeError, Kind, ParseError, Verdict};

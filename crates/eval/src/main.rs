@@ -17,7 +17,7 @@ use eval::source::file::ResponseFile;
 use eval::source::openai::{Api, OpenAi, OpenAiConfig};
 use eval::source::ResponseSource;
 use eval::task::Task;
-use eval::Judge;
+use eval::{AnswerPolicy, JudgeConfig};
 use rayon::prelude::*;
 
 #[derive(Parser)]
@@ -106,14 +106,23 @@ enum Command {
         /// The new report.
         new: PathBuf,
     },
-    /// Judge every line of a JSONL case file; writes one verdict line per input line.
+    /// Judge every line of a JSONL case file; writes one verdict line per input line
+    /// ({"id", "correct", "extracted", "format", "format_ok"}).
     Judge {
-        /// Input JSONL: {"id", "kind", "gold", "response"} per line.
+        /// Input JSONL: {"id", "kind", "gold", "response"} per line, optionally with
+        /// "policy" and "think_prefilled" overriding the options below.
         #[arg(long)]
         input: PathBuf,
         /// Output JSONL (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Which final answers count: careful (a clear final answer, boxed or not) or
+        /// strict (only a final \boxed{} after the reasoning, R1's rule-based reward).
+        #[arg(long, default_value = "careful", value_parser = parse_policy)]
+        policy: AnswerPolicy,
+        /// The prompts pre-filled `<think>`: a response without `</think>` has no answer.
+        #[arg(long)]
+        think_prefilled: bool,
     },
     /// Time judging of a case file in process: one thread, then all cores.
     Bench {
@@ -124,6 +133,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
+}
+
+fn parse_policy(s: &str) -> Result<AnswerPolicy, String> {
+    s.parse().map_err(|e: eval::JudgeError| e.to_string())
 }
 
 fn read_text(path: &PathBuf) -> Result<String> {
@@ -192,7 +205,6 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let judge = Judge::default();
     let command = cli.command.unwrap_or(Command::Suite {
         out: PathBuf::from("eval-out/bundled"),
     });
@@ -300,7 +312,17 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Judge { input, out } => {
+        Command::Judge {
+            input,
+            out,
+            policy,
+            think_prefilled,
+        } => {
+            let base = JudgeConfig {
+                policy,
+                think_prefilled,
+                ..JudgeConfig::default()
+            };
             let text = read_text(&input)?;
             let lines: Vec<&str> = text.lines().collect();
             let cases: Vec<Result<Case, String>> = lines
@@ -313,13 +335,18 @@ fn main() -> Result<()> {
                 .enumerate()
                 .map(|(i, c)| match c {
                     Ok(case) => {
-                        let v = judge.check(case.kind, &case.gold, &case.response);
-                        serde_json::json!({"id": case.id, "correct": v.correct, "extracted": v.extracted}).to_string()
+                        let v = case.judge(base).check(case.kind, &case.gold, &case.response);
+                        serde_json::json!({
+                            "id": case.id, "correct": v.correct, "extracted": v.extracted,
+                            "format": eval::run::format_name(v.format),
+                            "format_ok": v.format.is_valid(),
+                        })
+                        .to_string()
                     }
                     Err(msg) => {
                         eprintln!("{msg}");
                         let id = raw_id(lines[i]);
-                        serde_json::json!({"id": id, "correct": false, "extracted": null}).to_string()
+                        serde_json::json!({"id": id, "correct": false, "extracted": null, "format": null, "format_ok": false}).to_string()
                     }
                 })
                 .collect();
@@ -343,7 +370,11 @@ fn main() -> Result<()> {
                 .filter_map(|(i, l)| parse_case_line(l, i + 1).ok())
                 .collect();
             let n = cases.len() * repeat;
-            let run = |c: &Case| judge.check(c.kind, &c.gold, &c.response).correct as usize;
+            let run = |c: &Case| {
+                c.judge(JudgeConfig::default())
+                    .check(c.kind, &c.gold, &c.response)
+                    .correct as usize
+            };
             let t = Instant::now();
             let mut correct = 0;
             for _ in 0..repeat {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use judge::response::{split, ThinkFormat};
-use judge::Judge;
+use judge::response::{split_with, SplitOptions, ThinkFormat};
+use judge::{Judge, JudgeConfig};
 use rayon::prelude::*;
 
 use crate::code;
@@ -66,6 +66,15 @@ pub fn format_name(f: ThinkFormat) -> &'static str {
         ThinkFormat::Unterminated => "unterminated",
         ThinkFormat::Malformed => "malformed",
     }
+}
+
+/// The judge a task's rule-based checkers use: its answer policy and `think_prefilled`.
+pub fn task_judge(task: &Task) -> Judge {
+    Judge::new(JudgeConfig {
+        policy: task.policy,
+        think_prefilled: task.think_prefilled,
+        ..JudgeConfig::default()
+    })
 }
 
 /// Gets every sample of every problem: `[problem][sample]`, `Err` for samples that
@@ -154,7 +163,10 @@ pub fn score(
     source: String,
     opts: &RunOptions,
 ) -> TaskReport {
-    let judge = Judge::default();
+    let judge = task_judge(task);
+    let split_options = SplitOptions {
+        think_prefilled: task.think_prefilled,
+    };
     let sandbox = SandboxConfig {
         python: opts.python.clone(),
         timeout: std::time::Duration::from_secs_f64(task.limits.code_timeout_s),
@@ -198,7 +210,7 @@ pub fn score(
                 SampleResult {
                     correct,
                     extracted,
-                    format: format_name(split(&text).format).into(),
+                    format: format_name(split_with(&text, split_options).format).into(),
                     chars: text.chars().count(),
                     tokens: g.completion_tokens,
                     finish_reason: g.finish_reason.clone(),

@@ -1,8 +1,9 @@
 //! Tasks as data: the YAML schema of a benchmark task.
 //!
 //! A task names its dataset (file, format, which fields hold what), the prompt template,
-//! the checker, how many samples to draw per problem and how (R1's protocol is the
-//! default: temperature 0.6, top-p 0.95, no system prompt), and its time limits. Every
+//! the checker and its answer policy (`policy: careful | strict`, `think_prefilled`),
+//! how many samples to draw per problem and how (R1's protocol is the default:
+//! temperature 0.6, top-p 0.95, no system prompt), and its time limits. Every
 //! field except `name`, `dataset.path` and `checker` has a default, listed on the field.
 //!
 //! ```
@@ -17,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use judge::Kind;
+use judge::{AnswerPolicy, Kind};
 use serde::{Deserialize, Serialize};
 
 /// The task schema version this build reads.
@@ -248,6 +249,15 @@ pub struct Task {
     pub system: Option<String>,
     /// The checker.
     pub checker: Checker,
+    /// Which final answers count for the rule-based checkers (default `careful`: a clear
+    /// final answer, boxed or not; `strict`: only a final `\boxed{}` after the
+    /// reasoning, R1's rule-based reward). See [`judge::AnswerPolicy`].
+    #[serde(default)]
+    pub policy: AnswerPolicy,
+    /// The prompt pre-fills `<think>` (R1 chat templates): text before `</think>` is
+    /// reasoning and a response without `</think>` has no answer (default `false`).
+    #[serde(default)]
+    pub think_prefilled: bool,
     /// Samples per problem, k (default 1).
     #[serde(default = "default_samples")]
     pub samples: usize,
@@ -402,6 +412,28 @@ mod tests {
             let t = Task::from_yaml_str(yaml, name).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&t.name, name);
         }
+    }
+
+    #[test]
+    fn answer_policy_fields() {
+        let t = Task::from_yaml_str(
+            "name: x\nchecker: math\ndataset: {path: a}\npolicy: strict\nthink_prefilled: true\n",
+            "p.yaml",
+        )
+        .unwrap();
+        assert_eq!(t.policy, AnswerPolicy::Strict);
+        assert!(t.think_prefilled);
+        let d =
+            Task::from_yaml_str("name: x\nchecker: math\ndataset: {path: a}\n", "d.yaml").unwrap();
+        assert_eq!(d.policy, AnswerPolicy::Careful);
+        assert!(!d.think_prefilled);
+        let e = Task::from_yaml_str(
+            "name: x\nchecker: math\ndataset: {path: a}\npolicy: lenient\n",
+            "e.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("e.yaml") && e.contains("lenient"), "{e}");
     }
 
     #[test]

@@ -34,4 +34,7 @@ pub enum JudgeError {
     /// The name of a [`crate::Kind`] is not one of `math`, `mc`, `gsm8k`, `factual`.
     #[error("unknown kind `{0}` (expected math, mc, gsm8k or factual)")]
     UnknownKind(String),
+    /// The name of an [`crate::AnswerPolicy`] is not `careful` or `strict`.
+    #[error("unknown answer policy `{0}` (expected careful or strict)")]
+    UnknownPolicy(String),
 }

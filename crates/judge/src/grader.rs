@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::choice::{extract_choice, gold_letter, Choice};
 use crate::error::JudgeError;
-use crate::extract::{anchored, last_boxed, math_answer, tail};
+use crate::extract::{anchored, final_answer, last_boxed, tail, Extraction, Place, Wanted};
 use crate::factual;
 use crate::math::{self, Expr};
-use crate::numeric::{extract_numeric, gold_value, number_value};
-use crate::response::{split, ThinkFormat};
+use crate::numeric::{gold_value, number_value};
+use crate::response::{split_with, Split, SplitOptions, ThinkFormat};
 
 /// Responses longer than this are cut to their last part before judging (the answer is
 /// at the end); see also [`crate::extract::MAX_SECTION`].
@@ -82,12 +82,72 @@ impl From<Vec<String>> for Gold {
     }
 }
 
+/// Which final answers count (math and GSM8K; multiple-choice and factual answers are
+/// extracted the same way under both).
+///
+/// Under both policies nothing from unfinished reasoning counts: an unterminated
+/// `<think>` / `<|begin_of_thought|>` (or, with [`JudgeConfig::think_prefilled`], a
+/// response without `</think>`) has no answer, and in a response without tags the answer
+/// must end the text (see [`crate::extract`]). The think-format verdict
+/// ([`Verdict::format`]) is reported separately and never changes correctness.
+///
+/// ```
+/// use judge::{AnswerPolicy, Judge, JudgeConfig, Kind};
+/// let careful = Judge::default();
+/// let strict = Judge::new(JudgeConfig { policy: AnswerPolicy::Strict, ..JudgeConfig::default() });
+/// let unboxed = "<think>3 + 4 = 7</think>So, the mean of her quiz scores is 7.";
+/// assert!(careful.check(Kind::Math, &"7".into(), unboxed).correct);
+/// assert!(!strict.check(Kind::Math, &"7".into(), unboxed).correct);
+/// let boxed = "<think>3 + 4 = 7</think>So the mean is $\\boxed{7}$.";
+/// assert!(strict.check(Kind::Math, &"7".into(), boxed).correct);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerPolicy {
+    /// The default: a clear final answer counts, boxed or not (`\\boxed{}`, `boxed{}` with
+    /// the backslash lost, `**Answer:** X`, `The final answer is X`, a closing `So, the
+    /// total is 7.`); when the summary after the reasoning gives no answer (cut off), a
+    /// final answer that ends the reasoning (`**Final Answer** \\boxed{7}`) counts; a box
+    /// followed by a different stated answer is no answer.
+    #[default]
+    Careful,
+    /// R1's rule-based accuracy reward: only the last `\\boxed{}` of the answer section
+    /// after the reasoning counts (in a response without tags, only a box that ends it).
+    Strict,
+}
+
+impl FromStr for AnswerPolicy {
+    type Err = JudgeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "careful" => Ok(AnswerPolicy::Careful),
+            "strict" => Ok(AnswerPolicy::Strict),
+            other => Err(JudgeError::UnknownPolicy(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnswerPolicy::Careful => "careful",
+            AnswerPolicy::Strict => "strict",
+        })
+    }
+}
+
 /// Options of a [`Judge`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JudgeConfig {
-    /// Give no answer to responses without a `</think>` (default `false`: a response
-    /// with no tags at all is all answer).
+    /// Give no answer to responses without a closing think tag (default `false`: a
+    /// response with no tags at all is judged as text that may end in an answer).
     pub require_think: bool,
+    /// Which final answers count (default [`AnswerPolicy::Careful`]).
+    pub policy: AnswerPolicy,
+    /// The prompt pre-filled `<think>` (R1 chat templates): text before `</think>` is
+    /// reasoning, and a response without `</think>` is unfinished reasoning with no
+    /// answer (default `false`).
+    pub think_prefilled: bool,
 }
 
 /// The outcome of one check.
@@ -136,6 +196,37 @@ impl Judge {
         Judge { config }
     }
 
+    /// The judge's options.
+    pub fn config(&self) -> JudgeConfig {
+        self.config
+    }
+
+    /// The math/GSM8K final answer of a split response under the judge's policy.
+    fn final_of(&self, parts: &Split<'_>, section: &str, place: Place, want: Wanted) -> Extraction {
+        let ex = final_answer(section, want);
+        let careful = self.config.policy == AnswerPolicy::Careful;
+        let cut = parts.answer_cut || section.trim().is_empty();
+        let reasoning = parts.reasoning;
+        match ex {
+            Extraction::Nothing | Extraction::Truncated
+                if careful && cut && place == Place::Answer && !reasoning.trim().is_empty() =>
+            {
+                // The summary after the reasoning was cut off before its answer: a
+                // final answer that ends the reasoning counts.
+                let open = Wanted {
+                    place: Place::Open,
+                    short: false,
+                    ..want
+                };
+                match final_answer(reasoning, open) {
+                    Extraction::Answer(a) => Extraction::Answer(a),
+                    _ => ex,
+                }
+            }
+            _ => ex,
+        }
+    }
+
     /// Judges `response` against `gold` with the checker for `kind`.
     ///
     /// ```
@@ -154,26 +245,57 @@ impl Judge {
         } else {
             response
         };
-        let parts = split(response);
+        let parts = split_with(
+            response,
+            SplitOptions {
+                think_prefilled: self.config.think_prefilled,
+            },
+        );
         let Some(section) = parts.answer else {
             return Verdict::none(parts.format);
         };
         if self.config.require_think && parts.format == ThinkFormat::NoTags {
             return Verdict::none(parts.format);
         }
+        let place = if parts.format == ThinkFormat::NoTags {
+            Place::Open
+        } else {
+            Place::Answer
+        };
+        let strict = self.config.policy == AnswerPolicy::Strict;
         let golds = gold.all();
         let (correct, extracted) = match kind {
             Kind::Math => {
-                let list = golds.iter().any(|g| is_list_reference(g));
-                match math_answer(section, list) {
-                    Ok(Some(ans)) => (
+                let want = Wanted {
+                    place,
+                    boxed_only: strict,
+                    list: golds.iter().any(|g| is_list_reference(g)),
+                    gsm8k: false,
+                    short: !strict,
+                };
+                match self.final_of(&parts, section, place, want).answer() {
+                    Some(ans) => (
                         golds.iter().any(|g| math::answers_match(g, &ans)),
                         Some(ans),
                     ),
-                    _ => (false, None),
+                    None => (false, None),
                 }
             }
-            Kind::Gsm8k => match extract_numeric(section) {
+            Kind::Gsm8k => match self
+                .final_of(
+                    &parts,
+                    section,
+                    place,
+                    Wanted {
+                        place,
+                        boxed_only: strict,
+                        list: false,
+                        gsm8k: true,
+                        short: !strict,
+                    },
+                )
+                .answer()
+            {
                 Some(ans) => {
                     let p = number_value(&ans);
                     let ok = p.is_some() && golds.iter().any(|g| gold_value(g) == p);
@@ -233,9 +355,13 @@ impl Judge {
         }
     }
 
-    /// GRPO format reward: 1.0 when the response follows the R1 think format.
+    /// GRPO format reward: 1.0 when the response follows the R1 think format (under
+    /// [`JudgeConfig::think_prefilled`], a response without `</think>` gets 0.0).
     pub fn format_reward(&self, response: &str) -> f32 {
-        if split(response).format.is_valid() {
+        let options = SplitOptions {
+            think_prefilled: self.config.think_prefilled,
+        };
+        if split_with(response, options).format.is_valid() {
             1.0
         } else {
             0.0

@@ -5,12 +5,14 @@
 //!
 //! A check runs in three stages, each its own module:
 //!
-//! 1. [`response`] splits the reasoning from the answer at `</think>` and gives the R1
-//!    format verdict. Answers inside the reasoning never count; an unterminated
-//!    `<think>` means no answer.
-//! 2. [`extract`] finds the final answer in the answer section: the last balanced
-//!    `\boxed{}`, then answer anchors, then task-specific tiers (GSM8K `####`, the last
-//!    number). A truncated last box is no answer.
+//! 1. [`response`] splits the reasoning from the answer at `</think>` (or the Sky-T1
+//!    `<|end_of_thought|>` / `<|begin_of_solution|>` tags) and gives the R1 format
+//!    verdict. An unterminated `<think>` means no answer, and with
+//!    [`JudgeConfig::think_prefilled`] so does a response without `</think>`.
+//! 2. [`extract`] finds the final answer under the [`AnswerPolicy`]: the last balanced
+//!    `\boxed{}` (strict), or also anchors and final statements (careful, the default).
+//!    In text that may be unfinished reasoning (no tags) an answer must end the text;
+//!    a truncated last box is no answer; there is no last-number fallback.
 //! 3. A checker per task kind compares with the reference: [`math`] (a LaTeX/plain-text
 //!    parser to an expression tree, exact rational arithmetic with bounded big integers,
 //!    evaluation at random points for symbolic identities, and structures: sets, tuples,
@@ -63,7 +65,7 @@ pub mod numeric;
 pub mod response;
 
 pub use error::{JudgeError, ParseError};
-pub use grader::{Gold, Judge, JudgeConfig, Kind, Verdict};
+pub use grader::{AnswerPolicy, Gold, Judge, JudgeConfig, Kind, Verdict};
 
 // The README's example runs as a doctest.
 #[cfg(doctest)]

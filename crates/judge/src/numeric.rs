@@ -1,14 +1,16 @@
 //! GSM8K-style numeric answers.
 //!
 //! Policy: the reference is the text after `####` when present. The prediction is the
-//! last box, else `#### N`, else an answer anchor, else the last number of the answer
-//! section. Currency signs, thousands separators, trailing units and a trailing `.0`
+//! last box, else `#### N`, an answer anchor or a final statement (`So she pays $18.`),
+//! else a short one-line answer section (see [`crate::extract`]). There is no
+//! last-number fallback: a number that is not stated as the answer never counts.
+//! Currency signs, thousands separators, trailing units and a trailing `.0`
 //! are ignored (`$1,200.00` = 1200); values compare as exact rationals, so `18.00` = 18
 //! and `0.5` = `1/2` but `33.3` != `100/3`.
 
 use num_rational::BigRational;
 
-use crate::extract::{anchored, gsm8k_hashes, last_boxed, last_number, tail};
+use crate::extract::{final_answer, gsm8k_hashes, last_number, Place, Wanted};
 use crate::math::{parse, value::exact};
 
 /// The exact value of a numeric answer such as `$1,200`, `18.00`, `-3`, `\frac{5}{2}`.
@@ -38,17 +40,17 @@ pub fn gold_value(gold: &str) -> Option<BigRational> {
     number_value(&g)
 }
 
-/// The numeric answer a response's answer section gives, as text.
+/// The numeric answer a response's answer section (after closed reasoning) gives, as
+/// text, under the careful policy.
 pub fn extract_numeric(section: &str) -> Option<String> {
-    let section = tail(section);
-    match last_boxed(section, false) {
-        Err(_) => return None,
-        Ok(Some(b)) => return Some(b),
-        Ok(None) => {}
-    }
-    gsm8k_hashes(section)
-        .or_else(|| anchored(section))
-        .or_else(|| last_number(section))
+    let want = Wanted {
+        place: Place::Answer,
+        boxed_only: false,
+        list: false,
+        gsm8k: true,
+        short: true,
+    };
+    final_answer(section, want).answer()
 }
 
 #[cfg(test)]

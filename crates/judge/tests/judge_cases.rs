@@ -74,6 +74,7 @@ fn r1_responses() {
     }
     let strict = Judge::new(JudgeConfig {
         require_think: true,
+        ..JudgeConfig::default()
     });
     assert!(
         !strict.check(Kind::Math, &"42".into(), "42").correct,

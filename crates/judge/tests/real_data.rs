@@ -34,7 +34,20 @@ fn load(name: &str) -> Option<Vec<Value>> {
 }
 
 /// MATH-500 reference solutions that the judge is known to reject, with the reason.
-const MATH500_KNOWN_FAILURES: &[(&str, &str)] = &[];
+/// (Reference solutions have no think tags, so they are judged as text that must end in
+/// its answer; a box followed by a visible change of mind is not final.)
+const MATH500_KNOWN_FAILURES: &[(&str, &str)] = &[
+    (
+        "test/precalculus/681.json",
+        "the boxed answer is followed by `Alternatively, we can plug in...`, which reads as \
+         reasoning going on",
+    ),
+    (
+        "test/intermediate_algebra/754.json",
+        "`the answer is $\\boxed{\\text{(B)}} 3(1 + r/10)^x = 7$`: stray text after the \
+         box states another value (a typo in the dataset), read as two different finals",
+    ),
+];
 
 #[test]
 fn math500_solutions_match_their_answers() {
@@ -65,7 +78,7 @@ fn math500_solutions_match_their_answers() {
         .iter()
         .filter(|(id, ..)| !MATH500_KNOWN_FAILURES.iter().any(|(k, _)| k == id))
         .collect();
-    for f in &unexplained {
+    for f in unexplained.iter().take(40) {
         eprintln!("  unexplained failure: {f:?}");
     }
     assert!(
@@ -125,7 +138,12 @@ fn gsm8k_solutions_match_their_answers() {
         rows.len() - failures.len(),
         rows.len()
     );
-    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.iter().take(10).collect::<Vec<_>>()
+    );
 }
 
 #[test]

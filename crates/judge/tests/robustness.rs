@@ -135,3 +135,28 @@ fn sixty_four_kilobyte_checks_finish_in_milliseconds() {
         t.elapsed() / 10
     );
 }
+
+#[test]
+fn long_untagged_reasoning_is_fast_and_has_no_answer() {
+    // A 30K-token chain of thought cut off by the length limit, full of statements.
+    let body = "So x is 5. Then the answer is 12 = 3 \\cdot 4, so $y = 7$. Wait, \\boxed{7} is not right. ".repeat(1_500);
+    let response = format!("{body}Now let me compute");
+    for policy in [judge::AnswerPolicy::Careful, judge::AnswerPolicy::Strict] {
+        let j = Judge::new(judge::JudgeConfig {
+            policy,
+            ..judge::JudgeConfig::default()
+        });
+        timed("untagged 130 KB", || {
+            for gold in ["5", "7", "12"] {
+                assert!(
+                    !j.check(Kind::Math, &gold.into(), &response).correct,
+                    "{gold}"
+                );
+                assert!(
+                    !j.check(Kind::Gsm8k, &gold.into(), &response).correct,
+                    "{gold}"
+                );
+            }
+        });
+    }
+}

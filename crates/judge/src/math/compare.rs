@@ -31,6 +31,10 @@
 //!     a word answer matches a single-letter variable of the same name (`\text{(C)}`
 //!     vs `C`).
 //!
+//! 12. An answer that is a chain of equations (`2 + 5 = 7`, `\binom{6}{5} = 6`,
+//!     `y(t) = e^{-t}`) is compared by its last side when the reference is not a
+//!     relation.
+//!
 //! Policy 3's dropping of the variable is not symmetric in strictness: it lets
 //! `y = 2x + 3` match `2x + 3`, which a human grader would also accept.
 
@@ -260,7 +264,14 @@ impl Comparer {
         match (g, p) {
             (Expr::Rel(..), Expr::Rel(..)) => return self.relation_eq(g, p),
             (Expr::Rel(..), _) => return var_binding(g).is_some_and(|(_, a)| self.eq(a, p)),
-            (_, Expr::Rel(..)) => return var_binding(p).is_some_and(|(_, a)| self.eq(g, a)),
+            (_, Expr::Rel(sides, ops)) => {
+                if let Some((_, a)) = var_binding(p) {
+                    return self.eq(g, a);
+                }
+                // `\boxed{2 + 5 = 7}`, `y(t) = ...`: the value after the last `=`.
+                let all_eq = ops.iter().all(|o| *o == RelOp::Eq);
+                return all_eq && sides.len() >= 2 && self.eq(g, &sides[sides.len() - 1]);
+            }
             _ => {}
         }
         // Collections.

@@ -12,7 +12,12 @@
 //! 4. `\text{...}`, `\textbf{...}`, `\mbox{...}`, `\mathrm{...}` and `\operatorname{...}`
 //!    become one text token; the parser decides whether that is a unit, a word answer
 //!    or a wrapped number.
-//! 5. Unicode `≤ ≥ ≠ π √ ∞ − × · ÷ ± °` map to their LaTeX equivalents.
+//! 5. Unicode `≤ ≥ ≠ π √ ∞ − × · ÷ ± °` map to their LaTeX equivalents; subscript
+//!    digits `₁` are `_1` and superscripts `⁻²` are `^{-2}`.
+//! 6. A number written `1.39e-10` or `2.45e6` (no spaces, nothing glued after it) is
+//!    scientific notation, `1.39 \times 10^{-10}`.
+//! 7. A Greek command glued to a letter or two (`\omegat`, `\pit`, an unknown command)
+//!    is the Greek letter times those letters.
 //!
 //! Input length and token count are bounded ([`MAX_TOKENS`]).
 
@@ -168,6 +173,19 @@ pub fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
             let (lit, next) = lex_number(s, i, depth == 0);
             out.push(Tok::Num(lit));
             i = next;
+            if let Some((sign, exp, next)) = e_notation(s, i) {
+                // `1.39e-10` is 1.39 \times 10^{-10}.
+                out.push(Tok::Cmd("times".into()));
+                out.push(Tok::Num(int_lit("10")));
+                out.push(Tok::Sym('^'));
+                out.push(Tok::Sym('{'));
+                if sign {
+                    out.push(Tok::Sym('-'));
+                }
+                out.push(Tok::Num(int_lit(exp)));
+                out.push(Tok::Sym('}'));
+                i = next;
+            }
             continue;
         }
         if c.is_ascii_alphabetic() {
@@ -252,11 +270,38 @@ pub fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
                 }
                 continue;
             }
+            if let Some((greek, rest)) = glued_greek(name) {
+                // `\omegat` (a missing space) is `\omega t`.
+                out.push(Tok::Cmd(greek.to_string()));
+                out.push(Tok::Word(rest.to_string()));
+                continue;
+            }
             out.push(Tok::Cmd(name.to_string()));
             continue;
         }
         if c >= 0x80 {
             let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+            if let Some(d) = subscript_digit(ch) {
+                // `E₁` is `E_1`.
+                out.push(Tok::Sym('_'));
+                out.push(Tok::Num(int_lit(&d.to_string())));
+                i += ch.len_utf8();
+                continue;
+            }
+            if superscript(ch).is_some() {
+                // `m⁻²` is `m^{-2}`.
+                out.push(Tok::Sym('^'));
+                out.push(Tok::Sym('{'));
+                while let Some(sc) = s[i..].chars().next().and_then(superscript) {
+                    match sc {
+                        '-' => out.push(Tok::Sym('-')),
+                        d => out.push(Tok::Num(int_lit(&d.to_string()))),
+                    }
+                    i += s[i..].chars().next().map_or(1, char::len_utf8);
+                }
+                out.push(Tok::Sym('}'));
+                continue;
+            }
             i += ch.len_utf8();
             let mapped = match ch {
                 '≤' => Tok::Cmd("le".into()),
@@ -300,6 +345,82 @@ pub fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
     Ok(out)
 }
 
+fn int_lit(digits: &str) -> NumLit {
+    NumLit {
+        int: digits.to_string(),
+        frac: String::new(),
+        rep: String::new(),
+    }
+}
+
+/// `e-10` / `E6` right after a number (no space), not followed by a letter or digit:
+/// (negative exponent, exponent digits, index after it).
+fn e_notation(s: &str, i: usize) -> Option<(bool, &str, usize)> {
+    let b = s.as_bytes();
+    if !matches!(b.get(i), Some(b'e' | b'E')) {
+        return None;
+    }
+    let mut j = i + 1;
+    let sign = match b.get(j) {
+        Some(b'-') => {
+            j += 1;
+            true
+        }
+        Some(b'+') => {
+            j += 1;
+            false
+        }
+        _ => false,
+    };
+    let start = j;
+    while j < b.len() && b[j].is_ascii_digit() {
+        j += 1;
+    }
+    let ok = j > start
+        && j - start <= 4
+        && !b
+            .get(j)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.');
+    ok.then(|| (sign, &s[start..j], j))
+}
+
+fn subscript_digit(c: char) -> Option<u32> {
+    ('₀'..='₉').contains(&c).then(|| c as u32 - '₀' as u32)
+}
+
+fn superscript(c: char) -> Option<char> {
+    Some(match c {
+        '⁰' => '0',
+        '¹' => '1',
+        '²' => '2',
+        '³' => '3',
+        '⁴' => '4',
+        '⁵' => '5',
+        '⁶' => '6',
+        '⁷' => '7',
+        '⁸' => '8',
+        '⁹' => '9',
+        '⁻' => '-',
+        _ => return None,
+    })
+}
+
+/// An unknown command that is a Greek letter (or `pi`) glued to one or two letters.
+fn glued_greek(name: &str) -> Option<(&str, &str)> {
+    const GREEK: &[&str] = &[
+        "alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "nu", "pi", "rho",
+        "sigma", "tau", "phi", "omega", "Delta", "Omega",
+    ];
+    const KNOWN: &[&str] = &["pitchfork", "nuparrow", "phantom", "mathrm", "mu"];
+    if KNOWN.contains(&name) {
+        return None;
+    }
+    GREEK.iter().find_map(|g| {
+        let rest = name.strip_prefix(g)?;
+        (!rest.is_empty() && rest.len() <= 2).then_some((*g, rest))
+    })
+}
+
 fn skip_ws_group(s: &str, mut i: usize) -> Option<(&str, usize)> {
     let b = s.as_bytes();
     while i < b.len() && b[i] == b' ' {
@@ -320,10 +441,19 @@ fn lex_number(s: &str, start: usize, top_level: bool) -> (NumLit, usize) {
     if !int.is_empty() {
         let first_group_ok = int.len() <= 3;
         loop {
-            if (b[i..].starts_with(b"{,}") || b[i..].starts_with(b",\\!")) && three_digits(b, i + 3)
+            let spaced = |k: usize| {
+                let mut k = k;
+                while b.get(k) == Some(&b' ') {
+                    k += 1;
+                }
+                k
+            };
+            if (b[i..].starts_with(b"{,}") || b[i..].starts_with(b",\\!"))
+                && three_digits(b, spaced(i + 3))
             {
-                int.push_str(&s[i + 3..i + 6]);
-                i += 6;
+                let k = spaced(i + 3);
+                int.push_str(&s[k..k + 3]);
+                i = k + 3;
             } else if b[i..].starts_with(b"\\,") && three_digits(b, i + 2) {
                 int.push_str(&s[i + 2..i + 5]);
                 i += 5;

@@ -62,6 +62,30 @@ pub fn text_form(s: &str) -> String {
         .to_lowercase()
 }
 
+/// An answer with a trailing side condition (`A = \\frac{1}{4 - w^2}, \\quad \\text{for }
+/// w^2 \\neq 4`, `x = 2 \\text{ where } x > 0`) without it.
+fn without_condition(pred: &str) -> Option<&str> {
+    let cut = [
+        "\\text{for",
+        "\\text{ for",
+        "\\text{where",
+        "\\text{ where",
+        "\\text{if",
+        "\\text{ if",
+    ]
+    .iter()
+    .filter_map(|m| pred.find(m))
+    .min()?;
+    let head = pred[..cut]
+        .trim_end()
+        .trim_end_matches("\\quad")
+        .trim_end_matches("\\qquad")
+        .trim_end()
+        .trim_end_matches([',', ';'])
+        .trim_end();
+    (!head.is_empty()).then_some(head)
+}
+
 /// Whether `pred` is an acceptable answer for the reference `gold`.
 ///
 /// ```
@@ -69,8 +93,34 @@ pub fn text_form(s: &str) -> String {
 /// assert!(answers_match("\\frac{1}{2}", "0.5"));
 /// assert!(!answers_match("\\frac{1}{3}", "0.333"));
 /// assert!(answers_match("(-\\infty, 2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,2)"));
+/// // An explicit percent sign may mean the fraction; a bare number never does.
+/// assert!(answers_match("\\frac{33}{100}", "33\\%"));
+/// assert!(answers_match("33", "33\\%"));
+/// assert!(!answers_match("0.33", "33"));
 /// ```
 pub fn answers_match(gold: &str, pred: &str) -> bool {
+    if plain_match(gold, pred) {
+        return true;
+    }
+    // An explicit percent sign: `33\%` is also 33/100 (but `33` is never `0.33`).
+    let as_fraction = |s: &str| {
+        let t = s.trim().trim_end_matches(['.', ' ', '$']);
+        let t = t.strip_suffix("\\%").or_else(|| t.strip_suffix('%'))?;
+        (!t.trim().is_empty() && !t.contains('%')).then(|| format!("\\frac{{{t}}}{{100}}"))
+    };
+    match (as_fraction(gold), as_fraction(pred)) {
+        (None, Some(p)) => plain_match(gold, &p),
+        (Some(g), None) => plain_match(&g, pred),
+        _ => false,
+    }
+}
+
+fn plain_match(gold: &str, pred: &str) -> bool {
+    if let Some(p) = without_condition(pred) {
+        if plain_match(gold, p) {
+            return true;
+        }
+    }
     let (g, p) = (normalise_latex(gold), normalise_latex(pred));
     if g.is_empty() || p.is_empty() {
         return false;

@@ -150,6 +150,36 @@ const UNIT_WORDS: &[&str] = &[
     "kilometers",
     "grams",
     "gram",
+    "mol",
+    "mole",
+    "moles",
+    "rad",
+    "Hz",
+    "kHz",
+    "MHz",
+    "GHz",
+    "nm",
+    "eV",
+    "keV",
+    "MeV",
+    "GeV",
+    "kJ",
+    "kcal",
+    "cal",
+    "kPa",
+    "atm",
+    "mL",
+    "bits",
+    "parsec",
+    "parsecs",
+    "kpc",
+    "Mpc",
+    "erg",
+    "ergs",
+    "joules",
+    "watts",
+    "volts",
+    "kelvin",
 ];
 
 const GREEK: &[&str] = &[
@@ -212,11 +242,19 @@ fn func_by_name(name: &str) -> Option<Func> {
 
 fn is_unit_text(t: &str) -> bool {
     let t = t.trim();
+    // Compound units (`m/s`, `kg m^2`, `kcal m⁻² yr⁻¹`, `J·s`) start with a letter.
     !t.is_empty()
         && t.len() <= 40
         && t.chars()
-            .all(|c| c.is_alphabetic() || c == ' ' || c == '.' || c == '-')
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '°')
+        && t.chars()
+            .all(|c| c.is_alphabetic() || c.is_ascii_digit() || " .-/^·⁻²³°{}".contains(c))
         && !matches!(t, "and" | "or")
+}
+
+fn is_ordinal(t: &str) -> bool {
+    matches!(t.trim(), "th" | "st" | "nd" | "rd")
 }
 
 struct Parser {
@@ -461,7 +499,23 @@ impl Parser {
                     factors.push(Expr::Div(Box::new(n), Box::new(d)));
                 }
                 Some(Tok::Sym('%' | '$')) => self.pos += 1,
-                Some(Tok::Cmd(c)) if c == "circ" || c == "degree" => self.pos += 1,
+                Some(Tok::Cmd(c)) if c == "circ" || c == "degree" => {
+                    self.pos += 1;
+                    // `700°C`
+                    if matches!(self.peek(), Some(Tok::Word(w)) if matches!(w.as_str(), "C" | "F" | "K"))
+                    {
+                        self.pos += 1;
+                    }
+                }
+                // `84.01 g/mol`: a letter over a unit word is a compound unit.
+                Some(Tok::Word(w))
+                    if w.len() == 1
+                        && self.peek_at(1) == Some(&Tok::Sym('/'))
+                        && matches!(self.peek_at(2), Some(Tok::Word(u)) if UNIT_WORDS.contains(&u.as_str()) && u.len() > 1)
+                        && self.peek_at(3).is_none() =>
+                {
+                    self.pos += 3;
+                }
                 Some(Tok::Text(t)) if is_unit_text(t) => {
                     self.pos += 1;
                     self.skip_unit_power();
@@ -511,6 +565,18 @@ impl Parser {
                 }
                 Some(Tok::Sym('{'))
                     if matches!(self.peek_at(1), Some(Tok::Cmd(c)) if c == "circ")
+                        && self.peek_at(2) == Some(&Tok::Sym('}')) =>
+                {
+                    self.pos += 3;
+                    Ok(base)
+                }
+                // `12^{\mathrm{th}}`, `1^{st}`: an ordinal suffix, not a power.
+                Some(Tok::Text(t) | Tok::Word(t)) if is_ordinal(t) => {
+                    self.pos += 1;
+                    Ok(base)
+                }
+                Some(Tok::Sym('{'))
+                    if matches!(self.peek_at(1), Some(Tok::Text(t) | Tok::Word(t)) if is_ordinal(t))
                         && self.peek_at(2) == Some(&Tok::Sym('}')) =>
                 {
                     self.pos += 3;
@@ -839,10 +905,12 @@ impl Parser {
             return Ok(letter_var(w));
         }
         if n == 2 {
-            // `xy` is x times y.
-            return Ok(Expr::Mul(
-                w.chars().map(|c| letter_var(&c.to_string())).collect(),
-            ));
+            // `xy` is x times y; the second letter stays a token so that a power binds
+            // to it alone (`ce^{-2x}` is c e^{-2x}).
+            let first = w.chars().next().map(|c| c.to_string()).unwrap_or_default();
+            self.pos -= 1;
+            self.toks[self.pos] = Tok::Word(w[first.len()..].to_string());
+            return Ok(letter_var(&first));
         }
         Err(ParseError::UnknownWord(w.to_string()))
     }
@@ -883,6 +951,14 @@ impl Parser {
             }
             "sqrt" => self.sqrt(),
             "boxed" | "fbox" | "overline" | "underline" | "hat" | "vec" => self.arg(),
+            // `\dot{x}` is the variable x' (a different name from x).
+            "dot" | "ddot" => match self.arg()? {
+                Expr::Var(v) => Ok(Expr::Var(format!(
+                    "{v}{}",
+                    if c == "dot" { "'" } else { "''" }
+                ))),
+                _ => Err(ParseError::Unexpected(format!("\\{c}"))),
+            },
             "pi" => Ok(Expr::Const(Const::Pi)),
             "infty" | "infinity" => Ok(Expr::Const(Const::Inf)),
             "emptyset" | "varnothing" => Ok(Expr::Set(Vec::new())),
@@ -1030,7 +1106,7 @@ impl Parser {
 fn starts_implicit(t: &Tok) -> bool {
     match t {
         Tok::Num(_) | Tok::Begin(_) => true,
-        Tok::Sym(c) => matches!(c, '(' | '{'),
+        Tok::Sym(c) => matches!(c, '(' | '{' | '['),
         Tok::Word(w) => !matches!(w.as_str(), "and" | "or" | "U"),
         Tok::Cmd(c) => {
             matches!(

@@ -172,7 +172,7 @@ pub fn pow(b: &BigRational, x: &BigRational) -> Option<BigRational> {
 
 fn exact_root(b: &BigRational, q: u32) -> Option<BigRational> {
     if b.is_negative() {
-        if q % 2 == 0 {
+        if q.is_multiple_of(2) {
             return None;
         }
         return exact_root(&-b, q).map(|r| -r);
