@@ -24,8 +24,8 @@ struct Args {
     /// Timed calls per measurement (median reported), after one untimed call.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Weight dtypes to run.
-    #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16")]
+    /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format).
+    #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16,fp8")]
     dtypes: Vec<String>,
 }
 
@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         ("o_proj", m, 2048, 2048),
         ("dense_up", m, 10944, 2048),
         ("dense_down", m, 2048, 10944),
-        ("expert_up", m * 6 / 64, 1408, 2048),
+        ("expert_up", (m * 6 / 64).max(1), 1408, 2048),
     ];
     println!(
         "# cores {}, paths {:?}",
@@ -51,24 +51,31 @@ fn main() -> Result<()> {
         let w32 = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let flops = 2.0 * rows as f64 * n as f64 * k as f64;
         for dt in &args.dtypes {
+            if dt == "fp8" {
+                let w = quantize_fp8(&w32)?;
+                let wf = w.dequantize()?;
+                let base = median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap())
+                    .as_secs_f64();
+                print_row(name, rows, n, k, dt, "candle f32 (dequantised)", base, flops, None);
+                for isa in Isa::supported() {
+                    let t = median_time(1, args.iters, || {
+                        linear::linear_fp8_with(isa, &x, &w).unwrap()
+                    })
+                    .as_secs_f64();
+                    print_row(name, rows, n, k, dt, &format!("linear {isa}"), t, flops, Some(base));
+                }
+                continue;
+            }
             let dtype = match dt.as_str() {
                 "f32" => DType::F32,
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
-                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16)"),
+                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8)"),
             };
             let w = w32.to_dtype(dtype)?;
             let wf = w.to_dtype(DType::F32)?;
             let report = |imp: &str, secs: f64, base: Option<f64>| {
-                let gflops = flops / secs / 1e9;
-                let ratio = base.map(|b| b / secs);
-                println!(
-                    "{{\"shape\":\"{name}\",\"m\":{rows},\"n\":{n},\"k\":{k},\"weights\":\"{dt}\",\
-                     \"impl\":\"{imp}\",\"ms\":{:.3},\"gflops\":{gflops:.1},\
-                     \"speedup_vs_candle_f32\":{}}}",
-                    secs * 1e3,
-                    ratio.map_or("null".into(), |r| format!("{r:.2}"))
-                );
+                print_row(name, rows, n, k, dt, imp, secs, flops, base)
             };
             let base =
                 median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap()).as_secs_f64();
@@ -89,4 +96,53 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One JSON line.
+#[allow(clippy::too_many_arguments)]
+fn print_row(
+    name: &str,
+    rows: usize,
+    n: usize,
+    k: usize,
+    dt: &str,
+    imp: &str,
+    secs: f64,
+    flops: f64,
+    base: Option<f64>,
+) {
+    let gflops = flops / secs / 1e9;
+    let ratio = base.map(|b| b / secs);
+    println!(
+        "{{\"shape\":\"{name}\",\"m\":{rows},\"n\":{n},\"k\":{k},\"weights\":\"{dt}\",\
+         \"impl\":\"{imp}\",\"ms\":{:.3},\"gflops\":{gflops:.1},\
+         \"speedup_vs_candle_f32\":{}}}",
+        secs * 1e3,
+        ratio.map_or("null".into(), |r| format!("{r:.2}"))
+    );
+}
+
+/// `w` in DeepSeek's format: per 128 x 128 block, `scale = max|w| / 448` and
+/// `q = e4m3(w / scale)`.
+fn quantize_fp8(w: &Tensor) -> Result<linear::Fp8Matrix> {
+    let (n, k) = w.dims2()?;
+    let (bn, bk) = linear::FP8_BLOCK;
+    let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    let (sn, sk) = (n.div_ceil(bn), k.div_ceil(bk));
+    let mut scale = vec![0f32; sn * sk];
+    for r in 0..n {
+        for c in 0..k {
+            let s = &mut scale[(r / bn) * sk + c / bk];
+            *s = s.max(v[r * k + c].abs() / 448.0);
+        }
+    }
+    let q: Vec<float8::F8E4M3> = (0..n * k)
+        .map(|i| {
+            let s = scale[(i / k / bn) * sk + (i % k) / bk].max(f32::MIN_POSITIVE);
+            float8::F8E4M3::from_f32(v[i] / s)
+        })
+        .collect();
+    let q = Tensor::from_vec(q, (n, k), w.device())?;
+    let scale = Tensor::from_vec(scale, (sn, sk), w.device())?;
+    Ok(linear::Fp8Matrix::new(q, &scale, (bn, bk))?)
 }

@@ -53,11 +53,13 @@
 
 #![deny(missing_docs)]
 
+mod fp8;
 mod huge_pages;
 mod isa;
 mod kernel;
 mod spec;
 
+pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
 pub use huge_pages::advise_huge_pages;
 pub use isa::Isa;
 pub use spec::WeightSpec;
@@ -129,9 +131,9 @@ pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Ve
     };
     fn run<W: kernel::WeightElem>(isa: Isa, w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f32> {
         if m <= GEMV_MAX_ROWS {
-            kernel::matmul_rows(isa, w, k, xs, m)
+            kernel::matmul_rows(isa, w, k, xs, m, None)
         } else {
-            kernel::gemm(isa, w, k, xs, m)
+            kernel::gemm(isa, w, k, xs, m, None)
         }
     }
     Some(match cpu {

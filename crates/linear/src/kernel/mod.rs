@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 
+use float8::F8E4M3;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -61,12 +62,15 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
 const TASK_BYTES: usize = 256 << 10;
 
 /// `[N, K]` weights `w` times `m` rows `xs` `[m, K]` → `[m, N]`, with the kernels of `isa`.
+/// With `scales`, row `r`'s products over each block of `K` are multiplied by that block's
+/// scale ([`BlockScales`]).
 pub(crate) fn matmul_rows<W: WeightElem>(
     isa: Isa,
     w: &[W],
     k: usize,
     xs: &[f32],
     m: usize,
+    scales: Option<&BlockScales>,
 ) -> Vec<f32> {
     let n = w.len().checked_div(k).unwrap_or(0);
     if n == 0 || m == 0 {
@@ -82,7 +86,9 @@ pub(crate) fn matmul_rows<W: WeightElem>(
     out_t
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
-        .for_each(|(out, rows)| {
+        .enumerate()
+        .for_each(|(task, (out, rows))| {
+            let first_row = task * rows_per_task;
             let n_quads = rows.len() / (4 * k);
             let mut quads = rows.chunks_exact(4 * k);
             let mut outs = out.chunks_exact_mut(4 * m);
@@ -97,15 +103,28 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                 };
                 for (j, x) in xs.iter().enumerate() {
                     let next = if j == 0 { next } else { r };
-                    for (q, v) in W::dot4(isa, r, x, next).into_iter().enumerate() {
+                    let sums = match scales {
+                        None => W::dot4(isa, r, x, next),
+                        Some(s) => s.sum4(first_row + 4 * qi, k, |span| {
+                            let next = next.map(|w| &w[span.clone()]);
+                            W::dot4(isa, r.map(|w| &w[span.clone()]), &x[span], next)
+                        }),
+                    };
+                    for (q, v) in sums.into_iter().enumerate() {
                         o[q * m + j] = v;
                     }
                 }
             }
             let rest = outs.into_remainder().chunks_exact_mut(m);
-            for (o, row) in rest.zip(quads.remainder().chunks_exact(k)) {
+            let first_rest = first_row + 4 * n_quads;
+            for (i, (o, row)) in rest.zip(quads.remainder().chunks_exact(k)).enumerate() {
                 for (o, x) in o.iter_mut().zip(&xs) {
-                    *o = W::dot(isa, row, x);
+                    *o = match scales {
+                        None => W::dot(isa, row, x),
+                        Some(s) => s.sum1(first_rest + i, k, |span| {
+                            W::dot(isa, &row[span.clone()], &x[span])
+                        }),
+                    };
                 }
             }
         });
@@ -119,6 +138,50 @@ pub(crate) fn matmul_rows<W: WeightElem>(
         }
     }
     out
+}
+
+/// Per-block scales of a block-quantised weight (for weight types whose
+/// [`WeightElem::prepare`] is the identity, so a span of `x` lines up with the same span of a
+/// row): `W[r, c] = q[r, c] · scale[r / rows, c / cols]`
+/// with `scale` row-major `[ceil(N / rows), ceil(K / cols)]`. The kernels sum the products of
+/// each `cols`-wide block of `K` unscaled, then multiply the block's sum by its scale in f32.
+pub(crate) struct BlockScales<'a> {
+    pub scale: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl BlockScales<'_> {
+    /// The scale of weight row `r` over block `kb` of `K` (`k` elements long).
+    pub(crate) fn at(&self, r: usize, kb: usize, k: usize) -> f32 {
+        self.scale[(r / self.rows) * k.div_ceil(self.cols) + kb]
+    }
+
+    /// `Σ_kb scale(r0 + q, kb) · part(kb's span)[q]` for the four rows `r0..r0 + 4`.
+    fn sum4(
+        &self,
+        r0: usize,
+        k: usize,
+        mut part: impl FnMut(std::ops::Range<usize>) -> [f32; 4],
+    ) -> [f32; 4] {
+        let mut out = [0f32; 4];
+        for (kb, lo) in (0..k).step_by(self.cols).enumerate() {
+            let sums = part(lo..(lo + self.cols).min(k));
+            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
+                *o += v * self.at(r0 + q, kb, k);
+            }
+        }
+        out
+    }
+
+    /// [`BlockScales::sum4`] for one row.
+    fn sum1(&self, r: usize, k: usize, mut part: impl FnMut(std::ops::Range<usize>) -> f32) -> f32 {
+        (0..k)
+            .step_by(self.cols)
+            .enumerate()
+            .map(|(kb, lo)| part(lo..(lo + self.cols).min(k)) * self.at(r, kb, k))
+            .sum()
+    }
 }
 
 /// The first four rows of length `k` in `rows`.
@@ -238,6 +301,63 @@ impl WeightElem for f16 {
     }
 }
 
+/// e4m3fn (OCP FP8, DeepSeek's format) decoded exactly: 1 sign, 4 exponent (bias 7) and 3
+/// mantissa bits; exponent 0 is subnormal (`m · 2⁻⁹`); `S.1111.111` is NaN; no infinities
+/// (`S.1111.110` is ±448).
+pub(crate) const fn e4m3_to_f32(bits: u8) -> f32 {
+    let sign = if bits & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = ((bits >> 3) & 0xf, bits & 7);
+    if e == 0xf && m == 7 {
+        return f32::NAN;
+    }
+    let mag = if e == 0 {
+        m as f32 / 512.0
+    } else {
+        // (8 + m) · 2^(e - 10), built from its bits: exponent e - 7 + 127, mantissa m << 20.
+        f32::from_bits(((e as u32 + 120) << 23) | ((m as u32) << 20))
+    };
+    sign * mag
+}
+
+/// [`e4m3_to_f32`] of every byte, for the scalar loops.
+static E4M3: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = e4m3_to_f32(i as u8);
+        i += 1;
+    }
+    t
+};
+
+impl WeightElem for F8E4M3 {
+    fn dot4(isa: Isa, w: [&[F8E4M3]; 4], x: &[f32], next: [&[F8E4M3]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::dot4_e4m3(t, w, x, next);
+        }
+        let _ = (isa, next);
+        portable::dot4(w, x)
+    }
+
+    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[F8E4M3]; 4]) -> [[f32; 4]; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512() {
+            return x86::tile_avx512(t, a, w);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::tile_avx2(t, a, w);
+        }
+        let _ = isa;
+        portable::tile(a, w)
+    }
+
+    fn widen(self) -> f32 {
+        E4M3[self.to_bits() as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +392,7 @@ mod tests {
         let want = reference(&widened, k, xs, m);
         let scale: f64 = (k as f64).sqrt();
         for isa in Isa::supported() {
-            let got = matmul_rows(isa, &w, k, xs, m);
+            let got = matmul_rows(isa, &w, k, xs, m, None);
             assert_eq!(got.len(), want.len());
             for (g, e) in got.iter().zip(&want) {
                 assert!(
@@ -332,13 +452,24 @@ mod tests {
     }
 
     #[test]
+    fn e4m3_table_is_the_definition() {
+        for b in 0..=255u8 {
+            let (ours, theirs) = (E4M3[b as usize], F8E4M3::from_bits(b).to_f32());
+            assert!(
+                ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+                "{b:#04x}: {ours} vs {theirs}"
+            );
+        }
+    }
+
+    #[test]
     fn many_tasks_cover_every_row() {
         // Enough rows that the work is split into several rayon tasks of unequal last size.
         let (n, k) = (5000, 70);
         let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32).collect();
         let xs = vec![1f32; k];
         for isa in Isa::supported() {
-            let out = matmul_rows(isa, &w, k, &xs, 1);
+            let out = matmul_rows(isa, &w, k, &xs, 1, None);
             for (r, v) in out.iter().enumerate() {
                 let want: f32 = (0..k).map(|c| ((r * k + c) % 13) as f32).sum();
                 assert_eq!(*v, want, "{isa} row {r}");

@@ -8,6 +8,7 @@
 //! Generic bodies are `inline(always)` so that they, and the intrinsics in them, are compiled
 //! inside each `#[target_feature]` entry point (the pattern `memchr` uses).
 
+use float8::F8E4M3;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -78,6 +79,25 @@ pub(crate) fn dot4_f16(_: Avx2FmaF16c, w: [&[f16]; 4], x: &[f32], next: [&[f16];
     // SAFETY: the `Avx2FmaF16c` token exists, so `Avx2Fma::detect` found AVX2 and FMA and
     // `Avx2Fma::with_f16c` found F16C.
     unsafe { dot4_f16_avx2(w, x, next) }
+}
+
+/// Four e4m3 rows against `x`, prefetching `next`.
+#[inline]
+pub(crate) fn dot4_e4m3(
+    _: Avx2FmaF16c,
+    w: [&[F8E4M3]; 4],
+    x: &[f32],
+    next: [&[F8E4M3]; 4],
+) -> [f32; 4] {
+    // SAFETY: the `Avx2FmaF16c` token exists, so detection found AVX2, FMA and F16C.
+    unsafe { dot4_e4m3_avx2(w, x, next) }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_e4m3_avx2(w: [&[F8E4M3]; 4], x: &[f32], next: [&[F8E4M3]; 4]) -> [f32; 4] {
+    dot4_widening(w, x, next)
 }
 
 /// Four bf16 rows against `x`, prefetching `next`. `x` must be laid out by
@@ -335,9 +355,42 @@ unsafe fn tile8_avx2<W: Load8 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 2]) -> [[f
         }
         i += 8;
     }
-    let mut out = acc.map(|row| row.map(|v| hsum(v)));
+    let [a0, a1, a2, a3] = acc;
+    let [s0, s1] = [
+        hsum4([a0[0], a0[1], a1[0], a1[1]]),
+        hsum4([a2[0], a2[1], a3[0], a3[1]]),
+    ];
+    let mut out = [
+        [s0[0], s0[1]],
+        [s0[2], s0[3]],
+        [s1[0], s1[1]],
+        [s1[2], s1[3]],
+    ];
     tile_tail(a, w, i, len, &mut out);
     out
+}
+
+/// The horizontal sums of four 8-lane vectors at once (three `hadd`s and one add, instead of
+/// four separate reductions).
+#[inline(always)]
+unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+    let ab = _mm256_hadd_ps(v[0], v[1]);
+    let cd = _mm256_hadd_ps(v[2], v[3]);
+    let abcd = _mm256_hadd_ps(ab, cd); // per 128-bit half: partial sums of a, b, c, d
+    let sums = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+    let mut out = [0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), sums);
+    out
+}
+
+/// [`hsum4`] of four 16-lane vectors: each folded to 8 lanes first.
+#[inline(always)]
+unsafe fn hsum4_512(v: [__m512; 4]) -> [f32; 4] {
+    hsum4(v.map(|x| {
+        let lo = _mm512_castps512_ps256(x);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+        _mm256_add_ps(lo, hi)
+    }))
 }
 
 /// Four activation rows against four weight rows, 16 lanes: 16 accumulators, 4 widened weight
@@ -361,7 +414,7 @@ unsafe fn tile16_avx512<W: Load16 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 4]) ->
         }
         i += 16;
     }
-    let mut out = acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)));
+    let mut out = acc.map(|row| hsum4_512(row));
     tile_tail(a, w, i, len, &mut out);
     out
 }
@@ -400,5 +453,53 @@ impl Load8 for bf16 {
     unsafe fn load8(p: *const bf16) -> __m256 {
         let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
         _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+    }
+}
+
+/// e4m3 → f16 bits, lane by lane (16-bit lanes holding one byte each): the 7 magnitude bits
+/// shifted into the f16 exponent and mantissa (`<< 7`) are the value divided by 2⁸ exactly,
+/// normal and subnormal alike (f16's exponent bias is 8 more than e4m3's, and an e4m3
+/// subnormal lands on an f16 subnormal with the same ratio); the sign moves to bit 15, and
+/// `S.1111.111` gets the f16 exponent all ones (NaN). The caller multiplies by 2⁸ after
+/// widening to f32.
+macro_rules! e4m3_to_f16_bits {
+    ($w:expr, $and:ident, $or:ident, $slli:ident, $cmpeq:ident, $set1:ident) => {{
+        let w = $w;
+        let mag = $and(w, $set1(0x7f));
+        let sign = $slli::<8>($and(w, $set1(0x80)));
+        let nan = $and($cmpeq(mag, $set1(0x7f)), $set1(0x7c00));
+        $or($or($slli::<7>(mag), sign), nan)
+    }};
+}
+
+impl Load8 for F8E4M3 {
+    #[inline(always)]
+    unsafe fn load8(p: *const F8E4M3) -> __m256 {
+        let w = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
+        let h = e4m3_to_f16_bits!(
+            w,
+            _mm_and_si128,
+            _mm_or_si128,
+            _mm_slli_epi16,
+            _mm_cmpeq_epi16,
+            _mm_set1_epi16
+        );
+        _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
+    }
+}
+
+impl Load16 for F8E4M3 {
+    #[inline(always)]
+    unsafe fn load16(p: *const F8E4M3) -> __m512 {
+        let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+        let h = e4m3_to_f16_bits!(
+            w,
+            _mm256_and_si256,
+            _mm256_or_si256,
+            _mm256_slli_epi16,
+            _mm256_cmpeq_epi16,
+            _mm256_set1_epi16
+        );
+        _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
     }
 }

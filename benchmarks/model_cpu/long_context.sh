@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Prefill at several prompt lengths and decode after them (issue 14): this workspace's `model`
+# crate vs HF transformers 5.23 (bf16) vs llama.cpp (bf16 GGUF), on the same random
+# V2-Lite-shaped 4-layer checkpoint, in the same run, with each process's peak RSS
+# (`/usr/bin/time`). Prints a Markdown table.
+#
+# Usage: benchmarks/model_cpu/long_context.sh
+# Environment:
+#   PROMPTS        prompt lengths                   (default "512 2048 8192")
+#   NEW_TOKENS     tokens generated after each prompt (default 32: decode at that context)
+#   PYTHON         a python with torch and transformers==5.23.0 (default: run.sh's .venv,
+#                  made on first use); PYTHONPATH passes through. HF_SKIP=1 skips HF.
+#   LLAMA_BENCH    llama.cpp's llama-bench binary, and
+#   GGUF           the checkpoint converted to a bf16 GGUF (../shared/notes/anchors.md says
+#                  how); llama.cpp is skipped when either is unset.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+PROMPTS="${PROMPTS:-512 2048 8192}"
+NEW_TOKENS="${NEW_TOKENS:-32}"
+ckpt="$here/ckpt"
+out="$here/results"
+mkdir -p "$out"
+res="$out/long_context.jsonl"
+: > "$res"
+
+cd "$root"
+cargo build --release -q -p model -p benchmarks
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [ ! -f "$ckpt/model.safetensors.index.json" ]; then
+    rm -rf "$ckpt"
+    "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$ckpt" --dtype bf16 --seed 0
+fi
+if [ "${HF_SKIP:-0}" != 1 ] && [ -z "${PYTHON:-}" ]; then
+    if ! "$here/.venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
+        python3 -m venv "$here/.venv"
+        "$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
+    fi
+    PYTHON="$here/.venv/bin/python"
+fi
+
+# Runs a command, appending its last stdout line (JSON) with "peak_rss_bytes" from
+# /usr/bin/time to the results.
+measure() {
+    local log="$out/lc_$1.log"
+    shift
+    /usr/bin/time -f "RSS_KB %M" -o "$log.rss" "$@" > "$log" 2>"$log.err" || {
+        echo "failed: $* (see $log.err)" >&2
+        return 0
+    }
+    python3 - "$log" "$log.rss" >> "$res" <<'PY'
+import json, sys
+line = [l for l in open(sys.argv[1]) if l.strip().startswith(("{", "["))][-1]
+rss = int(open(sys.argv[2]).read().split("RSS_KB")[1].split()[0]) * 1024
+row = json.loads(line)
+rows = row if isinstance(row, list) else [row]
+for r in rows:
+    r["peak_rss_bytes"] = max(r.get("peak_rss_bytes") or 0, rss)
+    print(json.dumps(r))
+PY
+}
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), \
+SIMD: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|avx512fp16|amx_bf16)$' | xargs)"
+echo "== load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+for p in $PROMPTS; do
+    echo "== prompt $p"
+    measure "ours_$p" "$bin/model_decode" --model "$ckpt" --dtype f32 --matrices bf16 \
+        --prompt-len "$p" --new-tokens "$NEW_TOKENS"
+    if [ "${HF_SKIP:-0}" != 1 ]; then
+        measure "hf_$p" "$PYTHON" "$here/hf_bench.py" --model "$ckpt" --dtype bf16 \
+            --prompt-len "$p" --new-tokens "$NEW_TOKENS" --threads 2 --experts-implementation eager
+    fi
+    if [ -n "${LLAMA_BENCH:-}" ] && [ -n "${GGUF:-}" ]; then
+        # pp: prefill of p tokens; tg: NEW_TOKENS decode steps after p tokens of context.
+        measure "llama_pp_$p" "$LLAMA_BENCH" -m "$GGUF" -t 2 -r 1 -p "$p" -n 0 -o json
+        measure "llama_tg_$p" "$LLAMA_BENCH" -m "$GGUF" -t 2 -r 1 -p 0 -n "$NEW_TOKENS" -d "$p" -o json
+    fi
+done
+echo "== load after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+python3 "$here/long_context_table.py" "$res"

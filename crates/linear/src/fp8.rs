@@ -1,0 +1,153 @@
+//! FP8 weights as DeepSeek-V3/R1 ship them: e4m3 values with one f32 scale per block.
+//!
+//! `W[r, c] = e4m3(q[r, c]) · scale_inv[r / bn, c / bk]` (the checkpoint's `weight` and
+//! `weight_scale_inv`, blocks of `bn x bk` = 128 x 128; edge blocks may be partial). The
+//! kernels keep the byte per weight: each e4m3 value is widened exactly to f32 in registers
+//! (through its f16 bit pattern: the value over 2⁸, then `x 2⁸`), the products over one block of
+//! `K` are summed in f32, and the sum is multiplied by the block's scale. That equals HF's
+//! f32 dequantisation (`q.to(f32) * scale`, then the matmul) up to f32 summation order:
+//! `Σ_c x·(q·s) = s·Σ_c x·q` exactly in real arithmetic.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use float8::F8E4M3;
+
+use crate::kernel::{self, BlockScales};
+use crate::{Isa, GEMV_MAX_ROWS};
+
+/// DeepSeek's FP8 block size: 128 x 128.
+pub const FP8_BLOCK: (usize, usize) = (128, 128);
+
+/// A matrix `[N, K]` of e4m3 values with per-block f32 scales, kept as shipped.
+#[derive(Debug, Clone)]
+pub struct Fp8Matrix {
+    q: Tensor,
+    scale_inv: Tensor,
+    scales: Vec<f32>,
+    block: (usize, usize),
+}
+
+impl Fp8Matrix {
+    /// `q` `[N, K]` in [`DType::F8E4M3`] and `scale_inv` `[ceil(N / bn), ceil(K / bk)]` (any
+    /// float dtype; read as f32) for blocks `block = (bn, bk)`. Errors name what does not fit.
+    pub fn new(q: Tensor, scale_inv: &Tensor, block: (usize, usize)) -> Result<Self> {
+        let (n, k) = q.dims2()?;
+        if q.dtype() != DType::F8E4M3 {
+            candle_core::bail!("fp8 weight: expected dtype F8E4M3, found {:?}", q.dtype());
+        }
+        let (bn, bk) = block;
+        if bn == 0 || bk == 0 {
+            candle_core::bail!("fp8 weight: block sizes must be > 0, found {bn} x {bk}");
+        }
+        let want = (n.div_ceil(bn), k.div_ceil(bk));
+        if scale_inv.dims2()? != want {
+            candle_core::bail!(
+                "weight_scale_inv: expected {:?} for a [{n}, {k}] weight in {bn} x {bk} blocks, found {:?}",
+                [want.0, want.1],
+                scale_inv.dims()
+            );
+        }
+        let scale_inv = scale_inv.to_dtype(DType::F32)?;
+        let scales = scale_inv.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            q: q.contiguous()?,
+            scale_inv,
+            scales,
+            block,
+        })
+    }
+
+    /// `[N, K]`.
+    pub fn dims(&self) -> (usize, usize) {
+        self.q.dims2().expect("checked at construction")
+    }
+
+    /// The block size `(bn, bk)`.
+    pub fn block(&self) -> (usize, usize) {
+        self.block
+    }
+
+    /// The e4m3 values `[N, K]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.q
+    }
+
+    /// The f32 scales `[ceil(N / bn), ceil(K / bk)]`.
+    pub fn scale_inv(&self) -> &Tensor {
+        &self.scale_inv
+    }
+
+    /// Bytes a product reads: one per weight plus the scales.
+    pub fn bytes(&self) -> usize {
+        self.q.elem_count() + 4 * self.scales.len()
+    }
+
+    /// The dequantised f32 matrix `W[r, c] = q[r, c] · scale_inv[r / bn, c / bk]` (what HF
+    /// computes at load; the oracle of the kernels).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let (n, k) = self.dims();
+        let (bn, bk) = self.block;
+        let dev = self.q.device();
+        let rows: Vec<u32> = (0..n).map(|r| (r / bn) as u32).collect();
+        let cols: Vec<u32> = (0..k).map(|c| (c / bk) as u32).collect();
+        let scale = self
+            .scale_inv
+            .index_select(&Tensor::new(rows, dev)?, 0)?
+            .index_select(&Tensor::new(cols, dev)?, 1)?;
+        self.q.to_dtype(DType::F32)? * scale
+    }
+}
+
+/// `x · Wᵀ` for `x` `[..., K]` and an FP8 `w`; the result has `x`'s dtype, computed in f32.
+/// On the CPU the kernels read the bytes as stored ([`Isa::detect`]'s path); elsewhere `w` is
+/// dequantised first.
+pub fn linear_fp8(x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
+    linear_fp8_with(Isa::detect(), x, w)
+}
+
+/// [`linear_fp8`] on the kernel path `isa`.
+pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
+    let (n, k) = w.dims();
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "linear_fp8: input {dims:?} does not end in the weight's in-features {k} (weight [{n}, {k}])"
+        );
+    }
+    let m = x.elem_count() / k;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    if x.device().is_cpu() && w.q.device().is_cpu() {
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (storage, layout) = w.q.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F8E4M3(v)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let y = matmul_fp8(isa, &v[start..end], k, &w.scales, w.block, &xs, m);
+            return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
+        }
+    }
+    let wf = w.dequantize()?.to_dtype(x.dtype())?;
+    x.reshape((m, k))?.matmul(&wf.t()?)?.reshape(out_dims)
+}
+
+/// The kernels on host memory: `[m, N]` row-major.
+fn matmul_fp8(
+    isa: Isa,
+    q: &[F8E4M3],
+    k: usize,
+    scales: &[f32],
+    (rows, cols): (usize, usize),
+    xs: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    let scales = BlockScales {
+        scale: scales,
+        rows,
+        cols,
+    };
+    if m <= GEMV_MAX_ROWS {
+        kernel::matmul_rows(isa, q, k, xs, m, Some(&scales))
+    } else {
+        kernel::gemm(isa, q, k, xs, m, Some(&scales))
+    }
+}

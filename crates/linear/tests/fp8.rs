@@ -1,0 +1,238 @@
+//! FP8 (e4m3, block scales) products against an f64 oracle, on every kernel path this machine
+//! runs, both regimes (matrix-vector and GEMM), with partial edge blocks and every e4m3 value.
+
+use candle_core::{DType, Device, Tensor};
+use float8::F8E4M3;
+use linear::{Fp8Matrix, Isa};
+
+/// e4m3fn by its definition, in f64: `(-1)^s · 2^(e-7) · (1 + m/8)`, subnormals
+/// `(-1)^s · 2^-6 · m/8`, `S.1111.111` NaN.
+fn e4m3_f64(b: u8) -> f64 {
+    let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = (((b >> 3) & 0xf) as i32, (b & 7) as f64);
+    if e == 15 && m == 7.0 {
+        return f64::NAN;
+    }
+    s * if e == 0 {
+        2f64.powi(-6) * m / 8.0
+    } else {
+        2f64.powi(e - 7) * (1.0 + m / 8.0)
+    }
+}
+
+#[test]
+fn candle_decodes_every_e4m3_value_exactly() {
+    // The dequantising oracle (`Fp8Matrix::dequantize`) goes through candle's F8E4M3 -> f32.
+    let bytes: Vec<F8E4M3> = (0..=255u8).map(F8E4M3::from_bits).collect();
+    let t = Tensor::from_vec(bytes, 256, &Device::Cpu).unwrap();
+    let v: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    for (b, got) in v.into_iter().enumerate() {
+        let want = e4m3_f64(b as u8);
+        assert!(
+            (want.is_nan() && got.is_nan()) || got as f64 == want,
+            "byte {b:#04x}: {got} vs {want}"
+        );
+    }
+    assert_eq!(e4m3_f64(0x7e), 448.0);
+    assert_eq!(e4m3_f64(0xfe), -448.0);
+    assert_eq!(e4m3_f64(0x01), 2f64.powi(-9));
+    assert_eq!(e4m3_f64(0x80), 0.0);
+}
+
+/// Pseudo-random finite e4m3 bytes (NaN encodings avoided; every other byte appears).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let b = (s >> 24) as u8;
+            if b & 0x7f == 0x7f {
+                b ^ 1
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+struct Case {
+    w: Fp8Matrix,
+    q: Vec<u8>,
+    scale: Vec<f32>,
+    n: usize,
+    k: usize,
+    block: (usize, usize),
+}
+
+fn case(n: usize, k: usize, block: (usize, usize), seed: u64) -> Case {
+    let dev = Device::Cpu;
+    let q = bytes(n * k, seed);
+    let (sn, sk) = (n.div_ceil(block.0), k.div_ceil(block.1));
+    // Scales of the magnitude DeepSeek's have (e4m3 max 448 over the block's max |w|).
+    let scale: Vec<f32> = (0..sn * sk)
+        .map(|i| 1e-4 * (1.0 + (i as f32 * 0.37).sin().abs()))
+        .collect();
+    let qt = Tensor::from_vec(
+        q.iter().map(|&b| F8E4M3::from_bits(b)).collect::<Vec<_>>(),
+        (n, k),
+        &dev,
+    )
+    .unwrap();
+    let st = Tensor::from_vec(scale.clone(), (sn, sk), &dev).unwrap();
+    Case {
+        w: Fp8Matrix::new(qt, &st, block).unwrap(),
+        q,
+        scale,
+        n,
+        k,
+        block,
+    }
+}
+
+/// `Σ_c x[j, c] · e4m3(q[r, c]) · scale[r / bn, c / bk]` in f64, and `Σ |terms|` (the scale
+/// of the f32 rounding error).
+fn oracle(c: &Case, xs: &[f32], m: usize) -> Vec<(f64, f64)> {
+    let sk = c.k.div_ceil(c.block.1);
+    let mut out = vec![(0.0, 0.0); m * c.n];
+    for j in 0..m {
+        for r in 0..c.n {
+            let (mut sum, mut abs) = (0f64, 0f64);
+            for col in 0..c.k {
+                let s = c.scale[(r / c.block.0) * sk + col / c.block.1] as f64;
+                let term = xs[j * c.k + col] as f64 * e4m3_f64(c.q[r * c.k + col]) * s;
+                sum += term;
+                abs += term.abs();
+            }
+            out[j * c.n + r] = (sum, abs);
+        }
+    }
+    out
+}
+
+fn check(c: &Case, m: usize) {
+    let dev = Device::Cpu;
+    let xs: Vec<f32> = (0..m * c.k)
+        .map(|i| (i as f32 * 0.613).sin() * 3.0)
+        .collect();
+    let x = Tensor::from_vec(xs.clone(), (m, c.k), &dev).unwrap();
+    let want = oracle(c, &xs, m);
+    for isa in Isa::supported() {
+        let y: Vec<f32> = linear::linear_fp8_with(isa, &x, &c.w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (i, (g, (e, abs))) in y.iter().zip(&want).enumerate() {
+            // f32 summation: error within a few ulps of the sum of |terms|.
+            assert!(
+                (*g as f64 - e).abs() <= 1e-6 * abs + 1e-30,
+                "{isa}: [{}, {}] {g} vs {e} (n {}, k {}, block {:?}, m {m})",
+                i / c.n,
+                i % c.n,
+                c.n,
+                c.k,
+                c.block
+            );
+        }
+    }
+}
+
+#[test]
+fn deepseek_blocks_with_partial_edges_in_both_regimes() {
+    // 128 x 128 blocks; N and K not multiples of 128 (partial last row and column blocks).
+    let c = case(300, 333, (128, 128), 1);
+    for m in [1, 3, 8, 9, 20] {
+        check(&c, m);
+    }
+}
+
+#[test]
+fn small_odd_blocks_in_both_regimes() {
+    // Blocks that do not divide the SIMD widths, tiles or tasks: every boundary misaligned.
+    for (n, k, block, seed) in [
+        (37, 53, (5, 7), 2),
+        (9, 200, (3, 33), 3),
+        (64, 17, (64, 17), 4),
+    ] {
+        let c = case(n, k, block, seed);
+        for m in [1, 2, 7, 12] {
+            check(&c, m);
+        }
+    }
+}
+
+#[test]
+fn nan_encodings_propagate_on_every_path() {
+    let dev = Device::Cpu;
+    for nan in [0x7fu8, 0xff] {
+        let (n, k) = (8, 40);
+        let mut q = vec![0x38u8; n * k]; // 1.0
+        q[3 * k + 17] = nan; // row 3 holds one NaN
+        let qt = Tensor::from_vec(
+            q.into_iter().map(F8E4M3::from_bits).collect::<Vec<_>>(),
+            (n, k),
+            &dev,
+        )
+        .unwrap();
+        let w = Fp8Matrix::new(
+            qt,
+            &Tensor::ones((1, 1), DType::F32, &dev).unwrap(),
+            (128, 128),
+        )
+        .unwrap();
+        for m in [1, 10] {
+            let x = Tensor::ones((m, k), DType::F32, &dev).unwrap();
+            for isa in Isa::supported() {
+                let y: Vec<Vec<f32>> = linear::linear_fp8_with(isa, &x, &w)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                for row in &y {
+                    assert!(row[3].is_nan(), "{isa} m {m}: {row:?}");
+                    assert!(row.iter().enumerate().all(|(r, v)| r == 3 || *v == 40.0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_the_dequantised_matmul_and_rejects_bad_shapes() {
+    let dev = Device::Cpu;
+    let c = case(130, 257, (128, 128), 9);
+    let x = Tensor::randn(0f32, 1.0, (2, 5, 257), &dev).unwrap();
+    let y = linear::linear_fp8(&x, &c.w).unwrap();
+    assert_eq!(y.dims(), &[2, 5, 130]);
+    let want = x
+        .broadcast_matmul(&c.w.dequantize().unwrap().t().unwrap())
+        .unwrap();
+    let d: f32 = (y - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(d < 1e-4, "{d}");
+    assert_eq!(c.w.bytes(), 130 * 257 + 4 * 2 * 3);
+
+    let q = c.w.weight().clone();
+    let bad = Tensor::ones((1, 3), DType::F32, &dev).unwrap();
+    let err = Fp8Matrix::new(q.clone(), &bad, (128, 128)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("weight_scale_inv: expected [2, 3]"),
+        "{err}"
+    );
+    let err = Fp8Matrix::new(q.to_dtype(DType::F32).unwrap(), &bad, (128, 128)).unwrap_err();
+    assert!(err.to_string().contains("F8E4M3"), "{err}");
+    let err =
+        linear::linear_fp8(&Tensor::ones((1, 3), DType::F32, &dev).unwrap(), &c.w).unwrap_err();
+    assert!(err.to_string().contains("in-features 257"), "{err}");
+}
