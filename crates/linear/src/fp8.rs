@@ -148,6 +148,6 @@ fn matmul_fp8(
     if m <= GEMV_MAX_ROWS {
         kernel::matmul_rows(isa, q, k, xs, m, Some(&scales))
     } else {
-        kernel::gemm(isa, q, k, xs, m, Some(&scales))
+        kernel::gemm(q, k, xs, m, Some(&scales))
     }
 }

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "x86_64")]
 use crate::kernel::x86;
 
-/// A kernel path for the matrix products: the SIMD instruction sets they may use.
+/// A kernel path for the matrix-vector product: the SIMD instruction sets it may use. (The
+/// GEMM regime runs the `gemm` crate, which dispatches on the CPU by itself.)
 ///
 /// Obtain one with [`Isa::detect`] (the best path this CPU runs, detected once per process),
 /// [`Isa::portable`] (plain Rust, every CPU) or [`Isa::supported`] (every path this CPU
@@ -31,10 +32,6 @@ enum Path {
     /// AVX2 + FMA + F16C: every weight dtype.
     #[cfg(target_arch = "x86_64")]
     Avx2FmaF16c(x86::Avx2FmaF16c),
-    /// AVX-512F on top of AVX2 + FMA + F16C: the GEMM uses 512-bit tiles; the matrix-vector
-    /// kernel, bound by memory rather than arithmetic, keeps the AVX2 code.
-    #[cfg(target_arch = "x86_64")]
-    Avx512(x86::Avx512),
 }
 
 impl Isa {
@@ -70,21 +67,10 @@ impl Isa {
         self.0 == Path::Portable
     }
 
-    /// Whether this path uses AVX-512F (true only after detection found it).
-    pub fn has_avx512(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self.avx512().is_some() {
-            return true;
-        }
-        false
-    }
-
-    /// A short name: `"avx512f"`, `"avx2+fma+f16c"`, `"avx2+fma"` or `"portable"`.
+    /// A short name: `"avx2+fma+f16c"`, `"avx2+fma"` or `"portable"`.
     pub fn name(self) -> &'static str {
         match self.0 {
             Path::Portable => "portable",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512(_) => "avx512f",
             #[cfg(target_arch = "x86_64")]
             Path::Avx2Fma(_) => "avx2+fma",
             #[cfg(target_arch = "x86_64")]
@@ -99,7 +85,6 @@ impl Isa {
             Path::Portable => None,
             Path::Avx2Fma(t) => Some(t),
             Path::Avx2FmaF16c(t) => Some(t.avx2_fma()),
-            Path::Avx512(t) => Some(t.avx2_fma_f16c().avx2_fma()),
         }
     }
 
@@ -108,17 +93,7 @@ impl Isa {
     pub(crate) fn avx2_fma_f16c(self) -> Option<x86::Avx2FmaF16c> {
         match self.0 {
             Path::Avx2FmaF16c(t) => Some(t),
-            Path::Avx512(t) => Some(t.avx2_fma_f16c()),
             Path::Portable | Path::Avx2Fma(_) => None,
-        }
-    }
-
-    /// The AVX-512F proof, when this path has one.
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn avx512(self) -> Option<x86::Avx512> {
-        match self.0 {
-            Path::Avx512(t) => Some(t),
-            _ => None,
         }
     }
 
@@ -130,8 +105,6 @@ impl Isa {
             Path::Avx2Fma(_) => Some(Isa::portable()),
             #[cfg(target_arch = "x86_64")]
             Path::Avx2FmaF16c(t) => Some(Isa(Path::Avx2Fma(t.avx2_fma()))),
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512(t) => Some(Isa(Path::Avx2FmaF16c(t.avx2_fma_f16c()))),
         }
     }
 }
@@ -141,10 +114,7 @@ fn detect_uncached() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = x86::Avx2Fma::detect() {
         return Isa(match avx2.with_f16c() {
-            Some(t) => match t.with_avx512() {
-                Some(t) => Path::Avx512(t),
-                None => Path::Avx2FmaF16c(t),
-            },
+            Some(t) => Path::Avx2FmaF16c(t),
             None => Path::Avx2Fma(avx2),
         });
     }
@@ -184,12 +154,10 @@ mod tests {
         let avx2 = std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma");
         let f16c = std::arch::is_x86_feature_detected!("f16c");
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        let want = match (avx2, f16c, avx512) {
-            (false, _, _) => "portable",
-            (true, false, _) => "avx2+fma",
-            (true, true, false) => "avx2+fma+f16c",
-            (true, true, true) => "avx512f",
+        let want = match (avx2, f16c) {
+            (false, _) => "portable",
+            (true, false) => "avx2+fma",
+            (true, true) => "avx2+fma+f16c",
         };
         assert_eq!(Isa::detect().name(), want);
     }

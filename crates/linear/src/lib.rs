@@ -14,20 +14,20 @@
 //!   bound by the machine's read bandwidth: its time is about `N·K·sizeof(W) / bandwidth`
 //!   (23-31 GB/s on large matrices on a 2-core AVX2 machine whose read probe gives 22-28 GB/s;
 //!   candle's CPU matmul reaches 12-14 GB/s in f32 and 0.6 GB/s in bf16 there).
-//! - **many rows** (prefill chunks, experts that received many tokens) on the CPU: a
-//!   register-blocked GEMM in dot-product form. A tile is four activation rows against four
-//!   weight rows; each weight vector is widened to f32 in registers once and feeds four FMAs,
-//!   and the work is blocked so a tile's activations stay in L1 and a task's weight block in
-//!   L2 (slices of 1024 along `K`). The weight is never converted as a whole: no
-//!   per-call f32 copy of the matrix, which candle's matmul needs for bf16 weights.
+//! - **many rows** (prefill chunks, experts that received many tokens) on the CPU: the `gemm`
+//!   crate's f32 GEMM (the kernel behind candle's CPU matmul) over blocks of weight rows, each
+//!   widened exactly to f32 (FP8: times its block scale) by the rayon task that multiplies it,
+//!   into a ~1 MiB buffer that stays in cache. No call converts or copies the whole matrix,
+//!   which candle's matmul needs for bf16 weights (a full f32 copy per call); measured at the
+//!   speed of candle's matmul on a weight already held in f32 (`benchmarks/README.md`).
 //! - another device: candle's matmul, after converting the weight to the activations' dtype
 //!   when they differ.
 //!
 //! # Instruction sets
 //!
-//! The kernels have an AVX2 + FMA path (+ F16C for f16 weights, and for the GEMM), an AVX-512F
-//! GEMM (the matrix-vector kernel keeps AVX2 there: it is bound by memory, not arithmetic) on
-//! x86-64, and a portable path for every CPU. Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
+//! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
+//! and a portable path for every CPU. (The GEMM regime's arithmetic is the `gemm` crate's,
+//! which picks its own microkernels at run time.) Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
 //! [`matmul_rows`] use [`Isa::detect`]; [`linear_with`] and [`matmul_rows_with`] take the
@@ -133,7 +133,7 @@ pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Ve
         if m <= GEMV_MAX_ROWS {
             kernel::matmul_rows(isa, w, k, xs, m, None)
         } else {
-            kernel::gemm(isa, w, k, xs, m, None)
+            kernel::gemm(w, k, xs, m, None)
         }
     }
     Some(match cpu {

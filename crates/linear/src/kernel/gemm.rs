@@ -1,33 +1,47 @@
 //! The GEMM for more than [`crate::GEMV_MAX_ROWS`] activation rows (prefill chunks, experts
 //! that received many tokens): `out[j, r] = Σ_c x[j, c] · W[r, c]`.
 //!
-//! Dot-product form, register-blocked: a tile is four activation rows against four weight
-//! rows ([`WeightElem::tile`]); each weight vector is widened to f32 once in registers and
-//! feeds four FMAs, one per activation row. Nothing is packed or converted ahead: the weight
-//! stays in its stored dtype and layout (`[N, K]`, the checkpoint's), so no call converts a
-//! whole matrix and formats with blocks along `K` (FP8 block scales, 8/4-bit blocks) fit the
-//! same loop.
-//!
-//! Blocking: rayon tasks own contiguous blocks of weight rows, and walk `K` in slices of
-//! [`K_BLOCK`]: within a slice, the four activation rows of a tile (16 KiB at most) stay in L1
-//! while every weight quad of the block passes by, and the block's slice stays in L2 while all
-//! activation rows pass over it. Partial sums of each slice are added to the output.
+//! The arithmetic is the `gemm` crate's f32 kernel (the one candle's CPU matmul runs: packed,
+//! cache-blocked, runtime-dispatched microkernels, at the machine's FMA peak on the shapes
+//! measured in `benchmarks/README.md`). What this module adds is the weight format: rayon
+//! tasks each take a block of weight rows, widen it to f32 (exactly: bf16/f16/e4m3, times the
+//! block scale for FP8) into a buffer that stays in L2, and run the product of all activation
+//! rows with that block into their columns of the output. No call converts or copies the
+//! whole matrix; the widening costs one pass over the block while it is in cache.
 
-use super::{BlockScales, WeightElem};
-use crate::Isa;
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
-/// Elements of `K` per slice: four f32 activation rows of it (16 KiB) and four weight rows
-/// fit L1 together.
-const K_BLOCK: usize = 1024;
+use super::{BlockScales, WeightElem};
 
-/// Bytes of one task's weight block per `K` slice, held in L2.
-const BLOCK_BYTES: usize = 256 << 10;
+/// Target bytes of one task's widened block (f32): small enough for L2 together with the
+/// `gemm` crate's packing, large enough that each call amortises its packing of the
+/// activations over many output columns.
+const BLOCK_BYTES: usize = 1 << 20;
 
-/// `[N, K]` weights `w` times `m` rows `xs` `[m, K]` → `[m, N]`, with the tiles of `isa`.
-/// With `scales`, `K` is sliced along the scale blocks and each tile's sums are scaled per row.
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only the columns of its own block of weight rows.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Each thread's widened block, reused across calls.
+    static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `[N, K]` weights `w` times `m` rows `xs` `[m, K]` → `[m, N]` row-major. With `scales`,
+/// row `r` is widened as `W[r, c] = w[r, c] · scale(r, c / cols)` (HF's f32 dequantisation).
 pub(crate) fn gemm<W: WeightElem>(
-    isa: Isa,
     w: &[W],
     k: usize,
     xs: &[f32],
@@ -35,77 +49,62 @@ pub(crate) fn gemm<W: WeightElem>(
     scales: Option<&BlockScales>,
 ) -> Vec<f32> {
     let n = w.len().checked_div(k).unwrap_or(0);
-    if n == 0 || m == 0 {
-        return vec![0.0; n * m];
+    let mut out = vec![0f32; m * n];
+    if n == 0 || m == 0 || k == 0 {
+        return out;
     }
-    let rows: Vec<&[f32]> = xs.chunks_exact(k).collect();
-    let k_slice = scales.map_or(K_BLOCK, |s| s.cols);
-    let slice_bytes = k.min(k_slice) * std::mem::size_of::<W>();
-    // Blocks of whole tiles (4 rows): at least 4 tasks per thread when the matrix allows,
-    // and a slice of the block that L2 holds.
-    let by_bytes = (BLOCK_BYTES / slice_bytes.max(1)).max(4);
-    let by_balance = n.div_ceil(4 * rayon::current_num_threads()).max(4);
-    let block = by_bytes.min(by_balance).next_multiple_of(4);
-    let mut out_t = vec![0f32; n * m]; // [N, m]: each task owns a contiguous range
-    out_t
-        .par_chunks_mut(block * m)
-        .zip(w.par_chunks(block * k))
+    // Rows per task: the buffer budget, at least 2 tasks per thread, multiples of 16.
+    let by_bytes = (BLOCK_BYTES / (4 * k)).max(16);
+    let by_balance = n.div_ceil(2 * rayon::current_num_threads()).max(16);
+    let rows = by_bytes.min(by_balance).next_multiple_of(16);
+    let dst = OutPtr(out.as_mut_ptr());
+    w.par_chunks(rows * k)
         .enumerate()
-        .for_each(|(task, (out, w))| {
-            let first_row = task * block;
-            let w_rows: Vec<&[W]> = w.chunks_exact(k).collect();
-            for (kb, k0) in (0..k).step_by(k_slice).enumerate() {
-                let k1 = (k0 + k_slice).min(k);
-                for j0 in (0..m).step_by(4) {
-                    let a = quad(&rows, j0).map(|r| &r[k0..k1]);
-                    for r0 in (0..w_rows.len()).step_by(4) {
-                        let w4 = quad(&w_rows, r0).map(|r| &r[k0..k1]);
-                        let tile = W::tile(isa, a, w4);
-                        let rows = w_rows.len() - r0;
-                        let scale: [f32; 4] = std::array::from_fn(|dr| match scales {
-                            Some(s) if dr < rows => s.at(first_row + r0 + dr, kb, k),
-                            _ => 1.0,
-                        });
-                        for (dj, t) in tile.iter().enumerate().take(m - j0) {
-                            for (dr, &v) in t.iter().enumerate().take(rows) {
-                                out[(r0 + dr) * m + j0 + dj] += v * scale[dr];
-                            }
-                        }
+        .for_each(|(task, block)| {
+            let r0 = task * rows;
+            let nb = block.len() / k;
+            BLOCK.with_borrow_mut(|buf| {
+                buf.resize(nb * k, 0.0);
+                for (i, (src, row)) in block
+                    .chunks_exact(k)
+                    .zip(buf.chunks_exact_mut(k))
+                    .enumerate()
+                {
+                    match scales {
+                        None => W::widen_row(src, row),
+                        Some(s) => W::widen_row_scaled(src, row, |kb| s.at(r0 + i, kb, k), s.cols),
                     }
                 }
-            }
-        });
-    transpose(&out_t, n, m)
-}
-
-/// `[rows, cols]` → `[cols, rows]`, in square blocks so that both sides are read and written
-/// a cache line at a time (a plain double loop writes every element to a different line: it
-/// took ~7% of a 2K-token prefill).
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 32;
-    let mut dst = vec![0f32; rows * cols];
-    dst.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(cb, dst)| {
-            let c0 = cb * B;
-            let width = B.min(cols - c0);
-            for r0 in (0..rows).step_by(B) {
-                for r in r0..(r0 + B).min(rows) {
-                    let line = &src[r * cols + c0..r * cols + c0 + width];
-                    for (dc, &v) in line.iter().enumerate() {
-                        dst[dc * rows + r] = v;
-                    }
+                // SAFETY: `xs` is `[m, k]` row-major, `buf` is `[nb, k]` row-major (read as the
+                // `[k, nb]` right-hand side with column stride `k`), and the destination is
+                // columns `r0..r0 + nb` of the `[m, n]` row-major output: in bounds, and no other
+                // task writes them.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nb,
+                        k,
+                        dst.get().add(r0),
+                        1,
+                        n as isize,
+                        false,
+                        xs.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
-            }
+            });
         });
-    dst
-}
-
-/// Rows `from..from + 4`, repeating the last row where fewer remain (their results are
-/// computed and dropped, so the tile needs no short variant).
-fn quad<'a, T>(rows: &[&'a [T]], from: usize) -> [&'a [T]; 4] {
-    let last = rows.len() - 1;
-    std::array::from_fn(|i| rows[(from + i).min(last)])
+    out
 }
 
 #[cfg(test)]
@@ -128,22 +127,19 @@ mod tests {
         out
     }
 
-    /// Every path this machine runs, plus the forced portable one, against the oracle.
     fn check<W: WeightElem>(narrow: impl Fn(f32) -> W, n: usize, k: usize, m: usize, seed: u32) {
         let val = |i: usize, s: f32| ((i as f32 * 0.7318 + s + seed as f32).sin()) * 2.0;
         let w: Vec<W> = (0..n * k).map(|i| narrow(val(i, 0.3))).collect();
         let xs: Vec<f32> = (0..m * k).map(|i| val(i, 1.9)).collect();
         let want = oracle(&w, k, &xs, m);
         let scale = (k as f64).sqrt();
-        for isa in Isa::supported() {
-            let got = gemm(isa, &w, k, &xs, m, None);
-            assert_eq!(got.len(), want.len());
-            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
-                    "{isa}: element {i}: {g} vs {e} (n {n}, k {k}, m {m})"
-                );
-            }
+        let got = gemm(&w, k, &xs, m, None);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*g as f64 - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
+                "element {i}: {g} vs {e} (n {n}, k {k}, m {m})"
+            );
         }
     }
 
@@ -163,29 +159,10 @@ mod tests {
     }
 
     #[test]
-    fn blocked_transpose_moves_every_element() {
-        for (rows, cols) in [(1, 1), (3, 70), (65, 33), (100, 1)] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let dst = transpose(&src, rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        dst[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} ({r}, {c})"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn many_tasks_and_ragged_tiles() {
-        // Several tasks (the last one short), a tail of weight rows and of activation rows
-        // that do not fill a tile, and a K with a tail after the vector loop.
+    fn many_tasks_and_ragged_blocks() {
+        // Several tasks, the last one short.
         check(bf16::from_f32, 1027, 83, 13, 7);
         check(|v| v, 259, 517, 9, 3);
-        // K over two slices, the second partial.
-        check(f16::from_f32, 37, 2 * K_BLOCK + 19, 11, 5);
+        check(f16::from_f32, 37, 2100, 11, 5);
     }
 }

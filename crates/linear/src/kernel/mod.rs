@@ -49,9 +49,47 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         Self::dot4(isa, [w; 4], x, [w; 4])[0]
     }
 
-    /// The GEMM tile: four activation rows `a` (natural layout) against four weight rows,
-    /// `out[j][r] = Σ_i a[j][i] · w[r][i]` in f32.
-    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[Self]; 4]) -> [[f32; 4]; 4];
+    /// Four rows against `x` with block scales: `Σ_kb scales[q][kb] · Σ_{i in block kb}
+    /// w[q][i] · x[i]` over blocks of `cols` elements. By default one [`WeightElem::dot4`]
+    /// per block; block-quantised formats override it to scale in registers.
+    fn dot4_scaled(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
+        let k = x.len();
+        let mut out = [0f32; 4];
+        for (kb, lo) in (0..k).step_by(cols).enumerate() {
+            let span = lo..(lo + cols).min(k);
+            let next = next.map(|r| &r[span.clone()]);
+            let sums = Self::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
+            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
+                *o += v * scales[q][kb];
+            }
+        }
+        out
+    }
+
+    /// `src` widened exactly into `dst` (same length): the GEMM's weight blocks.
+    fn widen_row(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.widen();
+        }
+    }
+
+    /// `src` widened and multiplied by the scale of each `cols`-wide block of it (`scale(kb)`
+    /// for block `kb`), in f32: FP8's dequantisation.
+    fn widen_row_scaled(src: &[Self], dst: &mut [f32], scale: impl Fn(usize) -> f32, cols: usize) {
+        for (kb, (d, s)) in dst.chunks_mut(cols).zip(src.chunks(cols)).enumerate() {
+            let f = scale(kb);
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = s.widen() * f;
+            }
+        }
+    }
 
     /// The exact f32 value.
     fn widen(self) -> f32;
@@ -105,10 +143,10 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                     let next = if j == 0 { next } else { r };
                     let sums = match scales {
                         None => W::dot4(isa, r, x, next),
-                        Some(s) => s.sum4(first_row + 4 * qi, k, |span| {
-                            let next = next.map(|w| &w[span.clone()]);
-                            W::dot4(isa, r.map(|w| &w[span.clone()]), &x[span], next)
-                        }),
+                        Some(s) => {
+                            let rows = std::array::from_fn(|q| s.row(first_row + 4 * qi + q, k));
+                            W::dot4_scaled(isa, r, x, next, rows, s.cols)
+                        }
                     };
                     for (q, v) in sums.into_iter().enumerate() {
                         o[q * m + j] = v;
@@ -121,9 +159,10 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                 for (o, x) in o.iter_mut().zip(&xs) {
                     *o = match scales {
                         None => W::dot(isa, row, x),
-                        Some(s) => s.sum1(first_rest + i, k, |span| {
-                            W::dot(isa, &row[span.clone()], &x[span])
-                        }),
+                        Some(s) => {
+                            let scale = s.row(first_rest + i, k);
+                            W::dot4_scaled(isa, [row; 4], x, [row; 4], [scale; 4], s.cols)[0]
+                        }
                     };
                 }
             }
@@ -157,30 +196,10 @@ impl BlockScales<'_> {
         self.scale[(r / self.rows) * k.div_ceil(self.cols) + kb]
     }
 
-    /// `Σ_kb scale(r0 + q, kb) · part(kb's span)[q]` for the four rows `r0..r0 + 4`.
-    fn sum4(
-        &self,
-        r0: usize,
-        k: usize,
-        mut part: impl FnMut(std::ops::Range<usize>) -> [f32; 4],
-    ) -> [f32; 4] {
-        let mut out = [0f32; 4];
-        for (kb, lo) in (0..k).step_by(self.cols).enumerate() {
-            let sums = part(lo..(lo + self.cols).min(k));
-            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
-                *o += v * self.at(r0 + q, kb, k);
-            }
-        }
-        out
-    }
-
-    /// [`BlockScales::sum4`] for one row.
-    fn sum1(&self, r: usize, k: usize, mut part: impl FnMut(std::ops::Range<usize>) -> f32) -> f32 {
-        (0..k)
-            .step_by(self.cols)
-            .enumerate()
-            .map(|(kb, lo)| part(lo..(lo + self.cols).min(k)) * self.at(r, kb, k))
-            .sum()
+    /// The scales of weight row `r` over every block of `K` (`k` elements long).
+    fn row(&self, r: usize, k: usize) -> &[f32] {
+        let per_row = k.div_ceil(self.cols);
+        &self.scale[(r / self.rows) * per_row..][..per_row]
     }
 }
 
@@ -198,19 +217,6 @@ fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
 // no branch here re-checks the CPU; without a token the portable loop runs.
 
 impl WeightElem for f32 {
-    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[f32]; 4]) -> [[f32; 4]; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512() {
-            return x86::tile_avx512(t, a, w);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::tile_avx2(t, a, w);
-        }
-        let _ = isa;
-        portable::tile(a, w)
-    }
-
     fn dot4(isa: Isa, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -235,19 +241,6 @@ impl WeightElem for f32 {
 }
 
 impl WeightElem for bf16 {
-    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[bf16]; 4]) -> [[f32; 4]; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512() {
-            return x86::tile_avx512(t, a, w);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::tile_avx2(t, a, w);
-        }
-        let _ = isa;
-        portable::tile(a, w)
-    }
-
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
         #[cfg(target_arch = "x86_64")]
         if isa.avx2_fma().is_some() {
@@ -274,19 +267,6 @@ impl WeightElem for bf16 {
 }
 
 impl WeightElem for f16 {
-    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[f16]; 4]) -> [[f32; 4]; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512() {
-            return x86::tile_avx512(t, a, w);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::tile_avx2(t, a, w);
-        }
-        let _ = isa;
-        portable::tile(a, w)
-    }
-
     fn dot4(isa: Isa, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
@@ -332,25 +312,32 @@ static E4M3: [f32; 256] = {
 
 impl WeightElem for F8E4M3 {
     fn dot4(isa: Isa, w: [&[F8E4M3]; 4], x: &[f32], next: [&[F8E4M3]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::dot4_e4m3(t, w, x, next);
-        }
         let _ = (isa, next);
         portable::dot4(w, x)
     }
 
-    fn tile(isa: Isa, a: [&[f32]; 4], w: [&[F8E4M3]; 4]) -> [[f32; 4]; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512() {
-            return x86::tile_avx512(t, a, w);
-        }
+    fn dot4_scaled(
+        isa: Isa,
+        w: [&[F8E4M3]; 4],
+        x: &[f32],
+        next: [&[F8E4M3]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::tile_avx2(t, a, w);
+            return x86::dot4_e4m3_scaled(t, w, x, next, scales, cols);
         }
-        let _ = isa;
-        portable::tile(a, w)
+        let k = x.len();
+        let mut out = [0f32; 4];
+        for (kb, lo) in (0..k).step_by(cols).enumerate() {
+            let span = lo..(lo + cols).min(k);
+            let sums = Self::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
+            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
+                *o += v * scales[q][kb];
+            }
+        }
+        out
     }
 
     fn widen(self) -> f32 {

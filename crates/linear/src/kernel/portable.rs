@@ -26,9 +26,3 @@ pub(super) fn dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
 pub(super) fn dot4<W: WeightElem>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
     w.map(|row| dot(row, x))
 }
-
-/// The GEMM tile: four activation rows against four weight rows, `out[j][r] = dot(w[r], a[j])`
-/// (each pair through the vectorisable [`dot`]; the rows sit in L1 across the 16 dots).
-pub(super) fn tile<W: WeightElem>(a: [&[f32]; 4], w: [&[W]; 4]) -> [[f32; 4]; 4] {
-    a.map(|a| w.map(|w| dot(w, a)))
-}

@@ -35,26 +35,9 @@ impl Avx2Fma {
     }
 }
 
-/// Proof that the CPU runs AVX-512F code besides AVX2, FMA and F16C. Made only by
-/// [`Avx2FmaF16c::with_avx512`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Avx512(Avx2FmaF16c);
-
 impl Avx2FmaF16c {
     /// The AVX2 + FMA part of the proof.
     pub(crate) fn avx2_fma(self) -> Avx2Fma {
-        self.0
-    }
-
-    /// Run-time detection of AVX-512F on top of the proven AVX2, FMA and F16C.
-    pub(crate) fn with_avx512(self) -> Option<Avx512> {
-        is_x86_feature_detected!("avx512f").then_some(Avx512(self))
-    }
-}
-
-impl Avx512 {
-    /// The AVX2 + FMA + F16C part of the proof.
-    pub(crate) fn avx2_fma_f16c(self) -> Avx2FmaF16c {
         self.0
     }
 }
@@ -81,23 +64,58 @@ pub(crate) fn dot4_f16(_: Avx2FmaF16c, w: [&[f16]; 4], x: &[f32], next: [&[f16];
     unsafe { dot4_f16_avx2(w, x, next) }
 }
 
-/// Four e4m3 rows against `x`, prefetching `next`.
+/// Four e4m3 rows against `x` with block scales (`scales[q][kb]` for row `q`, block `kb` of
+/// `cols` elements), prefetching `next`: each block's products are summed in registers, then
+/// the block sum is multiplied by its scale (times the 2⁸ the widening leaves out) with one
+/// FMA per row, so no horizontal sum runs per block.
 #[inline]
-pub(crate) fn dot4_e4m3(
+pub(crate) fn dot4_e4m3_scaled(
     _: Avx2FmaF16c,
     w: [&[F8E4M3]; 4],
     x: &[f32],
     next: [&[F8E4M3]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
 ) -> [f32; 4] {
     // SAFETY: the `Avx2FmaF16c` token exists, so detection found AVX2, FMA and F16C.
-    unsafe { dot4_e4m3_avx2(w, x, next) }
+    unsafe { dot4_e4m3_scaled_avx2(w, x, next, scales, cols) }
 }
 
 /// # Safety
 /// AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_e4m3_avx2(w: [&[F8E4M3]; 4], x: &[f32], next: [&[F8E4M3]; 4]) -> [f32; 4] {
-    dot4_widening(w, x, next)
+unsafe fn dot4_e4m3_scaled_avx2(
+    w: [&[F8E4M3]; 4],
+    x: &[f32],
+    next: [&[F8E4M3]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    let len = common_len(&w, x);
+    let (p, px) = (w.map(|r| r.as_ptr()), x.as_ptr());
+    let mut total = [_mm256_setzero_ps(); 4];
+    let mut tail = [0f32; 4];
+    let (mut lo, mut kb) = (0, 0);
+    while lo < len {
+        let hi = (lo + cols.max(1)).min(len);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = lo;
+        while i + 8 <= hi {
+            prefetch_line(next, i, 8);
+            let xv = _mm256_loadu_ps(px.add(i));
+            for (acc, p) in acc.iter_mut().zip(p) {
+                *acc = _mm256_fmadd_ps(e4m3_over_256(p.add(i)), xv, *acc);
+            }
+            i += 8;
+        }
+        for q in 0..4 {
+            let s = scales[q][kb];
+            total[q] = _mm256_fmadd_ps(acc[q], _mm256_set1_ps(s * 256.0), total[q]);
+            tail[q] += (i..hi).map(|j| w[q][j].widen() * x[j]).sum::<f32>() * s;
+        }
+        (lo, kb) = (hi, kb + 1);
+    }
+    std::array::from_fn(|q| hsum(total[q]) + tail[q])
 }
 
 /// Four bf16 rows against `x`, prefetching `next`. `x` must be laid out by
@@ -285,169 +303,8 @@ unsafe fn dot4_bf16_avx2(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32
     finish(w, x, lo, hi, i, len)
 }
 
-// The GEMM tiles: four activation rows against four weight rows, each weight vector widened
-// once in registers and used by all four activation rows. The weights are read in natural
-// order (no activation layout to prepare): widening bf16 costs a zero-extend and a shift per
-// vector, spread over four FMAs.
-
-/// Four activation rows `a` times four weight rows `w`: `out[j][r] = Σ_i a[j][i] · w[r][i]`.
-#[inline]
-pub(crate) fn tile_avx2<W: Load8 + WeightElem>(
-    _: Avx2FmaF16c,
-    a: [&[f32]; 4],
-    w: [&[W]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the `Avx2FmaF16c` token exists, so detection found AVX2, FMA and F16C.
-    let (left, right) = unsafe { (tile8_avx2(a, [w[0], w[1]]), tile8_avx2(a, [w[2], w[3]])) };
-    std::array::from_fn(|j| [left[j][0], left[j][1], right[j][0], right[j][1]])
-}
-
-/// [`tile_avx2`] with 512-bit vectors.
-#[inline]
-pub(crate) fn tile_avx512<W: Load16 + WeightElem>(
-    _: Avx512,
-    a: [&[f32]; 4],
-    w: [&[W]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the `Avx512` token exists, so detection found AVX-512F, AVX2, FMA and F16C.
-    unsafe { tile16_avx512(a, w) }
-}
-
-/// Length every row shares.
-fn tile_len<W, const R: usize>(a: &[&[f32]; 4], w: &[&[W]; R]) -> usize {
-    let la = a.iter().map(|r| r.len()).min().unwrap_or(0);
-    w.iter().map(|r| r.len()).min().unwrap_or(0).min(la)
-}
-
-/// Adds the scalar tail `from..len` of every (activation, weight) pair to `out`.
-fn tile_tail<W: WeightElem, const R: usize>(
-    a: [&[f32]; 4],
-    w: [&[W]; R],
-    from: usize,
-    len: usize,
-    out: &mut [[f32; R]; 4],
-) {
-    for (o, a) in out.iter_mut().zip(a) {
-        for (o, w) in o.iter_mut().zip(w) {
-            *o += (from..len).map(|i| w[i].widen() * a[i]).sum::<f32>();
-        }
-    }
-}
-
-/// Four activation rows against two weight rows, 8 lanes: 8 accumulators, 2 widened weight
-/// vectors and 1 activation vector live, within AVX2's 16 registers.
-///
-/// # Safety
-/// AVX2, FMA and F16C must be available.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile8_avx2<W: Load8 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 2]) -> [[f32; 2]; 4] {
-    let len = tile_len(&a, &w);
-    let (pa, pw) = (a.map(|r| r.as_ptr()), w.map(|r| r.as_ptr()));
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-    let mut i = 0;
-    while i + 8 <= len {
-        let wv = [W::load8(pw[0].add(i)), W::load8(pw[1].add(i))];
-        for (acc, pa) in acc.iter_mut().zip(pa) {
-            let av = _mm256_loadu_ps(pa.add(i));
-            for (acc, wv) in acc.iter_mut().zip(wv) {
-                *acc = _mm256_fmadd_ps(wv, av, *acc);
-            }
-        }
-        i += 8;
-    }
-    let [a0, a1, a2, a3] = acc;
-    let [s0, s1] = [
-        hsum4([a0[0], a0[1], a1[0], a1[1]]),
-        hsum4([a2[0], a2[1], a3[0], a3[1]]),
-    ];
-    let mut out = [
-        [s0[0], s0[1]],
-        [s0[2], s0[3]],
-        [s1[0], s1[1]],
-        [s1[2], s1[3]],
-    ];
-    tile_tail(a, w, i, len, &mut out);
-    out
-}
-
-/// The horizontal sums of four 8-lane vectors at once (three `hadd`s and one add, instead of
-/// four separate reductions).
-#[inline(always)]
-unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
-    let ab = _mm256_hadd_ps(v[0], v[1]);
-    let cd = _mm256_hadd_ps(v[2], v[3]);
-    let abcd = _mm256_hadd_ps(ab, cd); // per 128-bit half: partial sums of a, b, c, d
-    let sums = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-    let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), sums);
-    out
-}
-
-/// [`hsum4`] of four 16-lane vectors: each folded to 8 lanes first.
-#[inline(always)]
-unsafe fn hsum4_512(v: [__m512; 4]) -> [f32; 4] {
-    hsum4(v.map(|x| {
-        let lo = _mm512_castps512_ps256(x);
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
-        _mm256_add_ps(lo, hi)
-    }))
-}
-
-/// Four activation rows against four weight rows, 16 lanes: 16 accumulators, 4 widened weight
-/// vectors and 1 activation vector live, within AVX-512's 32 registers.
-///
-/// # Safety
-/// AVX-512F, AVX2, FMA and F16C must be available.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn tile16_avx512<W: Load16 + WeightElem>(a: [&[f32]; 4], w: [&[W]; 4]) -> [[f32; 4]; 4] {
-    let len = tile_len(&a, &w);
-    let (pa, pw) = (a.map(|r| r.as_ptr()), w.map(|r| r.as_ptr()));
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-    let mut i = 0;
-    while i + 16 <= len {
-        let wv = pw.map(|p| W::load16(p.add(i)));
-        for (acc, pa) in acc.iter_mut().zip(pa) {
-            let av = _mm512_loadu_ps(pa.add(i));
-            for (acc, wv) in acc.iter_mut().zip(wv) {
-                *acc = _mm512_fmadd_ps(wv, av, *acc);
-            }
-        }
-        i += 16;
-    }
-    let mut out = acc.map(|row| hsum4_512(row));
-    tile_tail(a, w, i, len, &mut out);
-    out
-}
-
-/// 16 weights widened to f32 in natural order, for the AVX-512 tiles.
-pub(crate) trait Load16 {
-    /// # Safety
-    /// `p` must point at 16 readable elements, inside a function with AVX-512F and F16C.
-    unsafe fn load16(p: *const Self) -> __m512;
-}
-
-impl Load16 for f32 {
-    #[inline(always)]
-    unsafe fn load16(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-}
-
-impl Load16 for bf16 {
-    #[inline(always)]
-    unsafe fn load16(p: *const bf16) -> __m512 {
-        let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
-        _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))
-    }
-}
-
-impl Load16 for f16 {
-    #[inline(always)]
-    unsafe fn load16(p: *const f16) -> __m512 {
-        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
-    }
-}
-
+/// 8 bf16 weights widened to f32 in natural order (the e4m3 kernel's layout; the bf16
+/// matrix-vector kernel reads the even/odd layout instead).
 impl Load8 for bf16 {
     #[inline(always)]
     unsafe fn load8(p: *const bf16) -> __m256 {
@@ -472,34 +329,17 @@ macro_rules! e4m3_to_f16_bits {
     }};
 }
 
-impl Load8 for F8E4M3 {
-    #[inline(always)]
-    unsafe fn load8(p: *const F8E4M3) -> __m256 {
-        let w = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
-        let h = e4m3_to_f16_bits!(
-            w,
-            _mm_and_si128,
-            _mm_or_si128,
-            _mm_slli_epi16,
-            _mm_cmpeq_epi16,
-            _mm_set1_epi16
-        );
-        _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
-    }
-}
-
-impl Load16 for F8E4M3 {
-    #[inline(always)]
-    unsafe fn load16(p: *const F8E4M3) -> __m512 {
-        let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
-        let h = e4m3_to_f16_bits!(
-            w,
-            _mm256_and_si256,
-            _mm256_or_si256,
-            _mm256_slli_epi16,
-            _mm256_cmpeq_epi16,
-            _mm256_set1_epi16
-        );
-        _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
-    }
+/// 8 e4m3 values widened to f32 and divided by 2⁸ (exactly; see `e4m3_to_f16_bits!`).
+#[inline(always)]
+unsafe fn e4m3_over_256(p: *const F8E4M3) -> __m256 {
+    let w = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
+    let h = e4m3_to_f16_bits!(
+        w,
+        _mm_and_si128,
+        _mm_or_si128,
+        _mm_slli_epi16,
+        _mm_cmpeq_epi16,
+        _mm_set1_epi16
+    );
+    _mm256_cvtph_ps(h)
 }
