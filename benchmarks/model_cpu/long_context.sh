@@ -50,9 +50,12 @@ measure() {
     }
     python3 - "$log" "$log.rss" >> "$res" <<'PY'
 import json, sys
-line = [l for l in open(sys.argv[1]) if l.strip().startswith(("{", "["))][-1]
+text = open(sys.argv[1]).read()
+try:  # llama-bench: the whole output is one JSON array
+    row = json.loads(text)
+except ValueError:  # ours / HF: the last line is the JSON record
+    row = json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
 rss = int(open(sys.argv[2]).read().split("RSS_KB")[1].split()[0]) * 1024
-row = json.loads(line)
 rows = row if isinstance(row, list) else [row]
 for r in rows:
     r["peak_rss_bytes"] = max(r.get("peak_rss_bytes") or 0, rss)

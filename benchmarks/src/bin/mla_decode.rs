@@ -5,8 +5,9 @@
 //! prefill through attention), then one decode step (1 new token) is timed for both paths; the
 //! cache is rolled back after every step so the context stays fixed. The cache is paged
 //! ([`mla::CACHE_PAGE`] tokens per page): the flash path reads the pages in place with an
-//! online softmax (one pass over the cache); the absorbed and expanded oracle paths first join
-//! the pages into one tensor (a copy of the cache per step). The expanded path
+//! online softmax (one pass over the cache), the absorbed path reads them in place page by
+//! page (scores, one softmax, weighted sum); the expanded oracle first joins the pages into one
+//! tensor (a copy of the cache per step). The expanded path
 //! re-expands the whole latent cache through `kv_b_proj` at every step, as HF does.
 //!
 //! Run: `cargo run --release -p benchmarks --bin mla_decode`

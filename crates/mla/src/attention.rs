@@ -304,18 +304,15 @@ impl Mla {
     }
 
     /// Attention of the projected queries over all `keys` (whose last `T` are the queries'
-    /// own tokens); returns `[B, T, H·v]`. The flash path reads the keys' segments (cache
-    /// pages) in place; the oracle paths take them as one tensor each.
+    /// own tokens); returns `[B, T, H·v]`. The flash and absorbed paths read the keys'
+    /// segments (cache pages) in place; the expanded oracle takes them as one tensor.
     fn attend(&self, p: &Projected, keys: &LatentKeys, path: AttentionPath) -> Result<Tensor> {
         match path {
             AttentionPath::Expanded => {
                 let (c_all, k_all) = keys.to_contiguous()?;
                 self.attend_expanded(p, &c_all, &k_all)
             }
-            AttentionPath::Absorbed => {
-                let (c_all, k_all) = keys.to_contiguous()?;
-                self.attend_absorbed(p, &c_all, &k_all)
-            }
+            AttentionPath::Absorbed => self.attend_absorbed(p, keys),
             AttentionPath::Flash => self.attend_flash(p, keys),
         }
     }
@@ -342,19 +339,45 @@ impl Mla {
         Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?)
     }
 
-    fn attend_absorbed(&self, p: &Projected, c_all: &Tensor, k_all: &Tensor) -> Result<Tensor> {
+    /// The absorbed path over the keys' segments in place (cache pages): scores per segment,
+    /// joined along the keys (`[B, H·T, S]`, small next to the cache), one softmax, then the
+    /// weighted sum accumulated segment by segment. The same products as one matmul over a
+    /// contiguous cache, without copying the cache.
+    fn attend_absorbed(&self, p: &Projected, keys: &LatentKeys) -> Result<Tensor> {
         let c = &self.config;
         let (b, h, t, _) = p.q_nope.dims4()?;
         let (rk, r) = (c.kv_lora_rank, c.qk_rope_head_dim);
-        let s = c_all.dim(1)?;
+        let s = keys.len();
         // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
         // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
         let q_lat = self.absorb_query(&p.q_nope)?.reshape((b, h * t, rk))?;
         let q_pe = p.q_pe.reshape((b, h * t, r))?;
-        let scores = (q_lat.matmul(&c_all.t()?)? + q_pe.matmul(&k_all.t()?)?)?;
-        let probs = self.softmax(&scores.reshape((b, h, t, s))?, t, s)?;
-        // [B, H·T, S] x [B, S, R] -> [B, H·T, R]
-        let out_lat = probs.reshape((b, h * t, s))?.matmul(c_all)?;
+        let scores = keys
+            .segments()
+            .iter()
+            .map(|(c_kv, k_pe)| Ok((q_lat.matmul(&c_kv.t()?)? + q_pe.matmul(&k_pe.t()?)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let scores = if scores.len() == 1 {
+            scores.into_iter().next().expect("one segment")
+        } else {
+            Tensor::cat(&scores, 2)?
+        };
+        let probs = self
+            .softmax(&scores.reshape((b, h, t, s))?, t, s)?
+            .reshape((b, h * t, s))?;
+        // [B, H·T, S] x [B, S, R] -> [B, H·T, R], one segment at a time.
+        let mut out_lat: Option<Tensor> = None;
+        let mut k0 = 0;
+        for (c_kv, _) in keys.segments() {
+            let len = c_kv.dim(1)?;
+            let part = probs.narrow(2, k0, len)?.matmul(c_kv)?;
+            out_lat = Some(match out_lat {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+            k0 += len;
+        }
+        let out_lat = out_lat.expect("at least one segment");
         self.apply_w_uv(&out_lat.reshape((b, h, t, rk))?)
     }
 

@@ -6,9 +6,9 @@
 //! `Tensor::slice_set`. Growing allocates one more page and never copies what is stored, so a
 //! 128K-token cache does not move 128K tokens each time it outgrows its allocation, and peak
 //! memory is the cache plus at most one page. Attention reads the pages where they lie through
-//! [`LatentKeys`]: the flash path's key blocks are whole pages (zero-copy views); the oracle
-//! paths ask for one contiguous tensor ([`LatentKeys::to_contiguous`], a copy when the keys
-//! span pages).
+//! [`LatentKeys`]: the flash path's key blocks and the absorbed path's products are views
+//! of the pages; the expanded oracle asks for one contiguous tensor
+//! ([`LatentKeys::to_contiguous`], a copy when the keys span pages).
 //!
 //! Each sequence of the batch has its own length. [`LayerCache::truncate`] and
 //! [`LayerCache::truncate_seq`] only move lengths back: stale rows past a length are never
@@ -21,9 +21,14 @@ use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 
 /// Tokens per page of a [`LayerCache`] unless [`LayerCache::with_page_tokens`] says otherwise:
-/// equal to the flash path's key block ([`crate::FLASH_KEY_BLOCK`]), so each block it reads is
-/// one page, viewed in place.
-pub const CACHE_PAGE: usize = 512;
+/// a multiple of the flash path's key block ([`crate::FLASH_KEY_BLOCK`]), so no block it reads
+/// straddles two pages (each is a view in place). Larger pages make the absorbed decode step's
+/// per-page products larger: on a V2-Lite-shaped layer at 8K tokens of context a step took
+/// ~7 ms with 2048-token pages against ~10 ms with 512 (`mla_decode`, `benchmarks/README.md`).
+/// The price is the allocation granularity: one page per layer and sequence is
+/// `2048 · (R + rope)` values (4.7 MB in f32 for V2/V3's 576), which a server holding many
+/// short sequences may want smaller.
+pub const CACHE_PAGE: usize = 2048;
 
 /// The latent keys some queries attend to, in order: contiguous segments (the pages of a
 /// cache, or one tensor), each a `c_kv` `[B, len, R]` and `k_pe` `[B, len, rope]` pair.

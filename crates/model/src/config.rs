@@ -307,7 +307,8 @@ impl ModelConfig {
     /// `moe_layer_freq`, and every release has 1, where both rules agree.
     pub fn ffn_kind(&self, layer: usize) -> FfnKind {
         let is_mtp = layer >= self.num_hidden_layers;
-        let moe_layer = layer >= self.first_k_dense_replace && layer.is_multiple_of(self.moe_layer_freq);
+        let moe_layer =
+            layer >= self.first_k_dense_replace && layer.is_multiple_of(self.moe_layer_freq);
         if self.moe.is_some() && (is_mtp || moe_layer) {
             FfnKind::Moe
         } else {

@@ -22,8 +22,8 @@
 //!   mis-shaped tensor, FP8 dequantised at load (partial edge blocks handled), and a candle
 //!   `VarBuilder` over it so the component crates load their own weights.
 //! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache + RoPE table);
-//!   every block (decode steps, MTP verification, prefill chunks) runs MLA's flash-style path
-//!   over the paged latent cache ([`PathPolicy`]).
+//!   decode steps and MTP verification blocks run MLA's absorbed path, prefill chunks its
+//!   flash-style path, both over the paged latent cache in place ([`PathPolicy`]).
 //! - [`generate`], [`sampling`], [`tokenizer`]: the one generation path, plain or MTP
 //!   speculative ([`generate::Decoding`]), with greedy/top-k/top-p sampling, EOS and stop
 //!   strings, a token budget, streaming and timing; `tokenizer.json` and the chat template (R1:

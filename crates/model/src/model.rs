@@ -166,15 +166,14 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 2048;
 
 /// Which MLA path runs a forward over `T` new tokens.
 ///
-/// The default is the flash-style path for every block: it reads the paged latent cache in
-/// place, one pass with an online softmax over its pages, and picks the absorbed formulation
-/// (scores over the latent, `T·H·(2R + r)` per key) or the expanded one (keys and values
-/// expanded per block, which pays off only when many queries share them) per call; it never
-/// materialises the `T x S` scores. The absorbed and expanded paths stay as oracles and for
-/// measurement: they join the cache's pages into one tensor first, a copy of the whole cache
-/// per call. Measured on a V2-Lite-shaped layer (`mla_decode`, `benchmarks/README.md`), a
-/// decode step at 8K / 32K tokens of context takes 10.6 / 44.7 ms on the flash path against
-/// 23.7 / 154 ms absorbed.
+/// Both defaults read the paged latent cache in place. Blocks of up to 8 tokens (decode steps,
+/// MTP verification) take the absorbed path: scores over the latent (`T·H·(2R + r)` per key)
+/// page by page, one softmax, the weighted sum page by page; prefill chunks take the
+/// flash-style path (online softmax over key blocks, choosing the absorbed or expanded
+/// formulation per call), which never materialises the `T x S` scores. Measured on a
+/// V2-Lite-shaped layer (`mla_decode`, `benchmarks/README.md`), a decode step at 8K tokens
+/// of context took ~7 ms absorbed against ~8-11 ms on the flash path (its per-block online
+/// softmax costs more small operations than it saves at `T = 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathPolicy {
     /// Blocks of at most `short_max` tokens.
@@ -197,11 +196,10 @@ impl PathPolicy {
 }
 
 impl Default for PathPolicy {
-    /// Flash-style for every block (the `short`/`long` split stays for callers that pick an
-    /// oracle path for one kind of block).
+    /// Absorbed up to 8 tokens, flash-style above.
     fn default() -> Self {
         Self {
-            short: AttentionPath::Flash,
+            short: AttentionPath::Absorbed,
             long: AttentionPath::Flash,
             short_max: 8,
         }

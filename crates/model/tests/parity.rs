@@ -60,8 +60,8 @@ fn decode_step_by_step_matches_prefill() {
     }
 }
 
-/// Blocks of 3 tokens over a growing cache (what MTP verification runs) take the flash path by
-/// default and the oracle paths when forced; all match HF's prefill.
+/// Blocks of 3 tokens over a growing cache (what MTP verification runs) take the absorbed path
+/// by default and the others when forced; all match HF's prefill.
 #[test]
 fn short_blocks_over_the_cache_match_prefill_on_every_path() {
     use mla::AttentionPath;
@@ -70,7 +70,7 @@ fn short_blocks_over_the_cache_match_prefill_on_every_path() {
     let mut model = load(&case);
     let ids = case.ids("input_ids");
     let want = case.tensor("prefill.logits");
-    assert_eq!(model.paths.for_tokens(3), AttentionPath::Flash);
+    assert_eq!(model.paths.for_tokens(3), AttentionPath::Absorbed);
     assert_eq!(model.paths.for_tokens(9), AttentionPath::Flash);
     for short in [
         AttentionPath::Flash,

@@ -18,14 +18,16 @@ use crate::cache::LatentKeys;
 use crate::config::MlaConfig;
 use crate::error::Result;
 
-/// Keys per block of the flash path: one page of the latent cache ([`crate::CACHE_PAGE`]),
-/// so a block is a view of a page where it lies. The f32 score scratch of one (tile, block) piece is
+/// Keys per block of the flash path: a divisor of the latent cache's page
+/// ([`crate::CACHE_PAGE`]), so a block is a view of a page where it lies. The f32 score scratch of one (tile, block) piece is
 /// `B·H·min(T, FLASH_QUERY_BLOCK)·FLASH_KEY_BLOCK` values: 16 MiB for V2-Lite's 16 heads,
 /// 128 MiB for V3's 128. On the V2-Lite-shaped `mla_prefill` benchmark (2,048-token prompt,
 /// quiet 2-core machine) blocks of 256, 512 and 1,024 keys ran within 8% of each other in both
 /// formulations (1,024 marginally ahead, 256 behind); 512 takes most of that for half the
 /// scratch of 1,024.
-pub const FLASH_KEY_BLOCK: usize = crate::cache::CACHE_PAGE;
+pub const FLASH_KEY_BLOCK: usize = 512;
+
+const _: () = assert!(crate::cache::CACHE_PAGE % FLASH_KEY_BLOCK == 0);
 
 /// Query tokens per tile of the flash path. Tiling the queries lets a long cache-free prefill
 /// skip the key blocks entirely in a tile's future (half the score work of a single causal
