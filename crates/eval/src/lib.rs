@@ -17,7 +17,9 @@
 //! [`source`]), a process sandbox for generated code ([`sandbox`], [`code`]), metrics
 //! ([`metrics`]), reports ([`report`]), per-sample regression diffs ([`diff`]), the runner
 //! ([`run`]) and the bundled suite that `cargo run -p eval` runs ([`suite`]). The
-//! `eval judge` and `eval bench` subcommands read JSONL case files ([`cases`]).
+//! `eval judge` and `eval bench` subcommands read JSONL case files ([`cases`]);
+//! `eval export-sft` turns a run's correct, well-formed samples into a chat SFT set
+//! ([`sft`]). Reports carry the GRPO rewards of the `judge` crate ([`judge::reward`]).
 //!
 //! # Example
 //!
@@ -39,6 +41,7 @@ pub mod prompt;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod sft;
 pub mod source;
 pub mod suite;
 pub mod task;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use eval::cases::{parse_case_line, Case};
 use eval::report::{write_all, Report, REPORT_VERSION};
 use eval::run::{run_task, RunOptions};
+use eval::sft::{ExportOptions, OnePerProblem};
 use eval::source::cache::Cache;
 use eval::source::file::ResponseFile;
 use eval::source::openai::{Api, OpenAi, OpenAiConfig};
@@ -124,6 +125,22 @@ enum Command {
         #[arg(long)]
         think_prefilled: bool,
     },
+    /// Write the correct, well-formed samples of a finished run as chat SFT data (JSONL,
+    /// {"messages": [...], "id", "task", "sample"} per line; TRL's conversational format).
+    ExportSft {
+        /// The run's report folder (holding samples.jsonl), or a samples.jsonl file.
+        #[arg(long)]
+        run: PathBuf,
+        /// Output JSONL file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep one sample per problem: the shortest or a random one (see --seed).
+        #[arg(long, value_enum)]
+        one_per_problem: Option<OnePerProblem>,
+        /// Seed of --one-per-problem random.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Time judging of a case file in process: one thread, then all cores.
     Bench {
         /// Input JSONL case file.
@@ -181,11 +198,12 @@ fn print_written(report: &Report, out: &Path) -> Result<()> {
     let w = write_all(report, out)?;
     print!("{}", eval::report::markdown::render(report));
     println!(
-        "\nReports written to {}/ ({}, {}, {})",
+        "\nReports written to {}/ ({}, {}, {}, {})",
         out.display(),
         w.markdown.file_name().unwrap().to_string_lossy(),
         w.json.file_name().unwrap().to_string_lossy(),
-        w.html.file_name().unwrap().to_string_lossy()
+        w.html.file_name().unwrap().to_string_lossy(),
+        w.samples.file_name().unwrap().to_string_lossy()
     );
     Ok(())
 }
@@ -361,6 +379,27 @@ fn main() -> Result<()> {
                 writeln!(w, "{line}")?;
             }
             w.flush()?;
+        }
+        Command::ExportSft {
+            run,
+            out,
+            one_per_problem,
+            seed,
+        } => {
+            let opts = ExportOptions {
+                one_per_problem,
+                seed,
+            };
+            let s = eval::sft::export(&run, &out, &opts)?;
+            eprintln!(
+                "kept {} of {} samples ({} correct and well-formed; {} of {} problems) -> {}",
+                s.written,
+                s.samples,
+                s.eligible,
+                s.problems_written,
+                s.problems,
+                out.display()
+            );
         }
         Command::Bench { input, repeat } => {
             let text = read_text(&input)?;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use judge::response::{split_with, SplitOptions, ThinkFormat};
+use judge::reward::RewardBreakdown;
 use judge::{Judge, JudgeConfig};
 use rayon::prelude::*;
 
 use crate::code;
 use crate::dataset::Problem;
-use crate::report::{SampleResult, TaskReport};
+use crate::report::{SampleResult, TaskReport, Transcript, REWARD_WEIGHTS};
 use crate::sandbox::{Isolation, SandboxConfig};
 use crate::source::cache::Cache;
 use crate::source::{Generation, Request, ResponseSource};
@@ -57,15 +58,9 @@ fn bar(len: usize, msg: String, show: bool) -> ProgressBar {
     b
 }
 
-/// The think-format name used in reports.
+/// The think-format name used in reports ([`ThinkFormat::name`]).
 pub fn format_name(f: ThinkFormat) -> &'static str {
-    match f {
-        ThinkFormat::Full => "full",
-        ThinkFormat::Prefilled => "prefilled",
-        ThinkFormat::NoTags => "no_tags",
-        ThinkFormat::Unterminated => "unterminated",
-        ThinkFormat::Malformed => "malformed",
-    }
+    f.name()
 }
 
 /// The judge a task's rule-based checkers use: its answer policy and `think_prefilled`.
@@ -155,7 +150,8 @@ pub async fn generate(
     Ok(out)
 }
 
-/// Scores generated samples and builds the task report.
+/// Scores generated samples and builds the task report, with every sample's GRPO rewards
+/// ([`SampleResult::rewards`]) and transcript ([`TaskReport::transcripts`]).
 pub fn score(
     task: &Task,
     problems: &[Problem],
@@ -176,9 +172,18 @@ pub fn score(
     let items: Vec<(usize, usize)> = (0..problems.len())
         .flat_map(|p| (0..task.samples).map(move |s| (p, s)))
         .collect();
+    let prompts: Vec<String> = problems
+        .iter()
+        .map(|p| crate::prompt::render(&task.prompt, &p.record).unwrap_or_default())
+        .collect();
     let pb = bar(items.len(), format!("{} scoring", task.name), opts.progress);
-    let one = |&(pi, s): &(usize, usize)| -> SampleResult {
+    let one = |&(pi, s): &(usize, usize)| -> (SampleResult, Transcript) {
         let p = &problems[pi];
+        let mut transcript = Transcript {
+            prompt: prompts[pi].clone(),
+            system: task.system.clone(),
+            response: None,
+        };
         let base = SampleResult {
             id: p.id.clone(),
             sample: s,
@@ -189,6 +194,7 @@ pub fn score(
             tokens: None,
             finish_reason: None,
             error: None,
+            rewards: RewardBreakdown::default(),
         };
         let r = match &gens[pi][s] {
             Err(e) => SampleResult {
@@ -207,21 +213,30 @@ pub fn score(
                         (v.correct, Some(v.detail))
                     }
                 };
-                SampleResult {
+                let rewards = RewardBreakdown::compose(
+                    if correct { 1.0 } else { 0.0 },
+                    judge.format_reward(&text),
+                    judge.language_reward(&text, task.language),
+                    &REWARD_WEIGHTS,
+                );
+                let r = SampleResult {
                     correct,
                     extracted,
                     format: format_name(split_with(&text, split_options).format).into(),
                     chars: text.chars().count(),
                     tokens: g.completion_tokens,
                     finish_reason: g.finish_reason.clone(),
+                    rewards,
                     ..base
-                }
+                };
+                transcript.response = Some(text);
+                r
             }
         };
         pb.inc(1);
-        r
+        (r, transcript)
     };
-    let samples: Vec<SampleResult> = if task.checker.is_code() {
+    let scored: Vec<(SampleResult, Transcript)> = if task.checker.is_code() {
         match rayon::ThreadPoolBuilder::new()
             .num_threads(opts.workers.max(1))
             .build()
@@ -233,11 +248,12 @@ pub fn score(
         items.par_iter().map(one).collect()
     };
     pb.finish_and_clear();
+    let (samples, transcripts): (Vec<SampleResult>, Vec<Transcript>) = scored.into_iter().unzip();
     let isolation: Option<Isolation> = task
         .checker
         .is_code()
         .then(|| Isolation::detect(&opts.python));
-    TaskReport::build(
+    let mut report = TaskReport::build(
         &task.name,
         task.checker,
         task.samples,
@@ -245,7 +261,10 @@ pub fn score(
         samples,
         source,
         isolation,
-    )
+    );
+    report.language = task.language;
+    report.transcripts = transcripts;
+    report
 }
 
 /// Generates and scores one task.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use judge::{AnswerPolicy, Kind};
+use judge::{AnswerPolicy, Kind, Language};
 use serde::{Deserialize, Serialize};
 
 /// The task schema version this build reads.
@@ -258,6 +258,10 @@ pub struct Task {
     /// reasoning and a response without `</think>` has no answer (default `false`).
     #[serde(default)]
     pub think_prefilled: bool,
+    /// The target language of the language-consistency reward in the report (`english`,
+    /// the default, or `chinese`; see [`judge::reward`]).
+    #[serde(default)]
+    pub language: Language,
     /// Samples per problem, k (default 1).
     #[serde(default = "default_samples")]
     pub samples: usize,

@@ -37,4 +37,7 @@ pub enum JudgeError {
     /// The name of an [`crate::AnswerPolicy`] is not `careful` or `strict`.
     #[error("unknown answer policy `{0}` (expected careful or strict)")]
     UnknownPolicy(String),
+    /// The name of a [`crate::reward::Language`] is not `english` (`en`) or `chinese` (`zh`).
+    #[error("unknown language `{0}` (expected english or chinese)")]
+    UnknownLanguage(String),
 }

@@ -19,7 +19,9 @@
 //!    intervals, matrices, relations), [`choice`] (multiple choice), [`numeric`] (GSM8K)
 //!    and [`factual`] (SQuAD-normalised short answers with aliases).
 //!
-//! [`Judge::check`] ties the stages together. There is deliberately **no loose numeric
+//! [`Judge::check`] ties the stages together, and [`reward`] turns verdicts into the GRPO
+//! rewards (accuracy, format, R1's language consistency, their weighted sum, and a batch
+//! API, parallel with the `parallel` feature). There is deliberately **no loose numeric
 //! tolerance**: a decimal is an exact rational, so `0.333` is not `1/3` and `1/2^99` is
 //! not `1/2^98`; floating point is used only for irrational or symbolic values, with a
 //! tight relative tolerance. The policies of each module are listed in its documentation.
@@ -30,7 +32,8 @@
 //! arithmetic), and set matching has a work budget. Malformed input gives a verdict,
 //! never a panic.
 //!
-//! The crate is pure computation: no I/O, no threads, no async runtime. The benchmark
+//! The crate is pure computation: no I/O, no async runtime, and no threads unless the
+//! optional `parallel` feature (rayon) is on for [`reward::score_batch`]. The benchmark
 //! harness (tasks, datasets, response sources, sandbox, reports) is the `eval` crate.
 //!
 //! # Example
@@ -63,9 +66,13 @@ pub mod grader;
 pub mod math;
 pub mod numeric;
 pub mod response;
+pub mod reward;
 
 pub use error::{JudgeError, ParseError};
 pub use grader::{AnswerPolicy, Gold, Judge, JudgeConfig, Kind, Verdict};
+pub use reward::{
+    score_batch, Completion, Language, RewardBreakdown, RewardConfig, RewardSummary, RewardWeights,
+};
 
 // The README's example runs as a doctest.
 #[cfg(doctest)]

@@ -45,6 +45,17 @@ impl ThinkFormat {
     pub fn is_valid(self) -> bool {
         matches!(self, ThinkFormat::Full | ThinkFormat::Prefilled)
     }
+
+    /// The name used in reports: `full`, `prefilled`, `no_tags`, `unterminated`, `malformed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThinkFormat::Full => "full",
+            ThinkFormat::Prefilled => "prefilled",
+            ThinkFormat::NoTags => "no_tags",
+            ThinkFormat::Unterminated => "unterminated",
+            ThinkFormat::Malformed => "malformed",
+        }
+    }
 }
 
 /// How to read a response's tags.

@@ -467,7 +467,10 @@ fn mtp_blocks_use_the_model_path_policy() {
         DecoderBlock::forward(module.block(), &x, &mut cache).unwrap()
     };
     assert_eq!(max_abs_diff(&via_block(&modules[0]), &expanded), 0.0);
-    assert_eq!(max_abs_diff(&via_block(&default_modules[0]), &absorbed), 0.0);
+    assert_eq!(
+        max_abs_diff(&via_block(&default_modules[0]), &absorbed),
+        0.0
+    );
 
     // Through a Generator: the policy reaches the modules it loads, and MTP generation under
     // it still equals plain generation under it.

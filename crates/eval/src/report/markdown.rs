@@ -1,5 +1,5 @@
-//! The Markdown summary: one table row per task, then per-subject and per-level
-//! breakdowns and SimpleQA-style grades where they apply.
+//! The Markdown summary: one table row per task, the mean GRPO rewards per task, then
+//! per-subject and per-level breakdowns and SimpleQA-style grades where they apply.
 
 use std::fmt::Write;
 
@@ -36,6 +36,21 @@ pub fn render(r: &Report) -> String {
             pct(m.format_rate),
             m.chars.mean,
             m.errors,
+        );
+    }
+    let w = super::REWARD_WEIGHTS;
+    let _ = writeln!(
+        s,
+        "\n**GRPO rewards** (means over samples; total = {} accuracy + {} format + {} language):\n\n\
+         | task | accuracy | format | language (target) | total |\n|---|---:|---:|---:|---:|",
+        w.accuracy, w.format, w.language
+    );
+    for t in &r.tasks {
+        let m = &t.metrics.rewards;
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} | {:.3} | {:.3} ({}) | {:.3} |",
+            t.name, m.accuracy, m.format, m.language, t.language, m.total
         );
     }
     for t in &r.tasks {

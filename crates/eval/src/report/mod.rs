@@ -1,6 +1,8 @@
 //! Reports: the per-task results and metrics ([`Report`]), written as JSON (every
-//! sample's verdict and extracted answer), a Markdown summary ([`markdown`]) and a
-//! self-contained HTML page with inline SVG charts ([`html`]).
+//! sample's verdict, extracted answer and GRPO rewards), a Markdown summary
+//! ([`markdown`]), a self-contained HTML page with inline SVG charts ([`html`]) and
+//! `samples.jsonl`, every sample with its prompt and response ([`SampleLine`], what
+//! `eval export-sft` reads).
 //!
 //! Reports hold no timestamps or timings, so the same responses always give the same
 //! JSON (what `eval diff` and the snapshot tests compare).
@@ -12,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use judge::reward::{Language, RewardBreakdown, RewardSummary};
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::Problem;
 use crate::metrics::{self, FactualGrades, LengthStats};
@@ -44,6 +47,64 @@ pub struct SampleResult {
     pub finish_reason: Option<String>,
     /// Set when no response could be had (counted as wrong).
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The GRPO rewards of the sample under [`REWARD_WEIGHTS`] (all zero without a
+    /// response): accuracy is the verdict, format the R1 think format, language the
+    /// task's target-language share of the reasoning ([`judge::reward`]).
+    pub rewards: RewardBreakdown,
+}
+
+/// The weights of the reward totals in reports: the plain sum of accuracy, format and
+/// language consistency ([`judge::reward::RewardWeights::default`]).
+pub const REWARD_WEIGHTS: judge::reward::RewardWeights = judge::reward::RewardWeights {
+    accuracy: 1.0,
+    format: 1.0,
+    language: 1.0,
+};
+
+/// What a sample was asked and answered; kept beside the report (not in `report.json`)
+/// for `samples.jsonl`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transcript {
+    /// The rendered prompt (the user message).
+    pub prompt: String,
+    /// The system prompt, if the task has one.
+    pub system: Option<String>,
+    /// The full response as judged (reasoning put back in `<think>` form), `None` when
+    /// none could be had.
+    pub response: Option<String>,
+}
+
+/// One line of `samples.jsonl`: a sample's verdict and rewards with its prompt and
+/// response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleLine {
+    /// Task name.
+    pub task: String,
+    /// Problem id.
+    pub id: String,
+    /// Sample index.
+    pub sample: usize,
+    /// The rendered prompt (absent when the report kept no transcripts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The task's system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The response as judged (absent when none could be had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// The verdict.
+    pub correct: bool,
+    /// The extracted answer.
+    #[serde(default)]
+    pub extracted: Option<String>,
+    /// Think-tag format (`full`, `prefilled`, `no_tags`, `unterminated`, `malformed`).
+    pub format: String,
+    /// The GRPO rewards.
+    pub rewards: RewardBreakdown,
+    /// Why no response could be had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -77,6 +138,8 @@ pub struct Metrics {
     pub factual: Option<FactualGrades>,
     /// Samples with no response.
     pub errors: usize,
+    /// Mean GRPO rewards over all samples (see [`SampleResult::rewards`]).
+    pub rewards: RewardSummary,
 }
 
 /// One task's report.
@@ -92,6 +155,8 @@ pub struct TaskReport {
     pub problems: usize,
     /// Where responses came from.
     pub source: String,
+    /// The target language of the language reward.
+    pub language: Language,
     /// Sandbox isolation mode (code tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<crate::sandbox::Isolation>,
@@ -103,6 +168,10 @@ pub struct TaskReport {
     pub by_level: BTreeMap<String, Group>,
     /// Every sample, ordered by problem then sample.
     pub samples: Vec<SampleResult>,
+    /// Each sample's prompt and response, in the order of `samples` (empty when not
+    /// kept); written to `samples.jsonl`, not to `report.json`.
+    #[serde(skip)]
+    pub transcripts: Vec<Transcript>,
 }
 
 /// A whole run.
@@ -218,6 +287,7 @@ impl TaskReport {
             k,
             problems: problems.len(),
             source,
+            language: Language::default(),
             isolation,
             metrics: Metrics {
                 pass1: metrics::mean(&scores),
@@ -231,11 +301,34 @@ impl TaskReport {
                     .map(|t| metrics::length_stats(&t)),
                 factual,
                 errors: samples.iter().filter(|s| s.error.is_some()).count(),
+                rewards: RewardSummary::of(samples.iter().map(|s| &s.rewards)),
             },
             by_subject: group(&|p| p.subject.clone()),
             by_level: group(&|p| p.level.clone()),
             samples,
+            transcripts: Vec::new(),
         }
+    }
+
+    /// The report's samples as `samples.jsonl` lines (prompts and responses from
+    /// [`TaskReport::transcripts`], absent when it is empty).
+    pub fn sample_lines(&self) -> impl Iterator<Item = SampleLine> + '_ {
+        self.samples.iter().enumerate().map(|(i, s)| {
+            let t = self.transcripts.get(i);
+            SampleLine {
+                task: self.name.clone(),
+                id: s.id.clone(),
+                sample: s.sample,
+                prompt: t.map(|t| t.prompt.clone()),
+                system: t.and_then(|t| t.system.clone()),
+                response: t.and_then(|t| t.response.clone()),
+                correct: s.correct,
+                extracted: s.extracted.clone(),
+                format: s.format.clone(),
+                rewards: s.rewards,
+                error: s.error.clone(),
+            }
+        })
     }
 }
 
@@ -248,15 +341,19 @@ pub struct Written {
     pub markdown: PathBuf,
     /// `report.html`.
     pub html: PathBuf,
+    /// `samples.jsonl`.
+    pub samples: PathBuf,
 }
 
-/// Writes `report.json`, `summary.md` and `report.html` into `dir` (created).
+/// Writes `report.json`, `summary.md`, `report.html` and `samples.jsonl` into `dir`
+/// (created).
 pub fn write_all(report: &Report, dir: &Path) -> Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let w = Written {
         json: dir.join("report.json"),
         markdown: dir.join("summary.md"),
         html: dir.join("report.html"),
+        samples: dir.join("samples.jsonl"),
     };
     let write = |p: &Path, s: String| {
         std::fs::write(p, s).with_context(|| format!("writing {}", p.display()))
@@ -264,5 +361,13 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Written> {
     write(&w.json, serde_json::to_string_pretty(report)? + "\n")?;
     write(&w.markdown, markdown::render(report))?;
     write(&w.html, html::render(report))?;
+    let mut lines = String::new();
+    for t in &report.tasks {
+        for line in t.sample_lines() {
+            lines.push_str(&serde_json::to_string(&line)?);
+            lines.push('\n');
+        }
+    }
+    write(&w.samples, lines)?;
     Ok(w)
 }

@@ -27,7 +27,7 @@ use crate::error::Result;
 /// scratch of 1,024.
 pub const FLASH_KEY_BLOCK: usize = 512;
 
-const _: () = assert!(crate::cache::CACHE_PAGE % FLASH_KEY_BLOCK == 0);
+const _: () = assert!(crate::cache::CACHE_PAGE.is_multiple_of(FLASH_KEY_BLOCK));
 
 /// Query tokens per tile of the flash path. Tiling the queries lets a long cache-free prefill
 /// skip the key blocks entirely in a tile's future (half the score work of a single causal
