@@ -56,13 +56,33 @@ fn main() -> Result<()> {
                 let wf = w.dequantize()?;
                 let base = median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap())
                     .as_secs_f64();
-                print_row(name, rows, n, k, dt, "candle f32 (dequantised)", base, flops, None);
+                print_row(
+                    name,
+                    rows,
+                    n,
+                    k,
+                    dt,
+                    "candle f32 (dequantised)",
+                    base,
+                    flops,
+                    None,
+                );
                 for isa in Isa::supported() {
                     let t = median_time(1, args.iters, || {
                         linear::linear_fp8_with(isa, &x, &w).unwrap()
                     })
                     .as_secs_f64();
-                    print_row(name, rows, n, k, dt, &format!("linear {isa}"), t, flops, Some(base));
+                    print_row(
+                        name,
+                        rows,
+                        n,
+                        k,
+                        dt,
+                        &format!("linear {isa}"),
+                        t,
+                        flops,
+                        Some(base),
+                    );
                 }
                 continue;
             }

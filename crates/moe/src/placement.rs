@@ -95,7 +95,13 @@ pub fn plan_placement(loads: &[f64], opts: &PlacementOptions) -> Result<Placemen
         return Ok(placement);
     };
     let (n, groups) = (ng.nodes, ng.n_group);
-    if n == 0 || groups == 0 || !e.is_multiple_of(groups) || groups % n != 0 || g % n != 0 || r % n != 0 {
+    if n == 0
+        || groups == 0
+        || !e.is_multiple_of(groups)
+        || groups % n != 0
+        || g % n != 0
+        || r % n != 0
+    {
         return Err(config_err(
             "nodes",
             format!(
