@@ -35,6 +35,7 @@
 pub mod cases;
 pub mod code;
 pub mod dataset;
+pub mod diagnostics;
 pub mod diff;
 pub mod metrics;
 pub mod prompt;

@@ -264,6 +264,7 @@ pub fn score(
     );
     report.language = task.language;
     report.transcripts = transcripts;
+    report.diagnostics = crate::diagnostics::diagnose(task.sampling.temperature, gens);
     report
 }
 
@@ -280,5 +281,8 @@ pub async fn run_task(
     let desc = source.describe();
     let report = score(task, problems, &gens, desc, opts);
     tracing::info!(task = %task.name, pass1 = report.metrics.pass1, errors = report.metrics.errors, "scored");
+    for w in &report.diagnostics.warnings {
+        tracing::warn!(task = %task.name, "{w}");
+    }
     Ok(report)
 }

@@ -1,5 +1,6 @@
 //! The Markdown summary: one table row per task, the mean GRPO rewards per task, then
-//! per-subject and per-level breakdowns and SimpleQA-style grades where they apply.
+//! per-subject and per-level breakdowns and SimpleQA-style grades where they apply, and
+//! last the run diagnostics ([`crate::diagnostics`]) with their warnings.
 
 use std::fmt::Write;
 
@@ -83,5 +84,50 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(s, "\n**{}** sandbox isolation: `{iso:?}`", t.name);
         }
     }
+    diagnostics(&mut s, r);
     s
+}
+
+fn diagnostics(s: &mut String, r: &Report) {
+    let _ = writeln!(
+        s,
+        "\n## Diagnostics\n\n\
+         | task | temperature | identical-sample problems | truncated (finish \"length\") | repetition loops | non-text |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for t in &r.tasks {
+        let d = &t.diagnostics;
+        let truncated = match d.truncated_share {
+            Some(share) => format!(
+                "{} / {} ({}%)",
+                d.truncated,
+                d.finish_reason_known,
+                pct(share)
+            ),
+            None => "n/a (no finish reason)".into(),
+        };
+        let identical = if d.temperature > 0.0 {
+            format!("{} / {}", d.identical_problems, d.multi_sample_problems)
+        } else {
+            "n/a (temperature 0)".into()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            t.name, d.temperature, identical, truncated, d.repetition_loops, d.non_text
+        );
+    }
+    let warnings: Vec<(&str, &String)> = r
+        .tasks
+        .iter()
+        .flat_map(|t| t.diagnostics.warnings.iter().map(|w| (t.name.as_str(), w)))
+        .collect();
+    if warnings.is_empty() {
+        let _ = writeln!(s, "\nNo warnings.");
+    } else {
+        let _ = writeln!(s);
+        for (task, w) in warnings {
+            let _ = writeln!(s, "- **warning** ({task}): {w}");
+        }
+    }
 }

@@ -166,6 +166,9 @@ pub struct TaskReport {
     pub by_subject: BTreeMap<String, Group>,
     /// pass@1 per level.
     pub by_level: BTreeMap<String, Group>,
+    /// Run diagnostics: identical samples at temperature > 0, truncation, degenerate
+    /// responses ([`crate::diagnostics`]).
+    pub diagnostics: crate::diagnostics::Diagnostics,
     /// Every sample, ordered by problem then sample.
     pub samples: Vec<SampleResult>,
     /// Each sample's prompt and response, in the order of `samples` (empty when not
@@ -305,6 +308,7 @@ impl TaskReport {
             },
             by_subject: group(&|p| p.subject.clone()),
             by_level: group(&|p| p.level.clone()),
+            diagnostics: Default::default(),
             samples,
             transcripts: Vec::new(),
         }

@@ -1,6 +1,6 @@
 //! Responses from a file: JSONL lines `{"id", "sample", "text"}` (optionally `"task"`, to
-//! keep several tasks in one file, and `"reasoning"`), such as saved model output or the
-//! bundled suite's reference responses. What CI uses.
+//! keep several tasks in one file, `"reasoning"` and `"finish_reason"`), such as saved
+//! model output or the bundled suite's reference responses. What CI uses.
 
 use std::collections::HashMap;
 
@@ -20,6 +20,8 @@ struct Line {
     text: String,
     #[serde(default)]
     reasoning: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
 }
 
 /// Responses read from a file.
@@ -50,6 +52,7 @@ impl ResponseFile {
             let g = Generation {
                 text: l.text,
                 reasoning: l.reasoning,
+                finish_reason: l.finish_reason,
                 ..Generation::default()
             };
             if map.insert(key.clone(), g).is_some() {
