@@ -52,7 +52,10 @@
 //! Pieces: [`MlaConfig`] (dimensions, validated by a builder that names the HF field),
 //! [`MlaWeights`] (loaded from a `VarBuilder` under the HF names, or handed in as tensors, e.g.
 //! dequantised FP8), [`Mla`] (the layer), [`LayerCache`] / [`LatentKvCache`] (the latent
-//! cache with truncation for speculative decoding), [`KvLayout`] (cache accounting). Softmax
+//! cache, paged in [`CACHE_PAGE`]-token pages that never move once written, with truncation
+//! for speculative decoding), [`LatentKeys`] (the cached keys as page views: the absorbed and
+//! flash paths read them in place, the expanded oracle joins them), [`KvLayout`] (cache
+//! accounting). Softmax
 //! always runs in f32; f32, bf16 and f16 are supported on CPU, and on CUDA with the `cuda`
 //! feature.
 //!
