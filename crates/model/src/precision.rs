@@ -38,15 +38,18 @@ impl Precision {
         Self { huge_pages, ..self }
     }
 
-    /// The fastest setting for `compute` on `device` given how `checkpoint` stores its
-    /// matrices: on the CPU with f32 compute, bf16/f16 matrices stay narrow (FP8 ones are
-    /// dequantised to bf16), since decode is bound by the bytes it reads; otherwise everything
-    /// in `compute` (GPU kernels want one dtype).
+    /// The setting for `compute` on `device` given how `checkpoint` stores its matrices: on the
+    /// CPU with f32 compute, bf16/f16 matrices stay narrow, since decode is bound by the bytes
+    /// it reads; FP8 ones are dequantised to f32, which is HF's f32 dequantisation exactly
+    /// (e4m3 times an f32 block scale is not, in general, a bf16 value: rounding it to bf16
+    /// moved logits by up to 2.8 on a V3 FP8 checkpoint). Otherwise everything is in `compute`
+    /// (GPU kernels want one dtype). The FP8 matrices' native kernels (`linear::Fp8Matrix`,
+    /// one byte per weight, exact) are not wired into the model yet.
     pub fn auto(checkpoint: &Checkpoint, compute: DType, device: &Device) -> Self {
         let matrices = match checkpoint.matrix_dtype() {
             _ if !device.is_cpu() || compute != DType::F32 => compute,
             Some(d @ (DType::BF16 | DType::F16)) => d,
-            Some(DType::F8E4M3) => DType::BF16,
+            Some(DType::F8E4M3) => DType::F32,
             _ => compute,
         };
         Self::mixed(compute, matrices)

@@ -66,18 +66,42 @@ fn auto_precision_rules() {
     let f32_ckpt = Checkpoint::open(&Case::load("v3_noaux").dir).unwrap();
     let fp8_ckpt = Checkpoint::open(&Case::load("v3_fp8").dir).unwrap();
     assert_eq!(fp8_ckpt.matrix_dtype(), Some(DType::F8E4M3));
-    // f32 matrices stay f32; FP8 is dequantised to bf16 under f32 compute on the CPU.
+    // f32 matrices stay f32; FP8 is dequantised to f32 (exact) under f32 compute on the CPU.
     assert_eq!(
         Precision::auto(&f32_ckpt, DType::F32, &cpu),
         DType::F32.into()
     );
     assert_eq!(
         Precision::auto(&fp8_ckpt, DType::F32, &cpu),
-        Precision::mixed(DType::F32, DType::BF16)
+        DType::F32.into()
     );
     // Half-precision compute keeps one dtype.
     assert_eq!(
         Precision::auto(&fp8_ckpt, DType::F16, &cpu),
         DType::F16.into()
     );
+}
+
+/// The format a user downloads gives the exact model by default: an FP8 checkpoint loaded with
+/// the automatic precision matches HF's logits (f32 dequantisation) within the parity
+/// tolerance, prefill and decode.
+#[test]
+fn fp8_checkpoint_under_auto_precision_matches_hf() {
+    let case = Case::load("v3_fp8");
+    let model = DeepSeek::load_auto(&case.dir, DType::F32, &Device::Cpu).unwrap();
+    let ids = case.ids("input_ids");
+    let want = case.tensor("prefill.logits");
+    let mut session = model.new_session().unwrap();
+    let out = model.forward(&ids, &mut session).unwrap();
+    assert_close(&out.logits, &want, 1e-4, "fp8 auto prefill");
+    let mut session = model.new_session().unwrap();
+    for (i, &t) in ids.iter().enumerate() {
+        let step = model.forward(&[t], &mut session).unwrap();
+        assert_close(
+            &step.logits,
+            &want.narrow(0, i, 1).unwrap(),
+            1e-4,
+            "fp8 auto decode",
+        );
+    }
 }
