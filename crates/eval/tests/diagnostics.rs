@@ -72,6 +72,11 @@ fn run(dir: &Path, temperature: f64) -> (Output, Value, String) {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    // The summary says where the responses came from.
+    assert!(
+        md.contains("**Responses:** responses from "),
+        "no response source in the summary:\n{md}"
+    );
     (o, report, md)
 }
 

@@ -1,4 +1,4 @@
-//! The Markdown summary: one table row per task, the mean GRPO rewards per task, then
+//! The Markdown summary: where the responses came from, one table row per task, the mean GRPO rewards per task, then
 //! per-subject and per-level breakdowns and SimpleQA-style grades where they apply, and
 //! last the run diagnostics ([`crate::diagnostics`]) with their warnings.
 
@@ -14,6 +14,27 @@ fn pct(x: f64) -> String {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Evaluation report: {}\n", r.name);
+    // Where the responses came from (a file, an endpoint and model, a local checkpoint), so a
+    // report never reads as a model's score when it scored something else.
+    let mut sources: Vec<&str> = Vec::new();
+    for t in &r.tasks {
+        if !sources.contains(&t.source.as_str()) {
+            sources.push(&t.source);
+        }
+    }
+    match sources.as_slice() {
+        [] => {}
+        [one] => {
+            let _ = writeln!(s, "**Responses:** {one}\n");
+        }
+        _ => {
+            let _ = writeln!(s, "**Responses:**\n");
+            for t in &r.tasks {
+                let _ = writeln!(s, "- {}: {}", t.name, t.source);
+            }
+            let _ = writeln!(s);
+        }
+    }
     let _ = writeln!(
         s,
         "| task | checker | problems | k | pass@1 (95% CI) | pass@k | cons@k | format | mean chars | errors |"
