@@ -4,18 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use linear::Isa;
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+mod common;
+use common::max_diff;
 
 #[test]
 fn matches_matmul_for_every_dtype_and_row_count() {

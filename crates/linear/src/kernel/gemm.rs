@@ -72,7 +72,7 @@ pub(crate) fn gemm<W: WeightElem>(
                 {
                     match scales {
                         None => W::widen_row(src, row),
-                        Some(s) => W::widen_row_scaled(src, row, |kb| s.at(r0 + i, kb, k), s.cols),
+                        Some(s) => W::widen_row_scaled(src, row, s.row(r0 + i, k), s.cols),
                     }
                 }
                 // SAFETY: `xs` is `[m, k]` row-major, `buf` is `[nb, k]` row-major (read as the
@@ -109,38 +109,18 @@ pub(crate) fn gemm<W: WeightElem>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_matches_oracle, oracle};
     use super::*;
     use half::{bf16, f16};
     use proptest::prelude::*;
-
-    /// f64 oracle of `[m, N]` over the exactly widened weights.
-    fn oracle<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f64> {
-        let n = w.len() / k;
-        let mut out = vec![0f64; m * n];
-        for j in 0..m {
-            for r in 0..n {
-                out[j * n + r] = (0..k)
-                    .map(|c| w[r * k + c].widen() as f64 * xs[j * k + c] as f64)
-                    .sum();
-            }
-        }
-        out
-    }
 
     fn check<W: WeightElem>(narrow: impl Fn(f32) -> W, n: usize, k: usize, m: usize, seed: u32) {
         let val = |i: usize, s: f32| ((i as f32 * 0.7318 + s + seed as f32).sin()) * 2.0;
         let w: Vec<W> = (0..n * k).map(|i| narrow(val(i, 0.3))).collect();
         let xs: Vec<f32> = (0..m * k).map(|i| val(i, 1.9)).collect();
-        let want = oracle(&w, k, &xs, m);
-        let scale = (k as f64).sqrt();
         let got = gemm(&w, k, &xs, m, None);
-        assert_eq!(got.len(), want.len());
-        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (*g as f64 - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
-                "element {i}: {g} vs {e} (n {n}, k {k}, m {m})"
-            );
-        }
+        let want = oracle(&w, k, &xs, m);
+        assert_matches_oracle(&got, &want, k, &format!("n {n}, m {m}"));
     }
 
     proptest! {

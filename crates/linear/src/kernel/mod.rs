@@ -60,17 +60,7 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         scales: [&[f32]; 4],
         cols: usize,
     ) -> [f32; 4] {
-        let k = x.len();
-        let mut out = [0f32; 4];
-        for (kb, lo) in (0..k).step_by(cols).enumerate() {
-            let span = lo..(lo + cols).min(k);
-            let next = next.map(|r| &r[span.clone()]);
-            let sums = Self::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
-            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
-                *o += v * scales[q][kb];
-            }
-        }
-        out
+        dot4_per_block(isa, w, x, next, scales, cols)
     }
 
     /// `src` widened exactly into `dst` (same length): the GEMM's weight blocks.
@@ -80,11 +70,10 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         }
     }
 
-    /// `src` widened and multiplied by the scale of each `cols`-wide block of it (`scale(kb)`
-    /// for block `kb`), in f32: FP8's dequantisation.
-    fn widen_row_scaled(src: &[Self], dst: &mut [f32], scale: impl Fn(usize) -> f32, cols: usize) {
-        for (kb, (d, s)) in dst.chunks_mut(cols).zip(src.chunks(cols)).enumerate() {
-            let f = scale(kb);
+    /// `src` widened and multiplied by the scale of each `cols`-wide block of it
+    /// (`scales[kb]` for block `kb`), in f32: FP8's dequantisation.
+    fn widen_row_scaled(src: &[Self], dst: &mut [f32], scales: &[f32], cols: usize) {
+        for ((d, s), &f) in dst.chunks_mut(cols).zip(src.chunks(cols)).zip(scales) {
             for (d, s) in d.iter_mut().zip(s) {
                 *d = s.widen() * f;
             }
@@ -93,6 +82,29 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
 
     /// The exact f32 value.
     fn widen(self) -> f32;
+}
+
+/// [`WeightElem::dot4_scaled`] as one [`WeightElem::dot4`] per `cols`-wide block, each block
+/// sum multiplied by its scale.
+fn dot4_per_block<W: WeightElem>(
+    isa: Isa,
+    w: [&[W]; 4],
+    x: &[f32],
+    next: [&[W]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    let k = x.len();
+    let mut out = [0f32; 4];
+    for (kb, lo) in (0..k).step_by(cols).enumerate() {
+        let span = lo..(lo + cols).min(k);
+        let next = next.map(|r| &r[span.clone()]);
+        let sums = W::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
+        for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
+            *o += v * scales[q][kb];
+        }
+    }
+    out
 }
 
 /// Target bytes of weights per rayon task: large enough that scheduling is noise, small enough
@@ -191,13 +203,8 @@ pub(crate) struct BlockScales<'a> {
 }
 
 impl BlockScales<'_> {
-    /// The scale of weight row `r` over block `kb` of `K` (`k` elements long).
-    pub(crate) fn at(&self, r: usize, kb: usize, k: usize) -> f32 {
-        self.scale[(r / self.rows) * k.div_ceil(self.cols) + kb]
-    }
-
     /// The scales of weight row `r` over every block of `K` (`k` elements long).
-    fn row(&self, r: usize, k: usize) -> &[f32] {
+    pub(crate) fn row(&self, r: usize, k: usize) -> &[f32] {
         let per_row = k.div_ceil(self.cols);
         &self.scale[(r / self.rows) * per_row..][..per_row]
     }
@@ -328,16 +335,7 @@ impl WeightElem for F8E4M3 {
         if let Some(t) = isa.avx2_fma_f16c() {
             return x86::dot4_e4m3_scaled(t, w, x, next, scales, cols);
         }
-        let k = x.len();
-        let mut out = [0f32; 4];
-        for (kb, lo) in (0..k).step_by(cols).enumerate() {
-            let span = lo..(lo + cols).min(k);
-            let sums = Self::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
-            for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
-                *o += v * scales[q][kb];
-            }
-        }
-        out
+        dot4_per_block(isa, w, x, next, scales, cols)
     }
 
     fn widen(self) -> f32 {
@@ -350,22 +348,34 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// f64 reference of `[m, N]` with the weights widened exactly.
-    fn reference(w: &[f32], k: usize, xs: &[f32], m: usize) -> Vec<f64> {
+    /// f64 oracle of `[m, N]` over the exactly widened weights (shared with the GEMM's tests).
+    pub(super) fn oracle<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f64> {
         let n = w.len() / k;
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             for r in 0..n {
                 out[j * n + r] = (0..k)
-                    .map(|c| w[r * k + c] as f64 * xs[j * k + c] as f64)
+                    .map(|c| w[r * k + c].widen() as f64 * xs[j * k + c] as f64)
                     .sum();
             }
         }
         out
     }
 
+    /// `got` against the oracle's `want`: only the f32 summation order may differ.
+    pub(super) fn assert_matches_oracle(got: &[f32], want: &[f64], k: usize, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = (k as f64).sqrt();
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
+                "{what}: element {i}: {g} vs {e} (k {k})"
+            );
+        }
+    }
+
     /// The kernel on every path this machine runs (the detected one, each narrower one and
-    /// the portable one) against the f64 reference.
+    /// the portable one) against the f64 oracle.
     fn check<W: WeightElem>(
         w32: &[f32],
         narrow: impl Fn(f32) -> W,
@@ -374,19 +384,11 @@ mod tests {
         m: usize,
     ) {
         let w: Vec<W> = w32.iter().map(|&v| narrow(v)).collect();
-        // The reference sees the rounded weights, so only the summation order differs.
-        let widened: Vec<f32> = w.iter().map(|&v| v.widen()).collect();
-        let want = reference(&widened, k, xs, m);
-        let scale: f64 = (k as f64).sqrt();
+        // The oracle sees the rounded weights, so only the summation order differs.
+        let want = oracle(&w, k, xs, m);
         for isa in Isa::supported() {
             let got = matmul_rows(isa, &w, k, xs, m, None);
-            assert_eq!(got.len(), want.len());
-            for (g, e) in got.iter().zip(&want) {
-                assert!(
-                    (*g as f64 - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
-                    "{isa}: {g} vs {e} (k {k}, m {m})"
-                );
-            }
+            assert_matches_oracle(&got, &want, k, &format!("{isa}, m {m}"));
         }
     }
 

@@ -212,8 +212,8 @@ unsafe fn dot_f32_avx2(w: &[f32], x: &[f32]) -> f32 {
     total
 }
 
-/// 8 weights widened to f32 in natural order.
-pub(crate) trait Load8 {
+/// 8 weights widened to f32 (f32 and f16).
+trait Load8 {
     /// # Safety
     /// `p` must point at 8 readable elements, inside a function with the needed features.
     unsafe fn load8(p: *const Self) -> __m256;
@@ -303,43 +303,23 @@ unsafe fn dot4_bf16_avx2(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32
     finish(w, x, lo, hi, i, len)
 }
 
-/// 8 bf16 weights widened to f32 in natural order (the e4m3 kernel's layout; the bf16
-/// matrix-vector kernel reads the even/odd layout instead).
-impl Load8 for bf16 {
-    #[inline(always)]
-    unsafe fn load8(p: *const bf16) -> __m256 {
-        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-        _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
-    }
-}
-
-/// e4m3 → f16 bits, lane by lane (16-bit lanes holding one byte each): the 7 magnitude bits
-/// shifted into the f16 exponent and mantissa (`<< 7`) are the value divided by 2⁸ exactly,
-/// normal and subnormal alike (f16's exponent bias is 8 more than e4m3's, and an e4m3
-/// subnormal lands on an f16 subnormal with the same ratio); the sign moves to bit 15, and
-/// `S.1111.111` gets the f16 exponent all ones (NaN). The caller multiplies by 2⁸ after
-/// widening to f32.
-macro_rules! e4m3_to_f16_bits {
-    ($w:expr, $and:ident, $or:ident, $slli:ident, $cmpeq:ident, $set1:ident) => {{
-        let w = $w;
-        let mag = $and(w, $set1(0x7f));
-        let sign = $slli::<8>($and(w, $set1(0x80)));
-        let nan = $and($cmpeq(mag, $set1(0x7f)), $set1(0x7c00));
-        $or($or($slli::<7>(mag), sign), nan)
-    }};
-}
-
-/// 8 e4m3 values widened to f32 and divided by 2⁸ (exactly; see `e4m3_to_f16_bits!`).
+/// 8 e4m3 values widened to f32 and divided by 2⁸, exactly. Each byte, zero-extended to a
+/// 16-bit lane, becomes an f16 bit pattern: the 7 magnitude bits shifted into the f16 exponent
+/// and mantissa (`<< 7`) are the value over 2⁸, normal and subnormal alike (f16's exponent
+/// bias is 8 more than e4m3's, and an e4m3 subnormal lands on an f16 subnormal with the same
+/// ratio); the sign moves to bit 15, and `S.1111.111` gets the f16 exponent all ones (NaN).
+/// The caller multiplies by 2⁸ (folded into the block scale).
 #[inline(always)]
 unsafe fn e4m3_over_256(p: *const F8E4M3) -> __m256 {
     let w = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
-    let h = e4m3_to_f16_bits!(
-        w,
-        _mm_and_si128,
-        _mm_or_si128,
-        _mm_slli_epi16,
-        _mm_cmpeq_epi16,
-        _mm_set1_epi16
+    let mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+    let sign = _mm_slli_epi16::<8>(_mm_and_si128(w, _mm_set1_epi16(0x80)));
+    let nan = _mm_and_si128(
+        _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)),
+        _mm_set1_epi16(0x7c00),
     );
-    _mm256_cvtph_ps(h)
+    _mm256_cvtph_ps(_mm_or_si128(
+        _mm_or_si128(_mm_slli_epi16::<7>(mag), sign),
+        nan,
+    ))
 }
