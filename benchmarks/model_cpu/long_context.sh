@@ -18,24 +18,16 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 PROMPTS="${PROMPTS:-512 2048 8192}"
 NEW_TOKENS="${NEW_TOKENS:-32}"
-ckpt="$here/ckpt"
 out="$here/results"
 mkdir -p "$out"
 res="$out/long_context.jsonl"
 : > "$res"
 
-cd "$root"
-cargo build --release -q -p model -p benchmarks
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
-if [ ! -f "$ckpt/model.safetensors.index.json" ]; then
-    rm -rf "$ckpt"
-    "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$ckpt" --dtype bf16 --seed 0
-fi
+# shellcheck source=common.sh
+. "$here/common.sh"
+build_and_checkpoint
 if [ "${HF_SKIP:-0}" != 1 ] && [ -z "${PYTHON:-}" ]; then
-    if ! "$here/.venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
-        python3 -m venv "$here/.venv"
-        "$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
-    fi
+    ensure_hf_venv
     PYTHON="$here/.venv/bin/python"
 fi
 
@@ -63,9 +55,7 @@ for r in rows:
 PY
 }
 
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), \
-SIMD: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|avx512fp16|amx_bf16)$' | xargs)"
-echo "== load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+print_machine
 for p in $PROMPTS; do
     echo "== prompt $p"
     measure "ours_$p" "$bin/model_decode" --model "$ckpt" --dtype f32 --matrices bf16 \

@@ -25,31 +25,14 @@ PROMPT_LEN="${PROMPT_LEN:-512}"
 NEW_TOKENS="${NEW_TOKENS:-128}"
 HF_THREADS="${HF_THREADS:-2}"
 HF_EXPERTS="${HF_EXPERTS-eager}"
-ckpt="$here/ckpt"
 out="$here/results"
 mkdir -p "$out"
 [ "${APPEND:-0}" = 1 ] || : > "$out/results.jsonl"
-
-# Python side: its own venv (pip reuses its cache).
-if [ ! -x "$here/.venv/bin/python" ] || ! "$here/.venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
-    python3 -m venv "$here/.venv"
-    "$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
-fi
-
-# Rust side.
-cd "$root"
-cargo build --release -q -p model -p benchmarks
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
-
-# The checkpoint, made once (4.4 GB of bf16).
-if [ ! -f "$ckpt/model.safetensors.index.json" ]; then
-    rm -rf "$ckpt"
-    "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$ckpt" --dtype bf16 --seed 0
-fi
-
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), \
-SIMD: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|avx512fp16|amx_bf16)$' | xargs)"
-echo "== load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+# shellcheck source=common.sh
+. "$here/common.sh"
+ensure_hf_venv
+build_and_checkpoint
+print_machine
 matvec=""
 [ "${MATVEC:-1}" = 1 ] && matvec="--matvec"
 for p in $OURS; do

@@ -56,15 +56,24 @@ fn run(dir: &Path, temperature: f64) -> (Output, Value, String) {
         ),
     )
     .unwrap();
-    let out = dir.join(format!("out-{temperature}"));
+    eval_run(
+        &task,
+        &responses(dir),
+        &dir.join(format!("out-{temperature}")),
+    )
+}
+
+/// `eval run --task TASK --responses RESPONSES --out OUT`: its output, `report.json` and
+/// `summary.md`.
+fn eval_run(task: &Path, responses: &Path, out: &Path) -> (Output, Value, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_eval"))
         .arg("run")
         .arg("--task")
-        .arg(&task)
+        .arg(task)
         .arg("--responses")
-        .arg(responses(dir))
+        .arg(responses)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .env_remove("RUST_LOG")
         .output()
         .expect("running eval");
@@ -141,28 +150,15 @@ fn recorded_responses_without_finish_reason_skip_the_truncation_check() {
     // The bundled suite's reference responses: distinct samples, no finish reasons,
     // no loops: a clean run.
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_eval"))
-        .args([
-            "run",
-            "--task",
-            &format!("{SUITE}/math.yaml"),
-            "--responses",
-        ])
-        .arg(format!("{SUITE}/math.responses.jsonl"))
-        .arg("--out")
-        .arg(&out)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running eval");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let (o, report, md) = eval_run(
+        Path::new(&format!("{SUITE}/math.yaml")),
+        Path::new(&format!("{SUITE}/math.responses.jsonl")),
+        &dir.path().join("out"),
+    );
     let d = &report["tasks"][0]["diagnostics"];
     assert_eq!(d["finish_reason_known"].as_u64(), Some(0), "{d}");
     assert!(d.get("truncated_share").is_none(), "{d}");
     assert_eq!(d["warnings"].as_array().unwrap().len(), 0, "{d}");
-    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("n/a (no finish reason)"), "{md}");
     assert!(md.contains("No warnings."), "{md}");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("WARN"));

@@ -109,9 +109,14 @@ fn golds_of(
         .try_iter()?
         .map(|g| gold_of(&g?))
         .collect::<PyResult<_>>()?;
+    one_per_completion(v, n, "reference answers")
+}
+
+/// `v` when it holds one item per completion, else an error naming `what`.
+fn one_per_completion<T>(v: Vec<T>, n: usize, what: &str) -> PyResult<Vec<T>> {
     if v.len() != n {
         return Err(value_error(format!(
-            "{n} completions but {} reference answers",
+            "{n} completions but {} {what}",
             v.len()
         )));
     }
@@ -133,13 +138,7 @@ fn per_completion<T: Clone>(
         .try_iter()?
         .map(|x| parse(&x?.extract::<String>()?))
         .collect::<PyResult<_>>()?;
-    if v.len() != n {
-        return Err(value_error(format!(
-            "{n} completions but {} values of {what}",
-            v.len()
-        )));
-    }
-    Ok(v)
+    one_per_completion(v, n, &format!("values of {what}"))
 }
 
 fn kinds(kind: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<Kind>> {
@@ -164,13 +163,7 @@ fn languages(
         let Some(prompts) = prompts.filter(|p| !p.is_none()) else {
             return Ok(vec![Language::English; n]);
         };
-        let p = texts_of_prompts(prompts)?;
-        if p.len() != n {
-            return Err(value_error(format!(
-                "{n} completions but {} prompts",
-                p.len()
-            )));
-        }
+        let p = one_per_completion(texts_of_prompts(prompts)?, n, "prompts")?;
         return Ok(p
             .iter()
             .map(|t| Language::dominant(t).unwrap_or_default())
