@@ -1,4 +1,4 @@
-//! Run diagnostics end to end: `eval run` on recorded responses whose samples are
+//! Run diagnostics end to end: `eval run` on a response file written by the test whose samples are
 //! byte-identical (as from a server that ignores the sampling parameters), one problem
 //! cut off at the token limit and one looping. At temperature 0.6 the run warns on the
 //! console and in `report.json` and `summary.md`; at temperature 0 identical samples are
@@ -146,7 +146,7 @@ fn identical_samples_at_temperature_zero_are_not_reported() {
 }
 
 #[test]
-fn recorded_responses_without_finish_reason_skip_the_truncation_check() {
+fn response_files_without_finish_reason_skip_the_truncation_check() {
     // The bundled suite's reference responses: distinct samples, no finish reasons,
     // no loops: a clean run.
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! `eval run` on recorded responses (the bundled math and GSM8K tasks) into a temporary
+//! `eval run` on the bundled math and GSM8K tasks' response files (written for the suite) into a temporary
 //! folder, then `eval export-sft` on it: only correct, well-formed samples are written,
 //! in TRL's conversational format, once per problem when asked; malformed run files are
 //! errors naming the file and line.
@@ -103,7 +103,7 @@ fn export_keeps_correct_well_formed_samples() {
         .filter(|(_, (c, f))| *c && (f == "full" || f == "prefilled"))
         .map(|(k, _)| k.clone())
         .collect();
-    // The recorded responses include wrong, truncated and untagged ones.
+    // The suite's responses include wrong, truncated and untagged ones.
     assert!(good.len() >= 10 && good.len() < verdicts.len(), "{good:?}");
 
     // Every sample.
