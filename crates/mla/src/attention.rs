@@ -72,6 +72,17 @@ struct Projected {
     k_pe: Tensor,
 }
 
+/// One sequence's share of a [`Mla::forward_packed`] call.
+#[derive(Debug)]
+pub struct PackedPart<'a> {
+    /// New tokens of this sequence (consecutive rows of the packed input).
+    pub tokens: usize,
+    /// The sequence's own batch-1 cache: the tokens continue from its length and are appended.
+    pub cache: &'a mut LayerCache,
+    /// The attention path for this sequence's tokens.
+    pub path: AttentionPath,
+}
+
 /// One Multi-head Latent Attention layer.
 #[derive(Debug, Clone)]
 pub struct Mla {
@@ -196,6 +207,61 @@ impl Mla {
         self.output(&Tensor::cat(&outs, 0)?)
     }
 
+    /// Several sequences in one call, each with its own cache: `x` `[1, N, C]` holds their new
+    /// tokens back to back (`parts[i].tokens` rows each, continuing from that cache's length),
+    /// e.g. one decode token for each of many sequences plus a prefill chunk of another. The
+    /// projections and `o_proj` run once over all `N` rows (one read of the weights for the
+    /// whole batch); RoPE, the cache append and attention (on each part's own path) run per
+    /// sequence. Each part's rows equal a batch-1 [`Mla::forward`] of its tokens over its cache
+    /// (bit for bit when the projections take the same kernel for `N` rows as for the part's).
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        parts: &mut [PackedPart<'_>],
+        rope: &mut RopeCache,
+    ) -> Result<Tensor> {
+        let (b, n) = self.check_x(x)?;
+        let rows: usize = parts.iter().map(|p| p.tokens).sum();
+        if b != 1 || rows != n || parts.iter().any(|p| p.tokens == 0) {
+            return Err(MlaError::InputShape {
+                what: "x",
+                expected: format!(
+                    "[1, {rows}, {}]: the parts' token counts (each > 0) back to back",
+                    self.config.hidden_size
+                ),
+                found: x.dims().to_vec(),
+            });
+        }
+        self.check_rope(rope)?;
+        let mut positions = Vec::with_capacity(n);
+        for part in parts.iter() {
+            self.check_cache(part.cache, 1)?;
+            let start = part.cache.seq_len(0)?;
+            positions.extend(start..start + part.tokens);
+        }
+        let (cos, sin) = rope.cos_sin_at(&positions, x.device())?;
+        let p = self.project_rotated(x, &cos, &sin)?;
+        let mut outs = Vec::with_capacity(parts.len());
+        let mut row = 0;
+        for part in parts.iter_mut() {
+            let t = part.tokens;
+            let own = Projected {
+                q_nope: p.q_nope.narrow(2, row, t)?.contiguous()?,
+                q_pe: p.q_pe.narrow(2, row, t)?.contiguous()?,
+                c_kv: p.c_kv.narrow(1, row, t)?.contiguous()?,
+                k_pe: p.k_pe.narrow(1, row, t)?.contiguous()?,
+            };
+            part.cache.append_seq(0, &own.c_kv, &own.k_pe)?;
+            outs.push(self.attend(&own, &part.cache.seq_keys(0)?, part.path)?);
+            row += t;
+        }
+        let out = match <[Tensor; 1]>::try_from(outs) {
+            Ok([one]) => one,
+            Err(outs) => Tensor::cat(&outs, 1)?,
+        };
+        self.output(&out)
+    }
+
     fn check_x(&self, x: &Tensor) -> Result<(usize, usize)> {
         let c = self.config.hidden_size;
         let (b, t) = match *x.dims() {
@@ -252,9 +318,13 @@ impl Mla {
 
     /// Projections, norms and RoPE of `x` `[B, T, C]` at positions `start..start + T`.
     fn project(&self, x: &Tensor, start: usize, rope: &mut RopeCache) -> Result<Projected> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let (h, n, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim);
+        self.check_rope(rope)?;
+        let (cos, sin) = rope.cos_sin(start, x.dim(1)?, x.device())?;
+        self.project_rotated(x, &cos, &sin)
+    }
+
+    fn check_rope(&self, rope: &RopeCache) -> Result<()> {
+        let r = self.config.qk_rope_head_dim;
         if rope.config().dim != r {
             return Err(MlaError::config(
                 "qk_rope_head_dim",
@@ -264,6 +334,15 @@ impl Mla {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Projections, norms and RoPE of `x` `[B, T, C]` with token `i`'s rotation `cos[i]` /
+    /// `sin[i]` (`[T, r/2]` each).
+    fn project_rotated(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Projected> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (h, n, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim);
         let q = match &self.weights.query {
             QueryWeights::Direct { q_proj } => linear(x, q_proj)?,
             QueryWeights::LowRank {
@@ -292,9 +371,8 @@ impl Mla {
             .contiguous()?
             .reshape((b, 1, t, r))?; // one shared rotary key "head"
 
-        let (cos, sin) = rope.cos_sin(start, t, x.device())?;
-        let q_pe = apply_rotary(&q_pe, &cos, &sin, RopeLayout::Interleaved)?;
-        let k_pe = apply_rotary(&k_pe, &cos, &sin, RopeLayout::Interleaved)?.reshape((b, t, r))?;
+        let q_pe = apply_rotary(&q_pe, cos, sin, RopeLayout::Interleaved)?;
+        let k_pe = apply_rotary(&k_pe, cos, sin, RopeLayout::Interleaved)?.reshape((b, t, r))?;
         Ok(Projected {
             q_nope,
             q_pe,

@@ -10,10 +10,16 @@
 //! of the pages; the expanded oracle asks for one contiguous tensor
 //! ([`LatentKeys::to_contiguous`], a copy when the keys span pages).
 //!
+//! Pages are shared copy-on-write: [`LayerCache::fork`] gives a second cache holding the same
+//! tokens without copying any (the `n` samples of one prompt, a shared system prompt), and a
+//! write into a page that another cache still holds first copies that one page.
+//!
 //! Each sequence of the batch has its own length. [`LayerCache::truncate`] and
 //! [`LayerCache::truncate_seq`] only move lengths back: stale rows past a length are never
 //! read (every view is narrowed to the length) and are overwritten by the next append, which is
 //! what speculative decoding needs to roll back rejected draft tokens.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -106,8 +112,9 @@ impl LatentKeys {
 /// snapshots only until the next write to the cache.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    /// Pages in order: `c_kv` `[B, page, R]` and `k_pe` `[B, page, rope]`.
-    pages: Vec<(Tensor, Tensor)>,
+    /// Pages in order: `c_kv` `[B, page, R]` and `k_pe` `[B, page, rope]`, shared with forks
+    /// until written (the `Arc` count says whether another cache holds a page).
+    pages: Vec<Arc<(Tensor, Tensor)>>,
     page: usize,
     lens: Vec<usize>,
     kv_lora_rank: usize,
@@ -243,24 +250,47 @@ impl LayerCache {
     pub fn reserve(&mut self, len: usize) -> Result<()> {
         let b = self.batch();
         while self.capacity() < len {
-            self.pages.push((
+            self.pages.push(Arc::new((
                 Tensor::zeros((b, self.page, self.kv_lora_rank), self.dtype, &self.device)?,
                 Tensor::zeros((b, self.page, self.rope_dim), self.dtype, &self.device)?,
-            ));
+            )));
         }
         Ok(())
     }
 
+    /// A second cache holding the same tokens, sharing every page until one of the two writes
+    /// into it (copy-on-write, one page at a time): a fork costs no copy, and each cache then
+    /// owns only the pages it wrote. Views taken before a write keep seeing the old page.
+    pub fn fork(&self) -> LayerCache {
+        self.clone()
+    }
+
+    /// Pages allocated so far (each holds [`LayerCache::page_tokens`] tokens per sequence).
+    pub fn pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// An identity per allocated page, equal for two caches exactly when they share the page
+    /// (what a pool counting unique pages over many forked caches needs).
+    pub fn page_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        self.pages.iter().map(|p| Arc::as_ptr(p) as usize)
+    }
+
     /// Writes `c_kv` `[b, t, R]` / `k_pe` `[b, t, rope]` at token `pos` of sequences
-    /// `first..first + b`, page by page (the pages must be reserved).
-    fn write(&self, first: usize, pos: usize, c_kv: &Tensor, k_pe: &Tensor) -> Result<()> {
+    /// `first..first + b`, page by page (the pages must be reserved), first copying any page
+    /// written into that a fork still shares.
+    fn write(&mut self, first: usize, pos: usize, c_kv: &Tensor, k_pe: &Tensor) -> Result<()> {
         let (b, t) = (c_kv.dim(0)?, c_kv.dim(1)?);
         let mut done = 0;
         while done < t {
             let at = pos + done;
             let (page, offset) = (at / self.page, at % self.page);
             let n = (self.page - offset).min(t - done);
-            let (pc, pk) = &self.pages[page];
+            if Arc::strong_count(&self.pages[page]) > 1 {
+                let (pc, pk) = &*self.pages[page];
+                self.pages[page] = Arc::new((pc.copy()?, pk.copy()?));
+            }
+            let (pc, pk) = &*self.pages[page];
             let (pc, pk) = if b == self.batch() {
                 (pc.clone(), pk.clone())
             } else {
@@ -378,7 +408,8 @@ impl LayerCache {
 
     fn range(&self, first: usize, count: usize, len: usize) -> Result<LatentKeys> {
         let mut segments = Vec::with_capacity(len.div_ceil(self.page));
-        for (p, (c, k)) in self.pages.iter().enumerate() {
+        for (p, page) in self.pages.iter().enumerate() {
+            let (c, k) = &**page;
             let start = p * self.page;
             if start >= len {
                 break;
@@ -425,6 +456,21 @@ impl LatentKvCache {
             .map(|_| LayerCache::for_config(config, batch, dtype, device))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
+    }
+
+    /// Empty caches whose pages hold `tokens` tokens each ([`LayerCache::with_page_tokens`]).
+    pub fn with_page_tokens(self, tokens: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| l.with_page_tokens(tokens))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Every layer forked ([`LayerCache::fork`]): the same tokens, pages shared copy-on-write.
+    pub fn fork(&self) -> Self {
+        self.clone()
     }
 
     /// Number of layers.

@@ -102,7 +102,9 @@ mod error;
 mod weights;
 
 pub use accounting::KvLayout;
-pub use attention::{AttentionPath, FlashFormulation, Mla, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
+pub use attention::{
+    AttentionPath, FlashFormulation, Mla, PackedPart, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK,
+};
 pub use cache::{LatentKeys, LatentKvCache, LayerCache, CACHE_PAGE};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};

@@ -270,3 +270,129 @@ fn accounting_matches_the_v3_figures() {
     let full = LatentKvCache::new(&v3, 61, 1, bf16, &Device::Cpu).unwrap();
     assert_eq!(full.bytes_per_token(), 70_272);
 }
+
+#[test]
+fn packed_sequences_equal_each_sequence_alone() {
+    // Three sequences at different lengths, packed as a prefill chunk of 4 plus two decode
+    // tokens: each part equals its own batch-1 forward, on every path. With 6 rows the
+    // projections take the same matrix-vector kernel as 4 or 1 rows, so equality is exact.
+    let mla = random_layer(true, 0.2);
+    let dev = Device::Cpu;
+    let prompts: Vec<Tensor> = [3usize, 9, 1]
+        .iter()
+        .map(|&t| Tensor::randn(0f32, 1.0, (1, t, 64), &dev).unwrap())
+        .collect();
+    let new_tokens = [4usize, 1, 1];
+    let news: Vec<Tensor> = new_tokens
+        .iter()
+        .map(|&t| Tensor::randn(0f32, 1.0, (1, t, 64), &dev).unwrap())
+        .collect();
+    for path in PATHS {
+        let mut rope = rope_for(&mla);
+        let mut caches: Vec<LayerCache> = prompts
+            .iter()
+            .map(|p| {
+                let mut c = mla.new_cache(1).unwrap().with_page_tokens(4).unwrap();
+                mla.forward(p, 0, &mut rope, Some(&mut c), path).unwrap();
+                c
+            })
+            .collect();
+        let mut alone = caches.clone();
+        let x = Tensor::cat(&news, 1).unwrap();
+        let mut parts: Vec<mla::PackedPart> = caches
+            .iter_mut()
+            .zip(new_tokens)
+            .map(|(cache, tokens)| mla::PackedPart {
+                tokens,
+                cache,
+                path,
+            })
+            .collect();
+        let y = mla.forward_packed(&x, &mut parts, &mut rope).unwrap();
+        let mut row = 0;
+        for (i, (cache, new)) in alone.iter_mut().zip(&news).enumerate() {
+            let start = cache.seq_len(0).unwrap();
+            let want = mla
+                .forward(new, start, &mut rope, Some(cache), path)
+                .unwrap();
+            let t = new.dim(1).unwrap();
+            let d = max_abs_diff(&y.narrow(1, row, t).unwrap(), &want);
+            assert_eq!(d, 0.0, "{path:?} sequence {i}");
+            assert_eq!(caches[i].lens(), cache.lens());
+            row += t;
+        }
+    }
+    // Token counts that do not add up to the rows are refused.
+    let mut rope = rope_for(&mla);
+    let mut c = mla.new_cache(1).unwrap();
+    let mut parts = [mla::PackedPart {
+        tokens: 2,
+        cache: &mut c,
+        path: AttentionPath::Absorbed,
+    }];
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64), &dev).unwrap();
+    assert!(mla.forward_packed(&x, &mut parts, &mut rope).is_err());
+}
+
+#[test]
+fn forks_share_pages_until_one_writes() {
+    let mla = random_layer(false, 0.2);
+    let dev = Device::Cpu;
+    let mut rope = rope_for(&mla);
+    let prompt = Tensor::randn(0f32, 1.0, (1, 10, 64), &dev).unwrap();
+    let mut parent = mla.new_cache(1).unwrap().with_page_tokens(4).unwrap();
+    mla.forward(
+        &prompt,
+        0,
+        &mut rope,
+        Some(&mut parent),
+        AttentionPath::Absorbed,
+    )
+    .unwrap();
+    let before = parent.views().unwrap();
+    let mut child = parent.fork();
+    assert_eq!(
+        parent.page_ids().collect::<Vec<_>>(),
+        child.page_ids().collect::<Vec<_>>()
+    );
+    // Each continues with its own token: the child's write copies only the page it lands in
+    // (the third, which holds tokens 8..12); the two full pages stay shared.
+    let a = Tensor::randn(0f32, 1.0, (1, 1, 64), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (1, 1, 64), &dev).unwrap();
+    let ya = mla
+        .forward(
+            &a,
+            10,
+            &mut rope,
+            Some(&mut parent),
+            AttentionPath::Absorbed,
+        )
+        .unwrap();
+    let yb = mla
+        .forward(&b, 10, &mut rope, Some(&mut child), AttentionPath::Absorbed)
+        .unwrap();
+    let (pa, pb): (Vec<_>, Vec<_>) = (parent.page_ids().collect(), child.page_ids().collect());
+    assert_eq!(pa[..2], pb[..2]);
+    assert_ne!(pa[2], pb[2]);
+    // Neither saw the other's token: each equals a run of its own from scratch.
+    for (x, y) in [(&a, &ya), (&b, &yb)] {
+        let mut fresh = mla.new_cache(1).unwrap().with_page_tokens(4).unwrap();
+        mla.forward(
+            &prompt,
+            0,
+            &mut rope,
+            Some(&mut fresh),
+            AttentionPath::Absorbed,
+        )
+        .unwrap();
+        let want = mla
+            .forward(x, 10, &mut rope, Some(&mut fresh), AttentionPath::Absorbed)
+            .unwrap();
+        assert_eq!(max_abs_diff(y, &want), 0.0);
+    }
+    // The prompt's tokens are unchanged in both.
+    for cache in [&parent, &child] {
+        let (c, _) = cache.keys().unwrap().narrow(0, 10).unwrap();
+        assert_eq!(max_abs_diff(&c, &before.0), 0.0);
+    }
+}

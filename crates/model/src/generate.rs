@@ -376,48 +376,116 @@ fn stream_text(
     mut on_text: impl FnMut(&str),
     run: impl FnOnce(&mut dyn FnMut(u32) -> Result<bool>) -> Result<Generation>,
 ) -> Result<(Generation, String)> {
-    let mut stream = TextStream::new(tokenizer);
-    let mut text = String::new();
-    let mut emitted = 0;
-    let mut stopped = false;
-    let hold = opts
-        .stop_strings
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(1)
-        .saturating_sub(1);
+    let mut text = TextStops::new(opts.stop_strings.clone());
     let mut gen = run(&mut |id| {
-        if let Some(piece) = stream.push(id)? {
-            text.push_str(&piece);
+        let piece = text.push(tokenizer, id)?;
+        if !piece.is_empty() {
+            on_text(&piece);
         }
-        if let Some(cut) = opts
-            .stop_strings
+        Ok(!text.stopped())
+    })?;
+    let rest = text.flush(tokenizer)?;
+    if !rest.is_empty() {
+        on_text(&rest);
+    }
+    if text.stopped() {
+        gen.finish = FinishReason::StopString;
+    }
+    Ok((gen, text.into_text()))
+}
+
+/// Generated text under stop strings, token by token: decodes incrementally, cuts the text
+/// before the first stop string that appears, and holds back the tail that could still be the
+/// start of one, so what has been handed out never needs taking back.
+#[derive(Debug, Clone, Default)]
+pub struct TextStops {
+    stream: TextStream,
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+    stopped: bool,
+}
+
+impl TextStops {
+    /// Text ending at the first of `stops` (none: plain streaming).
+    pub fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a token; returns the text now safe to hand out (often empty). After a stop string
+    /// appeared ([`TextStops::stopped`]) further tokens add nothing.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        if self.stopped {
+            return Ok(String::new());
+        }
+        match self.stream.push(tokenizer, id)? {
+            Some(piece) => Ok(self.accept(&piece, false)),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Generation ended: the held-back tail, with any incomplete character the last tokens
+    /// left (as U+FFFD), still cut at a stop string.
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        if self.stopped {
+            return Ok(String::new());
+        }
+        let rest = self.stream.finish(tokenizer)?;
+        Ok(self.accept(&rest, true))
+    }
+
+    /// Appends `piece` and returns what may be handed out: up to a stop string, else all but
+    /// the tail that could start one (everything when `last`).
+    fn accept(&mut self, piece: &str, last: bool) -> String {
+        // A stop string may begin in text already held back, so search from the start of the
+        // held tail (at most the longest stop string minus one byte before the new piece).
+        let from = self.emitted.min(self.text.len());
+        self.text.push_str(piece);
+        if let Some(cut) = self
+            .stops
             .iter()
-            .filter_map(|s| text.find(s.as_str()))
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
             .min()
         {
-            text.truncate(cut);
-            stopped = true;
+            self.text.truncate(cut);
+            self.stopped = true;
+            return self.take(self.text.len());
         }
-        let mut safe = if stopped {
-            text.len()
-        } else {
-            text.len().saturating_sub(hold)
-        };
-        while !text.is_char_boundary(safe) {
+        if last {
+            return self.take(self.text.len());
+        }
+        let hold = self.stops.iter().map(String::len).max().unwrap_or(1) - 1;
+        let mut safe = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(safe) {
             safe -= 1;
         }
-        if safe > emitted {
-            on_text(&text[emitted..safe]);
-            emitted = safe;
-        }
-        Ok(!stopped)
-    })?;
-    if stopped {
-        gen.finish = FinishReason::StopString;
-    } else if emitted < text.len() {
-        on_text(&text[emitted..]);
+        self.take(safe)
     }
-    Ok((gen, text))
+
+    fn take(&mut self, upto: usize) -> String {
+        if upto <= self.emitted {
+            return String::new();
+        }
+        let piece = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        piece
+    }
+
+    /// True once a stop string appeared (the text ends before it).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// All the text (cut before the stop string, if one appeared).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The text, owned.
+    pub fn into_text(self) -> String {
+        self.text
+    }
 }

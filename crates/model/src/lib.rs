@@ -52,6 +52,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod model;
@@ -64,6 +65,7 @@ pub mod tokenizer;
 
 pub use checkpoint::{dequantize_fp8, Checkpoint};
 pub use config::{Arch, ModelConfig};
+pub use engine::{Engine, EngineConfig, Request, RequestParams};
 pub use error::{ModelError, Result};
 pub use model::{DeepSeek, Output, PathPolicy, Session, DEFAULT_PREFILL_CHUNK};
 pub use precision::Precision;

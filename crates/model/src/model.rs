@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Module, RmsNorm, VarBuilder};
-use mla::{AttentionPath, LatentKvCache, Mla};
-use moe::{Mlp, Moe};
+use mla::{AttentionPath, LatentKvCache, Mla, PackedPart};
+use moe::{Dispatch, Mlp, Moe};
 use rope_yarn::RopeCache;
 
 use crate::checkpoint::{Checkpoint, Precision};
@@ -36,9 +36,14 @@ impl Ffn {
 
     /// `[T, C] -> [T, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Dispatch::Auto)
+    }
+
+    /// `[T, C] -> [T, C]` with routed experts run as `dispatch` says (dense layers ignore it).
+    pub fn forward_with(&self, x: &Tensor, dispatch: Dispatch) -> Result<Tensor> {
         Ok(match self {
             Ffn::Dense(m) => m.forward(x)?,
-            Ffn::Moe(m) => m.forward(x)?,
+            Ffn::Moe(m) => m.forward_with(x, dispatch)?,
         })
     }
 }
@@ -79,13 +84,35 @@ impl DecoderLayer {
         let a =
             self.self_attn
                 .forward(&self.input_layernorm.forward(x)?, start, rope, cache, path)?;
-        let h = (x + a)?;
+        self.finish(x, &a, Dispatch::Auto)
+    }
+
+    /// Several sequences' new tokens back to back in `x` `[1, N, C]`, each over its own cache
+    /// ([`Mla::forward_packed`]); the norms and the FFN run once over all `N` rows, routed
+    /// experts as `dispatch` says.
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        parts: &mut [PackedPart<'_>],
+        rope: &mut RopeCache,
+        dispatch: Dispatch,
+    ) -> Result<Tensor> {
+        let a = self
+            .self_attn
+            .forward_packed(&self.input_layernorm.forward(x)?, parts, rope)?;
+        self.finish(x, &a, dispatch)
+    }
+
+    /// The residual around attention, then the FFN block.
+    fn finish(&self, x: &Tensor, attn: &Tensor, dispatch: Dispatch) -> Result<Tensor> {
+        let h = (x + attn)?;
         let (b, t, c) = h.dims3()?;
-        let f = self.mlp.forward(
+        let f = self.mlp.forward_with(
             &self
                 .post_attention_layernorm
                 .forward(&h)?
                 .reshape((b * t, c))?,
+            dispatch,
         )?;
         Ok((h + f.reshape((b, t, c))?)?)
     }
@@ -373,6 +400,49 @@ impl DeepSeek {
             x = layer.forward(&x, start, &mut session.rope, Some(cache), path)?;
         }
         Ok(self.norm.forward(&x)?.squeeze(0)?)
+    }
+
+    /// Final-normed hidden states `[N, C]` of several sequences in one pass: part `i` holds
+    /// `tokens` that continue the sequence cached in `cache` (rows back to back in the order
+    /// of `parts`), e.g. one decode token for each of many sequences plus a prefill chunk of
+    /// another. The projections, norms and FFNs run once over all `N` rows; attention runs per
+    /// sequence on the path [`DeepSeek::paths`] picks for its token count. `rope` is a table
+    /// shared by every sequence (positions are absolute). No chunking: callers bound `N`.
+    pub fn forward_packed(
+        &self,
+        parts: &mut [(&[u32], &mut LatentKvCache)],
+        rope: &mut RopeCache,
+        dispatch: Dispatch,
+    ) -> Result<Tensor> {
+        let tokens: Vec<u32> = parts.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let mut x = self.embed(&tokens)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut packed = parts
+                .iter_mut()
+                .map(|(t, cache)| {
+                    Ok(PackedPart {
+                        tokens: t.len(),
+                        path: self.paths.for_tokens(t.len()),
+                        cache: cache.layer_mut(l)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            x = layer.forward_packed(&x, &mut packed, rope, dispatch)?;
+        }
+        Ok(self.norm.forward(&x)?.squeeze(0)?)
+    }
+
+    /// An empty latent cache for one sequence with pages of `page_tokens` tokens (what
+    /// [`DeepSeek::forward_packed`] takes; a [`Session`] holds one with the default pages).
+    pub fn new_cache(&self, page_tokens: usize) -> Result<LatentKvCache> {
+        Ok(LatentKvCache::new(
+            &self.config.mla,
+            self.layers.len(),
+            1,
+            self.dtype(),
+            &self.device,
+        )?
+        .with_page_tokens(page_tokens)?)
     }
 
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.

@@ -175,40 +175,59 @@ impl Tokenizer {
 
 /// Turns a growing list of generated ids into text pieces without splitting UTF-8 characters
 /// that span several byte-level tokens.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
+///
+/// Each step decodes only a short window (the tokens since the last emitted piece plus the
+/// ones before it, for context), so a 32K-token generation costs O(tokens), not the O(tokens²)
+/// of decoding everything again per token: the incremental decoding of HF's text-generation-
+/// inference and vLLM.
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the context window (tokens before it are final).
+    prefix: usize,
+    /// End of what has been emitted.
+    read: usize,
 }
 
-impl<'a> TextStream<'a> {
-    /// A stream over `tokenizer`.
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self {
-            tokenizer,
-            ids: Vec::new(),
-            emitted: 0,
-        }
+impl TextStream {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds a token; returns the newly completed text, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids)?;
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
         // A trailing U+FFFD is a character whose remaining bytes are still to come.
-        if text.ends_with('\u{FFFD}')
-            || text.len() <= self.emitted
-            || !text.is_char_boundary(self.emitted)
+        if now.ends_with('\u{FFFD}')
+            || now.len() <= before.len()
+            || !now.is_char_boundary(before.len())
         {
             return Ok(None);
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let piece = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         Ok(Some(piece))
     }
 
-    /// Everything decoded so far.
-    pub fn text(&self) -> Result<String> {
-        self.tokenizer.decode(&self.ids)
+    /// The text of the tokens not yet returned, as it decodes now (an incomplete character
+    /// becomes U+FFFD): what is left when generation ends.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(match now.get(before.len()..) {
+            Some(rest) if now.starts_with(&before) => rest.to_string(),
+            _ => String::new(),
+        })
+    }
+
+    /// The ids pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
     }
 }

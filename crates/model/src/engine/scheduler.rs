@@ -1,0 +1,580 @@
+//! The engine thread: queues, admission, steps, sampling and events.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use mla::LatentKvCache;
+use moe::Dispatch;
+use rope_yarn::RopeCache;
+
+use super::{
+    pages_for, EngineConfig, EngineStats, Event, Msg, RequestId, RequestParams, Shared, Sink,
+    Submitted, TokenLogprob,
+};
+use crate::error::Result;
+use crate::generate::{FinishReason, TextStops};
+use crate::model::DeepSeek;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+/// An admitted request.
+struct Live {
+    sink: Sink,
+    params: RequestParams,
+    /// Samples not finished yet (before the prompt is in, all `n`).
+    open: usize,
+    /// Pages reserved for its worst case, released when it ends.
+    reserved: usize,
+    submitted: Instant,
+    answered: bool,
+}
+
+/// One running sequence: a sample of a request, or (while prefilling) the request's prompt.
+struct Seq {
+    request: RequestId,
+    sample: usize,
+    cache: LatentKvCache,
+    prompt: Arc<Vec<u32>>,
+    /// Prompt tokens in the cache.
+    prefilled: usize,
+    /// The sampled token to feed next.
+    pending: Option<u32>,
+    generated: usize,
+    sampler: Sampler,
+    text: TextStops,
+}
+
+impl Seq {
+    fn prefilling(&self) -> bool {
+        self.prefilled < self.prompt.len()
+    }
+}
+
+/// One sequence's share of a forward pass.
+struct Work {
+    seq: usize,
+    tokens: Vec<u32>,
+    /// Its last row's logits are needed (decode, or the prompt's last chunk).
+    logits: bool,
+}
+
+pub(super) struct Scheduler {
+    model: Arc<DeepSeek>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    rope: RopeCache,
+    waiting: VecDeque<Box<Submitted>>,
+    live: HashMap<RequestId, Live>,
+    seqs: Vec<Seq>,
+    /// Running slots taken: the open samples of every admitted request.
+    slots: usize,
+    reserved: usize,
+    closing: bool,
+    stats: EngineStats,
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        model: Arc<DeepSeek>,
+        tokenizer: Option<Arc<Tokenizer>>,
+        config: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let rope = RopeCache::new(model.config().mla.rope);
+        let stats = EngineStats {
+            pages_total: config.total_pages(),
+            ..EngineStats::default()
+        };
+        Self {
+            model,
+            tokenizer,
+            config,
+            shared,
+            rope,
+            waiting: VecDeque::new(),
+            live: HashMap::new(),
+            seqs: Vec::new(),
+            slots: 0,
+            reserved: 0,
+            closing: false,
+            stats,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.seqs.is_empty() && self.waiting.is_empty() {
+                if self.closing {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.handle(msg);
+            }
+            self.admit();
+            if !self.seqs.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+        self.publish();
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Submit(s) => self.waiting.push_back(s),
+            Msg::Cancel(id) => self.cancel(id),
+            Msg::Shutdown => self.closing = true,
+        }
+    }
+
+    fn cancel(&mut self, id: RequestId) {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            let mut s = self.waiting.remove(i).expect("found above");
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            for sample in 0..s.request.params.n {
+                (s.sink)(Event::Finished {
+                    sample,
+                    reason: FinishReason::Callback,
+                    completion_tokens: 0,
+                    text: String::new(),
+                });
+            }
+            self.stats.requests_aborted += 1;
+        } else if self.live.contains_key(&id) {
+            self.abort(id, Some(Abort::Cancelled));
+        }
+    }
+
+    /// Admits waiting requests in arrival order while their worst case fits.
+    fn admit(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            let p = &front.request.params;
+            let need = pages_for(
+                front.request.prompt.len(),
+                p.max_tokens,
+                p.n,
+                self.config.page_tokens,
+            );
+            if self.slots + p.n > self.config.max_running
+                || self.reserved + need > self.config.total_pages()
+            {
+                break;
+            }
+            let s = self.waiting.pop_front().expect("front exists");
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            let cache = match self.model.new_cache(self.config.page_tokens) {
+                Ok(c) => c,
+                Err(e) => {
+                    let mut sink = s.sink;
+                    sink(Event::Error(e.to_string()));
+                    self.stats.requests_aborted += 1;
+                    continue;
+                }
+            };
+            let Submitted {
+                id,
+                request,
+                sink,
+                at,
+            } = *s;
+            self.slots += request.params.n;
+            self.reserved += need;
+            self.seqs.push(Seq {
+                request: id,
+                sample: 0,
+                cache,
+                prompt: Arc::new(request.prompt),
+                prefilled: 0,
+                pending: None,
+                generated: 0,
+                sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
+                text: TextStops::new(request.params.stop_strings.clone()),
+            });
+            self.live.insert(
+                id,
+                Live {
+                    sink,
+                    open: request.params.n,
+                    params: request.params,
+                    reserved: need,
+                    submitted: at,
+                    answered: false,
+                },
+            );
+        }
+    }
+
+    /// One step: every pending decode token and some prefill, then sampling.
+    fn step(&mut self) {
+        self.stats.steps += 1;
+        let decode: Vec<Work> = self
+            .seqs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.pending.map(|t| Work {
+                    seq: i,
+                    tokens: vec![t],
+                    logits: true,
+                })
+            })
+            .collect();
+        let mut budget = self.config.prefill_chunk;
+        let mut prefill = Vec::new();
+        for (i, s) in self.seqs.iter().enumerate() {
+            if !s.prefilling() || budget == 0 {
+                continue;
+            }
+            let take = (s.prompt.len() - s.prefilled).min(self.config.prefill_chunk);
+            // Batch invariance fixes every prompt's chunks (whole chunks, one per step);
+            // otherwise the step's prefill budget is shared out.
+            let take = if self.config.batch_invariant {
+                take
+            } else {
+                take.min(budget)
+            };
+            budget = budget.saturating_sub(take);
+            prefill.push(Work {
+                seq: i,
+                tokens: s.prompt[s.prefilled..s.prefilled + take].to_vec(),
+                logits: s.prefilled + take == s.prompt.len(),
+            });
+        }
+        let passes: Vec<Vec<Work>> = if self.config.batch_invariant {
+            let mut passes = Vec::new();
+            let mut decode = decode.into_iter().peekable();
+            while decode.peek().is_some() {
+                passes.push(decode.by_ref().take(linear::GEMV_MAX_ROWS).collect());
+            }
+            passes.extend(prefill.into_iter().map(|w| vec![w]));
+            passes
+        } else {
+            vec![decode.into_iter().chain(prefill).collect()]
+        };
+        let dispatch = if self.config.batch_invariant {
+            Dispatch::Grouped
+        } else {
+            Dispatch::Auto
+        };
+        let mut sampled: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        for pass in passes {
+            match self.forward(&pass, dispatch) {
+                Ok(rows) => sampled.extend(rows),
+                Err(e) => failed.extend(pass.iter().map(|w| (w.seq, e.to_string()))),
+            }
+        }
+        // Act on the results by request id: sequences move when others finish.
+        let ids: Vec<(RequestId, usize)> =
+            self.seqs.iter().map(|s| (s.request, s.sample)).collect();
+        for (seq, logits) in sampled {
+            let (id, sample) = ids[seq];
+            self.after_logits(id, sample, &logits);
+        }
+        for (seq, error) in failed {
+            let (id, _) = ids[seq];
+            if self.live.contains_key(&id) {
+                self.abort(id, Some(Abort::Failed(error)));
+            }
+        }
+    }
+
+    /// One forward pass over `work`'s sequences; the logits rows the work asked for.
+    fn forward(&mut self, work: &[Work], dispatch: Dispatch) -> Result<Vec<(usize, Vec<f32>)>> {
+        let mut order: Vec<&Work> = work.iter().collect();
+        order.sort_by_key(|w| w.seq);
+        let mut caches: Vec<&mut LatentKvCache> = Vec::with_capacity(order.len());
+        let mut next = order.iter().peekable();
+        for (i, s) in self.seqs.iter_mut().enumerate() {
+            if next.peek().is_some_and(|w| w.seq == i) {
+                next.next();
+                caches.push(&mut s.cache);
+            }
+        }
+        let mut parts: Vec<(&[u32], &mut LatentKvCache)> = order
+            .iter()
+            .map(|w| w.tokens.as_slice())
+            .zip(caches)
+            .collect();
+        let hidden = self
+            .model
+            .forward_packed(&mut parts, &mut self.rope, dispatch)?;
+        let mut rows = Vec::new();
+        let mut wanted = Vec::new();
+        let mut row = 0;
+        for w in &order {
+            row += w.tokens.len();
+            if w.logits {
+                rows.push((row - 1) as u32);
+                wanted.push(w.seq);
+            }
+        }
+        for w in &order {
+            let s = &mut self.seqs[w.seq];
+            if s.prefilling() {
+                s.prefilled += w.tokens.len();
+                self.stats.prompt_tokens += w.tokens.len() as u64;
+            } else {
+                s.pending = None;
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(vec![]);
+        }
+        let index = Tensor::new(rows.as_slice(), hidden.device())?;
+        let logits = self.model.head(&hidden.index_select(&index, 0)?)?;
+        Ok(wanted.into_iter().zip(logits.to_vec2::<f32>()?).collect())
+    }
+
+    /// Samples the next token of sample `sample` of request `id` (forking the prompt's cache
+    /// for the other samples when the prompt has just been read).
+    fn after_logits(&mut self, id: RequestId, sample: usize, logits: &[f32]) {
+        let Some(live) = self.live.get(&id) else {
+            return;
+        };
+        let n = live.params.n;
+        let Some(pos) = self.position(id, sample) else {
+            return;
+        };
+        if sample == 0 && self.seqs[pos].generated == 0 && n > 1 {
+            let parent = &self.seqs[pos];
+            let forks: Vec<Seq> = (1..n)
+                .map(|i| Seq {
+                    request: id,
+                    sample: i,
+                    cache: parent.cache.fork(),
+                    prompt: parent.prompt.clone(),
+                    prefilled: parent.prefilled,
+                    pending: None,
+                    generated: 0,
+                    sampler: Sampler::new(sample_params(&live.params.sampling, i)),
+                    text: TextStops::new(live.params.stop_strings.clone()),
+                })
+                .collect();
+            self.seqs.extend(forks);
+            for i in 0..n {
+                self.sample_and_commit(id, i, logits);
+            }
+        } else {
+            self.sample_and_commit(id, sample, logits);
+        }
+    }
+
+    fn position(&self, id: RequestId, sample: usize) -> Option<usize> {
+        self.seqs
+            .iter()
+            .position(|s| s.request == id && s.sample == sample)
+    }
+
+    fn sample_and_commit(&mut self, id: RequestId, sample: usize, logits: &[f32]) {
+        match self.commit(id, sample, logits) {
+            Ok(Outcome::Continue) => {}
+            Ok(Outcome::Finish(reason)) => self.finish(id, sample, reason),
+            Ok(Outcome::Gone) => self.abort(id, None),
+            Err(e) => self.abort(id, Some(Abort::Failed(e.to_string()))),
+        }
+    }
+
+    /// Draws sample `sample`'s next token from `logits` and applies the rules in order: a stop
+    /// token ends it (not emitted; masked until `min_tokens`), the token is sent, a stop
+    /// string or the budget may end it.
+    fn commit(&mut self, id: RequestId, sample: usize, logits: &[f32]) -> Result<Outcome> {
+        let (Some(pos), Some(live)) = (self.position(id, sample), self.live.get_mut(&id)) else {
+            return Ok(Outcome::Continue);
+        };
+        let seq = &mut self.seqs[pos];
+        let p = &live.params;
+        let token = if seq.generated < p.min_tokens && !p.stop_tokens.is_empty() {
+            let mut masked = logits.to_vec();
+            for &t in &p.stop_tokens {
+                if let Some(l) = masked.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            seq.sampler.sample(&masked)
+        } else {
+            seq.sampler.sample(logits)
+        };
+        if !p.ignore_eos && p.stop_tokens.contains(&token) {
+            return Ok(Outcome::Finish(FinishReason::Eos));
+        }
+        let logprob = p.logprobs.map(|top| token_logprob(logits, token, top));
+        let text = match &self.tokenizer {
+            Some(tok) => seq.text.push(tok, token)?,
+            None => String::new(),
+        };
+        seq.generated += 1;
+        self.stats.generated_tokens += 1;
+        if !live.answered {
+            live.answered = true;
+            self.stats.ttft_sum_secs += live.submitted.elapsed().as_secs_f64();
+            self.stats.ttft_count += 1;
+        }
+        if !(live.sink)(Event::Token {
+            sample,
+            token,
+            text,
+            logprob,
+        }) {
+            return Ok(Outcome::Gone);
+        }
+        Ok(if seq.text.stopped() {
+            Outcome::Finish(FinishReason::StopString)
+        } else if seq.generated >= live.params.max_tokens {
+            Outcome::Finish(FinishReason::MaxTokens)
+        } else {
+            seq.pending = Some(token);
+            Outcome::Continue
+        })
+    }
+
+    /// Ends one sample: its event, its pages; the request's reservation once all are done.
+    fn finish(&mut self, id: RequestId, sample: usize, reason: FinishReason) {
+        let Some(pos) = self.position(id, sample) else {
+            return;
+        };
+        let mut seq = self.seqs.remove(pos);
+        self.slots -= 1;
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        let text = match &self.tokenizer {
+            Some(tok) => seq.text.flush(tok).unwrap_or_default(),
+            None => String::new(),
+        };
+        // A stop string completed by the flushed tail still counts as one.
+        let reason = if seq.text.stopped() {
+            FinishReason::StopString
+        } else {
+            reason
+        };
+        let alive = (live.sink)(Event::Finished {
+            sample,
+            reason,
+            completion_tokens: seq.generated,
+            text,
+        });
+        live.open -= 1;
+        if !alive {
+            self.abort(id, None);
+        } else if live.open == 0 {
+            self.reserved -= live.reserved;
+            self.live.remove(&id);
+            self.stats.requests_finished += 1;
+        }
+    }
+
+    /// Ends every sample of request `id` and frees its pages, telling the sink why (nothing
+    /// when the sink is gone).
+    fn abort(&mut self, id: RequestId, why: Option<Abort>) {
+        let Some(mut live) = self.live.remove(&id) else {
+            return;
+        };
+        let mut open: Vec<(usize, usize)> = Vec::new();
+        self.seqs.retain(|s| {
+            if s.request == id {
+                open.push((s.sample, s.generated));
+                false
+            } else {
+                true
+            }
+        });
+        // Before the prompt is in, only sample 0 exists but all n are open.
+        if open.len() < live.open {
+            let have: HashSet<usize> = open.iter().map(|o| o.0).collect();
+            open.extend(
+                (0..live.params.n)
+                    .filter(|i| !have.contains(i))
+                    .map(|i| (i, 0))
+                    .take(live.open - open.len()),
+            );
+        }
+        self.slots -= live.open;
+        self.reserved -= live.reserved;
+        self.stats.requests_aborted += 1;
+        match why {
+            None => {}
+            Some(Abort::Cancelled) => {
+                for (sample, generated) in open {
+                    (live.sink)(Event::Finished {
+                        sample,
+                        reason: FinishReason::Callback,
+                        completion_tokens: generated,
+                        text: String::new(),
+                    });
+                }
+            }
+            Some(Abort::Failed(e)) => {
+                (live.sink)(Event::Error(e));
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut pages = HashSet::new();
+        for s in &self.seqs {
+            if let Ok(layer) = s.cache.layer(0) {
+                pages.extend(layer.page_ids());
+            }
+        }
+        self.stats.running = self.seqs.len();
+        self.stats.pages_used = pages.len();
+        self.stats.pages_reserved = self.reserved;
+        if let Ok(mut s) = self.shared.stats.lock() {
+            *s = self.stats.clone();
+        }
+    }
+}
+
+enum Abort {
+    Cancelled,
+    Failed(String),
+}
+
+/// What [`Scheduler::commit`] decided for a sample.
+enum Outcome {
+    Continue,
+    Finish(FinishReason),
+    /// The sink is gone: cancel the request silently.
+    Gone,
+}
+
+/// Sample `i`'s sampling settings: the request's, with seed `seed + i`.
+fn sample_params(p: &SamplingParams, i: usize) -> SamplingParams {
+    SamplingParams {
+        seed: p.seed.wrapping_add(i as u64),
+        ..*p
+    }
+}
+
+/// `log softmax(logits)[token]` and the `top` most likely tokens with theirs.
+fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+    }
+    TokenLogprob {
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| l - lse),
+        top: best.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+    }
+}

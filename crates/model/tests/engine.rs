@@ -1,0 +1,414 @@
+//! The continuous-batching engine on the fixture model: greedy output equals plain generation
+//! and HF's continuation, batch invariance (alone = among 63 others, token for token and
+//! log-probability for log-probability), one prefill for `n` samples, cancellation and
+//! budgets that free every page, and refusals that leave nothing queued.
+
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use fixtures::Case;
+use model::engine::{
+    Completion, Engine, EngineConfig, EngineStats, Event, Request, RequestParams, SubmitError,
+};
+use model::generate::FinishReason;
+use model::{DeepSeek, SamplingParams, Tokenizer};
+
+fn model() -> (Case, Arc<DeepSeek>) {
+    let case = Case::load("v3_noaux");
+    let model = DeepSeek::load(&case.dir, DType::F32, &Device::Cpu).unwrap();
+    (case, Arc::new(model))
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny_tokenizer");
+    Arc::new(Tokenizer::from_dir(&dir).unwrap())
+}
+
+fn small_pages() -> EngineConfig {
+    // Pages of 8 tokens, so prompts span pages and forks share some.
+    EngineConfig {
+        page_tokens: 8,
+        prefill_chunk: 16,
+        ..EngineConfig::default()
+    }
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
+    Request {
+        prompt,
+        params: RequestParams {
+            max_tokens,
+            logprobs: Some(2),
+            ..RequestParams::default()
+        },
+    }
+}
+
+/// Distinct prompts of different lengths drawn from the fixture's prompt.
+fn prompts(base: &[u32], count: usize) -> Vec<Vec<u32>> {
+    (0..count)
+        .map(|i| {
+            let len = 3 + (i * 7) % 29;
+            (0..len)
+                .map(|j| base[(i + j * 3) % base.len()].wrapping_add(i as u32) % 256)
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits until the engine has nothing running or reserved (the thread publishes after each
+/// step).
+fn settled(engine: &Engine) -> EngineStats {
+    let t0 = Instant::now();
+    loop {
+        let s = engine.stats();
+        if (s.running, s.pages_used, s.pages_reserved, s.waiting) == (0, 0, 0, 0) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "engine never settled: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn greedy_output_equals_hf_and_plain_generation() {
+    let (case, model) = model();
+    let want = case.ids("greedy");
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let out = engine
+        .generate(greedy(case.ids("input_ids"), want.len()))
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].tokens, want);
+    assert_eq!(out[0].finish, Some(FinishReason::MaxTokens));
+    assert_eq!(out[0].logprobs.len(), want.len());
+    for lp in &out[0].logprobs {
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(lp.top[0].1, lp.logprob);
+        assert!(lp.logprob <= 0.0 && lp.top[1].1 <= lp.top[0].1);
+    }
+    settled(&engine);
+}
+
+/// Runs every request at once (each from its own thread) and returns the completions.
+fn run_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<Completion>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| s.spawn(|| engine.generate(r.clone()).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_request_gives_the_same_output_alone_and_among_63_others() {
+    let (case, model) = model();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let requests: Vec<Request> = prompts(&case.ids("input_ids"), 64)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| greedy(p, 4 + i % 9))
+        .collect();
+    let together = run_together(&engine, &requests);
+    let stats = settled(&engine);
+    assert!(stats.steps > 0);
+    for (i, (r, got)) in requests.iter().zip(&together).enumerate() {
+        let alone = engine.generate(r.clone()).unwrap();
+        assert_eq!(
+            got, &alone,
+            "request {i}: tokens or log-probabilities differ"
+        );
+    }
+    settled(&engine);
+}
+
+#[test]
+fn without_batch_invariance_outputs_agree_up_to_rounding() {
+    let (case, model) = model();
+    let fast = Engine::start(
+        model.clone(),
+        None,
+        EngineConfig {
+            batch_invariant: false,
+            ..small_pages()
+        },
+    )
+    .unwrap();
+    let exact = Engine::start(model, None, small_pages()).unwrap();
+    let requests: Vec<Request> = prompts(&case.ids("input_ids"), 24)
+        .into_iter()
+        .map(|p| greedy(p, 1))
+        .collect();
+    let got = run_together(&fast, &requests);
+    for (r, g) in requests.iter().zip(got) {
+        let want = &exact.generate(r.clone()).unwrap()[0];
+        let (a, b) = (&g[0].logprobs[0], &want.logprobs[0]);
+        assert!((a.logprob - b.logprob).abs() < 1e-4, "{a:?} vs {b:?}");
+    }
+    settled(&fast);
+}
+
+#[test]
+fn n_samples_share_one_prefill_and_each_equals_its_own_seeded_request() {
+    let (case, model) = model();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let prompt: Vec<u32> = prompts(&case.ids("input_ids"), 8).concat()[..40].to_vec();
+    let params = RequestParams {
+        n: 6,
+        max_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 0,
+            seed: 11,
+        },
+        ..RequestParams::default()
+    };
+    let before = engine.stats().prompt_tokens;
+    let samples = engine
+        .generate(Request {
+            prompt: prompt.clone(),
+            params: params.clone(),
+        })
+        .unwrap();
+    assert_eq!(engine.stats().prompt_tokens - before, prompt.len() as u64);
+    assert_eq!(samples.len(), 6);
+    let distinct: std::collections::HashSet<_> = samples.iter().map(|s| &s.tokens).collect();
+    assert!(distinct.len() > 1, "six samples at temperature 1 all equal");
+    for (i, s) in samples.iter().enumerate() {
+        let alone = engine
+            .generate(Request {
+                prompt: prompt.clone(),
+                params: RequestParams {
+                    n: 1,
+                    sampling: SamplingParams {
+                        seed: 11 + i as u64,
+                        ..params.sampling
+                    },
+                    ..params.clone()
+                },
+            })
+            .unwrap();
+        assert_eq!(s.tokens, alone[0].tokens, "sample {i}");
+    }
+    settled(&engine);
+}
+
+#[test]
+fn forked_samples_hold_the_prompt_pages_once() {
+    let (case, model) = model();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let prompt: Vec<u32> = prompts(&case.ids("input_ids"), 8).concat()[..40].to_vec();
+    let (tx, rx) = channel();
+    engine
+        .submit(
+            Request {
+                prompt,
+                params: RequestParams {
+                    n: 4,
+                    max_tokens: 200,
+                    ignore_eos: true,
+                    ..RequestParams::default()
+                },
+            },
+            Box::new(move |e| tx.send(e).is_ok()),
+        )
+        .unwrap();
+    // Wait for a few tokens of every sample: 40 prompt tokens are 5 full pages, shared; each
+    // sample then writes its own sixth page and beyond.
+    let mut seen = [0usize; 4];
+    while seen.iter().any(|&n| n < 3) {
+        if let Event::Token { sample, .. } = rx.recv().unwrap() {
+            seen[sample] += 1;
+        }
+    }
+    let used = engine.stats().pages_used;
+    assert!(
+        (5 + 4..=5 + 4 * 2).contains(&used),
+        "{used} pages for 4 samples of a 5-page prompt"
+    );
+    drop(rx); // the sink now fails: the request is cancelled and its pages freed
+    settled(&engine);
+}
+
+#[test]
+fn cancel_ends_every_sample_and_frees_the_pages() {
+    let (case, model) = model();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let (tx, rx) = channel();
+    let id = engine
+        .submit(
+            Request {
+                prompt: case.ids("input_ids"),
+                params: RequestParams {
+                    n: 2,
+                    max_tokens: 10_000,
+                    ignore_eos: true,
+                    ..RequestParams::default()
+                },
+            },
+            Box::new(move |e| tx.send(e).is_ok()),
+        )
+        .unwrap();
+    assert!(matches!(rx.recv().unwrap(), Event::Token { .. }));
+    engine.cancel(id);
+    let mut finished = vec![];
+    for e in rx.iter() {
+        if let Event::Finished { sample, reason, .. } = e {
+            assert_eq!(reason, FinishReason::Callback);
+            finished.push(sample);
+        }
+        if finished.len() == 2 {
+            break;
+        }
+    }
+    finished.sort();
+    assert_eq!(finished, [0, 1]);
+    let s = settled(&engine);
+    assert_eq!(s.requests_aborted, 1);
+}
+
+#[test]
+fn requests_wait_for_cache_pages_and_all_complete() {
+    let (case, model) = model();
+    // Room for about two requests' worst cases at a time.
+    let engine = Engine::start(
+        model,
+        None,
+        EngineConfig {
+            cache_tokens: 8 * 12,
+            ..small_pages()
+        },
+    )
+    .unwrap();
+    let requests: Vec<Request> = prompts(&case.ids("input_ids"), 10)
+        .into_iter()
+        .map(|p| greedy(p[..p.len().min(20)].to_vec(), 20))
+        .collect();
+    let out = run_together(&engine, &requests);
+    assert!(out.iter().all(|o| o[0].finish.is_some()));
+    let s = settled(&engine);
+    assert_eq!(s.requests_finished, 10);
+    // One that could never fit is refused at once.
+    let err = engine
+        .submit(greedy(vec![5; 90], 20), Box::new(|_| true))
+        .unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Invalid(ref m) if m.contains("budget")),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_requests_are_refused_with_the_reason() {
+    let (_, model) = model();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let refuse = |r: Request, what: &str| {
+        let err = engine.submit(r, Box::new(|_| true)).unwrap_err();
+        assert!(
+            matches!(err, SubmitError::Invalid(ref m) if m.contains(what)),
+            "{what}: {err}"
+        );
+    };
+    refuse(greedy(vec![], 4), "empty");
+    refuse(greedy(vec![3, 256], 4), "out of range");
+    refuse(greedy(vec![3], 200_000), "context");
+    refuse(greedy(vec![3], 0), "max_tokens");
+    let mut r = greedy(vec![3], 4);
+    r.params.sampling.temperature = -1.0;
+    refuse(r.clone(), "temperature");
+    r.params.sampling = SamplingParams::greedy();
+    r.params.n = 65;
+    refuse(r.clone(), "n must be");
+    r.params.n = 1;
+    r.params.stop_strings = vec!["x".into()];
+    refuse(r, "tokenizer");
+    assert_eq!(engine.stats().waiting, 0);
+}
+
+#[test]
+fn a_full_queue_refuses_and_recovers() {
+    let (case, model) = model();
+    let engine = Engine::start(
+        model,
+        None,
+        EngineConfig {
+            max_running: 1,
+            max_waiting: 2,
+            ..small_pages()
+        },
+    )
+    .unwrap();
+    let long = || Request {
+        prompt: case.ids("input_ids"),
+        params: RequestParams {
+            max_tokens: 300,
+            ignore_eos: true,
+            ..RequestParams::default()
+        },
+    };
+    let mut ids = vec![];
+    let mut refused = 0;
+    for _ in 0..6 {
+        match engine.submit(long(), Box::new(|_| true)) {
+            Ok(id) => ids.push(id),
+            Err(SubmitError::QueueFull(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 3 && ids.len() <= 3, "{refused} refused");
+    for id in ids {
+        engine.cancel(id);
+    }
+    settled(&engine);
+    assert!(engine.submit(long(), Box::new(|_| true)).is_ok());
+}
+
+#[test]
+fn stop_strings_min_tokens_and_ignore_eos() {
+    let (case, model) = model();
+    let tok = tokenizer();
+    let engine = Engine::start(model, Some(tok.clone()), small_pages()).unwrap();
+    let prompt = case.ids("input_ids");
+    let base = engine
+        .generate(greedy(prompt.clone(), 24))
+        .unwrap()
+        .remove(0);
+    assert_eq!(base.text, tok.decode(&base.tokens).unwrap());
+    // A stop string taken from the middle of the greedy text: the output ends before it.
+    let text = &base.text;
+    let mid = text.char_indices().nth(text.chars().count() / 2).unwrap().0;
+    let stop: String = text[mid..].chars().take(2).collect();
+    let mut r = greedy(prompt.clone(), 24);
+    r.params.stop_strings = vec![stop.clone()];
+    let cut = engine.generate(r).unwrap().remove(0);
+    assert_eq!(cut.finish, Some(FinishReason::StopString));
+    assert_eq!(cut.text, text[..text.find(&stop).unwrap()]);
+    // A stop token at the greedy path's third token ends there, unless min_tokens or
+    // ignore_eos say otherwise.
+    let eos = base.tokens[2];
+    let first = base.tokens.iter().position(|&t| t == eos).unwrap();
+    let mut r = greedy(prompt.clone(), 24);
+    r.params.stop_tokens = vec![eos];
+    let stopped = engine.generate(r.clone()).unwrap().remove(0);
+    assert_eq!(
+        (stopped.tokens.len(), stopped.finish),
+        (first, Some(FinishReason::Eos))
+    );
+    r.params.ignore_eos = true;
+    let through = engine.generate(r.clone()).unwrap().remove(0);
+    assert_eq!(through.tokens, base.tokens);
+    r.params.ignore_eos = false;
+    r.params.min_tokens = first + 1;
+    let longer = engine.generate(r).unwrap().remove(0);
+    assert!(longer.tokens.len() > first);
+    assert!(!longer.tokens[..first + 1].contains(&eos));
+    settled(&engine);
+}
