@@ -106,6 +106,18 @@ impl LatentKeys {
     }
 }
 
+/// One page of a batch-1 [`LayerCache`] held outside it (e.g. by a prefix cache): the
+/// tokens it stores stay shared, copy-on-write, with every cache that adopts it.
+#[derive(Debug, Clone)]
+pub struct SharedPage(Arc<(Tensor, Tensor)>);
+
+impl SharedPage {
+    /// Identity: equal for two handles of the same page (see [`LayerCache::page_ids`]).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
 /// One layer's latent cache for a batch of sequences.
 ///
 /// Views returned by [`LayerCache::seq`] / [`LayerCache::views`] share the buffer: they are
@@ -263,6 +275,53 @@ impl LayerCache {
     /// owns only the pages it wrote. Views taken before a write keep seeing the old page.
     pub fn fork(&self) -> LayerCache {
         self.clone()
+    }
+
+    /// Page `i` as a handle that keeps it alive and shared (see [`LayerCache::adopt_pages`]).
+    pub fn share_page(&self, i: usize) -> Option<SharedPage> {
+        self.pages.get(i).map(|p| SharedPage(p.clone()))
+    }
+
+    /// Makes this empty cache hold the first `len` tokens stored in `pages` (pages of another
+    /// cache with the same shape, page size, dtype and batch), sharing them copy-on-write:
+    /// e.g. a prompt prefix another sequence has already computed.
+    pub fn adopt_pages(&mut self, pages: Vec<SharedPage>, len: usize) -> Result<()> {
+        if !self.pages.is_empty() || !self.is_empty() {
+            return Err(MlaError::Cache(
+                "can only adopt pages into an empty cache".into(),
+            ));
+        }
+        if len > pages.len() * self.page {
+            return Err(MlaError::Cache(format!(
+                "{len} tokens do not fit in {} pages of {}",
+                pages.len(),
+                self.page
+            )));
+        }
+        let b = self.batch();
+        for page in &pages {
+            let (c, k) = &*page.0;
+            if c.dims() != [b, self.page, self.kv_lora_rank]
+                || k.dims() != [b, self.page, self.rope_dim]
+                || c.dtype() != self.dtype
+            {
+                return Err(MlaError::Cache(format!(
+                    "a page of shape {:?} / {:?} ({:?}) does not fit a cache of [{b}, {}, {}] / \
+                     [{b}, {}, {}] ({:?})",
+                    c.dims(),
+                    k.dims(),
+                    c.dtype(),
+                    self.page,
+                    self.kv_lora_rank,
+                    self.page,
+                    self.rope_dim,
+                    self.dtype
+                )));
+            }
+        }
+        self.pages = pages.into_iter().map(|p| p.0).collect();
+        self.lens.iter_mut().for_each(|l| *l = len);
+        Ok(())
     }
 
     /// Pages allocated so far (each holds [`LayerCache::page_tokens`] tokens per sequence).

@@ -105,7 +105,7 @@ pub use accounting::KvLayout;
 pub use attention::{
     AttentionPath, FlashFormulation, Mla, PackedPart, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK,
 };
-pub use cache::{LatentKeys, LatentKvCache, LayerCache, CACHE_PAGE};
+pub use cache::{LatentKeys, LatentKvCache, LayerCache, SharedPage, CACHE_PAGE};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};
 pub use weights::{MlaWeights, QueryWeights};

@@ -59,13 +59,15 @@ fn prompts(base: &[u32], count: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Waits until the engine has nothing running or reserved (the thread publishes after each
-/// step).
+/// Waits until the engine has nothing running or reserved and holds no pages but the prefix
+/// cache's (the thread publishes after each step).
 fn settled(engine: &Engine) -> EngineStats {
     let t0 = Instant::now();
     loop {
         let s = engine.stats();
-        if (s.running, s.pages_used, s.pages_reserved, s.waiting) == (0, 0, 0, 0) {
+        if (s.running, s.pages_reserved, s.waiting) == (0, 0, 0)
+            && s.pages_used == s.prefix_cache_pages
+        {
             return s;
         }
         assert!(
@@ -110,7 +112,7 @@ fn run_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<Completion>> {
 #[test]
 fn a_request_gives_the_same_output_alone_and_among_63_others() {
     let (case, model) = model();
-    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
     let requests: Vec<Request> = prompts(&case.ids("input_ids"), 64)
         .into_iter()
         .enumerate()
@@ -120,7 +122,9 @@ fn a_request_gives_the_same_output_alone_and_among_63_others() {
     let stats = settled(&engine);
     assert!(stats.steps > 0);
     for (i, (r, got)) in requests.iter().zip(&together).enumerate() {
-        let alone = engine.generate(r.clone()).unwrap();
+        // Alone: a fresh engine, so nothing comes from the first run's prefix cache.
+        let solo = Engine::start(model.clone(), None, small_pages()).unwrap();
+        let alone = solo.generate(r.clone()).unwrap();
         assert_eq!(
             got, &alone,
             "request {i}: tokens or log-probabilities differ"
@@ -410,5 +414,71 @@ fn stop_strings_min_tokens_and_ignore_eos() {
     let longer = engine.generate(r).unwrap().remove(0);
     assert!(longer.tokens.len() > first);
     assert!(!longer.tokens[..first + 1].contains(&eos));
+    settled(&engine);
+}
+
+#[test]
+fn a_later_request_reuses_the_cached_prefix_and_still_equals_its_run_alone() {
+    let (case, model) = model();
+    let base = prompts(&case.ids("input_ids"), 8).concat();
+    let a: Vec<u32> = base[..40].to_vec();
+    let b: Vec<u32> = [&base[..40], &base[50..61]].concat();
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+    engine.generate(greedy(a, 3)).unwrap();
+    let s = engine.stats();
+    // Chunks of 16: A's first two are whole, so its first 32 tokens (4 pages) are cached.
+    assert_eq!(
+        (
+            s.prompt_tokens,
+            s.prompt_tokens_reused,
+            s.prefix_cache_pages
+        ),
+        (40, 0, 4)
+    );
+    let got = engine.generate(greedy(b.clone(), 6)).unwrap();
+    let s = engine.stats();
+    assert_eq!(
+        (s.prompt_tokens, s.prompt_tokens_reused),
+        (40 + 51 - 32, 32)
+    );
+    let fresh = Engine::start(model, None, small_pages()).unwrap();
+    assert_eq!(got, fresh.generate(greedy(b, 6)).unwrap());
+    assert_eq!(fresh.stats().prompt_tokens_reused, 0);
+}
+
+#[test]
+fn identical_prompts_submitted_together_are_prefilled_once() {
+    let (case, model) = model();
+    let prompt: Vec<u32> = prompts(&case.ids("input_ids"), 8).concat()[..40].to_vec();
+    let engine = Engine::start(model, None, small_pages()).unwrap();
+    let requests = vec![greedy(prompt.clone(), 5); 4];
+    let out = run_together(&engine, &requests);
+    assert!(out.windows(2).all(|w| w[0] == w[1]));
+    let s = settled(&engine);
+    // The first prefills all 40 tokens; the others wait for it, reuse 32 and prefill 8.
+    assert_eq!(
+        (s.prompt_tokens, s.prompt_tokens_reused),
+        (40 + 3 * 8, 3 * 32)
+    );
+}
+
+#[test]
+fn the_prefix_cache_gives_way_to_admissions() {
+    let (case, model) = model();
+    let engine = Engine::start(
+        model,
+        None,
+        EngineConfig {
+            cache_tokens: 8 * 12,
+            ..small_pages()
+        },
+    )
+    .unwrap();
+    for p in prompts(&case.ids("input_ids"), 12) {
+        let padded: Vec<u32> = p.iter().cycle().take(40).copied().collect();
+        engine.generate(greedy(padded, 8)).unwrap();
+        let s = engine.stats();
+        assert!(s.pages_used <= s.pages_total, "{s:?}");
+    }
     settled(&engine);
 }

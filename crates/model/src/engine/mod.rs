@@ -18,7 +18,12 @@
 //!
 //! **Prefix sharing.** The `n` samples of a request prefill the prompt once: when the prompt
 //! is in, sample 0's cache is forked ([`mla::LatentKvCache::fork`]) for the others, sharing
-//! every page copy-on-write; each sample then owns only the pages it writes.
+//! every page copy-on-write; each sample then owns only the pages it writes. Across requests,
+//! full prompt pages go into a prefix cache (`prefix.rs`): a request whose prompt starts with
+//! the same tokens (the next sample of an eval problem, a repeated system prompt) adopts them
+//! and prefills only the rest, and one arriving while that prefix is still being prefilled
+//! waits for it rather than computing it twice. Cached pages count against the budget and
+//! are dropped, least recently used first, when admissions need the room.
 //!
 //! **Batch invariance** ([`EngineConfig::batch_invariant`], on by default). A request's
 //! output must not depend on what else runs. With it on, decode rows go through the model in
@@ -32,6 +37,7 @@
 //! ends every sample of the request and frees its pages. [`Engine::shutdown`] stops admitting
 //! new submissions and returns once everything accepted has finished.
 
+mod prefix;
 mod scheduler;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -222,7 +228,7 @@ pub struct EngineStats {
     pub waiting: usize,
     /// Sequences (samples) running.
     pub running: usize,
-    /// Cache pages in use (shared pages once).
+    /// Cache pages in use by sequences and the prefix cache (shared pages once).
     pub pages_used: usize,
     /// Cache pages reserved by admitted requests' worst cases.
     pub pages_reserved: usize,
@@ -230,6 +236,10 @@ pub struct EngineStats {
     pub pages_total: usize,
     /// Prompt tokens prefilled, total.
     pub prompt_tokens: u64,
+    /// Prompt tokens taken from the prefix cache instead of prefilled, total.
+    pub prompt_tokens_reused: u64,
+    /// Pages the prefix cache holds (also counted in `pages_used`).
+    pub prefix_cache_pages: usize,
     /// Tokens generated, total.
     pub generated_tokens: u64,
     /// Requests finished (all samples), total.

@@ -11,6 +11,7 @@ use mla::LatentKvCache;
 use moe::Dispatch;
 use rope_yarn::RopeCache;
 
+use super::prefix::{adopt, PrefixCache};
 use super::{
     pages_for, EngineConfig, EngineStats, Event, Msg, RequestId, RequestParams, Shared, Sink,
     Submitted, TokenLogprob,
@@ -74,6 +75,7 @@ pub(super) struct Scheduler {
     /// Running slots taken: the open samples of every admitted request.
     slots: usize,
     reserved: usize,
+    prefix: PrefixCache,
     closing: bool,
     stats: EngineStats,
 }
@@ -90,7 +92,14 @@ impl Scheduler {
             pages_total: config.total_pages(),
             ..EngineStats::default()
         };
+        // Under batch invariance a prefix is reused only in whole prefill chunks (see prefix.rs).
+        let align = if config.batch_invariant {
+            config.prefill_chunk
+        } else {
+            config.page_tokens
+        };
         Self {
+            prefix: PrefixCache::new(config.page_tokens, align),
             model,
             tokenizer,
             config,
@@ -155,7 +164,9 @@ impl Scheduler {
         }
     }
 
-    /// Admits waiting requests in arrival order while their worst case fits.
+    /// Admits waiting requests in arrival order while their worst case fits. A request whose
+    /// prompt shares a prefix with one still being prefilled waits for that prefill, then
+    /// adopts its pages.
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let p = &front.request.params;
@@ -165,14 +176,29 @@ impl Scheduler {
                 p.n,
                 self.config.page_tokens,
             );
-            if self.slots + p.n > self.config.max_running
-                || self.reserved + need > self.config.total_pages()
-            {
+            if self.slots + p.n > self.config.max_running {
+                break;
+            }
+            let total = self.config.total_pages();
+            while self.reserved + need + self.prefix.len() > total && self.prefix.evict() {}
+            if self.reserved + need + self.prefix.len() > total {
+                break;
+            }
+            let hit = self.prefix.lookup(&front.request.prompt);
+            let reused = hit.as_ref().map_or(0, |h| h.tokens);
+            if self.prefix_in_flight(&front.request.prompt) > reused {
                 break;
             }
             let s = self.waiting.pop_front().expect("front exists");
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            let cache = match self.model.new_cache(self.config.page_tokens) {
+            let cache = self
+                .model
+                .new_cache(self.config.page_tokens)
+                .and_then(|c| match hit {
+                    Some(hit) => adopt(c, hit),
+                    None => Ok(c),
+                });
+            let cache = match cache {
                 Ok(c) => c,
                 Err(e) => {
                     let mut sink = s.sink;
@@ -189,12 +215,13 @@ impl Scheduler {
             } = *s;
             self.slots += request.params.n;
             self.reserved += need;
+            self.stats.prompt_tokens_reused += reused as u64;
             self.seqs.push(Seq {
                 request: id,
                 sample: 0,
                 cache,
                 prompt: Arc::new(request.prompt),
-                prefilled: 0,
+                prefilled: reused,
                 pending: None,
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
@@ -212,6 +239,32 @@ impl Scheduler {
                 },
             );
         }
+    }
+
+    /// Tokens of `prompt` that a sequence still prefilling will make reusable (its common
+    /// prefix with `prompt`, as the prefix cache would round it).
+    fn prefix_in_flight(&self, prompt: &[u32]) -> usize {
+        let align = if self.config.batch_invariant {
+            self.config.prefill_chunk
+        } else {
+            self.config.page_tokens
+        };
+        let page = self.config.page_tokens;
+        self.seqs
+            .iter()
+            .filter(|s| s.prefilling())
+            .map(|s| {
+                let common = s
+                    .prompt
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let usable = common.min(prompt.len() - 1) / page * page;
+                usable / align * align
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// One step: every pending decode token and some prefill, then sampling.
@@ -324,6 +377,11 @@ impl Scheduler {
             if s.prefilling() {
                 s.prefilled += w.tokens.len();
                 self.stats.prompt_tokens += w.tokens.len() as u64;
+                // Pages of whole chunks are offered for reuse (all of them without batch
+                // invariance, where chunking does not matter).
+                if !self.config.batch_invariant || w.tokens.len() == self.config.prefill_chunk {
+                    self.prefix.insert(&s.prompt, &s.cache, s.prefilled);
+                }
             } else {
                 s.pending = None;
             }
@@ -521,7 +579,7 @@ impl Scheduler {
     }
 
     fn publish(&mut self) {
-        let mut pages = HashSet::new();
+        let mut pages: HashSet<usize> = self.prefix.page_ids().collect();
         for s in &self.seqs {
             if let Ok(layer) = s.cache.layer(0) {
                 pages.extend(layer.page_ids());
@@ -530,6 +588,7 @@ impl Scheduler {
         self.stats.running = self.seqs.len();
         self.stats.pages_used = pages.len();
         self.stats.pages_reserved = self.reserved;
+        self.stats.prefix_cache_pages = self.prefix.len();
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = self.stats.clone();
         }

@@ -1,0 +1,175 @@
+//! Automatic prefix caching: full pages of prompts already prefilled, kept by the token chain
+//! that produced them, so a later request with the same prefix (another sample of a problem,
+//! a repeated system prompt) adopts the pages instead of prefilling them again.
+//!
+//! An entry is page `i` of some prompt, keyed by a hash of tokens `0..(i + 1)·page` (each
+//! page's key chains the previous one) and holding those tokens to rule out collisions. A
+//! lookup walks the chain from page 0. Entries are dropped least recently used first when the
+//! engine needs their room.
+//!
+//! Matches are rounded down to a multiple of `align` tokens, and pages are offered only when
+//! computed by whole chunks of `align`: under batch invariance `align` is the prefill chunk, so
+//! a request resuming after a match prefills exactly the chunks it would have prefilled alone
+//! and every page it adopts holds the values its own prefill would have written.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use mla::{LatentKvCache, SharedPage};
+
+use crate::error::Result;
+
+struct Entry {
+    /// The page's tokens (its prefix is checked through the chain of keys).
+    tokens: Vec<u32>,
+    /// Key of the previous page (0 for page 0).
+    parent: u64,
+    /// Page `i` of every layer.
+    layers: Vec<SharedPage>,
+    last_used: u64,
+}
+
+pub(super) struct PrefixCache {
+    page: usize,
+    align: usize,
+    entries: HashMap<u64, Entry>,
+    clock: u64,
+}
+
+/// The pages a lookup found: per layer, the pages holding the first `tokens` tokens.
+pub(super) struct Hit {
+    pub tokens: usize,
+    pub layers: Vec<Vec<SharedPage>>,
+}
+
+impl PrefixCache {
+    pub(super) fn new(page: usize, align: usize) -> Self {
+        Self {
+            page,
+            align: align.max(1),
+            entries: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Pages held (each counted once; a running sequence may share them).
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Identities of the pages held (layer 0's, as the engine counts pages).
+    pub(super) fn page_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries
+            .values()
+            .filter_map(|e| e.layers.first().map(SharedPage::id))
+    }
+
+    fn key(parent: u64, tokens: &[u32]) -> u64 {
+        let mut h = DefaultHasher::new();
+        parent.hash(&mut h);
+        tokens.hash(&mut h);
+        // 0 marks "no parent"; keep it out of the key space.
+        h.finish().max(1)
+    }
+
+    /// Keys of the full pages of `prompt`, in order.
+    fn keys(&self, prompt: &[u32]) -> Vec<u64> {
+        let mut parent = 0;
+        prompt
+            .chunks_exact(self.page)
+            .map(|tokens| {
+                parent = Self::key(parent, tokens);
+                parent
+            })
+            .collect()
+    }
+
+    /// The longest cached prefix of `prompt` that leaves at least one token to prefill (its
+    /// logits are needed), rounded down to the alignment.
+    pub(super) fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
+        let mut found: Vec<u64> = Vec::new();
+        let mut parent = 0;
+        for (key, tokens) in self
+            .keys(prompt)
+            .into_iter()
+            .zip(prompt.chunks_exact(self.page))
+        {
+            match self.entries.get(&key) {
+                Some(e) if e.parent == parent && e.tokens == tokens => found.push(key),
+                _ => break,
+            }
+            parent = key;
+        }
+        let max = (prompt.len() - 1).min(found.len() * self.page);
+        let tokens = max / self.align * self.align;
+        if tokens == 0 {
+            return None;
+        }
+        let pages = tokens.div_ceil(self.page);
+        self.clock += 1;
+        let mut layers: Vec<Vec<SharedPage>> = Vec::new();
+        for key in &found[..pages] {
+            let e = self.entries.get_mut(key).expect("found above");
+            e.last_used = self.clock;
+            if layers.is_empty() {
+                layers = vec![Vec::with_capacity(pages); e.layers.len()];
+            }
+            for (l, p) in layers.iter_mut().zip(&e.layers) {
+                l.push(p.clone());
+            }
+        }
+        Some(Hit { tokens, layers })
+    }
+
+    /// Offers the pages of `prompt` that `cache` holds within its first `exact` tokens (those
+    /// computed by whole aligned chunks).
+    pub(super) fn insert(&mut self, prompt: &[u32], cache: &LatentKvCache, exact: usize) {
+        let full = exact.min(prompt.len()) / self.page;
+        self.clock += 1;
+        let mut parent = 0;
+        for (i, key) in self
+            .keys(&prompt[..full * self.page])
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.last_used = self.clock;
+            } else {
+                let layers: Option<Vec<SharedPage>> = (0..cache.num_layers())
+                    .map(|l| cache.layer(l).ok().and_then(|c| c.share_page(i)))
+                    .collect();
+                let Some(layers) = layers else {
+                    return;
+                };
+                self.entries.insert(
+                    key,
+                    Entry {
+                        tokens: prompt[i * self.page..(i + 1) * self.page].to_vec(),
+                        parent,
+                        layers,
+                        last_used: self.clock,
+                    },
+                );
+            }
+            parent = key;
+        }
+    }
+
+    /// Drops the least recently used entry; false when empty.
+    pub(super) fn evict(&mut self) -> bool {
+        let Some((&key, _)) = self.entries.iter().min_by_key(|(_, e)| e.last_used) else {
+            return false;
+        };
+        self.entries.remove(&key);
+        true
+    }
+}
+
+/// A fresh cache (from `empty`) holding `hit`'s pages.
+pub(super) fn adopt(mut empty: LatentKvCache, hit: Hit) -> Result<LatentKvCache> {
+    for (l, pages) in hit.layers.into_iter().enumerate() {
+        empty.layer_mut(l)?.adopt_pages(pages, hit.tokens)?;
+    }
+    Ok(empty)
+}
