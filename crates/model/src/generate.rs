@@ -12,7 +12,7 @@
 //! call; a [`Generator`] owns the model and loads them once, for callers that generate many
 //! times (eval).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use mtp::{AcceptanceStats, Speculator};
@@ -106,17 +106,18 @@ impl Generation {
 /// A model and its MTP modules, loaded on first use and kept: what callers that generate many
 /// times with [`Decoding::Mtp`] hold. Plain decoding never loads the modules.
 pub struct Generator {
-    model: DeepSeek,
+    model: Arc<DeepSeek>,
     mtp: OnceLock<Vec<Module>>,
     /// Serialises the one load of `mtp` (concurrent first MTP requests wait for it).
     mtp_load: Mutex<()>,
 }
 
 impl Generator {
-    /// Wraps `model` (its `paths` policy, the MTP blocks' too).
-    pub fn new(model: DeepSeek) -> Self {
+    /// Wraps `model` (its `paths` policy, the MTP blocks' too); an `Arc` lets the same
+    /// weights serve an [`crate::Engine`] as well.
+    pub fn new(model: impl Into<Arc<DeepSeek>>) -> Self {
         Self {
-            model,
+            model: model.into(),
             mtp: OnceLock::new(),
             mtp_load: Mutex::new(()),
         }
@@ -128,15 +129,20 @@ impl Generator {
     }
 
     /// The model back.
-    pub fn into_model(self) -> DeepSeek {
+    pub fn into_model(self) -> Arc<DeepSeek> {
         self.model
     }
 
     /// Sets the MLA path policy of the model and of the MTP blocks (loaded modules are
-    /// dropped and load again with it on the next MTP call).
-    pub fn set_path_policy(&mut self, paths: PathPolicy) {
-        self.model.paths = paths;
+    /// dropped and load again with it on the next MTP call). An error while another owner
+    /// (an engine) shares the model.
+    pub fn set_path_policy(&mut self, paths: PathPolicy) -> Result<()> {
+        let model = Arc::get_mut(&mut self.model).ok_or_else(|| {
+            ModelError::Input("the model is shared: set its path policy before sharing it".into())
+        })?;
+        model.paths = paths;
         self.mtp = OnceLock::new();
+        Ok(())
     }
 
     /// The MTP modules, loaded on the first call; an error naming the checkpoint when it has

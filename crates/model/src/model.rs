@@ -432,6 +432,12 @@ impl DeepSeek {
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
 
+    /// Bytes one token of one sequence occupies in the latent cache over all layers.
+    pub fn cache_bytes_per_token(&self) -> usize {
+        let m = &self.config.mla;
+        (m.kv_lora_rank + m.qk_rope_head_dim) * self.dtype().size_in_bytes() * self.layers.len()
+    }
+
     /// An empty latent cache for one sequence with pages of `page_tokens` tokens (what
     /// [`DeepSeek::forward_packed`] takes; a [`Session`] holds one with the default pages).
     pub fn new_cache(&self, page_tokens: usize) -> Result<LatentKvCache> {

@@ -484,7 +484,7 @@ fn mtp_blocks_use_the_model_path_policy() {
     let (plain, _) = run(&gen, &prompt, &options(32, Decoding::Plain));
     let (spec, _) = run(&gen, &prompt, &options(32, Decoding::Mtp));
     assert_eq!(spec.tokens, plain.tokens);
-    gen.set_path_policy(PathPolicy::default());
+    gen.set_path_policy(PathPolicy::default()).unwrap();
     assert_eq!(gen.model().paths, PathPolicy::default());
     assert_eq!(
         gen.mtp_modules().unwrap()[0].block().path_policy(),
