@@ -3,13 +3,12 @@
 //! and the cost of `n` samples of one prompt.
 //!
 //! For each concurrency `c`, `c` requests with distinct deterministic `--prompt-len`-token
-//! prompts and `--new-tokens` tokens each (`ignore_eos`) are submitted at once. Reported:
-//! - `ttft_*`: seconds from submission to each request's first token (prefill queueing
-//!   included: the last of 64 waits for 64 prefills);
-//! - `decode_tok_s`: tokens generated per second while all `c` streams were decoding (the
-//!   window from the last first token to the first finish), what llama.cpp's
-//!   `llama-batched-bench` reports as S_TG;
-//! - `e2e_tok_s`: all generated tokens over the whole wall time.
+//! prompts are submitted at once (`ignore_eos`, a budget none reaches). Reported:
+//! - `ttft_*`: seconds from submission to each request's first token (queueing behind the
+//!   other prefills included: the last of 64 waits for 64 prefills);
+//! - `decode_tok_s`: once every stream has its first token, the time for the next
+//!   `c · --new-tokens` tokens, all streams decoding together in every step (what llama.cpp's
+//!   `llama-batched-bench` reports as S_TG). The streams are then cancelled.
 //!
 //! The `n` line: one request with `--samples` samples of a `--samples-prompt`-token prompt;
 //! the engine's prompt-token counter shows how many prompt tokens were prefilled (one
@@ -68,31 +67,77 @@ fn prompt(i: usize, len: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Token timestamps of each request, measured from `t0`.
-fn run(engine: &Engine, requests: Vec<Request>) -> Result<(Vec<Vec<f64>>, f64)> {
+/// What one burst of `c` simultaneous requests measured.
+struct Burst {
+    /// Seconds from submission to each request's first token.
+    ttft: Vec<f64>,
+    /// Tokens per second once every stream was decoding (no prefill left, none finished).
+    decode_tok_s: f64,
+}
+
+/// Submits `prompts` at once with a budget none of them reaches, waits until every stream
+/// has its first token (all prefills done), then times the next `window` tokens of all streams
+/// together (every step decodes all of them: llama-batched-bench's S_TG), and cancels them.
+fn burst(engine: &Engine, prompts: Vec<Vec<u32>>, window: usize) -> Result<Burst> {
     let t0 = Instant::now();
     let (tx, rx) = channel();
-    let count = requests.len();
-    for (i, r) in requests.into_iter().enumerate() {
+    let count = prompts.len();
+    let mut ids = Vec::new();
+    for (i, prompt) in prompts.into_iter().enumerate() {
         let tx = tx.clone();
-        engine.submit(
-            r,
+        ids.push(engine.submit(
+            Request {
+                prompt,
+                params: RequestParams {
+                    max_tokens: MAX_TOKENS,
+                    ignore_eos: true,
+                    ..RequestParams::default()
+                },
+            },
             Box::new(move |e| tx.send((i, e, t0.elapsed().as_secs_f64())).is_ok()),
-        )?;
+        )?);
     }
     drop(tx);
-    let mut times = vec![Vec::new(); count];
-    let mut open = count;
-    while open > 0 {
+    let mut ttft = vec![f64::NAN; count];
+    let mut started = 0;
+    let mut window_start = None;
+    let mut in_window = 0;
+    let decode_tok_s = loop {
         let (i, e, t) = rx.recv()?;
         match e {
-            Event::Token { .. } => times[i].push(t),
-            Event::Finished { .. } => open -= 1,
+            Event::Token { .. } if ttft[i].is_nan() => {
+                ttft[i] = t;
+                started += 1;
+                if started == count {
+                    window_start = Some(t);
+                }
+            }
+            Event::Token { .. } => {
+                if let Some(t_start) = window_start {
+                    in_window += 1;
+                    if in_window == window {
+                        break in_window as f64 / (t - t_start);
+                    }
+                }
+            }
+            Event::Finished { .. } => anyhow::bail!("request {i} ended before the window"),
             Event::Error(e) => anyhow::bail!("request {i}: {e}"),
         }
+    };
+    for id in ids {
+        engine.cancel(id);
     }
-    Ok((times, t0.elapsed().as_secs_f64()))
+    let mut open = count;
+    while open > 0 {
+        if let (_, Event::Finished { .. } | Event::Error(_), _) = rx.recv()? {
+            open -= 1;
+        }
+    }
+    Ok(Burst { ttft, decode_tok_s })
 }
+
+/// A budget no stream of a burst reaches before it is cancelled.
+const MAX_TOKENS: usize = 16 * 1024;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -132,7 +177,8 @@ fn main() -> Result<()> {
     for mode in &args.modes {
         let config = EngineConfig {
             max_running: max_c.max(args.samples),
-            cache_tokens: (max_c * (args.prompt_len + args.new_tokens))
+            // Reservations assume MAX_TOKENS per stream; only what is written is allocated.
+            cache_tokens: (max_c * (args.prompt_len + MAX_TOKENS))
                 .max(args.samples_prompt + args.samples * (args.new_tokens + 512))
                 * 2,
             batch_invariant: mode != "fast",
@@ -148,44 +194,23 @@ fn main() -> Result<()> {
             },
         })?;
         for &c in &args.concurrency {
-            let requests = (0..c)
-                .map(|i| Request {
-                    prompt: prompt(i, args.prompt_len, vocab),
-                    params: params.clone(),
-                })
-                .collect();
-            let (times, wall) = run(&engine, requests)?;
-            let firsts: Vec<f64> = times.iter().map(|t| t[0]).collect();
-            let lasts: Vec<f64> = times.iter().map(|t| *t.last().unwrap()).collect();
-            let (lo, hi) = (
-                firsts.iter().copied().fold(0.0, f64::max),
-                lasts.iter().copied().fold(f64::INFINITY, f64::min),
-            );
-            let in_window = times
-                .iter()
-                .flatten()
-                .filter(|&&t| t > lo && t <= hi)
-                .count();
-            let decode = if hi > lo {
-                in_window as f64 / (hi - lo)
-            } else {
-                f64::NAN
-            };
-            let total: usize = times.iter().map(Vec::len).sum();
-            let mut sorted = firsts.clone();
+            let prompts = (0..c).map(|i| prompt(i, args.prompt_len, vocab)).collect();
+            let b = burst(&engine, prompts, c * args.new_tokens)?;
+            let mut sorted = b.ttft.clone();
             sorted.sort_by(f64::total_cmp);
             let row = serde_json::json!({
-                "mode": mode, "concurrency": c, "decode_tok_s": decode,
-                "e2e_tok_s": total as f64 / wall,
-                "ttft_mean": firsts.iter().sum::<f64>() / c as f64,
-                "ttft_p50": sorted[c / 2], "ttft_max": sorted[c - 1], "wall_s": wall,
+                "mode": mode, "concurrency": c, "decode_tok_s": b.decode_tok_s,
+                "ttft_mean": b.ttft.iter().sum::<f64>() / c as f64,
+                "ttft_p50": sorted[c / 2], "ttft_max": sorted[c - 1],
             });
             println!("{row}");
             rows.push(row);
         }
         if args.samples > 0 {
-            let p = prompt(7, args.samples_prompt, vocab);
+            // Distinct prompts, so the second request finds nothing of the first in the prefix
+            // cache.
             let timed = |n: usize| -> Result<(f64, u64)> {
+                let p = prompt(1000 + n, args.samples_prompt, vocab);
                 let before = engine.stats().prompt_tokens;
                 let t0 = Instant::now();
                 engine.generate(Request {
