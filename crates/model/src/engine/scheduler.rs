@@ -131,7 +131,20 @@ impl Scheduler {
             }
             self.admit();
             if !self.seqs.is_empty() {
-                self.step();
+                // A panic inside the model (a bug, never a request's fault: inputs are checked
+                // at submission) fails the requests in flight instead of killing the engine.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+                if let Err(panic) = step {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let ids: Vec<RequestId> = self.live.keys().copied().collect();
+                    for id in ids {
+                        self.abort(id, Some(Abort::Failed(format!("internal error: {what}"))));
+                    }
+                }
             }
             self.publish();
         }
