@@ -16,6 +16,7 @@ use eval::sft::{ExportOptions, OnePerProblem};
 use eval::source::cache::Cache;
 use eval::source::file::ResponseFile;
 use eval::source::openai::{Api, OpenAi, OpenAiConfig};
+use eval::source::pool::EndpointPool;
 use eval::source::ResponseSource;
 use eval::task::Task;
 use eval::{AnswerPolicy, JudgeConfig};
@@ -49,9 +50,11 @@ enum Command {
         /// Responses from a file (JSONL: id, sample, text).
         #[arg(long, conflicts_with = "endpoint")]
         responses: Option<PathBuf>,
-        /// OpenAI-compatible server (http://host:port[/v1]).
+        /// OpenAI-compatible server (http://host:port[/v1]); repeat it to spread the samples
+        /// over several servers of the same model (a failing one is rested and its samples go
+        /// to the others).
         #[arg(long, requires = "model")]
-        endpoint: Option<String>,
+        endpoint: Vec<String>,
         /// Model name for the endpoint.
         #[arg(long)]
         model: Option<String>,
@@ -251,22 +254,27 @@ fn main() -> Result<()> {
             workers,
             out,
         } => {
-            let source: Arc<dyn ResponseSource> = match (&responses, &endpoint) {
+            let config = |url: &String| {
+                let mut c = OpenAiConfig::new(url, model.as_deref().unwrap_or_default());
+                c.api = api;
+                c.max_retries = retries;
+                c.backoff_base = std::time::Duration::from_millis(backoff_ms);
+                c.api_key = std::env::var("OPENAI_API_KEY").ok();
+                c
+            };
+            let source: Arc<dyn ResponseSource> = match (&responses, endpoint.as_slice()) {
                 _ if model_dir.is_some() => {
                     local_source(model_dir.as_deref(), tokenizer.as_deref(), mtp)?
                 }
                 (Some(r), _) => Arc::new(ResponseFile::load(r)?),
-                (None, Some(url)) => {
-                    let mut c = OpenAiConfig::new(url, model.as_deref().unwrap_or_default());
-                    c.api = api;
-                    c.max_retries = retries;
-                    c.backoff_base = std::time::Duration::from_millis(backoff_ms);
-                    c.api_key = std::env::var("OPENAI_API_KEY").ok();
-                    Arc::new(OpenAi::new(c)?)
-                }
-                (None, None) => {
+                (None, [url]) => Arc::new(OpenAi::new(config(url))?),
+                (None, []) => {
                     bail!("give --responses FILE, --endpoint URL --model NAME or --model-dir DIR")
                 }
+                (None, urls) => Arc::new(EndpointPool::new(
+                    urls.iter().map(config).collect(),
+                    std::time::Duration::from_secs(30),
+                )?),
             };
             let cache = if source.wants_cache() {
                 let p = cache.unwrap_or_else(|| out.join("responses.jsonl"));

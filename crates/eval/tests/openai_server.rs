@@ -226,3 +226,37 @@ fn run_killed_half_way_resumes_to_the_same_result() {
         recorded_reference(dir.path())
     );
 }
+
+#[test]
+fn several_endpoints_share_the_samples_and_a_dead_one_is_routed_around() {
+    let dir = setup();
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let (a, b) = (server(&log_a, 20), server(&log_b, 20));
+    // A third endpoint that refuses every connection: a port bound, then released.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut args = endpoint_args(&a.url);
+    args.extend(["--endpoint".to_string(), b.url.clone()]);
+    args.extend(["--endpoint".to_string(), dead]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let st = eval_cmd(dir.path(), "pool", &args).status().unwrap();
+    assert!(st.success(), "eval run failed: {st:?}");
+    let got = verdicts(&samples(dir.path(), "pool"));
+    assert_eq!(got.len(), 20);
+    let cached = cache_keys(&dir.path().join("pool/responses.jsonl"));
+    assert_eq!(cached.iter().collect::<HashSet<_>>().len(), 20);
+    assert_eq!(cached.len(), 20, "a sample was recorded twice");
+    assert_eq!(got, recorded_reference(dir.path()));
+    // Both live servers answered some of the samples.
+    let answered = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with("\tok"))
+            .count()
+    };
+    let (na, nb) = (answered(&log_a), answered(&log_b));
+    assert!(na > 0 && nb > 0, "a: {na}, b: {nb}");
+}

@@ -1,5 +1,5 @@
 //! Where responses come from: JSONL files ([`file`]), OpenAI-compatible servers
-//! ([`openai`]), and the local model crate (`local`, behind the `local-model` feature).
+//! ([`openai`], several at once: [`pool`]), and the local model crate (`local`, behind the `local-model` feature).
 //!
 //! Every source answers one [`Request`] (one sample of one problem) at a time; the
 //! runner asks for samples concurrently and appends each answer to the [`cache`] before
@@ -10,6 +10,7 @@ pub mod file;
 #[cfg(feature = "local-model")]
 pub mod local;
 pub mod openai;
+pub mod pool;
 
 use std::future::Future;
 use std::pin::Pin;

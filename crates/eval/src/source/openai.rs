@@ -16,6 +16,12 @@ use serde_json::{json, Value};
 
 use super::{BoxFuture, Generation, Request, ResponseSource};
 
+/// Marks an error no retry can fix (a 4xx other than 429, a reply that is not a completion):
+/// [`super::pool::EndpointPool`] does not try such a sample on another endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
 /// Which endpoint to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Api {
@@ -203,15 +209,15 @@ impl OpenAi {
             return Attempt::Retry(format!("HTTP {status}"), retry_after);
         }
         if !status.is_success() {
-            return Attempt::Fail(anyhow!(
+            return Attempt::Fail(anyhow!(Permanent(format!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
-            ));
+            ))));
         }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => match parse_body(self.config.api, &v) {
                 Ok(g) => Attempt::Done(g),
-                Err(e) => Attempt::Fail(e),
+                Err(e) => Attempt::Fail(anyhow!(Permanent(format!("{e:#}")))),
             },
             Err(e) => Attempt::Retry(format!("bad JSON body: {e}"), None),
         }
