@@ -20,11 +20,14 @@
 //! the modes in order and every [`Outcome`] says which one ran:
 //!
 //! 1. [`Isolation::UidNetns`] (running as root): a new network namespace (no interface
-//!    but a down loopback: every `connect` fails) and a **fresh unprivileged uid** per
-//!    run. As that uid the program cannot write anywhere it does not own (the parent's
-//!    folders included; world-writable places such as `/tmp` remain writable, there is
-//!    no mount namespace), cannot read `/proc/<parent>/environ`, and `RLIMIT_NPROC`
-//!    counts only its own processes. Cleanup also kills every process of that uid
+//!    but a down loopback: every `connect` fails), a **private mount namespace** and a
+//!    **fresh unprivileged uid** per run. The mount namespace (propagation private, so
+//!    nothing reaches the host) puts an empty tmpfs over each world-writable place (`/tmp`,
+//!    `/var/tmp`, `/dev/shm`, `/run/lock`) and binds the run's own directory back at its
+//!    path: whatever the program writes there vanishes with the namespace. As that uid the
+//!    program cannot write anywhere else (every other place it could write is owned by
+//!    someone else: the view outside its directory is read-only to it), cannot read
+//!    `/proc/<parent>/environ`, and `RLIMIT_NPROC` counts only its own processes. Cleanup also kills every process of that uid
 //!    (`kill(-1, SIGKILL)` from a helper running as it), which catches children that
 //!    left the process group with `setsid`.
 //! 2. [`Isolation::UserNetns`] (unprivileged, where user namespaces are allowed): a new
@@ -255,6 +258,89 @@ fn sweep_uid(uid: u32) {
     }
 }
 
+/// The paths the private mount namespace needs, prepared before `fork` so that the child
+/// only makes syscalls.
+struct PrivateMounts {
+    root: std::ffi::CString,
+    tmpfs: std::ffi::CString,
+    options: std::ffi::CString,
+    shared: Vec<std::ffi::CString>,
+    scratch: std::ffi::CString,
+    cwd: std::ffi::CString,
+}
+
+impl PrivateMounts {
+    fn new(scratch: &Path) -> std::io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |s: &[u8]| std::ffi::CString::new(s).map_err(std::io::Error::other);
+        Ok(Self {
+            root: c(b"/")?,
+            tmpfs: c(b"tmpfs")?,
+            options: c(b"size=64m,mode=1777")?,
+            shared: ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]
+                .iter()
+                .map(|p| c(p.as_bytes()))
+                .collect::<std::io::Result<_>>()?,
+            scratch: c(scratch.as_os_str().as_bytes())?,
+            cwd: c(b"/proc/self/cwd")?,
+        })
+    }
+
+    /// In the child, inside its new mount namespace (the working directory is already the
+    /// scratch directory): stop propagation to the host, cover the shared writable places
+    /// with empty tmpfs, and bind the scratch directory back where it was if a tmpfs hid it.
+    ///
+    /// # Safety
+    /// Only between `fork` and `exec`, after `unshare(CLONE_NEWNS)`.
+    unsafe fn apply(&self) -> std::io::Result<()> {
+        let err = std::io::Error::last_os_error;
+        let null = std::ptr::null::<libc::c_char>();
+        let no_data = std::ptr::null::<libc::c_void>();
+        if libc::mount(
+            null,
+            self.root.as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_PRIVATE,
+            no_data,
+        ) != 0
+        {
+            return Err(err());
+        }
+        for dir in &self.shared {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            let data = self.options.as_ptr() as *const libc::c_void;
+            if libc::mount(
+                self.tmpfs.as_ptr(),
+                dir.as_ptr(),
+                self.tmpfs.as_ptr(),
+                flags,
+                data,
+            ) != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+            {
+                return Err(err());
+            }
+        }
+        // A fresh mount point means a tmpfs now covers the scratch directory's parent.
+        if libc::mkdir(self.scratch.as_ptr(), 0o700) == 0 {
+            if libc::mount(
+                self.cwd.as_ptr(),
+                self.scratch.as_ptr(),
+                null,
+                libc::MS_BIND,
+                no_data,
+            ) != 0
+                || libc::chdir(self.scratch.as_ptr()) != 0
+            {
+                return Err(err());
+            }
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(err());
+        }
+        Ok(())
+    }
+}
+
 /// Runs `source` in the given mode. Public for tests that compare modes.
 pub fn run_with(cfg: &SandboxConfig, mode: Isolation, source: &str, stdin: &str) -> Outcome {
     let start = Instant::now();
@@ -279,6 +365,10 @@ pub fn run_with(cfg: &SandboxConfig, mode: Isolation, source: &str, stdin: &str)
             );
         }
     }
+    let mounts = match PrivateMounts::new(dir.path()) {
+        Ok(m) => m,
+        Err(e) => return failed(format!("sandbox mounts: {e}"), mode, start),
+    };
     let mut cmd = Command::new(&cfg.python);
     cmd.arg("-I")
         .arg("-B")
@@ -308,9 +398,10 @@ pub fn run_with(cfg: &SandboxConfig, mode: Isolation, source: &str, stdin: &str)
                 }
                 match mode {
                     Isolation::UidNetns => {
-                        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
                             return Err(err());
                         }
+                        mounts.apply()?;
                     }
                     Isolation::UserNetns => {
                         if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {

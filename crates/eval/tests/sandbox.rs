@@ -208,3 +208,31 @@ fn output_is_capped_and_escaped_children_are_killed() {
         }
     }
 }
+
+#[test]
+fn writes_to_shared_places_leave_nothing_behind() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = mode();
+    let tag = format!("sandbox-leak-{}", std::process::id());
+    let places = ["/tmp", "/var/tmp", "/dev/shm"];
+    let src = format!(
+        "import os\nfor d in {places:?} + [os.environ['HOME']]:\n    p = os.path.join(d, {tag:?})\n    try:\n        open(p, 'w').write('x')\n        print('WROTE', p)\n    except OSError as e:\n        print('DENIED', p, e.errno)\n"
+    );
+    let o = run_python(&cfg(4000), &src, "");
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    if m == Isolation::UidNetns {
+        // Inside, the shared places are private tmpfs the program may write to; outside,
+        // none of it exists.
+        assert!(o.stdout.contains("WROTE /tmp/"), "{o:?}");
+        for d in places {
+            let p = std::path::Path::new(d).join(&tag);
+            assert!(!p.exists(), "{} survived the run: {o:?}", p.display());
+        }
+    } else {
+        eprintln!("NOTE: mode {m:?} has no mount namespace; shared places are the host's");
+        for d in places {
+            let _ = std::fs::remove_file(std::path::Path::new(d).join(&tag));
+        }
+    }
+    nothing_left();
+}
