@@ -61,6 +61,8 @@ pub mod plan;
 pub mod precision;
 pub mod random;
 pub mod sampling;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
 
 pub use checkpoint::{dequantize_fp8, Checkpoint};

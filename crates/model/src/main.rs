@@ -1,4 +1,5 @@
-//! `cargo run --release -p model -- <command>`: logits, generate, info, random-checkpoint.
+//! `cargo run --release -p model -- <command>`: logits, generate, serve, info,
+//! random-checkpoint.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -78,6 +79,66 @@ impl ModelArgs {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Reasoning {
+    /// On when the chat template mentions `<think>` (R1).
+    Auto,
+    /// Always (an R1 checkpoint whose template does not say so).
+    On,
+    /// Never: replies come back whole in `content`.
+    Off,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Directory with tokenizer.json (+ tokenizer_config.json); default: the model dir. Without
+    /// one, only `/v1/completions` with token-id prompts is served.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name clients use (default: the --model path as given, as vLLM does).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 64)]
+    max_running: usize,
+    /// Latent-cache budget in GiB (in the compute dtype).
+    #[arg(long, conflicts_with = "cache_tokens")]
+    cache_gb: Option<f64>,
+    /// Latent-cache budget in tokens over all sequences (default: 262144).
+    #[arg(long)]
+    cache_tokens: Option<usize>,
+    /// Tokens per cache page.
+    #[arg(long, default_value_t = model::EngineConfig::default().page_tokens)]
+    page_tokens: usize,
+    /// Requests waiting for admission at most; more get 429 with Retry-After.
+    #[arg(long, default_value_t = model::EngineConfig::default().max_waiting)]
+    max_waiting: usize,
+    /// Batch each step as one pass (faster at high concurrency; outputs then depend on the
+    /// batch up to rounding).
+    #[arg(long)]
+    no_batch_invariant: bool,
+    /// `max_tokens` for requests that leave it out (the engine reserves cache for it).
+    #[arg(long, default_value_t = 4096)]
+    default_max_tokens: usize,
+    /// R1 reasoning split (`reasoning_content`) and `<think>\n` prefill for chat.
+    #[arg(long, value_enum, default_value = "auto")]
+    reasoning: Reasoning,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mb: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// One causal prefill; writes f32 `logits` [T, vocab] to a safetensors file.
@@ -128,6 +189,11 @@ enum Command {
         #[arg(long)]
         mtp: bool,
     },
+    /// An OpenAI-compatible HTTP server (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/models`, `/health`, `/metrics`) over the continuous-batching engine. The model
+    /// flag `--prefill-chunk` also sets the engine's prefill chunk. SIGTERM / Ctrl-C: stop
+    /// admitting (503), finish the requests in flight, exit; a second signal exits at once.
+    Serve(Box<ServeArgs>),
     /// Parameters, layer plan, KV-cache bytes per token and memory per dtype.
     Info {
         /// Checkpoint directory or config.json.
@@ -207,6 +273,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )
         }
+        Command::Serve(args) => serve(&args),
         Command::Info { model } => info(&model),
         Command::RandomCheckpoint {
             config,
@@ -288,6 +355,136 @@ fn run_generate(
         gen.finish
     );
     Ok(())
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
+    use model::server::{self, SamplingDefaults, ServerConfig};
+    use model::{Engine, EngineConfig};
+
+    let tok_dir = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| args.model.model.clone());
+    let tokenizer = if tok_dir.join("tokenizer.json").is_file() {
+        Some(Tokenizer::from_dir(&tok_dir)?)
+    } else if args.tokenizer.is_some() {
+        bail!("{} has no tokenizer.json", tok_dir.display());
+    } else {
+        tracing::warn!(
+            "no tokenizer.json in {}: serving /v1/completions with token-id prompts only",
+            tok_dir.display()
+        );
+        None
+    };
+    let model = args.model.load()?;
+    let cfg = model.config();
+    if let Some(t) = &tokenizer {
+        if t.vocab_size() > cfg.vocab_size {
+            tracing::warn!(
+                "the tokenizer has {} ids, the model {}: prompts with the extra ids are refused",
+                t.vocab_size(),
+                cfg.vocab_size
+            );
+        }
+    }
+    let defaults = EngineConfig::default();
+    let cache_tokens = match (args.cache_tokens, args.cache_gb) {
+        (Some(t), _) => t,
+        (None, Some(gb)) => {
+            let per_token =
+                mla::KvLayout::mla(&cfg.mla).bytes_per_token(cfg.num_hidden_layers, model.dtype());
+            (gb * (1u64 << 30) as f64 / per_token as f64) as usize
+        }
+        (None, None) => defaults.cache_tokens,
+    };
+    let engine_config = EngineConfig {
+        max_running: args.max_running,
+        cache_tokens,
+        page_tokens: args.page_tokens,
+        prefill_chunk: args.model.prefill_chunk,
+        max_waiting: args.max_waiting,
+        batch_invariant: !args.no_batch_invariant,
+    };
+    let reasoning = match args.reasoning {
+        Reasoning::On => true,
+        Reasoning::Off => false,
+        Reasoning::Auto => tokenizer.is_some() && server::template_thinks(&tok_dir),
+    };
+    let config = ServerConfig {
+        model_name: args
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| args.model.model.display().to_string()),
+        api_key: args.api_key.clone(),
+        reasoning,
+        default_max_tokens: args.default_max_tokens,
+        sampling: SamplingDefaults::from_generation_config(&args.model.model)?,
+        max_body_bytes: args.max_body_mb << 20,
+        ..ServerConfig::new("")
+    };
+    tracing::info!(
+        model = %config.model_name,
+        reasoning,
+        cache_tokens,
+        pages = engine_config.total_pages(),
+        "starting the engine"
+    );
+    let engine = Engine::start(
+        std::sync::Arc::new(model),
+        tokenizer.map(std::sync::Arc::new),
+        engine_config,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        tracing::info!(%addr, model = %config.model_name, "serving");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            termination().await;
+            let _ = stop.send(());
+            termination().await;
+            eprintln!("second signal: exiting without draining");
+            std::process::exit(130);
+        });
+        server::serve(listener, engine, config, async {
+            let _ = stopped.await;
+        })
+        .await?;
+        eprintln!("server stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn termination() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 fn info(path: &Path) -> Result<()> {

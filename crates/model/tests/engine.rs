@@ -325,6 +325,7 @@ fn invalid_requests_are_refused_with_the_reason() {
     refuse(greedy(vec![3, 256], 4), "out of range");
     refuse(greedy(vec![3], 200_000), "context");
     refuse(greedy(vec![3], 0), "max_tokens");
+    refuse(greedy(vec![3], usize::MAX), "out of range");
     let mut r = greedy(vec![3], 4);
     r.params.sampling.temperature = -1.0;
     refuse(r.clone(), "temperature");

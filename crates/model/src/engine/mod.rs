@@ -519,7 +519,9 @@ impl Engine {
         if !p.stop_strings.is_empty() && self.inner.tokenizer.is_none() {
             return invalid("stop strings need a tokenizer, and this engine has none".into());
         }
-        let total = request.prompt.len() + p.max_tokens;
+        let Some(total) = request.prompt.len().checked_add(p.max_tokens) else {
+            return invalid(format!("max_tokens {} is out of range", p.max_tokens));
+        };
         if let Some(ctx) = self.max_context() {
             if total > ctx {
                 return invalid(format!(
@@ -531,7 +533,8 @@ impl Engine {
             }
         }
         let need = pages_for(request.prompt.len(), p.max_tokens, p.n, cfg.page_tokens);
-        if need > cfg.total_pages() {
+        if need.is_none_or(|need| need > cfg.total_pages()) {
+            let need = need.map_or("more than usize::MAX".into(), |n| n.to_string());
             return invalid(format!(
                 "the request needs up to {need} cache pages of {} tokens, more than the \
                  engine's whole budget of {}",
@@ -544,11 +547,14 @@ impl Engine {
 }
 
 /// Worst-case pages of a request: each sample may reach prompt + max_tokens tokens; the
-/// prompt's full pages are shared by all samples, the rest each sample owns.
-pub(crate) fn pages_for(prompt: usize, max_tokens: usize, n: usize, page: usize) -> usize {
-    let whole = (prompt + max_tokens).div_ceil(page);
+/// prompt's full pages are shared by all samples, the rest each sample owns. `None` when that
+/// does not fit a `usize` (no budget holds it).
+pub(crate) fn pages_for(prompt: usize, max_tokens: usize, n: usize, page: usize) -> Option<usize> {
+    let whole = prompt.checked_add(max_tokens)?.div_ceil(page);
     let shared = prompt / page;
-    whole + (n - 1) * (whole - shared)
+    (whole - shared)
+        .checked_mul(n.checked_sub(1)?)?
+        .checked_add(whole)
 }
 
 /// One finished sample, as [`Engine::generate`] returns it.

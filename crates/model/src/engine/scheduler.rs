@@ -183,18 +183,25 @@ impl Scheduler {
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let p = &front.request.params;
+            // Checked at submission: the worst case fits the budget.
             let need = pages_for(
                 front.request.prompt.len(),
                 p.max_tokens,
                 p.n,
                 self.config.page_tokens,
-            );
+            )
+            .unwrap_or(usize::MAX);
             if self.slots + p.n > self.config.max_running {
                 break;
             }
             let total = self.config.total_pages();
-            while self.reserved + need + self.prefix.len() > total && self.prefix.evict() {}
-            if self.reserved + need + self.prefix.len() > total {
+            let wanted = |s: &Self| {
+                s.reserved
+                    .saturating_add(need)
+                    .saturating_add(s.prefix.len())
+            };
+            while wanted(self) > total && self.prefix.evict() {}
+            if wanted(self) > total {
                 break;
             }
             let hit = self.prefix.lookup(&front.request.prompt);

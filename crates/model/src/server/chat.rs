@@ -1,0 +1,220 @@
+//! `POST /v1/chat/completions`: whole responses (`chat.completion`) and streams
+//! (`chat.completion.chunk`), with the R1 reasoning split when the reply starts inside
+//! `<think>` (see [`super::reasoning`]).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::ApiError;
+use super::extract::{parse, JsonBody};
+use super::generation::{finish_reason, Sample, Submission};
+use super::logprobs::chat_entry;
+use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, Usage};
+use super::reasoning::{split_whole, ReasoningSplit, Split};
+use super::sse::{self, frame, Render};
+use super::state::AppState;
+use super::{params, response_header};
+use crate::engine::{Engine, Event};
+
+type ChatResponse = super::openai::Response<ChatChoice>;
+
+/// The handler.
+pub(crate) async fn completions(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let prepared = params::chat(&state, parse(&body)?, parse(&body)?)?;
+    let submission = Submission::start(&state, prepared.request)?;
+    let header = response_header(&state, "chatcmpl", "chat.completion");
+    let reasoning = prepared.thinking;
+    if !prepared.stream {
+        let (samples, usage) = submission.collect().await?;
+        let choices = samples
+            .into_iter()
+            .enumerate()
+            .map(|(index, s)| {
+                whole_choice(
+                    &state.engine,
+                    index,
+                    s,
+                    reasoning,
+                    prepared.return_token_ids,
+                )
+            })
+            .collect();
+        let response = ChatResponse {
+            header,
+            choices,
+            usage: Some(Some(usage)),
+        };
+        return Ok(Json(response).into_response());
+    }
+    let render = ChatStream {
+        engine: state.engine.clone(),
+        header: Header {
+            object: "chat.completion.chunk",
+            ..header
+        },
+        splits: (0..submission.n)
+            .map(|_| reasoning.then(ReasoningSplit::default))
+            .collect(),
+        include_usage: prepared.include_usage,
+        return_token_ids: prepared.return_token_ids,
+    };
+    Ok(sse::respond(submission, render, prepared.include_usage))
+}
+
+/// A finished sample as a response choice.
+fn whole_choice(
+    engine: &Engine,
+    index: usize,
+    s: Sample,
+    reasoning: bool,
+    return_token_ids: bool,
+) -> ChatChoice {
+    let message = if reasoning {
+        let (reasoning, content) = split_whole(&s.text);
+        ChatOutput {
+            role: Some("assistant"),
+            content: Some(content),
+            reasoning_content: Some(reasoning),
+        }
+    } else {
+        ChatOutput {
+            role: Some("assistant"),
+            content: Some(Some(s.text)),
+            reasoning_content: None,
+        }
+    };
+    let logprobs = (!s.logprobs.is_empty()).then(|| ChatLogprobs {
+        content: s
+            .logprobs
+            .iter()
+            .map(|x| chat_entry(engine.tokenizer(), x.token, &x.logprob))
+            .collect(),
+    });
+    ChatChoice {
+        index,
+        message: Some(message),
+        delta: None,
+        logprobs,
+        finish_reason: s.finish.map(finish_reason),
+        token_ids: return_token_ids.then_some(s.tokens),
+    }
+}
+
+/// Renders a chat stream.
+struct ChatStream {
+    engine: Engine,
+    header: Header,
+    /// Per choice, with reasoning on.
+    splits: Vec<Option<ReasoningSplit>>,
+    include_usage: bool,
+    return_token_ids: bool,
+}
+
+impl ChatStream {
+    fn chunk(&self, choices: Vec<ChatChoice>, usage: Option<Usage>) -> Bytes {
+        frame(&ChatResponse {
+            header: self.header.clone(),
+            choices,
+            // With include_usage every chunk carries `usage`, null until the last.
+            usage: self.include_usage.then_some(usage),
+        })
+    }
+
+    /// The delta for a piece of choice `index`'s text (`last`: flush held reasoning).
+    fn delta(&mut self, index: usize, text: &str, last: bool) -> ChatOutput {
+        let Split { reasoning, content } = match self.splits.get_mut(index) {
+            Some(Some(split)) => {
+                let mut s = split.push(text);
+                if last {
+                    s.reasoning.push_str(&split.finish().reasoning);
+                }
+                s
+            }
+            _ => Split {
+                reasoning: String::new(),
+                content: text.to_string(),
+            },
+        };
+        ChatOutput {
+            role: None,
+            content: (!content.is_empty()).then_some(Some(content)),
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+        }
+    }
+}
+
+fn choice(index: usize, delta: ChatOutput) -> ChatChoice {
+    ChatChoice {
+        index,
+        message: None,
+        delta: Some(delta),
+        logprobs: None,
+        finish_reason: None,
+        token_ids: None,
+    }
+}
+
+impl Render for ChatStream {
+    fn start(&mut self) -> Vec<Bytes> {
+        (0..self.splits.len())
+            .map(|index| {
+                let delta = ChatOutput {
+                    role: Some("assistant"),
+                    content: Some(Some(String::new())),
+                    reasoning_content: None,
+                };
+                self.chunk(vec![choice(index, delta)], None)
+            })
+            .collect()
+    }
+
+    fn event(&mut self, event: Event) -> Option<Bytes> {
+        let c = match event {
+            Event::Token {
+                sample,
+                token,
+                text,
+                logprob,
+            } => {
+                let delta = self.delta(sample, &text, false);
+                let logprobs = logprob.map(|lp| ChatLogprobs {
+                    content: vec![chat_entry(self.engine.tokenizer(), token, &lp)],
+                });
+                if delta.content.is_none()
+                    && delta.reasoning_content.is_none()
+                    && logprobs.is_none()
+                    && !self.return_token_ids
+                {
+                    return None;
+                }
+                ChatChoice {
+                    logprobs,
+                    token_ids: self.return_token_ids.then(|| vec![token]),
+                    ..choice(sample, delta)
+                }
+            }
+            Event::Finished {
+                sample,
+                reason,
+                text,
+                ..
+            } => ChatChoice {
+                finish_reason: Some(finish_reason(reason)),
+                ..choice(sample, self.delta(sample, &text, true))
+            },
+            Event::Error(_) => return None,
+        };
+        Some(self.chunk(vec![c], None))
+    }
+
+    fn usage(&mut self, usage: Usage) -> Bytes {
+        self.chunk(vec![], Some(usage))
+    }
+}

@@ -1,0 +1,384 @@
+//! From an API request to an engine [`Request`]: the prompt (chat template or completion
+//! prompt), the sampling and stopping rules, and the checks the engine does not make
+//! (model name, features this server refuses rather than ignores, API-level ranges).
+//! Everything else (context length, cache budget, `n`, `top_p`...) the engine checks at
+//! submission, and its message becomes the 400.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::error::{ApiError, ServerError};
+use super::openai::{ChatRequest, CommonRequest, CompletionRequest, Content, Prompt};
+use super::reasoning::{generation_think, Think};
+use super::state::AppState;
+use crate::engine::{Request, RequestParams};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::{ChatOptions, Message, Tokenizer};
+
+/// Most alternatives per token `logprobs` / `top_logprobs` may ask for (OpenAI: 20).
+pub(crate) const MAX_LOGPROBS: u64 = 20;
+
+/// Sampling used when a request leaves a field out: the checkpoint's
+/// `generation_config.json` (vLLM's default), else OpenAI's (temperature 1, top-p 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    /// Temperature (0: greedy).
+    pub temperature: f32,
+    /// Nucleus mass.
+    pub top_p: f32,
+    /// Top-k (0: off).
+    pub top_k: usize,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+        }
+    }
+}
+
+impl SamplingDefaults {
+    /// Reads `temperature`, `top_p` and `top_k` from `dir/generation_config.json`; fields or
+    /// a file that are absent keep OpenAI's defaults.
+    pub fn from_generation_config(dir: &Path) -> Result<Self, ServerError> {
+        #[derive(Deserialize)]
+        struct GenerationConfig {
+            temperature: Option<f32>,
+            top_p: Option<f32>,
+            top_k: Option<usize>,
+        }
+        let path = dir.join("generation_config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(Self::default());
+        };
+        let g: GenerationConfig = serde_json::from_str(&text)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        let d = Self::default();
+        Ok(Self {
+            temperature: g.temperature.unwrap_or(d.temperature),
+            top_p: g.top_p.unwrap_or(d.top_p),
+            top_k: g.top_k.unwrap_or(d.top_k),
+        })
+    }
+}
+
+/// A request ready for the engine, and how to answer it.
+pub(crate) struct Prepared {
+    pub request: Request,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub return_token_ids: bool,
+    /// Chat with the reasoning split: the reply starts inside `<think>`.
+    pub thinking: bool,
+}
+
+/// `POST /v1/chat/completions` into an engine request.
+pub(crate) fn chat(
+    state: &AppState,
+    common: CommonRequest,
+    req: ChatRequest,
+) -> Result<Prepared, ApiError> {
+    check_common(state, &common)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::unsupported("tools", "tool calling"));
+    }
+    if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::unsupported("functions", "function calling"));
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "a response format other than text",
+            ));
+        }
+    }
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "top_logprobs needs logprobs set to true",
+            ))
+        }
+        (false, None) => None,
+        (true, top) => Some(logprob_count("top_logprobs", top.unwrap_or(0))?),
+    };
+    let messages = messages(req.messages)?;
+    let tokenizer = tokenizer(state, "messages", "chat completions need a tokenizer")?;
+    let (text, thinking) = chat_prompt(state, tokenizer, &messages)
+        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let prompt = tokenizer
+        .encode_plain(&text)
+        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let max_tokens = req.max_completion_tokens.or(common.max_tokens);
+    let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
+    prepared.thinking = thinking;
+    Ok(prepared)
+}
+
+/// The rendered conversation, and whether the reply starts inside the reasoning (only with
+/// [`super::ServerConfig::reasoning`]; see [`generation_think`]).
+fn chat_prompt(
+    state: &AppState,
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+) -> crate::Result<(String, bool)> {
+    let render = |add_generation_prompt| {
+        let opts = ChatOptions {
+            add_generation_prompt,
+            think_prefill: false,
+        };
+        tokenizer.apply_chat_template(messages, opts)
+    };
+    let mut text = render(true)?;
+    if !state.config.reasoning {
+        return Ok((text, false));
+    }
+    Ok(match generation_think(&text, &render(false)?) {
+        Think::Open => (text, true),
+        Think::Closed => (text, false),
+        Think::Silent => {
+            text.push_str("<think>\n");
+            (text, true)
+        }
+    })
+}
+
+/// `POST /v1/completions` into an engine request.
+pub(crate) fn completion(
+    state: &AppState,
+    common: CommonRequest,
+    req: CompletionRequest,
+) -> Result<Prepared, ApiError> {
+    check_common(state, &common)?;
+    if req.echo == Some(true) {
+        return Err(ApiError::unsupported("echo", "echo"));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported("suffix", "suffix"));
+    }
+    let logprobs = req
+        .logprobs
+        .map(|k| logprob_count("logprobs", k))
+        .transpose()?;
+    let prompt = match req.prompt {
+        Prompt::Tokens(ids) => ids,
+        Prompt::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
+        Prompt::Text(text) => encode(state, &text)?,
+        Prompt::Texts(texts) if texts.len() == 1 => encode(state, &texts[0])?,
+        Prompt::TokenLists(_) | Prompt::Texts(_) => {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "batched prompts are not supported: send one prompt per request",
+            ))
+        }
+    };
+    let max_tokens = common.max_tokens;
+    build(state, common, prompt, max_tokens, logprobs)
+}
+
+/// The model name, and the OpenAI parameters this server refuses unless they are neutral.
+fn check_common(state: &AppState, c: &CommonRequest) -> Result<(), ApiError> {
+    if let Some(name) = &c.model {
+        if *name != state.config.model_name {
+            return Err(ApiError::model_not_found(name));
+        }
+    }
+    let penalties = [
+        ("presence_penalty", c.presence_penalty, 0.0),
+        ("frequency_penalty", c.frequency_penalty, 0.0),
+        ("repetition_penalty", c.repetition_penalty, 1.0),
+    ];
+    for (name, value, neutral) in penalties {
+        if value.is_some_and(|v| v != neutral) {
+            return Err(ApiError::unsupported(name, name));
+        }
+    }
+    if c.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::unsupported("logit_bias", "logit_bias"));
+    }
+    if let Some(best_of) = c.best_of {
+        if best_of != c.n.unwrap_or(1) {
+            return Err(ApiError::unsupported("best_of", "best_of other than n"));
+        }
+    }
+    Ok(())
+}
+
+/// The engine request: sampling (request values over the server's defaults), stops, budget.
+fn build(
+    state: &AppState,
+    c: CommonRequest,
+    prompt: Vec<u32>,
+    max_tokens: Option<u64>,
+    logprobs: Option<usize>,
+) -> Result<Prepared, ApiError> {
+    let d = state.config.sampling;
+    let top_k = match c.top_k {
+        None => d.top_k,
+        // vLLM: -1 (and 0) turn top-k off.
+        Some(k) if (-1..=0).contains(&k) => 0,
+        Some(k) if k > 0 => to_usize("top_k", k as u64)?,
+        Some(k) => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("top_k must be -1, 0 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let sampling = SamplingParams {
+        temperature: c.temperature.unwrap_or(d.temperature),
+        top_p: c.top_p.unwrap_or(d.top_p),
+        top_k,
+        // No seed: a fresh one, so repeated requests differ as OpenAI's do.
+        seed: c.seed.map_or_else(rand::random, |s| s as u64),
+    };
+    let n = to_usize("n", c.n.unwrap_or(1))?;
+    let max_tokens = match max_tokens {
+        Some(m) => to_usize("max_tokens", m)?,
+        None => default_max_tokens(state, prompt.len(), n),
+    };
+    let mut stop_tokens = state.stop_tokens.clone();
+    stop_tokens.extend(c.stop_token_ids.unwrap_or_default());
+    let params = RequestParams {
+        n,
+        max_tokens,
+        min_tokens: to_usize("min_tokens", c.min_tokens.unwrap_or(0))?,
+        sampling,
+        stop_tokens,
+        ignore_eos: c.ignore_eos.unwrap_or(false),
+        stop_strings: c.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        logprobs,
+    };
+    Ok(Prepared {
+        request: Request { prompt, params },
+        stream: c.stream.unwrap_or(false),
+        include_usage: c
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        return_token_ids: c.return_token_ids.unwrap_or(false),
+        thinking: false,
+    })
+}
+
+/// Without `max_tokens`: the server's default, cut to what the context and the whole cache
+/// budget leave for `n` samples (at least 1, so that a prompt too long for either gets the
+/// engine's message).
+fn default_max_tokens(state: &AppState, prompt: usize, n: usize) -> usize {
+    let ctx_room = state
+        .engine
+        .max_context()
+        .map_or(usize::MAX, |ctx| ctx.saturating_sub(prompt));
+    // The engine reserves ceil((prompt + max) / page) pages per sample, the prompt's full
+    // pages once: w + (n - 1)(w - shared) <= total pages.
+    let cfg = state.engine.config();
+    let (page, n) = (cfg.page_tokens, n.max(1));
+    let shared = prompt / page;
+    let per_sample = (cfg.total_pages() + (n - 1) * shared) / n;
+    let cache_room = (per_sample * page).saturating_sub(prompt);
+    state
+        .config
+        .default_max_tokens
+        .min(ctx_room)
+        .min(cache_room)
+        .max(1)
+}
+
+/// A count from the request, at most `u32::MAX`: far beyond any context, and small enough
+/// that the engine's token and page arithmetic cannot overflow.
+fn to_usize(param: &str, v: u64) -> Result<usize, ApiError> {
+    u32::try_from(v).map(|v| v as usize).map_err(|_| {
+        ApiError::invalid_param(
+            param,
+            format!("{param} must be at most {}, got {v}", u32::MAX),
+        )
+    })
+}
+
+fn logprob_count(param: &str, k: u64) -> Result<usize, ApiError> {
+    if k > MAX_LOGPROBS {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be at most {MAX_LOGPROBS}, got {k}"),
+        ));
+    }
+    to_usize(param, k)
+}
+
+fn tokenizer<'a>(state: &'a AppState, param: &str, why: &str) -> Result<&'a Tokenizer, ApiError> {
+    state
+        .engine
+        .tokenizer()
+        .ok_or_else(|| ApiError::invalid_param(param, format!("{why}, and this server has none")))
+}
+
+fn encode(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    tokenizer(
+        state,
+        "prompt",
+        "text prompts need a tokenizer (send token ids instead)",
+    )?
+    .encode(text)
+    .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
+}
+
+/// Conversation messages for the template; text parts only.
+fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages[{i}]");
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.role"),
+                        format!(
+                            "role `{other}` is not supported (system, developer, user, assistant)"
+                        ),
+                    ))
+                }
+            };
+            if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
+                return Err(ApiError::unsupported(
+                    &format!("{param}.tool_calls"),
+                    "tool calling",
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            _ => {
+                                return Err(ApiError::unsupported(
+                                    &format!("{param}.content[{j}]"),
+                                    "content other than text",
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(Message::new(role, &content))
+        })
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! Server-sent events: `data: {json}\n\n` per chunk, `data: [DONE]\n\n` at the end, the
+//! usage chunk before it when `stream_options.include_usage` is on, and an error event when
+//! the engine fails after the stream started (the status is already sent).
+//!
+//! The body owns the [`Submission`]: a client that disconnects drops the body, which
+//! cancels the request.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::generation::Submission;
+use super::openai::Usage;
+use crate::engine::Event;
+
+/// How an endpoint turns events into chunks.
+pub(crate) trait Render: Send + 'static {
+    /// Chunks before the first token (chat: each choice's role).
+    fn start(&mut self) -> Vec<Bytes>;
+    /// The chunk for an event, if it has anything to say.
+    fn event(&mut self, event: Event) -> Option<Bytes>;
+    /// The final usage chunk.
+    fn usage(&mut self, usage: Usage) -> Bytes;
+}
+
+/// One SSE event holding `value` as JSON.
+pub(crate) fn frame<T: Serialize>(value: &T) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    // Our response types always serialise.
+    out.extend(serde_json::to_vec(value).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    out.into()
+}
+
+struct State<R> {
+    submission: Submission,
+    render: R,
+    include_usage: bool,
+    completion_tokens: usize,
+    started: bool,
+    done: bool,
+}
+
+impl<R: Render> State<R> {
+    /// The next bytes to send; `None` at the end of the stream.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            let chunks = self.render.start();
+            if !chunks.is_empty() {
+                return Some(chunks.concat().into());
+            }
+        }
+        loop {
+            match self.submission.next().await {
+                Some(Ok(event)) => {
+                    if let Event::Finished {
+                        completion_tokens, ..
+                    } = &event
+                    {
+                        self.completion_tokens += completion_tokens;
+                    }
+                    if let Some(chunk) = self.render.event(event) {
+                        return Some(chunk);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    let mut out = b"data: ".to_vec();
+                    out.extend(e.body_json());
+                    out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                    return Some(out.into());
+                }
+                None => {
+                    self.done = true;
+                    let mut out = Vec::new();
+                    if self.include_usage {
+                        let usage =
+                            Usage::new(self.submission.prompt_tokens, self.completion_tokens);
+                        out.extend_from_slice(&self.render.usage(usage));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    return Some(out.into());
+                }
+            }
+        }
+    }
+}
+
+/// The streaming response for `submission`.
+pub(crate) fn respond<R: Render>(
+    submission: Submission,
+    render: R,
+    include_usage: bool,
+) -> Response {
+    let state = State {
+        submission,
+        render,
+        include_usage,
+        completion_tokens: 0,
+        started: false,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let bytes = state.next().await?;
+        Some((Ok::<_, Infallible>(bytes), state))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

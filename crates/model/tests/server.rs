@@ -1,0 +1,1186 @@
+//! The OpenAI-compatible server (`model::server`) in-process on 127.0.0.1:0 over the
+//! `v3_noaux` fixture checkpoint and the tiny byte-level tokenizer, driven by an HTTP client
+//! and by the eval harness's own OpenAI client: whole and streamed chat and completions,
+//! `n`, stops, logprobs, token-id prompts, the R1 reasoning split, every error class,
+//! authentication, back-pressure, disconnects, graceful shutdown, and a bounded load test
+//! whose greedy outputs must equal each request's output alone.
+#![cfg(feature = "server")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use model::engine::EngineStats;
+use model::server::{self, ServerConfig, ServerError};
+use model::{DeepSeek, Engine, EngineConfig, Tokenizer};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const NAME: &str = "tiny";
+
+fn fixture(name: &str) -> PathBuf {
+    fixtures::fixtures_dir().join(name)
+}
+
+fn tiny_tokenizer() -> PathBuf {
+    fixture("tiny_tokenizer")
+}
+
+/// Small pages and chunks so that the fixture's short prompts span several of each.
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        max_running: 64,
+        cache_tokens: 64 * 1024,
+        page_tokens: 16,
+        prefill_chunk: 32,
+        max_waiting: 512,
+        batch_invariant: true,
+    }
+}
+
+fn engine(tokenizer: Option<&Path>, config: EngineConfig) -> Engine {
+    let model = DeepSeek::load(&fixture("v3_noaux"), DType::F32, &Device::Cpu).unwrap();
+    let tokenizer = tokenizer.map(|d| Arc::new(Tokenizer::from_dir(d).unwrap()));
+    Engine::start(Arc::new(model), tokenizer, config).unwrap()
+}
+
+/// A response: status, headers, body (JSON, or the text as a JSON string).
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+/// A server running in this process.
+struct Server {
+    base: String,
+    engine: Engine,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    async fn start(engine: Engine, config: ServerConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, engine.clone(), config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            engine,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn with_tokenizer() -> Self {
+        Self::start(
+            engine(Some(&tiny_tokenizer()), engine_config()),
+            ServerConfig::new(NAME),
+        )
+        .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// A successful whole response.
+    async fn ok(&self, path: &str, body: &Value) -> Value {
+        let r = self.post(path, body).await;
+        assert_eq!(r.status, 200, "{path} {body}: {}", r.body);
+        r.body
+    }
+
+    /// A stream's data events (JSON), checking it ends with `data: [DONE]`.
+    async fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        parse_sse(&resp.text().await.unwrap())
+    }
+
+    /// Waits until the engine holds nothing: no request waiting or running, no page reserved
+    /// or used except by the prefix cache.
+    async fn idle(&self) -> EngineStats {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.engine.stats();
+            if s.running == 0
+                && s.waiting == 0
+                && s.pages_reserved == 0
+                && s.pages_used == s.prefix_cache_pages
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine never went idle: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `f(stats)` holds.
+    async fn until(&self, what: &str, f: impl Fn(&EngineStats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&self.engine.stats()) {
+            assert!(
+                Instant::now() < deadline,
+                "never: {what}: {:?}",
+                self.engine.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Triggers shutdown and waits for `serve` to return.
+    async fn shut_down(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+        assert!(self.engine.is_closing());
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<Value> {
+    let frames: Vec<&str> = text
+        .split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            f.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data event: {f:?}"))
+        })
+        .collect();
+    assert_eq!(
+        frames.last(),
+        Some(&"[DONE]"),
+        "stream must end with [DONE]: {text}"
+    );
+    frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect()
+}
+
+/// Asserts OpenAI's error shape and status; returns the error object.
+fn assert_error(r: &Reply, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let obj = r.body.as_object().expect("JSON object body");
+    assert_eq!(obj.len(), 1, "only `error`: {}", r.body);
+    let e = &r.body["error"];
+    assert!(!e["message"].as_str().unwrap().is_empty());
+    assert!(e["type"].is_string());
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{e}");
+    e.clone()
+}
+
+fn chat_body(content: &str, max_tokens: u64) -> Value {
+    json!({"model": NAME, "messages": [{"role": "user", "content": content}],
+           "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// Concatenates streamed chat deltas per choice: (reasoning, content, finish_reason).
+fn chat_deltas(chunks: &[Value], n: usize) -> Vec<(String, String, String)> {
+    let mut out = vec![(String::new(), String::new(), String::new()); n];
+    for c in chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        for ch in c["choices"].as_array().unwrap() {
+            let o = &mut out[ch["index"].as_u64().unwrap() as usize];
+            o.0 += ch["delta"]["reasoning_content"].as_str().unwrap_or("");
+            o.1 += ch["delta"]["content"].as_str().unwrap_or("");
+            if let Some(f) = ch["finish_reason"].as_str() {
+                assert!(o.2.is_empty(), "one finish_reason per choice");
+                o.2 = f.to_string();
+            }
+        }
+    }
+    out
+}
+
+/// Concatenates streamed completion text per choice: (text, finish_reason, token ids).
+fn completion_deltas(chunks: &[Value], n: usize) -> Vec<(String, String, Vec<u64>)> {
+    let mut out = vec![(String::new(), String::new(), vec![]); n];
+    for c in chunks {
+        assert_eq!(c["object"], "text_completion");
+        for ch in c["choices"].as_array().unwrap() {
+            let o = &mut out[ch["index"].as_u64().unwrap() as usize];
+            o.0 += ch["text"].as_str().unwrap();
+            if let Some(f) = ch["finish_reason"].as_str() {
+                o.1 = f.to_string();
+            }
+            if let Some(ids) = ch["token_ids"].as_array() {
+                o.2.extend(ids.iter().map(|t| t.as_u64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("token ids: {v}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_whole_and_streamed_agree_with_usage_and_finish_reasons() {
+    let s = Server::with_tokenizer().await;
+    let models = s.get("/v1/models").await;
+    assert_eq!(models.body["data"][0]["id"], NAME);
+    assert_eq!(s.get(&format!("/v1/models/{NAME}")).await.status, 200);
+    assert_eq!(s.get("/health").await.status, 200);
+
+    let body = chat_body("Hello there", 12);
+    let whole = s.ok("/v1/chat/completions", &body).await;
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["model"], NAME);
+    assert!(whole["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(whole["created"].as_u64().unwrap() > 1_600_000_000);
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(
+        choice["message"].get("reasoning_content").is_none(),
+        "no split without R1"
+    );
+    let text = choice["message"]["content"].as_str().unwrap().to_string();
+    let usage = &whole["usage"];
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    // `<BOS><User>Hello there<Assistant>`: one id per byte plus three specials.
+    assert_eq!(usage["prompt_tokens"], 3 + "Hello there".len());
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + completion
+    );
+    let finish = choice["finish_reason"].as_str().unwrap();
+    assert_eq!(finish, if completion == 12 { "length" } else { "stop" });
+
+    // Streamed: a role chunk, deltas that add up to the same text, usage last.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let chunks = s.stream("/v1/chat/completions", &sbody).await;
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let ids_seen: Vec<&Value> = chunks.iter().map(|c| &c["id"]).collect();
+    assert!(
+        ids_seen.iter().all(|i| *i == ids_seen[0]),
+        "one id per stream"
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], *usage);
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c["usage"].is_null()));
+    let d = chat_deltas(&chunks, 1);
+    assert_eq!((d[0].1.as_str(), d[0].2.as_str()), (text.as_str(), finish));
+    // Without include_usage there is no usage at all.
+    sbody["stream_options"] = json!({"include_usage": false});
+    let chunks = s.stream("/v1/chat/completions", &sbody).await;
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(chat_deltas(&chunks, 1)[0].1, text);
+
+    // max_completion_tokens wins over max_tokens; logprobs with alternatives.
+    let mut lbody = body.clone();
+    lbody["max_completion_tokens"] = json!(3);
+    lbody["logprobs"] = json!(true);
+    lbody["top_logprobs"] = json!(2);
+    let r = s.ok("/v1/chat/completions", &lbody).await;
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        r["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(content.len() <= 3);
+    for entry in content {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(entry["bytes"].is_array());
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["logprob"], entry["logprob"]);
+    }
+    s.idle().await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_text_and_token_prompts_n_and_logprobs() {
+    let s = Server::with_tokenizer().await;
+    let body = json!({"model": NAME, "prompt": "The answer is", "max_tokens": 10,
+                      "temperature": 0, "return_token_ids": true});
+    let whole = s.ok("/v1/completions", &body).await;
+    assert_eq!(whole["object"], "text_completion");
+    assert!(whole["id"].as_str().unwrap().starts_with("cmpl-"));
+    let choice = &whole["choices"][0];
+    let text = choice["text"].as_str().unwrap().to_string();
+    let tokens = ids(&choice["token_ids"]);
+    assert_eq!(whole["usage"]["completion_tokens"], tokens.len());
+    // BOS + one id per byte.
+    assert_eq!(whole["usage"]["prompt_tokens"], 1 + "The answer is".len());
+
+    // The same prompt as token ids, and as one-element batches, gives the same output.
+    let tok = Tokenizer::from_dir(&tiny_tokenizer()).unwrap();
+    let prompt_ids = tok.encode("The answer is").unwrap();
+    for prompt in [
+        json!(prompt_ids),
+        json!([prompt_ids]),
+        json!(["The answer is"]),
+    ] {
+        let mut b = body.clone();
+        b["prompt"] = prompt;
+        let r = s.ok("/v1/completions", &b).await;
+        assert_eq!(r["choices"][0]["text"], text.as_str());
+        assert_eq!(ids(&r["choices"][0]["token_ids"]), tokens);
+    }
+
+    // Streamed: text, ids and finish reason add up to the whole response.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let d = completion_deltas(&s.stream("/v1/completions", &sbody).await, 1);
+    assert_eq!(
+        d[0],
+        (
+            text.clone(),
+            choice["finish_reason"].as_str().unwrap().into(),
+            tokens.clone()
+        )
+    );
+
+    // n samples, seeded: reproducible, one index each, usage sums them.
+    let nbody = json!({"prompt": [5, 17, 42], "max_tokens": 8, "temperature": 1.0, "seed": 3,
+                       "n": 3, "ignore_eos": true, "return_token_ids": true});
+    let a = s.ok("/v1/completions", &nbody).await;
+    let b = s.ok("/v1/completions", &nbody).await;
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "length");
+        assert_eq!(ids(&c["token_ids"]), ids(&b["choices"][i]["token_ids"]));
+    }
+    assert_eq!(a["usage"]["completion_tokens"], 24);
+    assert_ne!(
+        ids(&choices[0]["token_ids"]),
+        ids(&choices[1]["token_ids"]),
+        "seed + i per sample"
+    );
+    // Streamed n: every choice finishes, and the samples are the whole response's.
+    let mut snbody = nbody.clone();
+    snbody["stream"] = json!(true);
+    let d = completion_deltas(&s.stream("/v1/completions", &snbody).await, 3);
+    for (i, (_, finish, tokens)) in d.iter().enumerate() {
+        assert_eq!(finish, "length");
+        assert_eq!(*tokens, ids(&choices[i]["token_ids"]));
+    }
+    // Chat n>1 streamed.
+    let mut cbody = chat_body("Hi", 6);
+    cbody["n"] = json!(2);
+    cbody["stream"] = json!(true);
+    let d = chat_deltas(&s.stream("/v1/chat/completions", &cbody).await, 2);
+    assert_eq!(d[0].1, d[1].1, "greedy samples agree");
+    assert!(!d[1].2.is_empty());
+
+    // Legacy logprobs: parallel arrays, one entry per token.
+    let r = s
+        .ok("/v1/completions", &json!({"prompt": [5, 17, 42], "max_tokens": 4, "temperature": 0, "logprobs": 3, "ignore_eos": true}))
+        .await;
+    let lp = &r["choices"][0]["logprobs"];
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(lp[key].as_array().unwrap().len(), 4, "{key}");
+    }
+    assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 3);
+    s.idle().await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_stop_tokens_min_tokens_and_ignore_eos() {
+    let s = Server::with_tokenizer().await;
+    let base = json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
+                      "ignore_eos": true, "return_token_ids": true});
+    let free = s.ok("/v1/completions", &base).await;
+    let text = free["choices"][0]["text"].as_str().unwrap().to_string();
+    let tokens = ids(&free["choices"][0]["token_ids"]);
+    assert_eq!(tokens.len(), 24);
+
+    // A stop string taken from the text itself (a character after the first).
+    let (at, ch) = text
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c != '\u{FFFD}')
+        .expect("a real character in the output");
+    let stop = ch.to_string();
+    let cut = text.find(&stop).unwrap();
+    assert!(cut <= at);
+    for stop in [json!(stop), json!(["\u{1}never", stop])] {
+        let mut b = base.clone();
+        b["stop"] = stop;
+        let r = s.ok("/v1/completions", &b).await;
+        assert_eq!(r["choices"][0]["text"], &text[..cut]);
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        // And streamed.
+        b["stream"] = json!(true);
+        let d = completion_deltas(&s.stream("/v1/completions", &b).await, 1);
+        assert_eq!((d[0].0.as_str(), d[0].1.as_str()), (&text[..cut], "stop"));
+    }
+
+    // A stop token (vLLM's stop_token_ids) ends the sample without emitting it...
+    let stop_id = tokens[5];
+    let first = tokens.iter().position(|&t| t == stop_id).unwrap();
+    let mut b = base.clone();
+    b["ignore_eos"] = json!(false);
+    b["stop_token_ids"] = json!([stop_id]);
+    let r = s.ok("/v1/completions", &b).await;
+    assert_eq!(ids(&r["choices"][0]["token_ids"]), tokens[..first]);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    // ...unless min_tokens asks for more first (it is masked until then).
+    b["min_tokens"] = json!(first + 1);
+    let r = s.ok("/v1/completions", &b).await;
+    assert!(ids(&r["choices"][0]["token_ids"]).len() > first);
+    s.idle().await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_id_prompts_without_a_tokenizer() {
+    // A cache of 8 pages of 16 tokens.
+    let config = EngineConfig {
+        cache_tokens: 128,
+        ..engine_config()
+    };
+    let s = Server::start(engine(None, config), ServerConfig::new(NAME)).await;
+    let r = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": [5, 17, 42], "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+    let c = &r["choices"][0];
+    assert_eq!(c["text"], "");
+    assert_eq!(
+        ids(&c["token_ids"]).len(),
+        6,
+        "ids are the output without a tokenizer"
+    );
+    let d = completion_deltas(
+        &s.stream("/v1/completions", &json!({"prompt": [5, 17, 42], "max_tokens": 6, "temperature": 0, "ignore_eos": true, "stream": true}))
+            .await,
+        1,
+    );
+    assert_eq!(d[0].2, ids(&c["token_ids"]));
+    // Without max_tokens: the default (4096) cut to what the cache holds for each sample,
+    // 8 pages for one, 4 each for two (the 3-token prompt fills no page to share).
+    for (n, each) in [(1, 128 - 3), (2, 64 - 3)] {
+        let body = json!({"prompt": [5, 17, 42], "n": n, "ignore_eos": true});
+        let r = s.ok("/v1/completions", &body).await;
+        assert_eq!(r["usage"]["completion_tokens"], n * each);
+        assert_eq!(r["choices"][n - 1]["finish_reason"], "length");
+    }
+    for (path, body, param) in [
+        ("/v1/chat/completions", chat_body("hi", 4), "messages"),
+        ("/v1/completions", json!({"prompt": "text"}), "prompt"),
+    ] {
+        let e = assert_error(&s.post(path, &body).await, 400);
+        assert_eq!(e["param"], param);
+    }
+    let stop = s
+        .post("/v1/completions", &json!({"prompt": [5], "stop": "x"}))
+        .await;
+    assert_error(&stop, 400);
+    s.idle().await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
+    let config = ServerConfig {
+        max_body_bytes: 2 << 20,
+        ..ServerConfig::new(NAME)
+    };
+    let s = Server::start(engine(Some(&tiny_tokenizer()), engine_config()), config).await;
+    let chat = "/v1/chat/completions";
+    let cmpl = "/v1/completions";
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    // A prompt longer than the model's context (163840 tokens), as ids.
+    let too_long: Vec<u32> = vec![5; 163_841];
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, u16, Option<&str>)> = vec![
+        (cmpl, json!([1, 2]), 400, None),
+        (cmpl, json!({"max_tokens": 3}), 400, None),
+        (cmpl, json!({"prompt": {"a": 1}}), 400, Some("prompt")),
+        (cmpl, json!({"prompt": [-1]}), 400, Some("prompt")),
+        (cmpl, json!({"prompt": [999]}), 400, None),
+        (cmpl, json!({"prompt": []}), 400, None),
+        (cmpl, json!({"prompt": ["a", "b"]}), 400, Some("prompt")),
+        (cmpl, json!({"prompt": "x", "temperature": "hot"}), 400, Some("temperature")),
+        (cmpl, json!({"prompt": "x", "max_tokens": -1}), 400, Some("max_tokens")),
+        (cmpl, json!({"prompt": "x", "max_tokens": 1.5}), 400, Some("max_tokens")),
+        (cmpl, json!({"prompt": "x", "max_tokens": 0}), 400, None),
+        (cmpl, json!({"prompt": "x", "max_tokens": 200_000}), 400, None),
+        (cmpl, json!({"prompt": "x", "max_tokens": u64::MAX}), 400, Some("max_tokens")),
+        (cmpl, json!({"prompt": "x", "max_tokens": 5, "min_tokens": u64::MAX}), 400, Some("min_tokens")),
+        (cmpl, json!({"prompt": too_long, "max_tokens": 1}), 400, None),
+        (cmpl, json!({"prompt": "x", "temperature": -1}), 400, None),
+        (cmpl, json!({"prompt": "x", "top_p": 0}), 400, None),
+        (cmpl, json!({"prompt": "x", "top_k": -5}), 400, Some("top_k")),
+        (cmpl, json!({"prompt": "x", "n": 0}), 400, None),
+        (cmpl, json!({"prompt": "x", "n": 65}), 400, None),
+        (cmpl, json!({"prompt": "x", "min_tokens": 9, "max_tokens": 3}), 400, None),
+        (cmpl, json!({"prompt": "x", "logprobs": 21}), 400, Some("logprobs")),
+        (cmpl, json!({"prompt": "x", "stop": 3}), 400, Some("stop")),
+        (cmpl, json!({"prompt": "x", "stream": "yes"}), 400, Some("stream")),
+        (cmpl, json!({"prompt": "x", "presence_penalty": 0.5}), 400, Some("presence_penalty")),
+        (cmpl, json!({"prompt": "x", "logit_bias": {"5": 1}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "echo": true}), 400, Some("echo")),
+        (cmpl, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")),
+        (cmpl, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")),
+        (chat, json!({"messages": "hi"}), 400, Some("messages")),
+        (chat, json!({"messages": []}), 400, Some("messages")),
+        (chat, json!({"messages": [{"content": "hi"}]}), 400, Some("messages[0]")),
+        (chat, json!({"messages": [{"role": "tool", "content": "x"}]}), 400, Some("messages[0].role")),
+        (chat, json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), 400, Some("messages[0].content[0]")),
+        (chat, json!({"messages": msgs, "top_logprobs": 2}), 400, Some("top_logprobs")),
+        (chat, json!({"messages": msgs, "logprobs": true, "top_logprobs": 50}), 400, Some("top_logprobs")),
+        (chat, json!({"messages": msgs, "tools": [{"type": "function"}]}), 400, Some("tools")),
+        (chat, json!({"messages": msgs, "response_format": {"type": "json_object"}}), 400, Some("response_format")),
+        (chat, json!({"messages": msgs, "model": "other"}), 404, Some("model")),
+    ];
+    for (path, body, status, param) in &cases {
+        let e = assert_error(&s.post(path, body).await, *status);
+        if let Some(p) = param {
+            assert_eq!(e["param"], *p, "{body}");
+        }
+    }
+    // Not JSON at all, cut off, or empty.
+    for raw in ["{\"prompt\": ", "not json", ""] {
+        let r = s.send(s.client.post(s.url(cmpl)).body(raw)).await;
+        assert_error(&r, 400);
+    }
+    // Over the body limit.
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(3 << 20));
+    let e = assert_error(&s.send(s.client.post(s.url(cmpl)).body(big)).await, 413);
+    assert_eq!(e["code"], "request_too_large");
+    // Unknown paths and methods.
+    assert_error(&s.get("/v1/nothing").await, 404);
+    assert_error(&s.send(s.client.delete(s.url(chat))).await, 405);
+    assert_error(&s.get(chat).await, 405);
+
+    let stats = s.idle().await;
+    assert_eq!(
+        (
+            stats.prompt_tokens,
+            stats.requests_finished,
+            stats.requests_aborted,
+            stats.steps
+        ),
+        (0, 0, 0, 0),
+        "refused requests never reach the engine"
+    );
+    // Still serving.
+    s.ok(chat, &chat_body("hi", 2)).await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_the_api_but_not_health() {
+    let config = ServerConfig {
+        api_key: Some("sekret".into()),
+        ..ServerConfig::new(NAME)
+    };
+    let s = Server::start(engine(Some(&tiny_tokenizer()), engine_config()), config).await;
+    let body = chat_body("hi", 2);
+    let post = |auth: Option<&str>| {
+        let mut r = s.client.post(s.url("/v1/chat/completions")).json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        s.send(r)
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("sekret"),
+        Some("Basic sekret"),
+    ] {
+        let e = assert_error(&post(auth).await, 401);
+        assert_eq!(e["code"], "invalid_api_key");
+    }
+    assert_error(&s.get("/v1/models").await, 401);
+    assert_eq!(post(Some("Bearer sekret")).await.status, 200);
+    assert_eq!(s.get("/health").await.status, 200);
+    assert_eq!(s.get("/metrics").await.status, 200);
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_gets_429_with_retry_after() {
+    let config = EngineConfig {
+        max_running: 1,
+        max_waiting: 1,
+        ..engine_config()
+    };
+    let s = Server::start(
+        engine(Some(&tiny_tokenizer()), config),
+        ServerConfig::new(NAME),
+    )
+    .await;
+    // One request runs (a long stream, read slowly)...
+    let long = json!({"prompt": [5, 6, 7], "max_tokens": 4000, "ignore_eos": true, "stream": true});
+    let running = s
+        .client
+        .post(s.url("/v1/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    s.until("one running", |st| st.running == 1).await;
+    // ...one waits...
+    let waiting = {
+        let (client, url) = (s.client.clone(), s.url("/v1/completions"));
+        tokio::spawn(async move {
+            let body = json!({"prompt": [5], "max_tokens": 2, "temperature": 0});
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    s.until("one waiting", |st| st.waiting == 1).await;
+    // ...and the next is told to come back.
+    let r = s
+        .post("/v1/completions", &json!({"prompt": [5], "max_tokens": 2}))
+        .await;
+    let e = assert_error(&r, 429);
+    assert_eq!(e["code"], "queue_full");
+    assert_eq!(r.headers["retry-after"], "1");
+    let metrics = s.get("/metrics").await.body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("\nmodel_requests_waiting 1\n"),
+        "{metrics}"
+    );
+    // Clients that give up while queued leave the queue at once, whole or streamed.
+    waiting.abort();
+    s.until("queue empty", |st| st.waiting == 0 && st.running == 1)
+        .await;
+    let mut queued = long.clone();
+    queued["max_tokens"] = json!(2);
+    let queued = s
+        .client
+        .post(s.url("/v1/completions"))
+        .json(&queued)
+        .send()
+        .await
+        .unwrap();
+    s.until("queued stream", |st| st.waiting == 1).await;
+    drop(queued);
+    s.until("queue empty again", |st| st.waiting == 0 && st.running == 1)
+        .await;
+    // The running client goes away: its request is cancelled, and the engine serves again.
+    drop(running);
+    let stats = s.idle().await;
+    assert_eq!(stats.requests_aborted, 3);
+    assert_eq!(stats.requests_finished, 0);
+    s.ok("/v1/completions", &json!({"prompt": [5], "max_tokens": 2}))
+        .await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnecting_clients_cancel_their_requests_and_free_pages() {
+    let s = Server::with_tokenizer().await;
+    let long = |stream: bool| {
+        json!({"model": NAME, "messages": [{"role": "user", "content": "Tell me a long story"}],
+               "max_tokens": 4000, "ignore_eos": true, "stream": stream, "n": 2})
+    };
+    // Mid-stream: read a few chunks, then drop the response.
+    let mut resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&long(true))
+        .send()
+        .await
+        .unwrap();
+    let mut got = 0;
+    while got < 3 {
+        got += usize::from(resp.chunk().await.unwrap().is_some());
+    }
+    s.until("two samples running", |st| {
+        st.running == 2 && st.pages_used > 0
+    })
+    .await;
+    drop(resp);
+    let stats = s.idle().await;
+    assert_eq!(stats.requests_aborted, 1);
+    assert!(stats.generated_tokens < 2 * 4000);
+
+    // A whole (non-stream) request whose client gives up.
+    let task = {
+        let (client, url, body) = (s.client.clone(), s.url("/v1/chat/completions"), long(false));
+        tokio::spawn(async move { client.post(url).json(&body).send().await })
+    };
+    s.until("running again", |st| st.running == 2).await;
+    task.abort();
+    let stats = s.idle().await;
+    assert_eq!(stats.requests_aborted, 2);
+    let metrics = s.get("/metrics").await.body;
+    let metrics = metrics.as_str().unwrap();
+    let cached = stats.prefix_cache_pages;
+    for line in [
+        format!("model_cache_pages_used {cached}"),
+        format!("model_prefix_cache_pages {cached}"),
+        "model_cache_pages_reserved 0".into(),
+        "model_sequences_running 0".into(),
+        "model_requests_aborted_total 2".into(),
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{line}\n")),
+            "{line}: {metrics}"
+        );
+    }
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_requests_and_finishes_those_in_flight() {
+    let s = Server::with_tokenizer().await;
+    let body = json!({"prompt": [5, 6], "max_tokens": 300, "ignore_eos": true, "temperature": 0,
+                      "stream": true, "return_token_ids": true});
+    let mut resp = s
+        .client
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let Server {
+        base,
+        engine,
+        client,
+        stop,
+        task,
+    } = s;
+    stop.unwrap().send(()).unwrap();
+    // New requests are refused while the stream goes on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(format!("{base}/health")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": [5], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "shutting_down"
+    );
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let d = completion_deltas(&parse_sse(&text), 1);
+    assert_eq!((d[0].1.as_str(), d[0].2.len()), ("length", 300));
+    task.await.unwrap().unwrap();
+    assert!(engine.is_closing());
+    assert!(
+        client.get(format!("{base}/health")).send().await.is_err(),
+        "listener closed"
+    );
+}
+
+/// The tiny tokenizer with an R1-style template in `dir`: it mentions `</think>` (as R1's
+/// does, dropping the reasoning of earlier turns) and ends the generation prompt with
+/// `prefill` (a Jinja string literal's content); token `think_id` becomes `</think>`.
+fn r1_tokenizer(dir: &Path, prefill: &str, think_id: Option<u64>) {
+    let template = format!(
+        "{{{{ bos_token }}}}{{% for m in messages %}}{{% if m['role'] == 'user' %}}{{{{ '<｜User｜>' + m['content'] }}}}\
+         {{% else %}}{{{{ '<｜Assistant｜>' + m['content'].split('</think>')[-1] + '<｜end▁of▁sentence｜>' }}}}{{% endif %}}{{% endfor %}}\
+         {{% if add_generation_prompt %}}{{{{ '<｜Assistant｜>{prefill}' }}}}{{% endif %}}"
+    );
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(tiny_tokenizer().join(f)).unwrap()).unwrap()
+    };
+    let mut cfg = read("tokenizer_config.json");
+    cfg["chat_template"] = json!(template);
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let mut tj = read("tokenizer.json");
+    if let Some(id) = think_id {
+        // Rename the vocabulary entry: the id's byte is gone (prompts must not use it).
+        let vocab = tj["model"]["vocab"].as_object_mut().unwrap();
+        let old = vocab.iter().find(|(_, v)| **v == id).unwrap().0.clone();
+        vocab.remove(&old);
+        vocab.insert("</think>".into(), json!(id));
+    }
+    std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+}
+
+async fn r1_server(dir: &Path, reasoning: bool) -> Server {
+    let config = ServerConfig {
+        reasoning,
+        ..ServerConfig::new(NAME)
+    };
+    Server::start(engine(Some(dir), engine_config()), config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_reasoning_is_split_whole_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = chat_body("Why?", 16);
+    body["return_token_ids"] = json!(true);
+
+    // A template whose generation prompt closes the think block (V3.1's non-thinking mode):
+    // the reply is content.
+    r1_tokenizer(dir.path(), "</think>", None);
+    let s = r1_server(dir.path(), true).await;
+    let r = s.ok("/v1/chat/completions", &body).await;
+    let m = &r["choices"][0]["message"];
+    assert!(
+        m.get("reasoning_content").is_none() && m["content"].is_string(),
+        "{m}"
+    );
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        3 + "Why?".len() + "</think>".len()
+    );
+    s.shut_down().await;
+
+    // A template that does not open the think block: the server prefills `<think>\n`. The
+    // random model never writes `</think>`: everything is reasoning, content null.
+    r1_tokenizer(dir.path(), "", None);
+    assert!(server::template_thinks(dir.path()));
+    let s = r1_server(dir.path(), true).await;
+    let r = s.ok("/v1/chat/completions", &body).await;
+    let m = &r["choices"][0]["message"];
+    assert!(m["content"].is_null(), "{m}");
+    assert!(!m["reasoning_content"].as_str().unwrap().is_empty());
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        3 + "Why?".len() + "<think>\n".len(),
+        "prefilled"
+    );
+    let tokens = ids(&r["choices"][0]["token_ids"]);
+    s.shut_down().await;
+
+    // So make one of its tokens `</think>`: a token that first appears mid-reply, and not in
+    // the prompt, now decodes to that text. The template now opens the block itself, so the
+    // prompt (hence the reply's ids) is the same with the split on or off.
+    let opts = model::ChatOptions {
+        add_generation_prompt: true,
+        think_prefill: true,
+    };
+    let prompt = Tokenizer::from_dir(dir.path())
+        .unwrap()
+        .encode_chat(&[model::Message::new("user", "Why?")], opts)
+        .unwrap();
+    let k = (2..tokens.len().saturating_sub(2))
+        .find(|&k| {
+            let t = tokens[k];
+            t > 3 && !tokens[..k].contains(&t) && !prompt.contains(&(t as u32))
+        })
+        .unwrap_or_else(|| panic!("no token first seen mid-reply in {tokens:?}"));
+    r1_tokenizer(dir.path(), "<think>\\n", Some(tokens[k]));
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(tok.decode(&[tokens[k] as u32]).unwrap(), "</think>");
+
+    let plain = r1_server(dir.path(), false).await;
+    let raw = plain.ok("/v1/chat/completions", &body).await;
+    assert_eq!(ids(&raw["choices"][0]["token_ids"]), tokens);
+    let raw = raw["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    plain.shut_down().await;
+    let (want_reasoning, want_content) = raw.split_once("</think>").unwrap();
+    assert!(!want_content.is_empty());
+
+    let s = r1_server(dir.path(), true).await;
+    let r = s.ok("/v1/chat/completions", &body).await;
+    let m = &r["choices"][0]["message"];
+    assert_eq!(m["reasoning_content"], want_reasoning);
+    assert_eq!(m["content"], want_content);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let d = chat_deltas(&s.stream("/v1/chat/completions", &sbody).await, 1);
+    assert_eq!(
+        (d[0].0.as_str(), d[0].1.as_str()),
+        (want_reasoning, want_content)
+    );
+
+    // The eval harness reads the split back into R1 form.
+    let source = eval_client(&s.base, eval::source::openai::Api::Chat);
+    let g = eval::source::ResponseSource::generate(&source, &eval_request(16))
+        .await
+        .unwrap();
+    assert_eq!(g.reasoning.as_deref(), Some(want_reasoning));
+    assert_eq!(g.text, want_content);
+    assert_eq!(
+        g.full_text(),
+        format!("<think>\n{want_reasoning}\n</think>\n{want_content}")
+    );
+    s.shut_down().await;
+}
+
+fn eval_client(base: &str, api: eval::source::openai::Api) -> eval::source::openai::OpenAi {
+    let mut config = eval::source::openai::OpenAiConfig::new(base, NAME);
+    config.api = api;
+    config.max_retries = 0;
+    eval::source::openai::OpenAi::new(config).unwrap()
+}
+
+fn eval_request(max_tokens: u32) -> eval::source::Request {
+    eval::source::Request {
+        task: "t".into(),
+        id: "p1".into(),
+        sample: 0,
+        prompt: "Why?".into(),
+        system: None,
+        sampling: eval::task::Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens,
+            seed: Some(1),
+        },
+        stop: vec![],
+        timeout: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eval_harness_client_works_against_the_server() {
+    use eval::source::openai::Api;
+    use eval::source::ResponseSource;
+    let s = Server::with_tokenizer().await;
+    for api in [Api::Chat, Api::Completions] {
+        let source = eval_client(&s.base, api);
+        let g = source.generate(&eval_request(8)).await.unwrap();
+        let tokens = g.completion_tokens.unwrap();
+        assert!((1..=8).contains(&tokens), "{g:?}");
+        let want = if tokens == 8 { "length" } else { "stop" };
+        assert_eq!(g.finish_reason.as_deref(), Some(want));
+        assert_eq!(g.reasoning, None);
+        // Greedy: what the harness got is what the API returns.
+        let direct = match api {
+            Api::Chat => s.ok("/v1/chat/completions", &chat_body("Why?", 8)).await["choices"][0]
+                ["message"]["content"]
+                .clone(),
+            Api::Completions => s
+                .ok(
+                    "/v1/completions",
+                    &json!({"prompt": "Why?", "max_tokens": 8, "temperature": 0}),
+                )
+                .await["choices"][0]["text"]
+                .clone(),
+        };
+        assert_eq!(direct, g.text.as_str());
+    }
+    s.shut_down().await;
+}
+
+/// One distinct request of the load test.
+#[derive(Clone)]
+struct Spec {
+    path: &'static str,
+    body: Value,
+    n: usize,
+}
+
+fn load_specs() -> Vec<Spec> {
+    (0..16)
+        .map(|i| {
+            let max_tokens = [6, 10, 14, 20][i % 4];
+            let n = if i % 5 == 0 { 2 } else { 1 };
+            let (path, mut body) = if i % 3 == 0 {
+                (
+                    "/v1/chat/completions",
+                    chat_body(&format!("Question {i}: what is {i} + {i}?"), max_tokens),
+                )
+            } else {
+                let prompt: Vec<u32> = (0..(3 + 7 * i))
+                    .map(|j| (5 + (i * 31 + j * 7) % 250) as u32)
+                    .collect();
+                (
+                    "/v1/completions",
+                    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
+                )
+            };
+            body["n"] = json!(n);
+            body["return_token_ids"] = json!(true);
+            Spec { path, body, n }
+        })
+        .collect()
+}
+
+/// Per choice: token ids and finish reason, from a whole response or a stream.
+type Outcome = Vec<(Vec<u64>, String)>;
+
+fn outcome(spec: &Spec, whole: Option<&Value>, chunks: Option<&[Value]>) -> Outcome {
+    match (whole, chunks) {
+        (Some(v), _) => v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    ids(&c["token_ids"]),
+                    c["finish_reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect(),
+        (None, Some(chunks)) => {
+            let mut out = vec![(vec![], String::new()); spec.n];
+            for c in chunks {
+                for ch in c["choices"].as_array().unwrap() {
+                    let o = &mut out[ch["index"].as_u64().unwrap() as usize];
+                    if let Some(t) = ch["token_ids"].as_array() {
+                        o.0.extend(t.iter().map(|t| t.as_u64().unwrap()));
+                    }
+                    if let Some(f) = ch["finish_reason"].as_str() {
+                        o.1 = f.to_string();
+                    }
+                }
+            }
+            out
+        }
+        (None, None) => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_test_outputs_match_solo_runs_and_every_page_comes_back() {
+    let s = Arc::new(Server::with_tokenizer().await);
+    let specs = load_specs();
+    // Each request alone first.
+    let mut solo = Vec::new();
+    for spec in &specs {
+        let v = s.ok(spec.path, &spec.body).await;
+        solo.push(outcome(spec, Some(&v), None));
+    }
+    let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let which = i % specs.len();
+        let (s, permits, spec) = (s.clone(), permits.clone(), specs[which].clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire().await.unwrap();
+            match i % 10 {
+                // Malformed: refused, nothing else happens.
+                7 if i % 20 == 7 => {
+                    let r = s
+                        .send(s.client.post(s.url(spec.path)).body("{\"messages\": ["))
+                        .await;
+                    assert_error(&r, 400);
+                    None
+                }
+                // Disconnects mid-stream.
+                3 => {
+                    let mut body = spec.body.clone();
+                    body["stream"] = json!(true);
+                    body["max_tokens"] = json!(400);
+                    body["ignore_eos"] = json!(true);
+                    let mut resp = s
+                        .client
+                        .post(s.url(spec.path))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    for _ in 0..2 {
+                        resp.chunk().await.unwrap();
+                    }
+                    None
+                }
+                m => {
+                    let got = if m % 2 == 0 {
+                        let mut body = spec.body.clone();
+                        body["stream"] = json!(true);
+                        outcome(&spec, None, Some(&s.stream(spec.path, &body).await))
+                    } else {
+                        outcome(&spec, Some(&s.ok(spec.path, &spec.body).await), None)
+                    };
+                    Some((which, got))
+                }
+            }
+        }));
+    }
+    let mut completed = 0;
+    for t in tasks {
+        if let Some((spec, got)) = t.await.unwrap() {
+            assert_eq!(
+                got, solo[spec],
+                "request for spec {spec} differs from its solo run"
+            );
+            completed += 1;
+        }
+    }
+    assert_eq!(completed, 200 - 20 - 10);
+    let stats = s.idle().await;
+    assert!(stats.requests_aborted >= 1, "{stats:?}");
+    eprintln!(
+        "load test: 200 requests in {:.1} s, {stats:?}",
+        started.elapsed().as_secs_f64()
+    );
+    let metrics = s.get("/metrics").await.body;
+    let used = format!("\nmodel_cache_pages_used {}\n", stats.prefix_cache_pages);
+    assert!(metrics.as_str().unwrap().contains(&used));
+    Arc::try_unwrap(s)
+        .ok()
+        .expect("tasks done")
+        .shut_down()
+        .await;
+}

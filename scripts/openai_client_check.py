@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Drives a running `model serve` with the official `openai` Python client and asserts what
+comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
+prompts, logprobs, vLLM's extra parameters, and the errors the client maps to exceptions.
+
+    python scripts/openai_client_check.py BASE_URL MODEL API_KEY
+
+Run by scripts/check-openai-client.sh against the fixture checkpoint (a tiny random model, so
+texts are gibberish: the checks compare the server with itself, greedy against greedy)."""
+import sys
+
+import openai
+
+base, model, key = sys.argv[1:4]
+client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+checks = []
+
+
+def check(name):
+    def wrap(f):
+        f()
+        checks.append(name)
+        print(f"ok: {name}", flush=True)
+
+    return wrap
+
+
+@check("models")
+def _():
+    assert [m.id for m in client.models.list().data] == [model]
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+
+
+@check("chat: whole and streamed agree")
+def _():
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=10, temperature=0)
+    assert r.object == "chat.completion" and r.model == model and r.id.startswith("chatcmpl-")
+    c = r.choices[0]
+    assert c.index == 0 and c.message.role == "assistant"
+    assert c.finish_reason == ("length" if r.usage.completion_tokens == 10 else "stop")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == c.message.content, (text, c.message.content)
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finish == [c.finish_reason], finish
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == r.usage.total_tokens
+
+
+@check("chat: n > 1, seeded sampling, logprobs, vLLM extras")
+def _():
+    kw = dict(model=model, messages=MESSAGES, max_tokens=6, temperature=1.0, seed=11, n=3,
+              logprobs=True, top_logprobs=2, extra_body={"top_k": 20, "ignore_eos": True})
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert a.usage.completion_tokens == 18
+    for c in a.choices:
+        assert c.finish_reason == "length" and len(c.logprobs.content) == 6
+        assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in c.logprobs.content)
+    streamed = {}
+    for ch in client.chat.completions.create(**kw, stream=True):
+        for c in ch.choices:
+            streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
+    assert [streamed[i] for i in range(3)] == [c.message.content for c in a.choices]
+
+
+@check("completions: text and token-id prompts, whole and streamed")
+def _():
+    r = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0,
+                                  logprobs=2, extra_body={"return_token_ids": True})
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+    c = r.choices[0]
+    assert len(c.logprobs.tokens) == r.usage.completion_tokens == len(c.logprobs.token_logprobs)
+    ids = c.model_extra["token_ids"]
+    assert len(ids) == r.usage.completion_tokens
+    text = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(model=model, prompt="Once upon a time", max_tokens=8,
+                                            temperature=0, stream=True)
+    )
+    assert text == c.text, (text, c.text)
+    # The same continuation from the prompt's ids: the tiny tokenizer's BOS (0), then one id
+    # per byte, equal to the byte.
+    prompt_ids = [0] + list(b"Once upon a time")
+    r2 = client.completions.create(model=model, prompt=prompt_ids, max_tokens=8, temperature=0,
+                                   extra_body={"return_token_ids": True})
+    assert r2.usage.prompt_tokens == r.usage.prompt_tokens
+    assert r2.choices[0].model_extra["token_ids"] == ids
+    many = client.completions.create(model=model, prompt=[5, 17, 42], max_tokens=4, n=2, seed=3,
+                                     temperature=1.0, stop=["\u0001never"])
+    assert sorted(c.index for c in many.choices) == [0, 1]
+
+
+@check("errors become the client's exceptions")
+def _():
+    expect = [
+        (openai.NotFoundError, dict(model="no-such-model")),
+        (openai.BadRequestError, dict(model=model, temperature=-1)),
+        (openai.BadRequestError, dict(model=model, max_tokens=10**7)),
+        (openai.BadRequestError, dict(model=model, presence_penalty=1.0)),
+    ]
+    for exc, kw in expect:
+        try:
+            client.chat.completions.create(messages=MESSAGES, **kw)
+        except exc as e:
+            assert e.body and "message" in e.body, e.body
+        else:
+            raise AssertionError(f"{kw}: no {exc.__name__}")
+    wrong = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0)
+    try:
+        wrong.models.list()
+    except openai.AuthenticationError:
+        pass
+    else:
+        raise AssertionError("a wrong API key was accepted")
+
+
+print(f"openai {openai.__version__}: {len(checks)} checks passed")
