@@ -36,6 +36,14 @@ fn small_pages() -> EngineConfig {
     }
 }
 
+/// Small pages and a budget of 12 of them: room for about two short requests at a time.
+fn twelve_pages() -> EngineConfig {
+    EngineConfig {
+        cache_tokens: 8 * 12,
+        ..small_pages()
+    }
+}
+
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
     Request {
         prompt,
@@ -282,16 +290,7 @@ fn cancel_ends_every_sample_and_frees_the_pages() {
 #[test]
 fn requests_wait_for_cache_pages_and_all_complete() {
     let (case, model) = model();
-    // Room for about two requests' worst cases at a time.
-    let engine = Engine::start(
-        model,
-        None,
-        EngineConfig {
-            cache_tokens: 8 * 12,
-            ..small_pages()
-        },
-    )
-    .unwrap();
+    let engine = Engine::start(model, None, twelve_pages()).unwrap();
     let requests: Vec<Request> = prompts(&case.ids("input_ids"), 10)
         .into_iter()
         .map(|p| greedy(p[..p.len().min(20)].to_vec(), 20))
@@ -466,15 +465,7 @@ fn identical_prompts_submitted_together_are_prefilled_once() {
 #[test]
 fn the_prefix_cache_gives_way_to_admissions() {
     let (case, model) = model();
-    let engine = Engine::start(
-        model,
-        None,
-        EngineConfig {
-            cache_tokens: 8 * 12,
-            ..small_pages()
-        },
-    )
-    .unwrap();
+    let engine = Engine::start(model, None, twelve_pages()).unwrap();
     for p in prompts(&case.ids("input_ids"), 12) {
         let padded: Vec<u32> = p.iter().cycle().take(40).copied().collect();
         engine.generate(greedy(padded, 8)).unwrap();
