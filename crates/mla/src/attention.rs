@@ -13,7 +13,9 @@ use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
 
+mod dsa;
 mod flash;
+mod sparse;
 pub use flash::{FlashFormulation, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
 
 /// Which formulation of the attention to run. All give the same result up to rounding;
@@ -70,6 +72,9 @@ struct Projected {
     c_kv: Tensor,
     /// `[B, T, r]`, roped
     k_pe: Tensor,
+    /// `q_a_layernorm(q_a_proj(x))` `[B, T, q_lora_rank]` for a low-rank query (what the DSA
+    /// indexer reads), else `None`.
+    q_resid: Option<Tensor>,
 }
 
 /// One sequence's share of a [`Mla::forward_packed`] call.
@@ -250,6 +255,7 @@ impl Mla {
                 q_pe: p.q_pe.narrow(2, row, t)?.contiguous()?,
                 c_kv: p.c_kv.narrow(1, row, t)?.contiguous()?,
                 k_pe: p.k_pe.narrow(1, row, t)?.contiguous()?,
+                q_resid: None,
             };
             part.cache.append_seq(0, &own.c_kv, &own.k_pe)?;
             outs.push(self.attend(&own, &part.cache.seq_keys(0)?, part.path)?);
@@ -343,15 +349,15 @@ impl Mla {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (h, n, r) = (c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim);
-        let q = match &self.weights.query {
-            QueryWeights::Direct { q_proj } => linear(x, q_proj)?,
+        let (q, q_resid) = match &self.weights.query {
+            QueryWeights::Direct { q_proj } => (linear(x, q_proj)?, None),
             QueryWeights::LowRank {
                 q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
             } => {
                 let q_a = rms_norm(&linear(x, q_a_proj)?, q_a_layernorm, c.rms_norm_eps)?;
-                linear(&q_a, q_b_proj)?
+                (linear(&q_a, q_b_proj)?, Some(q_a))
             }
         };
         // [B, T, H·(n+r)] -> [B, T, H, n+r] -> [B, H, T, n+r]
@@ -378,6 +384,7 @@ impl Mla {
             q_pe,
             c_kv,
             k_pe,
+            q_resid,
         })
     }
 
@@ -388,14 +395,22 @@ impl Mla {
         match path {
             AttentionPath::Expanded => {
                 let (c_all, k_all) = keys.to_contiguous()?;
-                self.attend_expanded(p, &c_all, &k_all)
+                self.attend_expanded(p, &c_all, &k_all, None)
             }
-            AttentionPath::Absorbed => self.attend_absorbed(p, keys),
+            AttentionPath::Absorbed => self.attend_absorbed(p, keys, None),
             AttentionPath::Flash => self.attend_flash(p, keys),
         }
     }
 
-    fn attend_expanded(&self, p: &Projected, c_all: &Tensor, k_all: &Tensor) -> Result<Tensor> {
+    /// `extra`: an additive f32 mask `[B or 1, 1, T, S]` on top of the causal one (the sparse
+    /// patterns' dense oracle, [`Mla::forward_masked`]).
+    fn attend_expanded(
+        &self,
+        p: &Projected,
+        c_all: &Tensor,
+        k_all: &Tensor,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, h, t, _) = p.q_nope.dims4()?;
         let (n, r, v) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
@@ -411,7 +426,7 @@ impl Mla {
         let keys = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?.contiguous()?; // [B, H, S, n+r]
         let queries = Tensor::cat(&[&p.q_nope, &p.q_pe], D::Minus1)?.contiguous()?; // [B, H, T, n+r]
         let scores = queries.matmul(&keys.t()?)?; // [B, H, T, S]
-        let probs = self.softmax(&scores, t, s)?;
+        let probs = self.softmax(&scores, t, s, extra)?;
         let out = probs.matmul(&values)?; // [B, H, T, v]
                                           // [B, H, T, v] -> [B, T, H, v] -> [B, T, H·v]
         Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?)
@@ -421,7 +436,12 @@ impl Mla {
     /// joined along the keys (`[B, H·T, S]`, small next to the cache), one softmax, then the
     /// weighted sum accumulated segment by segment. The same products as one matmul over a
     /// contiguous cache, without copying the cache.
-    fn attend_absorbed(&self, p: &Projected, keys: &LatentKeys) -> Result<Tensor> {
+    fn attend_absorbed(
+        &self,
+        p: &Projected,
+        keys: &LatentKeys,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, h, t, _) = p.q_nope.dims4()?;
         let (rk, r) = (c.kv_lora_rank, c.qk_rope_head_dim);
@@ -441,7 +461,7 @@ impl Mla {
             Tensor::cat(&scores, 2)?
         };
         let probs = self
-            .softmax(&scores.reshape((b, h, t, s))?, t, s)?
+            .softmax(&scores.reshape((b, h, t, s))?, t, s, extra)?
             .reshape((b, h * t, s))?;
         // [B, H·T, S] x [B, S, R] -> [B, H·T, R], one segment at a time.
         let mut out_lat: Option<Tensor> = None;
@@ -490,12 +510,22 @@ impl Mla {
     }
 
     /// Scaled, causally masked softmax of `scores` `[B, H, T, S]` computed in f32 whatever
-    /// the input dtype, returned in the input dtype. Query `i` sees keys `0..=S - T + i`.
-    fn softmax(&self, scores: &Tensor, t: usize, s: usize) -> Result<Tensor> {
+    /// the input dtype, returned in the input dtype. Query `i` sees keys `0..=S - T + i`;
+    /// `extra` (f32, broadcastable to the scores) is added on top.
+    fn softmax(
+        &self,
+        scores: &Tensor,
+        t: usize,
+        s: usize,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let dtype = scores.dtype();
         let mut scores = (scores.to_dtype(DType::F32)? * self.softmax_scale)?;
         if t > 1 {
             scores = scores.broadcast_add(&causal_mask(t, s, s - t, 0, scores.device())?)?;
+        }
+        if let Some(extra) = extra {
+            scores = scores.broadcast_add(extra)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
         Ok(probs.to_dtype(dtype)?)

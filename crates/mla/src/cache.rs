@@ -69,6 +69,64 @@ impl LatentKeys {
         &self.segments
     }
 
+    /// The keys at `indices` (any order, repeats allowed) of sequence `seq` of these keys'
+    /// batch, for sparse attention: each distinct key is read once from the segment (page)
+    /// holding it, so the cost is linear in the keys asked for, not in [`LatentKeys::len`].
+    /// Returns the distinct keys' `c_kv` `[U, R]` and `k_pe` `[U, rope]` (in key order) and,
+    /// for each requested index, the row of the distinct keys holding it (`u32` `[N]`).
+    pub(crate) fn gather_unique(
+        &self,
+        seq: usize,
+        indices: &[usize],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len) {
+            return Err(MlaError::Cache(format!(
+                "key {bad} requested from {} keys",
+                self.len
+            )));
+        }
+        let mut distinct: Vec<usize> = indices.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let (mut cs, mut ks) = (vec![], vec![]);
+        let (mut seg_start, mut next) = (0, 0);
+        for (c, k) in &self.segments {
+            let seg_len = c.dim(1)?;
+            let first = next;
+            while next < distinct.len() && distinct[next] < seg_start + seg_len {
+                next += 1;
+            }
+            if next > first {
+                let local: Vec<u32> = distinct[first..next]
+                    .iter()
+                    .map(|&i| (i - seg_start) as u32)
+                    .collect();
+                let local = Tensor::new(local.as_slice(), c.device())?;
+                // [B, n, ·] -> sequence `seq`'s rows `[n, ·]` (a contiguous view of the page).
+                let rows = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, seq, 1)?
+                        .squeeze(0)?
+                        .contiguous()?
+                        .index_select(&local, 0)?)
+                };
+                cs.push(rows(c)?);
+                ks.push(rows(k)?);
+            }
+            seg_start += seg_len;
+        }
+        let (c_kv, k_pe) = if cs.len() == 1 {
+            (cs.remove(0), ks.remove(0))
+        } else {
+            (Tensor::cat(&cs, 0)?, Tensor::cat(&ks, 0)?)
+        };
+        let rows: Vec<u32> = indices
+            .iter()
+            .map(|i| distinct.binary_search(i).expect("present") as u32)
+            .collect();
+        let rows = Tensor::new(rows.as_slice(), c_kv.device())?;
+        Ok((c_kv, k_pe, rows))
+    }
+
     /// Keys `start..start + len`: a view when they lie in one segment, else a copy of the
     /// pieces joined.
     pub fn narrow(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {

@@ -54,6 +54,15 @@ pub enum MlaError {
         /// The dtype handed in.
         found: DType,
     },
+    /// A sparse attention pattern is out of range (the field of the pattern is named), or a
+    /// query selects no key.
+    #[error("sparse pattern {field}: {reason}")]
+    InvalidPattern {
+        /// The pattern field (`window`, `size`, `keys`, `top_k`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A position or cache does not fit the request (a position beyond what the cache holds,
     /// a cache built for another shape, a sequence index out of range).
     #[error("cache: {0}")]

@@ -53,7 +53,11 @@
 //! [`MlaWeights`] (loaded from a `VarBuilder` under the HF names, or handed in as tensors, e.g.
 //! dequantised FP8), [`Mla`] (the layer), [`LayerCache`] / [`LatentKvCache`] (the latent
 //! cache, paged in [`CACHE_PAGE`]-token pages that never move once written, with truncation
-//! for speculative decoding), [`LatentKeys`] (the cached keys as page views: the absorbed and
+//! for speculative decoding), [`SparsePattern`] with [`Mla::forward_sparse`] (sparse attention:
+//! local / block / random / top-k patterns, each query attending only to the latent rows it
+//! selects, gathered from the cache pages; [`Mla::forward_masked`] is its dense oracle),
+//! [`Indexer`] / [`DsaCache`] with [`Mla::forward_dsa`] (DeepSeek-V3.2's sparse attention: the
+//! lightning indexer's top-k keys fed into the sparse forward), [`LatentKeys`] (the cached keys as page views: the absorbed and
 //! flash paths read them in place, the expanded oracle joins them), [`KvLayout`] (cache
 //! accounting). Softmax
 //! always runs in f32; f32, bf16 and f16 are supported on CPU, and on CUDA with the `cuda`
@@ -99,6 +103,8 @@ mod attention;
 mod cache;
 mod config;
 mod error;
+pub mod indexer;
+pub mod sparse;
 mod weights;
 
 pub use accounting::KvLayout;
@@ -108,6 +114,10 @@ pub use attention::{
 pub use cache::{LatentKeys, LatentKvCache, LayerCache, SharedPage, CACHE_PAGE};
 pub use config::{MlaConfig, MlaConfigBuilder};
 pub use error::{MlaError, Result};
+pub use indexer::{
+    top_k, DsaCache, Indexer, IndexerCache, IndexerConfig, IndexerWeights, INDEXER_QUERY_TILE,
+};
+pub use sparse::{BlockPattern, SparsePattern};
 pub use weights::{MlaWeights, QueryWeights};
 // Types of the public API from the crates below, so a user needs no second dependency.
 pub use linear::WeightSpec;
