@@ -107,3 +107,26 @@ fn default_entry_points_use_the_detected_path() {
         Isa::supported()
     );
 }
+
+#[test]
+fn each_row_is_computed_the_same_whatever_the_other_rows() {
+    // Up to GEMV_MAX_ROWS rows, a row's result must not depend on the rows batched with it
+    // (a serving engine relies on it for batch invariance): bit for bit the 1-row result, on
+    // every path and weight dtype, for odd and even row counts (rows go two at a time).
+    let dev = Device::Cpu;
+    let w32 = Tensor::randn(0f32, 1.0, (37, 203), &dev).unwrap();
+    for wdt in [DType::F32, DType::BF16, DType::F16] {
+        let w = w32.to_dtype(wdt).unwrap();
+        for rows in [2usize, 5, linear::GEMV_MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 203), &dev).unwrap();
+            for isa in Isa::supported() {
+                let all = linear::linear_with(isa, &x, &w).unwrap();
+                for i in 0..rows {
+                    let one = linear::linear_with(isa, &x.narrow(0, i, 1).unwrap(), &w).unwrap();
+                    let d = max_diff(&all.narrow(0, i, 1).unwrap(), &one);
+                    assert_eq!(d, 0.0, "{isa} {wdt:?} {rows} rows, row {i}");
+                }
+            }
+        }
+    }
+}
