@@ -168,24 +168,8 @@ impl Mla {
         cache: Option<&mut LayerCache>,
         path: AttentionPath,
     ) -> Result<Tensor> {
-        let (b, _t) = self.check_x(x)?;
-        let Some(cache) = cache else {
-            let p = self.project(x, start_pos, rope)?;
-            let keys = LatentKeys::contiguous(&p.c_kv, &p.k_pe)?;
-            let out = self.attend(&p, &keys, path)?;
-            return self.output(&out);
-        };
-        self.check_cache(cache, b)?;
-        let len = cache.uniform_len().ok_or_else(|| {
-            MlaError::Cache(format!(
-                "sequences hold different lengths {:?}: use forward_ragged",
-                cache.lens()
-            ))
-        })?;
-        check_start(start_pos, len)?;
-        let p = self.project(x, start_pos, rope)?;
-        cache.append(&p.c_kv, &p.k_pe)?;
-        let out = self.attend(&p, &cache.keys()?, path)?;
+        let (p, keys) = self.project_and_append(x, start_pos, rope, cache)?;
+        let out = self.attend(&p, &keys, path)?;
         self.output(&out)
     }
 

@@ -138,7 +138,7 @@ impl Mla {
         self.check_cache(cache, b)?;
         let len = cache.uniform_len().ok_or_else(|| {
             MlaError::Cache(format!(
-                "sequences hold different lengths {:?}: sparse attention needs equal lengths",
+                "sequences hold different lengths {:?}: use forward_ragged (dense attention)",
                 cache.lens()
             ))
         })?;
