@@ -537,7 +537,7 @@ fn check_start(start_pos: usize, len: usize) -> Result<()> {
 /// `[t, len]` additive causal mask of queries at absolute positions `first_pos..first_pos + t`
 /// against keys `k0..k0 + len`: 0 where key `k0 + j <= first_pos + i`, -inf elsewhere (the
 /// whole `[T, S]` score matrix is `first_pos = S - T`, `k0 = 0`; a flash block any offsets).
-fn causal_mask(
+pub(crate) fn causal_mask(
     t: usize,
     len: usize,
     first_pos: usize,

@@ -372,18 +372,8 @@ impl Indexer {
         for (bi, segs) in keys.iter().enumerate() {
             let rows = self.score_rows(&p, bi, 0, t, segs)?;
             let s = rows.dim(1)?;
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..s).map(move |j| {
-                        if j <= s - t + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            out.push(rows.broadcast_add(&Tensor::from_vec(mask, (t, s), x.device())?)?);
+            let mask = crate::attention::causal_mask(t, s, s - t, 0, x.device())?;
+            out.push(rows.broadcast_add(&mask)?);
         }
         Ok(Tensor::stack(&out, 0)?)
     }
