@@ -101,8 +101,7 @@ impl PrefixCache {
             }
             parent = key;
         }
-        let max = (prompt.len() - 1).min(found.len() * self.page);
-        let tokens = max / self.align * self.align;
+        let tokens = self.reusable(found.len() * self.page, prompt.len());
         if tokens == 0 {
             return None;
         }
@@ -120,6 +119,13 @@ impl PrefixCache {
             }
         }
         Some(Hit { tokens, layers })
+    }
+
+    /// Of `common` tokens shared with a prompt of `prompt_len`, how many a lookup can reuse:
+    /// whole pages, rounded down to the alignment, leaving at least one token to prefill.
+    pub(super) fn reusable(&self, common: usize, prompt_len: usize) -> usize {
+        let pages = common.min(prompt_len.saturating_sub(1)) / self.page * self.page;
+        pages / self.align * self.align
     }
 
     /// Offers the pages of `prompt` that `cache` holds within its first `exact` tokens (those

@@ -264,12 +264,6 @@ impl Scheduler {
     /// Tokens of `prompt` that a sequence still prefilling will make reusable (its common
     /// prefix with `prompt`, as the prefix cache would round it).
     fn prefix_in_flight(&self, prompt: &[u32]) -> usize {
-        let align = if self.config.batch_invariant {
-            self.config.prefill_chunk
-        } else {
-            self.config.page_tokens
-        };
-        let page = self.config.page_tokens;
         self.seqs
             .iter()
             .filter(|s| s.prefilling())
@@ -280,8 +274,7 @@ impl Scheduler {
                     .zip(prompt)
                     .take_while(|(a, b)| a == b)
                     .count();
-                let usable = common.min(prompt.len() - 1) / page * page;
-                usable / align * align
+                self.prefix.reusable(common, prompt.len())
             })
             .max()
             .unwrap_or(0)
