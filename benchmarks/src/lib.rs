@@ -106,15 +106,15 @@ pub fn random_mla_layer(
     let (c, h) = (cfg.hidden_size, cfg.num_heads);
     let weights = mla::MlaWeights {
         query: mla::QueryWeights::Direct {
-            q_proj: w(h * cfg.qk_head_dim(), c)?,
+            q_proj: w(h * cfg.qk_head_dim(), c)?.into(),
         },
-        kv_a_proj_with_mqa: w(cfg.latent_dim(), c)?,
+        kv_a_proj_with_mqa: w(cfg.latent_dim(), c)?.into(),
         kv_a_layernorm: Tensor::ones(cfg.kv_lora_rank, DType::F32, dev)?,
         kv_b_proj: w(
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
         )?,
-        o_proj: w(c, h * cfg.v_head_dim)?,
+        o_proj: w(c, h * cfg.v_head_dim)?.into(),
     };
     Ok(mla::Mla::new(cfg.clone(), weights)?)
 }

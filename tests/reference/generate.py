@@ -4,7 +4,8 @@
 Each case is a tiny random checkpoint in the layout of DeepSeek's own releases (config.json with
 `rope_scaling` + top-level `rope_theta`, sharded safetensors with an index, experts stored one by
 one, MTP at `model.layers.{num_hidden_layers}`, FP8 e4m3 with 128x128 `weight_scale_inv`) plus
-`reference.safetensors` (tensors captured from the HF model) and `meta.json`.
+`reference.safetensors` (tensors captured from the HF model) and `meta.json`. The DeepSeek-V3.2
+case (`v32_dsa`) also records each layer's lightning-indexer scores and selected keys.
 
     python3 -m venv .venv && .venv/bin/pip install -r tests/reference/requirements.txt
     .venv/bin/python tests/reference/generate.py            # all cases
@@ -22,11 +23,14 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
+                          DeepseekV32Config, DeepseekV32ForCausalLM)
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import MtpModel
 from transformers.models.deepseek_v2 import modeling_deepseek_v2 as hf_v2
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_v3
+
+from dsa_generate import index_scores, selected_mask
 
 FIXTURE_VERSION = 1
 OUT = Path(__file__).resolve().parent.parent / "fixtures"
@@ -35,6 +39,8 @@ GREEDY_NEW_TOKENS = 16
 ROPE_POSITIONS = [0, 1, 2, 7, 100, 4095, 4096, 20000, 163839]
 FP8_BLOCK = 128
 FP8_MAX = 448.0
+# V3.2: smallest gap between the k-th and (k+1)-th visible index score on rows that drop keys.
+MIN_INDEX_GAP = 1e-3
 
 # YaRN settings whose ramp falls inside the rotary pairs (checked in `check_ramp`).
 YARN_V2 = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
@@ -110,6 +116,25 @@ CASES = {
                     quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
                                          "quant_method": "fp8", "weight_block_size": [128, 128]}),
     ),
+    # 6. V3.2 (DSA): a lightning indexer per layer keeps the top-8 of a 24-token prompt (then 40
+    #    with the greedy continuation), so selection really drops keys; FP8 as released (the
+    #    indexer's wq_b / wk too, weights_proj not); transformers 5.x `rope_parameters` spelling.
+    "v32_dsa": dict(
+        arch="v32", seed=6, negative_bias=True, fp8=True, prompt_len=24,
+        config=dict({k: v for k, v in COMMON.items() if k != "rope_theta"},
+                    architectures=["DeepseekV32ForCausalLM"], model_type="deepseek_v32",
+                    hidden_size=64, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, q_lora_rank=48, kv_lora_rank=32,
+                    qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16, n_routed_experts=8,
+                    n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, moe_layer_freq=1,
+                    topk_method="noaux_tc", n_group=2, topk_group=1, norm_topk_prob=True,
+                    routed_scaling_factor=2.5, scoring_func="sigmoid", num_nextn_predict_layers=0,
+                    index_topk=8, index_n_heads=8, index_head_dim=32,
+                    rope_parameters=dict({k: v for k, v in YARN_V3.items() if k != "type"},
+                                         rope_type="yarn", rope_theta=10000.0),
+                    quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
+                                         "quant_method": "fp8", "weight_block_size": [128, 128]}),
+    ),
 }
 
 
@@ -120,6 +145,10 @@ def hf_config(arch, cfg):
         kwargs.pop("topk_method")
         kwargs["num_mtp_layers"] = kwargs.pop("num_nextn_predict_layers")
         return DeepseekV3Config(**kwargs)
+    if arch == "v32":
+        kwargs.pop("topk_method")
+        kwargs.pop("num_nextn_predict_layers")  # HF 5.23 ignores V3.2's MTP layer
+        return DeepseekV32Config(**kwargs)
     return DeepseekV2Config(**kwargs)
 
 
@@ -175,7 +204,10 @@ def release_state(model, mtp, num_layers):
 
 
 def is_fp8_target(name):
-    return (name.endswith("_proj.weight") and "eh_proj" not in name) or name.endswith("proj_with_mqa.weight")
+    if name.endswith("indexer.weights_proj.weight"):  # bf16 in DeepSeek's V3.2 release
+        return False
+    return ((name.endswith("_proj.weight") and "eh_proj" not in name) or name.endswith("proj_with_mqa.weight")
+            or name.endswith(("indexer.wq_b.weight", "indexer.wk.weight")))
 
 
 def quantize_fp8(w):
@@ -214,7 +246,12 @@ class Recorder:
 
     def __init__(self, layers):
         self.data, self.handles = {}, []
+        # V3.2: per forward call, {layer: the indexer's returned indices [B, S, k]}.
+        self.indexed = []
         for i, layer in enumerate(layers):
+            indexer = getattr(layer.self_attn, "indexer", None)
+            if indexer is not None:
+                self.handles.append(indexer.register_forward_hook(self.indexer_hook(i)))
             self.hook(layer.self_attn, f"layers.{i}.attn", kw_input="hidden_states")
             self.hook(layer.mlp, f"layers.{i}.mlp")
             self.hook(layer, f"layers.{i}.layer", kw_input="hidden_states")
@@ -228,6 +265,13 @@ class Recorder:
             self.data.setdefault(f"{key}_in", []).append(x.detach().clone())
             self.data.setdefault(f"{key}_out", []).append(y.detach().clone())
         self.handles.append(module.register_forward_hook(fn, with_kwargs=True))
+
+    def indexer_hook(self, layer):
+        def fn(_mod, _args, output):
+            if layer == 0:
+                self.indexed.append({})
+            self.indexed[-1][layer] = output.detach().clone()
+        return fn
 
     def gate_hook(self, key):
         def fn(_mod, _args, output):
@@ -271,7 +315,7 @@ def rope_reference(model, arch, gen):
     k = torch.randn(1, 1, len(ROPE_POSITIONS), d, generator=gen)
     ref["rope.positions"] = pos[0].to(torch.int64)
     ref["rope.q_in"], ref["rope.k_in"] = q, k
-    if arch == "v3":
+    if arch in ("v3", "v32"):
         cos, sin = rotary(x, pos)
         ref["rope.cos"], ref["rope.sin"] = cos[0], sin[0]
         q_out, k_out = hf_v3.apply_rotary_pos_emb_interleave(q, k, cos, sin)
@@ -293,7 +337,8 @@ def run_case(name, spec):
     cfg = spec["config"]
     hcfg = hf_config(spec["arch"], cfg)
     hcfg._attn_implementation = "eager"
-    model = (DeepseekV3ForCausalLM if spec["arch"] == "v3" else DeepseekV2ForCausalLM)(hcfg).eval()
+    model_class = {"v2": DeepseekV2ForCausalLM, "v3": DeepseekV3ForCausalLM, "v32": DeepseekV32ForCausalLM}
+    model = model_class[spec["arch"]](hcfg).eval()
     mtp = MtpModel(model, 1).eval() if spec.get("mtp") else None
     init_weights(model, gen, spec.get("negative_bias", False))
     if mtp is not None:
@@ -317,7 +362,8 @@ def run_case(name, spec):
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_sharded(state, out_dir)
 
-    ids = torch.randint(2, cfg["vocab_size"], (1, PROMPT_LEN), generator=gen)
+    n = spec.get("prompt_len", PROMPT_LEN)
+    ids = torch.randint(2, cfg["vocab_size"], (1, n), generator=gen)
     ref = {"input_ids": ids[0]}
     ref.update(rope_reference(model, spec["arch"], gen))
 
@@ -326,16 +372,20 @@ def run_case(name, spec):
     out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
     for k, v in rec.take(seq_dim_cat=1).items():
         ref[f"prefill.{k}"] = v[0] if v.dim() == 3 else v
+    if spec["arch"] == "v32":
+        prefill_selection(model, ref, rec.indexed.pop(), n)
     ref["prefill.final_hidden"] = out.hidden_states[-1][0]
     ref["prefill.logits"] = out.logits[0]
 
     # Step-by-step decode through the latent cache: one token at a time.
     cache = DynamicCache(config=hcfg)
     step_logits = []
-    for t in range(PROMPT_LEN):
+    for t in range(n):
         o = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True,
                   position_ids=torch.tensor([[t]]))
         step_logits.append(o.logits[0])
+    if spec["arch"] == "v32":
+        decode_selection(model, ref, rec.indexed, n)
     for k, v in rec.take(seq_dim_cat=1).items():
         if k.endswith("attn_out"):
             ref[f"decode.{k}"] = v[0]
@@ -350,13 +400,13 @@ def run_case(name, spec):
         nxt = int(o.logits[0, -1].argmax())
         greedy.append(nxt)
         o = model(input_ids=torch.tensor([[nxt]]), past_key_values=cache, use_cache=True,
-                  position_ids=torch.tensor([[PROMPT_LEN + t]]))
+                  position_ids=torch.tensor([[n + t]]))
     ref["greedy"] = torch.tensor(greedy, dtype=torch.int64)
 
     if mtp is not None:
         # Row j: depth-1 module on (final-normed hidden state j, token j+1) at position j+1.
         hidden = out.hidden_states[-1][:, :-1]
-        h = mtp.forward_layer(0, hidden, torch.arange(1, PROMPT_LEN)[None], None, input_ids=ids[:, 1:])
+        h = mtp.forward_layer(0, hidden, torch.arange(1, n)[None], None, input_ids=ids[:, 1:])
         ref["mtp.hidden"] = h[0]
         ref["mtp.logits"] = mtp._project_to_logits(h)[0]
 
@@ -366,12 +416,53 @@ def run_case(name, spec):
            for k, v in ref.items()}
     save_file(ref, out_dir / "reference.safetensors", metadata={"fixture_version": str(FIXTURE_VERSION)})
     meta = {"version": FIXTURE_VERSION, "transformers": transformers.__version__, "torch": torch.__version__,
-            "arch": spec["arch"], "prompt_len": PROMPT_LEN, "rope_positions": ROPE_POSITIONS,
+            "arch": spec["arch"], "prompt_len": n, "rope_positions": ROPE_POSITIONS,
             "greedy": ref["greedy"].tolist(), "input_ids": ids[0].tolist(),
             "fp8": bool(spec.get("fp8")), "mtp": bool(spec.get("mtp"))}
+    if spec["arch"] == "v32":
+        meta["index_topk"] = cfg["index_topk"]
+        meta["min_index_gap"] = min(float(ref[f"prefill.layers.{i}.index_gap"])
+                                    for i in range(cfg["num_hidden_layers"]))
+        meta["selected_keys"] = [int(ref[f"prefill.layers.{i}.selected"].sum()) for i in range(cfg["num_hidden_layers"])]
+        meta["causal_keys"] = n * (n + 1) // 2
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     print(f"{name}: {size / 1024:.0f} KiB, logits std {out.logits.std():.2f}, greedy {greedy}")
+
+
+def prefill_selection(model, ref, indexed, n):
+    """V3.2 prefill: each layer's index scores `[T, T]` (-inf on future keys, recomputed from the
+    recorded attention input as HF computes them: `dsa_generate.index_scores`), the keys HF's
+    indexer selected as a 0/1 `[T, T]` matrix, and the smallest top-k boundary gap."""
+    k = model.config.index_topk
+    pos = torch.arange(n)[None]
+    for i, layer in enumerate(model.model.layers):
+        x = ref[f"prefill.layers.{i}.attn_in"][None]
+        cos, sin = model.model.rotary_emb(x, pos)
+        scores = index_scores(layer.self_attn, x, cos, sin)[0]
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        gap = min(float(scores[r, : r + 1].sort(descending=True).values[k - 1]
+                        - scores[r, : r + 1].sort(descending=True).values[k]) for r in range(k, n))
+        assert gap > MIN_INDEX_GAP, f"layer {i}: near-tie at the top-{k} boundary ({gap:.2e}): pick another seed"
+        sel = selected_mask(indexed[i][0], range(n), n)
+        for r in range(k, n):
+            assert set(indexed[i][0, r].tolist()) == set(scores[r, : r + 1].topk(k).indices.tolist()), (i, r)
+        assert int(sel.sum()) < n * (n + 1) // 2, "selection drops no key"
+        ref[f"prefill.layers.{i}.index_scores"] = scores
+        ref[f"prefill.layers.{i}.selected"] = sel
+        ref[f"prefill.layers.{i}.index_gap"] = torch.tensor([gap])
+
+
+def decode_selection(model, ref, indexed, n):
+    """V3.2 step-by-step decode: the keys each step's indexer selected, `[T, T]` per layer."""
+    assert len(indexed) == n, len(indexed)
+    for i in range(len(model.model.layers)):
+        sel = torch.zeros(n, n)
+        for t, step in enumerate(indexed):
+            sel[t, : t + 1] = selected_mask(step[i][0], [t], t + 1)[0]
+        assert torch.equal(sel, ref[f"prefill.layers.{i}.selected"]), f"layer {i}: decode selects other keys"
+        ref[f"decode.layers.{i}.selected"] = sel
+    indexed.clear()
 
 
 def check_case(model, ref):
@@ -419,8 +510,9 @@ def check_ramp():
     """The YaRN ramp must fall strictly inside the rotary pairs for every case (non-degenerate)."""
     for name, spec in CASES.items():
         c = spec["config"]
-        d, rs = c["qk_rope_head_dim"], c["rope_scaling"]
-        corr = lambda r: d * math.log(rs["original_max_position_embeddings"] / (r * 2 * math.pi)) / (2 * math.log(c["rope_theta"]))
+        d, rs = c["qk_rope_head_dim"], c.get("rope_scaling") or c["rope_parameters"]
+        theta = c.get("rope_theta", rs.get("rope_theta"))
+        corr = lambda r: d * math.log(rs["original_max_position_embeddings"] / (r * 2 * math.pi)) / (2 * math.log(theta))
         low, high = math.floor(corr(rs["beta_fast"])), math.ceil(corr(rs["beta_slow"]))
         assert 0 < low < high < d // 2 - 1, (name, low, high)
 

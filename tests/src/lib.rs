@@ -20,6 +20,12 @@
 //! | `decode.layers.{l}.attn_out`, `decode.logits` | `[T, ...]` | the same, one token at a time through the cache |
 //! | `greedy` | `[16]` | greedy continuation of the prompt |
 //! | `mtp.hidden`, `mtp.logits` | `[T-1, ...]` | depth-1 MTP module (MTP case only) |
+//! | `prefill.layers.{l}.index_scores` | `[T, T]` | V3.2: the lightning indexer's scores, `-inf` on future keys |
+//! | `prefill.layers.{l}.selected`, `decode.layers.{l}.selected` | `[T, T]` | V3.2: 1 where HF's indexer selected a visible key |
+//! | `prefill.layers.{l}.index_gap` | `[1]` | V3.2: smallest gap between the k-th and (k+1)-th visible score |
+//!
+//! The V3.2 case (`v32_dsa`, DeepSeek Sparse Attention) is not in [`CASES`]: its attention is
+//! not the dense MLA the component crates' parity tests run on every case.
 #![deny(missing_docs)]
 
 use std::collections::HashMap;

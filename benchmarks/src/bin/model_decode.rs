@@ -8,10 +8,10 @@
 //! tok/s = (new_tokens - 1) / decode seconds, as `hf_bench.py` counts it).
 //!
 //! Roofline: the bytes of weights one decode step must read (one embedding row, every
-//! attention/norm/dense-FFN/router/shared-expert weight, `top_k` routed experts per MoE layer,
-//! the final norm and the head) divided by the measured read bandwidth
-//! ([`benchmarks::read_bandwidth`]). It is given for the matrices' dtype (what this run's
-//! weights occupy in memory) and for bf16 (issue #5's target: bf16 weights in memory).
+//! attention/norm/dense-FFN/shared-expert weight, `top_k` routed experts per MoE layer, the
+//! final norm and the head, each matrix in the format this run keeps it:
+//! `DeepSeek::decode_weight_bytes`) divided by the read bandwidth measured in the same run
+//! ([`benchmarks::read_bandwidth`]). It is also given for bf16 weights (issue #5's target).
 //!
 //! `--matvec` also measures the decode shape `[1, K] x [K, N]` per weight dtype: candle's matmul
 //! against the `linear` crate's matrix-vector kernel.
@@ -31,7 +31,7 @@ use mla::AttentionPath;
 use model::generate::{generate, GenerateOptions};
 use model::plan::expected_tensors;
 use model::precision::parse_float_dtype;
-use model::{DeepSeek, ModelConfig, Precision};
+use model::{DeepSeek, MatrixFormat, ModelConfig, Precision};
 
 #[derive(Parser)]
 struct Args {
@@ -41,10 +41,10 @@ struct Args {
     /// Compute dtype (activations, cache, norms): f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
     dtype: DType,
-    /// Dtype the weight matrices are kept in (default: the compute dtype). `--dtype f32
-    /// --matrices bf16` keeps bf16 weights in memory under f32 arithmetic.
-    #[arg(long, value_parser = parse_float_dtype)]
-    matrices: Option<DType>,
+    /// Format the weight matrices are kept in: f32, bf16, f16, fp8, q8, q4 (default: as the
+    /// CLI, `Precision::auto`: the checkpoint's own bf16/f16/FP8 under f32 compute).
+    #[arg(long)]
+    matrices: Option<MatrixFormat>,
     /// Prompt tokens (one prefill).
     #[arg(long, default_value_t = 512)]
     prompt_len: usize,
@@ -95,7 +95,7 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Bytes of weights one decode step reads, at `elem` bytes per weight: (total, routed part).
-fn decode_weight_bytes(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
+fn decode_weight_bytes_at(cfg: &ModelConfig, elem: usize) -> (usize, usize) {
     let (tensors, _) = expected_tensors(cfg);
     let layers = cfg.num_hidden_layers;
     let (mut total, mut routed) = (0usize, 0usize);
@@ -141,15 +141,38 @@ fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
     Ok((gbs(candle), gbs(ours)))
 }
 
+/// The same product with the weight as a `linear::Matrix` in FP8 blocks (random e4m3 bytes,
+/// NaN codes excluded, with random block scales), q8 and q4: `(format, bytes, weight GB/s)`.
+fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>> {
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (1, k), &dev)?;
+    let codes: Vec<float8::F8E4M3> = (0..n * k)
+        .map(|i| float8::F8E4M3::from_bits(((i as u64 * 2_654_435_761) % 251) as u8 & 0xf7))
+        .collect();
+    let (bn, bk) = linear::FP8_BLOCK;
+    let scales = Tensor::rand(0.5f32, 1.5, (n.div_ceil(bn), k.div_ceil(bk)), &dev)?;
+    let fp8 = linear::Fp8Matrix::new(Tensor::from_vec(codes, (n, k), &dev)?, &scales, (bn, bk))?;
+    let dense = linear::Matrix::from(w);
+    let mut out = Vec::new();
+    for m in [
+        linear::Matrix::from(fp8),
+        dense.quantize(linear::QuantFormat::Q8)?,
+        dense.quantize(linear::QuantFormat::Q4)?,
+    ] {
+        let t = median_time(2, 7, || m.forward(&x).unwrap());
+        out.push((
+            m.format(),
+            m.bytes(),
+            m.bytes() as f64 / t.as_secs_f64() / 1e9,
+        ));
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let dtype = args.dtype;
-    let precision = Precision::mixed(dtype, args.matrices.unwrap_or(dtype));
-    let label = if precision.matrices == dtype {
-        dtype.as_str().to_string()
-    } else {
-        format!("{}/{}", dtype.as_str(), precision.matrices.as_str())
-    };
     let threads = candle_core::utils::get_num_threads();
     let bw = read_bandwidth();
     println!(
@@ -170,11 +193,29 @@ fn main() -> Result<()> {
                      linear kernel {ours:.2} GB/s"
                 );
             }
+            for (format, bytes, gbs) in matvec_formats(n, k)? {
+                println!(
+                    "matvec {what} [1,{k}]x[{k},{n}] {format} weights ({:.1} MB): linear kernel \
+                     {gbs:.2} GB/s",
+                    bytes as f64 / 1e6
+                );
+            }
         }
     }
 
     let t = Instant::now();
-    let mut model = DeepSeek::load(&args.model, precision, &Device::Cpu)?;
+    let mut model = DeepSeek::load_with(&args.model, &Device::Cpu, |checkpoint| {
+        match args.matrices {
+            Some(m) => Precision::mixed(dtype, m),
+            None => Precision::auto(checkpoint, dtype, &Device::Cpu),
+        }
+    })?;
+    let precision = model.precision();
+    let label = if precision.matrices == MatrixFormat::Float(dtype) {
+        dtype.as_str().to_string()
+    } else {
+        format!("{}/{}", dtype.as_str(), precision.matrices)
+    };
     model.paths.long = args.long_path;
     if let Some(short) = args.short_path {
         model.paths.short = short;
@@ -194,8 +235,8 @@ fn main() -> Result<()> {
     let prefill = gen.prefill_tokens_per_sec();
     let decode = gen.decode_tokens_per_sec();
 
-    let (bytes, routed) = decode_weight_bytes(&cfg, precision.matrices.size_in_bytes());
-    let (bytes_bf16, _) = decode_weight_bytes(&cfg, 2);
+    let (bytes, routed) = model.decode_weight_bytes();
+    let (bytes_bf16, _) = decode_weight_bytes_at(&cfg, 2);
     let roof = bw / bytes as f64;
     let roof_bf16 = bw / bytes_bf16 as f64;
     println!(
@@ -235,7 +276,7 @@ fn main() -> Result<()> {
         gen.tokens.len(),
         gen.prefill_secs,
         gen.decode_secs,
-        precision.matrices.as_str(),
+        precision.matrices,
         args.long_path,
         model.paths.short,
         model.prefill_chunk,

@@ -157,7 +157,7 @@ pub fn problems(
     Ok(out)
 }
 
-/// Loads a task's problems from `path`, honouring `dataset.limit`.
+/// Loads a task's problems from `path`, honouring `dataset.window` and `dataset.limit`.
 pub fn load(task: &Task, path: &Path) -> Result<Vec<Problem>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("task {}: reading dataset {}", task.name, path.display()))?;
@@ -173,6 +173,13 @@ pub fn load_bytes(task: &Task, bytes: &[u8], name: &str) -> Result<Vec<Problem>>
         name,
     )?;
     let mut ps = problems(records, &task.dataset.fields, name)?;
+    if let Some(w) = &task.dataset.window {
+        ps.retain(|p| {
+            p.record
+                .get(&w.field)
+                .is_some_and(|v| w.contains(&crate::prompt::value_text(v)))
+        });
+    }
     if let Some(n) = task.dataset.limit {
         ps.truncate(n);
     }

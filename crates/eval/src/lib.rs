@@ -20,6 +20,9 @@
 //! `eval judge` and `eval bench` subcommands read JSONL case files ([`cases`]);
 //! `eval export-sft` turns a run's correct, well-formed samples into a chat SFT set
 //! ([`sft`]). Reports carry the GRPO rewards of the `judge` crate ([`judge::reward`]).
+//! The built-in tasks' public data sets are listed, downloaded, verified against pinned
+//! SHA-256s and converted by [`data`] (`eval data list`, `eval data fetch`); SimpleQA can be
+//! graded by the official grader prompt through a model endpoint ([`grader`]).
 //!
 //! # Example
 //!
@@ -34,9 +37,11 @@
 
 pub mod cases;
 pub mod code;
+pub mod data;
 pub mod dataset;
 pub mod diagnostics;
 pub mod diff;
+pub mod grader;
 pub mod metrics;
 pub mod prompt;
 pub mod report;

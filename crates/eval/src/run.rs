@@ -14,11 +14,12 @@ use rayon::prelude::*;
 
 use crate::code;
 use crate::dataset::Problem;
+use crate::grader::{grade_simpleqa, Grade, Grades};
 use crate::report::{SampleResult, TaskReport, Transcript, REWARD_WEIGHTS};
 use crate::sandbox::{Isolation, SandboxConfig};
 use crate::source::cache::Cache;
 use crate::source::{Generation, Request, ResponseSource};
-use crate::task::Task;
+use crate::task::{Grader as TaskGrader, Task};
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -31,6 +32,19 @@ pub struct RunOptions {
     pub progress: bool,
     /// Python interpreter for code tasks.
     pub python: PathBuf,
+    /// The grader model of tasks with `grader: llm` (default none: such a task is an
+    /// error).
+    pub grader: Option<GraderSource>,
+}
+
+/// The endpoint of the LLM grader ([`crate::grader`]).
+#[derive(Clone)]
+pub struct GraderSource(pub Arc<dyn ResponseSource>);
+
+impl std::fmt::Debug for GraderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraderSource({})", self.0.describe())
+    }
 }
 
 impl Default for RunOptions {
@@ -40,6 +54,7 @@ impl Default for RunOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: true,
             python: crate::sandbox::default_python(),
+            grader: None,
         }
     }
 }
@@ -159,6 +174,19 @@ pub fn score(
     source: String,
     opts: &RunOptions,
 ) -> TaskReport {
+    score_with(task, problems, gens, source, opts, None)
+}
+
+/// [`score`] with the LLM grader's grades (`[problem][sample]`), which decide the
+/// verdicts of a rule-checked task when given.
+pub fn score_with(
+    task: &Task,
+    problems: &[Problem],
+    gens: &[Vec<Result<Generation, String>>],
+    source: String,
+    opts: &RunOptions,
+    grades: Option<&Grades>,
+) -> TaskReport {
     let judge = task_judge(task);
     let split_options = SplitOptions {
         think_prefilled: task.think_prefilled,
@@ -193,6 +221,7 @@ pub fn score(
             chars: 0,
             tokens: None,
             finish_reason: None,
+            grade: None,
             error: None,
             rewards: RewardBreakdown::default(),
         };
@@ -203,10 +232,21 @@ pub fn score(
             },
             Ok(g) => {
                 let text = g.full_text();
+                let (mut grade, mut error) = (None, None);
                 let (correct, extracted) = match task.checker.judge_kind() {
                     Some(kind) => {
                         let v = judge.check(kind, &p.gold, &text);
-                        (v.correct, v.extracted)
+                        match grades.map(|gs| &gs[pi][s]) {
+                            None => (v.correct, v.extracted),
+                            Some(Ok(g)) => {
+                                grade = Some(g.name().to_string());
+                                (*g == Grade::Correct, v.extracted)
+                            }
+                            Some(Err(e)) => {
+                                error = Some(e.clone());
+                                (false, v.extracted)
+                            }
+                        }
                     }
                     None => {
                         let v = code::check(task.checker, p, &text, &sandbox);
@@ -227,6 +267,8 @@ pub fn score(
                     tokens: g.completion_tokens,
                     finish_reason: g.finish_reason.clone(),
                     rewards,
+                    grade,
+                    error,
                     ..base
                 };
                 transcript.response = Some(text);
@@ -268,7 +310,9 @@ pub fn score(
     report
 }
 
-/// Generates and scores one task.
+/// Generates and scores one task (grading factual answers with the LLM grader of
+/// [`RunOptions::grader`] when the task says `grader: llm`; its requests use `cache` even
+/// when the responses come from a file).
 pub async fn run_task(
     task: &Task,
     problems: &[Problem],
@@ -276,10 +320,31 @@ pub async fn run_task(
     cache: Option<Arc<Cache>>,
     opts: &RunOptions,
 ) -> Result<TaskReport> {
-    let cache = if source.wants_cache() { cache } else { None };
-    let gens = generate(task, problems, source.clone(), cache, opts).await?;
-    let desc = source.describe();
-    let report = score(task, problems, &gens, desc, opts);
+    let model_cache = if source.wants_cache() {
+        cache.clone()
+    } else {
+        None
+    };
+    let gens = generate(task, problems, source.clone(), model_cache, opts).await?;
+    let mut desc = source.describe();
+    let grades = match task.grader {
+        TaskGrader::Rules => None,
+        TaskGrader::Llm => {
+            let g = opts.grader.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "task {}: `grader: llm` needs a grader endpoint \
+                     (--grader-endpoint URL --grader-model NAME)",
+                    task.name
+                )
+            })?;
+            desc = format!(
+                "{desc}; graded by the SimpleQA grader at {}",
+                g.0.describe()
+            );
+            Some(grade_simpleqa(task, problems, &gens, g.0.clone(), cache, opts).await?)
+        }
+    };
+    let report = score_with(task, problems, &gens, desc, opts, grades.as_ref());
     tracing::info!(task = %task.name, pass1 = report.metrics.pass1, errors = report.metrics.errors, "scored");
     for w in &report.diagnostics.warnings {
         tracing::warn!(task = %task.name, "{w}");

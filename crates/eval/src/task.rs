@@ -100,6 +100,19 @@ impl Checker {
     }
 }
 
+/// How a factual task's answers are graded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grader {
+    /// The rule-based checker of the task's `checker` (the default).
+    #[default]
+    Rules,
+    /// The official SimpleQA grader prompt through an OpenAI-compatible endpoint
+    /// ([`crate::grader`]; `checker: factual` only; the endpoint comes from
+    /// `eval run --grader-endpoint URL --grader-model NAME`).
+    Llm,
+}
+
 /// Dataset file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,9 +172,37 @@ pub struct Dataset {
     /// Column names for a CSV without a header row (MMLU's raw files); empty = header row.
     #[serde(default)]
     pub csv_columns: Vec<String>,
-    /// Use only the first N problems (default: all).
+    /// Use only the first N problems (default: all; applied after `window`).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Keep only the problems whose date field falls in a window (default: all), e.g.
+    /// LiveCodeBench's contest dates.
+    #[serde(default)]
+    pub window: Option<DateWindow>,
+}
+
+/// A date window over a record field holding an ISO date (`2024-08-01` or
+/// `2024-08-01T00:00:00`): the first 10 characters are compared with the bounds, both
+/// inclusive. Records without the field are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateWindow {
+    /// The record field (e.g. `contest_date`).
+    pub field: String,
+    /// First date kept, `YYYY-MM-DD` (default: no lower bound).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Last date kept, `YYYY-MM-DD` (default: no upper bound).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+impl DateWindow {
+    /// Whether a record's date value is inside the window.
+    pub fn contains(&self, date: &str) -> bool {
+        let d = date.get(..10).unwrap_or(date);
+        self.from.as_deref().is_none_or(|f| d >= f) && self.to.as_deref().is_none_or(|t| d <= t)
+    }
 }
 
 impl Dataset {
@@ -254,6 +295,10 @@ pub struct Task {
     /// reasoning, R1's rule-based reward). See [`judge::AnswerPolicy`].
     #[serde(default)]
     pub policy: AnswerPolicy,
+    /// How answers are graded (default `rules`; `llm`: the SimpleQA grader model, for
+    /// `checker: factual`).
+    #[serde(default)]
+    pub grader: Grader,
     /// The prompt pre-fills `<think>` (R1 chat templates): text before `</think>` is
     /// reasoning and a response without `</think>` has no answer (default `false`).
     #[serde(default)]
@@ -360,6 +405,32 @@ impl Task {
         if self.dataset.path.trim().is_empty() {
             return bad("dataset.path", "must not be empty".into());
         }
+        if self.grader == Grader::Llm && self.checker != Checker::Factual {
+            return bad(
+                "grader",
+                format!("`llm` grades factual answers only, not {:?}", self.checker),
+            );
+        }
+        if let Some(w) = &self.dataset.window {
+            let iso = |d: &Option<String>| {
+                d.as_deref().is_none_or(|d| {
+                    d.len() == 10
+                        && d.bytes().enumerate().all(|(i, b)| {
+                            if i == 4 || i == 7 {
+                                b == b'-'
+                            } else {
+                                b.is_ascii_digit()
+                            }
+                        })
+                })
+            };
+            if !iso(&w.from) || !iso(&w.to) {
+                return bad(
+                    "dataset.window",
+                    format!("dates must be YYYY-MM-DD, found {:?}..{:?}", w.from, w.to),
+                );
+            }
+        }
         if let Err(e) = crate::prompt::check_template(&self.prompt) {
             return bad("prompt", e);
         }
@@ -385,6 +456,7 @@ impl Task {
 pub const BUILTIN: &[(&str, &str)] = &[
     ("math500", include_str!("../tasks/math500.yaml")),
     ("aime2024", include_str!("../tasks/aime2024.yaml")),
+    ("aime2025", include_str!("../tasks/aime2025.yaml")),
     ("gsm8k", include_str!("../tasks/gsm8k.yaml")),
     ("humaneval", include_str!("../tasks/humaneval.yaml")),
     ("mbpp", include_str!("../tasks/mbpp.yaml")),
@@ -416,6 +488,31 @@ mod tests {
             let t = Task::from_yaml_str(yaml, name).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&t.name, name);
         }
+    }
+
+    #[test]
+    fn date_window_bounds_are_inclusive_and_validated() {
+        let w = DateWindow {
+            field: "contest_date".into(),
+            from: Some("2024-08-01".into()),
+            to: Some("2025-01-31".into()),
+        };
+        assert!(w.contains("2024-08-01T00:00:00") && w.contains("2025-01-31"));
+        assert!(!w.contains("2024-07-31T23:59:59") && !w.contains("2025-02-01"));
+        let e = Task::from_yaml_str(
+            "name: x\nchecker: stdio\ndataset: {path: a, window: {field: d, from: 2024-8-1}}\n",
+            "w.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("w.yaml") && e.contains("dataset.window"), "{e}");
+        let e = Task::from_yaml_str(
+            "name: x\nchecker: math\ngrader: llm\ndataset: {path: a}\n",
+            "g.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`grader`"), "{e}");
     }
 
     #[test]

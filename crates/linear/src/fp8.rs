@@ -9,9 +9,8 @@
 //! `Σ_c x·(q·s) = s·Σ_c x·q` exactly in real arithmetic.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
-use float8::F8E4M3;
 
-use crate::kernel::{self, BlockScales};
+use crate::kernel::{self, BlockScales, Scales};
 use crate::{Isa, GEMV_MAX_ROWS};
 
 /// DeepSeek's FP8 block size: 128 x 128.
@@ -24,6 +23,9 @@ pub struct Fp8Matrix {
     scale_inv: Tensor,
     scales: Vec<f32>,
     block: (usize, usize),
+    /// Whether some byte is a NaN code (`S.1111.111`); without one (every trained checkpoint)
+    /// the kernels take the faster widening.
+    has_nan: bool,
 }
 
 impl Fp8Matrix {
@@ -48,11 +50,17 @@ impl Fp8Matrix {
         }
         let scale_inv = scale_inv.to_dtype(DType::F32)?;
         let scales = scale_inv.flatten_all()?.to_vec1()?;
+        let q = q.contiguous()?;
+        let has_nan = match &*q.storage_and_layout().0 {
+            Storage::Cpu(CpuStorage::F8E4M3(v)) => kernel::E4m3NoNan::view(v).is_none(),
+            _ => true,
+        };
         Ok(Self {
-            q: q.contiguous()?,
+            q,
             scale_inv,
             scales,
             block,
+            has_nan,
         })
     }
 
@@ -122,7 +130,13 @@ pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
         if let (Storage::Cpu(CpuStorage::F8E4M3(v)), Some((start, end))) =
             (&*storage, layout.contiguous_offsets())
         {
-            let y = matmul_fp8(isa, &v[start..end], k, &w.scales, w.block, &xs, m);
+            let v = &v[start..end];
+            let y = if w.has_nan {
+                matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
+            } else {
+                let v = kernel::E4m3NoNan::checked_before(v);
+                matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
+            };
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
     }
@@ -131,9 +145,9 @@ pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
 }
 
 /// The kernels on host memory: `[m, N]` row-major.
-fn matmul_fp8(
+fn matmul_fp8<W: kernel::WeightElem>(
     isa: Isa,
-    q: &[F8E4M3],
+    q: &[W],
     k: usize,
     scales: &[f32],
     (rows, cols): (usize, usize),
@@ -141,7 +155,7 @@ fn matmul_fp8(
     m: usize,
 ) -> Vec<f32> {
     let scales = BlockScales {
-        scale: scales,
+        scale: Scales::F32(scales),
         rows,
         cols,
     };

@@ -5,6 +5,21 @@
 //! may be stored in a narrower dtype than the activations (bf16 or f16 weights with f32
 //! activations), which halves the bytes a decode step reads without giving up f32 arithmetic.
 //!
+//! # Weight formats
+//!
+//! A layer holds each projection as a [`Matrix`] and calls [`Matrix::forward`]; the kernels
+//! read every format as it is stored and widen it in registers, accumulating in f32:
+//! - dense f32 / bf16 / f16 tensors ([`linear`]);
+//! - FP8 e4m3 with f32 scales per 128 x 128 block, as DeepSeek-V3/R1 ship them
+//!   ([`Fp8Matrix`], [`linear_fp8`]): `Σ_c x·(q·s) = s·Σ_c x·q`, so products equal HF's f32
+//!   dequantisation up to summation order, at one byte per weight;
+//! - 8-bit and 4-bit groups of 32 with f16 parameters, GGUF's Q8_0 and Q4_1 values
+//!   ([`QuantMatrix`], [`linear_quant`]): `W = s·q` (Q8) or `s·q + m` (Q4, with least-squares
+//!   `s, m`); `Σ_c x·W = Σ_g s_g Σ_{c∈g} x·q + Σ_g m_g Σ_{c∈g} x`.
+//!
+//! [`Matrix::load`] reads a projection from a candle `VarBuilder` (a weight with a
+//! `weight_scale_inv` sibling is FP8) and [`Matrix::quantize`] converts one.
+//!
 //! Two regimes:
 //! - **few rows** (`M ≤` [`GEMV_MAX_ROWS`]: decode steps of up to 32 sequences, a speculative
 //!   verification block, an expert that received a handful of tokens) on the CPU: [`matmul_rows`] streams each
@@ -26,7 +41,8 @@
 //! # Instruction sets
 //!
 //! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
-//! and a portable path for every CPU. (The GEMM regime's arithmetic is the `gemm` crate's,
+//! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs) and a portable path for every
+//! CPU; AVX-512 paths are not written yet. (The GEMM regime's arithmetic is the `gemm` crate's,
 //! which picks its own microkernels at run time.) Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
@@ -57,11 +73,15 @@ mod fp8;
 mod huge_pages;
 mod isa;
 mod kernel;
+mod matrix;
+mod quant;
 mod spec;
 
 pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
 pub use huge_pages::advise_huge_pages;
 pub use isa::Isa;
+pub use matrix::Matrix;
+pub use quant::{linear_quant, linear_quant_with, QuantFormat, QuantMatrix, QUANT_GROUP};
 pub use spec::WeightSpec;
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};

@@ -114,17 +114,27 @@ fn each_row_is_computed_the_same_whatever_the_other_rows() {
     // (a serving engine relies on it for batch invariance): bit for bit the 1-row result, on
     // every path and weight dtype, for odd and even row counts (rows go two at a time).
     let dev = Device::Cpu;
-    let w32 = Tensor::randn(0f32, 1.0, (37, 203), &dev).unwrap();
-    for wdt in [DType::F32, DType::BF16, DType::F16] {
-        let w = w32.to_dtype(wdt).unwrap();
+    let w32 = Tensor::randn(0f32, 1.0, (37, 204), &dev).unwrap();
+    let mut formats: Vec<linear::Matrix> = [DType::F32, DType::BF16, DType::F16]
+        .into_iter()
+        .map(|d| w32.to_dtype(d).unwrap().into())
+        .collect();
+    let dense = linear::Matrix::from(w32.clone());
+    formats.push(dense.quantize(linear::QuantFormat::Q8).unwrap());
+    formats.push(dense.quantize(linear::QuantFormat::Q4).unwrap());
+    // FP8 blocks (e4m3 of the values, unit scales; no NaN code, so the fast widening).
+    let q = w32.to_dtype(DType::F8E4M3).unwrap();
+    let ones = Tensor::ones((1, 2), DType::F32, &dev).unwrap();
+    formats.push(linear::Fp8Matrix::new(q, &ones, (128, 128)).unwrap().into());
+    for w in &formats {
         for rows in [2usize, 5, linear::GEMV_MAX_ROWS] {
-            let x = Tensor::randn(0f32, 1.0, (rows, 203), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (rows, 204), &dev).unwrap();
             for isa in Isa::supported() {
-                let all = linear::linear_with(isa, &x, &w).unwrap();
+                let all = w.forward_with(isa, &x).unwrap();
                 for i in 0..rows {
-                    let one = linear::linear_with(isa, &x.narrow(0, i, 1).unwrap(), &w).unwrap();
+                    let one = w.forward_with(isa, &x.narrow(0, i, 1).unwrap()).unwrap();
                     let d = max_diff(&all.narrow(0, i, 1).unwrap(), &one);
-                    assert_eq!(d, 0.0, "{isa} {wdt:?} {rows} rows, row {i}");
+                    assert_eq!(d, 0.0, "{isa} {} {rows} rows, row {i}", w.format());
                 }
             }
         }

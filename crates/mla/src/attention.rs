@@ -12,6 +12,7 @@ use crate::cache::{LatentKeys, LayerCache};
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
+use linear::{Matrix, QuantFormat};
 
 mod dsa;
 mod flash;
@@ -141,6 +142,12 @@ impl Mla {
     /// The same layer with its weights converted to `dtype`.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         Self::new(self.config.clone(), self.weights.to_dtype(dtype)?)
+    }
+
+    /// Converts the projections to `format` ([`MlaWeights::quantize`]); `kv_b_proj` and so
+    /// the absorbed views stay as they are.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.weights.quantize(format)
     }
 
     /// An empty cache for this layer: `batch` sequences in the layer's dtype and device.
@@ -400,7 +407,7 @@ impl Mla {
         let (n, r, v) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
         let s = c_all.dim(1)?;
         // [B, S, R] -> [B, S, H·(n+v)] -> [B, S, H, n+v] -> [B, H, S, n+v]
-        let kv = linear(c_all, &self.weights.kv_b_proj)?
+        let kv = linear_dense(c_all, &self.weights.kv_b_proj)?
             .reshape((b, s, h, n + v))?
             .transpose(1, 2)?;
         let k_nope = kv.narrow(D::Minus1, 0, n)?;
@@ -558,9 +565,14 @@ pub(crate) fn causal_mask(
     Ok(Tensor::from_vec(mask, (t, len), device)?)
 }
 
-/// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]`, `w` possibly narrower than `x`.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// [`linear`] of a dense weight (`kv_b_proj`).
+fn linear_dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(linear::linear(&x.contiguous()?, w)?)
+}
+
+/// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]` in any [`Matrix`] format.
+fn linear(x: &Tensor, w: &Matrix) -> Result<Tensor> {
+    Ok(w.forward(&x.contiguous()?)?)
 }
 
 /// HF's RMSNorm: normalise in f32, cast back, then multiply by the weight.

@@ -116,9 +116,9 @@ impl IndexerConfig {
 /// the layer's `self_attn.indexer` prefix.
 #[derive(Debug, Clone)]
 pub struct IndexerWeights {
-    /// `wq_b.weight` `[I · D, q_lora_rank]`.
+    /// `wq_b.weight` `[I · D, q_lora_rank]` (FP8 in DeepSeek's release).
     pub wq_b: Tensor,
-    /// `wk.weight` `[D, C]`.
+    /// `wk.weight` `[D, C]` (FP8 in DeepSeek's release).
     pub wk: Tensor,
     /// `k_norm.weight` `[D]` (LayerNorm scale).
     pub k_norm_weight: Tensor,
@@ -136,7 +136,9 @@ impl IndexerWeights {
             WeightSpec::projection("wk.weight", c.head_dim, c.hidden_size),
             WeightSpec::plain("k_norm.weight", vec![c.head_dim]),
             WeightSpec::plain("k_norm.bias", vec![c.head_dim]),
-            WeightSpec::projection("weights_proj.weight", c.n_heads, c.hidden_size),
+            // DeepSeek's V3.2 release stores `weights_proj` in bf16, not FP8 (its reference
+            // `inference/model.py`; HF keeps it in f32).
+            WeightSpec::plain("weights_proj.weight", vec![c.n_heads, c.hidden_size]),
         ]
     }
 
@@ -299,16 +301,24 @@ impl Indexer {
                 .squeeze(0)?
                 .narrow(1, first, len)?
                 .contiguous()?; // [I, len, D]
+        let (heads, _, d) = q.dims3()?;
+        // One GEMM per key page over all heads and queries, [I·len, D] x [D, S_k]: a matmul
+        // batched over the heads ran I matrix-vector products per page at decode (the
+        // indexer then cost ~100x its FLOPs, `benchmarks --bin dsa`).
+        let q = q.reshape((heads * len, d))?;
         let parts = segments
             .iter()
-            .map(|k| Ok(q.broadcast_matmul(&k.to_dtype(DType::F32)?.t()?.unsqueeze(0)?)?))
+            .map(|k| Ok(q.matmul(&k.to_dtype(DType::F32)?.t()?)?))
             .collect::<Result<Vec<_>>>()?;
         let scores = if parts.len() == 1 {
             parts.into_iter().next().expect("one")
         } else {
             Tensor::cat(&parts, D::Minus1)?
-        }; // [I, len, S]
-        let scores = (scores * self.config.softmax_scale())?.relu()?;
+        }; // [I·len, S]
+        let s = scores.dim(1)?;
+        let scores = (scores * self.config.softmax_scale())?
+            .relu()?
+            .reshape((heads, len, s))?;
         // Σ_j w_j · relu(...): [len, 1, I] x [len, I, S] -> [len, 1, S]
         let w =
             p.w.narrow(0, bi, 1)?

@@ -75,11 +75,11 @@
 //! let dev = Device::Cpu;
 //! let w = |o: usize, i: usize| Tensor::randn(0f32, 0.1, (o, i), &dev);
 //! let weights = MlaWeights {
-//!     query: QueryWeights::Direct { q_proj: w(4 * 24, 64)? },
-//!     kv_a_proj_with_mqa: w(32 + 8, 64)?,
+//!     query: QueryWeights::Direct { q_proj: w(4 * 24, 64)?.into() },
+//!     kv_a_proj_with_mqa: w(32 + 8, 64)?.into(),
 //!     kv_a_layernorm: Tensor::ones(32, DType::F32, &dev)?,
 //!     kv_b_proj: w(4 * (16 + 16), 32)?,
-//!     o_proj: w(64, 4 * 16)?,
+//!     o_proj: w(64, 4 * 16)?.into(),
 //! };
 //! let mla = Mla::new(cfg.clone(), weights)?;
 //! let mut rope = RopeCache::new(cfg.rope);

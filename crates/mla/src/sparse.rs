@@ -148,6 +148,82 @@ impl SparsePattern {
     }
 }
 
+impl std::str::FromStr for SparsePattern {
+    type Err = MlaError;
+
+    /// Parses a comma-separated union of position patterns (the command line's `--sparse`):
+    ///
+    /// - `local:W`: [`SparsePattern::Local`] with window `W`;
+    /// - `block:SIZE[:SINK[:RECENT]]`: [`SparsePattern::Blocks`] of `SIZE` keys, the first
+    ///   `SINK` blocks (default 1) and the query's own block with the `RECENT - 1` before it
+    ///   (default 1);
+    /// - `random:R[:SEED]`: [`SparsePattern::Random`] with `R` keys per query (seed default 0).
+    ///
+    /// One part gives that pattern, several their [`SparsePattern::Union`]; every parameter is
+    /// validated ([`SparsePattern::validate`]). `local:256,block:64:1:0,random:32:7` is a
+    /// 256-token window, the first 64 tokens and 32 random keys.
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = |field: &'static str, reason: String| MlaError::InvalidPattern { field, reason };
+        let mut parts = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            let mut fields = part.split(':');
+            let kind = fields.next().unwrap_or_default();
+            let nums = fields
+                .map(|f| {
+                    f.parse::<u64>().map_err(|e| {
+                        bad(
+                            "sparse",
+                            format!("{part:?}: {f:?} is not a non-negative integer ({e})"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<u64>>>()?;
+            let arity = |lo: usize, hi: usize, usage: &str| {
+                if (lo..=hi).contains(&nums.len()) {
+                    Ok(())
+                } else {
+                    Err(bad("sparse", format!("{part:?}: expected {usage}")))
+                }
+            };
+            let at = |i: usize, default: u64| nums.get(i).copied().unwrap_or(default) as usize;
+            parts.push(match kind {
+                "local" => {
+                    arity(1, 1, "local:WINDOW")?;
+                    Self::Local { window: at(0, 0) }
+                }
+                "block" => {
+                    arity(1, 3, "block:SIZE[:SINK[:RECENT]]")?;
+                    Self::Blocks(BlockPattern {
+                        size: at(0, 0),
+                        sink: at(1, 1),
+                        recent: at(2, 1),
+                        fixed: vec![],
+                    })
+                }
+                "random" => {
+                    arity(1, 2, "random:KEYS[:SEED]")?;
+                    Self::Random {
+                        keys: at(0, 0),
+                        seed: nums.get(1).copied().unwrap_or(0),
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        "sparse",
+                        format!("{other:?} is not a pattern (local, block or random)"),
+                    ))
+                }
+            });
+        }
+        let pattern = match <[Self; 1]>::try_from(parts) {
+            Ok([one]) => one,
+            Err(parts) => Self::Union(parts),
+        };
+        pattern.validate(0)?;
+        Ok(pattern)
+    }
+}
+
 /// `min(k, p + 1)` distinct keys of `0..=p`, uniformly, by Floyd's algorithm over a
 /// SplitMix64 stream seeded with `(seed, p)`.
 fn random_keys(seed: u64, p: usize, k: usize) -> Vec<usize> {
@@ -190,6 +266,49 @@ mod tests {
             }
         }
         assert_ne!(random_keys(1, 200, 8), random_keys(2, 200, 8));
+    }
+
+    #[test]
+    fn patterns_parse_from_the_command_line_spelling() {
+        let p: SparsePattern = "local:256, block:64:1:0,random:32:7".parse().unwrap();
+        assert_eq!(
+            p,
+            SparsePattern::Union(vec![
+                SparsePattern::Local { window: 256 },
+                SparsePattern::Blocks(BlockPattern {
+                    size: 64,
+                    sink: 1,
+                    recent: 0,
+                    fixed: vec![]
+                }),
+                SparsePattern::Random { keys: 32, seed: 7 },
+            ])
+        );
+        assert_eq!(
+            "block:16".parse::<SparsePattern>().unwrap(),
+            SparsePattern::Blocks(BlockPattern {
+                size: 16,
+                sink: 1,
+                recent: 1,
+                fixed: vec![]
+            })
+        );
+        assert_eq!(
+            "random:4".parse::<SparsePattern>().unwrap(),
+            SparsePattern::Random { keys: 4, seed: 0 }
+        );
+        for bad in [
+            "",
+            "local",
+            "local:0",
+            "local:-1",
+            "local:4:5",
+            "dense:3",
+            "block:0",
+        ] {
+            let e = bad.parse::<SparsePattern>().unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use linear::WeightSpec;
+use linear::{Matrix, QuantFormat, WeightSpec};
 
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
@@ -14,39 +14,42 @@ pub enum QueryWeights {
     /// `q_proj.weight` `[H · (nope + rope), C]` (V2-Lite, `q_lora_rank: null`).
     Direct {
         /// `q_proj.weight`.
-        q_proj: Tensor,
+        q_proj: Matrix,
     },
     /// Low-rank query: `q_b_proj(q_a_layernorm(q_a_proj(x)))` (V2, V3).
     LowRank {
         /// `q_a_proj.weight` `[q_lora_rank, C]`.
-        q_a_proj: Tensor,
+        q_a_proj: Matrix,
         /// `q_a_layernorm.weight` `[q_lora_rank]`.
         q_a_layernorm: Tensor,
         /// `q_b_proj.weight` `[H · (nope + rope), q_lora_rank]`.
-        q_b_proj: Tensor,
+        q_b_proj: Matrix,
     },
 }
 
 /// The weights of one MLA layer, in the checkpoint's `[out, in]` layout.
 ///
 /// Build it with [`MlaWeights::load`] from a `VarBuilder` prefixed at the layer's `self_attn`,
-/// or fill the fields directly with tensors you already hold (for instance weights the caller
-/// dequantised from FP8); [`Mla::new`](crate::Mla::new) checks every shape against the config.
+/// or fill the fields directly with matrices you already hold (`Tensor::into()` for dense
+/// ones); [`Mla::new`](crate::Mla::new) checks every shape against the config.
 ///
-/// Mixed precision: the projection matrices may be stored in bf16 or f16 while the two norm
-/// weights, and so the activations and the cache, are f32 ([`MlaWeights::dtype`]).
+/// Mixed precision: the projection matrices may be stored in bf16, f16, FP8 blocks or 8/4-bit
+/// groups ([`linear::Matrix`]) while the two norm weights, and so the activations and the
+/// cache, are f32 ([`MlaWeights::dtype`]).
 #[derive(Debug, Clone)]
 pub struct MlaWeights {
     /// Query projection(s).
     pub query: QueryWeights,
     /// `kv_a_proj_with_mqa.weight` `[R + rope, C]`: the latent and the shared RoPE key.
-    pub kv_a_proj_with_mqa: Tensor,
+    pub kv_a_proj_with_mqa: Matrix,
     /// `kv_a_layernorm.weight` `[R]`.
     pub kv_a_layernorm: Tensor,
     /// `kv_b_proj.weight` `[H · (nope + v), R]`: per head, key rows first, then value rows.
+    /// Kept dense: the absorbed path's per-head views are precomputed from it, and both paths
+    /// must multiply by the same values.
     pub kv_b_proj: Tensor,
     /// `o_proj.weight` `[C, H · v]`.
-    pub o_proj: Tensor,
+    pub o_proj: Matrix,
 }
 
 impl MlaWeights {
@@ -82,30 +85,33 @@ impl MlaWeights {
     /// `q_b_proj` (chosen by `config.q_lora_rank`), `kv_a_proj_with_mqa`, `kv_a_layernorm`,
     /// `kv_b_proj`, `o_proj`. Shapes are checked; a wrong one is reported with both shapes.
     pub fn load(vb: &VarBuilder, config: &MlaConfig) -> Result<Self> {
+        let named = |name: &str| {
+            let tensor = format!("{name}.weight");
+            move |source| MlaError::MissingWeight { tensor, source }
+        };
         let get = |name: &str| -> Result<Tensor> {
-            let key = format!("{name}.weight");
-            vb.get_unchecked_dtype(&key, vb.dtype())
-                .map_err(|source| MlaError::MissingWeight {
-                    tensor: key,
-                    source,
-                })
+            vb.get_unchecked_dtype(&format!("{name}.weight"), vb.dtype())
+                .map_err(named(name))
+        };
+        let matrix = |name: &str| -> Result<Matrix> {
+            Matrix::load(vb, &format!("{name}.weight")).map_err(named(name))
         };
         let query = match config.q_lora_rank {
             None => QueryWeights::Direct {
-                q_proj: get("q_proj")?,
+                q_proj: matrix("q_proj")?,
             },
             Some(_) => QueryWeights::LowRank {
-                q_a_proj: get("q_a_proj")?,
+                q_a_proj: matrix("q_a_proj")?,
                 q_a_layernorm: get("q_a_layernorm")?,
-                q_b_proj: get("q_b_proj")?,
+                q_b_proj: matrix("q_b_proj")?,
             },
         };
         let weights = Self {
             query,
-            kv_a_proj_with_mqa: get("kv_a_proj_with_mqa")?,
+            kv_a_proj_with_mqa: matrix("kv_a_proj_with_mqa")?,
             kv_a_layernorm: get("kv_a_layernorm")?,
             kv_b_proj: get("kv_b_proj")?,
-            o_proj: get("o_proj")?,
+            o_proj: matrix("o_proj")?,
         };
         weights.validate(config)?;
         Ok(weights)
@@ -116,20 +122,20 @@ impl MlaWeights {
         let c = config;
         let h = c.num_heads;
         let q_out = h * c.qk_head_dim();
-        let check = |name: &str, t: &Tensor, expected: &[usize]| -> Result<()> {
-            if t.dims() == expected {
+        let check = |name: &str, dims: &[usize], expected: &[usize]| -> Result<()> {
+            if dims == expected {
                 Ok(())
             } else {
                 Err(MlaError::WeightShape {
                     tensor: name.to_string(),
                     expected: expected.to_vec(),
-                    found: t.dims().to_vec(),
+                    found: dims.to_vec(),
                 })
             }
         };
         match (&self.query, c.q_lora_rank) {
             (QueryWeights::Direct { q_proj }, None) => {
-                check("q_proj", q_proj, &[q_out, c.hidden_size])?
+                check("q_proj", q_proj.dims(), &[q_out, c.hidden_size])?
             }
             (
                 QueryWeights::LowRank {
@@ -139,9 +145,9 @@ impl MlaWeights {
                 },
                 Some(r),
             ) => {
-                check("q_a_proj", q_a_proj, &[r, c.hidden_size])?;
-                check("q_a_layernorm", q_a_layernorm, &[r])?;
-                check("q_b_proj", q_b_proj, &[q_out, r])?;
+                check("q_a_proj", q_a_proj.dims(), &[r, c.hidden_size])?;
+                check("q_a_layernorm", q_a_layernorm.dims(), &[r])?;
+                check("q_b_proj", q_b_proj.dims(), &[q_out, r])?;
             }
             (QueryWeights::Direct { .. }, Some(_)) => {
                 return Err(MlaError::config(
@@ -158,42 +164,97 @@ impl MlaWeights {
         }
         check(
             "kv_a_proj_with_mqa",
-            &self.kv_a_proj_with_mqa,
+            self.kv_a_proj_with_mqa.dims(),
             &[c.latent_dim(), c.hidden_size],
         )?;
-        check("kv_a_layernorm", &self.kv_a_layernorm, &[c.kv_lora_rank])?;
+        check(
+            "kv_a_layernorm",
+            self.kv_a_layernorm.dims(),
+            &[c.kv_lora_rank],
+        )?;
         check(
             "kv_b_proj",
-            &self.kv_b_proj,
+            self.kv_b_proj.dims(),
             &[h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank],
         )?;
-        check("o_proj", &self.o_proj, &[c.hidden_size, h * c.v_head_dim])?;
+        check(
+            "o_proj",
+            self.o_proj.dims(),
+            &[c.hidden_size, h * c.v_head_dim],
+        )?;
         Ok(())
     }
 
-    /// The same weights converted to `dtype`.
+    /// The same weights converted to `dtype` (dense matrices and norms; FP8 and quantised
+    /// matrices keep their format).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let cv = |t: &Tensor| t.to_dtype(dtype);
+        let cm = |m: &Matrix| -> Result<Matrix> {
+            Ok(match m.as_dense() {
+                Some(t) => t.to_dtype(dtype)?.into(),
+                None => m.clone(),
+            })
+        };
         Ok(Self {
             query: match &self.query {
                 QueryWeights::Direct { q_proj } => QueryWeights::Direct {
-                    q_proj: cv(q_proj)?,
+                    q_proj: cm(q_proj)?,
                 },
                 QueryWeights::LowRank {
                     q_a_proj,
                     q_a_layernorm,
                     q_b_proj,
                 } => QueryWeights::LowRank {
-                    q_a_proj: cv(q_a_proj)?,
+                    q_a_proj: cm(q_a_proj)?,
                     q_a_layernorm: cv(q_a_layernorm)?,
-                    q_b_proj: cv(q_b_proj)?,
+                    q_b_proj: cm(q_b_proj)?,
                 },
             },
-            kv_a_proj_with_mqa: cv(&self.kv_a_proj_with_mqa)?,
+            kv_a_proj_with_mqa: cm(&self.kv_a_proj_with_mqa)?,
             kv_a_layernorm: cv(&self.kv_a_layernorm)?,
             kv_b_proj: cv(&self.kv_b_proj)?,
-            o_proj: cv(&self.o_proj)?,
+            o_proj: cm(&self.o_proj)?,
         })
+    }
+
+    /// The projections that [`MlaWeights::quantize`] converts: the query projection(s),
+    /// `kv_a_proj_with_mqa` and `o_proj` (not `kv_b_proj`, see its field).
+    pub fn projections_mut(&mut self) -> Vec<&mut Matrix> {
+        let mut out = match &mut self.query {
+            QueryWeights::Direct { q_proj } => vec![q_proj],
+            QueryWeights::LowRank {
+                q_a_proj, q_b_proj, ..
+            } => vec![q_a_proj, q_b_proj],
+        };
+        out.extend([&mut self.kv_a_proj_with_mqa, &mut self.o_proj]);
+        out
+    }
+
+    /// Bytes of all the weights (each matrix in its format, norms included): what one decode
+    /// step reads.
+    pub fn bytes(&self) -> usize {
+        let tensor = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let query = match &self.query {
+            QueryWeights::Direct { q_proj } => q_proj.bytes(),
+            QueryWeights::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => q_a_proj.bytes() + tensor(q_a_layernorm) + q_b_proj.bytes(),
+        };
+        query
+            + self.kv_a_proj_with_mqa.bytes()
+            + tensor(&self.kv_a_layernorm)
+            + tensor(&self.kv_b_proj)
+            + self.o_proj.bytes()
+    }
+
+    /// Converts [`MlaWeights::projections_mut`] to `format`.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        for m in self.projections_mut() {
+            *m = m.quantize(format)?;
+        }
+        Ok(())
     }
 
     /// The compute dtype: that of the norm weights (`kv_a_layernorm`). The projection

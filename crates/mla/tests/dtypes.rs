@@ -46,6 +46,9 @@ fn f16_close_to_f32() {
 
 /// The weights with every projection matrix converted by `f` and the norms kept.
 fn map_matrices(w: &MlaWeights, f: impl Fn(&Tensor) -> Tensor) -> MlaWeights {
+    let f = |m: &linear::Matrix| -> linear::Matrix {
+        f(m.as_dense().expect("the random layers are dense")).into()
+    };
     MlaWeights {
         query: match &w.query {
             QueryWeights::Direct { q_proj } => QueryWeights::Direct { q_proj: f(q_proj) },
@@ -61,7 +64,7 @@ fn map_matrices(w: &MlaWeights, f: impl Fn(&Tensor) -> Tensor) -> MlaWeights {
         },
         kv_a_proj_with_mqa: f(&w.kv_a_proj_with_mqa),
         kv_a_layernorm: w.kv_a_layernorm.clone(),
-        kv_b_proj: f(&w.kv_b_proj),
+        kv_b_proj: w.kv_b_proj.clone(),
         o_proj: f(&w.o_proj),
     }
 }
@@ -84,6 +87,56 @@ fn narrow_matrices_with_f32_activations() {
             for (name, y) in run_every_path(&mixed, &x, 1e-4) {
                 let d = max_abs_diff(&y, want);
                 assert!(d < 1e-4, "{dtype:?} q_lora={q_lora} {name}: {d:e}");
+            }
+        }
+    }
+}
+
+/// A layer with 8-bit or 4-bit projections computes what the same layer holding the
+/// dequantised values in f32 computes (up to summation order; 4-bit: up to the activations'
+/// 8-bit rounding), on every path.
+#[test]
+fn quantised_matrices_equal_their_dequantised_twin() {
+    for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {
+        for q_lora in [false, true] {
+            let mut quant = random_layer(q_lora, 0.2);
+            quant.quantize(format).unwrap();
+            let dense = |m: &linear::Matrix| -> linear::Matrix { m.dequantize().unwrap().into() };
+            let w = quant.weights();
+            let twin = MlaWeights {
+                query: match &w.query {
+                    QueryWeights::Direct { q_proj } => QueryWeights::Direct {
+                        q_proj: dense(q_proj),
+                    },
+                    QueryWeights::LowRank {
+                        q_a_proj,
+                        q_a_layernorm,
+                        q_b_proj,
+                    } => QueryWeights::LowRank {
+                        q_a_proj: dense(q_a_proj),
+                        q_a_layernorm: q_a_layernorm.clone(),
+                        q_b_proj: dense(q_b_proj),
+                    },
+                },
+                kv_a_proj_with_mqa: dense(&w.kv_a_proj_with_mqa),
+                kv_a_layernorm: w.kv_a_layernorm.clone(),
+                kv_b_proj: w.kv_b_proj.clone(),
+                o_proj: dense(&w.o_proj),
+            };
+            assert_eq!(w.o_proj.format(), format.name());
+            let exact = Mla::new(quant.config().clone(), twin).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
+            let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+            // 4-bit products of a few rows round the activations to 8 bits (`linear::quant`):
+            // equal to the twin up to that rounding, under 3% of the output's scale.
+            let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let tol = match format {
+                linear::QuantFormat::Q8 => 1e-4,
+                linear::QuantFormat::Q4 => 3e-2 * scale,
+            };
+            for (name, y) in run_every_path(&quant, &x, tol) {
+                let d = max_abs_diff(&y, want);
+                assert!(d < tol, "{format} q_lora={q_lora} {name}: {d:e}");
             }
         }
     }

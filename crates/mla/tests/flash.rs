@@ -258,15 +258,15 @@ fn v2_lite_shaped() -> Mla {
     let (c, h) = (cfg.hidden_size, cfg.num_heads);
     let weights = MlaWeights {
         query: QueryWeights::Direct {
-            q_proj: z(h * cfg.qk_head_dim(), c),
+            q_proj: z(h * cfg.qk_head_dim(), c).into(),
         },
-        kv_a_proj_with_mqa: z(cfg.latent_dim(), c),
+        kv_a_proj_with_mqa: z(cfg.latent_dim(), c).into(),
         kv_a_layernorm: Tensor::ones(cfg.kv_lora_rank, DType::F32, &Device::Cpu).unwrap(),
         kv_b_proj: z(
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
         ),
-        o_proj: z(c, h * cfg.v_head_dim),
+        o_proj: z(c, h * cfg.v_head_dim).into(),
     };
     Mla::new(cfg, weights).unwrap()
 }

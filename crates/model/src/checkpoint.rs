@@ -10,6 +10,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
+use crate::precision::MatrixFormat;
 pub use crate::precision::Precision;
 use candle_nn::VarBuilder;
 
@@ -258,9 +259,11 @@ impl Checkpoint {
         }
     }
 
-    /// A candle `VarBuilder` over this checkpoint that dequantises FP8 on the fly, converts
-    /// matrices to `precision.matrices` and everything else (norms, biases) to
-    /// `precision.compute`, and checks every requested shape.
+    /// A candle `VarBuilder` over this checkpoint that reads matrices as `precision.matrices`
+    /// says ([`Precision::matrix_dtype`]; FP8 weights dequantised in f32 on the fly, except
+    /// that under [`MatrixFormat::Fp8`] a request for e4m3, which is how `linear::Matrix::load`
+    /// asks, returns them as shipped), FP8 block scales in f32, everything else (norms,
+    /// biases) in `precision.compute`, and checks every requested shape.
     pub fn var_builder(
         self: &Arc<Self>,
         precision: impl Into<Precision>,
@@ -269,8 +272,7 @@ impl Checkpoint {
         let precision = precision.into();
         let backend: Box<dyn SimpleBackend> = Box::new(Backend {
             checkpoint: Arc::clone(self),
-            matrices: precision.matrices,
-            huge_pages: precision.huge_pages,
+            precision,
         });
         VarBuilder::from_backend(backend, precision.compute, device.clone())
     }
@@ -278,8 +280,7 @@ impl Checkpoint {
 
 struct Backend {
     checkpoint: Arc<Checkpoint>,
-    matrices: DType,
-    huge_pages: bool,
+    precision: Precision,
 }
 
 impl SimpleBackend for Backend {
@@ -299,18 +300,33 @@ impl SimpleBackend for Backend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let is_matrix = self
-            .checkpoint
-            .tensors
-            .get(name)
-            .is_some_and(|m| m.shape.len() == 2);
-        let dtype = if is_matrix { self.matrices } else { dtype };
-        let t = self
-            .checkpoint
-            .load(name, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let err = |e: ModelError| candle_core::Error::Msg(e.to_string());
+        let stored = self.checkpoint.tensors.get(name).map(|m| m.dtype);
+        let is_matrix = !name.ends_with(SCALE_SUFFIX)
+            && self
+                .checkpoint
+                .tensors
+                .get(name)
+                .is_some_and(|m| m.shape.len() == 2);
+        let t = if is_matrix
+            && dtype == DType::F8E4M3
+            && stored == Some(DType::F8E4M3)
+            && self.precision.matrices == MatrixFormat::Fp8
+        {
+            self.checkpoint
+                .load_raw(name)
+                .map_err(err)?
+                .to_device(dev)?
+        } else if is_matrix {
+            let dtype = self.precision.matrix_dtype(stored.unwrap_or(dtype));
+            self.checkpoint.load(name, dtype, dev).map_err(err)?
+        } else if name.ends_with(SCALE_SUFFIX) {
+            self.checkpoint.load(name, DType::F32, dev).map_err(err)?
+        } else {
+            self.checkpoint.load(name, dtype, dev).map_err(err)?
+        };
         // Decode streams every matrix once per token: huge pages spare a TLB miss per 4 KiB.
-        if is_matrix && self.huge_pages {
+        if is_matrix && self.precision.huge_pages {
             linear::advise_huge_pages(&t);
         }
         Ok(t)

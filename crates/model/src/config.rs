@@ -1,4 +1,4 @@
-//! `config.json` of DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 checkpoints, read once: the typed
+//! `config.json` of DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 / V3.2 checkpoints, read once: the typed
 //! mirror [`HfConfig`] (the model-level fields here; the rotary and routing fields in
 //! `rope_yarn::hf` and `moe::hf`, beside the code that gives them meaning), every default set
 //! once, resolved and validated into [`ModelConfig`] through the component crates' builders.
@@ -17,6 +17,9 @@ pub enum Arch {
     V2,
     /// `deepseek_v3` (V3, R1): sigmoid gate with `noaux_tc` routing and MTP modules.
     V3,
+    /// `deepseek_v32` (V3.2): V3 plus DeepSeek Sparse Attention, a lightning indexer per layer
+    /// that picks each query's top-`index_topk` keys ([`ModelConfig::indexer`]).
+    V32,
 }
 
 /// The FP8 block quantisation of a checkpoint (`quantization_config`).
@@ -41,6 +44,9 @@ pub enum ModelType {
     /// V3, R1.
     #[serde(rename = "deepseek_v3")]
     DeepseekV3,
+    /// V3.2 (V3 with DeepSeek Sparse Attention).
+    #[serde(rename = "deepseek_v32")]
+    DeepseekV32,
 }
 
 /// `eos_token_id`: one id or a list.
@@ -59,7 +65,7 @@ pub enum TokenIds {
 /// all three and [`ModelConfig::from_json_str`] resolves them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfModelFields {
-    /// `deepseek_v2` or `deepseek_v3`.
+    /// `deepseek_v2`, `deepseek_v3` or `deepseek_v32`.
     pub model_type: ModelType,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -109,7 +115,20 @@ pub struct HfModelFields {
     /// FP8 block quantisation.
     #[serde(default)]
     pub quantization_config: Option<QuantizationConfig>,
+    /// V3.2: keys each query attends to (HF default 2048).
+    #[serde(default)]
+    pub index_topk: Option<usize>,
+    /// V3.2: lightning-indexer heads (HF default 64).
+    #[serde(default)]
+    pub index_n_heads: Option<usize>,
+    /// V3.2: lightning-indexer head size, rotary part first (HF default 128).
+    #[serde(default)]
+    pub index_head_dim: Option<usize>,
 }
+
+/// HF 5.23's `DeepseekV32Config` defaults of the indexer fields: `index_topk`,
+/// `index_n_heads`, `index_head_dim`.
+const V32_INDEX_DEFAULTS: (usize, usize, usize) = (2048, 64, 128);
 
 fn one() -> usize {
     1
@@ -185,6 +204,9 @@ pub struct ModelConfig {
     pub quantization: Option<QuantizationConfig>,
     /// Attention dimensions and rotary settings.
     pub mla: mla::MlaConfig,
+    /// V3.2: the lightning indexer of every layer (MTP modules included), whose top-k keys
+    /// each query's MLA attends to; `None` for dense-attention models.
+    pub indexer: Option<mla::IndexerConfig>,
     /// Routing and expert widths, for MoE models (HF 5.23 semantics, see the moe crate).
     pub moe: Option<moe::MoeConfig>,
 }
@@ -213,6 +235,7 @@ impl ModelConfig {
         let arch = match m.model_type {
             ModelType::DeepseekV2 => Arch::V2,
             ModelType::DeepseekV3 => Arch::V3,
+            ModelType::DeepseekV32 => Arch::V32,
         };
         for (field, v) in [
             ("vocab_size", m.vocab_size),
@@ -261,7 +284,8 @@ impl ModelConfig {
         }
         let family = match arch {
             Arch::V2 => moe::hf::RouterFamily::V2,
-            Arch::V3 => moe::hf::RouterFamily::V3,
+            // V3.2's router is V3's (HF 5.23 `DeepseekV32TopkRouter`).
+            Arch::V3 | Arch::V32 => moe::hf::RouterFamily::V3,
         };
         let moe = hf.routing.resolve(m.hidden_size, family)?;
         let mla = mla::MlaConfig::builder()
@@ -277,6 +301,7 @@ impl ModelConfig {
             .rms_norm_eps(1e-6)
             .rope(hf.rope.resolve(m.qk_rope_head_dim)?)
             .build()?;
+        let indexer = resolve_indexer(m, arch, &mla)?;
         let eos_token_ids = match &m.eos_token_id {
             None => vec![],
             Some(TokenIds::One(id)) => vec![*id],
@@ -297,6 +322,7 @@ impl ModelConfig {
             eos_token_ids,
             quantization: m.quantization_config.clone(),
             mla,
+            indexer,
             moe,
         })
     }
@@ -321,8 +347,44 @@ impl ModelConfig {
         self.ffn_kind(i) == FfnKind::Moe
     }
 
+    /// Whether attention is DeepSeek Sparse Attention (V3.2: [`ModelConfig::indexer`] is set).
+    pub fn is_dsa(&self) -> bool {
+        self.indexer.is_some()
+    }
+
     /// Whether weights are FP8 block-quantised.
     pub fn is_fp8(&self) -> bool {
         self.quantization.is_some()
     }
+}
+
+/// The indexer of a V3.2 model (HF's defaults for absent fields, validated by
+/// [`mla::IndexerConfig::for_mla`]: it needs `q_lora_rank`); other families must not set the
+/// indexer fields, which HF would silently ignore there.
+fn resolve_indexer(
+    m: &HfModelFields,
+    arch: Arch,
+    mla: &mla::MlaConfig,
+) -> Result<Option<mla::IndexerConfig>> {
+    let fields = [
+        ("index_topk", m.index_topk),
+        ("index_n_heads", m.index_n_heads),
+        ("index_head_dim", m.index_head_dim),
+    ];
+    if arch != Arch::V32 {
+        return match fields.iter().find(|(_, v)| v.is_some()) {
+            Some((field, _)) => Err(ModelError::config(
+                *field,
+                "is set, but sparse attention needs model_type deepseek_v32",
+            )),
+            None => Ok(None),
+        };
+    }
+    let (topk, heads, dim) = V32_INDEX_DEFAULTS;
+    Ok(Some(mla::IndexerConfig::for_mla(
+        mla,
+        m.index_n_heads.unwrap_or(heads),
+        m.index_head_dim.unwrap_or(dim),
+        m.index_topk.unwrap_or(topk),
+    )?))
 }

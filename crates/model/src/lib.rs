@@ -1,4 +1,4 @@
-//! DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 inference from HF checkpoints.
+//! DeepSeek-V2 / V2-Lite / V2.5 / V3 / R1 / V3.2 inference from HF checkpoints.
 //!
 //! Point [`DeepSeek::load`] at a downloaded checkpoint directory (`config.json`, sharded
 //! safetensors with `model.safetensors.index.json`, bf16/f32 or FP8 e4m3 with 128x128
@@ -21,7 +21,9 @@
 //! - [`checkpoint`]: memory-mapped shards, one error listing every missing / unexpected /
 //!   mis-shaped tensor, FP8 dequantised at load (partial edge blocks handled), and a candle
 //!   `VarBuilder` over it so the component crates load their own weights.
-//! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache + RoPE table);
+//! - [`model`]: the network and its per-sequence [`Session`] (latent KV cache, V3.2's indexer
+//!   key caches, RoPE table); V3.2 layers run DeepSeek Sparse Attention (`mla::Indexer` +
+//!   `Mla::forward_dsa_split`), which the engine refuses for now;
 //!   decode steps and MTP verification blocks run MLA's absorbed path, prefill chunks its
 //!   flash-style path, both over the paged latent cache in place ([`PathPolicy`]).
 //! - [`generate`], [`sampling`], [`tokenizer`]: the one generation path, plain or MTP
@@ -70,6 +72,6 @@ pub use config::{Arch, ModelConfig};
 pub use engine::{Engine, EngineConfig, Request, RequestParams};
 pub use error::{ModelError, Result};
 pub use model::{DeepSeek, Output, PathPolicy, Session, DEFAULT_PREFILL_CHUNK};
-pub use precision::Precision;
+pub use precision::{MatrixFormat, Precision};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{ChatOptions, Message, Tokenizer};

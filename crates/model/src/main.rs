@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use model::generate::{generate_text, Decoding, GenerateOptions};
 use model::precision::parse_float_dtype;
 use model::random::{write_random_checkpoint, StoreDtype};
+use model::MatrixFormat;
 use model::{ChatOptions, DeepSeek, Message, ModelConfig, Precision, SamplingParams, Tokenizer};
 
 #[derive(Parser)]
@@ -38,11 +39,12 @@ struct ModelArgs {
     /// exact, and candle's CPU bf16 GEMM is slow (see benchmarks/README.md).
     #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
     dtype: DType,
-    /// Dtype the weight matrices are kept in (f32, bf16, f16). Default: on the CPU with f32
-    /// compute, the checkpoint's own bf16/f16 (FP8 -> bf16), so decode reads half the bytes;
-    /// otherwise the compute dtype.
-    #[arg(long, value_parser = parse_float_dtype)]
-    matrices: Option<DType>,
+    /// Format the weight matrices are kept in: f32, bf16, f16, fp8 (an FP8 checkpoint's e4m3
+    /// blocks as shipped), q8 or q4 (8/4-bit groups quantised at load). Default: on the CPU
+    /// with f32 compute, the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest
+    /// bytes that give the checkpoint's model; otherwise the compute dtype.
+    #[arg(long)]
+    matrices: Option<MatrixFormat>,
     /// Run on the first CUDA device (needs `--features cuda`).
     #[arg(long)]
     cuda: bool,
@@ -54,6 +56,18 @@ struct ModelArgs {
     /// through in chunks over the cache (same results, activation memory bounded by the chunk).
     #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
+    /// Sparse attention with a fixed pattern instead of dense attention in every layer
+    /// (generate, logits): a comma-separated union of `local:WINDOW`,
+    /// `block:SIZE[:SINK[:RECENT]]` and `random:KEYS[:SEED]`, e.g. `local:512,block:64:1:0`.
+    /// An APPROXIMATION for models not trained with it (outputs change; benchmarks/README.md
+    /// measures the logit KL against dense). Not for V3.2 checkpoints (their indexer picks
+    /// the keys) nor `serve`.
+    #[arg(long, value_parser = parse_sparse)]
+    sparse: Option<mla::SparsePattern>,
+}
+
+fn parse_sparse(s: &str) -> std::result::Result<mla::SparsePattern, String> {
+    s.parse().map_err(|e: mla::MlaError| e.to_string())
 }
 
 impl ModelArgs {
@@ -75,6 +89,14 @@ impl ModelArgs {
             .with_huge_pages(huge_pages)
         })?;
         model.prefill_chunk = self.prefill_chunk;
+        if self.sparse.is_some() && model.config().is_dsa() {
+            bail!(
+                "--sparse: {} is a DeepSeek-V3.2 checkpoint, whose indexer selects the keys; \
+                 fixed patterns are for dense-attention models",
+                self.model.display()
+            );
+        }
+        model.sparse = self.sparse.clone();
         Ok(model)
     }
 }
@@ -376,6 +398,9 @@ fn serve(args: &ServeArgs) -> Result<()> {
         );
         None
     };
+    if args.model.sparse.is_some() {
+        bail!("--sparse is not supported by serve (the engine runs dense attention)");
+    }
     let model = args.model.load()?;
     let cfg = model.config();
     if let Some(t) = &tokenizer {
@@ -521,6 +546,16 @@ fn info(path: &Path) -> Result<()> {
         println!(
             "routing: {} routed experts (top-{}, {}/{}, {} groups keep {}), {} shared, width {}, scale {}",
             g.n_routed_experts, g.top_k, g.scoring, g.topk_method, g.n_group, g.topk_group, m.n_shared_experts, m.moe_intermediate_size, g.routed_scaling_factor
+        );
+    }
+    if let Some(ix) = &cfg.indexer {
+        println!(
+            "sparse attention (DSA): lightning indexer {} heads x {}, top-{} keys per query; \
+             its key cache adds {} B/token in bf16 over the main layers",
+            ix.n_heads,
+            ix.head_dim,
+            ix.topk,
+            ix.head_dim * 2 * cfg.num_hidden_layers
         );
     }
     for dtype in [DType::BF16, DType::F32] {

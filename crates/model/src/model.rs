@@ -1,6 +1,9 @@
 //! The DeepSeek network: embedding, decoder layers (MLA + dense or MoE FFN), final RMSNorm and
 //! head. Attention comes from the `mla` crate, FFNs from the `moe` crate, RoPE from `rope-yarn`;
-//! this module only wires them together.
+//! this module only wires them together. V3.2 layers run DeepSeek Sparse Attention
+//! ([`Mla::forward_dsa_split`]): each layer's lightning [`Indexer`] picks every query's
+//! top-`index_topk` cached keys and MLA attends to those only; the session keeps the indexer's
+//! key caches beside the latent caches and rolls both back together.
 //!
 //! Dimension legend: `T` tokens of one sequence, `C` hidden size, `V` vocabulary.
 
@@ -9,7 +12,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Module, RmsNorm, VarBuilder};
-use mla::{AttentionPath, LatentKvCache, Mla, PackedPart};
+use mla::{
+    AttentionPath, Indexer, IndexerCache, LatentKvCache, LayerCache, Mla, PackedPart, SparsePattern,
+};
 use moe::{Dispatch, Mlp, Moe};
 use rope_yarn::RopeCache;
 
@@ -17,6 +22,8 @@ use crate::checkpoint::{Checkpoint, Precision};
 use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::plan::expected_tensors;
+use crate::precision::MatrixFormat;
+use linear::{Matrix, QuantFormat};
 
 /// A decoder layer's FFN.
 pub enum Ffn {
@@ -48,21 +55,44 @@ impl Ffn {
     }
 }
 
-/// One pre-norm decoder block: `h = x + attn(norm(x)); out = h + ffn(norm(h))`.
+/// One pre-norm decoder block: `h = x + attn(norm(x)); out = h + ffn(norm(h))`, where `attn`
+/// is dense MLA, or for V3.2 MLA over the keys the layer's indexer selects (DSA).
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Mla,
+    /// V3.2: the lightning indexer (`self_attn.indexer`).
+    indexer: Option<Indexer>,
     post_attention_layernorm: RmsNorm,
     mlp: Ffn,
 }
 
 impl DecoderLayer {
+    /// Converts the attention projections and the FFN's matrices to `format` when it is a
+    /// quantised one ([`MatrixFormat::Quant`]; other formats were chosen at load). The
+    /// routers and the V3.2 indexer keep theirs.
+    pub fn quantize(&mut self, format: MatrixFormat) -> Result<()> {
+        let MatrixFormat::Quant(q) = format else {
+            return Ok(());
+        };
+        self.self_attn.quantize(q)?;
+        match &mut self.mlp {
+            Ffn::Dense(m) => m.quantize(q)?,
+            Ffn::Moe(m) => m.quantize(q)?,
+        }
+        Ok(())
+    }
+
     /// Loads layer `layer` (a main layer or an MTP module's block) from `vb` at its prefix.
     pub fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
         let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: candle_nn::rms_norm(c, eps, vb.pp("input_layernorm"))?,
             self_attn: Mla::load(&vb.pp("self_attn"), cfg.mla.clone())?,
+            indexer: cfg
+                .indexer
+                .as_ref()
+                .map(|c| Indexer::load(&vb.pp("self_attn.indexer"), c.clone()))
+                .transpose()?,
             post_attention_layernorm: candle_nn::rms_norm(
                 c,
                 eps,
@@ -72,19 +102,74 @@ impl DecoderLayer {
         })
     }
 
-    /// `x` `[1, T, C]` at positions `start..start + T`; appends to `cache` when given.
+    /// `x` `[1, T, C]` at positions `start..start + T`; appends to `cache` (and, in a DSA
+    /// layer, the indexer keys to `index`) when given. A DSA layer takes both caches or
+    /// neither; a dense layer takes no `index`.
     pub fn forward(
         &self,
         x: &Tensor,
         start: usize,
         rope: &mut RopeCache,
-        cache: Option<&mut mla::LayerCache>,
+        cache: Option<&mut LayerCache>,
+        index: Option<&mut IndexerCache>,
         path: AttentionPath,
     ) -> Result<Tensor> {
-        let a =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(x)?, start, rope, cache, path)?;
-        self.finish(x, &a, Dispatch::Auto)
+        let attend = Attend { path, sparse: None };
+        Ok(self
+            .forward_with_selection(x, start, rope, cache, index, attend)?
+            .0)
+    }
+
+    /// [`DecoderLayer::forward`] attending as `attend` says, also returning a DSA layer's
+    /// selection (the keys each new token attended to, [`SparsePattern::TopK`]; `None` for
+    /// dense attention). A fixed pattern ([`Attend::sparse`]) applies to dense-attention
+    /// layers only: a DSA layer given one is an error.
+    pub fn forward_with_selection(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &mut RopeCache,
+        cache: Option<&mut LayerCache>,
+        index: Option<&mut IndexerCache>,
+        attend: Attend<'_>,
+    ) -> Result<(Tensor, Option<SparsePattern>)> {
+        let path = attend.path;
+        let h = self.input_layernorm.forward(x)?;
+        let Some(indexer) = &self.indexer else {
+            if index.is_some() {
+                return Err(ModelError::Input(
+                    "an indexer cache was passed to a layer without an indexer".into(),
+                ));
+            }
+            let a = match attend.sparse {
+                None => self.self_attn.forward(&h, start, rope, cache, path)?,
+                Some(pattern) => {
+                    let attn = &self.self_attn;
+                    attn.forward_sparse(&h, start, rope, cache, path, pattern)?
+                }
+            };
+            return Ok((self.finish(x, &a, Dispatch::Auto)?, None));
+        };
+        if attend.sparse.is_some() {
+            return Err(ModelError::Input(
+                "a fixed sparse pattern was given to a DSA layer, whose indexer selects the keys \
+                 (patterns are for dense-attention models)"
+                    .into(),
+            ));
+        }
+        let caches = match (cache, index) {
+            (Some(latent), Some(index)) => Some((latent, index)),
+            (None, None) => None,
+            _ => {
+                return Err(ModelError::Input(
+                    "a DSA layer needs its latent and its indexer cache together (or neither)"
+                        .into(),
+                ))
+            }
+        };
+        let attn = &self.self_attn;
+        let (a, selection) = attn.forward_dsa_split(&h, start, rope, caches, indexer, path)?;
+        Ok((self.finish(x, &a, Dispatch::Auto)?, Some(selection)))
     }
 
     /// Several sequences' new tokens back to back in `x` `[1, N, C]`, each over its own cache
@@ -97,6 +182,9 @@ impl DecoderLayer {
         rope: &mut RopeCache,
         dispatch: Dispatch,
     ) -> Result<Tensor> {
+        if self.indexer.is_some() {
+            return Err(dsa_unsupported("packed forwards (the engine)"));
+        }
         let a = self
             .self_attn
             .forward_packed(&self.input_layernorm.forward(x)?, parts, rope)?;
@@ -122,17 +210,46 @@ impl DecoderLayer {
         &self.self_attn
     }
 
+    /// V3.2: the layer's lightning indexer.
+    pub fn indexer(&self) -> Option<&Indexer> {
+        self.indexer.as_ref()
+    }
+
+    /// An empty indexer key cache for one sequence (V3.2; `None` for dense attention), in the
+    /// attention's dtype and device.
+    pub fn new_index_cache(&self) -> Result<Option<IndexerCache>> {
+        let attn = &self.self_attn;
+        Ok(self
+            .indexer
+            .as_ref()
+            .map(|ix| ix.new_cache(1, attn.dtype(), attn.device()))
+            .transpose()?)
+    }
+
     /// The FFN.
     pub fn ffn(&self) -> &Ffn {
         &self.mlp
     }
 }
 
-/// Per-sequence state: the latent KV cache of every layer, the shared RoPE table and the
-/// number of tokens processed.
+/// How a decoder layer attends in one call.
+#[derive(Debug, Clone, Copy)]
+pub struct Attend<'a> {
+    /// The MLA path.
+    pub path: AttentionPath,
+    /// A fixed sparse pattern over the cached keys for a dense-attention layer
+    /// ([`DeepSeek::sparse`]); `None`: dense attention.
+    pub sparse: Option<&'a SparsePattern>,
+}
+
+/// Per-sequence state: the latent KV cache of every layer, for V3.2 the indexer's key cache of
+/// every layer, the shared RoPE table and the number of tokens processed.
 pub struct Session {
     /// One latent cache per decoder layer.
     pub kv: LatentKvCache,
+    /// V3.2: one indexer key cache per decoder layer, holding the same tokens as `kv`
+    /// (empty for dense-attention models).
+    pub index: Vec<IndexerCache>,
     /// cos/sin table grown on demand.
     pub rope: RopeCache,
 }
@@ -152,11 +269,18 @@ impl Session {
         self.len() == 0
     }
 
-    /// Rolls the cache back to `pos` tokens (speculative decoding rejects a suffix).
+    /// Rolls the caches (latent and indexer) back to `pos` tokens (speculative decoding
+    /// rejects a suffix).
     pub fn truncate(&mut self, pos: usize) {
         self.kv.truncate(pos);
+        self.index.iter_mut().for_each(|c| c.truncate(pos));
     }
 }
+
+/// Per decoder layer, per new token (in order), the cached keys its attention read as DSA
+/// selected them (ascending; HF's indexer indices): what [`DeepSeek::forward_with_selections`]
+/// returns. Empty rows for dense-attention layers.
+pub type Selections = Vec<Vec<Vec<usize>>>;
 
 /// What one forward pass returns.
 pub struct Output {
@@ -173,7 +297,7 @@ pub struct DeepSeek {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `lm_head.weight` `[V, C]`.
-    lm_head: Tensor,
+    lm_head: Matrix,
     precision: Precision,
     device: Device,
     checkpoint: Arc<Checkpoint>,
@@ -183,6 +307,13 @@ pub struct DeepSeek {
     /// chunks, each attending to the cache plus itself, so activation memory is bounded by
     /// the chunk, not the prompt ([`DEFAULT_PREFILL_CHUNK`]; results equal one pass).
     pub prefill_chunk: usize,
+    /// A fixed sparse-attention pattern (local window, blocks, random keys, unions:
+    /// [`SparsePattern`]) every layer of a dense-attention model attends with, in place of
+    /// dense attention, in sessions (generation, `logits`; MTP draft blocks stay dense). An
+    /// **approximation** for models not trained with it: it changes the model's outputs
+    /// (`benchmarks/README.md` measures the logit KL against dense). Default `None`; an error
+    /// on V3.2 checkpoints, whose indexer selects the keys.
+    pub sparse: Option<SparsePattern>,
 }
 
 /// Default [`DeepSeek::prefill_chunk`]: long enough that per-pass overheads are amortised,
@@ -276,14 +407,37 @@ impl DeepSeek {
         device: &Device,
     ) -> Result<Self> {
         let precision = precision.into();
+        if precision.matrices == MatrixFormat::Fp8
+            && checkpoint.matrix_dtype() != Some(DType::F8E4M3)
+        {
+            return Err(ModelError::Input(format!(
+                "matrices fp8: {} stores its matrices as {}, not FP8 blocks (q8 quantises to \
+                 8 bits per weight)",
+                checkpoint.dir().display(),
+                checkpoint
+                    .matrix_dtype()
+                    .map_or("mixed dtypes", |d| d.as_str())
+            )));
+        }
         let vb = checkpoint.var_builder(precision, device);
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = candle_nn::embedding(vocab, hidden, vb.pp("model.embed_tokens"))?;
+        // Each layer is quantised as soon as it is read, so peak memory is the quantised
+        // model plus one layer as stored.
         let layers = (0..config.num_hidden_layers)
-            .map(|l| DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}"))))
+            .map(|l| {
+                let mut layer = DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}")))?;
+                layer.quantize(precision.matrices)?;
+                Ok(layer)
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(hidden, config.rms_norm_eps, vb.pp("model.norm"))?;
-        let lm_head = vb.pp("lm_head").get((vocab, hidden), "weight")?;
+        let mut lm_head = Matrix::from(vb.pp("lm_head").get((vocab, hidden), "weight")?);
+        if let MatrixFormat::Quant(_) = precision.matrices {
+            // The head at 8 bits whatever the layers' width (llama.cpp's mixes keep it wider
+            // too): its errors reach every logit directly.
+            lm_head = lm_head.quantize(QuantFormat::Q8)?;
+        }
         Ok(Self {
             config,
             embed_tokens,
@@ -295,6 +449,7 @@ impl DeepSeek {
             checkpoint,
             paths: PathPolicy::default(),
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            sparse: None,
         })
     }
 
@@ -337,8 +492,14 @@ impl DeepSeek {
             self.dtype(),
             &self.device,
         )?;
+        let index = self
+            .layers
+            .iter()
+            .filter_map(|l| l.new_index_cache().transpose())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Session {
             kv,
+            index,
             rope: RopeCache::new(self.config.mla.rope),
         })
     }
@@ -375,15 +536,37 @@ impl DeepSeek {
         Ok(Output { logits, hidden })
     }
 
+    /// [`DeepSeek::forward`], also returning which cached keys each new token attended to in
+    /// every DSA layer ([`Selections`]): V3.2's indexer choices, for inspection and parity tests.
+    pub fn forward_with_selections(
+        &self,
+        tokens: &[u32],
+        session: &mut Session,
+    ) -> Result<(Output, Selections)> {
+        let mut selections = vec![Vec::new(); self.layers.len()];
+        let hidden = self.hidden_states_inner(tokens, session, Some(&mut selections))?;
+        let logits = self.head(&hidden)?;
+        Ok((Output { logits, hidden }, selections))
+    }
+
     /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache, in
     /// chunks of at most [`DeepSeek::prefill_chunk`] tokens.
     pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
+        self.hidden_states_inner(tokens, session, None)
+    }
+
+    fn hidden_states_inner(
+        &self,
+        tokens: &[u32],
+        session: &mut Session,
+        mut selections: Option<&mut Selections>,
+    ) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(ModelError::Input("no tokens to process".into()));
         }
         let chunks = tokens
             .chunks(self.prefill_chunk.max(1))
-            .map(|chunk| self.chunk_hidden_states(chunk, session))
+            .map(|chunk| self.chunk_hidden_states(chunk, session, selections.as_deref_mut()))
             .collect::<Result<Vec<_>>>()?;
         match <[Tensor; 1]>::try_from(chunks) {
             Ok([one]) => Ok(one),
@@ -391,13 +574,44 @@ impl DeepSeek {
         }
     }
 
-    /// One pass of `tokens` through every layer after the session's cached tokens.
-    fn chunk_hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
+    /// One pass of `tokens` through every layer after the session's cached tokens; DSA layers'
+    /// selections are appended to `selections` when given.
+    fn chunk_hidden_states(
+        &self,
+        tokens: &[u32],
+        session: &mut Session,
+        mut selections: Option<&mut Selections>,
+    ) -> Result<Tensor> {
         let start = session.len();
         let path = self.paths.for_tokens(tokens.len());
         let mut x = self.embed(tokens)?;
-        for (layer, cache) in self.layers.iter().zip(session.kv.layers_mut()) {
-            x = layer.forward(&x, start, &mut session.rope, Some(cache), path)?;
+        let mut index = session.index.iter_mut();
+        for (l, (layer, cache)) in self.layers.iter().zip(session.kv.layers_mut()).enumerate() {
+            let index = match layer.indexer() {
+                Some(_) => Some(index.next().ok_or_else(|| {
+                    ModelError::Input(format!(
+                        "layer {l} uses sparse attention but the session has no indexer cache \
+                         for it (make sessions with DeepSeek::new_session)"
+                    ))
+                })?),
+                None => None,
+            };
+            let attend = Attend {
+                path,
+                sparse: self.sparse.as_ref(),
+            };
+            let (y, selection) = layer.forward_with_selection(
+                &x,
+                start,
+                &mut session.rope,
+                Some(cache),
+                index,
+                attend,
+            )?;
+            if let (Some(all), Some(SparsePattern::TopK(rows))) = (&mut selections, selection) {
+                all[l].extend(rows);
+            }
+            x = y;
         }
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
@@ -414,6 +628,14 @@ impl DeepSeek {
         rope: &mut RopeCache,
         dispatch: Dispatch,
     ) -> Result<Tensor> {
+        if self.config.is_dsa() {
+            return Err(dsa_unsupported("DeepSeek::forward_packed"));
+        }
+        if self.sparse.is_some() {
+            return Err(ModelError::Input(
+                "DeepSeek::sparse patterns run in sessions only, not in packed forwards".into(),
+            ));
+        }
         let tokens: Vec<u32> = parts.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let mut x = self.embed(&tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -432,10 +654,14 @@ impl DeepSeek {
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
 
-    /// Bytes one token of one sequence occupies in the latent cache over all layers.
+    /// Bytes one token of one sequence occupies in the caches over all layers: the latent, plus
+    /// the indexer key for V3.2.
     pub fn cache_bytes_per_token(&self) -> usize {
         let m = &self.config.mla;
-        (m.kv_lora_rank + m.qk_rope_head_dim) * self.dtype().size_in_bytes() * self.layers.len()
+        let index = self.config.indexer.as_ref().map_or(0, |c| c.head_dim);
+        (m.kv_lora_rank + m.qk_rope_head_dim + index)
+            * self.dtype().size_in_bytes()
+            * self.layers.len()
     }
 
     /// An empty latent cache for one sequence with pages of `page_tokens` tokens (what
@@ -451,9 +677,33 @@ impl DeepSeek {
         .with_page_tokens(page_tokens)?)
     }
 
+    /// Bytes of weights one decode step reads, each matrix in the format it is kept in:
+    /// `(total, routed experts)`. The total counts one embedding row, every layer's attention
+    /// weights and norms, its dense FFN or its shared experts plus `top_k` routed experts (the
+    /// router is not counted: a few hundred KB per layer), the final norm and the head; the
+    /// V3.2 indexer and MTP modules are not counted.
+    pub fn decode_weight_bytes(&self) -> (usize, usize) {
+        let hidden = self.config.hidden_size;
+        let norm = hidden * self.dtype().size_in_bytes();
+        let embed_row = hidden * self.embed_tokens.embeddings().dtype().size_in_bytes();
+        let (mut total, mut routed) = (embed_row + norm + self.lm_head.bytes(), 0);
+        for layer in &self.layers {
+            total += 2 * norm + layer.self_attn.weights().bytes();
+            total += match &layer.mlp {
+                Ffn::Dense(m) => m.weight_bytes(),
+                Ffn::Moe(m) => {
+                    let k = m.config().gate.top_k;
+                    routed += k * m.experts().expert(0).weight_bytes();
+                    m.decode_weight_bytes()
+                }
+            };
+        }
+        (total, routed)
+    }
+
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(linear::linear(hidden, &self.lm_head)?.to_dtype(DType::F32)?)
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
     }
 
     /// One causal prefill of `tokens` with no cache: f32 logits `[T, V]`.
@@ -472,4 +722,15 @@ impl DeepSeek {
     pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
         Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
     }
+}
+
+/// The error for a path that does not run DeepSeek Sparse Attention (V3.2) yet.
+pub(crate) fn dsa_unsupported(what: &str) -> ModelError {
+    ModelError::config(
+        "model_type",
+        format!(
+            "deepseek_v32 (DeepSeek Sparse Attention) is not supported by {what} yet; \
+             sessions (generate, logits) run it"
+        ),
+    )
 }

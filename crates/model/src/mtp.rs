@@ -8,7 +8,7 @@
 //! [`mtp::MtpError::Backend`] ([`into_model_error`] unboxes them again).
 
 use candle_core::Tensor;
-use mla::LayerCache;
+use mla::{IndexerCache, LayerCache};
 use mtp::{MtpError, MtpModule, Result, TokenSampler};
 use rope_yarn::RopeCache;
 
@@ -44,10 +44,13 @@ impl MtpBlock {
     }
 }
 
-/// The incremental state of an MTP module's block: its latent KV cache and RoPE table.
+/// The incremental state of an MTP module's block: its latent KV cache (and, for V3.2, its
+/// indexer key cache, rolled back with it) and RoPE table.
 pub struct MtpCache {
     /// Latent cache of the block's MLA (one sequence).
     pub kv: LayerCache,
+    /// V3.2: the block's indexer key cache (same tokens as `kv`).
+    pub index: Option<IndexerCache>,
     /// cos/sin table grown on demand.
     pub rope: RopeCache,
 }
@@ -59,6 +62,7 @@ impl mtp::DecoderBlock for MtpBlock {
         let attn = self.layer.attention();
         Ok(MtpCache {
             kv: attn.new_cache(1).map_err(MtpError::backend)?,
+            index: self.layer.new_index_cache().map_err(MtpError::backend)?,
             rope: RopeCache::new(attn.config().rope),
         })
     }
@@ -67,7 +71,14 @@ impl mtp::DecoderBlock for MtpBlock {
         let start = cache.kv.uniform_len().unwrap_or(0);
         let path = self.paths.for_tokens(x.dim(1)?);
         self.layer
-            .forward(x, start, &mut cache.rope, Some(&mut cache.kv), path)
+            .forward(
+                x,
+                start,
+                &mut cache.rope,
+                Some(&mut cache.kv),
+                cache.index.as_mut(),
+                path,
+            )
             .map_err(MtpError::backend)
     }
 
@@ -77,6 +88,9 @@ impl mtp::DecoderBlock for MtpBlock {
 
     fn truncate(cache: &mut MtpCache, len: usize) {
         cache.kv.truncate(len);
+        if let Some(index) = &mut cache.index {
+            index.truncate(len);
+        }
     }
 }
 
@@ -145,8 +159,11 @@ pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
     (cfg.num_hidden_layers..cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
         .map(|layer| {
             let vb = vb.pp(format!("model.layers.{layer}"));
-            let layer_weights =
+            let mut layer_weights =
                 DecoderLayer::load(cfg, layer, vb.clone()).map_err(MtpError::backend)?;
+            layer_weights
+                .quantize(model.precision().matrices)
+                .map_err(MtpError::backend)?;
             let block = MtpBlock::new(layer_weights, model.paths);
             MtpModule::load(vb, cfg.hidden_size, cfg.rms_norm_eps, block)
         })

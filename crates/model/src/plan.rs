@@ -9,6 +9,7 @@ use crate::config::{FfnKind, ModelConfig};
 /// (per-module copies of the embedding and head that V3 releases store and HF ignores).
 ///
 /// The component crates list their own weights ([`mla::MlaWeights::expected`],
+/// [`mla::IndexerWeights::expected`] for V3.2's indexer,
 /// [`moe::Mlp::expected`], [`moe::Moe::expected`], [`mtp::module_weights`]); this function only
 /// adds the model's own tensors (embedding, norms, head) and the prefixes.
 pub fn expected_tensors(cfg: &ModelConfig) -> (Vec<WeightSpec>, Vec<String>) {
@@ -35,6 +36,13 @@ pub fn expected_tensors(cfg: &ModelConfig) -> (Vec<WeightSpec>, Vec<String>) {
                 .into_iter()
                 .map(under(format!("{p}.self_attn"))),
         );
+        if let Some(indexer) = &cfg.indexer {
+            out.extend(
+                mla::IndexerWeights::expected(indexer)
+                    .into_iter()
+                    .map(under(format!("{p}.self_attn.indexer"))),
+            );
+        }
         let ffn = match (cfg.ffn_kind(layer), &cfg.moe) {
             (FfnKind::Moe, Some(moe)) => moe::Moe::expected(moe),
             _ => moe::Mlp::expected(hidden, cfg.intermediate_size),

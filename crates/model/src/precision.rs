@@ -2,33 +2,93 @@
 //! the matrices are placed in huge pages.
 
 use candle_core::{DType, Device};
+use linear::QuantFormat;
 
 use crate::checkpoint::Checkpoint;
 
-/// The dtypes a model computes in and stores its matrices in.
+/// How a model keeps its rank-2 weights ([`linear::Matrix`] formats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixFormat {
+    /// Every matrix in this dtype (FP8 weights dequantised in f32 first).
+    Float(DType),
+    /// FP8 weights as shipped: one e4m3 byte per weight plus the 128 x 128 block scales,
+    /// widened exactly in registers (the products equal HF's f32 dequantisation up to
+    /// summation order). Matrices stored in another format keep their bf16/f16 bytes, or
+    /// take the compute dtype.
+    Fp8,
+    /// The attention projections and the experts' matrices quantised at load to 8 or 4 bits
+    /// (`linear::QuantFormat`), the output head to 8 bits; the embedding, the routers and
+    /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
+    /// them.
+    Quant(QuantFormat),
+}
+
+impl MatrixFormat {
+    /// `f32`, `bf16`, `f16`, `fp8`, `q8` or `q4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatrixFormat::Float(d) => d.as_str(),
+            MatrixFormat::Fp8 => "fp8",
+            MatrixFormat::Quant(q) => q.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for MatrixFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MatrixFormat {
+    type Err = String;
+
+    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8` or `q4` (for command-line options).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "fp8" => MatrixFormat::Fp8,
+            "q8" => MatrixFormat::Quant(QuantFormat::Q8),
+            "q4" => MatrixFormat::Quant(QuantFormat::Q4),
+            _ => MatrixFormat::Float(
+                parse_float_dtype(s)
+                    .map_err(|_| format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4"))?,
+            ),
+        })
+    }
+}
+
+impl From<DType> for MatrixFormat {
+    fn from(d: DType) -> Self {
+        MatrixFormat::Float(d)
+    }
+}
+
+/// The dtype a model computes in and the format it keeps its matrices in.
 ///
 /// Activations, the KV cache and every non-matrix weight (norms, biases) use `compute`; the
-/// rank-2 weights (projections, experts, router, embedding, head) use `matrices`. On the CPU,
-/// `Precision::mixed(DType::F32, DType::BF16)` keeps a bf16 checkpoint's bytes in memory (a
-/// decode step reads half of what f32 weights would) while all arithmetic stays f32: the
-/// `linear` crate widens each weight row in registers.
+/// rank-2 weights (projections, experts, router, embedding, head) follow `matrices`. On the
+/// CPU, `Precision::mixed(DType::F32, DType::BF16)` keeps a bf16 checkpoint's bytes in memory
+/// (a decode step reads half of what f32 weights would) while all arithmetic stays f32: the
+/// `linear` crate widens each weight row in registers. FP8, 8-bit and 4-bit matrices work the
+/// same way ([`MatrixFormat`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Precision {
     /// Activations, cache, norms, biases.
     pub compute: DType,
     /// Rank-2 weights.
-    pub matrices: DType,
+    pub matrices: MatrixFormat,
     /// Back CPU matrices with transparent huge pages (`linear::advise_huge_pages`; on by
     /// default). Values never change; off only to measure what the pages are worth.
     pub huge_pages: bool,
 }
 
 impl Precision {
-    /// Matrices stored in `matrices`, everything else in `compute`.
-    pub fn mixed(compute: DType, matrices: DType) -> Self {
+    /// Matrices kept as `matrices` (a dtype, or any [`MatrixFormat`]), everything else in
+    /// `compute`.
+    pub fn mixed(compute: DType, matrices: impl Into<MatrixFormat>) -> Self {
         Self {
             compute,
-            matrices,
+            matrices: matrices.into(),
             huge_pages: true,
         }
     }
@@ -39,20 +99,31 @@ impl Precision {
     }
 
     /// The setting for `compute` on `device` given how `checkpoint` stores its matrices: on the
-    /// CPU with f32 compute, bf16/f16 matrices stay narrow, since decode is bound by the bytes
-    /// it reads; FP8 ones are dequantised to f32, which is HF's f32 dequantisation exactly
-    /// (e4m3 times an f32 block scale is not, in general, a bf16 value: rounding it to bf16
-    /// moved logits by up to 2.8 on a V3 FP8 checkpoint). Otherwise everything is in `compute`
-    /// (GPU kernels want one dtype). The FP8 matrices' native kernels (`linear::Fp8Matrix`,
-    /// one byte per weight, exact) are not wired into the model yet.
+    /// CPU with f32 compute, bf16/f16 matrices stay narrow and FP8 ones stay FP8
+    /// ([`MatrixFormat::Fp8`]: exact, one byte per weight), since decode is bound by the bytes
+    /// it reads. (Rounding e4m3 times an f32 block scale to bf16 is not exact: it moved logits
+    /// by up to 2.8 on a V3 FP8 checkpoint.) Otherwise everything is in `compute` (GPU kernels
+    /// want one dtype).
     pub fn auto(checkpoint: &Checkpoint, compute: DType, device: &Device) -> Self {
         let matrices = match checkpoint.matrix_dtype() {
-            _ if !device.is_cpu() || compute != DType::F32 => compute,
-            Some(d @ (DType::BF16 | DType::F16)) => d,
-            Some(DType::F8E4M3) => DType::F32,
-            _ => compute,
+            _ if !device.is_cpu() || compute != DType::F32 => compute.into(),
+            Some(d @ (DType::BF16 | DType::F16)) => d.into(),
+            Some(DType::F8E4M3) => MatrixFormat::Fp8,
+            _ => compute.into(),
         };
         Self::mixed(compute, matrices)
+    }
+
+    /// The dtype a matrix stored as `stored` is read into, except FP8 weights kept as shipped
+    /// (those stay e4m3, see [`MatrixFormat::Fp8`]).
+    pub fn matrix_dtype(&self, stored: DType) -> DType {
+        match self.matrices {
+            MatrixFormat::Float(d) => d,
+            MatrixFormat::Fp8 | MatrixFormat::Quant(_) => match stored {
+                DType::BF16 | DType::F16 | DType::F32 => stored,
+                _ => self.compute,
+            },
+        }
     }
 }
 

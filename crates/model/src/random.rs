@@ -31,7 +31,7 @@ const SHARD_BYTES: usize = 2 << 30;
 /// Writes `config_json` and random weights for it to `out` (shards + index).
 ///
 /// Weights are uniform in `±sqrt(3 / fan_in)` (unit-variance activations), norms are 1 and
-/// correction biases 0; `seed` makes the result reproducible. `progress` is told each tensor.
+/// correction and norm biases 0; `seed` makes the result reproducible. `progress` is told each tensor.
 pub fn write_random_checkpoint(
     config_json: &str,
     out: &Path,
@@ -138,7 +138,7 @@ fn random_values(name: &str, shape: &[usize], rng: &mut XorShift) -> Vec<f32> {
     if name.ends_with("norm.weight") {
         return vec![1.0; n];
     }
-    if name.ends_with("e_score_correction_bias") {
+    if name.ends_with("e_score_correction_bias") || name.ends_with("norm.bias") {
         return vec![0.0; n];
     }
     let bound = if name.ends_with("embed_tokens.weight") {

@@ -98,3 +98,107 @@ fn errors_are_one_line_with_nonzero_exit() {
         );
     }
 }
+
+/// `logits` and `generate` on a DeepSeek-V3.2 checkpoint (sparse attention through the indexer).
+#[test]
+fn logits_and_generate_run_on_v32() {
+    let case = Case::load("v32_dsa");
+    let ids: Vec<String> = case.ids("input_ids").iter().map(u32::to_string).collect();
+    let out = tmp("v32-logits.safetensors");
+    let status = model_bin()
+        .args(["logits", "--model"])
+        .arg(&case.dir)
+        .args(["--tokens", &ids.join(","), "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_close(
+        &t["logits"],
+        &case.tensor("prefill.logits"),
+        1e-4,
+        "cli V3.2 logits",
+    );
+    let _ = std::fs::remove_file(out);
+    let gen = model_bin()
+        .args(["generate", "--model"])
+        .arg(&case.dir)
+        .arg("--tokenizer")
+        .arg(fixtures::fixtures_dir().join("tiny_tokenizer"))
+        .args([
+            "--prompt",
+            "a prompt longer than index_topk",
+            "--max-tokens",
+            "12",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gen.stderr);
+    assert!(gen.status.success(), "{err}");
+    assert!(err.contains("generated "), "{err}");
+    let info = model_bin()
+        .args(["info", "--model"])
+        .arg(&case.dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success() && text.contains("V32") && text.contains("top-8 keys per query"),
+        "{text}"
+    );
+}
+
+/// `--sparse`: parsed and applied (a window over the whole prompt is dense attention), bad
+/// specs and V3.2 checkpoints refused in one line.
+#[test]
+fn sparse_option_applies_and_refuses_bad_input() {
+    let case = Case::load("v3_noaux");
+    let ids: Vec<String> = case.ids("input_ids").iter().map(u32::to_string).collect();
+    let out = tmp("sparse-logits.safetensors");
+    let status = model_bin()
+        .args(["logits", "--model"])
+        .arg(&case.dir)
+        .args([
+            "--sparse",
+            "local:16,random:2",
+            "--tokens",
+            &ids.join(","),
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_close(
+        &t["logits"],
+        &case.tensor("prefill.logits"),
+        1e-4,
+        "--sparse covering the prompt",
+    );
+    let _ = std::fs::remove_file(out);
+    let v32 = Case::load("v32_dsa");
+    for (dir, sparse, want) in [
+        (&case.dir, "local:0", "window"),
+        (&case.dir, "dense:3", "not a pattern"),
+        (&v32.dir, "local:4", "V3.2"),
+    ] {
+        let run = model_bin()
+            .args(["logits", "--model"])
+            .arg(dir)
+            .args([
+                "--sparse",
+                sparse,
+                "--tokens",
+                "1,2",
+                "--out",
+                "/tmp/x.safetensors",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{sparse}");
+        assert!(err.contains(want), "{sparse}: {err}");
+    }
+}

@@ -453,7 +453,14 @@ fn mtp_blocks_use_the_model_path_policy() {
         let mut cache = block.new_cache().unwrap();
         block
             .layer()
-            .forward(&x, 0, &mut cache.rope, Some(&mut cache.kv), path)
+            .forward(
+                &x,
+                0,
+                &mut cache.rope,
+                Some(&mut cache.kv),
+                cache.index.as_mut(),
+                path,
+            )
             .unwrap()
     };
     let expanded = layer_out(AttentionPath::Expanded);

@@ -87,6 +87,13 @@ impl Experts {
         Self::new(experts)
     }
 
+    /// Converts every expert's matrices to `format` (in parallel: experts are independent).
+    pub fn quantize(&mut self, format: linear::QuantFormat) -> Result<()> {
+        self.experts
+            .par_iter_mut()
+            .try_for_each(|e| e.quantize(format))
+    }
+
     /// Number of experts.
     pub fn len(&self) -> usize {
         self.experts.len()

@@ -3,13 +3,42 @@
 
 use candle_core::{Shape, Tensor};
 use candle_nn::VarBuilder;
-use linear::{linear, WeightSpec};
+use linear::{Matrix, QuantFormat, WeightSpec};
 
 use crate::error::{MoeError, Result};
 
 /// Loads `name` under `vb`, turning absence and shape mismatches into errors that name the
 /// full tensor path (`model.layers.3.mlp.experts.7.up_proj.weight: missing`).
 pub(crate) fn load_weight(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) -> Result<Tensor> {
+    checked(
+        vb,
+        name,
+        shape,
+        |vb, name| Ok(vb.get_unchecked(name)?),
+        |t| t.dims(),
+    )
+}
+
+/// [`load_weight`] of a projection, in whatever format the builder keeps it
+/// ([`Matrix::load`]: FP8 blocks stay FP8 when the builder keeps them).
+fn load_matrix(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) -> Result<Matrix> {
+    checked(
+        vb,
+        name,
+        shape,
+        |vb, name| Ok(Matrix::load(vb, name)?),
+        Matrix::dims,
+    )
+}
+
+/// `get` of `name` under `vb` with its presence and shape checked.
+fn checked<T>(
+    vb: &VarBuilder,
+    name: &str,
+    shape: impl Into<Shape>,
+    get: impl Fn(&VarBuilder, &str) -> Result<T>,
+    dims: impl Fn(&T) -> &[usize],
+) -> Result<T> {
     let shape: Shape = shape.into();
     let full = if vb.prefix().is_empty() {
         name.to_string()
@@ -19,12 +48,12 @@ pub(crate) fn load_weight(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) 
     if !vb.contains_tensor(name) {
         return Err(MoeError::MissingTensor { name: full });
     }
-    let t = vb.get_unchecked(name)?;
-    if t.dims() != shape.dims() {
+    let t = get(vb, name)?;
+    if dims(&t) != shape.dims() {
         return Err(MoeError::Shape {
             name: full,
             expected: shape.dims().to_vec(),
-            found: t.dims().to_vec(),
+            found: dims(&t).to_vec(),
         });
     }
     Ok(t)
@@ -34,16 +63,27 @@ pub(crate) fn load_weight(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) 
 /// (`[H, I]`), no biases.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
+    gate_proj: Matrix,
+    up_proj: Matrix,
+    down_proj: Matrix,
 }
 
 impl Mlp {
-    /// Builds from (already dequantised) weights: `gate_proj`, `up_proj` `[I, H]`,
-    /// `down_proj` `[H, I]`.
-    pub fn new(gate_proj: Tensor, up_proj: Tensor, down_proj: Tensor) -> Result<Self> {
-        let (i, h) = gate_proj.dims2()?;
+    /// Builds from weights in any [`Matrix`] format (a `Tensor` converts into a dense one):
+    /// `gate_proj`, `up_proj` `[I, H]`, `down_proj` `[H, I]`.
+    pub fn new(
+        gate_proj: impl Into<Matrix>,
+        up_proj: impl Into<Matrix>,
+        down_proj: impl Into<Matrix>,
+    ) -> Result<Self> {
+        let (gate_proj, up_proj, down_proj) = (gate_proj.into(), up_proj.into(), down_proj.into());
+        let &[i, h] = gate_proj.dims() else {
+            return Err(MoeError::Shape {
+                name: "gate_proj.weight".into(),
+                expected: vec![0, 0],
+                found: gate_proj.dims().to_vec(),
+            });
+        };
         for (name, t, expected) in [
             ("up_proj.weight", &up_proj, [i, h]),
             ("down_proj.weight", &down_proj, [h, i]),
@@ -79,9 +119,9 @@ impl Mlp {
     pub fn load(vb: VarBuilder, hidden_size: usize, intermediate_size: usize) -> Result<Self> {
         let (h, i) = (hidden_size, intermediate_size);
         Self::new(
-            load_weight(&vb.pp("gate_proj"), "weight", (i, h))?,
-            load_weight(&vb.pp("up_proj"), "weight", (i, h))?,
-            load_weight(&vb.pp("down_proj"), "weight", (h, i))?,
+            load_matrix(&vb.pp("gate_proj"), "weight", (i, h))?,
+            load_matrix(&vb.pp("up_proj"), "weight", (i, h))?,
+            load_matrix(&vb.pp("down_proj"), "weight", (h, i))?,
         )
     }
 
@@ -97,7 +137,20 @@ impl Mlp {
 
     /// Bytes of weights one forward pass reads (3 matrices).
     pub fn weight_bytes(&self) -> usize {
-        3 * self.hidden_size() * self.intermediate_size() * self.gate_proj.dtype().size_in_bytes()
+        self.matrices().iter().map(|m| m.bytes()).sum()
+    }
+
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    pub fn matrices(&self) -> [&Matrix; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
+    /// Converts the three matrices to `format`.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        for m in [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj] {
+            *m = m.quantize(format)?;
+        }
+        Ok(())
     }
 
     /// `x` `[..., H]` → `[..., H]` in `x`'s dtype. The weights may be narrower than `x` (bf16
@@ -107,10 +160,10 @@ impl Mlp {
         let dims = x.dims().to_vec();
         let h = self.hidden_size();
         let x2 = x.reshape(((), h))?; // [T, H]
-        let gate = linear(&x2, &self.gate_proj)?; // [T, I]
-        let up = linear(&x2, &self.up_proj)?; // [T, I]
+        let gate = self.gate_proj.forward(&x2)?; // [T, I]
+        let up = self.up_proj.forward(&x2)?; // [T, I]
         let act = (candle_nn::ops::silu(&gate)? * up)?;
-        let y = linear(&act, &self.down_proj)?; // [T, H]
+        let y = self.down_proj.forward(&act)?; // [T, H]
         Ok(y.reshape(dims)?)
     }
 }

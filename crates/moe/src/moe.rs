@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use linear::WeightSpec;
+use linear::{QuantFormat, WeightSpec};
 
 use crate::config::MoeConfig;
 use crate::dispatch::Experts;
@@ -32,6 +32,16 @@ pub struct Moe {
 }
 
 impl Moe {
+    /// Converts every expert's matrices (routed and shared) to `format`; the router stays as
+    /// it is (it decides which experts run, and is small).
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.experts.quantize(format)?;
+        if let Some(shared) = &mut self.shared {
+            shared.quantize(format)?;
+        }
+        Ok(())
+    }
+
     /// Assembles a layer from parts (e.g. weights the model crate has dequantised).
     pub fn new(cfg: MoeConfig, gate: Gate, experts: Experts, shared: Option<Mlp>) -> Result<Self> {
         let g = &cfg.gate;

@@ -2,14 +2,16 @@
 //! JSONL file on 127.0.0.1 with deterministic fault injection. std only (one thread per
 //! connection).
 //!
-//! Usage: `fake_openai RESPONSES.jsonl LOG_FILE [--delay-ms N] [--slow-ms N] [--no-faults]`
+//! Usage: `fake_openai RESPONSES.jsonl LOG_FILE [--delay-ms N] [--slow-ms N] [--no-faults]
+//! [--bodies FILE]`
 //!
 //! Prints `listening on 127.0.0.1:PORT` on stdout. Each request carries the
 //! `x-eval-sample: task/id/sample` header; the reply is the file's text for
-//! `(id, sample)`. The first attempt for a key fails in a way picked by a hash of the key
+//! `(task, id, sample)`, else for `(id, sample)` from a line without `"task"`. The first attempt for a key fails in a way picked by a hash of the key
 //! (429 with `Retry-After: 0`, 500, a reply slower than `--slow-ms`, a connection closed
 //! without reply, or no fault); later attempts succeed after `--delay-ms`. Every request
-//! is appended to LOG_FILE as `key<TAB>attempt<TAB>outcome`.
+//! is appended to LOG_FILE as `key<TAB>attempt<TAB>outcome`; with `--bodies FILE`, each
+//! request body is appended to FILE as one JSON line (what the SimpleQA grader test reads).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 struct State {
-    responses: HashMap<(String, u64), String>,
+    responses: HashMap<(Option<String>, String, u64), String>,
     attempts: Mutex<HashMap<String, u32>>,
     log: Mutex<std::fs::File>,
+    bodies: Option<Mutex<std::fs::File>>,
     delay: Duration,
     slow: Duration,
     faults: bool,
@@ -63,6 +66,11 @@ fn handle(mut stream: TcpStream, st: Arc<State>) {
     }
     let mut body = vec![0u8; len];
     let _ = reader.read_exact(&mut body);
+    if let Some(b) = &st.bodies {
+        let mut f = b.lock().unwrap();
+        let _ = f.write_all(&body);
+        let _ = f.write_all(b"\n");
+    }
     let attempt = {
         let mut a = st.attempts.lock().unwrap();
         let n = a.entry(key.clone()).or_insert(0);
@@ -101,11 +109,16 @@ fn handle(mut stream: TcpStream, st: Arc<State>) {
             // key = task/id/sample; ids may contain '/', so split from both ends.
             let mut parts = key.rsplitn(2, '/');
             let sample: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-            let id = parts
+            let (task, id) = parts
                 .next()
-                .and_then(|rest| rest.split_once('/').map(|(_, id)| id.to_string()))
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(t, id)| (t.to_string(), id.to_string()))
                 .unwrap_or_default();
-            match st.responses.get(&(id, sample)) {
+            let text = st
+                .responses
+                .get(&(Some(task), id.clone(), sample))
+                .or_else(|| st.responses.get(&(None, id, sample)));
+            match text {
                 Some(text) => {
                     let body = serde_json::json!({
                         "id": "fake", "object": "chat.completion",
@@ -128,7 +141,7 @@ fn handle(mut stream: TcpStream, st: Arc<State>) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: fake_openai RESPONSES.jsonl LOG_FILE [--delay-ms N] [--slow-ms N] [--no-faults]");
+        eprintln!("usage: fake_openai RESPONSES.jsonl LOG_FILE [--delay-ms N] [--slow-ms N] [--no-faults] [--bodies FILE]");
         std::process::exit(2);
     }
     let opt = |name: &str, default: u64| {
@@ -149,7 +162,8 @@ fn main() {
                 other => other.to_string(),
             };
             let text = v["text"].as_str().unwrap_or_default().to_string();
-            responses.insert((id, v["sample"].as_u64().unwrap_or(0)), text);
+            let task = v["task"].as_str().map(str::to_string);
+            responses.insert((task, id, v["sample"].as_u64().unwrap_or(0)), text);
         }
     }
     let state = Arc::new(State {
@@ -165,6 +179,19 @@ fn main() {
         delay: Duration::from_millis(opt("--delay-ms", 0)),
         slow: Duration::from_millis(opt("--slow-ms", 2000)),
         faults: !args.iter().any(|a| a == "--no-faults"),
+        bodies: args
+            .iter()
+            .position(|a| a == "--bodies")
+            .and_then(|i| args.get(i + 1))
+            .map(|p| {
+                Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .expect("bodies file"),
+                )
+            }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("listening on {}", listener.local_addr().unwrap());

@@ -45,6 +45,10 @@ pub struct SampleResult {
     /// Why generation stopped, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
+    /// The LLM grader's verdict (`CORRECT`, `INCORRECT`, `NOT_ATTEMPTED`) when the task
+    /// is graded by a model ([`crate::grader`]); it decides `correct`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grade: Option<String>,
     /// Set when no response could be had (counted as wrong).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -256,10 +260,11 @@ impl TaskReport {
             let pairs: Vec<(bool, bool)> = samples
                 .iter()
                 .map(|s| {
-                    (
-                        s.correct,
-                        !metrics::is_not_attempted(s.extracted.as_deref()),
-                    )
+                    let attempted = match &s.grade {
+                        Some(g) => g != crate::grader::Grade::NotAttempted.name(),
+                        None => !metrics::is_not_attempted(s.extracted.as_deref()),
+                    };
+                    (s.correct, attempted)
                 })
                 .collect();
             metrics::factual_grades(&pairs)

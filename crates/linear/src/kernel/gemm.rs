@@ -39,7 +39,8 @@ thread_local! {
     static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `[N, K]` weights `w` times `m` rows `xs` `[m, K]` → `[m, N]` row-major. With `scales`,
+/// `[N, K]` weights `w` (`K / W::VALUES` elements per row) times `m` rows `xs` `[m, K]` →
+/// `[m, N]` row-major. With `scales`,
 /// row `r` is widened as `W[r, c] = w[r, c] · scale(r, c / cols)` (HF's f32 dequantisation).
 pub(crate) fn gemm<W: WeightElem>(
     w: &[W],
@@ -48,7 +49,8 @@ pub(crate) fn gemm<W: WeightElem>(
     m: usize,
     scales: Option<&BlockScales>,
 ) -> Vec<f32> {
-    let n = w.len().checked_div(k).unwrap_or(0);
+    let kw = k / W::VALUES; // elements per row
+    let n = w.len().checked_div(kw).unwrap_or(0);
     let mut out = vec![0f32; m * n];
     if n == 0 || m == 0 || k == 0 {
         return out;
@@ -58,21 +60,25 @@ pub(crate) fn gemm<W: WeightElem>(
     let by_balance = n.div_ceil(2 * rayon::current_num_threads()).max(16);
     let rows = by_bytes.min(by_balance).next_multiple_of(16);
     let dst = OutPtr(out.as_mut_ptr());
-    w.par_chunks(rows * k)
+    w.par_chunks(rows * kw)
         .enumerate()
         .for_each(|(task, block)| {
             let r0 = task * rows;
-            let nb = block.len() / k;
+            let nb = block.len() / kw;
+            let mut row_scales = Vec::new();
             BLOCK.with_borrow_mut(|buf| {
                 buf.resize(nb * k, 0.0);
                 for (i, (src, row)) in block
-                    .chunks_exact(k)
+                    .chunks_exact(kw)
                     .zip(buf.chunks_exact_mut(k))
                     .enumerate()
                 {
                     match scales {
                         None => W::widen_row(src, row),
-                        Some(s) => W::widen_row_scaled(src, row, s.row(r0 + i, k), s.cols),
+                        Some(s) => {
+                            let scale = s.row(r0 + i, k, &mut row_scales);
+                            W::widen_row_scaled(src, row, scale, s.cols)
+                        }
                     }
                 }
                 // SAFETY: `xs` is `[m, k]` row-major, `buf` is `[nb, k]` row-major (read as the

@@ -27,12 +27,18 @@ pub(crate) use gemm::gemm;
 
 mod gemm;
 mod portable;
+pub(crate) mod q4;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-/// A weight element the kernel can widen to f32: f32, bf16 or f16. Every method takes the
-/// [`Isa`] chosen once per [`matmul_rows`] call; the impls below are the only dispatch.
+/// A stored weight element the kernels read: one value (f32, bf16, f16, e4m3, i8) or a packed
+/// pair of 4-bit values ([`U4x2`]). Every method takes the [`Isa`] chosen once per
+/// [`matmul_rows`] call; the impls below are the only dispatch. A row of `K` values is
+/// `K / VALUES` elements.
 pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
+    /// Values per stored element.
+    const VALUES: usize = 1;
+
     /// Activations laid out for [`WeightElem::dot4`] on `isa` (the identity unless the SIMD
     /// kernel wants another order). Callers pass the same `isa` to both.
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
@@ -50,7 +56,7 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     }
 
     /// Four rows against `x` with block scales: `Σ_kb scales[q][kb] · Σ_{i in block kb}
-    /// w[q][i] · x[i]` over blocks of `cols` elements. By default one [`WeightElem::dot4`]
+    /// w[q][i] · x[i]` over blocks of `cols` values. By default one [`WeightElem::dot4`]
     /// per block; block-quantised formats override it to scale in registers.
     fn dot4_scaled(
         isa: Isa,
@@ -63,29 +69,51 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         dot4_per_block(isa, w, x, next, scales, cols)
     }
 
-    /// `src` widened exactly into `dst` (same length): the GEMM's weight blocks.
-    fn widen_row(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.widen();
-        }
-    }
+    /// `src` widened exactly into `dst` (`VALUES` values per element): the GEMM's weight
+    /// blocks and the portable loops.
+    fn widen_row(src: &[Self], dst: &mut [f32]);
 
     /// `src` widened and multiplied by the scale of each `cols`-wide block of it
-    /// (`scales[kb]` for block `kb`), in f32: FP8's dequantisation.
+    /// (`scales[kb]` for block `kb`), in f32: the dequantisation of block-scaled formats.
     fn widen_row_scaled(src: &[Self], dst: &mut [f32], scales: &[f32], cols: usize) {
-        for ((d, s), &f) in dst.chunks_mut(cols).zip(src.chunks(cols)).zip(scales) {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d = s.widen() * f;
+        let per = cols / Self::VALUES;
+        for ((d, s), &f) in dst.chunks_mut(cols).zip(src.chunks(per)).zip(scales) {
+            Self::widen_row(s, d);
+            for d in d.iter_mut() {
+                *d *= f;
             }
         }
     }
+}
 
+/// A weight element holding one value, widened exactly to f32.
+pub(crate) trait Scalar: Copy {
     /// The exact f32 value.
     fn widen(self) -> f32;
 }
 
+/// [`WeightElem::widen_row`] of one-value elements.
+fn widen_scalars<W: Scalar>(src: &[W], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.widen();
+    }
+}
+
+/// Two 4-bit values `0..=15` in one byte: the row's value `2i` in the low nibble, `2i + 1` in
+/// the high one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct U4x2(pub u8);
+
+impl U4x2 {
+    /// The pair `(value 2i, value 2i + 1)`.
+    pub(crate) fn pair(self) -> (f32, f32) {
+        ((self.0 & 15) as f32, (self.0 >> 4) as f32)
+    }
+}
+
 /// [`WeightElem::dot4_scaled`] as one [`WeightElem::dot4`] per `cols`-wide block, each block
-/// sum multiplied by its scale.
+/// sum multiplied by its scale. `cols` must be a multiple of `W::VALUES`.
 fn dot4_per_block<W: WeightElem>(
     isa: Isa,
     w: [&[W]; 4],
@@ -95,11 +123,13 @@ fn dot4_per_block<W: WeightElem>(
     cols: usize,
 ) -> [f32; 4] {
     let k = x.len();
+    let v = W::VALUES;
     let mut out = [0f32; 4];
     for (kb, lo) in (0..k).step_by(cols).enumerate() {
         let span = lo..(lo + cols).min(k);
-        let next = next.map(|r| &r[span.clone()]);
-        let sums = W::dot4(isa, w.map(|r| &r[span.clone()]), &x[span], next);
+        let elems = span.start / v..span.end.div_ceil(v);
+        let next = next.map(|r| &r[elems.clone()]);
+        let sums = W::dot4(isa, w.map(|r| &r[elems.clone()]), &x[span], next);
         for (q, (o, v)) in out.iter_mut().zip(sums).enumerate() {
             *o += v * scales[q][kb];
         }
@@ -111,7 +141,8 @@ fn dot4_per_block<W: WeightElem>(
 /// that both cores stay busy until the end on small matrices.
 const TASK_BYTES: usize = 256 << 10;
 
-/// `[N, K]` weights `w` times `m` rows `xs` `[m, K]` → `[m, N]`, with the kernels of `isa`.
+/// `[N, K]` weights `w` (`K / W::VALUES` elements per row) times `m` rows `xs` `[m, K]` →
+/// `[m, N]`, with the kernels of `isa`.
 /// With `scales`, row `r`'s products over each block of `K` are multiplied by that block's
 /// scale ([`BlockScales`]).
 pub(crate) fn matmul_rows<W: WeightElem>(
@@ -122,12 +153,13 @@ pub(crate) fn matmul_rows<W: WeightElem>(
     m: usize,
     scales: Option<&BlockScales>,
 ) -> Vec<f32> {
-    let n = w.len().checked_div(k).unwrap_or(0);
+    let kw = k / W::VALUES; // elements per row
+    let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
     }
     let xs: Vec<Cow<[f32]>> = xs.chunks_exact(k).map(|x| W::prepare(isa, x)).collect();
-    let row_bytes = k * std::mem::size_of::<W>();
+    let row_bytes = kw * std::mem::size_of::<W>();
     // At least 8 tasks per thread for balance, each at least TASK_BYTES unless the matrix is
     // smaller than that.
     let per_task = (n / (8 * rayon::current_num_threads())).max(TASK_BYTES / row_bytes.max(1));
@@ -135,30 +167,29 @@ pub(crate) fn matmul_rows<W: WeightElem>(
     let mut out_t = vec![0f32; n * m]; // [N, m]
     out_t
         .par_chunks_mut(rows_per_task * m)
-        .zip(w.par_chunks(rows_per_task * k))
+        .zip(w.par_chunks(rows_per_task * kw))
         .enumerate()
         .for_each(|(task, (out, rows))| {
             let first_row = task * rows_per_task;
-            let n_quads = rows.len() / (4 * k);
-            let mut quads = rows.chunks_exact(4 * k);
+            let n_quads = rows.len() / (4 * kw);
+            let mut quads = rows.chunks_exact(4 * kw);
             let mut outs = out.chunks_exact_mut(4 * m);
+            let mut bufs: [Vec<f32>; 4] = Default::default();
             for (qi, (o, quad)) in (&mut outs).zip(&mut quads).enumerate() {
-                let r = split4(quad, k);
+                let r = split4(quad, kw);
                 // The next quad's rows are prefetched while these four are summed (the last
                 // quad of a task prefetches its own rows, which are in cache already).
                 let next = if qi + 1 < n_quads {
-                    split4(&rows[(qi + 1) * 4 * k..], k)
+                    split4(&rows[(qi + 1) * 4 * kw..], kw)
                 } else {
                     r
                 };
+                let row_scales = scales.map(|s| s.rows4(first_row + 4 * qi, k, &mut bufs));
                 for (j, x) in xs.iter().enumerate() {
                     let next = if j == 0 { next } else { r };
-                    let sums = match scales {
-                        None => W::dot4(isa, r, x, next),
-                        Some(s) => {
-                            let rows = std::array::from_fn(|q| s.row(first_row + 4 * qi + q, k));
-                            W::dot4_scaled(isa, r, x, next, rows, s.cols)
-                        }
+                    let sums = match (scales, row_scales) {
+                        (Some(s), Some(rows)) => W::dot4_scaled(isa, r, x, next, rows, s.cols),
+                        _ => W::dot4(isa, r, x, next),
                     };
                     for (q, v) in sums.into_iter().enumerate() {
                         o[q * m + j] = v;
@@ -167,18 +198,24 @@ pub(crate) fn matmul_rows<W: WeightElem>(
             }
             let rest = outs.into_remainder().chunks_exact_mut(m);
             let first_rest = first_row + 4 * n_quads;
-            for (i, (o, row)) in rest.zip(quads.remainder().chunks_exact(k)).enumerate() {
+            for (i, (o, row)) in rest.zip(quads.remainder().chunks_exact(kw)).enumerate() {
+                let scale = scales.map(|s| s.row(first_rest + i, k, &mut bufs[0]));
                 for (o, x) in o.iter_mut().zip(&xs) {
-                    *o = match scales {
-                        None => W::dot(isa, row, x),
-                        Some(s) => {
-                            let scale = s.row(first_rest + i, k);
+                    *o = match (scales, scale) {
+                        (Some(s), Some(scale)) => {
                             W::dot4_scaled(isa, [row; 4], x, [row; 4], [scale; 4], s.cols)[0]
                         }
+                        _ => W::dot(isa, row, x),
                     };
                 }
             }
         });
+    transpose(out_t, n, m)
+}
+
+/// `[N, m]` row-major (how the kernels fill it: each task owns whole weight rows) to the
+/// `[m, N]` the callers return.
+fn transpose(out_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
     if m == 1 {
         return out_t;
     }
@@ -197,16 +234,44 @@ pub(crate) fn matmul_rows<W: WeightElem>(
 /// with `scale` row-major `[ceil(N / rows), ceil(K / cols)]`. The kernels sum the products of
 /// each `cols`-wide block of `K` unscaled, then multiply the block's sum by its scale in f32.
 pub(crate) struct BlockScales<'a> {
-    pub scale: &'a [f32],
+    pub scale: Scales<'a>,
     pub rows: usize,
     pub cols: usize,
 }
 
+/// The stored scales: f32 (FP8's), or f16 (the 8/4-bit formats', as GGUF stores them).
+#[derive(Clone, Copy)]
+pub(crate) enum Scales<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
 impl BlockScales<'_> {
-    /// The scales of weight row `r` over every block of `K` (`k` elements long).
-    pub(crate) fn row(&self, r: usize, k: usize) -> &[f32] {
+    /// The scales of weight row `r` over every block of `K` (`k` values long), in f32:
+    /// borrowed when stored in f32, widened into `buf` when stored in f16.
+    pub(crate) fn row<'s>(&'s self, r: usize, k: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
         let per_row = k.div_ceil(self.cols);
-        &self.scale[(r / self.rows) * per_row..][..per_row]
+        let at = (r / self.rows) * per_row;
+        match self.scale {
+            Scales::F32(v) => &v[at..at + per_row],
+            Scales::F16(v) => {
+                use half::slice::HalfFloatSliceExt;
+                buf.resize(per_row, 0.0);
+                v[at..at + per_row].convert_to_f32_slice(buf);
+                buf
+            }
+        }
+    }
+
+    /// [`BlockScales::row`] of rows `first..first + 4`.
+    fn rows4<'s>(&'s self, first: usize, k: usize, bufs: &'s mut [Vec<f32>; 4]) -> [&'s [f32]; 4] {
+        let [a, b, c, d] = bufs.each_mut();
+        [
+            self.row(first, k, a),
+            self.row(first + 1, k, b),
+            self.row(first + 2, k, c),
+            self.row(first + 3, k, d),
+        ]
     }
 }
 
@@ -242,6 +307,12 @@ impl WeightElem for f32 {
         portable::dot(w, x)
     }
 
+    fn widen_row(src: &[f32], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for f32 {
     fn widen(self) -> f32 {
         self
     }
@@ -268,6 +339,12 @@ impl WeightElem for bf16 {
         portable::dot4(w, x)
     }
 
+    fn widen_row(src: &[bf16], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for bf16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
@@ -283,6 +360,12 @@ impl WeightElem for f16 {
         portable::dot4(w, x)
     }
 
+    fn widen_row(src: &[f16], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for f16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
@@ -333,37 +416,179 @@ impl WeightElem for F8E4M3 {
     ) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::dot4_e4m3_scaled(t, w, x, next, scales, cols);
+            return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
         }
         dot4_per_block(isa, w, x, next, scales, cols)
     }
 
+    fn widen_row(src: &[F8E4M3], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for F8E4M3 {
     fn widen(self) -> f32 {
         E4M3[self.to_bits() as usize]
     }
 }
 
+/// e4m3 bytes of a matrix checked once to hold no NaN code (`S.1111.111`, which no trained
+/// weight is): the SIMD kernel widens them with three integer ops per 8 values instead of
+/// also patching NaN codes (which it would read as ±480). [`E4m3NoNan::view`] is the only
+/// way to check a slice; [`crate::Fp8Matrix`] calls it once, when it is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct E4m3NoNan(u8);
+
+impl E4m3NoNan {
+    /// `v` viewed as NaN-free, if it is (one pass over the bytes).
+    pub(crate) fn view(v: &[F8E4M3]) -> Option<&[E4m3NoNan]> {
+        let nan = v.iter().any(|b| b.to_bits() & 0x7f == 0x7f);
+        (!nan).then(|| Self::checked_before(v))
+    }
+
+    /// `v` viewed as NaN-free without a scan: for bytes that [`E4m3NoNan::view`] accepted
+    /// before (a matrix scans once when it is built, not per product). A NaN code that slipped
+    /// through would read as ±480, never as memory unsafety.
+    pub(crate) fn checked_before(v: &[F8E4M3]) -> &[E4m3NoNan] {
+        // SAFETY: `E4m3NoNan` and `F8E4M3` are both `repr(transparent)` over `u8`, so the
+        // slices have the same layout, length and alignment.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const E4m3NoNan, v.len()) }
+    }
+}
+
+impl WeightElem for E4m3NoNan {
+    fn dot4(isa: Isa, w: [&[E4m3NoNan]; 4], x: &[f32], next: [&[E4m3NoNan]; 4]) -> [f32; 4] {
+        let _ = (isa, next);
+        portable::dot4(w, x)
+    }
+
+    fn dot4_scaled(
+        isa: Isa,
+        w: [&[E4m3NoNan]; 4],
+        x: &[f32],
+        next: [&[E4m3NoNan]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma_f16c() {
+            return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
+        }
+        dot4_per_block(isa, w, x, next, scales, cols)
+    }
+
+    fn widen_row(src: &[E4m3NoNan], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for E4m3NoNan {
+    fn widen(self) -> f32 {
+        E4M3[self.0 as usize]
+    }
+}
+
+impl WeightElem for i8 {
+    fn dot4(isa: Isa, w: [&[i8]; 4], x: &[f32], next: [&[i8]; 4]) -> [f32; 4] {
+        let _ = (isa, next);
+        portable::dot4(w, x)
+    }
+
+    fn dot4_scaled(
+        isa: Isa,
+        w: [&[i8]; 4],
+        x: &[f32],
+        next: [&[i8]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma() {
+            return x86::dot4_scaled(t, w, x, next, scales, cols);
+        }
+        dot4_per_block(isa, w, x, next, scales, cols)
+    }
+
+    fn widen_row(src: &[i8], dst: &mut [f32]) {
+        widen_scalars(src, dst)
+    }
+}
+
+impl Scalar for i8 {
+    fn widen(self) -> f32 {
+        self as f32
+    }
+}
+
+impl WeightElem for U4x2 {
+    const VALUES: usize = 2;
+
+    fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx2_fma().is_some() {
+            return Cow::Owned(x86::split_even_odd(x));
+        }
+        let _ = isa;
+        Cow::Borrowed(x)
+    }
+
+    fn dot4(isa: Isa, w: [&[U4x2]; 4], x: &[f32], next: [&[U4x2]; 4]) -> [f32; 4] {
+        // The same test as `prepare`'s: the AVX2 kernel reads the split layout, as one block.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma() {
+            let one = [1f32];
+            let cols = x.len().next_multiple_of(16).max(16);
+            return x86::dot4_u4_scaled(t, w, x, next, [&one; 4], cols);
+        }
+        let _ = (isa, next);
+        w.map(|row| portable::dot_u4(row, x))
+    }
+
+    fn dot4_scaled(
+        isa: Isa,
+        w: [&[U4x2]; 4],
+        x: &[f32],
+        next: [&[U4x2]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma() {
+            return x86::dot4_u4_scaled(t, w, x, next, scales, cols);
+        }
+        dot4_per_block(isa, w, x, next, scales, cols)
+    }
+
+    fn widen_row(src: &[U4x2], dst: &mut [f32]) {
+        for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+            (d[0], d[1]) = s.pair();
+        }
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// f64 oracle of `[m, N]` over the exactly widened weights (shared with the GEMM's tests).
-    pub(super) fn oracle<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f64> {
-        let n = w.len() / k;
+    pub(crate) fn oracle<W: WeightElem>(w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f64> {
+        let kw = k / W::VALUES;
+        let n = w.len() / kw;
         let mut out = vec![0f64; m * n];
-        for j in 0..m {
-            for r in 0..n {
-                out[j * n + r] = (0..k)
-                    .map(|c| w[r * k + c].widen() as f64 * xs[j * k + c] as f64)
-                    .sum();
+        let mut row = vec![0f32; k];
+        for r in 0..n {
+            W::widen_row(&w[r * kw..(r + 1) * kw], &mut row);
+            for j in 0..m {
+                out[j * n + r] = (0..k).map(|c| row[c] as f64 * xs[j * k + c] as f64).sum();
             }
         }
         out
     }
 
     /// `got` against the oracle's `want`: only the f32 summation order may differ.
-    pub(super) fn assert_matches_oracle(got: &[f32], want: &[f64], k: usize, what: &str) {
+    pub(crate) fn assert_matches_oracle(got: &[f32], want: &[f64], k: usize, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
         let scale = (k as f64).sqrt();
         for (i, (g, e)) in got.iter().zip(want).enumerate() {
@@ -412,7 +637,7 @@ mod tests {
 
     /// `dot` and `dot4` of every path against the portable loop, on lengths around the
     /// SIMD block sizes.
-    fn paths_agree<W: WeightElem>(narrow: impl Fn(f32) -> W) {
+    fn paths_agree<W: WeightElem + Scalar>(narrow: impl Fn(f32) -> W) {
         for len in [1000, 999, 37, 16, 15, 7, 0] {
             let w: Vec<W> = (0..len).map(|i| narrow((i as f32).cos())).collect();
             let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.5).sin()).collect();

@@ -1,10 +1,10 @@
 //! Portable kernels: plain Rust for every CPU, and the path [`crate::Isa::portable`] forces.
 
-use super::WeightElem;
+use super::{Scalar, U4x2};
 
 /// `Σ_i w[i] · x[i]` (`w.len() == x.len()`), with 16 independent accumulators so the
 /// compiler vectorises it without reassociating (no fast-math in Rust).
-pub(super) fn dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
+pub(super) fn dot<W: Scalar>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (cw, cx) = (w.chunks_exact(16), x.chunks_exact(16));
     let tail: f32 = cw
@@ -23,6 +23,62 @@ pub(super) fn dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
 
 /// Four rows against `x`, one after another (no prefetch: the hardware prefetcher follows
 /// each sequential row).
-pub(super) fn dot4<W: WeightElem>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
+pub(super) fn dot4<W: Scalar>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
     w.map(|row| dot(row, x))
+}
+
+/// `Σ_i v[i] · x[i]` over the values of packed 4-bit pairs, in natural order.
+pub(super) fn dot_u4(w: &[U4x2], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 2];
+    for (p, x) in w.iter().zip(x.chunks_exact(2)) {
+        let (a, b) = p.pair();
+        acc[0] += a * x[0];
+        acc[1] += b * x[1];
+    }
+    acc[0] + acc[1]
+}
+
+/// One row of the 4-bit product with 8-bit activations laid out by `q4::q8_row`:
+/// `Σ_g c[g] · Σ_{i in g} q_i · xq_i`, the integer sums exact.
+pub(super) fn dot_u4_q8(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
+    let group = super::q4::GROUP;
+    let k = xq.len();
+    let full = k / group;
+    // Σ lo·xe + hi·xo over 16 bytes of one group.
+    let isum = |w: &[U4x2], xe: &[i8], xo: &[i8]| -> i32 {
+        w.iter()
+            .zip(xe.iter().zip(xo))
+            .map(|(b, (&e, &o))| (b.0 & 15) as i32 * e as i32 + (b.0 >> 4) as i32 * o as i32)
+            .sum()
+    };
+    let mut total = 0f32;
+    let (mut g, mut at) = (0, 0);
+    while g < full {
+        let half = group / 2;
+        if g + 1 < full {
+            let x = &xq[at..at + 2 * group];
+            let a = isum(&w[g * half..][..half], &x[..half], &x[group..][..half]);
+            let b = isum(
+                &w[(g + 1) * half..][..half],
+                &x[half..group],
+                &x[group + half..],
+            );
+            total += c[g] * a as f32 + c[g + 1] * b as f32;
+            (g, at) = (g + 2, at + 2 * group);
+        } else {
+            let x = &xq[at..at + group];
+            let a = isum(&w[g * half..][..half], &x[..half], &x[half..]);
+            total += c[g] * a as f32;
+            (g, at) = (g + 1, at + group);
+        }
+    }
+    let tail: i32 = w[full * group / 2..]
+        .iter()
+        .zip(xq[full * group..].chunks_exact(2))
+        .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
+        .sum();
+    if full * group < k {
+        total += c[full] * tail as f32;
+    }
+    total
 }

@@ -12,7 +12,7 @@ use float8::F8E4M3;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
-use super::WeightElem;
+use super::{E4m3NoNan, Scalar, U4x2};
 
 /// Proof that the CPU runs AVX2 and FMA code. Made only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,30 +64,114 @@ pub(crate) fn dot4_f16(_: Avx2FmaF16c, w: [&[f16]; 4], x: &[f32], next: [&[f16];
     unsafe { dot4_f16_avx2(w, x, next) }
 }
 
-/// Four e4m3 rows against `x` with block scales (`scales[q][kb]` for row `q`, block `kb` of
-/// `cols` elements), prefetching `next`: each block's products are summed in registers, then
-/// the block sum is multiplied by its scale (times the 2⁸ the widening leaves out) with one
-/// FMA per row, so no horizontal sum runs per block.
+/// Four rows of block-scaled one-value elements (e4m3, i8) against `x` (`scales[q][kb]` for
+/// row `q`, block `kb` of `cols` elements), prefetching `next`: each block's products are
+/// summed in registers, then the block sum is multiplied by its scale (times the
+/// [`Load8Scaled::FACTOR`] the widening leaves out) with one FMA per row, so no horizontal sum
+/// runs per block. For the elements whose widening needs F16C (e4m3).
 #[inline]
-pub(crate) fn dot4_e4m3_scaled(
+pub(crate) fn dot4_scaled_f16c<W: Load8Scaled>(
     _: Avx2FmaF16c,
-    w: [&[F8E4M3]; 4],
+    w: [&[W]; 4],
     x: &[f32],
-    next: [&[F8E4M3]; 4],
+    next: [&[W]; 4],
     scales: [&[f32]; 4],
     cols: usize,
 ) -> [f32; 4] {
     // SAFETY: the `Avx2FmaF16c` token exists, so detection found AVX2, FMA and F16C.
-    unsafe { dot4_e4m3_scaled_avx2(w, x, next, scales, cols) }
+    unsafe { dot4_scaled_f16c_inner(w, x, next, scales, cols) }
+}
+
+/// [`dot4_scaled_f16c`] for the elements that widen with AVX2 alone (i8).
+#[inline]
+pub(crate) fn dot4_scaled<W: Load8Scaled>(
+    _: Avx2Fma,
+    w: [&[W]; 4],
+    x: &[f32],
+    next: [&[W]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { dot4_scaled_inner(w, x, next, scales, cols) }
 }
 
 /// # Safety
 /// AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_e4m3_scaled_avx2(
-    w: [&[F8E4M3]; 4],
+unsafe fn dot4_scaled_f16c_inner<W: Load8Scaled>(
+    w: [&[W]; 4],
     x: &[f32],
-    next: [&[F8E4M3]; 4],
+    next: [&[W]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    dot4_block_scaled(w, x, next, scales, cols)
+}
+
+/// # Safety
+/// AVX2 and FMA must be available (and whatever `W::load8_scaled` uses: see its impls).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_scaled_inner<W: Load8Scaled>(
+    w: [&[W]; 4],
+    x: &[f32],
+    next: [&[W]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    dot4_block_scaled(w, x, next, scales, cols)
+}
+
+/// A one-value element that widens 8 at a time to `value / FACTOR`, exactly.
+pub(crate) trait Load8Scaled: Scalar {
+    /// What the widened lanes are divided by (folded into the block scale).
+    const FACTOR: f32;
+
+    /// # Safety
+    /// `p` must point at 8 readable elements, inside a function with the needed features.
+    unsafe fn load8_scaled(p: *const Self) -> __m256;
+}
+
+impl Load8Scaled for F8E4M3 {
+    const FACTOR: f32 = 256.0;
+
+    #[inline(always)]
+    unsafe fn load8_scaled(p: *const F8E4M3) -> __m256 {
+        e4m3_over_256(p)
+    }
+}
+
+impl Load8Scaled for E4m3NoNan {
+    const FACTOR: f32 = 256.0;
+
+    /// Each byte moved to the top of a 16-bit lane (`s.eeee.mmm` then 8 zeros), shifted right
+    /// arithmetically by one (the sign lands on bits 15 and 14) and bit 14 cleared: the sign
+    /// at bit 15 and the magnitude `<< 7`, the f16 pattern of the value over 2⁸ that
+    /// [`e4m3_over_256`] builds, without its NaN patch.
+    #[inline(always)]
+    unsafe fn load8_scaled(p: *const E4m3NoNan) -> __m256 {
+        let b = _mm_loadl_epi64(p as *const __m128i);
+        let high = _mm_unpacklo_epi8(_mm_setzero_si128(), b);
+        let bits = _mm_and_si128(_mm_srai_epi16::<1>(high), _mm_set1_epi16(0xbfff_u16 as i16));
+        _mm256_cvtph_ps(bits)
+    }
+}
+
+impl Load8Scaled for i8 {
+    const FACTOR: f32 = 1.0;
+
+    #[inline(always)]
+    unsafe fn load8_scaled(p: *const i8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+}
+
+/// The body of the block-scaled kernels of one-value elements.
+#[inline(always)]
+unsafe fn dot4_block_scaled<W: Load8Scaled>(
+    w: [&[W]; 4],
+    x: &[f32],
+    next: [&[W]; 4],
     scales: [&[f32]; 4],
     cols: usize,
 ) -> [f32; 4] {
@@ -104,14 +188,89 @@ unsafe fn dot4_e4m3_scaled_avx2(
             prefetch_line(next, i, 8);
             let xv = _mm256_loadu_ps(px.add(i));
             for (acc, p) in acc.iter_mut().zip(p) {
-                *acc = _mm256_fmadd_ps(e4m3_over_256(p.add(i)), xv, *acc);
+                *acc = _mm256_fmadd_ps(W::load8_scaled(p.add(i)), xv, *acc);
             }
             i += 8;
         }
         for q in 0..4 {
             let s = scales[q][kb];
-            total[q] = _mm256_fmadd_ps(acc[q], _mm256_set1_ps(s * 256.0), total[q]);
+            total[q] = _mm256_fmadd_ps(acc[q], _mm256_set1_ps(s * W::FACTOR), total[q]);
             tail[q] += (i..hi).map(|j| w[q][j].widen() * x[j]).sum::<f32>() * s;
+        }
+        (lo, kb) = (hi, kb + 1);
+    }
+    std::array::from_fn(|q| hsum(total[q]) + tail[q])
+}
+
+/// Four rows of 4-bit pairs against `x` laid out by [`split_even_odd`], with block scales
+/// over blocks of `cols` values (`cols` a multiple of 16, so no 16-value group straddles two
+/// blocks), prefetching `next`. Per 16 values one 8-byte load per row, zero-extended to 8
+/// lanes: `& 15` gives the even values and `>> 4` the odd ones, as the bf16 kernel splits
+/// its pairs.
+#[inline]
+pub(crate) fn dot4_u4_scaled(
+    _: Avx2Fma,
+    w: [&[U4x2]; 4],
+    x: &[f32],
+    next: [&[U4x2]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    assert!(
+        cols > 0 && cols.is_multiple_of(16),
+        "4-bit blocks must be a multiple of 16 values, not {cols}"
+    );
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { dot4_u4_scaled_avx2(w, x, next, scales, cols) }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_u4_scaled_avx2(
+    w: [&[U4x2]; 4],
+    x: &[f32],
+    next: [&[U4x2]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    let len = x
+        .len()
+        .min(2 * w.iter().map(|r| r.len()).min().unwrap_or(0));
+    let (p, px) = (w.map(|r| r.as_ptr()), x.as_ptr());
+    let low = _mm256_set1_epi32(15);
+    let mut total = [_mm256_setzero_ps(); 4];
+    let mut tail = [0f32; 4];
+    let (mut lo, mut kb) = (0, 0);
+    while lo < len {
+        let hi = (lo + cols).min(len);
+        let mut even = [_mm256_setzero_ps(); 4];
+        let mut odd = [_mm256_setzero_ps(); 4];
+        let mut i = lo;
+        while i + 16 <= hi {
+            prefetch_line(next, i / 2, 8);
+            let (even_x, odd_x) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
+            for r in 0..4 {
+                let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p[r].add(i / 2) as *const __m128i));
+                let e = _mm256_cvtepi32_ps(_mm256_and_si256(b, low));
+                let o = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(b));
+                even[r] = _mm256_fmadd_ps(e, even_x, even[r]);
+                odd[r] = _mm256_fmadd_ps(o, odd_x, odd[r]);
+            }
+            i += 16;
+        }
+        for q in 0..4 {
+            let s = scales[q][kb];
+            let sum = _mm256_add_ps(even[q], odd[q]);
+            total[q] = _mm256_fmadd_ps(sum, _mm256_set1_ps(s), total[q]);
+            // The tail (< 16 values, last block only) is in natural order.
+            let t: f32 = (i..hi)
+                .map(|j| {
+                    let (a, b) = w[q][j / 2].pair();
+                    (if j % 2 == 0 { a } else { b }) * x[j]
+                })
+                .sum();
+            tail[q] += t * s;
         }
         (lo, kb) = (hi, kb + 1);
     }
@@ -152,7 +311,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// Sums the accumulators of each row and adds the scalar tail `from..` in natural order.
 #[inline(always)]
-unsafe fn finish<W: WeightElem>(
+unsafe fn finish<W: Scalar>(
     w: [&[W]; 4],
     x: &[f32],
     lo: [__m256; 4],
@@ -236,11 +395,7 @@ impl Load8 for f16 {
 /// Four rows, 16 elements per iteration: two activation loads shared by eight weight loads
 /// into eight independent accumulators, then a scalar tail.
 #[inline(always)]
-unsafe fn dot4_widening<W: Load8 + WeightElem>(
-    w: [&[W]; 4],
-    x: &[f32],
-    next: [&[W]; 4],
-) -> [f32; 4] {
+unsafe fn dot4_widening<W: Load8 + Scalar>(w: [&[W]; 4], x: &[f32], next: [&[W]; 4]) -> [f32; 4] {
     let len = common_len(&w, x);
     let p = w.map(|r| r.as_ptr());
     let px = x.as_ptr();
@@ -322,4 +477,64 @@ unsafe fn e4m3_over_256(p: *const F8E4M3) -> __m256 {
         _mm_or_si128(_mm_slli_epi16::<7>(mag), sign),
         nan,
     ))
+}
+
+/// One row of the 4-bit product with 8-bit activations (`q4`): per pair of groups one 32-byte
+/// load of the weights, `& 15` and `>> 4 & 15` for the even and odd values, two
+/// `maddubs` (u8 x i8 pairs into i16: at most 2 · 15 · 127, no saturation) and one `madd`
+/// into 8 i32 lanes (4 per group), converted and multiplied by each group's `c`.
+#[inline]
+pub(crate) fn dot_u4_q8(_: Avx2Fma, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { dot_u4_q8_avx2(w, xq, c) }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
+    const GROUP: usize = super::q4::GROUP;
+    let k = xq.len().min(2 * w.len());
+    let full = k / GROUP;
+    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
+    let (pw, px) = (w.as_ptr() as *const u8, xq.as_ptr());
+    let nib = _mm256_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let (mut g, mut at) = (0, 0);
+    while g + 1 < full {
+        let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
+        let lo = _mm256_and_si256(b, nib);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
+        let xe = _mm256_loadu_si256(px.add(at) as *const __m256i);
+        let xo = _mm256_loadu_si256(px.add(at + GROUP) as *const __m256i);
+        let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+        let s32 = _mm256_madd_epi16(s16, ones);
+        let cv = _mm256_set_m128(_mm_set1_ps(c[g + 1]), _mm_set1_ps(c[g]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), cv, acc);
+        (g, at) = (g + 2, at + 2 * GROUP);
+    }
+    let mut total = hsum(acc);
+    if g < full {
+        let b = _mm_loadu_si128(pw.add(g * GROUP / 2) as *const __m128i);
+        let nib = _mm_set1_epi8(15);
+        let lo = _mm_and_si128(b, nib);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
+        let xe = _mm_loadu_si128(px.add(at) as *const __m128i);
+        let xo = _mm_loadu_si128(px.add(at + GROUP / 2) as *const __m128i);
+        let s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo));
+        let s32 = _mm_madd_epi16(s16, _mm_set1_epi16(1));
+        let v = _mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[g]));
+        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        total += _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+    }
+    if full * GROUP < k {
+        let tail: i32 = w[full * GROUP / 2..k / 2]
+            .iter()
+            .zip(xq[full * GROUP..].chunks_exact(2))
+            .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
+            .sum();
+        total += c[full] * tail as f32;
+    }
+    total
 }

@@ -6,9 +6,9 @@ use rope_yarn::RopeCache;
 
 use super::sparse::selections;
 use super::{check_start, AttentionPath, Mla};
-use crate::cache::LatentKeys;
+use crate::cache::{LatentKeys, LayerCache};
 use crate::error::{MlaError, Result};
-use crate::indexer::{DsaCache, Indexer};
+use crate::indexer::{DsaCache, Indexer, IndexerCache};
 use crate::sparse::SparsePattern;
 
 impl Mla {
@@ -37,6 +37,23 @@ impl Mla {
         indexer: &Indexer,
         path: AttentionPath,
     ) -> Result<(Tensor, SparsePattern)> {
+        let cache = cache.map(|c| (&mut c.latent, &mut c.index));
+        self.forward_dsa_split(x, start_pos, rope, cache, indexer, path)
+    }
+
+    /// [`Mla::forward_dsa`] over a layer's two caches borrowed apart (the latent cache and
+    /// the indexer's key cache, same rules as a [`DsaCache`]): for callers that keep every
+    /// layer's latent cache in one [`LatentKvCache`](crate::LatentKvCache) and the indexer
+    /// caches beside it.
+    pub fn forward_dsa_split(
+        &self,
+        x: &Tensor,
+        start_pos: usize,
+        rope: &mut RopeCache,
+        cache: Option<(&mut LayerCache, &mut IndexerCache)>,
+        indexer: &Indexer,
+        path: AttentionPath,
+    ) -> Result<(Tensor, SparsePattern)> {
         let (b, t) = self.check_x(x)?;
         if indexer.config().q_lora_rank != self.config.q_lora_rank.unwrap_or(0)
             || indexer.config().hidden_size != self.config.hidden_size
@@ -62,26 +79,26 @@ impl Mla {
                 let pattern = indexer.select(x, q_resid, &cos, &sin, None)?;
                 (pattern, LatentKeys::contiguous(&p.c_kv, &p.k_pe)?)
             }
-            Some(cache) => {
-                self.check_cache(&cache.latent, b)?;
-                let len = cache.latent.uniform_len().ok_or_else(|| {
+            Some((latent, index)) => {
+                self.check_cache(latent, b)?;
+                let len = latent.uniform_len().ok_or_else(|| {
                     MlaError::Cache(format!(
                         "sequences hold different lengths {:?}: DSA needs equal lengths",
-                        cache.latent.lens()
+                        latent.lens()
                     ))
                 })?;
-                if cache.index.lens() != cache.latent.lens() {
+                if index.lens() != latent.lens() {
                     return Err(MlaError::Cache(format!(
                         "the indexer cache holds {:?} tokens, the latent cache {:?}: truncate \
                          them together (DsaCache::truncate)",
-                        cache.index.lens(),
-                        cache.latent.lens()
+                        index.lens(),
+                        latent.lens()
                     )));
                 }
                 check_start(start_pos, len)?;
-                let pattern = indexer.select(x, q_resid, &cos, &sin, Some(&mut cache.index))?;
-                cache.latent.append(&p.c_kv, &p.k_pe)?;
-                (pattern, cache.latent.keys()?)
+                let pattern = indexer.select(x, q_resid, &cos, &sin, Some(index))?;
+                latent.append(&p.c_kv, &p.k_pe)?;
+                (pattern, latent.keys()?)
             }
         };
         let rows = selections(&pattern, b, t, keys.len())?;

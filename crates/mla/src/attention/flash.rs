@@ -13,7 +13,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::{causal_mask, linear, Mla, Projected};
+use super::{causal_mask, linear_dense, Mla, Projected};
 use crate::cache::LatentKeys;
 use crate::config::MlaConfig;
 use crate::error::Result;
@@ -299,7 +299,7 @@ impl Blocked for ExpandedBlocks<'_> {
         let (c_kv, k_pe) = self.keys.narrow(k0, len)?;
         let b = c_kv.dim(0)?;
         // [B, len, R] -> [B, len, H·(n+v)] -> [B, H, len, n+v]
-        let kv = linear(&c_kv, &self.mla.weights.kv_b_proj)?
+        let kv = linear_dense(&c_kv, &self.mla.weights.kv_b_proj)?
             .reshape((b, len, h, n + v))?
             .transpose(1, 2)?;
         let k_rot = k_pe.unsqueeze(1)?.broadcast_as((b, h, len, r))?;

@@ -49,20 +49,20 @@ pub fn random_layer_for(cfg: MlaConfig, seed_scale: f32) -> Mla {
     let (n, r, v) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim);
     let query = match cfg.q_lora_rank {
         Some(q) => QueryWeights::LowRank {
-            q_a_proj: w(q, c),
+            q_a_proj: w(q, c).into(),
             q_a_layernorm: (Tensor::rand(0.5f32, 1.5, q, &dev).unwrap()),
-            q_b_proj: w(h * (n + r), q),
+            q_b_proj: w(h * (n + r), q).into(),
         },
         None => QueryWeights::Direct {
-            q_proj: w(h * (n + r), c),
+            q_proj: w(h * (n + r), c).into(),
         },
     };
     let weights = MlaWeights {
         query,
-        kv_a_proj_with_mqa: w(rk + r, c),
+        kv_a_proj_with_mqa: w(rk + r, c).into(),
         kv_a_layernorm: Tensor::rand(0.5f32, 1.5, rk, &dev).unwrap(),
         kv_b_proj: w(h * (n + v), rk),
-        o_proj: w(c, h * v),
+        o_proj: w(c, h * v).into(),
     };
     Mla::new(cfg, weights).unwrap()
 }

@@ -314,12 +314,17 @@ impl Inner {
 
 impl Engine {
     /// Starts the engine thread over `model`. With a `tokenizer`, events carry text and stop
-    /// strings work.
+    /// strings work. DeepSeek-V3.2 checkpoints (sparse attention) are refused: the engine's
+    /// packed passes and page sharing do not carry the indexer caches yet (use
+    /// [`crate::generate`]).
     pub fn start(
         model: Arc<DeepSeek>,
         tokenizer: Option<Arc<Tokenizer>>,
         config: EngineConfig,
     ) -> Result<Self> {
+        if model.config().is_dsa() {
+            return Err(crate::model::dsa_unsupported("the engine"));
+        }
         config.validate()?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(EngineStats {

@@ -1,0 +1,200 @@
+//! [`Matrix`]: a weight matrix in whichever format it is kept, and the one product every
+//! layer calls.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::quant::{linear_quant_with, QuantFormat, QuantMatrix};
+use crate::{linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK};
+
+/// A weight matrix `[N, K]` (`[out, in]`, the checkpoint's layout) in one of the formats the
+/// kernels read as stored: a dense tensor (f32, bf16, f16), FP8 e4m3 with block scales as
+/// DeepSeek ships it, or 8/4-bit block-quantised ([`QuantMatrix`]). Cloning is cheap (tensors
+/// and the quantised data are shared).
+///
+/// Layers hold their projections as `Matrix` and call [`Matrix::forward`]; the format is
+/// chosen where the model is loaded ([`Matrix::quantize`]).
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// f32, bf16 or f16 values (widened in registers on the CPU).
+    Dense(Tensor),
+    /// e4m3 values with f32 block scales.
+    Fp8(Arc<Fp8Matrix>),
+    /// 8-bit or 4-bit groups with f32 parameters (host memory).
+    Quant(Arc<QuantMatrix>),
+}
+
+impl From<Tensor> for Matrix {
+    fn from(t: Tensor) -> Self {
+        Matrix::Dense(t)
+    }
+}
+
+impl From<Fp8Matrix> for Matrix {
+    fn from(m: Fp8Matrix) -> Self {
+        Matrix::Fp8(Arc::new(m))
+    }
+}
+
+impl From<QuantMatrix> for Matrix {
+    fn from(m: QuantMatrix) -> Self {
+        Matrix::Quant(Arc::new(m))
+    }
+}
+
+impl Matrix {
+    /// Reads `name` (e.g. `q_proj.weight`) from `vb`. A weight stored with a
+    /// `{name}_scale_inv` sibling is DeepSeek's FP8 format: it is requested as e4m3, and if the
+    /// builder returns e4m3 (it keeps FP8 as shipped) the matrix is an [`Fp8Matrix`] over
+    /// 128 x 128 blocks; a builder that returns another dtype has dequantised it. Every other
+    /// weight is requested in `vb`'s dtype (a builder may keep matrices narrower).
+    pub fn load(vb: &VarBuilder, name: &str) -> Result<Matrix> {
+        let scale = format!("{name}_scale_inv");
+        if vb.contains_tensor(&scale) {
+            let q = vb.get_unchecked_dtype(name, DType::F8E4M3)?;
+            if q.dtype() != DType::F8E4M3 {
+                return Ok(q.into());
+            }
+            let s = vb.get_unchecked_dtype(&scale, DType::F32)?;
+            let full = |e: candle_core::Error| e.context(format!("{}.{name}", vb.prefix()));
+            return Ok(Fp8Matrix::new(q, &s, FP8_BLOCK).map_err(full)?.into());
+        }
+        Ok(vb.get_unchecked_dtype(name, vb.dtype())?.into())
+    }
+
+    /// `x · Wᵀ` for `x` `[..., K]`: `[..., N]` in `x`'s dtype, accumulated in f32 on the CPU
+    /// ([`Isa::detect`]'s path).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(Isa::detect(), x)
+    }
+
+    /// [`Matrix::forward`] on the kernel path `isa`. A quantised matrix with activations on
+    /// another device computes on the host and returns to `x`'s device.
+    pub fn forward_with(&self, isa: Isa, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(w) => linear_with(isa, x, w),
+            Matrix::Fp8(w) => linear_fp8_with(isa, x, w),
+            Matrix::Quant(w) => linear_quant_with(isa, x, w),
+        }
+    }
+
+    /// The shape `[N, K]` (a dense tensor reports its own dims, whatever its rank).
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Matrix::Dense(w) => w.dims(),
+            Matrix::Fp8(w) => w.weight().dims(),
+            Matrix::Quant(w) => w.dims(),
+        }
+    }
+
+    /// Bytes one product reads (values and scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Matrix::Dense(w) => crate::weight_bytes(w),
+            Matrix::Fp8(w) => w.bytes(),
+            Matrix::Quant(w) => w.bytes(),
+        }
+    }
+
+    /// The format's name: `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Matrix::Dense(w) => w.dtype().as_str(),
+            Matrix::Fp8(_) => "fp8",
+            Matrix::Quant(w) => w.format().name(),
+        }
+    }
+
+    /// Where the values live (quantised matrices: the host).
+    pub fn device(&self) -> Device {
+        match self {
+            Matrix::Dense(w) => w.device().clone(),
+            Matrix::Fp8(w) => w.weight().device().clone(),
+            Matrix::Quant(_) => Device::Cpu,
+        }
+    }
+
+    /// The dense tensor, if the matrix is one.
+    pub fn as_dense(&self) -> Option<&Tensor> {
+        match self {
+            Matrix::Dense(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The values as an f32 tensor `[N, K]` (exact for dense and FP8 matrices; the
+    /// quantised values for the others).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(w) => w.to_dtype(DType::F32),
+            Matrix::Fp8(w) => w.dequantize(),
+            Matrix::Quant(w) => w.dequantize(),
+        }
+    }
+
+    /// The matrix in `format`, from its exact values (FP8 is dequantised in f32 first). A
+    /// matrix already in `format` is returned as is.
+    pub fn quantize(&self, format: QuantFormat) -> Result<Matrix> {
+        if let Matrix::Quant(w) = self {
+            if w.format() == format {
+                return Ok(self.clone());
+            }
+        }
+        Ok(QuantMatrix::quantize(&self.dequantize()?, format)?.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_computes_the_same_product() {
+        let dev = Device::Cpu;
+        let val = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.731 + s).sin() * 1.7).collect()
+        };
+        let w = Tensor::from_vec(val(48 * 128, 0.2), (48, 128), &dev).unwrap();
+        let x = Tensor::from_vec(val(3 * 128, 1.3), (3, 128), &dev).unwrap();
+        let exact = w.clone().into();
+        let want = Matrix::forward(&exact, &x).unwrap();
+        for (m, tol) in [
+            (Matrix::from(w.to_dtype(DType::BF16).unwrap()), 0.2),
+            (exact.quantize(QuantFormat::Q8).unwrap(), 0.5),
+            (exact.quantize(QuantFormat::Q4).unwrap(), 5.0),
+        ] {
+            assert_eq!(m.dims(), &[48, 128]);
+            let got = m.forward(&x).unwrap();
+            let err: f32 = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(err < tol, "{}: {err}", m.format());
+            // The product is the product with the dequantised values (for 4 bits, up to the
+            // 8-bit rounding of the activations a decode-sized product makes: under 1%).
+            let d = x.matmul(&m.dequantize().unwrap().t().unwrap()).unwrap();
+            let scale: f32 = d.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let err: f32 = (m.forward(&x).unwrap() - d)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let tol = if m.format() == "q4" {
+                1e-2 * scale
+            } else {
+                1e-3
+            };
+            assert!(err < tol, "{}: {err}", m.format());
+        }
+        assert!(exact.bytes() > exact.quantize(QuantFormat::Q8).unwrap().bytes());
+    }
+}

@@ -1,0 +1,543 @@
+//! 8-bit and 4-bit block-quantised weights, for checkpoints shipped in bf16, f16 or f32.
+//!
+//! Each weight row is cut into groups of [`QUANT_GROUP`] (32) values along `K`; each group
+//! keeps its own f16 parameters, so the values are GGUF's:
+//! - [`QuantFormat::Q8`]: `W[r, c] = s[r, g] · q[r, c]`, `q` an i8 in `-127..=127`,
+//!   `s = max |w| / 127` over the group (symmetric: GGUF's Q8_0). 8.5 bits per weight.
+//! - [`QuantFormat::Q4`]: `W[r, c] = s[r, g] · q[r, c] + m[r, g]`, `q` in `0..=15`, two per
+//!   byte (asymmetric: GGUF's Q4_1). `s` and `m` are fitted per group by least squares
+//!   (alternating the rounding of `q` and the 2x2 normal equations for `(s, m)`, from several
+//!   starting ranges, every candidate rounded to f16 before it is scored; the smallest sum of
+//!   squared errors wins), where llama.cpp's Q4_1 takes the group's min and max. 5 bits per
+//!   weight; `quant_error` in `benchmarks/` compares the error with llama.cpp's types.
+//!
+//! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
+//! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
+//! activations' exact group sums. The first:
+//! - Q8, and Q4 with more than [`GEMV_MAX_ROWS`] rows (prefill): f32 activations against the
+//!   stored integers widened in registers (never dequantised to memory), one scale per group:
+//!   the product with the dequantised matrix up to f32 summation order;
+//! - Q4 with up to [`GEMV_MAX_ROWS`] rows (decode): the activations rounded to 8 bits per
+//!   group, as llama.cpp does for its 4-bit formats, and the integer products summed exactly
+//!   (`kernel::q4`): 2-3x fewer operations per weight, at an activation rounding error far
+//!   below the 4-bit weights' own. So a 4-bit decode step and a prefill over the same tokens
+//!   agree to that rounding, not to summation order.
+//!
+//! The tests check each path against an f64 oracle of its own arithmetic on every
+//! instruction-set path.
+
+use std::fmt;
+
+use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::kernel::{self, BlockScales, Scales, U4x2};
+use crate::{Isa, GEMV_MAX_ROWS};
+use half::f16;
+
+/// Values per quantisation group along `K` (GGUF's Q8_0/Q4_1 block; a multiple of 16, as the
+/// 4-bit kernel needs).
+pub const QUANT_GROUP: usize = kernel::q4::GROUP;
+
+/// A block-quantised format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// 8-bit symmetric (i8 and one f16 scale per group).
+    Q8,
+    /// 4-bit asymmetric (two values per byte, an f16 scale and offset per group).
+    Q4,
+}
+
+impl QuantFormat {
+    /// Stored bits per weight, parameters included.
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            QuantFormat::Q8 => 8.0 + 16.0 / QUANT_GROUP as f64,
+            QuantFormat::Q4 => 4.0 + 32.0 / QUANT_GROUP as f64,
+        }
+    }
+
+    /// `q8` or `q4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8 => "q8",
+            QuantFormat::Q4 => "q4",
+        }
+    }
+}
+
+impl fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone)]
+enum Values {
+    I8(Vec<i8>),
+    U4(Vec<U4x2>),
+}
+
+/// A host-memory matrix `[N, K]` in a [`QuantFormat`].
+#[derive(Clone)]
+pub struct QuantMatrix {
+    format: QuantFormat,
+    dims: [usize; 2],
+    values: Values,
+    /// `[N, ceil(K / QUANT_GROUP)]`.
+    scales: Vec<f16>,
+    /// `[N, ceil(K / QUANT_GROUP)]` (Q4; empty for Q8).
+    mins: Vec<f16>,
+}
+
+impl fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuantMatrix")
+            .field("format", &self.format)
+            .field("dims", &self.dims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuantMatrix {
+    /// Quantises `w` `[N, K]` (any float dtype, any device: read as f32). Errors on a
+    /// non-finite weight (naming its row and column) and, for Q4, on an odd `K`.
+    pub fn quantize(w: &Tensor, format: QuantFormat) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        let rows: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Self::from_rows(&rows, n, k, format)
+    }
+
+    /// [`QuantMatrix::quantize`] of a row-major `[n, k]` slice.
+    pub fn from_rows(w: &[f32], n: usize, k: usize, format: QuantFormat) -> Result<Self> {
+        if w.len() != n * k {
+            candle_core::bail!("quantize: {} values for a [{n}, {k}] matrix", w.len());
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            candle_core::bail!(
+                "quantize: weight [{}, {}] is {} (only finite weights quantise)",
+                i / k,
+                i % k,
+                w[i]
+            );
+        }
+        if format == QuantFormat::Q4 && !k.is_multiple_of(2) {
+            candle_core::bail!("quantize q4: in-features {k} must be even (two values per byte)");
+        }
+        let groups = k.div_ceil(QUANT_GROUP);
+        let mut scales = vec![f16::ZERO; n * groups];
+        // Offsets: Q4 only (Q8's stay zero and are dropped).
+        let mut mins = vec![f16::ZERO; n * groups];
+        let mut q = vec![0u8; n * k];
+        // One row per task: rows are independent.
+        w.par_chunks(k.max(1))
+            .zip(q.par_chunks_mut(k.max(1)))
+            .zip(scales.par_chunks_mut(groups.max(1)))
+            .zip(mins.par_chunks_mut(groups.max(1)))
+            .for_each(|(((row, q), s), m)| {
+                let groups = row.chunks(QUANT_GROUP).zip(q.chunks_mut(QUANT_GROUP));
+                for (g, (v, q)) in groups.enumerate() {
+                    match format {
+                        QuantFormat::Q8 => s[g] = quantize_q8(v, q),
+                        QuantFormat::Q4 => (s[g], m[g]) = quantize_q4(v, q),
+                    }
+                }
+            });
+        if format == QuantFormat::Q8 {
+            mins = Vec::new();
+        }
+        let values = match format {
+            QuantFormat::Q8 => Values::I8(q.into_iter().map(|b| b as i8).collect()),
+            QuantFormat::Q4 => Values::U4(
+                q.chunks_exact(2)
+                    .map(|p| U4x2(p[0] | (p[1] << 4)))
+                    .collect(),
+            ),
+        };
+        Ok(Self {
+            format,
+            dims: [n, k],
+            values,
+            scales,
+            mins,
+        })
+    }
+
+    /// The format.
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// `[N, K]`.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Bytes a product reads: the packed values and the per-group parameters.
+    pub fn bytes(&self) -> usize {
+        let values = match &self.values {
+            Values::I8(v) => v.len(),
+            Values::U4(v) => v.len(),
+        };
+        values + 2 * (self.scales.len() + self.mins.len())
+    }
+
+    /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
+    pub fn dequantize_rows(&self) -> Vec<f32> {
+        let [n, k] = self.dims;
+        let groups = k.div_ceil(QUANT_GROUP);
+        let mut out = vec![0f32; n * k];
+        for (r, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(n) {
+            match &self.values {
+                Values::I8(v) => i8::widen_row(&v[r * k..(r + 1) * k], row),
+                Values::U4(v) => U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row),
+            }
+            for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
+                let s = self.scales[r * groups + g].to_f32();
+                let m = self.mins.get(r * groups + g).map_or(0.0, |m| m.to_f32());
+                for v in vals {
+                    *v = *v * s + m;
+                }
+            }
+        }
+        out
+    }
+
+    /// [`QuantMatrix::dequantize_rows`] as an f32 tensor on the CPU.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Tensor::from_vec(
+            self.dequantize_rows(),
+            (self.dims[0], self.dims[1]),
+            &candle_core::Device::Cpu,
+        )
+    }
+
+    /// `xs` (`m` row-major f32 rows of `K`) times the matrix: `[m, N]` row-major, on the
+    /// kernel path `isa` (matrix-vector kernel up to [`GEMV_MAX_ROWS`] rows, GEMM above).
+    ///
+    /// # Panics
+    /// If `xs.len() != m · K`.
+    pub fn matmul(&self, isa: Isa, xs: &[f32], m: usize) -> Vec<f32> {
+        let [n, k] = self.dims;
+        assert_eq!(
+            xs.len(),
+            m * k,
+            "QuantMatrix::matmul: xs must hold m rows of K"
+        );
+        let scales = BlockScales {
+            scale: Scales::F16(&self.scales),
+            rows: 1,
+            cols: QUANT_GROUP,
+        };
+        fn run<W: kernel::WeightElem>(
+            isa: Isa,
+            w: &[W],
+            k: usize,
+            xs: &[f32],
+            m: usize,
+            s: Option<&BlockScales>,
+        ) -> Vec<f32> {
+            if m <= GEMV_MAX_ROWS {
+                kernel::matmul_rows(isa, w, k, xs, m, s)
+            } else {
+                kernel::gemm(w, k, xs, m, s)
+            }
+        }
+        let mut out = match &self.values {
+            Values::I8(v) => run(isa, v, k, xs, m, Some(&scales)),
+            // Decode-sized products round the activations to 8 bits (see `kernel::q4`).
+            Values::U4(v) if m <= GEMV_MAX_ROWS => {
+                kernel::q4::matmul_u4_q8(isa, v, k, xs, m, &self.scales)
+            }
+            Values::U4(v) => run(isa, v, k, xs, m, Some(&scales)),
+        };
+        if !self.mins.is_empty() && n > 0 {
+            // Σ_g m[r, g] · (sum of x over group g): the offsets against the group sums.
+            let groups = k.div_ceil(QUANT_GROUP);
+            let sums: Vec<f32> = xs
+                .chunks_exact(k.max(1))
+                .flat_map(|x| x.chunks(QUANT_GROUP).map(|g| g.iter().sum::<f32>()))
+                .collect();
+            let offsets = run(isa, &self.mins, groups, &sums, m, None);
+            for (o, v) in out.iter_mut().zip(offsets) {
+                *o += v;
+            }
+        }
+        out
+    }
+}
+
+use kernel::WeightElem as _;
+
+/// Q8 of one group: the scale (`max |w| / 127`, rounded to f16 first so that `q` is rounded
+/// against the stored scale); `q` gets the i8 values as bytes.
+fn quantize_q8(v: &[f32], q: &mut [u8]) -> f16 {
+    let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let s = f16::from_f32(amax / 127.0);
+    if s.to_f32() == 0.0 {
+        q.fill(0);
+        return f16::ZERO;
+    }
+    let inv = 1.0 / s.to_f32();
+    for (q, x) in q.iter_mut().zip(v) {
+        // Round half away from zero by truncation (`f32::round` is a libm call without
+        // SSE4.1, and this loop runs over every weight at load).
+        let t = x * inv;
+        *q = ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8 as u8;
+    }
+    s
+}
+
+/// Q4 of one group: `(scale, offset)` in f16 minimising `Σ (v - scale · q - offset)²`; `q`
+/// gets the values `0..=15`. From starting ranges around the group's (the full range and
+/// ranges a little wider and narrower, which trade error at the extremes for error in the
+/// bulk), alternate rounding `q` with the least-squares `(scale, offset)` for that rounding;
+/// every candidate is rounded to f16 before it is scored, and the best is kept.
+fn quantize_q4(v: &[f32], q: &mut [u8]) -> (f16, f16) {
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let flat = (f16::ZERO, f16::from_f32(lo));
+    if hi <= lo || !(hi - lo).is_finite() {
+        q.fill(0);
+        return flat;
+    }
+    let sv: f32 = v.iter().sum();
+    let mut best = (f32::INFINITY, flat.0, flat.1);
+    let mut trial = [0u8; QUANT_GROUP];
+    let trial = &mut trial[..v.len()];
+    for steps in [15.0f32, 14.0, 14.5, 15.5, 13.5, 16.0] {
+        let (mut s, mut m) = ((hi - lo) / steps, lo + (hi - lo) * (15.0 - steps) / 30.0);
+        for _ in 0..3 {
+            let (sh, mh) = (f16::from_f32(s), f16::from_f32(m));
+            let (s16, m16) = (sh.to_f32(), mh.to_f32());
+            if s16 <= 0.0 || !s16.is_finite() || !m16.is_finite() {
+                break;
+            }
+            // Round (by truncation: negative values clamp to 0 either way), then measure the
+            // error and gather the normal equations' sums, 8 independent lanes at a time so
+            // both loops vectorise (this runs over every weight at load).
+            let inv = 1.0 / s16;
+            for (t, &x) in trial.iter_mut().zip(v) {
+                *t = (((x - m16) * inv + 0.5) as i32).clamp(0, 15) as u8;
+            }
+            let mut acc = [[0f32; 8]; 4]; // Σq, Σq², Σqx, Σe²
+            for (t, x) in trial.chunks(8).zip(v.chunks(8)) {
+                for (i, (&t, &x)) in t.iter().zip(x).enumerate() {
+                    let qi = t as f32;
+                    let e = x - (s16 * qi + m16);
+                    acc[0][i] += qi;
+                    acc[1][i] += qi * qi;
+                    acc[2][i] += qi * x;
+                    acc[3][i] += e * e;
+                }
+            }
+            let [sq, sqq, sqv, sse] = acc.map(|a| a.iter().sum::<f32>());
+            if sse < best.0 {
+                best = (sse, sh, mh);
+                q.copy_from_slice(trial);
+            }
+            let n = v.len() as f32;
+            let det = n * sqq - sq * sq;
+            let ns = (n * sqv - sq * sv) / det;
+            if det <= 0.0 || ns <= 0.0 || !ns.is_finite() {
+                break;
+            }
+            (s, m) = (ns, (sv - ns * sq) / n);
+        }
+    }
+    if best.0.is_infinite() {
+        q.fill(0);
+        return flat;
+    }
+    (best.1, best.2)
+}
+
+/// `x · Wᵀ` for `x` `[..., K]` and a quantised `w`; the result has `x`'s dtype, computed in
+/// f32 on the host ([`Isa::detect`]'s path).
+pub fn linear_quant(x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
+    linear_quant_with(Isa::detect(), x, w)
+}
+
+/// [`linear_quant`] on the kernel path `isa`.
+pub fn linear_quant_with(isa: Isa, x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
+    let [n, k] = w.dims;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "linear ({}): input {dims:?} does not end in the weight's in-features {k} (weight [{n}, {k}])",
+            w.format
+        );
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let y = w.matmul(isa, &xs, m);
+    Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tests::assert_matches_oracle;
+    use proptest::prelude::*;
+
+    /// f64 oracle over the dequantised matrix, with the activations a 4-bit decode-sized
+    /// product uses: rounded to 8 bits per group (`kernel::q4`) in the scaled term, exact in
+    /// the offsets' term.
+    fn oracle(w: &QuantMatrix, xs: &[f32], m: usize) -> Vec<f64> {
+        let [n, k] = w.dims;
+        let groups = k.div_ceil(QUANT_GROUP);
+        let d = w.dequantize_rows();
+        let rounded = w.format == QuantFormat::Q4 && m <= GEMV_MAX_ROWS;
+        let mut out = vec![0f64; m * n];
+        for j in 0..m {
+            let x = &xs[j * k..(j + 1) * k];
+            let q8 = kernel::q4::q8_row(x);
+            let xq = kernel::q4::natural(&q8, k);
+            for r in 0..n {
+                out[j * n + r] = (0..k)
+                    .map(|c| {
+                        let g = c / QUANT_GROUP;
+                        let offset = w.mins.get(r * groups + g).map_or(0.0, |v| v.to_f64());
+                        let scaled = d[r * k + c] as f64 - offset;
+                        let xv = if rounded {
+                            xq[c] as f64 * q8.scale[g] as f64
+                        } else {
+                            x[c] as f64
+                        };
+                        scaled * xv + offset * x[c] as f64
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32, s: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 * 0.7318 + s + seed as f32).sin()) * 2.0)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Both formats, both regimes (up to and past GEMV_MAX_ROWS), partial last groups, on
+        /// every path this CPU runs, against the f64 product with the dequantised matrix (and
+        /// the rounded activations where the 4-bit kernel rounds them).
+        #[test]
+        fn kernels_match_the_dequantised_oracle(
+            half_k in 1usize..150,
+            n in 1usize..30,
+            m in prop::sample::select(vec![1usize, 2, 5, 32, 37]),
+            seed in 0u32..1000,
+        ) {
+            let k = 2 * half_k;
+            let w = values(n * k, seed, 0.3);
+            let xs = values(m * k, seed, 1.9);
+            for format in [QuantFormat::Q8, QuantFormat::Q4] {
+                let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+                let want = oracle(&q, &xs, m);
+                for isa in Isa::supported() {
+                    let got = q.matmul(isa, &xs, m);
+                    assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantisation_error_is_within_the_format() {
+        let (n, k) = (8, 256);
+        let w = values(n * k, 7, 0.1);
+        for (format, bound) in [
+            (QuantFormat::Q8, 0.5 / 127.0),
+            (QuantFormat::Q4, 0.5 / 15.0),
+        ] {
+            let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+            let d = q.dequantize_rows();
+            for (g, (a, b)) in w.chunks(QUANT_GROUP).zip(d.chunks(QUANT_GROUP)).enumerate() {
+                let range = a.iter().fold(0f32, |m, v| m.max(v.abs())) * 2.0;
+                let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                // Q8: half a step of amax/127; Q4: half a step of the range / 15 (least
+                // squares may widen the step a little: allow 40%).
+                assert!(
+                    err <= 1.4 * bound * range + 1e-6,
+                    "{format} group {g}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q4_least_squares_beats_min_max() {
+        // A group with one outlier: min/max rounding wastes most levels on it.
+        let mut v: Vec<f32> = (0..QUANT_GROUP)
+            .map(|i| (i as f32 * 0.37).sin() * 0.1)
+            .collect();
+        v[5] = 1.0;
+        let q = QuantMatrix::from_rows(&v, 1, QUANT_GROUP, QuantFormat::Q4).unwrap();
+        let d = q.dequantize_rows();
+        let fitted: f32 = v.iter().zip(&d).map(|(a, b)| (a - b).powi(2)).sum();
+        let (lo, hi) = (v.iter().cloned().fold(f32::MAX, f32::min), 1.0f32);
+        let s = (hi - lo) / 15.0;
+        let naive: f32 = v
+            .iter()
+            .map(|x| (x - (((x - lo) / s).round() * s + lo)).powi(2))
+            .sum();
+        assert!(fitted <= naive, "{fitted} > {naive}");
+    }
+
+    #[test]
+    fn zero_groups_are_exact_and_constant_ones_nearly() {
+        let w: Vec<f32> = [vec![0.0; QUANT_GROUP], vec![0.25; QUANT_GROUP]].concat();
+        for format in [QuantFormat::Q8, QuantFormat::Q4] {
+            let d = QuantMatrix::from_rows(&w, 2, QUANT_GROUP, format)
+                .unwrap()
+                .dequantize_rows();
+            assert!(d[..QUANT_GROUP].iter().all(|&v| v == 0.0), "{format}");
+            // Q4 holds a constant in its offset exactly; Q8 as 127 steps of an f16 scale.
+            let tol = if format == QuantFormat::Q4 {
+                0.0
+            } else {
+                0.25 / 2048.0
+            };
+            assert!(
+                d[QUANT_GROUP..].iter().all(|&v| (v - 0.25).abs() <= tol),
+                "{format}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let mut w = vec![1f32; 8];
+        w[5] = f32::NAN;
+        let e = QuantMatrix::from_rows(&w, 2, 4, QuantFormat::Q8).unwrap_err();
+        assert!(e.to_string().contains("[1, 1]"), "{e}");
+        let e = QuantMatrix::from_rows(&[1.0; 3], 1, 3, QuantFormat::Q4).unwrap_err();
+        assert!(e.to_string().contains("even"), "{e}");
+        assert!(QuantMatrix::from_rows(&[1.0; 3], 1, 3, QuantFormat::Q8).is_ok());
+    }
+
+    #[test]
+    fn linear_quant_keeps_shape_and_dtype() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::new(values(6 * 64, 1, 0.0), &dev)
+            .unwrap()
+            .reshape((6, 64))
+            .unwrap();
+        let q = QuantMatrix::quantize(&w, QuantFormat::Q4).unwrap();
+        let x = Tensor::new(values(2 * 3 * 64, 2, 0.0), &dev)
+            .unwrap()
+            .reshape((2, 3, 64))
+            .unwrap();
+        let y = linear_quant(&x, &q).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 6]);
+        assert!(linear_quant(&w, &q).is_ok());
+        assert!(linear_quant(&x.narrow(2, 0, 32).unwrap(), &q).is_err());
+    }
+}
