@@ -400,32 +400,6 @@ static E4M3: [f32; 256] = {
     t
 };
 
-impl WeightElem for F8E4M3 {
-    fn dot4(isa: Isa, w: [&[F8E4M3]; 4], x: &[f32], next: [&[F8E4M3]; 4]) -> [f32; 4] {
-        let _ = (isa, next);
-        portable::dot4(w, x)
-    }
-
-    fn dot4_scaled(
-        isa: Isa,
-        w: [&[F8E4M3]; 4],
-        x: &[f32],
-        next: [&[F8E4M3]; 4],
-        scales: [&[f32]; 4],
-        cols: usize,
-    ) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
-        }
-        dot4_per_block(isa, w, x, next, scales, cols)
-    }
-
-    fn widen_row(src: &[F8E4M3], dst: &mut [f32]) {
-        widen_scalars(src, dst)
-    }
-}
-
 impl Scalar for F8E4M3 {
     fn widen(self) -> f32 {
         E4M3[self.to_bits() as usize]
@@ -457,61 +431,9 @@ impl E4m3NoNan {
     }
 }
 
-impl WeightElem for E4m3NoNan {
-    fn dot4(isa: Isa, w: [&[E4m3NoNan]; 4], x: &[f32], next: [&[E4m3NoNan]; 4]) -> [f32; 4] {
-        let _ = (isa, next);
-        portable::dot4(w, x)
-    }
-
-    fn dot4_scaled(
-        isa: Isa,
-        w: [&[E4m3NoNan]; 4],
-        x: &[f32],
-        next: [&[E4m3NoNan]; 4],
-        scales: [&[f32]; 4],
-        cols: usize,
-    ) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
-        }
-        dot4_per_block(isa, w, x, next, scales, cols)
-    }
-
-    fn widen_row(src: &[E4m3NoNan], dst: &mut [f32]) {
-        widen_scalars(src, dst)
-    }
-}
-
 impl Scalar for E4m3NoNan {
     fn widen(self) -> f32 {
         E4M3[self.0 as usize]
-    }
-}
-
-impl WeightElem for i8 {
-    fn dot4(isa: Isa, w: [&[i8]; 4], x: &[f32], next: [&[i8]; 4]) -> [f32; 4] {
-        let _ = (isa, next);
-        portable::dot4(w, x)
-    }
-
-    fn dot4_scaled(
-        isa: Isa,
-        w: [&[i8]; 4],
-        x: &[f32],
-        next: [&[i8]; 4],
-        scales: [&[f32]; 4],
-        cols: usize,
-    ) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma() {
-            return x86::dot4_scaled(t, w, x, next, scales, cols);
-        }
-        dot4_per_block(isa, w, x, next, scales, cols)
-    }
-
-    fn widen_row(src: &[i8], dst: &mut [f32]) {
-        widen_scalars(src, dst)
     }
 }
 
@@ -520,6 +442,43 @@ impl Scalar for i8 {
         self as f32
     }
 }
+
+/// [`WeightElem`] for a one-value element that only ever comes with block scales (FP8, Q8):
+/// the SIMD kernel `x86::$kernel` when `isa.$token()` gives the proof token it needs, the
+/// portable loops otherwise.
+macro_rules! block_scaled_elem {
+    ($t:ty, $token:ident, $kernel:ident) => {
+        impl WeightElem for $t {
+            fn dot4(isa: Isa, w: [&[$t]; 4], x: &[f32], next: [&[$t]; 4]) -> [f32; 4] {
+                let _ = (isa, next);
+                portable::dot4(w, x)
+            }
+
+            fn dot4_scaled(
+                isa: Isa,
+                w: [&[$t]; 4],
+                x: &[f32],
+                next: [&[$t]; 4],
+                scales: [&[f32]; 4],
+                cols: usize,
+            ) -> [f32; 4] {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.$token() {
+                    return x86::$kernel(t, w, x, next, scales, cols);
+                }
+                dot4_per_block(isa, w, x, next, scales, cols)
+            }
+
+            fn widen_row(src: &[$t], dst: &mut [f32]) {
+                widen_scalars(src, dst)
+            }
+        }
+    };
+}
+
+block_scaled_elem!(F8E4M3, avx2_fma_f16c, dot4_scaled_f16c);
+block_scaled_elem!(E4m3NoNan, avx2_fma_f16c, dot4_scaled_f16c);
+block_scaled_elem!(i8, avx2_fma, dot4_scaled);
 
 impl WeightElem for U4x2 {
     const VALUES: usize = 2;
