@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use crate::kernel::{self, BlockScales, Scales};
-use crate::{Isa, GEMV_MAX_ROWS};
+use crate::Isa;
 
 /// DeepSeek's FP8 block size: 128 x 128.
 pub const FP8_BLOCK: (usize, usize) = (128, 128);
@@ -159,9 +159,5 @@ fn matmul_fp8<W: kernel::WeightElem>(
         rows,
         cols,
     };
-    if m <= GEMV_MAX_ROWS {
-        kernel::matmul_rows(isa, q, k, xs, m, Some(&scales))
-    } else {
-        kernel::gemm(q, k, xs, m, Some(&scales))
-    }
+    kernel::product(isa, q, k, xs, m, Some(&scales))
 }

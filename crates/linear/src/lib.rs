@@ -154,17 +154,10 @@ pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Ve
     let Storage::Cpu(cpu) = &*storage else {
         return None;
     };
-    fn run<W: kernel::WeightElem>(isa: Isa, w: &[W], k: usize, xs: &[f32], m: usize) -> Vec<f32> {
-        if m <= GEMV_MAX_ROWS {
-            kernel::matmul_rows(isa, w, k, xs, m, None)
-        } else {
-            kernel::gemm(w, k, xs, m, None)
-        }
-    }
     Some(match cpu {
-        CpuStorage::F32(v) => run(isa, &v[start..end], k, xs, m),
-        CpuStorage::BF16(v) => run(isa, &v[start..end], k, xs, m),
-        CpuStorage::F16(v) => run(isa, &v[start..end], k, xs, m),
+        CpuStorage::F32(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
+        CpuStorage::BF16(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
+        CpuStorage::F16(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
         _ => return None,
     })
 }

@@ -150,6 +150,10 @@ impl Matrix {
 mod tests {
     use super::*;
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
     #[test]
     fn every_format_computes_the_same_product() {
         let dev = Device::Cpu;
@@ -167,27 +171,13 @@ mod tests {
         ] {
             assert_eq!(m.dims(), &[48, 128]);
             let got = m.forward(&x).unwrap();
-            let err: f32 = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let err = max_abs(&(&got - &want).unwrap());
             assert!(err < tol, "{}: {err}", m.format());
             // The product is the product with the dequantised values (for 4 bits, up to the
             // 8-bit rounding of the activations a decode-sized product makes: under 1%).
             let d = x.matmul(&m.dequantize().unwrap().t().unwrap()).unwrap();
-            let scale: f32 = d.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let err: f32 = (m.forward(&x).unwrap() - d)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let scale = max_abs(&d);
+            let err = max_abs(&(got - d).unwrap());
             let tol = if m.format() == "q4" {
                 1e-2 * scale
             } else {

@@ -229,27 +229,13 @@ impl QuantMatrix {
             rows: 1,
             cols: QUANT_GROUP,
         };
-        fn run<W: kernel::WeightElem>(
-            isa: Isa,
-            w: &[W],
-            k: usize,
-            xs: &[f32],
-            m: usize,
-            s: Option<&BlockScales>,
-        ) -> Vec<f32> {
-            if m <= GEMV_MAX_ROWS {
-                kernel::matmul_rows(isa, w, k, xs, m, s)
-            } else {
-                kernel::gemm(w, k, xs, m, s)
-            }
-        }
         let mut out = match &self.values {
-            Values::I8(v) => run(isa, v, k, xs, m, Some(&scales)),
+            Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
             // Decode-sized products round the activations to 8 bits (see `kernel::q4`).
             Values::U4(v) if m <= GEMV_MAX_ROWS => {
                 kernel::q4::matmul_u4_q8(isa, v, k, xs, m, &self.scales)
             }
-            Values::U4(v) => run(isa, v, k, xs, m, Some(&scales)),
+            Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
         };
         if !self.mins.is_empty() && n > 0 {
             // Σ_g m[r, g] · (sum of x over group g): the offsets against the group sums.
@@ -258,7 +244,7 @@ impl QuantMatrix {
                 .chunks_exact(k.max(1))
                 .flat_map(|x| x.chunks(QUANT_GROUP).map(|g| g.iter().sum::<f32>()))
                 .collect();
-            let offsets = run(isa, &self.mins, groups, &sums, m, None);
+            let offsets = kernel::product(isa, &self.mins, groups, &sums, m, None);
             for (o, v) in out.iter_mut().zip(offsets) {
                 *o += v;
             }

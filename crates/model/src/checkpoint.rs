@@ -301,13 +301,9 @@ impl SimpleBackend for Backend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let err = |e: ModelError| candle_core::Error::Msg(e.to_string());
-        let stored = self.checkpoint.tensors.get(name).map(|m| m.dtype);
-        let is_matrix = !name.ends_with(SCALE_SUFFIX)
-            && self
-                .checkpoint
-                .tensors
-                .get(name)
-                .is_some_and(|m| m.shape.len() == 2);
+        let meta = self.checkpoint.tensors.get(name);
+        let stored = meta.map(|m| m.dtype);
+        let is_matrix = !name.ends_with(SCALE_SUFFIX) && meta.is_some_and(|m| m.shape.len() == 2);
         let t = if is_matrix
             && dtype == DType::F8E4M3
             && stored == Some(DType::F8E4M3)

@@ -21,7 +21,7 @@ use float8::F8E4M3;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::Isa;
+use crate::{Isa, GEMV_MAX_ROWS};
 
 pub(crate) use gemm::gemm;
 
@@ -228,6 +228,23 @@ fn transpose(out_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
     out
 }
 
+/// `[N, K]` weights times `m` rows `xs` `[m, K]` → `[m, N]` in the regime `m` calls for: the
+/// matrix-vector kernel up to [`GEMV_MAX_ROWS`] rows, the GEMM above (the crate docs).
+pub(crate) fn product<W: WeightElem>(
+    isa: Isa,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    scales: Option<&BlockScales>,
+) -> Vec<f32> {
+    if m <= GEMV_MAX_ROWS {
+        matmul_rows(isa, w, k, xs, m, scales)
+    } else {
+        gemm(w, k, xs, m, scales)
+    }
+}
+
 /// Per-block scales of a block-quantised weight (for weight types whose
 /// [`WeightElem::prepare`] is the identity, so a span of `x` lines up with the same span of a
 /// row): `W[r, c] = q[r, c] · scale[r / rows, c / cols]`
@@ -275,6 +292,17 @@ impl BlockScales<'_> {
     }
 }
 
+/// `x` laid out by `x86::split_even_odd` when `isa` runs the AVX2 kernels that read pairs
+/// (bf16, 4-bit), as is otherwise: their [`WeightElem::prepare`].
+fn split_for_avx2(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2_fma().is_some() {
+        return Cow::Owned(x86::split_even_odd(x));
+    }
+    let _ = isa;
+    Cow::Borrowed(x)
+}
+
 /// The first four rows of length `k` in `rows`.
 fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
     [
@@ -320,12 +348,7 @@ impl Scalar for f32 {
 
 impl WeightElem for bf16 {
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
-        #[cfg(target_arch = "x86_64")]
-        if isa.avx2_fma().is_some() {
-            return Cow::Owned(x86::split_even_odd(x));
-        }
-        let _ = isa;
-        Cow::Borrowed(x)
+        split_for_avx2(isa, x)
     }
 
     fn dot4(isa: Isa, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
@@ -484,12 +507,7 @@ impl WeightElem for U4x2 {
     const VALUES: usize = 2;
 
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
-        #[cfg(target_arch = "x86_64")]
-        if isa.avx2_fma().is_some() {
-            return Cow::Owned(x86::split_even_odd(x));
-        }
-        let _ = isa;
-        Cow::Borrowed(x)
+        split_for_avx2(isa, x)
     }
 
     fn dot4(isa: Isa, w: [&[U4x2]; 4], x: &[f32], next: [&[U4x2]; 4]) -> [f32; 4] {
