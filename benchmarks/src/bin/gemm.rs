@@ -9,6 +9,7 @@
 //! (`512 · 6 / 64 = 48` rows). One JSON line per (shape, weight dtype, implementation).
 //!
 //! Run: `cargo run --release -p benchmarks --bin gemm`
+#![allow(clippy::disallowed_methods)] // host reads are this crate's work, not a device round trip
 
 use anyhow::Result;
 use benchmarks::median_time;

@@ -49,7 +49,7 @@ impl Fp8Matrix {
             );
         }
         let scale_inv = scale_inv.to_dtype(DType::F32)?;
-        let scales = scale_inv.flatten_all()?.to_vec1()?;
+        let scales = crate::host::vec1(&scale_inv.flatten_all()?)?;
         let q = q.contiguous()?;
         let has_nan = match &*q.storage_and_layout().0 {
             Storage::Cpu(CpuStorage::F8E4M3(v)) => kernel::E4m3NoNan::view(v).is_none(),
@@ -125,6 +125,7 @@ pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
     if x.device().is_cpu() && w.q.device().is_cpu() {
+        #[allow(clippy::disallowed_methods)] // a CPU tensor: no device copy
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let (storage, layout) = w.q.storage_and_layout();
         if let (Storage::Cpu(CpuStorage::F8E4M3(v)), Some((start, end))) =

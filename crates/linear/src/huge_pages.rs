@@ -75,6 +75,7 @@ fn advise(_addr: usize, _len: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read results on the host
 mod tests {
     use super::*;
     use candle_core::{DType, Device};

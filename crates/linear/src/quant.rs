@@ -104,7 +104,7 @@ impl QuantMatrix {
     /// non-finite weight (naming its row and column) and, for Q4, on an odd `K`.
     pub fn quantize(w: &Tensor, format: QuantFormat) -> Result<Self> {
         let (n, k) = w.dims2()?;
-        let rows: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let rows: Vec<f32> = crate::host::vec1(&w.to_dtype(DType::F32)?.flatten_all()?)?;
         Self::from_rows(&rows, n, k, format)
     }
 
@@ -376,7 +376,8 @@ pub fn linear_quant_with(isa: Isa, x: &Tensor, w: &QuantMatrix) -> Result<Tensor
     let m = x.elem_count() / k.max(1);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    // The 8/4-bit kernels are CPU kernels: on another device this is a counted host read.
+    let xs: Vec<f32> = crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?;
     let y = w.matmul(isa, &xs, m);
     Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
 }

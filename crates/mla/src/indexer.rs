@@ -409,7 +409,8 @@ impl Indexer {
                 .sum::<candle_core::Result<usize>>()?;
             for first in (0..t).step_by(INDEXER_QUERY_TILE) {
                 let len = INDEXER_QUERY_TILE.min(t - first);
-                let scores: Vec<Vec<f32>> = self.score_rows(&p, bi, first, len, segs)?.to_vec2()?;
+                let scores: Vec<Vec<f32>> =
+                    linear::host::vec2(&self.score_rows(&p, bi, first, len, segs)?)?;
                 for (j, row) in scores.iter().enumerate() {
                     let visible = s - t + first + j + 1;
                     rows.push(top_k(&row[..visible], self.config.topk));

@@ -35,10 +35,11 @@ struct ModelArgs {
     /// Checkpoint directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Compute dtype (activations, KV cache, norms): f32, bf16 or f16. f32 is the CPU default:
-    /// exact, and candle's CPU bf16 GEMM is slow (see benchmarks/README.md).
-    #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
-    dtype: DType,
+    /// Compute dtype (activations, latent cache, norms): f32, bf16 or f16. Default: f32 on the
+    /// CPU (exact, and candle's CPU bf16 GEMM is slow, see benchmarks/README.md), bf16 with
+    /// --cuda (half the memory; V2-Lite in f32 would need ~63 GB of GPU memory).
+    #[arg(long, value_parser = parse_float_dtype)]
+    dtype: Option<DType>,
     /// Format the weight matrices are kept in: f32, bf16, f16, fp8 (an FP8 checkpoint's e4m3
     /// blocks as shipped), q8 or q4 (8/4-bit groups quantised at load). Default: on the CPU
     /// with f32 compute, the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest
@@ -81,10 +82,13 @@ impl ModelArgs {
             bail!("--prefill-chunk must be at least 1");
         }
         let huge_pages = !self.no_huge_pages;
+        let dtype = self
+            .dtype
+            .unwrap_or(if self.cuda { DType::BF16 } else { DType::F32 });
         let mut model = DeepSeek::load_with(&self.model, &device, |checkpoint| {
             match self.matrices {
-                Some(m) => Precision::mixed(self.dtype, m),
-                None => Precision::auto(checkpoint, self.dtype, &device),
+                Some(m) => Precision::mixed(dtype, m),
+                None => Precision::auto(checkpoint, dtype, &device),
             }
             .with_huge_pages(huge_pages)
         })?;
@@ -375,6 +379,13 @@ fn run_generate(
         gen.tokens.len(),
         gen.decode_tokens_per_sec(),
         gen.finish
+    );
+    // What the decode rate means for memory bandwidth (weights only; the latent cache and
+    // activations come on top): scripts/gpu-check reads this line.
+    let (weight_bytes, _) = model.decode_weight_bytes();
+    eprintln!(
+        "decode reads {weight_bytes} bytes of weights per token ({:.1} GB/s at the decode rate)",
+        weight_bytes as f64 * gen.decode_tokens_per_sec() / 1e9
     );
     Ok(())
 }

@@ -82,6 +82,15 @@ impl DecoderLayer {
         Ok(())
     }
 
+    /// Stacks the routed experts for device dispatch (a no-op for dense FFNs): routing and
+    /// experts then run as device-generic tensor ops with no host copy ([`moe::device`]).
+    pub fn stack_experts(&mut self) -> Result<()> {
+        if let Ffn::Moe(m) = &mut self.mlp {
+            m.stack_experts()?;
+        }
+        Ok(())
+    }
+
     /// Loads layer `layer` (a main layer or an MTP module's block) from `vb` at its prefix.
     pub fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
         let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
@@ -314,6 +323,15 @@ pub struct DeepSeek {
     /// (`benchmarks/README.md` measures the logit KL against dense). Default `None`; an error
     /// on V3.2 checkpoints, whose indexer selects the keys.
     pub sparse: Option<SparsePattern>,
+    /// MoE layers run device dispatch ([`DeepSeek::use_device_dispatch`]).
+    device_dispatch: bool,
+}
+
+/// Device dispatch ([`DeepSeek::use_device_dispatch`]) is the default off the CPU when the
+/// matrices are plain tensors: there it spares every MoE layer a device-to-host copy and a
+/// stream synchronisation. FP8 / q8 / q4 matrices keep the host-planned dispatch.
+fn device_dispatch_default(device: &Device, precision: Precision) -> bool {
+    !device.is_cpu() && matches!(precision.matrices, MatrixFormat::Float(_))
 }
 
 /// Default [`DeepSeek::prefill_chunk`]: long enough that per-pass overheads are amortised,
@@ -420,6 +438,7 @@ impl DeepSeek {
             )));
         }
         let vb = checkpoint.var_builder(precision, device);
+        let device_dispatch = device_dispatch_default(device, precision);
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = candle_nn::embedding(vocab, hidden, vb.pp("model.embed_tokens"))?;
         // Each layer is quantised as soon as it is read, so peak memory is the quantised
@@ -428,6 +447,9 @@ impl DeepSeek {
             .map(|l| {
                 let mut layer = DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}")))?;
                 layer.quantize(precision.matrices)?;
+                if device_dispatch {
+                    layer.stack_experts()?;
+                }
                 Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -450,7 +472,27 @@ impl DeepSeek {
             paths: PathPolicy::default(),
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             sparse: None,
+            device_dispatch,
         })
+    }
+
+    /// Whether MoE layers route and dispatch with device-generic tensor ops (no host copy in
+    /// a forward pass): the default on GPUs with dense matrices, see
+    /// [`DeepSeek::use_device_dispatch`].
+    pub fn device_dispatch(&self) -> bool {
+        self.device_dispatch
+    }
+
+    /// Routes and dispatches every MoE layer with device-generic tensor ops, as on a GPU
+    /// ([`moe::device`]: routing by argsorts, experts from stacked weights, no host copy).
+    /// On the CPU the host path is faster; this exists so the GPU path is tested where no GPU
+    /// is. Needs dense matrices (not q8/q4/fp8).
+    pub fn use_device_dispatch(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.stack_experts()?;
+        }
+        self.device_dispatch = true;
+        Ok(())
     }
 
     /// The configuration.
@@ -715,12 +757,12 @@ impl DeepSeek {
     /// Logits of the last position as a `Vec<f32>`.
     pub fn last_logits(out: &Output) -> Result<Vec<f32>> {
         let t = out.logits.dim(0)?;
-        Ok(out.logits.get(t - 1)?.to_vec1::<f32>()?)
+        Ok(linear::host::vec1::<f32>(&out.logits.get(t - 1)?)?)
     }
 
     /// Index of the largest logit of each row of `[T, V]` logits.
     pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-        Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+        Ok(linear::host::vec1::<u32>(&logits.argmax(D::Minus1)?)?)
     }
 }
 

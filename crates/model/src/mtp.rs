@@ -164,6 +164,9 @@ pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
             layer_weights
                 .quantize(model.precision().matrices)
                 .map_err(MtpError::backend)?;
+            if model.device_dispatch() {
+                layer_weights.stack_experts().map_err(MtpError::backend)?;
+            }
             let block = MtpBlock::new(layer_weights, model.paths);
             MtpModule::load(vb, cfg.hidden_size, cfg.rms_norm_eps, block)
         })

@@ -4,6 +4,7 @@
 //! logits (prefill, step-by-step decode, chunked prefill, greedy continuation) within 1e-4 on
 //! both MLA paths, and each layer's selected keys equal to HF's, tie-aware. Plus: the config
 //! fields, MTP speculative decoding over the indexer caches, and the engine's refusal.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use candle_core::{DType, Device, Tensor};
 use fixtures::{assert_close, Case};

@@ -3,6 +3,7 @@
 //! cache and the returned hidden states), measured by a counting allocator, never assumed.
 //! Materialising the scores of one unchunked pass would need `heads · T · T · 4` bytes (8 GiB
 //! here).
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

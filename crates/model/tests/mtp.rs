@@ -2,6 +2,7 @@
 //! greedy against plain greedy, cache rollback against fresh recomputation, and the sampled
 //! distribution against the exact one; MTP through `model::generate` against plain decoding
 //! (tokens, stop tokens and strings, budget, callback, errors, the path policy).
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use candle_core::{DType, Device, Tensor};
 use fixtures::{assert_close, fixtures_dir, max_abs_diff, Case};

@@ -13,6 +13,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use crate::device::{DeviceRouting, StackedExperts};
 use crate::error::{MoeError, Result};
 use crate::gate::Routing;
 use crate::mlp::Mlp;
@@ -57,6 +58,9 @@ impl DispatchPlan {
 #[derive(Debug, Clone)]
 pub struct Experts {
     experts: Vec<Mlp>,
+    /// The same weights stacked for device dispatch ([`Experts::stack`]); the experts are
+    /// then views of these stacks.
+    stacked: Option<StackedExperts>,
 }
 
 impl Experts {
@@ -76,7 +80,37 @@ impl Experts {
                 });
             }
         }
-        Ok(Self { experts })
+        Ok(Self {
+            experts,
+            stacked: None,
+        })
+    }
+
+    /// Stacks the (dense) experts for device dispatch ([`StackedExperts`]) and re-points each
+    /// expert at views of the stacks, so the weights are held once. The device path's setup:
+    /// on a GPU it keeps every MoE layer free of host copies.
+    pub fn stack(&mut self) -> Result<()> {
+        if self.stacked.is_none() {
+            let stacked = StackedExperts::new(&self.experts)?;
+            self.experts = (0..stacked.len())
+                .map(|e| stacked.expert(e))
+                .collect::<Result<_>>()?;
+            self.stacked = Some(stacked);
+        }
+        Ok(())
+    }
+
+    /// The stacked weights, once [`Experts::stack`] has run.
+    pub fn stacked(&self) -> Option<&StackedExperts> {
+        self.stacked.as_ref()
+    }
+
+    /// Device dispatch ([`StackedExperts::forward`]): `x` `[T, H]`, routing on the device.
+    pub fn forward_device(&self, x: &Tensor, routing: &DeviceRouting) -> Result<Tensor> {
+        match &self.stacked {
+            Some(s) => s.forward(x, routing),
+            None => StackedExperts::new(&self.experts)?.forward(x, routing),
+        }
     }
 
     /// Loads `{e}.{gate,up,down}_proj.weight` for e in 0..n under `vb` (the `experts` prefix).
@@ -89,6 +123,7 @@ impl Experts {
 
     /// Converts every expert's matrices to `format` (in parallel: experts are independent).
     pub fn quantize(&mut self, format: linear::QuantFormat) -> Result<()> {
+        self.stacked = None;
         self.experts
             .par_iter_mut()
             .try_for_each(|e| e.quantize(format))

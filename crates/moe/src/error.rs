@@ -27,6 +27,10 @@ pub enum MoeError {
         /// The shape actually found.
         found: Vec<usize>,
     },
+    /// The layer cannot run the way it was asked to (e.g. device dispatch over quantised
+    /// experts); the message says what and why.
+    #[error("{0}")]
+    Unsupported(String),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

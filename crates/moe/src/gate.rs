@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{GateConfig, Scoring, TopkMethod};
+use crate::device::{route_tensors, DeviceRouting};
 use crate::error::{MoeError, Result};
 use crate::mlp::load_weight;
 
@@ -150,6 +151,8 @@ pub struct Gate {
     /// `[E, hidden]`, kept in f32 (logits are computed in f32 as in HF).
     weight: Tensor,
     bias: Option<Vec<f32>>,
+    /// `bias` on the weight's device, for [`Gate::route_on_device`].
+    bias_tensor: Option<Tensor>,
 }
 
 impl Gate {
@@ -179,11 +182,20 @@ impl Gate {
                         found: b.dims().to_vec(),
                     });
                 }
-                Some(b.to_dtype(DType::F32)?.to_vec1()?)
+                Some(linear::host::vec1(&b.to_dtype(DType::F32)?)?)
             }
         };
         let weight = weight.to_dtype(DType::F32)?;
-        Ok(Self { cfg, weight, bias })
+        let mut gate = Self {
+            cfg,
+            weight,
+            bias: None,
+            bias_tensor: None,
+        };
+        if let Some(b) = bias {
+            gate.set_bias(b)?;
+        }
+        Ok(gate)
     }
 
     /// Loads `weight` (and `e_score_correction_bias` for `noaux_tc`) from `vb` (the `gate`
@@ -221,6 +233,7 @@ impl Gate {
                 found: vec![bias.len()],
             });
         }
+        self.bias_tensor = Some(Tensor::from_slice(&bias, bias.len(), self.weight.device())?);
         self.bias = Some(bias);
         Ok(())
     }
@@ -236,10 +249,17 @@ impl Gate {
         Ok(self.route_with_logits(x)?.1)
     }
 
+    /// Routes `x` `[T, hidden]` with tensor ops on its device: no copy to the host
+    /// ([`crate::device`]).
+    pub fn route_on_device(&self, x: &Tensor) -> Result<DeviceRouting> {
+        route_tensors(&self.cfg, &self.logits(x)?, self.bias_tensor.as_ref())
+    }
+
     /// Routes `x` and also returns the logits `[T, E]`.
     pub fn route_with_logits(&self, x: &Tensor) -> Result<(Tensor, Routing)> {
         let logits = self.logits(x)?;
-        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        // The host path's one round trip per layer (the device path avoids it).
+        let flat: Vec<f32> = linear::host::vec1(&logits.flatten_all()?)?;
         Ok((logits, route(&self.cfg, &flat, self.bias())))
     }
 }

@@ -77,6 +77,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod device;
 pub mod dispatch;
 pub mod error;
 pub mod gate;
@@ -88,6 +89,7 @@ pub mod placement;
 
 pub use balance::{sequence_balance_loss, update_bias, LoadStats};
 pub use config::{GateConfig, GateConfigBuilder, MoeConfig, Scoring, TopkMethod};
+pub use device::{route_tensors, DeviceRouting, StackedExperts};
 pub use dispatch::{DispatchPlan, Experts};
 pub use error::{MoeError, Result};
 pub use gate::{route, Gate, Routing};

@@ -20,6 +20,9 @@ pub enum Dispatch {
     Grouped,
     /// Per-token loop (oracle / baseline).
     Naive,
+    /// Routing and experts as device-generic tensor ops, no host copy ([`crate::device`]);
+    /// what `Auto` picks once the experts are stacked ([`Moe::stack_experts`]).
+    Device,
 }
 
 /// A DeepSeekMoE layer: gate, routed experts and the (optional) shared-expert MLP.
@@ -179,9 +182,27 @@ impl Moe {
     /// Forward with an explicit dispatch strategy.
     pub fn forward_with(&self, x: &Tensor, dispatch: Dispatch) -> Result<Tensor> {
         let x2 = self.flat(x)?; // [T, H]
-        let routing = self.gate.route(&x2)?;
-        let y = self.forward_routed(&x2, &routing, dispatch)?;
+        let on_device = match dispatch {
+            Dispatch::Device => true,
+            Dispatch::Auto => self.experts.stacked().is_some(),
+            Dispatch::Grouped | Dispatch::Naive => false,
+        };
+        let y = if on_device {
+            let routing = self.gate.route_on_device(&x2)?;
+            let routed = self.experts.forward_device(&x2, &routing)?;
+            self.add_shared(&x2, routed)?
+        } else {
+            let routing = self.gate.route(&x2)?;
+            self.forward_routed(&x2, &routing, dispatch)?
+        };
         Ok(y.reshape(x.dims())?)
+    }
+
+    /// Stacks the routed experts for device dispatch ([`Experts::stack`]): from then on
+    /// [`Dispatch::Auto`] routes and dispatches with device-generic tensor ops and no host
+    /// copy (the GPU default; on the CPU the host path is faster).
+    pub fn stack_experts(&mut self) -> Result<()> {
+        self.experts.stack()
     }
 
     /// Routed experts (with a given routing) plus shared experts; `x` is `[T, H]`.
@@ -193,9 +214,16 @@ impl Moe {
     ) -> Result<Tensor> {
         let routed = match dispatch {
             Dispatch::Auto if routing.n_tokens == 1 => self.experts.forward_decode(x, routing)?,
-            Dispatch::Auto | Dispatch::Grouped => self.experts.forward_grouped(x, routing)?,
+            Dispatch::Auto | Dispatch::Grouped | Dispatch::Device => {
+                self.experts.forward_grouped(x, routing)?
+            }
             Dispatch::Naive => self.experts.forward_naive(x, routing)?,
         };
+        self.add_shared(x, routed)
+    }
+
+    /// `routed + shared_experts(x)`.
+    fn add_shared(&self, x: &Tensor, routed: Tensor) -> Result<Tensor> {
         match &self.shared {
             Some(s) => Ok((routed + s.forward(x)?)?),
             None => Ok(routed),

@@ -1,5 +1,6 @@
 //! Parity with HF transformers 5.23 on the committed fixtures: gate logits, routing
 //! (tie-aware), and MoE / dense MLP outputs for every dispatch path.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use std::collections::BTreeSet;
 
@@ -109,11 +110,21 @@ fn check_moe_case(name: &str) {
             "{}: near-tie flips change the output",
             what("routing")
         );
+        // The device-generic routing (tensor ops, no host copy) against the same references.
+        let on_device = layer.gate().route_on_device(&x).unwrap().to_host().unwrap();
+        let (flips, max_w) = compare_routing(&layer, &case, l, &on_device);
+        assert!(
+            max_w <= TOL,
+            "{}: {max_w:e}",
+            what("device routing weights")
+        );
+        assert_eq!(flips, 0, "{}: near-tie flips", what("device routing"));
 
         for (d, label) in [
             (Dispatch::Grouped, "grouped"),
             (Dispatch::Naive, "naive"),
             (Dispatch::Auto, "auto"),
+            (Dispatch::Device, "device"),
         ] {
             let y = layer.forward_with(&x, d).unwrap();
             assert_close(&y, &expected, TOL, &what(label));
@@ -125,6 +136,19 @@ fn check_moe_case(name: &str) {
             .collect();
         let y = Tensor::cat(&rows, 0).unwrap();
         assert_close(&y, &expected, TOL, &what("decode (T=1 each)"));
+        // Stacked experts (the GPU setup): Auto now takes the device path, decode included,
+        // and the host paths still run on the experts' views of the stacks.
+        let mut stacked = layer.clone();
+        stacked.stack_experts().unwrap();
+        let rows: Vec<Tensor> = (0..t)
+            .map(|i| stacked.forward(&x.narrow(0, i, 1).unwrap()).unwrap())
+            .collect();
+        let y = Tensor::cat(&rows, 0).unwrap();
+        assert_close(&y, &expected, TOL, &what("stacked decode (T=1 each)"));
+        for d in [Dispatch::Auto, Dispatch::Grouped] {
+            let y = stacked.forward_with(&x, d).unwrap();
+            assert_close(&y, &expected, TOL, &what(&format!("stacked {d:?}")));
+        }
     }
 }
 

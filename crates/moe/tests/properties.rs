@@ -1,10 +1,11 @@
 //! Property tests: grouped dispatch == per-token loop; V3 weights sum to the scaling factor;
 //! selected experts lie in the kept groups; the bias changes selection, never the weights.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use candle_core::{DType, Device, Tensor};
 use moe::{
-    gate::affinity_scores, route, Dispatch, Experts, Gate, GateConfig, Mlp, Moe, MoeConfig,
-    Scoring, TopkMethod,
+    gate::affinity_scores, route, route_tensors, Dispatch, Experts, Gate, GateConfig, Mlp, Moe,
+    MoeConfig, Scoring, StackedExperts, TopkMethod,
 };
 use proptest::prelude::*;
 
@@ -77,7 +78,7 @@ proptest! {
         let layer = Moe::new(MoeConfig::new(cfg, i, 1).unwrap(), gate, experts, Some(mlp(seed ^ 2, i))).unwrap();
         let x = tensor(seed ^ 5, t, h, 1.0);
         let naive = layer.forward_with(&x, Dispatch::Naive).unwrap();
-        for d in [Dispatch::Grouped, Dispatch::Auto] {
+        for d in [Dispatch::Grouped, Dispatch::Auto, Dispatch::Device] {
             let y = layer.forward_with(&x, d).unwrap();
             let diff = (y - &naive).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             prop_assert!(diff <= 1e-5, "{d:?}: {diff}");
@@ -86,6 +87,47 @@ proptest! {
         let diff = (layer.forward(&row).unwrap() - naive.narrow(0, 0, 1).unwrap()).unwrap()
             .abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         prop_assert!(diff <= 1e-5, "decode: {diff}");
+    }
+
+    #[test]
+    fn device_routing_equals_host_routing(cfg in gate_shape(), t in 1usize..20, seed in any::<u64>()) {
+        let e = cfg.n_routed_experts;
+        let logits = values(seed, t * e, 4.0);
+        let bias = values(seed ^ 9, e, 0.5);
+        let host = route(&cfg, &logits, Some(&bias));
+        let dev = route_tensors(
+            &cfg,
+            &Tensor::from_vec(logits, (t, e), &Device::Cpu).unwrap(),
+            Some(&Tensor::from_vec(bias, e, &Device::Cpu).unwrap()),
+        )
+        .unwrap()
+        .to_host()
+        .unwrap();
+        // Continuous random scores: no ties, so the same experts in the same order.
+        prop_assert_eq!(&dev.indices, &host.indices);
+        for (a, b) in dev.weights.iter().zip(&host.weights) {
+            prop_assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{} vs {}", a, b);
+        }
+    }
+
+    #[test]
+    fn both_device_expert_paths_equal_the_per_token_loop(cfg in gate_shape(), t in 1usize..12, seed in any::<u64>()) {
+        let (h, e, i) = (cfg.hidden_size, cfg.n_routed_experts, 6);
+        let mlp = |s: u64| Mlp::new(tensor(s, i, h, 0.5), tensor(s + 1, i, h, 0.5), tensor(s + 2, h, i, 0.5)).unwrap();
+        let experts = Experts::new((0..e as u64).map(|x| mlp(seed ^ (x * 7 + 100))).collect()).unwrap();
+        let bias = Tensor::from_vec(values(seed ^ 3, e, 0.3), e, &Device::Cpu).unwrap();
+        let gate = Gate::new(cfg.clone(), tensor(seed ^ 1, e, h, 1.0), Some(bias)).unwrap();
+        let x = tensor(seed ^ 5, t, h, 1.0);
+        let naive = experts.forward_naive(&x, &gate.route(&x).unwrap()).unwrap();
+        let routing = gate.route_on_device(&x).unwrap();
+        let stacked = StackedExperts::new(&(0..e).map(|j| experts.expert(j).clone()).collect::<Vec<_>>()).unwrap();
+        for (label, y) in [
+            ("gathered", stacked.forward_gathered(&x, &routing).unwrap()),
+            ("all experts", stacked.forward_all(&x, &routing).unwrap()),
+        ] {
+            let diff = (y - &naive).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff <= 1e-5, "{}: {}", label, diff);
+        }
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl<'a, M: MainModel, B: DecoderBlock> Speculator<'a, M, B> {
         block.extend_from_slice(&drafts);
         let (logits, hidden) = self.main.forward(&block, &mut self.session)?;
         self.stats.main_forwards += 1;
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let rows: Vec<Vec<f32>> = linear::host::vec2(&logits.to_dtype(DType::F32)?)?;
 
         // 3. Accept a prefix, then one resampled or bonus token.
         let mut a = 0;
@@ -403,5 +403,5 @@ pub fn plain_generate<M: MainModel>(
 
 /// Row `i` of `[T, V]` logits as f32.
 fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>> {
-    Ok(logits.get(i)?.to_dtype(DType::F32)?.to_vec1()?)
+    Ok(linear::host::vec1(&logits.get(i)?.to_dtype(DType::F32)?)?)
 }

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use candle_core::{DType, Tensor};
 

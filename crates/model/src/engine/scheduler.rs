@@ -404,7 +404,10 @@ impl Scheduler {
         }
         let index = Tensor::new(rows.as_slice(), hidden.device())?;
         let logits = self.model.head(&hidden.index_select(&index, 0)?)?;
-        Ok(wanted.into_iter().zip(logits.to_vec2::<f32>()?).collect())
+        Ok(wanted
+            .into_iter()
+            .zip(linear::host::vec2::<f32>(&logits)?)
+            .collect())
     }
 
     /// Samples the next token of sample `sample` of request `id` (forking the prompt's cache
