@@ -41,6 +41,9 @@ if [ ! -e "$_links/libcuda.so" ]; then
     grep -oE "^ +fn cu[A-Za-z0-9_]+\(" "$_sys" | sed 's/ *fn //; s/(//' | sort -u |
         sed 's/.*/int &(void) { return 999; }/' > "$_links/cuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$_links/libcuda.so" "$_links/cuda_stub.c" || return 1
+    # Under its run-time name too, so a CUDA build starts on this machine (without --cuda: the
+    # CPU paths never call the driver), e.g. the GPU bundle's check in GPU_CHECK_CPU_MODE.
+    ln -sf libcuda.so "$_links/libcuda.so.1"
 fi
 export LIBRARY_PATH="$_links:$CUDA_HOME/lib:$CUDA_HOME/lib64:$CUDA_HOME/lib/stubs:${LIBRARY_PATH:-}"
 echo "CUDA_HOME=$CUDA_HOME (compute cap $CUDA_COMPUTE_CAP)"

@@ -49,6 +49,11 @@ struct ModelArgs {
     /// Run on the first CUDA device (needs `--features cuda`).
     #[arg(long)]
     cuda: bool,
+    /// Route and dispatch MoE layers with device-generic tensor ops on the CPU too, with the
+    /// matrices in the compute dtype unless --matrices says otherwise: the path `--cuda` takes
+    /// (no host copy), slower on the CPU; for checking that path without a GPU.
+    #[arg(long)]
+    device_dispatch: bool,
     /// Keep weight matrices in ordinary 4 KiB pages (default: transparent huge pages, which
     /// spare decode a TLB miss per 4 KiB of weights; values are the same either way).
     #[arg(long)]
@@ -74,7 +79,11 @@ fn parse_sparse(s: &str) -> std::result::Result<mla::SparsePattern, String> {
 impl ModelArgs {
     fn load(&self) -> Result<DeepSeek> {
         let device = if self.cuda {
-            Device::new_cuda(0).context("CUDA device 0 (build with --features cuda)")?
+            Device::new_cuda(0).context(if cfg!(feature = "cuda") {
+                "CUDA device 0: no usable GPU and driver (libcuda.so.1) on this machine"
+            } else {
+                "--cuda: this binary was built without CUDA (build with --features cuda)"
+            })?
         } else {
             Device::Cpu
         };
@@ -88,10 +97,15 @@ impl ModelArgs {
         let mut model = DeepSeek::load_with(&self.model, &device, |checkpoint| {
             match self.matrices {
                 Some(m) => Precision::mixed(dtype, m),
+                // As on a GPU: matrices in the compute dtype (FP8 dequantised once at load).
+                None if self.device_dispatch => Precision::mixed(dtype, dtype),
                 None => Precision::auto(checkpoint, dtype, &device),
             }
             .with_huge_pages(huge_pages)
         })?;
+        if self.device_dispatch {
+            model.use_device_dispatch()?;
+        }
         model.prefill_chunk = self.prefill_chunk;
         if self.sparse.is_some() && model.config().is_dsa() {
             bail!(

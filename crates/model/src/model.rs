@@ -327,13 +327,6 @@ pub struct DeepSeek {
     device_dispatch: bool,
 }
 
-/// Device dispatch ([`DeepSeek::use_device_dispatch`]) is the default off the CPU when the
-/// matrices are plain tensors: there it spares every MoE layer a device-to-host copy and a
-/// stream synchronisation. FP8 / q8 / q4 matrices keep the host-planned dispatch.
-fn device_dispatch_default(device: &Device, precision: Precision) -> bool {
-    !device.is_cpu() && matches!(precision.matrices, MatrixFormat::Float(_))
-}
-
 /// Default [`DeepSeek::prefill_chunk`]: long enough that per-pass overheads are amortised,
 /// short enough that a chunk's activations (`T x` the widest layer) stay small. Measured on
 /// V2-Lite-4L, 8K-token prompt (`benchmarks/README.md`): chunks of 512 / 1024 / 2048 / 4096
@@ -437,8 +430,18 @@ impl DeepSeek {
                     .map_or("mixed dtypes", |d| d.as_str())
             )));
         }
+        if !device.is_cpu() && !matches!(precision.matrices, MatrixFormat::Float(_)) {
+            return Err(ModelError::Input(format!(
+                "matrices {}: the FP8, 8-bit and 4-bit kernels are CPU kernels; on a GPU the \
+                 matrices are bf16 (the default there: FP8 checkpoints are dequantised once at \
+                 load), f16 or f32",
+                precision.matrices
+            )));
+        }
         let vb = checkpoint.var_builder(precision, device);
-        let device_dispatch = device_dispatch_default(device, precision);
+        // Off the CPU every MoE layer routes and dispatches on the device: the host path would
+        // copy the gate logits back and synchronise the stream in every layer.
+        let device_dispatch = !device.is_cpu();
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = candle_nn::embedding(vocab, hidden, vb.pp("model.embed_tokens"))?;
         // Each layer is quantised as soon as it is read, so peak memory is the quantised

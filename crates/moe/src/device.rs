@@ -258,10 +258,18 @@ impl StackedExperts {
         }
         let prefill = t > 1;
         let (experts, pairs) = routing.indices.flatten_all()?.sort_last_dim(true)?;
-        let x = x.contiguous()?;
+        // The kernel reads each tensor's buffer from its start, ignoring a view's offset.
+        let own = |t: Tensor| -> Result<Tensor> {
+            if t.is_contiguous() && t.layout().start_offset() == 0 {
+                Ok(t)
+            } else {
+                Ok(t.force_contiguous()?)
+            }
+        };
+        let x = own(x.clone())?;
         let gu = candle_nn::moe::moe_gemm(&x, &self.gate_up, &None, &pairs, &experts, k, prefill)?;
-        let act = swiglu(&gu, i)?.contiguous()?; // [P, I]
-        let w = Some(routing.weights.flatten_all()?.contiguous()?);
+        let act = own(swiglu(&gu, i)?)?; // [P, I]
+        let w = Some(own(routing.weights.flatten_all()?)?);
         let ys = candle_nn::moe::moe_gemm(&act, &self.down, &w, &pairs, &experts, k, prefill)?;
         Ok(Some(ys.reshape((t, k, h))?.sum(1)?))
     }
