@@ -70,6 +70,7 @@
 #![deny(missing_docs)]
 
 mod fp8;
+mod ggml;
 pub mod host;
 mod huge_pages;
 mod isa;
@@ -78,10 +79,13 @@ mod matrix;
 mod quant;
 mod spec;
 
+/// GGML's block formats (re-exported from candle).
+pub use candle_core::quantized::GgmlDType;
 pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
+pub use ggml::{ggml_type_from_id, ggml_type_id, ggml_type_name, GgmlMatrix};
 pub use huge_pages::advise_huge_pages;
 pub use isa::Isa;
-pub use matrix::Matrix;
+pub use matrix::{Matrix, GGML_TYPE_SUFFIX};
 pub use quant::{linear_quant, linear_quant_with, QuantFormat, QuantMatrix, QUANT_GROUP};
 pub use spec::WeightSpec;
 

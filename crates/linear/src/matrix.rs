@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::ggml::{ggml_type_from_id, ggml_type_name, GgmlMatrix};
 use crate::quant::{linear_quant_with, QuantFormat, QuantMatrix};
 use crate::{linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK};
 
@@ -24,6 +25,8 @@ pub enum Matrix {
     Fp8(Arc<Fp8Matrix>),
     /// 8-bit or 4-bit groups with f32 parameters (host memory).
     Quant(Arc<QuantMatrix>),
+    /// GGML blocks as a GGUF file stores them (host memory, candle's kernels).
+    Ggml(Arc<GgmlMatrix>),
 }
 
 impl From<Tensor> for Matrix {
@@ -44,13 +47,56 @@ impl From<QuantMatrix> for Matrix {
     }
 }
 
+impl From<GgmlMatrix> for Matrix {
+    fn from(m: GgmlMatrix) -> Self {
+        Matrix::Ggml(Arc::new(m))
+    }
+}
+
+/// Suffix of the sibling that marks a weight stored in GGML blocks: a one-element u32 tensor
+/// holding the GGML type id ([`ggml_type_id`]); the weight itself is then served as its raw
+/// block bytes, `[N, bytes per row]` u8.
+pub const GGML_TYPE_SUFFIX: &str = "_ggml_type";
+
 impl Matrix {
     /// Reads `name` (e.g. `q_proj.weight`) from `vb`. A weight stored with a
     /// `{name}_scale_inv` sibling is DeepSeek's FP8 format: it is requested as e4m3, and if the
     /// builder returns e4m3 (it keeps FP8 as shipped) the matrix is an [`Fp8Matrix`] over
     /// 128 x 128 blocks; a builder that returns another dtype has dequantised it. Every other
     /// weight is requested in `vb`'s dtype (a builder may keep matrices narrower).
+    ///
+    /// A weight with a `{name}`[`GGML_TYPE_SUFFIX`] sibling is in GGML blocks (a GGUF file): it
+    /// is requested as raw u8 blocks and becomes a [`GgmlMatrix`]; a builder that returns
+    /// another dtype has dequantised it.
     pub fn load(vb: &VarBuilder, name: &str) -> Result<Matrix> {
+        let ggml = format!("{name}{GGML_TYPE_SUFFIX}");
+        if vb.contains_tensor(&ggml) {
+            let raw = vb.get_unchecked_dtype(name, DType::U8)?;
+            if raw.dtype() != DType::U8 {
+                return Ok(raw.into());
+            }
+            let full = |e: candle_core::Error| e.context(format!("{}.{name}", vb.prefix()));
+            let id = crate::host::vec1::<u32>(&vb.get_unchecked_dtype(&ggml, DType::U32)?)?;
+            let ty = id
+                .first()
+                .and_then(|&id| ggml_type_from_id(id))
+                .ok_or_else(|| {
+                    full(candle_core::Error::Msg(format!(
+                        "GGML type {id:?} is not one this build reads"
+                    )))
+                })?;
+            let (n, row_bytes) = raw.dims2()?;
+            let k = row_bytes / ty.type_size() * ty.block_size();
+            let blocks = crate::host::vec1::<u8>(&raw.flatten_all()?)?;
+            // Q8_0 and Q4_1 hold this crate's Q8 / Q4 values: its kernels are the faster
+            // (benchmarks/README.md, "Weight formats"); other block formats run on candle's.
+            if let Some(q) = QuantMatrix::from_ggml(ty, &blocks, n, k).map_err(full)? {
+                return Ok(q.into());
+            }
+            return Ok(GgmlMatrix::from_blocks(ty, &blocks, n, k)
+                .map_err(full)?
+                .into());
+        }
         let scale = format!("{name}_scale_inv");
         if vb.contains_tensor(&scale) {
             let q = vb.get_unchecked_dtype(name, DType::F8E4M3)?;
@@ -77,6 +123,7 @@ impl Matrix {
             Matrix::Dense(w) => linear_with(isa, x, w),
             Matrix::Fp8(w) => linear_fp8_with(isa, x, w),
             Matrix::Quant(w) => linear_quant_with(isa, x, w),
+            Matrix::Ggml(w) => w.forward(x),
         }
     }
 
@@ -86,6 +133,7 @@ impl Matrix {
             Matrix::Dense(w) => w.dims(),
             Matrix::Fp8(w) => w.weight().dims(),
             Matrix::Quant(w) => w.dims(),
+            Matrix::Ggml(w) => w.dims(),
         }
     }
 
@@ -95,15 +143,18 @@ impl Matrix {
             Matrix::Dense(w) => crate::weight_bytes(w),
             Matrix::Fp8(w) => w.bytes(),
             Matrix::Quant(w) => w.bytes(),
+            Matrix::Ggml(w) => w.bytes(),
         }
     }
 
-    /// The format's name: `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`.
+    /// The format's name: `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, or a GGML type's
+    /// (`q4_k`, `q8_0`, ...).
     pub fn format(&self) -> &'static str {
         match self {
             Matrix::Dense(w) => w.dtype().as_str(),
             Matrix::Fp8(_) => "fp8",
             Matrix::Quant(w) => w.format().name(),
+            Matrix::Ggml(w) => ggml_type_name(w.ggml_type()),
         }
     }
 
@@ -112,7 +163,7 @@ impl Matrix {
         match self {
             Matrix::Dense(w) => w.device().clone(),
             Matrix::Fp8(w) => w.weight().device().clone(),
-            Matrix::Quant(_) => Device::Cpu,
+            Matrix::Quant(_) | Matrix::Ggml(_) => Device::Cpu,
         }
     }
 
@@ -131,6 +182,7 @@ impl Matrix {
             Matrix::Dense(w) => w.to_dtype(DType::F32),
             Matrix::Fp8(w) => w.dequantize(),
             Matrix::Quant(w) => w.dequantize(),
+            Matrix::Ggml(w) => w.dequantize(),
         }
     }
 

@@ -28,6 +28,7 @@
 
 use std::fmt;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
@@ -161,6 +162,92 @@ impl QuantMatrix {
             scales,
             mins,
         })
+    }
+
+    /// From GGML blocks of an `[n, k]` matrix (`k` a multiple of 32): `Q8_0` (an f16 scale,
+    /// 32 i8) is [`QuantFormat::Q8`] and `Q4_1` (f16 scale and min, 32 nibbles: value `j` in
+    /// the low half of byte `j`, value `j + 16` in its high half) is [`QuantFormat::Q4`]: the
+    /// same values, re-laid for this crate's kernels, nothing requantised. `None` for other
+    /// types.
+    pub fn from_ggml(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
+        let format = match ty {
+            GgmlDType::Q8_0 => QuantFormat::Q8,
+            GgmlDType::Q4_1 => QuantFormat::Q4,
+            _ => return Ok(None),
+        };
+        let block_bytes = ty.type_size();
+        if !k.is_multiple_of(QUANT_GROUP) || blocks.len() != n * k / QUANT_GROUP * block_bytes {
+            candle_core::bail!(
+                "{ty:?} [{n}, {k}]: {} bytes of blocks, expected {} (rows of whole 32-value blocks)",
+                blocks.len(),
+                n * (k / QUANT_GROUP) * block_bytes
+            );
+        }
+        let groups = n * k / QUANT_GROUP;
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+        let mut scales = Vec::with_capacity(groups);
+        let mut mins = Vec::new();
+        let values = match format {
+            QuantFormat::Q8 => {
+                let mut q = Vec::with_capacity(n * k);
+                for b in blocks.chunks_exact(block_bytes) {
+                    scales.push(f16_at(b, 0));
+                    q.extend(b[2..].iter().map(|&v| v as i8));
+                }
+                Values::I8(q)
+            }
+            QuantFormat::Q4 => {
+                mins.reserve(groups);
+                let mut q = Vec::with_capacity(n * k / 2);
+                for b in blocks.chunks_exact(block_bytes) {
+                    scales.push(f16_at(b, 0));
+                    mins.push(f16_at(b, 2));
+                    let nib = |j: usize| (b[4 + j % 16] >> (4 * (j / 16))) & 0xF;
+                    q.extend(
+                        (0..QUANT_GROUP / 2).map(|p| U4x2(nib(2 * p) | (nib(2 * p + 1) << 4))),
+                    );
+                }
+                Values::U4(q)
+            }
+        };
+        Ok(Some(Self {
+            format,
+            dims: [n, k],
+            values,
+            scales,
+            mins,
+        }))
+    }
+
+    /// The matrix as GGML blocks (`Q8_0` or `Q4_1`, see [`QuantMatrix::from_ggml`]), for GGUF
+    /// files. Errors when `K` is not a multiple of 32 (GGML blocks are whole).
+    pub fn to_ggml(&self) -> Result<(GgmlDType, Vec<u8>)> {
+        let [n, k] = self.dims;
+        if !k.is_multiple_of(QUANT_GROUP) {
+            candle_core::bail!("GGML blocks need rows of whole 32-value blocks, K is {k}");
+        }
+        let mut out = Vec::new();
+        for g in 0..n * k / QUANT_GROUP {
+            out.extend(self.scales[g].to_le_bytes());
+            match &self.values {
+                Values::I8(v) => out.extend(
+                    v[g * QUANT_GROUP..(g + 1) * QUANT_GROUP]
+                        .iter()
+                        .map(|&q| q as u8),
+                ),
+                Values::U4(v) => {
+                    out.extend(self.mins[g].to_le_bytes());
+                    let pairs = &v[g * QUANT_GROUP / 2..(g + 1) * QUANT_GROUP / 2];
+                    let nib = |j: usize| (pairs[j / 2].0 >> (4 * (j % 2))) & 0xF;
+                    out.extend((0..QUANT_GROUP / 2).map(|j| nib(j) | (nib(j + 16) << 4)));
+                }
+            }
+        }
+        let ty = match self.format {
+            QuantFormat::Q8 => GgmlDType::Q8_0,
+            QuantFormat::Q4 => GgmlDType::Q4_1,
+        };
+        Ok((ty, out))
     }
 
     /// The format.

@@ -1,6 +1,7 @@
-//! HF checkpoints on disk: sharded safetensors through `model.safetensors.index.json` (or a
-//! single file), memory-mapped, validated against the configuration, with FP8 e4m3 block
-//! weights dequantised at load.
+//! Checkpoints on disk: HF directories (sharded safetensors through
+//! `model.safetensors.index.json`, or a single file) or llama.cpp GGUF files ([`crate::gguf`]),
+//! memory-mapped, validated against the configuration, with FP8 e4m3 block weights and GGML
+//! block formats kept as stored or dequantised at load as the [`Precision`] says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use crate::precision::MatrixFormat;
 pub use crate::precision::Precision;
 use candle_nn::VarBuilder;
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 
 /// Side of the square FP8 scale blocks (`weight_block_size`).
 pub const FP8_BLOCK: usize = 128;
@@ -29,22 +32,41 @@ pub struct TensorMeta {
     pub file: PathBuf,
     /// Stored dtype.
     pub dtype: DType,
-    /// Stored shape.
+    /// Stored shape (HF's: a GGUF tensor is described by the HF tensor it serves).
     pub shape: Vec<usize>,
+    /// The GGML block format of a GGUF tensor stored block-quantised (`dtype` is then what it
+    /// dequantises to, f32).
+    pub ggml: Option<linear::GgmlDType>,
 }
 
-/// A memory-mapped checkpoint directory.
+/// A memory-mapped checkpoint: an HF directory or a GGUF file.
 pub struct Checkpoint {
     dir: PathBuf,
-    mmaps: MmapedSafetensors,
+    store: Store,
     tensors: BTreeMap<String, TensorMeta>,
+}
+
+/// Where the tensors are read from.
+enum Store {
+    Safetensors(MmapedSafetensors),
+    Gguf(GgufFile),
 }
 
 impl Checkpoint {
     /// Opens `dir`: `model.safetensors.index.json` if present, else `model.safetensors`, else
     /// every `*.safetensors` file. Every shard is validated (header, offsets, file length), and
     /// every index entry must be found in the shard it names.
+    ///
+    /// A path to a file ending in `.gguf` opens a GGUF file instead ([`crate::gguf`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        if dir.is_file() && dir.extension().is_some_and(|x| x == "gguf") {
+            let gguf = GgufFile::open(dir)?;
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                tensors: gguf.metas(),
+                store: Store::Gguf(gguf),
+            });
+        }
         if !dir.is_dir() {
             return Err(ModelError::io(
                 dir,
@@ -128,12 +150,27 @@ impl Checkpoint {
             })?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            mmaps,
+            store: Store::Safetensors(mmaps),
             tensors,
         })
     }
 
-    /// The checkpoint directory.
+    /// The configuration: `config.json` in the directory, or a GGUF file's metadata.
+    pub fn config(&self) -> Result<ModelConfig> {
+        match &self.store {
+            Store::Safetensors(_) => ModelConfig::from_file(&self.dir.join("config.json")),
+            Store::Gguf(g) => {
+                ModelConfig::from_json_str(g.config_json()).map_err(|e| e.in_file(&self.dir))
+            }
+        }
+    }
+
+    /// Whether this is a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        matches!(self.store, Store::Gguf(_))
+    }
+
+    /// The checkpoint directory (or GGUF file).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -194,12 +231,26 @@ impl Checkpoint {
                 problems: vec![format!("{name}: missing")],
             });
         }
-        self.mmaps
-            .load(name, &Device::Cpu)
-            .map_err(|e| ModelError::Safetensors {
-                path: self.tensors[name].file.clone(),
-                reason: format!("{name}: {e}"),
-            })
+        match &self.store {
+            Store::Safetensors(mmaps) => {
+                mmaps
+                    .load(name, &Device::Cpu)
+                    .map_err(|e| ModelError::Safetensors {
+                        path: self.tensors[name].file.clone(),
+                        reason: format!("{name}: {e}"),
+                    })
+            }
+            Store::Gguf(g) => g.load(name),
+        }
+    }
+
+    /// A GGUF matrix's raw GGML blocks (`[N, bytes per row]` u8), if it is stored in a block
+    /// format and served whole (not a joined `kv_b_proj`).
+    fn ggml_blocks(&self, name: &str) -> Result<Option<Tensor>> {
+        match &self.store {
+            Store::Gguf(g) => g.blocks(name),
+            Store::Safetensors(_) => Ok(None),
+        }
     }
 
     /// Compares the stored tensors with the `expected` (name, shape) list and returns ONE
@@ -301,7 +352,18 @@ impl SimpleBackend for Backend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let err = |e: ModelError| candle_core::Error::Msg(e.to_string());
+        if let Some(ty) = self.ggml_sibling(name) {
+            return Tensor::new(&[linear::ggml_type_id(ty)], &Device::Cpu);
+        }
         let meta = self.checkpoint.tensors.get(name);
+        if dtype == DType::U8
+            && meta.is_some_and(|m| m.ggml.is_some())
+            && self.precision.matrices == MatrixFormat::Ggml
+        {
+            if let Some(blocks) = self.checkpoint.ggml_blocks(name).map_err(err)? {
+                return Ok(blocks);
+            }
+        }
         let stored = meta.map(|m| m.dtype);
         let is_matrix = !name.ends_with(SCALE_SUFFIX) && meta.is_some_and(|m| m.shape.len() == 2);
         let t = if is_matrix
@@ -329,7 +391,16 @@ impl SimpleBackend for Backend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.checkpoint.tensors.contains_key(name)
+        self.checkpoint.tensors.contains_key(name) || self.ggml_sibling(name).is_some()
+    }
+}
+
+impl Backend {
+    /// For `{weight}_ggml_type` ([`linear::GGML_TYPE_SUFFIX`]): the weight's GGML block format,
+    /// if it has one (which tells `linear::Matrix::load` to ask for the raw blocks).
+    fn ggml_sibling(&self, name: &str) -> Option<linear::GgmlDType> {
+        let weight = name.strip_suffix(linear::GGML_TYPE_SUFFIX)?;
+        self.checkpoint.tensors.get(weight)?.ggml
     }
 }
 
@@ -356,6 +427,7 @@ fn read_header(path: &Path) -> Result<Vec<(String, TensorMeta)>> {
                     file: path.to_path_buf(),
                     dtype,
                     shape: view.shape().to_vec(),
+                    ggml: None,
                 },
             ))
         })

@@ -37,6 +37,15 @@ pub enum ModelError {
         /// The cause.
         reason: String,
     },
+    /// A GGUF file is malformed, truncated, of another architecture, or holds a tensor this
+    /// reader does not map.
+    #[error("{path}: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// The cause, naming the key or tensor.
+        reason: String,
+    },
     /// The problem happened inside a file.
     #[error("{path}: {inner}")]
     InFile {

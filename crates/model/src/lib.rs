@@ -57,6 +57,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod mtp;
 pub mod plan;

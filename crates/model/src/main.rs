@@ -32,7 +32,8 @@ enum Store {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Checkpoint directory (config.json + safetensors).
+    /// Checkpoint: an HF directory (config.json + safetensors) or a llama.cpp GGUF file
+    /// (architecture deepseek2; its block formats are kept as stored by default).
     #[arg(long)]
     model: PathBuf,
     /// Compute dtype (activations, latent cache, norms): f32, bf16 or f16. Default: f32 on the
@@ -41,9 +42,10 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_float_dtype)]
     dtype: Option<DType>,
     /// Format the weight matrices are kept in: f32, bf16, f16, fp8 (an FP8 checkpoint's e4m3
-    /// blocks as shipped), q8 or q4 (8/4-bit groups quantised at load). Default: on the CPU
-    /// with f32 compute, the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest
-    /// bytes that give the checkpoint's model; otherwise the compute dtype.
+    /// blocks as shipped), q8 or q4 (8/4-bit groups quantised at load), gguf (a GGUF file's
+    /// blocks as stored). Default: on the CPU, a GGUF file's blocks as stored, and with f32
+    /// compute the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest bytes that
+    /// give the checkpoint's model; otherwise the compute dtype.
     #[arg(long)]
     matrices: Option<MatrixFormat>,
     /// Run on the first CUDA device (needs `--features cuda`).
@@ -77,6 +79,19 @@ fn parse_sparse(s: &str) -> std::result::Result<mla::SparsePattern, String> {
 }
 
 impl ModelArgs {
+    /// Where tokenizer.json is looked for by default: the checkpoint directory, or the
+    /// directory holding a GGUF file (this reader does not build a tokenizer from GGUF
+    /// metadata).
+    fn default_tokenizer_dir(&self) -> PathBuf {
+        if self.model.is_file() {
+            self.model
+                .parent()
+                .map_or_else(PathBuf::new, Path::to_path_buf)
+        } else {
+            self.model.clone()
+        }
+    }
+
     fn load(&self) -> Result<DeepSeek> {
         let device = if self.cuda {
             Device::new_cuda(0).context(if cfg!(feature = "cuda") {
@@ -298,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 seed,
             };
-            let tok_dir = tokenizer.unwrap_or_else(|| model.model.clone());
+            let tok_dir = tokenizer.unwrap_or_else(|| model.default_tokenizer_dir());
             run_generate(
                 &model,
                 &tok_dir,
@@ -411,7 +426,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let tok_dir = args
         .tokenizer
         .clone()
-        .unwrap_or_else(|| args.model.model.clone());
+        .unwrap_or_else(|| args.model.default_tokenizer_dir());
     let tokenizer = if tok_dir.join("tokenizer.json").is_file() {
         Some(Tokenizer::from_dir(&tok_dir)?)
     } else if args.tokenizer.is_some() {

@@ -400,8 +400,8 @@ impl DeepSeek {
         device: &Device,
         choose: impl FnOnce(&Checkpoint) -> Precision,
     ) -> Result<Self> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
+        let config = checkpoint.config()?;
         let (plan, optional) = expected_tensors(&config);
         let expected: Vec<(String, Vec<usize>)> =
             plan.into_iter().map(|t| (t.name, t.shape)).collect();
@@ -428,6 +428,12 @@ impl DeepSeek {
                 checkpoint
                     .matrix_dtype()
                     .map_or("mixed dtypes", |d| d.as_str())
+            )));
+        }
+        if precision.matrices == MatrixFormat::Ggml && !checkpoint.is_gguf() {
+            return Err(ModelError::Input(format!(
+                "matrices gguf: {} is not a GGUF file (q8/q4 quantise at load)",
+                checkpoint.dir().display()
             )));
         }
         if !device.is_cpu() && !matches!(precision.matrices, MatrixFormat::Float(_)) {
@@ -457,7 +463,17 @@ impl DeepSeek {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(hidden, config.rms_norm_eps, vb.pp("model.norm"))?;
-        let mut lm_head = Matrix::from(vb.pp("lm_head").get((vocab, hidden), "weight")?);
+        let mut lm_head = Matrix::load(&vb.pp("lm_head"), "weight")?;
+        if lm_head.dims() != [vocab, hidden] {
+            return Err(ModelError::Weights {
+                dir: checkpoint.dir().to_path_buf(),
+                problems: vec![format!(
+                    "lm_head.weight: expected {:?}, found {:?}",
+                    [vocab, hidden],
+                    lm_head.dims()
+                )],
+            });
+        }
         if let MatrixFormat::Quant(_) = precision.matrices {
             // The head at 8 bits whatever the layers' width (llama.cpp's mixes keep it wider
             // too): its errors reach every logit directly.

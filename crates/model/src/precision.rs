@@ -21,15 +21,19 @@ pub enum MatrixFormat {
     /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
     /// them.
     Quant(QuantFormat),
+    /// A GGUF file's matrices as stored: GGML block formats (`Q4_K`, `Q8_0`, ...) multiplied
+    /// by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in their dtype.
+    Ggml,
 }
 
 impl MatrixFormat {
-    /// `f32`, `bf16`, `f16`, `fp8`, `q8` or `q4`.
+    /// `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4` or `gguf`.
     pub fn name(self) -> &'static str {
         match self {
             MatrixFormat::Float(d) => d.as_str(),
             MatrixFormat::Fp8 => "fp8",
             MatrixFormat::Quant(q) => q.name(),
+            MatrixFormat::Ggml => "gguf",
         }
     }
 }
@@ -43,16 +47,18 @@ impl std::fmt::Display for MatrixFormat {
 impl std::str::FromStr for MatrixFormat {
     type Err = String;
 
-    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8` or `q4` (for command-line options).
+    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4` or `gguf` (for command-line options).
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
             "fp8" => MatrixFormat::Fp8,
             "q8" => MatrixFormat::Quant(QuantFormat::Q8),
             "q4" => MatrixFormat::Quant(QuantFormat::Q4),
-            _ => MatrixFormat::Float(
-                parse_float_dtype(s)
-                    .map_err(|_| format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4"))?,
-            ),
+            "gguf" => MatrixFormat::Ggml,
+            _ => {
+                MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
+                    format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4, gguf")
+                })?)
+            }
         })
     }
 }
@@ -102,11 +108,14 @@ impl Precision {
     /// CPU with f32 compute, bf16/f16 matrices stay narrow and FP8 ones stay FP8
     /// ([`MatrixFormat::Fp8`]: exact, one byte per weight), since decode is bound by the bytes
     /// it reads. (Rounding e4m3 times an f32 block scale to bf16 is not exact: it moved logits
-    /// by up to 2.8 on a V3 FP8 checkpoint.) Otherwise everything is in `compute` (GPU kernels
-    /// want one dtype).
+    /// by up to 2.8 on a V3 FP8 checkpoint.) A GGUF file's matrices stay as stored on the CPU
+    /// ([`MatrixFormat::Ggml`], whatever `compute`). Otherwise everything is in `compute` (GPU
+    /// kernels want one dtype).
     pub fn auto(checkpoint: &Checkpoint, compute: DType, device: &Device) -> Self {
         let matrices = match checkpoint.matrix_dtype() {
-            _ if !device.is_cpu() || compute != DType::F32 => compute.into(),
+            _ if !device.is_cpu() => compute.into(),
+            _ if checkpoint.is_gguf() => MatrixFormat::Ggml,
+            _ if compute != DType::F32 => compute.into(),
             Some(d @ (DType::BF16 | DType::F16)) => d.into(),
             Some(DType::F8E4M3) => MatrixFormat::Fp8,
             _ => compute.into(),
@@ -119,7 +128,7 @@ impl Precision {
     pub fn matrix_dtype(&self, stored: DType) -> DType {
         match self.matrices {
             MatrixFormat::Float(d) => d,
-            MatrixFormat::Fp8 | MatrixFormat::Quant(_) => match stored {
+            MatrixFormat::Fp8 | MatrixFormat::Quant(_) | MatrixFormat::Ggml => match stored {
                 DType::BF16 | DType::F16 | DType::F32 => stored,
                 _ => self.compute,
             },

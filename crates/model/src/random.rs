@@ -1,7 +1,7 @@
 //! Random checkpoints of any configuration in the release layout (for tests and benchmarks).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use half::bf16;
 use safetensors::tensor::{Dtype, TensorView};
@@ -58,7 +58,9 @@ pub fn write_random_checkpoint(
     let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut shard: Vec<Stored> = Vec::new();
     let mut shard_bytes = 0;
-    let mut shards: Vec<Vec<Stored>> = Vec::new();
+    // Each shard is written as soon as it is full (memory stays at one shard, whatever the
+    // model's size) under a temporary name, renamed once the count is known.
+    let mut written: Vec<(PathBuf, Vec<String>)> = Vec::new();
     let total = plan.len();
     for (i, t) in plan.iter().enumerate() {
         progress(&t.name, i + 1, total);
@@ -95,34 +97,30 @@ pub fn write_random_checkpoint(
             shard.push(e);
         }
         if shard_bytes >= SHARD_BYTES {
-            shards.push(std::mem::take(&mut shard));
+            let path = out.join(format!(
+                "shard-{:05}.safetensors.partial",
+                written.len() + 1
+            ));
+            written.push(write_shard(&path, std::mem::take(&mut shard))?);
             shard_bytes = 0;
         }
     }
     if !shard.is_empty() {
-        shards.push(shard);
+        let path = out.join(format!(
+            "shard-{:05}.safetensors.partial",
+            written.len() + 1
+        ));
+        written.push(write_shard(&path, shard)?);
     }
-    let n = shards.len();
+    let n = written.len();
     let mut weight_map = BTreeMap::new();
-    for (s, tensors) in shards.iter().enumerate() {
+    for (s, (partial, names)) in written.into_iter().enumerate() {
         let file = format!("model-{:05}-of-{n:05}.safetensors", s + 1);
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(name, dt, shape, bytes)| {
-                weight_map.insert(name.clone(), file.clone());
-                (
-                    name.clone(),
-                    TensorView::new(*dt, shape.clone(), bytes).expect("consistent view"),
-                )
-            })
-            .collect();
         let path = out.join(&file);
-        safetensors::serialize_to_file(views, None, &path).map_err(|e| {
-            ModelError::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        std::fs::rename(&partial, &path).map_err(|e| ModelError::io(&path, e))?;
+        for name in names {
+            weight_map.insert(name, file.clone());
+        }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     let idx_path = out.join("model.safetensors.index.json");
@@ -131,6 +129,25 @@ pub fn write_random_checkpoint(
         serde_json::to_string_pretty(&index).expect("json") + "\n",
     )
     .map_err(|e| ModelError::io(&idx_path, e))
+}
+
+/// Writes one shard's tensors to `path`; returns the path and the tensor names.
+fn write_shard(path: &Path, tensors: Vec<Stored>) -> Result<(PathBuf, Vec<String>)> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, dt, shape, bytes)| {
+            let view = TensorView::new(*dt, shape.clone(), bytes).expect("consistent view");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((
+        path.to_path_buf(),
+        tensors.into_iter().map(|t| t.0).collect(),
+    ))
 }
 
 fn random_values(name: &str, shape: &[usize], rng: &mut XorShift) -> Vec<f32> {
