@@ -15,8 +15,13 @@
 //! Block-quantised tensors (`Q4_K`, `Q8_0`, ...) are served either as their raw blocks (for
 //! [`linear::GgmlMatrix`], through the [`linear::GGML_TYPE_SUFFIX`] sibling) or dequantised
 //! to f32; float tensors (`F32`, `F16`, `BF16`) as tensors of their own dtype. YaRN's two
-//! attention factors are one number in GGUF (`yarn_log_multiplier = 0.1 · mscale_all_dim`),
-//! so `mscale = mscale_all_dim` is assumed, as in every released V2/V3 configuration.
+//! attention factors are one number in GGUF (`yarn_log_multiplier = 0.1 · mscale_all_dim`):
+//! cos and sin are not scaled (as llama.cpp computes it, and as HF does whenever `mscale`
+//! equals `mscale_all_dim`, which holds in every released V2/V3 configuration).
+//!
+//! [`write_quantized`] writes the other way: an HF checkpoint as a GGUF file with 8-bit
+//! (`Q8_0`) or 4-bit (`Q4_1`) projections, the values `--matrices q8|q4` computes at load,
+//! which this reader loads back without requantising and llama.cpp reads too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,7 +31,10 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use linear::{QuantFormat, QuantMatrix};
+
 use crate::checkpoint::TensorMeta;
+use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
 
 /// The only architecture this reader maps.
@@ -262,6 +270,101 @@ fn stored_bytes(info: &TensorInfo) -> usize {
     info.shape.elem_count() / ty.block_size() * ty.type_size()
 }
 
+/// Whether a tensor is one of the matrices the model keeps in an 8/4-bit format under
+/// `--matrices q8|q4` (its projections), or stays as it is (norms, router, its bias).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Projection,
+    Plain,
+}
+
+/// Model-level tensors: (GGUF name, HF name). The head is written at 8 bits in every
+/// quantised file, as the model keeps it.
+const MODEL_NAMES: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer tensors: (GGUF name after `blk.L.`, HF name after `model.layers.L.`, kind).
+/// `kv_b_proj` is llama.cpp's `attn_k_b` + `attn_v_b` and the routed experts are stacked
+/// ([`STACKED`]); both are handled beside this table.
+const LAYER_NAMES: &[(&str, &str, Kind)] = &[
+    ("attn_norm.weight", "input_layernorm.weight", Kind::Plain),
+    (
+        "ffn_norm.weight",
+        "post_attention_layernorm.weight",
+        Kind::Plain,
+    ),
+    ("attn_q.weight", "self_attn.q_proj.weight", Kind::Projection),
+    (
+        "attn_q_a.weight",
+        "self_attn.q_a_proj.weight",
+        Kind::Projection,
+    ),
+    (
+        "attn_q_a_norm.weight",
+        "self_attn.q_a_layernorm.weight",
+        Kind::Plain,
+    ),
+    (
+        "attn_q_b.weight",
+        "self_attn.q_b_proj.weight",
+        Kind::Projection,
+    ),
+    (
+        "attn_kv_a_mqa.weight",
+        "self_attn.kv_a_proj_with_mqa.weight",
+        Kind::Projection,
+    ),
+    (
+        "attn_kv_a_norm.weight",
+        "self_attn.kv_a_layernorm.weight",
+        Kind::Plain,
+    ),
+    (
+        "attn_kv_b.weight",
+        "self_attn.kv_b_proj.weight",
+        Kind::Plain,
+    ),
+    (
+        "attn_output.weight",
+        "self_attn.o_proj.weight",
+        Kind::Projection,
+    ),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", Kind::Projection),
+    ("ffn_up.weight", "mlp.up_proj.weight", Kind::Projection),
+    ("ffn_down.weight", "mlp.down_proj.weight", Kind::Projection),
+    ("ffn_gate_inp.weight", "mlp.gate.weight", Kind::Plain),
+    (
+        "exp_probs_b.bias",
+        "mlp.gate.e_score_correction_bias",
+        Kind::Plain,
+    ),
+    (
+        "ffn_gate_shexp.weight",
+        "mlp.shared_experts.gate_proj.weight",
+        Kind::Projection,
+    ),
+    (
+        "ffn_up_shexp.weight",
+        "mlp.shared_experts.up_proj.weight",
+        Kind::Projection,
+    ),
+    (
+        "ffn_down_shexp.weight",
+        "mlp.shared_experts.down_proj.weight",
+        Kind::Projection,
+    ),
+];
+
+/// Stacked routed experts: (GGUF name after `blk.L.`, HF name after `mlp.experts.E.`).
+const STACKED: &[(&str, &str)] = &[
+    ("ffn_gate_exps.weight", "gate_proj.weight"),
+    ("ffn_up_exps.weight", "up_proj.weight"),
+    ("ffn_down_exps.weight", "down_proj.weight"),
+];
+
 /// HF names for every GGUF tensor of the first `layers` blocks (later blocks are MTP modules,
 /// which this reader skips); an unknown name is an error.
 fn map_tensors(
@@ -274,24 +377,9 @@ fn map_tensors(
     let mut unknown = Vec::new();
     for name in names {
         let dims = infos[name].shape.dims().to_vec();
-        let whole = |hf: String| (hf, (Source::Whole(name.clone()), dims.clone()));
-        match name.as_str() {
-            "token_embd.weight" => {
-                let (k, v) = whole("model.embed_tokens.weight".into());
-                out.insert(k, v);
-                continue;
-            }
-            "output_norm.weight" => {
-                let (k, v) = whole("model.norm.weight".into());
-                out.insert(k, v);
-                continue;
-            }
-            "output.weight" => {
-                let (k, v) = whole("lm_head.weight".into());
-                out.insert(k, v);
-                continue;
-            }
-            _ => {}
+        if let Some(&(_, hf)) = MODEL_NAMES.iter().find(|(g, _)| g == name) {
+            out.insert(hf.to_string(), (Source::Whole(name.clone()), dims));
+            continue;
         }
         let Some((layer, rest)) = name
             .strip_prefix("blk.")
@@ -305,62 +393,42 @@ fn map_tensors(
             continue; // an MTP module (nextn layers): not loaded from GGUF
         }
         let p = format!("model.layers.{layer}");
-        let hf = match rest {
-            "attn_norm.weight" => "input_layernorm.weight",
-            "ffn_norm.weight" => "post_attention_layernorm.weight",
-            "attn_q.weight" => "self_attn.q_proj.weight",
-            "attn_q_a.weight" => "self_attn.q_a_proj.weight",
-            "attn_q_a_norm.weight" => "self_attn.q_a_layernorm.weight",
-            "attn_q_b.weight" => "self_attn.q_b_proj.weight",
-            "attn_kv_a_mqa.weight" => "self_attn.kv_a_proj_with_mqa.weight",
-            "attn_kv_a_norm.weight" => "self_attn.kv_a_layernorm.weight",
-            "attn_kv_b.weight" => "self_attn.kv_b_proj.weight",
-            "attn_output.weight" => "self_attn.o_proj.weight",
-            "ffn_gate.weight" => "mlp.gate_proj.weight",
-            "ffn_up.weight" => "mlp.up_proj.weight",
-            "ffn_down.weight" => "mlp.down_proj.weight",
-            "ffn_gate_inp.weight" => "mlp.gate.weight",
-            "exp_probs_b.bias" => "mlp.gate.e_score_correction_bias",
-            "ffn_gate_shexp.weight" => "mlp.shared_experts.gate_proj.weight",
-            "ffn_up_shexp.weight" => "mlp.shared_experts.up_proj.weight",
-            "ffn_down_shexp.weight" => "mlp.shared_experts.down_proj.weight",
-            "attn_v_b.weight" => continue, // joined with attn_k_b below
-            "attn_k_b.weight" => {
-                let v_b = format!("blk.{layer}.attn_v_b.weight");
-                let Some(v) = infos.get(&v_b) else {
-                    return Err(format!("{name}: present without {v_b}"));
-                };
-                let (k, v) = (dims.as_slice(), v.shape.dims());
-                // k_b [H, rank, nope], v_b [H, v, rank]
-                if k.len() != 3 || v.len() != 3 || k[0] != v[0] || k[1] != v[2] {
-                    return Err(format!(
-                        "{name} {k:?} and {v_b} {v:?} are not [H, rank, nope] and [H, v, rank]"
-                    ));
-                }
-                let source = Source::KvB {
-                    k_b: name.clone(),
-                    v_b,
-                };
-                let shape = vec![k[0] * (k[2] + v[1]), k[1]];
-                out.insert(format!("{p}.self_attn.kv_b_proj.weight"), (source, shape));
-                continue;
+        if rest == "attn_v_b.weight" {
+            continue; // joined with attn_k_b below
+        }
+        if rest == "attn_k_b.weight" {
+            let v_b = format!("blk.{layer}.attn_v_b.weight");
+            let Some(v) = infos.get(&v_b) else {
+                return Err(format!("{name}: present without {v_b}"));
+            };
+            let (k, v) = (dims.as_slice(), v.shape.dims());
+            // k_b [H, rank, nope], v_b [H, v, rank]
+            if k.len() != 3 || v.len() != 3 || k[0] != v[0] || k[1] != v[2] {
+                return Err(format!(
+                    "{name} {k:?} and {v_b} {v:?} are not [H, rank, nope] and [H, v, rank]"
+                ));
             }
-            _ => {
-                let stacked = ["gate", "up", "down"]
-                    .into_iter()
-                    .find(|w| rest == format!("ffn_{w}_exps.weight"));
-                match (stacked, dims.as_slice()) {
-                    (Some(w), &[e, n, k]) => {
-                        for x in 0..e {
-                            let hf = format!("{p}.mlp.experts.{x}.{w}_proj.weight");
-                            out.insert(hf, (Source::Expert(name.clone(), x), vec![n, k]));
-                        }
-                    }
-                    (Some(_), d) => return Err(format!("{name}: expected [E, N, K], found {d:?}")),
-                    (None, _) => unknown.push(name.clone()),
-                }
-                continue;
+            let source = Source::KvB {
+                k_b: name.clone(),
+                v_b,
+            };
+            let shape = vec![k[0] * (k[2] + v[1]), k[1]];
+            out.insert(format!("{p}.self_attn.kv_b_proj.weight"), (source, shape));
+            continue;
+        }
+        if let Some(&(_, hf_proj)) = STACKED.iter().find(|(g, _)| *g == rest) {
+            let &[e, n, k] = dims.as_slice() else {
+                return Err(format!("{name}: expected [E, N, K], found {dims:?}"));
+            };
+            for x in 0..e {
+                let hf = format!("{p}.mlp.experts.{x}.{hf_proj}");
+                out.insert(hf, (Source::Expert(name.clone(), x), vec![n, k]));
             }
+            continue;
+        }
+        let Some(&(_, hf, _)) = LAYER_NAMES.iter().find(|(g, _, _)| *g == rest) else {
+            unknown.push(name.clone());
+            continue;
         };
         out.insert(format!("{p}.{hf}"), (Source::Whole(name.clone()), dims));
     }
@@ -471,7 +539,8 @@ fn hf_config(md: &HashMap<String, Value>) -> std::result::Result<serde_json::Val
         .and_then(|v| v.to_string().ok())
         .map(String::as_str);
     if scaling == Some("yarn") {
-        let mscale = opt("rope.scaling.yarn_log_multiplier", 0.0) / 0.1;
+        // llama.cpp leaves cos/sin unscaled and scales the softmax by
+        // (1 + yarn_log_multiplier · ln factor)²: HF's attention_factor 1 and mscale_all_dim.
         cfg["rope_scaling"] = json!({
             "type": "yarn",
             "factor": need("rope.scaling.factor")?,
@@ -479,8 +548,8 @@ fn hf_config(md: &HashMap<String, Value>) -> std::result::Result<serde_json::Val
                 int(need("rope.scaling.original_context_length")?),
             "beta_fast": opt("rope.scaling.yarn_beta_fast", 32.0),
             "beta_slow": opt("rope.scaling.yarn_beta_slow", 1.0),
-            "mscale": mscale,
-            "mscale_all_dim": mscale,
+            "mscale_all_dim": opt("rope.scaling.yarn_log_multiplier", 0.0) / 0.1,
+            "attention_factor": 1.0,
         });
     } else if let Some(other) = scaling.filter(|s| *s != "none") {
         return Err(format!(
@@ -489,4 +558,423 @@ fn hf_config(md: &HashMap<String, Value>) -> std::result::Result<serde_json::Val
         ));
     }
     Ok(cfg)
+}
+
+/// A metadata value the writer emits (GGUF value types 4, 6, 7, 8).
+enum Meta {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+}
+
+/// What one written tensor holds.
+enum Payload {
+    /// An HF tensor in a float type.
+    Float(String),
+    /// A projection, quantised (or, when its rows are not whole 32-value blocks, the f32
+    /// values of its quantisation: same values, no GGML block layout).
+    Quantised(String, QuantFormat),
+    /// The routed experts' projections, stacked `[E, N, K]`.
+    Stacked(Vec<String>, QuantFormat),
+    /// `kv_b_proj`'s key rows per head, `[H, rank, nope]` (llama.cpp's `attn_k_b`).
+    KeyB(String),
+    /// `kv_b_proj`'s value rows per head, `[H, v, rank]` (`attn_v_b`).
+    ValueB(String),
+}
+
+/// One tensor of the output: GGUF name, row-major dims, type, content.
+struct Planned {
+    name: String,
+    dims: Vec<usize>,
+    ty: GgmlDType,
+    content: Payload,
+}
+
+/// GGUF's data alignment (`general.alignment` default).
+const ALIGN: usize = 32;
+
+/// Writes the HF checkpoint `checkpoint` as a GGUF file at `out` (llama.cpp's `deepseek2`
+/// layout, `tokenizer.ggml.model = none`): its projections in `format` (`Q8_0` for q8, `Q4_1`
+/// for q4: the values [`crate::MatrixFormat::Quant`] computes at load), the head in `Q8_0`,
+/// the embedding, `kv_b_proj` (as `attn_k_b` / `attn_v_b`) and the routers in their stored
+/// float type (FP8 dequantised to f32), norms in f32. MTP modules are not written. Tensors are
+/// quantised and written one at a time (memory: one tensor, not the model). `progress` is
+/// called with (tensors done, total). Returns the bytes written.
+pub fn write_quantized(
+    checkpoint: &crate::checkpoint::Checkpoint,
+    format: QuantFormat,
+    out: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<u64> {
+    let cfg = checkpoint.config()?;
+    let input =
+        |reason: String| ModelError::Input(format!("{}: {reason}", checkpoint.dir().display()));
+    if checkpoint.is_gguf() {
+        return Err(input(
+            "already a GGUF file (quantize reads HF checkpoints)".into(),
+        ));
+    }
+    if cfg.arch == Arch::V32 {
+        return Err(input(
+            "DeepSeek-V3.2's indexer has no GGUF layout here".into(),
+        ));
+    }
+    let factor = cfg.mla.rope.attention_factor();
+    if (factor - 1.0).abs() > 1e-9 {
+        return Err(input(format!(
+            "rope_scaling: cos/sin are scaled by {factor} (mscale differs from mscale_all_dim); \
+             GGUF keeps one YaRN factor and llama.cpp scales them by 1"
+        )));
+    }
+    let metadata = gguf_metadata(&cfg, format)?;
+    let plan = plan_tensors(checkpoint, &cfg, format)?;
+
+    let file = std::fs::File::create(out).map_err(|e| ModelError::io(out, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e: std::io::Error| ModelError::io(out, e);
+    let mut header = Vec::new();
+    header.extend(0x4655_4747u32.to_le_bytes()); // "GGUF"
+    header.extend(3u32.to_le_bytes());
+    header.extend((plan.len() as u64).to_le_bytes());
+    header.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in &metadata {
+        put_str(&mut header, key);
+        match value {
+            Meta::U32(v) => {
+                header.extend(4u32.to_le_bytes());
+                header.extend(v.to_le_bytes());
+            }
+            Meta::F32(v) => {
+                header.extend(6u32.to_le_bytes());
+                header.extend(v.to_le_bytes());
+            }
+            Meta::Bool(v) => {
+                header.extend(7u32.to_le_bytes());
+                header.push(*v as u8);
+            }
+            Meta::Str(v) => {
+                header.extend(8u32.to_le_bytes());
+                put_str(&mut header, v);
+            }
+        }
+    }
+    let mut offset = 0usize;
+    for t in &plan {
+        put_str(&mut header, &t.name);
+        header.extend((t.dims.len() as u32).to_le_bytes());
+        for &d in t.dims.iter().rev() {
+            header.extend((d as u64).to_le_bytes()); // ne0 (innermost) first
+        }
+        header.extend(linear::ggml_type_id(t.ty).to_le_bytes());
+        header.extend((offset as u64).to_le_bytes());
+        offset += padded(planned_bytes(t));
+    }
+    header.resize(padded(header.len()), 0);
+    std::io::Write::write_all(&mut w, &header).map_err(io)?;
+    let mut written = header.len() as u64;
+    for (i, t) in plan.iter().enumerate() {
+        let mut bytes = tensor_bytes(checkpoint, t)?;
+        debug_assert_eq!(bytes.len(), planned_bytes(t), "{}", t.name);
+        bytes.resize(padded(bytes.len()), 0);
+        std::io::Write::write_all(&mut w, &bytes).map_err(io)?;
+        written += bytes.len() as u64;
+        progress(i + 1, plan.len());
+    }
+    std::io::Write::flush(&mut w).map_err(io)?;
+    Ok(written)
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend((s.len() as u64).to_le_bytes());
+    buf.extend(s.as_bytes());
+}
+
+fn padded(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn planned_bytes(t: &Planned) -> usize {
+    t.dims.iter().product::<usize>() / t.ty.block_size() * t.ty.type_size()
+}
+
+/// The GGML float type a stored tensor is written in: the dtype the model would hold it in
+/// under `--matrices q8|q4` (bf16/f16 kept, f32 and FP8 as f32).
+fn float_type(stored: DType) -> GgmlDType {
+    match stored {
+        DType::BF16 => GgmlDType::BF16,
+        DType::F16 => GgmlDType::F16,
+        _ => GgmlDType::F32,
+    }
+}
+
+/// The block type of a projection `[N, K]` in `format`, or f32 when `K` is not a whole
+/// number of 32-value blocks.
+fn block_type(format: QuantFormat, k: usize) -> GgmlDType {
+    match format {
+        _ if !k.is_multiple_of(linear::QUANT_GROUP) => GgmlDType::F32,
+        QuantFormat::Q8 => GgmlDType::Q8_0,
+        QuantFormat::Q4 => GgmlDType::Q4_1,
+    }
+}
+
+fn plan_tensors(
+    checkpoint: &crate::checkpoint::Checkpoint,
+    cfg: &ModelConfig,
+    format: QuantFormat,
+) -> Result<Vec<Planned>> {
+    let meta = |hf: &str| {
+        checkpoint
+            .tensors()
+            .get(hf)
+            .ok_or_else(|| ModelError::Weights {
+                dir: checkpoint.dir().to_path_buf(),
+                problems: vec![format!("{hf}: missing")],
+            })
+    };
+    let mut plan = Vec::new();
+    for &(gguf, hf) in MODEL_NAMES {
+        let m = meta(hf)?;
+        let (ty, content) = if hf == "lm_head.weight" {
+            let f = QuantFormat::Q8;
+            (block_type(f, m.shape[1]), Payload::Quantised(hf.into(), f))
+        } else if m.shape.len() == 2 {
+            (float_type(m.dtype), Payload::Float(hf.into()))
+        } else {
+            (GgmlDType::F32, Payload::Float(hf.into()))
+        };
+        plan.push(Planned {
+            name: gguf.into(),
+            dims: m.shape.clone(),
+            ty,
+            content,
+        });
+    }
+    let m = &cfg.mla;
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for &(gguf, hf, kind) in LAYER_NAMES {
+            let hf = format!("{p}.{hf}");
+            if hf.ends_with("kv_b_proj.weight") {
+                continue; // written split, below
+            }
+            let Some(stored) = checkpoint.tensors().get(&hf) else {
+                continue; // e.g. q_proj in a q_lora model, the router in a dense layer
+            };
+            let (ty, content) = match kind {
+                Kind::Projection => (
+                    block_type(format, stored.shape[1]),
+                    Payload::Quantised(hf, format),
+                ),
+                Kind::Plain if stored.shape.len() == 2 => {
+                    (float_type(stored.dtype), Payload::Float(hf))
+                }
+                Kind::Plain => (GgmlDType::F32, Payload::Float(hf)),
+            };
+            plan.push(Planned {
+                name: format!("blk.{l}.{gguf}"),
+                dims: stored.shape.clone(),
+                ty,
+                content,
+            });
+        }
+        let kv_b = format!("{p}.self_attn.kv_b_proj.weight");
+        let ty = float_type(meta(&kv_b)?.dtype);
+        let (h, rank) = (m.num_heads, m.kv_lora_rank);
+        plan.push(Planned {
+            name: format!("blk.{l}.attn_k_b.weight"),
+            dims: vec![h, rank, m.qk_nope_head_dim],
+            ty,
+            content: Payload::KeyB(kv_b.clone()),
+        });
+        plan.push(Planned {
+            name: format!("blk.{l}.attn_v_b.weight"),
+            dims: vec![h, m.v_head_dim, rank],
+            ty,
+            content: Payload::ValueB(kv_b),
+        });
+        if let (Some(moe), true) = (&cfg.moe, cfg.is_moe_layer(l)) {
+            for &(gguf, hf) in STACKED {
+                let names: Vec<String> = (0..moe.gate.n_routed_experts)
+                    .map(|e| format!("{p}.mlp.experts.{e}.{hf}"))
+                    .collect();
+                let shape = meta(&names[0])?.shape.clone();
+                plan.push(Planned {
+                    name: format!("blk.{l}.{gguf}"),
+                    dims: vec![names.len(), shape[0], shape[1]],
+                    ty: block_type(format, shape[1]),
+                    content: Payload::Stacked(names, format),
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The stored bytes of one planned tensor.
+fn tensor_bytes(checkpoint: &crate::checkpoint::Checkpoint, t: &Planned) -> Result<Vec<u8>> {
+    let float = |x: Tensor| -> Result<Vec<u8>> {
+        let x = x.to_dtype(match t.ty {
+            GgmlDType::BF16 => DType::BF16,
+            GgmlDType::F16 => DType::F16,
+            _ => DType::F32,
+        })?;
+        let q = candle_core::quantized::QTensor::quantize(&x.to_dtype(DType::F32)?, t.ty)?;
+        Ok(q.data()?.into_owned())
+    };
+    let quantised = |hf: &str, format: QuantFormat| -> Result<Vec<u8>> {
+        let w = checkpoint.load(hf, DType::F32, &Device::Cpu)?;
+        let q = QuantMatrix::quantize(&w, format)?;
+        if t.ty == GgmlDType::F32 {
+            return Ok(q
+                .dequantize_rows()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect());
+        }
+        Ok(q.to_ggml()?.1)
+    };
+    let kv_b = |hf: &str| -> Result<Tensor> {
+        let m = &checkpoint.config()?.mla;
+        let per_head = m.qk_nope_head_dim + m.v_head_dim;
+        let w = checkpoint.load(hf, DType::F32, &Device::Cpu)?;
+        Ok(w.reshape((m.num_heads, per_head, m.kv_lora_rank))?)
+    };
+    match &t.content {
+        Payload::Float(hf) => float(checkpoint.load(hf, DType::F32, &Device::Cpu)?),
+        Payload::Quantised(hf, format) => quantised(hf, *format),
+        Payload::Stacked(names, format) => {
+            let mut out = Vec::new();
+            for hf in names {
+                out.extend(quantised(hf, *format)?);
+            }
+            Ok(out)
+        }
+        Payload::KeyB(hf) => {
+            let nope = t.dims[2];
+            float(
+                kv_b(hf)?
+                    .narrow(1, 0, nope)?
+                    .transpose(1, 2)?
+                    .contiguous()?,
+            )
+        }
+        Payload::ValueB(hf) => {
+            let x = kv_b(hf)?;
+            let nope = x.dims()[1] - t.dims[1];
+            float(x.narrow(1, nope, t.dims[1])?.contiguous()?)
+        }
+    }
+}
+
+/// `deepseek2.*` metadata for `cfg` (the inverse of [`hf_config`]).
+fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, Meta)>> {
+    let m = &cfg.mla;
+    let u = |v: usize| Meta::U32(v as u32);
+    let k = |s: &str| format!("{ARCH}.{s}");
+    let mut md = vec![
+        ("general.architecture".to_string(), Meta::Str(ARCH.into())),
+        ("general.name".into(), Meta::Str("DeepSeek".into())),
+        (
+            "general.file_type".into(),
+            // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_1 = 3
+            Meta::U32(match format {
+                QuantFormat::Q8 => 7,
+                QuantFormat::Q4 => 3,
+            }),
+        ),
+        ("general.quantization_version".into(), Meta::U32(2)),
+        (k("block_count"), u(cfg.num_hidden_layers)),
+        (
+            k("context_length"),
+            u(cfg.max_position_embeddings.unwrap_or(163_840)),
+        ),
+        (k("embedding_length"), u(cfg.hidden_size)),
+        (k("feed_forward_length"), u(cfg.intermediate_size)),
+        (k("attention.head_count"), u(m.num_heads)),
+        (k("attention.head_count_kv"), Meta::U32(1)),
+        (k("rope.freq_base"), Meta::F32(m.rope.theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Meta::F32(cfg.rms_norm_eps as f32),
+        ),
+        (k("leading_dense_block_count"), u(cfg.first_k_dense_replace)),
+        (k("vocab_size"), u(cfg.vocab_size)),
+        (k("attention.q_lora_rank"), u(m.q_lora_rank.unwrap_or(0))),
+        (k("attention.kv_lora_rank"), u(m.kv_lora_rank)),
+        // The latent MQA head (what llama.cpp's MLA path attends with) and the per-head
+        // widths of the split attn_k_b / attn_v_b.
+        (
+            k("attention.key_length"),
+            u(m.kv_lora_rank + m.qk_rope_head_dim),
+        ),
+        (k("attention.value_length"), u(m.kv_lora_rank)),
+        (
+            k("attention.key_length_mla"),
+            u(m.qk_nope_head_dim + m.qk_rope_head_dim),
+        ),
+        (k("attention.value_length_mla"), u(m.v_head_dim)),
+        (k("rope.dimension_count"), u(m.qk_rope_head_dim)),
+        ("tokenizer.ggml.model".into(), Meta::Str("none".into())),
+    ];
+    if let Some(bos) = cfg.bos_token_id {
+        md.push(("tokenizer.ggml.bos_token_id".into(), Meta::U32(bos)));
+    }
+    if let Some(&eos) = cfg.eos_token_ids.first() {
+        md.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(eos)));
+    }
+    if let Some(moe) = &cfg.moe {
+        let g = &moe.gate;
+        md.extend([
+            (k("expert_count"), u(g.n_routed_experts)),
+            (k("expert_used_count"), u(g.top_k)),
+            (k("expert_group_count"), u(g.n_group)),
+            (k("expert_group_used_count"), u(g.topk_group)),
+            (
+                k("expert_gating_func"),
+                Meta::U32(match g.scoring {
+                    moe::Scoring::Softmax => 1,
+                    moe::Scoring::Sigmoid => 2,
+                }),
+            ),
+            (
+                k("expert_feed_forward_length"),
+                u(moe.moe_intermediate_size),
+            ),
+            (k("expert_shared_count"), u(moe.n_shared_experts)),
+            (
+                k("expert_weights_scale"),
+                Meta::F32(g.routed_scaling_factor),
+            ),
+            (k("expert_weights_norm"), Meta::Bool(g.normalize)),
+        ]);
+    }
+    if let rope_yarn::RopeScaling::Yarn(y) = &m.rope.scaling {
+        md.extend([
+            (k("rope.scaling.type"), Meta::Str("yarn".into())),
+            (k("rope.scaling.factor"), Meta::F32(y.factor as f32)),
+            (
+                k("rope.scaling.original_context_length"),
+                u(y.original_max_position_embeddings),
+            ),
+            (
+                k("rope.scaling.yarn_beta_fast"),
+                Meta::F32(y.beta_fast as f32),
+            ),
+            (
+                k("rope.scaling.yarn_beta_slow"),
+                Meta::F32(y.beta_slow as f32),
+            ),
+            (
+                k("rope.scaling.yarn_log_multiplier"),
+                Meta::F32((0.1 * y.mscale_all_dim.unwrap_or(0.0)) as f32),
+            ),
+        ]);
+    } else if m.rope.scaling != rope_yarn::RopeScaling::None {
+        return Err(ModelError::config(
+            "rope_scaling",
+            "GGUF's deepseek2 layout has YaRN or no scaling",
+        ));
+    }
+    Ok(md)
 }

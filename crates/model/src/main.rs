@@ -24,6 +24,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum QuantTo {
+    Q8,
+    Q4,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Store {
     F32,
     Bf16,
@@ -255,6 +261,21 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Writes an HF checkpoint as a GGUF file with 8-bit (Q8_0) or 4-bit (Q4_1) projections:
+    /// the values `--matrices q8|q4` computes at load, so `--model OUT.gguf` reloads them
+    /// without requantising; llama.cpp reads the file too (no tokenizer inside: pass
+    /// `--tokenizer`). One tensor in memory at a time.
+    Quantize {
+        /// Source checkpoint directory (safetensors; FP8 is dequantised first).
+        #[arg(long)]
+        model: PathBuf,
+        /// q8 or q4.
+        #[arg(long, value_enum)]
+        to: QuantTo,
+        /// Output GGUF file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Writes a random checkpoint of any config in the release layout.
     RandomCheckpoint {
         /// A config.json.
@@ -330,6 +351,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(args) => serve(&args),
         Command::Info { model } => info(&model),
+        Command::Quantize { model, to, out } => quantize(&model, to, &out),
         Command::RandomCheckpoint {
             config,
             out,
@@ -609,6 +631,37 @@ fn info(path: &Path) -> Result<()> {
     for (name, bytes) in [("f32", 4.0), ("bf16/f16", 2.0), ("fp8", 1.0)] {
         println!("weights in {name}: {:.2} GB", total as f64 * bytes / 1e9);
     }
+    Ok(())
+}
+
+fn quantize(model: &Path, to: QuantTo, out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; choose another --out", out.display());
+    }
+    let checkpoint = model::checkpoint::Checkpoint::open(model)?;
+    let format = match to {
+        QuantTo::Q8 => linear::QuantFormat::Q8,
+        QuantTo::Q4 => linear::QuantFormat::Q4,
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tensors").expect("template"),
+    );
+    let partial = out.with_extension("gguf.partial");
+    let written = model::gguf::write_quantized(&checkpoint, format, &partial, |i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    });
+    bar.finish_and_clear();
+    // Nothing half-written is left under the output's name.
+    let written = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, out).with_context(|| format!("renaming to {}", out.display()))?;
+    eprintln!("wrote {} ({:.2} GB)", out.display(), written as f64 / 1e9);
     Ok(())
 }
 

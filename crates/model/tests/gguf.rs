@@ -25,6 +25,22 @@ fn load(path: &Path, precision: Option<Precision>) -> DeepSeek {
     r.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A copy of the v3_noaux fixture in `dir` with `mscale = mscale_all_dim` (1.0 / 0.8 there):
+/// the model a GGUF file describes (one YaRN factor; see `model::gguf`).
+fn v3_noaux_as_gguf_reads_it(dir: &Path) {
+    let case = Case::load("v3_noaux");
+    for entry in std::fs::read_dir(&case.dir).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let all_dim = cfg["rope_scaling"]["mscale_all_dim"].clone();
+    cfg["rope_scaling"]["mscale"] = all_dim;
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+}
+
 /// A lossless (f32) GGUF of a V2 fixture gives HF's logits, prefill and decode.
 #[test]
 fn f32_gguf_matches_hf() {
@@ -49,16 +65,7 @@ fn f32_gguf_matches_hf() {
 fn v3_gguf_matches_the_safetensors_model() {
     let case = Case::load("v3_noaux");
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&case.dir).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
-    let cfg_path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    let all_dim = cfg["rope_scaling"]["mscale_all_dim"].clone();
-    cfg["rope_scaling"]["mscale"] = all_dim;
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    v3_noaux_as_gguf_reads_it(dir.path());
     let ids = case.ids("input_ids");
     let want = load(dir.path(), None).logits(&ids).unwrap();
     let got = load(&gguf("v3_noaux-f32.gguf"), None).logits(&ids).unwrap();
@@ -201,4 +208,84 @@ fn bad_gguf_files_name_the_key_or_tensor() {
         e.contains("model.layers.1.mlp.experts.0.up_proj.weight: missing"),
         "{e}"
     );
+}
+
+/// Every projection of `a` holds exactly the values of the same projection of `b`.
+fn same_matrices(a: &DeepSeek, b: &DeepSeek, what: &str) {
+    let all = |m: &DeepSeek| -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (l, layer) in m.layers().iter().enumerate() {
+            let w = layer.attention().weights();
+            for (n, x) in [("kv_a", &w.kv_a_proj_with_mqa), ("o", &w.o_proj)] {
+                out.push((format!("{l}.{n} {}", x.format()), x.dequantize().unwrap()));
+            }
+            let mlps: Vec<&moe::Mlp> = match layer.ffn() {
+                model::model::Ffn::Dense(d) => vec![d],
+                model::model::Ffn::Moe(moe) => (0..moe.experts().len())
+                    .map(|e| moe.experts().expert(e))
+                    .chain(moe.shared())
+                    .collect(),
+            };
+            for (i, mlp) in mlps.iter().enumerate() {
+                for (j, x) in mlp.matrices().iter().enumerate() {
+                    out.push((
+                        format!("{l}.mlp{i}.{j} {}", x.format()),
+                        x.dequantize().unwrap(),
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let (x, y) = (all(a), all(b));
+    assert_eq!(x.len(), y.len(), "{what}");
+    for ((n1, t1), (n2, t2)) in x.iter().zip(&y) {
+        let d = fixtures::max_abs_diff(t1, t2);
+        assert_eq!(d, 0.0, "{what}: {n1} vs {n2} differ by {d}");
+    }
+}
+
+/// `model quantize`'s files reload the quantised model with nothing requantised: every
+/// projection holds the values `--matrices q8|q4` computes from the source, and the q8
+/// logits equal it (q4's expert products differ here only because this fixture's 24-wide
+/// expert rows are not whole GGML blocks, so they are stored as f32 values and multiplied
+/// without the 8-bit activation rounding of 4-bit decode products).
+#[test]
+fn quantized_files_reload_the_quantised_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let v3 = dir.path().join("v3_noaux");
+    std::fs::create_dir(&v3).unwrap();
+    v3_noaux_as_gguf_reads_it(&v3);
+    let v2 = Case::load("v2_group_limited").dir;
+    for (src, name) in [
+        (v2.as_path(), "v2_group_limited"),
+        (v3.as_path(), "v3_noaux"),
+    ] {
+        let ids = Case::load(name).ids("input_ids");
+        for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {
+            let what = format!("{name} {format}");
+            let out = dir.path().join(format!("{name}-{format}.gguf"));
+            let checkpoint = Checkpoint::open(src).unwrap();
+            let mut last = (0, 0);
+            model::gguf::write_quantized(&checkpoint, format, &out, |i, n| last = (i, n)).unwrap();
+            assert!(last.0 == last.1 && last.1 > 0, "{what}: progress {last:?}");
+            let reloaded = load(&out, None);
+            let direct = load(
+                src,
+                Some(Precision::mixed(DType::F32, MatrixFormat::Quant(format))),
+            );
+            same_matrices(&reloaded, &direct, &what);
+            if format == linear::QuantFormat::Q8 {
+                let (a, b) = (reloaded.logits(&ids).unwrap(), direct.logits(&ids).unwrap());
+                assert_close(&a, &b, 1e-5, &what);
+            }
+        }
+    }
+    // A YaRN setting GGUF cannot express is refused, naming the field.
+    let checkpoint = Checkpoint::open(&Case::load("v3_noaux").dir).unwrap();
+    let out = dir.path().join("refused.gguf");
+    let e = model::gguf::write_quantized(&checkpoint, linear::QuantFormat::Q8, &out, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling"), "{e}");
 }
