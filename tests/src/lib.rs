@@ -28,6 +28,8 @@
 //! not the dense MLA the component crates' parity tests run on every case.
 #![deny(missing_docs)]
 
+#![allow(clippy::disallowed_methods)] // test helpers read fixtures and results on the host
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

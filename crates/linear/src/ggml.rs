@@ -196,6 +196,10 @@ mod tests {
             .map(|i| ((i as f32) * 0.71).sin() * 0.3)
             .collect();
         let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let values = |g: &GgmlMatrix| -> Vec<f32> {
+            let t = g.dequantize().unwrap().flatten_all().unwrap();
+            t.to_vec1().unwrap()
+        };
         for (ty, format) in [
             (GgmlDType::Q8_0, QuantFormat::Q8),
             (GgmlDType::Q4_1, QuantFormat::Q4),
@@ -206,27 +210,18 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(ours.format(), format);
-            let want = g
-                .dequantize()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = values(&g);
             assert_eq!(ours.dequantize_rows(), want, "{ty:?} read as {format:?}");
             // Ours written as GGML's blocks, and back.
             let q = QuantMatrix::quantize(&w, format).unwrap();
             let (t, blocks) = q.to_ggml().unwrap();
             assert_eq!(t, ty);
             let theirs = GgmlMatrix::from_blocks(ty, &blocks, n, k).unwrap();
-            let got = theirs
-                .dequantize()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(got, q.dequantize_rows(), "{format:?} written as {ty:?}");
+            assert_eq!(
+                values(&theirs),
+                q.dequantize_rows(),
+                "{format:?} written as {ty:?}"
+            );
             let again = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
             assert_eq!(again.to_ggml().unwrap().1, blocks);
         }

@@ -2,7 +2,9 @@
 //! The device-dispatch path (the GPU default: routing by argsorts, experts from stacked
 //! weights, no host copy) run on the CPU, where HF's references pin it.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
 use fixtures::{assert_close, Case};
 use model::mtp::{load_mtp_modules, mtp_forward};
 use model::DeepSeek;
@@ -40,12 +42,7 @@ fn device_dispatch_matches_hf_on_every_fixture() {
             1e-4,
             &what("prefill"),
         );
-        let mut session = model.new_session().unwrap();
-        let rows: Vec<Tensor> = ids
-            .iter()
-            .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
-            .collect();
-        let decoded = Tensor::cat(&rows, 0).unwrap();
+        let decoded = common::decode_each(&model, &ids);
         assert_close(
             &decoded,
             &case.tensor("decode.logits"),

@@ -2,6 +2,8 @@
 //! GGUF files written by llama.cpp's own converter and quantiser
 //! (`tests/reference/gguf_fixtures.sh`), read by the model crate.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
@@ -49,12 +51,8 @@ fn f32_gguf_matches_hf() {
     let ids = case.ids("input_ids");
     let want = case.tensor("prefill.logits");
     assert_close(&model.logits(&ids).unwrap(), &want, 1e-4, "gguf prefill");
-    let mut session = model.new_session().unwrap();
-    let rows: Vec<Tensor> = ids
-        .iter()
-        .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
-        .collect();
-    assert_close(&Tensor::cat(&rows, 0).unwrap(), &want, 1e-4, "gguf decode");
+    let decoded = common::decode_each(&model, &ids);
+    assert_close(&decoded, &want, 1e-4, "gguf decode");
 }
 
 /// A V3 GGUF (q_lora, noaux_tc router with its bias, split attn_k_b / attn_v_b) equals the

@@ -1,5 +1,7 @@
 //! End-to-end parity with HF transformers 5.23 on the committed fixture checkpoints.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use fixtures::{assert_close, Case};
 use model::DeepSeek;
@@ -38,13 +40,7 @@ fn decode_step_by_step_matches_prefill() {
     for name in CASES {
         let case = Case::load(name);
         let model = load(&case);
-        let mut session = model.new_session().unwrap();
-        let rows: Vec<Tensor> = case
-            .ids("input_ids")
-            .iter()
-            .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
-            .collect();
-        let decoded = Tensor::cat(&rows, 0).unwrap();
+        let decoded = common::decode_each(&model, &case.ids("input_ids"));
         assert_close(
             &decoded,
             &case.tensor("decode.logits"),

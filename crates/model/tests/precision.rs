@@ -1,6 +1,8 @@
 //! Mixed precision: bf16/f16 matrices under f32 compute, and the automatic choice.
 #![allow(clippy::disallowed_methods)] // tests read results on the host
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -197,12 +199,7 @@ fn quantised_models_track_f32() {
         // a few rows round the activations to 8 bits (`linear::quant`): a last-digit
         // difference in an activation can move it to the next step, so 4-bit decode and
         // prefill agree to that rounding.
-        let mut session = model.new_session().unwrap();
-        let steps: Vec<Tensor> = ids
-            .iter()
-            .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
-            .collect();
-        let steps = Tensor::cat(&steps, 0).unwrap();
+        let steps = common::decode_each(&model, &ids);
         if format.name() == "q4" {
             let (drift, _) = kl_and_agreement(&got, &steps);
             eprintln!("q4 decode vs prefill: mean KL {drift:.2e}");

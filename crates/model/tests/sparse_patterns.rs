@@ -3,7 +3,9 @@
 //! drops keys changes the logits (it is an approximation), and a position pattern gives the
 //! same logits whether the tokens come in one prefill or one decode step at a time.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
 use fixtures::{assert_close, max_abs_diff, Case};
 use mla::SparsePattern;
 use model::DeepSeek;
@@ -48,17 +50,8 @@ fn a_pattern_that_drops_keys_changes_the_logits_the_same_way_prefill_and_decode(
         1e-4,
         "rows inside the window",
     );
-    let mut session = model.new_session().unwrap();
-    let rows: Vec<Tensor> = ids
-        .iter()
-        .map(|&t| model.forward(&[t], &mut session).unwrap().logits)
-        .collect();
-    assert_close(
-        &Tensor::cat(&rows, 0).unwrap(),
-        &prefill,
-        1e-4,
-        "sparse decode vs sparse prefill",
-    );
+    let decoded = common::decode_each(&model, &ids);
+    assert_close(&decoded, &prefill, 1e-4, "sparse decode vs sparse prefill");
 }
 
 #[test]

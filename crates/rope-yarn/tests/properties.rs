@@ -1,4 +1,5 @@
 //! Properties of the rotation that hold for any configuration.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;

@@ -25,6 +25,7 @@
 //!
 //! The response text is the concatenation of the completion's tokens; the R1 chat template
 //! pre-fills `<think>`, so `7</think>\boxed{7}` is a well-formed response.
+#![allow(clippy::disallowed_methods)] // tests read results on the host
 
 use std::time::Instant;
 
