@@ -9,13 +9,7 @@ use fixtures::{assert_close, Case};
 use model::mtp::{load_mtp_modules, mtp_forward};
 use model::DeepSeek;
 
-const CASES: &[&str] = &[
-    "v2_greedy",
-    "v2_group_limited",
-    "v3_noaux",
-    "v3_mtp",
-    "v3_fp8",
-];
+use common::CASES;
 
 fn load(case: &Case, device_dispatch: bool) -> DeepSeek {
     let mut model = DeepSeek::load(&case.dir, DType::F32, &Device::Cpu)

@@ -6,14 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use fixtures::{assert_close, Case};
 use model::DeepSeek;
 
-/// Cases whose logits must match (the MTP case is covered in the mtp tests).
-const CASES: &[&str] = &[
-    "v2_greedy",
-    "v2_group_limited",
-    "v3_noaux",
-    "v3_mtp",
-    "v3_fp8",
-];
+use common::CASES;
 
 fn load(case: &Case) -> DeepSeek {
     DeepSeek::load(&case.dir, DType::F32, &Device::Cpu)

@@ -3,8 +3,19 @@
 use candle_core::Tensor;
 use model::DeepSeek;
 
+/// The dense-attention fixture checkpoints whose logits HF pins (V3.2's have their own tests).
+#[allow(dead_code)] // not every test binary uses every helper
+pub const CASES: &[&str] = &[
+    "v2_greedy",
+    "v2_group_limited",
+    "v3_noaux",
+    "v3_mtp",
+    "v3_fp8",
+];
+
 /// Logits `[T, V]` of feeding `ids` one token at a time through a fresh session (decode
 /// steps over the growing cache).
+#[allow(dead_code)] // not every test binary uses every helper
 pub fn decode_each(model: &DeepSeek, ids: &[u32]) -> Tensor {
     let mut session = model.new_session().unwrap();
     let rows: Vec<Tensor> = ids
