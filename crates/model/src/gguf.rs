@@ -129,8 +129,16 @@ impl GgufFile {
             .map(|(name, (source, shape))| {
                 let ggml = self.block_type(source);
                 let dtype = match (source, ggml) {
-                    // Joined from two tensors (of possibly different types) in f32.
-                    (Source::KvB { .. }, _) | (_, Some(_)) => DType::F32,
+                    // Joined from two tensors: their float type when they share one (what a
+                    // converted bf16 checkpoint held), else f32.
+                    (Source::KvB { k_b, v_b }, _) => {
+                        let (a, b) = (self.infos[k_b].ggml_dtype, self.infos[v_b].ggml_dtype);
+                        match (a == b, self.block_type(source)) {
+                            (true, None) => float_dtype(a),
+                            _ => DType::F32,
+                        }
+                    }
+                    (_, Some(_)) => DType::F32,
                     (_, None) => float_dtype(self.infos[first(source)].ggml_dtype),
                 };
                 let ggml = ggml.filter(|_| !matches!(source, Source::KvB { .. }));
