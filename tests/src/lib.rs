@@ -27,7 +27,6 @@
 //! The V3.2 case (`v32_dsa`, DeepSeek Sparse Attention) is not in [`CASES`]: its attention is
 //! not the dense MLA the component crates' parity tests run on every case.
 #![deny(missing_docs)]
-
 #![allow(clippy::disallowed_methods)] // test helpers read fixtures and results on the host
 
 use std::collections::HashMap;
