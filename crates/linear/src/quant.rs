@@ -14,14 +14,14 @@
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
 //! activations' exact group sums. The first:
-//! - Q8, and Q4 with more than [`GEMV_MAX_ROWS`] rows (prefill): f32 activations against the
-//!   stored integers widened in registers (never dequantised to memory), one scale per group:
-//!   the product with the dequantised matrix up to f32 summation order;
-//! - Q4 with up to [`GEMV_MAX_ROWS`] rows (decode): the activations rounded to 8 bits per
-//!   group, as llama.cpp does for its 4-bit formats, and the integer products summed exactly
-//!   (`kernel::q4`): 2-3x fewer operations per weight, at an activation rounding error far
-//!   below the 4-bit weights' own. So a 4-bit decode step and a prefill over the same tokens
-//!   agree to that rounding, not to summation order.
+//! - more than [`GEMV_MAX_ROWS`] rows (prefill): f32 activations against the stored integers
+//!   widened in registers (never dequantised to memory), one scale per group: the product with
+//!   the dequantised matrix up to f32 summation order;
+//! - up to [`GEMV_MAX_ROWS`] rows (decode): the activations rounded to 8 bits per group, as
+//!   llama.cpp does for its block formats, and the integer products summed exactly
+//!   (`kernel::act8`): 2-3x fewer operations per weight, at an activation rounding error below
+//!   the weights' own (8-bit) and far below it (4-bit). So a quantised decode step and a
+//!   prefill over the same tokens agree to that rounding, not to summation order.
 //!
 //! The tests check each path against an f64 oracle of its own arithmetic on every
 //! instruction-set path.
@@ -38,7 +38,7 @@ use half::f16;
 
 /// Values per quantisation group along `K` (GGUF's Q8_0/Q4_1 block; a multiple of 16, as the
 /// 4-bit kernel needs).
-pub const QUANT_GROUP: usize = kernel::q4::GROUP;
+pub const QUANT_GROUP: usize = kernel::act8::GROUP;
 
 /// A block-quantised format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -317,10 +317,13 @@ impl QuantMatrix {
             cols: QUANT_GROUP,
         };
         let mut out = match &self.values {
+            // Decode-sized products round the activations to 8 bits (see `kernel::act8`).
+            Values::I8(v) if m <= GEMV_MAX_ROWS => {
+                kernel::act8::matmul_i8_q8(isa, v, k, xs, m, &self.scales)
+            }
             Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-            // Decode-sized products round the activations to 8 bits (see `kernel::q4`).
             Values::U4(v) if m <= GEMV_MAX_ROWS => {
-                kernel::q4::matmul_u4_q8(isa, v, k, xs, m, &self.scales)
+                kernel::act8::matmul_u4_q8(isa, v, k, xs, m, &self.scales)
             }
             Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
         };
@@ -475,19 +478,19 @@ mod tests {
     use crate::kernel::tests::assert_matches_oracle;
     use proptest::prelude::*;
 
-    /// f64 oracle over the dequantised matrix, with the activations a 4-bit decode-sized
-    /// product uses: rounded to 8 bits per group (`kernel::q4`) in the scaled term, exact in
-    /// the offsets' term.
+    /// f64 oracle over the dequantised matrix, with the activations a decode-sized product
+    /// uses: rounded to 8 bits per group (`kernel::act8`) in the scaled term, exact in the
+    /// offsets' term.
     fn oracle(w: &QuantMatrix, xs: &[f32], m: usize) -> Vec<f64> {
         let [n, k] = w.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
-        let rounded = w.format == QuantFormat::Q4 && m <= GEMV_MAX_ROWS;
+        let rounded = m <= GEMV_MAX_ROWS;
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
-            let q8 = kernel::q4::q8_row(x);
-            let xq = kernel::q4::natural(&q8, k);
+            let q8 = kernel::act8::q8_row(x);
+            let xq = kernel::act8::natural(&q8, k);
             for r in 0..n {
                 out[j * n + r] = (0..k)
                     .map(|c| {

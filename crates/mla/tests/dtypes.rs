@@ -108,8 +108,8 @@ fn rel_rms(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// A layer with 8-bit or 4-bit projections computes what the same layer holding the
-/// dequantised values in f32 computes (up to summation order; 4-bit: up to the activations'
-/// 8-bit rounding), on every path.
+/// dequantised values in f32 computes: up to summation order past `GEMV_MAX_ROWS` rows, up to
+/// the activations' 8-bit rounding below, on every path.
 #[test]
 fn quantised_matrices_equal_their_dequantised_twin() {
     for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {
@@ -140,39 +140,34 @@ fn quantised_matrices_equal_their_dequantised_twin() {
             };
             assert_eq!(w.o_proj.format(), format.name());
             let exact = Mla::new(quant.config().clone(), twin).unwrap();
-            match format {
-                linear::QuantFormat::Q8 => {
-                    let x = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
-                    let want = &run_every_path(&exact, &x, 1e-5)[0].1;
-                    for (name, y) in run_every_path(&quant, &x, 1e-4) {
-                        let d = max_abs_diff(&y, want);
-                        assert!(d < 1e-4, "{format} q_lora={q_lora} {name}: {d:e}");
-                    }
-                }
-                linear::QuantFormat::Q4 => {
-                    // More than GEMV_MAX_ROWS rows: f32 activations, the twin's product.
-                    let rows = linear::GEMV_MAX_ROWS + 8;
-                    let x = Tensor::randn(0f32, 1.0, (1, rows, 64), &Device::Cpu).unwrap();
-                    for path in PATHS {
-                        let mut rope = rope_for(&exact);
-                        let want = exact.forward(&x, 0, &mut rope, None, path).unwrap();
-                        let y = quant.forward(&x, 0, &mut rope, None, path).unwrap();
-                        let d = max_abs_diff(&y, &want);
-                        assert!(d < 1e-4, "q4 q_lora={q_lora} {rows} rows {path:?}: {d:e}");
-                    }
-                    // A few rows (decode, short prefill): the activations are rounded to 8
-                    // bits per group, so the outputs differ from the twin's by a small
-                    // relative amount, on every path.
-                    let x = x.narrow(1, 0, 7).unwrap();
-                    let want = &run_every_path(&exact, &x, 1e-5)[0].1;
-                    for (name, y) in run_every_path(&quant, &x, f32::INFINITY) {
-                        let rel = rel_rms(&y, want);
-                        assert!(
-                            rel < 5e-2,
-                            "q4 q_lora={q_lora} {name}: relative RMS {rel:e}"
-                        );
-                    }
-                }
+            // More than GEMV_MAX_ROWS rows: f32 activations, the twin's product.
+            let rows = linear::GEMV_MAX_ROWS + 8;
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 64), &Device::Cpu).unwrap();
+            for path in PATHS {
+                let mut rope = rope_for(&exact);
+                let want = exact.forward(&x, 0, &mut rope, None, path).unwrap();
+                let y = quant.forward(&x, 0, &mut rope, None, path).unwrap();
+                let d = max_abs_diff(&y, &want);
+                assert!(
+                    d < 1e-4,
+                    "{format} q_lora={q_lora} {rows} rows {path:?}: {d:e}"
+                );
+            }
+            // A few rows (decode, short prefill): the activations are rounded to 8 bits per
+            // group, so the outputs differ from the twin's by a small relative amount, on
+            // every path.
+            let x = x.narrow(1, 0, 7).unwrap();
+            let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+            let bound = match format {
+                linear::QuantFormat::Q8 => 2e-2,
+                linear::QuantFormat::Q4 => 5e-2,
+            };
+            for (name, y) in run_every_path(&quant, &x, f32::INFINITY) {
+                let rel = rel_rms(&y, want);
+                assert!(
+                    rel < bound,
+                    "{format} q_lora={q_lora} {name}: relative RMS {rel:e}"
+                );
             }
         }
     }

@@ -9,7 +9,7 @@ use fixtures::{assert_close, Case};
 use model::mtp::{load_mtp_modules, mtp_forward};
 use model::DeepSeek;
 
-use common::CASES;
+use fixtures::CASES;
 
 fn load(case: &Case, device_dispatch: bool) -> DeepSeek {
     let mut model = DeepSeek::load(&case.dir, DType::F32, &Device::Cpu)

@@ -71,8 +71,9 @@ fn v3_gguf_matches_the_safetensors_model() {
 }
 
 /// llama-quantize's Q8_0 blocks load as this crate's Q8 matrices with nothing requantised:
-/// the same logits as the same file dequantised to f32 (`--matrices f32`), up to summation
-/// order; and close to the f32 file's model (8-bit weights: within 0.5 on these logits).
+/// every projection holds exactly the values of the same file dequantised to f32
+/// (`--matrices f32`); the logits are close to the f32 file's model (8-bit weights, and 8-bit
+/// activations in products of up to 32 rows: within 0.5 on these logits).
 #[test]
 fn q8_0_gguf_keeps_its_blocks() {
     for name in ["v2_group_limited", "v3_noaux"] {
@@ -89,10 +90,9 @@ fn q8_0_gguf_keeps_its_blocks() {
             .collect();
         assert!(formats.contains(&"q8"), "{name}: {formats:?}");
         let dequantised = load(&path, Some(Precision::from(DType::F32)));
-        let case = Case::load(name);
-        let ids = case.ids("input_ids");
+        same_matrices(&kept, &dequantised, name);
+        let ids = Case::load(name).ids("input_ids");
         let a = kept.logits(&ids).unwrap();
-        assert_close(&a, &dequantised.logits(&ids).unwrap(), 1e-4, name);
         // Against the lossless file (HF's model, up to GGUF's YaRN reading for v3_noaux).
         let f32_model = load(&gguf(&format!("{name}-f32.gguf")), None);
         assert_close(&a, &f32_model.logits(&ids).unwrap(), 0.5, name);
@@ -244,10 +244,10 @@ fn same_matrices(a: &DeepSeek, b: &DeepSeek, what: &str) {
 }
 
 /// `model quantize`'s files reload the quantised model with nothing requantised: every
-/// projection holds the values `--matrices q8|q4` computes from the source, and the q8
-/// logits equal it (q4's expert products differ here only because this fixture's 24-wide
-/// expert rows are not whole GGML blocks, so they are stored as f32 values and multiplied
-/// without the 8-bit activation rounding of 4-bit decode products).
+/// projection holds the values `--matrices q8|q4` computes from the source. (The logits are
+/// not compared: these fixtures' 24-wide expert rows are not whole GGML blocks, so they are
+/// stored as f32 values and multiplied without the 8-bit activation rounding of quantised
+/// products of up to 32 rows, and on these tiny random models that moves routing decisions.)
 #[test]
 fn quantized_files_reload_the_quantised_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +259,6 @@ fn quantized_files_reload_the_quantised_model() {
         (v2.as_path(), "v2_group_limited"),
         (v3.as_path(), "v3_noaux"),
     ] {
-        let ids = Case::load(name).ids("input_ids");
         for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {
             let what = format!("{name} {format}");
             let out = dir.path().join(format!("{name}-{format}.gguf"));
@@ -273,10 +272,6 @@ fn quantized_files_reload_the_quantised_model() {
                 Some(Precision::mixed(DType::F32, MatrixFormat::Quant(format))),
             );
             same_matrices(&reloaded, &direct, &what);
-            if format == linear::QuantFormat::Q8 {
-                let (a, b) = (reloaded.logits(&ids).unwrap(), direct.logits(&ids).unwrap());
-                assert_close(&a, &b, 1e-5, &what);
-            }
         }
     }
     // A YaRN setting GGUF cannot express is refused, naming the field.

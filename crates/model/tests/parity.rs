@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use fixtures::{assert_close, Case};
 use model::DeepSeek;
 
-use common::CASES;
+use fixtures::CASES;
 
 fn load(case: &Case) -> DeepSeek {
     DeepSeek::load(&case.dir, DType::F32, &Device::Cpu)

@@ -25,9 +25,9 @@ use crate::{Isa, GEMV_MAX_ROWS};
 
 pub(crate) use gemm::gemm;
 
+pub(crate) mod act8;
 mod gemm;
 mod portable;
-pub(crate) mod q4;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 

@@ -38,10 +38,24 @@ pub(super) fn dot_u4(w: &[U4x2], x: &[f32]) -> f32 {
     acc[0] + acc[1]
 }
 
-/// One row of the 4-bit product with 8-bit activations laid out by `q4::q8_row`:
+/// One row of the 8-bit product with 8-bit activations in natural order
+/// (`act8::q8_row_natural`): `Σ_g c_g · Σ_{i in g} w_i · xq_i`, integer sums per group.
+pub(super) fn dot_i8_q8(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
+    let group = super::act8::GROUP;
+    w.chunks(group)
+        .zip(xq.chunks(group))
+        .zip(c)
+        .map(|((w, x), &c)| {
+            let s: i32 = w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum();
+            c * s as f32
+        })
+        .sum()
+}
+
+/// One row of the 4-bit product with 8-bit activations laid out by `act8::q8_row`:
 /// `Σ_g c[g] · Σ_{i in g} q_i · xq_i`, the integer sums exact.
 pub(super) fn dot_u4_q8(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
-    let group = super::q4::GROUP;
+    let group = super::act8::GROUP;
     let k = xq.len();
     let full = k / group;
     // Σ lo·xe + hi·xo over 16 bytes of one group.

@@ -479,7 +479,46 @@ unsafe fn e4m3_over_256(p: *const F8E4M3) -> __m256 {
     ))
 }
 
-/// One row of the 4-bit product with 8-bit activations (`q4`): per pair of groups one 32-byte
+/// One row of the 8-bit product with 8-bit activations (`act8::q8_row_natural`):
+/// `Σ_g c_g · Σ_{i in g} w_i · xq_i`, each group's 32 products summed exactly in integers
+/// (`maddubs` on `|w|` and `xq · sign(w)`, as llama.cpp's Q8_0 dot does; `|w| ≤ 128` and
+/// `|xq| ≤ 127` keep each pair sum inside i16).
+pub(crate) fn dot_i8_q8(_: Avx2Fma, w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { dot_i8_q8_avx2(w, xq, c) }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
+    const GROUP: usize = super::act8::GROUP;
+    let k = xq.len().min(w.len());
+    let full = k / GROUP;
+    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
+    let (pw, px) = (w.as_ptr(), xq.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (g, &cg) in c.iter().enumerate().take(full) {
+        let wv = _mm256_loadu_si256(pw.add(g * GROUP) as *const __m256i);
+        let xv = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
+        let s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        let s32 = _mm256_madd_epi16(s16, ones);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(cg), acc);
+    }
+    let mut total = hsum(acc);
+    if full * GROUP < k {
+        let tail: i32 = w[full * GROUP..k]
+            .iter()
+            .zip(&xq[full * GROUP..k])
+            .map(|(&a, &b)| a as i32 * b as i32)
+            .sum();
+        total += c[full] * tail as f32;
+    }
+    total
+}
+
+/// One row of the 4-bit product with 8-bit activations (`act8`): per pair of groups one 32-byte
 /// load of the weights, `& 15` and `>> 4 & 15` for the even and odd values, two
 /// `maddubs` (u8 x i8 pairs into i16: at most 2 · 15 · 127, no saturation) and one `madd`
 /// into 8 i32 lanes (4 per group), converted and multiplied by each group's `c`.
@@ -493,7 +532,7 @@ pub(crate) fn dot_u4_q8(_: Avx2Fma, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
-    const GROUP: usize = super::q4::GROUP;
+    const GROUP: usize = super::act8::GROUP;
     let k = xq.len().min(2 * w.len());
     let full = k / GROUP;
     assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");

@@ -3,16 +3,6 @@
 use candle_core::Tensor;
 use model::DeepSeek;
 
-/// The dense-attention fixture checkpoints whose logits HF pins (V3.2's have their own tests).
-#[allow(dead_code)] // not every test binary uses every helper
-pub const CASES: &[&str] = &[
-    "v2_greedy",
-    "v2_group_limited",
-    "v3_noaux",
-    "v3_mtp",
-    "v3_fp8",
-];
-
 /// Logits `[T, V]` of feeding `ids` one token at a time through a fresh session (decode
 /// steps over the growing cache).
 #[allow(dead_code)] // not every test binary uses every helper

@@ -1,11 +1,12 @@
-//! The 4-bit matrix-vector product with 8-bit activations, as llama.cpp computes its 4-bit
-//! formats: each group of 32 activations is rounded to i8 with its own scale
-//! (`dx = max |x| / 127`, `xq = round(x / dx)`), the products of the 4-bit values with them are
-//! summed exactly in integers, and each group's integer sum is scaled once:
+//! Matrix-vector products of 4-bit and 8-bit weights with 8-bit activations, as llama.cpp
+//! computes its block formats: each group of 32 activations is rounded to i8 with its own
+//! scale (`dx = max |x| / 127`, `xq = round(x / dx)`), the products of the integer weights
+//! with them are summed exactly in integers, and each group's integer sum is scaled once:
 //! `Σ_g s_g · dx_g · Σ_{c in g} q_c · xq_c`. That is 2-3x fewer operations per weight than
-//! widening each weight to f32, which is what keeps a 4-bit row's product near the speed of
-//! memory; the price is the activations' rounding (a relative error of about
-//! `1 / (127 · sqrt(12))` per activation, well under the 4-bit weights' own).
+//! widening each weight to f32, which is what keeps a quantised row's product near the speed
+//! of memory; the price is the activations' rounding (a relative error of about
+//! `1 / (127 · sqrt(12))` per activation, under the 8-bit weights' own and far under the
+//! 4-bit ones').
 
 use half::f16;
 use rayon::prelude::*;
@@ -31,21 +32,28 @@ fn evens_odds(g: &[i8], parity: usize) -> impl Iterator<Item = i8> + '_ {
     g.iter().skip(parity).step_by(2).copied()
 }
 
-/// [`Q8Row`] of `x`.
-pub(crate) fn q8_row(x: &[f32]) -> Q8Row {
+/// `x` rounded to 8 bits per group of [`GROUP`], in natural order, with each group's `dx`
+/// (the layout the 8-bit weights' kernel reads).
+pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
     let groups = x.len().div_ceil(GROUP);
     let mut scale = Vec::with_capacity(groups);
-    let mut rounded = Vec::with_capacity(x.len());
+    let mut q = Vec::with_capacity(x.len());
     for g in x.chunks(GROUP) {
         let amax = g.iter().fold(0f32, |a, v| a.max(v.abs()));
         let dx = amax / 127.0;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         scale.push(dx);
-        rounded.extend(g.iter().map(|v| {
+        q.extend(g.iter().map(|v| {
             let t = v * inv;
             ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8
         }));
     }
+    Q8Row { q, scale }
+}
+
+/// [`Q8Row`] of `x` in the 4-bit kernel's layout (see [`Q8Row`]).
+pub(crate) fn q8_row(x: &[f32]) -> Q8Row {
+    let Q8Row { q: rounded, scale } = q8_row_natural(x);
     let full = x.len() / GROUP;
     let mut q = Vec::with_capacity(x.len());
     let mut g = 0;
@@ -79,14 +87,44 @@ pub(crate) fn matmul_u4_q8(
     m: usize,
     scales: &[f16],
 ) -> Vec<f32> {
+    matmul_act8(isa, w, k, k / 2, xs, m, scales, q8_row, dot_u4)
+}
+
+/// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
+/// rows `xs` `[m, K]`, activations rounded per [`q8_row_natural`]: `[m, N]` row-major.
+pub(crate) fn matmul_i8_q8(
+    isa: Isa,
+    w: &[i8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    scales: &[f16],
+) -> Vec<f32> {
+    matmul_act8(isa, w, k, k, xs, m, scales, q8_row_natural, dot_i8)
+}
+
+/// The shared row loop: `kw` weight elements per row, each activation row rounded by
+/// `round`, each (weight row, activation row) pair reduced by `dot` with the per-group
+/// factors `s_g · dx_g`.
+#[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
+fn matmul_act8<W: Sync>(
+    isa: Isa,
+    w: &[W],
+    k: usize,
+    kw: usize,
+    xs: &[f32],
+    m: usize,
+    scales: &[f16],
+    round: fn(&[f32]) -> Q8Row,
+    dot: fn(Isa, &[W], &Q8Row, &[f32]) -> f32,
+) -> Vec<f32> {
     use half::slice::HalfFloatSliceExt;
-    let kw = k / 2;
     let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
     }
     let groups = k.div_ceil(GROUP);
-    let rows: Vec<Q8Row> = xs.chunks_exact(k).map(q8_row).collect();
+    let rows: Vec<Q8Row> = xs.chunks_exact(k).map(round).collect();
     let per_task = (n / (8 * rayon::current_num_threads())).max(TASK_BYTES / kw.max(1));
     let rows_per_task = per_task.clamp(1, n);
     let mut out_t = vec![0f32; n * m]; // [N, m]
@@ -114,14 +152,24 @@ pub(crate) fn matmul_u4_q8(
     super::transpose(out_t, n, m)
 }
 
-/// One row: `Σ_g c_g · Σ_{i in g} q_i · xq_i` with `c_g = s_g · dx_g`.
-fn dot(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
+/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i` with `c_g = s_g · dx_g`.
+fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_u4_q8(t, w, &x.q, c);
     }
     let _ = isa;
     portable::dot_u4_q8(w, &x.q, c)
+}
+
+/// One 8-bit row, likewise.
+fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, c: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx2_fma() {
+        return super::x86::dot_i8_q8(t, w, &x.q, c);
+    }
+    let _ = isa;
+    portable::dot_i8_q8(w, &x.q, c)
 }
 
 /// The rounded activations of a [`Q8Row`] in natural order (the tests' oracle view).
