@@ -74,12 +74,21 @@ impl GgufFile {
         // SAFETY: mapped read-only; like every GGUF/safetensors loader we rely on the file
         // not being modified while it is open.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let content = Content::read(&mut std::io::Cursor::new(&mmap[..])).map_err(|e| {
-            bad(format!(
-                "not a GGUF file this build reads ({e}; tensor types read: F32, F16, BF16, \
-                 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q8_K)"
-            ))
-        })?;
+        // Name the first tensor of a type candle cannot read (IQ2_XXS, IQ4_XS, ...: common in
+        // DeepSeek-R1 files), which candle's parser reports without its name.
+        if let Ok(tensors) = tensor_types(&mmap) {
+            if let Some((name, id, _)) = tensors
+                .iter()
+                .find(|(_, id, _)| linear::ggml_type_from_id(*id).is_none())
+            {
+                return Err(bad(format!(
+                    "{name}: GGML type {} ({id}) is not supported (read: {SUPPORTED})",
+                    type_name(*id)
+                )));
+            }
+        }
+        let content = Content::read(&mut std::io::Cursor::new(&mmap[..]))
+            .map_err(|e| bad(format!("not a GGUF file this build reads: {e}")))?;
         let md = &content.metadata;
         let arch = md
             .get("general.architecture")
@@ -447,6 +456,135 @@ fn map_tensors(
         ));
     }
     Ok(out)
+}
+
+/// The GGML types this reader maps (candle's).
+const SUPPORTED: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, \
+                         Q6_K, Q8_K";
+
+/// GGML's name of type `id` (`ggml_type` in ggml.h), for messages.
+fn type_name(id: u32) -> &'static str {
+    const NAMES: [&str; 40] = [
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+    ];
+    NAMES.get(id as usize).copied().unwrap_or("unknown")
+}
+
+/// Every tensor's (name, GGML type id, byte offset of that id in the file), read from a GGUF
+/// v2/v3 header without interpreting the types (so an unsupported one can be named).
+fn tensor_types(b: &[u8]) -> std::result::Result<Vec<(String, u32, usize)>, String> {
+    let mut r = HeaderReader { b, at: 0 };
+    if r.take(4)? != b"GGUF" || !matches!(r.u32()?, 2 | 3) {
+        return Err("not a GGUF v2/v3 file".into());
+    }
+    let (n_tensors, n_kv) = (r.u64()?, r.u64()?);
+    for _ in 0..n_kv {
+        let key = r.u64()? as usize;
+        r.take(key)?;
+        let ty = r.u32()?;
+        r.skip_value(ty)?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..n_tensors {
+        let n = r.u64()? as usize;
+        let name = String::from_utf8_lossy(r.take(n)?).into_owned();
+        let dims = r.u32()? as usize;
+        r.take(8 * dims)?;
+        let ty_at = r.at;
+        let ty = r.u32()?;
+        r.u64()?; // data offset
+        out.push((name, ty, ty_at));
+    }
+    Ok(out)
+}
+
+/// A cursor over a GGUF header (little-endian; strings and arrays with u64 lengths).
+struct HeaderReader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> HeaderReader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let s = self
+            .b
+            .get(self.at..self.at.saturating_add(n))
+            .ok_or("truncated header")?;
+        self.at += n;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// Skips one metadata value of GGUF value type `ty`.
+    fn skip_value(&mut self, ty: u32) -> std::result::Result<(), String> {
+        match ty {
+            0 | 1 | 7 => self.take(1).map(drop),
+            2 | 3 => self.take(2).map(drop),
+            4..=6 => self.take(4).map(drop),
+            10..=12 => self.take(8).map(drop),
+            8 => {
+                let n = self.u64()? as usize;
+                self.take(n).map(drop)
+            }
+            9 => {
+                let item = self.u32()?;
+                let n = self.u64()?;
+                (0..n).try_for_each(|_| self.skip_value(item))
+            }
+            t => Err(format!("unknown metadata value type {t}")),
+        }
+    }
 }
 
 /// A metadata value as f64 (any numeric type).
@@ -985,4 +1123,37 @@ fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, 
         ));
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header scan reads what candle's parser reads, and a tensor of a type this build
+    /// cannot read is named in the error (candle's own message names only the type id).
+    #[test]
+    fn unsupported_tensor_types_are_named() {
+        let src = fixtures::fixtures_dir().join("gguf/v3_noaux-Q8_0.gguf");
+        let bytes = std::fs::read(&src).unwrap();
+        let types = tensor_types(&bytes).unwrap();
+        let content = Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
+        assert_eq!(types.len(), content.tensor_infos.len());
+        for (name, id, _) in &types {
+            let ty = content.tensor_infos[name].ggml_dtype;
+            assert_eq!(linear::ggml_type_id(ty), *id, "{name}");
+        }
+        let (name, _, at) = types
+            .iter()
+            .find(|(n, _, _)| n.ends_with("ffn_up_exps.weight"))
+            .unwrap()
+            .clone();
+        let mut patched = bytes.clone();
+        patched[at..at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iq2.gguf");
+        std::fs::write(&path, &patched).unwrap();
+        let e = GgufFile::open(&path).err().expect("opened").to_string();
+        assert!(e.contains(&name) && e.contains("IQ2_XXS (16)"), "{e}");
+        assert!(tensor_types(&bytes[..100]).is_err());
+    }
 }
