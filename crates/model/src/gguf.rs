@@ -81,9 +81,14 @@ impl GgufFile {
                 .iter()
                 .find(|(_, id, _)| linear::ggml_type_from_id(*id).is_none())
             {
+                let read: Vec<&str> = (0..64)
+                    .filter(|&t| linear::ggml_type_from_id(t).is_some())
+                    .map(type_name)
+                    .collect();
                 return Err(bad(format!(
-                    "{name}: GGML type {} ({id}) is not supported (read: {SUPPORTED})",
-                    type_name(*id)
+                    "{name}: GGML type {} ({id}) is not supported (read: {})",
+                    type_name(*id),
+                    read.join(", ")
                 )));
             }
         }
@@ -136,21 +141,27 @@ impl GgufFile {
         self.sources
             .iter()
             .map(|(name, (source, shape))| {
-                let ggml = self.block_type(source);
-                let dtype = match (source, ggml) {
+                let (dtype, ggml) = match self.stored(source) {
+                    Some((_, ty)) if is_float(ty) => (float_dtype(ty), None),
+                    Some((_, ty)) => (DType::F32, Some(ty)),
                     // Joined from two tensors: their float type when they share one (what a
                     // converted bf16 checkpoint held), else f32.
-                    (Source::KvB { k_b, v_b }, _) => {
+                    None => {
+                        let Source::KvB { k_b, v_b } = source else {
+                            unreachable!("only joined tensors have no stored bytes")
+                        };
                         let (a, b) = (self.infos[k_b].ggml_dtype, self.infos[v_b].ggml_dtype);
-                        match (a == b, self.block_type(source)) {
-                            (true, None) => float_dtype(a),
-                            _ => DType::F32,
-                        }
+                        let same_float = a == b && is_float(a);
+                        (
+                            if same_float {
+                                float_dtype(a)
+                            } else {
+                                DType::F32
+                            },
+                            None,
+                        )
                     }
-                    (_, Some(_)) => DType::F32,
-                    (_, None) => float_dtype(self.infos[first(source)].ggml_dtype),
                 };
-                let ggml = ggml.filter(|_| !matches!(source, Source::KvB { .. }));
                 let meta = TensorMeta {
                     file: self.path.clone(),
                     dtype,
@@ -168,24 +179,14 @@ impl GgufFile {
         let Some((source, shape)) = self.sources.get(name) else {
             return Err(self.missing(name));
         };
-        if self.block_type(source).is_none() || matches!(source, Source::KvB { .. }) {
-            return Ok(None);
-        }
-        let bytes = match source {
-            Source::Whole(t) => self.bytes(t),
-            Source::Expert(t, e) => {
-                let all = self.bytes(t);
-                let per = all.len() / self.infos[t].shape.dims()[0];
-                &all[e * per..(e + 1) * per]
+        match self.stored(source) {
+            Some((bytes, ty)) if !is_float(ty) => {
+                let rows = shape[0];
+                let t = Tensor::from_slice(bytes, (rows, bytes.len() / rows), &Device::Cpu)?;
+                Ok(Some(t))
             }
-            Source::KvB { .. } => unreachable!("handled above"),
-        };
-        let rows = shape[0];
-        Ok(Some(Tensor::from_slice(
-            bytes,
-            (rows, bytes.len() / rows),
-            &Device::Cpu,
-        )?))
+            _ => Ok(None),
+        }
     }
 
     /// `name`'s values on the host: float tensors in their own dtype, block formats
@@ -196,11 +197,9 @@ impl GgufFile {
         };
         let t = match source {
             Source::Whole(t) => self.values(t)?,
-            Source::Expert(t, e) => {
-                let all = self.bytes(t);
-                let per = all.len() / self.infos[t].shape.dims()[0];
-                let ty = self.infos[t].ggml_dtype;
-                self.dequantize(t, ty, &all[e * per..(e + 1) * per], shape)?
+            Source::Expert(t, _) => {
+                let (bytes, ty) = self.stored(source).expect("an expert is stored");
+                self.dequantize(t, ty, bytes, shape)?
             }
             Source::KvB { k_b, v_b } => {
                 // k_b [H, rank, nope] -> [H, nope, rank]; v_b [H, v, rank]; rows per head:
@@ -252,9 +251,18 @@ impl GgufFile {
         &self.mmap[start..start + stored_bytes(info)]
     }
 
-    fn block_type(&self, source: &Source) -> Option<GgmlDType> {
-        let ty = self.infos[first(source)].ggml_dtype;
-        (!matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)).then_some(ty)
+    /// The bytes behind a source and their GGML type (expert `e`'s rows of a stacked
+    /// tensor); `None` for a joined `kv_b_proj`, which is computed.
+    fn stored(&self, source: &Source) -> Option<(&[u8], GgmlDType)> {
+        match source {
+            Source::Whole(t) => Some((self.bytes(t), self.infos[t].ggml_dtype)),
+            Source::Expert(t, e) => {
+                let all = self.bytes(t);
+                let per = all.len() / self.infos[t].shape.dims()[0];
+                Some((&all[e * per..(e + 1) * per], self.infos[t].ggml_dtype))
+            }
+            Source::KvB { .. } => None,
+        }
     }
 
     fn missing(&self, name: &str) -> ModelError {
@@ -265,12 +273,9 @@ impl GgufFile {
     }
 }
 
-/// The (first) GGUF tensor behind a source.
-fn first(source: &Source) -> &str {
-    match source {
-        Source::Whole(t) | Source::Expert(t, _) => t,
-        Source::KvB { k_b, .. } => k_b,
-    }
+/// Whether a GGML type is a plain float type (served as a tensor, not as blocks).
+fn is_float(ty: GgmlDType) -> bool {
+    matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// The dtype a float GGML tensor holds (block formats dequantise to f32).
@@ -457,11 +462,6 @@ fn map_tensors(
     }
     Ok(out)
 }
-
-/// The GGML types this reader maps (candle's).
-const SUPPORTED: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, \
-                         Q6_K, Q8_K";
 
 /// GGML's name of type `id` (`ggml_type` in ggml.h), for messages.
 fn type_name(id: u32) -> &'static str {
@@ -820,7 +820,7 @@ pub fn write_quantized(
     std::io::Write::write_all(&mut w, &header).map_err(io)?;
     let mut written = header.len() as u64;
     for (i, t) in plan.iter().enumerate() {
-        let mut bytes = tensor_bytes(checkpoint, t)?;
+        let mut bytes = tensor_bytes(checkpoint, &cfg.mla, t)?;
         debug_assert_eq!(bytes.len(), planned_bytes(t), "{}", t.name);
         bytes.resize(padded(bytes.len()), 0);
         std::io::Write::write_all(&mut w, &bytes).map_err(io)?;
@@ -958,14 +958,14 @@ fn plan_tensors(
 }
 
 /// The stored bytes of one planned tensor.
-fn tensor_bytes(checkpoint: &crate::checkpoint::Checkpoint, t: &Planned) -> Result<Vec<u8>> {
+fn tensor_bytes(
+    checkpoint: &crate::checkpoint::Checkpoint,
+    mla: &mla::MlaConfig,
+    t: &Planned,
+) -> Result<Vec<u8>> {
+    // f32 values in the float type `t.ty` (rounded to nearest, as `to_dtype` rounds).
     let float = |x: Tensor| -> Result<Vec<u8>> {
-        let x = x.to_dtype(match t.ty {
-            GgmlDType::BF16 => DType::BF16,
-            GgmlDType::F16 => DType::F16,
-            _ => DType::F32,
-        })?;
-        let q = candle_core::quantized::QTensor::quantize(&x.to_dtype(DType::F32)?, t.ty)?;
+        let q = candle_core::quantized::QTensor::quantize(&x, t.ty)?;
         Ok(q.data()?.into_owned())
     };
     let quantised = |hf: &str, format: QuantFormat| -> Result<Vec<u8>> {
@@ -981,10 +981,9 @@ fn tensor_bytes(checkpoint: &crate::checkpoint::Checkpoint, t: &Planned) -> Resu
         Ok(q.to_ggml()?.1)
     };
     let kv_b = |hf: &str| -> Result<Tensor> {
-        let m = &checkpoint.config()?.mla;
-        let per_head = m.qk_nope_head_dim + m.v_head_dim;
+        let per_head = mla.qk_nope_head_dim + mla.v_head_dim;
         let w = checkpoint.load(hf, DType::F32, &Device::Cpu)?;
-        Ok(w.reshape((m.num_heads, per_head, m.kv_lora_rank))?)
+        Ok(w.reshape((mla.num_heads, per_head, mla.kv_lora_rank))?)
     };
     match &t.content {
         Payload::Float(hf) => float(checkpoint.load(hf, DType::F32, &Device::Cpu)?),

@@ -106,6 +106,8 @@ impl Experts {
     }
 
     /// Device dispatch ([`StackedExperts::forward`]): `x` `[T, H]`, routing on the device.
+    /// Without [`Experts::stack`] the weights are stacked for this one call (a copy of every
+    /// expert: for tests, never a decode loop).
     pub fn forward_device(&self, x: &Tensor, routing: &DeviceRouting) -> Result<Tensor> {
         match &self.stacked {
             Some(s) => s.forward(x, routing),
