@@ -1,6 +1,7 @@
 //! Prefill-shaped products (`m` activation rows > 8) on the CPU: `linear`'s register-blocked
 //! GEMM on every kernel path this machine runs, against candle's matmul (the `gemm` crate)
-//! on the same machine in the same run, for f32 / bf16 / f16 weights.
+//! on the same machine in the same run, for f32 / bf16 / f16 weights; for bf16 weights also
+//! with the activations rounded to bf16 (`linear::linear_bf16_activations_with`).
 //!
 //! Baselines: `candle f32` is candle's matmul on a weight already held in f32 (its best case,
 //! at twice the memory of bf16); `candle convert` converts the stored weight to f32 on every
@@ -113,6 +114,17 @@ fn main() -> Result<()> {
                 let t = median_time(1, args.iters, || linear::linear_with(isa, &x, &w).unwrap())
                     .as_secs_f64();
                 report(&format!("linear {isa}"), t, Some(base));
+            }
+            if dtype == DType::BF16 {
+                // Activations rounded to bf16 (HF's and llama.cpp's bf16 arithmetic):
+                // `vdpbf16ps` on the avx512bf16 path, the f32 kernels on rounded values below.
+                for isa in Isa::supported() {
+                    let t = median_time(1, args.iters, || {
+                        linear::linear_bf16_activations_with(isa, &x, &w).unwrap()
+                    })
+                    .as_secs_f64();
+                    report(&format!("linear {isa}, bf16 activations"), t, Some(base));
+                }
             }
         }
     }

@@ -9,10 +9,11 @@ use std::fmt;
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
-use crate::kernel::x86;
+use crate::kernel::{x86, x86_512, x86_bf16};
 
-/// A kernel path for the matrix-vector product: the SIMD instruction sets it may use. (The
-/// GEMM regime runs the `gemm` crate, which dispatches on the CPU by itself.)
+/// A kernel path: the SIMD instruction sets the kernels may use. (The f32 GEMM regime runs
+/// the `gemm` crate, which dispatches on the CPU by itself; the bf16-activation GEMM is ours
+/// and follows this value.)
 ///
 /// Obtain one with [`Isa::detect`] (the best path this CPU runs, detected once per process),
 /// [`Isa::portable`] (plain Rust, every CPU) or [`Isa::supported`] (every path this CPU
@@ -32,6 +33,14 @@ enum Path {
     /// AVX2 + FMA + F16C: every weight dtype.
     #[cfg(target_arch = "x86_64")]
     Avx2FmaF16c(x86::Avx2FmaF16c),
+    /// AVX-512 F/BW on top: the GEMM regime's packed f32 kernel; the matrix-vector kernels
+    /// as `Avx2FmaF16c`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512F(x86_512::Avx512F),
+    /// AVX512-BF16 on top: `vdpbf16ps` in the matrix-vector regime for bf16 weights with
+    /// bf16-rounded activations ([`crate::Matrix::Bf16Activations`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16(x86_bf16::Avx512Bf16),
 }
 
 impl Isa {
@@ -67,7 +76,8 @@ impl Isa {
         self.0 == Path::Portable
     }
 
-    /// A short name: `"avx2+fma+f16c"`, `"avx2+fma"` or `"portable"`.
+    /// A short name: `"avx512bf16"`, `"avx512f"`, `"avx2+fma+f16c"`, `"avx2+fma"` or
+    /// `"portable"`.
     pub fn name(self) -> &'static str {
         match self.0 {
             Path::Portable => "portable",
@@ -75,6 +85,10 @@ impl Isa {
             Path::Avx2Fma(_) => "avx2+fma",
             #[cfg(target_arch = "x86_64")]
             Path::Avx2FmaF16c(_) => "avx2+fma+f16c",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512F(_) => "avx512f",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16(_) => "avx512bf16",
         }
     }
 
@@ -85,6 +99,8 @@ impl Isa {
             Path::Portable => None,
             Path::Avx2Fma(t) => Some(t),
             Path::Avx2FmaF16c(t) => Some(t.avx2_fma()),
+            Path::Avx512F(t) => Some(t.avx2_fma_f16c().avx2_fma()),
+            Path::Avx512Bf16(t) => Some(t.avx512f().avx2_fma_f16c().avx2_fma()),
         }
     }
 
@@ -93,7 +109,28 @@ impl Isa {
     pub(crate) fn avx2_fma_f16c(self) -> Option<x86::Avx2FmaF16c> {
         match self.0 {
             Path::Avx2FmaF16c(t) => Some(t),
+            Path::Avx512F(t) => Some(t.avx2_fma_f16c()),
+            Path::Avx512Bf16(t) => Some(t.avx512f().avx2_fma_f16c()),
             Path::Portable | Path::Avx2Fma(_) => None,
+        }
+    }
+
+    /// The AVX-512 F/BW proof, when this path has one.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512f(self) -> Option<x86_512::Avx512F> {
+        match self.0 {
+            Path::Avx512F(t) => Some(t),
+            Path::Avx512Bf16(t) => Some(t.avx512f()),
+            _ => None,
+        }
+    }
+
+    /// The AVX512-BF16 proof, when this path has one.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512_bf16(self) -> Option<x86_bf16::Avx512Bf16> {
+        match self.0 {
+            Path::Avx512Bf16(t) => Some(t),
+            _ => None,
         }
     }
 
@@ -105,6 +142,10 @@ impl Isa {
             Path::Avx2Fma(_) => Some(Isa::portable()),
             #[cfg(target_arch = "x86_64")]
             Path::Avx2FmaF16c(t) => Some(Isa(Path::Avx2Fma(t.avx2_fma()))),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512F(t) => Some(Isa(Path::Avx2FmaF16c(t.avx2_fma_f16c()))),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16(t) => Some(Isa(Path::Avx512F(t.avx512f()))),
         }
     }
 }
@@ -114,7 +155,13 @@ fn detect_uncached() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = x86::Avx2Fma::detect() {
         return Isa(match avx2.with_f16c() {
-            Some(t) => Path::Avx2FmaF16c(t),
+            Some(t) => match x86_512::Avx512F::detect(t) {
+                Some(f) => match x86_bf16::Avx512Bf16::detect(f) {
+                    Some(b) => Path::Avx512Bf16(b),
+                    None => Path::Avx512F(f),
+                },
+                None => Path::Avx2FmaF16c(t),
+            },
             None => Path::Avx2Fma(avx2),
         });
     }
@@ -154,10 +201,15 @@ mod tests {
         let avx2 = std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma");
         let f16c = std::arch::is_x86_feature_detected!("f16c");
-        let want = match (avx2, f16c) {
-            (false, _) => "portable",
-            (true, false) => "avx2+fma",
-            (true, true) => "avx2+fma+f16c",
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw");
+        let bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+        let want = match (avx2, f16c, avx512, bf16) {
+            (false, ..) => "portable",
+            (true, false, ..) => "avx2+fma",
+            (true, true, false, _) => "avx2+fma+f16c",
+            (true, true, true, false) => "avx512f",
+            (true, true, true, true) => "avx512bf16",
         };
         assert_eq!(Isa::detect().name(), want);
     }

@@ -29,21 +29,24 @@
 //!   bound by the machine's read bandwidth: its time is about `N·K·sizeof(W) / bandwidth`
 //!   (23-31 GB/s on large matrices on a 2-core AVX2 machine whose read probe gives 22-28 GB/s;
 //!   candle's CPU matmul reaches 12-14 GB/s in f32 and 0.6 GB/s in bf16 there).
-//! - **many rows** (prefill chunks, experts that received many tokens) on the CPU: the `gemm`
-//!   crate's f32 GEMM (the kernel behind candle's CPU matmul) over blocks of weight rows, each
-//!   widened exactly to f32 (FP8: times its block scale) by the rayon task that multiplies it,
-//!   into a ~1 MiB buffer that stays in cache. No call converts or copies the whole matrix,
-//!   which candle's matmul needs for bf16 weights (a full f32 copy per call); measured at the
-//!   speed of candle's matmul on a weight already held in f32 (`benchmarks/README.md`).
+//! - **many rows** (prefill chunks, experts that received many tokens) on the CPU: a packed,
+//!   cache-blocked f32 GEMM. Each rayon task widens its block of weight rows exactly to f32
+//!   (FP8: times its block scale; 8/4-bit: times the group's) as it packs them, one block of
+//!   `K` at a time, so no call converts or copies the whole matrix (which candle's matmul
+//!   needs for bf16 weights: a full f32 copy per call). On AVX-512 CPUs the micro-kernel is
+//!   ours (a 12 x 32 tile in registers, 512-bit FMAs); elsewhere it is the `gemm` crate's
+//!   (the kernel behind candle's CPU matmul), fed blocks of widened rows. Measured against
+//!   candle's matmul on a weight already held in f32 in `benchmarks/README.md`.
 //! - another device: candle's matmul, after converting the weight to the activations' dtype
 //!   when they differ.
 //!
 //! # Instruction sets
 //!
 //! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
-//! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs) and a portable path for every
-//! CPU; AVX-512 paths are not written yet. (The GEMM regime's arithmetic is the `gemm` crate's,
-//! which picks its own microkernels at run time.) Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
+//! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs), an AVX512-BF16 path for bf16
+//! weights with bf16-rounded activations ([`linear_bf16_activations_with`]), and a portable
+//! path for every CPU. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
+//! `gemm` crate's (which picks its own at run time). Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
 //! [`matmul_rows`] use [`Isa::detect`]; [`linear_with`] and [`matmul_rows_with`] take the
@@ -108,8 +111,33 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// [`linear`] with the matrix-vector kernel on `isa` (e.g. [`Isa::portable`] to force the
-/// fallback). The GEMM regime is candle's and does not depend on `isa`.
+/// fallback); the GEMM regime's micro-kernel follows `isa` too.
 pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    dense_product(isa, x, w, false)
+}
+
+/// `x · wᵀ` for bf16 weights `w` `[N, K]` with the activations rounded to bf16 first (nearest
+/// even): `y[m, n] = Σ_k bf16(x[m, k]) · W[n, k]`, each product exact in f32, accumulated in
+/// f32. This is how HF's bf16 models and llama.cpp's bf16 type compute; against [`linear`]
+/// it gives up the activations' low mantissa bits (a relative 2⁻⁹ per value) for
+/// `vdpbf16ps` on AVX512-BF16 CPUs in the matrix-vector regime: two multiply-adds per lane in
+/// one instruction, with no widening instructions per weight byte, which is what bounds a
+/// product of several activation rows (a batched decode step) on few cores. Elsewhere, and in
+/// the GEMM regime, the f32 kernels run on the rounded activations (the same product up to
+/// summation order); on other devices it is candle's bf16 matmul.
+/// [`Matrix::Bf16Activations`] is the layer-level form.
+pub fn linear_bf16_activations_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.dtype() != DType::BF16 {
+        candle_core::bail!(
+            "linear_bf16_activations: the weight is {:?}, not bf16",
+            w.dtype()
+        );
+    }
+    dense_product(isa, x, w, true)
+}
+
+/// [`linear_with`] and [`linear_bf16_activations_with`]: `bf16_activations` only for bf16 `w`.
+fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, bf16_activations: bool) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     let dims = x.dims();
     if dims.last() != Some(&k) {
@@ -124,9 +152,24 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() {
         #[allow(clippy::disallowed_methods)] // a CPU tensor: no device copy
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if let Some(y) = matmul_rows_with(isa, w, &xs, m) {
+        let y = if bf16_activations {
+            let (storage, layout) = w.storage_and_layout();
+            match (&*storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::BF16(v)), Some((start, end))) => {
+                    Some(kernel::bf16_act::product(isa, &v[start..end], k, &xs, m))
+                }
+                _ => None,
+            }
+        } else {
+            matmul_rows_with(isa, w, &xs, m)
+        };
+        if let Some(y) = y {
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
+    }
+    if bf16_activations {
+        let y = x.to_dtype(DType::BF16)?.reshape((m, k))?.matmul(&w.t()?)?;
+        return y.to_dtype(x.dtype())?.reshape(out_dims);
     }
     let w = if w.dtype() == x.dtype() {
         w.clone()

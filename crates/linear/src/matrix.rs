@@ -8,7 +8,9 @@ use candle_nn::VarBuilder;
 
 use crate::ggml::{ggml_type_from_id, ggml_type_name, GgmlMatrix};
 use crate::quant::{linear_quant_with, QuantFormat, QuantMatrix};
-use crate::{linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK};
+use crate::{
+    linear_bf16_activations_with, linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK,
+};
 
 /// A weight matrix `[N, K]` (`[out, in]`, the checkpoint's layout) in one of the formats the
 /// kernels read as stored: a dense tensor (f32, bf16, f16), FP8 e4m3 with block scales as
@@ -21,6 +23,10 @@ use crate::{linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK};
 pub enum Matrix {
     /// f32, bf16 or f16 values (widened in registers on the CPU).
     Dense(Tensor),
+    /// bf16 values multiplied with activations rounded to bf16, as HF's bf16 models and
+    /// llama.cpp compute (`vdpbf16ps` on AVX512-BF16 CPUs: [`crate::linear_bf16_activations_with`]).
+    /// Made by [`Matrix::with_bf16_activations`].
+    Bf16Activations(Tensor),
     /// e4m3 values with f32 block scales.
     Fp8(Arc<Fp8Matrix>),
     /// 8-bit or 4-bit groups with f32 parameters (host memory).
@@ -121,6 +127,7 @@ impl Matrix {
     pub fn forward_with(&self, isa: Isa, x: &Tensor) -> Result<Tensor> {
         match self {
             Matrix::Dense(w) => linear_with(isa, x, w),
+            Matrix::Bf16Activations(w) => linear_bf16_activations_with(isa, x, w),
             Matrix::Fp8(w) => linear_fp8_with(isa, x, w),
             Matrix::Quant(w) => linear_quant_with(isa, x, w),
             Matrix::Ggml(w) => w.forward(x),
@@ -130,7 +137,7 @@ impl Matrix {
     /// The shape `[N, K]` (a dense tensor reports its own dims, whatever its rank).
     pub fn dims(&self) -> &[usize] {
         match self {
-            Matrix::Dense(w) => w.dims(),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.dims(),
             Matrix::Fp8(w) => w.weight().dims(),
             Matrix::Quant(w) => w.dims(),
             Matrix::Ggml(w) => w.dims(),
@@ -140,18 +147,18 @@ impl Matrix {
     /// Bytes one product reads (values and scales).
     pub fn bytes(&self) -> usize {
         match self {
-            Matrix::Dense(w) => crate::weight_bytes(w),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => crate::weight_bytes(w),
             Matrix::Fp8(w) => w.bytes(),
             Matrix::Quant(w) => w.bytes(),
             Matrix::Ggml(w) => w.bytes(),
         }
     }
 
-    /// The format's name: `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, or a GGML type's
-    /// (`q4_k`, `q8_0`, ...).
+    /// The storage format's name: `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, or a GGML type's
+    /// (`q4_k`, `q8_0`, ...). ([`Matrix::Bf16Activations`] stores `bf16`.)
     pub fn format(&self) -> &'static str {
         match self {
-            Matrix::Dense(w) => w.dtype().as_str(),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.dtype().as_str(),
             Matrix::Fp8(_) => "fp8",
             Matrix::Quant(w) => w.format().name(),
             Matrix::Ggml(w) => ggml_type_name(w.ggml_type()),
@@ -161,17 +168,27 @@ impl Matrix {
     /// Where the values live (quantised matrices: the host).
     pub fn device(&self) -> Device {
         match self {
-            Matrix::Dense(w) => w.device().clone(),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.device().clone(),
             Matrix::Fp8(w) => w.weight().device().clone(),
             Matrix::Quant(_) | Matrix::Ggml(_) => Device::Cpu,
         }
     }
 
-    /// The dense tensor, if the matrix is one.
+    /// The dense tensor, if the matrix is one (whatever its products' activations).
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
-            Matrix::Dense(w) => Some(w),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => Some(w),
             _ => None,
+        }
+    }
+
+    /// A bf16 matrix whose products round the activations to bf16
+    /// ([`Matrix::Bf16Activations`]); any other matrix is returned as is (its products keep
+    /// their own arithmetic).
+    pub fn with_bf16_activations(&self) -> Matrix {
+        match self {
+            Matrix::Dense(w) if w.dtype() == DType::BF16 => Matrix::Bf16Activations(w.clone()),
+            _ => self.clone(),
         }
     }
 
@@ -179,7 +196,7 @@ impl Matrix {
     /// quantised values for the others).
     pub fn dequantize(&self) -> Result<Tensor> {
         match self {
-            Matrix::Dense(w) => w.to_dtype(DType::F32),
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.to_dtype(DType::F32),
             Matrix::Fp8(w) => w.dequantize(),
             Matrix::Quant(w) => w.dequantize(),
             Matrix::Ggml(w) => w.dequantize(),
@@ -219,6 +236,10 @@ mod tests {
         let want = Matrix::forward(&exact, &x).unwrap();
         for (m, tol) in [
             (Matrix::from(w.to_dtype(DType::BF16).unwrap()), 0.2),
+            (
+                Matrix::from(w.to_dtype(DType::BF16).unwrap()).with_bf16_activations(),
+                0.2,
+            ),
             (exact.quantize(QuantFormat::Q8).unwrap(), 0.5),
             (exact.quantize(QuantFormat::Q4).unwrap(), 5.0),
         ] {
@@ -231,7 +252,10 @@ mod tests {
             let d = x.matmul(&m.dequantize().unwrap().t().unwrap()).unwrap();
             let scale = max_abs(&d);
             let err = max_abs(&(got - d).unwrap());
-            let tol = if m.format() == "bf16" {
+            let tol = if let Matrix::Bf16Activations(_) = m {
+                // The activations' rounding: 2⁻⁹ relative per value.
+                1e-2 * scale
+            } else if m.format() == "bf16" {
                 1e-3
             } else {
                 1e-2 * scale

@@ -1,7 +1,9 @@
 //! The GEMM for more than [`crate::GEMV_MAX_ROWS`] activation rows (prefill chunks, experts
 //! that received many tokens): `out[j, r] = Σ_c x[j, c] · W[r, c]`.
 //!
-//! The arithmetic is the `gemm` crate's f32 kernel (the one candle's CPU matmul runs: packed,
+//! On AVX-512 CPUs it is our own packed kernel ([`super::x86_512`], twice the arithmetic per
+//! instruction of the `gemm` crate's AVX2 micro-kernels). Elsewhere the arithmetic is the
+//! `gemm` crate's f32 kernel (the one candle's CPU matmul runs: packed,
 //! cache-blocked, runtime-dispatched microkernels, at the machine's FMA peak on the shapes
 //! measured in `benchmarks/README.md`). What this module adds is the weight format: rayon
 //! tasks each take a block of weight rows, widen it to f32 (exactly: bf16/f16/e4m3, times the
@@ -14,6 +16,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::{BlockScales, WeightElem};
+use crate::Isa;
 
 /// Target bytes of one task's widened block (f32): small enough for L2 together with the
 /// `gemm` crate's packing, large enough that each call amortises its packing of the
@@ -43,12 +46,18 @@ thread_local! {
 /// `[m, N]` row-major. With `scales`,
 /// row `r` is widened as `W[r, c] = w[r, c] · scale(r, c / cols)` (HF's f32 dequantisation).
 pub(crate) fn gemm<W: WeightElem>(
+    isa: Isa,
     w: &[W],
     k: usize,
     xs: &[f32],
     m: usize,
     scales: Option<&BlockScales>,
 ) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512f() {
+        return super::x86_512::gemm(t, w, k, xs, m, scales);
+    }
+    let _ = isa;
     let kw = k / W::VALUES; // elements per row
     let n = w.len().checked_div(kw).unwrap_or(0);
     let mut out = vec![0f32; m * n];
@@ -124,9 +133,11 @@ mod tests {
         let val = |i: usize, s: f32| ((i as f32 * 0.7318 + s + seed as f32).sin()) * 2.0;
         let w: Vec<W> = (0..n * k).map(|i| narrow(val(i, 0.3))).collect();
         let xs: Vec<f32> = (0..m * k).map(|i| val(i, 1.9)).collect();
-        let got = gemm(&w, k, &xs, m, None);
         let want = oracle(&w, k, &xs, m);
-        assert_matches_oracle(&got, &want, k, &format!("n {n}, m {m}"));
+        for isa in Isa::supported() {
+            let got = gemm(isa, &w, k, &xs, m, None);
+            assert_matches_oracle(&got, &want, k, &format!("{isa}: n {n}, k {k}, m {m}"));
+        }
     }
 
     proptest! {
@@ -142,6 +153,56 @@ mod tests {
             check(bf16::from_f32, n, k, m, seed);
             check(f16::from_f32, n, k, m, seed);
         }
+    }
+
+    /// Block-scaled formats (FP8's 128 x 128 f32 scales, the 8/4-bit groups' per-row f16
+    /// scales) against an f64 oracle over the dequantised rows, on every path: the packed
+    /// kernel widens `K` in blocks, so each block must take its own scales.
+    #[test]
+    fn block_scaled_formats_match_the_dequantised_oracle() {
+        use super::super::{Scales, U4x2};
+        use float8::F8E4M3;
+        fn run<W: WeightElem>(w: &[W], k: usize, scales: &BlockScales, m: usize, what: &str) {
+            let n = w.len() / (k / W::VALUES);
+            let xs: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.377).cos()).collect();
+            let mut want = vec![0f64; m * n];
+            let (mut row, mut buf) = (vec![0f32; k], Vec::new());
+            for r in 0..n {
+                let src = &w[r * k / W::VALUES..(r + 1) * k / W::VALUES];
+                W::widen_row_scaled(src, &mut row, scales.row(r, k, &mut buf), scales.cols);
+                for j in 0..m {
+                    want[j * n + r] = (0..k).map(|c| row[c] as f64 * xs[j * k + c] as f64).sum();
+                }
+            }
+            for isa in Isa::supported() {
+                let got = gemm(isa, w, k, &xs, m, Some(scales));
+                assert_matches_oracle(&got, &want, k, &format!("{what} {isa}"));
+            }
+        }
+        // FP8: 300 x 700 (partial edge blocks both ways), 2 x 6 scale blocks.
+        let (n, k) = (300, 700);
+        let q: Vec<F8E4M3> = (0..n * k)
+            .map(|i| F8E4M3::from_f32(((i as f32 * 0.61).sin()) * 400.0))
+            .collect();
+        let s: Vec<f32> = (0..3 * 6).map(|i| 0.001 * (i + 1) as f32).collect();
+        let scales = BlockScales {
+            scale: Scales::F32(&s),
+            rows: 128,
+            cols: 128,
+        };
+        run(&q, k, &scales, 37, "fp8");
+        // 4-bit pairs with per-row f16 scales over groups of 32.
+        let (n, k) = (70, 320);
+        let q: Vec<U4x2> = (0..n * k / 2).map(|i| U4x2((i * 37 % 256) as u8)).collect();
+        let s: Vec<half::f16> = (0..n * k / 32)
+            .map(|i| half::f16::from_f32(0.01 + i as f32 * 1e-4))
+            .collect();
+        let scales = BlockScales {
+            scale: Scales::F16(&s),
+            rows: 1,
+            cols: 32,
+        };
+        run(&q, k, &scales, 45, "q4");
     }
 
     #[test]

@@ -26,10 +26,15 @@ use crate::{Isa, GEMV_MAX_ROWS};
 pub(crate) use gemm::gemm;
 
 pub(crate) mod act8;
+pub(crate) mod bf16_act;
 mod gemm;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_bf16;
 
 /// A stored weight element the kernels read: one value (f32, bf16, f16, e4m3, i8) or a packed
 /// pair of 4-bit values ([`U4x2`]). Every method takes the [`Isa`] chosen once per
@@ -141,6 +146,14 @@ fn dot4_per_block<W: WeightElem>(
 /// that both cores stay busy until the end on small matrices.
 const TASK_BYTES: usize = 256 << 10;
 
+/// Weight rows per rayon task in the matrix-vector regime for `n` rows of `row_bytes`: at
+/// least 8 tasks per thread for balance, each at least [`TASK_BYTES`] unless the matrix is
+/// smaller than that.
+fn rows_per_task(n: usize, row_bytes: usize) -> usize {
+    let per_task = (n / (8 * rayon::current_num_threads())).max(TASK_BYTES / row_bytes.max(1));
+    per_task.clamp(1, n)
+}
+
 /// `[N, K]` weights `w` (`K / W::VALUES` elements per row) times `m` rows `xs` `[m, K]` →
 /// `[m, N]`, with the kernels of `isa`.
 /// With `scales`, row `r`'s products over each block of `K` are multiplied by that block's
@@ -159,11 +172,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(
         return vec![0.0; n * m];
     }
     let xs: Vec<Cow<[f32]>> = xs.chunks_exact(k).map(|x| W::prepare(isa, x)).collect();
-    let row_bytes = kw * std::mem::size_of::<W>();
-    // At least 8 tasks per thread for balance, each at least TASK_BYTES unless the matrix is
-    // smaller than that.
-    let per_task = (n / (8 * rayon::current_num_threads())).max(TASK_BYTES / row_bytes.max(1));
-    let rows_per_task = per_task.clamp(1, n);
+    let rows_per_task = rows_per_task(n, kw * std::mem::size_of::<W>());
     let mut out_t = vec![0f32; n * m]; // [N, m]
     out_t
         .par_chunks_mut(rows_per_task * m)
@@ -241,7 +250,7 @@ pub(crate) fn product<W: WeightElem>(
     if m <= GEMV_MAX_ROWS {
         matmul_rows(isa, w, k, xs, m, scales)
     } else {
-        gemm(w, k, xs, m, scales)
+        gemm(isa, w, k, xs, m, scales)
     }
 }
 

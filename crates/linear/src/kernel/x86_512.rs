@@ -1,0 +1,221 @@
+//! The AVX-512F GEMM: `out[j, r] = Σ_c x[j, c] · W[r, c]` for more than
+//! [`crate::GEMV_MAX_ROWS`] activation rows, in f32, over any weight format.
+//!
+//! Packed and register-blocked, in the usual three levels:
+//! - activations are packed once per call into tiles of [`MR`] rows, `[K][MR]` each;
+//! - each rayon task owns a block of weight rows; per block of [`KC`] columns of `K` it widens
+//!   its rows exactly to f32 (bf16, f16, e4m3 times its block scale, 8/4-bit groups: each
+//!   format's [`WeightElem::widen_row`]) straight into panels of [`NR`] rows laid out
+//!   `[KC][NR]`, which stay in L2;
+//! - the micro-kernel keeps an `MR x NR` f32 tile in 24 of the 32 vector registers and per
+//!   column broadcasts one activation against two 16-lane weight vectors (two FMAs per row).
+//!
+//! The `gemm` crate (the fallback on other CPUs) runs its AVX2 micro-kernels on these shapes
+//! (256-bit FMAs); two 512-bit FMAs per cycle double the arithmetic per instruction.
+//!
+//! As in [`super::x86`], every `#[target_feature]` function is private and reached only
+//! through a safe entry point taking the [`Avx512F`] proof token, which only
+//! [`Avx512F::detect`] makes.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::x86::Avx2FmaF16c;
+use super::{BlockScales, WeightElem};
+
+/// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C). Made only by
+/// [`Avx512F::detect`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Avx512F(Avx2FmaF16c);
+
+impl Avx512F {
+    /// Run-time detection on top of the proven AVX2, FMA and F16C.
+    pub(crate) fn detect(below: Avx2FmaF16c) -> Option<Avx512F> {
+        let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+        ok.then_some(Avx512F(below))
+    }
+
+    /// The AVX2 + FMA + F16C part of the proof.
+    pub(crate) fn avx2_fma_f16c(self) -> Avx2FmaF16c {
+        self.0
+    }
+}
+
+/// Activation rows per micro-kernel tile.
+const MR: usize = 12;
+/// 16-lane vectors per panel.
+const NV: usize = 2;
+/// Weight rows per panel.
+const NR: usize = 16 * NV;
+/// Columns of `K` per cache block: a tile's activations (`KC · MR · 4` bytes, 12 KiB) stay in
+/// L1 and a task's panels (`KC · 4` bytes per weight row) in L2. A multiple of every block
+/// width the formats scale by (FP8's 128, the 8/4-bit groups' 32), so a block's scales are
+/// whole.
+const KC: usize = 256;
+/// Most weight rows per rayon task.
+const MAX_TASK_ROWS: usize = 256;
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only the columns of its own block of weight rows.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Each thread's panels and widened row segment, reused across calls.
+    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `m` activation rows `xs` `[m, k]` as tiles of [`MR`] rows (the last padded with zero rows),
+/// each `[k][MR]`.
+fn pack_activations(xs: &[f32], k: usize, m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m.div_ceil(MR) * k * MR];
+    out.par_chunks_mut(k * MR)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            for i in 0..MR.min(m - t * MR) {
+                for (c, &v) in xs[(t * MR + i) * k..][..k].iter().enumerate() {
+                    tile[c * MR + i] = v;
+                }
+            }
+        });
+    out
+}
+
+/// `[N, K]` weights `w` (`K / W::VALUES` elements per row) times `m` rows `xs` `[m, K]` →
+/// `[m, N]` row-major. With `scales`, row `r` is widened as `W[r, c] = w[r, c] · scale(r, c /
+/// cols)` (HF's f32 dequantisation).
+pub(crate) fn gemm<W: WeightElem>(
+    _: Avx512F,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    scales: Option<&BlockScales>,
+) -> Vec<f32> {
+    let kw = k / W::VALUES;
+    let n = w.len().checked_div(kw).unwrap_or(0);
+    let mut out = vec![0f32; m * n];
+    if n == 0 || m == 0 || k == 0 {
+        return out;
+    }
+    assert_eq!(xs.len(), m * k, "gemm: xs must hold m rows of K");
+    if let Some(s) = scales {
+        assert_eq!(KC % s.cols, 0, "gemm: scale blocks must divide {KC}");
+    }
+    let xp = pack_activations(xs, k, m);
+    // Rows per task: multiples of NR, at least two tasks per thread when the matrix allows.
+    let balance = n.div_ceil(2 * rayon::current_num_threads());
+    let rows = balance.next_multiple_of(NR).min(MAX_TASK_ROWS);
+    let dst = OutPtr(out.as_mut_ptr());
+    w.par_chunks(rows * kw)
+        .enumerate()
+        .for_each(|(task, block)| {
+            let r0 = task * rows;
+            let nb = block.len() / kw;
+            let panels = nb.div_ceil(NR);
+            let mut row_scales = Vec::new();
+            PANELS.with_borrow_mut(|(wp, seg)| {
+                wp.clear();
+                wp.resize(panels * KC * NR, 0.0);
+                seg.resize(KC, 0.0);
+                for kb in (0..k).step_by(KC) {
+                    let kc = KC.min(k - kb);
+                    // Widen this K block of every row into its panel slot: [panel][c][lane].
+                    // Lanes past the matrix's last row stay zero.
+                    for r in 0..nb {
+                        let src = &block[r * kw + kb / W::VALUES..][..kc.div_ceil(W::VALUES)];
+                        let seg = &mut seg[..kc];
+                        match scales {
+                            None => W::widen_row(src, seg),
+                            Some(s) => {
+                                let all = s.row(r0 + r, k, &mut row_scales);
+                                W::widen_row_scaled(src, seg, &all[kb / s.cols..], s.cols)
+                            }
+                        }
+                        let (q, l) = (r / NR, r % NR);
+                        let panel = &mut wp[q * KC * NR..];
+                        for (c, &v) in seg.iter().enumerate() {
+                            panel[c * NR + l] = v;
+                        }
+                    }
+                    for t in 0..m.div_ceil(MR) {
+                        let tile = &xp[(t * k + kb) * MR..][..kc * MR];
+                        let tile_rows = MR.min(m - t * MR);
+                        for (q, panel) in wp.chunks_exact(KC * NR).enumerate() {
+                            let lanes = NR.min(nb - q * NR);
+                            // SAFETY: the token proves AVX-512F; `tile` holds `kc · MR` values and
+                            // `panel` `KC · NR ≥ kc · NR`; the destination rows `t·MR..+tile_rows`
+                            // and columns `r0 + q·NR..+lanes` lie inside the `[m, n]` output, and
+                            // only this task writes those columns.
+                            unsafe {
+                                micro_kernel(
+                                    tile.as_ptr(),
+                                    panel.as_ptr(),
+                                    kc,
+                                    dst.get().add(t * MR * n + r0 + q * NR),
+                                    n,
+                                    tile_rows,
+                                    lanes,
+                                    kb > 0,
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    out
+}
+
+/// One `MR x NR` tile over `kc` columns: `c[i][l] (+)= Σ_p x[p][i] · w[p][l]`, storing rows
+/// `..rows` and lanes `..lanes`; with `accumulate` the tile is added to what `c` holds (the
+/// previous K blocks).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_kernel(
+    x: *const f32,
+    w: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    lanes: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for p in 0..kc {
+        let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(p * NR + 16 * v)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*x.add(p * MR + i));
+            for v in 0..NV {
+                a[v] = _mm512_fmadd_ps(xv, wv[v], a[v]);
+            }
+        }
+    }
+    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+        let n = lanes.saturating_sub(16 * v).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    });
+    for (i, a) in acc.iter().enumerate().take(rows) {
+        for (h, (&v, &mask)) in a.iter().zip(&masks).enumerate() {
+            let at = c.add(i * ldc + 16 * h);
+            let v = if accumulate {
+                _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, at))
+            } else {
+                v
+            };
+            _mm512_mask_storeu_ps(at, mask, v);
+        }
+    }
+}
