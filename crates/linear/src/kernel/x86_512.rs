@@ -72,7 +72,7 @@ impl OutPtr {
 }
 
 thread_local! {
-    /// Each thread's panels and widened row segment, reused across calls.
+    /// Each thread's panels and 16 widened row segments, reused across calls.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -125,29 +125,34 @@ pub(crate) fn gemm<W: WeightElem>(
             let nb = block.len() / kw;
             let panels = nb.div_ceil(NR);
             let mut row_scales = Vec::new();
-            PANELS.with_borrow_mut(|(wp, seg)| {
-                wp.clear();
+            PANELS.with_borrow_mut(|(wp, rows16)| {
                 wp.resize(panels * KC * NR, 0.0);
-                seg.resize(KC, 0.0);
+                rows16.resize(16 * KC, 0.0);
                 for kb in (0..k).step_by(KC) {
                     let kc = KC.min(k - kb);
-                    // Widen this K block of every row into its panel slot: [panel][c][lane].
-                    // Lanes past the matrix's last row stay zero.
-                    for r in 0..nb {
-                        let src = &block[r * kw + kb / W::VALUES..][..kc.div_ceil(W::VALUES)];
-                        let seg = &mut seg[..kc];
-                        match scales {
-                            None => W::widen_row(src, seg),
-                            Some(s) => {
-                                let all = s.row(r0 + r, k, &mut row_scales);
-                                W::widen_row_scaled(src, seg, &all[kb / s.cols..], s.cols)
+                    // Widen this K block of every row, 16 rows at a time, then transpose them into
+                    // their panel's lanes: [panel][c][lane]. Lanes past the last row are zero.
+                    for r16 in (0..nb).step_by(16) {
+                        for (i, row) in rows16.chunks_exact_mut(KC).enumerate() {
+                            let r = r16 + i;
+                            let row = &mut row[..kc];
+                            if r >= nb {
+                                row.fill(0.0);
+                                continue;
+                            }
+                            let src = &block[r * kw + kb / W::VALUES..][..kc.div_ceil(W::VALUES)];
+                            match scales {
+                                None => W::widen_row(src, row),
+                                Some(s) => {
+                                    let all = s.row(r0 + r, k, &mut row_scales);
+                                    W::widen_row_scaled(src, row, &all[kb / s.cols..], s.cols)
+                                }
                             }
                         }
-                        let (q, l) = (r / NR, r % NR);
-                        let panel = &mut wp[q * KC * NR..];
-                        for (c, &v) in seg.iter().enumerate() {
-                            panel[c * NR + l] = v;
-                        }
+                        let panel = &mut wp[(r16 / NR) * KC * NR + r16 % NR..];
+                        // SAFETY: the token proves AVX-512F; `rows16` holds 16 rows of `KC` values
+                        // and `panel` reaches `(KC - 1) · NR + 16` values past its start.
+                        unsafe { transpose_into_panel(rows16, kc, panel) };
                     }
                     for t in 0..m.div_ceil(MR) {
                         let tile = &xp[(t * k + kb) * MR..][..kc * MR];
@@ -176,6 +181,68 @@ pub(crate) fn gemm<W: WeightElem>(
             });
         });
     out
+}
+
+/// Sixteen rows `rows16` (`[16][KC]`) transposed into 16 lanes of a panel: `panel[c · NR +
+/// i] = rows16[i][c]` for `c < kc` (rounded up to whole 16-column blocks, which stay inside
+/// the rows' `KC` values; columns past `kc` are never read by the micro-kernel).
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_into_panel(rows16: &[f32], kc: usize, panel: &mut [f32]) {
+    debug_assert!(rows16.len() >= 16 * KC && panel.len() >= (KC - 1) * NR + 16);
+    let src = rows16.as_ptr();
+    let dst = panel.as_mut_ptr();
+    for c0 in (0..kc).step_by(16) {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * KC + c0)));
+        for (j, col) in transpose16(r).into_iter().enumerate() {
+            _mm512_storeu_ps(dst.add((c0 + j) * NR), col);
+        }
+    }
+}
+
+/// A 16 x 16 f32 transpose in registers: interleave pairs of rows (32-bit, then 64-bit
+/// elements), which leaves each 128-bit lane holding one column of four rows, then gather the
+/// four lanes of each column with two rounds of 128-bit shuffles.
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // t[2p], t[2p + 1]: rows 2p and 2p + 1 interleaved (low and high pairs of each lane).
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4g + j]: in every 128-bit lane L, column 4L + j of rows 4g..4g + 4.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, j) = (i / 4, i % 4);
+        let a = _mm512_castps_pd(t[4 * g + j / 2]);
+        let b = _mm512_castps_pd(t[4 * g + 2 + j / 2]);
+        _mm512_castpd_ps(if j % 2 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // v[8h + 4o + j]: lanes o and o + 2 of u[8h + j] then of u[8h + 4 + j].
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (h, o, j) = (i / 8, (i / 4) % 2, i % 4);
+        let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
+        if o == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    // Column c: its four lanes, rows 0-3, 4-7, 8-11, 12-15.
+    std::array::from_fn(|c| {
+        let (a, b) = (v[c % 8], v[8 + c % 8]);
+        if c < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    })
 }
 
 /// One `MR x NR` tile over `kc` columns: `c[i][l] (+)= Σ_p x[p][i] · w[p][l]`, storing rows
