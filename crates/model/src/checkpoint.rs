@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
@@ -48,8 +47,62 @@ pub struct Checkpoint {
 
 /// Where the tensors are read from.
 enum Store {
-    Safetensors(MmapedSafetensors),
+    Safetensors(Shards),
     Gguf(GgufFile),
+}
+
+/// Safetensors shards mapped read-only, with every tensor's bytes located once at open.
+///
+/// Loading a tensor copies it out of the map (into the tensor's own storage, where the model
+/// then converts or quantises it), and then tells the kernel this process no longer needs the
+/// mapped pages (`MADV_DONTNEED`, [`release_mapped`]; GGUF files do the same). Without that, every page read at load stays resident in the
+/// map for as long as the checkpoint is open, beside the copy: the process's resident memory
+/// held the weights twice (a V2-Lite-shaped checkpoint of 4.3 GB measured 9.2 GB peak RSS
+/// after a short prompt). The pages stay in the page cache, so a second load of the same
+/// tensor reads them from memory, not disk.
+struct Shards {
+    maps: Vec<memmap2::Mmap>,
+    /// Tensor name → (shard, byte range in it, stored dtype).
+    at: BTreeMap<String, (usize, std::ops::Range<usize>, safetensors::Dtype)>,
+}
+
+impl Shards {
+    /// Copies `name` (shape `shape`) out of its shard and releases the mapped pages that lie
+    /// wholly inside it.
+    fn load(&self, name: &str, shape: &[usize]) -> candle_core::Result<Tensor> {
+        use candle_core::safetensors::Load;
+        let (shard, range, dtype) = self
+            .at
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: not in any shard")))?;
+        let map = &self.maps[*shard];
+        let view =
+            safetensors::tensor::TensorView::new(*dtype, shape.to_vec(), &map[range.clone()])
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let t = view.load(&Device::Cpu)?;
+        release_mapped(map, &map[range.clone()]);
+        Ok(t)
+    }
+}
+
+/// Drops the pages of `map` that lie wholly inside `bytes` (a slice of it whose values were
+/// just copied out) from this process's resident set (`MADV_DONTNEED`); the page cache keeps
+/// them. See [`Shards`] for why.
+pub(crate) fn release_mapped(map: &memmap2::Mmap, bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    let offset = bytes.as_ptr() as usize - map.as_ptr() as usize;
+    let (start, end) = (
+        offset.next_multiple_of(PAGE),
+        (offset + bytes.len()) / PAGE * PAGE,
+    );
+    if end > start {
+        // SAFETY: the map is read-only and file-backed, so dropping its pages loses nothing:
+        // a later read faults them in again from the file. The caller holds its own copy of
+        // the values. A failure only leaves the pages resident.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }
 
 impl Checkpoint {
@@ -121,10 +174,19 @@ impl Checkpoint {
             });
         }
         let mut tensors = BTreeMap::new();
+        let mut shards = Shards {
+            maps: Vec::new(),
+            at: BTreeMap::new(),
+        };
         for file in &files {
-            for (name, meta) in read_header(file)? {
+            let (map, entries) = read_header(file)?;
+            for (name, meta, bytes) in entries {
+                shards
+                    .at
+                    .insert(name.clone(), (shards.maps.len(), bytes.0, bytes.1));
                 tensors.insert(name, meta);
             }
+            shards.maps.push(map);
         }
         if let Some(map) = &index {
             let wrong: Vec<String> = map
@@ -141,16 +203,9 @@ impl Checkpoint {
                 });
             }
         }
-        // SAFETY: the files are mapped read-only; like every safetensors loader we rely on
-        // them not being modified while the checkpoint is open.
-        let mmaps =
-            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Safetensors {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            store: Store::Safetensors(mmaps),
+            store: Store::Safetensors(shards),
             tensors,
         })
     }
@@ -232,11 +287,12 @@ impl Checkpoint {
             });
         }
         match &self.store {
-            Store::Safetensors(mmaps) => {
-                mmaps
-                    .load(name, &Device::Cpu)
+            Store::Safetensors(shards) => {
+                let meta = &self.tensors[name];
+                shards
+                    .load(name, &meta.shape)
                     .map_err(|e| ModelError::Safetensors {
-                        path: self.tensors[name].file.clone(),
+                        path: meta.file.clone(),
                         reason: format!("{name}: {e}"),
                     })
             }
@@ -404,34 +460,46 @@ impl Backend {
     }
 }
 
-/// Reads and validates one shard's header: every tensor's offsets must lie inside the file
-/// (a truncated download fails here, naming the file).
-fn read_header(path: &Path) -> Result<Vec<(String, TensorMeta)>> {
+/// One shard's tensors: name, metadata, and (byte range in the shard, stored dtype).
+type ShardEntries = Vec<(
+    String,
+    TensorMeta,
+    (std::ops::Range<usize>, safetensors::Dtype),
+)>;
+
+/// Maps one shard and reads and validates its header: every tensor's offsets must lie inside
+/// the file (a truncated download fails here, naming the file).
+fn read_header(path: &Path) -> Result<(memmap2::Mmap, ShardEntries)> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    // SAFETY: read-only map, see `Checkpoint::open`.
+    // SAFETY: the file is mapped read-only; like every safetensors loader we rely on it not
+    // being modified while the checkpoint is open.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         reason: format!("not a valid safetensors file (truncated?): {e}"),
     })?;
-    st.tensors()
+    let base = mmap.as_ptr() as usize;
+    let entries = st
+        .tensors()
         .into_iter()
         .map(|(name, view)| {
             let dtype = DType::try_from(view.dtype()).map_err(|e| ModelError::Safetensors {
                 path: path.to_path_buf(),
                 reason: format!("{name}: {e}"),
             })?;
-            Ok((
-                name,
-                TensorMeta {
-                    file: path.to_path_buf(),
-                    dtype,
-                    shape: view.shape().to_vec(),
-                    ggml: None,
-                },
-            ))
+            let start = view.data().as_ptr() as usize - base;
+            let bytes = (start..start + view.data().len(), view.dtype());
+            let meta = TensorMeta {
+                file: path.to_path_buf(),
+                dtype,
+                shape: view.shape().to_vec(),
+                ggml: None,
+            };
+            Ok((name, meta, bytes))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    drop(st);
+    Ok((mmap, entries))
 }
 
 /// Dequantises a block-FP8 weight: `W[i, j] = q[i, j] · scale[i / 128, j / 128]`, in f32.

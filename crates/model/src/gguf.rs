@@ -183,6 +183,7 @@ impl GgufFile {
             Some((bytes, ty)) if !is_float(ty) => {
                 let rows = shape[0];
                 let t = Tensor::from_slice(bytes, (rows, bytes.len() / rows), &Device::Cpu)?;
+                crate::checkpoint::release_mapped(&self.mmap, bytes);
                 Ok(Some(t))
             }
             _ => Ok(None),
@@ -238,6 +239,7 @@ impl GgufFile {
             path: self.path.clone(),
             reason: format!("{gguf_name}: {e}"),
         })?;
+        crate::checkpoint::release_mapped(&self.mmap, bytes);
         let t = q.dequantize(&Device::Cpu)?;
         Ok(match float_dtype(ty) {
             DType::F32 => t,

@@ -211,5 +211,7 @@ mod tests {
         check(bf16::from_f32, 1027, 83, 13, 7);
         check(|v| v, 259, 517, 9, 3);
         check(f16::from_f32, 37, 2100, 11, 5);
+        // More activation rows than one block of the AVX-512 kernel holds (768).
+        check(bf16::from_f32, 45, 70, 1601, 2);
     }
 }

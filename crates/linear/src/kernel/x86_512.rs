@@ -54,6 +54,8 @@ const NR: usize = 16 * NV;
 /// width the formats scale by (FP8's 128, the 8/4-bit groups' 32), so a block's scales are
 /// whole.
 const KC: usize = 256;
+/// Activation rows per block ([`gemm`]): 64 tiles.
+const MC: usize = 64 * MR;
 /// Most weight rows per rayon task.
 const MAX_TASK_ROWS: usize = 256;
 
@@ -96,7 +98,7 @@ fn pack_activations(xs: &[f32], k: usize, m: usize) -> Vec<f32> {
 /// `[m, N]` row-major. With `scales`, row `r` is widened as `W[r, c] = w[r, c] · scale(r, c /
 /// cols)` (HF's f32 dequantisation).
 pub(crate) fn gemm<W: WeightElem>(
-    _: Avx512F,
+    t: Avx512F,
     w: &[W],
     k: usize,
     xs: &[f32],
@@ -113,6 +115,28 @@ pub(crate) fn gemm<W: WeightElem>(
     if let Some(s) = scales {
         assert_eq!(KC % s.cols, 0, "gemm: scale blocks must divide {KC}");
     }
+    // Blocks of MC activation rows: every task reads all of a block's packed activations, so
+    // a block must stay cache-sized however long the input (a 32K-token cache expanded at
+    // once is 32K rows).
+    for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
+        gemm_block(t, w, k, n, xs, xs.len() / k, scales, out);
+    }
+    out
+}
+
+/// [`gemm`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_block<W: WeightElem>(
+    _: Avx512F,
+    w: &[W],
+    k: usize,
+    n: usize,
+    xs: &[f32],
+    m: usize,
+    scales: Option<&BlockScales>,
+    out: &mut [f32],
+) {
+    let kw = k / W::VALUES;
     let xp = pack_activations(xs, k, m);
     // Rows per task: multiples of NR, at least two tasks per thread when the matrix allows.
     let balance = n.div_ceil(2 * rayon::current_num_threads());
@@ -180,7 +204,6 @@ pub(crate) fn gemm<W: WeightElem>(
                 }
             });
         });
-    out
 }
 
 /// Sixteen rows `rows16` (`[16][KC]`) transposed into 16 lanes of a panel: `panel[c · NR +
