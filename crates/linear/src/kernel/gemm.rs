@@ -15,27 +15,13 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{BlockScales, WeightElem};
+use super::{BlockScales, OutPtr, WeightElem};
 use crate::Isa;
 
 /// Target bytes of one task's widened block (f32): small enough for L2 together with the
 /// `gemm` crate's packing, large enough that each call amortises its packing of the
 /// activations over many output columns.
 const BLOCK_BYTES: usize = 1 << 20;
-
-/// A raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the columns of its own block of weight rows.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 thread_local! {
     /// Each thread's widened block, reused across calls.
@@ -53,17 +39,19 @@ pub(crate) fn gemm<W: WeightElem>(
     m: usize,
     scales: Option<&BlockScales>,
 ) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512f() {
-        return super::x86_512::gemm(t, w, k, xs, m, scales);
-    }
-    let _ = isa;
     let kw = k / W::VALUES; // elements per row
     let n = w.len().checked_div(kw).unwrap_or(0);
     let mut out = vec![0f32; m * n];
     if n == 0 || m == 0 || k == 0 {
         return out;
     }
+    assert_eq!(xs.len(), m * k, "gemm: xs must hold m rows of K");
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512f() {
+        super::x86_512::gemm(t, w, k, xs, scales, &mut out);
+        return out;
+    }
+    let _ = isa;
     // Rows per task: the buffer budget, at least 2 tasks per thread, multiples of 16.
     let by_bytes = (BLOCK_BYTES / (4 * k)).max(16);
     let by_balance = n.div_ceil(2 * rayon::current_num_threads()).max(16);

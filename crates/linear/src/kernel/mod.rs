@@ -142,6 +142,20 @@ fn dot4_per_block<W: WeightElem>(
     out
 }
 
+/// A raw output pointer shared by the GEMM's tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every task writes only the columns of its own block of weight rows.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Target bytes of weights per rayon task: large enough that scheduling is noise, small enough
 /// that both cores stay busy until the end on small matrices.
 const TASK_BYTES: usize = 256 << 10;

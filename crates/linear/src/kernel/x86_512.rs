@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::x86::Avx2FmaF16c;
-use super::{BlockScales, WeightElem};
+use super::{BlockScales, OutPtr, WeightElem};
 
 /// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C). Made only by
 /// [`Avx512F::detect`].
@@ -59,20 +59,6 @@ const MC: usize = 64 * MR;
 /// Most weight rows per rayon task.
 const MAX_TASK_ROWS: usize = 256;
 
-/// A raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the columns of its own block of weight rows.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 thread_local! {
     /// Each thread's panels and 16 widened row segments, reused across calls.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -94,24 +80,17 @@ fn pack_activations(xs: &[f32], k: usize, m: usize) -> Vec<f32> {
     out
 }
 
-/// `[N, K]` weights `w` (`K / W::VALUES` elements per row) times `m` rows `xs` `[m, K]` →
-/// `[m, N]` row-major. With `scales`, row `r` is widened as `W[r, c] = w[r, c] · scale(r, c /
-/// cols)` (HF's f32 dequantisation).
+/// [`super::gemm::gemm`] on AVX-512F, into its zeroed `[m, N]` output `out` (`N` and `m`
+/// non-zero, `xs` `m` rows of `k`).
 pub(crate) fn gemm<W: WeightElem>(
     t: Avx512F,
     w: &[W],
     k: usize,
     xs: &[f32],
-    m: usize,
     scales: Option<&BlockScales>,
-) -> Vec<f32> {
-    let kw = k / W::VALUES;
-    let n = w.len().checked_div(kw).unwrap_or(0);
-    let mut out = vec![0f32; m * n];
-    if n == 0 || m == 0 || k == 0 {
-        return out;
-    }
-    assert_eq!(xs.len(), m * k, "gemm: xs must hold m rows of K");
+    out: &mut [f32],
+) {
+    let n = out.len() / (xs.len() / k);
     if let Some(s) = scales {
         assert_eq!(KC % s.cols, 0, "gemm: scale blocks must divide {KC}");
     }
@@ -121,7 +100,6 @@ pub(crate) fn gemm<W: WeightElem>(
     for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
         gemm_block(t, w, k, n, xs, xs.len() / k, scales, out);
     }
-    out
 }
 
 /// [`gemm`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.
