@@ -5,8 +5,9 @@
 //! - activations are packed once per call into tiles of [`MR`] rows, `[K][MR]` each;
 //! - each rayon task owns a block of weight rows; per block of [`KC`] columns of `K` it widens
 //!   its rows exactly to f32 (bf16, f16, e4m3 times its block scale, 8/4-bit groups: each
-//!   format's [`WeightElem::widen_row`]) straight into panels of [`NR`] rows laid out
-//!   `[KC][NR]`, which stay in L2;
+//!   format's [`WeightElem::widen_row`]), 16 rows at a time, and transposes them in registers
+//!   into panels of [`NR`] rows laid out `[KC][NR]`, which stay in L2;
+//! - activations go in blocks of [`MC`] rows, so what every task re-reads stays cache-sized;
 //! - the micro-kernel keeps an `MR x NR` f32 tile in 24 of the 32 vector registers and per
 //!   column broadcasts one activation against two 16-lane weight vectors (two FMAs per row).
 //!
