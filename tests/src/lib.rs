@@ -201,6 +201,44 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("max abs diff")
 }
 
+/// Deterministic stand-in for `Tensor::randn` (whose CPU draws are unseeded, so a test built
+/// on it sees different weights on every run and can fail one run in many): `shape` values,
+/// normal with mean 0 and deviation `std` (Box-Muller over SplitMix64 seeded by `seed`), f32 on
+/// the CPU.
+pub fn seeded_randn(shape: &[usize], std: f32, seed: u64) -> Tensor {
+    let mut next = splitmix(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (next().max(f64::MIN_POSITIVE), next());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (z * std as f64) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches")
+}
+
+/// Deterministic stand-in for `Tensor::rand`: `shape` values uniform in `[lo, hi)`.
+pub fn seeded_rand(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+    let mut next = splitmix(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * next() as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches")
+}
+
+/// SplitMix64 as uniform draws in `[0, 1)`.
+fn splitmix(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Asserts `max |actual - expected| <= tol`, printing the difference either way.
 pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f32, what: &str) {
     assert_eq!(

@@ -3,7 +3,7 @@
 #![allow(clippy::disallowed_methods)] // tests read results on the host
 #![allow(dead_code)]
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use fixtures::Case;
 use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
 use rope_yarn::{RopeCache, RopeConfig};
@@ -42,28 +42,34 @@ pub fn random_layer(q_lora: bool, seed_scale: f32) -> Mla {
     random_layer_for(small_config(q_lora), seed_scale)
 }
 
-/// A layer of `cfg`'s shape with random weights (the low-rank query norm random too).
+/// A layer of `cfg`'s shape with random weights (the low-rank query norm random too), the same
+/// on every run: deviation `seed_scale`, each matrix drawn from its own seed.
 pub fn random_layer_for(cfg: MlaConfig, seed_scale: f32) -> Mla {
-    let dev = Device::Cpu;
-    let w = |o: usize, i: usize| Tensor::randn(0f32, seed_scale, (o, i), &dev).unwrap();
+    let seed = std::cell::Cell::new(u64::from(seed_scale.to_bits()));
+    let draw = || {
+        seed.set(seed.get() + 1);
+        seed.get()
+    };
+    let w = |o: usize, i: usize| fixtures::seeded_randn(&[o, i], seed_scale, draw()).into();
+    let norm = |n: usize| fixtures::seeded_rand(&[n], 0.5, 1.5, draw());
     let (c, h, rk) = (cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank);
     let (n, r, v) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim);
     let query = match cfg.q_lora_rank {
         Some(q) => QueryWeights::LowRank {
-            q_a_proj: w(q, c).into(),
-            q_a_layernorm: (Tensor::rand(0.5f32, 1.5, q, &dev).unwrap()),
-            q_b_proj: w(h * (n + r), q).into(),
+            q_a_proj: w(q, c),
+            q_a_layernorm: norm(q),
+            q_b_proj: w(h * (n + r), q),
         },
         None => QueryWeights::Direct {
-            q_proj: w(h * (n + r), c).into(),
+            q_proj: w(h * (n + r), c),
         },
     };
     let weights = MlaWeights {
         query,
-        kv_a_proj_with_mqa: w(rk + r, c).into(),
-        kv_a_layernorm: Tensor::rand(0.5f32, 1.5, rk, &dev).unwrap(),
-        kv_b_proj: w(h * (n + v), rk),
-        o_proj: w(c, h * v).into(),
+        kv_a_proj_with_mqa: w(rk + r, c),
+        kv_a_layernorm: norm(rk),
+        kv_b_proj: fixtures::seeded_randn(&[h * (n + v), rk], seed_scale, draw()),
+        o_proj: w(c, h * v),
     };
     Mla::new(cfg, weights).unwrap()
 }
