@@ -38,9 +38,8 @@ fn rollback_leaves_no_stale_entries() {
     // Decode 5 tokens, truncate to 3, decode 2 different tokens: must equal a fresh run of
     // the 3 kept tokens followed by the 2 new ones (speculative-decoding rejection).
     let mla = random_layer(true, 0.2);
-    let dev = Device::Cpu;
-    let a = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (1, 2, 64), &dev).unwrap();
+    let a = fixtures::seeded_randn(&[1, 5, 64], 1.0, 42);
+    let b = fixtures::seeded_randn(&[1, 2, 64], 1.0, 43);
     for path in PATHS {
         let mut rope = rope_for(&mla);
         let mut cache = mla.new_cache(1).unwrap();
@@ -146,8 +145,7 @@ fn every_path_over_many_small_pages_equals_one_pass() {
     // Pages of 7 tokens, chunks of 5 then single steps: every key block of the flash path
     // and every write straddles page boundaries somewhere.
     let mla = random_layer(true, 0.2);
-    let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (2, 23, 64), &dev).unwrap();
+    let x = fixtures::seeded_randn(&[2, 23, 64], 1.0, 150);
     for path in PATHS {
         let mut rope = rope_for(&mla);
         let want = mla.forward(&x, 0, &mut rope, None, path).unwrap();
@@ -173,8 +171,7 @@ fn every_path_over_many_small_pages_equals_one_pass() {
 #[test]
 fn batch_of_two_equals_two_single_runs() {
     let mla = random_layer(false, 0.2);
-    let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (2, 6, 64), &dev).unwrap();
+    let x = fixtures::seeded_randn(&[2, 6, 64], 1.0, 177);
     // Uniform batch: every path agrees, and each row equals its batch-1 run.
     let outs = run_every_path(&mla, &x, 1e-5);
     for i in 0..2 {
@@ -191,9 +188,9 @@ fn batch_of_two_equals_two_single_runs() {
 fn ragged_batch_continues_each_sequence_from_its_own_length() {
     let mla = random_layer(true, 0.2);
     let dev = Device::Cpu;
-    let a = Tensor::randn(0f32, 1.0, (1, 5, 64), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (1, 3, 64), &dev).unwrap();
-    let next = Tensor::randn(0f32, 1.0, (2, 1, 64), &dev).unwrap();
+    let a = fixtures::seeded_randn(&[1, 5, 64], 1.0, 194);
+    let b = fixtures::seeded_randn(&[1, 3, 64], 1.0, 195);
+    let next = fixtures::seeded_randn(&[2, 1, 64], 1.0, 196);
     for path in PATHS {
         let mut rope = rope_for(&mla);
         // Batched cache: sequence 0 holds 5 tokens, sequence 1 holds 3.
@@ -278,15 +275,16 @@ fn packed_sequences_equal_each_sequence_alone() {
     // tokens: each part equals its own batch-1 forward, on every path. With 6 rows the
     // projections take the same matrix-vector kernel as 4 or 1 rows, so equality is exact.
     let mla = random_layer(true, 0.2);
-    let dev = Device::Cpu;
     let prompts: Vec<Tensor> = [3usize, 9, 1]
         .iter()
-        .map(|&t| Tensor::randn(0f32, 1.0, (1, t, 64), &dev).unwrap())
+        .enumerate()
+        .map(|(i, &t)| fixtures::seeded_randn(&[1, t, 64], 1.0, 284 + i as u64))
         .collect();
     let new_tokens = [4usize, 1, 1];
     let news: Vec<Tensor> = new_tokens
         .iter()
-        .map(|&t| Tensor::randn(0f32, 1.0, (1, t, 64), &dev).unwrap())
+        .enumerate()
+        .map(|(i, &t)| fixtures::seeded_randn(&[1, t, 64], 1.0, 2890 + i as u64))
         .collect();
     for path in PATHS {
         let mut rope = rope_for(&mla);
@@ -331,16 +329,15 @@ fn packed_sequences_equal_each_sequence_alone() {
         cache: &mut c,
         path: AttentionPath::Absorbed,
     }];
-    let x = Tensor::randn(0f32, 1.0, (1, 3, 64), &dev).unwrap();
+    let x = fixtures::seeded_randn(&[1, 3, 64], 1.0, 334);
     assert!(mla.forward_packed(&x, &mut parts, &mut rope).is_err());
 }
 
 #[test]
 fn forks_share_pages_until_one_writes() {
     let mla = random_layer(false, 0.2);
-    let dev = Device::Cpu;
     let mut rope = rope_for(&mla);
-    let prompt = Tensor::randn(0f32, 1.0, (1, 10, 64), &dev).unwrap();
+    let prompt = fixtures::seeded_randn(&[1, 10, 64], 1.0, 343);
     let mut parent = mla.new_cache(1).unwrap().with_page_tokens(4).unwrap();
     mla.forward(
         &prompt,
@@ -358,8 +355,8 @@ fn forks_share_pages_until_one_writes() {
     );
     // Each continues with its own token: the child's write copies only the page it lands in
     // (the third, which holds tokens 8..12); the two full pages stay shared.
-    let a = Tensor::randn(0f32, 1.0, (1, 1, 64), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (1, 1, 64), &dev).unwrap();
+    let a = fixtures::seeded_randn(&[1, 1, 64], 1.0, 361);
+    let b = fixtures::seeded_randn(&[1, 1, 64], 1.0, 362);
     let ya = mla
         .forward(
             &a,

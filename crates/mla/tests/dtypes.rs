@@ -6,7 +6,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{random_layer, rope_for, run_every_path, PATHS};
 use fixtures::max_abs_diff;
 use mla::{Mla, MlaWeights, QueryWeights};
@@ -15,7 +15,7 @@ fn check(dtype: DType, rel_tol: f32) {
     for q_lora in [false, true] {
         let mla32 = random_layer(q_lora, 0.2);
         let mla = mla32.to_dtype(dtype).unwrap();
-        let x32 = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
+        let x32 = fixtures::seeded_randn(&[1, 7, 64], 1.0, 18);
         let x = x32.to_dtype(dtype).unwrap();
         let want = &run_every_path(&mla32, &x32, 1e-5)[0].1;
         let scale = common::max_abs(want);
@@ -83,7 +83,7 @@ fn narrow_matrices_with_f32_activations() {
             let mixed = Mla::new(cfg.clone(), map_matrices(mla32.weights(), narrow)).unwrap();
             let exact = Mla::new(cfg, map_matrices(mla32.weights(), rounded)).unwrap();
             assert_eq!(mixed.dtype(), DType::F32);
-            let x = Tensor::randn(0f32, 1.0, (1, 7, 64), &Device::Cpu).unwrap();
+            let x = fixtures::seeded_randn(&[1, 7, 64], 1.0, 86);
             let want = &run_every_path(&exact, &x, 1e-5)[0].1;
             for (name, y) in run_every_path(&mixed, &x, 1e-4) {
                 let d = max_abs_diff(&y, want);
@@ -142,7 +142,7 @@ fn quantised_matrices_equal_their_dequantised_twin() {
             let exact = Mla::new(quant.config().clone(), twin).unwrap();
             // More than GEMV_MAX_ROWS rows: f32 activations, the twin's product.
             let rows = linear::GEMV_MAX_ROWS + 8;
-            let x = Tensor::randn(0f32, 1.0, (1, rows, 64), &Device::Cpu).unwrap();
+            let x = fixtures::seeded_randn(&[1, rows, 64], 1.0, 145);
             for path in PATHS {
                 let mut rope = rope_for(&exact);
                 let want = exact.forward(&x, 0, &mut rope, None, path).unwrap();
