@@ -11,9 +11,9 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "x86_64")]
 use crate::kernel::{x86, x86_512, x86_bf16};
 
-/// A kernel path: the SIMD instruction sets the kernels may use. (The f32 GEMM regime runs
-/// the `gemm` crate, which dispatches on the CPU by itself; the bf16-activation GEMM is ours
-/// and follows this value.)
+/// A kernel path: the SIMD instruction sets the kernels may use. (The GEMM regime runs our
+/// AVX-512F kernel on the paths that have it and the `gemm` crate, which dispatches on the CPU
+/// by itself, on the others.)
 ///
 /// Obtain one with [`Isa::detect`] (the best path this CPU runs, detected once per process),
 /// [`Isa::portable`] (plain Rust, every CPU) or [`Isa::supported`] (every path this CPU

@@ -93,7 +93,8 @@ mod tests {
 
     #[test]
     fn many_tasks_blocks_and_ragged_edges() {
-        // Several K blocks (KC pairs each), several panels and tasks, partial last tiles.
+        // Both regimes: several tasks and ragged last ones, K beyond one 32-value load and
+        // beyond the GEMM's K blocks, partial last tiles.
         check(1027, 1100, 37, 7);
         check(300, 513, 33, 3);
         check(65, 2049, 5, 5);
