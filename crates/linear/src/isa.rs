@@ -33,8 +33,8 @@ enum Path {
     /// AVX2 + FMA + F16C: every weight dtype.
     #[cfg(target_arch = "x86_64")]
     Avx2FmaF16c(x86::Avx2FmaF16c),
-    /// AVX-512 F/BW on top: the GEMM regime's packed f32 kernel; the matrix-vector kernels
-    /// as `Avx2FmaF16c`.
+    /// AVX-512 F/BW on top: the GEMM regime's packed f32 kernel and 512-bit matrix-vector
+    /// kernels for f32, f16 and bf16 weights (the block-scaled formats as `Avx2FmaF16c`).
     #[cfg(target_arch = "x86_64")]
     Avx512F(x86_512::Avx512F),
     /// AVX512-BF16 on top: `vdpbf16ps` in the matrix-vector regime for bf16 weights with

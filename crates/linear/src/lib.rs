@@ -80,6 +80,7 @@ mod isa;
 mod kernel;
 mod matrix;
 mod quant;
+pub mod slices;
 mod spec;
 
 /// GGML's block formats (re-exported from candle).

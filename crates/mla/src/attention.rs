@@ -16,6 +16,7 @@ use linear::{Matrix, QuantFormat};
 
 mod dsa;
 mod flash;
+mod latent;
 mod sparse;
 pub use flash::{FlashFormulation, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK};
 
@@ -96,6 +97,8 @@ pub struct Mla {
     weights: MlaWeights,
     absorbed: AbsorbedWeights,
     softmax_scale: f64,
+    /// Whether the absorbed path runs the fused CPU kernel where it can ([`Mla::with_fused_cpu`]).
+    fused_cpu: bool,
 }
 
 impl Mla {
@@ -106,6 +109,7 @@ impl Mla {
         let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config, weights.dtype())?;
         Ok(Self {
             softmax_scale: config.softmax_scale(),
+            fused_cpu: true,
             config,
             weights,
             absorbed,
@@ -141,7 +145,19 @@ impl Mla {
 
     /// The same layer with its weights converted to `dtype`.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        Self::new(self.config.clone(), self.weights.to_dtype(dtype)?)
+        Ok(
+            Self::new(self.config.clone(), self.weights.to_dtype(dtype)?)?
+                .with_fused_cpu(self.fused_cpu),
+        )
+    }
+
+    /// Whether [`AttentionPath::Absorbed`] runs the fused CPU kernel (the default: f32 on the
+    /// CPU, the cache read once per step, `linear`'s kernels) or candle ops everywhere (its
+    /// oracle, and what other devices and dtypes always run). Both give the same result up to
+    /// summation order.
+    pub fn with_fused_cpu(mut self, on: bool) -> Self {
+        self.fused_cpu = on;
+        self
     }
 
     /// Converts the projections to `format` ([`MlaWeights::quantize`]); `kv_b_proj` and so
@@ -423,10 +439,13 @@ impl Mla {
         Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?)
     }
 
-    /// The absorbed path over the keys' segments in place (cache pages): scores per segment,
-    /// joined along the keys (`[B, H·T, S]`, small next to the cache), one softmax, then the
-    /// weighted sum accumulated segment by segment. The same products as one matmul over a
-    /// contiguous cache, without copying the cache.
+    /// The absorbed path over the keys' segments in place (cache pages). f32 on the CPU with
+    /// no extra mask: the fused
+    /// kernel (`latent.rs`), which reads each cached latent once. Otherwise candle ops
+    /// ([`Mla::attend_absorbed_ops`]): scores per segment, joined along the keys (`[B, H·T,
+    /// S]`, small next to the cache), one softmax, then the weighted sum accumulated segment
+    /// by segment. The same products as one matmul over a contiguous cache, without copying
+    /// the cache.
     fn attend_absorbed(
         &self,
         p: &Projected,
@@ -436,11 +455,31 @@ impl Mla {
         let c = &self.config;
         let (b, h, t, _) = p.q_nope.dims4()?;
         let (rk, r) = (c.kv_lora_rank, c.qk_rope_head_dim);
-        let s = keys.len();
         // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
         // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
         let q_lat = self.absorb_query(&p.q_nope)?.reshape((b, h * t, rk))?;
         let q_pe = p.q_pe.reshape((b, h * t, r))?;
+        if extra.is_none() && self.fused_cpu {
+            let scale = self.softmax_scale as f32;
+            if let Some(out) = latent::attend_tensors(&q_lat, &q_pe, t, scale, keys)? {
+                return self.apply_w_uv(&out.reshape((b, h, t, rk))?);
+            }
+        }
+        self.attend_absorbed_ops(&q_lat, &q_pe, (b, h, t), keys, extra)
+    }
+
+    /// [`Mla::attend_absorbed`] in candle ops (any device and dtype; the fused CPU path's
+    /// oracle): `q_lat` `[B, H·T, R]`, `q_pe` `[B, H·T, r]`.
+    fn attend_absorbed_ops(
+        &self,
+        q_lat: &Tensor,
+        q_pe: &Tensor,
+        (b, h, t): (usize, usize, usize),
+        keys: &LatentKeys,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let rk = self.config.kv_lora_rank;
+        let s = keys.len();
         let scores = keys
             .segments()
             .iter()

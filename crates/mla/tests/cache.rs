@@ -394,3 +394,30 @@ fn forks_share_pages_until_one_writes() {
         assert_eq!(max_abs_diff(&c, &before.0), 0.0);
     }
 }
+
+#[test]
+fn fused_absorbed_equals_its_candle_ops_oracle() {
+    // Pages of 100 tokens and 590+ keys: the fused kernel's chunks (256 keys) cut inside and
+    // across pages, and the causal limit falls inside the last chunk for T > 1.
+    let fused = random_layer(true, 0.2);
+    let ops = fused.clone().with_fused_cpu(false);
+    let x = fixtures::seeded_randn(&[2, 600, 64], 1.0, 151);
+    let mut rope = rope_for(&fused);
+    let mut caches: Vec<LayerCache> = (0..2)
+        .map(|_| fused.new_cache(2).unwrap().with_page_tokens(100).unwrap())
+        .collect();
+    let mut pos = 0;
+    for len in [590, 3, 1, 5, 1] {
+        let xi = x.narrow(1, pos, len).unwrap();
+        let mut outs = vec![];
+        for (mla, cache) in [&fused, &ops].into_iter().zip(caches.iter_mut()) {
+            outs.push(
+                mla.forward(&xi, pos, &mut rope, Some(cache), AttentionPath::Absorbed)
+                    .unwrap(),
+            );
+        }
+        let d = max_abs_diff(&outs[0], &outs[1]);
+        assert!(d <= 1e-5, "{len} tokens after {pos}: {d:e}");
+        pos += len;
+    }
+}

@@ -5,7 +5,9 @@
 //!   place that picks a kernel from the [`Isa`] the caller passed down ([`WeightElem`]'s impls);
 //! - [`portable`]: plain Rust, every CPU;
 //! - [`x86`]: AVX2 + FMA (+ F16C for f16) intrinsics, callable only with the proof tokens that
-//!   [`Isa::detect`] obtained.
+//!   [`Isa::detect`] obtained;
+//! - [`x86_512_dot`]: the same for f32, f16 and bf16 weights with 512-bit vectors (32 values
+//!   per row per iteration, bf16 activations split per 32-value block).
 //!
 //! Rows are processed four at a time so each activation load serves four weight rows. For
 //! bf16 on AVX2 the activations are first laid out per 16-element block as its 8 even elements
@@ -27,12 +29,15 @@ pub(crate) use gemm::gemm;
 
 pub(crate) mod act8;
 pub(crate) mod bf16_act;
+pub(crate) mod combine;
 mod gemm;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512_dot;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
 
@@ -342,6 +347,10 @@ fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
 impl WeightElem for f32 {
     fn dot4(isa: Isa, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_f32(t, w, x, next);
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot4_f32(t, w, x, next);
         }
@@ -371,12 +380,20 @@ impl Scalar for f32 {
 
 impl WeightElem for bf16 {
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx512f().is_some() {
+            return Cow::Owned(x86_512_dot::split_even_odd_32(x));
+        }
         split_for_avx2(isa, x)
     }
 
     fn dot4(isa: Isa, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
-        // The same test as `prepare`'s, on the same `isa`: `x` is split exactly when the
-        // AVX2 kernel reads it.
+        // The same tests as `prepare`'s, in the same order, on the same `isa`: `x` is split
+        // the way the kernel that runs reads it.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_bf16(t, w, x, next);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot4_bf16(t, w, x, next);
@@ -402,6 +419,10 @@ impl Scalar for bf16 {
 
 impl WeightElem for f16 {
     fn dot4(isa: Isa, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_f16(t, w, x, next);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
             return x86::dot4_f16(t, w, x, next);

@@ -1,0 +1,182 @@
+//! AVX-512F matrix-vector kernels: four weight rows against one activation row, 32 values per
+//! row per iteration in two 16-lane accumulators, for f32, f16 and bf16 weights.
+//!
+//! The same arithmetic as the AVX2 kernels in [`super::x86`] (exact widening to f32, f32
+//! FMAs), with half the instructions per weight byte. On the 2-core dev machine the AVX2 bf16
+//! kernel is bound by instructions, not by the memory (`benchmarks/README.md`), so the wider
+//! vectors keep more cache lines in flight per core.
+//!
+//! bf16 reads activations laid out per 32-value block as its 16 even values then its 16 odd
+//! ones ([`split_even_odd_32`]): one 64-byte load is 16 (even, odd) weight pairs, and `<< 16`
+//! and `& 0xffff0000` widen the evens and the odds exactly.
+//!
+//! As everywhere in [`super`], the `#[target_feature]` functions are private and reached only
+//! through the safe entry points taking the [`Avx512F`] proof token.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::x86_512::Avx512F;
+use super::Scalar;
+
+/// Values per row per iteration.
+const STEP: usize = 32;
+
+/// Four f32 rows against `x`, prefetching `next`.
+#[inline]
+pub(crate) fn dot4_f32(_: Avx512F, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+    // SAFETY: the `Avx512F` token exists, so detection found AVX-512 F and BW.
+    unsafe { dot4_f32_avx512(w, x, next) }
+}
+
+/// Four f16 rows against `x`, prefetching `next`.
+#[inline]
+pub(crate) fn dot4_f16(_: Avx512F, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+    // SAFETY: as in `dot4_f32`; `Avx512F` also proves F16C.
+    unsafe { dot4_f16_avx512(w, x, next) }
+}
+
+/// Four bf16 rows against `x` laid out by [`split_even_odd_32`], prefetching `next` (any
+/// layout is memory-safe: every load stays within the common length).
+#[inline]
+pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
+    // SAFETY: as in `dot4_f32`.
+    unsafe { dot4_bf16_avx512(w, x, next) }
+}
+
+/// Per 32-value block: the 16 even values, then the 16 odd ones; a shorter tail is kept as is
+/// (the kernel finishes it in scalar code in natural order).
+pub(crate) fn split_even_odd_32(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    let blocks = x.chunks_exact(STEP);
+    let tail = blocks.remainder();
+    for b in blocks {
+        out.extend(b.iter().step_by(2));
+        out.extend(b.iter().skip(1).step_by(2));
+    }
+    out.extend_from_slice(tail);
+    out
+}
+
+/// 16 weights widened to f32 (f32 and f16).
+trait Load16 {
+    /// # Safety
+    /// `p` must point at 16 readable elements, inside a function with the needed features.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Load16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+}
+
+impl Load16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+/// Prefetches the 64-byte lines of each `next` row that hold elements `i..i + STEP`.
+#[inline(always)]
+unsafe fn prefetch<W>(next: [&[W]; 4], i: usize) {
+    let bytes = STEP * std::mem::size_of::<W>();
+    for row in next {
+        if i + STEP <= row.len() {
+            let p = row.as_ptr().add(i) as *const i8;
+            for line in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(line));
+            }
+        }
+    }
+}
+
+/// Sums each row's two accumulators and adds the scalar tail `from..len` in natural order.
+#[inline(always)]
+unsafe fn finish<W: Scalar>(
+    w: [&[W]; 4],
+    x: &[f32],
+    lo: [__m512; 4],
+    hi: [__m512; 4],
+    from: usize,
+    len: usize,
+) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
+        for j in from..len {
+            out[r] += w[r][j].widen() * x[j];
+        }
+    }
+    out
+}
+
+/// Length every row and `x` share.
+fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
+    w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
+}
+
+/// Four rows, 32 values per iteration: two activation loads shared by eight weight loads into
+/// eight independent accumulators, then a scalar tail.
+#[inline(always)]
+unsafe fn dot4_widening<W: Load16 + Scalar>(w: [&[W]; 4], x: &[f32], next: [&[W]; 4]) -> [f32; 4] {
+    let len = common_len(&w, x);
+    let p = w.map(|r| r.as_ptr());
+    let px = x.as_ptr();
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + STEP <= len {
+        prefetch(next, i);
+        let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
+        for r in 0..4 {
+            lo[r] = _mm512_fmadd_ps(W::load16(p[r].add(i)), x0, lo[r]);
+            hi[r] = _mm512_fmadd_ps(W::load16(p[r].add(i + 16)), x1, hi[r]);
+        }
+        i += STEP;
+    }
+    finish(w, x, lo, hi, i, len)
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+    dot4_widening(w, x, next)
+}
+
+/// # Safety
+/// AVX-512 F and F16C must be available.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+    dot4_widening(w, x, next)
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
+    let len = common_len(&w, x);
+    let p = w.map(|r| r.as_ptr());
+    let px = x.as_ptr();
+    let odd_mask = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + STEP <= len {
+        prefetch(next, i);
+        let (even_x, odd_x) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
+        for r in 0..4 {
+            let pairs = _mm512_loadu_si512(p[r].add(i) as *const _);
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, odd_mask));
+            lo[r] = _mm512_fmadd_ps(even, even_x, lo[r]);
+            hi[r] = _mm512_fmadd_ps(odd, odd_x, hi[r]);
+        }
+        i += STEP;
+    }
+    finish(w, x, lo, hi, i, len)
+}
