@@ -27,7 +27,7 @@ use candle_core::{DType, Device};
 use clap::Parser;
 use model::engine::{Engine, EngineConfig, Event, Request, RequestParams};
 use model::generate::{generate, GenerateOptions};
-use model::DeepSeek;
+use model::{DeepSeek, Precision};
 
 #[derive(Parser)]
 struct Args {
@@ -52,6 +52,9 @@ struct Args {
     /// Prompt tokens of the shared-prefill line.
     #[arg(long, default_value_t = 2048)]
     samples_prompt: usize,
+    /// bf16 matrices multiply bf16-rounded activations (`model serve --bf16-activations`).
+    #[arg(long)]
+    bf16_activations: bool,
 }
 
 /// Deterministic prompt `i` of `len` ids below `vocab`.
@@ -141,7 +144,14 @@ const MAX_TOKENS: usize = 16 * 1024;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let model = Arc::new(DeepSeek::load_auto(&args.model, DType::F32, &Device::Cpu)?);
+    let model = Arc::new(DeepSeek::load_with(
+        &args.model,
+        &Device::Cpu,
+        |checkpoint| {
+            Precision::auto(checkpoint, DType::F32, &Device::Cpu)
+                .with_bf16_activations(args.bf16_activations)
+        },
+    )?);
     let vocab = model.config().vocab_size;
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
     let params = RequestParams {

@@ -68,6 +68,9 @@ struct Args {
     /// Prompt tokens per pass through the layers (the model's default chunk).
     #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
+    /// bf16 matrices multiply bf16-rounded activations (the CLI's `--bf16-activations`).
+    #[arg(long)]
+    bf16_activations: bool,
 }
 
 fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
@@ -209,6 +212,7 @@ fn main() -> Result<()> {
             Some(m) => Precision::mixed(dtype, m),
             None => Precision::auto(checkpoint, dtype, &Device::Cpu),
         }
+        .with_bf16_activations(args.bf16_activations)
     })?;
     let precision = model.precision();
     let label = if precision.matrices == MatrixFormat::Float(dtype) {
@@ -269,7 +273,7 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
-         \"prefill_chunk\":{},\"peak_rss_bytes\":{},\"first_tokens\":{:?}}}",
+         \"prefill_chunk\":{},\"bf16_activations\":{},\"peak_rss_bytes\":{},\"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
         gen.prompt_tokens,
@@ -280,6 +284,7 @@ fn main() -> Result<()> {
         args.long_path,
         model.paths.short,
         model.prefill_chunk,
+        precision.bf16_activations,
         peak_rss().unwrap_or(0),
         &gen.tokens[..gen.tokens.len().min(8)],
     );

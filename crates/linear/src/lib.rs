@@ -89,7 +89,7 @@ pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
 pub use ggml::{ggml_type_from_id, ggml_type_id, ggml_type_name, GgmlMatrix};
 pub use huge_pages::advise_huge_pages;
 pub use isa::Isa;
-pub use matrix::{Matrix, GGML_TYPE_SUFFIX};
+pub use matrix::{MapMatrix, Matrix, GGML_TYPE_SUFFIX};
 pub use quant::{linear_quant, linear_quant_with, QuantFormat, QuantMatrix, QUANT_GROUP};
 pub use spec::WeightSpec;
 

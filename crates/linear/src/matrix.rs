@@ -12,6 +12,10 @@ use crate::{
     linear_bf16_activations_with, linear_fp8_with, linear_with, Fp8Matrix, Isa, FP8_BLOCK,
 };
 
+/// A conversion of one matrix into another format ([`Matrix::quantize`],
+/// [`Matrix::with_bf16_activations`], ...), as the layer crates' `map_*` walkers take it.
+pub type MapMatrix<'a> = dyn Fn(&Matrix) -> Result<Matrix> + Sync + 'a;
+
 /// A weight matrix `[N, K]` (`[out, in]`, the checkpoint's layout) in one of the formats the
 /// kernels read as stored: a dense tensor (f32, bf16, f16), FP8 e4m3 with block scales as
 /// DeepSeek ships it, or 8/4-bit block-quantised ([`QuantMatrix`]). Cloning is cheap (tensors

@@ -28,7 +28,10 @@ pub fn x_wt(isa: Isa, x: &[f32], m: usize, w: &[f32], k: usize) -> Vec<f32> {
 /// # Panics
 /// If `m` is 0 or does not divide `x.len()`, or `w` or `out` do not match.
 pub fn add_x_w(isa: Isa, x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(m > 0 && x.len().is_multiple_of(m), "add_x_w: x must hold m rows");
+    assert!(
+        m > 0 && x.len().is_multiple_of(m),
+        "add_x_w: x must hold m rows"
+    );
     let k = x.len() / m;
     assert_eq!(w.len(), k * n, "add_x_w: w must be [K, N]");
     assert_eq!(out.len(), m * n, "add_x_w: out must be [m, N]");

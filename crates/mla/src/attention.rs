@@ -12,7 +12,7 @@ use crate::cache::{LatentKeys, LayerCache};
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
 use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
-use linear::{Matrix, QuantFormat};
+use linear::{MapMatrix, Matrix, QuantFormat};
 
 mod dsa;
 mod flash;
@@ -164,6 +164,12 @@ impl Mla {
     /// the absorbed views stay as they are.
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
         self.weights.quantize(format)
+    }
+
+    /// Replaces each projection by `f` of it ([`MlaWeights::map_projections`]); `kv_b_proj`
+    /// and so the absorbed views stay as they are.
+    pub fn map_projections(&mut self, f: &MapMatrix<'_>) -> Result<()> {
+        self.weights.map_projections(f)
     }
 
     /// An empty cache for this layer: `batch` sequences in the layer's dtype and device.

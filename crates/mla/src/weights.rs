@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use linear::{Matrix, QuantFormat, WeightSpec};
+use linear::{MapMatrix, Matrix, QuantFormat, WeightSpec};
 
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
@@ -251,8 +251,14 @@ impl MlaWeights {
 
     /// Converts [`MlaWeights::projections_mut`] to `format`.
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.map_projections(&|m| m.quantize(format))
+    }
+
+    /// Replaces each of [`MlaWeights::projections_mut`] by `f` of it (a format conversion,
+    /// e.g. [`Matrix::quantize`] or [`Matrix::with_bf16_activations`]).
+    pub fn map_projections(&mut self, f: &MapMatrix<'_>) -> Result<()> {
         for m in self.projections_mut() {
-            *m = m.quantize(format)?;
+            *m = f(m)?;
         }
         Ok(())
     }

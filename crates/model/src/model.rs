@@ -23,7 +23,7 @@ use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::plan::expected_tensors;
 use crate::precision::MatrixFormat;
-use linear::{Matrix, QuantFormat};
+use linear::{MapMatrix, Matrix, QuantFormat};
 
 /// A decoder layer's FFN.
 pub enum Ffn {
@@ -74,10 +74,16 @@ impl DecoderLayer {
         let MatrixFormat::Quant(q) = format else {
             return Ok(());
         };
-        self.self_attn.quantize(q)?;
+        self.map_matrices(&|m| m.quantize(q))
+    }
+
+    /// Replaces the attention projections and the FFN's matrices by `f` of them (a format
+    /// conversion); the routers, `kv_b_proj` and the V3.2 indexer keep theirs.
+    pub fn map_matrices(&mut self, f: &MapMatrix<'_>) -> Result<()> {
+        self.self_attn.map_projections(f)?;
         match &mut self.mlp {
-            Ffn::Dense(m) => m.quantize(q)?,
-            Ffn::Moe(m) => m.quantize(q)?,
+            Ffn::Dense(m) => m.map_matrices(f)?,
+            Ffn::Moe(m) => m.map_matrices(f)?,
         }
         Ok(())
     }
@@ -456,6 +462,9 @@ impl DeepSeek {
             .map(|l| {
                 let mut layer = DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}")))?;
                 layer.quantize(precision.matrices)?;
+                if precision.bf16_activations {
+                    layer.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
+                }
                 if device_dispatch {
                     layer.stack_experts()?;
                 }
@@ -478,6 +487,9 @@ impl DeepSeek {
             // The head at 8 bits whatever the layers' width (llama.cpp's mixes keep it wider
             // too): its errors reach every logit directly.
             lm_head = lm_head.quantize(QuantFormat::Q8)?;
+        }
+        if precision.bf16_activations {
+            lm_head = lm_head.with_bf16_activations();
         }
         Ok(Self {
             config,

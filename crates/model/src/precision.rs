@@ -86,6 +86,11 @@ pub struct Precision {
     /// Back CPU matrices with transparent huge pages (`linear::advise_huge_pages`; on by
     /// default). Values never change; off only to measure what the pages are worth.
     pub huge_pages: bool,
+    /// bf16 matrices multiply activations rounded to bf16 (`linear::Matrix::Bf16Activations`,
+    /// HF's and llama.cpp's bf16 arithmetic), which on AVX512-BF16 CPUs runs batched decode on
+    /// `vdpbf16ps`. Off by default: f32 products of the exact bf16 weights. Other formats are
+    /// unaffected.
+    pub bf16_activations: bool,
 }
 
 impl Precision {
@@ -96,12 +101,22 @@ impl Precision {
             compute,
             matrices: matrices.into(),
             huge_pages: true,
+            bf16_activations: false,
         }
     }
 
     /// The same dtypes, with huge pages on or off.
     pub fn with_huge_pages(self, huge_pages: bool) -> Self {
         Self { huge_pages, ..self }
+    }
+
+    /// The same, with bf16 matrices multiplying bf16-rounded activations or not
+    /// ([`Precision::bf16_activations`]).
+    pub fn with_bf16_activations(self, bf16_activations: bool) -> Self {
+        Self {
+            bf16_activations,
+            ..self
+        }
     }
 
     /// The setting for `compute` on `device` given how `checkpoint` stores its matrices: on the

@@ -63,6 +63,52 @@ fn narrow_matrices_compute_in_f32() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
+/// `--bf16-activations`: bf16 matrices multiply bf16-rounded activations. The logits move by
+/// about the rounding of the activations (a relative 2^-9 per value), no more, and prefill (the
+/// GEMM) and decode steps (the `vdpbf16ps` kernel where the CPU has it) agree.
+#[test]
+fn bf16_activations_stay_close_to_f32_products() {
+    let case = Case::load("v3_fp8");
+    let dir = std::env::temp_dir().join(format!("model-bf16-act-{}", std::process::id()));
+    write_variant(&case, &dir, |t| t.to_dtype(DType::BF16).unwrap());
+    let exact = DeepSeek::load_auto(&dir, DType::F32, &Device::Cpu).unwrap();
+    let rounded = DeepSeek::load_with(&dir, &Device::Cpu, |ckpt| {
+        Precision::auto(ckpt, DType::F32, &Device::Cpu).with_bf16_activations(true)
+    })
+    .unwrap();
+    assert!(rounded.precision().bf16_activations);
+    let ids = case.ids("input_ids");
+    let want = exact.logits(&ids).unwrap();
+    let got = rounded.logits(&ids).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = fixtures::max_abs_diff(&got, &want);
+    assert!(
+        diff > 0.0,
+        "the activations were not rounded: logits identical"
+    );
+    assert!(
+        diff <= 2e-2 * scale,
+        "max |diff| {diff} against logits up to {scale}"
+    );
+    let mut session = rounded.new_session().unwrap();
+    for (i, &t) in ids.iter().enumerate() {
+        let step = rounded.forward(&[t], &mut session).unwrap();
+        assert_close(
+            &step.logits,
+            &got.narrow(0, i, 1).unwrap(),
+            2e-2 * scale,
+            "decode",
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn auto_precision_rules() {
     let cpu = Device::Cpu;

@@ -125,10 +125,16 @@ impl Experts {
 
     /// Converts every expert's matrices to `format` (in parallel: experts are independent).
     pub fn quantize(&mut self, format: linear::QuantFormat) -> Result<()> {
+        self.map_matrices(&|m| m.quantize(format))
+    }
+
+    /// Replaces every expert's matrices by `f` of them (in parallel: experts are
+    /// independent); a stacked copy for device dispatch is dropped.
+    pub fn map_matrices(&mut self, f: &linear::MapMatrix<'_>) -> Result<()> {
         self.stacked = None;
         self.experts
             .par_iter_mut()
-            .try_for_each(|e| e.quantize(format))
+            .try_for_each(|e| e.map_matrices(f))
     }
 
     /// Number of experts.

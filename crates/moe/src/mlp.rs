@@ -3,7 +3,7 @@
 
 use candle_core::{Shape, Tensor};
 use candle_nn::VarBuilder;
-use linear::{Matrix, QuantFormat, WeightSpec};
+use linear::{MapMatrix, Matrix, QuantFormat, WeightSpec};
 
 use crate::error::{MoeError, Result};
 
@@ -147,8 +147,13 @@ impl Mlp {
 
     /// Converts the three matrices to `format`.
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.map_matrices(&|m| m.quantize(format))
+    }
+
+    /// Replaces each of the three matrices by `f` of it (a format conversion).
+    pub fn map_matrices(&mut self, f: &MapMatrix<'_>) -> Result<()> {
         for m in [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj] {
-            *m = m.quantize(format)?;
+            *m = f(m)?;
         }
         Ok(())
     }

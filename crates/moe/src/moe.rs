@@ -38,9 +38,15 @@ impl Moe {
     /// Converts every expert's matrices (routed and shared) to `format`; the router stays as
     /// it is (it decides which experts run, and is small).
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
-        self.experts.quantize(format)?;
+        self.map_matrices(&|m| m.quantize(format))
+    }
+
+    /// Replaces every expert's matrices (routed and shared) by `f` of them; the router stays
+    /// as it is.
+    pub fn map_matrices(&mut self, f: &linear::MapMatrix<'_>) -> Result<()> {
+        self.experts.map_matrices(f)?;
         if let Some(shared) = &mut self.shared {
-            shared.quantize(format)?;
+            shared.map_matrices(f)?;
         }
         Ok(())
     }
