@@ -43,7 +43,8 @@
 //! # Instruction sets
 //!
 //! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
-//! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs), an AVX512-BF16 path for bf16
+//! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs), an AVX-512F path for f32, f16 and
+//! bf16 weights (32 values per row per iteration), an AVX512-BF16 path for bf16
 //! weights with bf16-rounded activations ([`linear_bf16_activations_with`]), and a portable
 //! path for every CPU. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
 //! `gemm` crate's (which picks its own at run time). Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
@@ -52,6 +53,10 @@
 //! [`matmul_rows`] use [`Isa::detect`]; [`linear_with`] and [`matmul_rows_with`] take the
 //! `Isa` explicitly, e.g. [`Isa::portable`] to force the fallback, and [`Isa::supported`]
 //! lists every path this CPU runs (tests compare each against a reference).
+//!
+//! [`slices`] offers the kernels on plain `f32` slices (`x · wᵀ`, and `out += x · w` for
+//! weighted sums of rows) for callers holding their own storage, such as attention over a
+//! paged cache.
 //!
 //! The crate reads no environment variables: whether to back weights with huge pages
 //! ([`advise_huge_pages`]) or to force a path is the caller's decision, passed as a value.

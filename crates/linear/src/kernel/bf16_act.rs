@@ -3,11 +3,11 @@
 //! exact in f32 and accumulated in f32. What is lost against [`super::product`] is only the
 //! rounding of the activations (a relative 2⁻⁹ per value).
 //!
-//! On AVX512-BF16 CPUs the matrix-vector regime runs `vdpbf16ps`, two of those multiply-adds
-//! per lane in one instruction ([`super::x86_bf16`]); otherwise (other CPUs, and the GEMM
-//! regime, where two 512-bit f32 FMAs per cycle are the faster: see [`super::x86_bf16`]) the
-//! activations are rounded and the f32 kernels run on the rounded values, which is the same
-//! product up to summation order (and the oracle the tests hold the fast path to).
+//! On AVX512-BF16 CPUs both regimes run `vdpbf16ps`, two of those multiply-adds per lane in
+//! one instruction ([`super::x86_bf16`]: the matrix-vector kernel, and the packed GEMM over
+//! bf16 pairs when `K` is even); otherwise the activations are rounded and the f32 kernels
+//! run on the rounded values, which is the same product up to summation order (and the oracle
+//! the tests hold the fast path to).
 
 use half::bf16;
 
@@ -20,9 +20,12 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_bf16() {
         use half::slice::HalfFloatSliceExt;
+        let xb = super::x86_bf16::round_to_bf16_bits(xs);
         if m <= crate::GEMV_MAX_ROWS {
-            let xb = super::x86_bf16::round_to_bf16_bits(xs);
             return matvec(t, w.reinterpret_cast(), k, &xb, m);
+        }
+        if let Some(out) = super::x86_bf16::gemm(t, w.reinterpret_cast(), k, &xb, m) {
+            return out;
         }
     }
     let rounded: Vec<f32> = xs.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();

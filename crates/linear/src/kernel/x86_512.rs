@@ -45,11 +45,11 @@ impl Avx512F {
 }
 
 /// Activation rows per micro-kernel tile.
-const MR: usize = 12;
+pub(crate) const MR: usize = 12;
 /// 16-lane vectors per panel.
-const NV: usize = 2;
+pub(crate) const NV: usize = 2;
 /// Weight rows per panel.
-const NR: usize = 16 * NV;
+pub(crate) const NR: usize = 16 * NV;
 /// Columns of `K` per cache block: a tile's activations (`KC · MR · 4` bytes, 12 KiB) stay in
 /// L1 and a task's panels (`KC · 4` bytes per weight row) in L2. A multiple of every block
 /// width the formats scale by (FP8's 128, the 8/4-bit groups' 32), so a block's scales are
@@ -99,7 +99,32 @@ pub(crate) fn gemm<W: WeightElem>(
     // a block must stay cache-sized however long the input (a 32K-token cache expanded at
     // once is 32K rows).
     for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
-        gemm_block(t, w, k, n, xs, xs.len() / k, scales, out);
+        gemm_block(t, w, k, n, xs, xs.len() / k, scales, out, micro_kernel);
+    }
+}
+
+/// A micro-kernel [`gemm_block`] runs on each tile: [`micro_kernel`]'s contract, over the
+/// 32-bit values the packing put in the tile and the panel (f32, or pairs of bf16).
+pub(crate) type MicroKernel =
+    unsafe fn(*const f32, *const f32, usize, *mut f32, usize, usize, usize, bool);
+
+/// [`gemm`] with another micro-kernel over 32-bit weight elements `w` (no block scales):
+/// the packing only moves 32-bit values, so `W::widen_row` may copy bit patterns (bf16 pairs)
+/// that `micro` reads as it wants.
+///
+/// # Safety
+/// The CPU must run `micro`'s target features (beyond the AVX-512F the token proves).
+pub(crate) unsafe fn gemm_with<W: WeightElem>(
+    t: Avx512F,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    micro: MicroKernel,
+) {
+    let n = out.len() / (xs.len() / k);
+    for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
+        gemm_block(t, w, k, n, xs, xs.len() / k, None, out, micro);
     }
 }
 
@@ -114,6 +139,7 @@ fn gemm_block<W: WeightElem>(
     m: usize,
     scales: Option<&BlockScales>,
     out: &mut [f32],
+    micro: MicroKernel,
 ) {
     let kw = k / W::VALUES;
     let xp = pack_activations(xs, k, m);
@@ -162,12 +188,13 @@ fn gemm_block<W: WeightElem>(
                         let tile_rows = MR.min(m - t * MR);
                         for (q, panel) in wp.chunks_exact(KC * NR).enumerate() {
                             let lanes = NR.min(nb - q * NR);
-                            // SAFETY: the token proves AVX-512F; `tile` holds `kc · MR` values and
+                            // SAFETY: the token proves AVX-512F (and `gemm_with`'s caller the
+                            // features of any other `micro`); `tile` holds `kc · MR` values and
                             // `panel` `KC · NR ≥ kc · NR`; the destination rows `t·MR..+tile_rows`
                             // and columns `r0 + q·NR..+lanes` lie inside the `[m, n]` output, and
                             // only this task writes those columns.
                             unsafe {
-                                micro_kernel(
+                                micro(
                                     tile.as_ptr(),
                                     panel.as_ptr(),
                                     kc,
