@@ -60,6 +60,9 @@ for p in $PROMPTS; do
     echo "== prompt $p"
     measure "ours_$p" "$bin/model_decode" --model "$ckpt" --dtype f32 --matrices bf16 \
         --prompt-len "$p" --new-tokens "$NEW_TOKENS"
+    # The same arithmetic as the two anchors: bf16 products of bf16-rounded activations.
+    measure "ours_bf16act_$p" "$bin/model_decode" --model "$ckpt" --dtype f32 --matrices bf16 \
+        --prompt-len "$p" --new-tokens "$NEW_TOKENS" --bf16-activations
     if [ "${HF_SKIP:-0}" != 1 ]; then
         measure "hf_$p" "$PYTHON" "$here/hf_bench.py" --model "$ckpt" --dtype bf16 \
             --prompt-len "$p" --new-tokens "$NEW_TOKENS" --threads 2 --experts-implementation eager

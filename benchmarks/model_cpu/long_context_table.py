@@ -9,8 +9,13 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 table = defaultdict(dict)  # (impl, prompt) -> fields
 for r in rows:
     if r.get("impl") in ("ours", "hf"):
-        key = ("ours (f32 / bf16 matrices)" if r["impl"] == "ours" else "HF transformers bf16",
-               r["prompt_len"])
+        if r["impl"] == "hf":
+            name = "HF transformers bf16"
+        elif r.get("bf16_activations"):
+            name = "ours, --bf16-activations"
+        else:
+            name = "ours (f32 / bf16 matrices)"
+        key = (name, r["prompt_len"])
         table[key].update(prefill=r["prefill_tok_s"], decode=r["decode_tok_s"],
                           rss=r["peak_rss_bytes"])
     elif "n_prompt" in r:  # llama-bench JSON: a prefill (n_gen 0) or a decode at depth

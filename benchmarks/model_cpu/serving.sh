@@ -11,6 +11,7 @@
 #   PROMPT         prompt tokens per stream            (default 512)
 #   NEW_TOKENS     decode tokens timed per stream      (default 128)
 #   MODES          engine modes: invariant and/or fast (default "invariant,fast")
+#   BF16_ACT       1 (default): also the invariant mode with --bf16-activations
 #   BATCHED_BENCH  llama.cpp's llama-batched-bench binary, and
 #   GGUF           the checkpoint converted to a bf16 GGUF (../shared/notes/anchors.md says
 #                  how); llama.cpp is skipped when either is unset.
@@ -31,6 +32,13 @@ print_machine
 echo "== ours"
 "$bin/engine" --model "$ckpt" --concurrency "$CONCURRENCY" --prompt-len "$PROMPT" \
     --new-tokens "$NEW_TOKENS" --modes "$MODES" | tee "$out/serving_ours.log"
+if [ "${BF16_ACT:-1}" = 1 ]; then
+    echo "== ours, --bf16-activations"
+    "$bin/engine" --model "$ckpt" --concurrency "$CONCURRENCY" --prompt-len "$PROMPT" \
+        --new-tokens "$NEW_TOKENS" --modes invariant --samples 0 --bf16-activations \
+        | sed 's/"mode":"invariant"/"mode":"invariant, --bf16-activations"/' \
+        | tee -a "$out/serving_ours.log"
+fi
 if [ -n "${BATCHED_BENCH:-}" ] && [ -n "${GGUF:-}" ]; then
     echo "== llama.cpp"
     max=$(echo "$CONCURRENCY" | tr ',' '\n' | sort -n | tail -1)
