@@ -131,7 +131,7 @@ impl WeightElem for Bf16Pair {
 /// bf16 (raw bits), `K` even: `[m, N]` row-major, on `vdpbf16ps`. `None` when `K` is odd or
 /// the weights are not 4-byte aligned (then the pairs are not 32-bit elements).
 pub(crate) fn gemm(t: Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: usize) -> Option<Vec<f32>> {
-    if k % 2 != 0 || m == 0 {
+    if !k.is_multiple_of(2) || m == 0 {
         return None;
     }
     // SAFETY: u16 pairs read as u32 (plain data); `align_to` checks the alignment.
