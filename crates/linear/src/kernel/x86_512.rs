@@ -299,6 +299,24 @@ unsafe fn micro_kernel(
             }
         }
     }
+    store_tile(&acc, c, ldc, rows, lanes, accumulate);
+}
+
+/// A micro-kernel's finished `MR x NR` tile into `c` (row stride `ldc`): rows `..rows` and
+/// lanes `..lanes`, added to what `c` holds when `accumulate`.
+///
+/// # Safety
+/// AVX-512F must be available (the callers are `#[target_feature]` micro-kernels) and `c`
+/// must hold those rows and lanes.
+#[inline(always)]
+pub(crate) unsafe fn store_tile(
+    acc: &[[__m512; NV]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    lanes: usize,
+    accumulate: bool,
+) {
     let masks: [__mmask16; NV] = std::array::from_fn(|v| {
         let n = lanes.saturating_sub(16 * v).min(16);
         ((1u32 << n) - 1) as __mmask16

@@ -184,19 +184,5 @@ unsafe fn micro_kernel(
             }
         }
     }
-    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-        let n = lanes.saturating_sub(16 * v).min(16);
-        ((1u32 << n) - 1) as __mmask16
-    });
-    for (i, a) in acc.iter().enumerate().take(rows) {
-        for (h, (&v, &mask)) in a.iter().zip(&masks).enumerate() {
-            let at = c.add(i * ldc + 16 * h);
-            let v = if accumulate {
-                _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, at))
-            } else {
-                v
-            };
-            _mm512_mask_storeu_ps(at, mask, v);
-        }
-    }
+    super::x86_512::store_tile(&acc, c, ldc, rows, lanes, accumulate);
 }
