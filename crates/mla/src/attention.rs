@@ -31,7 +31,9 @@ pub enum AttentionPath {
     Expanded,
     /// `W_UK` is folded into the query and `W_UV` applied after attention, so the scores and the
     /// weighted sum run directly over the cached latent `[S, R]` shared by all heads (an
-    /// MQA-shaped attention with `R + r`-dim keys and `R`-dim values). The default.
+    /// MQA-shaped attention with `R + r`-dim keys and `R`-dim values). The default. On the
+    /// CPU in f32 it runs a fused kernel that reads each cached latent once per step, in
+    /// 256-key chunks with an online softmax ([`Mla::with_fused_cpu`]; candle ops otherwise).
     #[default]
     Absorbed,
     /// Flash-style attention: an online softmax over key blocks of [`FLASH_KEY_BLOCK`] keys
@@ -446,8 +448,8 @@ impl Mla {
     }
 
     /// The absorbed path over the keys' segments in place (cache pages). f32 on the CPU with
-    /// no extra mask: the fused
-    /// kernel (`latent.rs`), which reads each cached latent once. Otherwise candle ops
+    /// no extra mask: the fused kernel (`latent.rs`), which reads each cached latent once.
+    /// Otherwise candle ops
     /// ([`Mla::attend_absorbed_ops`]): scores per segment, joined along the keys (`[B, H·T,
     /// S]`, small next to the cache), one softmax, then the weighted sum accumulated segment
     /// by segment. The same products as one matmul over a contiguous cache, without copying
