@@ -325,7 +325,7 @@ impl BlockScales<'_> {
 fn split_for_avx2(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
     #[cfg(target_arch = "x86_64")]
     if isa.avx2_fma().is_some() {
-        return Cow::Owned(x86::split_even_odd(x));
+        return Cow::Owned(x86::split_even_odd(x, 16));
     }
     let _ = isa;
     Cow::Borrowed(x)
@@ -382,7 +382,7 @@ impl WeightElem for bf16 {
     fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
         #[cfg(target_arch = "x86_64")]
         if isa.avx512f().is_some() {
-            return Cow::Owned(x86_512_dot::split_even_odd_32(x));
+            return Cow::Owned(x86::split_even_odd(x, x86_512_dot::STEP));
         }
         split_for_avx2(isa, x)
     }

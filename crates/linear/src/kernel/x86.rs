@@ -286,12 +286,13 @@ pub(crate) fn dot4_bf16(_: Avx2Fma, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 
     unsafe { dot4_bf16_avx2(w, x, next) }
 }
 
-/// Per 16-element block: the 8 even elements, then the 8 odd ones; a shorter tail is kept as
-/// is (the kernels finish it in scalar code in natural order). The activation layout
-/// [`dot4_bf16`] reads, so that one weight load widens with one integer op per half.
-pub(crate) fn split_even_odd(x: &[f32]) -> Vec<f32> {
+/// Per `block`-element block: its even elements, then its odd ones; a shorter tail is kept as
+/// is (the kernels finish it in scalar code in natural order). The activation layout the
+/// pair-reading kernels want (blocks of 16 for [`dot4_bf16`] and the 4-bit kernel, 32 for the
+/// AVX-512 bf16 kernel), so that one weight load widens with one integer op per half.
+pub(crate) fn split_even_odd(x: &[f32], block: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
-    let blocks = x.chunks_exact(16);
+    let blocks = x.chunks_exact(block);
     let tail = blocks.remainder();
     for b in blocks {
         out.extend(b.iter().step_by(2));
@@ -344,7 +345,7 @@ unsafe fn prefetch_line<W>(next: [&[W]; 4], i: usize, step: usize) {
 }
 
 /// Length every row and `x` share.
-fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
+pub(crate) fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
     w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
 }
 

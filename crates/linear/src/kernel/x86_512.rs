@@ -55,7 +55,7 @@ pub(crate) const NR: usize = 16 * NV;
 /// width the formats scale by (FP8's 128, the 8/4-bit groups' 32), so a block's scales are
 /// whole.
 const KC: usize = 256;
-/// Activation rows per block ([`gemm`]): 64 tiles.
+/// Activation rows per block ([`gemm()`]): 64 tiles.
 const MC: usize = 64 * MR;
 /// Most weight rows per rayon task.
 const MAX_TASK_ROWS: usize = 256;
@@ -91,15 +91,27 @@ pub(crate) fn gemm<W: WeightElem>(
     scales: Option<&BlockScales>,
     out: &mut [f32],
 ) {
-    let n = out.len() / (xs.len() / k);
     if let Some(s) = scales {
         assert_eq!(KC % s.cols, 0, "gemm: scale blocks must divide {KC}");
     }
-    // Blocks of MC activation rows: every task reads all of a block's packed activations, so
-    // a block must stay cache-sized however long the input (a 32K-token cache expanded at
-    // once is 32K rows).
+    in_row_blocks(t, w, k, xs, scales, out, micro_kernel);
+}
+
+/// [`gemm_block`] over blocks of [`MC`] activation rows: every task reads all of a block's
+/// packed activations, so a block must stay cache-sized however long the input (a 32K-token
+/// cache expanded at once is 32K rows).
+fn in_row_blocks<W: WeightElem>(
+    t: Avx512F,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    scales: Option<&BlockScales>,
+    out: &mut [f32],
+    micro: MicroKernel,
+) {
+    let n = out.len() / (xs.len() / k);
     for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
-        gemm_block(t, w, k, n, xs, xs.len() / k, scales, out, micro_kernel);
+        gemm_block(t, w, k, n, xs, xs.len() / k, scales, out, micro);
     }
 }
 
@@ -122,10 +134,7 @@ pub(crate) unsafe fn gemm_with<W: WeightElem>(
     out: &mut [f32],
     micro: MicroKernel,
 ) {
-    let n = out.len() / (xs.len() / k);
-    for (xs, out) in xs.chunks(MC * k).zip(out.chunks_mut(MC * n)) {
-        gemm_block(t, w, k, n, xs, xs.len() / k, None, out, micro);
-    }
+    in_row_blocks(t, w, k, xs, None, out, micro);
 }
 
 /// [`gemm`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.

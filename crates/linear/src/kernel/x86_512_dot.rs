@@ -7,7 +7,7 @@
 //! vectors keep more cache lines in flight per core.
 //!
 //! bf16 reads activations laid out per 32-value block as its 16 even values then its 16 odd
-//! ones ([`split_even_odd_32`]): one 64-byte load is 16 (even, odd) weight pairs, and `<< 16`
+//! ones (`x86::split_even_odd(x, STEP)`): one 64-byte load is 16 (even, odd) weight pairs, and `<< 16`
 //! and `& 0xffff0000` widen the evens and the odds exactly.
 //!
 //! As everywhere in [`super`], the `#[target_feature]` functions are private and reached only
@@ -17,11 +17,12 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::x86::common_len;
 use super::x86_512::Avx512F;
 use super::Scalar;
 
 /// Values per row per iteration.
-const STEP: usize = 32;
+pub(crate) const STEP: usize = 32;
 
 /// Four f32 rows against `x`, prefetching `next`.
 #[inline]
@@ -37,26 +38,12 @@ pub(crate) fn dot4_f16(_: Avx512F, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4])
     unsafe { dot4_f16_avx512(w, x, next) }
 }
 
-/// Four bf16 rows against `x` laid out by [`split_even_odd_32`], prefetching `next` (any
+/// Four bf16 rows against `x` laid out by `x86::split_even_odd(x, STEP)`, prefetching `next` (any
 /// layout is memory-safe: every load stays within the common length).
 #[inline]
 pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
     // SAFETY: as in `dot4_f32`.
     unsafe { dot4_bf16_avx512(w, x, next) }
-}
-
-/// Per 32-value block: the 16 even values, then the 16 odd ones; a shorter tail is kept as is
-/// (the kernel finishes it in scalar code in natural order).
-pub(crate) fn split_even_odd_32(x: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    let blocks = x.chunks_exact(STEP);
-    let tail = blocks.remainder();
-    for b in blocks {
-        out.extend(b.iter().step_by(2));
-        out.extend(b.iter().skip(1).step_by(2));
-    }
-    out.extend_from_slice(tail);
-    out
 }
 
 /// 16 weights widened to f32 (f32 and f16).
@@ -112,11 +99,6 @@ unsafe fn finish<W: Scalar>(
         }
     }
     out
-}
-
-/// Length every row and `x` share.
-fn common_len<W>(w: &[&[W]; 4], x: &[f32]) -> usize {
-    w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
 }
 
 /// Four rows, 32 values per iteration: two activation loads shared by eight weight loads into

@@ -5,7 +5,7 @@
 //! instructions per weight byte, which is what bounds a matrix-vector product of several
 //! activation rows on few cores (`benchmarks/README.md`).
 //!
-//! The GEMM regime ([`gemm`]) runs [`super::x86_512`]'s packed driver over pairs of bf16 (one
+//! The GEMM regime ([`gemm()`]) runs [`super::x86_512`]'s packed driver over pairs of bf16 (one
 //! 32-bit element holds values `2i` and `2i + 1` of a row, as stored) with a micro-kernel of
 //! `vdpbf16ps`: 64 flops per instruction against an f32 FMA's 32. Whether that is faster
 //! depends on the core: on Zen 4 the two issue at the same rate (2x for the bf16 kernel); on
@@ -90,7 +90,7 @@ pub(crate) fn round_to_bf16_bits(x: &[f32]) -> Vec<u16> {
 
 /// Two bf16 values of a row (`2i` in the low half, `2i + 1` in the high half, the stored
 /// layout read as one little-endian 32-bit element), and of an activation row rounded to
-/// bf16: the element [`gemm`] packs, copied bit for bit.
+/// bf16: the element [`gemm()`] packs, copied bit for bit.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 pub(crate) struct Bf16Pair(u32);
@@ -106,7 +106,7 @@ impl Bf16Pair {
 
 impl WeightElem for Bf16Pair {
     /// The pairs' dot product against activations holding bf16 pairs as f32 bit patterns
-    /// (what [`gemm`] packs). Not on a fast path: only the packing below is.
+    /// (what [`gemm()`] packs). Not on a fast path: only the packing below is.
     fn dot4(_: Isa, w: [&[Self]; 4], x: &[f32], _: [&[Self]; 4]) -> [f32; 4] {
         w.map(|row| {
             row.iter()
