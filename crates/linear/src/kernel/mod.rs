@@ -9,7 +9,10 @@
 //! - [`x86_512_dot`]: the same for f32, f16 and bf16 weights with 512-bit vectors (32 values
 //!   per row per iteration, bf16 activations split per 32-value block).
 //!
-//! Rows are processed four at a time so each activation load serves four weight rows. For
+//! Rows are processed four at a time so each activation load serves four weight rows; on
+//! AVX2 several activation rows also go two at a time, so each weight is widened once per
+//! pair of rows rather than once per row ([`WeightElem::dot4_rows`]), the arithmetic of each
+//! (weight row, activation row) pair staying the same whatever the pairing. For
 //! bf16 on AVX2 the activations are first laid out per 16-element block as its 8 even elements
 //! then its 8 odd ones ([`WeightElem::prepare`]): one 256-bit load then holds 8 (even, odd)
 //! weight pairs, and `w << 16` / `w & 0xffff0000` widen the evens and the odds exactly with one
@@ -63,6 +66,20 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     /// One row against a prepared `x` (the rows left after the groups of four).
     fn dot(isa: Isa, w: &[Self], x: &[f32]) -> f32 {
         Self::dot4(isa, [w; 4], x, [w; 4])[0]
+    }
+
+    /// Four rows against every prepared row of `xs`: `out[j]` is [`WeightElem::dot4`] of
+    /// `xs[j]`, bit for bit, whatever the other rows are (batch-invariant serving relies on
+    /// it). Kernels may widen each weight once for several rows ([`in_groups`]); by default
+    /// [`one_by_one`].
+    fn dot4_rows(
+        isa: Isa,
+        w: [&[Self]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[Self]; 4],
+        out: &mut [[f32; 4]],
+    ) {
+        one_by_one(isa, w, xs, next, out)
     }
 
     /// Four rows against `x` with block scales: `Σ_kb scales[q][kb] · Σ_{i in block kb}
@@ -147,6 +164,53 @@ fn dot4_per_block<W: WeightElem>(
     out
 }
 
+/// The default [`WeightElem::dot4_rows`]: one [`WeightElem::dot4`] per row, the first
+/// prefetching `next`.
+fn one_by_one<W: WeightElem>(
+    isa: Isa,
+    w: [&[W]; 4],
+    xs: &[Cow<'_, [f32]>],
+    next: [&[W]; 4],
+    out: &mut [[f32; 4]],
+) {
+    for (j, (x, o)) in xs.iter().zip(out).enumerate() {
+        *o = W::dot4(isa, w, x, if j == 0 { next } else { w });
+    }
+}
+
+/// Activation rows per call of a kernel that widens each weight once for several rows
+/// ([`in_groups`]). Two rows against four weight rows are eight accumulators, which with the
+/// two rows' activation vectors and one widened weight row fill AVX2's 16 registers; three
+/// rows spill accumulators to the stack every iteration (measured slower: see
+/// `benchmarks/README.md`, "Batched decode").
+const ROWS_PER_GROUP: usize = 2;
+
+/// [`WeightElem::dot4_rows`] through a kernel generic over its row count: `group` over
+/// [`ROWS_PER_GROUP`] rows at a time, `one` over each row left. The first call prefetches
+/// `next`, later ones the rows themselves (already in cache). The kernels give each row the
+/// same operations whatever its group, so the split does not change any result.
+fn in_groups<W>(
+    xs: &[Cow<'_, [f32]>],
+    w: [&[W]; 4],
+    next: [&[W]; 4],
+    out: &mut [[f32; 4]],
+    mut group: impl FnMut([&[f32]; ROWS_PER_GROUP], [&[W]; 4]) -> [[f32; 4]; ROWS_PER_GROUP],
+    mut one: impl FnMut(&[f32], [&[W]; 4]) -> [f32; 4],
+) {
+    let mut prefetch = next;
+    let mut groups = xs.chunks_exact(ROWS_PER_GROUP);
+    let mut outs = out.chunks_exact_mut(ROWS_PER_GROUP);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let rows: [&[f32]; ROWS_PER_GROUP] = std::array::from_fn(|j| &*g[j]);
+        o.copy_from_slice(&group(rows, prefetch));
+        prefetch = w;
+    }
+    for (x, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+        *o = one(x, prefetch);
+        prefetch = w;
+    }
+}
+
 /// A raw output pointer shared by the GEMM's tasks, which write disjoint columns.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
@@ -203,6 +267,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(
             let mut quads = rows.chunks_exact(4 * kw);
             let mut outs = out.chunks_exact_mut(4 * m);
             let mut bufs: [Vec<f32>; 4] = Default::default();
+            let mut sums = vec![[0f32; 4]; m];
             for (qi, (o, quad)) in (&mut outs).zip(&mut quads).enumerate() {
                 let r = split4(quad, kw);
                 // The next quad's rows are prefetched while these four are summed (the last
@@ -213,13 +278,17 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                     r
                 };
                 let row_scales = scales.map(|s| s.rows4(first_row + 4 * qi, k, &mut bufs));
-                for (j, x) in xs.iter().enumerate() {
-                    let next = if j == 0 { next } else { r };
-                    let sums = match (scales, row_scales) {
-                        (Some(s), Some(rows)) => W::dot4_scaled(isa, r, x, next, rows, s.cols),
-                        _ => W::dot4(isa, r, x, next),
-                    };
-                    for (q, v) in sums.into_iter().enumerate() {
+                match (scales, row_scales) {
+                    (Some(s), Some(rows)) => {
+                        for (j, x) in xs.iter().enumerate() {
+                            let next = if j == 0 { next } else { r };
+                            sums[j] = W::dot4_scaled(isa, r, x, next, rows, s.cols);
+                        }
+                    }
+                    _ => W::dot4_rows(isa, r, &xs, next, &mut sums),
+                }
+                for (j, s) in sums.iter().enumerate() {
+                    for (q, &v) in s.iter().enumerate() {
                         o[q * m + j] = v;
                     }
                 }
@@ -352,10 +421,32 @@ impl WeightElem for f32 {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
-            return x86::dot4_f32(t, w, x, next);
+            return x86::dot4_rows_f32(t, w, [x], next)[0];
         }
         let _ = (isa, next);
         portable::dot4(w, x)
+    }
+
+    fn dot4_rows(
+        isa: Isa,
+        w: [&[f32]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[f32]; 4],
+        out: &mut [[f32; 4]],
+    ) {
+        // The same tests as `dot4`'s, so each row takes the kernel it would take alone.
+        #[cfg(target_arch = "x86_64")]
+        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma()) {
+            return in_groups(
+                xs,
+                w,
+                next,
+                out,
+                |xs, next| x86::dot4_rows_f32(t, w, xs, next),
+                |x, next| x86::dot4_rows_f32(t, w, [x], next)[0],
+            );
+        }
+        one_by_one(isa, w, xs, next, out)
     }
 
     fn dot(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
@@ -396,10 +487,31 @@ impl WeightElem for bf16 {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
-            return x86::dot4_bf16(t, w, x, next);
+            return x86::dot4_rows_bf16(t, w, [x], next)[0];
         }
         let _ = (isa, next);
         portable::dot4(w, x)
+    }
+
+    fn dot4_rows(
+        isa: Isa,
+        w: [&[bf16]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[bf16]; 4],
+        out: &mut [[f32; 4]],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma()) {
+            return in_groups(
+                xs,
+                w,
+                next,
+                out,
+                |xs, next| x86::dot4_rows_bf16(t, w, xs, next),
+                |x, next| x86::dot4_rows_bf16(t, w, [x], next)[0],
+            );
+        }
+        one_by_one(isa, w, xs, next, out)
     }
 
     fn widen_row(src: &[bf16], dst: &mut [f32]) {
@@ -425,10 +537,31 @@ impl WeightElem for f16 {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
-            return x86::dot4_f16(t, w, x, next);
+            return x86::dot4_rows_f16(t, w, [x], next)[0];
         }
         let _ = (isa, next);
         portable::dot4(w, x)
+    }
+
+    fn dot4_rows(
+        isa: Isa,
+        w: [&[f16]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[f16]; 4],
+        out: &mut [[f32; 4]],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma_f16c()) {
+            return in_groups(
+                xs,
+                w,
+                next,
+                out,
+                |xs, next| x86::dot4_rows_f16(t, w, xs, next),
+                |x, next| x86::dot4_rows_f16(t, w, [x], next)[0],
+            );
+        }
+        one_by_one(isa, w, xs, next, out)
     }
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {

@@ -49,19 +49,43 @@ pub(crate) fn dot_f32(_: Avx2Fma, w: &[f32], x: &[f32]) -> f32 {
     unsafe { dot_f32_avx2(w, x) }
 }
 
-/// Four f32 rows against `x`, prefetching `next`.
+/// Four f32 rows against `R` activation rows, prefetching `next` ([`dot4_rows`]).
 #[inline]
-pub(crate) fn dot4_f32(_: Avx2Fma, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+pub(crate) fn dot4_rows_f32<const R: usize>(
+    _: Avx2Fma,
+    w: [&[f32]; 4],
+    xs: [&[f32]; R],
+    next: [&[f32]; 4],
+) -> [[f32; 4]; R] {
     // SAFETY: the `Avx2Fma` token exists, so `Avx2Fma::detect` found AVX2 and FMA.
-    unsafe { dot4_f32_avx2(w, x, next) }
+    unsafe { dot4_rows_f32_avx2(w, xs, next) }
 }
 
-/// Four f16 rows against `x`, prefetching `next`.
+/// Four f16 rows against `R` activation rows, prefetching `next` ([`dot4_rows`]).
 #[inline]
-pub(crate) fn dot4_f16(_: Avx2FmaF16c, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+pub(crate) fn dot4_rows_f16<const R: usize>(
+    _: Avx2FmaF16c,
+    w: [&[f16]; 4],
+    xs: [&[f32]; R],
+    next: [&[f16]; 4],
+) -> [[f32; 4]; R] {
     // SAFETY: the `Avx2FmaF16c` token exists, so `Avx2Fma::detect` found AVX2 and FMA and
     // `Avx2Fma::with_f16c` found F16C.
-    unsafe { dot4_f16_avx2(w, x, next) }
+    unsafe { dot4_rows_f16_avx2(w, xs, next) }
+}
+
+/// Four bf16 rows against `R` activation rows, prefetching `next` ([`dot4_rows`]). Each row
+/// of `xs` must be laid out by [`split_even_odd`] (blocks of 16) for the result to be right
+/// (any layout is memory-safe: every load stays within the common length).
+#[inline]
+pub(crate) fn dot4_rows_bf16<const R: usize>(
+    _: Avx2Fma,
+    w: [&[bf16]; 4],
+    xs: [&[f32]; R],
+    next: [&[bf16]; 4],
+) -> [[f32; 4]; R] {
+    // SAFETY: the `Avx2Fma` token exists, so `Avx2Fma::detect` found AVX2 and FMA.
+    unsafe { dot4_rows_bf16_avx2(w, xs, next) }
 }
 
 /// Four rows of block-scaled one-value elements (e4m3, i8) against `x` (`scales[q][kb]` for
@@ -277,18 +301,9 @@ unsafe fn dot4_u4_scaled_avx2(
     std::array::from_fn(|q| hsum(total[q]) + tail[q])
 }
 
-/// Four bf16 rows against `x`, prefetching `next`. `x` must be laid out by
-/// [`split_even_odd`] for the result to be right (any layout is memory-safe: every load stays
-/// within the common length).
-#[inline]
-pub(crate) fn dot4_bf16(_: Avx2Fma, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
-    // SAFETY: the `Avx2Fma` token exists, so `Avx2Fma::detect` found AVX2 and FMA.
-    unsafe { dot4_bf16_avx2(w, x, next) }
-}
-
 /// Per `block`-element block: its even elements, then its odd ones; a shorter tail is kept as
 /// is (the kernels finish it in scalar code in natural order). The activation layout the
-/// pair-reading kernels want (blocks of 16 for [`dot4_bf16`] and the 4-bit kernel, 32 for the
+/// pair-reading kernels want (blocks of 16 for [`dot4_rows_bf16`] and the 4-bit kernel, 32 for the
 /// AVX-512 bf16 kernel), so that one weight load widens with one integer op per half.
 pub(crate) fn split_even_odd(x: &[f32], block: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
@@ -308,26 +323,6 @@ unsafe fn hsum(v: __m256) -> f32 {
     let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
     _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
-}
-
-/// Sums the accumulators of each row and adds the scalar tail `from..` in natural order.
-#[inline(always)]
-unsafe fn finish<W: Scalar>(
-    w: [&[W]; 4],
-    x: &[f32],
-    lo: [__m256; 4],
-    hi: [__m256; 4],
-    from: usize,
-    len: usize,
-) -> [f32; 4] {
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        out[r] = hsum(_mm256_add_ps(lo[r], hi[r]));
-        for j in from..len {
-            out[r] += w[r][j].widen() * x[j];
-        }
-    }
-    out
 }
 
 /// Prefetches, once per 64-byte line, the line of each `next` row at element `i`
@@ -372,91 +367,117 @@ unsafe fn dot_f32_avx2(w: &[f32], x: &[f32]) -> f32 {
     total
 }
 
-/// 8 weights widened to f32 (f32 and f16).
-trait Load8 {
+/// 16 weights widened exactly to f32 as the two 8-lane vectors that meet the activations at
+/// `x[i..i + 8]` and `x[i + 8..i + 16]` of the layout [`WeightElem::prepare`] gave
+/// (`super::WeightElem`): natural order for f32 and f16, [`split_even_odd`] blocks of 16 for
+/// bf16 (one 256-bit load holds 8 (even, odd) pairs; `<< 16` widens the evens and
+/// `& 0xffff0000` the odds, exact because bf16 is the top half of an f32).
+trait Load16: Scalar {
     /// # Safety
-    /// `p` must point at 8 readable elements, inside a function with the needed features.
-    unsafe fn load8(p: *const Self) -> __m256;
+    /// `p` must point at 16 readable elements, inside a function with the needed features.
+    unsafe fn load16(p: *const Self) -> (__m256, __m256);
 }
 
-impl Load8 for f32 {
+impl Load16 for f32 {
     #[inline(always)]
-    unsafe fn load8(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
+    unsafe fn load16(p: *const f32) -> (__m256, __m256) {
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
     }
 }
 
-impl Load8 for f16 {
+impl Load16 for f16 {
     #[inline(always)]
-    unsafe fn load8(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    unsafe fn load16(p: *const f16) -> (__m256, __m256) {
+        let p = p as *const __m128i;
+        (
+            _mm256_cvtph_ps(_mm_loadu_si128(p)),
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+        )
     }
 }
 
-/// Four rows, 16 elements per iteration: two activation loads shared by eight weight loads
-/// into eight independent accumulators, then a scalar tail.
+impl Load16 for bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16) -> (__m256, __m256) {
+        let pairs = _mm256_loadu_si256(p as *const __m256i);
+        let even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+        let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, odd_mask));
+        (even, odd)
+    }
+}
+
+/// Four weight rows against `R` activation rows, 16 values per iteration: each weight load is
+/// widened once and multiplied into all `R` rows, so a batch of rows costs one widening per
+/// weight, not one per row. Each (weight row, activation row) pair has its own accumulator
+/// that takes the two halves' FMAs in the same order whatever `R` is, then the same
+/// horizontal sum and scalar tail: a pair's result is bit for bit the same in a group of
+/// 1, 2 or 3 rows (what batch-invariant serving relies on).
 #[inline(always)]
-unsafe fn dot4_widening<W: Load8 + Scalar>(w: [&[W]; 4], x: &[f32], next: [&[W]; 4]) -> [f32; 4] {
-    let len = common_len(&w, x);
+unsafe fn dot4_rows<W: Load16, const R: usize>(
+    w: [&[W]; 4],
+    xs: [&[f32]; R],
+    next: [&[W]; 4],
+) -> [[f32; 4]; R] {
+    let len = xs.iter().fold(usize::MAX, |l, x| l.min(common_len(&w, x)));
     let p = w.map(|r| r.as_ptr());
-    let px = x.as_ptr();
-    let mut lo = [_mm256_setzero_ps(); 4];
-    let mut hi = [_mm256_setzero_ps(); 4];
+    let px = xs.map(|x| x.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let mut i = 0;
     while i + 16 <= len {
         prefetch_line(next, i, 16);
-        let (x0, x1) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
         for r in 0..4 {
-            lo[r] = _mm256_fmadd_ps(W::load8(p[r].add(i)), x0, lo[r]);
-            hi[r] = _mm256_fmadd_ps(W::load8(p[r].add(i + 8)), x1, hi[r]);
+            let (a, b) = W::load16(p[r].add(i));
+            for j in 0..R {
+                acc[j][r] = _mm256_fmadd_ps(a, _mm256_loadu_ps(px[j].add(i)), acc[j][r]);
+                acc[j][r] = _mm256_fmadd_ps(b, _mm256_loadu_ps(px[j].add(i + 8)), acc[j][r]);
+            }
         }
         i += 16;
     }
-    finish(w, x, lo, hi, i, len)
+    let mut out = [[0f32; 4]; R];
+    for j in 0..R {
+        for r in 0..4 {
+            out[j][r] = hsum(acc[j][r]);
+            for c in i..len {
+                out[j][r] += w[r][c].widen() * xs[j][c];
+            }
+        }
+    }
+    out
 }
 
 /// # Safety
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_f32_avx2(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
-    dot4_widening(w, x, next)
+unsafe fn dot4_rows_f32_avx2<const R: usize>(
+    w: [&[f32]; 4],
+    xs: [&[f32]; R],
+    next: [&[f32]; 4],
+) -> [[f32; 4]; R] {
+    dot4_rows(w, xs, next)
 }
 
 /// # Safety
 /// AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_f16_avx2(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
-    dot4_widening(w, x, next)
+unsafe fn dot4_rows_f16_avx2<const R: usize>(
+    w: [&[f16]; 4],
+    xs: [&[f32]; R],
+    next: [&[f16]; 4],
+) -> [[f32; 4]; R] {
+    dot4_rows(w, xs, next)
 }
 
-/// Four bf16 rows against `x` laid out by [`split_even_odd`]: per 16-element block one
-/// 256-bit load per row holds 8 (even, odd) pairs; `<< 16` widens the evens and
-/// `& 0xffff0000` the odds (bf16 is the top half of an f32, so both are exact).
-///
 /// # Safety
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_bf16_avx2(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
-    let len = common_len(&w, x);
-    let p = w.map(|r| r.as_ptr());
-    let px = x.as_ptr();
-    let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
-    let mut lo = [_mm256_setzero_ps(); 4];
-    let mut hi = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 16 <= len {
-        prefetch_line(next, i, 16);
-        let (even_x, odd_x) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
-        for r in 0..4 {
-            let pairs = _mm256_loadu_si256(p[r].add(i) as *const __m256i);
-            let even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
-            let odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, odd_mask));
-            lo[r] = _mm256_fmadd_ps(even, even_x, lo[r]);
-            hi[r] = _mm256_fmadd_ps(odd, odd_x, hi[r]);
-        }
-        i += 16;
-    }
-    finish(w, x, lo, hi, i, len)
+unsafe fn dot4_rows_bf16_avx2<const R: usize>(
+    w: [&[bf16]; 4],
+    xs: [&[f32]; R],
+    next: [&[bf16]; 4],
+) -> [[f32; 4]; R] {
+    dot4_rows(w, xs, next)
 }
 
 /// 8 e4m3 values widened to f32 and divided by 2⁸, exactly. Each byte, zero-extended to a
