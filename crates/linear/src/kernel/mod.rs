@@ -410,6 +410,35 @@ fn split4<W>(rows: &[W], k: usize) -> [&[W]; 4] {
     ]
 }
 
+/// [`WeightElem::dot4_rows`] through the AVX2 pair kernel `x86::$kernel` (rows two at a time,
+/// [`in_groups`]) when `isa` gives its `$token` and no AVX-512 kernel is chosen first (the
+/// same tests, in the same order, as the type's `dot4`, so each row takes the kernel it would
+/// take alone); one row at a time otherwise.
+macro_rules! dot4_rows_in_pairs {
+    ($kernel:ident, $token:ident) => {
+        fn dot4_rows(
+            isa: Isa,
+            w: [&[Self]; 4],
+            xs: &[Cow<'_, [f32]>],
+            next: [&[Self]; 4],
+            out: &mut [[f32; 4]],
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if let (None, Some(t)) = (isa.avx512f(), isa.$token()) {
+                return in_groups(
+                    xs,
+                    w,
+                    next,
+                    out,
+                    |xs, next| x86::$kernel(t, w, xs, next),
+                    |x, next| x86::$kernel(t, w, [x], next)[0],
+                );
+            }
+            one_by_one(isa, w, xs, next, out)
+        }
+    };
+}
+
 // The dispatch. Each x86 kernel is reached only through the proof token an `Isa` carries, so
 // no branch here re-checks the CPU; without a token the portable loop runs.
 
@@ -427,27 +456,7 @@ impl WeightElem for f32 {
         portable::dot4(w, x)
     }
 
-    fn dot4_rows(
-        isa: Isa,
-        w: [&[f32]; 4],
-        xs: &[Cow<'_, [f32]>],
-        next: [&[f32]; 4],
-        out: &mut [[f32; 4]],
-    ) {
-        // The same tests as `dot4`'s, so each row takes the kernel it would take alone.
-        #[cfg(target_arch = "x86_64")]
-        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma()) {
-            return in_groups(
-                xs,
-                w,
-                next,
-                out,
-                |xs, next| x86::dot4_rows_f32(t, w, xs, next),
-                |x, next| x86::dot4_rows_f32(t, w, [x], next)[0],
-            );
-        }
-        one_by_one(isa, w, xs, next, out)
-    }
+    dot4_rows_in_pairs!(dot4_rows_f32, avx2_fma);
 
     fn dot(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -493,26 +502,7 @@ impl WeightElem for bf16 {
         portable::dot4(w, x)
     }
 
-    fn dot4_rows(
-        isa: Isa,
-        w: [&[bf16]; 4],
-        xs: &[Cow<'_, [f32]>],
-        next: [&[bf16]; 4],
-        out: &mut [[f32; 4]],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma()) {
-            return in_groups(
-                xs,
-                w,
-                next,
-                out,
-                |xs, next| x86::dot4_rows_bf16(t, w, xs, next),
-                |x, next| x86::dot4_rows_bf16(t, w, [x], next)[0],
-            );
-        }
-        one_by_one(isa, w, xs, next, out)
-    }
+    dot4_rows_in_pairs!(dot4_rows_bf16, avx2_fma);
 
     fn widen_row(src: &[bf16], dst: &mut [f32]) {
         // The exact widening as a plain shift, which the compiler vectorises (`bf16::to_f32`
@@ -543,26 +533,7 @@ impl WeightElem for f16 {
         portable::dot4(w, x)
     }
 
-    fn dot4_rows(
-        isa: Isa,
-        w: [&[f16]; 4],
-        xs: &[Cow<'_, [f32]>],
-        next: [&[f16]; 4],
-        out: &mut [[f32; 4]],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if let (None, Some(t)) = (isa.avx512f(), isa.avx2_fma_f16c()) {
-            return in_groups(
-                xs,
-                w,
-                next,
-                out,
-                |xs, next| x86::dot4_rows_f16(t, w, xs, next),
-                |x, next| x86::dot4_rows_f16(t, w, [x], next)[0],
-            );
-        }
-        one_by_one(isa, w, xs, next, out)
-    }
+    dot4_rows_in_pairs!(dot4_rows_f16, avx2_fma_f16c);
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
         widen_scalars(src, dst)
