@@ -180,9 +180,9 @@ fn one_by_one<W: WeightElem>(
 
 /// Activation rows per call of a kernel that widens each weight once for several rows
 /// ([`in_groups`]). Two rows against four weight rows are eight accumulators, which with the
-/// two rows' activation vectors and one widened weight row fill AVX2's 16 registers; three
-/// rows spill accumulators to the stack every iteration (measured slower: see
-/// `benchmarks/README.md`, "Batched decode").
+/// two rows' activation vectors and one widened weight row fill AVX2's 16 registers; with
+/// three rows the compiler spills the accumulators to the stack every iteration, and it was
+/// no faster (`benchmarks/README.md`, "Batched decode on an AVX2-only VM").
 const ROWS_PER_GROUP: usize = 2;
 
 /// [`WeightElem::dot4_rows`] through a kernel generic over its row count: `group` over

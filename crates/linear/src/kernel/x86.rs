@@ -412,7 +412,7 @@ impl Load16 for bf16 {
 /// weight, not one per row. Each (weight row, activation row) pair has its own accumulator
 /// that takes the two halves' FMAs in the same order whatever `R` is, then the same
 /// horizontal sum and scalar tail: a pair's result is bit for bit the same in a group of
-/// 1, 2 or 3 rows (what batch-invariant serving relies on).
+/// one or two rows (what batch-invariant serving relies on).
 #[inline(always)]
 unsafe fn dot4_rows<W: Load16, const R: usize>(
     w: [&[W]; 4],
