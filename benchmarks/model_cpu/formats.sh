@@ -11,6 +11,11 @@
 #   LLAMA_BIN   llama.cpp's build/bin (llama-bench); GGUF_DIR holding ckpt-bf16.gguf,
 #               ckpt-Q8_0.gguf and ckpt-Q4_K_M.gguf (../shared/notes/anchors.md says how to
 #               build and convert them); llama.cpp is skipped when either is unset.
+#               ckpt-Q4_0.gguf is run too when present.
+#   LLAMA_SDIST the unpacked llama-cpp-python sdist whose vendor/llama.cpp/build holds that
+#               build, and LLAMA_PY a python with numpy, diskcache, jinja2 and
+#               typing_extensions: llama.cpp's own logits of each GGUF (`llama_logits.py`)
+#               are then scored against the f32 model beside ours (`quant_quality --reference`).
 #   QUALITY=0   skip the quality and weight-error measurements.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -38,7 +43,8 @@ run_ours fp8 "$fp8"
 run_ours q8 "$ckpt" --matrices q8
 run_ours q4 "$ckpt" --matrices q4
 if [ -n "${LLAMA_BIN:-}" ] && [ -n "${GGUF_DIR:-}" ]; then
-    for q in bf16 Q8_0 Q4_K_M; do
+    for q in bf16 Q8_0 Q4_K_M Q4_0; do
+        [ -f "$GGUF_DIR/ckpt-$q.gguf" ] || continue
         echo "== llama.cpp $q"
         repack=""
         [ "$q" = bf16 ] || repack="--repack 0"
@@ -50,7 +56,20 @@ fi
 echo "== load after measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${QUALITY:-1}" = 1 ]; then
     echo "== quality: next-token KL against f32 over 512 positions"
-    "$bin/quant_quality" --model "$ckpt" --formats bf16,q8,q4 --positions 512 | tee "$out/quality.jsonl"
+    refs=()
+    if [ -n "${GGUF_DIR:-}" ] && [ -n "${LLAMA_SDIST:-}" ] && [ -n "${LLAMA_PY:-}" ]; then
+        for q in bf16 Q8_0 Q4_K_M Q4_0; do
+            [ -f "$GGUF_DIR/ckpt-$q.gguf" ] || continue
+            echo "== llama.cpp's logits, $q"
+            "$LLAMA_PY" "$here/llama_logits.py" --sdist "$LLAMA_SDIST" --gguf "$GGUF_DIR/ckpt-$q.gguf" \
+                --positions 512 --out "$out/llama_logits_$q.npz"
+            refs+=(--reference "llama.cpp-$q=$out/llama_logits_$q.npz")
+        done
+    fi
+    "$bin/quant_quality" --model "$ckpt" --formats bf16,q8,q4 --positions 512 "${refs[@]}" \
+        | tee "$out/quality.jsonl"
+    "$bin/quant_quality" --model "$ckpt" --formats q8,q4 --positions 512 --decode \
+        | tee -a "$out/quality.jsonl"
     "$bin/quant_quality" --model "$fp8" --formats fp8 --positions 512 | tee -a "$out/quality.jsonl"
     if [ -n "${GGUF_DIR:-}" ]; then
         for q in Q8_0 Q4_K_M; do

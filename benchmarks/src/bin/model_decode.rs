@@ -71,6 +71,9 @@ struct Args {
     /// bf16 matrices multiply bf16-rounded activations (the CLI's `--bf16-activations`).
     #[arg(long)]
     bf16_activations: bool,
+    /// Copy FP8 weights out of the memory map (the CLI's `--no-mmap`; default: in place).
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
@@ -82,10 +85,12 @@ fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
     }
 }
 
-/// Peak resident set of this process so far (`VmHWM`, Linux), in bytes.
-fn peak_rss() -> Option<u64> {
+/// A memory figure of this process from `/proc/self/status` (Linux), in bytes: `VmHWM` (peak
+/// resident set so far), `RssAnon` (resident private memory), `RssFile` (resident pages of
+/// mapped files, e.g. weights used in place in the checkpoint's memory map).
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -213,6 +218,7 @@ fn main() -> Result<()> {
             None => Precision::auto(checkpoint, dtype, &Device::Cpu),
         }
         .with_bf16_activations(args.bf16_activations)
+        .with_mmap(!args.no_mmap)
     })?;
     let precision = model.precision();
     let label = if precision.matrices == MatrixFormat::Float(dtype) {
@@ -273,7 +279,8 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
-         \"prefill_chunk\":{},\"bf16_activations\":{},\"peak_rss_bytes\":{},\"first_tokens\":{:?}}}",
+         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
+         \"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
         gen.prompt_tokens,
@@ -285,7 +292,10 @@ fn main() -> Result<()> {
         model.paths.short,
         model.prefill_chunk,
         precision.bf16_activations,
-        peak_rss().unwrap_or(0),
+        precision.mmap,
+        status_bytes("VmHWM:").unwrap_or(0),
+        status_bytes("RssAnon:").unwrap_or(0),
+        status_bytes("RssFile:").unwrap_or(0),
         &gen.tokens[..gen.tokens.len().min(8)],
     );
     Ok(())

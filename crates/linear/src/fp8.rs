@@ -8,24 +8,44 @@
 //! f32 dequantisation (`q.to(f32) * scale`, then the matmul) up to f32 summation order:
 //! `Σ_c x·(q·s) = s·Σ_c x·q` exactly in real arithmetic.
 
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use float8::F8E4M3;
 
 use crate::kernel::{self, BlockScales, Scales};
-use crate::Isa;
+use crate::{Isa, SharedBytes};
 
 /// DeepSeek's FP8 block size: 128 x 128.
 pub const FP8_BLOCK: (usize, usize) = (128, 128);
 
-/// A matrix `[N, K]` of e4m3 values with per-block f32 scales, kept as shipped.
+/// A matrix `[N, K]` of e4m3 values with per-block f32 scales, kept as shipped: in a tensor
+/// ([`Fp8Matrix::new`]) or, on the host, in bytes someone else holds, such as the memory map of
+/// the checkpoint shard ([`Fp8Matrix::from_shared`]: no copy at load).
 #[derive(Debug, Clone)]
 pub struct Fp8Matrix {
-    q: Tensor,
+    values: Values,
+    shape: [usize; 2],
     scale_inv: Tensor,
     scales: Vec<f32>,
     block: (usize, usize),
     /// Whether some byte is a NaN code (`S.1111.111`); without one (every trained checkpoint)
     /// the kernels take the faster widening.
     has_nan: bool,
+}
+
+/// Where the e4m3 bytes are.
+#[derive(Debug, Clone)]
+enum Values {
+    /// A contiguous `[N, K]` tensor of dtype F8E4M3, on any device.
+    Tensor(Tensor),
+    /// `N · K` bytes in host memory, row-major.
+    Shared(SharedBytes),
+}
+
+/// `bytes` as e4m3 values.
+fn as_e4m3(bytes: &[u8]) -> &[F8E4M3] {
+    // SAFETY: `F8E4M3` is `repr(transparent)` over `u8` (float8 0.7), so the slices have the
+    // same layout, length and alignment, and every byte is a valid `F8E4M3`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const F8E4M3, bytes.len()) }
 }
 
 impl Fp8Matrix {
@@ -36,6 +56,33 @@ impl Fp8Matrix {
         if q.dtype() != DType::F8E4M3 {
             candle_core::bail!("fp8 weight: expected dtype F8E4M3, found {:?}", q.dtype());
         }
+        Self::with_values(Values::Tensor(q.contiguous()?), [n, k], scale_inv, block)
+    }
+
+    /// The `[N, K]` e4m3 values `bytes` (row-major, one byte per value), used where they are;
+    /// `scale_inv` and `block` as in [`Fp8Matrix::new`]. Errors name what does not fit.
+    pub fn from_shared(
+        bytes: SharedBytes,
+        (n, k): (usize, usize),
+        scale_inv: &Tensor,
+        block: (usize, usize),
+    ) -> Result<Self> {
+        if Some(bytes.len()) != n.checked_mul(k) {
+            candle_core::bail!(
+                "fp8 weight: {} bytes for a [{n}, {k}] matrix of one byte per value",
+                bytes.len()
+            );
+        }
+        Self::with_values(Values::Shared(bytes), [n, k], scale_inv, block)
+    }
+
+    fn with_values(
+        values: Values,
+        shape: [usize; 2],
+        scale_inv: &Tensor,
+        block: (usize, usize),
+    ) -> Result<Self> {
+        let [n, k] = shape;
         let (bn, bk) = block;
         if bn == 0 || bk == 0 {
             candle_core::bail!("fp8 weight: block sizes must be > 0, found {bn} x {bk}");
@@ -50,23 +97,44 @@ impl Fp8Matrix {
         }
         let scale_inv = scale_inv.to_dtype(DType::F32)?;
         let scales = crate::host::vec1(&scale_inv.flatten_all()?)?;
-        let q = q.contiguous()?;
-        let has_nan = match &*q.storage_and_layout().0 {
-            Storage::Cpu(CpuStorage::F8E4M3(v)) => kernel::E4m3NoNan::view(v).is_none(),
-            _ => true,
-        };
-        Ok(Self {
-            q,
+        let mut m = Self {
+            values,
+            shape,
             scale_inv,
             scales,
             block,
-            has_nan,
-        })
+            has_nan: true,
+        };
+        m.has_nan = m
+            .with_host_values(|v| kernel::E4m3NoNan::view(v).is_none())
+            .unwrap_or(true);
+        Ok(m)
+    }
+
+    /// `f` of the values, if they are in host memory (as a slice of the stored bytes).
+    fn with_host_values<R>(&self, f: impl FnOnce(&[F8E4M3]) -> R) -> Option<R> {
+        match &self.values {
+            Values::Shared(bytes) => Some(f(as_e4m3(bytes.as_slice()))),
+            Values::Tensor(q) => {
+                let (storage, layout) = q.storage_and_layout();
+                match (&*storage, layout.contiguous_offsets()) {
+                    (Storage::Cpu(CpuStorage::F8E4M3(v)), Some((start, end))) => {
+                        Some(f(&v[start..end]))
+                    }
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// `[N, K]`.
     pub fn dims(&self) -> (usize, usize) {
-        self.q.dims2().expect("checked at construction")
+        (self.shape[0], self.shape[1])
+    }
+
+    /// `[N, K]` as a slice.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
     /// The block size `(bn, bk)`.
@@ -74,9 +142,29 @@ impl Fp8Matrix {
         self.block
     }
 
-    /// The e4m3 values `[N, K]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.q
+    /// The e4m3 values `[N, K]` as a tensor: the matrix's own, or a host copy of the bytes of
+    /// a matrix made by [`Fp8Matrix::from_shared`].
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.values {
+            Values::Tensor(q) => Ok(q.clone()),
+            Values::Shared(bytes) => {
+                Tensor::from_slice(as_e4m3(bytes.as_slice()), self.dims(), &Device::Cpu)
+            }
+        }
+    }
+
+    /// Whether the values are bytes someone else holds, used in place
+    /// ([`Fp8Matrix::from_shared`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.values, Values::Shared(_))
+    }
+
+    /// Where the values are.
+    pub fn device(&self) -> Device {
+        match &self.values {
+            Values::Tensor(q) => q.device().clone(),
+            Values::Shared(_) => Device::Cpu,
+        }
     }
 
     /// The f32 scales `[ceil(N / bn), ceil(K / bk)]`.
@@ -86,7 +174,7 @@ impl Fp8Matrix {
 
     /// Bytes a product reads: one per weight plus the scales.
     pub fn bytes(&self) -> usize {
-        self.q.elem_count() + 4 * self.scales.len()
+        self.shape[0] * self.shape[1] + 4 * self.scales.len()
     }
 
     /// The dequantised f32 matrix `W[r, c] = q[r, c] · scale_inv[r / bn, c / bk]` (what HF
@@ -94,14 +182,16 @@ impl Fp8Matrix {
     pub fn dequantize(&self) -> Result<Tensor> {
         let (n, k) = self.dims();
         let (bn, bk) = self.block;
-        let dev = self.q.device();
+        let q = self.weight()?;
+        let dev = q.device();
         let rows: Vec<u32> = (0..n).map(|r| (r / bn) as u32).collect();
         let cols: Vec<u32> = (0..k).map(|c| (c / bk) as u32).collect();
         let scale = self
             .scale_inv
+            .to_device(dev)?
             .index_select(&Tensor::new(rows, dev)?, 0)?
             .index_select(&Tensor::new(cols, dev)?, 1)?;
-        self.q.to_dtype(DType::F32)? * scale
+        q.to_dtype(DType::F32)? * scale
     }
 }
 
@@ -124,24 +214,22 @@ pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
     let m = x.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    if x.device().is_cpu() && w.q.device().is_cpu() {
+    if x.device().is_cpu() {
         #[allow(clippy::disallowed_methods)] // a CPU tensor: no device copy
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let (storage, layout) = w.q.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F8E4M3(v)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            let v = &v[start..end];
-            let y = if w.has_nan {
+        let product = |v: &[F8E4M3]| {
+            if w.has_nan {
                 matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
             } else {
                 let v = kernel::E4m3NoNan::checked_before(v);
                 matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
-            };
+            }
+        };
+        if let Some(y) = w.with_host_values(product) {
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
     }
-    let wf = w.dequantize()?.to_dtype(x.dtype())?;
+    let wf = w.dequantize()?.to_device(x.device())?.to_dtype(x.dtype())?;
     x.reshape((m, k))?.matmul(&wf.t()?)?.reshape(out_dims)
 }
 

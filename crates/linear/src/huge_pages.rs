@@ -40,6 +40,14 @@ pub fn advise_huge_pages(w: &Tensor) -> bool {
     advise(base + start * w.dtype().size_in_bytes(), bytes)
 }
 
+/// [`advise_huge_pages`] for bytes in place, e.g. a matrix's range of a memory-mapped
+/// checkpoint ([`crate::SharedBytes`]). Whether a file's pages can be huge depends on the
+/// kernel and the file system (Linux collapses read-only file mappings only with
+/// `CONFIG_READ_ONLY_THP_FOR_FS`); the return value says whether it applied.
+pub fn advise_huge_pages_bytes(bytes: &[u8]) -> bool {
+    bytes.len() >= MIN_BYTES && advise(bytes.as_ptr() as usize, bytes.len())
+}
+
 /// Address of the first element of a CPU buffer.
 fn cpu_base_address(cpu: &candle_core::CpuStorage) -> Option<usize> {
     use candle_core::CpuStorage as C;
@@ -60,8 +68,8 @@ fn advise(addr: usize, len: usize) -> bool {
         return false;
     }
     let (ptr, len) = (start as *mut libc::c_void, end - start);
-    // SAFETY: [start, end) lies inside a live allocation owned by the tensor's storage (held
-    // by the read guard in the caller); these advices change how the kernel backs the pages,
+    // SAFETY: [start, end) lies inside memory the caller holds alive (a tensor's storage under
+    // its read guard, or borrowed bytes); these advices change how the kernel backs the pages,
     // never their contents.
     unsafe {
         libc::madvise(ptr, len, libc::MADV_HUGEPAGE) == 0

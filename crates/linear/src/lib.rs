@@ -18,7 +18,10 @@
 //!   `s, m`); `Σ_c x·W = Σ_g s_g Σ_{c∈g} x·q + Σ_g m_g Σ_{c∈g} x`.
 //!
 //! [`Matrix::load`] reads a projection from a candle `VarBuilder` (a weight with a
-//! `weight_scale_inv` sibling is FP8) and [`Matrix::quantize`] converts one.
+//! `weight_scale_inv` sibling is FP8) and [`Matrix::quantize`] converts one. A loader that
+//! knows where the bytes lie implements [`MatrixLoader`]: an FP8 matrix can then use bytes
+//! someone else holds in place ([`Fp8Matrix::from_shared`] over [`SharedBytes`], e.g. the
+//! memory map of a checkpoint shard), with no copy at load.
 //!
 //! Two regimes:
 //! - **few rows** (`M ≤` [`GEMV_MAX_ROWS`]: decode steps of up to 32 sequences, a speculative
@@ -85,6 +88,7 @@ mod isa;
 mod kernel;
 mod matrix;
 mod quant;
+mod shared_bytes;
 pub mod slices;
 mod spec;
 
@@ -92,10 +96,11 @@ mod spec;
 pub use candle_core::quantized::GgmlDType;
 pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
 pub use ggml::{ggml_type_from_id, ggml_type_id, ggml_type_name, GgmlMatrix};
-pub use huge_pages::advise_huge_pages;
+pub use huge_pages::{advise_huge_pages, advise_huge_pages_bytes};
 pub use isa::Isa;
-pub use matrix::{MapMatrix, Matrix, GGML_TYPE_SUFFIX};
+pub use matrix::{MapMatrix, Matrix, MatrixLoader, ThroughVarBuilder, GGML_TYPE_SUFFIX};
 pub use quant::{linear_quant, linear_quant_with, QuantFormat, QuantMatrix, QUANT_GROUP};
+pub use shared_bytes::{ByteOwner, SharedBytes};
 pub use spec::WeightSpec;
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};

@@ -63,6 +63,25 @@ impl From<GgmlMatrix> for Matrix {
     }
 }
 
+/// How a layer obtains its weight matrices by name. [`ThroughVarBuilder`] reads them through
+/// the `VarBuilder` ([`Matrix::load`]); a checkpoint loader that knows where the bytes lie can
+/// do better, e.g. use a memory-mapped shard's FP8 bytes in place
+/// ([`crate::Fp8Matrix::from_shared`]). The layer crates' `load_with` functions take one.
+pub trait MatrixLoader: Sync {
+    /// The matrix `name` (e.g. `weight`) under `vb`'s prefix.
+    fn load(&self, vb: &VarBuilder, name: &str) -> Result<Matrix>;
+}
+
+/// The [`MatrixLoader`] that reads every matrix through the `VarBuilder` ([`Matrix::load`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThroughVarBuilder;
+
+impl MatrixLoader for ThroughVarBuilder {
+    fn load(&self, vb: &VarBuilder, name: &str) -> Result<Matrix> {
+        Matrix::load(vb, name)
+    }
+}
+
 /// Suffix of the sibling that marks a weight stored in GGML blocks: a one-element u32 tensor
 /// holding the GGML type id ([`ggml_type_id`]); the weight itself is then served as its raw
 /// block bytes, `[N, bytes per row]` u8.
@@ -142,7 +161,7 @@ impl Matrix {
     pub fn dims(&self) -> &[usize] {
         match self {
             Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.dims(),
-            Matrix::Fp8(w) => w.weight().dims(),
+            Matrix::Fp8(w) => w.shape(),
             Matrix::Quant(w) => w.dims(),
             Matrix::Ggml(w) => w.dims(),
         }
@@ -173,7 +192,7 @@ impl Matrix {
     pub fn device(&self) -> Device {
         match self {
             Matrix::Dense(w) | Matrix::Bf16Activations(w) => w.device().clone(),
-            Matrix::Fp8(w) => w.weight().device().clone(),
+            Matrix::Fp8(w) => w.device(),
             Matrix::Quant(_) | Matrix::Ggml(_) => Device::Cpu,
         }
     }

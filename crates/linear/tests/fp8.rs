@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use float8::F8E4M3;
-use linear::{Fp8Matrix, Isa};
+use std::sync::Arc;
+
+use linear::{ByteOwner, Fp8Matrix, Isa, SharedBytes};
 
 mod common;
 use common::max_diff;
@@ -63,6 +65,8 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 
 struct Case {
     w: Fp8Matrix,
+    /// The same matrix over the bytes in place ([`Fp8Matrix::from_shared`]).
+    shared: Fp8Matrix,
     q: Vec<u8>,
     scale: Vec<f32>,
     n: usize,
@@ -87,12 +91,23 @@ fn case(n: usize, k: usize, block: (usize, usize), seed: u64) -> Case {
     let st = Tensor::from_vec(scale.clone(), (sn, sk), &dev).unwrap();
     Case {
         w: Fp8Matrix::new(qt, &st, block).unwrap(),
+        shared: shared(q.clone(), (n, k), &st, block),
         q,
         scale,
         n,
         k,
         block,
     }
+}
+
+/// An [`Fp8Matrix`] over `q` held elsewhere (as a memory-mapped checkpoint's bytes are).
+fn shared(q: Vec<u8>, dims: (usize, usize), scale: &Tensor, block: (usize, usize)) -> Fp8Matrix {
+    let len = q.len();
+    let owner: Arc<ByteOwner> = Arc::new(q);
+    let w = Fp8Matrix::from_shared(SharedBytes::new(owner, 0..len).unwrap(), dims, scale, block)
+        .unwrap();
+    assert!(w.is_shared());
+    w
 }
 
 /// `Σ_c x[j, c] · e4m3(q[r, c]) · scale[r / bn, c / bk]` in f64, and `Σ |terms|` (the scale
@@ -123,12 +138,13 @@ fn check(c: &Case, m: usize) {
     let x = Tensor::from_vec(xs.clone(), (m, c.k), &dev).unwrap();
     let want = oracle(c, &xs, m);
     for isa in Isa::supported() {
-        let y: Vec<f32> = linear::linear_fp8_with(isa, &x, &c.w)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let product = |w| -> Vec<f32> {
+            let y = linear::linear_fp8_with(isa, &x, w).unwrap();
+            y.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let y = product(&c.w);
+        // The bytes in place are the same bytes: the same kernel, the same result.
+        assert_eq!(y, product(&c.shared), "{isa}: shared bytes (m {m})");
         for (i, (g, (e, abs))) in y.iter().zip(&want).enumerate() {
             // f32 summation: error within a few ulps of the sum of |terms|.
             assert!(
@@ -176,27 +192,26 @@ fn nan_encodings_propagate_on_every_path() {
         let mut q = vec![0x38u8; n * k]; // 1.0
         q[3 * k + 17] = nan; // row 3 holds one NaN
         let qt = Tensor::from_vec(
-            q.into_iter().map(F8E4M3::from_bits).collect::<Vec<_>>(),
+            q.iter().map(|&b| F8E4M3::from_bits(b)).collect::<Vec<_>>(),
             (n, k),
             &dev,
         )
         .unwrap();
-        let w = Fp8Matrix::new(
-            qt,
-            &Tensor::ones((1, 1), DType::F32, &dev).unwrap(),
-            (128, 128),
-        )
-        .unwrap();
+        let one = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
+        let w = Fp8Matrix::new(qt, &one, (128, 128)).unwrap();
+        let in_place = shared(q, (n, k), &one, (128, 128));
         for m in [1, 10] {
             let x = Tensor::ones((m, k), DType::F32, &dev).unwrap();
             for isa in Isa::supported() {
-                let y: Vec<Vec<f32>> = linear::linear_fp8_with(isa, &x, &w)
-                    .unwrap()
-                    .to_vec2()
-                    .unwrap();
-                for row in &y {
-                    assert!(row[3].is_nan(), "{isa} m {m}: {row:?}");
-                    assert!(row.iter().enumerate().all(|(r, v)| r == 3 || *v == 40.0));
+                for w in [&w, &in_place] {
+                    let y: Vec<Vec<f32>> = linear::linear_fp8_with(isa, &x, w)
+                        .unwrap()
+                        .to_vec2()
+                        .unwrap();
+                    for row in &y {
+                        assert!(row[3].is_nan(), "{isa} m {m}: {row:?}");
+                        assert!(row.iter().enumerate().all(|(r, v)| r == 3 || *v == 40.0));
+                    }
                 }
             }
         }
@@ -217,8 +232,19 @@ fn matches_the_dequantised_matmul_and_rejects_bad_shapes() {
     assert!(d < 1e-4, "{d}");
     assert_eq!(c.w.bytes(), 130 * 257 + 4 * 2 * 3);
 
-    let q = c.w.weight().clone();
+    assert_eq!(
+        c.shared.dequantize().unwrap().to_vec2::<f32>().unwrap(),
+        c.w.dequantize().unwrap().to_vec2::<f32>().unwrap()
+    );
+    let q = c.w.weight().unwrap();
     let bad = Tensor::ones((1, 3), DType::F32, &dev).unwrap();
+    let owner: Arc<ByteOwner> = Arc::new(vec![0u8; 10]);
+    let ten = SharedBytes::new(owner, 0..10).unwrap();
+    let err = Fp8Matrix::from_shared(ten, (3, 4), &bad, (128, 128)).unwrap_err();
+    assert!(
+        err.to_string().contains("10 bytes for a [3, 4] matrix"),
+        "{err}"
+    );
     let err = Fp8Matrix::new(q.clone(), &bad, (128, 128)).unwrap_err();
     assert!(
         err.to_string()

@@ -120,7 +120,16 @@ impl Mla {
 
     /// Loads the weights from `vb` (prefixed at the layer's `self_attn`) under the HF names.
     pub fn load(vb: &candle_nn::VarBuilder, config: MlaConfig) -> Result<Self> {
-        let weights = MlaWeights::load(vb, &config)?;
+        Self::load_with(vb, config, &linear::ThroughVarBuilder)
+    }
+
+    /// [`Mla::load`] with the projections obtained from `matrices` ([`MlaWeights::load_with`]).
+    pub fn load_with(
+        vb: &candle_nn::VarBuilder,
+        config: MlaConfig,
+        matrices: &dyn linear::MatrixLoader,
+    ) -> Result<Self> {
+        let weights = MlaWeights::load_with(vb, &config, matrices)?;
         Self::new(config, weights)
     }
 

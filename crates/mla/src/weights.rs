@@ -85,6 +85,16 @@ impl MlaWeights {
     /// `q_b_proj` (chosen by `config.q_lora_rank`), `kv_a_proj_with_mqa`, `kv_a_layernorm`,
     /// `kv_b_proj`, `o_proj`. Shapes are checked; a wrong one is reported with both shapes.
     pub fn load(vb: &VarBuilder, config: &MlaConfig) -> Result<Self> {
+        Self::load_with(vb, config, &linear::ThroughVarBuilder)
+    }
+
+    /// [`MlaWeights::load`] with the projections obtained from `matrices` (e.g. a checkpoint
+    /// loader that uses memory-mapped FP8 bytes in place).
+    pub fn load_with(
+        vb: &VarBuilder,
+        config: &MlaConfig,
+        matrices: &dyn linear::MatrixLoader,
+    ) -> Result<Self> {
         let named = |name: &str| {
             let tensor = format!("{name}.weight");
             move |source| MlaError::MissingWeight { tensor, source }
@@ -94,7 +104,9 @@ impl MlaWeights {
                 .map_err(named(name))
         };
         let matrix = |name: &str| -> Result<Matrix> {
-            Matrix::load(vb, &format!("{name}.weight")).map_err(named(name))
+            matrices
+                .load(vb, &format!("{name}.weight"))
+                .map_err(named(name))
         };
         let query = match config.q_lora_rank {
             None => QueryWeights::Direct {

@@ -61,7 +61,7 @@ enum Store {
 /// after a short prompt). The pages stay in the page cache, so a second load of the same
 /// tensor reads them from memory, not disk.
 struct Shards {
-    maps: Vec<memmap2::Mmap>,
+    maps: Vec<Arc<memmap2::Mmap>>,
     /// Tensor name → (shard, byte range in it, stored dtype).
     at: BTreeMap<String, (usize, std::ops::Range<usize>, safetensors::Dtype)>,
 }
@@ -75,7 +75,7 @@ impl Shards {
             .at
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("{name}: not in any shard")))?;
-        let map = &self.maps[*shard];
+        let map = &*self.maps[*shard];
         let view =
             safetensors::tensor::TensorView::new(*dtype, shape.to_vec(), &map[range.clone()])
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -186,7 +186,7 @@ impl Checkpoint {
                     .insert(name.clone(), (shards.maps.len(), bytes.0, bytes.1));
                 tensors.insert(name, meta);
             }
-            shards.maps.push(map);
+            shards.maps.push(Arc::new(map));
         }
         if let Some(map) = &index {
             let wrong: Vec<String> = map
@@ -382,6 +382,95 @@ impl Checkpoint {
             precision,
         });
         VarBuilder::from_backend(backend, precision.compute, device.clone())
+    }
+}
+
+impl Checkpoint {
+    /// The loader of the model's matrices ([`linear::MatrixLoader`]) for `precision` on
+    /// `device`: with FP8 matrices kept as shipped on the CPU and [`Precision::mmap`], an FP8
+    /// weight of a safetensors shard is used where it lies in the memory map
+    /// ([`linear::Fp8Matrix::from_shared`]; its scales are read into memory, they are small);
+    /// every other matrix is read through the `VarBuilder`, as [`Checkpoint::var_builder`] says.
+    pub fn matrix_loader(
+        self: &Arc<Self>,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> CheckpointMatrices {
+        let precision = precision.into();
+        CheckpointMatrices {
+            checkpoint: Arc::clone(self),
+            in_place: precision.mmap
+                && precision.matrices == MatrixFormat::Fp8
+                && device.is_cpu()
+                && matches!(self.store, Store::Safetensors(_)),
+            huge_pages: precision.huge_pages,
+        }
+    }
+
+    /// The FP8 weight `name` over its bytes in the memory map, if it is one (stored e4m3,
+    /// rank 2, with its scales beside it, in a safetensors shard).
+    fn mapped_fp8(&self, name: &str, huge_pages: bool) -> Result<Option<linear::Fp8Matrix>> {
+        let Store::Safetensors(shards) = &self.store else {
+            return Ok(None);
+        };
+        let (Some(meta), Some((shard, range, _))) = (self.tensors.get(name), shards.at.get(name))
+        else {
+            return Ok(None);
+        };
+        let scale_name = format!("{name}{SCALE_SUFFIX}");
+        let [n, k] = meta.shape[..] else {
+            return Ok(None);
+        };
+        if meta.dtype != DType::F8E4M3 || !self.tensors.contains_key(&scale_name) {
+            return Ok(None);
+        }
+        let invalid = |e: candle_core::Error| ModelError::Safetensors {
+            path: meta.file.clone(),
+            reason: format!("{name}: {e}"),
+        };
+        let owner: Arc<linear::ByteOwner> = shards.maps[*shard].clone();
+        let bytes = linear::SharedBytes::new(owner, range.clone()).map_err(invalid)?;
+        if huge_pages {
+            linear::advise_huge_pages_bytes(bytes.as_slice());
+        }
+        let scale = self.load(&scale_name, DType::F32, &Device::Cpu)?;
+        let block = (FP8_BLOCK, FP8_BLOCK);
+        let w = linear::Fp8Matrix::from_shared(bytes, (n, k), &scale, block).map_err(invalid)?;
+        Ok(Some(w))
+    }
+}
+
+/// [`Checkpoint::matrix_loader`]'s loader.
+pub struct CheckpointMatrices {
+    checkpoint: Arc<Checkpoint>,
+    /// Whether FP8 weights are used in place.
+    in_place: bool,
+    huge_pages: bool,
+}
+
+impl CheckpointMatrices {
+    /// Whether FP8 weights are used where they lie in the memory map.
+    pub fn in_place(&self) -> bool {
+        self.in_place
+    }
+}
+
+impl linear::MatrixLoader for CheckpointMatrices {
+    fn load(&self, vb: &VarBuilder, name: &str) -> candle_core::Result<linear::Matrix> {
+        if self.in_place {
+            let full = match vb.prefix() {
+                p if p.is_empty() => name.to_string(),
+                p => format!("{p}.{name}"),
+            };
+            let mapped = self
+                .checkpoint
+                .mapped_fp8(&full, self.huge_pages)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            if let Some(w) = mapped {
+                return Ok(w.into());
+            }
+        }
+        linear::Matrix::load(vb, name)
     }
 }
 

@@ -68,7 +68,7 @@ pub mod sampling;
 pub mod server;
 pub mod tokenizer;
 
-pub use checkpoint::{dequantize_fp8, Checkpoint};
+pub use checkpoint::{dequantize_fp8, Checkpoint, CheckpointMatrices};
 pub use config::{Arch, ModelConfig};
 pub use engine::{Engine, EngineConfig, Request, RequestParams};
 pub use error::{ModelError, Result};

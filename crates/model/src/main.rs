@@ -66,6 +66,10 @@ struct ModelArgs {
     /// spare decode a TLB miss per 4 KiB of weights; values are the same either way).
     #[arg(long)]
     no_huge_pages: bool,
+    /// Copy FP8 weights out of the checkpoint's memory map into the process (default: use them
+    /// in place, as shipped: no copy at load, pages shared through the page cache).
+    #[arg(long)]
+    no_mmap: bool,
     /// Multiply bf16 matrices with activations rounded to bf16 (HF's and llama.cpp's bf16
     /// arithmetic; `vdpbf16ps` on AVX512-BF16 CPUs, faster for batched decode) instead of
     /// f32 products of the exact bf16 weights (the default).
@@ -128,6 +132,7 @@ impl ModelArgs {
                 None => Precision::auto(checkpoint, dtype, &device),
             }
             .with_huge_pages(huge_pages)
+            .with_mmap(!self.no_mmap)
             .with_bf16_activations(self.bf16_activations)
         })?;
         if self.device_dispatch {

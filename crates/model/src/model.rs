@@ -23,7 +23,7 @@ use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::plan::expected_tensors;
 use crate::precision::MatrixFormat;
-use linear::{MapMatrix, Matrix, QuantFormat};
+use linear::{MapMatrix, Matrix, MatrixLoader, QuantFormat};
 
 /// A decoder layer's FFN.
 pub enum Ffn {
@@ -34,10 +34,24 @@ pub enum Ffn {
 }
 
 impl Ffn {
-    fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        cfg: &ModelConfig,
+        layer: usize,
+        vb: VarBuilder,
+        matrices: &dyn MatrixLoader,
+    ) -> Result<Self> {
         Ok(match cfg.ffn_kind(layer) {
-            FfnKind::Dense => Ffn::Dense(Mlp::load(vb, cfg.hidden_size, cfg.intermediate_size)?),
-            FfnKind::Moe => Ffn::Moe(Moe::load(vb, cfg.moe.as_ref().expect("MoE layer"))?),
+            FfnKind::Dense => Ffn::Dense(Mlp::load_with(
+                vb,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                matrices,
+            )?),
+            FfnKind::Moe => Ffn::Moe(Moe::load_with(
+                vb,
+                cfg.moe.as_ref().expect("MoE layer"),
+                matrices,
+            )?),
         })
     }
 
@@ -99,10 +113,21 @@ impl DecoderLayer {
 
     /// Loads layer `layer` (a main layer or an MTP module's block) from `vb` at its prefix.
     pub fn load(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(cfg, layer, vb, &linear::ThroughVarBuilder)
+    }
+
+    /// [`DecoderLayer::load`] with the projections obtained from `matrices`
+    /// (`Checkpoint::matrix_loader`: FP8 weights used in place in the memory map).
+    pub fn load_with(
+        cfg: &ModelConfig,
+        layer: usize,
+        vb: VarBuilder,
+        matrices: &dyn MatrixLoader,
+    ) -> Result<Self> {
         let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: candle_nn::rms_norm(c, eps, vb.pp("input_layernorm"))?,
-            self_attn: Mla::load(&vb.pp("self_attn"), cfg.mla.clone())?,
+            self_attn: Mla::load_with(&vb.pp("self_attn"), cfg.mla.clone(), matrices)?,
             indexer: cfg
                 .indexer
                 .as_ref()
@@ -113,7 +138,7 @@ impl DecoderLayer {
                 eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Ffn::load(cfg, layer, vb.pp("mlp"))?,
+            mlp: Ffn::load(cfg, layer, vb.pp("mlp"), matrices)?,
         })
     }
 
@@ -451,6 +476,7 @@ impl DeepSeek {
             )));
         }
         let vb = checkpoint.var_builder(precision, device);
+        let matrices = checkpoint.matrix_loader(precision, device);
         // Off the CPU every MoE layer routes and dispatches on the device: the host path would
         // copy the gate logits back and synchronise the stream in every layer.
         let device_dispatch = !device.is_cpu();
@@ -460,7 +486,8 @@ impl DeepSeek {
         // model plus one layer as stored.
         let layers = (0..config.num_hidden_layers)
             .map(|l| {
-                let mut layer = DecoderLayer::load(&config, l, vb.pp(format!("model.layers.{l}")))?;
+                let vb = vb.pp(format!("model.layers.{l}"));
+                let mut layer = DecoderLayer::load_with(&config, l, vb, &matrices)?;
                 layer.quantize(precision.matrices)?;
                 if precision.bf16_activations {
                     layer.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
@@ -472,7 +499,7 @@ impl DeepSeek {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(hidden, config.rms_norm_eps, vb.pp("model.norm"))?;
-        let mut lm_head = Matrix::load(&vb.pp("lm_head"), "weight")?;
+        let mut lm_head = matrices.load(&vb.pp("lm_head"), "weight")?;
         if lm_head.dims() != [vocab, hidden] {
             return Err(ModelError::Weights {
                 dir: checkpoint.dir().to_path_buf(),

@@ -156,11 +156,14 @@ pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
     let vb = model
         .checkpoint()
         .var_builder(model.precision(), model.device());
+    let matrices = model
+        .checkpoint()
+        .matrix_loader(model.precision(), model.device());
     (cfg.num_hidden_layers..cfg.num_hidden_layers + cfg.num_nextn_predict_layers)
         .map(|layer| {
             let vb = vb.pp(format!("model.layers.{layer}"));
-            let mut layer_weights =
-                DecoderLayer::load(cfg, layer, vb.clone()).map_err(MtpError::backend)?;
+            let mut layer_weights = DecoderLayer::load_with(cfg, layer, vb.clone(), &matrices)
+                .map_err(MtpError::backend)?;
             layer_weights
                 .quantize(model.precision().matrices)
                 .map_err(MtpError::backend)?;

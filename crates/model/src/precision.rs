@@ -86,6 +86,12 @@ pub struct Precision {
     /// Back CPU matrices with transparent huge pages (`linear::advise_huge_pages`; on by
     /// default). Values never change; off only to measure what the pages are worth.
     pub huge_pages: bool,
+    /// Use FP8 weights where they lie in the memory-mapped safetensors shards, as shipped,
+    /// instead of copying them (on by default, CPU only: `Checkpoint::matrix_loader`). No load
+    /// time copy and no anonymous memory for them: the pages are the page cache's, shared with
+    /// other processes mapping the same files. Off (the CLI's `--no-mmap`) copies them into
+    /// the process, e.g. for files on a network file system.
+    pub mmap: bool,
     /// bf16 matrices multiply activations rounded to bf16 (`linear::Matrix::Bf16Activations`,
     /// HF's and llama.cpp's bf16 arithmetic), which on AVX512-BF16 CPUs runs batched decode on
     /// `vdpbf16ps`. Off by default: f32 products of the exact bf16 weights. Other formats are
@@ -101,6 +107,7 @@ impl Precision {
             compute,
             matrices: matrices.into(),
             huge_pages: true,
+            mmap: true,
             bf16_activations: false,
         }
     }
@@ -108,6 +115,12 @@ impl Precision {
     /// The same dtypes, with huge pages on or off.
     pub fn with_huge_pages(self, huge_pages: bool) -> Self {
         Self { huge_pages, ..self }
+    }
+
+    /// The same, with FP8 weights used in place in the memory map or copied
+    /// ([`Precision::mmap`]).
+    pub fn with_mmap(self, mmap: bool) -> Self {
+        Self { mmap, ..self }
     }
 
     /// The same, with bf16 matrices multiplying bf16-rounded activations or not

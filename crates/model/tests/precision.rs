@@ -177,6 +177,27 @@ fn fp8_as_shipped_equals_f32_dequantisation() {
         1e-4,
         "fp8 as shipped vs f32",
     );
+    // Loaded as shipped on the CPU, the FP8 weights are the memory map's bytes, used in place;
+    // `with_mmap(false)` copies them, and computes the very same logits.
+    let in_place = |m: &DeepSeek| match &m.layers()[0].attention().weights().o_proj {
+        linear::Matrix::Fp8(w) => w.is_shared(),
+        other => panic!("o_proj kept as {}", other.format()),
+    };
+    assert!(in_place(&native), "FP8 weights copied despite mmap");
+    let copied = DeepSeek::load(
+        &case.dir,
+        Precision::mixed(DType::F32, MatrixFormat::Fp8).with_mmap(false),
+        &cpu,
+    )
+    .unwrap();
+    assert!(
+        !in_place(&copied),
+        "FP8 weights used in place despite with_mmap(false)"
+    );
+    assert_eq!(
+        native.logits(&ids).unwrap().to_vec2::<f32>().unwrap(),
+        copied.logits(&ids).unwrap().to_vec2::<f32>().unwrap()
+    );
     let (narrow_bytes, wide_bytes) = (native.decode_weight_bytes().0, wide.decode_weight_bytes().0);
     assert!(
         narrow_bytes < wide_bytes / 2,

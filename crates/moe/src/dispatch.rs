@@ -117,8 +117,19 @@ impl Experts {
 
     /// Loads `{e}.{gate,up,down}_proj.weight` for e in 0..n under `vb` (the `experts` prefix).
     pub fn load(vb: VarBuilder, n: usize, hidden: usize, intermediate: usize) -> Result<Self> {
+        Self::load_with(vb, n, hidden, intermediate, &linear::ThroughVarBuilder)
+    }
+
+    /// [`Experts::load`] with the projections obtained from `matrices` ([`Mlp::load_with`]).
+    pub fn load_with(
+        vb: VarBuilder,
+        n: usize,
+        hidden: usize,
+        intermediate: usize,
+        matrices: &dyn linear::MatrixLoader,
+    ) -> Result<Self> {
         let experts = (0..n)
-            .map(|e| Mlp::load(vb.pp(e.to_string()), hidden, intermediate))
+            .map(|e| Mlp::load_with(vb.pp(e.to_string()), hidden, intermediate, matrices))
             .collect::<Result<Vec<_>>>()?;
         Self::new(experts)
     }

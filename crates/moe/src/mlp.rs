@@ -3,7 +3,7 @@
 
 use candle_core::{Shape, Tensor};
 use candle_nn::VarBuilder;
-use linear::{MapMatrix, Matrix, QuantFormat, WeightSpec};
+use linear::{MapMatrix, Matrix, MatrixLoader, QuantFormat, ThroughVarBuilder, WeightSpec};
 
 use crate::error::{MoeError, Result};
 
@@ -20,13 +20,19 @@ pub(crate) fn load_weight(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) 
 }
 
 /// [`load_weight`] of a projection, in whatever format the builder keeps it
-/// ([`Matrix::load`]: FP8 blocks stay FP8 when the builder keeps them).
-fn load_matrix(vb: &VarBuilder, name: &str, shape: impl Into<Shape>) -> Result<Matrix> {
+/// from `matrices` ([`Matrix::load`] for [`ThroughVarBuilder`]: FP8 blocks stay FP8 when the
+/// builder keeps them).
+fn load_matrix(
+    vb: &VarBuilder,
+    name: &str,
+    shape: impl Into<Shape>,
+    matrices: &dyn MatrixLoader,
+) -> Result<Matrix> {
     checked(
         vb,
         name,
         shape,
-        |vb, name| Ok(Matrix::load(vb, name)?),
+        |vb, name| Ok(matrices.load(vb, name)?),
         Matrix::dims,
     )
 }
@@ -117,11 +123,22 @@ impl Mlp {
     /// Loads `{gate,up,down}_proj.weight` under `vb` (e.g. `model.layers.0.mlp` or
     /// `model.layers.3.mlp.experts.7`).
     pub fn load(vb: VarBuilder, hidden_size: usize, intermediate_size: usize) -> Result<Self> {
+        Self::load_with(vb, hidden_size, intermediate_size, &ThroughVarBuilder)
+    }
+
+    /// [`Mlp::load`] with the projections obtained from `matrices` (e.g. a checkpoint loader
+    /// that uses memory-mapped FP8 bytes in place).
+    pub fn load_with(
+        vb: VarBuilder,
+        hidden_size: usize,
+        intermediate_size: usize,
+        matrices: &dyn MatrixLoader,
+    ) -> Result<Self> {
         let (h, i) = (hidden_size, intermediate_size);
         Self::new(
-            load_matrix(&vb.pp("gate_proj"), "weight", (i, h))?,
-            load_matrix(&vb.pp("up_proj"), "weight", (i, h))?,
-            load_matrix(&vb.pp("down_proj"), "weight", (h, i))?,
+            load_matrix(&vb.pp("gate_proj"), "weight", (i, h), matrices)?,
+            load_matrix(&vb.pp("up_proj"), "weight", (i, h), matrices)?,
+            load_matrix(&vb.pp("down_proj"), "weight", (h, i), matrices)?,
         )
     }
 

@@ -130,19 +130,31 @@ impl Moe {
     /// `gate.weight`, `gate.e_score_correction_bias` (noaux_tc),
     /// `experts.{e}.{gate,up,down}_proj.weight`, `shared_experts.{gate,up,down}_proj.weight`.
     pub fn load(vb: VarBuilder, cfg: &MoeConfig) -> Result<Self> {
+        Self::load_with(vb, cfg, &linear::ThroughVarBuilder)
+    }
+
+    /// [`Moe::load`] with the experts' projections obtained from `matrices` (e.g. a checkpoint
+    /// loader that uses memory-mapped FP8 bytes in place).
+    pub fn load_with(
+        vb: VarBuilder,
+        cfg: &MoeConfig,
+        matrices: &dyn linear::MatrixLoader,
+    ) -> Result<Self> {
         let g = &cfg.gate;
         let gate = Gate::load(vb.pp("gate"), g)?;
-        let experts = Experts::load(
+        let experts = Experts::load_with(
             vb.pp("experts"),
             g.n_routed_experts,
             g.hidden_size,
             cfg.moe_intermediate_size,
+            matrices,
         )?;
         let shared = if cfg.n_shared_experts > 0 {
-            Some(Mlp::load(
+            Some(Mlp::load_with(
                 vb.pp("shared_experts"),
                 g.hidden_size,
                 cfg.shared_intermediate_size(),
+                matrices,
             )?)
         } else {
             None
