@@ -34,7 +34,8 @@ enum Path {
     #[cfg(target_arch = "x86_64")]
     Avx2FmaF16c(x86::Avx2FmaF16c),
     /// AVX-512 F/BW on top: the GEMM regime's packed f32 kernel and 512-bit matrix-vector
-    /// kernels for f32, f16 and bf16 weights (the block-scaled formats as `Avx2FmaF16c`).
+    /// kernels for f32, f16 and bf16 weights; e4m3 weights through byte lookups where the CPU
+    /// also has VBMI (`kernel::x86_512_e4m3`); the 8/4-bit formats as `Avx2FmaF16c`.
     #[cfg(target_arch = "x86_64")]
     Avx512F(x86_512::Avx512F),
     /// AVX512-BF16 on top: `vdpbf16ps` in the matrix-vector regime for bf16 weights with
@@ -123,6 +124,14 @@ impl Isa {
             Path::Avx512Bf16(t) => Some(t.avx512f()),
             _ => None,
         }
+    }
+
+    /// The AVX512-VBMI proof, when this path has AVX-512 and the CPU the VBMI extension (the
+    /// e4m3 kernel's byte lookups; not a path of its own: every AVX-512 path uses it where
+    /// the CPU has it).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512_vbmi(self) -> Option<x86_512::Avx512Vbmi> {
+        self.avx512f().and_then(x86_512::Avx512F::vbmi)
     }
 
     /// The AVX512-BF16 proof, when this path has one.

@@ -7,7 +7,8 @@
 //! - [`x86`]: AVX2 + FMA (+ F16C for f16) intrinsics, callable only with the proof tokens that
 //!   [`Isa::detect`] obtained;
 //! - [`x86_512_dot`]: the same for f32, f16 and bf16 weights with 512-bit vectors (32 values
-//!   per row per iteration, bf16 activations split per 32-value block).
+//!   per row per iteration, bf16 activations split per 32-value block);
+//! - [`x86_512_e4m3`]: e4m3 weights widened by byte lookups (AVX512-VBMI).
 //!
 //! Rows are processed four at a time so each activation load serves four weight rows; on
 //! AVX2 several activation rows also go two at a time, so each weight is widened once per
@@ -41,6 +42,8 @@ pub(crate) mod x86;
 pub(crate) mod x86_512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512_dot;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512_e4m3;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
 
@@ -651,9 +654,73 @@ macro_rules! block_scaled_elem {
     };
 }
 
-block_scaled_elem!(F8E4M3, avx2_fma_f16c, dot4_scaled_f16c);
-block_scaled_elem!(E4m3NoNan, avx2_fma_f16c, dot4_scaled_f16c);
 block_scaled_elem!(i8, avx2_fma, dot4_scaled);
+
+/// [`WeightElem`] for e4m3 bytes: the VBMI kernel where the CPU has it (activations laid out
+/// by `x86_512_e4m3::split`), the F16C one otherwise, the portable loops without either.
+macro_rules! e4m3_elem {
+    ($t:ty) => {
+        impl WeightElem for $t {
+            fn prepare(isa: Isa, x: &[f32]) -> Cow<'_, [f32]> {
+                #[cfg(target_arch = "x86_64")]
+                if isa.avx512_vbmi().is_some() {
+                    return Cow::Owned(x86_512_e4m3::split(x));
+                }
+                let _ = isa;
+                Cow::Borrowed(x)
+            }
+
+            fn dot4(isa: Isa, w: [&[$t]; 4], x: &[f32], next: [&[$t]; 4]) -> [f32; 4] {
+                // The same test as `prepare`'s: the VBMI kernel reads the split layout, as
+                // one block of scale 1.
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx512_vbmi() {
+                    let one = [1f32];
+                    let cols = w[0]
+                        .len()
+                        .next_multiple_of(x86_512_e4m3::STEP)
+                        .max(x86_512_e4m3::STEP);
+                    return x86_512_e4m3::dot4_scaled(t, w, x, next, [&one; 4], cols);
+                }
+                let _ = (isa, next);
+                portable::dot4(w, x)
+            }
+
+            fn dot4_scaled(
+                isa: Isa,
+                w: [&[$t]; 4],
+                x: &[f32],
+                next: [&[$t]; 4],
+                scales: [&[f32]; 4],
+                cols: usize,
+            ) -> [f32; 4] {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx512_vbmi() {
+                    if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
+                        return x86_512_e4m3::dot4_scaled(t, w, x, next, scales, cols);
+                    }
+                    // Blocks the kernel's steps do not tile (no checkpoint ships them): the
+                    // F16C kernel on `x` back in natural order.
+                    let x = x86_512_e4m3::unsplit(x, w[0].len());
+                    let t = t.avx512f().avx2_fma_f16c();
+                    return x86::dot4_scaled_f16c(t, w, &x, next, scales, cols);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx2_fma_f16c() {
+                    return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
+                }
+                dot4_per_block(isa, w, x, next, scales, cols)
+            }
+
+            fn widen_row(src: &[$t], dst: &mut [f32]) {
+                widen_scalars(src, dst)
+            }
+        }
+    };
+}
+
+e4m3_elem!(F8E4M3);
+e4m3_elem!(E4m3NoNan);
 
 impl WeightElem for U4x2 {
     const VALUES: usize = 2;

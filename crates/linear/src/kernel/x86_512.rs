@@ -26,20 +26,41 @@ use rayon::prelude::*;
 use super::x86::Avx2FmaF16c;
 use super::{BlockScales, OutPtr, WeightElem};
 
-/// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C). Made only by
-/// [`Avx512F::detect`].
+/// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C), with what detection
+/// found of the VBMI extension. Made only by [`Avx512F::detect`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Avx512F(Avx2FmaF16c);
+pub(crate) struct Avx512F {
+    below: Avx2FmaF16c,
+    vbmi: bool,
+}
 
 impl Avx512F {
     /// Run-time detection on top of the proven AVX2, FMA and F16C.
     pub(crate) fn detect(below: Avx2FmaF16c) -> Option<Avx512F> {
         let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
-        ok.then_some(Avx512F(below))
+        let vbmi = is_x86_feature_detected!("avx512vbmi");
+        ok.then_some(Avx512F { below, vbmi })
     }
 
     /// The AVX2 + FMA + F16C part of the proof.
     pub(crate) fn avx2_fma_f16c(self) -> Avx2FmaF16c {
+        self.below
+    }
+
+    /// The AVX512-VBMI proof, when detection found the extension.
+    pub(crate) fn vbmi(self) -> Option<Avx512Vbmi> {
+        self.vbmi.then_some(Avx512Vbmi(self))
+    }
+}
+
+/// Proof that the CPU runs AVX512-VBMI (byte permutes across a whole vector, `vpermi2b`) on
+/// top of AVX-512 F/BW. Made only by [`Avx512F::vbmi`], from what detection found.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Avx512Vbmi(Avx512F);
+
+impl Avx512Vbmi {
+    /// The AVX-512 F/BW part of the proof.
+    pub(crate) fn avx512f(self) -> Avx512F {
         self.0
     }
 }
