@@ -35,7 +35,8 @@ enum Path {
     Avx2FmaF16c(x86::Avx2FmaF16c),
     /// AVX-512 F/BW on top: the GEMM regime's packed f32 kernel and 512-bit matrix-vector
     /// kernels for f32, f16 and bf16 weights; e4m3 weights through byte lookups where the CPU
-    /// also has VBMI (`kernel::x86_512_e4m3`); the 8/4-bit formats as `Avx2FmaF16c`.
+    /// also has VBMI (`kernel::x86_512_e4m3`); the 8/4-bit formats' integer dot products with
+    /// `vpdpbusd` where it has VNNI (`kernel::x86_512_act8`), as `Avx2FmaF16c` otherwise.
     #[cfg(target_arch = "x86_64")]
     Avx512F(x86_512::Avx512F),
     /// AVX512-BF16 on top: `vdpbf16ps` in the matrix-vector regime for bf16 weights with
@@ -132,6 +133,13 @@ impl Isa {
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn avx512_vbmi(self) -> Option<x86_512::Avx512Vbmi> {
         self.avx512f().and_then(x86_512::Avx512F::vbmi)
+    }
+
+    /// The AVX512-VNNI proof, when this path has AVX-512 and the CPU the VNNI extension (the
+    /// 8/4-bit formats' integer dot products; like VBMI, used by every AVX-512 path).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512_vnni(self) -> Option<x86_512::Avx512Vnni> {
+        self.avx512f().and_then(x86_512::Avx512F::vnni)
     }
 
     /// The AVX512-BF16 proof, when this path has one.

@@ -155,6 +155,10 @@ fn matmul_act8<W: Sync>(
 /// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i` with `c_g = s_g · dx_g`.
 fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        return super::x86_512_act8::dot_u4_q8(t, w, &x.q, c);
+    }
+    #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_u4_q8(t, w, &x.q, c);
     }
@@ -164,6 +168,10 @@ fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
 
 /// One 8-bit row, likewise.
 fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, c: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, c);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_i8_q8(t, w, &x.q, c);

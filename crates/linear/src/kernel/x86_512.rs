@@ -27,11 +27,12 @@ use super::x86::Avx2FmaF16c;
 use super::{BlockScales, OutPtr, WeightElem};
 
 /// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C), with what detection
-/// found of the VBMI extension. Made only by [`Avx512F::detect`].
+/// found of the VBMI and VNNI extensions. Made only by [`Avx512F::detect`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Avx512F {
     below: Avx2FmaF16c,
     vbmi: bool,
+    vnni: bool,
 }
 
 impl Avx512F {
@@ -39,7 +40,8 @@ impl Avx512F {
     pub(crate) fn detect(below: Avx2FmaF16c) -> Option<Avx512F> {
         let ok = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
         let vbmi = is_x86_feature_detected!("avx512vbmi");
-        ok.then_some(Avx512F { below, vbmi })
+        let vnni = is_x86_feature_detected!("avx512vnni");
+        ok.then_some(Avx512F { below, vbmi, vnni })
     }
 
     /// The AVX2 + FMA + F16C part of the proof.
@@ -51,6 +53,11 @@ impl Avx512F {
     pub(crate) fn vbmi(self) -> Option<Avx512Vbmi> {
         self.vbmi.then_some(Avx512Vbmi(self))
     }
+
+    /// The AVX512-VNNI proof, when detection found the extension.
+    pub(crate) fn vnni(self) -> Option<Avx512Vnni> {
+        self.vnni.then_some(Avx512Vnni(self))
+    }
 }
 
 /// Proof that the CPU runs AVX512-VBMI (byte permutes across a whole vector, `vpermi2b`) on
@@ -59,6 +66,18 @@ impl Avx512F {
 pub(crate) struct Avx512Vbmi(Avx512F);
 
 impl Avx512Vbmi {
+    /// The AVX-512 F/BW part of the proof.
+    pub(crate) fn avx512f(self) -> Avx512F {
+        self.0
+    }
+}
+
+/// Proof that the CPU runs AVX512-VNNI (`vpdpbusd`: four u8 x i8 products summed into each
+/// i32 lane) on top of AVX-512 F/BW. Made only by [`Avx512F::vnni`], from what detection found.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Avx512Vnni(Avx512F);
+
+impl Avx512Vnni {
     /// The AVX-512 F/BW part of the proof.
     pub(crate) fn avx512f(self) -> Avx512F {
         self.0
