@@ -489,8 +489,8 @@ mod tests {
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
-            let q8 = kernel::act8::q8_row(x);
-            let xq = kernel::act8::natural(&q8, k);
+            let q8 = kernel::act8::q8_row_natural(x);
+            let xq = &q8.q;
             for r in 0..n {
                 out[j * n + r] = (0..k)
                     .map(|c| {

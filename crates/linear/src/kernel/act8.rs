@@ -18,13 +18,52 @@ use crate::Isa;
 pub(crate) const GROUP: usize = 32;
 
 /// One activation row rounded to 8 bits per group, laid out for the kernels: full groups in
-/// pairs `[A even | B even | A odd | B odd]` (16 values each), a last unpaired full group as
-/// `[even | odd]`, a last partial group in natural order. (The weights hold values `2i` and
-/// `2i + 1` in the low and high nibble of byte `i`, so even values meet the low nibbles.)
+/// blocks of [`Layout`]'s widths (four, two or one groups), each block the even values of its
+/// groups in order, then their odd values (16 values per group each: `[A even | B even |
+/// A odd | B odd]` for a pair), a last partial group in natural order. (The weights hold values
+/// `2i` and `2i + 1` in the low and high nibble of byte `i`, so even values meet the low
+/// nibbles.)
 pub(crate) struct Q8Row {
     pub q: Vec<i8>,
     /// `dx` per group.
     pub scale: Vec<f32>,
+}
+
+/// How [`q8_row`] blocks the full groups: pairs (the AVX2 kernel's two groups per 32-byte
+/// load), or quads first (the VNNI kernel's four groups per 64-byte load), then pairs; an odd
+/// group last alone. Every block starts at a group index that is a multiple of its width, so a
+/// kernel can hand the rest of a row to a narrower one at any multiple of four groups.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Layout {
+    Pairs,
+    Quads,
+}
+
+impl Layout {
+    /// The layout `isa`'s 4-bit kernel reads.
+    pub(crate) fn of(isa: Isa) -> Layout {
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx512_vnni().is_some() {
+            return Layout::Quads;
+        }
+        let _ = isa;
+        Layout::Pairs
+    }
+
+    /// `(first group, groups)` of each block over `full` full groups.
+    fn blocks(self, full: usize) -> impl Iterator<Item = (usize, usize)> {
+        let mut g = 0;
+        std::iter::from_fn(move || {
+            let width = match full - g {
+                0 => return None,
+                left if left >= 4 && self == Layout::Quads => 4,
+                1 => 1,
+                _ => 2,
+            };
+            g += width;
+            Some((g - width, width))
+        })
+    }
 }
 
 /// Every other value of `g` from `parity` on.
@@ -51,25 +90,17 @@ pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
     Q8Row { q, scale }
 }
 
-/// [`Q8Row`] of `x` in the 4-bit kernel's layout (see [`Q8Row`]).
-pub(crate) fn q8_row(x: &[f32]) -> Q8Row {
+/// [`Q8Row`] of `x` in the 4-bit kernels' `layout` (see [`Q8Row`]).
+pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
     let Q8Row { q: rounded, scale } = q8_row_natural(x);
     let full = x.len() / GROUP;
     let mut q = Vec::with_capacity(x.len());
-    let mut g = 0;
-    while g < full {
-        if g + 1 < full {
-            let (a, b) = (
-                &rounded[g * GROUP..][..GROUP],
-                &rounded[(g + 1) * GROUP..][..GROUP],
-            );
-            q.extend(evens_odds(a, 0).chain(evens_odds(b, 0)));
-            q.extend(evens_odds(a, 1).chain(evens_odds(b, 1)));
-            g += 2;
-        } else {
-            let a = &rounded[g * GROUP..][..GROUP];
-            q.extend(evens_odds(a, 0).chain(evens_odds(a, 1)));
-            g += 1;
+    for (g, width) in layout.blocks(full) {
+        let block = &rounded[g * GROUP..(g + width) * GROUP];
+        for parity in 0..2 {
+            for group in block.chunks_exact(GROUP) {
+                q.extend(evens_odds(group, parity));
+            }
         }
     }
     q.extend_from_slice(&rounded[full * GROUP..]);
@@ -87,7 +118,18 @@ pub(crate) fn matmul_u4_q8(
     m: usize,
     scales: &[f16],
 ) -> Vec<f32> {
-    matmul_act8(isa, w, k, k / 2, xs, m, scales, q8_row, dot_u4)
+    let layout = Layout::of(isa);
+    matmul_act8(
+        isa,
+        w,
+        k,
+        k / 2,
+        xs,
+        m,
+        scales,
+        |x| q8_row(x, layout),
+        dot_u4,
+    )
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
@@ -107,7 +149,7 @@ pub(crate) fn matmul_i8_q8(
 /// `round`, each (weight row, activation row) pair reduced by `dot` with the per-group
 /// factors `s_g · dx_g`.
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
-fn matmul_act8<W: Sync>(
+fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
     w: &[W],
     k: usize,
@@ -115,7 +157,7 @@ fn matmul_act8<W: Sync>(
     xs: &[f32],
     m: usize,
     scales: &[f16],
-    round: fn(&[f32]) -> Q8Row,
+    round: R,
     dot: fn(Isa, &[W], &Q8Row, &[f32]) -> f32,
 ) -> Vec<f32> {
     use half::slice::HalfFloatSliceExt;
@@ -180,24 +222,21 @@ fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, c: &[f32]) -> f32 {
     portable::dot_i8_q8(w, &x.q, c)
 }
 
-/// The rounded activations of a [`Q8Row`] in natural order (the tests' oracle view).
+/// The rounded activations of a [`Q8Row`] laid out by `layout` in natural order (the tests'
+/// oracle view).
 #[cfg(test)]
-pub(crate) fn natural(x: &Q8Row, k: usize) -> Vec<i8> {
+pub(crate) fn natural(x: &Q8Row, k: usize, layout: Layout) -> Vec<i8> {
     let full = k / GROUP;
     let mut out = vec![0i8; k];
-    let mut at = 0;
-    let mut g = 0;
-    while g < full {
-        let pair = g + 1 < full;
-        let width = if pair { 2 } else { 1 };
-        for (slot, gg) in (g..g + width).enumerate() {
-            for i in 0..GROUP / 2 {
-                out[gg * GROUP + 2 * i] = x.q[at + slot * 16 + i];
-                out[gg * GROUP + 2 * i + 1] = x.q[at + width * 16 + slot * 16 + i];
+    let mut laid = x.q.iter().copied();
+    for (g, width) in layout.blocks(full) {
+        for parity in 0..2 {
+            for gg in g..g + width {
+                for i in 0..GROUP / 2 {
+                    out[gg * GROUP + 2 * i + parity] = laid.next().unwrap();
+                }
             }
         }
-        at += width * GROUP;
-        g += width;
     }
     out[full * GROUP..].copy_from_slice(&x.q[full * GROUP..]);
     out
@@ -207,6 +246,23 @@ pub(crate) fn natural(x: &Q8Row, k: usize) -> Vec<i8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn both_layouts_hold_every_value_once() {
+        for k in [0, 2, 31, 32, 64, 96, 128, 160, 200, 256, 290, 480] {
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let want = q8_row_natural(&x).q;
+            for layout in [Layout::Pairs, Layout::Quads] {
+                let laid = q8_row(&x, layout);
+                assert_eq!(natural(&laid, k, layout), want, "{layout:?} k {k}");
+            }
+            // Blocks tile the full groups; quads only where four are left.
+            let full = k / GROUP;
+            let blocks: Vec<_> = Layout::Quads.blocks(full).collect();
+            assert_eq!(blocks.iter().map(|b| b.1).sum::<usize>(), full);
+            assert!(blocks.iter().all(|&(g, w)| g % w == 0));
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
@@ -230,8 +286,9 @@ mod tests {
             for isa in Isa::supported() {
                 let got = matmul_u4_q8(isa, &w, k, &xs, m, &scales);
                 for j in 0..m {
-                    let x = q8_row(&xs[j * k..(j + 1) * k]);
-                    let xq = natural(&x, k);
+                    let layout = Layout::of(isa);
+                    let x = q8_row(&xs[j * k..(j + 1) * k], layout);
+                    let xq = natural(&x, k, layout);
                     // The rounding itself: within half a step of x.
                     for (c, (&q, &v)) in xq.iter().zip(&xs[j * k..]).enumerate() {
                         let dx = x.scale[c / GROUP];

@@ -7,13 +7,14 @@
 //! - 8-bit weights are signed, so the kernel feeds `|w|` (at most 128, a valid u8) and `xq`
 //!   negated where `w < 0` (`|xq| ≤ 127`, so negation is exact): `|w| · (±xq) = w · xq`;
 //! - 4-bit values are already unsigned nibbles: the low and high nibbles of 64 bytes meet the
-//!   even and odd activations of four groups (the pair layout of `act8::q8_row`, two pairs
-//!   joined by one 256-bit insert each).
+//!   even and odd activations of four groups, which `act8::q8_row` lays out for this kernel
+//!   as 64 even values then 64 odd ones (`act8::Layout::Quads`).
 //!
 //! Lanes `8g..8g + 8` (8-bit) or `4g..4g + 4` (4-bit) of the i32 sum hold group `g`'s
 //! products; one `vpermps` spreads the four groups' factors `c_g` over those lanes, and one
 //! FMA per iteration scales and accumulates. What does not fill four groups goes to the AVX2
-//! kernel, which reads the same layout from any group boundary that is a multiple of two.
+//! kernel, which reads natural order (8-bit) or the pair layout that follows the quads (4-bit)
+//! from there.
 //!
 //! As everywhere in [`super`], the `#[target_feature]` functions are private and reached only
 //! through safe entry points taking the [`Avx512Vnni`] proof token.
@@ -68,14 +69,14 @@ unsafe fn dot_i8_q8_vnni(w: *const i8, xq: *const i8, c: *const f32, quads: usiz
 }
 
 /// [`x86::dot_u4_q8`] with `vpdpbusd`: `Σ_g c_g · Σ_{i in g} q_i · xq_i` over 4-bit values
-/// `q` and activations in `act8::q8_row`'s layout.
+/// `q` and activations in `act8::q8_row`'s [`Layout::Quads`](super::act8::Layout::Quads).
 pub(crate) fn dot_u4_q8(t: Avx512Vnni, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     let k = xq.len().min(2 * w.len());
     assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
     let quads = k / (GROUPS * GROUP);
     // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations.
     let head = unsafe { dot_u4_q8_vnni(w.as_ptr() as *const u8, xq.as_ptr(), c.as_ptr(), quads) };
-    // Four groups are two whole pairs of the layout, so the rest starts a pair.
+    // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
     head + x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], &c[g..])
@@ -94,12 +95,10 @@ unsafe fn dot_u4_q8_vnni(w: *const u8, xq: *const i8, c: *const f32, quads: usiz
         let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
         let lo = _mm512_and_si512(b, nib);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib);
-        // Pair p of the layout: [even values of both groups | odd values of both groups].
-        let x = xq.add(q * GROUPS * GROUP) as *const __m256i;
-        let (even0, odd0) = (_mm256_loadu_si256(x), _mm256_loadu_si256(x.add(1)));
-        let (even1, odd1) = (_mm256_loadu_si256(x.add(2)), _mm256_loadu_si256(x.add(3)));
-        let xe = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(even0), even1);
-        let xo = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(odd0), odd1);
+        // The quad layout: the even values of the four groups, then their odd values.
+        let x = xq.add(q * GROUPS * GROUP);
+        let xe = _mm512_loadu_si512(x as *const _);
+        let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
         let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
         let scale = _mm512_permutexvar_ps(
             spread,
