@@ -145,9 +145,13 @@ pub(crate) fn matmul_i8_q8(
     matmul_act8(isa, w, k, k, xs, m, scales, q8_row_natural, dot_i8)
 }
 
+/// One (weight row, activation row) product of a format: the row's values, the rounded
+/// activations, the row's f16 group scales `s_g`, and room for `groups` factors
+/// `c_g = s_g · dx_g` for the kernels that take them ready-made.
+type RowDot<W> = fn(Isa, &[W], &Q8Row, &[f16], &mut [f32]) -> f32;
+
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each (weight row, activation row) pair reduced by `dot` with the per-group
-/// factors `s_g · dx_g`.
+/// `round`, each (weight row, activation row) pair reduced by `dot`.
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
 fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
@@ -158,9 +162,8 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     m: usize,
     scales: &[f16],
     round: R,
-    dot: fn(Isa, &[W], &Q8Row, &[f32]) -> f32,
+    dot: RowDot<W>,
 ) -> Vec<f32> {
-    use half::slice::HalfFloatSliceExt;
     let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
@@ -175,31 +178,37 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
         .zip(w.par_chunks(rows_per_task * kw))
         .zip(scales.par_chunks(rows_per_task * groups))
         .for_each(|((out, w), s)| {
-            let mut sw = vec![0f32; groups];
             let mut c = vec![0f32; groups];
             for ((o, row), s) in out
                 .chunks_exact_mut(m)
                 .zip(w.chunks_exact(kw))
                 .zip(s.chunks_exact(groups))
             {
-                s.convert_to_f32_slice(&mut sw);
                 for (o, x) in o.iter_mut().zip(&rows) {
-                    for ((c, &sw), &dx) in c.iter_mut().zip(&sw).zip(&x.scale) {
-                        *c = sw * dx;
-                    }
-                    *o = dot(isa, row, x, &c);
+                    *o = dot(isa, row, x, s, &mut c);
                 }
             }
         });
     super::transpose(out_t, n, m)
 }
 
+/// The factors `c_g = s_g · dx_g` of the groups in `s` and `dx`, into `c`.
+pub(crate) fn factors(s: &[f16], dx: &[f32], c: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let c = &mut c[..s.len()];
+    s.convert_to_f32_slice(c);
+    for (c, dx) in c.iter_mut().zip(dx) {
+        *c *= dx;
+    }
+}
+
 /// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i` with `c_g = s_g · dx_g`.
-fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
+fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, s: &[f16], c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u4_q8(t, w, &x.q, c);
+        return super::x86_512_act8::dot_u4_q8(t, w, &x.q, s, &x.scale, c);
     }
+    factors(s, &x.scale, c);
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_u4_q8(t, w, &x.q, c);
@@ -209,11 +218,12 @@ fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, c: &[f32]) -> f32 {
 }
 
 /// One 8-bit row, likewise.
-fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, c: &[f32]) -> f32 {
+fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, s: &[f16], c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, c);
+        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, s, &x.scale, c);
     }
+    factors(s, &x.scale, c);
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_i8_q8(t, w, &x.q, c);

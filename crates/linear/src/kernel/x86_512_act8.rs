@@ -11,8 +11,10 @@
 //!   as 64 even values then 64 odd ones (`act8::Layout::Quads`).
 //!
 //! Lanes `8g..8g + 8` (8-bit) or `4g..4g + 4` (4-bit) of the i32 sum hold group `g`'s
-//! products; one `vpermps` spreads the four groups' factors `c_g` over those lanes, and one
-//! FMA per iteration scales and accumulates. What does not fill four groups goes to the AVX2
+//! products; the four groups' factors `c_g = s_g · dx_g` are formed in registers from the
+//! row's f16 scales (`vcvtph2ps`) and the activations' `dx`, one `vpermps` spreads them over
+//! those lanes, and one FMA per iteration scales and accumulates (no per-row pass over the
+//! scales outside the kernel). What does not fill four groups goes to the AVX2
 //! kernel, which reads natural order (8-bit) or the pair layout that follows the quads (4-bit)
 //! from there.
 //!
@@ -20,6 +22,8 @@
 //! through safe entry points taking the [`Avx512Vnni`] proof token.
 
 use std::arch::x86_64::*;
+
+use half::f16;
 
 use super::act8::GROUP;
 use super::x86;
@@ -29,64 +33,127 @@ use super::U4x2;
 /// Groups per iteration.
 const GROUPS: usize = 4;
 
-/// [`x86::dot_i8_q8`] with `vpdpbusd`: `Σ_g c_g · Σ_{i in g} w_i · xq_i`.
-pub(crate) fn dot_i8_q8(t: Avx512Vnni, w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
+/// `Σ_g c_g · Σ_{i in g} w_i · xq_i` over 8-bit weights with the row's f16 group scales `s`
+/// and the activations' `dx` (`c_g = s_g · dx_g`, formed in registers four at a time); `c`
+/// is room for the factors of the groups the AVX2 kernel takes.
+pub(crate) fn dot_i8_q8(
+    t: Avx512Vnni,
+    w: &[i8],
+    xq: &[i8],
+    s: &[f16],
+    dx: &[f32],
+    c: &mut [f32],
+) -> f32 {
     let k = xq.len().min(w.len());
-    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
+    let groups = k.div_ceil(GROUP);
+    assert!(
+        s.len() >= groups && dx.len() >= groups,
+        "one scale per group"
+    );
     let quads = k / (GROUPS * GROUP);
-    // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW and VNNI; the
-    // kernel reads `quads` whole iterations of `w`, `xq` and `c`, all inside the slices.
-    let head = unsafe { dot_i8_q8_vnni(w.as_ptr(), xq.as_ptr(), c.as_ptr(), quads) };
+    // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW, VNNI and F16C;
+    // the kernel reads `quads` whole iterations of `w`, `xq`, `s` and `dx`, all inside the
+    // slices.
+    let head = unsafe { dot_i8_q8_vnni(w.as_ptr(), xq.as_ptr(), s.as_ptr(), dx.as_ptr(), quads) };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
+    if at == k {
+        return head;
+    }
+    super::act8::factors(&s[g..groups], &dx[g..groups], c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
-    head + x86::dot_i8_q8(avx2, &w[at..k], &xq[at..k], &c[g..])
+    head + x86::dot_i8_q8(avx2, &w[at..k], &xq[at..k], c)
+}
+
+/// The four groups' factors `s_g · dx_g` from group `g` on, spread by `spread` over the lanes
+/// of a 16-lane vector.
+///
+/// # Safety
+/// AVX-512 F and F16C must be available; `s` and `dx` must hold four values from `g` on.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn spread_factors(s: *const f16, dx: *const f32, g: usize, spread: __m512i) -> __m512 {
+    let sw = _mm_cvtph_ps(_mm_loadl_epi64(s.add(g) as *const __m128i));
+    let c = _mm_mul_ps(sw, _mm_loadu_ps(dx.add(g)));
+    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c))
 }
 
 /// # Safety
-/// AVX-512 F/BW and VNNI must be available; `w` and `xq` must hold `quads · 128` bytes and `c`
-/// `quads · 4` factors.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot_i8_q8_vnni(w: *const i8, xq: *const i8, c: *const f32, quads: usize) -> f32 {
+/// AVX-512 F/BW, VNNI and F16C must be available; `w` and `xq` must hold `quads · 128` bytes,
+/// `s` and `dx` `quads · 4` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn dot_i8_q8_vnni(
+    w: *const i8,
+    xq: *const i8,
+    s: *const f16,
+    dx: *const f32,
+    quads: usize,
+) -> f32 {
     // Lanes 0..8 group 0, lanes 8..16 group 1 (of the low half of the four).
     let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let spread_hi = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     let mut acc = [_mm512_setzero_ps(); 2];
     for q in 0..quads {
-        let cv = _mm512_castps128_ps512(_mm_loadu_ps(c.add(q * GROUPS)));
-        let spreads = [spread_lo, spread_hi];
+        let g = q * GROUPS;
+        let scales = [
+            spread_factors(s, dx, g, spread_lo),
+            spread_factors(s, dx, g, spread_hi),
+        ];
         for (half, acc) in acc.iter_mut().enumerate() {
-            let at = (q * GROUPS + 2 * half) * GROUP;
+            let at = (g + 2 * half) * GROUP;
             let wv = _mm512_loadu_si512(w.add(at) as *const _);
             let xv = _mm512_loadu_si512(xq.add(at) as *const _);
             let negative = _mm512_movepi8_mask(wv);
             let xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
             let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
-            let scale = _mm512_permutexvar_ps(spreads[half], cv);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *acc);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales[half], *acc);
         }
     }
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
-/// [`x86::dot_u4_q8`] with `vpdpbusd`: `Σ_g c_g · Σ_{i in g} q_i · xq_i` over 4-bit values
-/// `q` and activations in `act8::q8_row`'s [`Layout::Quads`](super::act8::Layout::Quads).
-pub(crate) fn dot_u4_q8(t: Avx512Vnni, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
+/// `Σ_g c_g · Σ_{i in g} q_i · xq_i` over 4-bit values `q` and activations in `act8::q8_row`'s
+/// [`Layout::Quads`](super::act8::Layout::Quads), factors as in [`dot_i8_q8`].
+pub(crate) fn dot_u4_q8(
+    t: Avx512Vnni,
+    w: &[U4x2],
+    xq: &[i8],
+    s: &[f16],
+    dx: &[f32],
+    c: &mut [f32],
+) -> f32 {
     let k = xq.len().min(2 * w.len());
-    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
+    let groups = k.div_ceil(GROUP);
+    assert!(
+        s.len() >= groups && dx.len() >= groups,
+        "one scale per group"
+    );
     let quads = k / (GROUPS * GROUP);
     // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations.
-    let head = unsafe { dot_u4_q8_vnni(w.as_ptr() as *const u8, xq.as_ptr(), c.as_ptr(), quads) };
-    // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
+    let head = unsafe {
+        let w = w.as_ptr() as *const u8;
+        dot_u4_q8_vnni(w, xq.as_ptr(), s.as_ptr(), dx.as_ptr(), quads)
+    };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
+    if at == k {
+        return head;
+    }
+    // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
+    super::act8::factors(&s[g..groups], &dx[g..groups], c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
-    head + x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], &c[g..])
+    head + x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], c)
 }
 
 /// # Safety
-/// AVX-512 F/BW and VNNI must be available; `w` must hold `quads · 64` bytes, `xq`
-/// `quads · 128` and `c` `quads · 4` factors.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot_u4_q8_vnni(w: *const u8, xq: *const i8, c: *const f32, quads: usize) -> f32 {
+/// AVX-512 F/BW, VNNI and F16C must be available; `w` must hold `quads · 64` bytes, `xq`
+/// `quads · 128`, `s` and `dx` `quads · 4` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn dot_u4_q8_vnni(
+    w: *const u8,
+    xq: *const i8,
+    s: *const f16,
+    dx: *const f32,
+    quads: usize,
+) -> f32 {
     // Lanes 4g..4g + 4 hold group g.
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let nib = _mm512_set1_epi8(15);
@@ -100,10 +167,7 @@ unsafe fn dot_u4_q8_vnni(w: *const u8, xq: *const i8, c: *const f32, quads: usiz
         let xe = _mm512_loadu_si512(x as *const _);
         let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
         let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-        let scale = _mm512_permutexvar_ps(
-            spread,
-            _mm512_castps128_ps512(_mm_loadu_ps(c.add(q * GROUPS))),
-        );
+        let scale = spread_factors(s, dx, q * GROUPS, spread);
         // Alternate accumulators: consecutive FMAs do not wait on each other.
         let a = &mut acc[q % 2];
         *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *a);
