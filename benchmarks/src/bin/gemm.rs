@@ -1,6 +1,7 @@
 //! Prefill-shaped products (`m` activation rows > 8) on the CPU: `linear`'s register-blocked
 //! GEMM on every kernel path this machine runs, against candle's matmul (the `gemm` crate)
-//! on the same machine in the same run, for f32 / bf16 / f16 weights; for bf16 weights also
+//! on the same machine in the same run, for f32 / bf16 / f16 / FP8 / 8-bit / 4-bit weights
+//! (`--rows 1` gives the decode shape); for bf16 weights also
 //! with the activations rounded to bf16 (`linear::linear_bf16_activations_with`).
 //!
 //! Baselines: `candle f32` is candle's matmul on a weight already held in f32 (its best case,
@@ -26,7 +27,8 @@ struct Args {
     /// Timed calls per measurement (median reported), after one untimed call.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format).
+    /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format; q8, q4:
+    /// `linear`'s 8-bit and 4-bit group formats).
     #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16,fp8")]
     dtypes: Vec<String>,
 }
@@ -88,11 +90,26 @@ fn main() -> Result<()> {
                 }
                 continue;
             }
+            if let Some(format) = quant_format(dt) {
+                let q = linear::QuantMatrix::quantize(&w32, format)?;
+                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let wf = q.dequantize()?;
+                let base = median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap())
+                    .as_secs_f64();
+                let imp = "candle f32 (dequantised)";
+                print_row(name, rows, n, k, dt, imp, base, flops, None);
+                for isa in Isa::supported() {
+                    let t = median_time(1, args.iters, || q.matmul(isa, &xs, rows)).as_secs_f64();
+                    let imp = format!("linear {isa}");
+                    print_row(name, rows, n, k, dt, &imp, t, flops, Some(base));
+                }
+                continue;
+            }
             let dtype = match dt.as_str() {
                 "f32" => DType::F32,
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
-                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8)"),
+                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8, q8, q4)"),
             };
             let w = w32.to_dtype(dtype)?;
             let wf = w.to_dtype(DType::F32)?;
@@ -129,6 +146,15 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The 8/4-bit format a `--dtypes` entry names, if it names one.
+fn quant_format(name: &str) -> Option<linear::QuantFormat> {
+    match name {
+        "q8" => Some(linear::QuantFormat::Q8),
+        "q4" => Some(linear::QuantFormat::Q4),
+        _ => None,
+    }
 }
 
 /// One JSON line.

@@ -317,14 +317,15 @@ impl QuantMatrix {
             cols: QUANT_GROUP,
         };
         let mut out = match &self.values {
-            // Decode-sized products round the activations to 8 bits (see `kernel::act8`).
+            // Decode-sized products round the activations to 8 bits (see `kernel::act8`), the
+            // 4-bit offsets summed in the same pass.
             Values::I8(v) if m <= GEMV_MAX_ROWS => {
-                kernel::act8::matmul_i8_q8(isa, v, k, xs, m, &self.scales)
+                return kernel::act8::matmul_i8_q8(isa, v, k, xs, m, &self.scales);
+            }
+            Values::U4(v) if m <= GEMV_MAX_ROWS => {
+                return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, &self.scales, &self.mins);
             }
             Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-            Values::U4(v) if m <= GEMV_MAX_ROWS => {
-                kernel::act8::matmul_u4_q8(isa, v, k, xs, m, &self.scales)
-            }
             Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
         };
         if !self.mins.is_empty() && n > 0 {

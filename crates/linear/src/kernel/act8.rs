@@ -27,6 +27,8 @@ pub(crate) struct Q8Row {
     pub q: Vec<i8>,
     /// `dx` per group.
     pub scale: Vec<f32>,
+    /// The sum of the unrounded values per group (what a 4-bit row's offsets multiply).
+    pub sums: Vec<f32>,
 }
 
 /// How [`q8_row`] blocks the full groups: pairs (the AVX2 kernel's two groups per 32-byte
@@ -76,23 +78,29 @@ fn evens_odds(g: &[i8], parity: usize) -> impl Iterator<Item = i8> + '_ {
 pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
     let groups = x.len().div_ceil(GROUP);
     let mut scale = Vec::with_capacity(groups);
+    let mut sums = Vec::with_capacity(groups);
     let mut q = Vec::with_capacity(x.len());
     for g in x.chunks(GROUP) {
         let amax = g.iter().fold(0f32, |a, v| a.max(v.abs()));
         let dx = amax / 127.0;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         scale.push(dx);
+        sums.push(g.iter().sum::<f32>());
         q.extend(g.iter().map(|v| {
             let t = v * inv;
             ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8
         }));
     }
-    Q8Row { q, scale }
+    Q8Row { q, scale, sums }
 }
 
 /// [`Q8Row`] of `x` in the 4-bit kernels' `layout` (see [`Q8Row`]).
 pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
-    let Q8Row { q: rounded, scale } = q8_row_natural(x);
+    let Q8Row {
+        q: rounded,
+        scale,
+        sums,
+    } = q8_row_natural(x);
     let full = x.len() / GROUP;
     let mut q = Vec::with_capacity(x.len());
     for (g, width) in layout.blocks(full) {
@@ -104,12 +112,13 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
         }
     }
     q.extend_from_slice(&rounded[full * GROUP..]);
-    Q8Row { q, scale }
+    Q8Row { q, scale, sums }
 }
 
 /// `[N, K]` 4-bit values `w` (`K / 2` pairs per row) with f16 scales `scales` `[N, groups]`
-/// times `m` rows `xs` `[m, K]`, activations rounded per [`q8_row`]: `[m, N]` row-major,
-/// without the 4-bit format's offsets (the caller adds `Σ_g m_g · Σ x`).
+/// times `m` rows `xs` `[m, K]`, activations rounded per [`q8_row`], plus the offsets
+/// `Σ_g m_g · Σ_{c in g} x_c` of the f16 `mins` `[N, groups]` (empty: none) over the unrounded
+/// activations: `[m, N]` row-major.
 pub(crate) fn matmul_u4_q8(
     isa: Isa,
     w: &[U4x2],
@@ -117,19 +126,11 @@ pub(crate) fn matmul_u4_q8(
     xs: &[f32],
     m: usize,
     scales: &[f16],
+    mins: &[f16],
 ) -> Vec<f32> {
     let layout = Layout::of(isa);
-    matmul_act8(
-        isa,
-        w,
-        k,
-        k / 2,
-        xs,
-        m,
-        scales,
-        |x| q8_row(x, layout),
-        dot_u4,
-    )
+    let round = |x: &[f32]| q8_row(x, layout);
+    matmul_act8(isa, w, k, k / 2, xs, m, (scales, mins), round, dot_u4)
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
@@ -142,16 +143,17 @@ pub(crate) fn matmul_i8_q8(
     m: usize,
     scales: &[f16],
 ) -> Vec<f32> {
-    matmul_act8(isa, w, k, k, xs, m, scales, q8_row_natural, dot_i8)
+    matmul_act8(isa, w, k, k, xs, m, (scales, &[]), q8_row_natural, dot_i8)
 }
 
 /// One (weight row, activation row) product of a format: the row's values, the rounded
-/// activations, the row's f16 group scales `s_g`, and room for `groups` factors
-/// `c_g = s_g · dx_g` for the kernels that take them ready-made.
-type RowDot<W> = fn(Isa, &[W], &Q8Row, &[f16], &mut [f32]) -> f32;
+/// activations, the row's f16 group scales `s_g` and offsets `m_g` (empty: none), and room
+/// for `groups` factors `c_g = s_g · dx_g` for the kernels that take them ready-made.
+type RowDot<W> = fn(Isa, &[W], &Q8Row, [&[f16]; 2], &mut [f32]) -> f32;
 
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each (weight row, activation row) pair reduced by `dot`.
+/// `round`, each (weight row, activation row) pair reduced by `dot` with the row's scales and
+/// offsets (`[N, groups]` each, offsets empty for none).
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
 fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
@@ -160,7 +162,7 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     kw: usize,
     xs: &[f32],
     m: usize,
-    scales: &[f16],
+    (scales, mins): (&[f16], &[f16]),
     round: R,
     dot: RowDot<W>,
 ) -> Vec<f32> {
@@ -176,16 +178,16 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     out_t
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * kw))
-        .zip(scales.par_chunks(rows_per_task * groups))
-        .for_each(|((out, w), s)| {
+        .enumerate()
+        .for_each(|(task, (out, w))| {
             let mut c = vec![0f32; groups];
-            for ((o, row), s) in out
-                .chunks_exact_mut(m)
-                .zip(w.chunks_exact(kw))
-                .zip(s.chunks_exact(groups))
-            {
+            let first = task * rows_per_task;
+            for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
+                let at = (first + i) * groups..(first + i + 1) * groups;
+                let s = &scales[at.clone()];
+                let mins = mins.get(at).unwrap_or_default();
                 for (o, x) in o.iter_mut().zip(&rows) {
-                    *o = dot(isa, row, x, s, &mut c);
+                    *o = dot(isa, row, x, [s, mins], &mut c);
                 }
             }
         });
@@ -202,23 +204,37 @@ pub(crate) fn factors(s: &[f16], dx: &[f32], c: &mut [f32]) {
     }
 }
 
-/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i` with `c_g = s_g · dx_g`.
-fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, s: &[f16], c: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u4_q8(t, w, &x.q, s, &x.scale, c);
-    }
-    factors(s, &x.scale, c);
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_u4_q8(t, w, &x.q, c);
-    }
-    let _ = isa;
-    portable::dot_u4_q8(w, &x.q, c)
+/// `Σ_g m_g · sums_g` over the groups of `mins` (none when empty), converted through `c`.
+pub(crate) fn offsets(mins: &[f16], sums: &[f32], c: &mut [f32]) -> f32 {
+    use half::slice::HalfFloatSliceExt;
+    let c = &mut c[..mins.len()];
+    mins.convert_to_f32_slice(c);
+    c.iter().zip(sums).map(|(m, s)| m * s).sum()
 }
 
-/// One 8-bit row, likewise.
-fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, s: &[f16], c: &mut [f32]) -> f32 {
+/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + m_g · Σ_{i in g} x_i` with
+/// `c_g = s_g · dx_g`.
+fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, [s, mins]: [&[f16]; 2], c: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        return super::x86_512_act8::dot_u4_q8(t, w, x, [s, mins], c);
+    }
+    factors(s, &x.scale, c);
+    let scaled = {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx2_fma() {
+            super::x86::dot_u4_q8(t, w, &x.q, c)
+        } else {
+            portable::dot_u4_q8(w, &x.q, c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        portable::dot_u4_q8(w, &x.q, c)
+    };
+    scaled + offsets(mins, &x.sums, c)
+}
+
+/// One 8-bit row: `Σ_g c_g · Σ_{i in g} w_i · xq_i` (the format has no offsets).
+fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, [s, _]: [&[f16]; 2], c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
         return super::x86_512_act8::dot_i8_q8(t, w, &x.q, s, &x.scale, c);
@@ -283,6 +299,7 @@ mod tests {
             n in 1usize..20,
             m in 1usize..4,
             seed in 0u32..1000,
+            with_mins: bool,
         ) {
             let k = 2 * half_k;
             let groups = k.div_ceil(GROUP);
@@ -292,9 +309,14 @@ mod tests {
                 .collect();
             let scales: Vec<f16> = (0..n * groups).map(|i| f16::from_f32(0.01 + val(i, 0.5).abs())).collect();
             let xs: Vec<f32> = (0..m * k).map(|i| val(i, 1.9)).collect();
+            let mins: Vec<f16> = if with_mins {
+                (0..n * groups).map(|i| f16::from_f32(val(i, 2.7) * 0.1)).collect()
+            } else {
+                Vec::new()
+            };
             let mut vals = vec![0f32; k];
             for isa in Isa::supported() {
-                let got = matmul_u4_q8(isa, &w, k, &xs, m, &scales);
+                let got = matmul_u4_q8(isa, &w, k, &xs, m, &scales, &mins);
                 for j in 0..m {
                     let layout = Layout::of(isa);
                     let x = q8_row(&xs[j * k..(j + 1) * k], layout);
@@ -309,8 +331,10 @@ mod tests {
                         let terms: Vec<f64> = (0..k)
                             .map(|c| {
                                 let g = c / GROUP;
+                                let offset = mins.get(r * groups + g).map_or(0.0, |m| m.to_f64());
                                 scales[r * groups + g].to_f64() * x.scale[g] as f64
                                     * vals[c] as f64 * xq[c] as f64
+                                    + offset * xs[j * k + c] as f64
                             })
                             .collect();
                         let want: f64 = terms.iter().sum();

@@ -111,27 +111,31 @@ unsafe fn dot_i8_q8_vnni(
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
-/// `Σ_g c_g · Σ_{i in g} q_i · xq_i` over 4-bit values `q` and activations in `act8::q8_row`'s
-/// [`Layout::Quads`](super::act8::Layout::Quads), factors as in [`dot_i8_q8`].
+/// `Σ_g c_g · Σ_{i in g} q_i · xq_i + m_g · sums_g` over 4-bit values `q`, activations `x`
+/// laid out in [`Layout::Quads`](super::act8::Layout::Quads), the row's scales and offsets
+/// (offsets empty: none); factors as in [`dot_i8_q8`].
 pub(crate) fn dot_u4_q8(
     t: Avx512Vnni,
     w: &[U4x2],
-    xq: &[i8],
-    s: &[f16],
-    dx: &[f32],
+    x: &super::act8::Q8Row,
+    [s, mins]: [&[f16]; 2],
     c: &mut [f32],
 ) -> f32 {
+    let (xq, dx, sums) = (&x.q[..], &x.scale[..], &x.sums[..]);
     let k = xq.len().min(2 * w.len());
     let groups = k.div_ceil(GROUP);
     assert!(
         s.len() >= groups && dx.len() >= groups,
         "one scale per group"
     );
+    assert!(mins.is_empty() || (mins.len() >= groups && sums.len() >= groups));
     let quads = k / (GROUPS * GROUP);
-    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations.
+    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, and `mins`
+    // and `sums` `quads · 4` values when `mins` is not empty (null otherwise: not read).
     let head = unsafe {
         let w = w.as_ptr() as *const u8;
-        dot_u4_q8_vnni(w, xq.as_ptr(), s.as_ptr(), dx.as_ptr(), quads)
+        let m = (!mins.is_empty()).then(|| (mins.as_ptr(), sums.as_ptr()));
+        dot_u4_q8_vnni(w, xq.as_ptr(), s.as_ptr(), dx.as_ptr(), m, quads)
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     if at == k {
@@ -140,24 +144,28 @@ pub(crate) fn dot_u4_q8(
     // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
     super::act8::factors(&s[g..groups], &dx[g..groups], c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
-    head + x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], c)
+    let rest = x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], c);
+    let mins = mins.get(g..groups).unwrap_or_default();
+    head + rest + super::act8::offsets(mins, &sums[g..], c)
 }
 
 /// # Safety
-/// AVX-512 F/BW, VNNI and F16C must be available; `w` must hold `quads · 64` bytes, `xq`
-/// `quads · 128`, `s` and `dx` `quads · 4` values.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+/// AVX-512 F/BW, VNNI, F16C and FMA must be available; `w` must hold `quads · 64` bytes,
+/// `xq` `quads · 128`, `s` and `dx` `quads · 4` values, and so must both of `offsets`'s when given.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
 unsafe fn dot_u4_q8_vnni(
     w: *const u8,
     xq: *const i8,
     s: *const f16,
     dx: *const f32,
+    offsets: Option<(*const f16, *const f32)>,
     quads: usize,
 ) -> f32 {
     // Lanes 4g..4g + 4 hold group g.
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let nib = _mm512_set1_epi8(15);
     let mut acc = [_mm512_setzero_ps(); 2];
+    let mut offset_acc = _mm_setzero_ps();
     for q in 0..quads {
         let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
         let lo = _mm512_and_si512(b, nib);
@@ -171,6 +179,11 @@ unsafe fn dot_u4_q8_vnni(
         // Alternate accumulators: consecutive FMAs do not wait on each other.
         let a = &mut acc[q % 2];
         *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *a);
+        if let Some((mins, group_sums)) = offsets {
+            let m = _mm_cvtph_ps(_mm_loadl_epi64(mins.add(q * GROUPS) as *const __m128i));
+            offset_acc = _mm_fmadd_ps(m, _mm_loadu_ps(group_sums.add(q * GROUPS)), offset_acc);
+        }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    let total = _mm512_add_ps(acc[0], acc[1]);
+    _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_zextps128_ps512(offset_acc)))
 }
