@@ -134,7 +134,7 @@ pub(crate) fn dot_u4_q8(
     // and `sums` `quads · 4` values when `mins` is not empty (null otherwise: not read).
     let head = unsafe {
         let w = w.as_ptr() as *const u8;
-        let m = (!mins.is_empty()).then(|| (mins.as_ptr(), sums.as_ptr()));
+        let m = (!mins.is_empty()).then_some((mins.as_ptr(), sums.as_ptr()));
         dot_u4_q8_vnni(w, xq.as_ptr(), s.as_ptr(), dx.as_ptr(), m, quads)
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
