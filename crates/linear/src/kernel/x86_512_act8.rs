@@ -149,9 +149,34 @@ pub(crate) fn dot_u4_q8(
     head + rest + super::act8::offsets(mins, &sums[g..], c)
 }
 
+/// The scaled products of quad `q` (16 lanes, four per group).
+///
+/// # Safety
+/// As [`dot_u4_q8_vnni`], for quad `q`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn u4_quad(w: *const u8, xq: *const i8, s: *const f16, dx: *const f32, q: usize) -> __m512 {
+    // Lanes 4g..4g + 4 hold group g.
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let nib = _mm512_set1_epi8(15);
+    let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
+    let lo = _mm512_and_si512(b, nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib);
+    // The quad layout: the even values of the four groups, then their odd values.
+    let x = xq.add(q * GROUPS * GROUP);
+    let xe = _mm512_loadu_si512(x as *const _);
+    let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
+    let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
+    _mm512_mul_ps(
+        _mm512_cvtepi32_ps(sums),
+        spread_factors(s, dx, q * GROUPS, spread),
+    )
+}
+
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C and FMA must be available; `w` must hold `quads · 64` bytes,
-/// `xq` `quads · 128`, `s` and `dx` `quads · 4` values, and so must both of `offsets`'s when given.
+/// `xq` `quads · 128`, `s` and `dx` `quads · 4` values, and so must both of `offsets`'s when
+/// given.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
 unsafe fn dot_u4_q8_vnni(
     w: *const u8,
@@ -161,29 +186,27 @@ unsafe fn dot_u4_q8_vnni(
     offsets: Option<(*const f16, *const f32)>,
     quads: usize,
 ) -> f32 {
-    // Lanes 4g..4g + 4 hold group g.
-    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    let nib = _mm512_set1_epi8(15);
-    let mut acc = [_mm512_setzero_ps(); 2];
-    let mut offset_acc = _mm_setzero_ps();
-    for q in 0..quads {
-        let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
-        let lo = _mm512_and_si512(b, nib);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib);
-        // The quad layout: the even values of the four groups, then their odd values.
-        let x = xq.add(q * GROUPS * GROUP);
-        let xe = _mm512_loadu_si512(x as *const _);
-        let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
-        let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-        let scale = spread_factors(s, dx, q * GROUPS, spread);
-        // Alternate accumulators: consecutive FMAs do not wait on each other.
-        let a = &mut acc[q % 2];
-        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *a);
-        if let Some((mins, group_sums)) = offsets {
+    // Two accumulators in named registers (an array indexed by `q % 2` went through the
+    // stack): consecutive adds do not wait on each other.
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut q = 0;
+    while q + 1 < quads {
+        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, s, dx, q));
+        acc1 = _mm512_add_ps(acc1, u4_quad(w, xq, s, dx, q + 1));
+        q += 2;
+    }
+    if q < quads {
+        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, s, dx, q));
+    }
+    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if let Some((mins, group_sums)) = offsets {
+        let mut offset_acc = _mm_setzero_ps();
+        for q in 0..quads {
             let m = _mm_cvtph_ps(_mm_loadl_epi64(mins.add(q * GROUPS) as *const __m128i));
             offset_acc = _mm_fmadd_ps(m, _mm_loadu_ps(group_sums.add(q * GROUPS)), offset_acc);
         }
+        let pair = _mm_add_ps(offset_acc, _mm_movehl_ps(offset_acc, offset_acc));
+        total += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
     }
-    let total = _mm512_add_ps(acc[0], acc[1]);
-    _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_zextps128_ps512(offset_acc)))
+    total
 }
