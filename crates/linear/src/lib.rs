@@ -47,9 +47,12 @@
 //!
 //! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
 //! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs), an AVX-512F path for f32, f16 and
-//! bf16 weights (32 values per row per iteration), an AVX512-BF16 path for bf16
-//! weights with bf16-rounded activations ([`linear_bf16_activations_with`]), and a portable
-//! path for every CPU. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
+//! bf16 weights (32 values per row per iteration), e4m3 weights widened by byte-table lookups
+//! where the CPU also has AVX512-VBMI (64 per row per iteration), the 8-bit and 4-bit formats'
+//! integer dot products with `vpdpbusd` where it has AVX512-VNNI (four groups of 32 per
+//! iteration), an AVX512-BF16 path for bf16 weights with bf16-rounded activations
+//! ([`linear_bf16_activations_with`]), and a portable path for every CPU. VBMI and VNNI are
+//! not paths of their own: every AVX-512 path uses them where detection found them. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
 //! `gemm` crate's (which picks its own at run time). Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
