@@ -69,9 +69,20 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     /// prefetching the rows `next` (the following four) while it runs.
     fn dot4(isa: Isa, w: [&[Self]; 4], x: &[f32], next: [&[Self]; 4]) -> [f32; 4];
 
-    /// One row against a prepared `x` (the rows left after the groups of four).
+    /// One row against a prepared `x` (the rows left after the groups of four, and every row
+    /// when [`WeightElem::streams_rows`]): bit for bit the row's [`WeightElem::dot4`] result.
     fn dot(isa: Isa, w: &[Self], x: &[f32]) -> f32 {
         Self::dot4(isa, [w; 4], x, [w; 4])[0]
+    }
+
+    /// Whether `isa` has one-row [`WeightElem::dot`] / [`WeightElem::dot_scaled`] kernels that
+    /// read the row once, so that the matrix-vector regime is faster taken one weight row at a
+    /// time (one sequential stream per core, which the hardware prefetchers follow) than four
+    /// at a time. By default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four
+    /// copies of the row.
+    fn streams_rows(isa: Isa) -> bool {
+        let _ = isa;
+        false
     }
 
     /// Four rows against every prepared row of `xs`: `out[j]` is [`WeightElem::dot4`] of
@@ -100,6 +111,12 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         cols: usize,
     ) -> [f32; 4] {
         dot4_per_block(isa, w, x, next, scales, cols)
+    }
+
+    /// One row of [`WeightElem::dot4_scaled`] (`scales` the row's): bit for bit the row's
+    /// result among four.
+    fn dot_scaled(isa: Isa, w: &[Self], x: &[f32], scales: &[f32], cols: usize) -> f32 {
+        Self::dot4_scaled(isa, [w; 4], x, [w; 4], [scales; 4], cols)[0]
     }
 
     /// `src` widened exactly into `dst` (`VALUES` values per element): the GEMM's weight
@@ -269,6 +286,26 @@ pub(crate) fn matmul_rows<W: WeightElem>(
         .enumerate()
         .for_each(|(task, (out, rows))| {
             let first_row = task * rows_per_task;
+            if W::streams_rows(isa) {
+                // One weight row at a time against every activation row: the task's rows are
+                // one sequential stream, and a row read for the first activation row is in L1
+                // for the others.
+                let mut buf = Vec::new();
+                for (i, (o, row)) in out
+                    .chunks_exact_mut(m)
+                    .zip(rows.chunks_exact(kw))
+                    .enumerate()
+                {
+                    let scale = scales.map(|s| (s.row(first_row + i, k, &mut buf), s.cols));
+                    for (o, x) in o.iter_mut().zip(&xs) {
+                        *o = match scale {
+                            Some((scale, cols)) => W::dot_scaled(isa, row, x, scale, cols),
+                            None => W::dot(isa, row, x),
+                        };
+                    }
+                }
+                return;
+            }
             let n_quads = rows.len() / (4 * kw);
             let mut quads = rows.chunks_exact(4 * kw);
             let mut outs = out.chunks_exact_mut(4 * m);
@@ -305,9 +342,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                 let scale = scales.map(|s| s.row(first_rest + i, k, &mut bufs[0]));
                 for (o, x) in o.iter_mut().zip(&xs) {
                     *o = match (scales, scale) {
-                        (Some(s), Some(scale)) => {
-                            W::dot4_scaled(isa, [row; 4], x, [row; 4], [scale; 4], s.cols)[0]
-                        }
+                        (Some(s), Some(scale)) => W::dot_scaled(isa, row, x, scale, s.cols),
                         _ => W::dot(isa, row, x),
                     };
                 }
@@ -445,6 +480,17 @@ macro_rules! dot4_rows_in_pairs {
     };
 }
 
+/// Whether `isa` runs the AVX-512F kernels of [`x86_512_dot`] (which have one-row forms).
+fn avx512(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa.avx512f().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
 // The dispatch. Each x86 kernel is reached only through the proof token an `Isa` carries, so
 // no branch here re-checks the CPU; without a token the portable loop runs.
 
@@ -466,11 +512,19 @@ impl WeightElem for f32 {
 
     fn dot(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot_f32(t, w, x);
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot_f32(t, w, x);
         }
         let _ = isa;
         portable::dot(w, x)
+    }
+
+    fn streams_rows(isa: Isa) -> bool {
+        avx512(isa)
     }
 
     fn widen_row(src: &[f32], dst: &mut [f32]) {
@@ -510,6 +564,18 @@ impl WeightElem for bf16 {
 
     dot4_rows_in_pairs!(dot4_rows_bf16, avx2_fma);
 
+    fn dot(isa: Isa, w: &[bf16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot_bf16(t, w, x);
+        }
+        Self::dot4(isa, [w; 4], x, [w; 4])[0]
+    }
+
+    fn streams_rows(isa: Isa) -> bool {
+        avx512(isa)
+    }
+
     fn widen_row(src: &[bf16], dst: &mut [f32]) {
         // The exact widening as a plain shift, which the compiler vectorises (`bf16::to_f32`
         // also quiets signalling NaNs, a branch per value; a NaN stays a NaN either way).
@@ -540,6 +606,18 @@ impl WeightElem for f16 {
     }
 
     dot4_rows_in_pairs!(dot4_rows_f16, avx2_fma_f16c);
+
+    fn dot(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot_f16(t, w, x);
+        }
+        Self::dot4(isa, [w; 4], x, [w; 4])[0]
+    }
+
+    fn streams_rows(isa: Isa) -> bool {
+        avx512(isa)
+    }
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
         widen_scalars(src, dst)
@@ -713,6 +791,37 @@ macro_rules! e4m3_elem {
                     return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
                 }
                 dot4_per_block(isa, w, x, next, scales, cols)
+            }
+
+            fn dot(isa: Isa, w: &[$t], x: &[f32]) -> f32 {
+                // As `dot4`: the VBMI kernel on one block of scale 1.
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx512_vbmi() {
+                    let step = x86_512_e4m3::STEP;
+                    let cols = w.len().next_multiple_of(step).max(step);
+                    return x86_512_e4m3::dot_scaled(t, w, x, &[1.0], cols);
+                }
+                Self::dot4(isa, [w; 4], x, [w; 4])[0]
+            }
+
+            fn dot_scaled(isa: Isa, w: &[$t], x: &[f32], scales: &[f32], cols: usize) -> f32 {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx512_vbmi() {
+                    if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
+                        return x86_512_e4m3::dot_scaled(t, w, x, scales, cols);
+                    }
+                }
+                Self::dot4_scaled(isa, [w; 4], x, [w; 4], [scales; 4], cols)[0]
+            }
+
+            fn streams_rows(isa: Isa) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                return isa.avx512_vbmi().is_some();
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = isa;
+                    false
+                }
             }
 
             fn widen_row(src: &[$t], dst: &mut [f32]) {

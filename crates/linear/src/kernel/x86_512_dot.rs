@@ -1,5 +1,11 @@
-//! AVX-512F matrix-vector kernels: four weight rows against one activation row, 32 values per
-//! row per iteration in two 16-lane accumulators, for f32, f16 and bf16 weights.
+//! AVX-512F matrix-vector kernels: four weight rows (or one) against one activation row, 32
+//! values per row per iteration in two 16-lane accumulators, for f32, f16 and bf16 weights.
+//!
+//! The one-row kernels are what a single activation row runs (decode): a task's rows are then
+//! read as one sequential stream, which the hardware prefetchers follow at ~1.2-1.8x the rate
+//! of four interleaved 4 KiB row streams with software prefetches of the next four
+//! (`benchmarks/README.md`, "One weight stream per core"). Both give a row the same
+//! operations in the same order, so its result does not depend on which ran.
 //!
 //! The same arithmetic as the AVX2 kernels in [`super::x86`] (exact widening to f32, f32
 //! FMAs), with half the instructions per weight byte. On the 2-core dev machine the AVX2 bf16
@@ -17,7 +23,6 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::x86::common_len;
 use super::x86_512::Avx512F;
 use super::Scalar;
 
@@ -46,6 +51,28 @@ pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 
     unsafe { dot4_bf16_avx512(w, x, next) }
 }
 
+/// One f32 row against `x`: bit for bit the row's [`dot4_f32`] result, reading the row once,
+/// front to back (see [`super::WeightElem::streams_rows`]).
+#[inline]
+pub(crate) fn dot_f32(_: Avx512F, w: &[f32], x: &[f32]) -> f32 {
+    // SAFETY: as in `dot4_f32`.
+    unsafe { dot_f32_avx512(w, x) }
+}
+
+/// One f16 row: bit for bit the row's [`dot4_f16`] result.
+#[inline]
+pub(crate) fn dot_f16(_: Avx512F, w: &[f16], x: &[f32]) -> f32 {
+    // SAFETY: as in `dot4_f16`.
+    unsafe { dot_f16_avx512(w, x) }
+}
+
+/// One bf16 row against a split `x`: bit for bit the row's [`dot4_bf16`] result.
+#[inline]
+pub(crate) fn dot_bf16(_: Avx512F, w: &[bf16], x: &[f32]) -> f32 {
+    // SAFETY: as in `dot4_f32`.
+    unsafe { dot_bf16_avx512(w, x) }
+}
+
 /// 16 weights widened to f32 (f32 and f16).
 trait Load16 {
     /// # Safety
@@ -69,7 +96,7 @@ impl Load16 for f16 {
 
 /// Prefetches the 64-byte lines of each `next` row that hold elements `i..i + STEP`.
 #[inline(always)]
-unsafe fn prefetch<W>(next: [&[W]; 4], i: usize) {
+unsafe fn prefetch<W, const R: usize>(next: [&[W]; R], i: usize) {
     let bytes = STEP * std::mem::size_of::<W>();
     for row in next {
         if i + STEP <= row.len() {
@@ -81,18 +108,24 @@ unsafe fn prefetch<W>(next: [&[W]; 4], i: usize) {
     }
 }
 
+/// The length every row and `x` have.
+#[inline(always)]
+fn common_len<W, const R: usize>(w: &[&[W]; R], x: &[f32]) -> usize {
+    w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
+}
+
 /// Sums each row's two accumulators and adds the scalar tail `from..len` in natural order.
 #[inline(always)]
-unsafe fn finish<W: Scalar>(
-    w: [&[W]; 4],
+unsafe fn finish<W: Scalar, const R: usize>(
+    w: [&[W]; R],
     x: &[f32],
-    lo: [__m512; 4],
-    hi: [__m512; 4],
+    lo: [__m512; R],
+    hi: [__m512; R],
     from: usize,
     len: usize,
-) -> [f32; 4] {
-    let mut out = [0f32; 4];
-    for r in 0..4 {
+) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
         out[r] = _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
         for j in from..len {
             out[r] += w[r][j].widen() * x[j];
@@ -101,20 +134,27 @@ unsafe fn finish<W: Scalar>(
     out
 }
 
-/// Four rows, 32 values per iteration: two activation loads shared by eight weight loads into
-/// eight independent accumulators, then a scalar tail.
+/// `R` rows, 32 values per iteration: two activation loads shared by `2R` weight loads into
+/// `2R` independent accumulators, then a scalar tail. Each row's operations are the same
+/// whatever `R` is, so one row alone gives the bits it gives among four.
 #[inline(always)]
-unsafe fn dot4_widening<W: Load16 + Scalar>(w: [&[W]; 4], x: &[f32], next: [&[W]; 4]) -> [f32; 4] {
+unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(
+    w: [&[W]; R],
+    x: &[f32],
+    next: Option<[&[W]; R]>,
+) -> [f32; R] {
     let len = common_len(&w, x);
     let p = w.map(|r| r.as_ptr());
     let px = x.as_ptr();
-    let mut lo = [_mm512_setzero_ps(); 4];
-    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + STEP <= len {
-        prefetch(next, i);
+        if let Some(next) = next {
+            prefetch(next, i);
+        }
         let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
-        for r in 0..4 {
+        for r in 0..R {
             lo[r] = _mm512_fmadd_ps(W::load16(p[r].add(i)), x0, lo[r]);
             hi[r] = _mm512_fmadd_ps(W::load16(p[r].add(i + 16)), x1, hi[r]);
         }
@@ -123,35 +163,27 @@ unsafe fn dot4_widening<W: Load16 + Scalar>(w: [&[W]; 4], x: &[f32], next: [&[W]
     finish(w, x, lo, hi, i, len)
 }
 
-/// # Safety
-/// AVX-512 F must be available.
-#[target_feature(enable = "avx512f")]
-unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
-    dot4_widening(w, x, next)
-}
-
-/// # Safety
-/// AVX-512 F and F16C must be available.
-#[target_feature(enable = "avx512f,f16c")]
-unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
-    dot4_widening(w, x, next)
-}
-
-/// # Safety
-/// AVX-512 F must be available.
-#[target_feature(enable = "avx512f")]
-unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
+/// `R` bf16 rows against `x` split into even and odd values per 32-value block; as
+/// [`dot_widening`] otherwise.
+#[inline(always)]
+unsafe fn dot_pairs<const R: usize>(
+    w: [&[bf16]; R],
+    x: &[f32],
+    next: Option<[&[bf16]; R]>,
+) -> [f32; R] {
     let len = common_len(&w, x);
     let p = w.map(|r| r.as_ptr());
     let px = x.as_ptr();
     let odd_mask = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    let mut lo = [_mm512_setzero_ps(); 4];
-    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + STEP <= len {
-        prefetch(next, i);
+        if let Some(next) = next {
+            prefetch(next, i);
+        }
         let (even_x, odd_x) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
-        for r in 0..4 {
+        for r in 0..R {
             let pairs = _mm512_loadu_si512(p[r].add(i) as *const _);
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, odd_mask));
@@ -161,4 +193,48 @@ unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f
         i += STEP;
     }
     finish(w, x, lo, hi, i, len)
+}
+
+/// Four f32 rows (prefetching `next`), or one.
+///
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+    dot_widening(w, x, Some(next))
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32_avx512(w: &[f32], x: &[f32]) -> f32 {
+    dot_widening([w], x, None)[0]
+}
+
+/// # Safety
+/// AVX-512 F and F16C must be available.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+    dot_widening(w, x, Some(next))
+}
+
+/// # Safety
+/// AVX-512 F and F16C must be available.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dot_f16_avx512(w: &[f16], x: &[f32]) -> f32 {
+    dot_widening([w], x, None)[0]
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
+    dot_pairs(w, x, Some(next))
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_bf16_avx512(w: &[bf16], x: &[f32]) -> f32 {
+    dot_pairs([w], x, None)[0]
 }

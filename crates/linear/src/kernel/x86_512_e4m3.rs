@@ -1,5 +1,7 @@
 //! The AVX512-VBMI e4m3 matrix-vector kernel: four rows of FP8 weights (64 bytes per row per
-//! iteration) against one activation row, with block scales.
+//! iteration) against one activation row, with block scales; or one row, which a single
+//! activation row runs so that each core reads one sequential stream (see
+//! [`super::WeightElem::streams_rows`]).
 //!
 //! Every e4m3 value is exactly a bf16 value (3 mantissa bits fit in 7, exponents `2⁻⁹..2⁸` in
 //! 8 bits), so its f32 pattern is two bytes followed by two zero bytes. Two `vpermi2b` look the
@@ -94,17 +96,45 @@ impl E4m3Byte for super::E4m3NoNan {}
 /// the rows `next`.
 #[inline]
 pub(crate) fn dot4_scaled<W: E4m3Byte>(
-    _: Avx512Vbmi,
+    t: Avx512Vbmi,
     w: [&[W]; 4],
     x: &[f32],
     next: [&[W]; 4],
     scales: [&[f32]; 4],
     cols: usize,
 ) -> [f32; 4] {
+    dot_rows_scaled(t, w, x, Some(next), scales, cols)
+}
+
+/// One row of [`dot4_scaled`], reading it once front to back (no prefetch): bit for bit the
+/// row's result among four.
+#[inline]
+pub(crate) fn dot_scaled<W: E4m3Byte>(
+    t: Avx512Vbmi,
+    w: &[W],
+    x: &[f32],
+    scales: &[f32],
+    cols: usize,
+) -> f32 {
+    dot_rows_scaled(t, [w], x, None, [scales], cols)[0]
+}
+
+/// `R` rows of [`dot4_scaled`]; each row's operations do not depend on `R`.
+#[inline(always)]
+fn dot_rows_scaled<W: E4m3Byte, const R: usize>(
+    _: Avx512Vbmi,
+    w: [&[W]; R],
+    x: &[f32],
+    next: Option<[&[W]; R]>,
+    scales: [&[f32]; R],
+    cols: usize,
+) -> [f32; R] {
     const { assert!(std::mem::size_of::<W>() == 1) };
     let len = w[0].len();
     assert!(
-        w.iter().chain(&next).all(|r| r.len() == len),
+        w.iter()
+            .chain(next.iter().flatten())
+            .all(|r| r.len() == len),
         "rows of one length"
     );
     assert!(
@@ -121,40 +151,42 @@ pub(crate) fn dot4_scaled<W: E4m3Byte>(
         "one scale per block"
     );
     let bytes = w.map(|r| r.as_ptr() as *const u8);
-    let next = next.map(|r| r.as_ptr() as *const u8);
+    let next = next.map(|n| n.map(|r| r.as_ptr() as *const u8));
     // SAFETY: the token proves AVX-512 F/BW and VBMI; the asserts bound every access: weight
     // loads stop at `len` (the last one masked), activation loads at `x.len()`.
-    unsafe { dot4_scaled_vbmi(bytes, len, x, next, scales, cols) }
+    unsafe { dot_scaled_vbmi(bytes, len, x, next, scales, cols) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn dot4_scaled_vbmi(
-    w: [*const u8; 4],
+unsafe fn dot_scaled_vbmi<const R: usize>(
+    w: [*const u8; R],
     len: usize,
     x: &[f32],
-    next: [*const u8; 4],
-    scales: [&[f32]; 4],
+    next: Option<[*const u8; R]>,
+    scales: [&[f32]; R],
     cols: usize,
-) -> [f32; 4] {
+) -> [f32; R] {
     let table = |t: &[u8; 128], half: usize| _mm512_loadu_si512(t.as_ptr().add(64 * half).cast());
     let (high0, high1) = (table(&HIGH, 0), table(&HIGH, 1));
     let (low0, low1) = (table(&LOW, 0), table(&LOW, 1));
     let sign = _mm512_set1_epi8(0x80u8 as i8);
     let upper = _mm512_set1_epi32(0xffff_0000u32 as i32);
     let px = x.as_ptr();
-    let mut total = [_mm512_setzero_ps(); 4];
+    let mut total = [_mm512_setzero_ps(); R];
     let (mut lo, mut kb) = (0, 0);
     while lo < len {
         let hi = (lo + cols).min(len);
         // Two accumulators per row, so consecutive FMAs of a row do not wait on each other.
-        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut i = lo;
         while i < hi {
             let xv: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(px.add(i + 16 * j)));
             let whole = i + STEP <= hi;
             let mask = if whole { !0 } else { (1u64 << (hi - i)) - 1 };
-            for q in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(next[q].add(i) as *const i8);
+            for q in 0..R {
+                if let Some(next) = next {
+                    _mm_prefetch::<_MM_HINT_T0>(next[q].add(i) as *const i8);
+                }
                 let b = if whole {
                     _mm512_loadu_si512(w[q].add(i).cast())
                 } else {
@@ -177,7 +209,7 @@ unsafe fn dot4_scaled_vbmi(
             }
             i += STEP;
         }
-        for q in 0..4 {
+        for q in 0..R {
             let block = _mm512_add_ps(acc[q][0], acc[q][1]);
             total[q] = _mm512_fmadd_ps(block, _mm512_set1_ps(scales[q][kb]), total[q]);
         }
