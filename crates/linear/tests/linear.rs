@@ -127,6 +127,8 @@ fn each_row_is_computed_the_same_whatever_the_other_rows() {
     let q = w32.to_dtype(DType::F8E4M3).unwrap();
     let ones = Tensor::ones((1, 2), DType::F32, &dev).unwrap();
     formats.push(linear::Fp8Matrix::new(q, &ones, (128, 128)).unwrap().into());
+    // bf16 weights against bf16-rounded activations (`vdpbf16ps` where the CPU has it).
+    formats.push(linear::Matrix::from(w32.to_dtype(DType::BF16).unwrap()).with_bf16_activations());
     for w in &formats {
         for rows in [2usize, 5, linear::GEMV_MAX_ROWS] {
             let x = Tensor::randn(0f32, 1.0, (rows, 204), &dev).unwrap();

@@ -47,15 +47,9 @@ fn matvec(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: us
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| {
-            let nr = rows.len() / k;
-            for r in (0..nr).step_by(4) {
-                // A short last group repeats its last row; only real rows are stored.
-                let quad = [0, 1, 2, 3].map(|q| &rows[(r + q).min(nr - 1) * k..][..k]);
-                for (j, x) in xs.chunks_exact(k).enumerate() {
-                    let sums = super::x86_bf16::dot4(t, quad, x);
-                    for (q, v) in sums.into_iter().enumerate().take(nr - r) {
-                        out[(r + q) * m + j] = v;
-                    }
+            for (o, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(k)) {
+                for (o, x) in o.iter_mut().zip(xs.chunks_exact(k)) {
+                    *o = super::x86_bf16::dot(t, row, x);
                 }
             }
         });

@@ -40,40 +40,43 @@ impl Avx512Bf16 {
     }
 }
 
-/// Four bf16 rows (raw bits) against one bf16 activation row `x`, all of length `x.len()`:
-/// `Σ_i w[q][i] · x[i]` accumulated in f32.
+/// One bf16 row (raw bits) against one bf16 activation row `x`, of length at least
+/// `x.len()`: `Σ_i w[i] · x[i]` accumulated in f32. The matrix-vector regime reads a task's
+/// rows one after another, one sequential stream per core (as `super::WeightElem::streams_rows`
+/// explains).
 #[inline]
-pub(crate) fn dot4(_: Avx512Bf16, w: [&[u16]; 4], x: &[u16]) -> [f32; 4] {
-    for r in &w {
-        assert!(r.len() >= x.len());
-    }
-    // SAFETY: the token proves AVX-512 F/BW/BF16; the rows hold at least `x.len()` values.
-    unsafe { dot4_avx512(w, x) }
+pub(crate) fn dot(_: Avx512Bf16, w: &[u16], x: &[u16]) -> f32 {
+    assert!(w.len() >= x.len());
+    // SAFETY: the token proves AVX-512 F/BW/BF16; the row holds at least `x.len()` values.
+    unsafe { dot_avx512(w, x) }
 }
 
+/// # Safety
+/// AVX-512 F/BW/BF16 must be available and `w` must hold at least `x.len()` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn dot4_avx512(w: [&[u16]; 4], x: &[u16]) -> [f32; 4] {
+unsafe fn dot_avx512(w: &[u16], x: &[u16]) -> f32 {
     let k = x.len();
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let load = |p: &[u16], i: usize| as_bh(_mm512_loadu_si512(p.as_ptr().add(i).cast()));
+    // Two accumulators, so consecutive `vdpbf16ps` do not wait on each other.
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut i = 0;
-    while i + 32 <= k {
-        let xv = as_bh(_mm512_loadu_si512(x.as_ptr().add(i).cast()));
-        for q in 0..4 {
-            let wv = as_bh(_mm512_loadu_si512(w[q].as_ptr().add(i).cast()));
-            acc[q] = _mm512_dpbf16_ps(acc[q], wv, xv);
-        }
+    while i + 64 <= k {
+        a0 = _mm512_dpbf16_ps(a0, load(w, i), load(x, i));
+        a1 = _mm512_dpbf16_ps(a1, load(w, i + 32), load(x, i + 32));
+        i += 64;
+    }
+    if i + 32 <= k {
+        a0 = _mm512_dpbf16_ps(a0, load(w, i), load(x, i));
         i += 32;
     }
     if i < k {
         // The tail: masked loads read only the row's last `k - i` values and zero the rest.
         let mask: __mmask32 = (1u32 << (k - i)) - 1;
         let xv = as_bh(_mm512_maskz_loadu_epi16(mask, x.as_ptr().add(i).cast()));
-        for q in 0..4 {
-            let wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[q].as_ptr().add(i).cast()));
-            acc[q] = _mm512_dpbf16_ps(acc[q], wv, xv);
-        }
+        let wv = as_bh(_mm512_maskz_loadu_epi16(mask, w.as_ptr().add(i).cast()));
+        a1 = _mm512_dpbf16_ps(a1, wv, xv);
     }
-    acc.map(|a| _mm512_reduce_add_ps(a))
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
 }
 
 /// The 32 bf16 values of a 512-bit integer vector, typed for `vdpbf16ps`.
