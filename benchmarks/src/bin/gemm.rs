@@ -112,7 +112,10 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8, q8, q4)"),
             };
             let w = w32.to_dtype(dtype)?;
+            // In huge pages, as the model's weights are (the candle baseline's too).
+            linear::advise_huge_pages(&w);
             let wf = w.to_dtype(DType::F32)?;
+            linear::advise_huge_pages(&wf);
             let report = |imp: &str, secs: f64, base: Option<f64>| {
                 print_row(name, rows, n, k, dt, imp, secs, flops, base)
             };

@@ -47,9 +47,20 @@ fn matvec(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: us
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| {
-            for (o, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(k)) {
-                for (o, x) in o.iter_mut().zip(xs.chunks_exact(k)) {
-                    *o = super::x86_bf16::dot(t, row, x);
+            let row = |r: usize| &rows[r * k..(r + 1) * k];
+            let apart = m * k * 2 > super::ONE_ROW_MAX_X_BYTES;
+            let (quads, rest) = super::rows_apart(rows.len() / k, apart);
+            for at in quads {
+                for (j, x) in xs.chunks_exact(k).enumerate() {
+                    let sums = super::x86_bf16::dot_rows(t, at.map(row), x);
+                    for (r, v) in at.into_iter().zip(sums) {
+                        out[r * m + j] = v;
+                    }
+                }
+            }
+            for r in rest {
+                for (j, x) in xs.chunks_exact(k).enumerate() {
+                    out[r * m + j] = super::x86_bf16::dot_rows(t, [row(r)], x)[0];
                 }
             }
         });

@@ -76,13 +76,31 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     }
 
     /// Whether `isa` has one-row [`WeightElem::dot`] / [`WeightElem::dot_scaled`] kernels that
-    /// read the row once, so that the matrix-vector regime is faster taken one weight row at a
-    /// time (one sequential stream per core, which the hardware prefetchers follow) than four
+    /// read the row once (and [`WeightElem::dot4_apart`] forms of them), so that the
+    /// matrix-vector regime reads rows as [`stream_rows`] does rather than four adjacent rows
     /// at a time. By default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four
     /// copies of the row.
     fn streams_rows(isa: Isa) -> bool {
         let _ = isa;
         false
+    }
+
+    /// Four rows from four places of a matrix against `x`, each bit for bit its
+    /// [`WeightElem::dot`]: how [`stream_rows`] keeps four sequential streams in flight.
+    fn dot4_apart(isa: Isa, w: [&[Self]; 4], x: &[f32]) -> [f32; 4] {
+        w.map(|r| Self::dot(isa, r, x))
+    }
+
+    /// [`WeightElem::dot4_apart`] with block scales: each row bit for bit its
+    /// [`WeightElem::dot_scaled`].
+    fn dot4_scaled_apart(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> [f32; 4] {
+        std::array::from_fn(|q| Self::dot_scaled(isa, w[q], x, scales[q], cols))
     }
 
     /// Four rows against every prepared row of `xs`: `out[j]` is [`WeightElem::dot4`] of
@@ -287,23 +305,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(
         .for_each(|(task, (out, rows))| {
             let first_row = task * rows_per_task;
             if W::streams_rows(isa) {
-                // One weight row at a time against every activation row: the task's rows are
-                // one sequential stream, and a row read for the first activation row is in L1
-                // for the others.
-                let mut buf = Vec::new();
-                for (i, (o, row)) in out
-                    .chunks_exact_mut(m)
-                    .zip(rows.chunks_exact(kw))
-                    .enumerate()
-                {
-                    let scale = scales.map(|s| (s.row(first_row + i, k, &mut buf), s.cols));
-                    for (o, x) in o.iter_mut().zip(&xs) {
-                        *o = match scale {
-                            Some((scale, cols)) => W::dot_scaled(isa, row, x, scale, cols),
-                            None => W::dot(isa, row, x),
-                        };
-                    }
-                }
+                stream_rows(isa, rows, k, &xs, out, scales.map(|s| (s, first_row)));
                 return;
             }
             let n_quads = rows.len() / (4 * kw);
@@ -349,6 +351,75 @@ pub(crate) fn matmul_rows<W: WeightElem>(
             }
         });
     transpose(out_t, n, m)
+}
+
+/// Activation bytes (all rows of a call) up to which [`stream_rows`] reads one weight row at a
+/// time: they then stay in L1 while the weight rows stream past. Past it, four rows at a time
+/// load each activation vector once for four weight rows; reloading it from L2 for every row
+/// cost a third of the streaming rate on `[2048, 7168]` and `[2048, 10944]` matrices on a
+/// Zen 4, while at `K = 2048` one row and four were level (`benchmarks/README.md`, "Weight
+/// streams per core").
+pub(crate) const ONE_ROW_MAX_X_BYTES: usize = 16 << 10;
+
+/// `n` rows as four streams when `apart`: the quadruples `[i, q + i, 2q + i, 3q + i]` (`q = n /
+/// 4`), one row from each quarter, then the rows left after `4q`; otherwise no quadruples and
+/// every row left, one stream.
+pub(crate) fn rows_apart(
+    n: usize,
+    apart: bool,
+) -> (impl Iterator<Item = [usize; 4]>, std::ops::Range<usize>) {
+    let q = if apart { n / 4 } else { 0 };
+    (
+        (0..q).map(move |i| [i, q + i, 2 * q + i, 3 * q + i]),
+        4 * q..n,
+    )
+}
+
+/// The matrix-vector regime where [`WeightElem::streams_rows`]: `rows` (a task's, `K /
+/// W::VALUES` elements each) against every prepared row of `xs` into `out` (`[rows, m]`).
+/// While the activations fit [`ONE_ROW_MAX_X_BYTES`] the rows are read one after another, one
+/// sequential stream per core that the hardware prefetchers follow (four adjacent rows at a
+/// time, four 4 KiB streams restarting every row with software prefetches, streamed
+/// 1.2-1.4x slower in the model on a Zen 4). Past it, one row from each quarter of the task
+/// at a time ([`rows_apart`]): four long streams, each activation load serving four rows. With
+/// `scales` (and the task's first row) the rows are block-scaled. Every row's result is its
+/// [`WeightElem::dot`] / [`WeightElem::dot_scaled`], whatever `m` and the task split.
+fn stream_rows<W: WeightElem>(
+    isa: Isa,
+    rows: &[W],
+    k: usize,
+    xs: &[Cow<'_, [f32]>],
+    out: &mut [f32],
+    scales: Option<(&BlockScales, usize)>,
+) {
+    let (kw, m) = (k / W::VALUES, xs.len());
+    let row = |r: usize| &rows[r * kw..(r + 1) * kw];
+    let n = rows.len() / kw;
+    let mut bufs: [Vec<f32>; 4] = Default::default();
+    let apart = m * k * std::mem::size_of::<f32>() > ONE_ROW_MAX_X_BYTES;
+    let (quads, rest) = rows_apart(n, apart);
+    for at in quads {
+        let row_scales =
+            scales.map(|(s, first)| (s.rows_at(at.map(|r| first + r), k, &mut bufs), s.cols));
+        for (j, x) in xs.iter().enumerate() {
+            let sums = match row_scales {
+                Some((scales, cols)) => W::dot4_scaled_apart(isa, at.map(row), x, scales, cols),
+                None => W::dot4_apart(isa, at.map(row), x),
+            };
+            for (r, v) in at.into_iter().zip(sums) {
+                out[r * m + j] = v;
+            }
+        }
+    }
+    for r in rest {
+        let scale = scales.map(|(s, first)| (s.row(first + r, k, &mut bufs[0]), s.cols));
+        for (j, x) in xs.iter().enumerate() {
+            out[r * m + j] = match scale {
+                Some((scale, cols)) => W::dot_scaled(isa, row(r), x, scale, cols),
+                None => W::dot(isa, row(r), x),
+            };
+        }
+    }
 }
 
 /// `[N, m]` row-major (how the kernels fill it: each task owns whole weight rows) to the
@@ -420,12 +491,22 @@ impl BlockScales<'_> {
 
     /// [`BlockScales::row`] of rows `first..first + 4`.
     fn rows4<'s>(&'s self, first: usize, k: usize, bufs: &'s mut [Vec<f32>; 4]) -> [&'s [f32]; 4] {
+        self.rows_at([first, first + 1, first + 2, first + 3], k, bufs)
+    }
+
+    /// [`BlockScales::row`] of four rows.
+    fn rows_at<'s>(
+        &'s self,
+        r: [usize; 4],
+        k: usize,
+        bufs: &'s mut [Vec<f32>; 4],
+    ) -> [&'s [f32]; 4] {
         let [a, b, c, d] = bufs.each_mut();
         [
-            self.row(first, k, a),
-            self.row(first + 1, k, b),
-            self.row(first + 2, k, c),
-            self.row(first + 3, k, d),
+            self.row(r[0], k, a),
+            self.row(r[1], k, b),
+            self.row(r[2], k, c),
+            self.row(r[3], k, d),
         ]
     }
 }
@@ -498,7 +579,7 @@ impl WeightElem for f32 {
     fn dot4(isa: Isa, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f32(t, w, x, next);
+            return x86_512_dot::dot4_f32(t, w, x, Some(next));
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -527,6 +608,14 @@ impl WeightElem for f32 {
         avx512(isa)
     }
 
+    fn dot4_apart(isa: Isa, w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_f32(t, w, x, None);
+        }
+        w.map(|r| Self::dot(isa, r, x))
+    }
+
     fn widen_row(src: &[f32], dst: &mut [f32]) {
         widen_scalars(src, dst)
     }
@@ -552,7 +641,7 @@ impl WeightElem for bf16 {
         // the way the kernel that runs reads it.
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_bf16(t, w, x, next);
+            return x86_512_dot::dot4_bf16(t, w, x, Some(next));
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -576,6 +665,14 @@ impl WeightElem for bf16 {
         avx512(isa)
     }
 
+    fn dot4_apart(isa: Isa, w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_bf16(t, w, x, None);
+        }
+        w.map(|r| Self::dot(isa, r, x))
+    }
+
     fn widen_row(src: &[bf16], dst: &mut [f32]) {
         // The exact widening as a plain shift, which the compiler vectorises (`bf16::to_f32`
         // also quiets signalling NaNs, a branch per value; a NaN stays a NaN either way).
@@ -595,7 +692,7 @@ impl WeightElem for f16 {
     fn dot4(isa: Isa, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f16(t, w, x, next);
+            return x86_512_dot::dot4_f16(t, w, x, Some(next));
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
@@ -617,6 +714,14 @@ impl WeightElem for f16 {
 
     fn streams_rows(isa: Isa) -> bool {
         avx512(isa)
+    }
+
+    fn dot4_apart(isa: Isa, w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = isa.avx512f() {
+            return x86_512_dot::dot4_f16(t, w, x, None);
+        }
+        w.map(|r| Self::dot(isa, r, x))
     }
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
@@ -761,7 +866,7 @@ macro_rules! e4m3_elem {
                         .len()
                         .next_multiple_of(x86_512_e4m3::STEP)
                         .max(x86_512_e4m3::STEP);
-                    return x86_512_e4m3::dot4_scaled(t, w, x, next, [&one; 4], cols);
+                    return x86_512_e4m3::dot4_scaled(t, w, x, Some(next), [&one; 4], cols);
                 }
                 let _ = (isa, next);
                 portable::dot4(w, x)
@@ -778,7 +883,7 @@ macro_rules! e4m3_elem {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(t) = isa.avx512_vbmi() {
                     if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
-                        return x86_512_e4m3::dot4_scaled(t, w, x, next, scales, cols);
+                        return x86_512_e4m3::dot4_scaled(t, w, x, Some(next), scales, cols);
                     }
                     // Blocks the kernel's steps do not tile (no checkpoint ships them): the
                     // F16C kernel on `x` back in natural order.
@@ -812,6 +917,22 @@ macro_rules! e4m3_elem {
                     }
                 }
                 Self::dot4_scaled(isa, [w; 4], x, [w; 4], [scales; 4], cols)[0]
+            }
+
+            fn dot4_scaled_apart(
+                isa: Isa,
+                w: [&[$t]; 4],
+                x: &[f32],
+                scales: [&[f32]; 4],
+                cols: usize,
+            ) -> [f32; 4] {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = isa.avx512_vbmi() {
+                    if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
+                        return x86_512_e4m3::dot4_scaled(t, w, x, None, scales, cols);
+                    }
+                }
+                std::array::from_fn(|q| Self::dot_scaled(isa, w[q], x, scales[q], cols))
             }
 
             fn streams_rows(isa: Isa) -> bool {

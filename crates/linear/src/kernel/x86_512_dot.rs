@@ -1,11 +1,12 @@
 //! AVX-512F matrix-vector kernels: four weight rows (or one) against one activation row, 32
 //! values per row per iteration in two 16-lane accumulators, for f32, f16 and bf16 weights.
 //!
-//! The one-row kernels are what a single activation row runs (decode): a task's rows are then
-//! read as one sequential stream, which the hardware prefetchers follow at ~1.2-1.8x the rate
-//! of four interleaved 4 KiB row streams with software prefetches of the next four
-//! (`benchmarks/README.md`, "One weight stream per core"). Both give a row the same
-//! operations in the same order, so its result does not depend on which ran.
+//! The driver reads a task's rows one at a time (one sequential stream per core, which the
+//! hardware prefetchers follow at ~1.2-1.8x the rate of four adjacent 4 KiB row streams with
+//! software prefetches of the next four), or, when the activations outgrow L1, four at a
+//! time from the four quarters of the task, without prefetches (`super::stream_rows`,
+//! `benchmarks/README.md`, "Weight streams per core"). Both give a row the same operations
+//! in the same order, so its result does not depend on which ran.
 //!
 //! The same arithmetic as the AVX2 kernels in [`super::x86`] (exact widening to f32, f32
 //! FMAs), with half the instructions per weight byte. On the 2-core dev machine the AVX2 bf16
@@ -29,16 +30,28 @@ use super::Scalar;
 /// Values per row per iteration.
 pub(crate) const STEP: usize = 32;
 
-/// Four f32 rows against `x`, prefetching `next`.
+/// Four f32 rows against `x`, prefetching `next` if given; each row bit for bit its
+/// [`dot_f32`].
 #[inline]
-pub(crate) fn dot4_f32(_: Avx512F, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
+pub(crate) fn dot4_f32(
+    _: Avx512F,
+    w: [&[f32]; 4],
+    x: &[f32],
+    next: Option<[&[f32]; 4]>,
+) -> [f32; 4] {
     // SAFETY: the `Avx512F` token exists, so detection found AVX-512 F and BW.
     unsafe { dot4_f32_avx512(w, x, next) }
 }
 
-/// Four f16 rows against `x`, prefetching `next`.
+/// Four f16 rows against `x`, prefetching `next` if given; each row bit for bit its
+/// [`dot_f16`].
 #[inline]
-pub(crate) fn dot4_f16(_: Avx512F, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
+pub(crate) fn dot4_f16(
+    _: Avx512F,
+    w: [&[f16]; 4],
+    x: &[f32],
+    next: Option<[&[f16]; 4]>,
+) -> [f32; 4] {
     // SAFETY: as in `dot4_f32`; `Avx512F` also proves F16C.
     unsafe { dot4_f16_avx512(w, x, next) }
 }
@@ -46,7 +59,12 @@ pub(crate) fn dot4_f16(_: Avx512F, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4])
 /// Four bf16 rows against `x` laid out by `x86::split_even_odd(x, STEP)`, prefetching `next` (any
 /// layout is memory-safe: every load stays within the common length).
 #[inline]
-pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
+pub(crate) fn dot4_bf16(
+    _: Avx512F,
+    w: [&[bf16]; 4],
+    x: &[f32],
+    next: Option<[&[bf16]; 4]>,
+) -> [f32; 4] {
     // SAFETY: as in `dot4_f32`.
     unsafe { dot4_bf16_avx512(w, x, next) }
 }
@@ -200,8 +218,8 @@ unsafe fn dot_pairs<const R: usize>(
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
-unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
-    dot_widening(w, x, Some(next))
+unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: Option<[&[f32]; 4]>) -> [f32; 4] {
+    dot_widening(w, x, next)
 }
 
 /// # Safety
@@ -214,8 +232,8 @@ unsafe fn dot_f32_avx512(w: &[f32], x: &[f32]) -> f32 {
 /// # Safety
 /// AVX-512 F and F16C must be available.
 #[target_feature(enable = "avx512f,f16c")]
-unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
-    dot_widening(w, x, Some(next))
+unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: Option<[&[f16]; 4]>) -> [f32; 4] {
+    dot_widening(w, x, next)
 }
 
 /// # Safety
@@ -228,8 +246,8 @@ unsafe fn dot_f16_avx512(w: &[f16], x: &[f32]) -> f32 {
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
-unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: [&[bf16]; 4]) -> [f32; 4] {
-    dot_pairs(w, x, Some(next))
+unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: Option<[&[bf16]; 4]>) -> [f32; 4] {
+    dot_pairs(w, x, next)
 }
 
 /// # Safety

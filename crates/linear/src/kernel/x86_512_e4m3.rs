@@ -93,17 +93,17 @@ impl E4m3Byte for super::E4m3NoNan {}
 
 /// Four e4m3 rows against `x` laid out by [`split`], with block scales (`scales[q][kb]` for
 /// row `q`, block `kb` of `cols` values, `cols` a positive multiple of [`STEP`]), prefetching
-/// the rows `next`.
+/// the rows `next` if given; each row bit for bit its [`dot_scaled`].
 #[inline]
 pub(crate) fn dot4_scaled<W: E4m3Byte>(
     t: Avx512Vbmi,
     w: [&[W]; 4],
     x: &[f32],
-    next: [&[W]; 4],
+    next: Option<[&[W]; 4]>,
     scales: [&[f32]; 4],
     cols: usize,
 ) -> [f32; 4] {
-    dot_rows_scaled(t, w, x, Some(next), scales, cols)
+    dot_rows_scaled(t, w, x, next, scales, cols)
 }
 
 /// One row of [`dot4_scaled`], reading it once front to back (no prefetch): bit for bit the

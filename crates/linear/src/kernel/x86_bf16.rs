@@ -40,43 +40,52 @@ impl Avx512Bf16 {
     }
 }
 
-/// One bf16 row (raw bits) against one bf16 activation row `x`, of length at least
-/// `x.len()`: `Σ_i w[i] · x[i]` accumulated in f32. The matrix-vector regime reads a task's
-/// rows one after another, one sequential stream per core (as `super::WeightElem::streams_rows`
-/// explains).
+/// `R` bf16 rows (raw bits) against one bf16 activation row `x`, each of length at least
+/// `x.len()`: `Σ_i w[q][i] · x[i]` accumulated in f32, each row's result the same whatever
+/// `R`. The matrix-vector regime reads a task's rows one at a time, or one from each quarter
+/// of the task per call when the activations outgrow L1 (`super::rows_apart`).
 #[inline]
-pub(crate) fn dot(_: Avx512Bf16, w: &[u16], x: &[u16]) -> f32 {
-    assert!(w.len() >= x.len());
-    // SAFETY: the token proves AVX-512 F/BW/BF16; the row holds at least `x.len()` values.
-    unsafe { dot_avx512(w, x) }
+pub(crate) fn dot_rows<const R: usize>(_: Avx512Bf16, w: [&[u16]; R], x: &[u16]) -> [f32; R] {
+    assert!(w.iter().all(|r| r.len() >= x.len()));
+    // SAFETY: the token proves AVX-512 F/BW/BF16; the rows hold at least `x.len()` values.
+    unsafe { dot_rows_avx512(w, x) }
 }
 
 /// # Safety
-/// AVX-512 F/BW/BF16 must be available and `w` must hold at least `x.len()` values.
+/// AVX-512 F/BW/BF16 must be available and every row must hold at least `x.len()` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn dot_avx512(w: &[u16], x: &[u16]) -> f32 {
+unsafe fn dot_rows_avx512<const R: usize>(w: [&[u16]; R], x: &[u16]) -> [f32; R] {
     let k = x.len();
     let load = |p: &[u16], i: usize| as_bh(_mm512_loadu_si512(p.as_ptr().add(i).cast()));
-    // Two accumulators, so consecutive `vdpbf16ps` do not wait on each other.
-    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    // Two accumulators per row, so consecutive `vdpbf16ps` of a row do not wait on each other.
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + 64 <= k {
-        a0 = _mm512_dpbf16_ps(a0, load(w, i), load(x, i));
-        a1 = _mm512_dpbf16_ps(a1, load(w, i + 32), load(x, i + 32));
+        let (x0, x1) = (load(x, i), load(x, i + 32));
+        for q in 0..R {
+            a0[q] = _mm512_dpbf16_ps(a0[q], load(w[q], i), x0);
+            a1[q] = _mm512_dpbf16_ps(a1[q], load(w[q], i + 32), x1);
+        }
         i += 64;
     }
     if i + 32 <= k {
-        a0 = _mm512_dpbf16_ps(a0, load(w, i), load(x, i));
+        let x0 = load(x, i);
+        for q in 0..R {
+            a0[q] = _mm512_dpbf16_ps(a0[q], load(w[q], i), x0);
+        }
         i += 32;
     }
     if i < k {
         // The tail: masked loads read only the row's last `k - i` values and zero the rest.
         let mask: __mmask32 = (1u32 << (k - i)) - 1;
         let xv = as_bh(_mm512_maskz_loadu_epi16(mask, x.as_ptr().add(i).cast()));
-        let wv = as_bh(_mm512_maskz_loadu_epi16(mask, w.as_ptr().add(i).cast()));
-        a1 = _mm512_dpbf16_ps(a1, wv, xv);
+        for q in 0..R {
+            let wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[q].as_ptr().add(i).cast()));
+            a1[q] = _mm512_dpbf16_ps(a1[q], wv, xv);
+        }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    std::array::from_fn(|q| _mm512_reduce_add_ps(_mm512_add_ps(a0[q], a1[q])))
 }
 
 /// The 32 bf16 values of a 512-bit integer vector, typed for `vdpbf16ps`.
