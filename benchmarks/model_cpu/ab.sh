@@ -27,11 +27,7 @@ mkdir -p "$out"
 # shellcheck source=common.sh
 . "$here/common.sh"
 build_and_checkpoint
-fp8="$here/ckpt-fp8"
-if [ ! -f "$fp8/model.safetensors.index.json" ]; then
-    rm -rf "$fp8"
-    "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$fp8" --dtype fp8 --seed 0
-fi
+fp8_checkpoint
 : "${BASE:?set BASE to the baseline model_decode binary}"
 NEW="${NEW:-$bin/model_decode}"
 CASES="${CASES:-bf16:$ckpt:;bf16-act:$ckpt:--bf16-activations;fp8:$fp8:}"

@@ -24,6 +24,16 @@ build_and_checkpoint() {
     fi
 }
 
+# The same checkpoint's FP8 twin (DeepSeek's e4m3 with 128 x 128 block scales, as V3/R1 ship),
+# made once; sets $fp8. After build_and_checkpoint.
+fp8_checkpoint() {
+    fp8="$here/ckpt-fp8"
+    if [ ! -f "$fp8/model.safetensors.index.json" ]; then
+        rm -rf "$fp8"
+        "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$fp8" --dtype fp8 --seed 0
+    fi
+}
+
 # The machine and its load, printed before measuring.
 print_machine() {
     echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), \

@@ -25,11 +25,7 @@ mkdir -p "$out"
 # shellcheck source=common.sh
 . "$here/common.sh"
 build_and_checkpoint
-fp8="$here/ckpt-fp8"
-if [ ! -f "$fp8/model.safetensors.index.json" ]; then
-    rm -rf "$fp8"
-    "$bin/model" random-checkpoint --config "$here/v2_lite_4l.json" --out "$fp8" --dtype fp8 --seed 0
-fi
+fp8_checkpoint
 print_machine
 : > "$out/formats.jsonl"
 run_ours() { # label, checkpoint, extra args

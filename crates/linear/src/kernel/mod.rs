@@ -561,15 +561,37 @@ macro_rules! dot4_rows_in_pairs {
     };
 }
 
-/// Whether `isa` runs the AVX-512F kernels of [`x86_512_dot`] (which have one-row forms).
-fn avx512(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return isa.avx512f().is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
-    }
+/// The streaming methods of a one-value float element on the AVX-512F kernels of
+/// [`x86_512_dot`] (`$one` one row, `$four` four rows): [`WeightElem::dot`] (`otherwise` on
+/// other paths), [`WeightElem::streams_rows`] and [`WeightElem::dot4_apart`].
+macro_rules! avx512_rows {
+    ($t:ty, $one:ident, $four:ident, |$isa:ident, $w:ident, $x:ident| $otherwise:expr) => {
+        fn dot($isa: Isa, $w: &[$t], $x: &[f32]) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(t) = $isa.avx512f() {
+                return x86_512_dot::$one(t, $w, $x);
+            }
+            $otherwise
+        }
+
+        fn streams_rows(isa: Isa) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            return isa.avx512f().is_some();
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = isa;
+                false
+            }
+        }
+
+        fn dot4_apart(isa: Isa, w: [&[$t]; 4], x: &[f32]) -> [f32; 4] {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(t) = isa.avx512f() {
+                return x86_512_dot::$four(t, w, x, None);
+            }
+            w.map(|r| Self::dot(isa, r, x))
+        }
+    };
 }
 
 // The dispatch. Each x86 kernel is reached only through the proof token an `Isa` carries, so
@@ -591,30 +613,14 @@ impl WeightElem for f32 {
 
     dot4_rows_in_pairs!(dot4_rows_f32, avx2_fma);
 
-    fn dot(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot_f32(t, w, x);
-        }
+    avx512_rows!(f32, dot_f32, dot4_f32, |isa, w, x| {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot_f32(t, w, x);
         }
         let _ = isa;
         portable::dot(w, x)
-    }
-
-    fn streams_rows(isa: Isa) -> bool {
-        avx512(isa)
-    }
-
-    fn dot4_apart(isa: Isa, w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f32(t, w, x, None);
-        }
-        w.map(|r| Self::dot(isa, r, x))
-    }
+    });
 
     fn widen_row(src: &[f32], dst: &mut [f32]) {
         widen_scalars(src, dst)
@@ -653,25 +659,9 @@ impl WeightElem for bf16 {
 
     dot4_rows_in_pairs!(dot4_rows_bf16, avx2_fma);
 
-    fn dot(isa: Isa, w: &[bf16], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot_bf16(t, w, x);
-        }
-        Self::dot4(isa, [w; 4], x, [w; 4])[0]
-    }
-
-    fn streams_rows(isa: Isa) -> bool {
-        avx512(isa)
-    }
-
-    fn dot4_apart(isa: Isa, w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_bf16(t, w, x, None);
-        }
-        w.map(|r| Self::dot(isa, r, x))
-    }
+    avx512_rows!(bf16, dot_bf16, dot4_bf16, |isa, w, x| Self::dot4(
+        isa, [w; 4], x, [w; 4]
+    )[0]);
 
     fn widen_row(src: &[bf16], dst: &mut [f32]) {
         // The exact widening as a plain shift, which the compiler vectorises (`bf16::to_f32`
@@ -704,25 +694,9 @@ impl WeightElem for f16 {
 
     dot4_rows_in_pairs!(dot4_rows_f16, avx2_fma_f16c);
 
-    fn dot(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot_f16(t, w, x);
-        }
-        Self::dot4(isa, [w; 4], x, [w; 4])[0]
-    }
-
-    fn streams_rows(isa: Isa) -> bool {
-        avx512(isa)
-    }
-
-    fn dot4_apart(isa: Isa, w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f16(t, w, x, None);
-        }
-        w.map(|r| Self::dot(isa, r, x))
-    }
+    avx512_rows!(f16, dot_f16, dot4_f16, |isa, w, x| Self::dot4(
+        isa, [w; 4], x, [w; 4]
+    )[0]);
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
         widen_scalars(src, dst)
