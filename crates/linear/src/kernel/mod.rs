@@ -76,31 +76,13 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     }
 
     /// Whether `isa` has one-row [`WeightElem::dot`] / [`WeightElem::dot_scaled`] kernels that
-    /// read the row once (and [`WeightElem::dot4_apart`] forms of them), so that the
-    /// matrix-vector regime reads rows as [`stream_rows`] does rather than four adjacent rows
-    /// at a time. By default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four
-    /// copies of the row.
+    /// read the row once, and four-row [`WeightElem::dot4`] / [`WeightElem::dot4_scaled`]
+    /// kernels that take any four rows without prefetching, so that the matrix-vector regime
+    /// reads rows as [`stream_rows`] does rather than four adjacent rows at a time. By
+    /// default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four copies of the row.
     fn streams_rows(isa: Isa) -> bool {
         let _ = isa;
         false
-    }
-
-    /// Four rows from four places of a matrix against `x`, each bit for bit its
-    /// [`WeightElem::dot`]: how [`stream_rows`] keeps four sequential streams in flight.
-    fn dot4_apart(isa: Isa, w: [&[Self]; 4], x: &[f32]) -> [f32; 4] {
-        w.map(|r| Self::dot(isa, r, x))
-    }
-
-    /// [`WeightElem::dot4_apart`] with block scales: each row bit for bit its
-    /// [`WeightElem::dot_scaled`].
-    fn dot4_scaled_apart(
-        isa: Isa,
-        w: [&[Self]; 4],
-        x: &[f32],
-        scales: [&[f32]; 4],
-        cols: usize,
-    ) -> [f32; 4] {
-        std::array::from_fn(|q| Self::dot_scaled(isa, w[q], x, scales[q], cols))
     }
 
     /// Four rows against every prepared row of `xs`: `out[j]` is [`WeightElem::dot4`] of
@@ -402,9 +384,11 @@ fn stream_rows<W: WeightElem>(
         let row_scales =
             scales.map(|(s, first)| (s.rows_at(at.map(|r| first + r), k, &mut bufs), s.cols));
         for (j, x) in xs.iter().enumerate() {
+            // The rows are their own `next`: streaming kernels do not prefetch.
+            let w = at.map(row);
             let sums = match row_scales {
-                Some((scales, cols)) => W::dot4_scaled_apart(isa, at.map(row), x, scales, cols),
-                None => W::dot4_apart(isa, at.map(row), x),
+                Some((scales, cols)) => W::dot4_scaled(isa, w, x, w, scales, cols),
+                None => W::dot4(isa, w, x, w),
             };
             for (r, v) in at.into_iter().zip(sums) {
                 out[r * m + j] = v;
@@ -562,10 +546,10 @@ macro_rules! dot4_rows_in_pairs {
 }
 
 /// The streaming methods of a one-value float element on the AVX-512F kernels of
-/// [`x86_512_dot`] (`$one` one row, `$four` four rows): [`WeightElem::dot`] (`otherwise` on
-/// other paths), [`WeightElem::streams_rows`] and [`WeightElem::dot4_apart`].
+/// [`x86_512_dot`] (`$one`, one row): [`WeightElem::dot`] (`otherwise` on other paths) and
+/// [`WeightElem::streams_rows`].
 macro_rules! avx512_rows {
-    ($t:ty, $one:ident, $four:ident, |$isa:ident, $w:ident, $x:ident| $otherwise:expr) => {
+    ($t:ty, $one:ident, |$isa:ident, $w:ident, $x:ident| $otherwise:expr) => {
         fn dot($isa: Isa, $w: &[$t], $x: &[f32]) -> f32 {
             #[cfg(target_arch = "x86_64")]
             if let Some(t) = $isa.avx512f() {
@@ -583,14 +567,6 @@ macro_rules! avx512_rows {
                 false
             }
         }
-
-        fn dot4_apart(isa: Isa, w: [&[$t]; 4], x: &[f32]) -> [f32; 4] {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(t) = isa.avx512f() {
-                return x86_512_dot::$four(t, w, x, None);
-            }
-            w.map(|r| Self::dot(isa, r, x))
-        }
     };
 }
 
@@ -601,7 +577,7 @@ impl WeightElem for f32 {
     fn dot4(isa: Isa, w: [&[f32]; 4], x: &[f32], next: [&[f32]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f32(t, w, x, Some(next));
+            return x86_512_dot::dot4_f32(t, w, x);
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -613,7 +589,7 @@ impl WeightElem for f32 {
 
     dot4_rows_in_pairs!(dot4_rows_f32, avx2_fma);
 
-    avx512_rows!(f32, dot_f32, dot4_f32, |isa, w, x| {
+    avx512_rows!(f32, dot_f32, |isa, w, x| {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot_f32(t, w, x);
@@ -647,7 +623,7 @@ impl WeightElem for bf16 {
         // the way the kernel that runs reads it.
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_bf16(t, w, x, Some(next));
+            return x86_512_dot::dot4_bf16(t, w, x);
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -659,7 +635,7 @@ impl WeightElem for bf16 {
 
     dot4_rows_in_pairs!(dot4_rows_bf16, avx2_fma);
 
-    avx512_rows!(bf16, dot_bf16, dot4_bf16, |isa, w, x| Self::dot4(
+    avx512_rows!(bf16, dot_bf16, |isa, w, x| Self::dot4(
         isa, [w; 4], x, [w; 4]
     )[0]);
 
@@ -682,7 +658,7 @@ impl WeightElem for f16 {
     fn dot4(isa: Isa, w: [&[f16]; 4], x: &[f32], next: [&[f16]; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx512f() {
-            return x86_512_dot::dot4_f16(t, w, x, Some(next));
+            return x86_512_dot::dot4_f16(t, w, x);
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma_f16c() {
@@ -694,9 +670,8 @@ impl WeightElem for f16 {
 
     dot4_rows_in_pairs!(dot4_rows_f16, avx2_fma_f16c);
 
-    avx512_rows!(f16, dot_f16, dot4_f16, |isa, w, x| Self::dot4(
-        isa, [w; 4], x, [w; 4]
-    )[0]);
+    avx512_rows!(f16, dot_f16, |isa, w, x| Self::dot4(isa, [w; 4], x, [w; 4])
+        [0]);
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
         widen_scalars(src, dst)
@@ -831,16 +806,10 @@ macro_rules! e4m3_elem {
             }
 
             fn dot4(isa: Isa, w: [&[$t]; 4], x: &[f32], next: [&[$t]; 4]) -> [f32; 4] {
-                // The same test as `prepare`'s: the VBMI kernel reads the split layout, as
-                // one block of scale 1.
+                // The same test as `prepare`'s: the VBMI kernel reads the split layout.
                 #[cfg(target_arch = "x86_64")]
-                if let Some(t) = isa.avx512_vbmi() {
-                    let one = [1f32];
-                    let cols = w[0]
-                        .len()
-                        .next_multiple_of(x86_512_e4m3::STEP)
-                        .max(x86_512_e4m3::STEP);
-                    return x86_512_e4m3::dot4_scaled(t, w, x, Some(next), [&one; 4], cols);
+                if isa.avx512_vbmi().is_some() {
+                    return w.map(|r| Self::dot(isa, r, x));
                 }
                 let _ = (isa, next);
                 portable::dot4(w, x)
@@ -857,7 +826,7 @@ macro_rules! e4m3_elem {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(t) = isa.avx512_vbmi() {
                     if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
-                        return x86_512_e4m3::dot4_scaled(t, w, x, Some(next), scales, cols);
+                        return x86_512_e4m3::dot4_scaled(t, w, x, scales, cols);
                     }
                     // Blocks the kernel's steps do not tile (no checkpoint ships them): the
                     // F16C kernel on `x` back in natural order.
@@ -873,7 +842,7 @@ macro_rules! e4m3_elem {
             }
 
             fn dot(isa: Isa, w: &[$t], x: &[f32]) -> f32 {
-                // As `dot4`: the VBMI kernel on one block of scale 1.
+                // The VBMI kernel on one block of scale 1.
                 #[cfg(target_arch = "x86_64")]
                 if let Some(t) = isa.avx512_vbmi() {
                     let step = x86_512_e4m3::STEP;
@@ -891,22 +860,6 @@ macro_rules! e4m3_elem {
                     }
                 }
                 Self::dot4_scaled(isa, [w; 4], x, [w; 4], [scales; 4], cols)[0]
-            }
-
-            fn dot4_scaled_apart(
-                isa: Isa,
-                w: [&[$t]; 4],
-                x: &[f32],
-                scales: [&[f32]; 4],
-                cols: usize,
-            ) -> [f32; 4] {
-                #[cfg(target_arch = "x86_64")]
-                if let Some(t) = isa.avx512_vbmi() {
-                    if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
-                        return x86_512_e4m3::dot4_scaled(t, w, x, None, scales, cols);
-                    }
-                }
-                std::array::from_fn(|q| Self::dot_scaled(isa, w[q], x, scales[q], cols))
             }
 
             fn streams_rows(isa: Isa) -> bool {

@@ -30,43 +30,26 @@ use super::Scalar;
 /// Values per row per iteration.
 pub(crate) const STEP: usize = 32;
 
-/// Four f32 rows against `x`, prefetching `next` if given; each row bit for bit its
-/// [`dot_f32`].
+/// Four f32 rows against `x`, each bit for bit its [`dot_f32`].
 #[inline]
-pub(crate) fn dot4_f32(
-    _: Avx512F,
-    w: [&[f32]; 4],
-    x: &[f32],
-    next: Option<[&[f32]; 4]>,
-) -> [f32; 4] {
+pub(crate) fn dot4_f32(_: Avx512F, w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     // SAFETY: the `Avx512F` token exists, so detection found AVX-512 F and BW.
-    unsafe { dot4_f32_avx512(w, x, next) }
+    unsafe { dot4_f32_avx512(w, x) }
 }
 
-/// Four f16 rows against `x`, prefetching `next` if given; each row bit for bit its
-/// [`dot_f16`].
+/// Four f16 rows against `x`, each bit for bit its [`dot_f16`].
 #[inline]
-pub(crate) fn dot4_f16(
-    _: Avx512F,
-    w: [&[f16]; 4],
-    x: &[f32],
-    next: Option<[&[f16]; 4]>,
-) -> [f32; 4] {
+pub(crate) fn dot4_f16(_: Avx512F, w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
     // SAFETY: as in `dot4_f32`; `Avx512F` also proves F16C.
-    unsafe { dot4_f16_avx512(w, x, next) }
+    unsafe { dot4_f16_avx512(w, x) }
 }
 
-/// Four bf16 rows against `x` laid out by `x86::split_even_odd(x, STEP)`, prefetching `next` (any
-/// layout is memory-safe: every load stays within the common length).
+/// Four bf16 rows against `x` laid out by `x86::split_even_odd(x, STEP)`, each bit for bit its
+/// [`dot_bf16`] (any layout is memory-safe: every load stays within the common length).
 #[inline]
-pub(crate) fn dot4_bf16(
-    _: Avx512F,
-    w: [&[bf16]; 4],
-    x: &[f32],
-    next: Option<[&[bf16]; 4]>,
-) -> [f32; 4] {
+pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
     // SAFETY: as in `dot4_f32`.
-    unsafe { dot4_bf16_avx512(w, x, next) }
+    unsafe { dot4_bf16_avx512(w, x) }
 }
 
 /// One f32 row against `x`: bit for bit the row's [`dot4_f32`] result, reading the row once,
@@ -112,20 +95,6 @@ impl Load16 for f16 {
     }
 }
 
-/// Prefetches the 64-byte lines of each `next` row that hold elements `i..i + STEP`.
-#[inline(always)]
-unsafe fn prefetch<W, const R: usize>(next: [&[W]; R], i: usize) {
-    let bytes = STEP * std::mem::size_of::<W>();
-    for row in next {
-        if i + STEP <= row.len() {
-            let p = row.as_ptr().add(i) as *const i8;
-            for line in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.add(line));
-            }
-        }
-    }
-}
-
 /// The length every row and `x` have.
 #[inline(always)]
 fn common_len<W, const R: usize>(w: &[&[W]; R], x: &[f32]) -> usize {
@@ -156,11 +125,7 @@ unsafe fn finish<W: Scalar, const R: usize>(
 /// `2R` independent accumulators, then a scalar tail. Each row's operations are the same
 /// whatever `R` is, so one row alone gives the bits it gives among four.
 #[inline(always)]
-unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(
-    w: [&[W]; R],
-    x: &[f32],
-    next: Option<[&[W]; R]>,
-) -> [f32; R] {
+unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(w: [&[W]; R], x: &[f32]) -> [f32; R] {
     let len = common_len(&w, x);
     let p = w.map(|r| r.as_ptr());
     let px = x.as_ptr();
@@ -168,9 +133,6 @@ unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(
     let mut hi = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + STEP <= len {
-        if let Some(next) = next {
-            prefetch(next, i);
-        }
         let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
         for r in 0..R {
             lo[r] = _mm512_fmadd_ps(W::load16(p[r].add(i)), x0, lo[r]);
@@ -184,11 +146,7 @@ unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(
 /// `R` bf16 rows against `x` split into even and odd values per 32-value block; as
 /// [`dot_widening`] otherwise.
 #[inline(always)]
-unsafe fn dot_pairs<const R: usize>(
-    w: [&[bf16]; R],
-    x: &[f32],
-    next: Option<[&[bf16]; R]>,
-) -> [f32; R] {
+unsafe fn dot_pairs<const R: usize>(w: [&[bf16]; R], x: &[f32]) -> [f32; R] {
     let len = common_len(&w, x);
     let p = w.map(|r| r.as_ptr());
     let px = x.as_ptr();
@@ -197,9 +155,6 @@ unsafe fn dot_pairs<const R: usize>(
     let mut hi = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + STEP <= len {
-        if let Some(next) = next {
-            prefetch(next, i);
-        }
         let (even_x, odd_x) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
         for r in 0..R {
             let pairs = _mm512_loadu_si512(p[r].add(i) as *const _);
@@ -213,46 +168,44 @@ unsafe fn dot_pairs<const R: usize>(
     finish(w, x, lo, hi, i, len)
 }
 
-/// Four f32 rows (prefetching `next`), or one.
-///
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
-unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32], next: Option<[&[f32]; 4]>) -> [f32; 4] {
-    dot_widening(w, x, next)
+unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    dot_widening(w, x)
 }
 
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_f32_avx512(w: &[f32], x: &[f32]) -> f32 {
-    dot_widening([w], x, None)[0]
+    dot_widening([w], x)[0]
 }
 
 /// # Safety
 /// AVX-512 F and F16C must be available.
 #[target_feature(enable = "avx512f,f16c")]
-unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32], next: Option<[&[f16]; 4]>) -> [f32; 4] {
-    dot_widening(w, x, next)
+unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+    dot_widening(w, x)
 }
 
 /// # Safety
 /// AVX-512 F and F16C must be available.
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn dot_f16_avx512(w: &[f16], x: &[f32]) -> f32 {
-    dot_widening([w], x, None)[0]
+    dot_widening([w], x)[0]
 }
 
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
-unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32], next: Option<[&[bf16]; 4]>) -> [f32; 4] {
-    dot_pairs(w, x, next)
+unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+    dot_pairs(w, x)
 }
 
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_bf16_avx512(w: &[bf16], x: &[f32]) -> f32 {
-    dot_pairs([w], x, None)[0]
+    dot_pairs([w], x)[0]
 }

@@ -92,22 +92,21 @@ impl E4m3Byte for float8::F8E4M3 {}
 impl E4m3Byte for super::E4m3NoNan {}
 
 /// Four e4m3 rows against `x` laid out by [`split`], with block scales (`scales[q][kb]` for
-/// row `q`, block `kb` of `cols` values, `cols` a positive multiple of [`STEP`]), prefetching
-/// the rows `next` if given; each row bit for bit its [`dot_scaled`].
+/// row `q`, block `kb` of `cols` values, `cols` a positive multiple of [`STEP`]); each row bit
+/// for bit its [`dot_scaled`].
 #[inline]
 pub(crate) fn dot4_scaled<W: E4m3Byte>(
     t: Avx512Vbmi,
     w: [&[W]; 4],
     x: &[f32],
-    next: Option<[&[W]; 4]>,
     scales: [&[f32]; 4],
     cols: usize,
 ) -> [f32; 4] {
-    dot_rows_scaled(t, w, x, next, scales, cols)
+    dot_rows_scaled(t, w, x, scales, cols)
 }
 
-/// One row of [`dot4_scaled`], reading it once front to back (no prefetch): bit for bit the
-/// row's result among four.
+/// One row of [`dot4_scaled`], reading it once front to back: bit for bit the row's result
+/// among four.
 #[inline]
 pub(crate) fn dot_scaled<W: E4m3Byte>(
     t: Avx512Vbmi,
@@ -116,7 +115,7 @@ pub(crate) fn dot_scaled<W: E4m3Byte>(
     scales: &[f32],
     cols: usize,
 ) -> f32 {
-    dot_rows_scaled(t, [w], x, None, [scales], cols)[0]
+    dot_rows_scaled(t, [w], x, [scales], cols)[0]
 }
 
 /// `R` rows of [`dot4_scaled`]; each row's operations do not depend on `R`.
@@ -125,18 +124,12 @@ fn dot_rows_scaled<W: E4m3Byte, const R: usize>(
     _: Avx512Vbmi,
     w: [&[W]; R],
     x: &[f32],
-    next: Option<[&[W]; R]>,
     scales: [&[f32]; R],
     cols: usize,
 ) -> [f32; R] {
     const { assert!(std::mem::size_of::<W>() == 1) };
     let len = w[0].len();
-    assert!(
-        w.iter()
-            .chain(next.iter().flatten())
-            .all(|r| r.len() == len),
-        "rows of one length"
-    );
+    assert!(w.iter().all(|r| r.len() == len), "rows of one length");
     assert!(
         x.len() >= len.next_multiple_of(STEP),
         "x laid out by `split`"
@@ -151,10 +144,9 @@ fn dot_rows_scaled<W: E4m3Byte, const R: usize>(
         "one scale per block"
     );
     let bytes = w.map(|r| r.as_ptr() as *const u8);
-    let next = next.map(|n| n.map(|r| r.as_ptr() as *const u8));
     // SAFETY: the token proves AVX-512 F/BW and VBMI; the asserts bound every access: weight
     // loads stop at `len` (the last one masked), activation loads at `x.len()`.
-    unsafe { dot_scaled_vbmi(bytes, len, x, next, scales, cols) }
+    unsafe { dot_scaled_vbmi(bytes, len, x, scales, cols) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
@@ -162,7 +154,6 @@ unsafe fn dot_scaled_vbmi<const R: usize>(
     w: [*const u8; R],
     len: usize,
     x: &[f32],
-    next: Option<[*const u8; R]>,
     scales: [&[f32]; R],
     cols: usize,
 ) -> [f32; R] {
@@ -184,9 +175,6 @@ unsafe fn dot_scaled_vbmi<const R: usize>(
             let whole = i + STEP <= hi;
             let mask = if whole { !0 } else { (1u64 << (hi - i)) - 1 };
             for q in 0..R {
-                if let Some(next) = next {
-                    _mm_prefetch::<_MM_HINT_T0>(next[q].add(i) as *const i8);
-                }
                 let b = if whole {
                     _mm512_loadu_si512(w[q].add(i).cast())
                 } else {
