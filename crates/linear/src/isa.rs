@@ -39,8 +39,8 @@ enum Path {
     /// `vpdpbusd` where it has VNNI (`kernel::x86_512_act8`), as `Avx2FmaF16c` otherwise.
     #[cfg(target_arch = "x86_64")]
     Avx512F(x86_512::Avx512F),
-    /// AVX512-BF16 on top: `vdpbf16ps` in the matrix-vector regime for bf16 weights with
-    /// bf16-rounded activations ([`crate::Matrix::Bf16Activations`]).
+    /// AVX512-BF16 on top: `vdpbf16ps` for bf16 weights with bf16-rounded activations
+    /// ([`crate::Matrix::Bf16Activations`]).
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16(x86_bf16::Avx512Bf16),
 }

@@ -134,11 +134,12 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// even): `y[m, n] = Σ_k bf16(x[m, k]) · W[n, k]`, each product exact in f32, accumulated in
 /// f32. This is how HF's bf16 models and llama.cpp's bf16 type compute; against [`linear`]
 /// it gives up the activations' low mantissa bits (a relative 2⁻⁹ per value) for
-/// `vdpbf16ps` on AVX512-BF16 CPUs in the matrix-vector regime: two multiply-adds per lane in
-/// one instruction, with no widening instructions per weight byte, which is what bounds a
-/// product of several activation rows (a batched decode step) on few cores. Elsewhere, and in
-/// the GEMM regime, the f32 kernels run on the rounded activations (the same product up to
-/// summation order); on other devices it is candle's bf16 matmul.
+/// `vdpbf16ps` on AVX512-BF16 CPUs: two multiply-adds per lane in one instruction, with no
+/// widening instructions per weight byte, which is what bounds a product of several
+/// activation rows (a batched decode step, an expert's tokens) on few cores. Up to 64 rows
+/// the weights are read as stored, each row's result the same whatever the other rows; above,
+/// a packed GEMM. Elsewhere the f32 kernels run on the rounded activations (the same product
+/// up to summation order); on other devices it is candle's bf16 matmul.
 /// [`Matrix::Bf16Activations`] is the layer-level form.
 pub fn linear_bf16_activations_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.dtype() != DType::BF16 {

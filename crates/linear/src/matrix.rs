@@ -83,7 +83,7 @@ impl MatrixLoader for ThroughVarBuilder {
 }
 
 /// Suffix of the sibling that marks a weight stored in GGML blocks: a one-element u32 tensor
-/// holding the GGML type id ([`ggml_type_id`]); the weight itself is then served as its raw
+/// holding the GGML type id ([`crate::ggml_type_id`]); the weight itself is then served as its raw
 /// block bytes, `[N, bytes per row]` u8.
 pub const GGML_TYPE_SUFFIX: &str = "_ggml_type";
 

@@ -4,14 +4,23 @@
 //! rounding of the activations (a relative 2⁻⁹ per value).
 //!
 //! On AVX512-BF16 CPUs both regimes run `vdpbf16ps`, two of those multiply-adds per lane in
-//! one instruction ([`super::x86_bf16`]: the matrix-vector kernel, and the packed GEMM over
-//! bf16 pairs when `K` is even); otherwise the activations are rounded and the f32 kernels
+//! one instruction ([`super::x86_bf16`]): up to `DOT_FORM_MAX_ROWS` activation rows the
+//! weights are read as stored, in tiles of up to four weight rows by three activation rows
+//! ([`dot_form`]); above it, the packed GEMM over bf16 pairs when `K` is even. Otherwise the activations are rounded and the f32 kernels
 //! run on the rounded values, which is the same product up to summation order (and the oracle
 //! the tests hold the fast path to).
 
 use half::bf16;
 
 use crate::Isa;
+
+/// Up to this many activation rows the AVX512-BF16 path reads the weights as stored
+/// ([`dot_form`]); above it, the packed GEMM, whose packing of the weights then pays for
+/// itself. On a Zen 4 (`gemm --rows R`) the unpacked tiles ran at 1.2-1.8x the GEMM at 16
+/// and 48 rows (an expert's share of a 512-token chunk), level at 64, 0.7-0.9x at 96. At
+/// least [`crate::GEMV_MAX_ROWS`], so a decode step is batch-invariant.
+#[cfg(target_arch = "x86_64")]
+const DOT_FORM_MAX_ROWS: usize = 64;
 
 /// `[N, K]` bf16 weights `w` times `m` rows `xs` `[m, K]` rounded to bf16 → `[m, N]`
 /// row-major, in the regime `m` calls for.
@@ -21,8 +30,8 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     if let Some(t) = isa.avx512_bf16() {
         use half::slice::HalfFloatSliceExt;
         let xb = super::x86_bf16::round_to_bf16_bits(xs);
-        if m <= crate::GEMV_MAX_ROWS {
-            return matvec(t, w.reinterpret_cast(), k, &xb, m);
+        if m <= DOT_FORM_MAX_ROWS {
+            return dot_form(t, w.reinterpret_cast(), k, &xb, m);
         }
         if let Some(out) = super::x86_bf16::gemm(t, w.reinterpret_cast(), k, &xb, m) {
             return out;
@@ -32,39 +41,116 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     super::product(isa, w, k, &rounded, m, None)
 }
 
-/// The matrix-vector regime on AVX512-BF16: each task takes a contiguous block of weight rows
-/// and dots them four at a time with every activation row while they sit in L1.
+/// Activation bytes per block of [`dot_form`]: a task re-reads a block's rows for each of its
+/// weight rows, so a block stays in L2 (half of a Zen 4's 1 MiB) however many rows the call has.
 #[cfg(target_arch = "x86_64")]
-fn matvec(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: usize) -> Vec<f32> {
+const X_BLOCK_BYTES: usize = 512 << 10;
+
+/// The unpacked regime on AVX512-BF16 ([`super::x86_bf16::dot_tile`]): each task takes a
+/// contiguous block of weight rows and, per block of activation rows that fits L2, dots its
+/// rows with them in tiles of three activation rows, the weight rows one at a time or, once
+/// the activations outgrow L1, one from each quarter of the task ([`super::rows_apart`]).
+#[cfg(target_arch = "x86_64")]
+fn dot_form(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: usize) -> Vec<f32> {
     use rayon::prelude::*;
     let n = w.len().checked_div(k).unwrap_or(0);
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
     }
+    let xs = Lines::new(xs, k, m);
     let rows_per_task = super::rows_per_task(n, k * 2);
+    let x_block = (X_BLOCK_BYTES / (2 * k).max(1)).max(3) / 3 * 3;
+    let apart = m.min(x_block) * k * 2 > super::ONE_ROW_MAX_X_BYTES;
     let mut out_t = vec![0f32; n * m]; // [N, m]
     out_t
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| {
             let row = |r: usize| &rows[r * k..(r + 1) * k];
-            let apart = m * k * 2 > super::ONE_ROW_MAX_X_BYTES;
-            let (quads, rest) = super::rows_apart(rows.len() / k, apart);
-            for at in quads {
-                for (j, x) in xs.chunks_exact(k).enumerate() {
-                    let sums = super::x86_bf16::dot_rows(t, at.map(row), x);
-                    for (r, v) in at.into_iter().zip(sums) {
-                        out[r * m + j] = v;
-                    }
+            for j0 in (0..m).step_by(x_block) {
+                let js = j0..m.min(j0 + x_block);
+                let (quads, rest) = super::rows_apart(rows.len() / k, apart);
+                for at in quads {
+                    in_tiles(t, at.map(row), &xs, js.clone(), |q, j, v| {
+                        out[at[q] * m + j] = v
+                    });
                 }
-            }
-            for r in rest {
-                for (j, x) in xs.chunks_exact(k).enumerate() {
-                    out[r * m + j] = super::x86_bf16::dot_rows(t, [row(r)], x)[0];
+                for r in rest {
+                    in_tiles(t, [row(r)], &xs, js.clone(), |_, j, v| out[r * m + j] = v);
                 }
             }
         });
     super::transpose(out_t, n, m)
+}
+
+/// Activation rows (bf16 bits) each starting on a 64-byte cache line: the kernel loads 64
+/// bytes at a time from three of them per weight load, and a load split over two lines
+/// costs two.
+#[cfg(target_arch = "x86_64")]
+struct Lines {
+    lines: Vec<Line>,
+    /// Values per row.
+    k: usize,
+    /// Lines per row.
+    stride: usize,
+}
+
+/// One cache line of bf16 values.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; 32]);
+
+#[cfg(target_arch = "x86_64")]
+impl Lines {
+    fn new(xs: &[u16], k: usize, m: usize) -> Lines {
+        let stride = k.div_ceil(32);
+        let mut lines = vec![Line([0; 32]); m * stride];
+        for (x, row) in xs.chunks_exact(k).zip(lines.chunks_exact_mut(stride)) {
+            for (src, line) in x.chunks(32).zip(row) {
+                line.0[..src.len()].copy_from_slice(src);
+            }
+        }
+        Lines { lines, k, stride }
+    }
+
+    fn row(&self, j: usize) -> &[u16] {
+        let row = &self.lines[j * self.stride..(j + 1) * self.stride];
+        // SAFETY: `Line` is 32 plain `u16`s with no padding (`repr(C)`, 64 bytes), so the
+        // row's lines are `32 · stride ≥ k` contiguous values.
+        let values: &[u16] =
+            unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), 32 * row.len()) };
+        &values[..self.k]
+    }
+}
+
+/// `R` weight rows against the activation rows `js` of `xs`, three at a time, each sum
+/// `(q, j, value)` into `put`.
+#[cfg(target_arch = "x86_64")]
+fn in_tiles<const R: usize>(
+    t: super::x86_bf16::Avx512Bf16,
+    w: [&[u16]; R],
+    xs: &Lines,
+    js: std::ops::Range<usize>,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    use super::x86_bf16::dot_tile;
+    let x = |j: usize| xs.row(j);
+    let mut j = js.start;
+    while j + 3 <= js.end {
+        let sums = dot_tile(t, w, [x(j), x(j + 1), x(j + 2)]);
+        for (q, s) in sums.iter().enumerate() {
+            for (i, &v) in s.iter().enumerate() {
+                put(q, j + i, v);
+            }
+        }
+        j += 3;
+    }
+    for j in j..js.end {
+        for (q, s) in dot_tile(t, w, [x(j)]).iter().enumerate() {
+            put(q, j, s[0]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +193,48 @@ mod tests {
         check(300, 513, 33, 3);
         check(65, 2049, 5, 5);
         check(2, 64, 1, 1);
+        // The packed GEMM above the unpacked regime's rows; several activation blocks in it.
+        check(70, 300, 150, 4);
+        check(40, 9000, 50, 1);
+    }
+
+    /// Up to the unpacked regime's `DOT_FORM_MAX_ROWS` on AVX512-BF16 (elsewhere up to
+    /// [`crate::GEMV_MAX_ROWS`], the f32 kernels' matrix-vector regime), each row's result is
+    /// bit for bit its 1-row result, whatever the other rows: tiles of three and one, rows
+    /// one at a time or four apart (`K = 1100` from 8 rows on), several activation blocks
+    /// (`K = 9000`).
+    #[test]
+    fn rows_are_batch_invariant_up_to_the_packed_gemm() {
+        let rows_to_test = [1usize, 2, 3, 4, 7, 8, 31, 50, 64];
+        for (n, k) in [(45, 1100), (9, 9000), (13, 62)] {
+            let w: Vec<bf16> = (0..n * k)
+                .map(|i| bf16::from_f32((i as f32 * 0.173).sin()))
+                .collect();
+            let max = *rows_to_test.iter().max().unwrap();
+            let xs: Vec<f32> = (0..max * k).map(|i| (i as f32 * 0.0917).cos()).collect();
+            for isa in Isa::supported() {
+                let alone: Vec<Vec<f32>> = (0..max)
+                    .map(|j| product(isa, &w, k, &xs[j * k..(j + 1) * k], 1))
+                    .collect();
+                #[cfg(target_arch = "x86_64")]
+                let limit = match isa.avx512_bf16() {
+                    Some(_) => DOT_FORM_MAX_ROWS,
+                    None => crate::GEMV_MAX_ROWS,
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let limit = crate::GEMV_MAX_ROWS;
+                for &m in rows_to_test.iter().filter(|&&m| m <= limit) {
+                    let all = product(isa, &w, k, &xs[..m * k], m);
+                    for (j, one) in alone.iter().enumerate().take(m) {
+                        let got = &all[j * n..(j + 1) * n];
+                        assert!(
+                            got.iter().zip(one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{isa}: K {k}, {m} rows, row {j}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! The AVX512-BF16 matrix-vector kernel: bf16 weights against activations rounded to bf16,
-//! two multiply-adds per f32 lane in one `vdpbf16ps` (`acc[l] += a[2l]·b[2l] +
-//! a[2l+1]·b[2l+1]`, the products exact in f32), reading the rows as stored (32 bf16 per
-//! 512-bit load, the last load masked). Against the AVX2 bf16 kernel it drops the widening
-//! instructions per weight byte, which is what bounds a matrix-vector product of several
-//! activation rows on few cores (`benchmarks/README.md`).
+//! The AVX512-BF16 kernels: bf16 weights against activations rounded to bf16, two
+//! multiply-adds per f32 lane in one `vdpbf16ps` (`acc[l] += a[2l]·b[2l] + a[2l+1]·b[2l+1]`,
+//! the products exact in f32).
+//!
+//! Up to a few dozen activation rows, [`dot_tile`] reads the weight rows as stored (32 bf16
+//! per 512-bit load, the last load masked), each load serving several activation rows.
+//! Against the AVX2 bf16 kernel it drops the widening instructions per weight byte, which is
+//! what bounds a product of several activation rows on few cores, and against the packed
+//! GEMM the packing (`benchmarks/README.md`).
 //!
 //! The GEMM regime ([`gemm()`]) runs [`super::x86_512`]'s packed driver over pairs of bf16 (one
 //! 32-bit element holds values `2i` and `2i + 1` of a row, as stored) with a micro-kernel of
@@ -40,52 +43,76 @@ impl Avx512Bf16 {
     }
 }
 
-/// `R` bf16 rows (raw bits) against one bf16 activation row `x`, each of length at least
-/// `x.len()`: `Σ_i w[q][i] · x[i]` accumulated in f32, each row's result the same whatever
-/// `R`. The matrix-vector regime reads a task's rows one at a time, or one from each quarter
-/// of the task per call when the activations outgrow L1 (`super::rows_apart`).
+/// `R` bf16 weight rows against `X` activation rows rounded to bf16 (raw bits), the weight
+/// rows at least as long as the activation rows: `out[q][j] = Σ_i w[q][i] · x[j][i]`
+/// accumulated in f32. Each weight load serves the `X` activation rows and each activation
+/// load the `R` weight rows, so with `R = 4, X = 3` the kernel issues 7 loads per 12
+/// `vdpbf16ps` and runs at the multiply-add rate, with no packing (the GEMM's packing of the
+/// weights cost as much as its arithmetic on an expert's 48 rows). Every pair `(q, j)` gets
+/// the same operations in the same order whatever `R`, `X` and the other rows: two
+/// accumulators taking alternate 32-value blocks, the masked tail, one reduction. That is what
+/// makes the product batch-invariant and lets a task read its rows one at a time or one from
+/// each quarter (`super::rows_apart`).
 #[inline]
-pub(crate) fn dot_rows<const R: usize>(_: Avx512Bf16, w: [&[u16]; R], x: &[u16]) -> [f32; R] {
-    assert!(w.iter().all(|r| r.len() >= x.len()));
-    // SAFETY: the token proves AVX-512 F/BW/BF16; the rows hold at least `x.len()` values.
-    unsafe { dot_rows_avx512(w, x) }
+pub(crate) fn dot_tile<const R: usize, const X: usize>(
+    _: Avx512Bf16,
+    w: [&[u16]; R],
+    x: [&[u16]; X],
+) -> [[f32; X]; R] {
+    let k = x.first().map_or(0, |x| x.len());
+    assert!(x.iter().all(|x| x.len() == k) && w.iter().all(|r| r.len() >= k));
+    // SAFETY: the token proves AVX-512 F/BW/BF16; every row holds at least `k` values.
+    unsafe { dot_tile_avx512(w, x, k) }
 }
 
 /// # Safety
-/// AVX-512 F/BW/BF16 must be available and every row must hold at least `x.len()` values.
+/// AVX-512 F/BW/BF16 must be available and every row must hold at least `k` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn dot_rows_avx512<const R: usize>(w: [&[u16]; R], x: &[u16]) -> [f32; R] {
-    let k = x.len();
+unsafe fn dot_tile_avx512<const R: usize, const X: usize>(
+    w: [&[u16]; R],
+    x: [&[u16]; X],
+    k: usize,
+) -> [[f32; X]; R] {
     let load = |p: &[u16], i: usize| as_bh(_mm512_loadu_si512(p.as_ptr().add(i).cast()));
-    // Two accumulators per row, so consecutive `vdpbf16ps` of a row do not wait on each other.
-    let mut a0 = [_mm512_setzero_ps(); R];
-    let mut a1 = [_mm512_setzero_ps(); R];
+    // Two accumulators per pair, so consecutive `vdpbf16ps` of a pair do not wait on each
+    // other when the tile is small.
+    let mut a0 = [[_mm512_setzero_ps(); X]; R];
+    let mut a1 = [[_mm512_setzero_ps(); X]; R];
+    // One 32-value block at `i` into `acc`: each weight vector loaded once for the `X` rows.
+    let block = |acc: &mut [[__m512; X]; R], i: usize| {
+        let xv: [__m512bh; X] = std::array::from_fn(|j| load(x[j], i));
+        for (a, w) in acc.iter_mut().zip(w) {
+            let wv = load(w, i);
+            for (a, &xv) in a.iter_mut().zip(&xv) {
+                *a = _mm512_dpbf16_ps(*a, wv, xv);
+            }
+        }
+    };
     let mut i = 0;
     while i + 64 <= k {
-        let (x0, x1) = (load(x, i), load(x, i + 32));
-        for q in 0..R {
-            a0[q] = _mm512_dpbf16_ps(a0[q], load(w[q], i), x0);
-            a1[q] = _mm512_dpbf16_ps(a1[q], load(w[q], i + 32), x1);
-        }
+        block(&mut a0, i);
+        block(&mut a1, i + 32);
         i += 64;
     }
     if i + 32 <= k {
-        let x0 = load(x, i);
-        for q in 0..R {
-            a0[q] = _mm512_dpbf16_ps(a0[q], load(w[q], i), x0);
-        }
+        block(&mut a0, i);
         i += 32;
     }
     if i < k {
-        // The tail: masked loads read only the row's last `k - i` values and zero the rest.
+        // The tail: masked loads read only the rows' last `k - i` values and zero the rest.
         let mask: __mmask32 = (1u32 << (k - i)) - 1;
-        let xv = as_bh(_mm512_maskz_loadu_epi16(mask, x.as_ptr().add(i).cast()));
-        for q in 0..R {
-            let wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[q].as_ptr().add(i).cast()));
-            a1[q] = _mm512_dpbf16_ps(a1[q], wv, xv);
+        let tail = |p: &[u16]| as_bh(_mm512_maskz_loadu_epi16(mask, p.as_ptr().add(i).cast()));
+        let xv: [__m512bh; X] = std::array::from_fn(|j| tail(x[j]));
+        for (a, w) in a1.iter_mut().zip(w) {
+            let wv = tail(w);
+            for (a, &xv) in a.iter_mut().zip(&xv) {
+                *a = _mm512_dpbf16_ps(*a, wv, xv);
+            }
         }
     }
-    std::array::from_fn(|q| _mm512_reduce_add_ps(_mm512_add_ps(a0[q], a1[q])))
+    std::array::from_fn(|q| {
+        std::array::from_fn(|j| _mm512_reduce_add_ps(_mm512_add_ps(a0[q][j], a1[q][j])))
+    })
 }
 
 /// The 32 bf16 values of a 512-bit integer vector, typed for `vdpbf16ps`.
