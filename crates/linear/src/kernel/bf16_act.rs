@@ -61,26 +61,29 @@ fn dot_form(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: 
     let rows_per_task = super::rows_per_task(n, k * 2);
     let x_block = (X_BLOCK_BYTES / (2 * k).max(1)).max(3) / 3 * 3;
     let apart = m.min(x_block) * k * 2 > super::ONE_ROW_MAX_X_BYTES;
-    let mut out_t = vec![0f32; n * m]; // [N, m]
-    out_t
-        .par_chunks_mut(rows_per_task * m)
-        .zip(w.par_chunks(rows_per_task * k))
-        .for_each(|(out, rows)| {
+    let mut out = vec![0f32; m * n];
+    let dst = super::OutPtr(out.as_mut_ptr());
+    w.par_chunks(rows_per_task * k)
+        .enumerate()
+        .for_each(|(task, rows)| {
             let row = |r: usize| &rows[r * k..(r + 1) * k];
+            // Column `r` of the task's block of the `[m, N]` output, row `j`.
+            let r0 = task * rows_per_task;
+            // SAFETY: `j < m` and `r0 + r < N` (the task's rows), so the element is inside
+            // `out`, and only this task writes the columns of its rows.
+            let put = |r: usize, j: usize, v: f32| unsafe { *dst.get().add(j * n + r0 + r) = v };
             for j0 in (0..m).step_by(x_block) {
                 let js = j0..m.min(j0 + x_block);
                 let (quads, rest) = super::rows_apart(rows.len() / k, apart);
                 for at in quads {
-                    in_tiles(t, at.map(row), &xs, js.clone(), |q, j, v| {
-                        out[at[q] * m + j] = v
-                    });
+                    in_tiles(t, at.map(row), &xs, js.clone(), |q, j, v| put(at[q], j, v));
                 }
                 for r in rest {
-                    in_tiles(t, [row(r)], &xs, js.clone(), |_, j, v| out[r * m + j] = v);
+                    in_tiles(t, [row(r)], &xs, js.clone(), |_, j, v| put(r, j, v));
                 }
             }
         });
-    super::transpose(out_t, n, m)
+    out
 }
 
 /// Activation rows (bf16 bits) each starting on a 64-byte cache line: the kernel loads 64
