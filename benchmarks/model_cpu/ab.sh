@@ -18,7 +18,9 @@
 #   ROUNDS      rounds (default 3); PROMPT / NEW_TOKENS: decode NEW_TOKENS after PROMPT
 #               tokens (default 512 / 128)
 #   LLAMA_BIN / GGUF_DIR  as in formats.sh: llama-bench on ckpt-bf16.gguf and ckpt-Q8_0.gguf
-#               joins every round
+#               joins every round (LLAMA_QUANTS: other GGUF types to run, e.g. "Q8_0 Q4_K_M")
+#   A flag as the difference: NEW (or BASE) may be a script that runs model_decode with it,
+#               e.g. `exec .../model_decode "$@" --head q8`
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -54,7 +56,7 @@ r.update(round=$round, case='$label', build='$build'); print(json.dumps(r))" | t
         done
     done
     if [ -n "${LLAMA_BIN:-}" ] && [ -n "${GGUF_DIR:-}" ]; then
-        for q in bf16 Q8_0; do
+        for q in ${LLAMA_QUANTS:-bf16 Q8_0}; do
             [ -f "$GGUF_DIR/ckpt-$q.gguf" ] || continue
             "$LLAMA_BIN/llama-bench" -m "$GGUF_DIR/ckpt-$q.gguf" -t 2 -p 0 -n "$NEW_TOKENS" \
                 -d "$PROMPT" -r 1 -o jsonl 2>/dev/null | python3 -c "import json,sys; \

@@ -74,6 +74,10 @@ struct Args {
     /// Copy FP8 weights out of the memory map (the CLI's `--no-mmap`; default: in place).
     #[arg(long)]
     no_mmap: bool,
+    /// Quantise the output head at load: q8 or q4 (the CLI's `--head`; default: as the
+    /// other matrices are kept).
+    #[arg(long)]
+    head: Option<linear::QuantFormat>,
 }
 
 fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
@@ -219,6 +223,7 @@ fn main() -> Result<()> {
         }
         .with_bf16_activations(args.bf16_activations)
         .with_mmap(!args.no_mmap)
+        .with_head(args.head)
     })?;
     let precision = model.precision();
     let label = if precision.matrices == MatrixFormat::Float(dtype) {
@@ -279,7 +284,7 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
-         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
+         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"head\":\"{}\",\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
          \"first_tokens\":{:?}}}",
         label,
         bw / 1e9,
@@ -293,6 +298,7 @@ fn main() -> Result<()> {
         model.prefill_chunk,
         precision.bf16_activations,
         precision.mmap,
+        precision.head_format().map_or("as the matrices", |f| f.name()),
         status_bytes("VmHWM:").unwrap_or(0),
         status_bytes("RssAnon:").unwrap_or(0),
         status_bytes("RssFile:").unwrap_or(0),

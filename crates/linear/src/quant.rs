@@ -73,6 +73,18 @@ impl fmt::Display for QuantFormat {
     }
 }
 
+impl std::str::FromStr for QuantFormat {
+    type Err = String;
+
+    /// Parses [`QuantFormat::name`]: `q8` or `q4`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [QuantFormat::Q8, QuantFormat::Q4]
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4"))
+    }
+}
+
 #[derive(Clone)]
 enum Values {
     I8(Vec<i8>),

@@ -29,6 +29,15 @@ enum QuantTo {
     Q4,
 }
 
+impl From<QuantTo> for linear::QuantFormat {
+    fn from(to: QuantTo) -> Self {
+        match to {
+            QuantTo::Q8 => linear::QuantFormat::Q8,
+            QuantTo::Q4 => linear::QuantFormat::Q4,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Store {
     F32,
@@ -75,6 +84,12 @@ struct ModelArgs {
     /// f32 products of the exact bf16 weights (the default).
     #[arg(long)]
     bf16_activations: bool,
+    /// Quantise the output head at load to q8 or q4 (like llama.cpp's
+    /// `--output-tensor-type`): a decode step reads the whole head, so this reads fewer bytes
+    /// per token, at the head's quantisation error on every logit. Default: the head as the
+    /// other matrices are kept (8 bits when --matrices is q8 or q4).
+    #[arg(long)]
+    head: Option<linear::QuantFormat>,
     /// Longest block of prompt tokens one pass through the layers takes; longer prompts go
     /// through in chunks over the cache (same results, activation memory bounded by the chunk).
     #[arg(long, default_value_t = model::DEFAULT_PREFILL_CHUNK)]
@@ -134,6 +149,7 @@ impl ModelArgs {
             .with_huge_pages(huge_pages)
             .with_mmap(!self.no_mmap)
             .with_bf16_activations(self.bf16_activations)
+            .with_head(self.head)
         })?;
         if self.device_dispatch {
             model.use_device_dispatch()?;
@@ -650,10 +666,7 @@ fn quantize(model: &Path, to: QuantTo, out: &Path) -> Result<()> {
         bail!("{} exists; choose another --out", out.display());
     }
     let checkpoint = model::checkpoint::Checkpoint::open(model)?;
-    let format = match to {
-        QuantTo::Q8 => linear::QuantFormat::Q8,
-        QuantTo::Q4 => linear::QuantFormat::Q4,
-    };
+    let format = to.into();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors").expect("template"),
     );

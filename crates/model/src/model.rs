@@ -23,7 +23,7 @@ use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::plan::expected_tensors;
 use crate::precision::MatrixFormat;
-use linear::{MapMatrix, Matrix, MatrixLoader, QuantFormat};
+use linear::{MapMatrix, Matrix, MatrixLoader};
 
 /// A decoder layer's FFN.
 pub enum Ffn {
@@ -510,10 +510,8 @@ impl DeepSeek {
                 )],
             });
         }
-        if let MatrixFormat::Quant(_) = precision.matrices {
-            // The head at 8 bits whatever the layers' width (llama.cpp's mixes keep it wider
-            // too): its errors reach every logit directly.
-            lm_head = lm_head.quantize(QuantFormat::Q8)?;
+        if let Some(format) = precision.head_format() {
+            lm_head = lm_head.quantize(format)?;
         }
         if precision.bf16_activations {
             lm_head = lm_head.with_bf16_activations();

@@ -49,10 +49,11 @@ impl std::str::FromStr for MatrixFormat {
 
     /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4` or `gguf` (for command-line options).
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(q) = s.parse::<QuantFormat>() {
+            return Ok(MatrixFormat::Quant(q));
+        }
         Ok(match s {
             "fp8" => MatrixFormat::Fp8,
-            "q8" => MatrixFormat::Quant(QuantFormat::Q8),
-            "q4" => MatrixFormat::Quant(QuantFormat::Q4),
             "gguf" => MatrixFormat::Ggml,
             _ => {
                 MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
@@ -97,6 +98,13 @@ pub struct Precision {
     /// `vdpbf16ps`. Off by default: f32 products of the exact bf16 weights. Other formats are
     /// unaffected.
     pub bf16_activations: bool,
+    /// The output head quantised at load to this format (llama.cpp's
+    /// `--output-tensor-type`). It is the largest matrix a decode step reads, in full, every
+    /// step: 0.42 GB of a V2-Lite step's 0.78 GB with FP8 layers and the bf16 head DeepSeek
+    /// ships. A quantised head reads fewer bytes, at its quantisation error on every logit.
+    /// `None` (the default) keeps it as [`Precision::matrices`] does, which for
+    /// [`MatrixFormat::Quant`] is 8 bits.
+    pub head: Option<QuantFormat>,
 }
 
 impl Precision {
@@ -109,6 +117,7 @@ impl Precision {
             huge_pages: true,
             mmap: true,
             bf16_activations: false,
+            head: None,
         }
     }
 
@@ -149,6 +158,23 @@ impl Precision {
             _ => compute.into(),
         };
         Self::mixed(compute, matrices)
+    }
+
+    /// The same, with the output head quantised to `head` or kept as the matrices are
+    /// ([`Precision::head`]).
+    pub fn with_head(self, head: Option<QuantFormat>) -> Self {
+        Self { head, ..self }
+    }
+
+    /// The format the output head is quantised to at load, if any: [`Precision::head`], or
+    /// 8 bits when the layers are quantised (its errors reach every logit directly, so
+    /// llama.cpp's mixes keep it wider than the layers too).
+    pub fn head_format(&self) -> Option<QuantFormat> {
+        match (self.head, self.matrices) {
+            (Some(f), _) => Some(f),
+            (None, MatrixFormat::Quant(_)) => Some(QuantFormat::Q8),
+            (None, _) => None,
+        }
     }
 
     /// The dtype a matrix stored as `stored` is read into, except FP8 weights kept as shipped

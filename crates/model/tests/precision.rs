@@ -281,3 +281,47 @@ fn quantised_models_track_f32() {
     }
     assert!(kls[0] < kls[1], "q8 {} vs q4 {}", kls[0], kls[1]);
 }
+
+/// `Precision::head` quantises only the output head: a step reads exactly the head's bytes
+/// less (`[V, C]` at 8.5 or 5 bits per weight instead of its stored width), the logits stay
+/// close to the model's (8 bits closer than 4), and without it the FP8 model keeps its head.
+#[test]
+fn a_quantised_head_reads_fewer_bytes() {
+    use linear::QuantFormat;
+    let case = Case::load("v3_noaux");
+    let cpu = Device::Cpu;
+    let ids = case.ids("input_ids");
+    let exact = DeepSeek::load(&case.dir, DType::F32, &cpu).unwrap();
+    let want = exact.logits(&ids).unwrap();
+    let (vocab, hidden) = (exact.config().vocab_size, exact.config().hidden_size);
+    let head_f32 = vocab * hidden * 4;
+    let mut kls = Vec::new();
+    for format in [QuantFormat::Q8, QuantFormat::Q4] {
+        let precision = Precision::mixed(DType::F32, DType::F32).with_head(Some(format));
+        assert_eq!(precision.head_format(), Some(format));
+        let model = DeepSeek::load(&case.dir, precision, &cpu).unwrap();
+        let head_bytes = (vocab * hidden) as f64 * format.bits_per_weight() / 8.0;
+        assert_eq!(
+            model.decode_weight_bytes().0,
+            exact.decode_weight_bytes().0 - head_f32 + head_bytes as usize,
+            "{format:?}"
+        );
+        let (kl, agree) = kl_and_agreement(&want, &model.logits(&ids).unwrap());
+        eprintln!("head {format:?}: mean KL {kl:.2e}, top-1 agreement {agree:.3}");
+        assert!(kl > 0.0 && kl < 0.3, "head {format:?}: mean KL {kl}");
+        kls.push(kl);
+    }
+    assert!(kls[0] < kls[1], "q8 head {} vs q4 head {}", kls[0], kls[1]);
+    // The default: the head as the matrices are kept, 8 bits under quantised layers.
+    assert_eq!(
+        Precision::mixed(DType::F32, DType::BF16).head_format(),
+        None
+    );
+    let q4: MatrixFormat = "q4".parse().unwrap();
+    let q4 = Precision::mixed(DType::F32, q4);
+    assert_eq!(q4.head_format(), Some(QuantFormat::Q8));
+    assert_eq!(
+        q4.with_head(Some(QuantFormat::Q4)).head_format(),
+        Some(QuantFormat::Q4)
+    );
+}
