@@ -99,9 +99,9 @@ pub struct Precision {
     /// unaffected.
     pub bf16_activations: bool,
     /// The output head quantised at load to this format (llama.cpp's
-    /// `--output-tensor-type`). It is the largest matrix a decode step reads, in full, every
-    /// step: 0.42 GB of a V2-Lite step's 0.78 GB with FP8 layers and the bf16 head DeepSeek
-    /// ships. A quantised head reads fewer bytes, at its quantisation error on every logit.
+    /// `--output-tensor-type`). A decode step reads all of it, every step: on the 4-layer
+    /// V2-Lite-shaped benchmark checkpoint with FP8 layers and the bf16 head DeepSeek ships,
+    /// 0.42 GB of the step's 0.78 GB. A quantised head reads fewer bytes, at its quantisation error on every logit.
     /// `None` (the default) keeps it as [`Precision::matrices`] does, which for
     /// [`MatrixFormat::Quant`] is 8 bits.
     pub head: Option<QuantFormat>,

@@ -284,7 +284,8 @@ fn quantised_models_track_f32() {
 
 /// `Precision::head` quantises only the output head: a step reads exactly the head's bytes
 /// less (`[V, C]` at 8.5 or 5 bits per weight instead of its stored width), the logits stay
-/// close to the model's (8 bits closer than 4), and without it the FP8 model keeps its head.
+/// close to the model's (8 bits closer than 4), and without it the head is kept as the
+/// matrices are (8 bits under quantised layers).
 #[test]
 fn a_quantised_head_reads_fewer_bytes() {
     use linear::QuantFormat;

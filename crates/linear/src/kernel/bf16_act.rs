@@ -6,9 +6,9 @@
 //! On AVX512-BF16 CPUs both regimes run `vdpbf16ps`, two of those multiply-adds per lane in
 //! one instruction ([`super::x86_bf16`]): up to `DOT_FORM_MAX_ROWS` activation rows the
 //! weights are read as stored, in tiles of up to four weight rows by three activation rows
-//! ([`dot_form`]); above it, the packed GEMM over bf16 pairs when `K` is even. Otherwise the activations are rounded and the f32 kernels
-//! run on the rounded values, which is the same product up to summation order (and the oracle
-//! the tests hold the fast path to).
+//! ([`dot_form`]); above it, the packed GEMM over bf16 pairs when `K` is even. Otherwise the
+//! activations are rounded and the f32 kernels run on the rounded values, which is the same
+//! product up to summation order (and the oracle the tests hold the fast path to).
 
 use half::bf16;
 
@@ -29,10 +29,10 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_bf16() {
         use half::slice::HalfFloatSliceExt;
-        let xb = super::x86_bf16::round_to_bf16_bits(xs);
         if m <= DOT_FORM_MAX_ROWS {
-            return dot_form(t, w.reinterpret_cast(), k, &xb, m);
+            return dot_form(t, w.reinterpret_cast(), k, xs, m);
         }
+        let xb = super::x86_bf16::round_to_bf16_bits(xs);
         if let Some(out) = super::x86_bf16::gemm(t, w.reinterpret_cast(), k, &xb, m) {
             return out;
         }
@@ -51,13 +51,13 @@ const X_BLOCK_BYTES: usize = 512 << 10;
 /// rows with them in tiles of three activation rows, the weight rows one at a time or, once
 /// the activations outgrow L1, one from each quarter of the task ([`super::rows_apart`]).
 #[cfg(target_arch = "x86_64")]
-fn dot_form(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: usize) -> Vec<f32> {
+fn dot_form(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[f32], m: usize) -> Vec<f32> {
     use rayon::prelude::*;
     let n = w.len().checked_div(k).unwrap_or(0);
     if n == 0 || m == 0 {
         return vec![0.0; n * m];
     }
-    let xs = Lines::new(xs, k, m);
+    let xs = Lines::rounded(xs, k, m);
     let rows_per_task = super::rows_per_task(n, k * 2);
     let x_block = (X_BLOCK_BYTES / (2 * k).max(1)).max(3) / 3 * 3;
     let apart = m.min(x_block) * k * 2 > super::ONE_ROW_MAX_X_BYTES;
@@ -86,9 +86,9 @@ fn dot_form(t: super::x86_bf16::Avx512Bf16, w: &[u16], k: usize, xs: &[u16], m: 
     out
 }
 
-/// Activation rows (bf16 bits) each starting on a 64-byte cache line: the kernel loads 64
-/// bytes at a time from three of them per weight load, and a load split over two lines
-/// costs two.
+/// Activation rows rounded to bf16 (raw bits), each starting on a 64-byte cache line: the
+/// kernel loads 64 bytes at a time from three of them per weight load, and a load split over
+/// two lines costs two.
 #[cfg(target_arch = "x86_64")]
 struct Lines {
     lines: Vec<Line>,
@@ -106,12 +106,15 @@ struct Line([u16; 32]);
 
 #[cfg(target_arch = "x86_64")]
 impl Lines {
-    fn new(xs: &[u16], k: usize, m: usize) -> Lines {
+    /// `m` rows of `k` f32 values, rounded to bf16 (nearest even) as they are copied.
+    fn rounded(xs: &[f32], k: usize, m: usize) -> Lines {
         let stride = k.div_ceil(32);
         let mut lines = vec![Line([0; 32]); m * stride];
         for (x, row) in xs.chunks_exact(k).zip(lines.chunks_exact_mut(stride)) {
             for (src, line) in x.chunks(32).zip(row) {
-                line.0[..src.len()].copy_from_slice(src);
+                for (d, &v) in line.0.iter_mut().zip(src) {
+                    *d = bf16::from_f32(v).to_bits();
+                }
             }
         }
         Lines { lines, k, stride }
