@@ -144,6 +144,8 @@ const MAX_TOKENS: usize = 16 * 1024;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // As the CLI does: large tensors reuse freed heap pages.
+    model::host_memory::retain_freed_memory();
     let model = Arc::new(DeepSeek::load_with(
         &args.model,
         &Device::Cpu,

@@ -78,6 +78,10 @@ struct Args {
     /// other matrices are kept).
     #[arg(long)]
     head: Option<linear::QuantFormat>,
+    /// Keep glibc's default `malloc` settings (a fresh mapping per large tensor) instead of
+    /// the CLI's `model::host_memory::retain_freed_memory`: for comparing the two.
+    #[arg(long)]
+    system_malloc: bool,
 }
 
 fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
@@ -184,6 +188,7 @@ fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let retained = !args.system_malloc && model::host_memory::retain_freed_memory();
     let dtype = args.dtype;
     let threads = candle_core::utils::get_num_threads();
     let bw = read_bandwidth();
@@ -284,7 +289,7 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
-         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"head\":\"{}\",\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
+         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"head\":\"{}\",\"retain_freed_memory\":{retained},\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
          \"first_tokens\":{:?}}}",
         label,
         bw / 1e9,

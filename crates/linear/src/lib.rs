@@ -60,6 +60,9 @@
 //! `Isa` explicitly, e.g. [`Isa::portable`] to force the fallback, and [`Isa::supported`]
 //! lists every path this CPU runs (tests compare each against a reference).
 //!
+//! [`elementwise`] fuses the forward pass's elementwise steps (SwiGLU, residual adds) on
+//! rayon's pool, bit for bit what candle's ops compute.
+//!
 //! [`slices`] offers the kernels on plain `f32` slices (`x · wᵀ`, and `out += x · w` for
 //! weighted sums of rows) for callers holding their own storage, such as attention over a
 //! paged cache.
@@ -83,6 +86,7 @@
 
 #![deny(missing_docs)]
 
+pub mod elementwise;
 mod fp8;
 mod ggml;
 pub mod host;

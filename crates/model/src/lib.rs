@@ -58,6 +58,7 @@ pub mod engine;
 mod error;
 pub mod generate;
 pub mod gguf;
+pub mod host_memory;
 pub mod model;
 pub mod mtp;
 pub mod plan;

@@ -321,6 +321,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Large tensors reuse freed heap pages instead of fresh mappings (see the module).
+    model::host_memory::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -233,7 +233,7 @@ impl DecoderLayer {
 
     /// The residual around attention, then the FFN block.
     fn finish(&self, x: &Tensor, attn: &Tensor, dispatch: Dispatch) -> Result<Tensor> {
-        let h = (x + attn)?;
+        let h = linear::elementwise::add(x, attn)?;
         let (b, t, c) = h.dims3()?;
         let f = self.mlp.forward_with(
             &self
@@ -242,7 +242,7 @@ impl DecoderLayer {
                 .reshape((b * t, c))?,
             dispatch,
         )?;
-        Ok((h + f.reshape((b, t, c))?)?)
+        Ok(linear::elementwise::add(&h, &f.reshape((b, t, c))?)?)
     }
 
     /// The attention block.

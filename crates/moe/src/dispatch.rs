@@ -4,10 +4,13 @@
 //! Grouped dispatch, for T tokens and k experts each (T·k (token, slot) pairs):
 //! 1. one counting sort of the pairs by expert (a single permutation, [`DispatchPlan`]);
 //! 2. per active expert e: gather its tokens' rows (`index_select`), run the expert once as a
-//!    matmul over `[n_e, H]`, multiply each row by its routing weight;
-//! 3. concatenate the results in plan order and scatter-add them back with one `index_add`.
+//!    matmul over `[n_e, H]`;
+//! 3. multiply each result row by its routing weight, concatenate them in plan order and
+//!    scatter-add them back with one `index_add`.
 //!
-//! On the CPU step 2 runs in parallel over experts with rayon.
+//! On the CPU step 2 runs in parallel over experts with rayon, and step 3 on f32 results is
+//! one pass over the output in parallel over tokens, each token summing its rows in plan
+//! order: the same sums as `index_add` in the same order, so the same bits.
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
@@ -169,19 +172,14 @@ impl Experts {
             return Ok(x.zeros_like()?);
         }
         let dev = x.device();
-        let k = routing.top_k;
         let plan = DispatchPlan::new(routing, self.len());
         // Experts with few tokens (<= linear::GEMV_MAX_ROWS) run on `linear`'s matrix-vector
         // kernel inside `Mlp::forward`; busy experts on the GEMM.
         let run = |e: usize| -> Result<Tensor> {
             let pairs = &plan.order[plan.offsets[e]..plan.offsets[e + 1]];
-            let n = pairs.len();
-            let tokens: Vec<u32> = pairs.iter().map(|&p| p / k as u32).collect();
-            let w: Vec<f32> = pairs.iter().map(|&p| routing.weights[p as usize]).collect();
-            let xs = x.index_select(&Tensor::from_vec(tokens, n, dev)?, 0)?; // [n_e, H]
-            let ys = self.experts[e].forward(&xs)?; // [n_e, H]
-            let w = Tensor::from_vec(w, (n, 1), dev)?.to_dtype(ys.dtype())?; // [n_e, 1]
-            Ok(ys.broadcast_mul(&w)?)
+            let tokens: Vec<u32> = pairs.iter().map(|&p| p / routing.top_k as u32).collect();
+            let xs = x.index_select(&Tensor::from_vec(tokens, pairs.len(), dev)?, 0)?; // [n_e, H]
+            self.experts[e].forward(&xs) // [n_e, H]
         };
         let active = plan.active_experts();
         let parts: Vec<Tensor> = if matches!(dev, Device::Cpu) {
@@ -189,10 +187,10 @@ impl Experts {
         } else {
             active.iter().map(|&e| run(e)).collect::<Result<_>>()?
         };
-        let ys = Tensor::cat(&parts, 0)?; // [T*k, H] in plan order
-        let tokens: Vec<u32> = plan.order.iter().map(|&p| p / k as u32).collect();
-        let tokens = Tensor::from_vec(tokens, plan.order.len(), dev)?;
-        Ok(x.zeros_like()?.index_add(&tokens, &ys, 0)?)
+        if let Some(y) = combine_on_host(x, routing, &plan, &active, &parts)? {
+            return Ok(y);
+        }
+        combine_with_index_add(x, routing, &plan, &active, &parts)
     }
 
     /// One token (`x` `[1, H]`): runs only the chosen experts, in parallel on the CPU, each
@@ -232,5 +230,134 @@ impl Experts {
             rows.push(acc);
         }
         Ok(Tensor::cat(&rows, 0)?)
+    }
+}
+
+/// Step 3 on the host for f32 CPU results: `out[t] = Σ w_p · y_p` over token t's pairs p in
+/// plan order (`index_add`'s order, from zero), in parallel over tokens. `None` when a result
+/// is not a contiguous f32 CPU tensor.
+fn combine_on_host(
+    x: &Tensor,
+    routing: &Routing,
+    plan: &DispatchPlan,
+    active: &[usize],
+    parts: &[Tensor],
+) -> Result<Option<Tensor>> {
+    let guards: Vec<_> = parts.iter().map(Tensor::storage_and_layout).collect();
+    let Some(rows) = guards
+        .iter()
+        .map(|(s, l)| linear::elementwise::host_f32(s, l))
+        .collect::<Option<Vec<&[f32]>>>()
+    else {
+        return Ok(None);
+    };
+    let (t, h) = x.dims2()?;
+    let k = routing.top_k;
+    // Where each pair's result row is: (part, row). Parts follow `active` (ascending experts),
+    // so ordering pairs by it is plan order.
+    let mut at = vec![(0usize, 0usize); t * k];
+    for (part, &e) in active.iter().enumerate() {
+        for (row, &p) in plan.order[plan.offsets[e]..plan.offsets[e + 1]]
+            .iter()
+            .enumerate()
+        {
+            at[p as usize] = (part, row);
+        }
+    }
+    let mut out = vec![0f32; t * h];
+    out.par_chunks_mut(h).enumerate().for_each(|(token, out)| {
+        let mut pairs: Vec<usize> = (token * k..(token + 1) * k).collect();
+        pairs.sort_unstable_by_key(|&p| at[p]);
+        for p in pairs {
+            let (part, row) = at[p];
+            let w = routing.weights[p];
+            for (o, &y) in out.iter_mut().zip(&rows[part][row * h..(row + 1) * h]) {
+                *o += y * w;
+            }
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, (t, h), x.device())?))
+}
+
+/// Step 3 with tensor ops (any device and dtype): weight the rows, concatenate them in plan
+/// order and scatter-add them with one `index_add`.
+fn combine_with_index_add(
+    x: &Tensor,
+    routing: &Routing,
+    plan: &DispatchPlan,
+    active: &[usize],
+    parts: &[Tensor],
+) -> Result<Tensor> {
+    let dev = x.device();
+    let weighted = active
+        .iter()
+        .zip(parts)
+        .map(|(&e, ys)| {
+            let pairs = &plan.order[plan.offsets[e]..plan.offsets[e + 1]];
+            let w: Vec<f32> = pairs.iter().map(|&p| routing.weights[p as usize]).collect();
+            let w = Tensor::from_vec(w, (pairs.len(), 1), dev)?.to_dtype(ys.dtype())?;
+            Ok(ys.broadcast_mul(&w)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ys = Tensor::cat(&weighted, 0)?; // [T*k, H] in plan order
+    let k = routing.top_k as u32;
+    let tokens: Vec<u32> = plan.order.iter().map(|&p| p / k).collect();
+    let tokens = Tensor::from_vec(tokens, plan.order.len(), dev)?;
+    Ok(x.zeros_like()?.index_add(&tokens, &ys, 0)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read results on the host
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    /// The host scatter sums what `index_add` sums, in its order: the same bits, with tokens
+    /// sharing experts, experts left idle and a token routed to one expert twice over k slots.
+    #[test]
+    fn host_combine_is_index_add_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (t, h, k, n_experts) = (9, 13, 3, 5);
+        let indices: Vec<u32> = (0..t * k).map(|p| ((p * 7 + p / 5) % 4) as u32).collect();
+        let weights: Vec<f32> = (0..t * k).map(|p| (p as f32 * 0.37).sin()).collect();
+        let routing = Routing {
+            n_tokens: t,
+            top_k: k,
+            indices,
+            weights,
+        };
+        let plan = DispatchPlan::new(&routing, n_experts);
+        let active = plan.active_experts();
+        assert!(
+            active.len() < n_experts,
+            "an idle expert is part of the case"
+        );
+        let x = Tensor::zeros((t, h), DType::F32, &dev).unwrap();
+        let parts: Vec<Tensor> = active
+            .iter()
+            .map(|&e| {
+                let n = plan.offsets[e + 1] - plan.offsets[e];
+                let v: Vec<f32> = (0..n * h)
+                    .map(|i| (i as f32 * 0.91 + e as f32).cos())
+                    .collect();
+                Tensor::from_vec(v, (n, h), &dev).unwrap()
+            })
+            .collect();
+        let host = combine_on_host(&x, &routing, &plan, &active, &parts)
+            .unwrap()
+            .expect("f32 CPU parts take the host path");
+        let ops = combine_with_index_add(&x, &routing, &plan, &active, &parts).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        assert_eq!(bits(&host), bits(&ops));
+        let bf16: Vec<Tensor> = parts
+            .iter()
+            .map(|p| p.to_dtype(DType::BF16).unwrap())
+            .collect();
+        assert!(combine_on_host(&x, &routing, &plan, &active, &bf16)
+            .unwrap()
+            .is_none());
     }
 }

@@ -184,7 +184,7 @@ impl Mlp {
         let x2 = x.reshape(((), h))?; // [T, H]
         let gate = self.gate_proj.forward(&x2)?; // [T, I]
         let up = self.up_proj.forward(&x2)?; // [T, I]
-        let act = (candle_nn::ops::silu(&gate)? * up)?;
+        let act = linear::elementwise::swiglu(&gate, &up)?;
         let y = self.down_proj.forward(&act)?; // [T, H]
         Ok(y.reshape(dims)?)
     }

@@ -243,7 +243,7 @@ impl Moe {
     /// `routed + shared_experts(x)`.
     fn add_shared(&self, x: &Tensor, routed: Tensor) -> Result<Tensor> {
         match &self.shared {
-            Some(s) => Ok((routed + s.forward(x)?)?),
+            Some(s) => Ok(linear::elementwise::add(&routed, &s.forward(x)?)?),
             None => Ok(routed),
         }
     }

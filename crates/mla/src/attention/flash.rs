@@ -12,6 +12,7 @@
 //! call takes the cheaper by a FLOP count calibrated on the CPU ([`Mla::flash_formulation`]).
 
 use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
 
 use super::{causal_mask, linear_dense, Mla, Projected};
 use crate::cache::LatentKeys;
@@ -150,22 +151,122 @@ impl OnlineSoftmax {
         Ok(Self { max, sum, acc })
     }
 
-    /// Folds in a block, starting the state if this is the first one.
-    fn fold(
-        state: Option<Self>,
-        scores: &Tensor,
-        weighted: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<Self> {
-        match state {
-            None => Self::first(scores, weighted),
-            Some(state) => state.update(scores, weighted),
-        }
-    }
-
     /// `acc / l`, f32.
     fn finish(self) -> Result<Tensor> {
         Ok(self.acc.broadcast_div(&self.sum)?)
     }
+}
+
+/// [`OnlineSoftmax`] on the host, for f32 scores in CPU memory: per block, the scaling, the
+/// causal mask and the update of `m`, `l` and `p` run as one pass over each query row, in
+/// parallel over rows (the tensor version makes about ten passes over the block's scores, each
+/// a separate candle op). The state starts at `m = -inf`, `l = 0`, `acc = 0`: block 0 is
+/// visible to every row, so `m` is finite after it and `exp(m_old - m_new)` is 0 there.
+struct HostSoftmax {
+    /// `[B, H, tile]`: the rows.
+    dims: (usize, usize, usize),
+    /// `m` per row (`[B, H, tile]` flattened).
+    max: Vec<f32>,
+    /// `l` per row.
+    sum: Vec<f32>,
+    /// `acc`, `[rows, dv]` row-major (empty until the first block gives `dv`).
+    acc: Vec<f32>,
+}
+
+impl HostSoftmax {
+    fn new((b, h, tile): (usize, usize, usize)) -> Self {
+        let rows = b * h * tile;
+        Self {
+            dims: (b, h, tile),
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            acc: Vec::new(),
+        }
+    }
+
+    /// Folds in one block of raw f32 scores `[rows, len]` (row `r` is query `r % tile` of the
+    /// tile, at position `first_pos + r % tile`; key `j` of the block at `k0 + j`), `scale`d,
+    /// with `weighted(p)` returning `p · V` `[rows, dv]` in f32.
+    fn fold(
+        &mut self,
+        scores: &[f32],
+        (scale, first_pos, k0): (f32, usize, usize),
+        weighted: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let (b, h, tile) = self.dims;
+        let rows = b * h * tile;
+        let len = scores.len() / rows;
+        let mut p: Vec<f32> = vec![0.0; rows * len];
+        let mut alpha = vec![0f32; rows];
+        p.par_chunks_mut(len)
+            .zip(scores.par_chunks(len))
+            .zip(self.max.par_iter_mut())
+            .zip(self.sum.par_iter_mut())
+            .zip(alpha.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, ((((p, s), m), l), a))| {
+                // Keys k0..k0 + visible are at or before this query's position.
+                let visible = (first_pos + r % tile + 1).saturating_sub(k0).min(len);
+                let block_max = s[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |acc, &x| acc.max(x * scale));
+                let m_new = m.max(block_max);
+                if m_new == f32::NEG_INFINITY {
+                    *a = 1.0; // nothing visible yet: p stays 0, the state unchanged
+                    return;
+                }
+                let mut row_sum = 0.0;
+                for (p, &x) in p[..visible].iter_mut().zip(&s[..visible]) {
+                    *p = (x * scale - m_new).exp();
+                    row_sum += *p;
+                }
+                *a = (*m - m_new).exp();
+                *l = *l * *a + row_sum;
+                *m = m_new;
+            });
+        let pv = weighted(&Tensor::from_vec(p, (b, h, tile, len), &Device::Cpu)?)?;
+        let pv = pv.flatten_all()?;
+        let (storage, layout) = pv.storage_and_layout();
+        let Some(pv) = linear::elementwise::host_f32(&storage, layout) else {
+            return Err(
+                candle_core::Error::Msg("flash: p · V is not an f32 CPU tensor".into()).into(),
+            );
+        };
+        if self.acc.is_empty() {
+            self.acc = vec![0.0; pv.len()];
+        }
+        let dv = pv.len() / rows;
+        self.acc
+            .par_chunks_mut(dv)
+            .zip(pv.par_chunks(dv))
+            .zip(alpha.par_iter())
+            .for_each(|((acc, pv), &a)| {
+                for (acc, &x) in acc.iter_mut().zip(pv) {
+                    *acc = *acc * a + x;
+                }
+            });
+        Ok(())
+    }
+
+    /// `acc / l` as an f32 `[B, H, tile, dv]` CPU tensor.
+    fn finish(mut self) -> Result<Tensor> {
+        let (b, h, tile) = self.dims;
+        let dv = self.acc.len() / self.sum.len();
+        self.acc
+            .par_chunks_mut(dv)
+            .zip(self.sum.par_iter())
+            .for_each(|(acc, &l)| acc.iter_mut().for_each(|x| *x /= l));
+        Ok(Tensor::from_vec(self.acc, (b, h, tile, dv), &Device::Cpu)?)
+    }
+}
+
+/// One tile's softmax state: f32 scores on the CPU fold on the host ([`HostSoftmax`]),
+/// others (another device, bf16 or f16 compute) through tensor ops ([`OnlineSoftmax`]).
+enum TileSoftmax {
+    /// No block folded yet.
+    Empty,
+    Host(HostSoftmax),
+    Ops(OnlineSoftmax),
 }
 
 /// A run of consecutive query tokens: indices `first..first + len` of the `T` new tokens.
@@ -359,7 +460,7 @@ impl Mla {
         let t: usize = tiles.iter().map(|tile| tile.len).sum();
         // Query `i` sits at absolute position `past + i` and sees keys `0..=past + i`.
         let past = s - t;
-        let mut states: Vec<Option<OnlineSoftmax>> = tiles.iter().map(|_| None).collect();
+        let mut states: Vec<TileSoftmax> = tiles.iter().map(|_| TileSoftmax::Empty).collect();
         for k0 in (0..s).step_by(FLASH_KEY_BLOCK) {
             let len = FLASH_KEY_BLOCK.min(s - k0);
             // The last tile's last query sees every key, so every block is used at least once.
@@ -370,20 +471,63 @@ impl Mla {
                     continue; // entirely in this tile's future
                 }
                 let scores = f.scores(i, &block)?;
-                let scores = self.scale_and_mask(&scores, first_pos, k0, device)?;
-                states[i] = Some(OnlineSoftmax::fold(states[i].take(), &scores, |p| {
-                    f.weighted(p, &block)
-                })?);
+                let weighted = |p: &Tensor| f.weighted(p, &block);
+                states[i] = match std::mem::replace(&mut states[i], TileSoftmax::Empty) {
+                    TileSoftmax::Empty
+                        if scores.device().is_cpu() && scores.dtype() == DType::F32 =>
+                    {
+                        let (b, h, rows, _) = scores.dims4()?;
+                        let mut state = HostSoftmax::new((b, h, rows));
+                        self.fold_on_host(&mut state, &scores, first_pos, k0, weighted)?;
+                        TileSoftmax::Host(state)
+                    }
+                    TileSoftmax::Host(mut state) => {
+                        self.fold_on_host(&mut state, &scores, first_pos, k0, weighted)?;
+                        TileSoftmax::Host(state)
+                    }
+                    TileSoftmax::Empty => {
+                        let scores = self.scale_and_mask(&scores, first_pos, k0, device)?;
+                        TileSoftmax::Ops(OnlineSoftmax::first(&scores, weighted)?)
+                    }
+                    TileSoftmax::Ops(state) => {
+                        let scores = self.scale_and_mask(&scores, first_pos, k0, device)?;
+                        TileSoftmax::Ops(state.update(&scores, weighted)?)
+                    }
+                };
             }
         }
         let outs = states
             .into_iter()
             .map(|state| {
-                let state = state.expect("block 0 is visible to every tile");
-                f.output(&state.finish()?)
+                let out = match state {
+                    TileSoftmax::Empty => unreachable!("block 0 is visible to every tile"),
+                    TileSoftmax::Host(state) => state.finish()?,
+                    TileSoftmax::Ops(state) => state.finish()?,
+                };
+                f.output(&out)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    /// [`HostSoftmax::fold`] of raw f32 CPU scores `[B, H, tile, len]`.
+    fn fold_on_host(
+        &self,
+        state: &mut HostSoftmax,
+        scores: &Tensor,
+        first_pos: usize,
+        k0: usize,
+        weighted: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let scores = scores.contiguous()?;
+        let (storage, layout) = scores.storage_and_layout();
+        let Some(values) = linear::elementwise::host_f32(&storage, layout) else {
+            return Err(
+                candle_core::Error::Msg("flash: scores are not an f32 CPU tensor".into()).into(),
+            );
+        };
+        let scale = self.softmax_scale as f32;
+        state.fold(values, (scale, first_pos, k0), weighted)
     }
 
     /// Raw scores `[B, H, tile, len]` of queries at positions `first_pos..` against keys
