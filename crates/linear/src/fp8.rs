@@ -214,20 +214,18 @@ pub fn linear_fp8_with(isa: Isa, x: &Tensor, w: &Fp8Matrix) -> Result<Tensor> {
     let m = x.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    if x.device().is_cpu() {
-        #[allow(clippy::disallowed_methods)] // a CPU tensor: no device copy
-        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let product = |v: &[F8E4M3]| {
+    let y = crate::elementwise::with_host_rows(x, |xs| {
+        w.with_host_values(|v: &[F8E4M3]| {
             if w.has_nan {
-                matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
+                matmul_fp8(isa, v, k, &w.scales, w.block, xs, m)
             } else {
                 let v = kernel::E4m3NoNan::checked_before(v);
-                matmul_fp8(isa, v, k, &w.scales, w.block, &xs, m)
+                matmul_fp8(isa, v, k, &w.scales, w.block, xs, m)
             }
-        };
-        if let Some(y) = w.with_host_values(product) {
-            return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
-        }
+        })
+    })?;
+    if let Some(y) = y.flatten() {
+        return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
     }
     let wf = w.dequantize()?.to_device(x.device())?.to_dtype(x.dtype())?;
     x.reshape((m, k))?.matmul(&wf.t()?)?.reshape(out_dims)

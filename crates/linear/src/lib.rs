@@ -168,23 +168,21 @@ fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, bf16_activations: bool) -> Re
     let m = x.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    if x.device().is_cpu() {
-        #[allow(clippy::disallowed_methods)] // a CPU tensor: no device copy
-        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let y = if bf16_activations {
+    let y = elementwise::with_host_rows(x, |xs| {
+        if bf16_activations {
             let (storage, layout) = w.storage_and_layout();
             match (&*storage, layout.contiguous_offsets()) {
                 (Storage::Cpu(CpuStorage::BF16(v)), Some((start, end))) => {
-                    Some(kernel::bf16_act::product(isa, &v[start..end], k, &xs, m))
+                    Some(kernel::bf16_act::product(isa, &v[start..end], k, xs, m))
                 }
                 _ => None,
             }
         } else {
-            matmul_rows_with(isa, w, &xs, m)
-        };
-        if let Some(y) = y {
-            return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
+            matmul_rows_with(isa, w, xs, m)
         }
+    })?;
+    if let Some(y) = y.flatten() {
+        return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
     }
     if bf16_activations {
         let y = x.to_dtype(DType::BF16)?.reshape((m, k))?.matmul(&w.t()?)?;

@@ -479,9 +479,15 @@ pub fn linear_quant_with(isa: Isa, x: &Tensor, w: &QuantMatrix) -> Result<Tensor
     let m = x.elem_count() / k.max(1);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    // The 8/4-bit kernels are CPU kernels: on another device this is a counted host read.
-    let xs: Vec<f32> = crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?;
-    let y = w.matmul(isa, &xs, m);
+    let y = match crate::elementwise::with_host_rows(x, |xs| w.matmul(isa, xs, m))? {
+        Some(y) => y,
+        // The 8/4-bit kernels are CPU kernels: on another device this is a counted host read.
+        None => w.matmul(
+            isa,
+            &crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?,
+            m,
+        ),
+    };
     Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
 }
 

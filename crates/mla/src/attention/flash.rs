@@ -12,6 +12,7 @@
 //! call takes the cheaper by a FLOP count calibrated on the CPU ([`Mla::flash_formulation`]).
 
 use candle_core::{DType, Device, Tensor, D};
+use linear::elementwise;
 use rayon::prelude::*;
 
 use super::{causal_mask, linear_dense, Mla, Projected};
@@ -158,8 +159,9 @@ impl OnlineSoftmax {
 }
 
 /// [`OnlineSoftmax`] on the host, for f32 scores in CPU memory: per block, the scaling, the
-/// causal mask and the update of `m`, `l` and `p` run as one pass over each query row, in
-/// parallel over rows (the tensor version makes about ten passes over the block's scores, each
+/// causal mask and the update of `m`, `l` and `p` run as two passes over each query row
+/// (`linear::elementwise::scaled_max`, then `exp_sum`, vectorised on AVX-512), in parallel
+/// over rows (the tensor version makes about ten passes over the block's scores, each
 /// a separate candle op). The state starts at `m = -inf`, `l = 0`, `acc = 0`: block 0 is
 /// visible to every row, so `m` is finite after it and `exp(m_old - m_new)` is 0 there.
 struct HostSoftmax {
@@ -196,6 +198,7 @@ impl HostSoftmax {
         let (b, h, tile) = self.dims;
         let rows = b * h * tile;
         let len = scores.len() / rows;
+        let isa = linear::Isa::detect();
         let mut p: Vec<f32> = vec![0.0; rows * len];
         let mut alpha = vec![0f32; rows];
         p.par_chunks_mut(len)
@@ -207,19 +210,13 @@ impl HostSoftmax {
             .for_each(|(r, ((((p, s), m), l), a))| {
                 // Keys k0..k0 + visible are at or before this query's position.
                 let visible = (first_pos + r % tile + 1).saturating_sub(k0).min(len);
-                let block_max = s[..visible]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |acc, &x| acc.max(x * scale));
-                let m_new = m.max(block_max);
+                let m_new = m.max(elementwise::scaled_max(isa, &s[..visible], scale));
                 if m_new == f32::NEG_INFINITY {
                     *a = 1.0; // nothing visible yet: p stays 0, the state unchanged
                     return;
                 }
-                let mut row_sum = 0.0;
-                for (p, &x) in p[..visible].iter_mut().zip(&s[..visible]) {
-                    *p = (x * scale - m_new).exp();
-                    row_sum += *p;
-                }
+                let row_sum =
+                    elementwise::exp_sum(isa, &s[..visible], scale, m_new, &mut p[..visible]);
                 *a = (*m - m_new).exp();
                 *l = *l * *a + row_sum;
                 *m = m_new;
@@ -227,7 +224,7 @@ impl HostSoftmax {
         let pv = weighted(&Tensor::from_vec(p, (b, h, tile, len), &Device::Cpu)?)?;
         let pv = pv.flatten_all()?;
         let (storage, layout) = pv.storage_and_layout();
-        let Some(pv) = linear::elementwise::host_f32(&storage, layout) else {
+        let Some(pv) = elementwise::host_f32(&storage, layout) else {
             return Err(
                 candle_core::Error::Msg("flash: p · V is not an f32 CPU tensor".into()).into(),
             );
@@ -521,7 +518,7 @@ impl Mla {
     ) -> Result<()> {
         let scores = scores.contiguous()?;
         let (storage, layout) = scores.storage_and_layout();
-        let Some(values) = linear::elementwise::host_f32(&storage, layout) else {
+        let Some(values) = elementwise::host_f32(&storage, layout) else {
             return Err(
                 candle_core::Error::Msg("flash: scores are not an f32 CPU tensor".into()).into(),
             );
