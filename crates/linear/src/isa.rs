@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
-use crate::kernel::{x86, x86_512, x86_bf16};
+use crate::kernel::{x86, x86_512, x86_amx, x86_bf16};
 
 /// A kernel path: the SIMD instruction sets the kernels may use. (The GEMM regime runs our
 /// AVX-512F kernel on the paths that have it and the `gemm` crate, which dispatches on the CPU
@@ -43,6 +43,10 @@ enum Path {
     /// ([`crate::Matrix::Bf16Activations`]).
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16(x86_bf16::Avx512Bf16),
+    /// AMX-TILE and AMX-BF16 on top, with the OS's permission for the tile registers: the
+    /// bf16-activation GEMM on tiles (`kernel::x86_amx`) above [`crate::GEMV_MAX_ROWS`] rows.
+    #[cfg(target_arch = "x86_64")]
+    AmxBf16(x86_amx::AmxBf16),
 }
 
 impl Isa {
@@ -78,7 +82,7 @@ impl Isa {
         self.0 == Path::Portable
     }
 
-    /// A short name: `"avx512bf16"`, `"avx512f"`, `"avx2+fma+f16c"`, `"avx2+fma"` or
+    /// A short name: `"amx-bf16"`, `"avx512bf16"`, `"avx512f"`, `"avx2+fma+f16c"`, `"avx2+fma"` or
     /// `"portable"`.
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -91,6 +95,8 @@ impl Isa {
             Path::Avx512F(_) => "avx512f",
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Bf16(_) => "avx512bf16",
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxBf16(_) => "amx-bf16",
         }
     }
 
@@ -103,6 +109,7 @@ impl Isa {
             Path::Avx2FmaF16c(t) => Some(t.avx2_fma()),
             Path::Avx512F(t) => Some(t.avx2_fma_f16c().avx2_fma()),
             Path::Avx512Bf16(t) => Some(t.avx512f().avx2_fma_f16c().avx2_fma()),
+            Path::AmxBf16(t) => Some(t.avx512_bf16().avx512f().avx2_fma_f16c().avx2_fma()),
         }
     }
 
@@ -113,6 +120,7 @@ impl Isa {
             Path::Avx2FmaF16c(t) => Some(t),
             Path::Avx512F(t) => Some(t.avx2_fma_f16c()),
             Path::Avx512Bf16(t) => Some(t.avx512f().avx2_fma_f16c()),
+            Path::AmxBf16(t) => Some(t.avx512_bf16().avx512f().avx2_fma_f16c()),
             Path::Portable | Path::Avx2Fma(_) => None,
         }
     }
@@ -123,6 +131,7 @@ impl Isa {
         match self.0 {
             Path::Avx512F(t) => Some(t),
             Path::Avx512Bf16(t) => Some(t.avx512f()),
+            Path::AmxBf16(t) => Some(t.avx512_bf16().avx512f()),
             _ => None,
         }
     }
@@ -147,6 +156,16 @@ impl Isa {
     pub(crate) fn avx512_bf16(self) -> Option<x86_bf16::Avx512Bf16> {
         match self.0 {
             Path::Avx512Bf16(t) => Some(t),
+            Path::AmxBf16(t) => Some(t.avx512_bf16()),
+            _ => None,
+        }
+    }
+
+    /// The AMX-BF16 proof (with the OS's tile permission), when this path has one.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn amx_bf16(self) -> Option<x86_amx::AmxBf16> {
+        match self.0 {
+            Path::AmxBf16(t) => Some(t),
             _ => None,
         }
     }
@@ -163,6 +182,8 @@ impl Isa {
             Path::Avx512F(t) => Some(Isa(Path::Avx2FmaF16c(t.avx2_fma_f16c()))),
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Bf16(t) => Some(Isa(Path::Avx512F(t.avx512f()))),
+            #[cfg(target_arch = "x86_64")]
+            Path::AmxBf16(t) => Some(Isa(Path::Avx512Bf16(t.avx512_bf16()))),
         }
     }
 }
@@ -174,7 +195,10 @@ fn detect_uncached() -> Isa {
         return Isa(match avx2.with_f16c() {
             Some(t) => match x86_512::Avx512F::detect(t) {
                 Some(f) => match x86_bf16::Avx512Bf16::detect(f) {
-                    Some(b) => Path::Avx512Bf16(b),
+                    Some(b) => match x86_amx::AmxBf16::detect(b) {
+                        Some(a) => Path::AmxBf16(a),
+                        None => Path::Avx512Bf16(b),
+                    },
                     None => Path::Avx512F(f),
                 },
                 None => Path::Avx2FmaF16c(t),
@@ -221,11 +245,14 @@ mod tests {
         let avx512 = std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw");
         let bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+        // The OS's tile permission is part of the path (an old kernel refuses it).
+        let amx = x86_amx::cpu_has_amx_bf16() && x86_amx::os_grants_tile_data();
         let want = match (avx2, f16c, avx512, bf16) {
             (false, ..) => "portable",
             (true, false, ..) => "avx2+fma",
             (true, true, false, _) => "avx2+fma+f16c",
             (true, true, true, false) => "avx512f",
+            (true, true, true, true) if amx => "amx-bf16",
             (true, true, true, true) => "avx512bf16",
         };
         assert_eq!(Isa::detect().name(), want);

@@ -9,6 +9,10 @@
 //! ([`dot_form`]); above it, the packed GEMM over bf16 pairs when `K` is even. Otherwise the
 //! activations are rounded and the f32 kernels run on the rounded values, which is the same
 //! product up to summation order (and the oracle the tests hold the fast path to).
+//!
+//! On AMX CPUs, above [`crate::GEMV_MAX_ROWS`] activation rows (`K` a multiple of 32), the
+//! product runs on bf16 tiles instead ([`super::x86_amx`]): 16,384 flops per instruction. Up
+//! to that many rows the `vdpbf16ps` tiles keep decode steps batch-invariant.
 
 use half::bf16;
 
@@ -29,6 +33,11 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_bf16() {
         use half::slice::HalfFloatSliceExt;
+        if let Some(amx) = isa.amx_bf16().filter(|_| m > crate::GEMV_MAX_ROWS) {
+            if let Some(out) = super::x86_amx::gemm(amx, w.reinterpret_cast(), k, xs, m) {
+                return out;
+            }
+        }
         if m <= DOT_FORM_MAX_ROWS {
             return dot_form(t, w.reinterpret_cast(), k, xs, m);
         }
@@ -205,7 +214,8 @@ mod tests {
     }
 
     /// Up to the unpacked regime's `DOT_FORM_MAX_ROWS` on AVX512-BF16 (elsewhere up to
-    /// [`crate::GEMV_MAX_ROWS`], the f32 kernels' matrix-vector regime), each row's result is
+    /// [`crate::GEMV_MAX_ROWS`], the f32 kernels' matrix-vector regime and where AMX tiles
+    /// take over), each row's result is
     /// bit for bit its 1-row result, whatever the other rows: tiles of three and one, rows
     /// one at a time or four apart (`K = 1100` from 8 rows on), several activation blocks
     /// (`K = 9000`).
@@ -223,9 +233,9 @@ mod tests {
                     .map(|j| product(isa, &w, k, &xs[j * k..(j + 1) * k], 1))
                     .collect();
                 #[cfg(target_arch = "x86_64")]
-                let limit = match isa.avx512_bf16() {
-                    Some(_) => DOT_FORM_MAX_ROWS,
-                    None => crate::GEMV_MAX_ROWS,
+                let limit = match (isa.amx_bf16(), isa.avx512_bf16()) {
+                    (None, Some(_)) => DOT_FORM_MAX_ROWS,
+                    _ => crate::GEMV_MAX_ROWS,
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let limit = crate::GEMV_MAX_ROWS;

@@ -50,6 +50,8 @@ pub(crate) mod x86_512_e4m3;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512_exp;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_bf16;
 
 /// A stored weight element the kernels read: one value (f32, bf16, f16, e4m3, i8) or a packed
