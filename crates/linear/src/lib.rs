@@ -51,8 +51,10 @@
 //! where the CPU also has AVX512-VBMI (64 per row per iteration), the 8-bit and 4-bit formats'
 //! integer dot products with `vpdpbusd` where it has AVX512-VNNI (four groups of 32 per
 //! iteration), an AVX512-BF16 path for bf16 weights with bf16-rounded activations
-//! ([`linear_bf16_activations_with`]), and a portable path for every CPU. VBMI and VNNI are
-//! not paths of their own: every AVX-512 path uses them where detection found them. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
+//! ([`linear_bf16_activations_with`]), AMX bf16 tiles for that product's GEMM regime where
+//! the CPU has AMX-TILE and AMX-BF16 and Linux grants the tile registers, and a portable path
+//! for every CPU. VBMI and VNNI are not paths of their own: every AVX-512 path uses them where
+//! detection found them. The GEMM regime has an AVX-512F micro-kernel and otherwise runs the
 //! `gemm` crate's (which picks its own at run time). Which one runs is an [`Isa`] value: [`Isa::detect`] asks the CPU once per
 //! process and caches the answer, and only detection can make a SIMD `Isa`, so the `unsafe`
 //! kernels rely on that one check instead of re-checking per call. [`linear`] and
@@ -142,7 +144,7 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// widening instructions per weight byte, which is what bounds a product of several
 /// activation rows (a batched decode step, an expert's tokens) on few cores. Up to 64 rows
 /// the weights are read as stored, each row's result the same whatever the other rows; above,
-/// a packed GEMM. Elsewhere the f32 kernels run on the rounded activations (the same product
+/// a packed GEMM (on AMX tiles where the CPU has them and `K` is a multiple of 32). Elsewhere the f32 kernels run on the rounded activations (the same product
 /// up to summation order); on other devices it is candle's bf16 matmul.
 /// [`Matrix::Bf16Activations`] is the layer-level form.
 pub fn linear_bf16_activations_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {

@@ -10,9 +10,10 @@
 //! activations are rounded and the f32 kernels run on the rounded values, which is the same
 //! product up to summation order (and the oracle the tests hold the fast path to).
 //!
-//! On AMX CPUs, above [`crate::GEMV_MAX_ROWS`] activation rows (`K` a multiple of 32), the
-//! product runs on bf16 tiles instead ([`super::x86_amx`]): 16,384 flops per instruction. Up
-//! to that many rows the `vdpbf16ps` tiles keep decode steps batch-invariant.
+//! On AMX CPUs the packed GEMM's place (above `DOT_FORM_MAX_ROWS` rows, `K` a multiple of 32)
+//! goes to bf16 tiles ([`super::x86_amx`]): 16,384 flops per instruction. Below it the
+//! unpacked `vdpbf16ps` tiles stay, so a row's bits up to that many rows are the same on both
+//! paths and batch-invariant.
 
 use half::bf16;
 
@@ -33,13 +34,13 @@ pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> V
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_bf16() {
         use half::slice::HalfFloatSliceExt;
-        if let Some(amx) = isa.amx_bf16().filter(|_| m > crate::GEMV_MAX_ROWS) {
+        if m <= DOT_FORM_MAX_ROWS {
+            return dot_form(t, w.reinterpret_cast(), k, xs, m);
+        }
+        if let Some(amx) = isa.amx_bf16() {
             if let Some(out) = super::x86_amx::gemm(amx, w.reinterpret_cast(), k, xs, m) {
                 return out;
             }
-        }
-        if m <= DOT_FORM_MAX_ROWS {
-            return dot_form(t, w.reinterpret_cast(), k, xs, m);
         }
         let xb = super::x86_bf16::round_to_bf16_bits(xs);
         if let Some(out) = super::x86_bf16::gemm(t, w.reinterpret_cast(), k, &xb, m) {
@@ -211,11 +212,14 @@ mod tests {
         // The packed GEMM above the unpacked regime's rows; several activation blocks in it.
         check(70, 300, 150, 4);
         check(40, 9000, 50, 1);
+        // `K` a multiple of 32 above the unpacked regime: AMX tiles where the CPU has them
+        // (a lone last block of 16 activation rows, a short last pair of weight tiles).
+        check(70, 320, 150, 4);
+        check(33, 2048, 97, 2);
     }
 
-    /// Up to the unpacked regime's `DOT_FORM_MAX_ROWS` on AVX512-BF16 (elsewhere up to
-    /// [`crate::GEMV_MAX_ROWS`], the f32 kernels' matrix-vector regime and where AMX tiles
-    /// take over), each row's result is
+    /// Up to the unpacked regime's `DOT_FORM_MAX_ROWS` on AVX512-BF16 and AMX (elsewhere up
+    /// to [`crate::GEMV_MAX_ROWS`], the f32 kernels' matrix-vector regime), each row's result is
     /// bit for bit its 1-row result, whatever the other rows: tiles of three and one, rows
     /// one at a time or four apart (`K = 1100` from 8 rows on), several activation blocks
     /// (`K = 9000`).
@@ -233,9 +237,9 @@ mod tests {
                     .map(|j| product(isa, &w, k, &xs[j * k..(j + 1) * k], 1))
                     .collect();
                 #[cfg(target_arch = "x86_64")]
-                let limit = match (isa.amx_bf16(), isa.avx512_bf16()) {
-                    (None, Some(_)) => DOT_FORM_MAX_ROWS,
-                    _ => crate::GEMV_MAX_ROWS,
+                let limit = match isa.avx512_bf16() {
+                    Some(_) => DOT_FORM_MAX_ROWS,
+                    None => crate::GEMV_MAX_ROWS,
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let limit = crate::GEMV_MAX_ROWS;
@@ -255,19 +259,21 @@ mod tests {
 
     #[test]
     fn special_values() {
-        // Infinities and NaN propagate as in the f32 product of the rounded values.
-        let k = 40;
-        let mut w = vec![bf16::from_f32(1.0); 3 * k];
-        w[k + 5] = bf16::INFINITY;
-        w[2 * k + 7] = bf16::NAN;
-        for m in [1, 40] {
-            let xs = vec![0.5f32; m * k];
-            for isa in Isa::supported() {
-                let got = product(isa, &w, k, &xs, m);
-                for j in 0..m {
-                    assert_eq!(got[j * 3], 20.0, "{isa}");
-                    assert_eq!(got[j * 3 + 1], f32::INFINITY, "{isa}");
-                    assert!(got[j * 3 + 2].is_nan(), "{isa}");
+        // Infinities and NaN propagate as in the f32 product of the rounded values, in every
+        // regime (`K = 64` above the unpacked one: AMX tiles where present).
+        for (k, rows) in [(40, [1, 40, 100]), (64, [1, 40, 100])] {
+            let mut w = vec![bf16::from_f32(1.0); 3 * k];
+            w[k + 5] = bf16::INFINITY;
+            w[2 * k + 7] = bf16::NAN;
+            for m in rows {
+                let xs = vec![0.5f32; m * k];
+                for isa in Isa::supported() {
+                    let got = product(isa, &w, k, &xs, m);
+                    for j in 0..m {
+                        assert_eq!(got[j * 3], k as f32 / 2.0, "{isa}");
+                        assert_eq!(got[j * 3 + 1], f32::INFINITY, "{isa}");
+                        assert!(got[j * 3 + 2].is_nan(), "{isa}");
+                    }
                 }
             }
         }
