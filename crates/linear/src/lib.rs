@@ -133,7 +133,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// [`linear`] with the matrix-vector kernel on `isa` (e.g. [`Isa::portable`] to force the
 /// fallback); the GEMM regime's micro-kernel follows `isa` too.
 pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    dense_product(isa, x, w, false)
+    dense_product(isa, x, w, Regime::ByRows)
 }
 
 /// `x · wᵀ` for bf16 weights `w` `[N, K]` with the activations rounded to bf16 first (nearest
@@ -154,11 +154,31 @@ pub fn linear_bf16_activations_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<
             w.dtype()
         );
     }
-    dense_product(isa, x, w, true)
+    dense_product(isa, x, w, Regime::Bf16Activations)
 }
 
-/// [`linear_with`] and [`linear_bf16_activations_with`]: `bf16_activations` only for bf16 `w`.
-fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, bf16_activations: bool) -> Result<Tensor> {
+/// `x · wᵀ` for `x` `[..., K]` and `w` `[N, K]` (f32, bf16 or f16) with every row through the
+/// matrix-vector kernel, however many rows: a row's result is the same bits whatever the other
+/// rows, in a decode step of any batch or in a prefill chunk. For small matrices whose product
+/// costs little either way, such as MoE routers (a token's routing then does not depend on
+/// what it was batched with). Off the CPU it is [`linear`].
+pub fn linear_row_invariant(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    dense_product(Isa::detect(), x, w, Regime::RowInvariant)
+}
+
+/// How [`dense_product`] multiplies on the host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Regime {
+    /// f32 activations; the matrix-vector kernel up to [`GEMV_MAX_ROWS`] rows, the GEMM above.
+    ByRows,
+    /// bf16 `w` against activations rounded to bf16 ([`linear_bf16_activations_with`]).
+    Bf16Activations,
+    /// f32 activations, the matrix-vector kernel for every row ([`linear_row_invariant`]).
+    RowInvariant,
+}
+
+/// [`linear_with`], [`linear_bf16_activations_with`] and [`linear_row_invariant`].
+fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, regime: Regime) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     let dims = x.dims();
     if dims.last() != Some(&k) {
@@ -170,18 +190,30 @@ fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, bf16_activations: bool) -> Re
     let m = x.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
+    let bf16_activations = regime == Regime::Bf16Activations;
     let y = elementwise::with_host_rows(x, |xs| {
-        if bf16_activations {
-            let (storage, layout) = w.storage_and_layout();
-            match (&*storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::BF16(v)), Some((start, end))) => {
-                    Some(kernel::bf16_act::product(isa, &v[start..end], k, xs, m))
-                }
-                _ => None,
+        let (storage, layout) = w.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        let Storage::Cpu(cpu) = &*storage else {
+            return None;
+        };
+        Some(match (regime, cpu) {
+            (Regime::Bf16Activations, CpuStorage::BF16(v)) => {
+                kernel::bf16_act::product(isa, &v[start..end], k, xs, m)
             }
-        } else {
-            matmul_rows_with(isa, w, xs, m)
-        }
+            (Regime::Bf16Activations, _) => return None,
+            (Regime::ByRows, _) => matmul_rows_with(isa, w, xs, m)?,
+            (Regime::RowInvariant, CpuStorage::F32(v)) => {
+                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
+            }
+            (Regime::RowInvariant, CpuStorage::BF16(v)) => {
+                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
+            }
+            (Regime::RowInvariant, CpuStorage::F16(v)) => {
+                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
+            }
+            (Regime::RowInvariant, _) => return None,
+        })
     })?;
     if let Some(y) = y.flatten() {
         return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());

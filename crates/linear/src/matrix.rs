@@ -157,6 +157,20 @@ impl Matrix {
         }
     }
 
+    /// Up to how many activation rows each row's product on the kernel path `isa` is the same
+    /// bits whatever the other rows: how many sequences a serving engine may decode in one
+    /// pass without changing any one's output. [`crate::GEMV_MAX_ROWS`] (the matrix-vector
+    /// regime) but for bf16 weights under bf16 activations on AVX512-BF16 CPUs, whose unpacked
+    /// kernel keeps every row's arithmetic up to 64 rows.
+    pub fn batch_invariant_rows(&self, isa: Isa) -> usize {
+        match self {
+            Matrix::Bf16Activations(w) if w.device().is_cpu() => {
+                crate::kernel::bf16_act::invariant_rows(isa)
+            }
+            _ => crate::GEMV_MAX_ROWS,
+        }
+    }
+
     /// The shape `[N, K]` (a dense tensor reports its own dims, whatever its rank).
     pub fn dims(&self) -> &[usize] {
         match self {

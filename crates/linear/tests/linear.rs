@@ -111,9 +111,10 @@ fn default_entry_points_use_the_detected_path() {
 
 #[test]
 fn each_row_is_computed_the_same_whatever_the_other_rows() {
-    // Up to GEMV_MAX_ROWS rows, a row's result must not depend on the rows batched with it
-    // (a serving engine relies on it for batch invariance): bit for bit the 1-row result, on
-    // every path and weight dtype, for odd and even row counts (rows go two at a time).
+    // Up to `Matrix::batch_invariant_rows` (at least GEMV_MAX_ROWS) rows, a row's result must
+    // not depend on the rows batched with it (a serving engine relies on it for batch
+    // invariance): bit for bit the 1-row result, on every path and weight dtype, for odd and
+    // even row counts (rows go two at a time).
     let dev = Device::Cpu;
     let w32 = Tensor::randn(0f32, 1.0, (37, 204), &dev).unwrap();
     let mut formats: Vec<linear::Matrix> = [DType::F32, DType::BF16, DType::F16]
@@ -130,9 +131,11 @@ fn each_row_is_computed_the_same_whatever_the_other_rows() {
     // bf16 weights against bf16-rounded activations (`vdpbf16ps` where the CPU has it).
     formats.push(linear::Matrix::from(w32.to_dtype(DType::BF16).unwrap()).with_bf16_activations());
     for w in &formats {
-        for rows in [2usize, 5, linear::GEMV_MAX_ROWS] {
-            let x = Tensor::randn(0f32, 1.0, (rows, 204), &dev).unwrap();
-            for isa in Isa::supported() {
+        for isa in Isa::supported() {
+            let limit = w.batch_invariant_rows(isa);
+            assert!(limit >= linear::GEMV_MAX_ROWS);
+            for rows in [2usize, 5, linear::GEMV_MAX_ROWS, limit] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 204), &dev).unwrap();
                 let all = w.forward_with(isa, &x).unwrap();
                 for i in 0..rows {
                     let one = w.forward_with(isa, &x.narrow(0, i, 1).unwrap()).unwrap();
@@ -141,5 +144,30 @@ fn each_row_is_computed_the_same_whatever_the_other_rows() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn row_invariant_products_keep_every_row_past_gemv_max_rows() {
+    // `linear_row_invariant` (MoE routers): 100 rows, each bit for bit its 1-row result, and
+    // the same product as `linear` up to summation order.
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (100, 204), &dev).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let w = Tensor::randn(0f32, 1.0, (37, 204), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let all = linear::linear_row_invariant(&x, &w).unwrap();
+        for i in 0..100 {
+            let one = linear::linear_row_invariant(&x.narrow(0, i, 1).unwrap(), &w).unwrap();
+            assert_eq!(
+                max_diff(&all.narrow(0, i, 1).unwrap(), &one),
+                0.0,
+                "{dtype:?} row {i}"
+            );
+        }
+        let gemm = linear::linear(&x, &w).unwrap();
+        assert!(max_diff(&all, &gemm) < 1e-3, "{dtype:?}");
     }
 }

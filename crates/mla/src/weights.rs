@@ -230,7 +230,20 @@ impl MlaWeights {
     }
 
     /// The projections that [`MlaWeights::quantize`] converts: the query projection(s),
-    /// `kv_a_proj_with_mqa` and `o_proj` (not `kv_b_proj`, see its field).
+    /// `kv_a_proj_with_mqa` and `o_proj` (not `kv_b_proj`, see its field). These are the
+    /// products over all of a pass's rows; `kv_b_proj` is applied per sequence.
+    pub fn projections(&self) -> Vec<&Matrix> {
+        let mut out = match &self.query {
+            QueryWeights::Direct { q_proj } => vec![q_proj],
+            QueryWeights::LowRank {
+                q_a_proj, q_b_proj, ..
+            } => vec![q_a_proj, q_b_proj],
+        };
+        out.extend([&self.kv_a_proj_with_mqa, &self.o_proj]);
+        out
+    }
+
+    /// [`MlaWeights::projections`], mutable.
     pub fn projections_mut(&mut self) -> Vec<&mut Matrix> {
         let mut out = match &mut self.query {
             QueryWeights::Direct { q_proj } => vec![q_proj],

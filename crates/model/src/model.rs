@@ -775,6 +775,37 @@ impl DeepSeek {
         .with_page_tokens(page_tokens)?)
     }
 
+    /// Up to how many sequences one pass may decode with every sequence's output the same bits
+    /// as alone: the least [`linear::Matrix::batch_invariant_rows`] over the matrices that
+    /// multiply all of a pass's rows (attention projections, FFNs and experts, the head) on
+    /// the detected kernel path. Attention itself runs per sequence and the routers keep
+    /// every row ([`moe::Gate::logits`]). `linear::GEMV_MAX_ROWS` in general; 64 for bf16
+    /// matrices under `--bf16-activations` on AVX512-BF16 CPUs.
+    pub fn batch_invariant_rows(&self) -> usize {
+        let isa = linear::Isa::detect();
+        let mut rows = self.lm_head.batch_invariant_rows(isa);
+        let mut take = |m: &linear::Matrix| rows = rows.min(m.batch_invariant_rows(isa));
+        for layer in &self.layers {
+            layer
+                .self_attn
+                .weights()
+                .projections()
+                .into_iter()
+                .for_each(&mut take);
+            match &layer.mlp {
+                Ffn::Dense(m) => m.matrices().into_iter().for_each(&mut take),
+                Ffn::Moe(m) => {
+                    let experts = m.experts();
+                    let shared = m.shared().into_iter();
+                    for mlp in (0..experts.len()).map(|e| experts.expert(e)).chain(shared) {
+                        mlp.matrices().into_iter().for_each(&mut take);
+                    }
+                }
+            }
+        }
+        rows
+    }
+
     /// Bytes of weights one decode step reads, each matrix in the format it is kept in:
     /// `(total, routed experts)`. The total counts one embedding row, every layer's attention
     /// weights and norms, its dense FFN or its shared experts plus `top_k` routed experts (the

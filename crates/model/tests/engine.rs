@@ -13,7 +13,7 @@ use model::engine::{
     Completion, Engine, EngineConfig, EngineStats, Event, Request, RequestParams, SubmitError,
 };
 use model::generate::FinishReason;
-use model::{DeepSeek, SamplingParams, Tokenizer};
+use model::{DeepSeek, Precision, SamplingParams, Tokenizer};
 
 fn model() -> (Case, Arc<DeepSeek>) {
     let case = Case::load("v3_noaux");
@@ -117,10 +117,14 @@ fn run_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<Completion>> {
     })
 }
 
-#[test]
-fn a_request_gives_the_same_output_alone_and_among_63_others() {
-    let (case, model) = model();
-    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+/// Each of 64 requests run together equals its run alone on a fresh engine under `config`;
+/// the most decode rows one pass carried.
+fn same_alone_and_among_63_others(
+    case: &Case,
+    model: Arc<DeepSeek>,
+    config: EngineConfig,
+) -> usize {
+    let engine = Engine::start(model.clone(), None, config.clone()).unwrap();
     let requests: Vec<Request> = prompts(&case.ids("input_ids"), 64)
         .into_iter()
         .enumerate()
@@ -131,14 +135,54 @@ fn a_request_gives_the_same_output_alone_and_among_63_others() {
     assert!(stats.steps > 0);
     for (i, (r, got)) in requests.iter().zip(&together).enumerate() {
         // Alone: a fresh engine, so nothing comes from the first run's prefix cache.
-        let solo = Engine::start(model.clone(), None, small_pages()).unwrap();
+        let solo = Engine::start(model.clone(), None, config.clone()).unwrap();
         let alone = solo.generate(r.clone()).unwrap();
         assert_eq!(
             got, &alone,
             "request {i}: tokens or log-probabilities differ"
         );
     }
-    settled(&engine);
+    settled(&engine).largest_decode_pass
+}
+
+#[test]
+fn a_request_gives_the_same_output_alone_and_among_63_others() {
+    let (case, model) = model();
+    assert_eq!(model.batch_invariant_rows(), linear::GEMV_MAX_ROWS);
+    same_alone_and_among_63_others(&case, model, small_pages());
+}
+
+/// bf16 matrices under bf16 activations: on AVX512-BF16 CPUs a pass decodes up to 64
+/// sequences (the unpacked `vdpbf16ps` kernel). Every prompt is prefilled in the first step
+/// but the last few (a chunk's budget holds almost all), so nearly all 64 requests then decode
+/// in one pass.
+#[test]
+fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
+    let case = Case::load("v3_noaux");
+    let precision = Precision::mixed(DType::F32, DType::BF16).with_bf16_activations(true);
+    let model = Arc::new(DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap());
+    let isa = linear::Isa::detect();
+    let rows = model.batch_invariant_rows();
+    println!("{isa}: passes of up to {rows} decode rows");
+    let bf16_kernel = matches!(isa.name(), "avx512bf16" | "amx-bf16");
+    assert_eq!(
+        rows,
+        if bf16_kernel {
+            64
+        } else {
+            linear::GEMV_MAX_ROWS
+        }
+    );
+    let config = EngineConfig {
+        page_tokens: 8,
+        ..EngineConfig::default()
+    };
+    let largest = same_alone_and_among_63_others(&case, model, config);
+    assert!(largest <= rows, "a pass of {largest} decode rows");
+    assert!(
+        !bf16_kernel || largest > linear::GEMV_MAX_ROWS,
+        "the requests should have decoded in passes of more than 32 rows, not {largest}"
+    );
 }
 
 #[test]

@@ -238,10 +238,13 @@ impl Gate {
         Ok(())
     }
 
-    /// Router logits `[T, E]` in f32 for `x` `[T, hidden]`.
+    /// Router logits `[T, E]` in f32 for `x` `[T, hidden]`. Every token's row goes through the
+    /// matrix-vector kernel however many tokens there are (`linear::linear_row_invariant`; the
+    /// router is a few hundred KB), so a token's routing does not depend on what it was
+    /// batched with: a serving engine's batch invariance holds past `linear::GEMV_MAX_ROWS`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
-        Ok(linear::linear(&x, &self.weight)?)
+        Ok(linear::linear_row_invariant(&x, &self.weight)?)
     }
 
     /// Routes `x` `[T, hidden]`.

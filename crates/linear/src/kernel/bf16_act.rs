@@ -27,6 +27,18 @@ use crate::Isa;
 #[cfg(target_arch = "x86_64")]
 const DOT_FORM_MAX_ROWS: usize = 64;
 
+/// Up to how many rows [`product`] computes each row the same way whatever the other rows:
+/// the unpacked `vdpbf16ps` regime where the CPU has AVX512-BF16, else the f32 kernels'
+/// matrix-vector regime.
+pub(crate) fn invariant_rows(isa: Isa) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx512_bf16().is_some() {
+        return DOT_FORM_MAX_ROWS;
+    }
+    let _ = isa;
+    crate::GEMV_MAX_ROWS
+}
+
 /// `[N, K]` bf16 weights `w` times `m` rows `xs` `[m, K]` rounded to bf16 → `[m, N]`
 /// row-major, in the regime `m` calls for.
 pub(crate) fn product(isa: Isa, w: &[bf16], k: usize, xs: &[f32], m: usize) -> Vec<f32> {
@@ -236,13 +248,7 @@ mod tests {
                 let alone: Vec<Vec<f32>> = (0..max)
                     .map(|j| product(isa, &w, k, &xs[j * k..(j + 1) * k], 1))
                     .collect();
-                #[cfg(target_arch = "x86_64")]
-                let limit = match isa.avx512_bf16() {
-                    Some(_) => DOT_FORM_MAX_ROWS,
-                    None => crate::GEMV_MAX_ROWS,
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let limit = crate::GEMV_MAX_ROWS;
+                let limit = invariant_rows(isa);
                 for &m in rows_to_test.iter().filter(|&&m| m <= limit) {
                     let all = product(isa, &w, k, &xs[..m * k], m);
                     for (j, one) in alone.iter().enumerate().take(m) {

@@ -27,8 +27,9 @@
 //!
 //! **Batch invariance** ([`EngineConfig::batch_invariant`], on by default). A request's
 //! output must not depend on what else runs. With it on, decode rows go through the model in
-//! groups of at most [`linear::GEMV_MAX_ROWS`] (the matrix-vector kernel computes each row
-//! identically whatever the group), routed experts always take grouped dispatch, and each
+//! groups of at most [`DeepSeek::batch_invariant_rows`] (the matrix kernels compute each row
+//! identically whatever the group: [`linear::GEMV_MAX_ROWS`] rows, 64 for bf16 matrices under
+//! bf16 activations on AVX512-BF16 CPUs), routed experts always take grouped dispatch, and each
 //! prompt is prefilled alone in fixed chunks of [`EngineConfig::prefill_chunk`]: greedy
 //! outputs are then identical alone or among 63 others (tested). Off, each step is one pass
 //! over all rows (GEMM above 8 rows): faster at high concurrency, equal up to rounding.
@@ -252,6 +253,9 @@ pub struct EngineStats {
     pub ttft_count: u64,
     /// Engine steps run.
     pub steps: u64,
+    /// Most decode rows one forward pass has carried (under batch invariance at most
+    /// [`DeepSeek::batch_invariant_rows`]).
+    pub largest_decode_pass: usize,
 }
 
 /// Messages to the engine thread.

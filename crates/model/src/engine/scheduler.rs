@@ -78,6 +78,8 @@ pub(super) struct Scheduler {
     prefix: PrefixCache,
     closing: bool,
     stats: EngineStats,
+    /// Decode rows per pass in batch-invariant mode ([`DeepSeek::batch_invariant_rows`]).
+    invariant_rows: usize,
 }
 
 impl Scheduler {
@@ -100,6 +102,7 @@ impl Scheduler {
         };
         Self {
             prefix: PrefixCache::new(config.page_tokens, align),
+            invariant_rows: model.batch_invariant_rows(),
             model,
             tokenizer,
             config,
@@ -316,11 +319,16 @@ impl Scheduler {
                 logits: s.prefilled + take == s.prompt.len(),
             });
         }
+        let largest = match self.config.batch_invariant {
+            true => decode.len().min(self.invariant_rows),
+            false => decode.len(),
+        };
+        self.stats.largest_decode_pass = self.stats.largest_decode_pass.max(largest);
         let passes: Vec<Vec<Work>> = if self.config.batch_invariant {
             let mut passes = Vec::new();
             let mut decode = decode.into_iter().peekable();
             while decode.peek().is_some() {
-                passes.push(decode.by_ref().take(linear::GEMV_MAX_ROWS).collect());
+                passes.push(decode.by_ref().take(self.invariant_rows).collect());
             }
             passes.extend(prefill.into_iter().map(|w| vec![w]));
             passes
