@@ -183,6 +183,14 @@ macro_rules! per_tile {
     };
 }
 
+/// `tileloadd tmm$n, [base + stride*1]`: 16 rows of 64 bytes, `stride` apart.
+macro_rules! tileloadd {
+    ($n:literal, $base:expr, $stride:expr) => {
+        asm!(concat!("tileloadd tmm", $n, ", [{0} + {1}*1]"),
+            in(reg) $base, in(reg) $stride, options(nostack, readonly))
+    };
+}
+
 impl Tiles for Amx {
     #[inline(always)]
     fn zero(&mut self, c: usize) {
@@ -197,30 +205,26 @@ impl Tiles for Amx {
 
     #[inline(always)]
     unsafe fn load_a(&mut self, i: usize, base: *const u8, stride: usize) {
-        macro_rules! op {
-            ($n:literal) => {
-                // SAFETY: the caller guarantees the 16 rows are readable.
-                unsafe {
-                    asm!(concat!("tileloadd tmm", $n, ", [{0} + {1}*1]"),
-                        in(reg) base, in(reg) stride, options(nostack, readonly))
-                }
-            };
+        // SAFETY: the caller guarantees the 16 rows are readable.
+        unsafe {
+            match i {
+                0 => tileloadd!(4, base, stride),
+                1 => tileloadd!(5, base, stride),
+                _ => unreachable!("tile register out of the plan"),
+            }
         }
-        per_tile!(i + 4, [4, 5], op)
     }
 
     #[inline(always)]
     unsafe fn load_b(&mut self, i: usize, base: *const u8, stride: usize) {
-        macro_rules! op {
-            ($n:literal) => {
-                // SAFETY: the caller guarantees the 16 rows are readable.
-                unsafe {
-                    asm!(concat!("tileloadd tmm", $n, ", [{0} + {1}*1]"),
-                        in(reg) base, in(reg) stride, options(nostack, readonly))
-                }
-            };
+        // SAFETY: as `load_a`.
+        unsafe {
+            match i {
+                0 => tileloadd!(6, base, stride),
+                1 => tileloadd!(7, base, stride),
+                _ => unreachable!("tile register out of the plan"),
+            }
         }
-        per_tile!(i + 6, [6, 7], op)
     }
 
     #[inline(always)]
