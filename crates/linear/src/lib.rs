@@ -191,29 +191,18 @@ fn dense_product(isa: Isa, x: &Tensor, w: &Tensor, regime: Regime) -> Result<Ten
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
     let bf16_activations = regime == Regime::Bf16Activations;
-    let y = elementwise::with_host_rows(x, |xs| {
-        let (storage, layout) = w.storage_and_layout();
-        let (start, end) = layout.contiguous_offsets()?;
-        let Storage::Cpu(cpu) = &*storage else {
-            return None;
-        };
-        Some(match (regime, cpu) {
-            (Regime::Bf16Activations, CpuStorage::BF16(v)) => {
-                kernel::bf16_act::product(isa, &v[start..end], k, xs, m)
+    let y = elementwise::with_host_rows(x, |xs| match regime {
+        Regime::Bf16Activations => {
+            let (storage, layout) = w.storage_and_layout();
+            match (&*storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::BF16(v)), Some((start, end))) => {
+                    Some(kernel::bf16_act::product(isa, &v[start..end], k, xs, m))
+                }
+                _ => None,
             }
-            (Regime::Bf16Activations, _) => return None,
-            (Regime::ByRows, _) => matmul_rows_with(isa, w, xs, m)?,
-            (Regime::RowInvariant, CpuStorage::F32(v)) => {
-                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
-            }
-            (Regime::RowInvariant, CpuStorage::BF16(v)) => {
-                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
-            }
-            (Regime::RowInvariant, CpuStorage::F16(v)) => {
-                kernel::matmul_rows(isa, &v[start..end], k, xs, m, None)
-            }
-            (Regime::RowInvariant, _) => return None,
-        })
+        }
+        Regime::ByRows => host_product(isa, w, xs, m, false),
+        Regime::RowInvariant => host_product(isa, w, xs, m, true),
     })?;
     if let Some(y) = y.flatten() {
         return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
@@ -247,6 +236,32 @@ pub fn matmul_rows(w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
 /// # Panics
 /// If `xs.len() != m · K`.
 pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
+    host_product(isa, w, xs, m, false)
+}
+
+/// [`matmul_rows_with`], or with `every_row_gemv` the matrix-vector kernel whatever `m`
+/// ([`linear_row_invariant`]).
+fn host_product(
+    isa: Isa,
+    w: &Tensor,
+    xs: &[f32],
+    m: usize,
+    every_row_gemv: bool,
+) -> Option<Vec<f32>> {
+    fn run<W: kernel::WeightElem>(
+        isa: Isa,
+        w: &[W],
+        k: usize,
+        xs: &[f32],
+        m: usize,
+        every_row_gemv: bool,
+    ) -> Vec<f32> {
+        if every_row_gemv {
+            kernel::matmul_rows(isa, w, k, xs, m, None)
+        } else {
+            kernel::product(isa, w, k, xs, m, None)
+        }
+    }
     let (_, k) = w.dims2().ok()?;
     assert_eq!(xs.len(), m * k, "matmul_rows: xs must hold m rows of K");
     let (storage, layout) = w.storage_and_layout();
@@ -255,9 +270,9 @@ pub fn matmul_rows_with(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Ve
         return None;
     };
     Some(match cpu {
-        CpuStorage::F32(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
-        CpuStorage::BF16(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
-        CpuStorage::F16(v) => kernel::product(isa, &v[start..end], k, xs, m, None),
+        CpuStorage::F32(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
+        CpuStorage::BF16(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
+        CpuStorage::F16(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
         _ => return None,
     })
 }

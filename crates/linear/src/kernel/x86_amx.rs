@@ -172,14 +172,21 @@ impl Drop for Amx {
     }
 }
 
-/// One `asm!` per tile register: the register is part of the instruction, so a run-time
-/// index selects among fixed instructions (folded away where the index is a constant).
-macro_rules! per_tile {
-    ($i:expr, [$($n:literal),*], $op:ident) => {
-        match $i {
-            $($n => $op!($n),)*
-            _ => unreachable!("tile register out of the plan"),
-        }
+// The tile register is part of each instruction, so the methods below select among fixed
+// instructions with a `match` on the register's index (folded away where it is a constant).
+
+/// `tilezero tmm$n`.
+macro_rules! tilezero {
+    ($n:literal) => {
+        asm!(concat!("tilezero tmm", $n), options(nostack, nomem))
+    };
+}
+
+/// `tilestored [base + stride*1], tmm$n`: 16 rows of 64 bytes, `stride` apart.
+macro_rules! tilestored {
+    ($n:literal, $base:expr, $stride:expr) => {
+        asm!(concat!("tilestored [{0} + {1}*1], tmm", $n),
+            in(reg) $base, in(reg) $stride, options(nostack))
     };
 }
 
@@ -194,13 +201,16 @@ macro_rules! tileloadd {
 impl Tiles for Amx {
     #[inline(always)]
     fn zero(&mut self, c: usize) {
-        macro_rules! op {
-            // SAFETY: tiles are configured (`Amx` exists only after `ldtilecfg`).
-            ($n:literal) => {
-                unsafe { asm!(concat!("tilezero tmm", $n), options(nostack, nomem)) }
-            };
+        // SAFETY: tiles are configured (`Amx` exists only after `ldtilecfg`).
+        unsafe {
+            match c {
+                0 => tilezero!(0),
+                1 => tilezero!(1),
+                2 => tilezero!(2),
+                3 => tilezero!(3),
+                _ => unreachable!("tile register out of the plan"),
+            }
         }
-        per_tile!(c, [0, 1, 2, 3], op)
     }
 
     #[inline(always)]
@@ -244,16 +254,16 @@ impl Tiles for Amx {
 
     #[inline(always)]
     unsafe fn store(&mut self, c: usize, base: *mut u8, stride: usize) {
-        macro_rules! op {
-            ($n:literal) => {
-                // SAFETY: the caller guarantees the 16 rows are writable.
-                unsafe {
-                    asm!(concat!("tilestored [{0} + {1}*1], tmm", $n),
-                        in(reg) base, in(reg) stride, options(nostack))
-                }
-            };
+        // SAFETY: the caller guarantees the 16 rows are writable.
+        unsafe {
+            match c {
+                0 => tilestored!(0, base, stride),
+                1 => tilestored!(1, base, stride),
+                2 => tilestored!(2, base, stride),
+                3 => tilestored!(3, base, stride),
+                _ => unreachable!("tile register out of the plan"),
+            }
         }
-        per_tile!(c, [0, 1, 2, 3], op)
     }
 }
 

@@ -319,9 +319,10 @@ impl Scheduler {
                 logits: s.prefilled + take == s.prompt.len(),
             });
         }
-        let largest = match self.config.batch_invariant {
-            true => decode.len().min(self.invariant_rows),
-            false => decode.len(),
+        let largest = if self.config.batch_invariant {
+            decode.len().min(self.invariant_rows)
+        } else {
+            decode.len()
         };
         self.stats.largest_decode_pass = self.stats.largest_decode_pass.max(largest);
         let passes: Vec<Vec<Work>> = if self.config.batch_invariant {
