@@ -270,8 +270,32 @@ impl Mla {
         }
         let (cos, sin) = rope.cos_sin_at(&positions, x.device())?;
         let p = self.project_rotated(x, &cos, &sin)?;
+        // The absorbed parts (decode steps) through `W_UK` and `W_UV` together: one pass over
+        // the per-head weights for all of them instead of one per sequence.
+        let batched = |part: &PackedPart<'_>| {
+            part.path == AttentionPath::Absorbed
+                && self.head_products(&p.q_nope, true) == HeadProducts::Rows
+        };
+        let mut absorbed_rows = Vec::new();
+        let mut row = 0u32;
+        for part in parts.iter() {
+            let t = part.tokens as u32;
+            if batched(part) {
+                absorbed_rows.extend(row..row + t);
+            }
+            row += t;
+        }
+        let q_lat = if absorbed_rows.is_empty() {
+            None
+        } else {
+            let idx = Tensor::new(absorbed_rows.as_slice(), x.device())?;
+            let q = p.q_nope.index_select(&idx, 2)?;
+            Some(self.absorb_query(&q, HeadProducts::Rows)?) // [1, H, absorbed rows, R]
+        };
+        // Per part: its output `[1, t, H·v]`, or (absorbed) its latent output `[1, H, t, R]`.
         let mut outs = Vec::with_capacity(parts.len());
-        let mut row = 0;
+        let mut latents = Vec::new();
+        let (mut row, mut absorbed_row) = (0, 0);
         for part in parts.iter_mut() {
             let t = part.tokens;
             let own = Projected {
@@ -282,9 +306,38 @@ impl Mla {
                 q_resid: None,
             };
             part.cache.append_seq(0, &own.c_kv, &own.k_pe)?;
-            outs.push(self.attend(&own, &part.cache.seq_keys(0)?, part.path)?);
+            let keys = part.cache.seq_keys(0)?;
+            match &q_lat {
+                Some(q_lat) if batched(part) => {
+                    let q = q_lat.narrow(2, absorbed_row, t)?;
+                    latents.push(self.attend_latent(&q, &own.q_pe, &keys, None)?);
+                    outs.push(None);
+                    absorbed_row += t;
+                }
+                _ => outs.push(Some(self.attend(&own, &keys, part.path)?)),
+            }
             row += t;
         }
+        // [1, H, absorbed rows, R] -> [1, absorbed rows, H·v], then each part's rows in turn.
+        let absorbed = if latents.is_empty() {
+            None
+        } else {
+            Some(self.apply_w_uv(&Tensor::cat(&latents, 2)?, HeadProducts::Rows)?)
+        };
+        let mut at = 0;
+        let mut own_rows = |part: &PackedPart<'_>| -> Result<Tensor> {
+            let all = absorbed
+                .as_ref()
+                .expect("an absorbed part has a latent output");
+            let out = all.narrow(1, at, part.tokens)?;
+            at += part.tokens;
+            Ok(out)
+        };
+        let outs = outs
+            .into_iter()
+            .zip(parts.iter())
+            .map(|(out, part)| out.map_or_else(|| own_rows(part), Ok))
+            .collect::<Result<Vec<_>>>()?;
         let out = match <[Tensor; 1]>::try_from(outs) {
             Ok([one]) => one,
             Err(outs) => Tensor::cat(&outs, 1)?,
@@ -456,38 +509,63 @@ impl Mla {
         Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?)
     }
 
-    /// The absorbed path over the keys' segments in place (cache pages). f32 on the CPU with
-    /// no extra mask: the fused kernel (`latent.rs`), which reads each cached latent once.
-    /// Otherwise candle ops
-    /// ([`Mla::attend_absorbed_ops`]): scores per segment, joined along the keys (`[B, H·T,
-    /// S]`, small next to the cache), one softmax, then the weighted sum accumulated segment
-    /// by segment. The same products as one matmul over a contiguous cache, without copying
-    /// the cache.
+    /// The absorbed path over the keys' segments in place (cache pages): `W_UK` folded into
+    /// the queries, attention over the latents, `W_UV` applied to the result.
     fn attend_absorbed(
         &self,
         p: &Projected,
         keys: &LatentKeys,
         extra: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, h, t, _) = p.q_nope.dims4()?;
-        let (rk, r) = (c.kv_lora_rank, c.qk_rope_head_dim);
-        // The keys are shared by all heads, so heads x tokens are the rows of one matmul:
+        let heads = self.head_products(&p.q_nope, extra.is_none());
+        let q_lat = self.absorb_query(&p.q_nope, heads)?;
+        let out_lat = self.attend_latent(&q_lat, &p.q_pe, keys, extra)?;
+        self.apply_w_uv(&out_lat, heads)
+    }
+
+    /// How the absorbed path's per-head products run for queries `q`: `linear`'s
+    /// matrix-vector kernel where the fused CPU kernel runs (f32 on the CPU, no extra mask),
+    /// candle's batched matmul otherwise.
+    fn head_products(&self, q: &Tensor, no_mask: bool) -> HeadProducts {
+        if self.fused_cpu && no_mask && q.device().is_cpu() && q.dtype() == DType::F32 {
+            HeadProducts::Rows
+        } else {
+            HeadProducts::Matmul
+        }
+    }
+
+    /// The attention of absorbed queries `q_lat` `[B, H, T, R]` (and `q_pe` `[B, H, T, r]`)
+    /// over the latents: `[B, H, T, R]`, before `W_UV`. f32 on the CPU with no extra mask:
+    /// the fused kernel (`latent.rs`), which reads each cached latent once. Otherwise candle
+    /// ops ([`Mla::attend_latent_ops`]).
+    fn attend_latent(
+        &self,
+        q_lat: &Tensor,
+        q_pe: &Tensor,
+        keys: &LatentKeys,
+        extra: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, h, t, rk) = q_lat.dims4()?;
+        let r = q_pe.dim(D::Minus1)?;
+        // The keys are shared by all heads, so heads x tokens are the rows of one product:
         // [B, H·T, R] x [B, R, S] + [B, H·T, r] x [B, r, S] -> [B, H·T, S]
-        let q_lat = self.absorb_query(&p.q_nope)?.reshape((b, h * t, rk))?;
-        let q_pe = p.q_pe.reshape((b, h * t, r))?;
+        let q_lat = q_lat.reshape((b, h * t, rk))?;
+        let q_pe = q_pe.reshape((b, h * t, r))?;
         if extra.is_none() && self.fused_cpu {
             let scale = self.softmax_scale as f32;
             if let Some(out) = latent::attend_tensors(&q_lat, &q_pe, t, scale, keys)? {
-                return self.apply_w_uv(&out.reshape((b, h, t, rk))?);
+                return Ok(out.reshape((b, h, t, rk))?);
             }
         }
-        self.attend_absorbed_ops(&q_lat, &q_pe, (b, h, t), keys, extra)
+        self.attend_latent_ops(&q_lat, &q_pe, (b, h, t), keys, extra)
     }
 
-    /// [`Mla::attend_absorbed`] in candle ops (any device and dtype; the fused CPU path's
-    /// oracle): `q_lat` `[B, H·T, R]`, `q_pe` `[B, H·T, r]`.
-    fn attend_absorbed_ops(
+    /// [`Mla::attend_latent`] in candle ops (any device and dtype; the fused CPU path's
+    /// oracle): `q_lat` `[B, H·T, R]`, `q_pe` `[B, H·T, r]`. Scores per segment, joined along
+    /// the keys (`[B, H·T, S]`, small next to the cache), one softmax, then the weighted sum
+    /// accumulated segment by segment: the same products as one matmul over a contiguous
+    /// cache, without copying the cache.
+    fn attend_latent_ops(
         &self,
         q_lat: &Tensor,
         q_pe: &Tensor,
@@ -522,35 +600,38 @@ impl Mla {
             });
             k0 += len;
         }
-        let out_lat = out_lat.expect("at least one segment");
-        self.apply_w_uv(&out_lat.reshape((b, h, t, rk))?)
+        Ok(out_lat
+            .expect("at least one segment")
+            .reshape((b, h, t, rk))?)
     }
 
     /// `q_lat = q_nope · W_UK` per head: `[B, H, T, n]` -> `[B, H, T, R]` (contiguous).
-    fn absorb_query(&self, q_nope: &Tensor) -> Result<Tensor> {
+    fn absorb_query(&self, q_nope: &Tensor, how: HeadProducts) -> Result<Tensor> {
         let (b, h, t, n) = q_nope.dims4()?;
         let rk = self.config.kv_lora_rank;
         // [B, H, T, n] -> [H, B·T, n] x [H, n, R] -> [H, B·T, R] -> [B, H, T, R]
-        Ok(q_nope
+        let q = q_nope
             .transpose(0, 1)?
             .contiguous()?
-            .reshape((h, b * t, n))?
-            .matmul(&self.absorbed.w_uk)?
+            .reshape((h, b * t, n))?;
+        Ok(how
+            .run(&q, &self.absorbed.w_uk_t)?
             .reshape((h, b, t, rk))?
             .transpose(0, 1)?
             .contiguous()?)
     }
 
     /// `out = out_lat · W_UVᵀ` per head: `[B, H, T, R]` -> `[B, T, H·v]`.
-    fn apply_w_uv(&self, out_lat: &Tensor) -> Result<Tensor> {
+    fn apply_w_uv(&self, out_lat: &Tensor, how: HeadProducts) -> Result<Tensor> {
         let (b, h, t, rk) = out_lat.dims4()?;
         let v = self.config.v_head_dim;
         // [B, H, T, R] -> [H, B·T, R] x [H, R, v] -> [H, B·T, v] -> [B, T, H, v] -> [B, T, H·v]
-        Ok(out_lat
+        let o = out_lat
             .transpose(0, 1)?
             .contiguous()?
-            .reshape((h, b * t, rk))?
-            .matmul(&self.absorbed.w_uv_t)?
+            .reshape((h, b * t, rk))?;
+        Ok(how
+            .run(&o, &self.absorbed.w_uv)?
             .reshape((h, b, t, v))?
             .permute((1, 2, 0, 3))?
             .reshape((b, t, h * v))?)
@@ -580,6 +661,37 @@ impl Mla {
 
     fn output(&self, attn: &Tensor) -> Result<Tensor> {
         linear(attn, &self.weights.o_proj)
+    }
+}
+
+/// How the absorbed path multiplies per head by `W_UK` and `W_UV` (each head's block a weight
+/// `[out, in]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadProducts {
+    /// candle's batched matmul against the transposed blocks: any device and dtype, and the
+    /// many rows of a prefill tile.
+    Matmul,
+    /// `linear`'s matrix-vector kernel per head (every row through it:
+    /// [`linear::linear_row_invariant`]), the heads in parallel. A row's bits do not depend on
+    /// the other rows, so the decode rows of many sequences share one pass over the weights
+    /// ([`Mla::forward_packed`]) and each still equals its step alone.
+    Rows,
+}
+
+impl HeadProducts {
+    /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w` `[H, N, K]`): `[H, M, N]`.
+    fn run(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            HeadProducts::Matmul => Ok(x.matmul(&w.transpose(1, 2)?)?),
+            HeadProducts::Rows => {
+                use rayon::prelude::*;
+                let outs = (0..w.dim(0)?)
+                    .into_par_iter()
+                    .map(|h| Ok(linear::linear_row_invariant(&x.get(h)?, &w.get(h)?)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&outs, 0)?)
+            }
+        }
     }
 }
 

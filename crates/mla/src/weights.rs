@@ -297,18 +297,20 @@ impl MlaWeights {
     }
 }
 
-/// `kv_b_proj` viewed per head as `[H, nope + v, R]` (key rows first) and split, laid out for
-/// the two batched matmuls of the absorbed path.
+/// `kv_b_proj` viewed per head as `[H, nope + v, R]` (key rows first) and split. Each head's
+/// block is a weight matrix `[out, in]` as `linear` takes it, so the absorbed decode path runs
+/// `linear`'s matrix-vector kernel per head; candle's batched matmuls take the transposed
+/// views.
 #[derive(Debug, Clone)]
 pub(crate) struct AbsorbedWeights {
-    /// `W_UK` `[H, nope, R]`: `q_lat = q_nope · W_UK` per head.
-    pub w_uk: Tensor,
-    /// `W_UVᵀ` `[H, R, v]`: `out = out_lat · W_UVᵀ` per head.
-    pub w_uv_t: Tensor,
+    /// `W_UKᵀ` `[H, R, nope]`: `q_lat = q_nope · W_UK` per head.
+    pub w_uk_t: Tensor,
+    /// `W_UV` `[H, v, R]`: `out = out_lat · W_UVᵀ` per head.
+    pub w_uv: Tensor,
 }
 
 impl AbsorbedWeights {
-    /// Built in the compute `dtype`: the two batched matmuls multiply activations directly.
+    /// Built in the compute `dtype`: the products multiply activations directly.
     pub(crate) fn new(kv_b_proj: &Tensor, c: &MlaConfig, dtype: DType) -> Result<Self> {
         // [H·(nope+v), R] -> [H, nope+v, R]
         let per_head = kv_b_proj.to_dtype(dtype)?.reshape((
@@ -316,11 +318,13 @@ impl AbsorbedWeights {
             c.qk_nope_head_dim + c.v_head_dim,
             c.kv_lora_rank,
         ))?;
-        let w_uk = per_head.narrow(1, 0, c.qk_nope_head_dim)?.contiguous()?; // [H, nope, R]
-        let w_uv_t = per_head
-            .narrow(1, c.qk_nope_head_dim, c.v_head_dim)? // [H, v, R]
-            .transpose(1, 2)? // [H, R, v]
+        let w_uk_t = per_head
+            .narrow(1, 0, c.qk_nope_head_dim)? // [H, nope, R]
+            .transpose(1, 2)? // [H, R, nope]
             .contiguous()?;
-        Ok(Self { w_uk, w_uv_t })
+        let w_uv = per_head
+            .narrow(1, c.qk_nope_head_dim, c.v_head_dim)? // [H, v, R]
+            .contiguous()?;
+        Ok(Self { w_uk_t, w_uv })
     }
 }

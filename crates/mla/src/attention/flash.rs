@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use linear::elementwise;
 use rayon::prelude::*;
 
-use super::{causal_mask, linear_dense, Mla, Projected};
+use super::{causal_mask, linear_dense, HeadProducts, Mla, Projected};
 use crate::cache::LatentKeys;
 use crate::config::MlaConfig;
 use crate::error::Result;
@@ -299,7 +299,7 @@ struct AbsorbedBlocks<'a> {
 
 impl<'a> AbsorbedBlocks<'a> {
     fn new(mla: &'a Mla, p: &Projected, keys: &'a LatentKeys, tiles: &[Tile]) -> Result<Self> {
-        let q_lat = mla.absorb_query(&p.q_nope)?; // [B, H, T, R]
+        let q_lat = mla.absorb_query(&p.q_nope, HeadProducts::Matmul)?; // [B, H, T, R]
         let (b, h, _, rk) = q_lat.dims4()?;
         let r = p.q_pe.dim(D::Minus1)?;
         let queries = tiles
@@ -352,7 +352,8 @@ impl Blocked for AbsorbedBlocks<'_> {
     }
 
     fn output(&self, out: &Tensor) -> Result<Tensor> {
-        self.mla.apply_w_uv(&out.to_dtype(self.dtype)?)
+        self.mla
+            .apply_w_uv(&out.to_dtype(self.dtype)?, HeadProducts::Matmul)
     }
 }
 

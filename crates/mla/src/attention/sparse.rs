@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor, D};
 use rope_yarn::RopeCache;
 
-use super::{check_start, linear, linear_dense, AttentionPath, Mla, Projected};
+use super::{check_start, linear, linear_dense, AttentionPath, HeadProducts, Mla, Projected};
 use crate::cache::{LatentKeys, LayerCache};
 use crate::error::{MlaError, Result};
 use crate::sparse::SparsePattern;
@@ -170,7 +170,7 @@ impl Mla {
         let dtype = p.q_nope.dtype();
         let q_lat = match path {
             AttentionPath::Expanded => None,
-            _ => Some(self.absorb_query(&p.q_nope)?), // [B, H, T, R]
+            _ => Some(self.absorb_query(&p.q_nope, HeadProducts::Matmul)?), // [B, H, T, R]
         };
         let mut outs = Vec::with_capacity(b);
         for bi in 0..b {
@@ -237,7 +237,7 @@ impl Mla {
         let out = Tensor::stack(&outs, 0)?; // [B, H, T, R or v]
         match path {
             AttentionPath::Expanded => Ok(out.transpose(1, 2)?.reshape((b, t, h * v))?),
-            _ => self.apply_w_uv(&out),
+            _ => self.apply_w_uv(&out, HeadProducts::Matmul),
         }
     }
 
