@@ -23,6 +23,9 @@
 //! runs directly over the cached latent, shared by all heads like MQA. A decode step then reads
 //! the `(R + r)`-value cache once instead of materialising `H·(n + r + v)` values per token.
 //! Both paths are always available and tested against each other and against HF fixtures.
+//! In a packed step ([`Mla::forward_packed`]) the decode rows of every sequence go through
+//! `W_UK` and `W_UV` together, on `linear`'s matrix-vector kernel per head (a row's bits do not
+//! depend on the other rows), so a step reads the per-head weights once, not once per sequence.
 //!
 //! Both also materialise the `[B, H, T, S]` f32 scores of `T` new tokens over `S` keys: 64 GiB
 //! for a single 32K-token prompt on V2-Lite's 16 heads. The **flash** path
