@@ -27,7 +27,7 @@ struct Args {
     /// Timed calls per measurement (median reported), after one untimed call.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format; q8, q4:
+    /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format; q8, q4, q4k:
     /// `linear`'s 8-bit and 4-bit group formats).
     #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16,fp8")]
     dtypes: Vec<String>,
@@ -109,7 +109,9 @@ fn main() -> Result<()> {
                 "f32" => DType::F32,
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
-                other => anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8, q8, q4)"),
+                other => {
+                    anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8, q8, q4, q4k)")
+                }
             };
             let w = w32.to_dtype(dtype)?;
             // In huge pages, as the model's weights are (the candle baseline's too).
@@ -153,11 +155,7 @@ fn main() -> Result<()> {
 
 /// The 8/4-bit format a `--dtypes` entry names, if it names one.
 fn quant_format(name: &str) -> Option<linear::QuantFormat> {
-    match name {
-        "q8" => Some(linear::QuantFormat::Q8),
-        "q4" => Some(linear::QuantFormat::Q4),
-        _ => None,
-    }
+    name.parse().ok()
 }
 
 /// One JSON line.

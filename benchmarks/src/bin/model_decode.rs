@@ -41,7 +41,7 @@ struct Args {
     /// Compute dtype (activations, cache, norms): f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
     dtype: DType,
-    /// Format the weight matrices are kept in: f32, bf16, f16, fp8, q8, q4 (default: as the
+    /// Format the weight matrices are kept in: f32, bf16, f16, fp8, q8, q4, q4k (default: as the
     /// CLI, `Precision::auto`: the checkpoint's own bf16/f16/FP8 under f32 compute).
     #[arg(long)]
     matrices: Option<MatrixFormat>,
@@ -74,7 +74,7 @@ struct Args {
     /// Copy FP8 weights out of the memory map (the CLI's `--no-mmap`; default: in place).
     #[arg(long)]
     no_mmap: bool,
-    /// Quantise the output head at load: q8 or q4 (the CLI's `--head`; default: as the
+    /// Quantise the output head at load: q8, q4 or q4k (the CLI's `--head`; default: as the
     /// other matrices are kept).
     #[arg(long)]
     head: Option<linear::QuantFormat>,
@@ -158,7 +158,8 @@ fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
 }
 
 /// The same product with the weight as a `linear::Matrix` in FP8 blocks (random e4m3 bytes,
-/// NaN codes excluded, with random block scales), q8 and q4: `(format, bytes, weight GB/s)`.
+/// NaN codes excluded, with random block scales), q8, q4 and q4k: `(format, bytes, weight
+/// GB/s)`.
 fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>> {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
@@ -175,6 +176,7 @@ fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>>
         linear::Matrix::from(fp8),
         dense.quantize(linear::QuantFormat::Q8)?,
         dense.quantize(linear::QuantFormat::Q4)?,
+        dense.quantize(linear::QuantFormat::Q4K)?,
     ] {
         let t = median_time(2, 7, || m.forward(&x).unwrap());
         out.push((

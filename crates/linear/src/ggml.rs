@@ -186,12 +186,12 @@ mod tests {
         assert_eq!(ggml_type_from_id(23), None);
     }
 
-    /// Q8_0 and Q4_1 blocks are this crate's Q8 / Q4: both ways, the values are identical to
-    /// candle's (GGML's) reading of the same bytes.
+    /// Q8_0, Q4_1 and Q4_K blocks are this crate's Q8 / Q4 / Q4K: both ways, the values are
+    /// identical to candle's (GGML's) reading of the same bytes.
     #[test]
-    fn q8_0_and_q4_1_blocks_are_q8_and_q4() {
+    fn q8_0_q4_1_and_q4_k_blocks_are_q8_q4_and_q4k() {
         use crate::{QuantFormat, QuantMatrix};
-        let (n, k) = (5, 96);
+        let (n, k) = (5, 768);
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i as f32) * 0.71).sin() * 0.3)
             .collect();
@@ -203,6 +203,7 @@ mod tests {
         for (ty, format) in [
             (GgmlDType::Q8_0, QuantFormat::Q8),
             (GgmlDType::Q4_1, QuantFormat::Q4),
+            (GgmlDType::Q4K, QuantFormat::Q4K),
         ] {
             // GGML's blocks read as ours.
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
@@ -225,7 +226,16 @@ mod tests {
             let again = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
             assert_eq!(again.to_ggml().unwrap().1, blocks);
         }
-        assert!(QuantMatrix::from_ggml(GgmlDType::Q4K, &[], 0, 256)
+        // Q4_0 and Q5_0 are held as Q8, the same values.
+        for ty in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
+            let g = GgmlMatrix::quantize(&w, ty).unwrap();
+            let ours = QuantMatrix::from_ggml(ty, &g.blocks().unwrap(), n, k)
+                .unwrap()
+                .unwrap();
+            assert_eq!(ours.format(), QuantFormat::Q8);
+            assert_eq!(ours.dequantize_rows(), values(&g), "{ty:?} read as q8");
+        }
+        assert!(QuantMatrix::from_ggml(GgmlDType::Q6K, &[], 0, 256)
             .unwrap()
             .is_none());
     }

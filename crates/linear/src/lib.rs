@@ -15,7 +15,9 @@
 //!   dequantisation up to summation order, at one byte per weight;
 //! - 8-bit and 4-bit groups of 32 with f16 parameters, GGUF's Q8_0 and Q4_1 values
 //!   ([`QuantMatrix`], [`linear_quant`]): `W = s·q` (Q8) or `s·q + m` (Q4, with least-squares
-//!   `s, m`); `Σ_c x·W = Σ_g s_g Σ_{c∈g} x·q + Σ_g m_g Σ_{c∈g} x`.
+//!   `s, m`); `Σ_c x·W = Σ_g s_g Σ_{c∈g} x·q + Σ_g m_g Σ_{c∈g} x`. GGUF's Q4_K is the same
+//!   sum with `s_g = d·sc_g`, `m_g = −dmin·mn_g` (6-bit `sc`, `mn` under a 256-value
+//!   superblock's f16 `d`, `dmin`).
 //!
 //! [`Matrix::load`] reads a projection from a candle `VarBuilder` (a weight with a
 //! `weight_scale_inv` sibling is FP8) and [`Matrix::quantize`] converts one. A loader that

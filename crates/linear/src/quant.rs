@@ -10,6 +10,14 @@
 //!   starting ranges, every candidate rounded to f16 before it is scored; the smallest sum of
 //!   squared errors wins), where llama.cpp's Q4_1 takes the group's min and max. 5 bits per
 //!   weight; `quant_error` in `benchmarks/` compares the error with llama.cpp's types.
+//! - [`QuantFormat::Q4K`]: GGUF's Q4_K, llama.cpp's main 4-bit type: the same
+//!   `W[r, c] = s[r, g] · q[r, c] + m[r, g]` per group of 32, but the group parameters are
+//!   6-bit integers under a superblock's f16 pair (256 values): `s = d · sc`, `m = −dmin · mn`.
+//!   4.625 bits per weight as held here (GGUF's 12-byte packing of the 6-bit parameters
+//!   is unpacked to a byte each; a file holds 4.5). Read from llama.cpp's files as stored, and
+//!   quantised with GGML's reference quantiser (candle's), so `model quantize` output matches
+//!   `llama-quantize`'s Q4_K without an importance matrix. Rows that are not whole
+//!   superblocks take Q4 (llama.cpp's Q4_K_M falls back to Q5_0 there).
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
@@ -32,6 +40,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::kernel::act8::{Params, SUPER};
 use crate::kernel::{self, BlockScales, Scales, U4x2};
 use crate::{Isa, GEMV_MAX_ROWS};
 use half::f16;
@@ -47,6 +56,10 @@ pub enum QuantFormat {
     Q8,
     /// 4-bit asymmetric (two values per byte, an f16 scale and offset per group).
     Q4,
+    /// 4-bit asymmetric with 6-bit group parameters under f16 superblock scales (GGUF's Q4_K).
+    /// Rows that are not whole 256-value superblocks are quantised as [`QuantFormat::Q4`]
+    /// (a GGUF file cannot hold a partial superblock).
+    Q4K,
 }
 
 impl QuantFormat {
@@ -55,16 +68,23 @@ impl QuantFormat {
         match self {
             QuantFormat::Q8 => 8.0 + 16.0 / QUANT_GROUP as f64,
             QuantFormat::Q4 => 4.0 + 32.0 / QUANT_GROUP as f64,
+            QuantFormat::Q4K => {
+                4.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
+            }
         }
     }
 
-    /// `q8` or `q4`.
+    /// `q8`, `q4` or `q4k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
             QuantFormat::Q4 => "q4",
+            QuantFormat::Q4K => "q4k",
         }
     }
+
+    /// Every format.
+    pub const ALL: [QuantFormat; 3] = [QuantFormat::Q8, QuantFormat::Q4, QuantFormat::Q4K];
 }
 
 impl fmt::Display for QuantFormat {
@@ -76,12 +96,12 @@ impl fmt::Display for QuantFormat {
 impl std::str::FromStr for QuantFormat {
     type Err = String;
 
-    /// Parses [`QuantFormat::name`]: `q8` or `q4`.
+    /// Parses [`QuantFormat::name`]: `q8`, `q4` or `q4k`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [QuantFormat::Q8, QuantFormat::Q4]
+        QuantFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("'{s}' is not one of q8, q4"))
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k"))
     }
 }
 
@@ -91,16 +111,45 @@ enum Values {
     U4(Vec<U4x2>),
 }
 
+/// The group parameters, owned ([`Params`] is their view).
+#[derive(Clone)]
+enum GroupParams {
+    /// `[N, groups]` f16 scales, and offsets (Q4; empty for Q8).
+    Group { scales: Vec<f16>, mins: Vec<f16> },
+    /// `[N, groups]` 6-bit scales and offsets, `[N, ceil(groups / SUPER)]` f16 `d`, `dmin`.
+    Super {
+        sc: Vec<u8>,
+        mn: Vec<u8>,
+        d: Vec<f16>,
+        dmin: Vec<f16>,
+    },
+}
+
+impl GroupParams {
+    fn view(&self) -> Params<'_> {
+        match self {
+            GroupParams::Group { scales, mins } => Params::Group { scales, mins },
+            GroupParams::Super { sc, mn, d, dmin } => Params::Super { sc, mn, d, dmin },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            GroupParams::Group { scales, mins } => 2 * (scales.len() + mins.len()),
+            GroupParams::Super { sc, mn, d, dmin } => {
+                sc.len() + mn.len() + 2 * (d.len() + dmin.len())
+            }
+        }
+    }
+}
+
 /// A host-memory matrix `[N, K]` in a [`QuantFormat`].
 #[derive(Clone)]
 pub struct QuantMatrix {
     format: QuantFormat,
     dims: [usize; 2],
     values: Values,
-    /// `[N, ceil(K / QUANT_GROUP)]`.
-    scales: Vec<f16>,
-    /// `[N, ceil(K / QUANT_GROUP)]` (Q4; empty for Q8).
-    mins: Vec<f16>,
+    params: GroupParams,
 }
 
 impl fmt::Debug for QuantMatrix {
@@ -134,8 +183,18 @@ impl QuantMatrix {
                 w[i]
             );
         }
-        if format == QuantFormat::Q4 && !k.is_multiple_of(2) {
-            candle_core::bail!("quantize q4: in-features {k} must be even (two values per byte)");
+        if format != QuantFormat::Q8 && !k.is_multiple_of(2) {
+            candle_core::bail!(
+                "quantize {format}: in-features {k} must be even (two values per byte)"
+            );
+        }
+        if format == QuantFormat::Q4K {
+            if k.is_multiple_of(SUPER * QUANT_GROUP) {
+                return Self::q4k_from_rows(w, n, k);
+            }
+            // GGUF cannot hold a partial superblock (llama.cpp falls back to another type
+            // too): such rows take Q4's 32-value groups.
+            return Self::from_rows(w, n, k, QuantFormat::Q4);
         }
         let groups = k.div_ceil(QUANT_GROUP);
         let mut scales = vec![f16::ZERO; n * groups];
@@ -152,7 +211,7 @@ impl QuantMatrix {
                 for (g, (v, q)) in groups.enumerate() {
                     match format {
                         QuantFormat::Q8 => s[g] = quantize_q8(v, q),
-                        QuantFormat::Q4 => (s[g], m[g]) = quantize_q4(v, q),
+                        _ => (s[g], m[g]) = quantize_q4(v, q),
                     }
                 }
             });
@@ -161,39 +220,103 @@ impl QuantMatrix {
         }
         let values = match format {
             QuantFormat::Q8 => Values::I8(q.into_iter().map(|b| b as i8).collect()),
-            QuantFormat::Q4 => Values::U4(
-                q.chunks_exact(2)
-                    .map(|p| U4x2(p[0] | (p[1] << 4)))
-                    .collect(),
-            ),
+            _ => Values::U4(pairs(&q)),
         };
         Ok(Self {
             format,
             dims: [n, k],
             values,
-            scales,
-            mins,
+            params: GroupParams::Group { scales, mins },
         })
     }
 
-    /// From GGML blocks of an `[n, k]` matrix (`k` a multiple of 32): `Q8_0` (an f16 scale,
-    /// 32 i8) is [`QuantFormat::Q8`] and `Q4_1` (f16 scale and min, 32 nibbles: value `j` in
-    /// the low half of byte `j`, value `j + 16` in its high half) is [`QuantFormat::Q4`]: the
-    /// same values, re-laid for this crate's kernels, nothing requantised. `None` for other
-    /// types.
+    /// [`QuantFormat::Q4K`] of `[n, k]` rows (`k` whole superblocks) by GGML's reference
+    /// quantiser (candle's).
+    fn q4k_from_rows(w: &[f32], n: usize, k: usize) -> Result<Self> {
+        use candle_core::quantized::QTensor;
+        let row_bytes = k / GgmlDType::Q4K.block_size() * GgmlDType::Q4K.type_size();
+        let mut blocks = vec![0u8; n * row_bytes];
+        // Rows in parallel, a few hundred KiB of weights per task (GGML's quantiser is
+        // single-threaded).
+        let rows_per_task = (65536 / k.max(1)).max(1);
+        blocks
+            .par_chunks_mut(rows_per_task * row_bytes.max(1))
+            .zip(w.par_chunks(rows_per_task * k.max(1)))
+            .try_for_each(|(out, w)| -> Result<()> {
+                let t = Tensor::from_slice(w, (w.len() / k, k), &candle_core::Device::Cpu)?;
+                out.copy_from_slice(&QTensor::quantize(&t, GgmlDType::Q4K)?.data()?);
+                Ok(())
+            })?;
+        Self::from_q4k_blocks(&blocks, n, k)
+    }
+
+    /// Q4_K blocks of `[n, k]` rows (checked by the callers).
+    fn from_q4k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
+        const VALUES: usize = SUPER * QUANT_GROUP;
+        let (groups, supers) = (n * k / QUANT_GROUP, n * k / VALUES);
+        let mut sc = Vec::with_capacity(groups);
+        let mut mn = Vec::with_capacity(groups);
+        let mut d = Vec::with_capacity(supers);
+        let mut dmin = Vec::with_capacity(supers);
+        let mut q = Vec::with_capacity(n * k / 2);
+        let mut vals = [0u8; VALUES];
+        for b in blocks.chunks_exact(GgmlDType::Q4K.type_size()) {
+            d.push(f16::from_le_bytes([b[0], b[1]]));
+            dmin.push(f16::from_le_bytes([b[2], b[3]]));
+            let packed: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
+            for j in 0..SUPER {
+                let (s, m) = q4k_scale_min(packed, j);
+                sc.push(s);
+                mn.push(m);
+            }
+            // Each 32 bytes hold two groups: the low nibbles the first, the high the second.
+            for (c, qs) in b[16..].chunks_exact(QUANT_GROUP).enumerate() {
+                for (l, &byte) in qs.iter().enumerate() {
+                    vals[64 * c + l] = byte & 0xF;
+                    vals[64 * c + 32 + l] = byte >> 4;
+                }
+            }
+            q.extend(pairs(&vals));
+        }
+        if q.len() != n * k / 2 {
+            candle_core::bail!("Q4_K [{n}, {k}]: {} bytes of blocks", blocks.len());
+        }
+        Ok(Self {
+            format: QuantFormat::Q4K,
+            dims: [n, k],
+            values: Values::U4(q),
+            params: GroupParams::Super { sc, mn, d, dmin },
+        })
+    }
+
+    /// From GGML blocks of an `[n, k]` matrix (`k` a multiple of the block): the same values,
+    /// re-laid for this crate's kernels, nothing requantised. `None` for other types.
+    /// - `Q8_0` (an f16 scale, 32 i8) is [`QuantFormat::Q8`];
+    /// - `Q4_1` (f16 scale and min, 32 nibbles: value `j` in the low half of byte `j`, value
+    ///   `j + 16` in its high half) is [`QuantFormat::Q4`];
+    /// - `Q4_K` is [`QuantFormat::Q4K`];
+    /// - `Q4_0` (`d · (q − 8)`) and `Q5_0` (`d · (q − 16)`, the fifth bits in a u32 per
+    ///   block) are symmetric integers under an f16 scale, so [`QuantFormat::Q8`] holds them
+    ///   exactly: 8.5 bits per weight in memory against their 4.5 / 5.5 in the file, for a
+    ///   vectorised product (candle's `Q5_0` product is scalar; llama.cpp's Q4_K_M stores the
+    ///   rows that are not whole Q4_K superblocks in `Q5_0`).
     pub fn from_ggml(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         let format = match ty {
-            GgmlDType::Q8_0 => QuantFormat::Q8,
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => QuantFormat::Q8,
             GgmlDType::Q4_1 => QuantFormat::Q4,
+            GgmlDType::Q4K => QuantFormat::Q4K,
             _ => return Ok(None),
         };
-        let block_bytes = ty.type_size();
-        if !k.is_multiple_of(QUANT_GROUP) || blocks.len() != n * k / QUANT_GROUP * block_bytes {
+        let (block, block_bytes) = (ty.block_size(), ty.type_size());
+        if !k.is_multiple_of(block) || blocks.len() != n * k / block * block_bytes {
             candle_core::bail!(
-                "{ty:?} [{n}, {k}]: {} bytes of blocks, expected {} (rows of whole 32-value blocks)",
+                "{ty:?} [{n}, {k}]: {} bytes of blocks, expected {} (rows of whole {block}-value blocks)",
                 blocks.len(),
-                n * (k / QUANT_GROUP) * block_bytes
+                n * (k / block) * block_bytes
             );
+        }
+        if format == QuantFormat::Q4K {
+            return Self::from_q4k_blocks(blocks, n, k).map(Some);
         }
         let groups = n * k / QUANT_GROUP;
         let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
@@ -204,11 +327,25 @@ impl QuantMatrix {
                 let mut q = Vec::with_capacity(n * k);
                 for b in blocks.chunks_exact(block_bytes) {
                     scales.push(f16_at(b, 0));
-                    q.extend(b[2..].iter().map(|&v| v as i8));
+                    // Value j of the 4/5-bit types: a nibble as Q4_1 lays them, then the fifth
+                    // bit.
+                    let nib =
+                        |at: usize, j: usize| ((b[at + j % 16] >> (4 * (j / 16))) & 0xF) as i8;
+                    match ty {
+                        GgmlDType::Q4_0 => q.extend((0..QUANT_GROUP).map(|j| nib(2, j) - 8)),
+                        GgmlDType::Q5_0 => {
+                            let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                            q.extend(
+                                (0..QUANT_GROUP)
+                                    .map(|j| (nib(6, j) | (((high >> j) & 1) << 4) as i8) - 16),
+                            );
+                        }
+                        _ => q.extend(b[2..].iter().map(|&v| v as i8)),
+                    }
                 }
                 Values::I8(q)
             }
-            QuantFormat::Q4 => {
+            _ => {
                 mins.reserve(groups);
                 let mut q = Vec::with_capacity(n * k / 2);
                 for b in blocks.chunks_exact(block_bytes) {
@@ -226,39 +363,65 @@ impl QuantMatrix {
             format,
             dims: [n, k],
             values,
-            scales,
-            mins,
+            params: GroupParams::Group { scales, mins },
         }))
     }
 
-    /// The matrix as GGML blocks (`Q8_0` or `Q4_1`, see [`QuantMatrix::from_ggml`]), for GGUF
-    /// files. Errors when `K` is not a multiple of 32 (GGML blocks are whole).
+    /// The matrix as GGML blocks (`Q8_0`, `Q4_1` or `Q4_K`, see [`QuantMatrix::from_ggml`]),
+    /// for GGUF files. Errors when `K` is not a multiple of the block (32 values; 256 for
+    /// `Q4_K`: GGML blocks are whole).
     pub fn to_ggml(&self) -> Result<(GgmlDType, Vec<u8>)> {
         let [n, k] = self.dims;
-        if !k.is_multiple_of(QUANT_GROUP) {
-            candle_core::bail!("GGML blocks need rows of whole 32-value blocks, K is {k}");
-        }
-        let mut out = Vec::new();
-        for g in 0..n * k / QUANT_GROUP {
-            out.extend(self.scales[g].to_le_bytes());
-            match &self.values {
-                Values::I8(v) => out.extend(
-                    v[g * QUANT_GROUP..(g + 1) * QUANT_GROUP]
-                        .iter()
-                        .map(|&q| q as u8),
-                ),
-                Values::U4(v) => {
-                    out.extend(self.mins[g].to_le_bytes());
-                    let pairs = &v[g * QUANT_GROUP / 2..(g + 1) * QUANT_GROUP / 2];
-                    let nib = |j: usize| (pairs[j / 2].0 >> (4 * (j % 2))) & 0xF;
-                    out.extend((0..QUANT_GROUP / 2).map(|j| nib(j) | (nib(j + 16) << 4)));
-                }
-            }
-        }
         let ty = match self.format {
             QuantFormat::Q8 => GgmlDType::Q8_0,
             QuantFormat::Q4 => GgmlDType::Q4_1,
+            QuantFormat::Q4K => GgmlDType::Q4K,
         };
+        if !k.is_multiple_of(ty.block_size()) {
+            candle_core::bail!(
+                "{ty:?} blocks need rows of whole {}-value blocks, K is {k}",
+                ty.block_size()
+            );
+        }
+        let mut out = Vec::with_capacity(n * k / ty.block_size() * ty.type_size());
+        let nib = |v: &[U4x2], j: usize| (v[j / 2].0 >> (4 * (j % 2))) & 0xF;
+        match (&self.values, &self.params) {
+            (Values::I8(v), GroupParams::Group { scales, .. }) => {
+                for (s, q) in scales.iter().zip(v.chunks_exact(QUANT_GROUP)) {
+                    out.extend(s.to_le_bytes());
+                    out.extend(q.iter().map(|&q| q as u8));
+                }
+            }
+            (Values::U4(v), GroupParams::Group { scales, mins }) => {
+                let blocks = v.chunks_exact(QUANT_GROUP / 2);
+                for ((s, m), pairs) in scales.iter().zip(mins).zip(blocks) {
+                    out.extend(s.to_le_bytes());
+                    out.extend(m.to_le_bytes());
+                    out.extend(
+                        (0..QUANT_GROUP / 2).map(|j| nib(pairs, j) | (nib(pairs, j + 16) << 4)),
+                    );
+                }
+            }
+            (Values::U4(v), GroupParams::Super { sc, mn, d, dmin }) => {
+                const VALUES: usize = SUPER * QUANT_GROUP;
+                for (b, pairs) in v.chunks_exact(VALUES / 2).enumerate() {
+                    out.extend(d[b].to_le_bytes());
+                    out.extend(dmin[b].to_le_bytes());
+                    let at = b * SUPER..(b + 1) * SUPER;
+                    out.extend(q4k_pack(&sc[at.clone()], &mn[at]));
+                    for c in 0..VALUES / 64 {
+                        out.extend(
+                            (0..32).map(|l| {
+                                nib(pairs, 64 * c + l) | (nib(pairs, 64 * c + 32 + l) << 4)
+                            }),
+                        );
+                    }
+                }
+            }
+            (Values::I8(_), GroupParams::Super { .. }) => {
+                unreachable!("8-bit values have f16 group scales")
+            }
+        }
         Ok((ty, out))
     }
 
@@ -272,13 +435,27 @@ impl QuantMatrix {
         &self.dims
     }
 
-    /// Bytes a product reads: the packed values and the per-group parameters.
+    /// Bytes a product reads: the packed values and the group parameters.
     pub fn bytes(&self) -> usize {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
         };
-        values + 2 * (self.scales.len() + self.mins.len())
+        values + self.params.bytes()
+    }
+
+    /// `f(row's parameters, group)` for every row and group: `[N, groups]` row-major.
+    fn per_group(&self, f: impl Fn(&Params, usize) -> f32) -> Vec<f32> {
+        let [n, k] = self.dims;
+        let groups = k.div_ceil(QUANT_GROUP);
+        let all = self.params.view();
+        (0..n)
+            .flat_map(|r| {
+                let p = all.row(r, groups);
+                (0..groups).map(move |g| (p, g))
+            })
+            .map(|(p, g)| f(&p, g))
+            .collect()
     }
 
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
@@ -291,9 +468,9 @@ impl QuantMatrix {
                 Values::I8(v) => i8::widen_row(&v[r * k..(r + 1) * k], row),
                 Values::U4(v) => U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row),
             }
+            let p = self.params.view().row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
-                let s = self.scales[r * groups + g].to_f32();
-                let m = self.mins.get(r * groups + g).map_or(0.0, |m| m.to_f32());
+                let (s, m) = (p.scale(g), p.offset(g));
                 for v in vals {
                     *v = *v * s + m;
                 }
@@ -323,37 +500,94 @@ impl QuantMatrix {
             m * k,
             "QuantMatrix::matmul: xs must hold m rows of K"
         );
-        let scales = BlockScales {
-            scale: Scales::F16(&self.scales),
-            rows: 1,
-            cols: QUANT_GROUP,
-        };
+        let params = self.params.view();
         let mut out = match &self.values {
             // Decode-sized products round the activations to 8 bits (see `kernel::act8`), the
             // 4-bit offsets summed in the same pass.
             Values::I8(v) if m <= GEMV_MAX_ROWS => {
-                return kernel::act8::matmul_i8_q8(isa, v, k, xs, m, &self.scales);
+                let Params::Group { scales, .. } = params else {
+                    unreachable!("8-bit values have f16 group scales")
+                };
+                return kernel::act8::matmul_i8_q8(isa, v, k, xs, m, scales);
             }
             Values::U4(v) if m <= GEMV_MAX_ROWS => {
-                return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, &self.scales, &self.mins);
+                return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params);
             }
-            Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-            Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
+            values => {
+                // K-quant scales are formed once per call in f32 (a 64th of the weights).
+                let formed;
+                let scale = match params {
+                    Params::Group { scales, .. } => Scales::F16(scales),
+                    Params::Super { .. } => {
+                        formed = self.per_group(|p, g| p.scale(g));
+                        Scales::F32(&formed)
+                    }
+                };
+                let scales = BlockScales {
+                    scale,
+                    rows: 1,
+                    cols: QUANT_GROUP,
+                };
+                match values {
+                    Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
+                    Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
+                }
+            }
         };
-        if !self.mins.is_empty() && n > 0 {
+        if params.has_offsets() && n > 0 {
             // Σ_g m[r, g] · (sum of x over group g): the offsets against the group sums.
             let groups = k.div_ceil(QUANT_GROUP);
             let sums: Vec<f32> = xs
                 .chunks_exact(k.max(1))
                 .flat_map(|x| x.chunks(QUANT_GROUP).map(|g| g.iter().sum::<f32>()))
                 .collect();
-            let offsets = kernel::product(isa, &self.mins, groups, &sums, m, None);
+            let offsets = match params {
+                Params::Group { mins, .. } => kernel::product(isa, mins, groups, &sums, m, None),
+                Params::Super { .. } => {
+                    let mins = self.per_group(|p, g| p.offset(g));
+                    kernel::product(isa, &mins, groups, &sums, m, None)
+                }
+            };
             for (o, v) in out.iter_mut().zip(offsets) {
                 *o += v;
             }
         }
         out
     }
+}
+
+/// Values `0..=15`, two per byte: value `2i` in the low nibble of byte `i`, `2i + 1` in the
+/// high one (`k` even).
+fn pairs(q: &[u8]) -> Vec<U4x2> {
+    q.chunks_exact(2)
+        .map(|p| U4x2(p[0] | (p[1] << 4)))
+        .collect()
+}
+
+/// Group `j`'s 6-bit scale and offset from Q4_K's 12 packed bytes (GGML's
+/// `get_scale_min_k4`): groups 0-3 in the low 6 bits of bytes `j` and `j + 4`; groups 4-7
+/// in the nibbles of byte `j + 4` with their top two bits in the top bits of bytes `j − 4`
+/// and `j`.
+fn q4k_scale_min(q: &[u8; 12], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The inverse of [`q4k_scale_min`] over a superblock's eight groups (values below 64).
+fn q4k_pack(sc: &[u8], mn: &[u8]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..4 {
+        q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        q[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        q[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+    }
+    q
 }
 
 use kernel::WeightElem as _;
@@ -514,7 +748,7 @@ mod tests {
                 out[j * n + r] = (0..k)
                     .map(|c| {
                         let g = c / QUANT_GROUP;
-                        let offset = w.mins.get(r * groups + g).map_or(0.0, |v| v.to_f64());
+                        let offset = w.params.view().row(r, groups).offset(g) as f64;
                         let scaled = d[r * k + c] as f64 - offset;
                         let xv = if rounded {
                             xq[c] as f64 * q8.scale[g] as f64
@@ -542,7 +776,8 @@ mod tests {
         /// the rounded activations where the 4-bit kernel rounds them).
         #[test]
         fn kernels_match_the_dequantised_oracle(
-            half_k in 1usize..150,
+            // Past two Q4_K superblocks (512 values).
+            half_k in 1usize..330,
             n in 1usize..30,
             m in prop::sample::select(vec![1usize, 2, 5, 32, 37]),
             seed in 0u32..1000,
@@ -550,7 +785,7 @@ mod tests {
             let k = 2 * half_k;
             let w = values(n * k, seed, 0.3);
             let xs = values(m * k, seed, 1.9);
-            for format in [QuantFormat::Q8, QuantFormat::Q4] {
+            for format in QuantFormat::ALL {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
                 let want = oracle(&q, &xs, m);
                 for isa in Isa::supported() {
@@ -568,6 +803,8 @@ mod tests {
         for (format, bound) in [
             (QuantFormat::Q8, 0.5 / 127.0),
             (QuantFormat::Q4, 0.5 / 15.0),
+            // Q4_K's group parameters are themselves rounded to 6 bits.
+            (QuantFormat::Q4K, 0.6 / 15.0),
         ] {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let d = q.dequantize_rows();
@@ -582,6 +819,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Q4_K is GGML's quantisation of the rows where they are whole superblocks, Q4
+    /// elsewhere; its byte count is its bits per weight.
+    #[test]
+    fn q4k_is_ggml_s_quantisation_of_whole_superblocks() {
+        use candle_core::quantized::QTensor;
+        let (n, k) = (3, 512);
+        let w = values(n * k, 3, 0.4);
+        let q = QuantMatrix::from_rows(&w, n, k, QuantFormat::Q4K).unwrap();
+        let t = Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu).unwrap();
+        let theirs = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let theirs = theirs.dequantize(&candle_core::Device::Cpu).unwrap();
+        let theirs: Vec<f32> = crate::host::vec1(&theirs.flatten_all().unwrap()).unwrap();
+        assert_eq!(q.dequantize_rows(), theirs);
+        assert_eq!(
+            q.bytes() as f64 * 8.0,
+            QuantFormat::Q4K.bits_per_weight() * (n * k) as f64
+        );
+        let partial = QuantMatrix::from_rows(&values(2 * 330, 1, 0.0), 2, 330, QuantFormat::Q4K);
+        assert_eq!(partial.unwrap().format(), QuantFormat::Q4);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! equals `mscale_all_dim`, which holds in every released V2/V3 configuration).
 //!
 //! [`write_quantized`] writes the other way: an HF checkpoint as a GGUF file with 8-bit
-//! (`Q8_0`) or 4-bit (`Q4_1`) projections, the values `--matrices q8|q4` computes at load,
+//! (`Q8_0`) or 4-bit (`Q4_1`, `Q4_K`) projections, the values `--matrices q8|q4|q4k` computes
+//! at load,
 //! which this reader loads back without requantising and llama.cpp reads too.
 
 use std::collections::{BTreeMap, HashMap};
@@ -295,7 +296,7 @@ fn stored_bytes(info: &TensorInfo) -> usize {
 }
 
 /// Whether a tensor is one of the matrices the model keeps in an 8/4-bit format under
-/// `--matrices q8|q4` (its projections), or stays as it is (norms, router, its bias).
+/// `--matrices q8|q4|q4k` (its projections), or stays as it is (norms, router, its bias).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Projection,
@@ -847,7 +848,7 @@ fn planned_bytes(t: &Planned) -> usize {
 }
 
 /// The GGML float type a stored tensor is written in: the dtype the model would hold it in
-/// under `--matrices q8|q4` (bf16/f16 kept, f32 and FP8 as f32).
+/// under `--matrices q8|q4|q4k` (bf16/f16 kept, f32 and FP8 as f32).
 fn float_type(stored: DType) -> GgmlDType {
     match stored {
         DType::BF16 => GgmlDType::BF16,
@@ -856,13 +857,15 @@ fn float_type(stored: DType) -> GgmlDType {
     }
 }
 
-/// The block type of a projection `[N, K]` in `format`, or f32 when `K` is not a whole
-/// number of 32-value blocks.
+/// The block type of a projection `[N, K]` in `format` (Q4_K rows that are not whole
+/// 256-value superblocks are Q4, as [`QuantMatrix`] quantises them), or f32 when `K` is not
+/// a whole number of 32-value blocks.
 fn block_type(format: QuantFormat, k: usize) -> GgmlDType {
     match format {
         _ if !k.is_multiple_of(linear::QUANT_GROUP) => GgmlDType::F32,
         QuantFormat::Q8 => GgmlDType::Q8_0,
-        QuantFormat::Q4 => GgmlDType::Q4_1,
+        QuantFormat::Q4K if k.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
+        QuantFormat::Q4 | QuantFormat::Q4K => GgmlDType::Q4_1,
     }
 }
 
@@ -1024,10 +1027,12 @@ fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, 
         ("general.name".into(), Meta::Str("DeepSeek".into())),
         (
             "general.file_type".into(),
-            // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_1 = 3
+            // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_1 = 3, MOSTLY_Q4_K_S = 14 (Q4_K
+            // throughout, no wider tensors)
             Meta::U32(match format {
                 QuantFormat::Q8 => 7,
                 QuantFormat::Q4 => 3,
+                QuantFormat::Q4K => 14,
             }),
         ),
         ("general.quantization_version".into(), Meta::U32(2)),

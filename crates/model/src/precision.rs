@@ -17,12 +17,14 @@ pub enum MatrixFormat {
     /// take the compute dtype.
     Fp8,
     /// The attention projections and the experts' matrices quantised at load to 8 or 4 bits
-    /// (`linear::QuantFormat`), the output head to 8 bits; the embedding, the routers and
+    /// (`linear::QuantFormat`: q8, q4, or GGUF's Q4_K), the output head to 8 bits; the embedding, the routers and
     /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
     /// them.
     Quant(QuantFormat),
-    /// A GGUF file's matrices as stored: GGML block formats (`Q4_K`, `Q8_0`, ...) multiplied
-    /// by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in their dtype.
+    /// A GGUF file's matrices as stored: `Q8_0`, `Q4_1` and `Q4_K` on this project's kernels,
+    /// `Q4_0` and `Q5_0` widened exactly to 8 bits for them, other GGML block formats (`Q6_K`,
+    /// ...) multiplied by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in
+    /// their dtype.
     Ggml,
 }
 
@@ -47,7 +49,8 @@ impl std::fmt::Display for MatrixFormat {
 impl std::str::FromStr for MatrixFormat {
     type Err = String;
 
-    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4` or `gguf` (for command-line options).
+    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, `q4k` or `gguf` (for command-line
+    /// options).
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(q) = s.parse::<QuantFormat>() {
             return Ok(MatrixFormat::Quant(q));
@@ -55,11 +58,9 @@ impl std::str::FromStr for MatrixFormat {
         Ok(match s {
             "fp8" => MatrixFormat::Fp8,
             "gguf" => MatrixFormat::Ggml,
-            _ => {
-                MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
-                    format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4, gguf")
-                })?)
-            }
+            _ => MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
+                format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4, q4k, gguf")
+            })?),
         })
     }
 }

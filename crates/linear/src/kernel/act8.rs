@@ -8,6 +8,8 @@
 //! `1 / (127 · sqrt(12))` per activation, under the 8-bit weights' own and far under the
 //! 4-bit ones').
 
+use std::ops::Range;
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -115,9 +117,118 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
     Q8Row { q, scale, sums }
 }
 
-/// `[N, K]` 4-bit values `w` (`K / 2` pairs per row) with f16 scales `scales` `[N, groups]`
-/// times `m` rows `xs` `[m, K]`, activations rounded per [`q8_row`], plus the offsets
-/// `Σ_g m_g · Σ_{c in g} x_c` of the f16 `mins` `[N, groups]` (empty: none) over the unrounded
+/// Groups per K-quant superblock ([`Params::Super`]: 256 values, GGUF's `QK_K`).
+pub(crate) const SUPER: usize = 8;
+
+/// The parameters that turn a matrix's integer products into values: of the whole matrix
+/// (`[N, groups]` per-group fields, `[N, ceil(groups / SUPER)]` per-superblock ones), or of
+/// one row ([`Params::row`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Params<'a> {
+    /// An f16 scale `s_g` per group and an f16 offset `m_g` per group (empty: none): GGUF's
+    /// Q8_0 and Q4_1.
+    Group { scales: &'a [f16], mins: &'a [f16] },
+    /// GGUF's K-quants (Q4_K): per group a 6-bit scale `sc_g` and offset `mn_g` (a byte each),
+    /// per [`SUPER`] groups an f16 `d` and `dmin`: `s_g = d · sc_g` (exact in f32, as GGML
+    /// forms it) and the offset `−dmin · mn_g`.
+    Super {
+        sc: &'a [u8],
+        mn: &'a [u8],
+        d: &'a [f16],
+        dmin: &'a [f16],
+    },
+}
+
+impl<'a> Params<'a> {
+    /// Row `r`'s parameters, rows holding `groups` groups each.
+    pub(crate) fn row(&self, r: usize, groups: usize) -> Params<'a> {
+        let at = r * groups..(r + 1) * groups;
+        match *self {
+            Params::Group { scales, mins } => Params::Group {
+                scales: &scales[at.clone()],
+                mins: mins.get(at).unwrap_or_default(),
+            },
+            Params::Super { sc, mn, d, dmin } => {
+                let supers = groups.div_ceil(SUPER);
+                let sup = r * supers..(r + 1) * supers;
+                Params::Super {
+                    sc: &sc[at.clone()],
+                    mn: &mn[at],
+                    d: &d[sup.clone()],
+                    dmin: &dmin[sup],
+                }
+            }
+        }
+    }
+
+    /// Whether the format has offsets.
+    pub(crate) fn has_offsets(&self) -> bool {
+        match self {
+            Params::Group { mins, .. } => !mins.is_empty(),
+            Params::Super { .. } => true,
+        }
+    }
+
+    /// The scale of group `g` (of a row).
+    pub(crate) fn scale(&self, g: usize) -> f32 {
+        match self {
+            Params::Group { scales, .. } => scales[g].to_f32(),
+            Params::Super { sc, d, .. } => d[g / SUPER].to_f32() * sc[g] as f32,
+        }
+    }
+
+    /// The offset of group `g` (of a row; 0 without offsets).
+    pub(crate) fn offset(&self, g: usize) -> f32 {
+        match self {
+            Params::Group { mins, .. } => mins.get(g).map_or(0.0, |m| m.to_f32()),
+            Params::Super { mn, dmin, .. } => -(dmin[g / SUPER].to_f32() * mn[g] as f32),
+        }
+    }
+
+    /// The factors `c_i = s_g · dx_g` of the row's groups `g` in `groups` (`i = g − start`),
+    /// into `c`; `dx` is indexed by group.
+    pub(crate) fn factors(&self, groups: Range<usize>, dx: &[f32], c: &mut [f32]) {
+        let c = &mut c[..groups.len()];
+        match self {
+            Params::Group { scales, .. } => {
+                use half::slice::HalfFloatSliceExt;
+                scales[groups.clone()].convert_to_f32_slice(c);
+                for (c, dx) in c.iter_mut().zip(&dx[groups]) {
+                    *c *= dx;
+                }
+            }
+            Params::Super { .. } => {
+                for (c, g) in c.iter_mut().zip(groups) {
+                    *c = self.scale(g) * dx[g];
+                }
+            }
+        }
+    }
+
+    /// `Σ_g offset_g · sums_g` over the row's groups `g` in `groups` (`sums` indexed by
+    /// group), converted through `c`.
+    pub(crate) fn offsets(&self, groups: Range<usize>, sums: &[f32], c: &mut [f32]) -> f32 {
+        if !self.has_offsets() {
+            return 0.0;
+        }
+        let c = &mut c[..groups.len()];
+        match self {
+            Params::Group { mins, .. } => {
+                use half::slice::HalfFloatSliceExt;
+                mins[groups.clone()].convert_to_f32_slice(c);
+            }
+            Params::Super { .. } => {
+                for (c, g) in c.iter_mut().zip(groups.clone()) {
+                    *c = self.offset(g);
+                }
+            }
+        }
+        c.iter().zip(&sums[groups]).map(|(m, s)| m * s).sum()
+    }
+}
+
+/// `[N, K]` 4-bit values `w` (`K / 2` pairs per row) with `params` times `m` rows `xs`
+/// `[m, K]`, activations rounded per [`q8_row`], the offsets (if any) over the unrounded
 /// activations: `[m, N]` row-major.
 pub(crate) fn matmul_u4_q8(
     isa: Isa,
@@ -125,12 +236,11 @@ pub(crate) fn matmul_u4_q8(
     k: usize,
     xs: &[f32],
     m: usize,
-    scales: &[f16],
-    mins: &[f16],
+    params: Params,
 ) -> Vec<f32> {
     let layout = Layout::of(isa);
     let round = |x: &[f32]| q8_row(x, layout);
-    matmul_act8(isa, w, k, k / 2, xs, m, (scales, mins), round, dot_u4)
+    matmul_act8(isa, w, k, k / 2, xs, m, params, round, dot_u4)
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
@@ -143,17 +253,18 @@ pub(crate) fn matmul_i8_q8(
     m: usize,
     scales: &[f16],
 ) -> Vec<f32> {
-    matmul_act8(isa, w, k, k, xs, m, (scales, &[]), q8_row_natural, dot_i8)
+    let params = Params::Group { scales, mins: &[] };
+    matmul_act8(isa, w, k, k, xs, m, params, q8_row_natural, dot_i8)
 }
 
 /// One (weight row, activation row) product of a format: the row's values, the rounded
-/// activations, the row's f16 group scales `s_g` and offsets `m_g` (empty: none), and room
-/// for `groups` factors `c_g = s_g · dx_g` for the kernels that take them ready-made.
-type RowDot<W> = fn(Isa, &[W], &Q8Row, [&[f16]; 2], &mut [f32]) -> f32;
+/// activations, the row's parameters, and room for a factor per group for the kernels that
+/// take them ready-made.
+type RowDot<W> = fn(Isa, &[W], &Q8Row, Params, &mut [f32]) -> f32;
 
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each (weight row, activation row) pair reduced by `dot` with the row's scales and
-/// offsets (`[N, groups]` each, offsets empty for none).
+/// `round`, each (weight row, activation row) pair reduced by `dot` with the row's
+/// parameters.
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
 fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
@@ -162,7 +273,7 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
     kw: usize,
     xs: &[f32],
     m: usize,
-    (scales, mins): (&[f16], &[f16]),
+    params: Params,
     round: R,
     dot: RowDot<W>,
 ) -> Vec<f32> {
@@ -183,43 +294,24 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
             let mut c = vec![0f32; groups];
             let first = task * rows_per_task;
             for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
-                let at = (first + i) * groups..(first + i + 1) * groups;
-                let s = &scales[at.clone()];
-                let mins = mins.get(at).unwrap_or_default();
+                let p = params.row(first + i, groups);
                 for (o, x) in o.iter_mut().zip(&rows) {
-                    *o = dot(isa, row, x, [s, mins], &mut c);
+                    *o = dot(isa, row, x, p, &mut c);
                 }
             }
         });
     super::transpose(out_t, n, m)
 }
 
-/// The factors `c_g = s_g · dx_g` of the groups in `s` and `dx`, into `c`.
-pub(crate) fn factors(s: &[f16], dx: &[f32], c: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
-    let c = &mut c[..s.len()];
-    s.convert_to_f32_slice(c);
-    for (c, dx) in c.iter_mut().zip(dx) {
-        *c *= dx;
-    }
-}
-
-/// `Σ_g m_g · sums_g` over the groups of `mins` (none when empty), converted through `c`.
-pub(crate) fn offsets(mins: &[f16], sums: &[f32], c: &mut [f32]) -> f32 {
-    use half::slice::HalfFloatSliceExt;
-    let c = &mut c[..mins.len()];
-    mins.convert_to_f32_slice(c);
-    c.iter().zip(sums).map(|(m, s)| m * s).sum()
-}
-
-/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + m_g · Σ_{i in g} x_i` with
+/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i` with
 /// `c_g = s_g · dx_g`.
-fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, [s, mins]: [&[f16]; 2], c: &mut [f32]) -> f32 {
+fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u4_q8(t, w, x, [s, mins], c);
+        return super::x86_512_act8::dot_u4_q8(t, w, x, p, c);
     }
-    factors(s, &x.scale, c);
+    let groups = x.scale.len();
+    p.factors(0..groups, &x.scale, c);
     let scaled = {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
@@ -230,16 +322,16 @@ fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, [s, mins]: [&[f16]; 2], c: &mut [f32]
         #[cfg(not(target_arch = "x86_64"))]
         portable::dot_u4_q8(w, &x.q, c)
     };
-    scaled + offsets(mins, &x.sums, c)
+    scaled + p.offsets(0..groups, &x.sums, c)
 }
 
 /// One 8-bit row: `Σ_g c_g · Σ_{i in g} w_i · xq_i` (the format has no offsets).
-fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, [s, _]: [&[f16]; 2], c: &mut [f32]) -> f32 {
+fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, s, &x.scale, c);
+    if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
+        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, scales, &x.scale, c);
     }
-    factors(s, &x.scale, c);
+    p.factors(0..x.scale.len(), &x.scale, c);
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
         return super::x86::dot_i8_q8(t, w, &x.q, c);
@@ -295,28 +387,49 @@ mod tests {
         /// Every path against an f64 oracle of the same integer products and scales.
         #[test]
         fn matches_the_integer_oracle(
-            half_k in 1usize..130,
-            n in 1usize..20,
+            // Up to three superblocks, partial last groups and superblocks.
+            half_k in 1usize..400,
+            n in 1usize..12,
             m in 1usize..4,
             seed in 0u32..1000,
-            with_mins: bool,
+            kind in 0u8..3,
         ) {
             let k = 2 * half_k;
             let groups = k.div_ceil(GROUP);
+            let supers = groups.div_ceil(SUPER);
             let val = |i: usize, s: f32| ((i as f32 * 0.7318 + s + seed as f32).sin()) * 2.0;
             let w: Vec<U4x2> = (0..n * k / 2)
                 .map(|i| U4x2(((i * 37 + seed as usize) % 256) as u8))
                 .collect();
-            let scales: Vec<f16> = (0..n * groups).map(|i| f16::from_f32(0.01 + val(i, 0.5).abs())).collect();
             let xs: Vec<f32> = (0..m * k).map(|i| val(i, 1.9)).collect();
-            let mins: Vec<f16> = if with_mins {
-                (0..n * groups).map(|i| f16::from_f32(val(i, 2.7) * 0.1)).collect()
+            let f16s = |len: usize, s: f32, lo: f32| -> Vec<f16> {
+                (0..len).map(|i| f16::from_f32(lo + val(i, s) * 0.1)).collect()
+            };
+            let bytes = |len: usize, s: usize| -> Vec<u8> {
+                (0..len).map(|i| ((i * 29 + s + seed as usize) % 64) as u8).collect()
+            };
+            // Group scales and offsets (kind 0: none; 1: some), or K-quant ones (kind 2).
+            let scales = f16s(n * groups, 0.5, 0.11);
+            let mins = if kind == 1 { f16s(n * groups, 2.7, 0.0) } else { Vec::new() };
+            let (sc, mn) = (bytes(n * groups, 3), bytes(n * groups, 11));
+            let (d, dmin) = (f16s(n * supers, 4.1, 0.15), f16s(n * supers, 5.3, 0.15));
+            let params = if kind == 2 {
+                Params::Super { sc: &sc, mn: &mn, d: &d, dmin: &dmin }
             } else {
-                Vec::new()
+                Params::Group { scales: &scales, mins: &mins }
+            };
+            // The oracle's scale and offset of row r's group g, in f64.
+            let param = |r: usize, g: usize| -> (f64, f64) {
+                let (i, b) = (r * groups + g, r * supers + g / SUPER);
+                if kind == 2 {
+                    (d[b].to_f64() * sc[i] as f64, -dmin[b].to_f64() * mn[i] as f64)
+                } else {
+                    (scales[i].to_f64(), mins.get(i).map_or(0.0, |m| m.to_f64()))
+                }
             };
             let mut vals = vec![0f32; k];
             for isa in Isa::supported() {
-                let got = matmul_u4_q8(isa, &w, k, &xs, m, &scales, &mins);
+                let got = matmul_u4_q8(isa, &w, k, &xs, m, params);
                 for j in 0..m {
                     let layout = Layout::of(isa);
                     let x = q8_row(&xs[j * k..(j + 1) * k], layout);
@@ -331,8 +444,8 @@ mod tests {
                         let terms: Vec<f64> = (0..k)
                             .map(|c| {
                                 let g = c / GROUP;
-                                let offset = mins.get(r * groups + g).map_or(0.0, |m| m.to_f64());
-                                scales[r * groups + g].to_f64() * x.scale[g] as f64
+                                let (scale, offset) = param(r, g);
+                                scale * x.scale[g] as f64
                                     * vals[c] as f64 * xq[c] as f64
                                     + offset * xs[j * k + c] as f64
                             })

@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::act8::GROUP;
+use super::act8::{Params, GROUP, SUPER};
 use super::x86;
 use super::x86_512::Avx512Vnni;
 use super::U4x2;
@@ -59,7 +59,11 @@ pub(crate) fn dot_i8_q8(
     if at == k {
         return head;
     }
-    super::act8::factors(&s[g..groups], &dx[g..groups], c);
+    let params = Params::Group {
+        scales: s,
+        mins: &[],
+    };
+    params.factors(g..groups, dx, c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
     head + x86::dot_i8_q8(avx2, &w[at..k], &xq[at..k], c)
 }
@@ -111,42 +115,127 @@ unsafe fn dot_i8_q8_vnni(
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
-/// `Σ_g c_g · Σ_{i in g} q_i · xq_i + m_g · sums_g` over 4-bit values `q`, activations `x`
-/// laid out in [`Layout::Quads`](super::act8::Layout::Quads), the row's scales and offsets
-/// (offsets empty: none); factors as in [`dot_i8_q8`].
+/// `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` over 4-bit values `q`, activations
+/// `x` laid out in [`Layout::Quads`](super::act8::Layout::Quads), the row's parameters `p`;
+/// factors as in [`dot_i8_q8`] (for K-quants `s_g = d · sc_g`, the bytes widened in
+/// registers and multiplied by the superblock's `d`).
 pub(crate) fn dot_u4_q8(
     t: Avx512Vnni,
     w: &[U4x2],
     x: &super::act8::Q8Row,
-    [s, mins]: [&[f16]; 2],
+    p: Params,
     c: &mut [f32],
 ) -> f32 {
     let (xq, dx, sums) = (&x.q[..], &x.scale[..], &x.sums[..]);
     let k = xq.len().min(2 * w.len());
     let groups = k.div_ceil(GROUP);
-    assert!(
-        s.len() >= groups && dx.len() >= groups,
-        "one scale per group"
-    );
-    assert!(mins.is_empty() || (mins.len() >= groups && sums.len() >= groups));
     let quads = k / (GROUPS * GROUP);
-    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, and `mins`
-    // and `sums` `quads · 4` values when `mins` is not empty (null otherwise: not read).
+    assert!(dx.len() >= groups && sums.len() >= groups);
+    let quad = match p {
+        Params::Group { scales, mins } => {
+            assert!(scales.len() >= groups, "one scale per group");
+            assert!(mins.is_empty() || mins.len() >= groups);
+            QuadParams::Group {
+                scales: scales.as_ptr(),
+                mins: (!mins.is_empty()).then_some(mins.as_ptr()),
+            }
+        }
+        Params::Super { sc, mn, d, dmin } => {
+            let supers = groups.div_ceil(SUPER);
+            assert!(
+                sc.len() >= groups && mn.len() >= groups,
+                "one scale per group"
+            );
+            assert!(
+                d.len() >= supers && dmin.len() >= supers,
+                "one d per superblock"
+            );
+            QuadParams::Super {
+                sc: sc.as_ptr(),
+                mn: mn.as_ptr(),
+                d: d.as_ptr(),
+                dmin: dmin.as_ptr(),
+            }
+        }
+    };
+    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, and the
+    // parameters (checked above) and `sums` cover their `quads · 4` groups.
     let head = unsafe {
         let w = w.as_ptr() as *const u8;
-        let m = (!mins.is_empty()).then_some((mins.as_ptr(), sums.as_ptr()));
-        dot_u4_q8_vnni(w, xq.as_ptr(), s.as_ptr(), dx.as_ptr(), m, quads)
+        dot_u4_q8_vnni(w, xq.as_ptr(), quad, dx.as_ptr(), sums.as_ptr(), quads)
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     if at == k {
         return head;
     }
     // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
-    super::act8::factors(&s[g..groups], &dx[g..groups], c);
+    p.factors(g..groups, dx, c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
     let rest = x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], c);
-    let mins = mins.get(g..groups).unwrap_or_default();
-    head + rest + super::act8::offsets(mins, &sums[g..], c)
+    head + rest + p.offsets(g..groups, sums, c)
+}
+
+/// [`Params`] as the VNNI loop reads them, four groups at a time.
+#[derive(Clone, Copy)]
+enum QuadParams {
+    Group {
+        scales: *const f16,
+        mins: Option<*const f16>,
+    },
+    Super {
+        sc: *const u8,
+        mn: *const u8,
+        d: *const f16,
+        dmin: *const f16,
+    },
+}
+
+/// Four bytes from `p` widened to f32 and multiplied by the f16 at `d`.
+///
+/// # Safety
+/// AVX2, F16C must be available; `p` must hold 4 bytes, `d` one value.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn bytes_times(p: *const u8, d: *const f16) -> __m128 {
+    let b = _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32));
+    let d = _mm_cvtph_ps(_mm_cvtsi32_si128((*d).to_bits() as i32));
+    let d = _mm_broadcastss_ps(d);
+    _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(b)), d)
+}
+
+impl QuadParams {
+    /// The scales of groups `g..g + 4` (`g` a multiple of 4, so one superblock).
+    ///
+    /// # Safety
+    /// AVX2, F16C must be available; the parameters must cover those groups.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales(self, g: usize) -> __m128 {
+        match self {
+            QuadParams::Group { scales, .. } => {
+                _mm_cvtph_ps(_mm_loadl_epi64(scales.add(g) as *const __m128i))
+            }
+            QuadParams::Super { sc, d, .. } => bytes_times(sc.add(g), d.add(g / SUPER)),
+        }
+    }
+
+    /// The offsets of groups `g..g + 4` (as [`QuadParams::scales`]), if the format has any.
+    ///
+    /// # Safety
+    /// As [`QuadParams::scales`].
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn offsets(self, g: usize) -> Option<__m128> {
+        match self {
+            QuadParams::Group { mins, .. } => {
+                mins.map(|m| _mm_cvtph_ps(_mm_loadl_epi64(m.add(g) as *const __m128i)))
+            }
+            QuadParams::Super { mn, dmin, .. } => {
+                let m = bytes_times(mn.add(g), dmin.add(g / SUPER));
+                Some(_mm_sub_ps(_mm_setzero_ps(), m))
+            }
+        }
+    }
 }
 
 /// The scaled products of quad `q` (16 lanes, four per group).
@@ -154,8 +243,8 @@ pub(crate) fn dot_u4_q8(
 /// # Safety
 /// As [`dot_u4_q8_vnni`], for quad `q`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn u4_quad(w: *const u8, xq: *const i8, s: *const f16, dx: *const f32, q: usize) -> __m512 {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2")]
+unsafe fn u4_quad(w: *const u8, xq: *const i8, p: QuadParams, dx: *const f32, q: usize) -> __m512 {
     // Lanes 4g..4g + 4 hold group g.
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let nib = _mm512_set1_epi8(15);
@@ -167,23 +256,24 @@ unsafe fn u4_quad(w: *const u8, xq: *const i8, s: *const f16, dx: *const f32, q:
     let xe = _mm512_loadu_si512(x as *const _);
     let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
     let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
+    let g = q * GROUPS;
+    let c = _mm_mul_ps(p.scales(g), _mm_loadu_ps(dx.add(g)));
     _mm512_mul_ps(
         _mm512_cvtepi32_ps(sums),
-        spread_factors(s, dx, q * GROUPS, spread),
+        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c)),
     )
 }
 
 /// # Safety
-/// AVX-512 F/BW, VNNI, F16C and FMA must be available; `w` must hold `quads · 64` bytes,
-/// `xq` `quads · 128`, `s` and `dx` `quads · 4` values, and so must both of `offsets`'s when
-/// given.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+/// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `quads · 64`
+/// bytes, `xq` `quads · 128`, and `p`, `dx` and `sums` must cover `quads · 4` groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u4_q8_vnni(
     w: *const u8,
     xq: *const i8,
-    s: *const f16,
+    p: QuadParams,
     dx: *const f32,
-    offsets: Option<(*const f16, *const f32)>,
+    sums: *const f32,
     quads: usize,
 ) -> f32 {
     // Two accumulators in named registers (an array indexed by `q % 2` went through the
@@ -191,22 +281,23 @@ unsafe fn dot_u4_q8_vnni(
     let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut q = 0;
     while q + 1 < quads {
-        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, s, dx, q));
-        acc1 = _mm512_add_ps(acc1, u4_quad(w, xq, s, dx, q + 1));
+        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, p, dx, q));
+        acc1 = _mm512_add_ps(acc1, u4_quad(w, xq, p, dx, q + 1));
         q += 2;
     }
     if q < quads {
-        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, s, dx, q));
+        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, p, dx, q));
     }
     let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    if let Some((mins, group_sums)) = offsets {
-        let mut offset_acc = _mm_setzero_ps();
-        for q in 0..quads {
-            let m = _mm_cvtph_ps(_mm_loadl_epi64(mins.add(q * GROUPS) as *const __m128i));
-            offset_acc = _mm_fmadd_ps(m, _mm_loadu_ps(group_sums.add(q * GROUPS)), offset_acc);
+    let mut offset_acc = _mm_setzero_ps();
+    for q in 0..quads {
+        let g = q * GROUPS;
+        match p.offsets(g) {
+            Some(m) => offset_acc = _mm_fmadd_ps(m, _mm_loadu_ps(sums.add(g)), offset_acc),
+            None => break,
         }
-        let pair = _mm_add_ps(offset_acc, _mm_movehl_ps(offset_acc, offset_acc));
-        total += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
     }
+    let pair = _mm_add_ps(offset_acc, _mm_movehl_ps(offset_acc, offset_acc));
+    total += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
     total
 }
