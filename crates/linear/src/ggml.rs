@@ -186,10 +186,10 @@ mod tests {
         assert_eq!(ggml_type_from_id(23), None);
     }
 
-    /// Q8_0, Q4_1 and Q4_K blocks are this crate's Q8 / Q4 / Q4K: both ways, the values are
-    /// identical to candle's (GGML's) reading of the same bytes.
+    /// Q8_0, Q4_1, Q4_K and Q6_K blocks are this crate's Q8 / Q4 / Q4K / Q6K: both ways, the
+    /// values are identical to candle's (GGML's) reading of the same bytes.
     #[test]
-    fn q8_0_q4_1_and_q4_k_blocks_are_q8_q4_and_q4k() {
+    fn ggml_blocks_read_as_this_crate_s_formats() {
         use crate::{QuantFormat, QuantMatrix};
         let (n, k) = (5, 768);
         let w: Vec<f32> = (0..n * k)
@@ -204,6 +204,7 @@ mod tests {
             (GgmlDType::Q8_0, QuantFormat::Q8),
             (GgmlDType::Q4_1, QuantFormat::Q4),
             (GgmlDType::Q4K, QuantFormat::Q4K),
+            (GgmlDType::Q6K, QuantFormat::Q6K),
         ] {
             // GGML's blocks read as ours.
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
@@ -235,7 +236,7 @@ mod tests {
             assert_eq!(ours.format(), QuantFormat::Q8);
             assert_eq!(ours.dequantize_rows(), values(&g), "{ty:?} read as q8");
         }
-        assert!(QuantMatrix::from_ggml(GgmlDType::Q6K, &[], 0, 256)
+        assert!(QuantMatrix::from_ggml(GgmlDType::Q5K, &[], 0, 256)
             .unwrap()
             .is_none());
     }

@@ -18,6 +18,11 @@
 //!   quantised with GGML's reference quantiser (candle's), so `model quantize` output matches
 //!   `llama-quantize`'s Q4_K without an importance matrix. Rows that are not whole
 //!   superblocks take Q4 (llama.cpp's Q4_K_M falls back to Q5_0 there).
+//! - [`QuantFormat::Q6K`]: GGUF's Q6_K (what llama.cpp's Q4_K_M keeps its output head and
+//!   some projections in): `W[r, c] = d · sc · (q − 32)`, `q` in `0..=63`, an i8 `sc` per 16
+//!   values under a superblock's f16 `d`. 6.5625 bits per weight, as in a file. Rows that are
+//!   not whole superblocks take Q8. Every product of it (prefill too) takes the 8-bit
+//!   activation kernel below.
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
@@ -40,7 +45,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::kernel::act8::{Params, SUPER};
+use crate::kernel::act8::{
+    self as act8, Params, RowParams as _, SixBit, SUPER, U6_CHUNK, U6_CHUNK_BYTES,
+};
 use crate::kernel::{self, BlockScales, Scales, U4x2};
 use crate::{Isa, GEMV_MAX_ROWS};
 use half::f16;
@@ -60,6 +67,9 @@ pub enum QuantFormat {
     /// Rows that are not whole 256-value superblocks are quantised as [`QuantFormat::Q4`]
     /// (a GGUF file cannot hold a partial superblock).
     Q4K,
+    /// 6-bit symmetric with i8 scales per 16 values under f16 superblock scales (GGUF's Q6_K).
+    /// Rows that are not whole superblocks are quantised as [`QuantFormat::Q8`].
+    Q6K,
 }
 
 impl QuantFormat {
@@ -71,20 +81,27 @@ impl QuantFormat {
             QuantFormat::Q4K => {
                 4.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
             }
+            QuantFormat::Q6K => 6.0 + 8.0 / 16.0 + 16.0 / (SUPER * QUANT_GROUP) as f64,
         }
     }
 
-    /// `q8`, `q4` or `q4k`.
+    /// `q8`, `q4`, `q4k` or `q6k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
             QuantFormat::Q4 => "q4",
             QuantFormat::Q4K => "q4k",
+            QuantFormat::Q6K => "q6k",
         }
     }
 
     /// Every format.
-    pub const ALL: [QuantFormat; 3] = [QuantFormat::Q8, QuantFormat::Q4, QuantFormat::Q4K];
+    pub const ALL: [QuantFormat; 4] = [
+        QuantFormat::Q8,
+        QuantFormat::Q4,
+        QuantFormat::Q4K,
+        QuantFormat::Q6K,
+    ];
 }
 
 impl fmt::Display for QuantFormat {
@@ -96,12 +113,12 @@ impl fmt::Display for QuantFormat {
 impl std::str::FromStr for QuantFormat {
     type Err = String;
 
-    /// Parses [`QuantFormat::name`]: `q8`, `q4` or `q4k`.
+    /// Parses [`QuantFormat::name`]: `q8`, `q4`, `q4k` or `q6k`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         QuantFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k"))
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k"))
     }
 }
 
@@ -109,6 +126,8 @@ impl std::str::FromStr for QuantFormat {
 enum Values {
     I8(Vec<i8>),
     U4(Vec<U4x2>),
+    /// Chunks of 64 values in [`U6_CHUNK_BYTES`] (`kernel::act8`'s layout).
+    U6(Vec<u8>),
 }
 
 /// The group parameters, owned ([`Params`] is their view).
@@ -123,13 +142,17 @@ enum GroupParams {
         d: Vec<f16>,
         dmin: Vec<f16>,
     },
+    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit values).
+    Sixteenths { sc: Vec<i8>, d: Vec<f16> },
 }
 
 impl GroupParams {
-    fn view(&self) -> Params<'_> {
+    /// The per-group view (`None` for 6-bit values, whose scales are per 16).
+    fn view(&self) -> Option<Params<'_>> {
         match self {
-            GroupParams::Group { scales, mins } => Params::Group { scales, mins },
-            GroupParams::Super { sc, mn, d, dmin } => Params::Super { sc, mn, d, dmin },
+            GroupParams::Group { scales, mins } => Some(Params::Group { scales, mins }),
+            GroupParams::Super { sc, mn, d, dmin } => Some(Params::Super { sc, mn, d, dmin }),
+            GroupParams::Sixteenths { .. } => None,
         }
     }
 
@@ -139,6 +162,7 @@ impl GroupParams {
             GroupParams::Super { sc, mn, d, dmin } => {
                 sc.len() + mn.len() + 2 * (d.len() + dmin.len())
             }
+            GroupParams::Sixteenths { sc, d } => sc.len() + 2 * d.len(),
         }
     }
 }
@@ -188,13 +212,15 @@ impl QuantMatrix {
                 "quantize {format}: in-features {k} must be even (two values per byte)"
             );
         }
-        if format == QuantFormat::Q4K {
-            if k.is_multiple_of(SUPER * QUANT_GROUP) {
-                return Self::q4k_from_rows(w, n, k);
+        match format {
+            QuantFormat::Q4K | QuantFormat::Q6K if k.is_multiple_of(SUPER * QUANT_GROUP) => {
+                return Self::ggml_from_rows(w, n, k, format);
             }
             // GGUF cannot hold a partial superblock (llama.cpp falls back to another type
-            // too): such rows take Q4's 32-value groups.
-            return Self::from_rows(w, n, k, QuantFormat::Q4);
+            // too): such rows take the 32-value groups of Q4 / Q8.
+            QuantFormat::Q4K => return Self::from_rows(w, n, k, QuantFormat::Q4),
+            QuantFormat::Q6K => return Self::from_rows(w, n, k, QuantFormat::Q8),
+            _ => {}
         }
         let groups = k.div_ceil(QUANT_GROUP);
         let mut scales = vec![f16::ZERO; n * groups];
@@ -230,11 +256,16 @@ impl QuantMatrix {
         })
     }
 
-    /// [`QuantFormat::Q4K`] of `[n, k]` rows (`k` whole superblocks) by GGML's reference
-    /// quantiser (candle's).
-    fn q4k_from_rows(w: &[f32], n: usize, k: usize) -> Result<Self> {
+    /// [`QuantFormat::Q4K`] or [`QuantFormat::Q6K`] of `[n, k]` rows (`k` whole
+    /// superblocks) by GGML's reference quantiser (candle's).
+    fn ggml_from_rows(w: &[f32], n: usize, k: usize, format: QuantFormat) -> Result<Self> {
         use candle_core::quantized::QTensor;
-        let row_bytes = k / GgmlDType::Q4K.block_size() * GgmlDType::Q4K.type_size();
+        let ty = if format == QuantFormat::Q6K {
+            GgmlDType::Q6K
+        } else {
+            GgmlDType::Q4K
+        };
+        let row_bytes = k / ty.block_size() * ty.type_size();
         let mut blocks = vec![0u8; n * row_bytes];
         // Rows in parallel, a few hundred KiB of weights per task (GGML's quantiser is
         // single-threaded).
@@ -244,10 +275,49 @@ impl QuantMatrix {
             .zip(w.par_chunks(rows_per_task * k.max(1)))
             .try_for_each(|(out, w)| -> Result<()> {
                 let t = Tensor::from_slice(w, (w.len() / k, k), &candle_core::Device::Cpu)?;
-                out.copy_from_slice(&QTensor::quantize(&t, GgmlDType::Q4K)?.data()?);
+                out.copy_from_slice(&QTensor::quantize(&t, ty)?.data()?);
                 Ok(())
             })?;
-        Self::from_q4k_blocks(&blocks, n, k)
+        Self::from_ggml(ty, &blocks, n, k)?
+            .ok_or_else(|| candle_core::Error::Msg(format!("{ty:?} is read natively")))
+    }
+
+    /// Q6_K blocks of `[n, k]` rows (checked by the callers): per block 128 bytes of low
+    /// nibbles, 64 of high bit pairs, 16 i8 scales, the f16 `d`. Value `128h + l + 32t`
+    /// (`h` < 2, `l` < 32, `t` < 4) takes the low (t < 2) or high nibble of byte
+    /// `64h + l + 32 (t % 2)` and bits `2t..2t + 2` of high byte `32h + l`.
+    fn from_q6k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
+        const VALUES: usize = SUPER * QUANT_GROUP;
+        let mut sc = Vec::with_capacity(n * k / 16);
+        let mut d = Vec::with_capacity(n * k / VALUES);
+        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U6_CHUNK_BYTES);
+        let mut q = [0u8; VALUES];
+        for b in blocks.chunks_exact(GgmlDType::Q6K.type_size()) {
+            let (ql, qh) = (&b[..128], &b[128..192]);
+            for h in 0..2 {
+                for l in 0..32 {
+                    for t in 0..4 {
+                        let lo = (ql[64 * h + l + 32 * (t % 2)] >> (4 * (t / 2))) & 0xF;
+                        let hi = (qh[32 * h + l] >> (2 * t)) & 3;
+                        q[128 * h + l + 32 * t] = lo | (hi << 4);
+                    }
+                }
+            }
+            sc.extend(b[192..208].iter().map(|&s| s as i8));
+            d.push(f16::from_le_bytes([b[208], b[209]]));
+            for chunk in q.chunks_exact(U6_CHUNK) {
+                v.extend(act8::u6_chunk(chunk));
+            }
+        }
+        if sc.len() != n * k / 16 {
+            candle_core::bail!("Q6_K [{n}, {k}]: {} bytes of blocks", blocks.len());
+        }
+        Ok(Self {
+            format: QuantFormat::Q6K,
+            dims: [n, k],
+            values: Values::U6(v),
+            params: GroupParams::Sixteenths { sc, d },
+        })
     }
 
     /// Q4_K blocks of `[n, k]` rows (checked by the callers).
@@ -294,7 +364,7 @@ impl QuantMatrix {
     /// - `Q8_0` (an f16 scale, 32 i8) is [`QuantFormat::Q8`];
     /// - `Q4_1` (f16 scale and min, 32 nibbles: value `j` in the low half of byte `j`, value
     ///   `j + 16` in its high half) is [`QuantFormat::Q4`];
-    /// - `Q4_K` is [`QuantFormat::Q4K`];
+    /// - `Q4_K` is [`QuantFormat::Q4K`], `Q6_K` [`QuantFormat::Q6K`];
     /// - `Q4_0` (`d · (q − 8)`) and `Q5_0` (`d · (q − 16)`, the fifth bits in a u32 per
     ///   block) are symmetric integers under an f16 scale, so [`QuantFormat::Q8`] holds them
     ///   exactly: 8.5 bits per weight in memory against their 4.5 / 5.5 in the file, for a
@@ -305,6 +375,7 @@ impl QuantMatrix {
             GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => QuantFormat::Q8,
             GgmlDType::Q4_1 => QuantFormat::Q4,
             GgmlDType::Q4K => QuantFormat::Q4K,
+            GgmlDType::Q6K => QuantFormat::Q6K,
             _ => return Ok(None),
         };
         let (block, block_bytes) = (ty.block_size(), ty.type_size());
@@ -315,8 +386,10 @@ impl QuantMatrix {
                 n * (k / block) * block_bytes
             );
         }
-        if format == QuantFormat::Q4K {
-            return Self::from_q4k_blocks(blocks, n, k).map(Some);
+        match format {
+            QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
+            QuantFormat::Q6K => return Self::from_q6k_blocks(blocks, n, k).map(Some),
+            _ => {}
         }
         let groups = n * k / QUANT_GROUP;
         let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
@@ -376,6 +449,7 @@ impl QuantMatrix {
             QuantFormat::Q8 => GgmlDType::Q8_0,
             QuantFormat::Q4 => GgmlDType::Q4_1,
             QuantFormat::Q4K => GgmlDType::Q4K,
+            QuantFormat::Q6K => GgmlDType::Q6K,
         };
         if !k.is_multiple_of(ty.block_size()) {
             candle_core::bail!(
@@ -418,9 +492,32 @@ impl QuantMatrix {
                     }
                 }
             }
-            (Values::I8(_), GroupParams::Super { .. }) => {
-                unreachable!("8-bit values have f16 group scales")
+            (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
+                const VALUES: usize = SUPER * QUANT_GROUP;
+                let chunks = v.chunks_exact(VALUES / U6_CHUNK * U6_CHUNK_BYTES);
+                for (b, (chunks, sc)) in chunks.zip(sc.chunks_exact(16)).enumerate() {
+                    let q: Vec<u8> = chunks
+                        .chunks_exact(U6_CHUNK_BYTES)
+                        .flat_map(|c| (0..U6_CHUNK).map(|i| act8::u6_value(c, i)))
+                        .collect();
+                    let at = |h: usize, l: usize, t: usize| q[128 * h + l + 32 * t];
+                    for h in 0..2 {
+                        for half in 0..2 {
+                            out.extend((0..32).map(|l| {
+                                (at(h, l, half) & 0xF) | ((at(h, l, half + 2) & 0xF) << 4)
+                            }));
+                        }
+                    }
+                    for h in 0..2 {
+                        out.extend((0..32).map(|l| {
+                            (0..4).fold(0u8, |byte, t| byte | ((at(h, l, t) >> 4) << (2 * t)))
+                        }));
+                    }
+                    out.extend(sc.iter().map(|&s| s as u8));
+                    out.extend(d[b].to_le_bytes());
+                }
             }
+            _ => unreachable!("each value type has its own parameters"),
         }
         Ok((ty, out))
     }
@@ -440,6 +537,7 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
+            Values::U6(v) => v.len(),
         };
         values + self.params.bytes()
     }
@@ -448,7 +546,9 @@ impl QuantMatrix {
     fn per_group(&self, f: impl Fn(&Params, usize) -> f32) -> Vec<f32> {
         let [n, k] = self.dims;
         let groups = k.div_ceil(QUANT_GROUP);
-        let all = self.params.view();
+        let Some(all) = self.params.view() else {
+            return Vec::new();
+        };
         (0..n)
             .flat_map(|r| {
                 let p = all.row(r, groups);
@@ -464,11 +564,31 @@ impl QuantMatrix {
         let groups = k.div_ceil(QUANT_GROUP);
         let mut out = vec![0f32; n * k];
         for (r, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(n) {
-            match &self.values {
-                Values::I8(v) => i8::widen_row(&v[r * k..(r + 1) * k], row),
-                Values::U4(v) => U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row),
-            }
-            let p = self.params.view().row(r, groups);
+            let p = match (&self.values, &self.params) {
+                (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
+                    // (q − 32) · (d · sc), as GGML dequantises.
+                    let p = SixBit { sc, d }.row(r, groups);
+                    let bytes = k / U6_CHUNK * U6_CHUNK_BYTES;
+                    let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(U6_CHUNK_BYTES);
+                    for (ch, (w, vals)) in chunks.zip(row.chunks_exact_mut(U6_CHUNK)).enumerate() {
+                        for (i, v) in vals.iter_mut().enumerate() {
+                            let s = p.scale((ch * U6_CHUNK + i) / 16);
+                            *v = (act8::u6_value(w, i) as i32 - 32) as f32 * s;
+                        }
+                    }
+                    continue;
+                }
+                (Values::I8(v), params) => {
+                    i8::widen_row(&v[r * k..(r + 1) * k], row);
+                    params.view()
+                }
+                (Values::U4(v), params) => {
+                    U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row);
+                    params.view()
+                }
+                (Values::U6(_), _) => None,
+            };
+            let p = p.expect("group parameters").row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
                 let (s, m) = (p.scale(g), p.offset(g));
                 for v in vals {
@@ -500,7 +620,13 @@ impl QuantMatrix {
             m * k,
             "QuantMatrix::matmul: xs must hold m rows of K"
         );
-        let params = self.params.view();
+        let params = match (&self.values, &self.params) {
+            // No GEMM for 6 bits: every product takes the 8-bit activation kernel.
+            (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
+                return act8::matmul_u6_q8(isa, v, k, xs, m, SixBit { sc, d });
+            }
+            (_, params) => params.view().expect("group parameters"),
+        };
         let mut out = match &self.values {
             // Decode-sized products round the activations to 8 bits (see `kernel::act8`), the
             // 4-bit offsets summed in the same pass.
@@ -531,6 +657,7 @@ impl QuantMatrix {
                 match values {
                     Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
                     Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
+                    Values::U6(_) => unreachable!("taken above"),
                 }
             }
         };
@@ -738,7 +865,7 @@ mod tests {
         let [n, k] = w.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
-        let rounded = m <= GEMV_MAX_ROWS;
+        let rounded = m <= GEMV_MAX_ROWS || w.format == QuantFormat::Q6K;
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
@@ -748,7 +875,10 @@ mod tests {
                 out[j * n + r] = (0..k)
                     .map(|c| {
                         let g = c / QUANT_GROUP;
-                        let offset = w.params.view().row(r, groups).offset(g) as f64;
+                        let offset = w
+                            .params
+                            .view()
+                            .map_or(0.0, |p| p.row(r, groups).offset(g) as f64);
                         let scaled = d[r * k + c] as f64 - offset;
                         let xv = if rounded {
                             xq[c] as f64 * q8.scale[g] as f64
@@ -796,6 +926,32 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The superblock formats on whole superblocks (elsewhere they fall back to Q4 / Q8),
+        /// as above.
+        #[test]
+        fn superblock_kernels_match_the_dequantised_oracle(
+            supers in 1usize..4,
+            n in 1usize..12,
+            m in prop::sample::select(vec![1usize, 3, 9]),
+            seed in 0u32..1000,
+        ) {
+            let k = supers * SUPER * QUANT_GROUP;
+            let w = values(n * k, seed, 0.3);
+            let xs = values(m * k, seed, 1.9);
+            for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+                let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+                prop_assert_eq!(q.format(), format);
+                let want = oracle(&q, &xs, m);
+                for isa in Isa::supported() {
+                    let got = q.matmul(isa, &xs, m);
+                    assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn quantisation_error_is_within_the_format() {
         let (n, k) = (8, 256);
@@ -805,6 +961,7 @@ mod tests {
             (QuantFormat::Q4, 0.5 / 15.0),
             // Q4_K's group parameters are themselves rounded to 6 bits.
             (QuantFormat::Q4K, 0.6 / 15.0),
+            (QuantFormat::Q6K, 1.0 / 63.0),
         ] {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let d = q.dequantize_rows();

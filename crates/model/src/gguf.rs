@@ -745,7 +745,8 @@ const ALIGN: usize = 32;
 
 /// Writes the HF checkpoint `checkpoint` as a GGUF file at `out` (llama.cpp's `deepseek2`
 /// layout, `tokenizer.ggml.model = none`): its projections in `format` (`Q8_0` for q8, `Q4_1`
-/// for q4: the values [`crate::MatrixFormat::Quant`] computes at load), the head in `Q8_0`,
+/// for q4, `Q4_K` for q4k: the values [`crate::MatrixFormat::Quant`] computes at load), the
+/// head in [`crate::precision::default_head`] (`Q8_0`, `Q6_K` under q4k),
 /// the embedding, `kv_b_proj` (as `attn_k_b` / `attn_v_b`) and the routers in their stored
 /// float type (FP8 dequantised to f32), norms in f32. MTP modules are not written. Tensors are
 /// quantised and written one at a time (memory: one tensor, not the model). `progress` is
@@ -857,14 +858,15 @@ fn float_type(stored: DType) -> GgmlDType {
     }
 }
 
-/// The block type of a projection `[N, K]` in `format` (Q4_K rows that are not whole
-/// 256-value superblocks are Q4, as [`QuantMatrix`] quantises them), or f32 when `K` is not
-/// a whole number of 32-value blocks.
+/// The block type of a projection `[N, K]` in `format` (Q4_K / Q6_K rows that are not whole
+/// 256-value superblocks are Q4 / Q8, as [`QuantMatrix`] quantises them), or f32 when `K` is
+/// not a whole number of 32-value blocks.
 fn block_type(format: QuantFormat, k: usize) -> GgmlDType {
     match format {
         _ if !k.is_multiple_of(linear::QUANT_GROUP) => GgmlDType::F32,
-        QuantFormat::Q8 => GgmlDType::Q8_0,
         QuantFormat::Q4K if k.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
+        QuantFormat::Q6K if k.is_multiple_of(GgmlDType::Q6K.block_size()) => GgmlDType::Q6K,
+        QuantFormat::Q8 | QuantFormat::Q6K => GgmlDType::Q8_0,
         QuantFormat::Q4 | QuantFormat::Q4K => GgmlDType::Q4_1,
     }
 }
@@ -887,7 +889,7 @@ fn plan_tensors(
     for &(gguf, hf) in MODEL_NAMES {
         let m = meta(hf)?;
         let (ty, content) = if hf == "lm_head.weight" {
-            let f = QuantFormat::Q8;
+            let f = crate::precision::default_head(format);
             (block_type(f, m.shape[1]), Payload::Quantised(hf.into(), f))
         } else if m.shape.len() == 2 {
             (float_type(m.dtype), Payload::Float(hf.into()))
@@ -1028,11 +1030,12 @@ fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, 
         (
             "general.file_type".into(),
             // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_1 = 3, MOSTLY_Q4_K_S = 14 (Q4_K
-            // throughout, no wider tensors)
+            // layers, a Q6_K head), MOSTLY_Q6_K = 18
             Meta::U32(match format {
                 QuantFormat::Q8 => 7,
                 QuantFormat::Q4 => 3,
                 QuantFormat::Q4K => 14,
+                QuantFormat::Q6K => 18,
             }),
         ),
         ("general.quantization_version".into(), Meta::U32(2)),

@@ -28,6 +28,7 @@ enum QuantTo {
     Q8,
     Q4,
     Q4k,
+    Q6k,
 }
 
 impl From<QuantTo> for linear::QuantFormat {
@@ -36,6 +37,7 @@ impl From<QuantTo> for linear::QuantFormat {
             QuantTo::Q8 => linear::QuantFormat::Q8,
             QuantTo::Q4 => linear::QuantFormat::Q4,
             QuantTo::Q4k => linear::QuantFormat::Q4K,
+            QuantTo::Q6k => linear::QuantFormat::Q6K,
         }
     }
 }
@@ -59,8 +61,8 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_float_dtype)]
     dtype: Option<DType>,
     /// Format the weight matrices are kept in: f32, bf16, f16, fp8 (an FP8 checkpoint's e4m3
-    /// blocks as shipped), q8, q4 or q4k (8/4-bit groups quantised at load; q4k is GGUF's
-    /// Q4_K, 4.5 bits per weight in a file), gguf (a GGUF file's
+    /// blocks as shipped), q8, q4, q4k or q6k (8/4/6-bit groups quantised at load; q4k and q6k
+    /// are GGUF's Q4_K and Q6_K, 4.5 and 6.56 bits per weight in a file), gguf (a GGUF file's
     /// blocks as stored). Default: on the CPU, a GGUF file's blocks as stored, and with f32
     /// compute the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest bytes that
     /// give the checkpoint's model; otherwise the compute dtype.
@@ -87,10 +89,11 @@ struct ModelArgs {
     /// f32 products of the exact bf16 weights (the default).
     #[arg(long)]
     bf16_activations: bool,
-    /// Quantise the output head at load to q8, q4 or q4k (like llama.cpp's
+    /// Quantise the output head at load to q8, q4, q4k or q6k (like llama.cpp's
     /// `--output-tensor-type`): a decode step reads the whole head, so this reads fewer bytes
     /// per token, at the head's quantisation error on every logit. Default: the head as the
-    /// other matrices are kept (8 bits when --matrices is q8, q4 or q4k).
+    /// other matrices are kept (q8 when --matrices is q8 or q4, q6k under q4k, like
+    /// llama.cpp's Q4_K_M).
     #[arg(long)]
     head: Option<linear::QuantFormat>,
     /// Longest block of prompt tokens one pass through the layers takes; longer prompts go
@@ -291,16 +294,16 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
-    /// Writes an HF checkpoint as a GGUF file with 8-bit (Q8_0) or 4-bit (Q4_1, or Q4_K with
-    /// Q4_1 for rows that are not whole 256-value superblocks) projections: the values
-    /// `--matrices q8|q4|q4k` computes at load, so `--model OUT.gguf` reloads them
+    /// Writes an HF checkpoint as a GGUF file with 8-bit (Q8_0), 4-bit (Q4_1, or Q4_K with
+    /// Q4_1 for rows that are not whole 256-value superblocks) or 6-bit (Q6_K) projections:
+    /// the values `--matrices q8|q4|q4k|q6k` computes at load, so `--model OUT.gguf` reloads them
     /// without requantising; llama.cpp reads the file too (no tokenizer inside: pass
     /// `--tokenizer`). One tensor in memory at a time.
     Quantize {
         /// Source checkpoint directory (safetensors; FP8 is dequantised first).
         #[arg(long)]
         model: PathBuf,
-        /// q8, q4 or q4k.
+        /// q8, q4, q4k or q6k.
         #[arg(long, value_enum)]
         to: QuantTo,
         /// Output GGUF file (must not exist).

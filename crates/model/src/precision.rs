@@ -17,13 +17,14 @@ pub enum MatrixFormat {
     /// take the compute dtype.
     Fp8,
     /// The attention projections and the experts' matrices quantised at load to 8 or 4 bits
-    /// (`linear::QuantFormat`: q8, q4, or GGUF's Q4_K), the output head to 8 bits; the embedding, the routers and
+    /// (`linear::QuantFormat`: q8, q4, or GGUF's Q4_K / Q6_K), the output head to
+    /// [`default_head`]; the embedding, the routers and
     /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
     /// them.
     Quant(QuantFormat),
-    /// A GGUF file's matrices as stored: `Q8_0`, `Q4_1` and `Q4_K` on this project's kernels,
-    /// `Q4_0` and `Q5_0` widened exactly to 8 bits for them, other GGML block formats (`Q6_K`,
-    /// ...) multiplied by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in
+    /// A GGUF file's matrices as stored: `Q8_0`, `Q4_1`, `Q4_K` and `Q6_K` on this project's
+    /// kernels, `Q4_0` and `Q5_0` widened exactly to 8 bits for them, other GGML block formats
+    /// (`Q5_K`, ...) multiplied by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in
     /// their dtype.
     Ggml,
 }
@@ -49,8 +50,8 @@ impl std::fmt::Display for MatrixFormat {
 impl std::str::FromStr for MatrixFormat {
     type Err = String;
 
-    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, `q4k` or `gguf` (for command-line
-    /// options).
+    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, `q4k`, `q6k` or `gguf` (for
+    /// command-line options).
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(q) = s.parse::<QuantFormat>() {
             return Ok(MatrixFormat::Quant(q));
@@ -59,7 +60,7 @@ impl std::str::FromStr for MatrixFormat {
             "fp8" => MatrixFormat::Fp8,
             "gguf" => MatrixFormat::Ggml,
             _ => MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
-                format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4, q4k, gguf")
+                format!("'{s}' is not one of f32, bf16, f16, fp8, q8, q4, q4k, q6k, gguf")
             })?),
         })
     }
@@ -168,12 +169,11 @@ impl Precision {
     }
 
     /// The format the output head is quantised to at load, if any: [`Precision::head`], or
-    /// 8 bits when the layers are quantised (its errors reach every logit directly, so
-    /// llama.cpp's mixes keep it wider than the layers too).
+    /// [`default_head`] of the layers' format when they are quantised.
     pub fn head_format(&self) -> Option<QuantFormat> {
         match (self.head, self.matrices) {
             (Some(f), _) => Some(f),
-            (None, MatrixFormat::Quant(_)) => Some(QuantFormat::Q8),
+            (None, MatrixFormat::Quant(layers)) => Some(default_head(layers)),
             (None, _) => None,
         }
     }
@@ -188,6 +188,16 @@ impl Precision {
                 _ => self.compute,
             },
         }
+    }
+}
+
+/// The output head's format under layers quantised to `layers`: wider than the layers (its
+/// errors reach every logit directly), as llama.cpp's mixes keep it: 8 bits (Q8_0) under q8
+/// and q4, 6 bits (Q6_K, as in llama.cpp's Q4_K_M) under q4k.
+pub fn default_head(layers: QuantFormat) -> QuantFormat {
+    match layers {
+        QuantFormat::Q4K => QuantFormat::Q6K,
+        _ => QuantFormat::Q8,
     }
 }
 

@@ -257,25 +257,37 @@ pub(crate) fn matmul_i8_q8(
     matmul_act8(isa, w, k, k, xs, m, params, q8_row_natural, dot_i8)
 }
 
+/// A matrix's parameters that can be cut into rows.
+pub(crate) trait RowParams: Copy + Sync {
+    /// Row `r`'s parameters, rows holding `groups` groups of [`GROUP`] values each.
+    fn row(&self, r: usize, groups: usize) -> Self;
+}
+
+impl RowParams for Params<'_> {
+    fn row(&self, r: usize, groups: usize) -> Self {
+        Params::row(self, r, groups)
+    }
+}
+
 /// One (weight row, activation row) product of a format: the row's values, the rounded
-/// activations, the row's parameters, and room for a factor per group for the kernels that
-/// take them ready-made.
-type RowDot<W> = fn(Isa, &[W], &Q8Row, Params, &mut [f32]) -> f32;
+/// activations, the row's parameters, and room for two factors per group for the kernels
+/// that take them ready-made.
+type RowDot<W, P> = fn(Isa, &[W], &Q8Row, P, &mut [f32]) -> f32;
 
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
 /// `round`, each (weight row, activation row) pair reduced by `dot` with the row's
 /// parameters.
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
-fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
+fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
     w: &[W],
     k: usize,
     kw: usize,
     xs: &[f32],
     m: usize,
-    params: Params,
+    params: P,
     round: R,
-    dot: RowDot<W>,
+    dot: RowDot<W, P>,
 ) -> Vec<f32> {
     let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
@@ -291,7 +303,7 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
         .zip(w.par_chunks(rows_per_task * kw))
         .enumerate()
         .for_each(|(task, (out, w))| {
-            let mut c = vec![0f32; groups];
+            let mut c = vec![0f32; 2 * groups];
             let first = task * rows_per_task;
             for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
                 let p = params.row(first + i, groups);
@@ -301,6 +313,94 @@ fn matmul_act8<W: Sync, R: Fn(&[f32]) -> Q8Row>(
             }
         });
     super::transpose(out_t, n, m)
+}
+
+/// Values per chunk of a 6-bit row ([`matmul_u6_q8`]).
+pub(crate) const U6_CHUNK: usize = 64;
+
+/// Bytes per chunk of a 6-bit row: 32 of low nibbles (byte `i`: value `i` low, value
+/// `i + 32` high), then 16 of high bit pairs (byte `j`, bits `2t..2t + 2`: value `j + 16t`).
+/// Both AVX2 (two 32-value halves) and AVX-512 (the whole chunk) unpack it with one shift
+/// per 128-bit lane.
+pub(crate) const U6_CHUNK_BYTES: usize = 48;
+
+/// Value `v` (`0..64`, in `0..=63`) of a 6-bit chunk.
+pub(crate) fn u6_value(chunk: &[u8], v: usize) -> u8 {
+    let lo = (chunk[v % 32] >> (4 * (v / 32))) & 0xF;
+    let hi = (chunk[32 + v % 16] >> (2 * (v / 16))) & 3;
+    lo | (hi << 4)
+}
+
+/// The chunk of 64 values `q` (each in `0..=63`), the inverse of [`u6_value`].
+pub(crate) fn u6_chunk(q: &[u8]) -> [u8; U6_CHUNK_BYTES] {
+    let mut out = [0u8; U6_CHUNK_BYTES];
+    for i in 0..32 {
+        out[i] = (q[i] & 0xF) | ((q[i + 32] & 0xF) << 4);
+    }
+    for j in 0..16 {
+        out[32 + j] = (0..4).fold(0, |b, t| b | ((q[j + 16 * t] >> 4) << (2 * t)));
+    }
+    out
+}
+
+/// The parameters of 6-bit values (GGUF's Q6_K): an i8 scale per 16 values, an f16 `d` per
+/// [`SUPER`] groups; value `v` is `d · sc · (q_v − 32)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SixBit<'a> {
+    pub sc: &'a [i8],
+    pub d: &'a [f16],
+}
+
+impl RowParams for SixBit<'_> {
+    fn row(&self, r: usize, groups: usize) -> Self {
+        let supers = groups.div_ceil(SUPER);
+        SixBit {
+            sc: &self.sc[2 * r * groups..2 * (r + 1) * groups],
+            d: &self.d[r * supers..(r + 1) * supers],
+        }
+    }
+}
+
+impl SixBit<'_> {
+    /// The scale of the 16 values from `16 · s` on.
+    pub(crate) fn scale(&self, s: usize) -> f32 {
+        self.d[s / (2 * SUPER)].to_f32() * self.sc[s] as f32
+    }
+}
+
+/// `[N, K]` 6-bit values `w` (`K / 64` chunks of [`U6_CHUNK_BYTES`] per row, `K` a multiple
+/// of 64) with `params` times `m` rows `xs` `[m, K]`, activations rounded per
+/// [`q8_row_natural`]: `[m, N]` row-major.
+pub(crate) fn matmul_u6_q8(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    params: SixBit,
+) -> Vec<f32> {
+    assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
+    let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
+    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_natural, dot_u6)
+}
+
+/// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
+/// `c_s = d · sc_s · dx_g`.
+fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        return super::x86_512_act8::dot_u6_q8(t, w, &x.q, p, &x.scale);
+    }
+    let c = &mut c[..x.q.len() / 16];
+    for (s, c) in c.iter_mut().enumerate() {
+        *c = p.scale(s) * x.scale[s / 2];
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx2_fma() {
+        return super::x86::dot_u6_q8(t, w, &x.q, c);
+    }
+    let _ = isa;
+    portable::dot_u6_q8(w, &x.q, c)
 }
 
 /// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i` with

@@ -96,3 +96,24 @@ pub(super) fn dot_u4_q8(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     }
     total
 }
+
+/// One row of the 6-bit product with 8-bit activations in natural order (`act8`'s chunk
+/// layout): `Σ_s c[s] · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks of 16, integer sums.
+pub(super) fn dot_u6_q8(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
+    use super::act8::{u6_value, U6_CHUNK, U6_CHUNK_BYTES};
+    let chunks = w
+        .chunks_exact(U6_CHUNK_BYTES)
+        .zip(xq.chunks_exact(U6_CHUNK));
+    let mut total = 0f32;
+    for (ch, (w, x)) in chunks.enumerate() {
+        for (s, x) in x.chunks_exact(16).enumerate() {
+            let sum: i32 = x
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (u6_value(w, 16 * s + i) as i32 - 32) * x as i32)
+                .sum();
+            total += c[4 * ch + s] * sum as f32;
+        }
+    }
+    total
+}

@@ -599,3 +599,63 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     }
     total
 }
+
+/// One row of the 6-bit product with 8-bit activations (`act8`'s chunk layout, activations in
+/// natural order): per chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs
+/// of 16 bytes (one 32-bit variable shift per 128-bit lane) make two vectors of 32 values in
+/// `0..=63`; `maddubs` + `madd` give 8 i32 lanes of four products each (two sub-blocks of 16
+/// per vector), less `32 · Σ xq` from the same pair on a vector of 32s; each lane pair is
+/// scaled by its sub-block's `c`.
+pub(crate) fn dot_u6_q8(_: Avx2Fma, w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
+    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
+    let chunks = (xq.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+    assert!(c.len() >= 4 * chunks, "one factor per 16 values");
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
+    // `chunks` whole chunks of `w`, `xq` and `c`, inside the slices (checked above).
+    unsafe { dot_u6_q8_avx2(w.as_ptr(), xq.as_ptr(), c.as_ptr(), chunks) }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available; `w` must hold `chunks · 48` bytes, `xq` `chunks · 64`,
+/// `c` `chunks · 4` values.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u6_q8_avx2(w: *const u8, xq: *const i8, c: *const f32, chunks: usize) -> f32 {
+    let (nib, pair, ones, k32) = (
+        _mm256_set1_epi8(0xF),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi16(1),
+        _mm256_set1_epi8(32),
+    );
+    let (first, second) = (
+        _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
+        _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
+    );
+    // Σ (q − 32) · x over 4-value lanes of 32 values.
+    let dot = |q: __m256i, x: __m256i| {
+        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
+        _mm256_sub_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(k32, x), ones))
+    };
+    let mut acc = _mm256_setzero_ps();
+    for ch in 0..chunks {
+        let p = w.add(ch * 48);
+        let l = _mm256_loadu_si256(p as *const __m256i);
+        let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
+        let high = |shift: __m256i| {
+            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srlv_epi32(h, shift), pair))
+        };
+        let q0 = _mm256_or_si256(_mm256_and_si256(l, nib), high(first));
+        let q1 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(l), nib),
+            high(second),
+        );
+        let x = xq.add(ch * 64);
+        let s0 = dot(q0, _mm256_loadu_si256(x as *const __m256i));
+        let s1 = dot(q1, _mm256_loadu_si256(x.add(32) as *const __m256i));
+        let cs = c.add(4 * ch);
+        let f0 = _mm256_set_m128(_mm_set1_ps(*cs.add(1)), _mm_set1_ps(*cs));
+        let f1 = _mm256_set_m128(_mm_set1_ps(*cs.add(3)), _mm_set1_ps(*cs.add(2)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc);
+    }
+    hsum(acc)
+}

@@ -301,3 +301,93 @@ unsafe fn dot_u4_q8_vnni(
     total += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
     total
 }
+
+/// `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over a 6-bit row (`act8`'s chunk layout,
+/// activations in natural order), `c_s = d · sc_s · dx_g` formed in registers: per chunk of
+/// 64 values one 256-bit load of low nibbles (spread to 64 bytes), one 128-bit load of high
+/// bit pairs (broadcast to the four 128-bit lanes, each shifted by its own count), one
+/// `vpdpbusd` for `Σ q · xq` and one for `Σ 32 · xq`; lanes `4s..4s + 4` hold sub-block `s`.
+pub(crate) fn dot_u6_q8(
+    _: Avx512Vnni,
+    w: &[u8],
+    xq: &[i8],
+    p: super::act8::SixBit,
+    dx: &[f32],
+) -> f32 {
+    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
+    let chunks = (xq.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+    assert!(
+        p.sc.len() >= 4 * chunks && p.d.len() >= chunks.div_ceil(4) && dx.len() >= 2 * chunks,
+        "parameters for every chunk"
+    );
+    // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW, VNNI and F16C;
+    // the kernel reads `chunks` whole chunks of `w` and `xq` and their parameters, inside
+    // the slices (checked above).
+    unsafe {
+        dot_u6_q8_vnni(
+            w.as_ptr(),
+            xq.as_ptr(),
+            (p.sc.as_ptr(), p.d.as_ptr()),
+            dx.as_ptr(),
+            chunks,
+        )
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `chunks · 48`
+/// bytes, `xq` `chunks · 64`, the scales `chunks · 4`, the `d`s `ceil(chunks / 4)` and `dx`
+/// `chunks · 2` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
+unsafe fn dot_u6_q8_vnni(
+    w: *const u8,
+    xq: *const i8,
+    (sc, d): (*const i8, *const f16),
+    dx: *const f32,
+    chunks: usize,
+) -> f32 {
+    let (nib, pair, k32) = (
+        _mm512_set1_epi8(0xF),
+        _mm512_set1_epi8(3),
+        _mm512_set1_epi8(32),
+    );
+    let shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let chunk = |ch: usize| -> __m512 {
+        let p = w.add(ch * 48);
+        let l = _mm256_loadu_si256(p as *const __m256i);
+        let lo = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), _mm256_srli_epi16::<4>(l));
+        let h = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(32) as *const __m128i));
+        let h = _mm512_and_si512(_mm512_srlv_epi32(h, shifts), pair);
+        let q = _mm512_or_si512(_mm512_and_si512(lo, nib), _mm512_slli_epi16::<4>(h));
+        let x = _mm512_loadu_si512(xq.add(ch * 64) as *const _);
+        let zero = _mm512_setzero_si512();
+        let sums = _mm512_sub_epi32(
+            _mm512_dpbusd_epi32(zero, q, x),
+            _mm512_dpbusd_epi32(zero, k32, x),
+        );
+        // The four sub-blocks' factors: d · sc · dx (two sub-blocks per group of 32).
+        let s = _mm_cvtsi32_si128(std::ptr::read_unaligned(sc.add(4 * ch) as *const i32));
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((*d.add(ch / 4)).to_bits() as i32));
+        let (a, b) = (*dx.add(2 * ch), *dx.add(2 * ch + 1));
+        let c = _mm_mul_ps(
+            _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepi8_epi32(s)), _mm_broadcastss_ps(d)),
+            _mm_setr_ps(a, a, b, b),
+        );
+        _mm512_mul_ps(
+            _mm512_cvtepi32_ps(sums),
+            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c)),
+        )
+    };
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut ch = 0;
+    while ch + 1 < chunks {
+        acc0 = _mm512_add_ps(acc0, chunk(ch));
+        acc1 = _mm512_add_ps(acc1, chunk(ch + 1));
+        ch += 2;
+    }
+    if ch < chunks {
+        acc0 = _mm512_add_ps(acc0, chunk(ch));
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+}
