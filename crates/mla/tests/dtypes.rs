@@ -159,8 +159,8 @@ fn quantised_matrices_equal_their_dequantised_twin() {
             let x = x.narrow(1, 0, 7).unwrap();
             let want = &run_every_path(&exact, &x, 1e-5)[0].1;
             let bound = match format {
-                linear::QuantFormat::Q8 => 2e-2,
-                linear::QuantFormat::Q4 => 5e-2,
+                linear::QuantFormat::Q8 | linear::QuantFormat::Q6K => 2e-2,
+                linear::QuantFormat::Q4 | linear::QuantFormat::Q4K => 5e-2,
             };
             for (name, y) in run_every_path(&quant, &x, f32::INFINITY) {
                 let rel = rel_rms(&y, want);

@@ -325,4 +325,7 @@ fn a_quantised_head_reads_fewer_bytes() {
         q4.with_head(Some(QuantFormat::Q4)).head_format(),
         Some(QuantFormat::Q4)
     );
+    // Under q4k the head is Q6_K, as llama.cpp's Q4_K_M keeps it.
+    let q4k = Precision::mixed(DType::F32, "q4k".parse::<MatrixFormat>().unwrap());
+    assert_eq!(q4k.head_format(), Some(QuantFormat::Q6K));
 }
