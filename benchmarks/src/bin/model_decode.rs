@@ -158,8 +158,8 @@ fn matvec(dtype: DType, n: usize, k: usize) -> Result<(f64, f64)> {
 }
 
 /// The same product with the weight as a `linear::Matrix` in FP8 blocks (random e4m3 bytes,
-/// NaN codes excluded, with random block scales), q8, q4 and q4k: `(format, bytes, weight
-/// GB/s)`.
+/// NaN codes excluded, with random block scales), q8, q4, q4k and q6k: `(format, bytes,
+/// weight GB/s)`.
 fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>> {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
@@ -177,6 +177,7 @@ fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>>
         dense.quantize(linear::QuantFormat::Q8)?,
         dense.quantize(linear::QuantFormat::Q4)?,
         dense.quantize(linear::QuantFormat::Q4K)?,
+        dense.quantize(linear::QuantFormat::Q6K)?,
     ] {
         let t = median_time(2, 7, || m.forward(&x).unwrap());
         out.push((
