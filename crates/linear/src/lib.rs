@@ -41,7 +41,10 @@
 //!   needs for bf16 weights: a full f32 copy per call). On AVX-512 CPUs the micro-kernel is
 //!   ours (a 12 x 32 tile in registers, 512-bit FMAs); elsewhere it is the `gemm` crate's
 //!   (the kernel behind candle's CPU matmul), fed blocks of widened rows. Measured against
-//!   candle's matmul on a weight already held in f32 in `benchmarks/README.md`.
+//!   candle's matmul on a weight already held in f32 in `benchmarks/README.md`. 8-bit and
+//!   4-bit weights on AVX512-VNNI CPUs instead take 8-bit activations, as their decode does,
+//!   in an integer GEMM (`vpdpbusd`, four products per lane per instruction): see
+//!   [`QuantMatrix`].
 //! - another device: candle's matmul, after converting the weight to the activations' dtype
 //!   when they differ.
 //!

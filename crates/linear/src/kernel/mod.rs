@@ -9,7 +9,8 @@
 //! - [`x86_512_dot`]: the same for f32, f16 and bf16 weights with 512-bit vectors (32 values
 //!   per row per iteration, bf16 activations split per 32-value block);
 //! - [`x86_512_e4m3`]: e4m3 weights widened by byte lookups (AVX512-VBMI);
-//! - [`x86_512_act8`]: the 8/4-bit formats' integer dot products with `vpdpbusd` (AVX512-VNNI).
+//! - [`x86_512_act8`]: the 8/4-bit formats' integer dot products with `vpdpbusd` (AVX512-VNNI);
+//!   [`x86_512_act8_gemm`] the same arithmetic blocked for many activation rows.
 //!
 //! Rows are processed four at a time so each activation load serves four weight rows; on
 //! AVX2 several activation rows also go two at a time, so each weight is widened once per
@@ -43,6 +44,8 @@ pub(crate) mod x86;
 pub(crate) mod x86_512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512_act8;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512_act8_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512_dot;
 #[cfg(target_arch = "x86_64")]
