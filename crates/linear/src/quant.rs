@@ -654,8 +654,7 @@ impl QuantMatrix {
                     Values::U4(v) => Weights::U4(v),
                     Values::U6(_) => unreachable!("taken above"),
                 };
-                let scales = self.per_group(|p, g| p.scale(g));
-                gemm::matmul(t, w, n, k, &scales, xs, m)
+                return gemm::matmul(t, w, params, n, k, xs, m);
             }
             values => {
                 // K-quant scales are formed once per call in f32 (a 64th of the weights).

@@ -35,9 +35,10 @@ const GROUPS: usize = 4;
 
 /// How far ahead of its reads (bytes) the 4-bit and 6-bit rows prefetch their weights: about
 /// one row at `K = 2048`, so a row's lines are requested while the previous row is summed.
-/// Measured on the Zen 4 VM (`benchmarks/README.md`, "K-quants on our kernels"): +12-16% on
-/// the q4k / q6k head product and +7% on a q4k decode step; the 8-bit rows (twice the
-/// bytes per instruction) gained nothing and do not prefetch.
+/// Measured on the Zen 4 VM (`benchmarks/README.md`, "K-quants on our kernels"): the q4k /
+/// q6k head product gained in most alternated rounds, whole decode steps within the VM's
+/// noise; the 8-bit rows (twice the bytes per instruction) gained nothing and do not
+/// prefetch.
 const PREFETCH: usize = 1024;
 
 /// `Σ_g c_g · Σ_{i in g} w_i · xq_i` over 8-bit weights with the row's f16 group scales `s`

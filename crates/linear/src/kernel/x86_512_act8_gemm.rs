@@ -8,14 +8,19 @@
 //! - **panels**: a task repacks 32 weight rows once into bytes laid out for `vpdpbusd`: the
 //!   vector for (group `g`, quad `j`, half `v`) holds, in lane `l`, the four values
 //!   `32g + 4j .. 32g + 4j + 4` of weight row `16v + l`. Nibbles are unpacked there, once, and
-//!   8-bit weights are stored as `w + 128` (a valid u8), corrected below.
+//!   8-bit weights are stored as `w + 128` (a valid u8), corrected below. Sixteen rows' whole
+//!   groups are repacked with vector shuffles (a 4 x 4 transpose of 32-bit quads per 128-bit
+//!   lane, then one permute), the rest a quad at a time; the rows' scales and offsets are
+//!   formed there too, so a task touches only its own rows' parameters.
 //! - **tiles**: four activation rows at a time, each quad of each row broadcast to all lanes
 //!   (`{1to16}`), so one instruction adds four products into 16 output rows, and a group's
 //!   eight quads accumulate in one i32 register per (activation row, half) before a single
 //!   conversion and FMA with the weight rows' group scales times `dx`.
 //!
 //! Per group and activation row that is 16 `vpdpbusd` plus 2 conversions, 2 products and 2
-//! FMAs for 1024 multiply-adds; the f32 GEMM over widened weights needs 64 FMAs.
+//! FMAs for 1024 multiply-adds (2 more FMAs for 4-bit offsets: `m[r, g] · Σ_{c in g} x[j, c]`
+//! over the unrounded activations, as the row kernels take them); the f32 GEMM over widened
+//! weights needs 64 FMAs.
 //!
 //! With `w + 128` stored, `Σ (w + 128) · xq = Σ w · xq + 128 · Σ xq`; the last term is the same
 //! for every weight row, so it is subtracted once per (activation row, group) in integers:
@@ -25,7 +30,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::act8::{q8_row_natural, GROUP};
+use super::act8::{q8_row_natural, Params, GROUP};
 use super::x86_512::Avx512Vnni;
 use super::U4x2;
 
@@ -45,21 +50,19 @@ pub(crate) enum Weights<'a> {
     U4(&'a [U4x2]),
 }
 
-/// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the f32 group scales
-/// `scales` `[N, ceil(K / 32)]`: `Σ_g s[r, g] · dx[j, g] · Σ_{c in g} w[r, c] · xq[j, c]`,
-/// `[m, N]` row-major. (4-bit offsets are not included: the caller adds them.)
+/// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the group parameters
+/// `params`: `Σ_g s[r, g] · dx[j, g] · Σ_{c in g} w[r, c] · xq[j, c] + m[r, g] · Σ_{c in g}
+/// x[j, c]`, `[m, N]` row-major.
 pub(crate) fn matmul(
     t: Avx512Vnni,
     w: Weights,
+    params: Params,
     n: usize,
     k: usize,
-    scales: &[f32],
     xs: &[f32],
     m: usize,
 ) -> Vec<f32> {
-    let groups = k.div_ceil(GROUP);
     assert_eq!(xs.len(), m * k, "act8 GEMM: m rows of K");
-    assert_eq!(scales.len(), n * groups, "act8 GEMM: one scale per group");
     if n == 0 || m == 0 {
         return vec![0.0; m * n];
     }
@@ -67,22 +70,23 @@ pub(crate) fn matmul(
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(NR))
         .into_par_iter()
         .map(|b| {
-            let rows = b * NR..((b + 1) * NR).min(n);
-            let panel = Panel::pack(t, w, rows, k, scales);
+            let panel = Panel::pack(t, w, params, b * NR..((b + 1) * NR).min(n), k);
             let mut out = vec![0f32; m * NR];
-            for (j0, out) in (0..m).step_by(MR).zip(out.chunks_mut(MR * NR)) {
-                let tile = MR.min(m - j0);
-                // SAFETY: the token proves AVX-512 F/BW and VNNI; the panel holds `groups`
-                // groups of both halves, `acts` holds rows `j0..j0 + tile` of `groups` groups,
-                // and `out` holds `tile` rows of `NR`.
+            let mut j0 = 0;
+            while j0 < m {
+                let tile = if m - j0 >= MR { MR } else { 1 };
+                let out = &mut out[j0 * NR..(j0 + tile) * NR];
+                // SAFETY: the token proves AVX-512 F/BW and VNNI; the panel and `acts` hold
+                // the same groups, `acts` rows `j0..j0 + tile`, `out` `tile` rows of `NR`.
                 unsafe {
-                    match tile {
-                        4 => tile_vnni::<4>(&panel, &acts, j0, out),
-                        3 => tile_vnni::<3>(&panel, &acts, j0, out),
-                        2 => tile_vnni::<2>(&panel, &acts, j0, out),
-                        _ => tile_vnni::<1>(&panel, &acts, j0, out),
+                    match (tile, panel.offsets.is_empty()) {
+                        (MR, true) => tile_vnni::<MR, false>(&panel, &acts, j0, out),
+                        (MR, false) => tile_vnni::<MR, true>(&panel, &acts, j0, out),
+                        (_, true) => tile_vnni::<1, false>(&panel, &acts, j0, out),
+                        (_, false) => tile_vnni::<1, true>(&panel, &acts, j0, out),
                     }
                 }
+                j0 += tile;
             }
             out
         })
@@ -109,6 +113,8 @@ struct Activations {
     /// `[m, groups]`: `128 · Σ xq` over the group (the `w + 128` correction; zeros for 4-bit
     /// weights).
     correction: Vec<i32>,
+    /// `[m, groups]`: the sums of the unrounded activations (what offsets multiply).
+    sums: Vec<f32>,
 }
 
 impl Activations {
@@ -117,10 +123,12 @@ impl Activations {
         let rows: Vec<_> = xs.par_chunks_exact(k).map(q8_row_natural).collect();
         let mut q = vec![0i8; m * groups * GROUP];
         let mut dx = Vec::with_capacity(m * groups);
+        let mut sums = Vec::with_capacity(m * groups);
         let mut correction = vec![0i32; m * groups];
         for (j, row) in rows.iter().enumerate() {
             q[j * groups * GROUP..][..k].copy_from_slice(&row.q);
             dx.extend_from_slice(&row.scale);
+            sums.extend_from_slice(&row.sums);
             if signed_weights {
                 for (c, g) in correction[j * groups..][..groups]
                     .iter_mut()
@@ -135,6 +143,7 @@ impl Activations {
             q,
             dx,
             correction,
+            sums,
         }
     }
 }
@@ -146,51 +155,73 @@ struct Panel {
     values: Vec<u32>,
     /// `[groups, 32]`: the rows' group scales.
     scales: Vec<f32>,
+    /// `[groups, 32]`: the rows' group offsets (empty for formats without).
+    offsets: Vec<f32>,
 }
 
 impl Panel {
     fn pack(
         t: Avx512Vnni,
         w: Weights,
+        params: Params,
         rows: std::ops::Range<usize>,
         k: usize,
-        scales: &[f32],
     ) -> Panel {
         let groups = k.div_ceil(GROUP);
+        let full = k / GROUP;
         let mut values = vec![0u32; groups * QUADS * NR];
-        let mut s = vec![0f32; groups * NR];
-        for (i, r) in rows.enumerate() {
-            // Quad `q` of the row goes to lane `i % 16` of vector `(q, half i / 16)`.
-            let (half, lane) = (i / 16, i % 16);
-            let slots = values[half * 16 + lane..].iter_mut().step_by(2 * 16);
-            // SAFETY: the token proves AVX-512 F/BW (the attribute only lets the compiler
-            // vectorise with them); the slices bound every access.
-            unsafe { pack_row(t, w, r, k, slots) };
+        let mut scales = vec![0f32; groups * NR];
+        let mut offsets = vec![0f32; if params.has_offsets() { groups * NR } else { 0 }];
+        let first = rows.start;
+        for (i, r) in rows.clone().enumerate() {
+            let p = params.row(r, groups);
             for g in 0..groups {
-                s[g * NR + i] = scales[r * groups + g];
+                scales[g * NR + i] = p.scale(g);
+            }
+            if !offsets.is_empty() {
+                for g in 0..groups {
+                    offsets[g * NR + i] = p.offset(g);
+                }
             }
         }
-        Panel { values, scales: s }
+        for half in 0..2 {
+            let lanes = (first + 16 * half)..(first + 16 * (half + 1)).min(rows.end);
+            // Sixteen rows of whole groups in vectors; the rest a quad at a time.
+            let vector_groups = if lanes.len() == 16 { full } else { 0 };
+            if vector_groups > 0 {
+                // SAFETY: the token proves AVX-512 F/BW; `pack16` reads groups
+                // `0..vector_groups` of rows `lanes` (inside `w`) and writes their slots.
+                unsafe { pack16(t, w, lanes.start, k, vector_groups, half, &mut values) };
+            }
+            if vector_groups == groups {
+                continue;
+            }
+            for (lane, r) in lanes.enumerate() {
+                let at = (vector_groups * QUADS * 2 + half) * 16 + lane;
+                let slots = values[at..].iter_mut().step_by(2 * 16);
+                pack_row(w, r, k, vector_groups * GROUP, slots);
+            }
+        }
+        Panel {
+            values,
+            scales,
+            offsets,
+        }
     }
 }
 
-/// Row `r`'s quads as `vpdpbusd`'s unsigned bytes (8-bit values offset by 128), one `u32`
-/// (little-endian) per slot, zeros past `k`.
-///
-/// # Safety
-/// AVX-512 F/BW must be available.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_row<'a>(
-    _t: Avx512Vnni,
+/// Row `r`'s quads from value `from` on as `vpdpbusd`'s unsigned bytes (8-bit values offset
+/// by 128), one `u32` (little-endian) per slot, zeros past `k`.
+fn pack_row<'a>(
     w: Weights,
     r: usize,
     k: usize,
+    from: usize,
     slots: impl Iterator<Item = &'a mut u32>,
 ) {
     match w {
         Weights::I8(w) => {
-            let row = &w[r * k..(r + 1) * k];
-            for (slot, quad) in slots.zip(row.chunks(4)) {
+            for (slot, quad) in slots.zip(w[r * k + from..(r + 1) * k].chunks(4)) {
                 // (Padding past `k` meets zero activations.)
                 let mut b = [0u8; 4];
                 for (b, &v) in b.iter_mut().zip(quad) {
@@ -200,7 +231,7 @@ unsafe fn pack_row<'a>(
             }
         }
         Weights::U4(w) => {
-            let row = &w[r * k / 2..(r + 1) * k / 2];
+            let row = &w[(r * k + from) / 2..(r + 1) * k / 2];
             for (slot, pair) in slots.zip(row.chunks(2)) {
                 // Two bytes of nibble pairs -> four bytes of values.
                 let x = pair[0].0 as u32 | (pair.get(1).map_or(0, |p| p.0) as u32) << 8;
@@ -210,16 +241,104 @@ unsafe fn pack_row<'a>(
     }
 }
 
-/// Rows `j0..j0 + T` of `acts` times the panel, into `out` (`T` rows of [`NR`]).
+/// Groups `0..groups` (whole) of the 16 rows from `r0` into their slots of half `half` of
+/// `values`: per group, four vectors hold four rows each (one per 128-bit lane) as quads
+/// `0..4` and four as quads `4..8`; a 4 x 4 transpose of 32-bit elements per lane across each
+/// four leaves quad `q` of rows `4p + i` at element `4i + p`, and one permute puts row `l` at
+/// element `l`.
+///
+/// # Safety
+/// AVX-512 F/BW must be available; rows `r0..r0 + 16` must hold `groups` whole groups.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack16(
+    _t: Avx512Vnni,
+    w: Weights,
+    r0: usize,
+    k: usize,
+    groups: usize,
+    half: usize,
+    values: &mut [u32],
+) {
+    debug_assert!(values.len() >= groups * QUADS * NR);
+    let rows = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let nibble = _mm512_set1_epi8(0xF);
+    let bias = _mm512_set1_epi8(-128);
+    for g in 0..groups {
+        // lo[p] / hi[p]: rows 4p..4p + 4, quads 0..4 / 4..8 of group g.
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for p in 0..4 {
+            match w {
+                Weights::I8(w) => {
+                    let base = w.as_ptr() as *const u8;
+                    lo[p] = _mm512_xor_si512(four_rows(base.add(r0 * k), k, p, g * GROUP), bias);
+                    hi[p] =
+                        _mm512_xor_si512(four_rows(base.add(r0 * k), k, p, g * GROUP + 16), bias);
+                }
+                Weights::U4(w) => {
+                    let base = (w.as_ptr() as *const u8).add(r0 * k / 2);
+                    let v = four_rows(base, k / 2, p, g * GROUP / 2);
+                    let even = _mm512_and_si512(v, nibble);
+                    let odd = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                    lo[p] = _mm512_unpacklo_epi8(even, odd);
+                    hi[p] = _mm512_unpackhi_epi8(even, odd);
+                }
+            }
+        }
+        for (quads, x) in [lo, hi].iter().enumerate() {
+            let t0 = _mm512_unpacklo_epi32(x[0], x[1]);
+            let t1 = _mm512_unpackhi_epi32(x[0], x[1]);
+            let t2 = _mm512_unpacklo_epi32(x[2], x[3]);
+            let t3 = _mm512_unpackhi_epi32(x[2], x[3]);
+            let q = [
+                _mm512_unpacklo_epi64(t0, t2),
+                _mm512_unpackhi_epi64(t0, t2),
+                _mm512_unpacklo_epi64(t1, t3),
+                _mm512_unpackhi_epi64(t1, t3),
+            ];
+            for (i, q) in q.into_iter().enumerate() {
+                let j = 4 * quads + i;
+                let at = ((g * QUADS + j) * 2 + half) * 16;
+                let v = _mm512_permutexvar_epi32(rows, q);
+                _mm512_storeu_si512(values.as_mut_ptr().add(at) as *mut _, v);
+            }
+        }
+    }
+}
+
+/// Rows `4p..4p + 4` (of rows `stride` bytes apart from `base`), 16 bytes each from byte `at`,
+/// one row per 128-bit lane.
+///
+/// # Safety
+/// AVX-512 F must be available; the 16 bytes of each of the four rows must be readable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn four_rows(base: *const u8, stride: usize, p: usize, at: usize) -> __m512i {
+    let row = |i: usize| base.add((4 * p + i) * stride + at) as *const __m128i;
+    let v = _mm512_castsi128_si512(_mm_loadu_si128(row(0)));
+    let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(row(1)));
+    let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(row(2)));
+    _mm512_inserti32x4::<3>(v, _mm_loadu_si128(row(3)))
+}
+
+/// Rows `j0..j0 + T` of `acts` times the panel, into `out` (`T` rows of [`NR`]); with
+/// `OFFSETS`, plus the rows' offsets times the activations' group sums.
 ///
 /// # Safety
 /// AVX-512 F/BW and VNNI must be available; the panel and `acts` must hold the same number
-/// of groups, `acts` rows `j0..j0 + T`, `out` `T · NR` values.
+/// of groups, `acts` rows `j0..j0 + T`, `out` `T · NR` values; with `OFFSETS` the panel must
+/// have offsets.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni<const T: usize>(panel: &Panel, acts: &Activations, j0: usize, out: &mut [f32]) {
+unsafe fn tile_vnni<const T: usize, const OFFSETS: bool>(
+    panel: &Panel,
+    acts: &Activations,
+    j0: usize,
+    out: &mut [f32],
+) {
     let groups = acts.groups;
     debug_assert!(panel.values.len() == groups * QUADS * NR && out.len() >= T * NR);
     debug_assert!(acts.dx.len() >= (j0 + T) * groups);
+    debug_assert!(!OFFSETS || panel.offsets.len() == groups * NR);
     let w = panel.values.as_ptr() as *const u8;
     let x = acts.q.as_ptr().add(j0 * groups * GROUP);
     let row = groups * GROUP;
@@ -241,13 +360,25 @@ unsafe fn tile_vnni<const T: usize>(panel: &Panel, acts: &Activations, j0: usize
             _mm512_loadu_ps(panel.scales.as_ptr().add(g * NR)),
             _mm512_loadu_ps(panel.scales.as_ptr().add(g * NR + 16)),
         ];
+        let o = if OFFSETS {
+            [
+                _mm512_loadu_ps(panel.offsets.as_ptr().add(g * NR)),
+                _mm512_loadu_ps(panel.offsets.as_ptr().add(g * NR + 16)),
+            ]
+        } else {
+            [_mm512_setzero_ps(); 2]
+        };
         for (i, (acc, sums)) in acc.iter_mut().zip(&sums).enumerate() {
             let at = (j0 + i) * groups + g;
             let dx = _mm512_set1_ps(*acts.dx.get_unchecked(at));
             let correction = _mm512_set1_epi32(*acts.correction.get_unchecked(at));
+            let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
             for h in 0..2 {
                 let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[h], correction));
                 acc[h] = _mm512_fmadd_ps(_mm512_mul_ps(exact, s[h]), dx, acc[h]);
+                if OFFSETS {
+                    acc[h] = _mm512_fmadd_ps(o[h], sum, acc[h]);
+                }
             }
         }
     }
