@@ -82,6 +82,17 @@ impl Isa {
         self.0 == Path::Portable
     }
 
+    /// Whether products of more than [`crate::GEMV_MAX_ROWS`] rows with 8-bit and 4-bit
+    /// weights ([`crate::QuantMatrix`]) round the activations to 8 bits per group on this path,
+    /// as products of fewer rows always do: true where AVX512-VNNI runs their integer GEMM;
+    /// elsewhere they take f32 activations (the product with the dequantised matrix).
+    pub fn rounds_quant_gemm_activations(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.avx512_vnni().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// A short name: `"amx-bf16"`, `"avx512bf16"`, `"avx512f"`, `"avx2+fma+f16c"`, `"avx2+fma"` or
     /// `"portable"`.
     pub fn name(self) -> &'static str {

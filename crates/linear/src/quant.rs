@@ -646,9 +646,9 @@ impl QuantMatrix {
                 return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params);
             }
             #[cfg(target_arch = "x86_64")]
-            values if isa.avx512_vnni().is_some() => {
+            values if isa.rounds_quant_gemm_activations() => {
                 use kernel::x86_512_act8_gemm::{self as gemm, Weights};
-                let t = isa.avx512_vnni().expect("checked");
+                let t = isa.avx512_vnni().expect("VNNI: checked above");
                 let w = match values {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
@@ -882,14 +882,9 @@ mod tests {
         let [n, k] = w.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
-        #[cfg(target_arch = "x86_64")]
-        let vnni = isa.avx512_vnni().is_some();
-        #[cfg(not(target_arch = "x86_64"))]
-        let vnni = {
-            let _ = isa;
-            false
-        };
-        let rounded = m <= GEMV_MAX_ROWS || w.format == QuantFormat::Q6K || vnni;
+        let rounded = m <= GEMV_MAX_ROWS
+            || w.format == QuantFormat::Q6K
+            || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
