@@ -30,7 +30,7 @@
 //! - more than [`GEMV_MAX_ROWS`] rows (prefill) on AVX512-VNNI CPUs: the 8-bit activations
 //!   below, in an integer GEMM (`kernel::x86_512_act8_gemm`: panels of 32 weight rows unpacked
 //!   once to bytes, `vpdpbusd` adding four products into 16 rows per instruction, one f32
-//!   scaling per group). 1.3-1.8x the f32 path's prefill on a Zen 4 (`benchmarks/README.md`);
+//!   scaling per group). 1.6-2.5x the f32 path's whole prefill on a Zen 4 (`benchmarks/README.md`);
 //!   llama.cpp rounds its prefill activations the same way;
 //! - more than [`GEMV_MAX_ROWS`] rows elsewhere: f32 activations against the stored integers
 //!   widened in registers (never dequantised to memory), one scale per group: the product with
