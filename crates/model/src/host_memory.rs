@@ -17,11 +17,19 @@ const MMAP_THRESHOLD: libc::c_int = 1 << 30;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = libc::c_int::MAX;
 
-/// Tells glibc's `malloc` to serve blocks up to 1 GiB from the heap and to keep freed memory
-/// for reuse instead of returning it to the system (`mallopt` `M_MMAP_THRESHOLD`,
-/// `M_TRIM_THRESHOLD`). The process then holds its peak heap until it exits, which an
-/// inference process does anyway from the first prompt on. Returns whether both settings
-/// applied (false off glibc, where nothing changes).
+/// Arenas `malloc` may create. A forward pass runs on rayon's worker threads, and each thread
+/// would otherwise get an arena of its own, whose heaps are at most 64 MiB: bigger tensors
+/// allocated there are mapped fresh whatever `M_MMAP_THRESHOLD` says, and each arena keeps its
+/// own free blocks. One arena lets every thread reuse the same freed blocks (small blocks stay
+/// in each thread's cache, so the shared lock is rarely taken).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: libc::c_int = 1;
+
+/// Tells glibc's `malloc` to serve blocks up to 1 GiB from the heap, to keep freed memory
+/// for reuse instead of returning it to the system, and to keep one heap for all threads
+/// (`mallopt` `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`, `M_ARENA_MAX`). The process then holds
+/// its peak heap until it exits, which an inference process does anyway from the first prompt
+/// on. Returns whether the settings applied (false off glibc, where nothing changes).
 pub fn retain_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -29,6 +37,7 @@ pub fn retain_freed_memory() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

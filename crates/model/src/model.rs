@@ -620,18 +620,22 @@ impl DeepSeek {
     /// Runs `tokens` through the model after the session's cached tokens, appending them to
     /// the cache. Returns f32 logits and the final-normed hidden states of the new tokens.
     pub fn forward(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
-        let hidden = self.hidden_states(tokens, session)?;
-        let logits = self.head(&hidden)?;
-        Ok(Output { logits, hidden })
+        on_worker(|| {
+            let hidden = self.hidden_states(tokens, session)?;
+            let logits = self.head(&hidden)?;
+            Ok(Output { logits, hidden })
+        })
     }
 
     /// Like [`DeepSeek::forward`] but applies the head to the last position only (logits
     /// `[1, V]`): what generation needs after a prefill. The head is the largest matrix, so
     /// this saves `(T - 1) · V · C` multiply-adds (39% of a 512-token V2-Lite-4L prefill).
     pub fn forward_last(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
-        let hidden = self.hidden_states(tokens, session)?;
-        let logits = self.head(&hidden.narrow(0, tokens.len() - 1, 1)?)?;
-        Ok(Output { logits, hidden })
+        on_worker(|| {
+            let hidden = self.hidden_states(tokens, session)?;
+            let logits = self.head(&hidden.narrow(0, tokens.len() - 1, 1)?)?;
+            Ok(Output { logits, hidden })
+        })
     }
 
     /// [`DeepSeek::forward`], also returning which cached keys each new token attended to in
@@ -641,16 +645,18 @@ impl DeepSeek {
         tokens: &[u32],
         session: &mut Session,
     ) -> Result<(Output, Selections)> {
-        let mut selections = vec![Vec::new(); self.layers.len()];
-        let hidden = self.hidden_states_inner(tokens, session, Some(&mut selections))?;
-        let logits = self.head(&hidden)?;
-        Ok((Output { logits, hidden }, selections))
+        on_worker(|| {
+            let mut selections = vec![Vec::new(); self.layers.len()];
+            let hidden = self.hidden_states_inner(tokens, session, Some(&mut selections))?;
+            let logits = self.head(&hidden)?;
+            Ok((Output { logits, hidden }, selections))
+        })
     }
 
     /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache, in
     /// chunks of at most [`DeepSeek::prefill_chunk`] tokens.
     pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
-        self.hidden_states_inner(tokens, session, None)
+        on_worker(|| self.hidden_states_inner(tokens, session, None))
     }
 
     fn hidden_states_inner(
@@ -734,6 +740,15 @@ impl DeepSeek {
                 "DeepSeek::sparse patterns run in sessions only, not in packed forwards".into(),
             ));
         }
+        on_worker(|| self.forward_packed_inner(parts, rope, dispatch))
+    }
+
+    fn forward_packed_inner(
+        &self,
+        parts: &mut [(&[u32], &mut LatentKvCache)],
+        rope: &mut RopeCache,
+        dispatch: Dispatch,
+    ) -> Result<Tensor> {
         let tokens: Vec<u32> = parts.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let mut x = self.embed(&tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -832,7 +847,7 @@ impl DeepSeek {
 
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+        on_worker(|| Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?))
     }
 
     /// One causal prefill of `tokens` with no cache: f32 logits `[T, V]`.
@@ -850,6 +865,22 @@ impl DeepSeek {
     /// Index of the largest logit of each row of `[T, V]` logits.
     pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
         Ok(linear::host::vec1::<u32>(&logits.argmax(D::Minus1)?)?)
+    }
+}
+
+/// Runs `f` on a thread of rayon's pool (the caller's own thread when it already is one).
+///
+/// Every product in a forward pass is a rayon parallel loop. Called from a thread outside the
+/// pool, each loop is injected into the pool and the caller sleeps until it ends: two
+/// cross-thread wake-ups per product, about 150 per decode step of the V2-Lite-shaped
+/// benchmark checkpoint. Run from a pool thread, the loops split in place and the other
+/// workers steal from it while they are still spinning, so the step pays one injection.
+/// Measured in `benchmarks/README.md` ("One forward pass, one injection into the pool").
+fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 
