@@ -31,6 +31,9 @@ pub(crate) struct Q8Row {
     pub scale: Vec<f32>,
     /// The sum of the unrounded values per group (what a 4-bit row's offsets multiply).
     pub sums: Vec<f32>,
+    /// The sum of the rounded values per 16 (what the 6-bit rows' `−32` multiplies, in the
+    /// AVX512-VNNI kernel): filled by [`q8_row_six`] only, empty otherwise.
+    pub sums16: Vec<f32>,
 }
 
 /// How [`q8_row`] blocks the full groups: pairs (the AVX2 kernel's two groups per 32-byte
@@ -93,7 +96,23 @@ pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
             ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8
         }));
     }
-    Q8Row { q, scale, sums }
+    Q8Row {
+        q,
+        scale,
+        sums,
+        sums16: Vec::new(),
+    }
+}
+
+/// [`q8_row_natural`] with [`Q8Row::sums16`] (the 6-bit rows' rounding).
+pub(crate) fn q8_row_six(x: &[f32]) -> Q8Row {
+    let mut row = q8_row_natural(x);
+    row.sums16 = row
+        .q
+        .chunks(16)
+        .map(|c| c.iter().map(|&v| v as i32).sum::<i32>() as f32)
+        .collect();
+    row
 }
 
 /// [`Q8Row`] of `x` in the 4-bit kernels' `layout` (see [`Q8Row`]).
@@ -102,6 +121,7 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
         q: rounded,
         scale,
         sums,
+        sums16,
     } = q8_row_natural(x);
     let full = x.len() / GROUP;
     let mut q = Vec::with_capacity(x.len());
@@ -114,7 +134,12 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
         }
     }
     q.extend_from_slice(&rounded[full * GROUP..]);
-    Q8Row { q, scale, sums }
+    Q8Row {
+        q,
+        scale,
+        sums,
+        sums16,
+    }
 }
 
 /// Groups per K-quant superblock ([`Params::Super`]: 256 values, GGUF's `QK_K`).
@@ -381,7 +406,7 @@ pub(crate) fn matmul_u6_q8(
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
     let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
-    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_natural, dot_u6)
+    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, dot_u6)
 }
 
 /// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
@@ -389,7 +414,7 @@ pub(crate) fn matmul_u6_q8(
 fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u6_q8(t, w, &x.q, p, &x.scale);
+        return super::x86_512_act8::dot_u6_q8(t, w, x, p);
     }
     let c = &mut c[..x.q.len() / 16];
     for (s, c) in c.iter_mut().enumerate() {

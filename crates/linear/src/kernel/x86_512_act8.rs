@@ -11,12 +11,16 @@
 //!   as 64 even values then 64 odd ones (`act8::Layout::Quads`).
 //!
 //! Lanes `8g..8g + 8` (8-bit) or `4g..4g + 4` (4-bit) of the i32 sum hold group `g`'s
-//! products; the four groups' factors `c_g = s_g · dx_g` are formed in registers from the
-//! row's f16 scales (`vcvtph2ps`) and the activations' `dx`, one `vpermps` spreads them over
-//! those lanes, and one FMA per iteration scales and accumulates (no per-row pass over the
-//! scales outside the kernel). What does not fill four groups goes to the AVX2
-//! kernel, which reads natural order (8-bit) or the pair layout that follows the quads (4-bit)
-//! from there.
+//! products; the groups' factors `c_g = s_g · dx_g` are formed in registers from the row's
+//! scales (f16 via `vcvtph2ps`, or K-quant bytes times the superblock's `d`) and the
+//! activations' `dx`, one `vpermps` spreads them over those lanes, and one FMA per iteration
+//! scales and accumulates (no per-row pass over the scales outside the kernel). The 4-bit rows
+//! form the factors and offsets of eight groups (two iterations, one K-quant superblock) in one
+//! 256-bit vector, and add the offsets times the group sums with one FMA per eight groups.
+//! What does not fill four groups goes to the AVX2 kernel, which reads natural order (8-bit)
+//! or the pair layout that follows the quads (4-bit) from there.
+//!
+//! The 6-bit rows (GGUF's Q6_K) are in [`dot_u6_q8`].
 //!
 //! As everywhere in [`super`], the `#[target_feature]` functions are private and reached only
 //! through safe entry points taking the [`Avx512Vnni`] proof token.
@@ -183,7 +187,8 @@ pub(crate) fn dot_u4_q8(
     head + rest + p.offsets(g..groups, sums, c)
 }
 
-/// [`Params`] as the VNNI loop reads them, four groups at a time.
+/// [`Params`] as the VNNI loop reads them: eight groups (two quads, one K-quant superblock)
+/// at a time, or four for a last odd quad.
 #[derive(Clone, Copy)]
 enum QuadParams {
     Group {
@@ -198,63 +203,106 @@ enum QuadParams {
     },
 }
 
+/// Eight bytes from `p` widened to f32 and multiplied by the f16 at `d`.
+///
+/// # Safety
+/// AVX2, F16C must be available; `p` must hold 8 bytes, `d` one value.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn bytes8_times(p: *const u8, d: *const f16) -> __m256 {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    let d = _mm256_cvtph_ps(_mm_set1_epi16((*d).to_bits() as i16));
+    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), d)
+}
+
 /// Four bytes from `p` widened to f32 and multiplied by the f16 at `d`.
 ///
 /// # Safety
 /// AVX2, F16C must be available; `p` must hold 4 bytes, `d` one value.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn bytes_times(p: *const u8, d: *const f16) -> __m128 {
+unsafe fn bytes4_times(p: *const u8, d: *const f16) -> __m128 {
     let b = _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32));
-    let d = _mm_cvtph_ps(_mm_cvtsi32_si128((*d).to_bits() as i32));
-    let d = _mm_broadcastss_ps(d);
+    let d = _mm_cvtph_ps(_mm_set1_epi16((*d).to_bits() as i16));
     _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(b)), d)
 }
 
 impl QuadParams {
-    /// The scales of groups `g..g + 4` (`g` a multiple of 4, so one superblock).
+    /// The scales of groups `g..g + 8` (`g` a multiple of 8, so one superblock).
     ///
     /// # Safety
     /// AVX2, F16C must be available; the parameters must cover those groups.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn scales(self, g: usize) -> __m128 {
+    unsafe fn scales8(self, g: usize) -> __m256 {
+        match self {
+            QuadParams::Group { scales, .. } => {
+                _mm256_cvtph_ps(_mm_loadu_si128(scales.add(g) as *const __m128i))
+            }
+            QuadParams::Super { sc, d, .. } => bytes8_times(sc.add(g), d.add(g / SUPER)),
+        }
+    }
+
+    /// The offsets of groups `g..g + 8` (as [`QuadParams::scales8`]), if the format has any.
+    ///
+    /// # Safety
+    /// As [`QuadParams::scales8`].
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn offsets8(self, g: usize) -> Option<__m256> {
+        match self {
+            QuadParams::Group { mins, .. } => {
+                mins.map(|m| _mm256_cvtph_ps(_mm_loadu_si128(m.add(g) as *const __m128i)))
+            }
+            QuadParams::Super { mn, dmin, .. } => {
+                let m = bytes8_times(mn.add(g), dmin.add(g / SUPER));
+                Some(_mm256_sub_ps(_mm256_setzero_ps(), m))
+            }
+        }
+    }
+
+    /// The scales of groups `g..g + 4` (`g` a multiple of 4).
+    ///
+    /// # Safety
+    /// As [`QuadParams::scales8`], for those groups.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales4(self, g: usize) -> __m128 {
         match self {
             QuadParams::Group { scales, .. } => {
                 _mm_cvtph_ps(_mm_loadl_epi64(scales.add(g) as *const __m128i))
             }
-            QuadParams::Super { sc, d, .. } => bytes_times(sc.add(g), d.add(g / SUPER)),
+            QuadParams::Super { sc, d, .. } => bytes4_times(sc.add(g), d.add(g / SUPER)),
         }
     }
 
-    /// The offsets of groups `g..g + 4` (as [`QuadParams::scales`]), if the format has any.
+    /// The offsets of groups `g..g + 4` (as [`QuadParams::scales4`]), if the format has any.
     ///
     /// # Safety
-    /// As [`QuadParams::scales`].
+    /// As [`QuadParams::scales4`].
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn offsets(self, g: usize) -> Option<__m128> {
+    unsafe fn offsets4(self, g: usize) -> Option<__m128> {
         match self {
             QuadParams::Group { mins, .. } => {
                 mins.map(|m| _mm_cvtph_ps(_mm_loadl_epi64(m.add(g) as *const __m128i)))
             }
             QuadParams::Super { mn, dmin, .. } => {
-                let m = bytes_times(mn.add(g), dmin.add(g / SUPER));
+                let m = bytes4_times(mn.add(g), dmin.add(g / SUPER));
                 Some(_mm_sub_ps(_mm_setzero_ps(), m))
             }
         }
     }
 }
 
-/// The scaled products of quad `q` (16 lanes, four per group).
+/// The integer sums of quad `q` as f32 (16 lanes, four per group, exact: at most
+/// `128 · 15 · 127` in magnitude per lane).
 ///
 /// # Safety
 /// As [`dot_u4_q8_vnni`], for quad `q`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2")]
-unsafe fn u4_quad(w: *const u8, xq: *const i8, p: QuadParams, dx: *const f32, q: usize) -> __m512 {
-    // Lanes 4g..4g + 4 hold group g.
-    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn u4_quad_sums(w: *const u8, xq: *const i8, q: usize) -> __m512 {
     let nib = _mm512_set1_epi8(15);
     let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
     let lo = _mm512_and_si512(b, nib);
@@ -264,12 +312,7 @@ unsafe fn u4_quad(w: *const u8, xq: *const i8, p: QuadParams, dx: *const f32, q:
     let xe = _mm512_loadu_si512(x as *const _);
     let xo = _mm512_loadu_si512(x.add(GROUPS * GROUP / 2) as *const _);
     let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-    let g = q * GROUPS;
-    let c = _mm_mul_ps(p.scales(g), _mm_loadu_ps(dx.add(g)));
-    _mm512_mul_ps(
-        _mm512_cvtepi32_ps(sums),
-        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c)),
-    )
+    _mm512_cvtepi32_ps(sums)
 }
 
 /// # Safety
@@ -284,125 +327,193 @@ unsafe fn dot_u4_q8_vnni(
     sums: *const f32,
     quads: usize,
 ) -> f32 {
+    // Lanes 4g..4g + 4 of a quad hold its group g: the first quad of a pair takes factors
+    // 0..4 of the eight, the second 4..8.
+    let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(4));
     // Two accumulators in named registers (an array indexed by `q % 2` went through the
-    // stack): consecutive adds do not wait on each other.
+    // stack): consecutive FMAs do not wait on each other. The offsets times the unrounded
+    // group sums go to a third, eight groups per FMA.
     let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut offsets = _mm256_setzero_ps();
     let mut q = 0;
     while q + 1 < quads {
         // Two lines per two quads, `PREFETCH` ahead (a hint: never faults, even past the row).
         let ahead = w.wrapping_add(q * 64 + PREFETCH) as *const i8;
         _mm_prefetch::<_MM_HINT_T0>(ahead);
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, p, dx, q));
-        acc1 = _mm512_add_ps(acc1, u4_quad(w, xq, p, dx, q + 1));
+        let g = q * GROUPS;
+        let c = _mm256_mul_ps(p.scales8(g), _mm256_loadu_ps(dx.add(g)));
+        if let Some(m) = p.offsets8(g) {
+            offsets = _mm256_fmadd_ps(m, _mm256_loadu_ps(sums.add(g)), offsets);
+        }
+        let c = _mm512_castps256_ps512(c);
+        let (c0, c1) = (
+            _mm512_permutexvar_ps(spread_lo, c),
+            _mm512_permutexvar_ps(spread_hi, c),
+        );
+        acc0 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q), c0, acc0);
+        acc1 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q + 1), c1, acc1);
         q += 2;
     }
+    let mut last = _mm_setzero_ps();
     if q < quads {
-        acc0 = _mm512_add_ps(acc0, u4_quad(w, xq, p, dx, q));
-    }
-    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    let mut offset_acc = _mm_setzero_ps();
-    for q in 0..quads {
         let g = q * GROUPS;
-        match p.offsets(g) {
-            Some(m) => offset_acc = _mm_fmadd_ps(m, _mm_loadu_ps(sums.add(g)), offset_acc),
-            None => break,
+        let c = _mm_mul_ps(p.scales4(g), _mm_loadu_ps(dx.add(g)));
+        let c = _mm512_permutexvar_ps(spread_lo, _mm512_castps128_ps512(c));
+        acc0 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q), c, acc0);
+        if let Some(m) = p.offsets4(g) {
+            last = _mm_mul_ps(m, _mm_loadu_ps(sums.add(g)));
         }
     }
-    let pair = _mm_add_ps(offset_acc, _mm_movehl_ps(offset_acc, offset_acc));
-    total += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-    total
+    let offsets = _mm_add_ps(
+        _mm_add_ps(
+            _mm256_castps256_ps128(offsets),
+            _mm256_extractf128_ps::<1>(offsets),
+        ),
+        last,
+    );
+    let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+    let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + offsets
 }
 
 /// `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over a 6-bit row (`act8`'s chunk layout,
-/// activations in natural order), `c_s = d · sc_s · dx_g` formed in registers: per chunk of
-/// 64 values one 256-bit load of low nibbles (spread to 64 bytes), one 128-bit load of high
-/// bit pairs (broadcast to the four 128-bit lanes, each shifted by its own count), one
-/// `vpdpbusd` for `Σ q · xq` and one for `Σ 32 · xq`; lanes `4s..4s + 4` hold sub-block `s`.
+/// activations `x` in natural order with their sums per 16 values), `c_s = d · sc_s · dx_g`.
+///
+/// Per chunk of 64 values: one 256-bit load of low nibbles broadcast to both halves (the upper
+/// half shifted by 4), one 128-bit load of high bit pairs broadcast to the four 128-bit lanes
+/// (each rotated by its own count so its pairs land on bits 4-5), one bit-select and one AND
+/// to join them, and one `vpdpbusd`; lanes `4s..4s + 4` hold sub-block `s`. Per superblock
+/// (four chunks) the sixteen factors `c_s` are formed in one vector, and the `−32` of every
+/// value is one FMA: `Σ_s c_s · 32 · Σ_{i in s} xq_i` with the activations' sums.
 pub(crate) fn dot_u6_q8(
     _: Avx512Vnni,
     w: &[u8],
-    xq: &[i8],
+    x: &super::act8::Q8Row,
     p: super::act8::SixBit,
-    dx: &[f32],
 ) -> f32 {
     use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
+    let (xq, dx, sums16) = (&x.q[..], &x.scale[..], &x.sums16[..]);
     let chunks = (xq.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+    // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
+    assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
     assert!(
-        p.sc.len() >= 4 * chunks && p.d.len() >= chunks.div_ceil(4) && dx.len() >= 2 * chunks,
-        "parameters for every chunk"
+        p.sc.len() >= 4 * chunks
+            && p.d.len() >= chunks / 4
+            && dx.len() >= 2 * chunks
+            && sums16.len() >= 4 * chunks,
+        "parameters and activation sums for every chunk"
     );
     // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW, VNNI and F16C;
-    // the kernel reads `chunks` whole chunks of `w` and `xq` and their parameters, inside
-    // the slices (checked above).
+    // the kernel reads `chunks` whole chunks of `w` and `xq` and their parameters and sums,
+    // inside the slices (checked above).
     unsafe {
         dot_u6_q8_vnni(
             w.as_ptr(),
             xq.as_ptr(),
             (p.sc.as_ptr(), p.d.as_ptr()),
-            dx.as_ptr(),
+            (dx.as_ptr(), sums16.as_ptr()),
             chunks,
         )
     }
 }
 
+/// The integer sums `Σ q · xq` of 6-bit chunk `ch` as f32 (16 lanes, four per sub-block of
+/// 16 values; exact: at most `4 · 63 · 127` in magnitude).
+///
 /// # Safety
-/// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `chunks · 48`
-/// bytes, `xq` `chunks · 64`, the scales `chunks · 4`, the `d`s `ceil(chunks / 4)` and `dx`
-/// `chunks · 2` values.
+/// As [`dot_u6_q8_vnni`], for chunk `ch`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn u6_chunk_sums(w: *const u8, xq: *const i8, ch: usize) -> __m512 {
+    // Words of the upper 256 bits shift by 4 (values 32..64: the high nibbles).
+    let halves = _mm512_setr_epi64(
+        0,
+        0,
+        0,
+        0,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+    );
+    // 128-bit lane t holds the pairs of values 16t.. at bits 2t..2t + 2 of each byte: rotate
+    // them to bits 4..6 (left by 4 − 2t, mod 32), inside their byte.
+    let rotate = _mm512_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0, 30, 30, 30, 30);
+    let p = w.add(ch * 48);
+    let lo = _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i));
+    let lo = _mm512_srlv_epi16(lo, halves);
+    let hi = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(32) as *const __m128i));
+    let hi = _mm512_rolv_epi32(hi, rotate);
+    // Bits 0..4 from the nibbles, 4..8 from the pairs (0xE4: c ? a : b), then 6..8 cleared.
+    let q = _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi8(0x0F));
+    let q = _mm512_and_si512(q, _mm512_set1_epi8(0x3F));
+    let x = _mm512_loadu_si512(xq.add(ch * 64) as *const _);
+    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x))
+}
+
+/// # Safety
+/// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
+/// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, `xq` `chunks · 64`, the scales
+/// `chunks · 4`, the `d`s `chunks / 4`, `dx` `chunks · 2` and the sums `chunks · 4` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u6_q8_vnni(
     w: *const u8,
     xq: *const i8,
     (sc, d): (*const i8, *const f16),
-    dx: *const f32,
+    (dx, sums16): (*const f32, *const f32),
     chunks: usize,
 ) -> f32 {
-    let (nib, pair, k32) = (
-        _mm512_set1_epi8(0xF),
-        _mm512_set1_epi8(3),
-        _mm512_set1_epi8(32),
-    );
-    let shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    let chunk = |ch: usize| -> __m512 {
-        let p = w.add(ch * 48);
-        let l = _mm256_loadu_si256(p as *const __m256i);
-        let lo = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), _mm256_srli_epi16::<4>(l));
-        let h = _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(32) as *const __m128i));
-        let h = _mm512_and_si512(_mm512_srlv_epi32(h, shifts), pair);
-        let q = _mm512_or_si512(_mm512_and_si512(lo, nib), _mm512_slli_epi16::<4>(h));
-        let x = _mm512_loadu_si512(xq.add(ch * 64) as *const _);
-        let zero = _mm512_setzero_si512();
-        let sums = _mm512_sub_epi32(
-            _mm512_dpbusd_epi32(zero, q, x),
-            _mm512_dpbusd_epi32(zero, k32, x),
-        );
-        // The four sub-blocks' factors: d · sc · dx (two sub-blocks per group of 32).
-        let s = _mm_cvtsi32_si128(std::ptr::read_unaligned(sc.add(4 * ch) as *const i32));
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((*d.add(ch / 4)).to_bits() as i32));
-        let (a, b) = (*dx.add(2 * ch), *dx.add(2 * ch + 1));
-        let c = _mm_mul_ps(
-            _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepi8_epi32(s)), _mm_broadcastss_ps(d)),
-            _mm_setr_ps(a, a, b, b),
-        );
-        _mm512_mul_ps(
-            _mm512_cvtepi32_ps(sums),
-            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c)),
+    // Chunk j of a superblock takes factors 4j..4j + 4, each over four lanes.
+    let spread = |j: i32| {
+        _mm512_add_epi32(
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+            _mm512_set1_epi32(4 * j),
         )
     };
+    let spreads = [spread(0), spread(1), spread(2), spread(3)];
+    // Sub-block s of a superblock has the `dx` of its group s / 2.
+    let pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut ch = 0;
-    while ch + 1 < chunks {
-        let ahead = w.wrapping_add(ch * 48 + PREFETCH) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        acc0 = _mm512_add_ps(acc0, chunk(ch));
-        acc1 = _mm512_add_ps(acc1, chunk(ch + 1));
-        ch += 2;
+    let mut offsets = _mm512_setzero_ps();
+    let supers = chunks / 4;
+    for b in 0..supers {
+        let ahead = w.wrapping_add(b * 192 + PREFETCH) as *const i8;
+        for line in 0..3 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+        }
+        let s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+            sc.add(16 * b) as *const __m128i
+        )));
+        let dv = _mm512_cvtph_ps(_mm256_set1_epi16((*d.add(b)).to_bits() as i16));
+        let dxs = _mm512_permutexvar_ps(
+            pairs,
+            _mm512_castps256_ps512(_mm256_loadu_ps(dx.add(8 * b))),
+        );
+        let c = _mm512_mul_ps(_mm512_mul_ps(s, dv), dxs);
+        offsets = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums16.add(16 * b)), offsets);
+        let ch = 4 * b;
+        acc0 = _mm512_fmadd_ps(
+            u6_chunk_sums(w, xq, ch),
+            _mm512_permutexvar_ps(spreads[0], c),
+            acc0,
+        );
+        acc1 = _mm512_fmadd_ps(
+            u6_chunk_sums(w, xq, ch + 1),
+            _mm512_permutexvar_ps(spreads[1], c),
+            acc1,
+        );
+        acc0 = _mm512_fmadd_ps(
+            u6_chunk_sums(w, xq, ch + 2),
+            _mm512_permutexvar_ps(spreads[2], c),
+            acc0,
+        );
+        acc1 = _mm512_fmadd_ps(
+            u6_chunk_sums(w, xq, ch + 3),
+            _mm512_permutexvar_ps(spreads[3], c),
+            acc1,
+        );
     }
-    if ch < chunks {
-        acc0 = _mm512_add_ps(acc0, chunk(ch));
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - 32.0 * _mm512_reduce_add_ps(offsets)
 }
