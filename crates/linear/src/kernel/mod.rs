@@ -76,6 +76,13 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     /// prefetching the rows `next` (the following four) while it runs.
     fn dot4(isa: Isa, w: [&[Self]; 4], x: &[f32], next: [&[Self]; 4]) -> [f32; 4];
 
+    /// Four rows against two prepared rows of one length: `out[j]` is bit for bit
+    /// [`WeightElem::dot4`] of `x[j]` (with the rows as their own `next`). Kernels may load
+    /// each weight once for both; by default two [`WeightElem::dot4`].
+    fn dot4_x2(isa: Isa, w: [&[Self]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
+        x.map(|x| Self::dot4(isa, w, x, w))
+    }
+
     /// One row against a prepared `x` (the rows left after the groups of four, and every row
     /// when [`WeightElem::streams_rows`]): bit for bit the row's [`WeightElem::dot4`] result.
     fn dot(isa: Isa, w: &[Self], x: &[f32]) -> f32 {
@@ -390,15 +397,30 @@ fn stream_rows<W: WeightElem>(
     for at in quads {
         let row_scales =
             scales.map(|(s, first)| (s.rows_at(at.map(|r| first + r), k, &mut bufs), s.cols));
-        for (j, x) in xs.iter().enumerate() {
-            // The rows are their own `next`: streaming kernels do not prefetch.
-            let w = at.map(row);
-            let sums = match row_scales {
-                Some((scales, cols)) => W::dot4_scaled(isa, w, x, w, scales, cols),
-                None => W::dot4(isa, w, x, w),
-            };
+        // The rows are their own `next`: streaming kernels do not prefetch.
+        let w = at.map(row);
+        let mut put = |j: usize, sums: [f32; 4]| {
             for (r, v) in at.into_iter().zip(sums) {
                 out[r * m + j] = v;
+            }
+        };
+        match row_scales {
+            Some((scales, cols)) => {
+                for (j, x) in xs.iter().enumerate() {
+                    put(j, W::dot4_scaled(isa, w, x, w, scales, cols));
+                }
+            }
+            None => {
+                // Activation rows in pairs: each weight load serves two of them.
+                let mut pairs = xs.chunks_exact(2);
+                for (p, pair) in (&mut pairs).enumerate() {
+                    let [a, b] = W::dot4_x2(isa, w, [&pair[0], &pair[1]]);
+                    put(2 * p, a);
+                    put(2 * p + 1, b);
+                }
+                if let [x] = pairs.remainder() {
+                    put(m - 1, W::dot4(isa, w, x, w));
+                }
             }
         }
     }
@@ -553,10 +575,19 @@ macro_rules! dot4_rows_in_pairs {
 }
 
 /// The streaming methods of a one-value float element on the AVX-512F kernels of
-/// [`x86_512_dot`] (`$one`, one row): [`WeightElem::dot`] (`otherwise` on other paths) and
+/// [`x86_512_dot`] (`$one`, one row; `$two`, four rows against two activation rows):
+/// [`WeightElem::dot`] (`otherwise` on other paths), [`WeightElem::dot4_x2`] and
 /// [`WeightElem::streams_rows`].
 macro_rules! avx512_rows {
-    ($t:ty, $one:ident, |$isa:ident, $w:ident, $x:ident| $otherwise:expr) => {
+    ($t:ty, $one:ident, $two:ident, |$isa:ident, $w:ident, $x:ident| $otherwise:expr) => {
+        fn dot4_x2(isa: Isa, w: [&[$t]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(t), true) = (isa.avx512f(), x[0].len() == x[1].len()) {
+                return x86_512_dot::$two(t, w, x);
+            }
+            x.map(|x| Self::dot4(isa, w, x, w))
+        }
+
         fn dot($isa: Isa, $w: &[$t], $x: &[f32]) -> f32 {
             #[cfg(target_arch = "x86_64")]
             if let Some(t) = $isa.avx512f() {
@@ -596,7 +627,7 @@ impl WeightElem for f32 {
 
     dot4_rows_in_pairs!(dot4_rows_f32, avx2_fma);
 
-    avx512_rows!(f32, dot_f32, |isa, w, x| {
+    avx512_rows!(f32, dot_f32, dot4x2_f32, |isa, w, x| {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = isa.avx2_fma() {
             return x86::dot_f32(t, w, x);
@@ -642,7 +673,7 @@ impl WeightElem for bf16 {
 
     dot4_rows_in_pairs!(dot4_rows_bf16, avx2_fma);
 
-    avx512_rows!(bf16, dot_bf16, |isa, w, x| Self::dot4(
+    avx512_rows!(bf16, dot_bf16, dot4x2_bf16, |isa, w, x| Self::dot4(
         isa, [w; 4], x, [w; 4]
     )[0]);
 
@@ -677,8 +708,9 @@ impl WeightElem for f16 {
 
     dot4_rows_in_pairs!(dot4_rows_f16, avx2_fma_f16c);
 
-    avx512_rows!(f16, dot_f16, |isa, w, x| Self::dot4(isa, [w; 4], x, [w; 4])
-        [0]);
+    avx512_rows!(f16, dot_f16, dot4x2_f16, |isa, w, x| Self::dot4(
+        isa, [w; 4], x, [w; 4]
+    )[0]);
 
     fn widen_row(src: &[f16], dst: &mut [f32]) {
         widen_scalars(src, dst)
@@ -1026,6 +1058,42 @@ pub(crate) mod tests {
         paths_agree(|v| v);
         paths_agree(bf16::from_f32);
         paths_agree(f16::from_f32);
+    }
+
+    /// `dot4_x2` of every path gives each activation row the bits of its own `dot4` (what
+    /// the matrix-vector regime's batch invariance rests on), on lengths around the blocks.
+    fn pairs_are_two_single_rows<W: WeightElem>(narrow: impl Fn(f32) -> W) {
+        for len in [2048, 999, 64, 37, 32, 31, 7, 0] {
+            let rows: Vec<Vec<W>> = (0..4)
+                .map(|r| {
+                    (0..len)
+                        .map(|i| narrow((i as f32 + r as f32).cos()))
+                        .collect()
+                })
+                .collect();
+            let w = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let x: [Vec<f32>; 2] =
+                [0.5, 0.9].map(|f| (0..len).map(|i| (i as f32 * f).sin()).collect());
+            for isa in Isa::supported() {
+                let xp = x.each_ref().map(|x| W::prepare(isa, x));
+                let pair = W::dot4_x2(isa, w, [&xp[0], &xp[1]]);
+                for j in 0..2 {
+                    let alone = W::dot4(isa, w, &xp[j], w);
+                    assert_eq!(
+                        pair[j].map(f32::to_bits),
+                        alone.map(f32::to_bits),
+                        "{isa} len {len} row {j}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_of_activation_rows_are_bit_identical_to_single_rows() {
+        pairs_are_two_single_rows(|v| v);
+        pairs_are_two_single_rows(bf16::from_f32);
+        pairs_are_two_single_rows(f16::from_f32);
     }
 
     #[test]

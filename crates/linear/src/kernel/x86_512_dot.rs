@@ -52,6 +52,31 @@ pub(crate) fn dot4_bf16(_: Avx512F, w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
     unsafe { dot4_bf16_avx512(w, x) }
 }
 
+/// Four f32 rows against two activation rows of one length: `out[j]` is bit for bit
+/// [`dot4_f32`] of `x[j]` (each weight load serves both rows).
+#[inline]
+pub(crate) fn dot4x2_f32(_: Avx512F, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
+    // SAFETY: as in `dot4_f32`.
+    assert_eq!(x[0].len(), x[1].len(), "activation rows of one length");
+    unsafe { dot4x2_f32_avx512(w, x) }
+}
+
+/// [`dot4x2_f32`] for f16 rows.
+#[inline]
+pub(crate) fn dot4x2_f16(_: Avx512F, w: [&[f16]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
+    // SAFETY: as in `dot4_f16`.
+    assert_eq!(x[0].len(), x[1].len(), "activation rows of one length");
+    unsafe { dot4x2_f16_avx512(w, x) }
+}
+
+/// [`dot4x2_f32`] for bf16 rows against split activations (as [`dot4_bf16`]).
+#[inline]
+pub(crate) fn dot4x2_bf16(_: Avx512F, w: [&[bf16]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
+    // SAFETY: as in `dot4_f32`.
+    assert_eq!(x[0].len(), x[1].len(), "activation rows of one length");
+    unsafe { dot4x2_bf16_avx512(w, x) }
+}
+
 /// One f32 row against `x`: bit for bit the row's [`dot4_f32`] result, reading the row once,
 /// front to back (see [`super::WeightElem::streams_rows`]).
 #[inline]
@@ -95,73 +120,91 @@ impl Load16 for f16 {
     }
 }
 
-/// The length every row and `x` have.
+/// The length every row and every activation row have.
 #[inline(always)]
-fn common_len<W, const R: usize>(w: &[&[W]; R], x: &[f32]) -> usize {
-    w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len())
+fn common_len<W, const R: usize, const J: usize>(w: &[&[W]; R], x: &[&[f32]; J]) -> usize {
+    let rows = w.iter().map(|r| r.len()).min().unwrap_or(0);
+    x.iter().map(|x| x.len()).fold(rows, usize::min)
 }
 
-/// Sums each row's two accumulators and adds the scalar tail `from..len` in natural order.
+/// Sums each (activation row, weight row) pair's two accumulators and adds the scalar tail
+/// `from..len` in natural order.
 #[inline(always)]
-unsafe fn finish<W: Scalar, const R: usize>(
+unsafe fn finish<W: Scalar, const R: usize, const J: usize>(
     w: [&[W]; R],
-    x: &[f32],
-    lo: [__m512; R],
-    hi: [__m512; R],
+    x: [&[f32]; J],
+    lo: [[__m512; R]; J],
+    hi: [[__m512; R]; J],
     from: usize,
     len: usize,
-) -> [f32; R] {
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
-        for j in from..len {
-            out[r] += w[r][j].widen() * x[j];
+) -> [[f32; R]; J] {
+    let mut out = [[0f32; R]; J];
+    for j in 0..J {
+        for r in 0..R {
+            out[j][r] = _mm512_reduce_add_ps(_mm512_add_ps(lo[j][r], hi[j][r]));
+            for i in from..len {
+                out[j][r] += w[r][i].widen() * x[j][i];
+            }
         }
     }
     out
 }
 
-/// `R` rows, 32 values per iteration: two activation loads shared by `2R` weight loads into
-/// `2R` independent accumulators, then a scalar tail. Each row's operations are the same
-/// whatever `R` is, so one row alone gives the bits it gives among four.
+/// `R` rows against `J` activation rows, 32 values per iteration: per activation row two
+/// loads, per weight row two loads serving every activation row, into `2RJ` independent
+/// accumulators, then a scalar tail. Each (row, activation row) pair's operations are the
+/// same whatever `R` and `J` are, so a pair alone gives the bits it gives among others.
 #[inline(always)]
-unsafe fn dot_widening<W: Load16 + Scalar, const R: usize>(w: [&[W]; R], x: &[f32]) -> [f32; R] {
-    let len = common_len(&w, x);
+unsafe fn dot_widening<W: Load16 + Scalar, const R: usize, const J: usize>(
+    w: [&[W]; R],
+    x: [&[f32]; J],
+) -> [[f32; R]; J] {
+    let len = common_len(&w, &x);
     let p = w.map(|r| r.as_ptr());
-    let px = x.as_ptr();
-    let mut lo = [_mm512_setzero_ps(); R];
-    let mut hi = [_mm512_setzero_ps(); R];
+    let px = x.map(|x| x.as_ptr());
+    let mut lo = [[_mm512_setzero_ps(); R]; J];
+    let mut hi = [[_mm512_setzero_ps(); R]; J];
     let mut i = 0;
     while i + STEP <= len {
-        let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
+        let x0 = px.map(|x| _mm512_loadu_ps(x.add(i)));
+        let x1 = px.map(|x| _mm512_loadu_ps(x.add(i + 16)));
         for r in 0..R {
-            lo[r] = _mm512_fmadd_ps(W::load16(p[r].add(i)), x0, lo[r]);
-            hi[r] = _mm512_fmadd_ps(W::load16(p[r].add(i + 16)), x1, hi[r]);
+            let (w0, w1) = (W::load16(p[r].add(i)), W::load16(p[r].add(i + 16)));
+            for j in 0..J {
+                lo[j][r] = _mm512_fmadd_ps(w0, x0[j], lo[j][r]);
+                hi[j][r] = _mm512_fmadd_ps(w1, x1[j], hi[j][r]);
+            }
         }
         i += STEP;
     }
     finish(w, x, lo, hi, i, len)
 }
 
-/// `R` bf16 rows against `x` split into even and odd values per 32-value block; as
-/// [`dot_widening`] otherwise.
+/// `R` bf16 rows against `J` activation rows split into even and odd values per 32-value
+/// block; as [`dot_widening`] otherwise (each row widened once for every activation row).
 #[inline(always)]
-unsafe fn dot_pairs<const R: usize>(w: [&[bf16]; R], x: &[f32]) -> [f32; R] {
-    let len = common_len(&w, x);
+unsafe fn dot_pairs<const R: usize, const J: usize>(
+    w: [&[bf16]; R],
+    x: [&[f32]; J],
+) -> [[f32; R]; J] {
+    let len = common_len(&w, &x);
     let p = w.map(|r| r.as_ptr());
-    let px = x.as_ptr();
+    let px = x.map(|x| x.as_ptr());
     let odd_mask = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    let mut lo = [_mm512_setzero_ps(); R];
-    let mut hi = [_mm512_setzero_ps(); R];
+    let mut lo = [[_mm512_setzero_ps(); R]; J];
+    let mut hi = [[_mm512_setzero_ps(); R]; J];
     let mut i = 0;
     while i + STEP <= len {
-        let (even_x, odd_x) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
+        let even_x = px.map(|x| _mm512_loadu_ps(x.add(i)));
+        let odd_x = px.map(|x| _mm512_loadu_ps(x.add(i + 16)));
         for r in 0..R {
             let pairs = _mm512_loadu_si512(p[r].add(i) as *const _);
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, odd_mask));
-            lo[r] = _mm512_fmadd_ps(even, even_x, lo[r]);
-            hi[r] = _mm512_fmadd_ps(odd, odd_x, hi[r]);
+            for j in 0..J {
+                lo[j][r] = _mm512_fmadd_ps(even, even_x[j], lo[j][r]);
+                hi[j][r] = _mm512_fmadd_ps(odd, odd_x[j], hi[j][r]);
+            }
         }
         i += STEP;
     }
@@ -172,6 +215,13 @@ unsafe fn dot_pairs<const R: usize>(w: [&[bf16]; R], x: &[f32]) -> [f32; R] {
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    dot_widening(w, [x])[0]
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4x2_f32_avx512(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
     dot_widening(w, x)
 }
 
@@ -179,13 +229,20 @@ unsafe fn dot4_f32_avx512(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_f32_avx512(w: &[f32], x: &[f32]) -> f32 {
-    dot_widening([w], x)[0]
+    dot_widening([w], [x])[0][0]
 }
 
 /// # Safety
 /// AVX-512 F and F16C must be available.
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
+    dot_widening(w, [x])[0]
+}
+
+/// # Safety
+/// AVX-512 F and F16C must be available.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dot4x2_f16_avx512(w: [&[f16]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
     dot_widening(w, x)
 }
 
@@ -193,13 +250,20 @@ unsafe fn dot4_f16_avx512(w: [&[f16]; 4], x: &[f32]) -> [f32; 4] {
 /// AVX-512 F and F16C must be available.
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn dot_f16_avx512(w: &[f16], x: &[f32]) -> f32 {
-    dot_widening([w], x)[0]
+    dot_widening([w], [x])[0][0]
 }
 
 /// # Safety
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
+    dot_pairs(w, [x])[0]
+}
+
+/// # Safety
+/// AVX-512 F must be available.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4x2_bf16_avx512(w: [&[bf16]; 4], x: [&[f32]; 2]) -> [[f32; 4]; 2] {
     dot_pairs(w, x)
 }
 
@@ -207,5 +271,5 @@ unsafe fn dot4_bf16_avx512(w: [&[bf16]; 4], x: &[f32]) -> [f32; 4] {
 /// AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_bf16_avx512(w: &[bf16], x: &[f32]) -> f32 {
-    dot_pairs([w], x)[0]
+    dot_pairs([w], [x])[0][0]
 }
