@@ -620,7 +620,7 @@ impl DeepSeek {
     /// Runs `tokens` through the model after the session's cached tokens, appending them to
     /// the cache. Returns f32 logits and the final-normed hidden states of the new tokens.
     pub fn forward(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
-        on_worker(|| {
+        self.on_worker(|| {
             let hidden = self.hidden_states(tokens, session)?;
             let logits = self.head(&hidden)?;
             Ok(Output { logits, hidden })
@@ -631,7 +631,7 @@ impl DeepSeek {
     /// `[1, V]`): what generation needs after a prefill. The head is the largest matrix, so
     /// this saves `(T - 1) · V · C` multiply-adds (39% of a 512-token V2-Lite-4L prefill).
     pub fn forward_last(&self, tokens: &[u32], session: &mut Session) -> Result<Output> {
-        on_worker(|| {
+        self.on_worker(|| {
             let hidden = self.hidden_states(tokens, session)?;
             let logits = self.head(&hidden.narrow(0, tokens.len() - 1, 1)?)?;
             Ok(Output { logits, hidden })
@@ -645,7 +645,7 @@ impl DeepSeek {
         tokens: &[u32],
         session: &mut Session,
     ) -> Result<(Output, Selections)> {
-        on_worker(|| {
+        self.on_worker(|| {
             let mut selections = vec![Vec::new(); self.layers.len()];
             let hidden = self.hidden_states_inner(tokens, session, Some(&mut selections))?;
             let logits = self.head(&hidden)?;
@@ -656,7 +656,7 @@ impl DeepSeek {
     /// Final-normed hidden states `[T, C]` of `tokens`, appended to the session's cache, in
     /// chunks of at most [`DeepSeek::prefill_chunk`] tokens.
     pub fn hidden_states(&self, tokens: &[u32], session: &mut Session) -> Result<Tensor> {
-        on_worker(|| self.hidden_states_inner(tokens, session, None))
+        self.on_worker(|| self.hidden_states_inner(tokens, session, None))
     }
 
     fn hidden_states_inner(
@@ -740,7 +740,7 @@ impl DeepSeek {
                 "DeepSeek::sparse patterns run in sessions only, not in packed forwards".into(),
             ));
         }
-        on_worker(|| self.forward_packed_inner(parts, rope, dispatch))
+        self.on_worker(|| self.forward_packed_inner(parts, rope, dispatch))
     }
 
     fn forward_packed_inner(
@@ -845,9 +845,26 @@ impl DeepSeek {
         (total, routed)
     }
 
+    /// Runs `f` on a thread of rayon's pool when the model runs on the CPU (the caller's own
+    /// thread when it already is one, or on a GPU, whose work is queued on a stream).
+    ///
+    /// Every CPU product in a forward pass is a rayon parallel loop. Called from a thread
+    /// outside the pool, each loop is injected into the pool and the caller sleeps until it
+    /// ends: two cross-thread wake-ups per product, about 150 per decode step of the
+    /// V2-Lite-shaped benchmark checkpoint. Run from a pool thread, the loops split in place and
+    /// the other workers steal from it while they are still spinning, so a step pays one
+    /// injection (`benchmarks/README.md`, "One injection per forward pass").
+    fn on_worker<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if !self.device.is_cpu() || rayon::current_thread_index().is_some() {
+            f()
+        } else {
+            rayon::scope(|_| f())
+        }
+    }
+
     /// The output head on final-normed hidden states `[T, C]` -> f32 `[T, V]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        on_worker(|| Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?))
+        self.on_worker(|| Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?))
     }
 
     /// One causal prefill of `tokens` with no cache: f32 logits `[T, V]`.
@@ -868,21 +885,6 @@ impl DeepSeek {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool (the caller's own thread when it already is one).
-///
-/// Every product in a forward pass is a rayon parallel loop. Called from a thread outside the
-/// pool, each loop is injected into the pool and the caller sleeps until it ends: two
-/// cross-thread wake-ups per product, about 150 per decode step of the V2-Lite-shaped
-/// benchmark checkpoint. Run from a pool thread, the loops split in place and the other
-/// workers steal from it while they are still spinning, so the step pays one injection.
-/// Measured in `benchmarks/README.md` ("One forward pass, one injection into the pool").
-fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
 
 /// The error for a path that does not run DeepSeek Sparse Attention (V3.2) yet.
 pub(crate) fn dsa_unsupported(what: &str) -> ModelError {
