@@ -853,7 +853,7 @@ impl DeepSeek {
     /// ends: two cross-thread wake-ups per product, about 150 per decode step of the
     /// V2-Lite-shaped benchmark checkpoint. Run from a pool thread, the loops split in place and
     /// the other workers steal from it while they are still spinning, so a step pays one
-    /// injection (`benchmarks/README.md`, "One injection per forward pass").
+    /// injection (`benchmarks/README.md`, "Decode at 4 bits: where a step's time goes").
     fn on_worker<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         if !self.device.is_cpu() || rayon::current_thread_index().is_some() {
             f()
@@ -884,7 +884,6 @@ impl DeepSeek {
         Ok(linear::host::vec1::<u32>(&logits.argmax(D::Minus1)?)?)
     }
 }
-
 
 /// The error for a path that does not run DeepSeek Sparse Attention (V3.2) yet.
 pub(crate) fn dsa_unsupported(what: &str) -> ModelError {
