@@ -265,7 +265,7 @@ pub(crate) fn matmul_u4_q8(
 ) -> Vec<f32> {
     let layout = Layout::of(isa);
     let round = |x: &[f32]| q8_row(x, layout);
-    matmul_act8(isa, w, k, k / 2, xs, m, params, round, dot_u4)
+    matmul_act8(isa, w, k, k / 2, xs, m, params, round, dots_u4)
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
@@ -279,7 +279,17 @@ pub(crate) fn matmul_i8_q8(
     scales: &[f16],
 ) -> Vec<f32> {
     let params = Params::Group { scales, mins: &[] };
-    matmul_act8(isa, w, k, k, xs, m, params, q8_row_natural, dot_i8)
+    matmul_act8(
+        isa,
+        w,
+        k,
+        k,
+        xs,
+        m,
+        params,
+        q8_row_natural,
+        |isa, w, xs, p, c, out| each(dot_i8, isa, w, xs, p, c, out),
+    )
 }
 
 /// A matrix's parameters that can be cut into rows.
@@ -299,9 +309,27 @@ impl RowParams for Params<'_> {
 /// that take them ready-made.
 type RowDot<W, P> = fn(Isa, &[W], &Q8Row, P, &mut [f32]) -> f32;
 
+/// One weight row against every rounded activation row (`out[j]` for `xs[j]`, bit for bit
+/// what `xs[j]` alone gives), with the row's parameters and room for the factors.
+type RowDots<W, P> = fn(Isa, &[W], &[Q8Row], P, &mut [f32], &mut [f32]);
+
+/// [`RowDots`] through a kernel that takes one activation row at a time.
+fn each<W, P: Copy>(
+    dot: RowDot<W, P>,
+    isa: Isa,
+    w: &[W],
+    xs: &[Q8Row],
+    p: P,
+    c: &mut [f32],
+    out: &mut [f32],
+) {
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = dot(isa, w, x, p, c);
+    }
+}
+
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each (weight row, activation row) pair reduced by `dot` with the row's
-/// parameters.
+/// `round`, each weight row against all of them by `dots` with the row's parameters.
 #[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
 fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
@@ -312,7 +340,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     m: usize,
     params: P,
     round: R,
-    dot: RowDot<W, P>,
+    dots: RowDots<W, P>,
 ) -> Vec<f32> {
     let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
@@ -332,9 +360,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
             let first = task * rows_per_task;
             for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
                 let p = params.row(first + i, groups);
-                for (o, x) in o.iter_mut().zip(&rows) {
-                    *o = dot(isa, row, x, p, &mut c);
-                }
+                dots(isa, row, &rows, p, &mut c, o);
             }
         });
     super::transpose(out_t, n, m)
@@ -406,7 +432,17 @@ pub(crate) fn matmul_u6_q8(
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
     let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
-    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, dot_u6)
+    matmul_act8(
+        isa,
+        w,
+        k,
+        kw,
+        xs,
+        m,
+        params,
+        q8_row_six,
+        |isa, w, xs, p, c, out| each(dot_u6, isa, w, xs, p, c, out),
+    )
 }
 
 /// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
@@ -428,12 +464,30 @@ fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     portable::dot_u6_q8(w, &x.q, c)
 }
 
+/// [`RowDots`] of a 4-bit row: on AVX512-VNNI two activation rows per pass (each weight
+/// byte unpacked once for both), [`dot_u4`] elsewhere.
+fn dots_u4(isa: Isa, w: &[U4x2], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        let mut pairs = xs.chunks_exact(2);
+        let mut outs = out.chunks_exact_mut(2);
+        for (o, x) in (&mut outs).zip(&mut pairs) {
+            o.copy_from_slice(&super::x86_512_act8::dot_u4_q8(t, w, [&x[0], &x[1]], p, c));
+        }
+        if let ([o], [x]) = (outs.into_remainder(), pairs.remainder()) {
+            *o = dot_u4(isa, w, x, p, c);
+        }
+        return;
+    }
+    each(dot_u4, isa, w, xs, p, c, out)
+}
+
 /// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i` with
 /// `c_g = s_g · dx_g`.
 fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u4_q8(t, w, x, p, c);
+        return super::x86_512_act8::dot_u4_q8(t, w, [x], p, c)[0];
     }
     let groups = x.scale.len();
     p.factors(0..groups, &x.scale, c);
@@ -489,6 +543,57 @@ pub(crate) fn natural(x: &Q8Row, k: usize, layout: Layout) -> Vec<i8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Each activation row of a many-row 4-bit product has the bits of its product alone
+    /// (the VNNI kernel takes rows in pairs), for both parameter kinds, odd quads and tails.
+    #[test]
+    fn rows_are_bit_identical_to_single_rows() {
+        for k in [64, 160, 256, 512, 1408] {
+            let (n, m) = (5, 7);
+            let groups = k / GROUP;
+            let supers = groups.div_ceil(SUPER);
+            let w: Vec<U4x2> = (0..n * k / 2).map(|i| U4x2((i * 37 % 256) as u8)).collect();
+            let xs: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.61).sin()).collect();
+            let f16s = |len: usize| -> Vec<f16> {
+                (0..len)
+                    .map(|i| f16::from_f32(0.01 + (i % 7) as f32 * 0.003))
+                    .collect()
+            };
+            let bytes = |len: usize| -> Vec<u8> { (0..len).map(|i| (i * 29 % 64) as u8).collect() };
+            let (scales, mins, sc, mn, d) = (
+                f16s(n * groups),
+                f16s(n * groups),
+                bytes(n * groups),
+                bytes(n * groups),
+                f16s(n * supers),
+            );
+            let group = Params::Group {
+                scales: &scales,
+                mins: &mins,
+            };
+            let sup = Params::Super {
+                sc: &sc,
+                mn: &mn,
+                d: &d,
+                dmin: &d,
+            };
+            for params in [group, sup] {
+                for isa in Isa::supported() {
+                    let all = matmul_u4_q8(isa, &w, k, &xs, m, params);
+                    for j in 0..m {
+                        let one = matmul_u4_q8(isa, &w, k, &xs[j * k..(j + 1) * k], 1, params);
+                        for r in 0..n {
+                            assert_eq!(
+                                all[j * n + r].to_bits(),
+                                one[r].to_bits(),
+                                "{isa} k {k} row {j} weight row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn both_layouts_hold_every_value_once() {

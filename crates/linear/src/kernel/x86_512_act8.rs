@@ -130,19 +130,25 @@ unsafe fn dot_i8_q8_vnni(
 /// `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` over 4-bit values `q`, activations
 /// `x` laid out in [`Layout::Quads`](super::act8::Layout::Quads), the row's parameters `p`;
 /// factors as in [`dot_i8_q8`] (for K-quants `s_g = d · sc_g`, the bytes widened in
-/// registers and multiplied by the superblock's `d`).
-pub(crate) fn dot_u4_q8(
+/// registers and multiplied by the superblock's `d`). With `J` activation rows of one length
+/// each weight byte is unpacked once for all of them; `out[j]` is bit for bit the result for
+/// `x[j]` alone.
+pub(crate) fn dot_u4_q8<const J: usize>(
     t: Avx512Vnni,
     w: &[U4x2],
-    x: &super::act8::Q8Row,
+    x: [&super::act8::Q8Row; J],
     p: Params,
     c: &mut [f32],
-) -> f32 {
-    let (xq, dx, sums) = (&x.q[..], &x.scale[..], &x.sums[..]);
-    let k = xq.len().min(2 * w.len());
+) -> [f32; J] {
+    let k = x[0].q.len().min(2 * w.len());
     let groups = k.div_ceil(GROUP);
     let quads = k / (GROUPS * GROUP);
-    assert!(dx.len() >= groups && sums.len() >= groups);
+    assert!(
+        x.iter().all(|r| r.q.len() == x[0].q.len()
+            && r.scale.len() >= groups
+            && r.sums.len() >= groups),
+        "activation rows of one length, with a scale and a sum per group"
+    );
     let quad = match p {
         Params::Group { scales, mins } => {
             assert!(scales.len() >= groups, "one scale per group");
@@ -170,21 +176,38 @@ pub(crate) fn dot_u4_q8(
             }
         }
     };
-    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, and the
-    // parameters (checked above) and `sums` cover their `quads · 4` groups.
+    // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, each `xq`
+    // `quads · 128` (all of one length, at least `k`), and the parameters, `dx` and `sums`
+    // (checked above) cover their `quads · 4` groups.
     let head = unsafe {
-        let w = w.as_ptr() as *const u8;
-        dot_u4_q8_vnni(w, xq.as_ptr(), quad, dx.as_ptr(), sums.as_ptr(), quads)
+        let rows = Rows {
+            xq: x.map(|x| x.q.as_ptr()),
+            dx: x.map(|x| x.scale.as_ptr()),
+            sums: x.map(|x| x.sums.as_ptr()),
+        };
+        dot_u4_q8_vnni(w.as_ptr() as *const u8, rows, quad, quads)
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     if at == k {
         return head;
     }
     // After the quads the layout goes on in pairs, as the AVX2 kernel reads it.
-    p.factors(g..groups, dx, c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
-    let rest = x86::dot_u4_q8(avx2, &w[at / 2..], &xq[at..k], c);
-    head + rest + p.offsets(g..groups, sums, c)
+    let mut out = head;
+    for (out, x) in out.iter_mut().zip(x) {
+        p.factors(g..groups, &x.scale, c);
+        let rest = x86::dot_u4_q8(avx2, &w[at / 2..], &x.q[at..k], c);
+        *out = *out + rest + p.offsets(g..groups, &x.sums, c);
+    }
+    out
+}
+
+/// `J` activation rows as the VNNI loop reads them: rounded values, `dx` and unrounded sums
+/// per group.
+struct Rows<const J: usize> {
+    xq: [*const i8; J],
+    dx: [*const f32; J],
+    sums: [*const f32; J],
 }
 
 /// [`Params`] as the VNNI loop reads them: eight groups (two quads, one K-quant superblock)
@@ -295,18 +318,29 @@ impl QuadParams {
     }
 }
 
-/// The integer sums of quad `q` as f32 (16 lanes, four per group, exact: at most
-/// `128 · 15 · 127` in magnitude per lane).
+/// Quad `q`'s 64 bytes of 4-bit values: the low nibbles (even values) and the high ones.
+///
+/// # Safety
+/// As [`dot_u4_q8_vnni`], for quad `q`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn u4_quad(w: *const u8, q: usize) -> (__m512i, __m512i) {
+    let nib = _mm512_set1_epi8(15);
+    let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
+    (
+        _mm512_and_si512(b, nib),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib),
+    )
+}
+
+/// The integer sums of quad `q`'s values `(lo, hi)` with activations `xq` as f32 (16 lanes,
+/// four per group, exact: at most `128 · 15 · 127` in magnitude per lane).
 ///
 /// # Safety
 /// As [`dot_u4_q8_vnni`], for quad `q`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn u4_quad_sums(w: *const u8, xq: *const i8, q: usize) -> __m512 {
-    let nib = _mm512_set1_epi8(15);
-    let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
-    let lo = _mm512_and_si512(b, nib);
-    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib);
+unsafe fn u4_quad_sums((lo, hi): (__m512i, __m512i), xq: *const i8, q: usize) -> __m512 {
     // The quad layout: the even values of the four groups, then their odd values.
     let x = xq.add(q * GROUPS * GROUP);
     let xe = _mm512_loadu_si512(x as *const _);
@@ -317,25 +351,23 @@ unsafe fn u4_quad_sums(w: *const u8, xq: *const i8, q: usize) -> __m512 {
 
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `quads · 64`
-/// bytes, `xq` `quads · 128`, and `p`, `dx` and `sums` must cover `quads · 4` groups.
+/// bytes, each row's `xq` `quads · 128`, and `p` and each row's `dx` and `sums` must cover
+/// `quads · 4` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn dot_u4_q8_vnni(
+unsafe fn dot_u4_q8_vnni<const J: usize>(
     w: *const u8,
-    xq: *const i8,
+    x: Rows<J>,
     p: QuadParams,
-    dx: *const f32,
-    sums: *const f32,
     quads: usize,
-) -> f32 {
+) -> [f32; J] {
     // Lanes 4g..4g + 4 of a quad hold its group g: the first quad of a pair takes factors
     // 0..4 of the eight, the second 4..8.
     let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(4));
-    // Two accumulators in named registers (an array indexed by `q % 2` went through the
-    // stack): consecutive FMAs do not wait on each other. The offsets times the unrounded
-    // group sums go to a third, eight groups per FMA.
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut offsets = _mm256_setzero_ps();
+    // Per row two accumulators (consecutive FMAs do not wait on each other) and the offsets
+    // times the unrounded group sums in a third, eight groups per FMA.
+    let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); J], [_mm512_setzero_ps(); J]);
+    let mut offsets = [_mm256_setzero_ps(); J];
     let mut q = 0;
     while q + 1 < quads {
         // Two lines per two quads, `PREFETCH` ahead (a hint: never faults, even past the row).
@@ -343,39 +375,49 @@ unsafe fn dot_u4_q8_vnni(
         _mm_prefetch::<_MM_HINT_T0>(ahead);
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
         let g = q * GROUPS;
-        let c = _mm256_mul_ps(p.scales8(g), _mm256_loadu_ps(dx.add(g)));
-        if let Some(m) = p.offsets8(g) {
-            offsets = _mm256_fmadd_ps(m, _mm256_loadu_ps(sums.add(g)), offsets);
+        let (scales, mins) = (p.scales8(g), p.offsets8(g));
+        let (v0, v1) = (u4_quad(w, q), u4_quad(w, q + 1));
+        for j in 0..J {
+            let c = _mm256_mul_ps(scales, _mm256_loadu_ps(x.dx[j].add(g)));
+            if let Some(m) = mins {
+                offsets[j] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sums[j].add(g)), offsets[j]);
+            }
+            let c = _mm512_castps256_ps512(c);
+            let (c0, c1) = (
+                _mm512_permutexvar_ps(spread_lo, c),
+                _mm512_permutexvar_ps(spread_hi, c),
+            );
+            acc0[j] = _mm512_fmadd_ps(u4_quad_sums(v0, x.xq[j], q), c0, acc0[j]);
+            acc1[j] = _mm512_fmadd_ps(u4_quad_sums(v1, x.xq[j], q + 1), c1, acc1[j]);
         }
-        let c = _mm512_castps256_ps512(c);
-        let (c0, c1) = (
-            _mm512_permutexvar_ps(spread_lo, c),
-            _mm512_permutexvar_ps(spread_hi, c),
-        );
-        acc0 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q), c0, acc0);
-        acc1 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q + 1), c1, acc1);
         q += 2;
     }
-    let mut last = _mm_setzero_ps();
+    let mut last = [_mm_setzero_ps(); J];
     if q < quads {
         let g = q * GROUPS;
-        let c = _mm_mul_ps(p.scales4(g), _mm_loadu_ps(dx.add(g)));
-        let c = _mm512_permutexvar_ps(spread_lo, _mm512_castps128_ps512(c));
-        acc0 = _mm512_fmadd_ps(u4_quad_sums(w, xq, q), c, acc0);
-        if let Some(m) = p.offsets4(g) {
-            last = _mm_mul_ps(m, _mm_loadu_ps(sums.add(g)));
+        let (scales, mins) = (p.scales4(g), p.offsets4(g));
+        let v = u4_quad(w, q);
+        for j in 0..J {
+            let c = _mm_mul_ps(scales, _mm_loadu_ps(x.dx[j].add(g)));
+            let c = _mm512_permutexvar_ps(spread_lo, _mm512_castps128_ps512(c));
+            acc0[j] = _mm512_fmadd_ps(u4_quad_sums(v, x.xq[j], q), c, acc0[j]);
+            if let Some(m) = mins {
+                last[j] = _mm_mul_ps(m, _mm_loadu_ps(x.sums[j].add(g)));
+            }
         }
     }
-    let offsets = _mm_add_ps(
-        _mm_add_ps(
-            _mm256_castps256_ps128(offsets),
-            _mm256_extractf128_ps::<1>(offsets),
-        ),
-        last,
-    );
-    let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
-    let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + offsets
+    std::array::from_fn(|j| {
+        let offsets = _mm_add_ps(
+            _mm_add_ps(
+                _mm256_castps256_ps128(offsets[j]),
+                _mm256_extractf128_ps::<1>(offsets[j]),
+            ),
+            last[j],
+        );
+        let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+        let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j])) + offsets
+    })
 }
 
 /// `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over a 6-bit row (`act8`'s chunk layout,
