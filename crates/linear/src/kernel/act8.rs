@@ -279,17 +279,7 @@ pub(crate) fn matmul_i8_q8(
     scales: &[f16],
 ) -> Vec<f32> {
     let params = Params::Group { scales, mins: &[] };
-    matmul_act8(
-        isa,
-        w,
-        k,
-        k,
-        xs,
-        m,
-        params,
-        q8_row_natural,
-        |isa, w, xs, p, c, out| each(dot_i8, isa, w, xs, p, c, out),
-    )
+    matmul_act8(isa, w, k, k, xs, m, params, q8_row_natural, dots_i8)
 }
 
 /// A matrix's parameters that can be cut into rows.
@@ -464,22 +454,46 @@ fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     portable::dot_u6_q8(w, &x.q, c)
 }
 
+/// [`RowDots`] two activation rows at a time through `pair`, a last odd one through `one`.
+fn in_pairs(
+    xs: &[Q8Row],
+    c: &mut [f32],
+    out: &mut [f32],
+    pair: impl Fn([&Q8Row; 2], &mut [f32]) -> [f32; 2],
+    one: impl Fn(&Q8Row, &mut [f32]) -> f32,
+) {
+    let mut pairs = xs.chunks_exact(2);
+    let mut outs = out.chunks_exact_mut(2);
+    for (o, x) in (&mut outs).zip(&mut pairs) {
+        o.copy_from_slice(&pair([&x[0], &x[1]], c));
+    }
+    if let ([o], [x]) = (outs.into_remainder(), pairs.remainder()) {
+        *o = one(x, c);
+    }
+}
+
 /// [`RowDots`] of a 4-bit row: on AVX512-VNNI two activation rows per pass (each weight
 /// byte unpacked once for both), [`dot_u4`] elsewhere.
 fn dots_u4(isa: Isa, w: &[U4x2], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        let mut pairs = xs.chunks_exact(2);
-        let mut outs = out.chunks_exact_mut(2);
-        for (o, x) in (&mut outs).zip(&mut pairs) {
-            o.copy_from_slice(&super::x86_512_act8::dot_u4_q8(t, w, [&x[0], &x[1]], p, c));
-        }
-        if let ([o], [x]) = (outs.into_remainder(), pairs.remainder()) {
-            *o = dot_u4(isa, w, x, p, c);
-        }
-        return;
+        use super::x86_512_act8::dot_u4_q8;
+        let pair = |x: [&Q8Row; 2], c: &mut [f32]| dot_u4_q8(t, w, x, p, c);
+        return in_pairs(xs, c, out, pair, |x, c| dot_u4(isa, w, x, p, c));
     }
     each(dot_u4, isa, w, xs, p, c, out)
+}
+
+/// [`RowDots`] of an 8-bit row: on AVX512-VNNI two activation rows per pass (each weight
+/// load serves both), [`dot_i8`] elsewhere.
+fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
+        use super::x86_512_act8::dot_i8_q8;
+        let pair = |x: [&Q8Row; 2], c: &mut [f32]| dot_i8_q8(t, w, x, scales, c);
+        return in_pairs(xs, c, out, pair, |x, c| dot_i8(isa, w, x, p, c));
+    }
+    each(dot_i8, isa, w, xs, p, c, out)
 }
 
 /// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i` with
@@ -508,7 +522,7 @@ fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
 fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
-        return super::x86_512_act8::dot_i8_q8(t, w, &x.q, scales, &x.scale, c);
+        return super::x86_512_act8::dot_i8_q8(t, w, [x], scales, c)[0];
     }
     p.factors(0..x.scale.len(), &x.scale, c);
     #[cfg(target_arch = "x86_64")]
@@ -544,8 +558,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Each activation row of a many-row 4-bit product has the bits of its product alone
-    /// (the VNNI kernel takes rows in pairs), for both parameter kinds, odd quads and tails.
+    /// Each activation row of a many-row 4-bit or 8-bit product has the bits of its product
+    /// alone (the VNNI kernels take rows in pairs), for both 4-bit parameter kinds, odd quads
+    /// and tails.
     #[test]
     fn rows_are_bit_identical_to_single_rows() {
         for k in [64, 160, 256, 512, 1408] {
@@ -577,20 +592,26 @@ mod tests {
                 d: &d,
                 dmin: &d,
             };
-            for params in [group, sup] {
-                for isa in Isa::supported() {
-                    let all = matmul_u4_q8(isa, &w, k, &xs, m, params);
+            let w8: Vec<i8> = (0..n * k).map(|i| (i * 53 % 255) as i8).collect();
+            for isa in Isa::supported() {
+                let same = |all: &[f32], one: &dyn Fn(&[f32]) -> Vec<f32>, what: &str| {
                     for j in 0..m {
-                        let one = matmul_u4_q8(isa, &w, k, &xs[j * k..(j + 1) * k], 1, params);
+                        let one = one(&xs[j * k..(j + 1) * k]);
                         for r in 0..n {
                             assert_eq!(
                                 all[j * n + r].to_bits(),
                                 one[r].to_bits(),
-                                "{isa} k {k} row {j} weight row {r}"
+                                "{what} {isa} k {k} row {j} weight row {r}"
                             );
                         }
                     }
+                };
+                for params in [group, sup] {
+                    let all = matmul_u4_q8(isa, &w, k, &xs, m, params);
+                    same(&all, &|x| matmul_u4_q8(isa, &w, k, x, 1, params), "4-bit");
                 }
+                let all = matmul_i8_q8(isa, &w8, k, &xs, m, &scales);
+                same(&all, &|x| matmul_i8_q8(isa, &w8, k, x, 1, &scales), "8-bit");
             }
         }
     }

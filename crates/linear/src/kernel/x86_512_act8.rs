@@ -47,26 +47,32 @@ const PREFETCH: usize = 1024;
 
 /// `Σ_g c_g · Σ_{i in g} w_i · xq_i` over 8-bit weights with the row's f16 group scales `s`
 /// and the activations' `dx` (`c_g = s_g · dx_g`, formed in registers four at a time); `c`
-/// is room for the factors of the groups the AVX2 kernel takes.
-pub(crate) fn dot_i8_q8(
+/// is room for the factors of the groups the AVX2 kernel takes. With `J` activation rows of
+/// one length each weight load serves all of them; `out[j]` is bit for bit the result for
+/// `x[j]` alone.
+pub(crate) fn dot_i8_q8<const J: usize>(
     t: Avx512Vnni,
     w: &[i8],
-    xq: &[i8],
+    x: [&super::act8::Q8Row; J],
     s: &[f16],
-    dx: &[f32],
     c: &mut [f32],
-) -> f32 {
-    let k = xq.len().min(w.len());
+) -> [f32; J] {
+    let k = x[0].q.len().min(w.len());
     let groups = k.div_ceil(GROUP);
     assert!(
-        s.len() >= groups && dx.len() >= groups,
-        "one scale per group"
+        s.len() >= groups
+            && x.iter()
+                .all(|r| r.q.len() == x[0].q.len() && r.scale.len() >= groups),
+        "one scale per group, activation rows of one length"
     );
     let quads = k / (GROUPS * GROUP);
     // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW, VNNI and F16C;
-    // the kernel reads `quads` whole iterations of `w`, `xq`, `s` and `dx`, all inside the
-    // slices.
-    let head = unsafe { dot_i8_q8_vnni(w.as_ptr(), xq.as_ptr(), s.as_ptr(), dx.as_ptr(), quads) };
+    // the kernel reads `quads` whole iterations of `w`, each `xq`, `s` and each `dx`, all
+    // inside the slices (checked above).
+    let head = unsafe {
+        let (xq, dx) = (x.map(|x| x.q.as_ptr()), x.map(|x| x.scale.as_ptr()));
+        dot_i8_q8_vnni(w.as_ptr(), xq, s.as_ptr(), dx, quads)
+    };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     if at == k {
         return head;
@@ -75,56 +81,54 @@ pub(crate) fn dot_i8_q8(
         scales: s,
         mins: &[],
     };
-    params.factors(g..groups, dx, c);
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
-    head + x86::dot_i8_q8(avx2, &w[at..k], &xq[at..k], c)
-}
-
-/// The four groups' factors `s_g · dx_g` from group `g` on, spread by `spread` over the lanes
-/// of a 16-lane vector.
-///
-/// # Safety
-/// AVX-512 F and F16C must be available; `s` and `dx` must hold four values from `g` on.
-#[inline]
-#[target_feature(enable = "avx512f,f16c")]
-unsafe fn spread_factors(s: *const f16, dx: *const f32, g: usize, spread: __m512i) -> __m512 {
-    let sw = _mm_cvtph_ps(_mm_loadl_epi64(s.add(g) as *const __m128i));
-    let c = _mm_mul_ps(sw, _mm_loadu_ps(dx.add(g)));
-    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(c))
+    let mut out = head;
+    for (out, x) in out.iter_mut().zip(x) {
+        params.factors(g..groups, &x.scale, c);
+        *out += x86::dot_i8_q8(avx2, &w[at..k], &x.q[at..k], c);
+    }
+    out
 }
 
 /// # Safety
-/// AVX-512 F/BW, VNNI and F16C must be available; `w` and `xq` must hold `quads · 128` bytes,
-/// `s` and `dx` `quads · 4` values.
+/// AVX-512 F/BW, VNNI and F16C must be available; `w` and each `xq` must hold `quads · 128`
+/// bytes, `s` and each `dx` `quads · 4` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn dot_i8_q8_vnni(
+unsafe fn dot_i8_q8_vnni<const J: usize>(
     w: *const i8,
-    xq: *const i8,
+    xq: [*const i8; J],
     s: *const f16,
-    dx: *const f32,
+    dx: [*const f32; J],
     quads: usize,
-) -> f32 {
+) -> [f32; J] {
     // Lanes 0..8 group 0, lanes 8..16 group 1 (of the low half of the four).
     let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let spread_hi = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut acc = [[_mm512_setzero_ps(); 2]; J];
     for q in 0..quads {
         let g = q * GROUPS;
-        let scales = [
-            spread_factors(s, dx, g, spread_lo),
-            spread_factors(s, dx, g, spread_hi),
-        ];
-        for (half, acc) in acc.iter_mut().enumerate() {
-            let at = (g + 2 * half) * GROUP;
-            let wv = _mm512_loadu_si512(w.add(at) as *const _);
-            let xv = _mm512_loadu_si512(xq.add(at) as *const _);
-            let negative = _mm512_movepi8_mask(wv);
-            let xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
-            let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales[half], *acc);
+        let sw = _mm_cvtph_ps(_mm_loadl_epi64(s.add(g) as *const __m128i));
+        // The weights once: `|w|` and where `w < 0`.
+        let halves = [0, 1].map(|half| {
+            let wv = _mm512_loadu_si512(w.add((g + 2 * half) * GROUP) as *const _);
+            (_mm512_abs_epi8(wv), _mm512_movepi8_mask(wv))
+        });
+        for j in 0..J {
+            let c = _mm512_castps128_ps512(_mm_mul_ps(sw, _mm_loadu_ps(dx[j].add(g))));
+            let scales = [
+                _mm512_permutexvar_ps(spread_lo, c),
+                _mm512_permutexvar_ps(spread_hi, c),
+            ];
+            for (half, &(abs, negative)) in halves.iter().enumerate() {
+                let xv = _mm512_loadu_si512(xq[j].add((g + 2 * half) * GROUP) as *const _);
+                let xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), abs, xs);
+                acc[j][half] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales[half], acc[j][half]);
+            }
         }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    acc.map(|[a, b]| _mm512_reduce_add_ps(_mm512_add_ps(a, b)))
 }
 
 /// `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` over 4-bit values `q`, activations
