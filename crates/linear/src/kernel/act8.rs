@@ -422,17 +422,19 @@ pub(crate) fn matmul_u6_q8(
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
     let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
-    matmul_act8(
-        isa,
-        w,
-        k,
-        kw,
-        xs,
-        m,
-        params,
-        q8_row_six,
-        |isa, w, xs, p, c, out| each(dot_u6, isa, w, xs, p, c, out),
-    )
+    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, dots_u6)
+}
+
+/// [`RowDots`] of a 6-bit row: on AVX512-VNNI two activation rows per pass (each chunk
+/// unpacked once for both), [`dot_u6`] elsewhere.
+fn dots_u6(isa: Isa, w: &[u8], xs: &[Q8Row], p: SixBit, c: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        use super::x86_512_act8::dot_u6_q8;
+        let pair = |x: [&Q8Row; 2], _: &mut [f32]| dot_u6_q8(t, w, x, p);
+        return in_pairs(xs, c, out, pair, |x, c| dot_u6(isa, w, x, p, c));
+    }
+    each(dot_u6, isa, w, xs, p, c, out)
 }
 
 /// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
@@ -440,7 +442,7 @@ pub(crate) fn matmul_u6_q8(
 fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u6_q8(t, w, x, p);
+        return super::x86_512_act8::dot_u6_q8(t, w, [x], p)[0];
     }
     let c = &mut c[..x.q.len() / 16];
     for (s, c) in c.iter_mut().enumerate() {
@@ -558,9 +560,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Each activation row of a many-row 4-bit or 8-bit product has the bits of its product
-    /// alone (the VNNI kernels take rows in pairs), for both 4-bit parameter kinds, odd quads
-    /// and tails.
+    /// Each activation row of a many-row 4-bit, 6-bit or 8-bit product has the bits of its
+    /// product alone (the VNNI kernels take rows in pairs), for both 4-bit parameter kinds,
+    /// odd quads and tails.
     #[test]
     fn rows_are_bit_identical_to_single_rows() {
         for k in [64, 160, 256, 512, 1408] {
@@ -612,6 +614,13 @@ mod tests {
                 }
                 let all = matmul_i8_q8(isa, &w8, k, &xs, m, &scales);
                 same(&all, &|x| matmul_i8_q8(isa, &w8, k, x, 1, &scales), "8-bit");
+                if k % (SUPER * GROUP) == 0 {
+                    let w6 = bytes(n * k / U6_CHUNK * U6_CHUNK_BYTES);
+                    let sc: Vec<i8> = (0..n * k / 16).map(|i| (i % 61) as i8 - 30).collect();
+                    let p = SixBit { sc: &sc, d: &d };
+                    let all = matmul_u6_q8(isa, &w6, k, &xs, m, p);
+                    same(&all, &|x| matmul_u6_q8(isa, &w6, k, x, 1, p), "6-bit");
+                }
             }
         }
     }

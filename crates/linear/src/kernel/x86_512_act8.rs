@@ -433,46 +433,44 @@ unsafe fn dot_u4_q8_vnni<const J: usize>(
 /// to join them, and one `vpdpbusd`; lanes `4s..4s + 4` hold sub-block `s`. Per superblock
 /// (four chunks) the sixteen factors `c_s` are formed in one vector, and the `−32` of every
 /// value is one FMA: `Σ_s c_s · 32 · Σ_{i in s} xq_i` with the activations' sums.
-pub(crate) fn dot_u6_q8(
+pub(crate) fn dot_u6_q8<const J: usize>(
     _: Avx512Vnni,
     w: &[u8],
-    x: &super::act8::Q8Row,
+    x: [&super::act8::Q8Row; J],
     p: super::act8::SixBit,
-) -> f32 {
+) -> [f32; J] {
     use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
-    let (xq, dx, sums16) = (&x.q[..], &x.scale[..], &x.sums16[..]);
-    let chunks = (xq.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+    let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
     // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
     assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
     assert!(
         p.sc.len() >= 4 * chunks
             && p.d.len() >= chunks / 4
-            && dx.len() >= 2 * chunks
-            && sums16.len() >= 4 * chunks,
-        "parameters and activation sums for every chunk"
+            && x.iter().all(|r| r.q.len() == x[0].q.len()
+                && r.scale.len() >= 2 * chunks
+                && r.sums16.len() >= 4 * chunks),
+        "parameters and activation sums for every chunk, activation rows of one length"
     );
     // SAFETY: the `Avx512Vnni` token exists, so detection found AVX-512 F/BW, VNNI and F16C;
-    // the kernel reads `chunks` whole chunks of `w` and `xq` and their parameters and sums,
-    // inside the slices (checked above).
+    // the kernel reads `chunks` whole chunks of `w` and each `xq` and their parameters and
+    // sums, inside the slices (checked above).
     unsafe {
-        dot_u6_q8_vnni(
-            w.as_ptr(),
-            xq.as_ptr(),
-            (p.sc.as_ptr(), p.d.as_ptr()),
-            (dx.as_ptr(), sums16.as_ptr()),
-            chunks,
-        )
+        let rows = (
+            x.map(|x| x.q.as_ptr()),
+            x.map(|x| x.scale.as_ptr()),
+            x.map(|x| x.sums16.as_ptr()),
+        );
+        dot_u6_q8_vnni(w.as_ptr(), rows, (p.sc.as_ptr(), p.d.as_ptr()), chunks)
     }
 }
 
-/// The integer sums `Σ q · xq` of 6-bit chunk `ch` as f32 (16 lanes, four per sub-block of
-/// 16 values; exact: at most `4 · 63 · 127` in magnitude).
+/// The 64 values of 6-bit chunk `ch`, one per byte.
 ///
 /// # Safety
 /// As [`dot_u6_q8_vnni`], for chunk `ch`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn u6_chunk_sums(w: *const u8, xq: *const i8, ch: usize) -> __m512 {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
     // Words of the upper 256 bits shift by 4 (values 32..64: the high nibbles).
     let halves = _mm512_setr_epi64(
         0,
@@ -494,23 +492,37 @@ unsafe fn u6_chunk_sums(w: *const u8, xq: *const i8, ch: usize) -> __m512 {
     let hi = _mm512_rolv_epi32(hi, rotate);
     // Bits 0..4 from the nibbles, 4..8 from the pairs (0xE4: c ? a : b), then 6..8 cleared.
     let q = _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi8(0x0F));
-    let q = _mm512_and_si512(q, _mm512_set1_epi8(0x3F));
+    _mm512_and_si512(q, _mm512_set1_epi8(0x3F))
+}
+
+/// The integer sums `Σ q · xq` of chunk `ch`'s values `q` as f32 (16 lanes, four per
+/// sub-block of 16 values; exact: at most `4 · 63 · 127` in magnitude).
+///
+/// # Safety
+/// As [`dot_u6_q8_vnni`], for chunk `ch`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
     let x = _mm512_loadu_si512(xq.add(ch * 64) as *const _);
     _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x))
 }
 
+/// `J` activation rows as the 6-bit loop reads them: rounded values, `dx` per group, sums
+/// of the rounded values per 16.
+type SixBitRows<const J: usize> = ([*const i8; J], [*const f32; J], [*const f32; J]);
+
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
-/// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, `xq` `chunks · 64`, the scales
-/// `chunks · 4`, the `d`s `chunks / 4`, `dx` `chunks · 2` and the sums `chunks · 4` values.
+/// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, each row's `xq` `chunks · 64`,
+/// `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
+/// `chunks / 4`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn dot_u6_q8_vnni(
+unsafe fn dot_u6_q8_vnni<const J: usize>(
     w: *const u8,
-    xq: *const i8,
+    (xq, dx, sums16): SixBitRows<J>,
     (sc, d): (*const i8, *const f16),
-    (dx, sums16): (*const f32, *const f32),
     chunks: usize,
-) -> f32 {
+) -> [f32; J] {
     // Chunk j of a superblock takes factors 4j..4j + 4, each over four lanes.
     let spread = |j: i32| {
         _mm512_add_epi32(
@@ -521,10 +533,10 @@ unsafe fn dot_u6_q8_vnni(
     let spreads = [spread(0), spread(1), spread(2), spread(3)];
     // Sub-block s of a superblock has the `dx` of its group s / 2.
     let pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut offsets = _mm512_setzero_ps();
-    let supers = chunks / 4;
-    for b in 0..supers {
+    // Per row two accumulators and the `−32` terms in a third.
+    let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); J], [_mm512_setzero_ps(); J]);
+    let mut offsets = [_mm512_setzero_ps(); J];
+    for b in 0..chunks / 4 {
         let ahead = w.wrapping_add(b * 192 + PREFETCH) as *const i8;
         for line in 0..3 {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
@@ -533,33 +545,30 @@ unsafe fn dot_u6_q8_vnni(
             sc.add(16 * b) as *const __m128i
         )));
         let dv = _mm512_cvtph_ps(_mm256_set1_epi16((*d.add(b)).to_bits() as i16));
-        let dxs = _mm512_permutexvar_ps(
-            pairs,
-            _mm512_castps256_ps512(_mm256_loadu_ps(dx.add(8 * b))),
-        );
-        let c = _mm512_mul_ps(_mm512_mul_ps(s, dv), dxs);
-        offsets = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums16.add(16 * b)), offsets);
+        let sd = _mm512_mul_ps(s, dv);
+        // The superblock's values once, for every row.
         let ch = 4 * b;
-        acc0 = _mm512_fmadd_ps(
-            u6_chunk_sums(w, xq, ch),
-            _mm512_permutexvar_ps(spreads[0], c),
-            acc0,
-        );
-        acc1 = _mm512_fmadd_ps(
-            u6_chunk_sums(w, xq, ch + 1),
-            _mm512_permutexvar_ps(spreads[1], c),
-            acc1,
-        );
-        acc0 = _mm512_fmadd_ps(
-            u6_chunk_sums(w, xq, ch + 2),
-            _mm512_permutexvar_ps(spreads[2], c),
-            acc0,
-        );
-        acc1 = _mm512_fmadd_ps(
-            u6_chunk_sums(w, xq, ch + 3),
-            _mm512_permutexvar_ps(spreads[3], c),
-            acc1,
-        );
+        let q = [0, 1, 2, 3].map(|i| u6_chunk(w, ch + i));
+        for j in 0..J {
+            let dxs = _mm512_permutexvar_ps(
+                pairs,
+                _mm512_castps256_ps512(_mm256_loadu_ps(dx[j].add(8 * b))),
+            );
+            let c = _mm512_mul_ps(sd, dxs);
+            offsets[j] = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums16[j].add(16 * b)), offsets[j]);
+            for (i, &q) in q.iter().enumerate() {
+                let acc = if i % 2 == 0 {
+                    &mut acc0[j]
+                } else {
+                    &mut acc1[j]
+                };
+                let c = _mm512_permutexvar_ps(spreads[i], c);
+                *acc = _mm512_fmadd_ps(u6_chunk_sums(q, xq[j], ch + i), c, *acc);
+            }
+        }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - 32.0 * _mm512_reduce_add_ps(offsets)
+    std::array::from_fn(|j| {
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]))
+            - 32.0 * _mm512_reduce_add_ps(offsets[j])
+    })
 }
