@@ -184,11 +184,7 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     // `quads · 128` (all of one length, at least `k`), and the parameters, `dx` and `sums`
     // (checked above) cover their `quads · 4` groups.
     let head = unsafe {
-        let rows = Rows {
-            xq: x.map(|x| x.q.as_ptr()),
-            dx: x.map(|x| x.scale.as_ptr()),
-            sums: x.map(|x| x.sums.as_ptr()),
-        };
+        let rows = Rows::of(x, |x| &x.sums);
         dot_u4_q8_vnni(w.as_ptr() as *const u8, rows, quad, quads)
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
@@ -206,12 +202,24 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     out
 }
 
-/// `J` activation rows as the VNNI loop reads them: rounded values, `dx` and unrounded sums
-/// per group.
+/// `J` activation rows as the 4-bit and 6-bit VNNI loops read them: rounded values, `dx` per
+/// group, and the sums the format's offsets multiply (the unrounded values per group for
+/// 4 bits, the rounded ones per 16 for 6 bits).
 struct Rows<const J: usize> {
     xq: [*const i8; J],
     dx: [*const f32; J],
     sums: [*const f32; J],
+}
+
+impl<const J: usize> Rows<J> {
+    /// The rows `x`, with the sums `sums` picks from each.
+    fn of(x: [&super::act8::Q8Row; J], sums: fn(&super::act8::Q8Row) -> &[f32]) -> Self {
+        Rows {
+            xq: x.map(|x| x.q.as_ptr()),
+            dx: x.map(|x| x.scale.as_ptr()),
+            sums: x.map(|x| sums(x).as_ptr()),
+        }
+    }
 }
 
 /// [`Params`] as the VNNI loop reads them: eight groups (two quads, one K-quant superblock)
@@ -455,11 +463,7 @@ pub(crate) fn dot_u6_q8<const J: usize>(
     // the kernel reads `chunks` whole chunks of `w` and each `xq` and their parameters and
     // sums, inside the slices (checked above).
     unsafe {
-        let rows = (
-            x.map(|x| x.q.as_ptr()),
-            x.map(|x| x.scale.as_ptr()),
-            x.map(|x| x.sums16.as_ptr()),
-        );
+        let rows = Rows::of(x, |x| &x.sums16);
         dot_u6_q8_vnni(w.as_ptr(), rows, (p.sc.as_ptr(), p.d.as_ptr()), chunks)
     }
 }
@@ -507,10 +511,6 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
     _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x))
 }
 
-/// `J` activation rows as the 6-bit loop reads them: rounded values, `dx` per group, sums
-/// of the rounded values per 16.
-type SixBitRows<const J: usize> = ([*const i8; J], [*const f32; J], [*const f32; J]);
-
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
 /// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, each row's `xq` `chunks · 64`,
@@ -519,7 +519,7 @@ type SixBitRows<const J: usize> = ([*const i8; J], [*const f32; J], [*const f32;
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u6_q8_vnni<const J: usize>(
     w: *const u8,
-    (xq, dx, sums16): SixBitRows<J>,
+    Rows { xq, dx, sums }: Rows<J>,
     (sc, d): (*const i8, *const f16),
     chunks: usize,
 ) -> [f32; J] {
@@ -555,7 +555,7 @@ unsafe fn dot_u6_q8_vnni<const J: usize>(
                 _mm512_castps256_ps512(_mm256_loadu_ps(dx[j].add(8 * b))),
             );
             let c = _mm512_mul_ps(sd, dxs);
-            offsets[j] = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums16[j].add(16 * b)), offsets[j]);
+            offsets[j] = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums[j].add(16 * b)), offsets[j]);
             for (i, &q) in q.iter().enumerate() {
                 let acc = if i % 2 == 0 {
                     &mut acc0[j]
