@@ -425,14 +425,12 @@ pub(crate) fn matmul_u6_q8(
     matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, dots_u6)
 }
 
-/// [`RowDots`] of a 6-bit row: on AVX512-VNNI two activation rows per pass (each chunk
-/// unpacked once for both), [`dot_u6`] elsewhere.
+/// [`RowDots`] of a 6-bit row: on AVX512-VNNI up to four activation rows per pass (each chunk
+/// unpacked once for all), [`dot_u6`] elsewhere.
 fn dots_u6(isa: Isa, w: &[u8], xs: &[Q8Row], p: SixBit, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        use super::x86_512_act8::dot_u6_q8;
-        let pair = |x: [&Q8Row; 2], _: &mut [f32]| dot_u6_q8(t, w, x, p);
-        return in_pairs(xs, c, out, pair, |x, c| dot_u6(isa, w, x, p, c));
+        return in_blocks(&SixBitRows { t, w, p }, xs, c, out);
     }
     each(dot_u6, isa, w, xs, p, c, out)
 }
@@ -456,44 +454,99 @@ fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     portable::dot_u6_q8(w, &x.q, c)
 }
 
-/// [`RowDots`] two activation rows at a time through `pair`, a last odd one through `one`.
-fn in_pairs(
-    xs: &[Q8Row],
-    c: &mut [f32],
-    out: &mut [f32],
-    pair: impl Fn([&Q8Row; 2], &mut [f32]) -> [f32; 2],
-    one: impl Fn(&Q8Row, &mut [f32]) -> f32,
-) {
+/// A VNNI row kernel that takes `J` activation rows per pass over a weight row: each weight
+/// byte is unpacked (and each group's scales formed) once for all `J`, and every row's
+/// operations are those it gets alone, so its result has the same bits.
+#[cfg(target_arch = "x86_64")]
+trait RowsKernel {
+    /// The weight row against `x`, with room `c` for factors.
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J];
+}
+
+/// [`RowDots`] through a [`RowsKernel`]: activation rows four at a time, then a pair, then a
+/// last one. Four per pass is as many as the kernels' registers hold (two accumulators and
+/// an offset vector per row, beside the unpacked weights): the weight work per row falls to
+/// a quarter of the single row's.
+#[cfg(target_arch = "x86_64")]
+fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
+    let mut quads = xs.chunks_exact(4);
+    let mut outs = out.chunks_exact_mut(4);
+    for (o, x) in (&mut outs).zip(&mut quads) {
+        o.copy_from_slice(&kernel.rows([&x[0], &x[1], &x[2], &x[3]], c));
+    }
+    let (out, xs) = (outs.into_remainder(), quads.remainder());
     let mut pairs = xs.chunks_exact(2);
     let mut outs = out.chunks_exact_mut(2);
     for (o, x) in (&mut outs).zip(&mut pairs) {
-        o.copy_from_slice(&pair([&x[0], &x[1]], c));
+        o.copy_from_slice(&kernel.rows([&x[0], &x[1]], c));
     }
     if let ([o], [x]) = (outs.into_remainder(), pairs.remainder()) {
-        *o = one(x, c);
+        *o = kernel.rows([x], c)[0];
     }
 }
 
-/// [`RowDots`] of a 4-bit row: on AVX512-VNNI two activation rows per pass (each weight
-/// byte unpacked once for both), [`dot_u4`] elsewhere.
+/// A 4-bit weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u4_q8`]).
+#[cfg(target_arch = "x86_64")]
+struct FourBitRows<'a> {
+    t: super::x86_512::Avx512Vnni,
+    w: &'a [U4x2],
+    p: Params<'a>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for FourBitRows<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
+        super::x86_512_act8::dot_u4_q8(self.t, self.w, x, self.p, c)
+    }
+}
+
+/// An 8-bit weight row with per-group scales on AVX512-VNNI
+/// ([`super::x86_512_act8::dot_i8_q8`]).
+#[cfg(target_arch = "x86_64")]
+struct EightBitRows<'a> {
+    t: super::x86_512::Avx512Vnni,
+    w: &'a [i8],
+    scales: &'a [f16],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for EightBitRows<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
+        super::x86_512_act8::dot_i8_q8(self.t, self.w, x, self.scales, c)
+    }
+}
+
+/// A 6-bit weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
+#[cfg(target_arch = "x86_64")]
+struct SixBitRows<'a> {
+    t: super::x86_512::Avx512Vnni,
+    w: &'a [u8],
+    p: SixBit<'a>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for SixBitRows<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
+        super::x86_512_act8::dot_u6_q8(self.t, self.w, x, self.p)
+    }
+}
+
+/// [`RowDots`] of a 4-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
+/// byte unpacked once for all), [`dot_u4`] elsewhere.
 fn dots_u4(isa: Isa, w: &[U4x2], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        use super::x86_512_act8::dot_u4_q8;
-        let pair = |x: [&Q8Row; 2], c: &mut [f32]| dot_u4_q8(t, w, x, p, c);
-        return in_pairs(xs, c, out, pair, |x, c| dot_u4(isa, w, x, p, c));
+        return in_blocks(&FourBitRows { t, w, p }, xs, c, out);
     }
     each(dot_u4, isa, w, xs, p, c, out)
 }
 
-/// [`RowDots`] of an 8-bit row: on AVX512-VNNI two activation rows per pass (each weight
-/// load serves both), [`dot_i8`] elsewhere.
+/// [`RowDots`] of an 8-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
+/// load serves all), [`dot_i8`] elsewhere.
 fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
-        use super::x86_512_act8::dot_i8_q8;
-        let pair = |x: [&Q8Row; 2], c: &mut [f32]| dot_i8_q8(t, w, x, scales, c);
-        return in_pairs(xs, c, out, pair, |x, c| dot_i8(isa, w, x, p, c));
+        return in_blocks(&EightBitRows { t, w, scales }, xs, c, out);
     }
     each(dot_i8, isa, w, xs, p, c, out)
 }
@@ -561,7 +614,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// Each activation row of a many-row 4-bit, 6-bit or 8-bit product has the bits of its
-    /// product alone (the VNNI kernels take rows in pairs), for both 4-bit parameter kinds,
+    /// product alone (the VNNI kernels take rows in fours and pairs), for both 4-bit parameter kinds,
     /// odd quads and tails.
     #[test]
     fn rows_are_bit_identical_to_single_rows() {
