@@ -222,11 +222,12 @@ impl<'a> Params<'a> {
                     *c *= dx;
                 }
             }
-            Params::Super { .. } => {
-                for (c, g) in c.iter_mut().zip(groups) {
-                    *c = self.scale(g) * dx[g];
+            // `(d · sc_g) · dx_g`, the bits of `scale(g) · dx_g`.
+            Params::Super { sc, d, .. } => per_super(groups, c, d, |g, d, c| {
+                for ((c, &sc), &dx) in c.iter_mut().zip(&sc[g.clone()]).zip(&dx[g]) {
+                    *c = d * sc as f32 * dx;
                 }
-            }
+            }),
         }
     }
 
@@ -242,13 +243,43 @@ impl<'a> Params<'a> {
                 use half::slice::HalfFloatSliceExt;
                 mins[groups.clone()].convert_to_f32_slice(c);
             }
-            Params::Super { .. } => {
-                for (c, g) in c.iter_mut().zip(groups.clone()) {
-                    *c = self.offset(g);
+            // `−(dmin · mn_g)`, the bits of `offset(g)`.
+            Params::Super { mn, dmin, .. } => per_super(groups.clone(), c, dmin, |g, dmin, c| {
+                for (c, &mn) in c.iter_mut().zip(&mn[g]) {
+                    *c = -(dmin * mn as f32);
                 }
+            }),
+        }
+        // Eight running sums (a serial chain of 64 adds per row cost as much as the row's
+        // products on AVX2), added pairwise at the end.
+        let mut lanes = [0f32; 8];
+        let (m8, m_rest) = c.as_chunks::<8>();
+        let (s8, s_rest) = sums[groups].as_chunks::<8>();
+        for (m, s) in m8.iter().zip(s8) {
+            for l in 0..8 {
+                lanes[l] += m[l] * s[l];
             }
         }
-        c.iter().zip(&sums[groups]).map(|(m, s)| m * s).sum()
+        let tail: f32 = m_rest.iter().zip(s_rest).map(|(m, s)| m * s).sum();
+        let [a, b, c, d, e, f, g, h] = lanes;
+        ((a + b) + (c + d)) + ((e + f) + (g + h)) + tail
+    }
+}
+
+/// Runs `fill(groups of one superblock, that superblock's f16 factor as f32, their part of
+/// out)` for each superblock `groups` touches: the f16 is converted once per [`SUPER`] groups.
+fn per_super(
+    groups: Range<usize>,
+    out: &mut [f32],
+    per: &[f16],
+    mut fill: impl FnMut(Range<usize>, f32, &mut [f32]),
+) {
+    let (mut g, mut out) = (groups.start, out);
+    while g < groups.end {
+        let end = ((g / SUPER + 1) * SUPER).min(groups.end);
+        let (part, rest) = out.split_at_mut(end - g);
+        fill(g..end, per[g / SUPER].to_f32(), part);
+        (g, out) = (end, rest);
     }
 }
 
@@ -407,6 +438,18 @@ impl SixBit<'_> {
     pub(crate) fn scale(&self, s: usize) -> f32 {
         self.d[s / (2 * SUPER)].to_f32() * self.sc[s] as f32
     }
+
+    /// The factors `c_s = scale(s) · dx_{s / 2}` of the sub-blocks of 16 values `s` covered
+    /// by `c` (from the row's first), the same bits, each `d` converted once.
+    pub(crate) fn factors(&self, dx: &[f32], c: &mut [f32]) {
+        for (b, c) in c.chunks_mut(2 * SUPER).enumerate() {
+            let d = self.d[b].to_f32();
+            let first = 2 * SUPER * b;
+            for (i, c) in c.iter_mut().enumerate() {
+                *c = d * self.sc[first + i] as f32 * dx[(first + i) / 2];
+            }
+        }
+    }
 }
 
 /// `[N, K]` 6-bit values `w` (`K / 64` chunks of [`U6_CHUNK_BYTES`] per row, `K` a multiple
@@ -442,14 +485,12 @@ fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     if let Some(t) = isa.avx512_vnni() {
         return super::x86_512_act8::dot_u6_q8(t, w, [x], p)[0];
     }
-    let c = &mut c[..x.q.len() / 16];
-    for (s, c) in c.iter_mut().enumerate() {
-        *c = p.scale(s) * x.scale[s / 2];
-    }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_u6_q8(t, w, &x.q, c);
+        return super::x86::dot_u6_q8(t, w, x, p);
     }
+    let c = &mut c[..x.q.len() / 16];
+    p.factors(&x.scale, c);
     let _ = isa;
     portable::dot_u6_q8(w, &x.q, c)
 }

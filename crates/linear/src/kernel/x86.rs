@@ -12,6 +12,7 @@ use float8::F8E4M3;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
+use super::act8::{Q8Row, SixBit};
 use super::{E4m3NoNan, Scalar, U4x2};
 
 /// Proof that the CPU runs AVX2 and FMA code. Made only by [`Avx2Fma::detect`].
@@ -604,39 +605,73 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
 /// natural order): per chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs
 /// of 16 bytes (one 32-bit variable shift per 128-bit lane) make two vectors of 32 values in
 /// `0..=63`; `maddubs` + `madd` give 8 i32 lanes of four products each (two sub-blocks of 16
-/// per vector), less `32 · Σ xq` from the same pair on a vector of 32s; each lane pair is
-/// scaled by its sub-block's `c`.
-pub(crate) fn dot_u6_q8(_: Avx2Fma, w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
+/// per vector), each lane pair scaled by its sub-block's `c_s = (d · sc_s) · dx_{s / 2}`
+/// (formed per chunk, four at a time: the bits of [`SixBit::factors`]). The `−32` of every
+/// value is `−32 · Σ_s c_s · sums16_s` over the activations' sums per 16 values, one FMA per
+/// chunk. `x` is the activation row ([`super::act8::q8_row_six`]).
+pub(crate) fn dot_u6_q8(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
     use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
-    let chunks = (xq.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
-    assert!(c.len() >= 4 * chunks, "one factor per 16 values");
+    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+    // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
+    assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
+    assert!(
+        p.sc.len() >= 4 * chunks
+            && p.d.len() >= chunks / 4
+            && x.scale.len() >= 2 * chunks
+            && x.sums16.len() >= 4 * chunks,
+        "parameters and activation sums for every chunk"
+    );
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
-    // `chunks` whole chunks of `w`, `xq` and `c`, inside the slices (checked above).
-    unsafe { dot_u6_q8_avx2(w.as_ptr(), xq.as_ptr(), c.as_ptr(), chunks) }
+    // `chunks` whole chunks of `w` and `x`, their scales, `d`s and sums, inside the slices
+    // (checked above).
+    unsafe { dot_u6_q8_avx2(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) }
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w` must hold `chunks · 48` bytes, `xq` `chunks · 64`,
-/// `c` `chunks · 4` values.
+/// AVX2 and FMA must be available; `w` must hold `chunks · 48` bytes, `x.q`
+/// `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`, `d`
+/// `chunks / 4`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u6_q8_avx2(w: *const u8, xq: *const i8, c: *const f32, chunks: usize) -> f32 {
-    let (nib, pair, ones, k32) = (
+unsafe fn dot_u6_q8_avx2(
+    w: *const u8,
+    x: &Q8Row,
+    (sc, d): (*const i8, *const f16),
+    chunks: usize,
+) -> f32 {
+    let (xq, dx, sums16) = (x.q.as_ptr(), x.scale.as_ptr(), x.sums16.as_ptr());
+    // Sub-blocks 0, 1 of a chunk take its first `dx`, 2, 3 its second.
+    let dx_pairs = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 0, 0);
+    let (lanes0, lanes1) = (
+        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+    );
+    let (nib, pair, ones) = (
         _mm256_set1_epi8(0xF),
         _mm256_set1_epi8(3),
         _mm256_set1_epi16(1),
-        _mm256_set1_epi8(32),
     );
     let (first, second) = (
         _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
         _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
     );
-    // Σ (q − 32) · x over 4-value lanes of 32 values.
-    let dot = |q: __m256i, x: __m256i| {
-        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
-        _mm256_sub_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(k32, x), ones))
-    };
-    let mut acc = _mm256_setzero_ps();
+    // Σ q · x over 4-value lanes of 32 values.
+    let dot = |q: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
+    // Two accumulators: the chunk's two FMAs do not wait on each other.
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut offsets = _mm_setzero_ps();
+    let mut sd = _mm_setzero_ps();
     for ch in 0..chunks {
+        if ch % 4 == 0 {
+            sd = _mm_set1_ps((*d.add(ch / 4)).to_f32());
+        }
+        let scales = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(
+            (sc.add(4 * ch) as *const i32).read_unaligned(),
+        )));
+        let dxs = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(dx.add(2 * ch) as *const f64))),
+            dx_pairs,
+        );
+        let cs = _mm_mul_ps(_mm_mul_ps(sd, scales), _mm256_castps256_ps128(dxs));
         let p = w.add(ch * 48);
         let l = _mm256_loadu_si256(p as *const __m256i);
         let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
@@ -651,11 +686,14 @@ unsafe fn dot_u6_q8_avx2(w: *const u8, xq: *const i8, c: *const f32, chunks: usi
         let x = xq.add(ch * 64);
         let s0 = dot(q0, _mm256_loadu_si256(x as *const __m256i));
         let s1 = dot(q1, _mm256_loadu_si256(x.add(32) as *const __m256i));
-        let cs = c.add(4 * ch);
-        let f0 = _mm256_set_m128(_mm_set1_ps(*cs.add(1)), _mm_set1_ps(*cs));
-        let f1 = _mm256_set_m128(_mm_set1_ps(*cs.add(3)), _mm_set1_ps(*cs.add(2)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc);
+        let c8 = _mm256_castps128_ps256(cs);
+        let f0 = _mm256_permutevar8x32_ps(c8, lanes0);
+        let f1 = _mm256_permutevar8x32_ps(c8, lanes1);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc1);
+        offsets = _mm_fmadd_ps(cs, _mm_loadu_ps(sums16.add(4 * ch)), offsets);
     }
-    hsum(acc)
+    let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+    let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+    hsum(_mm256_add_ps(acc0, acc1)) - 32.0 * offsets
 }
