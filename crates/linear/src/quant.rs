@@ -46,6 +46,7 @@
 //! instruction-set path.
 
 use std::fmt;
+use std::ops::Range;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Result, Tensor};
@@ -548,20 +549,19 @@ impl QuantMatrix {
         values + self.params.bytes()
     }
 
-    /// `f(row's parameters, group)` for every row and group: `[N, groups]` row-major.
-    fn per_group(&self, f: impl Fn(&Params, usize) -> f32) -> Vec<f32> {
+    /// `fill(row's parameters, its groups, out)` for every row, in parallel over rows:
+    /// `[N, groups]` row-major.
+    fn per_group(&self, fill: impl Fn(&Params, Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
         let [n, k] = self.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let Some(all) = self.params.view() else {
             return Vec::new();
         };
-        (0..n)
-            .flat_map(|r| {
-                let p = all.row(r, groups);
-                (0..groups).map(move |g| (p, g))
-            })
-            .map(|(p, g)| f(&p, g))
-            .collect()
+        let mut out = vec![0f32; n * groups];
+        out.par_chunks_mut(groups.max(1))
+            .enumerate()
+            .for_each(|(r, out)| fill(&all.row(r, groups), 0..groups, out));
+        out
     }
 
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
@@ -662,7 +662,7 @@ impl QuantMatrix {
                 let scale = match params {
                     Params::Group { scales, .. } => Scales::F16(scales),
                     Params::Super { .. } => {
-                        formed = self.per_group(|p, g| p.scale(g));
+                        formed = self.per_group(|p, g, out| p.scales_into(g, out));
                         Scales::F32(&formed)
                     }
                 };
@@ -688,7 +688,7 @@ impl QuantMatrix {
             let offsets = match params {
                 Params::Group { mins, .. } => kernel::product(isa, mins, groups, &sums, m, None),
                 Params::Super { .. } => {
-                    let mins = self.per_group(|p, g| p.offset(g));
+                    let mins = self.per_group(|p, g, out| p.offsets_into(g, out));
                     kernel::product(isa, &mins, groups, &sums, m, None)
                 }
             };

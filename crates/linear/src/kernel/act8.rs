@@ -210,24 +210,47 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// The factors `c_i = s_g · dx_g` of the row's groups `g` in `groups` (`i = g − start`),
-    /// into `c`; `dx` is indexed by group.
-    pub(crate) fn factors(&self, groups: Range<usize>, dx: &[f32], c: &mut [f32]) {
+    /// The scales `s_g` of the row's groups `g` in `groups` into `c` (`c_i` for
+    /// `g = start + i`): the bits of [`Params::scale`], each superblock's `d` converted once.
+    pub(crate) fn scales_into(&self, groups: Range<usize>, c: &mut [f32]) {
         let c = &mut c[..groups.len()];
         match self {
             Params::Group { scales, .. } => {
                 use half::slice::HalfFloatSliceExt;
-                scales[groups.clone()].convert_to_f32_slice(c);
-                for (c, dx) in c.iter_mut().zip(&dx[groups]) {
-                    *c *= dx;
-                }
+                scales[groups].convert_to_f32_slice(c);
             }
-            // `(d · sc_g) · dx_g`, the bits of `scale(g) · dx_g`.
             Params::Super { sc, d, .. } => per_super(groups, c, d, |g, d, c| {
-                for ((c, &sc), &dx) in c.iter_mut().zip(&sc[g.clone()]).zip(&dx[g]) {
-                    *c = d * sc as f32 * dx;
+                for (c, &sc) in c.iter_mut().zip(&sc[g]) {
+                    *c = d * sc as f32;
                 }
             }),
+        }
+    }
+
+    /// The offsets of the row's groups `g` in `groups` into `c`, as [`Params::scales_into`]:
+    /// the bits of [`Params::offset`] (zeros without offsets).
+    pub(crate) fn offsets_into(&self, groups: Range<usize>, c: &mut [f32]) {
+        let c = &mut c[..groups.len()];
+        match self {
+            Params::Group { mins: [], .. } => c.fill(0.0),
+            Params::Group { mins, .. } => {
+                use half::slice::HalfFloatSliceExt;
+                mins[groups].convert_to_f32_slice(c);
+            }
+            Params::Super { mn, dmin, .. } => per_super(groups, c, dmin, |g, dmin, c| {
+                for (c, &mn) in c.iter_mut().zip(&mn[g]) {
+                    *c = -(dmin * mn as f32);
+                }
+            }),
+        }
+    }
+
+    /// The factors `c_i = s_g · dx_g` of the row's groups `g` in `groups` (`i = g − start`),
+    /// into `c`; `dx` is indexed by group.
+    pub(crate) fn factors(&self, groups: Range<usize>, dx: &[f32], c: &mut [f32]) {
+        self.scales_into(groups.clone(), c);
+        for (c, dx) in c.iter_mut().zip(&dx[groups]) {
+            *c *= dx;
         }
     }
 
@@ -238,18 +261,7 @@ impl<'a> Params<'a> {
             return 0.0;
         }
         let c = &mut c[..groups.len()];
-        match self {
-            Params::Group { mins, .. } => {
-                use half::slice::HalfFloatSliceExt;
-                mins[groups.clone()].convert_to_f32_slice(c);
-            }
-            // `−(dmin · mn_g)`, the bits of `offset(g)`.
-            Params::Super { mn, dmin, .. } => per_super(groups.clone(), c, dmin, |g, dmin, c| {
-                for (c, &mn) in c.iter_mut().zip(&mn[g]) {
-                    *c = -(dmin * mn as f32);
-                }
-            }),
-        }
+        self.offsets_into(groups.clone(), c);
         // Eight running sums (a serial chain of 64 adds per row cost as much as the row's
         // products on AVX2), added pairwise at the end.
         let mut lanes = [0f32; 8];

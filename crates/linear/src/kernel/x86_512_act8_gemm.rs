@@ -173,14 +173,19 @@ impl Panel {
         let mut scales = vec![0f32; groups * NR];
         let mut offsets = vec![0f32; if params.has_offsets() { groups * NR } else { 0 }];
         let first = rows.start;
+        // Each row's parameters formed in one pass (a superblock's f16 converted once), then
+        // laid out group-major.
+        let mut row = vec![0f32; groups];
         for (i, r) in rows.clone().enumerate() {
             let p = params.row(r, groups);
-            for g in 0..groups {
-                scales[g * NR + i] = p.scale(g);
+            p.scales_into(0..groups, &mut row);
+            for (g, &s) in row.iter().enumerate() {
+                scales[g * NR + i] = s;
             }
             if !offsets.is_empty() {
-                for g in 0..groups {
-                    offsets[g * NR + i] = p.offset(g);
+                p.offsets_into(0..groups, &mut row);
+                for (g, &m) in row.iter().enumerate() {
+                    offsets[g * NR + i] = m;
                 }
             }
         }
