@@ -4,7 +4,8 @@
 #   scripts/gpu-bundle.sh OUT [--binary PATH] [--xz]
 #
 # OUT gets: `model` (stripped; built here with `--features cuda` for compute capability 9.0
-# unless --binary names a prebuilt one), `check` + `check.py` (the check script, run as
+# unless --binary names a prebuilt one), host/ (`linear`'s test binaries, a CPU build, for the
+# GPU machine's own CPU: AMX tiles where it has them), `check` + `check.py` (the check script, run as
 # `OUT/check`), fixtures/ (the model fixtures and the tiny tokenizer), bench/v2_lite_4l.json
 # (the config of the random V2-Lite-shaped 4-layer benchmark checkpoint, which the binary
 # writes on the GPU machine) and README.txt. Fails if OUT exceeds 60 MiB; prints the size and
@@ -34,6 +35,8 @@ done
 [ -n "$out" ] || usage
 limit_mib=60
 
+# The CPU builds (host/ below) use the caller's target directory, not the CUDA build's.
+host_target=${CARGO_TARGET_DIR:-$repo/target}
 if [ -z "$binary" ]; then
     # shellcheck source=cuda-env.sh
     source "$repo/scripts/cuda-env.sh"
@@ -74,6 +77,15 @@ done
 cp -r "$repo/tests/fixtures/tiny_tokenizer" "$out/fixtures/"
 chmod -R a+r "$out/fixtures"
 
+# `linear`'s test binaries, run on the GPU machine's host CPU (a CPU-only build: each kernel
+# path is picked at run time, so the host's AMX / AVX-512 paths run there if it has them).
+mkdir -p "$out/host"
+(cd "$repo" && CARGO_TARGET_DIR=$host_target cargo test --release -p linear --no-run \
+    --message-format=json 2>/dev/null) |
+    grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | while read -r exe; do
+        strip --strip-all -o "$out/host/$(basename "$exe")" "$exe"
+    done
+[ -n "$(ls -A "$out/host")" ] || { echo "error: no linear test binaries were built" >&2; exit 1; }
 cp "$repo/benchmarks/model_cpu/v2_lite_4l.json" "$out/bench/"
 cp "$repo/scripts/gpu-check/check" "$repo/scripts/gpu-check/check.py" "$out/"
 cp "$repo/scripts/gpu-check/README.txt" "$out/README.txt"

@@ -508,6 +508,46 @@ def check_bench(r):
             f"generate ran {t_gen:.0f} s")
 
 
+def check_host_kernels(r):
+    """`linear`'s test binaries (host/) on this machine's CPU: every kernel path it supports
+    against the f64 oracles, AMX tiles included where the CPU has them and Linux grants them."""
+    host = os.path.join(r.bundle, "host")
+    exes = sorted(os.path.join(host, f) for f in os.listdir(host))
+    if not exes:
+        raise Fail(f"no test binaries in {host}")
+    cpu, flags = "unknown CPU", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown CPU":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+    have = [f for f in wanted if f in flags]
+    passed, amx_note = 0, ""
+    for exe in exes:
+        t = min(120, r.left() - 2)
+        if t < 1:
+            raise Fail("not run: the time budget is spent")
+        try:
+            p = subprocess.run([exe, "--nocapture", f"--test-threads={os.cpu_count() or 1}"],
+                               capture_output=True, text=True, timeout=t, errors="replace")
+        except subprocess.TimeoutExpired:
+            raise Fail(f"{os.path.basename(exe)}: timed out after {t:.0f} s")
+        if p.returncode != 0:
+            failed = [l for l in p.stdout.splitlines() if l.endswith("FAILED")]
+            raise Fail(f"{os.path.basename(exe)}: exit {p.returncode}: "
+                       f"{'; '.join(failed[:3]) or last_line(p.stderr)}")
+        for line in p.stdout.splitlines():
+            if line.startswith("test result: ok."):
+                passed += int(line.split()[3])
+        if "no AMX-BF16 here" in p.stdout:
+            amx_note = "; AMX tiles not run (no AMX-BF16 or no tile permission)"
+        elif "hardware_tiles_match_the_f64_oracle_where_present ... ok" in p.stdout:
+            amx_note = amx_note or "; AMX tiles ran"
+    return f"{passed} tests passed on {cpu} ({' '.join(have)}){amx_note}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", required=True)
@@ -531,6 +571,8 @@ def main():
     except Exception as e:  # noqa: BLE001 - preflight then reports the missing binary
         r.info(f"could not unpack model.xz: {type(e).__name__}: {e}")
     r.check("preflight", check_preflight, r)
+    if os.path.isdir(os.path.join(r.bundle, "host")):
+        r.check("host-cpu-kernels", check_host_kernels, r)
     fx = fixtures(r)
     for name, d, meta in fx:
         for dtype in ("f32", "bf16"):
