@@ -517,9 +517,9 @@ trait RowsKernel {
 }
 
 /// [`RowDots`] through a [`RowsKernel`]: activation rows four at a time, then a pair, then a
-/// last one. Four per pass is as many as the kernels' registers hold (two accumulators and
-/// an offset vector per row, beside the unpacked weights): the weight work per row falls to
-/// a quarter of the single row's.
+/// last one. With four the weight work per row falls to a quarter of a single row's (1.1-1.2x
+/// over pairs at `K = 2048`, `benchmarks/README.md`); eight rows' two accumulators and offset
+/// vector each would not fit the 32 vector registers beside the unpacked weights.
 #[cfg(target_arch = "x86_64")]
 fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
     let mut quads = xs.chunks_exact(4);
