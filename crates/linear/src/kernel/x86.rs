@@ -544,7 +544,8 @@ unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
 /// One row of the 4-bit product with 8-bit activations (`act8`): per pair of groups one 32-byte
 /// load of the weights, `& 15` and `>> 4 & 15` for the even and odd values, two
 /// `maddubs` (u8 x i8 pairs into i16: at most 2 · 15 · 127, no saturation) and one `madd`
-/// into 8 i32 lanes (4 per group), converted and multiplied by each group's `c`.
+/// into 8 i32 lanes (4 per group), converted and multiplied by each group's `c` (the pair's two
+/// factors one 64-bit load and a permute), two pairs per step into two accumulators.
 #[inline]
 pub(crate) fn dot_u4_q8(_: Avx2Fma, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
@@ -562,9 +563,11 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     let (pw, px) = (w.as_ptr() as *const u8, xq.as_ptr());
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let (mut g, mut at) = (0, 0);
-    while g + 1 < full {
+    // Lanes 0..4 take the pair's first factor, 4..8 its second.
+    let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    // The eight i32 sums (four per group) of the pair of groups from `g`, `at` as f32 times
+    // their factors.
+    let pair = |g: usize, at: usize| {
         let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
         let lo = _mm256_and_si256(b, nib);
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
@@ -572,11 +575,27 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
         let xo = _mm256_loadu_si256(px.add(at + GROUP) as *const __m256i);
         let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
         let s32 = _mm256_madd_epi16(s16, ones);
-        let cv = _mm256_set_m128(_mm_set1_ps(c[g + 1]), _mm_set1_ps(c[g]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), cv, acc);
+        // The two factors in one 64-bit load, spread by one permute.
+        let two = _mm_castpd_ps(_mm_load_sd(c.as_ptr().add(g) as *const f64));
+        let cv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
+        (_mm256_cvtepi32_ps(s32), cv)
+    };
+    // Two accumulators: consecutive pairs' FMAs do not wait on each other.
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut g, mut at) = (0, 0);
+    while g + 3 < full {
+        let (s, cv) = pair(g, at);
+        acc0 = _mm256_fmadd_ps(s, cv, acc0);
+        let (s, cv) = pair(g + 2, at + 2 * GROUP);
+        acc1 = _mm256_fmadd_ps(s, cv, acc1);
+        (g, at) = (g + 4, at + 4 * GROUP);
+    }
+    if g + 1 < full {
+        let (s, cv) = pair(g, at);
+        acc0 = _mm256_fmadd_ps(s, cv, acc0);
         (g, at) = (g + 2, at + 2 * GROUP);
     }
-    let mut total = hsum(acc);
+    let mut total = hsum(_mm256_add_ps(acc0, acc1));
     if g < full {
         let b = _mm_loadu_si128(pw.add(g * GROUP / 2) as *const __m128i);
         let nib = _mm_set1_epi8(15);
