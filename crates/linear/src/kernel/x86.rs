@@ -321,9 +321,17 @@ pub(crate) fn split_even_odd(x: &[f32], block: usize) -> Vec<f32> {
 /// Horizontal sum of 8 lanes.
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
-    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
+    hsum4(_mm_add_ps(
+        _mm256_castps256_ps128(v),
+        _mm256_extractf128_ps(v, 1),
+    ))
+}
+
+/// Horizontal sum of 4 lanes: `(v0 + v2) + (v1 + v3)`.
+#[inline(always)]
+pub(super) unsafe fn hsum4(v: __m128) -> f32 {
+    let pair = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
 /// Prefetches, once per 64-byte line, the line of each `next` row at element `i`
@@ -605,9 +613,7 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
         let xo = _mm_loadu_si128(px.add(at + GROUP / 2) as *const __m128i);
         let s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo));
         let s32 = _mm_madd_epi16(s16, _mm_set1_epi16(1));
-        let v = _mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[g]));
-        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        total += _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+        total += hsum4(_mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[g])));
     }
     if full * GROUP < k {
         let tail: i32 = w[full * GROUP / 2..k / 2]
@@ -712,7 +718,5 @@ unsafe fn dot_u6_q8_avx2(
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc1);
         offsets = _mm_fmadd_ps(cs, _mm_loadu_ps(sums16.add(4 * ch)), offsets);
     }
-    let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
-    let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
-    hsum(_mm256_add_ps(acc0, acc1)) - 32.0 * offsets
+    hsum(_mm256_add_ps(acc0, acc1)) - 32.0 * hsum4(offsets)
 }

@@ -426,9 +426,7 @@ unsafe fn dot_u4_q8_vnni<const J: usize>(
             ),
             last[j],
         );
-        let pair = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
-        let offsets = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)));
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j])) + offsets
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j])) + x86::hsum4(offsets)
     })
 }
 
