@@ -186,8 +186,9 @@ mod tests {
         assert_eq!(ggml_type_from_id(23), None);
     }
 
-    /// Q8_0, Q4_1, Q4_K and Q6_K blocks are this crate's Q8 / Q4 / Q4K / Q6K: both ways, the
-    /// values are identical to candle's (GGML's) reading of the same bytes.
+    /// Q8_0, Q4_1, Q4_K, Q6_K, Q5_1 and Q5_K blocks are this crate's Q8 / Q4 / Q4K / Q6K / Q5 /
+    /// Q5K: both ways, the values are identical to candle's (GGML's) reading of the same
+    /// bytes, and blocks read and written again are the same bytes.
     #[test]
     fn ggml_blocks_read_as_this_crate_s_formats() {
         use crate::{QuantFormat, QuantMatrix};
@@ -205,6 +206,8 @@ mod tests {
             (GgmlDType::Q4_1, QuantFormat::Q4),
             (GgmlDType::Q4K, QuantFormat::Q4K),
             (GgmlDType::Q6K, QuantFormat::Q6K),
+            (GgmlDType::Q5_1, QuantFormat::Q5),
+            (GgmlDType::Q5K, QuantFormat::Q5K),
         ] {
             // GGML's blocks read as ours.
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
@@ -236,7 +239,7 @@ mod tests {
             assert_eq!(ours.format(), QuantFormat::Q8);
             assert_eq!(ours.dequantize_rows(), values(&g), "{ty:?} read as q8");
         }
-        assert!(QuantMatrix::from_ggml(GgmlDType::Q5K, &[], 0, 256)
+        assert!(QuantMatrix::from_ggml(GgmlDType::Q3K, &[], 0, 256)
             .unwrap()
             .is_none());
     }

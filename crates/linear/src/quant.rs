@@ -1,4 +1,5 @@
-//! 8-bit and 4-bit block-quantised weights, for checkpoints shipped in bf16, f16 or f32.
+//! 8-, 6-, 5- and 4-bit block-quantised weights, for checkpoints shipped in bf16, f16 or f32
+//! and for llama.cpp's GGUF files.
 //!
 //! Each weight row is cut into groups of [`QUANT_GROUP`] (32) values along `K`; each group
 //! keeps its own f16 parameters, so the values are GGUF's:
@@ -23,6 +24,14 @@
 //!   values under a superblock's f16 `d`. 6.5625 bits per weight, as in a file. Rows that are
 //!   not whole superblocks take Q8. Every product of it (prefill too) takes the 8-bit
 //!   activation kernel below.
+//! - [`QuantFormat::Q5`] and [`QuantFormat::Q5K`]: GGUF's Q5_1 and Q5_K (llama.cpp's Q5_K_M
+//!   mix), Q4 and Q4K with `q` in `0..=31`: the low four bits held as Q4's nibble pairs and the
+//!   fifth bits as one u32 per group (`kernel::Nibbles`), 6 and 5.625 bits per weight (a Q5_K
+//!   file holds 5.5). The 4-bit kernels take them, ORing the fifth bits in as they unpack (one
+//!   masked add per 64 values on AVX-512, a shuffle and compare per 32 on AVX2). Read from
+//!   llama.cpp's files as stored (before, candle's kernels multiplied them: ~3x slower decode
+//!   and ~10x slower prefill on the Zen 4), quantised with GGML's reference quantiser. Off
+//!   AVX512-VNNI every product takes the 8-bit activation kernel, as the 6-bit rows do.
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
@@ -55,7 +64,7 @@ use rayon::prelude::*;
 use crate::kernel::act8::{
     self as act8, Params, RowParams as _, SixBit, SUPER, U6_CHUNK, U6_CHUNK_BYTES,
 };
-use crate::kernel::{self, BlockScales, Scales, U4x2};
+use crate::kernel::{self, BlockScales, Scales, U4x2, U5_HIGH_BYTES};
 use crate::{Isa, GEMV_MAX_ROWS};
 use half::f16;
 
@@ -77,6 +86,12 @@ pub enum QuantFormat {
     /// 6-bit symmetric with i8 scales per 16 values under f16 superblock scales (GGUF's Q6_K).
     /// Rows that are not whole superblocks are quantised as [`QuantFormat::Q8`].
     Q6K,
+    /// 5-bit asymmetric (an f16 scale and offset per group: GGUF's Q5_1). Rows that are not
+    /// whole groups are quantised as [`QuantFormat::Q8`].
+    Q5,
+    /// 5-bit asymmetric with 6-bit group parameters under f16 superblock scales (GGUF's Q5_K).
+    /// Rows that are not whole superblocks are quantised as [`QuantFormat::Q5`].
+    Q5K,
 }
 
 impl QuantFormat {
@@ -89,26 +104,46 @@ impl QuantFormat {
                 4.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
             }
             QuantFormat::Q6K => 6.0 + 8.0 / 16.0 + 16.0 / (SUPER * QUANT_GROUP) as f64,
+            QuantFormat::Q5 => 5.0 + 32.0 / QUANT_GROUP as f64,
+            QuantFormat::Q5K => {
+                5.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
+            }
         }
     }
 
-    /// `q8`, `q4`, `q4k` or `q6k`.
+    /// `q8`, `q4`, `q4k`, `q6k`, `q5` or `q5k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
             QuantFormat::Q4 => "q4",
             QuantFormat::Q4K => "q4k",
             QuantFormat::Q6K => "q6k",
+            QuantFormat::Q5 => "q5",
+            QuantFormat::Q5K => "q5k",
         }
     }
 
     /// Every format.
-    pub const ALL: [QuantFormat; 4] = [
+    pub const ALL: [QuantFormat; 6] = [
         QuantFormat::Q8,
         QuantFormat::Q4,
         QuantFormat::Q4K,
         QuantFormat::Q6K,
+        QuantFormat::Q5,
+        QuantFormat::Q5K,
     ];
+
+    /// The GGML block type of the format's whole rows.
+    fn ggml_type(self) -> GgmlDType {
+        match self {
+            QuantFormat::Q8 => GgmlDType::Q8_0,
+            QuantFormat::Q4 => GgmlDType::Q4_1,
+            QuantFormat::Q4K => GgmlDType::Q4K,
+            QuantFormat::Q6K => GgmlDType::Q6K,
+            QuantFormat::Q5 => GgmlDType::Q5_1,
+            QuantFormat::Q5K => GgmlDType::Q5K,
+        }
+    }
 }
 
 impl fmt::Display for QuantFormat {
@@ -120,12 +155,12 @@ impl fmt::Display for QuantFormat {
 impl std::str::FromStr for QuantFormat {
     type Err = String;
 
-    /// Parses [`QuantFormat::name`]: `q8`, `q4`, `q4k` or `q6k`.
+    /// Parses [`QuantFormat::name`]: `q8`, `q4`, `q4k`, `q6k`, `q5` or `q5k`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         QuantFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k"))
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k, q5, q5k"))
     }
 }
 
@@ -135,6 +170,9 @@ enum Values {
     U4(Vec<U4x2>),
     /// Chunks of 64 values in [`U6_CHUNK_BYTES`] (`kernel::act8`'s layout).
     U6(Vec<u8>),
+    /// Per row `K / 2` bytes of low-nibble pairs, then the fifth bits, four bytes per group
+    /// (`kernel::Nibbles::five`).
+    U5(Vec<u8>),
 }
 
 /// The group parameters, owned ([`Params`] is their view).
@@ -214,6 +252,19 @@ impl QuantMatrix {
                 w[i]
             );
         }
+        // GGML's 5-bit blocks are whole; other rows take the next format that holds them.
+        match format {
+            QuantFormat::Q5K if k.is_multiple_of(SUPER * QUANT_GROUP) => {
+                return Self::ggml_from_rows(w, n, k, format);
+            }
+            QuantFormat::Q5 | QuantFormat::Q5K if k.is_multiple_of(QUANT_GROUP) => {
+                return Self::ggml_from_rows(w, n, k, QuantFormat::Q5);
+            }
+            QuantFormat::Q5 | QuantFormat::Q5K => {
+                return Self::from_rows(w, n, k, QuantFormat::Q8);
+            }
+            _ => {}
+        }
         if format != QuantFormat::Q8 && !k.is_multiple_of(2) {
             candle_core::bail!(
                 "quantize {format}: in-features {k} must be even (two values per byte)"
@@ -263,15 +314,11 @@ impl QuantMatrix {
         })
     }
 
-    /// [`QuantFormat::Q4K`] or [`QuantFormat::Q6K`] of `[n, k]` rows (`k` whole
-    /// superblocks) by GGML's reference quantiser (candle's).
+    /// `format`'s GGML blocks ([`QuantFormat::Q4K`], [`QuantFormat::Q6K`], the 5-bit ones) of
+    /// `[n, k]` rows (`k` whole blocks) by GGML's reference quantiser (candle's).
     fn ggml_from_rows(w: &[f32], n: usize, k: usize, format: QuantFormat) -> Result<Self> {
         use candle_core::quantized::QTensor;
-        let ty = if format == QuantFormat::Q6K {
-            GgmlDType::Q6K
-        } else {
-            GgmlDType::Q4K
-        };
+        let ty = format.ggml_type();
         let row_bytes = k / ty.block_size() * ty.type_size();
         let mut blocks = vec![0u8; n * row_bytes];
         // Rows in parallel, a few hundred KiB of weights per task (GGML's quantiser is
@@ -338,14 +385,7 @@ impl QuantMatrix {
         let mut q = Vec::with_capacity(n * k / 2);
         let mut vals = [0u8; VALUES];
         for b in blocks.chunks_exact(GgmlDType::Q4K.type_size()) {
-            d.push(f16::from_le_bytes([b[0], b[1]]));
-            dmin.push(f16::from_le_bytes([b[2], b[3]]));
-            let packed: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
-            for j in 0..SUPER {
-                let (s, m) = q4k_scale_min(packed, j);
-                sc.push(s);
-                mn.push(m);
-            }
+            push_k_params(b, (&mut sc, &mut mn), (&mut d, &mut dmin));
             // Each 32 bytes hold two groups: the low nibbles the first, the high the second.
             for (c, qs) in b[16..].chunks_exact(QUANT_GROUP).enumerate() {
                 for (l, &byte) in qs.iter().enumerate() {
@@ -366,6 +406,60 @@ impl QuantMatrix {
         })
     }
 
+    /// `Q5_1` or `Q5_K` blocks of `[n, k]` rows (checked by the callers), as
+    /// [`QuantFormat::Q5`] / [`QuantFormat::Q5K`].
+    /// - `Q5_1` (24 bytes): f16 `d` and `m`, the fifth bits as a u32 (bit `j`: value `j`),
+    ///   16 bytes of nibbles as in `Q4_1`; value `d · q + m`.
+    /// - `Q5_K` (176 bytes): f16 `d`, `dmin`, `Q4_K`'s 12 bytes of 6-bit scales and mins, 32
+    ///   bytes `qh`, 128 bytes `qs`; in chunk `c` of 64 values, value `l` (< 32) is the low
+    ///   nibble of `qs[32c + l]` and bit `2c` of `qh[l]`, value `32 + l` the high nibble and
+    ///   bit `2c + 1` (GGML's `dequantize_row_q5_K`).
+    fn from_q5_blocks(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Self> {
+        let (block, block_bytes) = (ty.block_size(), ty.type_size());
+        let mut rows = Vec::with_capacity(n * u5_row_bytes(k));
+        let (mut scales, mut mins) = (Vec::new(), Vec::new());
+        let (mut sc, mut mn, mut d, mut dmin) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut vals = vec![0u8; k];
+        for row in blocks.chunks_exact(k / block * block_bytes) {
+            for (b, vals) in row
+                .chunks_exact(block_bytes)
+                .zip(vals.chunks_exact_mut(block))
+            {
+                if ty == GgmlDType::Q5_1 {
+                    scales.push(f16::from_le_bytes([b[0], b[1]]));
+                    mins.push(f16::from_le_bytes([b[2], b[3]]));
+                    let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    for (j, v) in vals.iter_mut().enumerate() {
+                        let nib = (b[8 + j % 16] >> (4 * (j / 16))) & 0xF;
+                        *v = nib | ((((high >> j) & 1) as u8) << 4);
+                    }
+                } else {
+                    push_k_params(b, (&mut sc, &mut mn), (&mut d, &mut dmin));
+                    let (qh, qs) = (&b[16..48], &b[48..]);
+                    for (c, vals) in vals.chunks_exact_mut(64).enumerate() {
+                        for l in 0..32 {
+                            let byte = qs[32 * c + l];
+                            vals[l] = (byte & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4);
+                            vals[32 + l] = (byte >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+                        }
+                    }
+                }
+            }
+            push_u5_row(&vals, &mut rows);
+        }
+        let (format, params) = if ty == GgmlDType::Q5_1 {
+            (QuantFormat::Q5, GroupParams::Group { scales, mins })
+        } else {
+            (QuantFormat::Q5K, GroupParams::Super { sc, mn, d, dmin })
+        };
+        Ok(Self {
+            format,
+            dims: [n, k],
+            values: Values::U5(rows),
+            params,
+        })
+    }
+
     /// From GGML blocks of an `[n, k]` matrix (`k` a multiple of the block): the same values,
     /// re-laid for this crate's kernels, nothing requantised. `None` for other types.
     /// - `Q8_0` (an f16 scale, 32 i8) is [`QuantFormat::Q8`];
@@ -383,6 +477,8 @@ impl QuantMatrix {
             GgmlDType::Q4_1 => QuantFormat::Q4,
             GgmlDType::Q4K => QuantFormat::Q4K,
             GgmlDType::Q6K => QuantFormat::Q6K,
+            GgmlDType::Q5_1 => QuantFormat::Q5,
+            GgmlDType::Q5K => QuantFormat::Q5K,
             _ => return Ok(None),
         };
         let (block, block_bytes) = (ty.block_size(), ty.type_size());
@@ -396,6 +492,9 @@ impl QuantMatrix {
         match format {
             QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q6K => return Self::from_q6k_blocks(blocks, n, k).map(Some),
+            QuantFormat::Q5 | QuantFormat::Q5K => {
+                return Self::from_q5_blocks(ty, blocks, n, k).map(Some)
+            }
             _ => {}
         }
         let groups = n * k / QUANT_GROUP;
@@ -452,12 +551,7 @@ impl QuantMatrix {
     /// `Q4_K`: GGML blocks are whole).
     pub fn to_ggml(&self) -> Result<(GgmlDType, Vec<u8>)> {
         let [n, k] = self.dims;
-        let ty = match self.format {
-            QuantFormat::Q8 => GgmlDType::Q8_0,
-            QuantFormat::Q4 => GgmlDType::Q4_1,
-            QuantFormat::Q4K => GgmlDType::Q4K,
-            QuantFormat::Q6K => GgmlDType::Q6K,
-        };
+        let ty = self.format.ggml_type();
         if !k.is_multiple_of(ty.block_size()) {
             candle_core::bail!(
                 "{ty:?} blocks need rows of whole {}-value blocks, K is {k}",
@@ -524,6 +618,13 @@ impl QuantMatrix {
                     out.extend(d[b].to_le_bytes());
                 }
             }
+            (Values::U5(v), params) => {
+                for row in v.chunks_exact(u5_row_bytes(k)) {
+                    let q = u5_values(row, k);
+                    let r = out.len() / (k / ty.block_size() * ty.type_size());
+                    push_u5_blocks(&q, params, r, &mut out);
+                }
+            }
             _ => unreachable!("each value type has its own parameters"),
         }
         Ok((ty, out))
@@ -544,7 +645,7 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
-            Values::U6(v) => v.len(),
+            Values::U6(v) | Values::U5(v) => v.len(),
         };
         values + self.params.bytes()
     }
@@ -590,6 +691,13 @@ impl QuantMatrix {
                 }
                 (Values::U4(v), params) => {
                     U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row);
+                    params.view()
+                }
+                (Values::U5(v), params) => {
+                    let bytes = u5_row_bytes(k);
+                    for (v, q) in row.iter_mut().zip(u5_values(&v[r * bytes..][..bytes], k)) {
+                        *v = q as f32;
+                    }
                     params.view()
                 }
                 (Values::U6(_), _) => None,
@@ -645,6 +753,11 @@ impl QuantMatrix {
             Values::U4(v) if m <= GEMV_MAX_ROWS => {
                 return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params);
             }
+            // 5-bit rows: the 8-bit-activation kernel at every size (as the 6-bit ones) but
+            // the VNNI GEMM's.
+            Values::U5(v) if m <= GEMV_MAX_ROWS || !isa.rounds_quant_gemm_activations() => {
+                return kernel::act8::matmul_u5_q8(isa, v, k, xs, m, params);
+            }
             #[cfg(target_arch = "x86_64")]
             values if isa.rounds_quant_gemm_activations() => {
                 use kernel::x86_512_act8_gemm::{self as gemm, Weights};
@@ -652,6 +765,7 @@ impl QuantMatrix {
                 let w = match values {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
+                    Values::U5(v) => Weights::U5(v),
                     Values::U6(_) => unreachable!("taken above"),
                 };
                 return gemm::matmul(t, w, params, n, k, xs, m);
@@ -674,7 +788,7 @@ impl QuantMatrix {
                 match values {
                     Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
                     Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-                    Values::U6(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U5(_) => unreachable!("taken above"),
                 }
             }
         };
@@ -697,6 +811,92 @@ impl QuantMatrix {
             }
         }
         out
+    }
+}
+
+/// Q4_K's and Q5_K's block parameters (bytes `0..16` of block `b`): `d`, `dmin`, and the
+/// eight groups' 6-bit scales and mins.
+fn push_k_params(
+    b: &[u8],
+    (sc, mn): (&mut Vec<u8>, &mut Vec<u8>),
+    (d, dmin): (&mut Vec<f16>, &mut Vec<f16>),
+) {
+    d.push(f16::from_le_bytes([b[0], b[1]]));
+    dmin.push(f16::from_le_bytes([b[2], b[3]]));
+    let packed: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
+    for j in 0..SUPER {
+        let (s, m) = q4k_scale_min(packed, j);
+        sc.push(s);
+        mn.push(m);
+    }
+}
+
+/// Bytes of a 5-bit row of `k` values (whole groups): `kernel::Nibbles::five`.
+fn u5_row_bytes(k: usize) -> usize {
+    k / 2 + k / QUANT_GROUP * U5_HIGH_BYTES
+}
+
+/// Appends the stored row ([`u5_row_bytes`]) of the 5-bit values `q` (each `0..=31`, whole
+/// groups): their low nibbles in pairs, then per group the fifth bits of its even values in
+/// the low half of a little-endian u32 and of its odd values in the high half.
+fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
+    out.extend(
+        q.chunks_exact(2)
+            .map(|p| (p[0] & 0xF) | ((p[1] & 0xF) << 4)),
+    );
+    for g in q.chunks_exact(QUANT_GROUP) {
+        let bits = (0..QUANT_GROUP / 2).fold(0u32, |bits, t| {
+            let (even, odd) = ((g[2 * t] >> 4) as u32, (g[2 * t + 1] >> 4) as u32);
+            bits | (even << t) | (odd << (16 + t))
+        });
+        out.extend(bits.to_le_bytes());
+    }
+}
+
+/// The values (`0..=31`) of a stored 5-bit row of `k` values, the inverse of [`push_u5_row`].
+fn u5_values(row: &[u8], k: usize) -> Vec<u8> {
+    let w = kernel::Nibbles::five(row, k);
+    (0..k).map(|i| w.value(i)).collect()
+}
+
+/// Row `r`'s 5-bit values `q` (natural order, whole blocks) as GGML blocks: `Q5_1` with group
+/// parameters, `Q5_K` with superblock ones (the layouts of [`QuantMatrix::from_ggml`]).
+fn push_u5_blocks(q: &[u8], params: &GroupParams, r: usize, out: &mut Vec<u8>) {
+    let groups = q.len() / QUANT_GROUP;
+    match params {
+        GroupParams::Group { scales, mins } => {
+            for (g, vals) in q.chunks_exact(QUANT_GROUP).enumerate() {
+                out.extend(scales[r * groups + g].to_le_bytes());
+                out.extend(mins[r * groups + g].to_le_bytes());
+                let high = vals
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |h, (j, &v)| h | (((v >> 4) as u32) << j));
+                out.extend(high.to_le_bytes());
+                out.extend((0..16).map(|j| (vals[j] & 0xF) | ((vals[j + 16] & 0xF) << 4)));
+            }
+        }
+        GroupParams::Super { sc, mn, d, dmin } => {
+            const VALUES: usize = SUPER * QUANT_GROUP;
+            let supers = groups / SUPER;
+            for (b, vals) in q.chunks_exact(VALUES).enumerate() {
+                out.extend(d[r * supers + b].to_le_bytes());
+                out.extend(dmin[r * supers + b].to_le_bytes());
+                let at = r * groups + b * SUPER..r * groups + (b + 1) * SUPER;
+                out.extend(q4k_pack(&sc[at.clone()], &mn[at]));
+                out.extend(
+                    (0..32).map(|l| (0..8).fold(0u8, |h, t| h | ((vals[32 * t + l] >> 4) << t))),
+                );
+                for c in 0..VALUES / 64 {
+                    out.extend(
+                        (0..32).map(|l| {
+                            (vals[64 * c + l] & 0xF) | ((vals[64 * c + 32 + l] & 0xF) << 4)
+                        }),
+                    );
+                }
+            }
+        }
+        GroupParams::Sixteenths { .. } => unreachable!("5-bit values have group parameters"),
     }
 }
 
@@ -882,8 +1082,9 @@ mod tests {
         let [n, k] = w.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
+        // (The 6-bit and 5-bit rows take the rounding kernels at every size.)
         let rounded = m <= GEMV_MAX_ROWS
-            || w.format == QuantFormat::Q6K
+            || matches!(w.values, Values::U6(_) | Values::U5(_))
             || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
@@ -959,7 +1160,7 @@ mod tests {
             let k = supers * SUPER * QUANT_GROUP;
             let w = values(n * k, seed, 0.3);
             let xs = values(m * k, seed, 1.9);
-            for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+            for format in [QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q5K] {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
                 prop_assert_eq!(q.format(), format);
                 for isa in Isa::supported() {
@@ -981,6 +1182,8 @@ mod tests {
             // Q4_K's group parameters are themselves rounded to 6 bits.
             (QuantFormat::Q4K, 0.6 / 15.0),
             (QuantFormat::Q6K, 1.0 / 63.0),
+            (QuantFormat::Q5, 0.5 / 31.0),
+            (QuantFormat::Q5K, 0.6 / 31.0),
         ] {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let d = q.dequantize_rows();

@@ -144,7 +144,10 @@ fn quantised_matrices_equal_their_dequantised_twin() {
             // Rounded activations differ from the twin's product by a small relative amount.
             let bound = match format {
                 linear::QuantFormat::Q8 | linear::QuantFormat::Q6K => 2e-2,
-                linear::QuantFormat::Q4 | linear::QuantFormat::Q4K => 5e-2,
+                linear::QuantFormat::Q4
+                | linear::QuantFormat::Q4K
+                | linear::QuantFormat::Q5
+                | linear::QuantFormat::Q5K => 5e-2,
             };
             // More than GEMV_MAX_ROWS rows: the GEMM (this CPU's path).
             let rows = linear::GEMV_MAX_ROWS + 8;

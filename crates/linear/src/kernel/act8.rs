@@ -13,7 +13,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use super::{portable, U4x2, TASK_BYTES};
+use super::{portable, Nibbles, U4x2, TASK_BYTES, U5_HIGH_BYTES};
 use crate::Isa;
 
 /// Values per group: the 4-bit format's (`crate::QUANT_GROUP`).
@@ -311,6 +311,24 @@ pub(crate) fn matmul_u4_q8(
     matmul_act8(isa, w, k, k / 2, xs, m, params, round, dots_u4)
 }
 
+/// `[N, K]` 5-bit values `w` (per row `K / 2` bytes of pairs, then `K / 8` of fifth bits:
+/// [`Nibbles::five`]; `K` a multiple of [`GROUP`]) with `params` times `m` rows `xs` `[m, K]`,
+/// as [`matmul_u4_q8`].
+pub(crate) fn matmul_u5_q8(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    params: Params,
+) -> Vec<f32> {
+    assert!(k.is_multiple_of(GROUP), "5-bit rows are whole groups");
+    let layout = Layout::of(isa);
+    let round = |x: &[f32]| q8_row(x, layout);
+    let kw = k / 2 + k / GROUP * U5_HIGH_BYTES;
+    matmul_act8(isa, w, k, kw, xs, m, params, round, dots_u5)
+}
+
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
 /// rows `xs` `[m, K]`, activations rounded per [`q8_row_natural`]: `[m, N]` row-major.
 pub(crate) fn matmul_i8_q8(
@@ -538,11 +556,11 @@ fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f
     }
 }
 
-/// A 4-bit weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u4_q8`]).
+/// A 4-bit or 5-bit weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u4_q8`]).
 #[cfg(target_arch = "x86_64")]
 struct FourBitRows<'a> {
     t: super::x86_512::Avx512Vnni,
-    w: &'a [U4x2],
+    w: Nibbles<'a>,
     p: Params<'a>,
 }
 
@@ -587,11 +605,24 @@ impl RowsKernel for SixBitRows<'_> {
 /// [`RowDots`] of a 4-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
 /// byte unpacked once for all), [`dot_u4`] elsewhere.
 fn dots_u4(isa: Isa, w: &[U4x2], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
+    dots_nibbles(isa, Nibbles::four(w), xs, p, c, out)
+}
+
+/// [`RowDots`] of a 5-bit row ([`Nibbles::five`]): as [`dots_u4`].
+fn dots_u5(isa: Isa, w: &[u8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
+    let k = xs.first().map_or(0, |x| x.q.len());
+    dots_nibbles(isa, Nibbles::five(w, k), xs, p, c, out)
+}
+
+/// [`dots_u4`] / [`dots_u5`] of either row.
+fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
         return in_blocks(&FourBitRows { t, w, p }, xs, c, out);
     }
-    each(dot_u4, isa, w, xs, p, c, out)
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = dot_u4(isa, w, x, p, c);
+    }
 }
 
 /// [`RowDots`] of an 8-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
@@ -604,9 +635,9 @@ fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut
     each(dot_i8, isa, w, xs, p, c, out)
 }
 
-/// One 4-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i` with
-/// `c_g = s_g · dx_g`.
-fn dot_u4(isa: Isa, w: &[U4x2], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
+/// One 4-bit or 5-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i`
+/// with `c_g = s_g · dx_g`.
+fn dot_u4(isa: Isa, w: Nibbles, x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
         return super::x86_512_act8::dot_u4_q8(t, w, [x], p, c)[0];

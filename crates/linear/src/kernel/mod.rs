@@ -169,6 +169,65 @@ fn widen_scalars<W: Scalar>(src: &[W], dst: &mut [f32]) {
 #[repr(transparent)]
 pub(crate) struct U4x2(pub u8);
 
+/// Bytes of fifth bits per group of 32 values in a 5-bit row ([`Nibbles::high`]).
+pub(crate) const U5_HIGH_BYTES: usize = 4;
+
+/// A row of 4-bit or 5-bit values as the 8-bit-activation kernels ([`act8`]) read it: the low
+/// four bits of every value in [`U4x2`] pairs, and for 5-bit values (GGUF's `Q5_1` / `Q5_K`)
+/// the fifth bits, [`U5_HIGH_BYTES`] per group of 32: a little-endian `u32` whose bit `t` is
+/// the fifth bit of the group's value `2t` and bit `16 + t` that of value `2t + 1`. The pairs
+/// split a group into its even values (low nibbles) and odd ones (high nibbles); each takes
+/// one half of the `u32`, so the kernels OR them in with one mask per half.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Nibbles<'a> {
+    /// The low four bits.
+    pub low: &'a [U4x2],
+    /// The fifth bits (5-bit rows only), whole groups.
+    pub high: Option<&'a [u8]>,
+}
+
+impl<'a> Nibbles<'a> {
+    /// A row of 4-bit values.
+    pub(crate) fn four(low: &'a [U4x2]) -> Self {
+        Nibbles { low, high: None }
+    }
+
+    /// A 5-bit row of `k` values (a multiple of 32) as stored: `k / 2` bytes of pairs, then
+    /// `k / 8` of fifth bits.
+    pub(crate) fn five(row: &'a [u8], k: usize) -> Self {
+        let (low, high) = row.split_at(k / 2);
+        // SAFETY: `U4x2` is a `repr(transparent)` byte.
+        let low = unsafe { std::slice::from_raw_parts(low.as_ptr() as *const U4x2, low.len()) };
+        Nibbles {
+            low,
+            high: Some(&high[..k / 32 * U5_HIGH_BYTES]),
+        }
+    }
+
+    /// The row from value `at` on (`at` a multiple of 32).
+    pub(crate) fn from(self, at: usize) -> Self {
+        Nibbles {
+            low: &self.low[at / 2..],
+            high: self.high.map(|h| &h[at / 32 * U5_HIGH_BYTES..]),
+        }
+    }
+
+    /// Value `i` (`0..=15`, or `0..=31` for a 5-bit row).
+    pub(crate) fn value(&self, i: usize) -> u8 {
+        let nib = (self.low[i / 2].0 >> (4 * (i % 2))) & 0xF;
+        let bit = (self.high_bits(i / 32) >> (i % 32 / 2 + 16 * (i % 2))) & 1;
+        nib | ((bit as u8) << 4)
+    }
+
+    /// Group `g`'s fifth bits (zero for 4-bit rows).
+    pub(crate) fn high_bits(&self, g: usize) -> u32 {
+        self.high.map_or(0, |h| {
+            let at = g * U5_HIGH_BYTES;
+            u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+        })
+    }
+}
+
 impl U4x2 {
     /// The pair `(value 2i, value 2i + 1)`.
     pub(crate) fn pair(self) -> (f32, f32) {

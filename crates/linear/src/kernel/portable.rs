@@ -1,6 +1,6 @@
 //! Portable kernels: plain Rust for every CPU, and the path [`crate::Isa::portable`] forces.
 
-use super::{Scalar, U4x2};
+use super::{Nibbles, Scalar, U4x2};
 
 /// `Σ_i w[i] · x[i]` (`w.len() == x.len()`), with 16 independent accumulators so the
 /// compiler vectorises it without reassociating (no fast-math in Rust).
@@ -52,46 +52,53 @@ pub(super) fn dot_i8_q8(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
         .sum()
 }
 
-/// One row of the 4-bit product with 8-bit activations laid out by `act8::q8_row`:
-/// `Σ_g c[g] · Σ_{i in g} q_i · xq_i`, the integer sums exact.
-pub(super) fn dot_u4_q8(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
+/// One row of the 4-bit or 5-bit product with 8-bit activations laid out by `act8::q8_row`:
+/// `Σ_g c[g] · Σ_{i in g} q_i · xq_i`, the integer sums exact (5-bit rows: whole groups).
+pub(super) fn dot_u4_q8(w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
     let group = super::act8::GROUP;
     let k = xq.len();
     let full = k / group;
-    // Σ lo·xe + hi·xo over 16 bytes of one group.
-    let isum = |w: &[U4x2], xe: &[i8], xo: &[i8]| -> i32 {
+    // Σ q_e·xe + q_o·xo over one group's 16 pairs, the fifth bits `high` (evens in the low
+    // half, odds in the high one).
+    let isum = |w: &[U4x2], high: u32, xe: &[i8], xo: &[i8]| -> i32 {
         w.iter()
             .zip(xe.iter().zip(xo))
-            .map(|(b, (&e, &o))| (b.0 & 15) as i32 * e as i32 + (b.0 >> 4) as i32 * o as i32)
+            .enumerate()
+            .map(|(t, (b, (&e, &o)))| {
+                let even = (b.0 & 15) as i32 | (((high >> t) & 1) << 4) as i32;
+                let odd = (b.0 >> 4) as i32 | (((high >> (16 + t)) & 1) << 4) as i32;
+                even * e as i32 + odd * o as i32
+            })
             .sum()
     };
+    let half = group / 2;
+    let at_group = |g: usize| (&w.low[g * half..][..half], w.high_bits(g));
     let mut total = 0f32;
     let (mut g, mut at) = (0, 0);
     while g < full {
-        let half = group / 2;
         if g + 1 < full {
             let x = &xq[at..at + 2 * group];
-            let a = isum(&w[g * half..][..half], &x[..half], &x[group..][..half]);
-            let b = isum(
-                &w[(g + 1) * half..][..half],
-                &x[half..group],
-                &x[group + half..],
-            );
+            let (wa, ha) = at_group(g);
+            let (wb, hb) = at_group(g + 1);
+            let a = isum(wa, ha, &x[..half], &x[group..][..half]);
+            let b = isum(wb, hb, &x[half..group], &x[group + half..]);
             total += c[g] * a as f32 + c[g + 1] * b as f32;
             (g, at) = (g + 2, at + 2 * group);
         } else {
             let x = &xq[at..at + group];
-            let a = isum(&w[g * half..][..half], &x[..half], &x[half..]);
+            let (wa, ha) = at_group(g);
+            let a = isum(wa, ha, &x[..half], &x[half..]);
             total += c[g] * a as f32;
             (g, at) = (g + 1, at + group);
         }
     }
-    let tail: i32 = w[full * group / 2..]
-        .iter()
-        .zip(xq[full * group..].chunks_exact(2))
-        .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
-        .sum();
     if full * group < k {
+        assert!(w.high.is_none(), "5-bit rows are whole groups");
+        let tail: i32 = w.low[full * group / 2..]
+            .iter()
+            .zip(xq[full * group..].chunks_exact(2))
+            .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
+            .sum();
         total += c[full] * tail as f32;
     }
     total

@@ -12,8 +12,9 @@ use float8::F8E4M3;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
+use super::act8::GROUP;
 use super::act8::{Q8Row, SixBit};
-use super::{E4m3NoNan, Scalar, U4x2};
+use super::{E4m3NoNan, Nibbles, Scalar, U4x2, U5_HIGH_BYTES};
 
 /// Proof that the CPU runs AVX2 and FMA code. Made only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -523,7 +524,6 @@ pub(crate) fn dot_i8_q8(_: Avx2Fma, w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
-    const GROUP: usize = super::act8::GROUP;
     let k = xq.len().min(w.len());
     let full = k / GROUP;
     assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
@@ -549,26 +549,58 @@ unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
     total
 }
 
-/// One row of the 4-bit product with 8-bit activations (`act8`): per pair of groups one 32-byte
-/// load of the weights, `& 15` and `>> 4 & 15` for the even and odd values, two
-/// `maddubs` (u8 x i8 pairs into i16: at most 2 · 15 · 127, no saturation) and one `madd`
-/// into 8 i32 lanes (4 per group), converted and multiplied by each group's `c` (the pair's two
-/// factors one 64-bit load and a permute), two pairs per step into two accumulators.
+/// One row of the 4-bit or 5-bit product with 8-bit activations (`act8`): per pair of groups
+/// one 32-byte load of the weights, `& 15` and `>> 4 & 15` for the even and odd values (5-bit
+/// rows OR in `16` where the pair's fifth bits are set: [`fifth_bits`]), two `maddubs` (u8 x
+/// i8 pairs into i16: at most 2 · 31 · 127, no saturation) and one `madd` into 8 i32 lanes (4
+/// per group), converted and multiplied by each group's `c` (the pair's two factors one
+/// 64-bit load and a permute), two pairs per step into two accumulators.
 #[inline]
-pub(crate) fn dot_u4_q8(_: Avx2Fma, w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
-    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
-    unsafe { dot_u4_q8_avx2(w, xq, c) }
+pub(crate) fn dot_u4_q8(_: Avx2Fma, w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
+    let k = xq.len().min(2 * w.low.len());
+    match w.high {
+        // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+        None => unsafe { dot_u4_q8_avx2::<false>(w, xq, c) },
+        Some(high) => {
+            assert!(
+                k.is_multiple_of(GROUP) && high.len() >= k / GROUP * U5_HIGH_BYTES,
+                "5-bit rows: whole groups, four bytes of fifth bits each"
+            );
+            // SAFETY: as above; the fifth bits cover the row's groups (checked).
+            unsafe { dot_u4_q8_avx2::<true>(w, xq, c) }
+        }
+    }
+}
+
+/// 32 bytes, byte `i` `16` where bit `i` of `bits` is set and `0` elsewhere (the fifth bits of
+/// 32 values, as `OR` into their low four bits).
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fifth_bits(bits: u32) -> __m256i {
+    // Byte i takes byte i / 8 of `bits` and tests its bit i % 8.
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let b = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
 }
 
 /// # Safety
-/// AVX2 and FMA must be available.
+/// AVX2 and FMA must be available; with `FIVE`, `w.high` must cover the row's groups.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
-    const GROUP: usize = super::act8::GROUP;
-    let k = xq.len().min(2 * w.len());
+unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
+    let k = xq.len().min(2 * w.low.len());
     let full = k / GROUP;
     assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
-    let (pw, px) = (w.as_ptr() as *const u8, xq.as_ptr());
+    let (pw, px) = (w.low.as_ptr() as *const u8, xq.as_ptr());
+    let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
+    let high = |g: usize| std::ptr::read_unaligned(ph.add(g * U5_HIGH_BYTES) as *const u32);
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
     // Lanes 0..4 take the pair's first factor, 4..8 its second.
@@ -577,8 +609,14 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     // their factors.
     let pair = |g: usize, at: usize| {
         let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
-        let lo = _mm256_and_si256(b, nib);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
+        let mut lo = _mm256_and_si256(b, nib);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
+        if FIVE {
+            // The pair's evens are the low halves of its two groups' bits, the odds the high.
+            let (a, b) = (high(g), high(g + 1));
+            lo = _mm256_or_si256(lo, fifth_bits((a & 0xFFFF) | (b << 16)));
+            hi = _mm256_or_si256(hi, fifth_bits((a >> 16) | (b & 0xFFFF_0000)));
+        }
         let xe = _mm256_loadu_si256(px.add(at) as *const __m256i);
         let xo = _mm256_loadu_si256(px.add(at + GROUP) as *const __m256i);
         let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
@@ -607,8 +645,14 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
     if g < full {
         let b = _mm_loadu_si128(pw.add(g * GROUP / 2) as *const __m128i);
         let nib = _mm_set1_epi8(15);
-        let lo = _mm_and_si128(b, nib);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
+        let mut lo = _mm_and_si128(b, nib);
+        let mut hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
+        if FIVE {
+            // The evens' 16 bits in bytes 0..16, the odds' in 16..32.
+            let bits = fifth_bits(high(g));
+            lo = _mm_or_si128(lo, _mm256_castsi256_si128(bits));
+            hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(bits));
+        }
         let xe = _mm_loadu_si128(px.add(at) as *const __m128i);
         let xo = _mm_loadu_si128(px.add(at + GROUP / 2) as *const __m128i);
         let s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo));
@@ -616,7 +660,8 @@ unsafe fn dot_u4_q8_avx2(w: &[U4x2], xq: &[i8], c: &[f32]) -> f32 {
         total += hsum4(_mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[g])));
     }
     if full * GROUP < k {
-        let tail: i32 = w[full * GROUP / 2..k / 2]
+        // (4-bit rows only: 5-bit rows are whole groups.)
+        let tail: i32 = w.low[full * GROUP / 2..k / 2]
             .iter()
             .zip(xq[full * GROUP..].chunks_exact(2))
             .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)

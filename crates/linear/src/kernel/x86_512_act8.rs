@@ -32,7 +32,7 @@ use half::f16;
 use super::act8::{Params, GROUP, SUPER};
 use super::x86;
 use super::x86_512::Avx512Vnni;
-use super::U4x2;
+use super::{Nibbles, U5_HIGH_BYTES};
 
 /// Groups per iteration.
 const GROUPS: usize = 4;
@@ -139,12 +139,12 @@ unsafe fn dot_i8_q8_vnni<const J: usize>(
 /// `x[j]` alone.
 pub(crate) fn dot_u4_q8<const J: usize>(
     t: Avx512Vnni,
-    w: &[U4x2],
+    w: Nibbles,
     x: [&super::act8::Q8Row; J],
     p: Params,
     c: &mut [f32],
 ) -> [f32; J] {
-    let k = x[0].q.len().min(2 * w.len());
+    let k = x[0].q.len().min(2 * w.low.len());
     let groups = k.div_ceil(GROUP);
     let quads = k / (GROUPS * GROUP);
     assert!(
@@ -185,7 +185,17 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     // (checked above) cover their `quads · 4` groups.
     let head = unsafe {
         let rows = Rows::of(x, |x| &x.sums);
-        dot_u4_q8_vnni(w.as_ptr() as *const u8, rows, quad, quads)
+        let low = w.low.as_ptr() as *const u8;
+        match w.high {
+            None => dot_u4_q8_vnni::<J, false>(low, std::ptr::null(), rows, quad, quads),
+            Some(high) => {
+                assert!(
+                    k.is_multiple_of(GROUP) && high.len() >= groups * U5_HIGH_BYTES,
+                    "5-bit rows: whole groups, four bytes of fifth bits each"
+                );
+                dot_u4_q8_vnni::<J, true>(low, high.as_ptr(), rows, quad, quads)
+            }
+        }
     };
     let (at, g) = (quads * GROUPS * GROUP, quads * GROUPS);
     if at == k {
@@ -196,7 +206,7 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     let mut out = head;
     for (out, x) in out.iter_mut().zip(x) {
         p.factors(g..groups, &x.scale, c);
-        let rest = x86::dot_u4_q8(avx2, &w[at / 2..], &x.q[at..k], c);
+        let rest = x86::dot_u4_q8(avx2, w.from(at), &x.q[at..k], c);
         *out = *out + rest + p.offsets(g..groups, &x.sums, c);
     }
     out
@@ -330,18 +340,37 @@ impl QuadParams {
     }
 }
 
-/// Quad `q`'s 64 bytes of 4-bit values: the low nibbles (even values) and the high ones.
+/// Quad `q`'s 64 bytes of 4-bit values: the low nibbles (even values) and the high ones; with
+/// `FIVE`, `16` ORed in where the quad's fifth bits at `high` are set.
 ///
 /// # Safety
 /// As [`dot_u4_q8_vnni`], for quad `q`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn u4_quad(w: *const u8, q: usize) -> (__m512i, __m512i) {
+unsafe fn u4_quad<const FIVE: bool>(w: *const u8, high: *const u8, q: usize) -> (__m512i, __m512i) {
     let nib = _mm512_set1_epi8(15);
     let b = _mm512_loadu_si512(w.add(q * GROUPS * GROUP / 2) as *const _);
-    (
+    let (lo, hi) = (
         _mm512_and_si512(b, nib),
         _mm512_and_si512(_mm512_srli_epi16::<4>(b), nib),
+    );
+    if !FIVE {
+        return (lo, hi);
+    }
+    // The four groups' u32s: their low halves (the evens' bits) into one u64 mask, the high
+    // halves (the odds') into another; each bit selects a byte of `lo` / `hi`.
+    let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let bits = _mm_loadu_si128(high.add(q * GROUPS * U5_HIGH_BYTES) as *const __m128i);
+    let bits = _mm_shuffle_epi8(bits, halves);
+    let (evens, odds) = (
+        _mm_cvtsi128_si64(bits) as u64,
+        _mm_extract_epi64::<1>(bits) as u64,
+    );
+    let sixteen = _mm512_set1_epi8(16);
+    // (`lo`, `hi` ≤ 15: adding 16 sets the fifth bit.)
+    (
+        _mm512_mask_add_epi8(lo, evens, lo, sixteen),
+        _mm512_mask_add_epi8(hi, odds, hi, sixteen),
     )
 }
 
@@ -363,11 +392,12 @@ unsafe fn u4_quad_sums((lo, hi): (__m512i, __m512i), xq: *const i8, q: usize) ->
 
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `quads · 64`
-/// bytes, each row's `xq` `quads · 128`, and `p` and each row's `dx` and `sums` must cover
-/// `quads · 4` groups.
+/// bytes, with `FIVE` `high` `quads · 16` (the fifth bits), each row's `xq` `quads · 128`, and
+/// `p` and each row's `dx` and `sums` must cover `quads · 4` groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn dot_u4_q8_vnni<const J: usize>(
+unsafe fn dot_u4_q8_vnni<const J: usize, const FIVE: bool>(
     w: *const u8,
+    high: *const u8,
     x: Rows<J>,
     p: QuadParams,
     quads: usize,
@@ -388,7 +418,7 @@ unsafe fn dot_u4_q8_vnni<const J: usize>(
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
         let g = q * GROUPS;
         let (scales, mins) = (p.scales8(g), p.offsets8(g));
-        let (v0, v1) = (u4_quad(w, q), u4_quad(w, q + 1));
+        let (v0, v1) = (u4_quad::<FIVE>(w, high, q), u4_quad::<FIVE>(w, high, q + 1));
         for j in 0..J {
             let c = _mm256_mul_ps(scales, _mm256_loadu_ps(x.dx[j].add(g)));
             if let Some(m) = mins {
@@ -408,7 +438,7 @@ unsafe fn dot_u4_q8_vnni<const J: usize>(
     if q < quads {
         let g = q * GROUPS;
         let (scales, mins) = (p.scales4(g), p.offsets4(g));
-        let v = u4_quad(w, q);
+        let v = u4_quad::<FIVE>(w, high, q);
         for j in 0..J {
             let c = _mm_mul_ps(scales, _mm_loadu_ps(x.dx[j].add(g)));
             let c = _mm512_permutexvar_ps(spread_lo, _mm512_castps128_ps512(c));

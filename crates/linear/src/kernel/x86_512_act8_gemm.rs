@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::act8::{q8_row_natural, Params, GROUP};
 use super::x86_512::Avx512Vnni;
-use super::U4x2;
+use super::{Nibbles, U4x2, U5_HIGH_BYTES};
 
 /// Weight rows per panel (two 16-lane halves).
 const NR: usize = 32;
@@ -48,6 +48,13 @@ pub(crate) enum Weights<'a> {
     I8(&'a [i8]),
     /// 4-bit values `0..=15`, `K / 2` pairs per row.
     U4(&'a [U4x2]),
+    /// 5-bit values `0..=31`, rows as [`Nibbles::five`] stores them.
+    U5(&'a [u8]),
+}
+
+/// Bytes per stored 5-bit row of `k` values.
+fn u5_row_bytes(k: usize) -> usize {
+    k / 2 + k / GROUP * U5_HIGH_BYTES
 }
 
 /// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the group parameters
@@ -235,6 +242,14 @@ fn pack_row<'a>(
                 *slot = u32::from_le_bytes(b);
             }
         }
+        Weights::U5(w) => {
+            let bytes = u5_row_bytes(k);
+            let row = Nibbles::five(&w[r * bytes..(r + 1) * bytes], k);
+            for (slot, i) in slots.zip((from..k).step_by(4)) {
+                // (5-bit rows are whole groups: no padding.)
+                *slot = (0..4).fold(0, |s, t| s | (row.value(i + t) as u32) << (8 * t));
+            }
+        }
         Weights::U4(w) => {
             let row = &w[(r * k + from) / 2..(r + 1) * k / 2];
             for (slot, pair) in slots.zip(row.chunks(2)) {
@@ -267,7 +282,13 @@ unsafe fn pack16(
     debug_assert!(values.len() >= groups * QUADS * NR);
     let rows = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     let nibble = _mm512_set1_epi8(0xF);
+    let sixteen = _mm512_set1_epi8(16);
     let bias = _mm512_set1_epi8(-128);
+    let w_bytes = match w {
+        Weights::I8(w) => w.as_ptr() as *const u8,
+        Weights::U4(w) => w.as_ptr() as *const u8,
+        Weights::U5(w) => w.as_ptr(),
+    };
     for g in 0..groups {
         // lo[p] / hi[p]: rows 4p..4p + 4, quads 0..4 / 4..8 of group g.
         let mut lo = [_mm512_setzero_si512(); 4];
@@ -280,11 +301,27 @@ unsafe fn pack16(
                     hi[p] =
                         _mm512_xor_si512(four_rows(base.add(r0 * k), k, p, g * GROUP + 16), bias);
                 }
-                Weights::U4(w) => {
-                    let base = (w.as_ptr() as *const u8).add(r0 * k / 2);
-                    let v = four_rows(base, k / 2, p, g * GROUP / 2);
-                    let even = _mm512_and_si512(v, nibble);
-                    let odd = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                Weights::U4(_) | Weights::U5(_) => {
+                    let (base, stride) = match w {
+                        Weights::U5(w) => (w.as_ptr().add(r0 * u5_row_bytes(k)), u5_row_bytes(k)),
+                        _ => (w_bytes.add(r0 * k / 2), k / 2),
+                    };
+                    let v = four_rows(base, stride, p, g * GROUP / 2);
+                    let mut even = _mm512_and_si512(v, nibble);
+                    let mut odd = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                    if let Weights::U5(_) = w {
+                        // Row 4p + i's fifth bits (lane i): its evens' half of the group's
+                        // u32 into bits 16i.., its odds' into the other mask.
+                        let (mut evens, mut odds) = (0u64, 0u64);
+                        for i in 0..4 {
+                            let at = base.add((4 * p + i) * stride + k / 2 + g * U5_HIGH_BYTES);
+                            let bits = std::ptr::read_unaligned(at as *const u32) as u64;
+                            evens |= (bits & 0xFFFF) << (16 * i);
+                            odds |= (bits >> 16) << (16 * i);
+                        }
+                        even = _mm512_mask_add_epi8(even, evens, even, sixteen);
+                        odd = _mm512_mask_add_epi8(odd, odds, odd, sixteen);
+                    }
                     lo[p] = _mm512_unpacklo_epi8(even, odd);
                     hi[p] = _mm512_unpackhi_epi8(even, odd);
                 }
