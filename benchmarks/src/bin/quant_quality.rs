@@ -26,7 +26,8 @@ struct Args {
     /// Checkpoint directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Comma-separated formats to compare with f32: f32, bf16, f16, fp8, q8, q4, q4k, q6k.
+    /// Comma-separated formats to compare with f32: f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5,
+    /// q5k.
     #[arg(long, default_value = "bf16,q8,q4", value_delimiter = ',')]
     formats: Vec<MatrixFormat>,
     /// Positions (prompt tokens) compared.

@@ -837,20 +837,22 @@ fn u5_row_bytes(k: usize) -> usize {
 }
 
 /// Appends the stored row ([`u5_row_bytes`]) of the 5-bit values `q` (each `0..=31`, whole
-/// groups): their low nibbles in pairs, then per group the fifth bits of its even values in
-/// the low half of a little-endian u32 and of its odd values in the high half.
+/// groups): their low nibbles in pairs, then the fifth bits as `kernel::Nibbles` lays them out.
 fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
     out.extend(
         q.chunks_exact(2)
             .map(|p| (p[0] & 0xF) | ((p[1] & 0xF) << 4)),
     );
-    for g in q.chunks_exact(QUANT_GROUP) {
-        let bits = (0..QUANT_GROUP / 2).fold(0u32, |bits, t| {
-            let (even, odd) = ((g[2 * t] >> 4) as u32, (g[2 * t + 1] >> 4) as u32);
-            bits | (even << t) | (odd << (16 + t))
-        });
-        out.extend(bits.to_le_bytes());
-    }
+    let bits: Vec<u32> = q
+        .chunks_exact(QUANT_GROUP)
+        .map(|g| {
+            (0..QUANT_GROUP / 2).fold(0u32, |bits, t| {
+                let (even, odd) = ((g[2 * t] >> 4) as u32, (g[2 * t + 1] >> 4) as u32);
+                bits | (even << t) | (odd << (16 + t))
+            })
+        })
+        .collect();
+    out.extend(kernel::u5_high_bytes(&bits));
 }
 
 /// The values (`0..=31`) of a stored 5-bit row of `k` values, the inverse of [`push_u5_row`].

@@ -174,10 +174,17 @@ pub(crate) const U5_HIGH_BYTES: usize = 4;
 
 /// A row of 4-bit or 5-bit values as the 8-bit-activation kernels ([`act8`]) read it: the low
 /// four bits of every value in [`U4x2`] pairs, and for 5-bit values (GGUF's `Q5_1` / `Q5_K`)
-/// the fifth bits, [`U5_HIGH_BYTES`] per group of 32: a little-endian `u32` whose bit `t` is
-/// the fifth bit of the group's value `2t` and bit `16 + t` that of value `2t + 1`. The pairs
-/// split a group into its even values (low nibbles) and odd ones (high nibbles); each takes
-/// one half of the `u32`, so the kernels OR them in with one mask per half.
+/// the fifth bits, [`U5_HIGH_BYTES`] per group of 32. The pairs split a group into its even
+/// values (low nibbles) and odd ones (high nibbles), so the fifth bits are kept as the evens'
+/// 16 bits and the odds' 16 bits of each group (bit `t`: value `2t` / `2t + 1`):
+/// - the groups of whole quads (four groups, what the AVX-512 kernel takes per step) first,
+///   16 bytes per quad: the evens' bits of its four groups as one little-endian u64 (group `i`
+///   at bits `16i..`), then the odds' as another, so each is one mask register loaded as is;
+/// - the last `groups % 4` groups one little-endian u32 each, evens in the low half, odds in
+///   the high one.
+///
+/// So a pair of groups inside a quad is one u32 of evens and one of odds too (the AVX2
+/// kernel's step), and the rest of a row from any whole quad on has the same layout.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Nibbles<'a> {
     /// The low four bits.
@@ -204,8 +211,9 @@ impl<'a> Nibbles<'a> {
         }
     }
 
-    /// The row from value `at` on (`at` a multiple of 32).
+    /// The row from value `at` on (`at` a multiple of 128: whole quads).
     pub(crate) fn from(self, at: usize) -> Self {
+        debug_assert!(at.is_multiple_of(128), "whole quads");
         Nibbles {
             low: &self.low[at / 2..],
             high: self.high.map(|h| &h[at / 32 * U5_HIGH_BYTES..]),
@@ -219,13 +227,37 @@ impl<'a> Nibbles<'a> {
         nib | ((bit as u8) << 4)
     }
 
-    /// Group `g`'s fifth bits (zero for 4-bit rows).
+    /// Group `g`'s fifth bits, evens in the low half and odds in the high one (zero for 4-bit
+    /// rows).
     pub(crate) fn high_bits(&self, g: usize) -> u32 {
-        self.high.map_or(0, |h| {
-            let at = g * U5_HIGH_BYTES;
-            u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
-        })
+        let Some(h) = self.high else { return 0 };
+        let (at, gap) = u5_high_at(h.len() / U5_HIGH_BYTES, g);
+        let half = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]) as u32;
+        half(at) | (half(at + gap) << 16)
     }
+}
+
+/// Where group `g`'s fifth bits lie in a row of `groups` groups ([`Nibbles`]): the byte of its
+/// evens' 16 bits, and how far past it its odds' are.
+pub(crate) fn u5_high_at(groups: usize, g: usize) -> (usize, usize) {
+    let quads = groups / 4;
+    if g < 4 * quads {
+        (16 * (g / 4) + 2 * (g % 4), 8)
+    } else {
+        (16 * quads + U5_HIGH_BYTES * (g - 4 * quads), 2)
+    }
+}
+
+/// The stored fifth bits ([`Nibbles`]) of the groups whose bits are `bits` (evens in the low
+/// half, odds in the high one, as [`Nibbles::high_bits`] returns them).
+pub(crate) fn u5_high_bytes(bits: &[u32]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len() * U5_HIGH_BYTES];
+    for (g, &b) in bits.iter().enumerate() {
+        let (at, gap) = u5_high_at(bits.len(), g);
+        out[at..at + 2].copy_from_slice(&(b as u16).to_le_bytes());
+        out[at + gap..at + gap + 2].copy_from_slice(&((b >> 16) as u16).to_le_bytes());
+    }
+    out
 }
 
 impl U4x2 {

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::act8::GROUP;
 use super::act8::{Q8Row, SixBit};
-use super::{E4m3NoNan, Nibbles, Scalar, U4x2, U5_HIGH_BYTES};
+use super::{u5_high_at, E4m3NoNan, Nibbles, Scalar, U4x2, U5_HIGH_BYTES};
 
 /// Proof that the CPU runs AVX2 and FMA code. Made only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -600,7 +600,23 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
     assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
     let (pw, px) = (w.low.as_ptr() as *const u8, xq.as_ptr());
     let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
-    let high = |g: usize| std::ptr::read_unaligned(ph.add(g * U5_HIGH_BYTES) as *const u32);
+    // `Nibbles`' layout: the 16 evens' bits of group g at `at`, its odds' `gap` bytes on; a
+    // pair inside a quad is one u32 of each.
+    let high = |g: usize| {
+        let (at, gap) = u5_high_at(full, g);
+        let half = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u16) as u32;
+        (half(at), half(at + gap))
+    };
+    let pair_bits = |g: usize| {
+        if g + 1 < full / 4 * 4 {
+            let (at, gap) = u5_high_at(full, g);
+            let word = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u32);
+            (word(at), word(at + gap))
+        } else {
+            let ((ea, oa), (eb, ob)) = (high(g), high(g + 1));
+            (ea | (eb << 16), oa | (ob << 16))
+        }
+    };
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
     // Lanes 0..4 take the pair's first factor, 4..8 its second.
@@ -612,10 +628,9 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
         let mut lo = _mm256_and_si256(b, nib);
         let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
         if FIVE {
-            // The pair's evens are the low halves of its two groups' bits, the odds the high.
-            let (a, b) = (high(g), high(g + 1));
-            lo = _mm256_or_si256(lo, fifth_bits((a & 0xFFFF) | (b << 16)));
-            hi = _mm256_or_si256(hi, fifth_bits((a >> 16) | (b & 0xFFFF_0000)));
+            let (evens, odds) = pair_bits(g);
+            lo = _mm256_or_si256(lo, fifth_bits(evens));
+            hi = _mm256_or_si256(hi, fifth_bits(odds));
         }
         let xe = _mm256_loadu_si256(px.add(at) as *const __m256i);
         let xo = _mm256_loadu_si256(px.add(at + GROUP) as *const __m256i);
@@ -649,7 +664,8 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
         let mut hi = _mm_and_si128(_mm_srli_epi16::<4>(b), nib);
         if FIVE {
             // The evens' 16 bits in bytes 0..16, the odds' in 16..32.
-            let bits = fifth_bits(high(g));
+            let (evens, odds) = high(g);
+            let bits = fifth_bits(evens | (odds << 16));
             lo = _mm_or_si128(lo, _mm256_castsi256_si128(bits));
             hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(bits));
         }

@@ -357,15 +357,10 @@ unsafe fn u4_quad<const FIVE: bool>(w: *const u8, high: *const u8, q: usize) -> 
     if !FIVE {
         return (lo, hi);
     }
-    // The four groups' u32s: their low halves (the evens' bits) into one u64 mask, the high
-    // halves (the odds') into another; each bit selects a byte of `lo` / `hi`.
-    let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    let bits = _mm_loadu_si128(high.add(q * GROUPS * U5_HIGH_BYTES) as *const __m128i);
-    let bits = _mm_shuffle_epi8(bits, halves);
-    let (evens, odds) = (
-        _mm_cvtsi128_si64(bits) as u64,
-        _mm_extract_epi64::<1>(bits) as u64,
-    );
+    // The quad's evens' bits, then its odds' (`Nibbles`' layout): one mask each.
+    let bits = high.add(q * GROUPS * U5_HIGH_BYTES);
+    let evens = std::ptr::read_unaligned(bits as *const u64);
+    let odds = std::ptr::read_unaligned(bits.add(8) as *const u64);
     let sixteen = _mm512_set1_epi8(16);
     // (`lo`, `hi` ≤ 15: adding 16 sets the fifth bit.)
     (

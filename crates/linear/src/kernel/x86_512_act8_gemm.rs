@@ -314,8 +314,9 @@ unsafe fn pack16(
                         // u32 into bits 16i.., its odds' into the other mask.
                         let (mut evens, mut odds) = (0u64, 0u64);
                         for i in 0..4 {
-                            let at = base.add((4 * p + i) * stride + k / 2 + g * U5_HIGH_BYTES);
-                            let bits = std::ptr::read_unaligned(at as *const u32) as u64;
+                            let row = base.add((4 * p + i) * stride);
+                            let row = std::slice::from_raw_parts(row, stride);
+                            let bits = Nibbles::five(row, k).high_bits(g) as u64;
                             evens |= (bits & 0xFFFF) << (16 * i);
                             odds |= (bits >> 16) << (16 * i);
                         }
