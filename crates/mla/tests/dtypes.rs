@@ -185,3 +185,90 @@ fn quantised_matrices_equal_their_dequantised_twin() {
         }
     }
 }
+
+/// `kv_b_proj`'s blocks per head in a stored format ([`Mla::use_absorbed_heads`], what a GGUF
+/// file's `attn_k_b` / `attn_v_b` give): dense blocks of the same values decode as the f32
+/// views do; 8-bit and 5-bit blocks as a layer holding their dequantised values, up to the
+/// activations' 8-bit rounding; the flash path's prefill tiles keep the views. A wrong count or
+/// shape is an error.
+#[test]
+fn absorbed_heads_in_stored_formats() {
+    let cfg = mla::MlaConfig::builder()
+        .hidden_size(64)
+        .num_attention_heads(4)
+        .q_lora_rank(None)
+        .kv_lora_rank(64)
+        .qk_nope_head_dim(32)
+        .qk_rope_head_dim(8)
+        .v_head_dim(32)
+        .build()
+        .unwrap();
+    let base = common::random_layer_for(cfg.clone(), 0.2);
+    let (h, n, v, r) = (4, 32, 32, 64);
+    let per_head = base.weights().kv_b_proj.reshape((h, n + v, r)).unwrap();
+    let x = fixtures::seeded_randn(&[1, 9, 64], 1.0, 33);
+    let path = mla::AttentionPath::Absorbed;
+    for format in [
+        None,
+        Some(linear::QuantFormat::Q8),
+        Some(linear::QuantFormat::Q5),
+    ] {
+        let stored = |t: Tensor| -> linear::Matrix {
+            let m: linear::Matrix = t.contiguous().unwrap().into();
+            format.map_or(m.clone(), |f| m.quantize(f).unwrap())
+        };
+        let values = |m: &linear::Matrix| m.dequantize().unwrap();
+        let uk_t: Vec<linear::Matrix> = (0..h)
+            .map(|i| {
+                stored(
+                    per_head
+                        .get(i)
+                        .unwrap()
+                        .narrow(0, 0, n)
+                        .unwrap()
+                        .t()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let uv: Vec<linear::Matrix> = (0..h)
+            .map(|i| stored(per_head.get(i).unwrap().narrow(0, n, v).unwrap()))
+            .collect();
+        // kv_b_proj holding exactly the stored blocks' values.
+        let kv_b: Vec<Tensor> = (0..h)
+            .map(|i| {
+                let k = values(&uk_t[i]).t().unwrap();
+                Tensor::cat(&[&k, &values(&uv[i])], 0).unwrap()
+            })
+            .collect();
+        let mut weights = base.weights().clone();
+        weights.kv_b_proj = Tensor::cat(&kv_b, 0).unwrap().contiguous().unwrap();
+        let exact = Mla::new(cfg.clone(), weights.clone()).unwrap();
+        let mut with = Mla::new(cfg.clone(), weights).unwrap();
+        with.use_absorbed_heads(uk_t.clone(), uv.clone()).unwrap();
+        let mut rope = rope_for(&exact);
+        let want = common::run_in_chunks(&exact, &x, &mut rope, path, 1);
+        let got = common::run_in_chunks(&with, &x, &mut rope, path, 1);
+        let rel = rel_rms(&got, &want);
+        let bound = if format.is_none() { 1e-6 } else { 2e-2 };
+        assert!(rel < bound, "{format:?}: relative RMS {rel:e}");
+        if format.is_some() {
+            // The stored blocks are what decode multiplies (not the views).
+            assert!(
+                rel > 0.0,
+                "{format:?}: decode did not use the stored blocks"
+            );
+        }
+        // The flash path's prefill tiles keep the f32 views: the same as the layer without.
+        let flash = mla::AttentionPath::Flash;
+        let pre = |m: &Mla| m.forward(&x, 0, &mut rope_for(m), None, flash).unwrap();
+        assert_eq!(max_abs_diff(&pre(&with), &pre(&exact)), 0.0);
+        // Wrong count, wrong shape.
+        let e = with
+            .use_absorbed_heads(uk_t[..3].to_vec(), uv.clone())
+            .unwrap_err();
+        assert!(e.to_string().contains("W_UK^T per head"), "{e}");
+        let e = with.use_absorbed_heads(uv.clone(), uv).unwrap_err();
+        assert!(e.to_string().contains("[64, 32]"), "{e}");
+    }
+}
