@@ -183,6 +183,19 @@ impl Mla {
         self.weights.map_projections(f)
     }
 
+    /// Bytes of weights one absorbed decode step reads: the projections as kept
+    /// ([`MlaWeights::bytes`] less `kv_b_proj`), and `W_UK` / `W_UV` as the per-head products
+    /// read them: the blocks of [`Mla::use_absorbed_heads`] when given, else the views in the
+    /// compute dtype.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let tensor = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let absorbed = match &self.absorbed.heads {
+            Some(h) => h.uk_t.iter().chain(&h.uv).map(Matrix::bytes).sum(),
+            None => tensor(&self.absorbed.w_uk_t) + tensor(&self.absorbed.w_uv),
+        };
+        self.weights.bytes() - tensor(&self.weights.kv_b_proj) + absorbed
+    }
+
     /// Gives the absorbed path `kv_b_proj`'s per-head blocks in a stored format: `uk_t[h]`
     /// `W_UKᵀ` `[R, nope]` and `uv[h]` `W_UV` `[v, R]` (llama.cpp's `attn_k_b` / `attn_v_b`
     /// per head), holding the values `kv_b_proj` holds (the caller's to ensure: they are what

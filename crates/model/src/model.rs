@@ -839,7 +839,7 @@ impl DeepSeek {
         let embed_row = hidden * self.embed_tokens.embeddings().dtype().size_in_bytes();
         let (mut total, mut routed) = (embed_row + norm + self.lm_head.bytes(), 0);
         for layer in &self.layers {
-            total += 2 * norm + layer.self_attn.weights().bytes();
+            total += 2 * norm + layer.self_attn.decode_weight_bytes();
             total += match &layer.mlp {
                 Ffn::Dense(m) => m.weight_bytes(),
                 Ffn::Moe(m) => {
