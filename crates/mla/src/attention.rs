@@ -185,49 +185,12 @@ impl Mla {
 
     /// Bytes of weights one absorbed decode step reads: the projections as kept
     /// ([`MlaWeights::bytes`] less `kv_b_proj`), and `W_UK` / `W_UV` as the per-head products
-    /// read them: the blocks of [`Mla::use_absorbed_heads`] when given, else the views in the
-    /// compute dtype.
+    /// read them, the views in the compute dtype (f32 on the CPU, whatever `kv_b_proj`'s
+    /// stored dtype).
     pub fn decode_weight_bytes(&self) -> usize {
         let tensor = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let absorbed = match &self.absorbed.heads {
-            Some(h) => h.uk_t.iter().chain(&h.uv).map(Matrix::bytes).sum(),
-            None => tensor(&self.absorbed.w_uk_t) + tensor(&self.absorbed.w_uv),
-        };
+        let absorbed = tensor(&self.absorbed.w_uk_t) + tensor(&self.absorbed.w_uv);
         self.weights.bytes() - tensor(&self.weights.kv_b_proj) + absorbed
-    }
-
-    /// Gives the absorbed path `kv_b_proj`'s per-head blocks in a stored format: `uk_t[h]`
-    /// `W_UKᵀ` `[R, nope]` and `uv[h]` `W_UV` `[v, R]` (llama.cpp's `attn_k_b` / `attn_v_b`
-    /// per head), holding the values `kv_b_proj` holds (the caller's to ensure: they are what
-    /// a GGUF file's `kv_b_proj` is joined from). The absorbed path's per-head row products
-    /// (decode steps and short blocks, f32 on the CPU) then run on them, reading e.g. 5.5 bits
-    /// per weight where the f32 views read 32, with the arithmetic of their format (8-bit
-    /// activations for block formats); the flash path's prefill tiles keep the f32 views.
-    /// Errors on a count or shape that does not fit the configuration.
-    pub fn use_absorbed_heads(&mut self, uk_t: Vec<Matrix>, uv: Vec<Matrix>) -> Result<()> {
-        let c = &self.config;
-        let (h, r) = (c.num_heads, c.kv_lora_rank);
-        for (what, blocks, shape) in [
-            ("W_UK^T", &uk_t, [r, c.qk_nope_head_dim]),
-            ("W_UV", &uv, [c.v_head_dim, r]),
-        ] {
-            if blocks.len() != h {
-                return Err(MlaError::WeightShape {
-                    tensor: format!("{what} per head"),
-                    expected: vec![h],
-                    found: vec![blocks.len()],
-                });
-            }
-            if let Some(m) = blocks.iter().find(|m| m.dims() != shape) {
-                return Err(MlaError::WeightShape {
-                    tensor: format!("{what} of a head"),
-                    expected: shape.to_vec(),
-                    found: m.dims().to_vec(),
-                });
-            }
-        }
-        self.absorbed.heads = Some(crate::weights::AbsorbedHeads { uk_t, uv });
-        Ok(())
     }
 
     /// An empty cache for this layer: `batch` sequences in the layer's dtype and device.
@@ -661,9 +624,8 @@ impl Mla {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((h, b * t, n))?;
-        let heads = self.absorbed.heads.as_ref().map(|a| a.uk_t.as_slice());
         Ok(how
-            .run(&q, &self.absorbed.w_uk_t, heads)?
+            .run(&q, &self.absorbed.w_uk_t)?
             .reshape((h, b, t, rk))?
             .transpose(0, 1)?
             .contiguous()?)
@@ -678,9 +640,8 @@ impl Mla {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((h, b * t, rk))?;
-        let heads = self.absorbed.heads.as_ref().map(|a| a.uv.as_slice());
         Ok(how
-            .run(&o, &self.absorbed.w_uv, heads)?
+            .run(&o, &self.absorbed.w_uv)?
             .reshape((h, b, t, v))?
             .permute((1, 2, 0, 3))?
             .reshape((b, t, h * v))?)
@@ -728,37 +689,15 @@ enum HeadProducts {
 }
 
 impl HeadProducts {
-    /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w` `[H, N, K]`): `[H, M, N]`; `Rows` takes
-    /// the heads' stored blocks `heads` instead of `w` when there are some.
-    fn run(self, x: &Tensor, w: &Tensor, heads: Option<&[Matrix]>) -> Result<Tensor> {
-        use rayon::prelude::*;
-        match (self, heads) {
-            (HeadProducts::Matmul, _) => Ok(x.matmul(&w.transpose(1, 2)?)?),
-            (HeadProducts::Rows, None) => {
+    /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w` `[H, N, K]`): `[H, M, N]`.
+    fn run(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            HeadProducts::Matmul => Ok(x.matmul(&w.transpose(1, 2)?)?),
+            HeadProducts::Rows => {
+                use rayon::prelude::*;
                 let outs = (0..w.dim(0)?)
                     .into_par_iter()
                     .map(|h| Ok(linear::linear_row_invariant(&x.get(h)?, &w.get(h)?)?))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&outs, 0)?)
-            }
-            (HeadProducts::Rows, Some(heads)) => {
-                let isa = linear::Isa::detect();
-                let outs = heads
-                    .par_iter()
-                    .enumerate()
-                    .map(|(h, m)| {
-                        // At most as many rows per product as keep each row's bits its own.
-                        let (x, step) = (x.get(h)?, m.batch_invariant_rows(isa).max(1));
-                        let rows = x.dim(0)?;
-                        if rows <= step {
-                            return Ok(m.forward_with(isa, &x)?);
-                        }
-                        let parts = (0..rows)
-                            .step_by(step)
-                            .map(|r| Ok(m.forward_with(isa, &x.narrow(0, r, step.min(rows - r))?)?))
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Tensor::cat(&parts, 0)?)
-                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&outs, 0)?)
             }

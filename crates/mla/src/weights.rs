@@ -307,18 +307,6 @@ pub(crate) struct AbsorbedWeights {
     pub w_uk_t: Tensor,
     /// `W_UV` `[H, v, R]`: `out = out_lat · W_UVᵀ` per head.
     pub w_uv: Tensor,
-    /// The same blocks per head in a stored format, when the caller has them
-    /// ([`crate::Mla::use_absorbed_heads`]).
-    pub heads: Option<AbsorbedHeads>,
-}
-
-/// `W_UKᵀ` `[R, nope]` and `W_UV` `[v, R]` of every head as [`Matrix`]es in the format they
-/// are stored in (a GGUF file's `attn_k_b` / `attn_v_b` blocks), for the absorbed path's
-/// per-head row products: a decode step then reads their stored bytes, not the f32 views.
-#[derive(Debug, Clone)]
-pub(crate) struct AbsorbedHeads {
-    pub uk_t: Vec<Matrix>,
-    pub uv: Vec<Matrix>,
 }
 
 impl AbsorbedWeights {
@@ -337,10 +325,6 @@ impl AbsorbedWeights {
         let w_uv = per_head
             .narrow(1, c.qk_nope_head_dim, c.v_head_dim)? // [H, v, R]
             .contiguous()?;
-        Ok(Self {
-            w_uk_t,
-            w_uv,
-            heads: None,
-        })
+        Ok(Self { w_uk_t, w_uv })
     }
 }

@@ -225,18 +225,6 @@ impl Checkpoint {
         matches!(self.store, Store::Gguf(_))
     }
 
-    /// Layer `layer`'s `kv_b_proj` per head in its stored block format (a GGUF file's
-    /// `attn_k_b` / `attn_v_b`: [`GgufFile::absorbed_heads`]); `None` for other checkpoints.
-    pub fn absorbed_heads(
-        &self,
-        layer: usize,
-    ) -> Result<Option<(Vec<linear::Matrix>, Vec<linear::Matrix>)>> {
-        match &self.store {
-            Store::Gguf(g) => g.absorbed_heads(layer),
-            Store::Safetensors(_) => Ok(None),
-        }
-    }
-
     /// The checkpoint directory (or GGUF file).
     pub fn dir(&self) -> &Path {
         &self.dir

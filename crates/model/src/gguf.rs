@@ -9,8 +9,7 @@
 //!   requantisation);
 //! - llama.cpp's split MLA layout, `attn_k_b` `[H, rank, nope]` and `attn_v_b` `[H, v, rank]`,
 //!   is joined back into `kv_b_proj` `[H·(nope + v), rank]` (dequantised: the model keeps
-//!   `kv_b_proj` dense and precomputes its absorbed views), and in block formats the absorbed
-//!   decode products also get them per head as stored ([`GgufFile::absorbed_heads`]);
+//!   `kv_b_proj` dense and precomputes its absorbed views);
 //! - the V3 router bias `exp_probs_b.bias` → `mlp.gate.e_score_correction_bias`.
 //!
 //! Block-quantised tensors (`Q4_K`, `Q8_0`, ...) are served either as their raw blocks (for
@@ -267,42 +266,6 @@ impl GgufFile {
             }
             Source::KvB { .. } => None,
         }
-    }
-
-    /// Layer `layer`'s `attn_k_b` and `attn_v_b` per head as matrices of their stored blocks,
-    /// `W_UKᵀ` `[rank, nope]` and `W_UV` `[v, rank]` (for `mla::Mla::use_absorbed_heads`),
-    /// when both are in block formats `linear`'s kernels read as stored; `None` otherwise
-    /// (float tensors, other block types, or a file without the split layout).
-    pub fn absorbed_heads(
-        &self,
-        layer: usize,
-    ) -> Result<Option<(Vec<linear::Matrix>, Vec<linear::Matrix>)>> {
-        let per_head = |name: String| -> Result<Option<Vec<linear::Matrix>>> {
-            let Some(info) = self.infos.get(&name) else {
-                return Ok(None);
-            };
-            let (ty, all) = (info.ggml_dtype, self.bytes(&name));
-            let &[h, n, k] = info.shape.dims() else {
-                return Ok(None);
-            };
-            if is_float(ty) || h == 0 {
-                return Ok(None);
-            }
-            let mut heads = Vec::with_capacity(h);
-            for blocks in all.chunks_exact(all.len() / h) {
-                let q = QuantMatrix::from_ggml(ty, blocks, n, k).map_err(|e| ModelError::Gguf {
-                    path: self.path.clone(),
-                    reason: format!("{name}: {e}"),
-                })?;
-                let Some(q) = q else { return Ok(None) };
-                heads.push(q.into());
-            }
-            crate::checkpoint::release_mapped(&self.mmap, all);
-            Ok(Some(heads))
-        };
-        let uk_t = per_head(format!("blk.{layer}.attn_k_b.weight"))?;
-        let uv = per_head(format!("blk.{layer}.attn_v_b.weight"))?;
-        Ok(uk_t.zip(uv))
     }
 
     fn missing(&self, name: &str) -> ModelError {

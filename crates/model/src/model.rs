@@ -495,13 +495,6 @@ impl DeepSeek {
                 if device_dispatch {
                     layer.stack_experts()?;
                 }
-                // A GGUF file's blocks as stored: decode's absorbed per-head products read
-                // `attn_k_b` / `attn_v_b` as stored too, not their f32 views.
-                if precision.matrices == MatrixFormat::Ggml && device.is_cpu() {
-                    if let Some((uk_t, uv)) = checkpoint.absorbed_heads(l)? {
-                        layer.self_attn.use_absorbed_heads(uk_t, uv)?;
-                    }
-                }
                 Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;
