@@ -31,7 +31,8 @@
 //!   masked add per 64 values on AVX-512, a shuffle and compare per 32 on AVX2). Read from
 //!   llama.cpp's files as stored (before, candle's kernels multiplied them: ~3x slower decode
 //!   and ~10x slower prefill on the Zen 4), quantised with GGML's reference quantiser. Off
-//!   AVX512-VNNI every product takes the 8-bit activation kernel, as the 6-bit rows do.
+//!   AVX512-VNNI, products of more than [`GEMV_MAX_ROWS`] rows take the f32 path below over
+//!   one byte per value formed for the call.
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
@@ -753,9 +754,7 @@ impl QuantMatrix {
             Values::U4(v) if m <= GEMV_MAX_ROWS => {
                 return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params);
             }
-            // 5-bit rows: the 8-bit-activation kernel at every size (as the 6-bit ones) but
-            // the VNNI GEMM's.
-            Values::U5(v) if m <= GEMV_MAX_ROWS || !isa.rounds_quant_gemm_activations() => {
+            Values::U5(v) if m <= GEMV_MAX_ROWS => {
                 return kernel::act8::matmul_u5_q8(isa, v, k, xs, m, params);
             }
             #[cfg(target_arch = "x86_64")]
@@ -788,7 +787,12 @@ impl QuantMatrix {
                 match values {
                     Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
                     Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-                    Values::U6(_) | Values::U5(_) => unreachable!("taken above"),
+                    // One byte per value for this call (the f32 GEMM widens bytes or nibble
+                    // pairs, not split bit planes): n · k bytes, against 2 · m · n · k flops.
+                    Values::U5(v) => {
+                        kernel::product(isa, &u5_bytes(v, n, k), k, xs, m, Some(&scales))
+                    }
+                    Values::U6(_) => unreachable!("taken above"),
                 }
             }
         };
@@ -853,6 +857,25 @@ fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
         })
         .collect();
     out.extend(kernel::u5_high_bytes(&bits));
+}
+
+/// The `[n, k]` stored 5-bit rows `v` as one byte per value (`0..=31`), in parallel over rows.
+fn u5_bytes(v: &[u8], n: usize, k: usize) -> Vec<i8> {
+    let mut out = vec![0i8; n * k];
+    out.par_chunks_mut(k.max(1))
+        .zip(v.par_chunks(u5_row_bytes(k).max(1)))
+        .for_each(|(out, row)| {
+            let w = kernel::Nibbles::five(row, k);
+            let pairs = w.low.chunks_exact(QUANT_GROUP / 2);
+            for (g, (out, pairs)) in out.chunks_exact_mut(QUANT_GROUP).zip(pairs).enumerate() {
+                let high = w.high_bits(g);
+                for (t, (o, p)) in out.chunks_exact_mut(2).zip(pairs).enumerate() {
+                    o[0] = ((p.0 & 0xF) | ((((high >> t) & 1) as u8) << 4)) as i8;
+                    o[1] = ((p.0 >> 4) | ((((high >> (16 + t)) & 1) as u8) << 4)) as i8;
+                }
+            }
+        });
+    out
 }
 
 /// The values (`0..=31`) of a stored 5-bit row of `k` values, the inverse of [`push_u5_row`].
@@ -1084,9 +1107,9 @@ mod tests {
         let [n, k] = w.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
-        // (The 6-bit and 5-bit rows take the rounding kernels at every size.)
+        // (The 6-bit rows take the rounding kernels at every size.)
         let rounded = m <= GEMV_MAX_ROWS
-            || matches!(w.values, Values::U6(_) | Values::U5(_))
+            || matches!(w.values, Values::U6(_))
             || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
