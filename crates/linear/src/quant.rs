@@ -461,6 +461,20 @@ impl QuantMatrix {
         })
     }
 
+    /// The format [`QuantMatrix::from_ggml`] holds GGML type `ty` in, `None` for the types it
+    /// does not read (other block types run on candle's kernels: [`crate::GgmlMatrix`]).
+    pub fn format_of_ggml(ty: GgmlDType) -> Option<QuantFormat> {
+        Some(match ty {
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => QuantFormat::Q8,
+            GgmlDType::Q4_1 => QuantFormat::Q4,
+            GgmlDType::Q4K => QuantFormat::Q4K,
+            GgmlDType::Q6K => QuantFormat::Q6K,
+            GgmlDType::Q5_1 => QuantFormat::Q5,
+            GgmlDType::Q5K => QuantFormat::Q5K,
+            _ => return None,
+        })
+    }
+
     /// From GGML blocks of an `[n, k]` matrix (`k` a multiple of the block): the same values,
     /// re-laid for this crate's kernels, nothing requantised. `None` for other types.
     /// - `Q8_0` (an f16 scale, 32 i8) is [`QuantFormat::Q8`];
@@ -473,14 +487,8 @@ impl QuantMatrix {
     ///   vectorised product (candle's `Q5_0` product is scalar; llama.cpp's Q4_K_M stores the
     ///   rows that are not whole Q4_K superblocks in `Q5_0`).
     pub fn from_ggml(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
-        let format = match ty {
-            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => QuantFormat::Q8,
-            GgmlDType::Q4_1 => QuantFormat::Q4,
-            GgmlDType::Q4K => QuantFormat::Q4K,
-            GgmlDType::Q6K => QuantFormat::Q6K,
-            GgmlDType::Q5_1 => QuantFormat::Q5,
-            GgmlDType::Q5K => QuantFormat::Q5K,
-            _ => return Ok(None),
+        let Some(format) = Self::format_of_ggml(ty) else {
+            return Ok(None);
         };
         let (block, block_bytes) = (ty.block_size(), ty.type_size());
         if !k.is_multiple_of(block) || blocks.len() != n * k / block * block_bytes {

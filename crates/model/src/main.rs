@@ -293,9 +293,10 @@ enum Command {
     /// flag `--prefill-chunk` also sets the engine's prefill chunk. SIGTERM / Ctrl-C: stop
     /// admitting (503), finish the requests in flight, exit; a second signal exits at once.
     Serve(Box<ServeArgs>),
-    /// Parameters, layer plan, KV-cache bytes per token and memory per dtype.
+    /// Parameters, layer plan, KV-cache bytes per token and memory per dtype (of a GGUF file
+    /// also its tensors by type).
     Info {
-        /// Checkpoint directory or config.json.
+        /// Checkpoint directory, config.json or GGUF file.
         #[arg(long)]
         model: PathBuf,
     },
@@ -622,7 +623,13 @@ fn info(path: &Path) -> Result<()> {
     } else {
         path.to_path_buf()
     };
-    let cfg = ModelConfig::from_file(&cfg_path)?;
+    let is_gguf = path.is_file() && path.extension().is_some_and(|x| x == "gguf");
+    let (cfg, types) = if is_gguf {
+        let checkpoint = model::checkpoint::Checkpoint::open(path)?;
+        (checkpoint.config()?, Some(gguf_types(&checkpoint)))
+    } else {
+        (ModelConfig::from_file(&cfg_path)?, None)
+    };
     let (total, active) = model::plan::parameter_counts(&cfg);
     println!(
         "{}: {:?}, {} layers (+{} MTP), hidden {}, vocab {}",
@@ -638,6 +645,9 @@ fn info(path: &Path) -> Result<()> {
         total as f64 / 1e9,
         active as f64 / 1e9
     );
+    if let Some(types) = types {
+        println!("tensors (as served, experts one each): {types}");
+    }
     let dense: Vec<usize> = (0..cfg.num_hidden_layers)
         .filter(|&l| !cfg.is_moe_layer(l))
         .collect();
@@ -674,6 +684,27 @@ fn info(path: &Path) -> Result<()> {
         println!("weights in {name}: {:.2} GB", total as f64 * bytes / 1e9);
     }
     Ok(())
+}
+
+/// A GGUF file's tensors counted by stored type, with the format each block type is held in
+/// (or that candle's kernels multiply it).
+fn gguf_types(checkpoint: &model::checkpoint::Checkpoint) -> String {
+    let mut types: std::collections::BTreeMap<String, usize> = Default::default();
+    for meta in checkpoint.tensors().values() {
+        let name = match meta.ggml {
+            Some(ty) => {
+                let held = match linear::QuantMatrix::format_of_ggml(ty) {
+                    Some(f) => format!("held as {f}"),
+                    None => "candle's kernels".into(),
+                };
+                format!("{} ({held})", linear::ggml_type_name(ty))
+            }
+            None => format!("{:?}", meta.dtype),
+        };
+        *types.entry(name).or_default() += 1;
+    }
+    let list: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    list.join(", ")
 }
 
 fn quantize(model: &Path, to: QuantTo, out: &Path) -> Result<()> {

@@ -56,6 +56,21 @@ fn info_and_random_checkpoint_run() {
         out.status.success() && text.contains("KV cache per token") && text.contains("parameters"),
         "{text}"
     );
+    // A GGUF file: its configuration, and its tensors by type.
+    let gguf = fixtures::fixtures_dir().join("gguf/v2_group_limited-Q8_0.gguf");
+    let out = model_bin()
+        .args(["info", "--model"])
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("KV cache per token")
+            && text.contains("q8_0 (held as q8)"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dir = tmp("random");
     let _ = std::fs::remove_dir_all(&dir);
