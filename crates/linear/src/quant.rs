@@ -480,7 +480,8 @@ impl QuantMatrix {
     /// - `Q8_0` (an f16 scale, 32 i8) is [`QuantFormat::Q8`];
     /// - `Q4_1` (f16 scale and min, 32 nibbles: value `j` in the low half of byte `j`, value
     ///   `j + 16` in its high half) is [`QuantFormat::Q4`];
-    /// - `Q4_K` is [`QuantFormat::Q4K`], `Q6_K` [`QuantFormat::Q6K`];
+    /// - `Q4_K` is [`QuantFormat::Q4K`], `Q6_K` [`QuantFormat::Q6K`], `Q5_1` [`QuantFormat::Q5`]
+    ///   and `Q5_K` [`QuantFormat::Q5K`] (their layouts: `from_q5_blocks`);
     /// - `Q4_0` (`d · (q − 8)`) and `Q5_0` (`d · (q − 16)`, the fifth bits in a u32 per
     ///   block) are symmetric integers under an f16 scale, so [`QuantFormat::Q8`] holds them
     ///   exactly: 8.5 bits per weight in memory against their 4.5 / 5.5 in the file, for a
