@@ -65,7 +65,7 @@ use rayon::prelude::*;
 use crate::kernel::act8::{
     self as act8, Params, RowParams as _, SixBit, SUPER, U6_CHUNK, U6_CHUNK_BYTES,
 };
-use crate::kernel::{self, BlockScales, Scales, U4x2, U5_HIGH_BYTES};
+use crate::kernel::{self, u5_row_bytes, BlockScales, Scales, U4x2};
 use crate::{Isa, GEMV_MAX_ROWS};
 use half::f16;
 
@@ -629,10 +629,8 @@ impl QuantMatrix {
                 }
             }
             (Values::U5(v), params) => {
-                for row in v.chunks_exact(u5_row_bytes(k)) {
-                    let q = u5_values(row, k);
-                    let r = out.len() / (k / ty.block_size() * ty.type_size());
-                    push_u5_blocks(&q, params, r, &mut out);
+                for (r, row) in v.chunks_exact(u5_row_bytes(k)).enumerate() {
+                    push_u5_blocks(&u5_values(row, k), params, r, &mut out);
                 }
             }
             _ => unreachable!("each value type has its own parameters"),
@@ -844,11 +842,6 @@ fn push_k_params(
     }
 }
 
-/// Bytes of a 5-bit row of `k` values (whole groups): `kernel::Nibbles::five`.
-fn u5_row_bytes(k: usize) -> usize {
-    k / 2 + k / QUANT_GROUP * U5_HIGH_BYTES
-}
-
 /// Appends the stored row ([`u5_row_bytes`]) of the 5-bit values `q` (each `0..=31`, whole
 /// groups): their low nibbles in pairs, then the fifth bits as `kernel::Nibbles` lays them out.
 fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
@@ -873,24 +866,15 @@ fn u5_bytes(v: &[u8], n: usize, k: usize) -> Vec<i8> {
     let mut out = vec![0i8; n * k];
     out.par_chunks_mut(k.max(1))
         .zip(v.par_chunks(u5_row_bytes(k).max(1)))
-        .for_each(|(out, row)| {
-            let w = kernel::Nibbles::five(row, k);
-            let pairs = w.low.chunks_exact(QUANT_GROUP / 2);
-            for (g, (out, pairs)) in out.chunks_exact_mut(QUANT_GROUP).zip(pairs).enumerate() {
-                let high = w.high_bits(g);
-                for (t, (o, p)) in out.chunks_exact_mut(2).zip(pairs).enumerate() {
-                    o[0] = ((p.0 & 0xF) | ((((high >> t) & 1) as u8) << 4)) as i8;
-                    o[1] = ((p.0 >> 4) | ((((high >> (16 + t)) & 1) as u8) << 4)) as i8;
-                }
-            }
-        });
+        .for_each(|(out, row)| kernel::Nibbles::five(row, k).values_into(out, |v| v as i8));
     out
 }
 
 /// The values (`0..=31`) of a stored 5-bit row of `k` values, the inverse of [`push_u5_row`].
 fn u5_values(row: &[u8], k: usize) -> Vec<u8> {
-    let w = kernel::Nibbles::five(row, k);
-    (0..k).map(|i| w.value(i)).collect()
+    let mut values = vec![0u8; k];
+    kernel::Nibbles::five(row, k).values_into(&mut values, |v| v);
+    values
 }
 
 /// Row `r`'s 5-bit values `q` (natural order, whole blocks) as GGML blocks: `Q5_1` with group

@@ -13,7 +13,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use super::{portable, Nibbles, U4x2, TASK_BYTES, U5_HIGH_BYTES};
+use super::{portable, u5_row_bytes, Nibbles, U4x2, TASK_BYTES};
 use crate::Isa;
 
 /// Values per group: the 4-bit format's (`crate::QUANT_GROUP`).
@@ -325,8 +325,7 @@ pub(crate) fn matmul_u5_q8(
     assert!(k.is_multiple_of(GROUP), "5-bit rows are whole groups");
     let layout = Layout::of(isa);
     let round = |x: &[f32]| q8_row(x, layout);
-    let kw = k / 2 + k / GROUP * U5_HIGH_BYTES;
-    matmul_act8(isa, w, k, kw, xs, m, params, round, dots_u5)
+    matmul_act8(isa, w, k, u5_row_bytes(k), xs, m, params, round, dots_u5)
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`

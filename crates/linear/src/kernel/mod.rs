@@ -172,6 +172,12 @@ pub(crate) struct U4x2(pub u8);
 /// Bytes of fifth bits per group of 32 values in a 5-bit row ([`Nibbles::high`]).
 pub(crate) const U5_HIGH_BYTES: usize = 4;
 
+/// Bytes of a stored 5-bit row of `k` values (whole groups, [`Nibbles::five`]): `k / 2` of
+/// pairs, then the fifth bits.
+pub(crate) fn u5_row_bytes(k: usize) -> usize {
+    k / 2 + k / 32 * U5_HIGH_BYTES
+}
+
 /// A row of 4-bit or 5-bit values as the 8-bit-activation kernels ([`act8`]) read it: the low
 /// four bits of every value in [`U4x2`] pairs, and for 5-bit values (GGUF's `Q5_1` / `Q5_K`)
 /// the fifth bits, [`U5_HIGH_BYTES`] per group of 32. The pairs split a group into its even
@@ -217,6 +223,18 @@ impl<'a> Nibbles<'a> {
         Nibbles {
             low: &self.low[at / 2..],
             high: self.high.map(|h| &h[at / 32 * U5_HIGH_BYTES..]),
+        }
+    }
+
+    /// Every value of the row in order (`0..=15`, or `0..=31` for a 5-bit row) into `out` as
+    /// `of(value)`, a group's fifth bits read once.
+    pub(crate) fn values_into<T>(&self, out: &mut [T], of: impl Fn(u8) -> T) {
+        for (g, (out, pairs)) in out.chunks_mut(32).zip(self.low.chunks(16)).enumerate() {
+            let high = self.high_bits(g);
+            for (t, (o, p)) in out.chunks_exact_mut(2).zip(pairs).enumerate() {
+                o[0] = of((p.0 & 0xF) | ((((high >> t) & 1) as u8) << 4));
+                o[1] = of((p.0 >> 4) | ((((high >> (16 + t)) & 1) as u8) << 4));
+            }
         }
     }
 

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::act8::{q8_row_natural, Params, GROUP};
 use super::x86_512::Avx512Vnni;
-use super::{Nibbles, U4x2, U5_HIGH_BYTES};
+use super::{u5_row_bytes, Nibbles, U4x2};
 
 /// Weight rows per panel (two 16-lane halves).
 const NR: usize = 32;
@@ -50,11 +50,6 @@ pub(crate) enum Weights<'a> {
     U4(&'a [U4x2]),
     /// 5-bit values `0..=31`, rows as [`Nibbles::five`] stores them.
     U5(&'a [u8]),
-}
-
-/// Bytes per stored 5-bit row of `k` values.
-fn u5_row_bytes(k: usize) -> usize {
-    k / 2 + k / GROUP * U5_HIGH_BYTES
 }
 
 /// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the group parameters
@@ -284,11 +279,6 @@ unsafe fn pack16(
     let nibble = _mm512_set1_epi8(0xF);
     let sixteen = _mm512_set1_epi8(16);
     let bias = _mm512_set1_epi8(-128);
-    let w_bytes = match w {
-        Weights::I8(w) => w.as_ptr() as *const u8,
-        Weights::U4(w) => w.as_ptr() as *const u8,
-        Weights::U5(w) => w.as_ptr(),
-    };
     for g in 0..groups {
         // lo[p] / hi[p]: rows 4p..4p + 4, quads 0..4 / 4..8 of group g.
         let mut lo = [_mm512_setzero_si512(); 4];
@@ -303,9 +293,11 @@ unsafe fn pack16(
                 }
                 Weights::U4(_) | Weights::U5(_) => {
                     let (base, stride) = match w {
-                        Weights::U5(w) => (w.as_ptr().add(r0 * u5_row_bytes(k)), u5_row_bytes(k)),
-                        _ => (w_bytes.add(r0 * k / 2), k / 2),
+                        Weights::U5(w) => (w.as_ptr(), u5_row_bytes(k)),
+                        Weights::U4(w) => (w.as_ptr() as *const u8, k / 2),
+                        Weights::I8(_) => unreachable!("the arm above"),
                     };
+                    let base = base.add(r0 * stride);
                     let v = four_rows(base, stride, p, g * GROUP / 2);
                     let mut even = _mm512_and_si512(v, nibble);
                     let mut odd = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
