@@ -1,5 +1,5 @@
-//! Matrices in GGML's block formats, as GGUF files (llama.cpp) store them: `Q4_K`, `Q5_0`,
-//! `Q6_K`, `Q8_0`, ... multiplied by candle's quantized kernels (`QMatMul`: the activations
+//! Matrices in GGML's block formats, as GGUF files (llama.cpp) store them (`Q3_K`, `Q2_K`,
+//! ...: the types `QuantMatrix::from_ggml` does not hold), multiplied by candle's quantized kernels (`QMatMul`: the activations
 //! are quantised to 8 bits per block and the integer dot products run in SIMD), never
 //! dequantised to memory. Float GGML tensors (`F32`, `F16`, `BF16`) are plain tensors and do
 //! not come here.
@@ -230,14 +230,33 @@ mod tests {
             let again = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
             assert_eq!(again.to_ggml().unwrap().1, blocks);
         }
-        // Q4_0 and Q5_0 are held as Q8, the same values.
-        for ty in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
+        // Q4_0 and Q5_0 are held as Q4 / Q5 (offset −8 · d / −16 · d), the same values; with
+        // a block whose offset would leave f16's range, as Q8, the same values.
+        for (ty, format) in [
+            (GgmlDType::Q4_0, QuantFormat::Q4),
+            (GgmlDType::Q5_0, QuantFormat::Q5),
+        ] {
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
-            let ours = QuantMatrix::from_ggml(ty, &g.blocks().unwrap(), n, k)
-                .unwrap()
-                .unwrap();
-            assert_eq!(ours.format(), QuantFormat::Q8);
-            assert_eq!(ours.dequantize_rows(), values(&g), "{ty:?} read as q8");
+            let mut blocks = g.blocks().unwrap();
+            let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
+            assert_eq!(ours.format(), format);
+            assert_eq!(
+                ours.dequantize_rows(),
+                values(&g),
+                "{ty:?} read as {format:?}"
+            );
+            // The last block's d set to 4096: −8 · 4096 is still an f16, −16 · 4096 is not.
+            let last = blocks.len() - ty.type_size();
+            blocks[last..last + 2].copy_from_slice(&half::f16::from_f32(4096.0).to_le_bytes());
+            let big = GgmlMatrix::from_blocks(ty, &blocks, n, k).unwrap();
+            let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
+            let held = if ty == GgmlDType::Q4_0 {
+                format
+            } else {
+                QuantFormat::Q8
+            };
+            assert_eq!(ours.format(), held, "{ty:?} with d = 4096");
+            assert_eq!(ours.dequantize_rows(), values(&big), "{ty:?} with d = 4096");
         }
         assert!(QuantMatrix::from_ggml(GgmlDType::Q3K, &[], 0, 256)
             .unwrap()

@@ -117,8 +117,8 @@ impl Matrix {
             let (n, row_bytes) = raw.dims2()?;
             let k = row_bytes / ty.type_size() * ty.block_size();
             let blocks = crate::host::vec1::<u8>(&raw.flatten_all()?)?;
-            // Q8_0, Q4_1, Q4_K (and Q4_0 / Q5_0, widened exactly) hold this crate's Q8 / Q4 /
-            // Q4K values: its kernels are the faster
+            // The block types `QuantMatrix::from_ggml` reads hold this crate's formats' values
+            // exactly: its kernels are the faster
             // (benchmarks/README.md, "Weight formats"); other block formats run on candle's.
             if let Some(q) = QuantMatrix::from_ggml(ty, &blocks, n, k).map_err(full)? {
                 return Ok(q.into());

@@ -18,7 +18,7 @@
 //!   is unpacked to a byte each; a file holds 4.5). Read from llama.cpp's files as stored, and
 //!   quantised with GGML's reference quantiser (candle's), so `model quantize` output matches
 //!   `llama-quantize`'s Q4_K without an importance matrix. Rows that are not whole
-//!   superblocks take Q4 (llama.cpp's Q4_K_M falls back to Q5_0 there).
+//!   superblocks take Q4 (llama.cpp's Q4_K_M falls back to Q5_0 there, which is read as Q5).
 //! - [`QuantFormat::Q6K`]: GGUF's Q6_K (what llama.cpp's Q4_K_M keeps its output head and
 //!   some projections in): `W[r, c] = d · sc · (q − 32)`, `q` in `0..=63`, an i8 `sc` per 16
 //!   values under a superblock's f16 `d`. 6.5625 bits per weight, as in a file. Rows that are
@@ -407,10 +407,12 @@ impl QuantMatrix {
         })
     }
 
-    /// `Q5_1` or `Q5_K` blocks of `[n, k]` rows (checked by the callers), as
+    /// `Q5_0`, `Q5_1` or `Q5_K` blocks of `[n, k]` rows (checked by the callers), as
     /// [`QuantFormat::Q5`] / [`QuantFormat::Q5K`].
     /// - `Q5_1` (24 bytes): f16 `d` and `m`, the fifth bits as a u32 (bit `j`: value `j`),
     ///   16 bytes of nibbles as in `Q4_1`; value `d · q + m`.
+    /// - `Q5_0` (22 bytes): `Q5_1` without `m`, value `d · (q − 16)`: held with `m = −16 · d`
+    ///   (the caller checks that it is an f16).
     /// - `Q5_K` (176 bytes): f16 `d`, `dmin`, `Q4_K`'s 12 bytes of 6-bit scales and mins, 32
     ///   bytes `qh`, 128 bytes `qs`; in chunk `c` of 64 values, value `l` (< 32) is the low
     ///   nibble of `qs[32c + l]` and bit `2c` of `qh[l]`, value `32 + l` the high nibble and
@@ -426,12 +428,19 @@ impl QuantMatrix {
                 .chunks_exact(block_bytes)
                 .zip(vals.chunks_exact_mut(block))
             {
-                if ty == GgmlDType::Q5_1 {
-                    scales.push(f16::from_le_bytes([b[0], b[1]]));
-                    mins.push(f16::from_le_bytes([b[2], b[3]]));
-                    let high = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                if ty != GgmlDType::Q5K {
+                    let d = f16::from_le_bytes([b[0], b[1]]);
+                    scales.push(d);
+                    let at = if ty == GgmlDType::Q5_1 {
+                        mins.push(f16::from_le_bytes([b[2], b[3]]));
+                        4
+                    } else {
+                        mins.push(symmetric_offset(d, 16).expect("checked by the caller"));
+                        2
+                    };
+                    let high = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
                     for (j, v) in vals.iter_mut().enumerate() {
-                        let nib = (b[8 + j % 16] >> (4 * (j / 16))) & 0xF;
+                        let nib = (b[at + 4 + j % 16] >> (4 * (j / 16))) & 0xF;
                         *v = nib | ((((high >> j) & 1) as u8) << 4);
                     }
                 } else {
@@ -448,7 +457,7 @@ impl QuantMatrix {
             }
             push_u5_row(&vals, &mut rows);
         }
-        let (format, params) = if ty == GgmlDType::Q5_1 {
+        let (format, params) = if ty != GgmlDType::Q5K {
             (QuantFormat::Q5, GroupParams::Group { scales, mins })
         } else {
             (QuantFormat::Q5K, GroupParams::Super { sc, mn, d, dmin })
@@ -463,13 +472,15 @@ impl QuantMatrix {
 
     /// The format [`QuantMatrix::from_ggml`] holds GGML type `ty` in, `None` for the types it
     /// does not read (other block types run on candle's kernels: [`crate::GgmlMatrix`]).
+    /// (`Q4_0` / `Q5_0` matrices with a block whose `−8 · d` / `−16 · d` leaves f16's range, a
+    /// scale of 4096 or more, are held in [`QuantFormat::Q8`] instead.)
     pub fn format_of_ggml(ty: GgmlDType) -> Option<QuantFormat> {
         Some(match ty {
-            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => QuantFormat::Q8,
-            GgmlDType::Q4_1 => QuantFormat::Q4,
+            GgmlDType::Q8_0 => QuantFormat::Q8,
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => QuantFormat::Q4,
             GgmlDType::Q4K => QuantFormat::Q4K,
             GgmlDType::Q6K => QuantFormat::Q6K,
-            GgmlDType::Q5_1 => QuantFormat::Q5,
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => QuantFormat::Q5,
             GgmlDType::Q5K => QuantFormat::Q5K,
             _ => return None,
         })
@@ -483,12 +494,15 @@ impl QuantMatrix {
     /// - `Q4_K` is [`QuantFormat::Q4K`], `Q6_K` [`QuantFormat::Q6K`], `Q5_1` [`QuantFormat::Q5`]
     ///   and `Q5_K` [`QuantFormat::Q5K`] (their layouts: `from_q5_blocks`);
     /// - `Q4_0` (`d · (q − 8)`) and `Q5_0` (`d · (q − 16)`, the fifth bits in a u32 per
-    ///   block) are symmetric integers under an f16 scale, so [`QuantFormat::Q8`] holds them
-    ///   exactly: 8.5 bits per weight in memory against their 4.5 / 5.5 in the file, for a
-    ///   vectorised product (candle's `Q5_0` product is scalar; llama.cpp's Q4_K_M stores the
-    ///   rows that are not whole Q4_K superblocks in `Q5_0`).
+    ///   block) are held as `Q4_1` / `Q5_1` with the offset `m = −8 · d` / `−16 · d` (exact
+    ///   in f16 and f32): 5 / 6 bits per weight in memory against 4.5 / 5.5 in the file.
+    ///   Their products equal the symmetric ones, since offsets multiply the sums of the
+    ///   rounded activations (`kernel::act8::Q8Row::sums`). A matrix with a block whose offset
+    ///   leaves f16's range (`|d| ≥ 4096`) is held in [`QuantFormat::Q8`], which holds any
+    ///   symmetric integer exactly. (llama.cpp's Q4_K_M stores the rows that are not whole
+    ///   Q4_K superblocks in `Q5_0`.)
     pub fn from_ggml(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
-        let Some(format) = Self::format_of_ggml(ty) else {
+        let Some(mut format) = Self::format_of_ggml(ty) else {
             return Ok(None);
         };
         let (block, block_bytes) = (ty.block_size(), ty.type_size());
@@ -498,6 +512,20 @@ impl QuantMatrix {
                 blocks.len(),
                 n * (k / block) * block_bytes
             );
+        }
+        let zero = match ty {
+            GgmlDType::Q4_0 => Some(8),
+            GgmlDType::Q5_0 => Some(16),
+            _ => None,
+        };
+        if let Some(zero) = zero {
+            let d = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]);
+            if blocks
+                .chunks_exact(block_bytes)
+                .any(|b| symmetric_offset(d(b), zero).is_none())
+            {
+                format = QuantFormat::Q8;
+            }
         }
         match format {
             QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
@@ -537,10 +565,16 @@ impl QuantMatrix {
             _ => {
                 mins.reserve(groups);
                 let mut q = Vec::with_capacity(n * k / 2);
+                // Q4_1: d, m, nibbles; Q4_0: d, nibbles (m = −8 · d).
+                let at = if ty == GgmlDType::Q4_0 { 2 } else { 4 };
                 for b in blocks.chunks_exact(block_bytes) {
-                    scales.push(f16_at(b, 0));
-                    mins.push(f16_at(b, 2));
-                    let nib = |j: usize| (b[4 + j % 16] >> (4 * (j / 16))) & 0xF;
+                    let d = f16_at(b, 0);
+                    scales.push(d);
+                    mins.push(match ty {
+                        GgmlDType::Q4_0 => symmetric_offset(d, 8).expect("checked above"),
+                        _ => f16_at(b, 2),
+                    });
+                    let nib = |j: usize| (b[at + j % 16] >> (4 * (j / 16))) & 0xF;
                     q.extend(
                         (0..QUANT_GROUP / 2).map(|p| U4x2(nib(2 * p) | (nib(2 * p + 1) << 4))),
                     );
@@ -825,6 +859,14 @@ impl QuantMatrix {
     }
 }
 
+/// The offset `−zero · d` that holds the symmetric `d · (q − zero)` as `d · q + m` (GGUF's
+/// Q4_0 / Q5_0 as Q4_1 / Q5_1), `None` where it leaves f16's range. Exact otherwise: `zero` is
+/// a power of two.
+fn symmetric_offset(d: f16, zero: u8) -> Option<f16> {
+    let m = f16::from_f32(-(zero as f32) * d.to_f32());
+    m.is_finite().then_some(m)
+}
+
 /// Q4_K's and Q5_K's block parameters (bytes `0..16` of block `b`): `d`, `dmin`, and the
 /// eight groups' 6-bit scales and mins.
 fn push_k_params(
@@ -1094,11 +1136,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// f64 oracle over the dequantised matrix, with the activations a decode-sized product
-    /// uses: rounded to 8 bits per group (`kernel::act8`) in the scaled term, exact in the
-    /// offsets' term.
+    /// uses: rounded to 8 bits per group (`kernel::act8`), offsets included, where the path
+    /// rounds them; exact otherwise.
     fn oracle(w: &QuantMatrix, isa: Isa, xs: &[f32], m: usize) -> Vec<f64> {
         let [n, k] = w.dims;
-        let groups = k.div_ceil(QUANT_GROUP);
         let d = w.dequantize_rows();
         // (The 6-bit rows take the rounding kernels at every size.)
         let rounded = m <= GEMV_MAX_ROWS
@@ -1112,18 +1153,12 @@ mod tests {
             for r in 0..n {
                 out[j * n + r] = (0..k)
                     .map(|c| {
-                        let g = c / QUANT_GROUP;
-                        let offset = w
-                            .params
-                            .view()
-                            .map_or(0.0, |p| p.row(r, groups).offset(g) as f64);
-                        let scaled = d[r * k + c] as f64 - offset;
                         let xv = if rounded {
-                            xq[c] as f64 * q8.scale[g] as f64
+                            xq[c] as f64 * q8.scale[c / QUANT_GROUP] as f64
                         } else {
                             x[c] as f64
                         };
-                        scaled * xv + offset * x[c] as f64
+                        d[r * k + c] as f64 * xv
                     })
                     .sum();
             }

@@ -22,10 +22,10 @@ pub enum MatrixFormat {
     /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
     /// them.
     Quant(QuantFormat),
-    /// A GGUF file's matrices as stored: `Q8_0`, `Q4_1`, `Q4_K` and `Q6_K` on this project's
-    /// kernels, `Q4_0` and `Q5_0` widened exactly to 8 bits for them, other GGML block formats
-    /// (`Q5_K`, ...) multiplied by candle's quantized kernels ([`linear::GgmlMatrix`]), float ones in
-    /// their dtype.
+    /// A GGUF file's matrices as stored: `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q4_K`,
+    /// `Q5_K` and `Q6_K` on this project's kernels (`linear::QuantMatrix::from_ggml`), other
+    /// GGML block formats (`Q3_K`, ...) multiplied by candle's quantized kernels
+    /// ([`linear::GgmlMatrix`]), float ones in their dtype.
     Ggml,
 }
 

@@ -29,7 +29,14 @@ pub(crate) struct Q8Row {
     pub q: Vec<i8>,
     /// `dx` per group.
     pub scale: Vec<f32>,
-    /// The sum of the unrounded values per group (what a 4-bit row's offsets multiply).
+    /// The sum of the rounded values per group, `dx · Σ xq` (what a 4-bit or 5-bit row's
+    /// offsets multiply). Over the rounded values, a row `s · q + m` meets the activations'
+    /// rounding errors `e` as `Σ (s · q + m) · e`: the dequantised weights' own error, as an
+    /// 8-bit row's. Over the unrounded ones it would be `Σ s · q · e`, and `s · q = w − m`
+    /// lies mostly further from zero than `w` (`m` sits near the group's minimum): three to
+    /// four times the error variance at 5 bits (measured: `benchmarks/README.md`). A
+    /// symmetric format held with `m = −8 · d` or `−16 · d` (GGUF's Q4_0 / Q5_0) so gets the
+    /// sums its own `d · Σ (q − 8) · xq` would.
     pub sums: Vec<f32>,
     /// The sum of the rounded values per 16 (what the 6-bit rows' `−32` multiplies, in the
     /// AVX512-VNNI kernel): filled by [`q8_row_six`] only, empty otherwise.
@@ -90,11 +97,13 @@ pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
         let dx = amax / 127.0;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         scale.push(dx);
-        sums.push(g.iter().sum::<f32>());
+        let start = q.len();
         q.extend(g.iter().map(|v| {
             let t = v * inv;
             ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8
         }));
+        let rounded: i32 = q[start..].iter().map(|&v| v as i32).sum();
+        sums.push(dx * rounded as f32);
     }
     Q8Row {
         q,
@@ -296,8 +305,8 @@ fn per_super(
 }
 
 /// `[N, K]` 4-bit values `w` (`K / 2` pairs per row) with `params` times `m` rows `xs`
-/// `[m, K]`, activations rounded per [`q8_row`], the offsets (if any) over the unrounded
-/// activations: `[m, N]` row-major.
+/// `[m, K]`, activations rounded per [`q8_row`], the offsets (if any) times their sums
+/// ([`Q8Row::sums`]): `[m, N]` row-major.
 pub(crate) fn matmul_u4_q8(
     isa: Isa,
     w: &[U4x2],
@@ -841,9 +850,8 @@ mod tests {
                             .map(|c| {
                                 let g = c / GROUP;
                                 let (scale, offset) = param(r, g);
-                                scale * x.scale[g] as f64
-                                    * vals[c] as f64 * xq[c] as f64
-                                    + offset * xs[j * k + c] as f64
+                                (scale * vals[c] as f64 + offset)
+                                    * x.scale[g] as f64 * xq[c] as f64
                             })
                             .collect();
                         let want: f64 = terms.iter().sum();

@@ -213,8 +213,8 @@ pub(crate) fn dot_u4_q8<const J: usize>(
 }
 
 /// `J` activation rows as the 4-bit and 6-bit VNNI loops read them: rounded values, `dx` per
-/// group, and the sums the format's offsets multiply (the unrounded values per group for
-/// 4 bits, the rounded ones per 16 for 6 bits).
+/// group, and the sums the format's offsets multiply (per group for 4 and 5 bits, per 16
+/// for 6 bits: rounded values, see `act8::Q8Row::sums`).
 struct Rows<const J: usize> {
     xq: [*const i8; J],
     dx: [*const f32; J],
@@ -402,7 +402,7 @@ unsafe fn dot_u4_q8_vnni<const J: usize, const FIVE: bool>(
     let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(4));
     // Per row two accumulators (consecutive FMAs do not wait on each other) and the offsets
-    // times the unrounded group sums in a third, eight groups per FMA.
+    // times the group sums in a third, eight groups per FMA.
     let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); J], [_mm512_setzero_ps(); J]);
     let mut offsets = [_mm256_setzero_ps(); J];
     let mut q = 0;

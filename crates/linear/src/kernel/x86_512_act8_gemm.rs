@@ -18,8 +18,8 @@
 //!   conversion and FMA with the weight rows' group scales times `dx`.
 //!
 //! Per group and activation row that is 16 `vpdpbusd` plus 2 conversions, 2 products and 2
-//! FMAs for 1024 multiply-adds (2 more FMAs for 4-bit offsets: `m[r, g] · Σ_{c in g} x[j, c]`
-//! over the unrounded activations, as the row kernels take them); the f32 GEMM over widened
+//! FMAs for 1024 multiply-adds (2 more FMAs for 4-bit offsets: `m[r, g] · dx[j, g] · Σ_{c in g}
+//! xq[j, c]`, over the rounded activations as the row kernels take them: `act8::Q8Row::sums`); the f32 GEMM over widened
 //! weights needs 64 FMAs.
 //!
 //! With `w + 128` stored, `Σ (w + 128) · xq = Σ w · xq + 128 · Σ xq`; the last term is the same
@@ -53,8 +53,8 @@ pub(crate) enum Weights<'a> {
 }
 
 /// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the group parameters
-/// `params`: `Σ_g s[r, g] · dx[j, g] · Σ_{c in g} w[r, c] · xq[j, c] + m[r, g] · Σ_{c in g}
-/// x[j, c]`, `[m, N]` row-major.
+/// `params`: `Σ_g dx[j, g] · (s[r, g] · Σ_{c in g} w[r, c] · xq[j, c] + m[r, g] · Σ_{c in g}
+/// xq[j, c])`, `[m, N]` row-major.
 pub(crate) fn matmul(
     t: Avx512Vnni,
     w: Weights,
@@ -115,7 +115,8 @@ struct Activations {
     /// `[m, groups]`: `128 · Σ xq` over the group (the `w + 128` correction; zeros for 4-bit
     /// weights).
     correction: Vec<i32>,
-    /// `[m, groups]`: the sums of the unrounded activations (what offsets multiply).
+    /// `[m, groups]`: the sums of the rounded activations, `dx · Σ xq` (what offsets
+    /// multiply).
     sums: Vec<f32>,
 }
 
