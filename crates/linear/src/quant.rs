@@ -1225,6 +1225,30 @@ mod tests {
         }
     }
 
+    /// One activation row against a matrix cut into several tasks (the decode kernels' runs
+    /// of rows, `kernel::x86_512_act8::Run`, most starting past row 0) has, row for row, the
+    /// bits the row kernels give it among other activation rows.
+    #[test]
+    fn one_activation_row_has_the_bits_it_has_among_many() {
+        let (n, k) = (2100, 256);
+        let w = values(n * k, 3, 0.3);
+        let xs = values(2 * k, 5, 1.9);
+        for format in QuantFormat::ALL {
+            let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+            for isa in Isa::supported() {
+                let both = q.matmul(isa, &xs, 2);
+                let one = q.matmul(isa, &xs[..k], 1);
+                for r in 0..n {
+                    assert_eq!(
+                        one[r].to_bits(),
+                        both[r].to_bits(),
+                        "{format} {isa} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn quantisation_error_is_within_the_format() {
         let (n, k) = (8, 256);

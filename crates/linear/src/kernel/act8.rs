@@ -317,7 +317,7 @@ pub(crate) fn matmul_u4_q8(
 ) -> Vec<f32> {
     let layout = Layout::of(isa);
     let round = |x: &[f32]| q8_row(x, layout);
-    matmul_act8(isa, w, k, k / 2, xs, m, params, round, dots_u4)
+    matmul_act8(isa, w, k, k / 2, xs, m, params, round, (dots_u4, run_u4))
 }
 
 /// `[N, K]` 5-bit values `w` (per row `K / 2` bytes of pairs, then `K / 8` of fifth bits:
@@ -334,7 +334,8 @@ pub(crate) fn matmul_u5_q8(
     assert!(k.is_multiple_of(GROUP), "5-bit rows are whole groups");
     let layout = Layout::of(isa);
     let round = |x: &[f32]| q8_row(x, layout);
-    matmul_act8(isa, w, k, u5_row_bytes(k), xs, m, params, round, dots_u5)
+    let kw = u5_row_bytes(k);
+    matmul_act8(isa, w, k, kw, xs, m, params, round, (dots_u5, run_u5))
 }
 
 /// `[N, K]` i8 values `w` with f16 scales `scales` `[N, groups]` (the 8-bit format) times `m`
@@ -348,7 +349,17 @@ pub(crate) fn matmul_i8_q8(
     scales: &[f16],
 ) -> Vec<f32> {
     let params = Params::Group { scales, mins: &[] };
-    matmul_act8(isa, w, k, k, xs, m, params, q8_row_natural, dots_i8)
+    matmul_act8(
+        isa,
+        w,
+        k,
+        k,
+        xs,
+        m,
+        params,
+        q8_row_natural,
+        (dots_i8, run_i8),
+    )
 }
 
 /// A matrix's parameters that can be cut into rows.
@@ -372,6 +383,12 @@ type RowDot<W, P> = fn(Isa, &[W], &Q8Row, P, &mut [f32]) -> f32;
 /// what `xs[j]` alone gives), with the row's parameters and room for the factors.
 type RowDots<W, P> = fn(Isa, &[W], &[Q8Row], P, &mut [f32], &mut [f32]);
 
+/// A run of consecutive weight rows (`w`, `kw` elements each, the first at row `first` of
+/// the matrix whose parameters are passed) against one activation row into `out`, each with
+/// the bits [`RowDots`] gives it; `false`, nothing written, where the format or machine has no
+/// such kernel (`x86_512_act8::Run`).
+type RowsRun<W, P> = fn(Isa, &[W], usize, usize, &Q8Row, P, &mut [f32]) -> bool;
+
 /// [`RowDots`] through a kernel that takes one activation row at a time.
 fn each<W, P: Copy>(
     dot: RowDot<W, P>,
@@ -388,8 +405,9 @@ fn each<W, P: Copy>(
 }
 
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each weight row against all of them by `dots` with the row's parameters.
-#[allow(clippy::too_many_arguments)] // the two formats' kernels, passed in
+/// `round`, each weight row against all of them by `dots` with the row's parameters; one
+/// activation row against a task's rows by `run` where it takes them.
+#[allow(clippy::too_many_arguments)] // the formats' kernels, passed in
 fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
     w: &[W],
@@ -399,7 +417,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     m: usize,
     params: P,
     round: R,
-    dots: RowDots<W, P>,
+    (dots, run): (RowDots<W, P>, RowsRun<W, P>),
 ) -> Vec<f32> {
     let n = w.len().checked_div(kw).unwrap_or(0);
     if n == 0 || m == 0 {
@@ -415,8 +433,11 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
         .zip(w.par_chunks(rows_per_task * kw))
         .enumerate()
         .for_each(|(task, (out, w))| {
-            let mut c = vec![0f32; 2 * groups];
             let first = task * rows_per_task;
+            if m == 1 && run(isa, w, kw, first, &rows[0], params, out) {
+                return;
+            }
+            let mut c = vec![0f32; 2 * groups];
             for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
                 let p = params.row(first + i, groups);
                 dots(isa, row, &rows, p, &mut c, o);
@@ -503,7 +524,7 @@ pub(crate) fn matmul_u6_q8(
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
     let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
-    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, dots_u6)
+    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, (dots_u6, run_u6))
 }
 
 /// [`RowDots`] of a 6-bit row: on AVX512-VNNI up to four activation rows per pass (each chunk
@@ -514,6 +535,29 @@ fn dots_u6(isa: Isa, w: &[u8], xs: &[Q8Row], p: SixBit, c: &mut [f32], out: &mut
         return in_blocks(&SixBitRows { t, w, p }, xs, c, out);
     }
     each(dot_u6, isa, w, xs, p, c, out)
+}
+
+/// [`RowsRun`] of 6-bit rows: AVX512-VNNI only.
+fn run_u6(
+    isa: Isa,
+    w: &[u8],
+    kw: usize,
+    first: usize,
+    x: &Q8Row,
+    p: SixBit,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        let run = super::x86_512_act8::Run {
+            w,
+            stride: kw,
+            first,
+        };
+        return super::x86_512_act8::dot_u6_q8_run(t, run, x, p, out);
+    }
+    let _ = (isa, w, kw, first, x, p, out);
+    false
 }
 
 /// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
@@ -641,6 +685,80 @@ fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut
         return in_blocks(&EightBitRows { t, w, scales }, xs, c, out);
     }
     each(dot_i8, isa, w, xs, p, c, out)
+}
+
+/// [`RowsRun`] of 4-bit rows: AVX512-VNNI only.
+fn run_u4(
+    isa: Isa,
+    w: &[U4x2],
+    kw: usize,
+    first: usize,
+    x: &Q8Row,
+    p: Params,
+    out: &mut [f32],
+) -> bool {
+    // SAFETY: `U4x2` is a `repr(transparent)` byte.
+    let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len()) };
+    run_nibbles(isa, w, kw, first, false, x, p, out)
+}
+
+/// [`RowsRun`] of 5-bit rows: AVX512-VNNI only.
+fn run_u5(
+    isa: Isa,
+    w: &[u8],
+    kw: usize,
+    first: usize,
+    x: &Q8Row,
+    p: Params,
+    out: &mut [f32],
+) -> bool {
+    run_nibbles(isa, w, kw, first, true, x, p, out)
+}
+
+/// [`run_u4`] / [`run_u5`] over the rows' bytes.
+#[allow(clippy::too_many_arguments)] // a RowsRun and the row kind
+fn run_nibbles(
+    isa: Isa,
+    w: &[u8],
+    stride: usize,
+    first: usize,
+    five: bool,
+    x: &Q8Row,
+    p: Params,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = isa.avx512_vnni() {
+        let run = super::x86_512_act8::Run { w, stride, first };
+        return super::x86_512_act8::dot_u4_q8_run(t, run, five, x, p, out);
+    }
+    let _ = (isa, w, stride, first, five, x, p, out);
+    false
+}
+
+/// [`RowsRun`] of 8-bit rows: AVX512-VNNI only.
+fn run_i8(
+    isa: Isa,
+    w: &[i8],
+    kw: usize,
+    first: usize,
+    x: &Q8Row,
+    p: Params,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
+        // SAFETY: `i8` and `u8` have one layout.
+        let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len()) };
+        let run = super::x86_512_act8::Run {
+            w,
+            stride: kw,
+            first,
+        };
+        return super::x86_512_act8::dot_i8_q8_run(t, run, x, scales, out);
+    }
+    let _ = (isa, w, kw, first, x, p, out);
+    false
 }
 
 /// One 4-bit or 5-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i`

@@ -93,6 +93,7 @@ pub(crate) fn dot_i8_q8<const J: usize>(
 /// # Safety
 /// AVX-512 F/BW, VNNI and F16C must be available; `w` and each `xq` must hold `quads · 128`
 /// bytes, `s` and each `dx` `quads · 4` values.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn dot_i8_q8_vnni<const J: usize>(
     w: *const i8,
@@ -212,9 +213,205 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     out
 }
 
+/// A run of consecutive weight rows against one activation row (decode), in one call: rows
+/// `first..first + out.len()` of a matrix, `w` holding exactly those rows `stride` bytes apart.
+/// Each row's arithmetic is that of the single-row kernel (the same function, inlined), so
+/// every result has the bits [`dot_u4_q8`] / [`dot_u6_q8`] / [`dot_i8_q8`] give it; what goes
+/// is the per-row call chain around them (parameter slices, checks, dispatch: ~14% of a 4-bit
+/// decode step's samples, `benchmarks/README.md`). `false`, nothing written, where a row does
+/// not split into the kernel's whole iterations: the caller takes the row kernels.
+pub(crate) struct Run<'a> {
+    /// The rows' stored bytes.
+    pub w: &'a [u8],
+    /// Bytes per row.
+    pub stride: usize,
+    /// The first row's index in the matrix (for its parameters).
+    pub first: usize,
+}
+
+impl Run<'_> {
+    /// Whether `w` holds `rows` rows of at least `row_bytes` each.
+    fn holds(&self, rows: usize, row_bytes: usize) -> bool {
+        self.stride >= row_bytes && self.w.len() >= rows * self.stride
+    }
+}
+
+/// [`Run`] of 4-bit rows (`five`: 5-bit rows, [`Nibbles::five`]) with the matrix's parameters
+/// `p`.
+pub(crate) fn dot_u4_q8_run(
+    _: Avx512Vnni,
+    run: Run,
+    five: bool,
+    x: &super::act8::Q8Row,
+    p: Params,
+    out: &mut [f32],
+) -> bool {
+    let k = x.q.len();
+    let (groups, rows) = (k / GROUP, out.len());
+    let end = run.first + rows;
+    let row_bytes = if five { super::u5_row_bytes(k) } else { k / 2 };
+    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(rows, row_bytes) {
+        return false;
+    }
+    assert!(
+        x.scale.len() >= groups && x.sums.len() >= groups,
+        "a scale and a sum per group"
+    );
+    let quad = match p {
+        Params::Group { scales, mins } => {
+            assert!(scales.len() >= end * groups, "one scale per group");
+            assert!(mins.is_empty() || mins.len() >= end * groups);
+            QuadParams::Group {
+                scales: scales.as_ptr(),
+                mins: (!mins.is_empty()).then_some(mins.as_ptr()),
+            }
+        }
+        Params::Super { sc, mn, d, dmin } => {
+            let supers = groups.div_ceil(SUPER);
+            assert!(sc.len() >= end * groups && mn.len() >= end * groups);
+            assert!(d.len() >= end * supers && dmin.len() >= end * supers);
+            QuadParams::Super {
+                sc: sc.as_ptr(),
+                mn: mn.as_ptr(),
+                d: d.as_ptr(),
+                dmin: dmin.as_ptr(),
+            }
+        }
+    };
+    // SAFETY: the token proves the features; `w` holds `rows` rows of `row_bytes` (checked),
+    // each row `quads` whole iterations of nibbles (and with `five` the fifth bits after its
+    // `k / 2` bytes), `x` `k` values with their groups' `dx` and sums, and the parameters
+    // cover rows `first..end` (checked above).
+    unsafe {
+        let rows = Rows::of([x], |x| &x.sums);
+        if five {
+            u4_run::<true>(run, rows, quad, groups, k, out)
+        } else {
+            u4_run::<false>(run, rows, quad, groups, k, out)
+        }
+    }
+    true
+}
+
+/// # Safety
+/// As [`dot_u4_q8_vnni`] for each row of `run` (see [`dot_u4_q8_run`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
+unsafe fn u4_run<const FIVE: bool>(
+    run: Run,
+    x: Rows<1>,
+    p: QuadParams,
+    groups: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let supers = groups.div_ceil(SUPER);
+    for (i, out) in out.iter_mut().enumerate() {
+        let r = run.first + i;
+        let row = run.w.as_ptr().add(i * run.stride);
+        let p = match p {
+            QuadParams::Group { scales, mins } => QuadParams::Group {
+                scales: scales.add(r * groups),
+                mins: mins.map(|m| m.add(r * groups)),
+            },
+            QuadParams::Super { sc, mn, d, dmin } => QuadParams::Super {
+                sc: sc.add(r * groups),
+                mn: mn.add(r * groups),
+                d: d.add(r * supers),
+                dmin: dmin.add(r * supers),
+            },
+        };
+        let high = if FIVE {
+            row.add(k / 2)
+        } else {
+            std::ptr::null()
+        };
+        *out = dot_u4_q8_vnni::<1, FIVE>(row, high, x, p, k / (GROUPS * GROUP))[0];
+    }
+}
+
+/// [`Run`] of 6-bit rows with the matrix's parameters `p`.
+pub(crate) fn dot_u6_q8_run(
+    _: Avx512Vnni,
+    run: Run,
+    x: &super::act8::Q8Row,
+    p: super::act8::SixBit,
+    out: &mut [f32],
+) -> bool {
+    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
+    let k = x.q.len();
+    let chunks = k / U6_CHUNK;
+    let rows = out.len();
+    let end = run.first + rows;
+    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(rows, chunks * U6_CHUNK_BYTES) {
+        return false;
+    }
+    assert!(
+        p.sc.len() >= end * 4 * chunks
+            && p.d.len() >= end * chunks / 4
+            && x.scale.len() >= 2 * chunks
+            && x.sums16.len() >= 4 * chunks,
+        "parameters and activation sums for every chunk"
+    );
+    // SAFETY: as `dot_u6_q8` for each row: `w` holds the rows (checked), the parameters cover
+    // rows `first..end` and `x` every chunk (checked above).
+    unsafe { u6_run(run, Rows::of([x], |x| &x.sums16), p, chunks, out) };
+    true
+}
+
+/// # Safety
+/// As [`dot_u6_q8_vnni`] for each row of `run` (see [`dot_u6_q8_run`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
+unsafe fn u6_run(run: Run, x: Rows<1>, p: super::act8::SixBit, chunks: usize, out: &mut [f32]) {
+    for (i, out) in out.iter_mut().enumerate() {
+        let r = run.first + i;
+        let row = run.w.as_ptr().add(i * run.stride);
+        let params = (
+            p.sc.as_ptr().add(r * 4 * chunks),
+            p.d.as_ptr().add(r * chunks / 4),
+        );
+        *out = dot_u6_q8_vnni::<1>(row, x, params, chunks)[0];
+    }
+}
+
+/// [`Run`] of 8-bit rows with the matrix's f16 group scales `s`.
+pub(crate) fn dot_i8_q8_run(
+    _: Avx512Vnni,
+    run: Run,
+    x: &super::act8::Q8Row,
+    s: &[f16],
+    out: &mut [f32],
+) -> bool {
+    let k = x.q.len();
+    let (groups, rows) = (k / GROUP, out.len());
+    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(rows, k) {
+        return false;
+    }
+    assert!(
+        s.len() >= (run.first + rows) * groups && x.scale.len() >= groups,
+        "one scale per group"
+    );
+    // SAFETY: as `dot_i8_q8` for each row: `w` holds the rows (checked), `s` covers rows
+    // `first..first + rows` and `x` every group (checked above).
+    unsafe { i8_run(run, x, s.as_ptr(), groups, out) };
+    true
+}
+
+/// # Safety
+/// As [`dot_i8_q8_vnni`] for each row of `run` (see [`dot_i8_q8_run`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn i8_run(run: Run, x: &super::act8::Q8Row, s: *const f16, groups: usize, out: &mut [f32]) {
+    for (i, out) in out.iter_mut().enumerate() {
+        let r = run.first + i;
+        let row = run.w.as_ptr().add(i * run.stride) as *const i8;
+        let (xq, dx) = ([x.q.as_ptr()], [x.scale.as_ptr()]);
+        *out = dot_i8_q8_vnni::<1>(row, xq, s.add(r * groups), dx, groups / GROUPS)[0];
+    }
+}
+
 /// `J` activation rows as the 4-bit and 6-bit VNNI loops read them: rounded values, `dx` per
 /// group, and the sums the format's offsets multiply (per group for 4 and 5 bits, per 16
 /// for 6 bits: rounded values, see `act8::Q8Row::sums`).
+#[derive(Clone, Copy)]
 struct Rows<const J: usize> {
     xq: [*const i8; J],
     dx: [*const f32; J],
@@ -389,6 +586,7 @@ unsafe fn u4_quad_sums((lo, hi): (__m512i, __m512i), xq: *const i8, q: usize) ->
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `w` must hold `quads · 64`
 /// bytes, with `FIVE` `high` `quads · 16` (the fifth bits), each row's `xq` `quads · 128`, and
 /// `p` and each row's `dx` and `sums` must cover `quads · 4` groups.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u4_q8_vnni<const J: usize, const FIVE: bool>(
     w: *const u8,
@@ -539,6 +737,7 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
 /// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, each row's `xq` `chunks · 64`,
 /// `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
 /// `chunks / 4`.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u6_q8_vnni<const J: usize>(
     w: *const u8,
