@@ -1225,11 +1225,11 @@ mod tests {
         }
     }
 
-    /// One activation row against a matrix cut into several tasks (the decode kernels' runs
-    /// of rows, `kernel::x86_512_act8::Run`, most starting past row 0) has, row for row, the
-    /// bits the row kernels give it among other activation rows.
+    /// A matrix cut into several tasks (the decode kernels' runs of rows,
+    /// `kernel::x86_512_act8::Run`, most starting past row 0) matches the oracle, and one
+    /// activation row has, row for row, the bits it has among others.
     #[test]
-    fn one_activation_row_has_the_bits_it_has_among_many() {
+    fn products_over_several_tasks_match_the_oracle_and_keep_each_row_s_bits() {
         let (n, k) = (2100, 256);
         let w = values(n * k, 3, 0.3);
         let xs = values(2 * k, 5, 1.9);
@@ -1237,6 +1237,8 @@ mod tests {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             for isa in Isa::supported() {
                 let both = q.matmul(isa, &xs, 2);
+                let want = oracle(&q, isa, &xs, 2);
+                assert_matches_oracle(&both, &want, k, &format!("{format} {isa} over tasks"));
                 let one = q.matmul(isa, &xs[..k], 1);
                 for r in 0..n {
                     assert_eq!(

@@ -384,10 +384,10 @@ type RowDot<W, P> = fn(Isa, &[W], &Q8Row, P, &mut [f32]) -> f32;
 type RowDots<W, P> = fn(Isa, &[W], &[Q8Row], P, &mut [f32], &mut [f32]);
 
 /// A run of consecutive weight rows (`w`, `kw` elements each, the first at row `first` of
-/// the matrix whose parameters are passed) against one activation row into `out`, each with
-/// the bits [`RowDots`] gives it; `false`, nothing written, where the format or machine has no
-/// such kernel (`x86_512_act8::Run`).
-type RowsRun<W, P> = fn(Isa, &[W], usize, usize, &Q8Row, P, &mut [f32]) -> bool;
+/// the matrix whose parameters are passed) against the activation rows into `out` (`[rows,
+/// m]`), each value with the bits [`RowDots`] gives it; `false`, nothing written, where the
+/// format or machine has no such kernel (`x86_512_act8::Run`).
+type RowsRun<W, P> = fn(Isa, &[W], usize, usize, &[Q8Row], P, &mut [f32]) -> bool;
 
 /// [`RowDots`] through a kernel that takes one activation row at a time.
 fn each<W, P: Copy>(
@@ -405,8 +405,8 @@ fn each<W, P: Copy>(
 }
 
 /// The shared row loop: `kw` weight elements per row, each activation row rounded by
-/// `round`, each weight row against all of them by `dots` with the row's parameters; one
-/// activation row against a task's rows by `run` where it takes them.
+/// `round`, each weight row against all of them by `dots` with the row's parameters, or a
+/// task's rows against all of them by `run` where it takes them.
 #[allow(clippy::too_many_arguments)] // the formats' kernels, passed in
 fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     isa: Isa,
@@ -434,7 +434,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
         .enumerate()
         .for_each(|(task, (out, w))| {
             let first = task * rows_per_task;
-            if m == 1 && run(isa, w, kw, first, &rows[0], params, out) {
+            if run(isa, w, kw, first, &rows, params, out) {
                 return;
             }
             let mut c = vec![0f32; 2 * groups];
@@ -543,7 +543,7 @@ fn run_u6(
     w: &[u8],
     kw: usize,
     first: usize,
-    x: &Q8Row,
+    xs: &[Q8Row],
     p: SixBit,
     out: &mut [f32],
 ) -> bool {
@@ -554,9 +554,9 @@ fn run_u6(
             stride: kw,
             first,
         };
-        return super::x86_512_act8::dot_u6_q8_run(t, run, x, p, out);
+        return super::x86_512_act8::dot_u6_q8_run(t, run, xs, p, out);
     }
-    let _ = (isa, w, kw, first, x, p, out);
+    let _ = (isa, w, kw, first, xs, p, out);
     false
 }
 
@@ -693,13 +693,13 @@ fn run_u4(
     w: &[U4x2],
     kw: usize,
     first: usize,
-    x: &Q8Row,
+    xs: &[Q8Row],
     p: Params,
     out: &mut [f32],
 ) -> bool {
     // SAFETY: `U4x2` is a `repr(transparent)` byte.
     let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len()) };
-    run_nibbles(isa, w, kw, first, false, x, p, out)
+    run_nibbles(isa, w, kw, first, false, xs, p, out)
 }
 
 /// [`RowsRun`] of 5-bit rows: AVX512-VNNI only.
@@ -708,11 +708,11 @@ fn run_u5(
     w: &[u8],
     kw: usize,
     first: usize,
-    x: &Q8Row,
+    xs: &[Q8Row],
     p: Params,
     out: &mut [f32],
 ) -> bool {
-    run_nibbles(isa, w, kw, first, true, x, p, out)
+    run_nibbles(isa, w, kw, first, true, xs, p, out)
 }
 
 /// [`run_u4`] / [`run_u5`] over the rows' bytes.
@@ -723,16 +723,16 @@ fn run_nibbles(
     stride: usize,
     first: usize,
     five: bool,
-    x: &Q8Row,
+    xs: &[Q8Row],
     p: Params,
     out: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
         let run = super::x86_512_act8::Run { w, stride, first };
-        return super::x86_512_act8::dot_u4_q8_run(t, run, five, x, p, out);
+        return super::x86_512_act8::dot_u4_q8_run(t, run, five, xs, p, out);
     }
-    let _ = (isa, w, stride, first, five, x, p, out);
+    let _ = (isa, w, stride, first, five, xs, p, out);
     false
 }
 
@@ -742,7 +742,7 @@ fn run_i8(
     w: &[i8],
     kw: usize,
     first: usize,
-    x: &Q8Row,
+    xs: &[Q8Row],
     p: Params,
     out: &mut [f32],
 ) -> bool {
@@ -755,9 +755,9 @@ fn run_i8(
             stride: kw,
             first,
         };
-        return super::x86_512_act8::dot_i8_q8_run(t, run, x, scales, out);
+        return super::x86_512_act8::dot_i8_q8_run(t, run, xs, scales, out);
     }
-    let _ = (isa, w, kw, first, x, p, out);
+    let _ = (isa, w, kw, first, xs, p, out);
     false
 }
 

@@ -213,13 +213,15 @@ pub(crate) fn dot_u4_q8<const J: usize>(
     out
 }
 
-/// A run of consecutive weight rows against one activation row (decode), in one call: rows
-/// `first..first + out.len()` of a matrix, `w` holding exactly those rows `stride` bytes apart.
-/// Each row's arithmetic is that of the single-row kernel (the same function, inlined), so
-/// every result has the bits [`dot_u4_q8`] / [`dot_u6_q8`] / [`dot_i8_q8`] give it; what goes
-/// is the per-row call chain around them (parameter slices, checks, dispatch: ~14% of a 4-bit
-/// decode step's samples, `benchmarks/README.md`). `false`, nothing written, where a row does
-/// not split into the kernel's whole iterations: the caller takes the row kernels.
+/// A run of consecutive weight rows against the activation rows (decode, and batched decode),
+/// in one call: rows `first..first + out.len() / m` of a matrix, `w` holding exactly those
+/// rows `stride` bytes apart, `out` `[rows, m]`. Each weight row takes the activation rows in
+/// fours, then a pair, then one, as `act8::in_blocks` does, through the same VNNI kernels
+/// (inlined), so every result has the bits [`dot_u4_q8`] / [`dot_u6_q8`] / [`dot_i8_q8`]
+/// give it; what goes is the per-row call chain around them (parameter slices, checks,
+/// dispatch: ~14% of a 4-bit decode step's samples, `benchmarks/README.md`). The run
+/// functions return `false`, nothing written, where a row does not split into the kernels'
+/// whole iterations: the caller takes the row kernels.
 pub(crate) struct Run<'a> {
     /// The rows' stored bytes.
     pub w: &'a [u8],
@@ -230,9 +232,77 @@ pub(crate) struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Whether `w` holds `rows` rows of at least `row_bytes` each.
-    fn holds(&self, rows: usize, row_bytes: usize) -> bool {
-        self.stride >= row_bytes && self.w.len() >= rows * self.stride
+    /// Whether `w` holds the rows of `out` (`m` values per row) of at least `row_bytes`
+    /// each, and `xs` are `m ≥ 1` rows of `k` values with a scale per group of 32.
+    fn holds(&self, xs: &[super::act8::Q8Row], out: &[f32], row_bytes: usize) -> bool {
+        let (m, k) = (xs.len(), xs.first().map_or(0, |x| x.q.len()));
+        m > 0
+            && out.len().is_multiple_of(m)
+            && self.stride >= row_bytes
+            && self.w.len() >= out.len() / m * self.stride
+            && xs
+                .iter()
+                .all(|x| x.q.len() == k && x.scale.len() >= k.div_ceil(GROUP))
+    }
+}
+
+/// One weight row's VNNI kernel over `J` activation rows.
+trait RowKernel {
+    /// # Safety
+    /// As the kernel it calls, for this row and `x`.
+    unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J];
+}
+
+/// The activation rows in fours, then a pair, then one (as `act8::in_blocks`).
+struct Blocks {
+    fours: Vec<Rows<4>>,
+    pair: Option<Rows<2>>,
+    one: Option<Rows<1>>,
+}
+
+impl Blocks {
+    fn of(xs: &[super::act8::Q8Row], sums: fn(&super::act8::Q8Row) -> &[f32]) -> Blocks {
+        let mut fours = xs.chunks_exact(4);
+        let blocks = (&mut fours)
+            .map(|x| Rows::of([&x[0], &x[1], &x[2], &x[3]], sums))
+            .collect();
+        let mut pairs = fours.remainder().chunks_exact(2);
+        let pair = (&mut pairs).next().map(|x| Rows::of([&x[0], &x[1]], sums));
+        let one = pairs.remainder().first().map(|x| Rows::of([x], sums));
+        Blocks {
+            fours: blocks,
+            pair,
+            one,
+        }
+    }
+
+    /// The number of activation rows.
+    fn rows(&self) -> usize {
+        4 * self.fours.len()
+            + 2 * usize::from(self.pair.is_some())
+            + usize::from(self.one.is_some())
+    }
+
+    /// `kernel` against every block, into `out` (one value per activation row).
+    ///
+    /// # Safety
+    /// As [`RowKernel::rows`] for every block.
+    #[inline(always)]
+    unsafe fn each(&self, kernel: &impl RowKernel, out: &mut [f32]) {
+        let (fours, rest) = out.split_at_mut(4 * self.fours.len());
+        for (o, &x) in fours.chunks_exact_mut(4).zip(&self.fours) {
+            o.copy_from_slice(&kernel.rows(x));
+        }
+        let rest = match self.pair {
+            Some(x) => {
+                rest[..2].copy_from_slice(&kernel.rows(x));
+                &mut rest[2..]
+            }
+            None => rest,
+        };
+        if let Some(x) = self.one {
+            rest[0] = kernel.rows(x)[0];
+        }
     }
 }
 
@@ -242,21 +312,18 @@ pub(crate) fn dot_u4_q8_run(
     _: Avx512Vnni,
     run: Run,
     five: bool,
-    x: &super::act8::Q8Row,
+    xs: &[super::act8::Q8Row],
     p: Params,
     out: &mut [f32],
 ) -> bool {
-    let k = x.q.len();
-    let (groups, rows) = (k / GROUP, out.len());
-    let end = run.first + rows;
+    let k = xs.first().map_or(0, |x| x.q.len());
     let row_bytes = if five { super::u5_row_bytes(k) } else { k / 2 };
-    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(rows, row_bytes) {
+    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(xs, out, row_bytes) {
         return false;
     }
-    assert!(
-        x.scale.len() >= groups && x.sums.len() >= groups,
-        "a scale and a sum per group"
-    );
+    let groups = k / GROUP;
+    let end = run.first + out.len() / xs.len();
+    assert!(xs.iter().all(|x| x.sums.len() >= groups), "a sum per group");
     let quad = match p {
         Params::Group { scales, mins } => {
             assert!(scales.len() >= end * groups, "one scale per group");
@@ -278,34 +345,44 @@ pub(crate) fn dot_u4_q8_run(
             }
         }
     };
-    // SAFETY: the token proves the features; `w` holds `rows` rows of `row_bytes` (checked),
+    let blocks = Blocks::of(xs, |x| &x.sums);
+    // SAFETY: the token proves the features; `w` holds the rows of `row_bytes` (checked),
     // each row `quads` whole iterations of nibbles (and with `five` the fifth bits after its
-    // `k / 2` bytes), `x` `k` values with their groups' `dx` and sums, and the parameters
-    // cover rows `first..end` (checked above).
+    // `k / 2` bytes), each of `xs` `k` values with their groups' `dx` and sums, and the
+    // parameters cover rows `first..end` (checked above).
     unsafe {
-        let rows = Rows::of([x], |x| &x.sums);
         if five {
-            u4_run::<true>(run, rows, quad, groups, k, out)
+            u4_run::<true>(run, &blocks, quad, k, out)
         } else {
-            u4_run::<false>(run, rows, quad, groups, k, out)
+            u4_run::<false>(run, &blocks, quad, k, out)
         }
     }
     true
 }
 
+/// A 4-bit or 5-bit row for [`Blocks::each`].
+struct U4Row<const FIVE: bool> {
+    w: *const u8,
+    high: *const u8,
+    p: QuadParams,
+    quads: usize,
+}
+
+impl<const FIVE: bool> RowKernel for U4Row<FIVE> {
+    #[inline(always)]
+    unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J] {
+        dot_u4_q8_vnni::<J, FIVE>(self.w, self.high, x, self.p, self.quads)
+    }
+}
+
 /// # Safety
 /// As [`dot_u4_q8_vnni`] for each row of `run` (see [`dot_u4_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn u4_run<const FIVE: bool>(
-    run: Run,
-    x: Rows<1>,
-    p: QuadParams,
-    groups: usize,
-    k: usize,
-    out: &mut [f32],
-) {
+unsafe fn u4_run<const FIVE: bool>(run: Run, x: &Blocks, p: QuadParams, k: usize, out: &mut [f32]) {
+    let m = x.rows();
+    let groups = k / GROUP;
     let supers = groups.div_ceil(SUPER);
-    for (i, out) in out.iter_mut().enumerate() {
+    for (i, out) in out.chunks_exact_mut(m).enumerate() {
         let r = run.first + i;
         let row = run.w.as_ptr().add(i * run.stride);
         let p = match p {
@@ -325,7 +402,16 @@ unsafe fn u4_run<const FIVE: bool>(
         } else {
             std::ptr::null()
         };
-        *out = dot_u4_q8_vnni::<1, FIVE>(row, high, x, p, k / (GROUPS * GROUP))[0];
+        let quads = k / (GROUPS * GROUP);
+        x.each(
+            &U4Row::<FIVE> {
+                w: row,
+                high,
+                p,
+                quads,
+            },
+            out,
+        );
     }
 }
 
@@ -333,43 +419,57 @@ unsafe fn u4_run<const FIVE: bool>(
 pub(crate) fn dot_u6_q8_run(
     _: Avx512Vnni,
     run: Run,
-    x: &super::act8::Q8Row,
+    xs: &[super::act8::Q8Row],
     p: super::act8::SixBit,
     out: &mut [f32],
 ) -> bool {
     use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
-    let k = x.q.len();
+    let k = xs.first().map_or(0, |x| x.q.len());
     let chunks = k / U6_CHUNK;
-    let rows = out.len();
-    let end = run.first + rows;
-    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(rows, chunks * U6_CHUNK_BYTES) {
+    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(xs, out, chunks * U6_CHUNK_BYTES) {
         return false;
     }
+    let end = run.first + out.len() / xs.len();
     assert!(
         p.sc.len() >= end * 4 * chunks
             && p.d.len() >= end * chunks / 4
-            && x.scale.len() >= 2 * chunks
-            && x.sums16.len() >= 4 * chunks,
+            && xs.iter().all(|x| x.sums16.len() >= 4 * chunks),
         "parameters and activation sums for every chunk"
     );
+    let blocks = Blocks::of(xs, |x| &x.sums16);
     // SAFETY: as `dot_u6_q8` for each row: `w` holds the rows (checked), the parameters cover
-    // rows `first..end` and `x` every chunk (checked above).
-    unsafe { u6_run(run, Rows::of([x], |x| &x.sums16), p, chunks, out) };
+    // rows `first..end` and `xs` every chunk (checked above).
+    unsafe { u6_run(run, &blocks, p, chunks, out) };
     true
+}
+
+/// A 6-bit row for [`Blocks::each`].
+struct U6Row {
+    w: *const u8,
+    params: (*const i8, *const f16),
+    chunks: usize,
+}
+
+impl RowKernel for U6Row {
+    #[inline(always)]
+    unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J] {
+        dot_u6_q8_vnni::<J>(self.w, x, self.params, self.chunks)
+    }
 }
 
 /// # Safety
 /// As [`dot_u6_q8_vnni`] for each row of `run` (see [`dot_u6_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn u6_run(run: Run, x: Rows<1>, p: super::act8::SixBit, chunks: usize, out: &mut [f32]) {
-    for (i, out) in out.iter_mut().enumerate() {
+unsafe fn u6_run(run: Run, x: &Blocks, p: super::act8::SixBit, chunks: usize, out: &mut [f32]) {
+    let m = x.rows();
+    for (i, out) in out.chunks_exact_mut(m).enumerate() {
         let r = run.first + i;
-        let row = run.w.as_ptr().add(i * run.stride);
+        let w = run.w.as_ptr().add(i * run.stride);
         let params = (
             p.sc.as_ptr().add(r * 4 * chunks),
             p.d.as_ptr().add(r * chunks / 4),
         );
-        *out = dot_u6_q8_vnni::<1>(row, x, params, chunks)[0];
+        x.each(&U6Row { w, params, chunks }, out);
     }
 }
 
@@ -377,34 +477,53 @@ unsafe fn u6_run(run: Run, x: Rows<1>, p: super::act8::SixBit, chunks: usize, ou
 pub(crate) fn dot_i8_q8_run(
     _: Avx512Vnni,
     run: Run,
-    x: &super::act8::Q8Row,
+    xs: &[super::act8::Q8Row],
     s: &[f16],
     out: &mut [f32],
 ) -> bool {
-    let k = x.q.len();
-    let (groups, rows) = (k / GROUP, out.len());
-    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(rows, k) {
+    let k = xs.first().map_or(0, |x| x.q.len());
+    if !k.is_multiple_of(GROUPS * GROUP) || !run.holds(xs, out, k) {
         return false;
     }
-    assert!(
-        s.len() >= (run.first + rows) * groups && x.scale.len() >= groups,
-        "one scale per group"
-    );
+    let groups = k / GROUP;
+    let end = run.first + out.len() / xs.len();
+    assert!(s.len() >= end * groups, "one scale per group");
+    // (8-bit rows have no offsets: their kernel reads no sums.)
+    let blocks = Blocks::of(xs, |x| &x.scale);
     // SAFETY: as `dot_i8_q8` for each row: `w` holds the rows (checked), `s` covers rows
-    // `first..first + rows` and `x` every group (checked above).
-    unsafe { i8_run(run, x, s.as_ptr(), groups, out) };
+    // `first..end` and `xs` every group (checked above).
+    unsafe { i8_run(run, &blocks, s.as_ptr(), groups, out) };
     true
+}
+
+/// An 8-bit row for [`Blocks::each`].
+struct I8Row {
+    w: *const i8,
+    s: *const f16,
+    quads: usize,
+}
+
+impl RowKernel for I8Row {
+    #[inline(always)]
+    unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J] {
+        dot_i8_q8_vnni::<J>(self.w, x.xq, self.s, x.dx, self.quads)
+    }
 }
 
 /// # Safety
 /// As [`dot_i8_q8_vnni`] for each row of `run` (see [`dot_i8_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn i8_run(run: Run, x: &super::act8::Q8Row, s: *const f16, groups: usize, out: &mut [f32]) {
-    for (i, out) in out.iter_mut().enumerate() {
+unsafe fn i8_run(run: Run, x: &Blocks, s: *const f16, groups: usize, out: &mut [f32]) {
+    let m = x.rows();
+    for (i, out) in out.chunks_exact_mut(m).enumerate() {
         let r = run.first + i;
-        let row = run.w.as_ptr().add(i * run.stride) as *const i8;
-        let (xq, dx) = ([x.q.as_ptr()], [x.scale.as_ptr()]);
-        *out = dot_i8_q8_vnni::<1>(row, xq, s.add(r * groups), dx, groups / GROUPS)[0];
+        let w = run.w.as_ptr().add(i * run.stride) as *const i8;
+        let row = I8Row {
+            w,
+            s: s.add(r * groups),
+            quads: groups / GROUPS,
+        };
+        x.each(&row, out);
     }
 }
 
