@@ -267,7 +267,7 @@ impl Blocks {
             .map(|x| Rows::of([&x[0], &x[1], &x[2], &x[3]], sums))
             .collect();
         let mut pairs = fours.remainder().chunks_exact(2);
-        let pair = (&mut pairs).next().map(|x| Rows::of([&x[0], &x[1]], sums));
+        let pair = pairs.next().map(|x| Rows::of([&x[0], &x[1]], sums));
         let one = pairs.remainder().first().map(|x| Rows::of([x], sums));
         Blocks {
             fours: blocks,
