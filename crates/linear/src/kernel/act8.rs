@@ -761,8 +761,8 @@ fn run_i8(
     false
 }
 
-/// One 4-bit or 5-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · Σ_{i in g} x_i`
-/// with `c_g = s_g · dx_g`.
+/// One 4-bit or 5-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` with
+/// `c_g = s_g · dx_g` and the rounded activations' sums ([`Q8Row::sums`]).
 fn dot_u4(isa: Isa, w: Nibbles, x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
