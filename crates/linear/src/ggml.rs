@@ -193,8 +193,9 @@ mod tests {
     fn ggml_blocks_read_as_this_crate_s_formats() {
         use crate::{QuantFormat, QuantMatrix};
         let (n, k) = (5, 768);
+        // Amplitudes that vary per 16 values, so a superblock's scales span their range.
         let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i as f32) * 0.71).sin() * 0.3)
+            .map(|i| ((i as f32) * 0.71).sin() * 0.3 * (1.0 + (i / 16 % 16) as f32 * 0.4))
             .collect();
         let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
         let values = |g: &GgmlMatrix| -> Vec<f32> {
@@ -208,6 +209,7 @@ mod tests {
             (GgmlDType::Q6K, QuantFormat::Q6K),
             (GgmlDType::Q5_1, QuantFormat::Q5),
             (GgmlDType::Q5K, QuantFormat::Q5K),
+            (GgmlDType::Q3K, QuantFormat::Q3K),
         ] {
             // GGML's blocks read as ours.
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
@@ -258,7 +260,7 @@ mod tests {
             assert_eq!(ours.format(), held, "{ty:?} with d = 4096");
             assert_eq!(ours.dequantize_rows(), values(&big), "{ty:?} with d = 4096");
         }
-        assert!(QuantMatrix::from_ggml(GgmlDType::Q3K, &[], 0, 256)
+        assert!(QuantMatrix::from_ggml(GgmlDType::Q2K, &[], 0, 256)
             .unwrap()
             .is_none());
     }

@@ -63,7 +63,7 @@ use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernel::act8::{
-    self as act8, Params, RowParams as _, SixBit, SUPER, U6_CHUNK, U6_CHUNK_BYTES,
+    self as act8, Params, RowParams as _, SixBit, SUPER, U3_CHUNK_BYTES, U6_CHUNK, U6_CHUNK_BYTES,
 };
 use crate::kernel::{self, u5_row_bytes, BlockScales, Scales, U4x2};
 use crate::{Isa, GEMV_MAX_ROWS};
@@ -93,6 +93,10 @@ pub enum QuantFormat {
     /// 5-bit asymmetric with 6-bit group parameters under f16 superblock scales (GGUF's Q5_K).
     /// Rows that are not whole superblocks are quantised as [`QuantFormat::Q5`].
     Q5K,
+    /// 3-bit symmetric with 6-bit scales per 16 values under f16 superblock scales (GGUF's
+    /// Q3_K): `d · sc · (q − 4)`, `q` in `0..=7`. Rows that are not whole superblocks are
+    /// quantised as [`QuantFormat::Q4`].
+    Q3K,
 }
 
 impl QuantFormat {
@@ -109,10 +113,11 @@ impl QuantFormat {
             QuantFormat::Q5K => {
                 5.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
             }
+            QuantFormat::Q3K => 3.0 + 8.0 / 16.0 + 16.0 / (SUPER * QUANT_GROUP) as f64,
         }
     }
 
-    /// `q8`, `q4`, `q4k`, `q6k`, `q5` or `q5k`.
+    /// `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k` or `q3k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
@@ -121,17 +126,19 @@ impl QuantFormat {
             QuantFormat::Q6K => "q6k",
             QuantFormat::Q5 => "q5",
             QuantFormat::Q5K => "q5k",
+            QuantFormat::Q3K => "q3k",
         }
     }
 
     /// Every format.
-    pub const ALL: [QuantFormat; 6] = [
+    pub const ALL: [QuantFormat; 7] = [
         QuantFormat::Q8,
         QuantFormat::Q4,
         QuantFormat::Q4K,
         QuantFormat::Q6K,
         QuantFormat::Q5,
         QuantFormat::Q5K,
+        QuantFormat::Q3K,
     ];
 
     /// The GGML block type of the format's whole rows.
@@ -143,6 +150,7 @@ impl QuantFormat {
             QuantFormat::Q6K => GgmlDType::Q6K,
             QuantFormat::Q5 => GgmlDType::Q5_1,
             QuantFormat::Q5K => GgmlDType::Q5K,
+            QuantFormat::Q3K => GgmlDType::Q3K,
         }
     }
 }
@@ -161,7 +169,7 @@ impl std::str::FromStr for QuantFormat {
         QuantFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k, q5, q5k"))
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k, q5, q5k, q3k"))
     }
 }
 
@@ -171,6 +179,8 @@ enum Values {
     U4(Vec<U4x2>),
     /// Chunks of 64 values in [`U6_CHUNK_BYTES`] (`kernel::act8`'s layout).
     U6(Vec<u8>),
+    /// Chunks of 64 values in [`U3_CHUNK_BYTES`] (`kernel::act8::u3_chunk`).
+    U3(Vec<u8>),
     /// Per row `K / 2` bytes of low-nibble pairs, then the fifth bits, four bytes per group
     /// (`kernel::Nibbles::five`).
     U5(Vec<u8>),
@@ -188,12 +198,12 @@ enum GroupParams {
         d: Vec<f16>,
         dmin: Vec<f16>,
     },
-    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit values).
+    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit and 3-bit values).
     Sixteenths { sc: Vec<i8>, d: Vec<f16> },
 }
 
 impl GroupParams {
-    /// The per-group view (`None` for 6-bit values, whose scales are per 16).
+    /// The per-group view (`None` for 6-bit and 3-bit values, whose scales are per 16).
     fn view(&self) -> Option<Params<'_>> {
         match self {
             GroupParams::Group { scales, mins } => Some(Params::Group { scales, mins }),
@@ -272,12 +282,16 @@ impl QuantMatrix {
             );
         }
         match format {
-            QuantFormat::Q4K | QuantFormat::Q6K if k.is_multiple_of(SUPER * QUANT_GROUP) => {
+            QuantFormat::Q4K | QuantFormat::Q6K | QuantFormat::Q3K
+                if k.is_multiple_of(SUPER * QUANT_GROUP) =>
+            {
                 return Self::ggml_from_rows(w, n, k, format);
             }
             // GGUF cannot hold a partial superblock (llama.cpp falls back to another type
             // too): such rows take the 32-value groups of Q4 / Q8.
-            QuantFormat::Q4K => return Self::from_rows(w, n, k, QuantFormat::Q4),
+            QuantFormat::Q4K | QuantFormat::Q3K => {
+                return Self::from_rows(w, n, k, QuantFormat::Q4)
+            }
             QuantFormat::Q6K => return Self::from_rows(w, n, k, QuantFormat::Q8),
             _ => {}
         }
@@ -371,6 +385,40 @@ impl QuantMatrix {
             format: QuantFormat::Q6K,
             dims: [n, k],
             values: Values::U6(v),
+            params: GroupParams::Sixteenths { sc, d },
+        })
+    }
+
+    /// Q3_K blocks of `[n, k]` rows (checked by the callers): per block 32 bytes `hmask`, 64
+    /// `qs`, 12 of packed 6-bit scales, the f16 `d` (GGML's `dequantize_row_q3_K`). Value
+    /// `128h + 32j + l` (`h` < 2, `j` < 4, `l` < 32) takes bits `2j..2j + 2` of `qs[32h + l]`
+    /// and, as its third bit, bit `4h + j` of `hmask[l]`; its scale is `sc[v / 16] − 32`.
+    fn from_q3k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
+        const VALUES: usize = SUPER * QUANT_GROUP;
+        let mut sc = Vec::with_capacity(n * k / 16);
+        let mut d = Vec::with_capacity(n * k / VALUES);
+        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U3_CHUNK_BYTES);
+        let mut q = [0u8; VALUES];
+        for b in blocks.chunks_exact(GgmlDType::Q3K.type_size()) {
+            let (hmask, qs, scales) = (&b[..32], &b[32..96], &b[96..108]);
+            for (i, q) in q.iter_mut().enumerate() {
+                let (h, j, l) = (i / 128, i % 128 / 32, i % 32);
+                let low = (qs[32 * h + l] >> (2 * j)) & 3;
+                *q = low | (((hmask[l] >> (4 * h + j)) & 1) << 2);
+            }
+            sc.extend((0..16).map(|i| q3k_scale(scales, i) as i8 - 32));
+            d.push(f16::from_le_bytes([b[108], b[109]]));
+            for chunk in q.chunks_exact(U6_CHUNK) {
+                v.extend(act8::u3_chunk(chunk));
+            }
+        }
+        if sc.len() != n * k / 16 {
+            candle_core::bail!("Q3_K [{n}, {k}]: {} bytes of blocks", blocks.len());
+        }
+        Ok(Self {
+            format: QuantFormat::Q3K,
+            dims: [n, k],
+            values: Values::U3(v),
             params: GroupParams::Sixteenths { sc, d },
         })
     }
@@ -481,6 +529,7 @@ impl QuantMatrix {
             GgmlDType::Q4K => QuantFormat::Q4K,
             GgmlDType::Q6K => QuantFormat::Q6K,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => QuantFormat::Q5,
+            GgmlDType::Q3K => QuantFormat::Q3K,
             GgmlDType::Q5K => QuantFormat::Q5K,
             _ => return None,
         })
@@ -530,6 +579,7 @@ impl QuantMatrix {
         match format {
             QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q6K => return Self::from_q6k_blocks(blocks, n, k).map(Some),
+            QuantFormat::Q3K => return Self::from_q3k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q5 | QuantFormat::Q5K => {
                 return Self::from_q5_blocks(ty, blocks, n, k).map(Some)
             }
@@ -662,6 +712,26 @@ impl QuantMatrix {
                     out.extend(d[b].to_le_bytes());
                 }
             }
+            (Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
+                const VALUES: usize = SUPER * QUANT_GROUP;
+                let chunks = v.chunks_exact(VALUES / U6_CHUNK * U3_CHUNK_BYTES);
+                for (b, (chunks, sc)) in chunks.zip(sc.chunks_exact(16)).enumerate() {
+                    let (mut hmask, mut qs) = ([0u8; 32], [0u8; 64]);
+                    for (i, chunk) in chunks.chunks_exact(U3_CHUNK_BYTES).enumerate() {
+                        for c in 0..U6_CHUNK {
+                            let q = act8::u3_value(chunk, c);
+                            let v = i * U6_CHUNK + c;
+                            let (h, j, l) = (v / 128, v % 128 / 32, v % 32);
+                            qs[32 * h + l] |= (q & 3) << (2 * j);
+                            hmask[l] |= (q >> 2) << (4 * h + j);
+                        }
+                    }
+                    out.extend(hmask);
+                    out.extend(qs);
+                    out.extend(q3k_pack(sc));
+                    out.extend(d[b].to_le_bytes());
+                }
+            }
             (Values::U5(v), params) => {
                 for (r, row) in v.chunks_exact(u5_row_bytes(k)).enumerate() {
                     push_u5_blocks(&u5_values(row, k), params, r, &mut out);
@@ -687,7 +757,7 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
-            Values::U6(v) | Values::U5(v) => v.len(),
+            Values::U6(v) | Values::U5(v) | Values::U3(v) => v.len(),
         };
         values + self.params.bytes()
     }
@@ -714,15 +784,18 @@ impl QuantMatrix {
         let mut out = vec![0f32; n * k];
         for (r, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(n) {
             let p = match (&self.values, &self.params) {
-                (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
-                    // (q − 32) · (d · sc), as GGML dequantises.
+                (Values::U6(v) | Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
+                    // (q − zero) · (d · sc), as GGML dequantises.
+                    let three = matches!(self.values, Values::U3(_));
                     let p = SixBit { sc, d }.row(r, groups);
-                    let bytes = k / U6_CHUNK * U6_CHUNK_BYTES;
-                    let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(U6_CHUNK_BYTES);
+                    let chunk = act8::chunk_bytes(three);
+                    let bytes = k / U6_CHUNK * chunk;
+                    let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
                     for (ch, (w, vals)) in chunks.zip(row.chunks_exact_mut(U6_CHUNK)).enumerate() {
                         for (i, v) in vals.iter_mut().enumerate() {
                             let s = p.scale((ch * U6_CHUNK + i) / 16);
-                            *v = (act8::u6_value(w, i) as i32 - 32) as f32 * s;
+                            let q = act8::sixteenths_value(three, w, i) as i32;
+                            *v = (q - act8::zero_point(three)) as f32 * s;
                         }
                     }
                     continue;
@@ -742,7 +815,7 @@ impl QuantMatrix {
                     }
                     params.view()
                 }
-                (Values::U6(_), _) => None,
+                (Values::U6(_) | Values::U3(_), _) => None,
             };
             let p = p.expect("group parameters").row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
@@ -781,6 +854,9 @@ impl QuantMatrix {
             (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
                 return act8::matmul_u6_q8(isa, v, k, xs, m, SixBit { sc, d });
             }
+            (Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
+                return act8::matmul_u3_q8(isa, v, k, xs, m, SixBit { sc, d });
+            }
             (_, params) => params.view().expect("group parameters"),
         };
         let mut out = match &self.values {
@@ -806,7 +882,7 @@ impl QuantMatrix {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
                     Values::U5(v) => Weights::U5(v),
-                    Values::U6(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) => unreachable!("taken above"),
                 };
                 return gemm::matmul(t, w, params, n, k, xs, m);
             }
@@ -833,7 +909,7 @@ impl QuantMatrix {
                     Values::U5(v) => {
                         kernel::product(isa, &u5_bytes(v, n, k), k, xs, m, Some(&scales))
                     }
-                    Values::U6(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) => unreachable!("taken above"),
                 }
             }
         };
@@ -865,6 +941,29 @@ impl QuantMatrix {
 fn symmetric_offset(d: f16, zero: u8) -> Option<f16> {
     let m = f16::from_f32(-(zero as f32) * d.to_f32());
     m.is_finite().then_some(m)
+}
+
+/// Scale `i` (`0..16`, `0..=63`: the signed scale plus 32) of Q3_K's 12 packed bytes: the
+/// low four bits in byte `i` (`i` < 8) or the high half of byte `i − 8`, the top two in bits
+/// `2 · (i / 4)..` of byte `8 + i % 4` (GGML's `kmask` unpacking).
+fn q3k_scale(packed: &[u8], i: usize) -> u8 {
+    let low = if i < 8 {
+        packed[i] & 0xF
+    } else {
+        packed[i - 8] >> 4
+    };
+    low | (((packed[8 + i % 4] >> (2 * (i / 4))) & 3) << 4)
+}
+
+/// The 12 packed bytes of 16 Q3_K scales (each in `−32..=31`), the inverse of [`q3k_scale`].
+fn q3k_pack(sc: &[i8]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    for (i, &s) in sc.iter().enumerate() {
+        let u = (s as i32 + 32) as u8;
+        out[i % 8] |= (u & 0xF) << (4 * (i / 8));
+        out[8 + i % 4] |= (u >> 4) << (2 * (i / 4));
+    }
+    out
 }
 
 /// Q4_K's and Q5_K's block parameters (bytes `0..16` of block `b`): `d`, `dmin`, and the
@@ -1141,9 +1240,9 @@ mod tests {
     fn oracle(w: &QuantMatrix, isa: Isa, xs: &[f32], m: usize) -> Vec<f64> {
         let [n, k] = w.dims;
         let d = w.dequantize_rows();
-        // (The 6-bit rows take the rounding kernels at every size.)
+        // (The 6-bit and 3-bit rows take the rounding kernels at every size.)
         let rounded = m <= GEMV_MAX_ROWS
-            || matches!(w.values, Values::U6(_))
+            || matches!(w.values, Values::U6(_) | Values::U3(_))
             || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
@@ -1213,7 +1312,7 @@ mod tests {
             let k = supers * SUPER * QUANT_GROUP;
             let w = values(n * k, seed, 0.3);
             let xs = values(m * k, seed, 1.9);
-            for format in [QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q5K] {
+            for format in [QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q5K, QuantFormat::Q3K] {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
                 prop_assert_eq!(q.format(), format);
                 for isa in Isa::supported() {
@@ -1263,6 +1362,8 @@ mod tests {
             (QuantFormat::Q6K, 1.0 / 63.0),
             (QuantFormat::Q5, 0.5 / 31.0),
             (QuantFormat::Q5K, 0.6 / 31.0),
+            // 3 bits, symmetric: q − 4 in −4..=3.
+            (QuantFormat::Q3K, 1.0 / 7.0),
         ] {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let d = q.dequantize_rows();

@@ -474,8 +474,62 @@ pub(crate) fn u6_chunk(q: &[u8]) -> [u8; U6_CHUNK_BYTES] {
     out
 }
 
-/// The parameters of 6-bit values (GGUF's Q6_K): an i8 scale per 16 values, an f16 `d` per
-/// [`SUPER`] groups; value `v` is `d · sc · (q_v − 32)`.
+/// Bytes per chunk of a 3-bit row ([`matmul_u3_q8`]): 16 of low bit pairs (byte `j`, bits
+/// `2t..2t + 2`: value `j + 16t`), then 8 of third bits (a little-endian u64, bit `v`: value
+/// `v`). AVX-512 unpacks it with one broadcast, one shift per 128-bit lane, an AND, and one
+/// masked add of the u64.
+pub(crate) const U3_CHUNK_BYTES: usize = 24;
+
+/// Value `v` (`0..64`, in `0..=7`) of a 3-bit chunk.
+pub(crate) fn u3_value(chunk: &[u8], v: usize) -> u8 {
+    let lo = (chunk[v % 16] >> (2 * (v / 16))) & 3;
+    let hi = (chunk[16 + v / 8] >> (v % 8)) & 1;
+    lo | (hi << 2)
+}
+
+/// The chunk of 64 values `q` (each in `0..=7`), the inverse of [`u3_value`].
+pub(crate) fn u3_chunk(q: &[u8]) -> [u8; U3_CHUNK_BYTES] {
+    let mut out = [0u8; U3_CHUNK_BYTES];
+    for j in 0..16 {
+        out[j] = (0..4).fold(0, |b, t| b | ((q[j + 16 * t] & 3) << (2 * t)));
+    }
+    for (v, &q) in q.iter().enumerate().take(U6_CHUNK) {
+        out[16 + v / 8] |= (q >> 2) << (v % 8);
+    }
+    out
+}
+
+/// The bytes per chunk of the rows with a scale per 16 values (`three`: 3 bits, GGUF's Q3_K;
+/// otherwise 6 bits, Q6_K), `K / 64` chunks per row, value `d · sc · (q − zero_point)`.
+pub(crate) const fn chunk_bytes(three: bool) -> usize {
+    if three {
+        U3_CHUNK_BYTES
+    } else {
+        U6_CHUNK_BYTES
+    }
+}
+
+/// The value that multiplies to zero (`q − zero`): 4 for 3 bits, 32 for 6.
+pub(crate) const fn zero_point(three: bool) -> i32 {
+    if three {
+        4
+    } else {
+        32
+    }
+}
+
+/// Value `v` of a chunk of either width.
+pub(crate) fn sixteenths_value(three: bool, chunk: &[u8], v: usize) -> u8 {
+    if three {
+        u3_value(chunk, v)
+    } else {
+        u6_value(chunk, v)
+    }
+}
+
+/// The parameters of 6-bit and 3-bit values (GGUF's Q6_K, Q3_K): an i8 scale per 16 values, an f16 `d` per
+/// [`SUPER`] groups; value `v` is `d · sc · (q_v − 32)` (6 bits) or `d · sc · (q_v − 4)`
+/// (3 bits).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SixBit<'a> {
     pub sc: &'a [i8],
@@ -522,23 +576,58 @@ pub(crate) fn matmul_u6_q8(
     m: usize,
     params: SixBit,
 ) -> Vec<f32> {
-    assert!(k.is_multiple_of(U6_CHUNK), "6-bit rows are whole chunks");
-    let kw = k / U6_CHUNK * U6_CHUNK_BYTES;
-    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, (dots_u6, run_u6))
+    matmul_sixteenths::<false>(isa, w, k, xs, m, params)
 }
 
-/// [`RowDots`] of a 6-bit row: on AVX512-VNNI up to four activation rows per pass (each chunk
-/// unpacked once for all), [`dot_u6`] elsewhere.
-fn dots_u6(isa: Isa, w: &[u8], xs: &[Q8Row], p: SixBit, c: &mut [f32], out: &mut [f32]) {
+/// [`matmul_u6_q8`] of 3-bit values (chunks of [`U3_CHUNK_BYTES`]).
+pub(crate) fn matmul_u3_q8(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    params: SixBit,
+) -> Vec<f32> {
+    matmul_sixteenths::<true>(isa, w, k, xs, m, params)
+}
+
+/// [`matmul_u6_q8`] (`THREE`: [`matmul_u3_q8`]).
+fn matmul_sixteenths<const THREE: bool>(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    params: SixBit,
+) -> Vec<f32> {
+    assert!(k.is_multiple_of(U6_CHUNK), "rows of whole 64-value chunks");
+    let kw = k / U6_CHUNK * chunk_bytes(THREE);
+    let kernels = (
+        dots_u6::<THREE> as RowDots<u8, SixBit>,
+        run_u6::<THREE> as RowsRun<u8, SixBit>,
+    );
+    matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, kernels)
+}
+
+/// [`RowDots`] of a 6-bit (`THREE`: 3-bit) row: on AVX512-VNNI up to four activation rows per
+/// pass (each chunk unpacked once for all), [`dot_u6`] elsewhere.
+fn dots_u6<const THREE: bool>(
+    isa: Isa,
+    w: &[u8],
+    xs: &[Q8Row],
+    p: SixBit,
+    c: &mut [f32],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return in_blocks(&SixBitRows { t, w, p }, xs, c, out);
+        return in_blocks(&SixBitRows::<THREE> { t, w, p }, xs, c, out);
     }
-    each(dot_u6, isa, w, xs, p, c, out)
+    each(dot_u6::<THREE>, isa, w, xs, p, c, out)
 }
 
-/// [`RowsRun`] of 6-bit rows: AVX512-VNNI only.
-fn run_u6(
+/// [`RowsRun`] of 6-bit (`THREE`: 3-bit) rows: AVX512-VNNI only.
+fn run_u6<const THREE: bool>(
     isa: Isa,
     w: &[u8],
     kw: usize,
@@ -554,27 +643,27 @@ fn run_u6(
             stride: kw,
             first,
         };
-        return super::x86_512_act8::dot_u6_q8_run(t, run, xs, p, out);
+        return super::x86_512_act8::dot_u6_q8_run::<THREE>(t, run, xs, p, out);
     }
     let _ = (isa, w, kw, first, xs, p, out);
     false
 }
 
-/// One 6-bit row: `Σ_s c_s · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks `s` of 16 values,
-/// `c_s = d · sc_s · dx_g`.
-fn dot_u6(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
+/// One 6-bit (`THREE`: 3-bit) row: `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over
+/// sub-blocks `s` of 16 values, `c_s = d · sc_s · dx_g` ([`zero_point`]).
+fn dot_u6<const THREE: bool>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u6_q8(t, w, [x], p)[0];
+        return super::x86_512_act8::dot_u6_q8::<1, THREE>(t, w, [x], p)[0];
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_u6_q8(t, w, x, p);
+        return super::x86::dot_u6_q8::<THREE>(t, w, x, p);
     }
     let c = &mut c[..x.q.len() / 16];
     p.factors(&x.scale, c);
     let _ = isa;
-    portable::dot_u6_q8(w, &x.q, c)
+    portable::dot_u6_q8::<THREE>(w, &x.q, c)
 }
 
 /// A VNNI row kernel that takes `J` activation rows per pass over a weight row: each weight
@@ -639,18 +728,18 @@ impl RowsKernel for EightBitRows<'_> {
     }
 }
 
-/// A 6-bit weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
+/// A 6-bit (`THREE`: 3-bit) weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
 #[cfg(target_arch = "x86_64")]
-struct SixBitRows<'a> {
+struct SixBitRows<'a, const THREE: bool> {
     t: super::x86_512::Avx512Vnni,
     w: &'a [u8],
     p: SixBit<'a>,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl RowsKernel for SixBitRows<'_> {
+impl<const THREE: bool> RowsKernel for SixBitRows<'_, THREE> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
-        super::x86_512_act8::dot_u6_q8(self.t, self.w, x, self.p)
+        super::x86_512_act8::dot_u6_q8::<J, THREE>(self.t, self.w, x, self.p)
     }
 }
 
@@ -883,6 +972,9 @@ mod tests {
                     let p = SixBit { sc: &sc, d: &d };
                     let all = matmul_u6_q8(isa, &w6, k, &xs, m, p);
                     same(&all, &|x| matmul_u6_q8(isa, &w6, k, x, 1, p), "6-bit");
+                    let w3 = bytes(n * k / U6_CHUNK * U3_CHUNK_BYTES);
+                    let all = matmul_u3_q8(isa, &w3, k, &xs, m, p);
+                    same(&all, &|x| matmul_u3_q8(isa, &w3, k, x, 1, p), "3-bit");
                 }
             }
         }

@@ -104,12 +104,13 @@ pub(super) fn dot_u4_q8(w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
     total
 }
 
-/// One row of the 6-bit product with 8-bit activations in natural order (`act8`'s chunk
-/// layout): `Σ_s c[s] · Σ_{i in s} (q_i − 32) · xq_i` over sub-blocks of 16, integer sums.
-pub(super) fn dot_u6_q8(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
-    use super::act8::{u6_value, U6_CHUNK, U6_CHUNK_BYTES};
+/// One row of the 6-bit (`THREE`: 3-bit) product with 8-bit activations in natural order
+/// (`act8`'s chunk layouts): `Σ_s c[s] · Σ_{i in s} (q_i − zero) · xq_i` over sub-blocks of
+/// 16, integer sums.
+pub(super) fn dot_u6_q8<const THREE: bool>(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
+    use super::act8::{chunk_bytes, sixteenths_value, zero_point, U6_CHUNK};
     let chunks = w
-        .chunks_exact(U6_CHUNK_BYTES)
+        .chunks_exact(chunk_bytes(THREE))
         .zip(xq.chunks_exact(U6_CHUNK));
     let mut total = 0f32;
     for (ch, (w, x)) in chunks.enumerate() {
@@ -117,7 +118,10 @@ pub(super) fn dot_u6_q8(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
             let sum: i32 = x
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| (u6_value(w, 16 * s + i) as i32 - 32) * x as i32)
+                .map(|(i, &x)| {
+                    let q = sixteenths_value(THREE, w, 16 * s + i) as i32;
+                    (q - zero_point(THREE)) * x as i32
+                })
                 .sum();
             total += c[4 * ch + s] * sum as f32;
         }

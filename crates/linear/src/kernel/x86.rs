@@ -695,9 +695,13 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
 /// (formed per chunk, four at a time: the bits of [`SixBit::factors`]). The `−32` of every
 /// value is `−32 · Σ_s c_s · sums16_s` over the activations' sums per 16 values, one FMA per
 /// chunk. `x` is the activation row ([`super::act8::q8_row_six`]).
-pub(crate) fn dot_u6_q8(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
-    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
-    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
+///
+/// With `THREE`, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): the 16 bytes of bit pairs
+/// broadcast to both 128-bit lanes and shifted per lane, the 64 third bits as bytes by a
+/// shuffle and compare, and `−4` for `−32`.
+pub(crate) fn dot_u6_q8<const THREE: bool>(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
+    use super::act8::{chunk_bytes, U6_CHUNK};
+    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / chunk_bytes(THREE));
     // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
     assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
     assert!(
@@ -710,15 +714,15 @@ pub(crate) fn dot_u6_q8(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
     // `chunks` whole chunks of `w` and `x`, their scales, `d`s and sums, inside the slices
     // (checked above).
-    unsafe { dot_u6_q8_avx2(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) }
+    unsafe { dot_u6_q8_avx2::<THREE>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) }
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w` must hold `chunks · 48` bytes, `x.q`
-/// `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`, `d`
-/// `chunks / 4`.
+/// AVX2 and FMA must be available; `w` must hold `chunks` chunks (48 bytes, with `THREE`
+/// 24), `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`,
+/// `d` `chunks / 4`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u6_q8_avx2(
+unsafe fn dot_u6_q8_avx2<const THREE: bool>(
     w: *const u8,
     x: &Q8Row,
     (sc, d): (*const i8, *const f16),
@@ -758,17 +762,35 @@ unsafe fn dot_u6_q8_avx2(
             dx_pairs,
         );
         let cs = _mm_mul_ps(_mm_mul_ps(sd, scales), _mm256_castps256_ps128(dxs));
-        let p = w.add(ch * 48);
-        let l = _mm256_loadu_si256(p as *const __m256i);
-        let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
-        let high = |shift: __m256i| {
-            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srlv_epi32(h, shift), pair))
+        let (q0, q1) = if THREE {
+            // Values 0..32 / 32..64: bit pairs t = 0, 1 / 2, 3 (shifts 0, 2 / 4, 6 per lane),
+            // third bits from the u32 of each half.
+            let p = w.add(ch * super::act8::U3_CHUNK_BYTES);
+            let l = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+            let pairs = |shift: __m256i| _mm256_and_si256(_mm256_srlv_epi32(l, shift), pair);
+            let third = |half: usize| {
+                let bits = (p.add(16 + 4 * half) as *const u32).read_unaligned();
+                _mm256_srli_epi16::<2>(fifth_bits(bits))
+            };
+            (
+                _mm256_or_si256(pairs(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), third(0)),
+                _mm256_or_si256(pairs(_mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), third(1)),
+            )
+        } else {
+            let p = w.add(ch * 48);
+            let l = _mm256_loadu_si256(p as *const __m256i);
+            let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
+            let high = |shift: __m256i| {
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srlv_epi32(h, shift), pair))
+            };
+            (
+                _mm256_or_si256(_mm256_and_si256(l, nib), high(first)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l), nib),
+                    high(second),
+                ),
+            )
         };
-        let q0 = _mm256_or_si256(_mm256_and_si256(l, nib), high(first));
-        let q1 = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(l), nib),
-            high(second),
-        );
         let x = xq.add(ch * 64);
         let s0 = dot(q0, _mm256_loadu_si256(x as *const __m256i));
         let s1 = dot(q1, _mm256_loadu_si256(x.add(32) as *const __m256i));
@@ -779,5 +801,6 @@ unsafe fn dot_u6_q8_avx2(
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc1);
         offsets = _mm_fmadd_ps(cs, _mm_loadu_ps(sums16.add(4 * ch)), offsets);
     }
-    hsum(_mm256_add_ps(acc0, acc1)) - 32.0 * hsum4(offsets)
+    let zero = super::act8::zero_point(THREE) as f32;
+    hsum(_mm256_add_ps(acc0, acc1)) - zero * hsum4(offsets)
 }

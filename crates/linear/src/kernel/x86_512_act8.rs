@@ -415,18 +415,18 @@ unsafe fn u4_run<const FIVE: bool>(run: Run, x: &Blocks, p: QuadParams, k: usize
     }
 }
 
-/// [`Run`] of 6-bit rows with the matrix's parameters `p`.
-pub(crate) fn dot_u6_q8_run(
+/// [`Run`] of 6-bit (`THREE`: 3-bit) rows with the matrix's parameters `p`.
+pub(crate) fn dot_u6_q8_run<const THREE: bool>(
     _: Avx512Vnni,
     run: Run,
     xs: &[super::act8::Q8Row],
     p: super::act8::SixBit,
     out: &mut [f32],
 ) -> bool {
-    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
+    use super::act8::{chunk_bytes, U6_CHUNK};
     let k = xs.first().map_or(0, |x| x.q.len());
     let chunks = k / U6_CHUNK;
-    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(xs, out, chunks * U6_CHUNK_BYTES) {
+    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(xs, out, chunks * chunk_bytes(THREE)) {
         return false;
     }
     let end = run.first + out.len() / xs.len();
@@ -439,28 +439,34 @@ pub(crate) fn dot_u6_q8_run(
     let blocks = Blocks::of(xs, |x| &x.sums16);
     // SAFETY: as `dot_u6_q8` for each row: `w` holds the rows (checked), the parameters cover
     // rows `first..end` and `xs` every chunk (checked above).
-    unsafe { u6_run(run, &blocks, p, chunks, out) };
+    unsafe { u6_run::<THREE>(run, &blocks, p, chunks, out) };
     true
 }
 
-/// A 6-bit row for [`Blocks::each`].
-struct U6Row {
+/// A 6-bit (`THREE`: 3-bit) row for [`Blocks::each`].
+struct U6Row<const THREE: bool> {
     w: *const u8,
     params: (*const i8, *const f16),
     chunks: usize,
 }
 
-impl RowKernel for U6Row {
+impl<const THREE: bool> RowKernel for U6Row<THREE> {
     #[inline(always)]
     unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J] {
-        dot_u6_q8_vnni::<J>(self.w, x, self.params, self.chunks)
+        dot_u6_q8_vnni::<J, THREE>(self.w, x, self.params, self.chunks)
     }
 }
 
 /// # Safety
 /// As [`dot_u6_q8_vnni`] for each row of `run` (see [`dot_u6_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn u6_run(run: Run, x: &Blocks, p: super::act8::SixBit, chunks: usize, out: &mut [f32]) {
+unsafe fn u6_run<const THREE: bool>(
+    run: Run,
+    x: &Blocks,
+    p: super::act8::SixBit,
+    chunks: usize,
+    out: &mut [f32],
+) {
     let m = x.rows();
     for (i, out) in out.chunks_exact_mut(m).enumerate() {
         let r = run.first + i;
@@ -469,7 +475,7 @@ unsafe fn u6_run(run: Run, x: &Blocks, p: super::act8::SixBit, chunks: usize, ou
             p.sc.as_ptr().add(r * 4 * chunks),
             p.d.as_ptr().add(r * chunks / 4),
         );
-        x.each(&U6Row { w, params, chunks }, out);
+        x.each(&U6Row::<THREE> { w, params, chunks }, out);
     }
 }
 
@@ -781,16 +787,21 @@ unsafe fn dot_u4_q8_vnni<const J: usize, const FIVE: bool>(
 /// to join them, and one `vpdpbusd`; lanes `4s..4s + 4` hold sub-block `s`. Per superblock
 /// (four chunks) the sixteen factors `c_s` are formed in one vector, and the `−32` of every
 /// value is one FMA: `Σ_s c_s · 32 · Σ_{i in s} xq_i` with the activations' sums.
-pub(crate) fn dot_u6_q8<const J: usize>(
+///
+/// With `THREE`, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): per chunk one 128-bit load of
+/// bit pairs broadcast to the four lanes and shifted per lane, an AND, and one masked add of
+/// the third bits (a u64 loaded as a mask); `−4` for `−32`.
+pub(crate) fn dot_u6_q8<const J: usize, const THREE: bool>(
     _: Avx512Vnni,
     w: &[u8],
     x: [&super::act8::Q8Row; J],
     p: super::act8::SixBit,
 ) -> [f32; J] {
-    use super::act8::{U6_CHUNK, U6_CHUNK_BYTES};
-    let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / U6_CHUNK_BYTES);
-    // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
-    assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
+    use super::act8::{chunk_bytes, U6_CHUNK};
+    let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / chunk_bytes(THREE));
+    // Q6_K / Q3_K rows are whole superblocks (`QuantMatrix` keeps other widths in another
+    // format).
+    assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
         p.sc.len() >= 4 * chunks
             && p.d.len() >= chunks / 4
@@ -804,7 +815,7 @@ pub(crate) fn dot_u6_q8<const J: usize>(
     // sums, inside the slices (checked above).
     unsafe {
         let rows = Rows::of(x, |x| &x.sums16);
-        dot_u6_q8_vnni(w.as_ptr(), rows, (p.sc.as_ptr(), p.d.as_ptr()), chunks)
+        dot_u6_q8_vnni::<J, THREE>(w.as_ptr(), rows, (p.sc.as_ptr(), p.d.as_ptr()), chunks)
     }
 }
 
@@ -839,6 +850,23 @@ unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
     _mm512_and_si512(q, _mm512_set1_epi8(0x3F))
 }
 
+/// The 64 values of 3-bit chunk `ch` (`act8::u3_chunk`), one per byte.
+///
+/// # Safety
+/// As [`dot_u6_q8_vnni`] with `THREE`, for chunk `ch`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn u3_chunk(w: *const u8, ch: usize) -> __m512i {
+    // 128-bit lane t holds values 16t.. at bits 2t..2t + 2 of each byte.
+    let shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    let p = w.add(ch * super::act8::U3_CHUNK_BYTES);
+    let pairs = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
+    let q = _mm512_and_si512(_mm512_srlv_epi32(pairs, shifts), _mm512_set1_epi8(3));
+    // (`q` ≤ 3: adding 4 sets the third bit.)
+    let third = (p.add(16) as *const u64).read_unaligned();
+    _mm512_mask_add_epi8(q, third, q, _mm512_set1_epi8(4))
+}
+
 /// The integer sums `Σ q · xq` of chunk `ch`'s values `q` as f32 (16 lanes, four per
 /// sub-block of 16 values; exact: at most `4 · 63 · 127` in magnitude).
 ///
@@ -853,12 +881,12 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
 
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
-/// 4 (whole superblocks); `w` must hold `chunks · 48` bytes, each row's `xq` `chunks · 64`,
+/// 4 (whole superblocks); `w` must hold `chunks` chunks (48 bytes, with `THREE` 24), each row's `xq` `chunks · 64`,
 /// `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
 /// `chunks / 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn dot_u6_q8_vnni<const J: usize>(
+unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
     w: *const u8,
     Rows { xq, dx, sums }: Rows<J>,
     (sc, d): (*const i8, *const f16),
@@ -877,9 +905,10 @@ unsafe fn dot_u6_q8_vnni<const J: usize>(
     // Per row two accumulators and the `−32` terms in a third.
     let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); J], [_mm512_setzero_ps(); J]);
     let mut offsets = [_mm512_setzero_ps(); J];
+    let block = 4 * super::act8::chunk_bytes(THREE);
     for b in 0..chunks / 4 {
-        let ahead = w.wrapping_add(b * 192 + PREFETCH) as *const i8;
-        for line in 0..3 {
+        let ahead = w.wrapping_add(b * block + PREFETCH) as *const i8;
+        for line in 0..block.div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
         }
         let s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
@@ -889,7 +918,13 @@ unsafe fn dot_u6_q8_vnni<const J: usize>(
         let sd = _mm512_mul_ps(s, dv);
         // The superblock's values once, for every row.
         let ch = 4 * b;
-        let q = [0, 1, 2, 3].map(|i| u6_chunk(w, ch + i));
+        let q = [0, 1, 2, 3].map(|i| {
+            if THREE {
+                u3_chunk(w, ch + i)
+            } else {
+                u6_chunk(w, ch + i)
+            }
+        });
         for j in 0..J {
             let dxs = _mm512_permutexvar_ps(
                 pairs,
@@ -910,6 +945,6 @@ unsafe fn dot_u6_q8_vnni<const J: usize>(
     }
     std::array::from_fn(|j| {
         _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]))
-            - 32.0 * _mm512_reduce_add_ps(offsets[j])
+            - super::act8::zero_point(THREE) as f32 * _mm512_reduce_add_ps(offsets[j])
     })
 }
