@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Weight dtypes to run (fp8: e4m3 with 128 x 128 block scales, DeepSeek's format; q8, q4,
-    /// q4k, q6k, q5, q5k, q3k: `linear`'s group formats).
+    /// q4k, q6k, q5, q5k, q3k, q2k: `linear`'s group formats).
     #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16,fp8")]
     dtypes: Vec<String>,
 }

@@ -41,7 +41,7 @@ struct Args {
     /// Compute dtype (activations, cache, norms): f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_float_dtype)]
     dtype: DType,
-    /// Format the weight matrices are kept in: f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5, q5k, q3k,
+    /// Format the weight matrices are kept in: f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5, q5k, q3k, q2k,
     /// gguf (default: as the
     /// CLI, `Precision::auto`: the checkpoint's own bf16/f16/FP8 under f32 compute).
     #[arg(long)]
@@ -75,7 +75,8 @@ struct Args {
     /// Copy FP8 weights out of the memory map (the CLI's `--no-mmap`; default: in place).
     #[arg(long)]
     no_mmap: bool,
-    /// Quantise the output head at load: q8, q4, q4k, q6k, q5, q5k or q3k (the CLI's `--head`;
+    /// Quantise the output head at load: q8, q4, q4k, q6k, q5, q5k, q3k or q2k (the CLI's
+    /// `--head`;
     /// default: as the
     /// other matrices are kept).
     #[arg(long)]

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated formats to compare with f32: f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5,
-    /// q5k, q3k.
+    /// q5k, q3k, q2k.
     #[arg(long, default_value = "bf16,q8,q4", value_delimiter = ',')]
     formats: Vec<MatrixFormat>,
     /// Positions (prompt tokens) compared.

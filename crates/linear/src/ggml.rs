@@ -210,6 +210,7 @@ mod tests {
             (GgmlDType::Q5_1, QuantFormat::Q5),
             (GgmlDType::Q5K, QuantFormat::Q5K),
             (GgmlDType::Q3K, QuantFormat::Q3K),
+            (GgmlDType::Q2K, QuantFormat::Q2K),
         ] {
             // GGML's blocks read as ours.
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
@@ -260,7 +261,7 @@ mod tests {
             assert_eq!(ours.format(), held, "{ty:?} with d = 4096");
             assert_eq!(ours.dequantize_rows(), values(&big), "{ty:?} with d = 4096");
         }
-        assert!(QuantMatrix::from_ggml(GgmlDType::Q2K, &[], 0, 256)
+        assert!(QuantMatrix::from_ggml(GgmlDType::Q8K, &[], 0, 256)
             .unwrap()
             .is_none());
     }

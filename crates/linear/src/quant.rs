@@ -63,7 +63,8 @@ use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernel::act8::{
-    self as act8, Params, RowParams as _, SixBit, SUPER, U3_CHUNK_BYTES, U6_CHUNK, U6_CHUNK_BYTES,
+    self as act8, Params, RowParams as _, SixBit, SUPER, U2_CHUNK_BYTES, U3_CHUNK_BYTES, U6_CHUNK,
+    U6_CHUNK_BYTES,
 };
 use crate::kernel::{self, u5_row_bytes, BlockScales, Scales, U4x2};
 use crate::{Isa, GEMV_MAX_ROWS};
@@ -97,6 +98,10 @@ pub enum QuantFormat {
     /// Q3_K): `d · sc · (q − 4)`, `q` in `0..=7`. Rows that are not whole superblocks are
     /// quantised as [`QuantFormat::Q4`].
     Q3K,
+    /// 2-bit asymmetric with 4-bit scales and offsets per 16 values under f16 superblock
+    /// scales (GGUF's Q2_K): `d · sc · q − dmin · mn`, `q` in `0..=3`. Rows that are not whole
+    /// superblocks are quantised as [`QuantFormat::Q4`].
+    Q2K,
 }
 
 impl QuantFormat {
@@ -114,10 +119,12 @@ impl QuantFormat {
                 5.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
             }
             QuantFormat::Q3K => 3.0 + 8.0 / 16.0 + 16.0 / (SUPER * QUANT_GROUP) as f64,
+            // An i8 scale and an i8 offset per 16 values (8 + 8 bits per 16), two f16 per 256.
+            QuantFormat::Q2K => 2.0 + 1.0 + 32.0 / (SUPER * QUANT_GROUP) as f64,
         }
     }
 
-    /// `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k` or `q3k`.
+    /// `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k`, `q3k` or `q2k`.
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
@@ -127,11 +134,12 @@ impl QuantFormat {
             QuantFormat::Q5 => "q5",
             QuantFormat::Q5K => "q5k",
             QuantFormat::Q3K => "q3k",
+            QuantFormat::Q2K => "q2k",
         }
     }
 
     /// Every format.
-    pub const ALL: [QuantFormat; 7] = [
+    pub const ALL: [QuantFormat; 8] = [
         QuantFormat::Q8,
         QuantFormat::Q4,
         QuantFormat::Q4K,
@@ -139,6 +147,7 @@ impl QuantFormat {
         QuantFormat::Q5,
         QuantFormat::Q5K,
         QuantFormat::Q3K,
+        QuantFormat::Q2K,
     ];
 
     /// The GGML block type of the format's whole rows.
@@ -151,6 +160,7 @@ impl QuantFormat {
             QuantFormat::Q5 => GgmlDType::Q5_1,
             QuantFormat::Q5K => GgmlDType::Q5K,
             QuantFormat::Q3K => GgmlDType::Q3K,
+            QuantFormat::Q2K => GgmlDType::Q2K,
         }
     }
 }
@@ -169,7 +179,7 @@ impl std::str::FromStr for QuantFormat {
         QuantFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k, q5, q5k, q3k"))
+            .ok_or_else(|| format!("'{s}' is not one of q8, q4, q4k, q6k, q5, q5k, q3k, q2k"))
     }
 }
 
@@ -181,6 +191,8 @@ enum Values {
     U6(Vec<u8>),
     /// Chunks of 64 values in [`U3_CHUNK_BYTES`] (`kernel::act8::u3_chunk`).
     U3(Vec<u8>),
+    /// Chunks of 64 values in [`U2_CHUNK_BYTES`] (`kernel::act8::u2_value`).
+    U2(Vec<u8>),
     /// Per row `K / 2` bytes of low-nibble pairs, then the fifth bits, four bytes per group
     /// (`kernel::Nibbles::five`).
     U5(Vec<u8>),
@@ -198,8 +210,14 @@ enum GroupParams {
         d: Vec<f16>,
         dmin: Vec<f16>,
     },
-    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit and 3-bit values).
-    Sixteenths { sc: Vec<i8>, d: Vec<f16> },
+    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit, 3-bit and 2-bit values); for
+    /// 2 bits also `[N, K / 16]` offsets `mn` and `[N, K / 256]` `dmin` (empty otherwise).
+    Sixteenths {
+        sc: Vec<i8>,
+        d: Vec<f16>,
+        mn: Vec<i8>,
+        dmin: Vec<f16>,
+    },
 }
 
 impl GroupParams {
@@ -218,7 +236,9 @@ impl GroupParams {
             GroupParams::Super { sc, mn, d, dmin } => {
                 sc.len() + mn.len() + 2 * (d.len() + dmin.len())
             }
-            GroupParams::Sixteenths { sc, d } => sc.len() + 2 * d.len(),
+            GroupParams::Sixteenths { sc, d, mn, dmin } => {
+                sc.len() + mn.len() + 2 * (d.len() + dmin.len())
+            }
         }
     }
 }
@@ -282,14 +302,14 @@ impl QuantMatrix {
             );
         }
         match format {
-            QuantFormat::Q4K | QuantFormat::Q6K | QuantFormat::Q3K
+            QuantFormat::Q4K | QuantFormat::Q6K | QuantFormat::Q3K | QuantFormat::Q2K
                 if k.is_multiple_of(SUPER * QUANT_GROUP) =>
             {
                 return Self::ggml_from_rows(w, n, k, format);
             }
             // GGUF cannot hold a partial superblock (llama.cpp falls back to another type
             // too): such rows take the 32-value groups of Q4 / Q8.
-            QuantFormat::Q4K | QuantFormat::Q3K => {
+            QuantFormat::Q4K | QuantFormat::Q3K | QuantFormat::Q2K => {
                 return Self::from_rows(w, n, k, QuantFormat::Q4)
             }
             QuantFormat::Q6K => return Self::from_rows(w, n, k, QuantFormat::Q8),
@@ -385,7 +405,12 @@ impl QuantMatrix {
             format: QuantFormat::Q6K,
             dims: [n, k],
             values: Values::U6(v),
-            params: GroupParams::Sixteenths { sc, d },
+            params: GroupParams::Sixteenths {
+                sc,
+                d,
+                mn: Vec::new(),
+                dmin: Vec::new(),
+            },
         })
     }
 
@@ -419,7 +444,50 @@ impl QuantMatrix {
             format: QuantFormat::Q3K,
             dims: [n, k],
             values: Values::U3(v),
-            params: GroupParams::Sixteenths { sc, d },
+            params: GroupParams::Sixteenths {
+                sc,
+                d,
+                mn: Vec::new(),
+                dmin: Vec::new(),
+            },
+        })
+    }
+
+    /// Q2_K blocks of `[n, k]` rows (checked by the callers): per block 16 bytes of 4-bit
+    /// scales (low half) and offsets (high half) per 16 values, 64 bytes `qs`, the f16 `d` and
+    /// `dmin` (GGML's `dequantize_row_q2_K`). Value `128h + 32j + l` takes bits `2j..2j + 2`
+    /// of `qs[32h + l]`; it is `d · sc · q − dmin · mn` with its 16's `sc` and `mn`.
+    fn from_q2k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
+        const VALUES: usize = SUPER * QUANT_GROUP;
+        let (mut sc, mut mn) = (
+            Vec::with_capacity(n * k / 16),
+            Vec::with_capacity(n * k / 16),
+        );
+        let (mut d, mut dmin) = (Vec::new(), Vec::new());
+        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U2_CHUNK_BYTES);
+        let mut q = [0u8; VALUES];
+        for b in blocks.chunks_exact(GgmlDType::Q2K.type_size()) {
+            let (scales, qs) = (&b[..16], &b[16..80]);
+            for (i, q) in q.iter_mut().enumerate() {
+                let (h, j, l) = (i / 128, i % 128 / 32, i % 32);
+                *q = (qs[32 * h + l] >> (2 * j)) & 3;
+            }
+            sc.extend(scales.iter().map(|&s| (s & 0xF) as i8));
+            mn.extend(scales.iter().map(|&s| (s >> 4) as i8));
+            d.push(f16::from_le_bytes([b[80], b[81]]));
+            dmin.push(f16::from_le_bytes([b[82], b[83]]));
+            for chunk in q.chunks_exact(U6_CHUNK) {
+                v.extend(&act8::u3_chunk(chunk)[..U2_CHUNK_BYTES]);
+            }
+        }
+        if sc.len() != n * k / 16 {
+            candle_core::bail!("Q2_K [{n}, {k}]: {} bytes of blocks", blocks.len());
+        }
+        Ok(Self {
+            format: QuantFormat::Q2K,
+            dims: [n, k],
+            values: Values::U2(v),
+            params: GroupParams::Sixteenths { sc, d, mn, dmin },
         })
     }
 
@@ -530,6 +598,7 @@ impl QuantMatrix {
             GgmlDType::Q6K => QuantFormat::Q6K,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => QuantFormat::Q5,
             GgmlDType::Q3K => QuantFormat::Q3K,
+            GgmlDType::Q2K => QuantFormat::Q2K,
             GgmlDType::Q5K => QuantFormat::Q5K,
             _ => return None,
         })
@@ -580,6 +649,7 @@ impl QuantMatrix {
             QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q6K => return Self::from_q6k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q3K => return Self::from_q3k_blocks(blocks, n, k).map(Some),
+            QuantFormat::Q2K => return Self::from_q2k_blocks(blocks, n, k).map(Some),
             QuantFormat::Q5 | QuantFormat::Q5K => {
                 return Self::from_q5_blocks(ty, blocks, n, k).map(Some)
             }
@@ -687,7 +757,7 @@ impl QuantMatrix {
                     }
                 }
             }
-            (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
+            (Values::U6(v), GroupParams::Sixteenths { sc, d, .. }) => {
                 const VALUES: usize = SUPER * QUANT_GROUP;
                 let chunks = v.chunks_exact(VALUES / U6_CHUNK * U6_CHUNK_BYTES);
                 for (b, (chunks, sc)) in chunks.zip(sc.chunks_exact(16)).enumerate() {
@@ -712,7 +782,7 @@ impl QuantMatrix {
                     out.extend(d[b].to_le_bytes());
                 }
             }
-            (Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
+            (Values::U3(v), GroupParams::Sixteenths { sc, d, .. }) => {
                 const VALUES: usize = SUPER * QUANT_GROUP;
                 let chunks = v.chunks_exact(VALUES / U6_CHUNK * U3_CHUNK_BYTES);
                 for (b, (chunks, sc)) in chunks.zip(sc.chunks_exact(16)).enumerate() {
@@ -730,6 +800,29 @@ impl QuantMatrix {
                     out.extend(qs);
                     out.extend(q3k_pack(sc));
                     out.extend(d[b].to_le_bytes());
+                }
+            }
+            (Values::U2(v), GroupParams::Sixteenths { sc, d, mn, dmin }) => {
+                const VALUES: usize = SUPER * QUANT_GROUP;
+                let chunks = v.chunks_exact(VALUES / U6_CHUNK * U2_CHUNK_BYTES);
+                let params = sc.chunks_exact(16).zip(mn.chunks_exact(16));
+                for (b, (chunks, (sc, mn))) in chunks.zip(params).enumerate() {
+                    out.extend(
+                        sc.iter()
+                            .zip(mn)
+                            .map(|(&s, &m)| (s as u8) | ((m as u8) << 4)),
+                    );
+                    let mut qs = [0u8; 64];
+                    for (i, chunk) in chunks.chunks_exact(U2_CHUNK_BYTES).enumerate() {
+                        for c in 0..U6_CHUNK {
+                            let v = i * U6_CHUNK + c;
+                            let (h, j, l) = (v / 128, v % 128 / 32, v % 32);
+                            qs[32 * h + l] |= act8::u2_value(chunk, c) << (2 * j);
+                        }
+                    }
+                    out.extend(qs);
+                    out.extend(d[b].to_le_bytes());
+                    out.extend(dmin[b].to_le_bytes());
                 }
             }
             (Values::U5(v), params) => {
@@ -757,7 +850,7 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
-            Values::U6(v) | Values::U5(v) | Values::U3(v) => v.len(),
+            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => v.len(),
         };
         values + self.params.bytes()
     }
@@ -784,18 +877,26 @@ impl QuantMatrix {
         let mut out = vec![0f32; n * k];
         for (r, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(n) {
             let p = match (&self.values, &self.params) {
-                (Values::U6(v) | Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
-                    // (q − zero) · (d · sc), as GGML dequantises.
-                    let three = matches!(self.values, Values::U3(_));
-                    let p = SixBit { sc, d }.row(r, groups);
-                    let chunk = act8::chunk_bytes(three);
+                (
+                    Values::U6(v) | Values::U3(v) | Values::U2(v),
+                    GroupParams::Sixteenths { sc, d, mn, dmin },
+                ) => {
+                    // (q − zero) · (d · sc) (− dmin · mn), as GGML dequantises.
+                    let bits = match self.values {
+                        Values::U2(_) => 2,
+                        Values::U3(_) => 3,
+                        _ => 6,
+                    };
+                    let p = SixBit { sc, d, mn, dmin }.row(r, groups);
+                    let chunk = act8::chunk_bytes(bits);
                     let bytes = k / U6_CHUNK * chunk;
                     let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
                     for (ch, (w, vals)) in chunks.zip(row.chunks_exact_mut(U6_CHUNK)).enumerate() {
                         for (i, v) in vals.iter_mut().enumerate() {
                             let s = p.scale((ch * U6_CHUNK + i) / 16);
-                            let q = act8::sixteenths_value(three, w, i) as i32;
-                            *v = (q - act8::zero_point(three)) as f32 * s;
+                            let q = act8::sixteenths_value(bits, w, i) as i32;
+                            let s16 = (ch * U6_CHUNK + i) / 16;
+                            *v = (q - act8::zero_point(bits)) as f32 * s + p.offset(s16);
                         }
                     }
                     continue;
@@ -815,7 +916,7 @@ impl QuantMatrix {
                     }
                     params.view()
                 }
-                (Values::U6(_) | Values::U3(_), _) => None,
+                (Values::U6(_) | Values::U3(_) | Values::U2(_), _) => None,
             };
             let p = p.expect("group parameters").row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
@@ -851,11 +952,16 @@ impl QuantMatrix {
         );
         let params = match (&self.values, &self.params) {
             // No GEMM for 6 bits: every product takes the 8-bit activation kernel.
-            (Values::U6(v), GroupParams::Sixteenths { sc, d }) => {
-                return act8::matmul_u6_q8(isa, v, k, xs, m, SixBit { sc, d });
-            }
-            (Values::U3(v), GroupParams::Sixteenths { sc, d }) => {
-                return act8::matmul_u3_q8(isa, v, k, xs, m, SixBit { sc, d });
+            (
+                Values::U6(v) | Values::U3(v) | Values::U2(v),
+                GroupParams::Sixteenths { sc, d, mn, dmin },
+            ) => {
+                let p = SixBit { sc, d, mn, dmin };
+                return match &self.values {
+                    Values::U2(_) => act8::matmul_u2_q8(isa, v, k, xs, m, p),
+                    Values::U3(_) => act8::matmul_u3_q8(isa, v, k, xs, m, p),
+                    _ => act8::matmul_u6_q8(isa, v, k, xs, m, p),
+                };
             }
             (_, params) => params.view().expect("group parameters"),
         };
@@ -882,7 +988,7 @@ impl QuantMatrix {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
                     Values::U5(v) => Weights::U5(v),
-                    Values::U6(_) | Values::U3(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
                 };
                 return gemm::matmul(t, w, params, n, k, xs, m);
             }
@@ -909,7 +1015,7 @@ impl QuantMatrix {
                     Values::U5(v) => {
                         kernel::product(isa, &u5_bytes(v, n, k), k, xs, m, Some(&scales))
                     }
-                    Values::U6(_) | Values::U3(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
                 }
             }
         };
@@ -1242,7 +1348,7 @@ mod tests {
         let d = w.dequantize_rows();
         // (The 6-bit and 3-bit rows take the rounding kernels at every size.)
         let rounded = m <= GEMV_MAX_ROWS
-            || matches!(w.values, Values::U6(_) | Values::U3(_))
+            || matches!(w.values, Values::U6(_) | Values::U3(_) | Values::U2(_))
             || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
@@ -1312,7 +1418,13 @@ mod tests {
             let k = supers * SUPER * QUANT_GROUP;
             let w = values(n * k, seed, 0.3);
             let xs = values(m * k, seed, 1.9);
-            for format in [QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q5K, QuantFormat::Q3K] {
+            for format in [
+                QuantFormat::Q4K,
+                QuantFormat::Q6K,
+                QuantFormat::Q5K,
+                QuantFormat::Q3K,
+                QuantFormat::Q2K,
+            ] {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
                 prop_assert_eq!(q.format(), format);
                 for isa in Isa::supported() {
@@ -1364,6 +1476,8 @@ mod tests {
             (QuantFormat::Q5K, 0.6 / 31.0),
             // 3 bits, symmetric: q − 4 in −4..=3.
             (QuantFormat::Q3K, 1.0 / 7.0),
+            // 2 bits, the scale and offset themselves 4-bit.
+            (QuantFormat::Q2K, 1.0 / 3.0),
         ] {
             let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let d = q.dequantize_rows();

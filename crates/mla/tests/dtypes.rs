@@ -148,7 +148,8 @@ fn quantised_matrices_equal_their_dequantised_twin() {
                 | linear::QuantFormat::Q4K
                 | linear::QuantFormat::Q5
                 | linear::QuantFormat::Q5K
-                | linear::QuantFormat::Q3K => 5e-2,
+                | linear::QuantFormat::Q3K
+                | linear::QuantFormat::Q2K => 5e-2,
             };
             // More than GEMV_MAX_ROWS rows: the GEMM (this CPU's path).
             let rows = linear::GEMV_MAX_ROWS + 8;

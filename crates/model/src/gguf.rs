@@ -858,9 +858,9 @@ fn float_type(stored: DType) -> GgmlDType {
     }
 }
 
-/// The block type of a projection `[N, K]` in `format` (Q4_K / Q6_K / Q5_K / Q3_K rows that are
-/// not whole 256-value superblocks are Q4 / Q8 / Q5 / Q4, as [`QuantMatrix`] quantises them), or
-/// f32 when `K` is not a whole number of 32-value blocks.
+/// The block type of a projection `[N, K]` in `format` (Q4_K / Q6_K / Q5_K / Q3_K / Q2_K rows
+/// that are not whole 256-value superblocks are Q4 / Q8 / Q5 / Q4 / Q4, as [`QuantMatrix`]
+/// quantises them), or f32 when `K` is not a whole number of 32-value blocks.
 fn block_type(format: QuantFormat, k: usize) -> GgmlDType {
     match format {
         _ if !k.is_multiple_of(linear::QUANT_GROUP) => GgmlDType::F32,
@@ -868,8 +868,9 @@ fn block_type(format: QuantFormat, k: usize) -> GgmlDType {
         QuantFormat::Q6K if k.is_multiple_of(GgmlDType::Q6K.block_size()) => GgmlDType::Q6K,
         QuantFormat::Q5K if k.is_multiple_of(GgmlDType::Q5K.block_size()) => GgmlDType::Q5K,
         QuantFormat::Q3K if k.is_multiple_of(GgmlDType::Q3K.block_size()) => GgmlDType::Q3K,
+        QuantFormat::Q2K if k.is_multiple_of(GgmlDType::Q2K.block_size()) => GgmlDType::Q2K,
         QuantFormat::Q8 | QuantFormat::Q6K => GgmlDType::Q8_0,
-        QuantFormat::Q4 | QuantFormat::Q4K | QuantFormat::Q3K => GgmlDType::Q4_1,
+        QuantFormat::Q4 | QuantFormat::Q4K | QuantFormat::Q3K | QuantFormat::Q2K => GgmlDType::Q4_1,
         QuantFormat::Q5 | QuantFormat::Q5K => GgmlDType::Q5_1,
     }
 }
@@ -1034,7 +1035,7 @@ fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, 
             "general.file_type".into(),
             // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_1 = 3, MOSTLY_Q4_K_S = 14 (Q4_K
             // layers, a Q6_K head), MOSTLY_Q6_K = 18, MOSTLY_Q5_1 = 9, MOSTLY_Q5_K_S = 16,
-            // MOSTLY_Q3_K_S = 11
+            // MOSTLY_Q3_K_S = 11, MOSTLY_Q2_K = 10
             Meta::U32(match format {
                 QuantFormat::Q8 => 7,
                 QuantFormat::Q4 => 3,
@@ -1043,6 +1044,7 @@ fn gguf_metadata(cfg: &ModelConfig, format: QuantFormat) -> Result<Vec<(String, 
                 QuantFormat::Q5 => 9,
                 QuantFormat::Q5K => 16,
                 QuantFormat::Q3K => 11,
+                QuantFormat::Q2K => 10,
             }),
         ),
         ("general.quantization_version".into(), Meta::U32(2)),

@@ -32,6 +32,7 @@ enum QuantTo {
     Q5,
     Q5k,
     Q3k,
+    Q2k,
 }
 
 impl From<QuantTo> for linear::QuantFormat {
@@ -44,6 +45,7 @@ impl From<QuantTo> for linear::QuantFormat {
             QuantTo::Q5 => linear::QuantFormat::Q5,
             QuantTo::Q5k => linear::QuantFormat::Q5K,
             QuantTo::Q3k => linear::QuantFormat::Q3K,
+            QuantTo::Q2k => linear::QuantFormat::Q2K,
         }
     }
 }
@@ -67,9 +69,9 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_float_dtype)]
     dtype: Option<DType>,
     /// Format the weight matrices are kept in: f32, bf16, f16, fp8 (an FP8 checkpoint's e4m3
-    /// blocks as shipped), q8, q4, q4k, q6k, q5, q5k or q3k (8/4/6/5/3-bit groups quantised at
-    /// load; q4k, q6k, q5, q5k and q3k are GGUF's Q4_K, Q6_K, Q5_1, Q5_K and Q3_K, 4.5, 6.56, 6,
-    /// 5.5 and 3.44 bits per weight in a file), gguf (a GGUF file's
+    /// blocks as shipped), q8, q4, q4k, q6k, q5, q5k, q3k or q2k (8/4/6/5/3/2-bit groups
+    /// quantised at load; q4k, q6k, q5, q5k, q3k and q2k are GGUF's Q4_K, Q6_K, Q5_1, Q5_K, Q3_K
+    /// and Q2_K, 4.5, 6.56, 6, 5.5, 3.44 and 2.63 bits per weight in a file), gguf (a GGUF file's
     /// blocks as stored). Default: on the CPU, a GGUF file's blocks as stored, and with f32
     /// compute the checkpoint's own bf16/f16/FP8, exact, so decode reads the fewest bytes that
     /// give the checkpoint's model; otherwise the compute dtype.
@@ -96,11 +98,12 @@ struct ModelArgs {
     /// f32 products of the exact bf16 weights (the default).
     #[arg(long)]
     bf16_activations: bool,
-    /// Quantise the output head at load to q8, q4, q4k, q6k, q5, q5k or q3k (like llama.cpp's
+    /// Quantise the output head at load to q8, q4, q4k, q6k, q5, q5k, q3k or q2k (like
+    /// llama.cpp's
     /// `--output-tensor-type`): a decode step reads the whole head, so this reads fewer bytes
     /// per token, at the head's quantisation error on every logit. Default: the head as the
-    /// other matrices are kept (q8 when --matrices is q8, q4 or q5, q6k under q4k, q5k and q3k,
-    /// like llama.cpp's Q4_K_M, Q5_K_M and Q3_K_M).
+    /// other matrices are kept (q8 when --matrices is q8, q4 or q5, q6k under q4k, q5k, q3k and
+    /// q2k, like llama.cpp's K-quant mixes).
     #[arg(long)]
     head: Option<linear::QuantFormat>,
     /// Longest block of prompt tokens one pass through the layers takes; longer prompts go
@@ -304,16 +307,16 @@ enum Command {
     },
     /// Writes an HF checkpoint as a GGUF file with 8-bit (Q8_0), 4-bit (Q4_1, or Q4_K with
     /// Q4_1 for rows that are not whole 256-value superblocks), 6-bit (Q6_K), 5-bit (Q5_1, or
-    /// Q5_K with Q5_1 for partial superblocks) or 3-bit (Q3_K with Q4_1 for partial
-    /// superblocks) projections: the values `--matrices
-    /// q8|q4|q4k|q6k|q5|q5k|q3k` computes at load, so `--model OUT.gguf` reloads them
+    /// Q5_K with Q5_1 for partial superblocks), 3-bit (Q3_K) or 2-bit (Q2_K; both with Q4_1
+    /// for partial superblocks) projections: the values `--matrices
+    /// q8|q4|q4k|q6k|q5|q5k|q3k|q2k` computes at load, so `--model OUT.gguf` reloads them
     /// without requantising; llama.cpp reads the file too (no tokenizer inside: pass
     /// `--tokenizer`). One tensor in memory at a time.
     Quantize {
         /// Source checkpoint directory (safetensors; FP8 is dequantised first).
         #[arg(long)]
         model: PathBuf,
-        /// q8, q4, q4k, q6k, q5, q5k or q3k.
+        /// q8, q4, q4k, q6k, q5, q5k, q3k or q2k.
         #[arg(long, value_enum)]
         to: QuantTo,
         /// Output GGUF file (must not exist).

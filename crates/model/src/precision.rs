@@ -50,7 +50,7 @@ impl std::fmt::Display for MatrixFormat {
 impl std::str::FromStr for MatrixFormat {
     type Err = String;
 
-    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k`, `q3k` or `gguf` (for
+    /// Parses `f32`, `bf16`, `f16`, `fp8`, `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k`, `q3k`, `q2k` or `gguf` (for
     /// command-line options).
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(q) = s.parse::<QuantFormat>() {
@@ -61,7 +61,7 @@ impl std::str::FromStr for MatrixFormat {
             "gguf" => MatrixFormat::Ggml,
             _ => MatrixFormat::Float(parse_float_dtype(s).map_err(|_| {
                 format!(
-                    "'{s}' is not one of f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5, q5k, q3k, gguf"
+                    "'{s}' is not one of f32, bf16, f16, fp8, q8, q4, q4k, q6k, q5, q5k, q3k, q2k, gguf"
                 )
             })?),
         })
@@ -195,11 +195,13 @@ impl Precision {
 
 /// The output head's format under layers quantised to `layers`: wider than the layers (its
 /// errors reach every logit directly), as llama.cpp's mixes keep it: 8 bits (Q8_0) under q8
-/// and q4 (and q5), 6 bits (Q6_K, as in llama.cpp's Q4_K_M, Q5_K_M and Q3_K_M) under q4k,
-/// q5k and q3k.
+/// and q4 (and q5), 6 bits (Q6_K, as in llama.cpp's K-quant mixes) under q4k, q5k, q3k and
+/// q2k.
 pub fn default_head(layers: QuantFormat) -> QuantFormat {
     match layers {
-        QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q3K => QuantFormat::Q6K,
+        QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q3K | QuantFormat::Q2K => {
+            QuantFormat::Q6K
+        }
         _ => QuantFormat::Q8,
     }
 }

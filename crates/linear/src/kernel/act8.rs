@@ -480,14 +480,22 @@ pub(crate) fn u6_chunk(q: &[u8]) -> [u8; U6_CHUNK_BYTES] {
 /// masked add of the u64.
 pub(crate) const U3_CHUNK_BYTES: usize = 24;
 
-/// Value `v` (`0..64`, in `0..=7`) of a 3-bit chunk.
-pub(crate) fn u3_value(chunk: &[u8], v: usize) -> u8 {
-    let lo = (chunk[v % 16] >> (2 * (v / 16))) & 3;
-    let hi = (chunk[16 + v / 8] >> (v % 8)) & 1;
-    lo | (hi << 2)
+/// Bytes per chunk of a 2-bit row ([`matmul_u2_q8`]): a 3-bit chunk's 16 bytes of bit pairs.
+pub(crate) const U2_CHUNK_BYTES: usize = 16;
+
+/// Value `v` (`0..64`, in `0..=3`) of a 2-bit chunk (or the low two bits of a 3-bit one).
+pub(crate) fn u2_value(chunk: &[u8], v: usize) -> u8 {
+    (chunk[v % 16] >> (2 * (v / 16))) & 3
 }
 
-/// The chunk of 64 values `q` (each in `0..=7`), the inverse of [`u3_value`].
+/// Value `v` (`0..64`, in `0..=7`) of a 3-bit chunk.
+pub(crate) fn u3_value(chunk: &[u8], v: usize) -> u8 {
+    let hi = (chunk[16 + v / 8] >> (v % 8)) & 1;
+    u2_value(chunk, v) | (hi << 2)
+}
+
+/// The chunk of 64 values `q` (each in `0..=7`), the inverse of [`u3_value`]; its first
+/// [`U2_CHUNK_BYTES`] are the 2-bit chunk of values in `0..=3` ([`u2_value`]).
 pub(crate) fn u3_chunk(q: &[u8]) -> [u8; U3_CHUNK_BYTES] {
     let mut out = [0u8; U3_CHUNK_BYTES];
     for j in 0..16 {
@@ -499,31 +507,33 @@ pub(crate) fn u3_chunk(q: &[u8]) -> [u8; U3_CHUNK_BYTES] {
     out
 }
 
-/// The bytes per chunk of the rows with a scale per 16 values (`three`: 3 bits, GGUF's Q3_K;
-/// otherwise 6 bits, Q6_K), `K / 64` chunks per row, value `d · sc · (q − zero_point)`.
-pub(crate) const fn chunk_bytes(three: bool) -> usize {
-    if three {
-        U3_CHUNK_BYTES
-    } else {
-        U6_CHUNK_BYTES
+/// The bytes per chunk of the rows with a scale per 16 values, `bits` bits per value: 2
+/// (GGUF's Q2_K), 3 (Q3_K) or 6 (Q6_K); `K / 64` chunks per row, value
+/// `d · sc · (q − zero_point) − dmin · mn` (the last term 2-bit only).
+pub(crate) const fn chunk_bytes(bits: usize) -> usize {
+    match bits {
+        2 => U2_CHUNK_BYTES,
+        3 => U3_CHUNK_BYTES,
+        _ => U6_CHUNK_BYTES,
     }
 }
 
-/// The value that multiplies to zero (`q − zero`): 4 for 3 bits, 32 for 6.
-pub(crate) const fn zero_point(three: bool) -> i32 {
-    if three {
-        4
-    } else {
-        32
+/// The value that multiplies to zero (`q − zero`): 0 for 2 bits (which have offsets), 4 for 3,
+/// 32 for 6.
+pub(crate) const fn zero_point(bits: usize) -> i32 {
+    match bits {
+        2 => 0,
+        3 => 4,
+        _ => 32,
     }
 }
 
-/// Value `v` of a chunk of either width.
-pub(crate) fn sixteenths_value(three: bool, chunk: &[u8], v: usize) -> u8 {
-    if three {
-        u3_value(chunk, v)
-    } else {
-        u6_value(chunk, v)
+/// Value `v` of a chunk of `bits` bits.
+pub(crate) fn sixteenths_value(bits: usize, chunk: &[u8], v: usize) -> u8 {
+    match bits {
+        2 => u2_value(chunk, v),
+        3 => u3_value(chunk, v),
+        _ => u6_value(chunk, v),
     }
 }
 
@@ -534,14 +544,24 @@ pub(crate) fn sixteenths_value(three: bool, chunk: &[u8], v: usize) -> u8 {
 pub(crate) struct SixBit<'a> {
     pub sc: &'a [i8],
     pub d: &'a [f16],
+    /// 2 bits only (empty otherwise): the offsets `−dmin · mn` per 16 values, an `mn` per 16
+    /// and a `dmin` per [`SUPER`] groups.
+    pub mn: &'a [i8],
+    pub dmin: &'a [f16],
 }
 
 impl RowParams for SixBit<'_> {
     fn row(&self, r: usize, groups: usize) -> Self {
         let supers = groups.div_ceil(SUPER);
+        let (sub, sup) = (
+            2 * r * groups..2 * (r + 1) * groups,
+            r * supers..(r + 1) * supers,
+        );
         SixBit {
-            sc: &self.sc[2 * r * groups..2 * (r + 1) * groups],
-            d: &self.d[r * supers..(r + 1) * supers],
+            sc: &self.sc[sub.clone()],
+            d: &self.d[sup.clone()],
+            mn: self.mn.get(sub).unwrap_or_default(),
+            dmin: self.dmin.get(sup).unwrap_or_default(),
         }
     }
 }
@@ -550,6 +570,25 @@ impl SixBit<'_> {
     /// The scale of the 16 values from `16 · s` on.
     pub(crate) fn scale(&self, s: usize) -> f32 {
         self.d[s / (2 * SUPER)].to_f32() * self.sc[s] as f32
+    }
+
+    /// The offset of the 16 values from `16 · s` on (`−dmin · mn`; zero without offsets).
+    pub(crate) fn offset(&self, s: usize) -> f32 {
+        match self.mn.get(s) {
+            Some(&mn) => -(self.dmin[s / (2 * SUPER)].to_f32() * mn as f32),
+            None => 0.0,
+        }
+    }
+
+    /// `Σ_s dmin · mn_s · dx_{s / 2} · sums16_s` over the row's sub-blocks (what 2-bit rows
+    /// subtract), in order.
+    pub(crate) fn offsets(&self, dx: &[f32], sums16: &[f32]) -> f32 {
+        (0..self.mn.len().min(sums16.len()))
+            .map(|s| {
+                let m = self.dmin[s / (2 * SUPER)].to_f32() * self.mn[s] as f32;
+                m * dx[s / 2] * sums16[s]
+            })
+            .sum()
     }
 
     /// The factors `c_s = scale(s) · dx_{s / 2}` of the sub-blocks of 16 values `s` covered
@@ -576,7 +615,7 @@ pub(crate) fn matmul_u6_q8(
     m: usize,
     params: SixBit,
 ) -> Vec<f32> {
-    matmul_sixteenths::<false>(isa, w, k, xs, m, params)
+    matmul_sixteenths::<6>(isa, w, k, xs, m, params)
 }
 
 /// [`matmul_u6_q8`] of 3-bit values (chunks of [`U3_CHUNK_BYTES`]).
@@ -588,11 +627,24 @@ pub(crate) fn matmul_u3_q8(
     m: usize,
     params: SixBit,
 ) -> Vec<f32> {
-    matmul_sixteenths::<true>(isa, w, k, xs, m, params)
+    matmul_sixteenths::<3>(isa, w, k, xs, m, params)
 }
 
-/// [`matmul_u6_q8`] (`THREE`: [`matmul_u3_q8`]).
-fn matmul_sixteenths<const THREE: bool>(
+/// [`matmul_u6_q8`] of 2-bit values (chunks of [`U2_CHUNK_BYTES`], with offsets).
+pub(crate) fn matmul_u2_q8(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    params: SixBit,
+) -> Vec<f32> {
+    assert!(!params.mn.is_empty(), "2-bit rows have offsets");
+    matmul_sixteenths::<2>(isa, w, k, xs, m, params)
+}
+
+/// [`matmul_u6_q8`], [`matmul_u3_q8`] or [`matmul_u2_q8`] by `BITS`.
+fn matmul_sixteenths<const BITS: usize>(
     isa: Isa,
     w: &[u8],
     k: usize,
@@ -601,17 +653,17 @@ fn matmul_sixteenths<const THREE: bool>(
     params: SixBit,
 ) -> Vec<f32> {
     assert!(k.is_multiple_of(U6_CHUNK), "rows of whole 64-value chunks");
-    let kw = k / U6_CHUNK * chunk_bytes(THREE);
+    let kw = k / U6_CHUNK * chunk_bytes(BITS);
     let kernels = (
-        dots_u6::<THREE> as RowDots<u8, SixBit>,
-        run_u6::<THREE> as RowsRun<u8, SixBit>,
+        dots_u6::<BITS> as RowDots<u8, SixBit>,
+        run_u6::<BITS> as RowsRun<u8, SixBit>,
     );
     matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, kernels)
 }
 
-/// [`RowDots`] of a 6-bit (`THREE`: 3-bit) row: on AVX512-VNNI up to four activation rows per
+/// [`RowDots`] of a `BITS`-bit (6, 3 or 2) row: on AVX512-VNNI up to four activation rows per
 /// pass (each chunk unpacked once for all), [`dot_u6`] elsewhere.
-fn dots_u6<const THREE: bool>(
+fn dots_u6<const BITS: usize>(
     isa: Isa,
     w: &[u8],
     xs: &[Q8Row],
@@ -621,13 +673,13 @@ fn dots_u6<const THREE: bool>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return in_blocks(&SixBitRows::<THREE> { t, w, p }, xs, c, out);
+        return in_blocks(&SixBitRows::<BITS> { t, w, p }, xs, c, out);
     }
-    each(dot_u6::<THREE>, isa, w, xs, p, c, out)
+    each(dot_u6::<BITS>, isa, w, xs, p, c, out)
 }
 
-/// [`RowsRun`] of 6-bit (`THREE`: 3-bit) rows: AVX512-VNNI only.
-fn run_u6<const THREE: bool>(
+/// [`RowsRun`] of `BITS`-bit (6, 3 or 2) rows: AVX512-VNNI only.
+fn run_u6<const BITS: usize>(
     isa: Isa,
     w: &[u8],
     kw: usize,
@@ -643,27 +695,28 @@ fn run_u6<const THREE: bool>(
             stride: kw,
             first,
         };
-        return super::x86_512_act8::dot_u6_q8_run::<THREE>(t, run, xs, p, out);
+        return super::x86_512_act8::dot_u6_q8_run::<BITS>(t, run, xs, p, out);
     }
     let _ = (isa, w, kw, first, xs, p, out);
     false
 }
 
-/// One 6-bit (`THREE`: 3-bit) row: `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over
-/// sub-blocks `s` of 16 values, `c_s = d · sc_s · dx_g` ([`zero_point`]).
-fn dot_u6<const THREE: bool>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
+/// One `BITS`-bit (6, 3 or 2) row: `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over
+/// sub-blocks `s` of 16 values, `c_s = d · sc_s · dx_g` ([`zero_point`]), less
+/// [`SixBit::offsets`] for 2 bits.
+fn dot_u6<const BITS: usize>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u6_q8::<1, THREE>(t, w, [x], p)[0];
+        return super::x86_512_act8::dot_u6_q8::<1, BITS>(t, w, [x], p)[0];
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_u6_q8::<THREE>(t, w, x, p);
+        return super::x86::dot_u6_q8::<BITS>(t, w, x, p);
     }
     let c = &mut c[..x.q.len() / 16];
     p.factors(&x.scale, c);
     let _ = isa;
-    portable::dot_u6_q8::<THREE>(w, &x.q, c)
+    portable::dot_u6_q8::<BITS>(w, &x.q, c) - p.offsets(&x.scale, &x.sums16)
 }
 
 /// A VNNI row kernel that takes `J` activation rows per pass over a weight row: each weight
@@ -728,18 +781,18 @@ impl RowsKernel for EightBitRows<'_> {
     }
 }
 
-/// A 6-bit (`THREE`: 3-bit) weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
+/// A `BITS`-bit (6, 3 or 2) weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
 #[cfg(target_arch = "x86_64")]
-struct SixBitRows<'a, const THREE: bool> {
+struct SixBitRows<'a, const BITS: usize> {
     t: super::x86_512::Avx512Vnni,
     w: &'a [u8],
     p: SixBit<'a>,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<const THREE: bool> RowsKernel for SixBitRows<'_, THREE> {
+impl<const BITS: usize> RowsKernel for SixBitRows<'_, BITS> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
-        super::x86_512_act8::dot_u6_q8::<J, THREE>(self.t, self.w, x, self.p)
+        super::x86_512_act8::dot_u6_q8::<J, BITS>(self.t, self.w, x, self.p)
     }
 }
 
@@ -969,12 +1022,26 @@ mod tests {
                 if k % (SUPER * GROUP) == 0 {
                     let w6 = bytes(n * k / U6_CHUNK * U6_CHUNK_BYTES);
                     let sc: Vec<i8> = (0..n * k / 16).map(|i| (i % 61) as i8 - 30).collect();
-                    let p = SixBit { sc: &sc, d: &d };
+                    let p = SixBit {
+                        sc: &sc,
+                        d: &d,
+                        mn: &[],
+                        dmin: &[],
+                    };
                     let all = matmul_u6_q8(isa, &w6, k, &xs, m, p);
                     same(&all, &|x| matmul_u6_q8(isa, &w6, k, x, 1, p), "6-bit");
                     let w3 = bytes(n * k / U6_CHUNK * U3_CHUNK_BYTES);
                     let all = matmul_u3_q8(isa, &w3, k, &xs, m, p);
                     same(&all, &|x| matmul_u3_q8(isa, &w3, k, x, 1, p), "3-bit");
+                    let w2 = bytes(n * k / U6_CHUNK * U2_CHUNK_BYTES);
+                    let mn: Vec<i8> = (0..n * k / 16).map(|i| (i % 13) as i8).collect();
+                    let p = SixBit {
+                        mn: &mn,
+                        dmin: &d,
+                        ..p
+                    };
+                    let all = matmul_u2_q8(isa, &w2, k, &xs, m, p);
+                    same(&all, &|x| matmul_u2_q8(isa, &w2, k, x, 1, p), "2-bit");
                 }
             }
         }

@@ -104,13 +104,13 @@ pub(super) fn dot_u4_q8(w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
     total
 }
 
-/// One row of the 6-bit (`THREE`: 3-bit) product with 8-bit activations in natural order
+/// One row of the `BITS`-bit (6, 3 or 2) product with 8-bit activations in natural order
 /// (`act8`'s chunk layouts): `Σ_s c[s] · Σ_{i in s} (q_i − zero) · xq_i` over sub-blocks of
 /// 16, integer sums.
-pub(super) fn dot_u6_q8<const THREE: bool>(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
+pub(super) fn dot_u6_q8<const BITS: usize>(w: &[u8], xq: &[i8], c: &[f32]) -> f32 {
     use super::act8::{chunk_bytes, sixteenths_value, zero_point, U6_CHUNK};
     let chunks = w
-        .chunks_exact(chunk_bytes(THREE))
+        .chunks_exact(chunk_bytes(BITS))
         .zip(xq.chunks_exact(U6_CHUNK));
     let mut total = 0f32;
     for (ch, (w, x)) in chunks.enumerate() {
@@ -119,8 +119,8 @@ pub(super) fn dot_u6_q8<const THREE: bool>(w: &[u8], xq: &[i8], c: &[f32]) -> f3
                 .iter()
                 .enumerate()
                 .map(|(i, &x)| {
-                    let q = sixteenths_value(THREE, w, 16 * s + i) as i32;
-                    (q - zero_point(THREE)) * x as i32
+                    let q = sixteenths_value(BITS, w, 16 * s + i) as i32;
+                    (q - zero_point(BITS)) * x as i32
                 })
                 .sum();
             total += c[4 * ch + s] * sum as f32;

@@ -696,33 +696,38 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
 /// value is `−32 · Σ_s c_s · sums16_s` over the activations' sums per 16 values, one FMA per
 /// chunk. `x` is the activation row ([`super::act8::q8_row_six`]).
 ///
-/// With `THREE`, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): the 16 bytes of bit pairs
+/// With `BITS` 3, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): the 16 bytes of bit pairs
 /// broadcast to both 128-bit lanes and shifted per lane, the 64 third bits as bytes by a
-/// shuffle and compare, and `−4` for `−32`.
-pub(crate) fn dot_u6_q8<const THREE: bool>(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
+/// shuffle and compare, and `−4` for `−32`. With `BITS` 2 (Q2_K), the bit pairs alone, no
+/// zero point, and the offsets ([`SixBit::offsets`]) subtracted after the row.
+pub(crate) fn dot_u6_q8<const BITS: usize>(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
     use super::act8::{chunk_bytes, U6_CHUNK};
-    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / chunk_bytes(THREE));
-    // Q6_K rows are whole superblocks (`QuantMatrix` keeps other widths in another format).
-    assert!(chunks.is_multiple_of(4), "6-bit rows are whole superblocks");
+    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / chunk_bytes(BITS));
+    // Q6_K / Q3_K / Q2_K rows are whole superblocks (`QuantMatrix` keeps other widths in
+    // another format).
+    assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
         p.sc.len() >= 4 * chunks
             && p.d.len() >= chunks / 4
             && x.scale.len() >= 2 * chunks
-            && x.sums16.len() >= 4 * chunks,
+            && x.sums16.len() >= 4 * chunks
+            && (BITS != 2 || (p.mn.len() >= 4 * chunks && p.dmin.len() >= chunks / 4)),
         "parameters and activation sums for every chunk"
     );
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
     // `chunks` whole chunks of `w` and `x`, their scales, `d`s and sums, inside the slices
     // (checked above).
-    unsafe { dot_u6_q8_avx2::<THREE>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) }
+    let row =
+        unsafe { dot_u6_q8_avx2::<BITS>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) };
+    row - p.offsets(&x.scale, &x.sums16)
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; `w` must hold `chunks` chunks (48 bytes, with `THREE`
-/// 24), `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`,
+/// AVX2 and FMA must be available; `w` must hold `chunks` chunks of `BITS` bits
+/// (`act8::chunk_bytes`), `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`,
 /// `d` `chunks / 4`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u6_q8_avx2<const THREE: bool>(
+unsafe fn dot_u6_q8_avx2<const BITS: usize>(
     w: *const u8,
     x: &Q8Row,
     (sc, d): (*const i8, *const f16),
@@ -762,13 +767,16 @@ unsafe fn dot_u6_q8_avx2<const THREE: bool>(
             dx_pairs,
         );
         let cs = _mm_mul_ps(_mm_mul_ps(sd, scales), _mm256_castps256_ps128(dxs));
-        let (q0, q1) = if THREE {
+        let (q0, q1) = if BITS <= 3 {
             // Values 0..32 / 32..64: bit pairs t = 0, 1 / 2, 3 (shifts 0, 2 / 4, 6 per lane),
-            // third bits from the u32 of each half.
-            let p = w.add(ch * super::act8::U3_CHUNK_BYTES);
+            // 3 bits: third bits from the u32 of each half.
+            let p = w.add(ch * super::act8::chunk_bytes(BITS));
             let l = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
             let pairs = |shift: __m256i| _mm256_and_si256(_mm256_srlv_epi32(l, shift), pair);
             let third = |half: usize| {
+                if BITS == 2 {
+                    return _mm256_setzero_si256();
+                }
                 let bits = (p.add(16 + 4 * half) as *const u32).read_unaligned();
                 _mm256_srli_epi16::<2>(fifth_bits(bits))
             };
@@ -801,6 +809,6 @@ unsafe fn dot_u6_q8_avx2<const THREE: bool>(
         acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc1);
         offsets = _mm_fmadd_ps(cs, _mm_loadu_ps(sums16.add(4 * ch)), offsets);
     }
-    let zero = super::act8::zero_point(THREE) as f32;
+    let zero = super::act8::zero_point(BITS) as f32;
     hsum(_mm256_add_ps(acc0, acc1)) - zero * hsum4(offsets)
 }

@@ -415,8 +415,8 @@ unsafe fn u4_run<const FIVE: bool>(run: Run, x: &Blocks, p: QuadParams, k: usize
     }
 }
 
-/// [`Run`] of 6-bit (`THREE`: 3-bit) rows with the matrix's parameters `p`.
-pub(crate) fn dot_u6_q8_run<const THREE: bool>(
+/// [`Run`] of `BITS`-bit (6, 3 or 2) rows with the matrix's parameters `p`.
+pub(crate) fn dot_u6_q8_run<const BITS: usize>(
     _: Avx512Vnni,
     run: Run,
     xs: &[super::act8::Q8Row],
@@ -426,41 +426,39 @@ pub(crate) fn dot_u6_q8_run<const THREE: bool>(
     use super::act8::{chunk_bytes, U6_CHUNK};
     let k = xs.first().map_or(0, |x| x.q.len());
     let chunks = k / U6_CHUNK;
-    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(xs, out, chunks * chunk_bytes(THREE)) {
+    if !k.is_multiple_of(4 * U6_CHUNK) || !run.holds(xs, out, chunks * chunk_bytes(BITS)) {
         return false;
     }
     let end = run.first + out.len() / xs.len();
     assert!(
-        p.sc.len() >= end * 4 * chunks
-            && p.d.len() >= end * chunks / 4
-            && xs.iter().all(|x| x.sums16.len() >= 4 * chunks),
+        six_covers::<BITS>(&p, end, chunks) && xs.iter().all(|x| x.sums16.len() >= 4 * chunks),
         "parameters and activation sums for every chunk"
     );
     let blocks = Blocks::of(xs, |x| &x.sums16);
     // SAFETY: as `dot_u6_q8` for each row: `w` holds the rows (checked), the parameters cover
     // rows `first..end` and `xs` every chunk (checked above).
-    unsafe { u6_run::<THREE>(run, &blocks, p, chunks, out) };
+    unsafe { u6_run::<BITS>(run, &blocks, p, chunks, out) };
     true
 }
 
-/// A 6-bit (`THREE`: 3-bit) row for [`Blocks::each`].
-struct U6Row<const THREE: bool> {
+/// A `BITS`-bit (6, 3 or 2) row for [`Blocks::each`].
+struct U6Row<const BITS: usize> {
     w: *const u8,
-    params: (*const i8, *const f16),
+    params: SixPtrs,
     chunks: usize,
 }
 
-impl<const THREE: bool> RowKernel for U6Row<THREE> {
+impl<const BITS: usize> RowKernel for U6Row<BITS> {
     #[inline(always)]
     unsafe fn rows<const J: usize>(&self, x: Rows<J>) -> [f32; J] {
-        dot_u6_q8_vnni::<J, THREE>(self.w, x, self.params, self.chunks)
+        dot_u6_q8_vnni::<J, BITS>(self.w, x, self.params, self.chunks)
     }
 }
 
 /// # Safety
 /// As [`dot_u6_q8_vnni`] for each row of `run` (see [`dot_u6_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn u6_run<const THREE: bool>(
+unsafe fn u6_run<const BITS: usize>(
     run: Run,
     x: &Blocks,
     p: super::act8::SixBit,
@@ -471,11 +469,8 @@ unsafe fn u6_run<const THREE: bool>(
     for (i, out) in out.chunks_exact_mut(m).enumerate() {
         let r = run.first + i;
         let w = run.w.as_ptr().add(i * run.stride);
-        let params = (
-            p.sc.as_ptr().add(r * 4 * chunks),
-            p.d.as_ptr().add(r * chunks / 4),
-        );
-        x.each(&U6Row::<THREE> { w, params, chunks }, out);
+        let params = SixPtrs::row(p, r, chunks);
+        x.each(&U6Row::<BITS> { w, params, chunks }, out);
     }
 }
 
@@ -788,23 +783,24 @@ unsafe fn dot_u4_q8_vnni<const J: usize, const FIVE: bool>(
 /// (four chunks) the sixteen factors `c_s` are formed in one vector, and the `−32` of every
 /// value is one FMA: `Σ_s c_s · 32 · Σ_{i in s} xq_i` with the activations' sums.
 ///
-/// With `THREE`, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): per chunk one 128-bit load of
+/// With `BITS` 3, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): per chunk one 128-bit load of
 /// bit pairs broadcast to the four lanes and shifted per lane, an AND, and one masked add of
-/// the third bits (a u64 loaded as a mask); `−4` for `−32`.
-pub(crate) fn dot_u6_q8<const J: usize, const THREE: bool>(
+/// the third bits (a u64 loaded as a mask); `−4` for `−32`. With `BITS` 2 (Q2_K), the bit
+/// pairs alone, and in place of the zero point the offsets `−dmin · mn` per 16 values times
+/// the activations' sums, formed per superblock as the scales are.
+pub(crate) fn dot_u6_q8<const J: usize, const BITS: usize>(
     _: Avx512Vnni,
     w: &[u8],
     x: [&super::act8::Q8Row; J],
     p: super::act8::SixBit,
 ) -> [f32; J] {
     use super::act8::{chunk_bytes, U6_CHUNK};
-    let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / chunk_bytes(THREE));
+    let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / chunk_bytes(BITS));
     // Q6_K / Q3_K rows are whole superblocks (`QuantMatrix` keeps other widths in another
     // format).
     assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
-        p.sc.len() >= 4 * chunks
-            && p.d.len() >= chunks / 4
+        six_covers::<BITS>(&p, 1, chunks)
             && x.iter().all(|r| r.q.len() == x[0].q.len()
                 && r.scale.len() >= 2 * chunks
                 && r.sums16.len() >= 4 * chunks),
@@ -815,8 +811,50 @@ pub(crate) fn dot_u6_q8<const J: usize, const THREE: bool>(
     // sums, inside the slices (checked above).
     unsafe {
         let rows = Rows::of(x, |x| &x.sums16);
-        dot_u6_q8_vnni::<J, THREE>(w.as_ptr(), rows, (p.sc.as_ptr(), p.d.as_ptr()), chunks)
+        dot_u6_q8_vnni::<J, BITS>(w.as_ptr(), rows, SixPtrs::row(p, 0, chunks), chunks)
     }
+}
+
+/// [`super::act8::SixBit`] of one row as the VNNI loop reads it (`mn`, `dmin` for 2 bits only).
+#[derive(Clone, Copy)]
+struct SixPtrs {
+    sc: *const i8,
+    d: *const f16,
+    mn: *const i8,
+    dmin: *const f16,
+}
+
+impl SixPtrs {
+    /// Row `r`'s parameters in `p` (the whole matrix's), rows of `chunks` chunks.
+    ///
+    /// # Safety
+    /// `p` must hold row `r`'s parameters (and offsets, if it has any).
+    unsafe fn row(p: super::act8::SixBit, r: usize, chunks: usize) -> SixPtrs {
+        let (sub, sup) = (r * 4 * chunks, r * chunks / 4);
+        let has = !p.mn.is_empty();
+        SixPtrs {
+            sc: p.sc.as_ptr().add(sub),
+            d: p.d.as_ptr().add(sup),
+            mn: if has {
+                p.mn.as_ptr().add(sub)
+            } else {
+                std::ptr::null()
+            },
+            dmin: if has {
+                p.dmin.as_ptr().add(sup)
+            } else {
+                std::ptr::null()
+            },
+        }
+    }
+}
+
+/// Whether `p` covers `rows` rows of `chunks` chunks of `BITS` bits (offsets for 2 bits).
+fn six_covers<const BITS: usize>(p: &super::act8::SixBit, rows: usize, chunks: usize) -> bool {
+    let (sub, sup) = (rows * 4 * chunks, rows * chunks / 4);
+    p.sc.len() >= sub
+        && p.d.len() >= sup
+        && (BITS != 2 || (p.mn.len() >= sub && p.dmin.len() >= sup))
 }
 
 /// The 64 values of 6-bit chunk `ch`, one per byte.
@@ -853,18 +891,38 @@ unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
 /// The 64 values of 3-bit chunk `ch` (`act8::u3_chunk`), one per byte.
 ///
 /// # Safety
-/// As [`dot_u6_q8_vnni`] with `THREE`, for chunk `ch`.
+/// As [`dot_u6_q8_vnni`] with 3 bits, for chunk `ch`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn u3_chunk(w: *const u8, ch: usize) -> __m512i {
-    // 128-bit lane t holds values 16t.. at bits 2t..2t + 2 of each byte.
-    let shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
     let p = w.add(ch * super::act8::U3_CHUNK_BYTES);
-    let pairs = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
-    let q = _mm512_and_si512(_mm512_srlv_epi32(pairs, shifts), _mm512_set1_epi8(3));
+    let q = bit_pairs(p);
     // (`q` ≤ 3: adding 4 sets the third bit.)
     let third = (p.add(16) as *const u64).read_unaligned();
     _mm512_mask_add_epi8(q, third, q, _mm512_set1_epi8(4))
+}
+
+/// The 64 values of 2-bit chunk `ch` (`act8::u2_value`), one per byte.
+///
+/// # Safety
+/// As [`dot_u6_q8_vnni`] with 2 bits, for chunk `ch`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn u2_chunk(w: *const u8, ch: usize) -> __m512i {
+    bit_pairs(w.add(ch * super::act8::U2_CHUNK_BYTES))
+}
+
+/// The 64 bit pairs of the 16 bytes at `p` (byte `j`, bits `2t..2t + 2`: value `j + 16t`).
+///
+/// # Safety
+/// AVX-512 F/BW must be available; `p` must hold 16 bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn bit_pairs(p: *const u8) -> __m512i {
+    // 128-bit lane t holds values 16t.. at bits 2t..2t + 2 of each byte.
+    let shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    let pairs = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
+    _mm512_and_si512(_mm512_srlv_epi32(pairs, shifts), _mm512_set1_epi8(3))
 }
 
 /// The integer sums `Σ q · xq` of chunk `ch`'s values `q` as f32 (16 lanes, four per
@@ -881,15 +939,15 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
 
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
-/// 4 (whole superblocks); `w` must hold `chunks` chunks (48 bytes, with `THREE` 24), each row's `xq` `chunks · 64`,
+/// 4 (whole superblocks); `w` must hold `chunks` chunks of `BITS` bits, with 2 bits `mn` and `dmin` as `sc` and `d`, each row's `xq` `chunks · 64`,
 /// `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
 /// `chunks / 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
-unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
+unsafe fn dot_u6_q8_vnni<const J: usize, const BITS: usize>(
     w: *const u8,
     Rows { xq, dx, sums }: Rows<J>,
-    (sc, d): (*const i8, *const f16),
+    SixPtrs { sc, d, mn, dmin }: SixPtrs,
     chunks: usize,
 ) -> [f32; J] {
     // Chunk j of a superblock takes factors 4j..4j + 4, each over four lanes.
@@ -902,10 +960,11 @@ unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
     let spreads = [spread(0), spread(1), spread(2), spread(3)];
     // Sub-block s of a superblock has the `dx` of its group s / 2.
     let pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    // Per row two accumulators and the `−32` terms in a third.
+    // Per row two accumulators and, in a third, the `−32` terms (6 bits; `−4`: 3 bits) or the
+    // offsets (2 bits: `−dmin · mn` per 16 values times the sums).
     let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); J], [_mm512_setzero_ps(); J]);
     let mut offsets = [_mm512_setzero_ps(); J];
-    let block = 4 * super::act8::chunk_bytes(THREE);
+    let block = 4 * super::act8::chunk_bytes(BITS);
     for b in 0..chunks / 4 {
         let ahead = w.wrapping_add(b * block + PREFETCH) as *const i8;
         for line in 0..block.div_ceil(64) {
@@ -916,14 +975,23 @@ unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
         )));
         let dv = _mm512_cvtph_ps(_mm256_set1_epi16((*d.add(b)).to_bits() as i16));
         let sd = _mm512_mul_ps(s, dv);
+        let md = if BITS == 2 {
+            let m = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                mn.add(16 * b) as *const __m128i
+            )));
+            _mm512_mul_ps(
+                m,
+                _mm512_cvtph_ps(_mm256_set1_epi16((*dmin.add(b)).to_bits() as i16)),
+            )
+        } else {
+            _mm512_setzero_ps()
+        };
         // The superblock's values once, for every row.
         let ch = 4 * b;
-        let q = [0, 1, 2, 3].map(|i| {
-            if THREE {
-                u3_chunk(w, ch + i)
-            } else {
-                u6_chunk(w, ch + i)
-            }
+        let q = [0, 1, 2, 3].map(|i| match BITS {
+            2 => u2_chunk(w, ch + i),
+            3 => u3_chunk(w, ch + i),
+            _ => u6_chunk(w, ch + i),
         });
         for j in 0..J {
             let dxs = _mm512_permutexvar_ps(
@@ -931,7 +999,8 @@ unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
                 _mm512_castps256_ps512(_mm256_loadu_ps(dx[j].add(8 * b))),
             );
             let c = _mm512_mul_ps(sd, dxs);
-            offsets[j] = _mm512_fmadd_ps(c, _mm512_loadu_ps(sums[j].add(16 * b)), offsets[j]);
+            let o = if BITS == 2 { _mm512_mul_ps(md, dxs) } else { c };
+            offsets[j] = _mm512_fmadd_ps(o, _mm512_loadu_ps(sums[j].add(16 * b)), offsets[j]);
             for (i, &q) in q.iter().enumerate() {
                 let acc = if i % 2 == 0 {
                     &mut acc0[j]
@@ -944,7 +1013,13 @@ unsafe fn dot_u6_q8_vnni<const J: usize, const THREE: bool>(
         }
     }
     std::array::from_fn(|j| {
+        // (2 bits: the offsets once; otherwise the zero point times the scaled sums.)
+        let times = if BITS == 2 {
+            1.0
+        } else {
+            super::act8::zero_point(BITS) as f32
+        };
         _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]))
-            - super::act8::zero_point(THREE) as f32 * _mm512_reduce_add_ps(offsets[j])
+            - times * _mm512_reduce_add_ps(offsets[j])
     })
 }
