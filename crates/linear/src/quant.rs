@@ -198,6 +198,18 @@ enum Values {
     U5(Vec<u8>),
 }
 
+impl Values {
+    /// The bits per value of the formats with a scale per 16 (6 otherwise: only called on
+    /// those).
+    fn sixteenths_bits(&self) -> usize {
+        match self {
+            Values::U2(_) => 2,
+            Values::U3(_) => 3,
+            _ => 6,
+        }
+    }
+}
+
 /// The group parameters, owned ([`Params`] is their view).
 #[derive(Clone)]
 enum GroupParams {
@@ -882,11 +894,7 @@ impl QuantMatrix {
                     GroupParams::Sixteenths { sc, d, mn, dmin },
                 ) => {
                     // (q − zero) · (d · sc) (− dmin · mn), as GGML dequantises.
-                    let bits = match self.values {
-                        Values::U2(_) => 2,
-                        Values::U3(_) => 3,
-                        _ => 6,
-                    };
+                    let bits = self.values.sixteenths_bits();
                     let p = SixBit { sc, d, mn, dmin }.row(r, groups);
                     let chunk = act8::chunk_bytes(bits);
                     let bytes = k / U6_CHUNK * chunk;
@@ -956,12 +964,8 @@ impl QuantMatrix {
                 Values::U6(v) | Values::U3(v) | Values::U2(v),
                 GroupParams::Sixteenths { sc, d, mn, dmin },
             ) => {
-                let p = SixBit { sc, d, mn, dmin };
-                return match &self.values {
-                    Values::U2(_) => act8::matmul_u2_q8(isa, v, k, xs, m, p),
-                    Values::U3(_) => act8::matmul_u3_q8(isa, v, k, xs, m, p),
-                    _ => act8::matmul_u6_q8(isa, v, k, xs, m, p),
-                };
+                let (bits, p) = (self.values.sixteenths_bits(), SixBit { sc, d, mn, dmin });
+                return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
             (_, params) => params.view().expect("group parameters"),
         };

@@ -446,7 +446,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     super::transpose(out_t, n, m)
 }
 
-/// Values per chunk of a 6-bit row ([`matmul_u6_q8`]).
+/// Values per chunk of a 6-bit row ([`matmul_sixteenths_q8`]).
 pub(crate) const U6_CHUNK: usize = 64;
 
 /// Bytes per chunk of a 6-bit row: 32 of low nibbles (byte `i`: value `i` low, value
@@ -474,13 +474,13 @@ pub(crate) fn u6_chunk(q: &[u8]) -> [u8; U6_CHUNK_BYTES] {
     out
 }
 
-/// Bytes per chunk of a 3-bit row ([`matmul_u3_q8`]): 16 of low bit pairs (byte `j`, bits
+/// Bytes per chunk of a 3-bit row ([`matmul_sixteenths_q8`]): 16 of low bit pairs (byte `j`, bits
 /// `2t..2t + 2`: value `j + 16t`), then 8 of third bits (a little-endian u64, bit `v`: value
 /// `v`). AVX-512 unpacks it with one broadcast, one shift per 128-bit lane, an AND, and one
 /// masked add of the u64.
 pub(crate) const U3_CHUNK_BYTES: usize = 24;
 
-/// Bytes per chunk of a 2-bit row ([`matmul_u2_q8`]): a 3-bit chunk's 16 bytes of bit pairs.
+/// Bytes per chunk of a 2-bit row ([`matmul_sixteenths_q8`]): a 3-bit chunk's 16 bytes of bit pairs.
 pub(crate) const U2_CHUNK_BYTES: usize = 16;
 
 /// Value `v` (`0..64`, in `0..=3`) of a 2-bit chunk (or the low two bits of a 3-bit one).
@@ -604,46 +604,31 @@ impl SixBit<'_> {
     }
 }
 
-/// `[N, K]` 6-bit values `w` (`K / 64` chunks of [`U6_CHUNK_BYTES`] per row, `K` a multiple
-/// of 64) with `params` times `m` rows `xs` `[m, K]`, activations rounded per
-/// [`q8_row_natural`]: `[m, N]` row-major.
-pub(crate) fn matmul_u6_q8(
+/// `[N, K]` values of `bits` bits with a scale per 16 (6: GGUF's Q6_K, 3: Q3_K, 2: Q2_K,
+/// with offsets; `K / 64` chunks of [`chunk_bytes`] per row, `K` a multiple of 64) with
+/// `params` times `m` rows `xs` `[m, K]`, activations rounded per [`q8_row_natural`]: `[m, N]`
+/// row-major.
+pub(crate) fn matmul_sixteenths_q8(
     isa: Isa,
+    bits: usize,
     w: &[u8],
     k: usize,
     xs: &[f32],
     m: usize,
     params: SixBit,
 ) -> Vec<f32> {
-    matmul_sixteenths::<6>(isa, w, k, xs, m, params)
+    match bits {
+        2 => {
+            assert!(!params.mn.is_empty(), "2-bit rows have offsets");
+            matmul_sixteenths::<2>(isa, w, k, xs, m, params)
+        }
+        3 => matmul_sixteenths::<3>(isa, w, k, xs, m, params),
+        6 => matmul_sixteenths::<6>(isa, w, k, xs, m, params),
+        _ => panic!("{bits}-bit rows with a scale per 16: 2, 3 or 6 bits"),
+    }
 }
 
-/// [`matmul_u6_q8`] of 3-bit values (chunks of [`U3_CHUNK_BYTES`]).
-pub(crate) fn matmul_u3_q8(
-    isa: Isa,
-    w: &[u8],
-    k: usize,
-    xs: &[f32],
-    m: usize,
-    params: SixBit,
-) -> Vec<f32> {
-    matmul_sixteenths::<3>(isa, w, k, xs, m, params)
-}
-
-/// [`matmul_u6_q8`] of 2-bit values (chunks of [`U2_CHUNK_BYTES`], with offsets).
-pub(crate) fn matmul_u2_q8(
-    isa: Isa,
-    w: &[u8],
-    k: usize,
-    xs: &[f32],
-    m: usize,
-    params: SixBit,
-) -> Vec<f32> {
-    assert!(!params.mn.is_empty(), "2-bit rows have offsets");
-    matmul_sixteenths::<2>(isa, w, k, xs, m, params)
-}
-
-/// [`matmul_u6_q8`], [`matmul_u3_q8`] or [`matmul_u2_q8`] by `BITS`.
+/// [`matmul_sixteenths_q8`] of `BITS` bits.
 fn matmul_sixteenths<const BITS: usize>(
     isa: Isa,
     w: &[u8],
@@ -1020,7 +1005,6 @@ mod tests {
                 let all = matmul_i8_q8(isa, &w8, k, &xs, m, &scales);
                 same(&all, &|x| matmul_i8_q8(isa, &w8, k, x, 1, &scales), "8-bit");
                 if k % (SUPER * GROUP) == 0 {
-                    let w6 = bytes(n * k / U6_CHUNK * U6_CHUNK_BYTES);
                     let sc: Vec<i8> = (0..n * k / 16).map(|i| (i % 61) as i8 - 30).collect();
                     let p = SixBit {
                         sc: &sc,
@@ -1028,20 +1012,18 @@ mod tests {
                         mn: &[],
                         dmin: &[],
                     };
-                    let all = matmul_u6_q8(isa, &w6, k, &xs, m, p);
-                    same(&all, &|x| matmul_u6_q8(isa, &w6, k, x, 1, p), "6-bit");
-                    let w3 = bytes(n * k / U6_CHUNK * U3_CHUNK_BYTES);
-                    let all = matmul_u3_q8(isa, &w3, k, &xs, m, p);
-                    same(&all, &|x| matmul_u3_q8(isa, &w3, k, x, 1, p), "3-bit");
-                    let w2 = bytes(n * k / U6_CHUNK * U2_CHUNK_BYTES);
                     let mn: Vec<i8> = (0..n * k / 16).map(|i| (i % 13) as i8).collect();
-                    let p = SixBit {
+                    let with_offsets = SixBit {
                         mn: &mn,
                         dmin: &d,
                         ..p
                     };
-                    let all = matmul_u2_q8(isa, &w2, k, &xs, m, p);
-                    same(&all, &|x| matmul_u2_q8(isa, &w2, k, x, 1, p), "2-bit");
+                    for (bits, p) in [(6, p), (3, p), (2, with_offsets)] {
+                        let w = bytes(n * k / U6_CHUNK * chunk_bytes(bits));
+                        let all = matmul_sixteenths_q8(isa, bits, &w, k, &xs, m, p);
+                        let one = |x: &[f32]| matmul_sixteenths_q8(isa, bits, &w, k, x, 1, p);
+                        same(&all, &one, &format!("{bits}-bit"));
+                    }
                 }
             }
         }
