@@ -1,5 +1,5 @@
-//! 8-, 6-, 5- and 4-bit block-quantised weights, for checkpoints shipped in bf16, f16 or f32
-//! and for llama.cpp's GGUF files.
+//! 8-, 6-, 5-, 4-, 3- and 2-bit block-quantised weights, for checkpoints shipped in bf16, f16
+//! or f32 and for llama.cpp's GGUF files.
 //!
 //! Each weight row is cut into groups of [`QUANT_GROUP`] (32) values along `K`; each group
 //! keeps its own f16 parameters, so the values are GGUF's:
@@ -33,10 +33,18 @@
 //!   and ~10x slower prefill on the Zen 4), quantised with GGML's reference quantiser. Off
 //!   AVX512-VNNI, products of more than [`GEMV_MAX_ROWS`] rows take the f32 path below over
 //!   one byte per value formed for the call.
+//! - [`QuantFormat::Q3K`] and [`QuantFormat::Q2K`]: GGUF's Q3_K (`d · sc · (q − 4)`, `q` in
+//!   `0..=7`, an i8 `sc` per 16 values: Q6_K's parameters) and Q2_K (`d · sc · q − dmin · mn`,
+//!   `q` in `0..=3`, a 4-bit `sc` and `mn` per 16 values, held as a byte each), the formats of
+//!   llama.cpp's Q3_K_M and Q2_K files. 3.5625 and 3.125 bits per weight as held (a file holds
+//!   3.4375 and 2.625). The 6-bit kernels take them (`kernel::act8::chunk_bytes`: 64 values in
+//!   24 / 16 bytes), every product on the 8-bit activations, as Q6_K. Rows that are not whole
+//!   superblocks take Q4.
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
-//! The second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]` offsets with the
-//! activations' exact group sums. The first:
+//! On the f32 path the second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]`
+//! offsets with the activations' exact group sums; where the activations are rounded to 8 bits
+//! it takes their rounded sums (`kernel::act8::Q8Row::sums`). The first:
 //! - more than [`GEMV_MAX_ROWS`] rows (prefill) on AVX512-VNNI CPUs: the 8-bit activations
 //!   below, in an integer GEMM (`kernel::x86_512_act8_gemm`: panels of 32 weight rows unpacked
 //!   once to bytes, `vpdpbusd` adding four products into 16 rows per instruction, one f32

@@ -38,8 +38,9 @@ pub(crate) struct Q8Row {
     /// symmetric format held with `m = −8 · d` or `−16 · d` (GGUF's Q4_0 / Q5_0) so gets the
     /// sums its own `d · Σ (q − 8) · xq` would.
     pub sums: Vec<f32>,
-    /// The sum of the rounded values per 16 (what the 6-bit rows' `−32` multiplies, in the
-    /// AVX512-VNNI kernel): filled by [`q8_row_six`] only, empty otherwise.
+    /// The sum of the rounded values per 16 (what the zero point of the rows with a scale per
+    /// 16 multiplies, or the 2-bit rows' offsets): filled by [`q8_row_six`] only, empty
+    /// otherwise.
     pub sums16: Vec<f32>,
 }
 
@@ -113,7 +114,7 @@ pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
     }
 }
 
-/// [`q8_row_natural`] with [`Q8Row::sums16`] (the 6-bit rows' rounding).
+/// [`q8_row_natural`] with [`Q8Row::sums16`] (the rounding of the rows with a scale per 16).
 pub(crate) fn q8_row_six(x: &[f32]) -> Q8Row {
     let mut row = q8_row_natural(x);
     row.sums16 = row
@@ -446,7 +447,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
     super::transpose(out_t, n, m)
 }
 
-/// Values per chunk of a 6-bit row ([`matmul_sixteenths_q8`]).
+/// Values per chunk of the rows with a scale per 16 ([`matmul_sixteenths_q8`]).
 pub(crate) const U6_CHUNK: usize = 64;
 
 /// Bytes per chunk of a 6-bit row: 32 of low nibbles (byte `i`: value `i` low, value

@@ -20,7 +20,8 @@
 //! What does not fill four groups goes to the AVX2 kernel, which reads natural order (8-bit)
 //! or the pair layout that follows the quads (4-bit) from there.
 //!
-//! The 6-bit rows (GGUF's Q6_K) are in [`dot_u6_q8`].
+//! The rows with a scale per 16 values (GGUF's Q6_K, Q3_K and Q2_K) are in [`dot_u6_q8`].
+//! Decode takes a task's rows in one call ([`Run`]).
 //!
 //! As everywhere in [`super`], the `#[target_feature]` functions are private and reached only
 //! through safe entry points taking the [`Avx512Vnni`] proof token.
