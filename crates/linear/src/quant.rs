@@ -35,8 +35,8 @@
 //!   one byte per value formed for the call.
 //! - [`QuantFormat::Q3K`] and [`QuantFormat::Q2K`]: GGUF's Q3_K (`d · sc · (q − 4)`, `q` in
 //!   `0..=7`, an i8 `sc` per 16 values: Q6_K's parameters) and Q2_K (`d · sc · q − dmin · mn`,
-//!   `q` in `0..=3`, a 4-bit `sc` and `mn` per 16 values, held as a byte each), the formats of
-//!   llama.cpp's Q3_K_M and Q2_K files. 3.5625 and 3.125 bits per weight as held (a file holds
+//!   `q` in `0..=3`, a 4-bit `sc` and `mn` per 16 values in one byte), the formats of
+//!   llama.cpp's Q3_K_M and Q2_K files. 3.5625 and 2.625 bits per weight as held (a file holds
 //!   3.4375 and 2.625). The 6-bit kernels take them (`kernel::act8::chunk_bytes`: 64 values in
 //!   24 / 16 bytes), every product on the 8-bit activations, as Q6_K. Rows that are not whole
 //!   superblocks take Q4.
@@ -106,9 +106,9 @@ pub enum QuantFormat {
     /// Q3_K): `d · sc · (q − 4)`, `q` in `0..=7`. Rows that are not whole superblocks are
     /// quantised as [`QuantFormat::Q4`].
     Q3K,
-    /// 2-bit asymmetric with 4-bit scales and offsets per 16 values under f16 superblock
-    /// scales (GGUF's Q2_K): `d · sc · q − dmin · mn`, `q` in `0..=3`. Rows that are not whole
-    /// superblocks are quantised as [`QuantFormat::Q4`].
+    /// 2-bit asymmetric with 4-bit scales and offsets per 16 values (one byte) under f16
+    /// superblock scales (GGUF's Q2_K): `d · sc · q − dmin · mn`, `q` in `0..=3`. Rows that are
+    /// not whole superblocks are quantised as [`QuantFormat::Q4`].
     Q2K,
 }
 
@@ -127,8 +127,8 @@ impl QuantFormat {
                 5.0 + 16.0 / QUANT_GROUP as f64 + 32.0 / (SUPER * QUANT_GROUP) as f64
             }
             QuantFormat::Q3K => 3.0 + 8.0 / 16.0 + 16.0 / (SUPER * QUANT_GROUP) as f64,
-            // An i8 scale and an i8 offset per 16 values (8 + 8 bits per 16), two f16 per 256.
-            QuantFormat::Q2K => 2.0 + 1.0 + 32.0 / (SUPER * QUANT_GROUP) as f64,
+            // A byte of scale and offset nibbles per 16 values, two f16 per 256.
+            QuantFormat::Q2K => 2.0 + 8.0 / 16.0 + 32.0 / (SUPER * QUANT_GROUP) as f64,
         }
     }
 
@@ -230,12 +230,12 @@ enum GroupParams {
         d: Vec<f16>,
         dmin: Vec<f16>,
     },
-    /// `[N, K / 16]` i8 scales, `[N, K / 256]` f16 `d` (6-bit, 3-bit and 2-bit values); for
-    /// 2 bits also `[N, K / 16]` offsets `mn` and `[N, K / 256]` `dmin` (empty otherwise).
+    /// `[N, K / 16]` scale bytes, `[N, K / 256]` f16 `d` (6-bit, 3-bit and 2-bit values); for
+    /// 2 bits the bytes are Q2_K's (scale and offset nibbles) and `[N, K / 256]` `dmin` is
+    /// there too (empty otherwise): [`SixBit`].
     Sixteenths {
         sc: Vec<i8>,
         d: Vec<f16>,
-        mn: Vec<i8>,
         dmin: Vec<f16>,
     },
 }
@@ -256,9 +256,7 @@ impl GroupParams {
             GroupParams::Super { sc, mn, d, dmin } => {
                 sc.len() + mn.len() + 2 * (d.len() + dmin.len())
             }
-            GroupParams::Sixteenths { sc, d, mn, dmin } => {
-                sc.len() + mn.len() + 2 * (d.len() + dmin.len())
-            }
+            GroupParams::Sixteenths { sc, d, dmin } => sc.len() + 2 * (d.len() + dmin.len()),
         }
     }
 }
@@ -428,7 +426,6 @@ impl QuantMatrix {
             params: GroupParams::Sixteenths {
                 sc,
                 d,
-                mn: Vec::new(),
                 dmin: Vec::new(),
             },
         })
@@ -467,7 +464,6 @@ impl QuantMatrix {
             params: GroupParams::Sixteenths {
                 sc,
                 d,
-                mn: Vec::new(),
                 dmin: Vec::new(),
             },
         })
@@ -479,10 +475,7 @@ impl QuantMatrix {
     /// of `qs[32h + l]`; it is `d · sc · q − dmin · mn` with its 16's `sc` and `mn`.
     fn from_q2k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
         const VALUES: usize = SUPER * QUANT_GROUP;
-        let (mut sc, mut mn) = (
-            Vec::with_capacity(n * k / 16),
-            Vec::with_capacity(n * k / 16),
-        );
+        let mut sc = Vec::with_capacity(n * k / 16);
         let (mut d, mut dmin) = (Vec::new(), Vec::new());
         let mut v = Vec::with_capacity(n * k / U6_CHUNK * U2_CHUNK_BYTES);
         let mut q = [0u8; VALUES];
@@ -492,8 +485,8 @@ impl QuantMatrix {
                 let (h, j, l) = (i / 128, i % 128 / 32, i % 32);
                 *q = (qs[32 * h + l] >> (2 * j)) & 3;
             }
-            sc.extend(scales.iter().map(|&s| (s & 0xF) as i8));
-            mn.extend(scales.iter().map(|&s| (s >> 4) as i8));
+            // The scale and offset nibbles as stored (`SixBit` reads them).
+            sc.extend(scales.iter().map(|&s| s as i8));
             d.push(f16::from_le_bytes([b[80], b[81]]));
             dmin.push(f16::from_le_bytes([b[82], b[83]]));
             for chunk in q.chunks_exact(U6_CHUNK) {
@@ -507,7 +500,7 @@ impl QuantMatrix {
             format: QuantFormat::Q2K,
             dims: [n, k],
             values: Values::U2(v),
-            params: GroupParams::Sixteenths { sc, d, mn, dmin },
+            params: GroupParams::Sixteenths { sc, d, dmin },
         })
     }
 
@@ -822,16 +815,11 @@ impl QuantMatrix {
                     out.extend(d[b].to_le_bytes());
                 }
             }
-            (Values::U2(v), GroupParams::Sixteenths { sc, d, mn, dmin }) => {
+            (Values::U2(v), GroupParams::Sixteenths { sc, d, dmin }) => {
                 const VALUES: usize = SUPER * QUANT_GROUP;
                 let chunks = v.chunks_exact(VALUES / U6_CHUNK * U2_CHUNK_BYTES);
-                let params = sc.chunks_exact(16).zip(mn.chunks_exact(16));
-                for (b, (chunks, (sc, mn))) in chunks.zip(params).enumerate() {
-                    out.extend(
-                        sc.iter()
-                            .zip(mn)
-                            .map(|(&s, &m)| (s as u8) | ((m as u8) << 4)),
-                    );
+                for (b, (chunks, sc)) in chunks.zip(sc.chunks_exact(16)).enumerate() {
+                    out.extend(sc.iter().map(|&s| s as u8));
                     let mut qs = [0u8; 64];
                     for (i, chunk) in chunks.chunks_exact(U2_CHUNK_BYTES).enumerate() {
                         for c in 0..U6_CHUNK {
@@ -899,11 +887,11 @@ impl QuantMatrix {
             let p = match (&self.values, &self.params) {
                 (
                     Values::U6(v) | Values::U3(v) | Values::U2(v),
-                    GroupParams::Sixteenths { sc, d, mn, dmin },
+                    GroupParams::Sixteenths { sc, d, dmin },
                 ) => {
                     // (q − zero) · (d · sc) (− dmin · mn), as GGML dequantises.
                     let bits = self.values.sixteenths_bits();
-                    let p = SixBit { sc, d, mn, dmin }.row(r, groups);
+                    let p = SixBit { sc, d, dmin }.row(r, groups);
                     let chunk = act8::chunk_bytes(bits);
                     let bytes = k / U6_CHUNK * chunk;
                     let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
@@ -970,9 +958,9 @@ impl QuantMatrix {
             // No GEMM for 6 bits: every product takes the 8-bit activation kernel.
             (
                 Values::U6(v) | Values::U3(v) | Values::U2(v),
-                GroupParams::Sixteenths { sc, d, mn, dmin },
+                GroupParams::Sixteenths { sc, d, dmin },
             ) => {
-                let (bits, p) = (self.values.sixteenths_bits(), SixBit { sc, d, mn, dmin });
+                let (bits, p) = (self.values.sixteenths_bits(), SixBit { sc, d, dmin });
                 return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
             (_, params) => params.view().expect("group parameters"),

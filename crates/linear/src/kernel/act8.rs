@@ -538,16 +538,16 @@ pub(crate) fn sixteenths_value(bits: usize, chunk: &[u8], v: usize) -> u8 {
     }
 }
 
-/// The parameters of 6-bit and 3-bit values (GGUF's Q6_K, Q3_K): an i8 scale per 16 values, an f16 `d` per
-/// [`SUPER`] groups; value `v` is `d · sc · (q_v − 32)` (6 bits) or `d · sc · (q_v − 4)`
-/// (3 bits).
+/// The parameters of the values with a scale per 16 (GGUF's Q6_K, Q3_K, Q2_K): a scale byte
+/// per 16 values, an f16 `d` per [`SUPER`] groups; value `v` is `d · sc · (q_v − 32)` (6
+/// bits) or `d · sc · (q_v − 4)` (3 bits), `sc` an i8. 2-bit rows (`dmin` not empty) keep
+/// Q2_K's byte as stored: `sc` in its low nibble and `mn` in its high one, `d · sc · q_v −
+/// dmin · mn` with an f16 `dmin` per [`SUPER`] groups.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SixBit<'a> {
     pub sc: &'a [i8],
     pub d: &'a [f16],
-    /// 2 bits only (empty otherwise): the offsets `−dmin · mn` per 16 values, an `mn` per 16
-    /// and a `dmin` per [`SUPER`] groups.
-    pub mn: &'a [i8],
+    /// 2 bits only (empty otherwise).
     pub dmin: &'a [f16],
 }
 
@@ -561,34 +561,54 @@ impl RowParams for SixBit<'_> {
         SixBit {
             sc: &self.sc[sub.clone()],
             d: &self.d[sup.clone()],
-            mn: self.mn.get(sub).unwrap_or_default(),
             dmin: self.dmin.get(sup).unwrap_or_default(),
         }
     }
 }
 
 impl SixBit<'_> {
+    /// Whether the values are 2-bit, with offsets (Q2_K's packed bytes).
+    pub(crate) fn has_offsets(&self) -> bool {
+        !self.dmin.is_empty()
+    }
+
+    /// The integer scale of the 16 values from `16 · s` on.
+    fn sc(&self, s: usize) -> f32 {
+        let b = self.sc[s];
+        if self.has_offsets() {
+            (b as u8 & 0xF) as f32
+        } else {
+            b as f32
+        }
+    }
+
+    /// `dmin · mn` of the 16 values from `16 · s` on (2 bits only).
+    fn min(&self, s: usize) -> f32 {
+        self.dmin[s / (2 * SUPER)].to_f32() * (self.sc[s] as u8 >> 4) as f32
+    }
+
     /// The scale of the 16 values from `16 · s` on.
     pub(crate) fn scale(&self, s: usize) -> f32 {
-        self.d[s / (2 * SUPER)].to_f32() * self.sc[s] as f32
+        self.d[s / (2 * SUPER)].to_f32() * self.sc(s)
     }
 
     /// The offset of the 16 values from `16 · s` on (`−dmin · mn`; zero without offsets).
     pub(crate) fn offset(&self, s: usize) -> f32 {
-        match self.mn.get(s) {
-            Some(&mn) => -(self.dmin[s / (2 * SUPER)].to_f32() * mn as f32),
-            None => 0.0,
+        if self.has_offsets() {
+            -self.min(s)
+        } else {
+            0.0
         }
     }
 
     /// `Σ_s dmin · mn_s · dx_{s / 2} · sums16_s` over the row's sub-blocks (what 2-bit rows
-    /// subtract), in order.
+    /// subtract; zero otherwise), in order.
     pub(crate) fn offsets(&self, dx: &[f32], sums16: &[f32]) -> f32 {
-        (0..self.mn.len().min(sums16.len()))
-            .map(|s| {
-                let m = self.dmin[s / (2 * SUPER)].to_f32() * self.mn[s] as f32;
-                m * dx[s / 2] * sums16[s]
-            })
+        if !self.has_offsets() {
+            return 0.0;
+        }
+        (0..self.sc.len().min(sums16.len()))
+            .map(|s| self.min(s) * dx[s / 2] * sums16[s])
             .sum()
     }
 
@@ -599,7 +619,7 @@ impl SixBit<'_> {
             let d = self.d[b].to_f32();
             let first = 2 * SUPER * b;
             for (i, c) in c.iter_mut().enumerate() {
-                *c = d * self.sc[first + i] as f32 * dx[(first + i) / 2];
+                *c = d * self.sc(first + i) * dx[(first + i) / 2];
             }
         }
     }
@@ -620,7 +640,7 @@ pub(crate) fn matmul_sixteenths_q8(
 ) -> Vec<f32> {
     match bits {
         2 => {
-            assert!(!params.mn.is_empty(), "2-bit rows have offsets");
+            assert!(params.has_offsets(), "2-bit rows have offsets");
             matmul_sixteenths::<2>(isa, w, k, xs, m, params)
         }
         3 => matmul_sixteenths::<3>(isa, w, k, xs, m, params),
@@ -1010,12 +1030,14 @@ mod tests {
                     let p = SixBit {
                         sc: &sc,
                         d: &d,
-                        mn: &[],
                         dmin: &[],
                     };
-                    let mn: Vec<i8> = (0..n * k / 16).map(|i| (i % 13) as i8).collect();
+                    // Q2_K's bytes: a scale in the low nibble, an offset in the high one.
+                    let packed: Vec<i8> = (0..n * k / 16)
+                        .map(|i| ((i * 7) % 256) as u8 as i8)
+                        .collect();
                     let with_offsets = SixBit {
-                        mn: &mn,
+                        sc: &packed,
                         dmin: &d,
                         ..p
                     };

@@ -711,7 +711,7 @@ pub(crate) fn dot_u6_q8<const BITS: usize>(_: Avx2Fma, w: &[u8], x: &Q8Row, p: S
             && p.d.len() >= chunks / 4
             && x.scale.len() >= 2 * chunks
             && x.sums16.len() >= 4 * chunks
-            && (BITS != 2 || (p.mn.len() >= 4 * chunks && p.dmin.len() >= chunks / 4)),
+            && (BITS != 2 || p.dmin.len() >= chunks / 4),
         "parameters and activation sums for every chunk"
     );
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
@@ -759,9 +759,13 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize>(
         if ch % 4 == 0 {
             sd = _mm_set1_ps((*d.add(ch / 4)).to_f32());
         }
-        let scales = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(
-            (sc.add(4 * ch) as *const i32).read_unaligned(),
-        )));
+        let bytes = (sc.add(4 * ch) as *const i32).read_unaligned();
+        let scales = if BITS == 2 {
+            // Q2_K's bytes: the scale is the low nibble (the offsets come after the row).
+            _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes & 0x0F0F_0F0F)))
+        } else {
+            _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bytes)))
+        };
         let dxs = _mm256_permutevar8x32_ps(
             _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(dx.add(2 * ch) as *const f64))),
             dx_pairs,

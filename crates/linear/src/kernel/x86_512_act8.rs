@@ -816,12 +816,11 @@ pub(crate) fn dot_u6_q8<const J: usize, const BITS: usize>(
     }
 }
 
-/// [`super::act8::SixBit`] of one row as the VNNI loop reads it (`mn`, `dmin` for 2 bits only).
+/// [`super::act8::SixBit`] of one row as the VNNI loop reads it (`dmin` for 2 bits only).
 #[derive(Clone, Copy)]
 struct SixPtrs {
     sc: *const i8,
     d: *const f16,
-    mn: *const i8,
     dmin: *const f16,
 }
 
@@ -832,15 +831,10 @@ impl SixPtrs {
     /// `p` must hold row `r`'s parameters (and offsets, if it has any).
     unsafe fn row(p: super::act8::SixBit, r: usize, chunks: usize) -> SixPtrs {
         let (sub, sup) = (r * 4 * chunks, r * chunks / 4);
-        let has = !p.mn.is_empty();
+        let has = p.has_offsets();
         SixPtrs {
             sc: p.sc.as_ptr().add(sub),
             d: p.d.as_ptr().add(sup),
-            mn: if has {
-                p.mn.as_ptr().add(sub)
-            } else {
-                std::ptr::null()
-            },
             dmin: if has {
                 p.dmin.as_ptr().add(sup)
             } else {
@@ -853,9 +847,7 @@ impl SixPtrs {
 /// Whether `p` covers `rows` rows of `chunks` chunks of `BITS` bits (offsets for 2 bits).
 fn six_covers<const BITS: usize>(p: &super::act8::SixBit, rows: usize, chunks: usize) -> bool {
     let (sub, sup) = (rows * 4 * chunks, rows * chunks / 4);
-    p.sc.len() >= sub
-        && p.d.len() >= sup
-        && (BITS != 2 || (p.mn.len() >= sub && p.dmin.len() >= sup))
+    p.sc.len() >= sub && p.d.len() >= sup && (BITS != 2 || p.dmin.len() >= sup)
 }
 
 /// The 64 values of 6-bit chunk `ch`, one per byte.
@@ -948,7 +940,7 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
 unsafe fn dot_u6_q8_vnni<const J: usize, const BITS: usize>(
     w: *const u8,
     Rows { xq, dx, sums }: Rows<J>,
-    SixPtrs { sc, d, mn, dmin }: SixPtrs,
+    SixPtrs { sc, d, dmin }: SixPtrs,
     chunks: usize,
 ) -> [f32; J] {
     // Chunk j of a superblock takes factors 4j..4j + 4, each over four lanes.
@@ -971,15 +963,19 @@ unsafe fn dot_u6_q8_vnni<const J: usize, const BITS: usize>(
         for line in 0..block.div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
         }
-        let s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-            sc.add(16 * b) as *const __m128i
-        )));
+        let bytes = _mm_loadu_si128(sc.add(16 * b) as *const __m128i);
+        // 2 bits: Q2_K's bytes, the scale in the low nibble and the offset in the high one.
+        let s = if BITS == 2 {
+            let low = _mm_and_si128(bytes, _mm_set1_epi8(0xF));
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low))
+        } else {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
+        };
         let dv = _mm512_cvtph_ps(_mm256_set1_epi16((*d.add(b)).to_bits() as i16));
         let sd = _mm512_mul_ps(s, dv);
         let md = if BITS == 2 {
-            let m = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                mn.add(16 * b) as *const __m128i
-            )));
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(bytes), _mm_set1_epi8(0xF));
+            let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high));
             _mm512_mul_ps(
                 m,
                 _mm512_cvtph_ps(_mm256_set1_epi16((*dmin.add(b)).to_bits() as i16)),
