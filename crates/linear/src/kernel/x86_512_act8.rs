@@ -155,33 +155,7 @@ pub(crate) fn dot_u4_q8<const J: usize>(
             && r.sums.len() >= groups),
         "activation rows of one length, with a scale and a sum per group"
     );
-    let quad = match p {
-        Params::Group { scales, mins } => {
-            assert!(scales.len() >= groups, "one scale per group");
-            assert!(mins.is_empty() || mins.len() >= groups);
-            QuadParams::Group {
-                scales: scales.as_ptr(),
-                mins: (!mins.is_empty()).then_some(mins.as_ptr()),
-            }
-        }
-        Params::Super { sc, mn, d, dmin } => {
-            let supers = groups.div_ceil(SUPER);
-            assert!(
-                sc.len() >= groups && mn.len() >= groups,
-                "one scale per group"
-            );
-            assert!(
-                d.len() >= supers && dmin.len() >= supers,
-                "one d per superblock"
-            );
-            QuadParams::Super {
-                sc: sc.as_ptr(),
-                mn: mn.as_ptr(),
-                d: d.as_ptr(),
-                dmin: dmin.as_ptr(),
-            }
-        }
-    };
+    let quad = QuadParams::of(p, 1, groups);
     // SAFETY: as in `dot_i8_q8`; `w` holds `quads · 64` bytes in those iterations, each `xq`
     // `quads · 128` (all of one length, at least `k`), and the parameters, `dx` and `sums`
     // (checked above) cover their `quads · 4` groups.
@@ -325,27 +299,7 @@ pub(crate) fn dot_u4_q8_run(
     let groups = k / GROUP;
     let end = run.first + out.len() / xs.len();
     assert!(xs.iter().all(|x| x.sums.len() >= groups), "a sum per group");
-    let quad = match p {
-        Params::Group { scales, mins } => {
-            assert!(scales.len() >= end * groups, "one scale per group");
-            assert!(mins.is_empty() || mins.len() >= end * groups);
-            QuadParams::Group {
-                scales: scales.as_ptr(),
-                mins: (!mins.is_empty()).then_some(mins.as_ptr()),
-            }
-        }
-        Params::Super { sc, mn, d, dmin } => {
-            let supers = groups.div_ceil(SUPER);
-            assert!(sc.len() >= end * groups && mn.len() >= end * groups);
-            assert!(d.len() >= end * supers && dmin.len() >= end * supers);
-            QuadParams::Super {
-                sc: sc.as_ptr(),
-                mn: mn.as_ptr(),
-                d: d.as_ptr(),
-                dmin: dmin.as_ptr(),
-            }
-        }
-    };
+    let quad = QuadParams::of(p, end, groups);
     let blocks = Blocks::of(xs, |x| &x.sums);
     // SAFETY: the token proves the features; `w` holds the rows of `row_bytes` (checked),
     // each row `quads` whole iterations of nibbles (and with `five` the fifth bits after its
@@ -380,30 +334,15 @@ impl<const FIVE: bool> RowKernel for U4Row<FIVE> {
 /// As [`dot_u4_q8_vnni`] for each row of `run` (see [`dot_u4_q8_run`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn u4_run<const FIVE: bool>(run: Run, x: &Blocks, p: QuadParams, k: usize, out: &mut [f32]) {
-    let m = x.rows();
-    let groups = k / GROUP;
-    let supers = groups.div_ceil(SUPER);
+    let (m, groups, quads) = (x.rows(), k / GROUP, k / (GROUPS * GROUP));
     for (i, out) in out.chunks_exact_mut(m).enumerate() {
-        let r = run.first + i;
         let row = run.w.as_ptr().add(i * run.stride);
-        let p = match p {
-            QuadParams::Group { scales, mins } => QuadParams::Group {
-                scales: scales.add(r * groups),
-                mins: mins.map(|m| m.add(r * groups)),
-            },
-            QuadParams::Super { sc, mn, d, dmin } => QuadParams::Super {
-                sc: sc.add(r * groups),
-                mn: mn.add(r * groups),
-                d: d.add(r * supers),
-                dmin: dmin.add(r * supers),
-            },
-        };
+        let p = p.row(run.first + i, groups);
         let high = if FIVE {
             row.add(k / 2)
         } else {
             std::ptr::null()
         };
-        let quads = k / (GROUPS * GROUP);
         x.each(
             &U4Row::<FIVE> {
                 w: row,
@@ -591,6 +530,55 @@ unsafe fn bytes4_times(p: *const u8, d: *const f16) -> __m128 {
 }
 
 impl QuadParams {
+    /// `p` (`rows` rows of `groups` groups, checked) as pointers to its first row.
+    fn of(p: Params, rows: usize, groups: usize) -> QuadParams {
+        let n = rows * groups;
+        match p {
+            Params::Group { scales, mins } => {
+                assert!(scales.len() >= n, "one scale per group");
+                assert!(mins.is_empty() || mins.len() >= n);
+                QuadParams::Group {
+                    scales: scales.as_ptr(),
+                    mins: (!mins.is_empty()).then_some(mins.as_ptr()),
+                }
+            }
+            Params::Super { sc, mn, d, dmin } => {
+                let supers = rows * groups.div_ceil(SUPER);
+                assert!(sc.len() >= n && mn.len() >= n, "one scale per group");
+                assert!(
+                    d.len() >= supers && dmin.len() >= supers,
+                    "one d per superblock"
+                );
+                QuadParams::Super {
+                    sc: sc.as_ptr(),
+                    mn: mn.as_ptr(),
+                    d: d.as_ptr(),
+                    dmin: dmin.as_ptr(),
+                }
+            }
+        }
+    }
+
+    /// Row `r`'s parameters, rows of `groups` groups (as [`Params::row`]).
+    ///
+    /// # Safety
+    /// The parameters must hold row `r`.
+    unsafe fn row(self, r: usize, groups: usize) -> QuadParams {
+        let supers = groups.div_ceil(SUPER);
+        match self {
+            QuadParams::Group { scales, mins } => QuadParams::Group {
+                scales: scales.add(r * groups),
+                mins: mins.map(|m| m.add(r * groups)),
+            },
+            QuadParams::Super { sc, mn, d, dmin } => QuadParams::Super {
+                sc: sc.add(r * groups),
+                mn: mn.add(r * groups),
+                d: d.add(r * supers),
+                dmin: dmin.add(r * supers),
+            },
+        }
+    }
+
     /// The scales of groups `g..g + 8` (`g` a multiple of 8, so one superblock).
     ///
     /// # Safety
@@ -797,8 +785,8 @@ pub(crate) fn dot_u6_q8<const J: usize, const BITS: usize>(
 ) -> [f32; J] {
     use super::act8::{chunk_bytes, U6_CHUNK};
     let chunks = (x[0].q.len() / U6_CHUNK).min(w.len() / chunk_bytes(BITS));
-    // Q6_K / Q3_K rows are whole superblocks (`QuantMatrix` keeps other widths in another
-    // format).
+    // Q6_K / Q3_K / Q2_K rows are whole superblocks (`QuantMatrix` keeps other widths in
+    // another format).
     assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
         six_covers::<BITS>(&p, 1, chunks)
@@ -932,9 +920,9 @@ unsafe fn u6_chunk_sums(q: __m512i, xq: *const i8, ch: usize) -> __m512 {
 
 /// # Safety
 /// AVX-512 F/BW, VNNI, F16C, AVX2 and FMA must be available; `chunks` must be a multiple of
-/// 4 (whole superblocks); `w` must hold `chunks` chunks of `BITS` bits, with 2 bits `mn` and `dmin` as `sc` and `d`, each row's `xq` `chunks · 64`,
-/// `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
-/// `chunks / 4`.
+/// 4 (whole superblocks); `w` must hold `chunks` chunks of `BITS` bits, each row's `xq`
+/// `chunks · 64`, `dx` `chunks · 2` and sums `chunks · 4` values, the scales `chunks · 4` and the `d`s
+/// (with 2 bits the `dmin`s too) `chunks / 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,avx2,fma")]
 unsafe fn dot_u6_q8_vnni<const J: usize, const BITS: usize>(
