@@ -955,12 +955,20 @@ impl QuantMatrix {
             "QuantMatrix::matmul: xs must hold m rows of K"
         );
         let params = match (&self.values, &self.params) {
-            // No GEMM for 6 bits: every product takes the 8-bit activation kernel.
+            // A scale per 16: the 8-bit activation kernels at every size (the rows as in
+            // decode, or the GEMM on VNNI CPUs past GEMV_MAX_ROWS).
             (
                 Values::U6(v) | Values::U3(v) | Values::U2(v),
                 GroupParams::Sixteenths { sc, d, dmin },
             ) => {
                 let (bits, p) = (self.values.sixteenths_bits(), SixBit { sc, d, dmin });
+                #[cfg(target_arch = "x86_64")]
+                if m > GEMV_MAX_ROWS && isa.rounds_quant_gemm_activations() {
+                    use kernel::x86_512_act8_gemm::{self as gemm, Factors, Weights};
+                    let t = isa.avx512_vnni().expect("VNNI: checked above");
+                    let w = Weights::Sixteenths { bits, w: v };
+                    return gemm::matmul(t, w, Factors::PerSixteen(p), n, k, xs, m);
+                }
                 return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
             (_, params) => params.view().expect("group parameters"),
@@ -982,7 +990,7 @@ impl QuantMatrix {
             }
             #[cfg(target_arch = "x86_64")]
             values if isa.rounds_quant_gemm_activations() => {
-                use kernel::x86_512_act8_gemm::{self as gemm, Weights};
+                use kernel::x86_512_act8_gemm::{self as gemm, Factors, Weights};
                 let t = isa.avx512_vnni().expect("VNNI: checked above");
                 let w = match values {
                     Values::I8(v) => Weights::I8(v),
@@ -990,7 +998,7 @@ impl QuantMatrix {
                     Values::U5(v) => Weights::U5(v),
                     Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
                 };
-                return gemm::matmul(t, w, params, n, k, xs, m);
+                return gemm::matmul(t, w, Factors::PerGroup(params), n, k, xs, m);
             }
             values => {
                 // K-quant scales are formed once per call in f32 (a 64th of the weights).
@@ -1411,7 +1419,8 @@ mod tests {
         #[test]
         fn superblock_kernels_match_the_dequantised_oracle(
             supers in 1usize..4,
-            n in 1usize..12,
+            // Past one GEMM panel (32 rows).
+            n in 1usize..40,
             m in prop::sample::select(vec![1usize, 3, 9, 40]),
             seed in 0u32..1000,
         ) {

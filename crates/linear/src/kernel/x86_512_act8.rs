@@ -844,7 +844,7 @@ fn six_covers<const BITS: usize>(p: &super::act8::SixBit, rows: usize, chunks: u
 /// As [`dot_u6_q8_vnni`], for chunk `ch`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
+pub(crate) unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
     // Words of the upper 256 bits shift by 4 (values 32..64: the high nibbles).
     let halves = _mm512_setr_epi64(
         0,
@@ -875,7 +875,7 @@ unsafe fn u6_chunk(w: *const u8, ch: usize) -> __m512i {
 /// As [`dot_u6_q8_vnni`] with 3 bits, for chunk `ch`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn u3_chunk(w: *const u8, ch: usize) -> __m512i {
+pub(crate) unsafe fn u3_chunk(w: *const u8, ch: usize) -> __m512i {
     let p = w.add(ch * super::act8::U3_CHUNK_BYTES);
     let q = bit_pairs(p);
     // (`q` ≤ 3: adding 4 sets the third bit.)
@@ -889,7 +889,7 @@ unsafe fn u3_chunk(w: *const u8, ch: usize) -> __m512i {
 /// As [`dot_u6_q8_vnni`] with 2 bits, for chunk `ch`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn u2_chunk(w: *const u8, ch: usize) -> __m512i {
+pub(crate) unsafe fn u2_chunk(w: *const u8, ch: usize) -> __m512i {
     bit_pairs(w.add(ch * super::act8::U2_CHUNK_BYTES))
 }
 

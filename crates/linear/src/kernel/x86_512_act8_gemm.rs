@@ -25,13 +25,21 @@
 //! With `w + 128` stored, `Σ (w + 128) · xq = Σ w · xq + 128 · Σ xq`; the last term is the same
 //! for every weight row, so it is subtracted once per (activation row, group) in integers:
 //! the sums stay exact.
+//!
+//! The formats with a scale per 16 values (GGUF's Q6_K, Q3_K, Q2_K: [`Weights::Sixteenths`])
+//! take the same panels with two sub-blocks per group: a group's quads `0..4` and `4..8`
+//! accumulate in separate registers, each scaled by its own sub-block's scale (and, for 2 bits,
+//! given its offset times the activations' sub-block sums). Their values are stored unsigned
+//! with a zero point `z` (`q − z`, [`super::act8::zero_point`]): `z · Σ xq` over the 16 values
+//! is the integer correction, as `128 · Σ xq` is for 8-bit weights.
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::act8::{q8_row_natural, Params, GROUP};
+use super::act8::{chunk_bytes, q8_row_natural, zero_point, Params, RowParams, SixBit, GROUP};
 use super::x86_512::Avx512Vnni;
+use super::x86_512_act8::{u2_chunk, u3_chunk, u6_chunk};
 use super::{u5_row_bytes, Nibbles, U4x2};
 
 /// Weight rows per panel (two 16-lane halves).
@@ -50,25 +58,82 @@ pub(crate) enum Weights<'a> {
     U4(&'a [U4x2]),
     /// 5-bit values `0..=31`, rows as [`Nibbles::five`] stores them.
     U5(&'a [u8]),
+    /// Values of `bits` bits (6, 3 or 2) in chunks of 64 ([`chunk_bytes`]), `K` a multiple
+    /// of 64, with a scale per 16 values ([`Factors::PerSixteen`]).
+    Sixteenths { bits: usize, w: &'a [u8] },
 }
 
-/// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the group parameters
-/// `params`: `Σ_g dx[j, g] · (s[r, g] · Σ_{c in g} w[r, c] · xq[j, c] + m[r, g] · Σ_{c in g}
-/// xq[j, c])`, `[m, N]` row-major.
+impl Weights<'_> {
+    /// Sub-blocks per group of 32: parameters of their own.
+    fn subs(&self) -> usize {
+        match self {
+            Weights::Sixteenths { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// What the stored value exceeds the weight's integer by (`128` for 8-bit values, the
+    /// zero point for a scale per 16, none for 4/5 bits, whose offsets are parameters).
+    fn bias(&self) -> i32 {
+        match *self {
+            Weights::I8(_) => 128,
+            Weights::U4(_) | Weights::U5(_) => 0,
+            Weights::Sixteenths { bits, .. } => zero_point(bits),
+        }
+    }
+}
+
+/// The factors that turn a panel's integer sums into values.
+#[derive(Clone, Copy)]
+pub(crate) enum Factors<'a> {
+    /// A scale (and offset) per group of 32: 8, 5 and 4 bits.
+    PerGroup(Params<'a>),
+    /// A scale per 16 values (and an offset for 2 bits): [`Weights::Sixteenths`].
+    PerSixteen(SixBit<'a>),
+}
+
+impl Factors<'_> {
+    fn has_offsets(&self) -> bool {
+        match self {
+            Factors::PerGroup(p) => p.has_offsets(),
+            Factors::PerSixteen(p) => p.has_offsets(),
+        }
+    }
+}
+
+/// `xs` (`m` rows of `K` f32) times the `[N, K]` weights `w` with the parameters
+/// `params`: `Σ_b dx[j, g(b)] · (s[r, b] · Σ_{c in b} w[r, c] · xq[j, c] + m[r, b] · Σ_{c in b}
+/// xq[j, c])` over the blocks `b` that have parameters (groups of 32, or of 16 for
+/// [`Weights::Sixteenths`]), `[m, N]` row-major.
+///
+/// # Panics
+/// If `xs` is not `m` rows of `K`, or `params` does not fit `w` (a scale per 16 for
+/// [`Weights::Sixteenths`] only; those rows whole chunks of 64).
 pub(crate) fn matmul(
     t: Avx512Vnni,
     w: Weights,
-    params: Params,
+    params: Factors,
     n: usize,
     k: usize,
     xs: &[f32],
     m: usize,
 ) -> Vec<f32> {
     assert_eq!(xs.len(), m * k, "act8 GEMM: m rows of K");
+    assert_eq!(
+        matches!(w, Weights::Sixteenths { .. }),
+        matches!(params, Factors::PerSixteen(_)),
+        "act8 GEMM: a scale per 16 goes with the values that have one"
+    );
+    if let Weights::Sixteenths { bits, w } = w {
+        assert!(
+            k.is_multiple_of(64) && w.len() >= n * k / 64 * chunk_bytes(bits),
+            "act8 GEMM: {bits}-bit rows of whole 64-value chunks"
+        );
+    }
     if n == 0 || m == 0 {
         return vec![0.0; m * n];
     }
-    let acts = Activations::round(xs, m, k, matches!(w, Weights::I8(_)));
+    let acts = Activations::round(xs, m, k, &w);
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(NR))
         .into_par_iter()
         .map(|b| {
@@ -81,11 +146,15 @@ pub(crate) fn matmul(
                 // SAFETY: the token proves AVX-512 F/BW and VNNI; the panel and `acts` hold
                 // the same groups, `acts` rows `j0..j0 + tile`, `out` `tile` rows of `NR`.
                 unsafe {
-                    match (tile, panel.offsets.is_empty()) {
-                        (MR, true) => tile_vnni::<MR, false>(&panel, &acts, j0, out),
-                        (MR, false) => tile_vnni::<MR, true>(&panel, &acts, j0, out),
-                        (_, true) => tile_vnni::<1, false>(&panel, &acts, j0, out),
-                        (_, false) => tile_vnni::<1, true>(&panel, &acts, j0, out),
+                    match (tile, acts.subs, panel.offsets.is_empty()) {
+                        (MR, 1, true) => tile_vnni::<MR, 1, false>(&panel, &acts, j0, out),
+                        (MR, 1, false) => tile_vnni::<MR, 1, true>(&panel, &acts, j0, out),
+                        (MR, _, true) => tile_vnni::<MR, 2, false>(&panel, &acts, j0, out),
+                        (MR, _, false) => tile_vnni::<MR, 2, true>(&panel, &acts, j0, out),
+                        (_, 1, true) => tile_vnni::<1, 1, false>(&panel, &acts, j0, out),
+                        (_, 1, false) => tile_vnni::<1, 1, true>(&panel, &acts, j0, out),
+                        (_, _, true) => tile_vnni::<1, 2, false>(&panel, &acts, j0, out),
+                        (_, _, false) => tile_vnni::<1, 2, true>(&panel, &acts, j0, out),
                     }
                 }
                 j0 += tile;
@@ -105,44 +174,55 @@ pub(crate) fn matmul(
 }
 
 /// The activation rows rounded per group ([`q8_row_natural`]), each padded with zeros to whole
-/// groups.
+/// groups, with their sums per block of the weights' parameters (`subs` per group).
 struct Activations {
     groups: usize,
+    /// Blocks per group: 1, or 2 for a scale per 16 values.
+    subs: usize,
     /// `[m, groups · 32]`.
     q: Vec<i8>,
     /// `[m, groups]`: `dx`.
     dx: Vec<f32>,
-    /// `[m, groups]`: `128 · Σ xq` over the group (the `w + 128` correction; zeros for 4-bit
-    /// weights).
+    /// `[m, groups · subs]`: `bias · Σ xq` over the block ([`Weights::bias`]: the stored values'
+    /// excess, zeros without one).
     correction: Vec<i32>,
-    /// `[m, groups]`: the sums of the rounded activations, `dx · Σ xq` (what offsets
-    /// multiply).
+    /// `[m, groups · subs]`: the sums of the rounded activations over the block, `dx · Σ xq`
+    /// (what offsets multiply).
     sums: Vec<f32>,
 }
 
 impl Activations {
-    fn round(xs: &[f32], m: usize, k: usize, signed_weights: bool) -> Activations {
-        let groups = k.div_ceil(GROUP);
+    fn round(xs: &[f32], m: usize, k: usize, w: &Weights) -> Activations {
+        let (groups, subs, bias) = (k.div_ceil(GROUP), w.subs(), w.bias());
         let rows: Vec<_> = xs.par_chunks_exact(k).map(q8_row_natural).collect();
         let mut q = vec![0i8; m * groups * GROUP];
         let mut dx = Vec::with_capacity(m * groups);
-        let mut sums = Vec::with_capacity(m * groups);
-        let mut correction = vec![0i32; m * groups];
+        let mut sums = Vec::with_capacity(m * groups * subs);
+        let mut correction = vec![0i32; m * groups * subs];
         for (j, row) in rows.iter().enumerate() {
             q[j * groups * GROUP..][..k].copy_from_slice(&row.q);
             dx.extend_from_slice(&row.scale);
-            sums.extend_from_slice(&row.sums);
-            if signed_weights {
-                for (c, g) in correction[j * groups..][..groups]
+            let blocks = row.q.chunks(GROUP / subs);
+            if subs == 1 {
+                sums.extend_from_slice(&row.sums);
+            } else {
+                // (Whole groups: the rows with a scale per 16 are whole chunks of 64.)
+                sums.extend(blocks.clone().enumerate().map(|(b, block)| {
+                    row.scale[b / subs] * block.iter().map(|&v| v as i32).sum::<i32>() as f32
+                }));
+            }
+            if bias != 0 {
+                for (c, block) in correction[j * groups * subs..][..groups * subs]
                     .iter_mut()
-                    .zip(row.q.chunks(GROUP))
+                    .zip(blocks)
                 {
-                    *c = 128 * g.iter().map(|&v| v as i32).sum::<i32>();
+                    *c = bias * block.iter().map(|&v| v as i32).sum::<i32>();
                 }
             }
         }
         Activations {
             groups,
+            subs,
             q,
             dx,
             correction,
@@ -156,9 +236,9 @@ impl Activations {
 struct Panel {
     /// `[groups, QUADS, 2, 16]` quads of bytes (little-endian).
     values: Vec<u32>,
-    /// `[groups, 32]`: the rows' group scales.
+    /// `[groups · subs, 32]`: the rows' block scales.
     scales: Vec<f32>,
-    /// `[groups, 32]`: the rows' group offsets (empty for formats without).
+    /// `[groups · subs, 32]`: the rows' block offsets (empty for formats without).
     offsets: Vec<f32>,
 }
 
@@ -166,31 +246,58 @@ impl Panel {
     fn pack(
         t: Avx512Vnni,
         w: Weights,
-        params: Params,
+        params: Factors,
         rows: std::ops::Range<usize>,
         k: usize,
     ) -> Panel {
         let groups = k.div_ceil(GROUP);
         let full = k / GROUP;
+        let blocks = groups * w.subs();
         let mut values = vec![0u32; groups * QUADS * NR];
-        let mut scales = vec![0f32; groups * NR];
-        let mut offsets = vec![0f32; if params.has_offsets() { groups * NR } else { 0 }];
+        let mut scales = vec![0f32; blocks * NR];
+        let mut offsets = vec![0f32; if params.has_offsets() { blocks * NR } else { 0 }];
         let first = rows.start;
         // Each row's parameters formed in one pass (a superblock's f16 converted once), then
-        // laid out group-major.
-        let mut row = vec![0f32; groups];
+        // laid out block-major.
+        let mut row = vec![0f32; blocks];
         for (i, r) in rows.clone().enumerate() {
-            let p = params.row(r, groups);
-            p.scales_into(0..groups, &mut row);
-            for (g, &s) in row.iter().enumerate() {
-                scales[g * NR + i] = s;
-            }
-            if !offsets.is_empty() {
-                p.offsets_into(0..groups, &mut row);
-                for (g, &m) in row.iter().enumerate() {
-                    offsets[g * NR + i] = m;
+            match params {
+                Factors::PerGroup(params) => {
+                    let p = params.row(r, groups);
+                    p.scales_into(0..groups, &mut row);
+                    for (g, &s) in row.iter().enumerate() {
+                        scales[g * NR + i] = s;
+                    }
+                    if !offsets.is_empty() {
+                        p.offsets_into(0..groups, &mut row);
+                        for (g, &m) in row.iter().enumerate() {
+                            offsets[g * NR + i] = m;
+                        }
+                    }
+                }
+                Factors::PerSixteen(params) => {
+                    let p = params.row(r, groups);
+                    for b in 0..blocks {
+                        scales[b * NR + i] = p.scale(b);
+                        if !offsets.is_empty() {
+                            offsets[b * NR + i] = p.offset(b);
+                        }
+                    }
                 }
             }
+        }
+        if let Weights::Sixteenths { bits, w } = w {
+            for half in 0..2 {
+                let lanes = (first + 16 * half)..(first + 16 * (half + 1)).min(rows.end);
+                // SAFETY: the token proves AVX-512 F/BW; `matmul` checked that `w` holds
+                // whole chunks of every row.
+                unsafe { pack_sixteenths(t, bits, w, lanes, k, half, &mut values) };
+            }
+            return Panel {
+                values,
+                scales,
+                offsets,
+            };
         }
         for half in 0..2 {
             let lanes = (first + 16 * half)..(first + 16 * (half + 1)).min(rows.end);
@@ -254,6 +361,44 @@ fn pack_row<'a>(
                 *slot = (x & 0xF) | (x & 0xF0) << 4 | (x & 0xF00) << 8 | (x & 0xF000) << 12;
             }
         }
+        Weights::Sixteenths { .. } => unreachable!("packed whole by `pack_sixteenths`"),
+    }
+}
+
+/// Rows `lanes` (at most 16) of `bits`-bit values into their slots of half `half` of
+/// `values`: each 64-value chunk unpacked to bytes in a vector (as the row kernels do), then
+/// its 16 quads stored to their lanes.
+///
+/// # Safety
+/// AVX-512 F/BW must be available; `w` must hold whole chunks of `K` values for rows `lanes`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_sixteenths(
+    _t: Avx512Vnni,
+    bits: usize,
+    w: &[u8],
+    lanes: std::ops::Range<usize>,
+    k: usize,
+    half: usize,
+    values: &mut [u32],
+) {
+    let chunks = k / 64;
+    debug_assert!(values.len() >= chunks * 2 * QUADS * NR);
+    let mut quads = [0u32; 16];
+    for (lane, r) in lanes.enumerate() {
+        let row = w.as_ptr().add(r * chunks * chunk_bytes(bits));
+        for ch in 0..chunks {
+            let q = match bits {
+                2 => u2_chunk(row, ch),
+                3 => u3_chunk(row, ch),
+                _ => u6_chunk(row, ch),
+            };
+            _mm512_storeu_si512(quads.as_mut_ptr() as *mut _, q);
+            for (i, &quad) in quads.iter().enumerate() {
+                // Quad i of chunk ch: quad i % 8 of group 2 · ch + i / 8.
+                let at = (((2 * ch + i / QUADS) * QUADS + i % QUADS) * 2 + half) * 16 + lane;
+                *values.get_unchecked_mut(at) = quad;
+            }
+        }
     }
 }
 
@@ -292,11 +437,12 @@ unsafe fn pack16(
                     hi[p] =
                         _mm512_xor_si512(four_rows(base.add(r0 * k), k, p, g * GROUP + 16), bias);
                 }
+                Weights::Sixteenths { .. } => unreachable!("packed by `pack_sixteenths`"),
                 Weights::U4(_) | Weights::U5(_) => {
                     let (base, stride) = match w {
                         Weights::U5(w) => (w.as_ptr(), u5_row_bytes(k)),
                         Weights::U4(w) => (w.as_ptr() as *const u8, k / 2),
-                        Weights::I8(_) => unreachable!("the arm above"),
+                        _ => unreachable!("the arms above"),
                     };
                     let base = base.add(r0 * stride);
                     let v = four_rows(base, stride, p, g * GROUP / 2);
@@ -357,63 +503,71 @@ unsafe fn four_rows(base: *const u8, stride: usize, p: usize, at: usize) -> __m5
     _mm512_inserti32x4::<3>(v, _mm_loadu_si128(row(3)))
 }
 
-/// Rows `j0..j0 + T` of `acts` times the panel, into `out` (`T` rows of [`NR`]); with
-/// `OFFSETS`, plus the rows' offsets times the activations' group sums.
+/// Rows `j0..j0 + T` of `acts` times the panel, into `out` (`T` rows of [`NR`]), `SUB`
+/// blocks of parameters per group (1, or 2 for a scale per 16); with `OFFSETS`, plus the rows'
+/// offsets times the activations' block sums.
 ///
 /// # Safety
 /// AVX-512 F/BW and VNNI must be available; the panel and `acts` must hold the same number
-/// of groups, `acts` rows `j0..j0 + T`, `out` `T · NR` values; with `OFFSETS` the panel must
-/// have offsets.
+/// of groups and `SUB` blocks per group, `acts` rows `j0..j0 + T`, `out` `T · NR` values; with
+/// `OFFSETS` the panel must have offsets.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni<const T: usize, const OFFSETS: bool>(
+unsafe fn tile_vnni<const T: usize, const SUB: usize, const OFFSETS: bool>(
     panel: &Panel,
     acts: &Activations,
     j0: usize,
     out: &mut [f32],
 ) {
     let groups = acts.groups;
+    let blocks = groups * SUB;
     debug_assert!(panel.values.len() == groups * QUADS * NR && out.len() >= T * NR);
-    debug_assert!(acts.dx.len() >= (j0 + T) * groups);
-    debug_assert!(!OFFSETS || panel.offsets.len() == groups * NR);
+    debug_assert!(acts.subs == SUB && panel.scales.len() == blocks * NR);
+    debug_assert!(acts.dx.len() >= (j0 + T) * groups && acts.sums.len() >= (j0 + T) * blocks);
+    debug_assert!(!OFFSETS || panel.offsets.len() == blocks * NR);
     let w = panel.values.as_ptr() as *const u8;
     let x = acts.q.as_ptr().add(j0 * groups * GROUP);
     let row = groups * GROUP;
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
     for g in 0..groups {
-        let mut sums = [[_mm512_setzero_si512(); 2]; T];
+        // sums[i][b]: activation row i, the group's block b, the two halves of 16 rows.
+        let mut sums = [[[_mm512_setzero_si512(); 2]; SUB]; T];
         for j in 0..QUADS {
+            let b = j / (QUADS / SUB);
             let at = (g * QUADS + j) * 2 * 64;
             let w0 = _mm512_loadu_si512(w.add(at) as *const _);
             let w1 = _mm512_loadu_si512(w.add(at + 64) as *const _);
             for (i, sums) in sums.iter_mut().enumerate() {
                 let quad = (x.add(i * row + g * GROUP + 4 * j) as *const i32).read_unaligned();
                 let xb = _mm512_set1_epi32(quad);
-                sums[0] = _mm512_dpbusd_epi32(sums[0], w0, xb);
-                sums[1] = _mm512_dpbusd_epi32(sums[1], w1, xb);
+                sums[b][0] = _mm512_dpbusd_epi32(sums[b][0], w0, xb);
+                sums[b][1] = _mm512_dpbusd_epi32(sums[b][1], w1, xb);
             }
         }
-        let s = [
-            _mm512_loadu_ps(panel.scales.as_ptr().add(g * NR)),
-            _mm512_loadu_ps(panel.scales.as_ptr().add(g * NR + 16)),
-        ];
-        let o = if OFFSETS {
-            [
-                _mm512_loadu_ps(panel.offsets.as_ptr().add(g * NR)),
-                _mm512_loadu_ps(panel.offsets.as_ptr().add(g * NR + 16)),
-            ]
-        } else {
-            [_mm512_setzero_ps(); 2]
-        };
-        for (i, (acc, sums)) in acc.iter_mut().zip(&sums).enumerate() {
-            let at = (j0 + i) * groups + g;
-            let dx = _mm512_set1_ps(*acts.dx.get_unchecked(at));
-            let correction = _mm512_set1_epi32(*acts.correction.get_unchecked(at));
-            let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
-            for h in 0..2 {
-                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[h], correction));
-                acc[h] = _mm512_fmadd_ps(_mm512_mul_ps(exact, s[h]), dx, acc[h]);
-                if OFFSETS {
-                    acc[h] = _mm512_fmadd_ps(o[h], sum, acc[h]);
+        for b in 0..SUB {
+            let block = g * SUB + b;
+            let s = [
+                _mm512_loadu_ps(panel.scales.as_ptr().add(block * NR)),
+                _mm512_loadu_ps(panel.scales.as_ptr().add(block * NR + 16)),
+            ];
+            let o = if OFFSETS {
+                [
+                    _mm512_loadu_ps(panel.offsets.as_ptr().add(block * NR)),
+                    _mm512_loadu_ps(panel.offsets.as_ptr().add(block * NR + 16)),
+                ]
+            } else {
+                [_mm512_setzero_ps(); 2]
+            };
+            for (i, (acc, sums)) in acc.iter_mut().zip(&sums).enumerate() {
+                let at = (j0 + i) * blocks + block;
+                let dx = _mm512_set1_ps(*acts.dx.get_unchecked((j0 + i) * groups + g));
+                let correction = _mm512_set1_epi32(*acts.correction.get_unchecked(at));
+                let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
+                for h in 0..2 {
+                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[b][h], correction));
+                    acc[h] = _mm512_fmadd_ps(_mm512_mul_ps(exact, s[h]), dx, acc[h]);
+                    if OFFSETS {
+                        acc[h] = _mm512_fmadd_ps(o[h], sum, acc[h]);
+                    }
                 }
             }
         }
