@@ -878,6 +878,64 @@ impl QuantMatrix {
         out
     }
 
+    /// `bits`-bit values `v` with a scale per 16 (`p`) times more than [`GEMV_MAX_ROWS`] rows
+    /// where the integer GEMM does not run: the f32 GEMM over the values widened for this call
+    /// to one signed byte each (`q − zero`: `n · k` bytes, against `2 · m · n · k` flops), a
+    /// scale per 16 applied as it widens, and 2-bit rows' offsets against the activations'
+    /// exact sums per 16. The row kernels would take 3-12x longer here (`benchmarks/README.md`).
+    fn sixteenths_f32_gemm(
+        &self,
+        isa: Isa,
+        bits: usize,
+        v: &[u8],
+        p: SixBit,
+        xs: &[f32],
+        m: usize,
+    ) -> Vec<f32> {
+        let [n, k] = self.dims;
+        let (groups, subs) = (k / QUANT_GROUP, k / 16);
+        let (chunk, zero) = (act8::chunk_bytes(bits), act8::zero_point(bits));
+        let mut bytes = vec![0i8; n * k];
+        let mut scales = vec![0f32; n * subs];
+        let mut mins = vec![0f32; if p.has_offsets() { n * subs } else { 0 }];
+        bytes
+            .par_chunks_mut(k)
+            .zip(v.par_chunks(k / U6_CHUNK * chunk))
+            .zip(scales.par_chunks_mut(subs))
+            .enumerate()
+            .for_each(|(r, ((out, row), scales))| {
+                for (out, w) in out.chunks_exact_mut(U6_CHUNK).zip(row.chunks_exact(chunk)) {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = (act8::sixteenths_value(bits, w, i) as i32 - zero) as i8;
+                    }
+                }
+                let p = p.row(r, groups);
+                for (s, c) in scales.iter_mut().enumerate() {
+                    *c = p.scale(s);
+                }
+            });
+        mins.par_chunks_mut(subs).enumerate().for_each(|(r, mins)| {
+            let p = p.row(r, groups);
+            for (s, c) in mins.iter_mut().enumerate() {
+                *c = p.offset(s);
+            }
+        });
+        let scales = BlockScales {
+            scale: Scales::F32(&scales),
+            rows: 1,
+            cols: 16,
+        };
+        let mut out = kernel::product(isa, &bytes, k, xs, m, Some(&scales));
+        if !mins.is_empty() {
+            let sums: Vec<f32> = xs.chunks(16).map(|c| c.iter().sum()).collect();
+            let offsets = kernel::product(isa, &mins, subs, &sums, m, None);
+            for (o, v) in out.iter_mut().zip(offsets) {
+                *o += v;
+            }
+        }
+        out
+    }
+
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
     pub fn dequantize_rows(&self) -> Vec<f32> {
         let [n, k] = self.dims;
@@ -968,6 +1026,9 @@ impl QuantMatrix {
                     let t = isa.avx512_vnni().expect("VNNI: checked above");
                     let w = Weights::Sixteenths { bits, w: v };
                     return gemm::matmul(t, w, Factors::PerSixteen(p), n, k, xs, m);
+                }
+                if m > GEMV_MAX_ROWS {
+                    return self.sixteenths_f32_gemm(isa, bits, v, p, xs, m);
                 }
                 return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
@@ -1354,10 +1415,7 @@ mod tests {
     fn oracle(w: &QuantMatrix, isa: Isa, xs: &[f32], m: usize) -> Vec<f64> {
         let [n, k] = w.dims;
         let d = w.dequantize_rows();
-        // (The 6-bit and 3-bit rows take the rounding kernels at every size.)
-        let rounded = m <= GEMV_MAX_ROWS
-            || matches!(w.values, Values::U6(_) | Values::U3(_) | Values::U2(_))
-            || isa.rounds_quant_gemm_activations();
+        let rounded = m <= GEMV_MAX_ROWS || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
