@@ -22,8 +22,7 @@
 //! - [`QuantFormat::Q6K`]: GGUF's Q6_K (what llama.cpp's Q4_K_M keeps its output head and
 //!   some projections in): `W[r, c] = d · sc · (q − 32)`, `q` in `0..=63`, an i8 `sc` per 16
 //!   values under a superblock's f16 `d`. 6.5625 bits per weight, as in a file. Rows that are
-//!   not whole superblocks take Q8. Every product of it (prefill too) takes the 8-bit
-//!   activation kernel below.
+//!   not whole superblocks take Q8.
 //! - [`QuantFormat::Q5`] and [`QuantFormat::Q5K`]: GGUF's Q5_1 and Q5_K (llama.cpp's Q5_K_M
 //!   mix), Q4 and Q4K with `q` in `0..=31`: the low four bits held as Q4's nibble pairs and the
 //!   fifth bits as one u32 per group (`kernel::Nibbles`), 6 and 5.625 bits per weight (a Q5_K
@@ -38,8 +37,7 @@
 //!   `q` in `0..=3`, a 4-bit `sc` and `mn` per 16 values in one byte), the formats of
 //!   llama.cpp's Q3_K_M and Q2_K files. 3.5625 and 2.625 bits per weight as held (a file holds
 //!   3.4375 and 2.625). The 6-bit kernels take them (`kernel::act8::chunk_bytes`: 64 values in
-//!   24 / 16 bytes), every product on the 8-bit activations, as Q6_K. Rows that are not whole
-//!   superblocks take Q4.
+//!   24 / 16 bytes), as Q6_K. Rows that are not whole superblocks take Q4.
 //!
 //! Row `r` of `x · Wᵀ` is `Σ_g s[r,g] · Σ_{c in g} q[r,c] · x[c] + Σ_g m[r,g] · Σ_{c in g} x[c]`.
 //! On the f32 path the second sum (Q4's offsets) is a small f32 product of the `[N, K / 32]`
@@ -48,11 +46,13 @@
 //! - more than [`GEMV_MAX_ROWS`] rows (prefill) on AVX512-VNNI CPUs: the 8-bit activations
 //!   below, in an integer GEMM (`kernel::x86_512_act8_gemm`: panels of 32 weight rows unpacked
 //!   once to bytes, `vpdpbusd` adding four products into 16 rows per instruction, one f32
-//!   scaling per group). 1.6-2.5x the f32 path's whole prefill on a Zen 4 (`benchmarks/README.md`);
-//!   llama.cpp rounds its prefill activations the same way;
+//!   scaling per group, or per 16 values for the formats with a scale per 16). 1.6-2.5x the
+//!   f32 path's whole prefill on a Zen 4 (`benchmarks/README.md`); llama.cpp rounds its
+//!   prefill activations the same way;
 //! - more than [`GEMV_MAX_ROWS`] rows elsewhere: f32 activations against the stored integers
-//!   widened in registers (never dequantised to memory), one scale per group: the product with
-//!   the dequantised matrix up to f32 summation order;
+//!   widened in registers (never dequantised to memory; the 5-bit formats and those with a
+//!   scale per 16 widened to a byte per value for the call), one scale per group (or per 16):
+//!   the product with the dequantised matrix up to f32 summation order;
 //! - up to [`GEMV_MAX_ROWS`] rows (decode): the activations rounded to 8 bits per group, as
 //!   llama.cpp does for its block formats, and the integer products summed exactly
 //!   (`kernel::act8`): 2-3x fewer operations per weight, at an activation rounding error below
@@ -909,17 +909,11 @@ impl QuantMatrix {
                         *o = (act8::sixteenths_value(bits, w, i) as i32 - zero) as i8;
                     }
                 }
-                let p = p.row(r, groups);
-                for (s, c) in scales.iter_mut().enumerate() {
-                    *c = p.scale(s);
-                }
+                p.row(r, groups).scales_into(scales);
             });
-        mins.par_chunks_mut(subs).enumerate().for_each(|(r, mins)| {
-            let p = p.row(r, groups);
-            for (s, c) in mins.iter_mut().enumerate() {
-                *c = p.offset(s);
-            }
-        });
+        mins.par_chunks_mut(subs)
+            .enumerate()
+            .for_each(|(r, mins)| p.row(r, groups).offsets_into(mins));
         let scales = BlockScales {
             scale: Scales::F32(&scales),
             rows: 1,

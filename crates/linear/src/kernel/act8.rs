@@ -612,15 +612,37 @@ impl SixBit<'_> {
             .sum()
     }
 
-    /// The factors `c_s = scale(s) · dx_{s / 2}` of the sub-blocks of 16 values `s` covered
-    /// by `c` (from the row's first), the same bits, each `d` converted once.
-    pub(crate) fn factors(&self, dx: &[f32], c: &mut [f32]) {
+    /// The scales of the sub-blocks of 16 values covered by `c` (from the row's first): the
+    /// bits of [`SixBit::scale`], each `d` converted once.
+    pub(crate) fn scales_into(&self, c: &mut [f32]) {
         for (b, c) in c.chunks_mut(2 * SUPER).enumerate() {
             let d = self.d[b].to_f32();
-            let first = 2 * SUPER * b;
             for (i, c) in c.iter_mut().enumerate() {
-                *c = d * self.sc(first + i) * dx[(first + i) / 2];
+                *c = d * self.sc(2 * SUPER * b + i);
             }
+        }
+    }
+
+    /// The offsets of the sub-blocks covered by `c`, as [`SixBit::scales_into`]: the bits of
+    /// [`SixBit::offset`] (zeros without offsets).
+    pub(crate) fn offsets_into(&self, c: &mut [f32]) {
+        if !self.has_offsets() {
+            return c.fill(0.0);
+        }
+        for (b, c) in c.chunks_mut(2 * SUPER).enumerate() {
+            let dmin = self.dmin[b].to_f32();
+            for (i, c) in c.iter_mut().enumerate() {
+                *c = -(dmin * (self.sc[2 * SUPER * b + i] as u8 >> 4) as f32);
+            }
+        }
+    }
+
+    /// The factors `c_s = scale(s) · dx_{s / 2}` of the sub-blocks of 16 values `s` covered
+    /// by `c` (from the row's first), the same bits.
+    pub(crate) fn factors(&self, dx: &[f32], c: &mut [f32]) {
+        self.scales_into(c);
+        for (s, c) in c.iter_mut().enumerate() {
+            *c *= dx[s / 2];
         }
     }
 }

@@ -277,10 +277,14 @@ impl Panel {
                 }
                 Factors::PerSixteen(params) => {
                     let p = params.row(r, groups);
-                    for b in 0..blocks {
-                        scales[b * NR + i] = p.scale(b);
-                        if !offsets.is_empty() {
-                            offsets[b * NR + i] = p.offset(b);
+                    p.scales_into(&mut row);
+                    for (b, &s) in row.iter().enumerate() {
+                        scales[b * NR + i] = s;
+                    }
+                    if !offsets.is_empty() {
+                        p.offsets_into(&mut row);
+                        for (b, &m) in row.iter().enumerate() {
+                            offsets[b * NR + i] = m;
                         }
                     }
                 }
@@ -366,8 +370,9 @@ fn pack_row<'a>(
 }
 
 /// Rows `lanes` (at most 16) of `bits`-bit values into their slots of half `half` of
-/// `values`: each 64-value chunk unpacked to bytes in a vector (as the row kernels do), then
-/// its 16 quads stored to their lanes.
+/// `values`: per 64-value chunk, each row unpacked to bytes in a vector (as the row kernels
+/// do; rows past `lanes` zero), then a 16 x 16 transpose of 32-bit quads puts quad `q` of
+/// every row in one vector, row `l` at element `l`.
 ///
 /// # Safety
 /// AVX-512 F/BW must be available; `w` must hold whole chunks of `K` values for rows `lanes`.
@@ -381,25 +386,61 @@ unsafe fn pack_sixteenths(
     half: usize,
     values: &mut [u32],
 ) {
+    debug_assert!(lanes.len() <= 16);
     let chunks = k / 64;
     debug_assert!(values.len() >= chunks * 2 * QUADS * NR);
-    let mut quads = [0u32; 16];
-    for (lane, r) in lanes.enumerate() {
-        let row = w.as_ptr().add(r * chunks * chunk_bytes(bits));
-        for ch in 0..chunks {
-            let q = match bits {
+    let stride = chunks * chunk_bytes(bits);
+    for ch in 0..chunks {
+        let mut rows = [_mm512_setzero_si512(); 16];
+        for (l, r) in lanes.clone().enumerate() {
+            let row = w.as_ptr().add(r * stride);
+            rows[l] = match bits {
                 2 => u2_chunk(row, ch),
                 3 => u3_chunk(row, ch),
                 _ => u6_chunk(row, ch),
             };
-            _mm512_storeu_si512(quads.as_mut_ptr() as *mut _, q);
-            for (i, &quad) in quads.iter().enumerate() {
-                // Quad i of chunk ch: quad i % 8 of group 2 · ch + i / 8.
-                let at = (((2 * ch + i / QUADS) * QUADS + i % QUADS) * 2 + half) * 16 + lane;
-                *values.get_unchecked_mut(at) = quad;
-            }
+        }
+        for (q, v) in transpose16(rows).into_iter().enumerate() {
+            // Quad q of chunk ch: quad q % 8 of group 2 · ch + q / 8.
+            let at = (((2 * ch + q / QUADS) * QUADS + q % QUADS) * 2 + half) * 16;
+            _mm512_storeu_si512(values.as_mut_ptr().add(at) as *mut _, v);
         }
     }
+}
+
+/// The 16 x 16 transpose of 32-bit elements: element `i` of vector `j` out is element `j` of
+/// vector `i` in (pairs of rows interleaved, then fours, within 128-bit lanes; then the
+/// 128-bit lanes of each four vectors transposed).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // a[2i], a[2i + 1]: rows 2i and 2i + 1 interleaved, elements 4k, 4k + 1 / 4k + 2, 4k + 3.
+    let mut a = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // b[4i + c], 128-bit lane k: element 4k + c of rows 4i..4i + 4.
+    let mut b = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    // Out 4k + c: lane k of b[c], b[4 + c], b[8 + c], b[12 + c].
+    let mut o = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let s0 = _mm512_shuffle_i32x4::<0x44>(b[c], b[4 + c]);
+        let s1 = _mm512_shuffle_i32x4::<0xEE>(b[c], b[4 + c]);
+        let s2 = _mm512_shuffle_i32x4::<0x44>(b[8 + c], b[12 + c]);
+        let s3 = _mm512_shuffle_i32x4::<0xEE>(b[8 + c], b[12 + c]);
+        o[c] = _mm512_shuffle_i32x4::<0x88>(s0, s2);
+        o[4 + c] = _mm512_shuffle_i32x4::<0xDD>(s0, s2);
+        o[8 + c] = _mm512_shuffle_i32x4::<0x88>(s1, s3);
+        o[12 + c] = _mm512_shuffle_i32x4::<0xDD>(s1, s3);
+    }
+    o
 }
 
 /// Groups `0..groups` (whole) of the 16 rows from `r0` into their slots of half `half` of
