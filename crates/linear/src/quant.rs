@@ -879,10 +879,10 @@ impl QuantMatrix {
     }
 
     /// `bits`-bit values `v` with a scale per 16 (`p`) times more than [`GEMV_MAX_ROWS`] rows
-    /// where the integer GEMM does not run: the f32 GEMM over the values widened for this call
-    /// to one signed byte each (`q − zero`: `n · k` bytes, against `2 · m · n · k` flops), a
-    /// scale per 16 applied as it widens, and 2-bit rows' offsets against the activations'
-    /// exact sums per 16. The row kernels would take 3-12x longer here (`benchmarks/README.md`).
+    /// where the integer GEMM does not run: the f32 GEMM over the values widened to one signed
+    /// byte each (`q − zero`), a block of rows at a time ([`in_row_blocks`]), a scale per 16
+    /// applied as it widens, and 2-bit rows' offsets against the activations' exact sums per
+    /// 16. The row kernels would take 3-12x longer here (`benchmarks/README.md`).
     fn sixteenths_f32_gemm(
         &self,
         isa: Isa,
@@ -895,39 +895,43 @@ impl QuantMatrix {
         let [n, k] = self.dims;
         let (groups, subs) = (k / QUANT_GROUP, k / 16);
         let (chunk, zero) = (act8::chunk_bytes(bits), act8::zero_point(bits));
-        let mut bytes = vec![0i8; n * k];
-        let mut scales = vec![0f32; n * subs];
-        let mut mins = vec![0f32; if p.has_offsets() { n * subs } else { 0 }];
-        bytes
-            .par_chunks_mut(k)
-            .zip(v.par_chunks(k / U6_CHUNK * chunk))
-            .zip(scales.par_chunks_mut(subs))
-            .enumerate()
-            .for_each(|(r, ((out, row), scales))| {
-                for (out, w) in out.chunks_exact_mut(U6_CHUNK).zip(row.chunks_exact(chunk)) {
-                    for (i, o) in out.iter_mut().enumerate() {
-                        *o = (act8::sixteenths_value(bits, w, i) as i32 - zero) as i8;
+        let row_bytes = k / U6_CHUNK * chunk;
+        let sums: Vec<f32> = xs.chunks(16).map(|c| c.iter().sum()).collect();
+        in_row_blocks(n, k, m, |rows| {
+            let n = rows.len();
+            let mut bytes = vec![0i8; n * k];
+            let mut scales = vec![0f32; n * subs];
+            let mut mins = vec![0f32; if p.has_offsets() { n * subs } else { 0 }];
+            bytes
+                .par_chunks_mut(k)
+                .zip(v[rows.start * row_bytes..rows.end * row_bytes].par_chunks(row_bytes))
+                .zip(scales.par_chunks_mut(subs))
+                .enumerate()
+                .for_each(|(i, ((out, row), scales))| {
+                    for (out, w) in out.chunks_exact_mut(U6_CHUNK).zip(row.chunks_exact(chunk)) {
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = (act8::sixteenths_value(bits, w, j) as i32 - zero) as i8;
+                        }
                     }
+                    p.row(rows.start + i, groups).scales_into(scales);
+                });
+            mins.par_chunks_mut(subs)
+                .enumerate()
+                .for_each(|(i, mins)| p.row(rows.start + i, groups).offsets_into(mins));
+            let scales = BlockScales {
+                scale: Scales::F32(&scales),
+                rows: 1,
+                cols: 16,
+            };
+            let mut out = kernel::product(isa, &bytes, k, xs, m, Some(&scales));
+            if !mins.is_empty() {
+                let offsets = kernel::product(isa, &mins, subs, &sums, m, None);
+                for (o, v) in out.iter_mut().zip(offsets) {
+                    *o += v;
                 }
-                p.row(r, groups).scales_into(scales);
-            });
-        mins.par_chunks_mut(subs)
-            .enumerate()
-            .for_each(|(r, mins)| p.row(r, groups).offsets_into(mins));
-        let scales = BlockScales {
-            scale: Scales::F32(&scales),
-            rows: 1,
-            cols: 16,
-        };
-        let mut out = kernel::product(isa, &bytes, k, xs, m, Some(&scales));
-        if !mins.is_empty() {
-            let sums: Vec<f32> = xs.chunks(16).map(|c| c.iter().sum()).collect();
-            let offsets = kernel::product(isa, &mins, subs, &sums, m, None);
-            for (o, v) in out.iter_mut().zip(offsets) {
-                *o += v;
             }
-        }
-        out
+            out
+        })
     }
 
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
@@ -1074,10 +1078,21 @@ impl QuantMatrix {
                     Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
                     Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
                     // One byte per value for this call (the f32 GEMM widens bytes or nibble
-                    // pairs, not split bit planes): n · k bytes, against 2 · m · n · k flops.
-                    Values::U5(v) => {
-                        kernel::product(isa, &u5_bytes(v, n, k), k, xs, m, Some(&scales))
-                    }
+                    // pairs, not split bit planes), a block of rows at a time.
+                    Values::U5(v) => in_row_blocks(n, k, m, |rows| {
+                        let (bytes, per) = (u5_row_bytes(k), k.div_ceil(QUANT_GROUP));
+                        let v = &v[rows.start * bytes..rows.end * bytes];
+                        let at = rows.start * per..rows.end * per;
+                        let scales = BlockScales {
+                            scale: match scales.scale {
+                                Scales::F16(s) => Scales::F16(&s[at]),
+                                Scales::F32(s) => Scales::F32(&s[at]),
+                            },
+                            ..scales
+                        };
+                        let widened = u5_bytes(v, rows.len(), k);
+                        kernel::product(isa, &widened, k, xs, m, Some(&scales))
+                    }),
                     Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
                 }
             }
@@ -1172,6 +1187,39 @@ fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The `[n, k]` stored 5-bit rows `v` as one byte per value (`0..=31`), in parallel over rows.
+/// Bytes of values the f32 paths widen for one call at most ([`in_row_blocks`]).
+#[cfg(not(test))]
+const WIDEN_BYTES: usize = 32 << 20;
+/// (Small in tests, so test matrices span several blocks.)
+#[cfg(test)]
+const WIDEN_BYTES: usize = 64 << 10;
+
+/// The `[m, N]` product assembled from `product(rows)`, each `[m, rows.len()]` for a block of
+/// weight rows of at most [`WIDEN_BYTES`] bytes at a byte per value (`K` values per row; at
+/// least 64 rows), so what a block widens stays bounded whatever `N` (a 129,280-row head would
+/// take 0.9 GB at once). The blocks are of equal size, as the GEMM's threads share each.
+fn in_row_blocks(
+    n: usize,
+    k: usize,
+    m: usize,
+    mut product: impl FnMut(Range<usize>) -> Vec<f32>,
+) -> Vec<f32> {
+    let most = (WIDEN_BYTES / k.max(1)).max(64);
+    if n <= most {
+        return product(0..n);
+    }
+    let per_block = n.div_ceil(n.div_ceil(most));
+    let mut out = vec![0f32; m * n];
+    for start in (0..n).step_by(per_block) {
+        let rows = start..(start + per_block).min(n);
+        let block = product(rows.clone());
+        for (out, block) in out.chunks_exact_mut(n).zip(block.chunks_exact(rows.len())) {
+            out[rows.clone()].copy_from_slice(block);
+        }
+    }
+    out
+}
+
 fn u5_bytes(v: &[u8], n: usize, k: usize) -> Vec<i8> {
     let mut out = vec![0i8; n * k];
     out.par_chunks_mut(k.max(1))
@@ -1493,6 +1541,28 @@ mod tests {
                     let got = q.matmul(isa, &xs, m);
                     assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
                 }
+            }
+        }
+    }
+
+    /// Matrices the f32 paths widen a block of rows at a time (`in_row_blocks`: 256 rows of
+    /// `K = 256` per block in tests) match the oracle on every path, prefill-sized.
+    #[test]
+    fn products_widened_in_row_blocks_match_the_oracle() {
+        let (n, k, m) = (600, 256, 40);
+        let w = values(n * k, 11, 0.3);
+        let xs = values(m * k, 13, 1.9);
+        for format in [
+            QuantFormat::Q6K,
+            QuantFormat::Q2K,
+            QuantFormat::Q5,
+            QuantFormat::Q5K,
+        ] {
+            let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+            for isa in Isa::supported() {
+                let want = oracle(&q, isa, &xs, m);
+                let got = q.matmul(isa, &xs, m);
+                assert_matches_oracle(&got, &want, k, &format!("{format} {isa} in blocks"));
             }
         }
     }
