@@ -894,25 +894,25 @@ impl QuantMatrix {
     ) -> Vec<f32> {
         let [n, k] = self.dims;
         let (groups, subs) = (k / QUANT_GROUP, k / 16);
-        let (chunk, zero) = (act8::chunk_bytes(bits), act8::zero_point(bits));
-        let row_bytes = k / U6_CHUNK * chunk;
+        let row_bytes = k / U6_CHUNK * act8::chunk_bytes(bits);
         let sums: Vec<f32> = xs.chunks(16).map(|c| c.iter().sum()).collect();
         in_row_blocks(n, k, m, |rows| {
             let n = rows.len();
             let mut bytes = vec![0i8; n * k];
             let mut scales = vec![0f32; n * subs];
             let mut mins = vec![0f32; if p.has_offsets() { n * subs } else { 0 }];
+            let widen = match bits {
+                2 => widen_sixteenths::<2>,
+                3 => widen_sixteenths::<3>,
+                _ => widen_sixteenths::<6>,
+            };
             bytes
                 .par_chunks_mut(k)
                 .zip(v[rows.start * row_bytes..rows.end * row_bytes].par_chunks(row_bytes))
                 .zip(scales.par_chunks_mut(subs))
                 .enumerate()
                 .for_each(|(i, ((out, row), scales))| {
-                    for (out, w) in out.chunks_exact_mut(U6_CHUNK).zip(row.chunks_exact(chunk)) {
-                        for (j, o) in out.iter_mut().enumerate() {
-                            *o = (act8::sixteenths_value(bits, w, j) as i32 - zero) as i8;
-                        }
-                    }
+                    widen(row, out);
                     p.row(rows.start + i, groups).scales_into(scales);
                 });
             mins.par_chunks_mut(subs)
@@ -1187,6 +1187,18 @@ fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The `[n, k]` stored 5-bit rows `v` as one byte per value (`0..=31`), in parallel over rows.
+/// A row of `BITS`-bit values (chunks of 64) as signed bytes `q − zero`: the value functions
+/// with `BITS` known, so the loop has no branches.
+fn widen_sixteenths<const BITS: usize>(row: &[u8], out: &mut [i8]) {
+    let zero = act8::zero_point(BITS);
+    let chunks = row.chunks_exact(act8::chunk_bytes(BITS));
+    for (out, w) in out.chunks_exact_mut(U6_CHUNK).zip(chunks) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = (act8::sixteenths_value(BITS, w, j) as i32 - zero) as i8;
+        }
+    }
+}
+
 /// Bytes of values the f32 paths widen for one call at most ([`in_row_blocks`]).
 #[cfg(not(test))]
 const WIDEN_BYTES: usize = 32 << 20;
