@@ -1,7 +1,8 @@
-//! The prefill-sized product (more than [`crate::GEMV_MAX_ROWS`] activation rows) of 8-bit
-//! and 4-bit weights with 8-bit activations on AVX512-VNNI: the arithmetic of
-//! [`super::act8`] (each group of 32 activations rounded to i8 with its own `dx`, integer sums
-//! exact, one f32 factor per group), blocked so that `vpdpbusd` does the work.
+//! The prefill-sized product (more than [`crate::GEMV_MAX_ROWS`] activation rows) of the
+//! quantised weights (8, 6, 5, 4, 3 and 2 bits) with 8-bit activations on AVX512-VNNI: the
+//! arithmetic of [`super::act8`] (each group of 32 activations rounded to i8 with its own `dx`,
+//! integer sums exact, one f32 factor per group, or per 16 values), blocked so that `vpdpbusd`
+//! does the work.
 //!
 //! The row-by-row kernel spends as many instructions unpacking and scaling as multiplying; a
 //! GEMM amortises both:
