@@ -218,6 +218,15 @@ impl Values {
     }
 }
 
+/// The parameters of a format with a scale per 16 as its blocks are read
+/// ([`QuantMatrix::from_sixteenths_blocks`]): [`GroupParams::Sixteenths`]'s fields.
+struct SixteenthsParams {
+    sc: Vec<i8>,
+    d: Vec<f16>,
+    /// 2 bits only.
+    dmin: Vec<f16>,
+}
+
 /// The group parameters, owned ([`Params`] is their view).
 #[derive(Clone)]
 enum GroupParams {
@@ -394,12 +403,7 @@ impl QuantMatrix {
     /// (`h` < 2, `l` < 32, `t` < 4) takes the low (t < 2) or high nibble of byte
     /// `64h + l + 32 (t % 2)` and bits `2t..2t + 2` of high byte `32h + l`.
     fn from_q6k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
-        const VALUES: usize = SUPER * QUANT_GROUP;
-        let mut sc = Vec::with_capacity(n * k / 16);
-        let mut d = Vec::with_capacity(n * k / VALUES);
-        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U6_CHUNK_BYTES);
-        let mut q = [0u8; VALUES];
-        for b in blocks.chunks_exact(GgmlDType::Q6K.type_size()) {
+        Self::from_sixteenths_blocks(QuantFormat::Q6K, blocks, n, k, |b, q, p| {
             let (ql, qh) = (&b[..128], &b[128..192]);
             for h in 0..2 {
                 for l in 0..32 {
@@ -410,24 +414,8 @@ impl QuantMatrix {
                     }
                 }
             }
-            sc.extend(b[192..208].iter().map(|&s| s as i8));
-            d.push(f16::from_le_bytes([b[208], b[209]]));
-            for chunk in q.chunks_exact(U6_CHUNK) {
-                v.extend(act8::u6_chunk(chunk));
-            }
-        }
-        if sc.len() != n * k / 16 {
-            candle_core::bail!("Q6_K [{n}, {k}]: {} bytes of blocks", blocks.len());
-        }
-        Ok(Self {
-            format: QuantFormat::Q6K,
-            dims: [n, k],
-            values: Values::U6(v),
-            params: GroupParams::Sixteenths {
-                sc,
-                d,
-                dmin: Vec::new(),
-            },
+            p.sc.extend(b[192..208].iter().map(|&s| s as i8));
+            p.d.push(f16::from_le_bytes([b[208], b[209]]));
         })
     }
 
@@ -436,36 +424,15 @@ impl QuantMatrix {
     /// `128h + 32j + l` (`h` < 2, `j` < 4, `l` < 32) takes bits `2j..2j + 2` of `qs[32h + l]`
     /// and, as its third bit, bit `4h + j` of `hmask[l]`; its scale is `sc[v / 16] − 32`.
     fn from_q3k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
-        const VALUES: usize = SUPER * QUANT_GROUP;
-        let mut sc = Vec::with_capacity(n * k / 16);
-        let mut d = Vec::with_capacity(n * k / VALUES);
-        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U3_CHUNK_BYTES);
-        let mut q = [0u8; VALUES];
-        for b in blocks.chunks_exact(GgmlDType::Q3K.type_size()) {
+        Self::from_sixteenths_blocks(QuantFormat::Q3K, blocks, n, k, |b, q, p| {
             let (hmask, qs, scales) = (&b[..32], &b[32..96], &b[96..108]);
             for (i, q) in q.iter_mut().enumerate() {
                 let (h, j, l) = (i / 128, i % 128 / 32, i % 32);
                 let low = (qs[32 * h + l] >> (2 * j)) & 3;
                 *q = low | (((hmask[l] >> (4 * h + j)) & 1) << 2);
             }
-            sc.extend((0..16).map(|i| q3k_scale(scales, i) as i8 - 32));
-            d.push(f16::from_le_bytes([b[108], b[109]]));
-            for chunk in q.chunks_exact(U6_CHUNK) {
-                v.extend(act8::u3_chunk(chunk));
-            }
-        }
-        if sc.len() != n * k / 16 {
-            candle_core::bail!("Q3_K [{n}, {k}]: {} bytes of blocks", blocks.len());
-        }
-        Ok(Self {
-            format: QuantFormat::Q3K,
-            dims: [n, k],
-            values: Values::U3(v),
-            params: GroupParams::Sixteenths {
-                sc,
-                d,
-                dmin: Vec::new(),
-            },
+            p.sc.extend((0..16).map(|i| q3k_scale(scales, i) as i8 - 32));
+            p.d.push(f16::from_le_bytes([b[108], b[109]]));
         })
     }
 
@@ -474,32 +441,67 @@ impl QuantMatrix {
     /// `dmin` (GGML's `dequantize_row_q2_K`). Value `128h + 32j + l` takes bits `2j..2j + 2`
     /// of `qs[32h + l]`; it is `d · sc · q − dmin · mn` with its 16's `sc` and `mn`.
     fn from_q2k_blocks(blocks: &[u8], n: usize, k: usize) -> Result<Self> {
-        const VALUES: usize = SUPER * QUANT_GROUP;
-        let mut sc = Vec::with_capacity(n * k / 16);
-        let (mut d, mut dmin) = (Vec::new(), Vec::new());
-        let mut v = Vec::with_capacity(n * k / U6_CHUNK * U2_CHUNK_BYTES);
-        let mut q = [0u8; VALUES];
-        for b in blocks.chunks_exact(GgmlDType::Q2K.type_size()) {
+        Self::from_sixteenths_blocks(QuantFormat::Q2K, blocks, n, k, |b, q, p| {
             let (scales, qs) = (&b[..16], &b[16..80]);
             for (i, q) in q.iter_mut().enumerate() {
                 let (h, j, l) = (i / 128, i % 128 / 32, i % 32);
                 *q = (qs[32 * h + l] >> (2 * j)) & 3;
             }
             // The scale and offset nibbles as stored (`SixBit` reads them).
-            sc.extend(scales.iter().map(|&s| s as i8));
-            d.push(f16::from_le_bytes([b[80], b[81]]));
-            dmin.push(f16::from_le_bytes([b[82], b[83]]));
-            for chunk in q.chunks_exact(U6_CHUNK) {
-                v.extend(&act8::u3_chunk(chunk)[..U2_CHUNK_BYTES]);
+            p.sc.extend(scales.iter().map(|&s| s as i8));
+            p.d.push(f16::from_le_bytes([b[80], b[81]]));
+            p.dmin.push(f16::from_le_bytes([b[82], b[83]]));
+        })
+    }
+
+    /// The blocks of a format with a scale per 16 (Q6_K, Q3_K or Q2_K) of `[n, k]` rows:
+    /// `read` puts a block's 256 values in natural order into `q` and pushes its parameters;
+    /// the values are packed per 64 into the format's chunks (`act8::chunk_bytes`).
+    fn from_sixteenths_blocks(
+        format: QuantFormat,
+        blocks: &[u8],
+        n: usize,
+        k: usize,
+        mut read: impl FnMut(&[u8], &mut [u8; SUPER * QUANT_GROUP], &mut SixteenthsParams),
+    ) -> Result<Self> {
+        let (ty, name, bits) = match format {
+            QuantFormat::Q6K => (GgmlDType::Q6K, "Q6_K", 6),
+            QuantFormat::Q3K => (GgmlDType::Q3K, "Q3_K", 3),
+            QuantFormat::Q2K => (GgmlDType::Q2K, "Q2_K", 2),
+            _ => unreachable!("{format} has no scale per 16"),
+        };
+        let supers = n * k / (SUPER * QUANT_GROUP);
+        let mut p = SixteenthsParams {
+            sc: Vec::with_capacity(n * k / 16),
+            d: Vec::with_capacity(supers),
+            dmin: Vec::with_capacity(if bits == 2 { supers } else { 0 }),
+        };
+        let chunk = act8::chunk_bytes(bits);
+        let mut v = Vec::with_capacity(n * k / U6_CHUNK * chunk);
+        let mut q = [0u8; SUPER * QUANT_GROUP];
+        for b in blocks.chunks_exact(ty.type_size()) {
+            read(b, &mut q, &mut p);
+            for values in q.chunks_exact(U6_CHUNK) {
+                match bits {
+                    6 => v.extend(act8::u6_chunk(values)),
+                    // A 2-bit chunk is a 3-bit one's leading bit pairs.
+                    _ => v.extend(&act8::u3_chunk(values)[..chunk]),
+                }
             }
         }
-        if sc.len() != n * k / 16 {
-            candle_core::bail!("Q2_K [{n}, {k}]: {} bytes of blocks", blocks.len());
+        if p.sc.len() != n * k / 16 {
+            candle_core::bail!("{name} [{n}, {k}]: {} bytes of blocks", blocks.len());
         }
+        let values = match bits {
+            6 => Values::U6(v),
+            3 => Values::U3(v),
+            _ => Values::U2(v),
+        };
+        let SixteenthsParams { sc, d, dmin } = p;
         Ok(Self {
-            format: QuantFormat::Q2K,
+            format,
             dims: [n, k],
-            values: Values::U2(v),
+            values,
             params: GroupParams::Sixteenths { sc, d, dmin },
         })
     }
