@@ -233,33 +233,31 @@ mod tests {
             let again = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
             assert_eq!(again.to_ggml().unwrap().1, blocks);
         }
-        // Q4_0 and Q5_0 are held as Q4 / Q5 (offset −8 · d / −16 · d), the same values; with
-        // a block whose offset would leave f16's range, as Q8, the same values.
+        // Q4_0 and Q5_0 are held as Q4 / Q5 with their zero point (no stored offsets), the
+        // same values, written back as the same blocks; a large d (the offset −16 · 4096 is
+        // no f16) changes nothing, since the offsets are formed in f32.
         for (ty, format) in [
             (GgmlDType::Q4_0, QuantFormat::Q4),
             (GgmlDType::Q5_0, QuantFormat::Q5),
         ] {
             let g = GgmlMatrix::quantize(&w, ty).unwrap();
             let mut blocks = g.blocks().unwrap();
-            let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
-            assert_eq!(ours.format(), format);
-            assert_eq!(
-                ours.dequantize_rows(),
-                values(&g),
-                "{ty:?} read as {format:?}"
-            );
-            // The last block's d set to 4096: −8 · 4096 is still an f16, −16 · 4096 is not.
             let last = blocks.len() - ty.type_size();
-            blocks[last..last + 2].copy_from_slice(&half::f16::from_f32(4096.0).to_le_bytes());
-            let big = GgmlMatrix::from_blocks(ty, &blocks, n, k).unwrap();
-            let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
-            let held = if ty == GgmlDType::Q4_0 {
-                format
-            } else {
-                QuantFormat::Q8
-            };
-            assert_eq!(ours.format(), held, "{ty:?} with d = 4096");
-            assert_eq!(ours.dequantize_rows(), values(&big), "{ty:?} with d = 4096");
+            for d in [None, Some(4096.0)] {
+                if let Some(d) = d {
+                    blocks[last..last + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                }
+                let theirs = GgmlMatrix::from_blocks(ty, &blocks, n, k).unwrap();
+                let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
+                assert_eq!(ours.format(), format, "{ty:?}, d {d:?}");
+                assert_eq!(ours.dequantize_rows(), values(&theirs), "{ty:?}, d {d:?}");
+                let (written, again) = ours.to_ggml().unwrap();
+                assert_eq!(written, ty);
+                assert!(
+                    again == blocks,
+                    "{ty:?}, d {d:?}: other blocks written back"
+                );
+            }
         }
         assert!(QuantMatrix::from_ggml(GgmlDType::Q8K, &[], 0, 256)
             .unwrap()

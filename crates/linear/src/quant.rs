@@ -230,8 +230,13 @@ struct SixteenthsParams {
 /// The group parameters, owned ([`Params`] is their view).
 #[derive(Clone)]
 enum GroupParams {
-    /// `[N, groups]` f16 scales, and offsets (Q4; empty for Q8).
-    Group { scales: Vec<f16>, mins: Vec<f16> },
+    /// `[N, groups]` f16 scales, and offsets (Q4_1 / Q5_1; empty for Q8 and for a zero
+    /// point): [`Params::Group`].
+    Group {
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        zero: u8,
+    },
     /// `[N, groups]` 6-bit scales and offsets, `[N, ceil(groups / SUPER)]` f16 `d`, `dmin`.
     Super {
         sc: Vec<u8>,
@@ -253,7 +258,11 @@ impl GroupParams {
     /// The per-group view (`None` for 6-bit and 3-bit values, whose scales are per 16).
     fn view(&self) -> Option<Params<'_>> {
         match self {
-            GroupParams::Group { scales, mins } => Some(Params::Group { scales, mins }),
+            GroupParams::Group { scales, mins, zero } => Some(Params::Group {
+                scales,
+                mins,
+                zero: *zero,
+            }),
             GroupParams::Super { sc, mn, d, dmin } => Some(Params::Super { sc, mn, d, dmin }),
             GroupParams::Sixteenths { .. } => None,
         }
@@ -261,7 +270,7 @@ impl GroupParams {
 
     fn bytes(&self) -> usize {
         match self {
-            GroupParams::Group { scales, mins } => 2 * (scales.len() + mins.len()),
+            GroupParams::Group { scales, mins, .. } => 2 * (scales.len() + mins.len()),
             GroupParams::Super { sc, mn, d, dmin } => {
                 sc.len() + mn.len() + 2 * (d.len() + dmin.len())
             }
@@ -372,7 +381,11 @@ impl QuantMatrix {
             format,
             dims: [n, k],
             values,
-            params: GroupParams::Group { scales, mins },
+            params: GroupParams::Group {
+                scales,
+                mins,
+                zero: 0,
+            },
         })
     }
 
@@ -542,8 +555,8 @@ impl QuantMatrix {
     /// [`QuantFormat::Q5`] / [`QuantFormat::Q5K`].
     /// - `Q5_1` (24 bytes): f16 `d` and `m`, the fifth bits as a u32 (bit `j`: value `j`),
     ///   16 bytes of nibbles as in `Q4_1`; value `d · q + m`.
-    /// - `Q5_0` (22 bytes): `Q5_1` without `m`, value `d · (q − 16)`: held with `m = −16 · d`
-    ///   (the caller checks that it is an f16).
+    /// - `Q5_0` (22 bytes): `Q5_1` without `m`, value `d · (q − 16)`: held with the zero point
+    ///   16 ([`Params::Group`]).
     /// - `Q5_K` (176 bytes): f16 `d`, `dmin`, `Q4_K`'s 12 bytes of 6-bit scales and mins, 32
     ///   bytes `qh`, 128 bytes `qs`; in chunk `c` of 64 values, value `l` (< 32) is the low
     ///   nibble of `qs[32c + l]` and bit `2c` of `qh[l]`, value `32 + l` the high nibble and
@@ -562,11 +575,12 @@ impl QuantMatrix {
                 if ty != GgmlDType::Q5K {
                     let d = f16::from_le_bytes([b[0], b[1]]);
                     scales.push(d);
+                    // Q5_1: d, m, fifth bits, nibbles; Q5_0: d, fifth bits, nibbles (a zero
+                    // point of 16).
                     let at = if ty == GgmlDType::Q5_1 {
                         mins.push(f16::from_le_bytes([b[2], b[3]]));
                         4
                     } else {
-                        mins.push(symmetric_offset(d, 16).expect("checked by the caller"));
                         2
                     };
                     let high = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
@@ -589,7 +603,8 @@ impl QuantMatrix {
             push_u5_row(&vals, &mut rows);
         }
         let (format, params) = if ty != GgmlDType::Q5K {
-            (QuantFormat::Q5, GroupParams::Group { scales, mins })
+            let zero = if ty == GgmlDType::Q5_0 { 16 } else { 0 };
+            (QuantFormat::Q5, GroupParams::Group { scales, mins, zero })
         } else {
             (QuantFormat::Q5K, GroupParams::Super { sc, mn, d, dmin })
         };
@@ -603,8 +618,6 @@ impl QuantMatrix {
 
     /// The format [`QuantMatrix::from_ggml`] holds GGML type `ty` in, `None` for the types it
     /// does not read (other block types run on candle's kernels: [`crate::GgmlMatrix`]).
-    /// (`Q4_0` / `Q5_0` matrices with a block whose `−8 · d` / `−16 · d` leaves f16's range, a
-    /// scale of 4096 or more, are held in [`QuantFormat::Q8`] instead.)
     pub fn format_of_ggml(ty: GgmlDType) -> Option<QuantFormat> {
         Some(match ty {
             GgmlDType::Q8_0 => QuantFormat::Q8,
@@ -627,15 +640,14 @@ impl QuantMatrix {
     /// - `Q4_K` is [`QuantFormat::Q4K`], `Q6_K` [`QuantFormat::Q6K`], `Q5_1` [`QuantFormat::Q5`]
     ///   and `Q5_K` [`QuantFormat::Q5K`] (their layouts: `from_q5_blocks`);
     /// - `Q4_0` (`d · (q − 8)`) and `Q5_0` (`d · (q − 16)`, the fifth bits in a u32 per
-    ///   block) are held as `Q4_1` / `Q5_1` with the offset `m = −8 · d` / `−16 · d` (exact
-    ///   in f16 and f32): 5 / 6 bits per weight in memory against 4.5 / 5.5 in the file.
-    ///   Their products equal the symmetric ones, since offsets multiply the sums of the
-    ///   rounded activations (`kernel::act8::Q8Row::sums`). A matrix with a block whose offset
-    ///   leaves f16's range (`|d| ≥ 4096`) is held in [`QuantFormat::Q8`], which holds any
-    ///   symmetric integer exactly. (llama.cpp's Q4_K_M stores the rows that are not whole
-    ///   Q4_K superblocks in `Q5_0`.)
+    ///   block) are held in [`QuantFormat::Q4`] / [`QuantFormat::Q5`] with their zero point
+    ///   and no stored offsets, 4.5 / 5.5 bits per weight as in the file: the kernels form
+    ///   the offset `−8 · d` / `−16 · d` from the scale in f32 (exact: a power of two times
+    ///   an f16) and multiply it by the sums of the rounded activations
+    ///   (`kernel::act8::Q8Row::sums`), as for `Q4_1` / `Q5_1`. (llama.cpp's Q4_K_M stores
+    ///   the rows that are not whole Q4_K superblocks in `Q5_0`.)
     pub fn from_ggml(ty: GgmlDType, blocks: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
-        let Some(mut format) = Self::format_of_ggml(ty) else {
+        let Some(format) = Self::format_of_ggml(ty) else {
             return Ok(None);
         };
         let (block, block_bytes) = (ty.block_size(), ty.type_size());
@@ -645,20 +657,6 @@ impl QuantMatrix {
                 blocks.len(),
                 n * (k / block) * block_bytes
             );
-        }
-        let zero = match ty {
-            GgmlDType::Q4_0 => Some(8),
-            GgmlDType::Q5_0 => Some(16),
-            _ => None,
-        };
-        if let Some(zero) = zero {
-            let d = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]);
-            if blocks
-                .chunks_exact(block_bytes)
-                .any(|b| symmetric_offset(d(b), zero).is_none())
-            {
-                format = QuantFormat::Q8;
-            }
         }
         match format {
             QuantFormat::Q4K => return Self::from_q4k_blocks(blocks, n, k).map(Some),
@@ -679,36 +677,19 @@ impl QuantMatrix {
                 let mut q = Vec::with_capacity(n * k);
                 for b in blocks.chunks_exact(block_bytes) {
                     scales.push(f16_at(b, 0));
-                    // Value j of the 4/5-bit types: a nibble as Q4_1 lays them, then the fifth
-                    // bit.
-                    let nib =
-                        |at: usize, j: usize| ((b[at + j % 16] >> (4 * (j / 16))) & 0xF) as i8;
-                    match ty {
-                        GgmlDType::Q4_0 => q.extend((0..QUANT_GROUP).map(|j| nib(2, j) - 8)),
-                        GgmlDType::Q5_0 => {
-                            let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                            q.extend(
-                                (0..QUANT_GROUP)
-                                    .map(|j| (nib(6, j) | (((high >> j) & 1) << 4) as i8) - 16),
-                            );
-                        }
-                        _ => q.extend(b[2..].iter().map(|&v| v as i8)),
-                    }
+                    q.extend(b[2..].iter().map(|&v| v as i8));
                 }
                 Values::I8(q)
             }
             _ => {
-                mins.reserve(groups);
                 let mut q = Vec::with_capacity(n * k / 2);
-                // Q4_1: d, m, nibbles; Q4_0: d, nibbles (m = −8 · d).
+                // Q4_1: d, m, nibbles; Q4_0: d, nibbles (a zero point of 8).
                 let at = if ty == GgmlDType::Q4_0 { 2 } else { 4 };
                 for b in blocks.chunks_exact(block_bytes) {
-                    let d = f16_at(b, 0);
-                    scales.push(d);
-                    mins.push(match ty {
-                        GgmlDType::Q4_0 => symmetric_offset(d, 8).expect("checked above"),
-                        _ => f16_at(b, 2),
-                    });
+                    scales.push(f16_at(b, 0));
+                    if ty == GgmlDType::Q4_1 {
+                        mins.push(f16_at(b, 2));
+                    }
                     let nib = |j: usize| (b[at + j % 16] >> (4 * (j / 16))) & 0xF;
                     q.extend(
                         (0..QUANT_GROUP / 2).map(|p| U4x2(nib(2 * p) | (nib(2 * p + 1) << 4))),
@@ -717,20 +698,25 @@ impl QuantMatrix {
                 Values::U4(q)
             }
         };
+        let zero = if ty == GgmlDType::Q4_0 { 8 } else { 0 };
         Ok(Some(Self {
             format,
             dims: [n, k],
             values,
-            params: GroupParams::Group { scales, mins },
+            params: GroupParams::Group { scales, mins, zero },
         }))
     }
 
-    /// The matrix as GGML blocks (`Q8_0`, `Q4_1` or `Q4_K`, see [`QuantMatrix::from_ggml`]),
-    /// for GGUF files. Errors when `K` is not a multiple of the block (32 values; 256 for
+    /// The matrix as GGML blocks (its format's type, see [`QuantMatrix::from_ggml`]; `Q4_0` /
+    /// `Q5_0` for matrices read from them), for GGUF files. Errors when `K` is not a multiple of the block (32 values; 256 for
     /// `Q4_K`: GGML blocks are whole).
     pub fn to_ggml(&self) -> Result<(GgmlDType, Vec<u8>)> {
         let [n, k] = self.dims;
-        let ty = self.format.ggml_type();
+        let ty = match (self.format, &self.params) {
+            (QuantFormat::Q4, GroupParams::Group { zero: 8, .. }) => GgmlDType::Q4_0,
+            (QuantFormat::Q5, GroupParams::Group { zero: 16, .. }) => GgmlDType::Q5_0,
+            (format, _) => format.ggml_type(),
+        };
         if !k.is_multiple_of(ty.block_size()) {
             candle_core::bail!(
                 "{ty:?} blocks need rows of whole {}-value blocks, K is {k}",
@@ -746,11 +732,14 @@ impl QuantMatrix {
                     out.extend(q.iter().map(|&q| q as u8));
                 }
             }
-            (Values::U4(v), GroupParams::Group { scales, mins }) => {
+            (Values::U4(v), GroupParams::Group { scales, mins, .. }) => {
                 let blocks = v.chunks_exact(QUANT_GROUP / 2);
-                for ((s, m), pairs) in scales.iter().zip(mins).zip(blocks) {
+                for (g, (s, pairs)) in scales.iter().zip(blocks).enumerate() {
                     out.extend(s.to_le_bytes());
-                    out.extend(m.to_le_bytes());
+                    if let Some(m) = mins.get(g) {
+                        // (None for Q4_0.)
+                        out.extend(m.to_le_bytes());
+                    }
                     out.extend(
                         (0..QUANT_GROUP / 2).map(|j| nib(pairs, j) | (nib(pairs, j + 16) << 4)),
                     );
@@ -1107,8 +1096,10 @@ impl QuantMatrix {
                 .flat_map(|x| x.chunks(QUANT_GROUP).map(|g| g.iter().sum::<f32>()))
                 .collect();
             let offsets = match params {
-                Params::Group { mins, .. } => kernel::product(isa, mins, groups, &sums, m, None),
-                Params::Super { .. } => {
+                Params::Group { mins, .. } if !mins.is_empty() => {
+                    kernel::product(isa, mins, groups, &sums, m, None)
+                }
+                _ => {
                     let mins = self.per_group(|p, g, out| p.offsets_into(g, out));
                     kernel::product(isa, &mins, groups, &sums, m, None)
                 }
@@ -1119,14 +1110,6 @@ impl QuantMatrix {
         }
         out
     }
-}
-
-/// The offset `−zero · d` that holds the symmetric `d · (q − zero)` as `d · q + m` (GGUF's
-/// Q4_0 / Q5_0 as Q4_1 / Q5_1), `None` where it leaves f16's range. Exact otherwise: `zero` is
-/// a power of two.
-fn symmetric_offset(d: f16, zero: u8) -> Option<f16> {
-    let m = f16::from_f32(-(zero as f32) * d.to_f32());
-    m.is_finite().then_some(m)
 }
 
 /// Scale `i` (`0..16`, `0..=63`: the signed scale plus 32) of Q3_K's 12 packed bytes: the
@@ -1254,10 +1237,13 @@ fn u5_values(row: &[u8], k: usize) -> Vec<u8> {
 fn push_u5_blocks(q: &[u8], params: &GroupParams, r: usize, out: &mut Vec<u8>) {
     let groups = q.len() / QUANT_GROUP;
     match params {
-        GroupParams::Group { scales, mins } => {
+        GroupParams::Group { scales, mins, .. } => {
             for (g, vals) in q.chunks_exact(QUANT_GROUP).enumerate() {
                 out.extend(scales[r * groups + g].to_le_bytes());
-                out.extend(mins[r * groups + g].to_le_bytes());
+                if let Some(m) = mins.get(r * groups + g) {
+                    // (None for Q5_0.)
+                    out.extend(m.to_le_bytes());
+                }
                 let high = vals
                     .iter()
                     .enumerate()

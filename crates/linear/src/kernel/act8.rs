@@ -161,8 +161,14 @@ pub(crate) const SUPER: usize = 8;
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Params<'a> {
     /// An f16 scale `s_g` per group and an f16 offset `m_g` per group (empty: none): GGUF's
-    /// Q8_0 and Q4_1.
-    Group { scales: &'a [f16], mins: &'a [f16] },
+    /// Q8_0, Q4_1 and Q5_1; or, with `mins` empty, a zero point `z` (`zero`; 0: none) that
+    /// makes the offset `−z · s_g`, formed from the scale where it is used: GGUF's Q4_0
+    /// (`d · (q − 8)`) and Q5_0 (`d · (q − 16)`), held at their own 4.5 / 5.5 bits per weight.
+    Group {
+        scales: &'a [f16],
+        mins: &'a [f16],
+        zero: u8,
+    },
     /// GGUF's K-quants (Q4_K): per group a 6-bit scale `sc_g` and offset `mn_g` (a byte each),
     /// per [`SUPER`] groups an f16 `d` and `dmin`: `s_g = d · sc_g` (exact in f32, as GGML
     /// forms it) and the offset `−dmin · mn_g`.
@@ -179,9 +185,10 @@ impl<'a> Params<'a> {
     pub(crate) fn row(&self, r: usize, groups: usize) -> Params<'a> {
         let at = r * groups..(r + 1) * groups;
         match *self {
-            Params::Group { scales, mins } => Params::Group {
+            Params::Group { scales, mins, zero } => Params::Group {
                 scales: &scales[at.clone()],
                 mins: mins.get(at).unwrap_or_default(),
+                zero,
             },
             Params::Super { sc, mn, d, dmin } => {
                 let supers = groups.div_ceil(SUPER);
@@ -199,7 +206,7 @@ impl<'a> Params<'a> {
     /// Whether the format has offsets.
     pub(crate) fn has_offsets(&self) -> bool {
         match self {
-            Params::Group { mins, .. } => !mins.is_empty(),
+            Params::Group { mins, zero, .. } => !mins.is_empty() || *zero != 0,
             Params::Super { .. } => true,
         }
     }
@@ -215,7 +222,11 @@ impl<'a> Params<'a> {
     /// The offset of group `g` (of a row; 0 without offsets).
     pub(crate) fn offset(&self, g: usize) -> f32 {
         match self {
-            Params::Group { mins, .. } => mins.get(g).map_or(0.0, |m| m.to_f32()),
+            Params::Group {
+                mins: [], zero: 0, ..
+            } => 0.0,
+            Params::Group { mins: [], zero, .. } => -(*zero as f32) * self.scale(g),
+            Params::Group { mins, .. } => mins[g].to_f32(),
             Params::Super { mn, dmin, .. } => -(dmin[g / SUPER].to_f32() * mn[g] as f32),
         }
     }
@@ -242,7 +253,14 @@ impl<'a> Params<'a> {
     pub(crate) fn offsets_into(&self, groups: Range<usize>, c: &mut [f32]) {
         let c = &mut c[..groups.len()];
         match self {
-            Params::Group { mins: [], .. } => c.fill(0.0),
+            Params::Group {
+                mins: [], zero: 0, ..
+            } => c.fill(0.0),
+            Params::Group { mins: [], zero, .. } => {
+                // (−z · s is exact: z is a power of two.)
+                self.scales_into(groups, c);
+                c.iter_mut().for_each(|c| *c *= -(*zero as f32));
+            }
             Params::Group { mins, .. } => {
                 use half::slice::HalfFloatSliceExt;
                 mins[groups].convert_to_f32_slice(c);
@@ -349,7 +367,11 @@ pub(crate) fn matmul_i8_q8(
     m: usize,
     scales: &[f16],
 ) -> Vec<f32> {
-    let params = Params::Group { scales, mins: &[] };
+    let params = Params::Group {
+        scales,
+        mins: &[],
+        zero: 0,
+    };
     matmul_act8(
         isa,
         w,
@@ -1020,6 +1042,13 @@ mod tests {
             let group = Params::Group {
                 scales: &scales,
                 mins: &mins,
+                zero: 0,
+            };
+            // GGUF's Q4_0: the offsets formed from the scales.
+            let centred = Params::Group {
+                scales: &scales,
+                mins: &[],
+                zero: 8,
             };
             let sup = Params::Super {
                 sc: &sc,
@@ -1041,7 +1070,7 @@ mod tests {
                         }
                     }
                 };
-                for params in [group, sup] {
+                for params in [group, centred, sup] {
                     let all = matmul_u4_q8(isa, &w, k, &xs, m, params);
                     same(&all, &|x| matmul_u4_q8(isa, &w, k, x, 1, params), "4-bit");
                 }
@@ -1101,7 +1130,7 @@ mod tests {
             n in 1usize..12,
             m in 1usize..4,
             seed in 0u32..1000,
-            kind in 0u8..3,
+            kind in 0u8..4,
         ) {
             let k = 2 * half_k;
             let groups = k.div_ceil(GROUP);
@@ -1117,15 +1146,17 @@ mod tests {
             let bytes = |len: usize, s: usize| -> Vec<u8> {
                 (0..len).map(|i| ((i * 29 + s + seed as usize) % 64) as u8).collect()
             };
-            // Group scales and offsets (kind 0: none; 1: some), or K-quant ones (kind 2).
+            // Group scales and offsets (kind 0: none; 1: some; 3: a zero point of 8, as GGUF's
+            // Q4_0), or K-quant ones (kind 2).
             let scales = f16s(n * groups, 0.5, 0.11);
             let mins = if kind == 1 { f16s(n * groups, 2.7, 0.0) } else { Vec::new() };
+            let zero = if kind == 3 { 8u8 } else { 0 };
             let (sc, mn) = (bytes(n * groups, 3), bytes(n * groups, 11));
             let (d, dmin) = (f16s(n * supers, 4.1, 0.15), f16s(n * supers, 5.3, 0.15));
             let params = if kind == 2 {
                 Params::Super { sc: &sc, mn: &mn, d: &d, dmin: &dmin }
             } else {
-                Params::Group { scales: &scales, mins: &mins }
+                Params::Group { scales: &scales, mins: &mins, zero }
             };
             // The oracle's scale and offset of row r's group g, in f64.
             let param = |r: usize, g: usize| -> (f64, f64) {
@@ -1133,7 +1164,8 @@ mod tests {
                 if kind == 2 {
                     (d[b].to_f64() * sc[i] as f64, -dmin[b].to_f64() * mn[i] as f64)
                 } else {
-                    (scales[i].to_f64(), mins.get(i).map_or(0.0, |m| m.to_f64()))
+                    let s = scales[i].to_f64();
+                    (s, mins.get(i).map_or(-(zero as f64) * s, |m| m.to_f64()))
                 }
             };
             let mut vals = vec![0f32; k];

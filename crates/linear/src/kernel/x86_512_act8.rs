@@ -81,6 +81,7 @@ pub(crate) fn dot_i8_q8<const J: usize>(
     let params = Params::Group {
         scales: s,
         mins: &[],
+        zero: 0,
     };
     let avx2 = t.avx512f().avx2_fma_f16c().avx2_fma();
     let mut out = head;
@@ -493,9 +494,11 @@ impl<const J: usize> Rows<J> {
 /// at a time, or four for a last odd quad.
 #[derive(Clone, Copy)]
 enum QuadParams {
+    /// `mins` or, without, `−zero` times the scales as the offsets (0: none).
     Group {
         scales: *const f16,
         mins: Option<*const f16>,
+        zero: f32,
     },
     Super {
         sc: *const u8,
@@ -534,12 +537,13 @@ impl QuadParams {
     fn of(p: Params, rows: usize, groups: usize) -> QuadParams {
         let n = rows * groups;
         match p {
-            Params::Group { scales, mins } => {
+            Params::Group { scales, mins, zero } => {
                 assert!(scales.len() >= n, "one scale per group");
                 assert!(mins.is_empty() || mins.len() >= n);
                 QuadParams::Group {
                     scales: scales.as_ptr(),
                     mins: (!mins.is_empty()).then_some(mins.as_ptr()),
+                    zero: zero as f32,
                 }
             }
             Params::Super { sc, mn, d, dmin } => {
@@ -566,9 +570,10 @@ impl QuadParams {
     unsafe fn row(self, r: usize, groups: usize) -> QuadParams {
         let supers = groups.div_ceil(SUPER);
         match self {
-            QuadParams::Group { scales, mins } => QuadParams::Group {
+            QuadParams::Group { scales, mins, zero } => QuadParams::Group {
                 scales: scales.add(r * groups),
                 mins: mins.map(|m| m.add(r * groups)),
+                zero,
             },
             QuadParams::Super { sc, mn, d, dmin } => QuadParams::Super {
                 sc: sc.add(r * groups),
@@ -602,6 +607,9 @@ impl QuadParams {
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn offsets8(self, g: usize) -> Option<__m256> {
         match self {
+            QuadParams::Group {
+                mins: None, zero, ..
+            } if zero != 0.0 => Some(_mm256_mul_ps(self.scales8(g), _mm256_set1_ps(-zero))),
             QuadParams::Group { mins, .. } => {
                 mins.map(|m| _mm256_cvtph_ps(_mm_loadu_si128(m.add(g) as *const __m128i)))
             }
@@ -635,6 +643,9 @@ impl QuadParams {
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn offsets4(self, g: usize) -> Option<__m128> {
         match self {
+            QuadParams::Group {
+                mins: None, zero, ..
+            } if zero != 0.0 => Some(_mm_mul_ps(self.scales4(g), _mm_set1_ps(-zero))),
             QuadParams::Group { mins, .. } => {
                 mins.map(|m| _mm_cvtph_ps(_mm_loadl_epi64(m.add(g) as *const __m128i)))
             }
