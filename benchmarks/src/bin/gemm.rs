@@ -103,6 +103,16 @@ fn main() -> Result<()> {
                     let imp = format!("linear {isa}");
                     print_row(name, rows, n, k, dt, &imp, t, flops, Some(base));
                 }
+                // The layout the model loads this CPU's matrices in, where it differs (4-bit
+                // panels on AVX512-VNNI).
+                let isa = Isa::detect();
+                let laid = q.clone().for_isa(isa);
+                if laid.in_panels() {
+                    let t =
+                        median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
+                    let imp = format!("linear {isa}, panels");
+                    print_row(name, rows, n, k, dt, &imp, t, flops, Some(base));
+                }
                 continue;
             }
             let dtype = match dt.as_str() {

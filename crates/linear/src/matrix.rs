@@ -121,7 +121,7 @@ impl Matrix {
             // exactly: its kernels are the faster
             // (benchmarks/README.md, "Weight formats"); other block formats run on candle's.
             if let Some(q) = QuantMatrix::from_ggml(ty, &blocks, n, k).map_err(full)? {
-                return Ok(q.into());
+                return Ok(q.for_isa(Isa::detect()).into());
             }
             return Ok(GgmlMatrix::from_blocks(ty, &blocks, n, k)
                 .map_err(full)?
@@ -249,7 +249,8 @@ impl Matrix {
                 return Ok(self.clone());
             }
         }
-        Ok(QuantMatrix::quantize(&self.dequantize()?, format)?.into())
+        let q = QuantMatrix::quantize(&self.dequantize()?, format)?;
+        Ok(q.for_isa(Isa::detect()).into())
     }
 }
 

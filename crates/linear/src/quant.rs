@@ -63,6 +63,7 @@
 //! The tests check each path against an f64 oracle of its own arithmetic on every
 //! instruction-set path.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -204,6 +205,10 @@ enum Values {
     /// Per row `K / 2` bytes of low-nibble pairs, then the fifth bits, four bytes per group
     /// (`kernel::Nibbles::five`).
     U5(Vec<u8>),
+    /// 4-bit values in panels of interleaved rows (`kernel::panels`), the AVX512-VNNI panel
+    /// kernel's storage ([`QuantMatrix::for_isa`]); the parameters are then in panel order
+    /// too (every per-row field `[panels, per, 32]`).
+    U4Panels(Vec<u8>),
 }
 
 impl Values {
@@ -265,6 +270,41 @@ impl GroupParams {
             }),
             GroupParams::Super { sc, mn, d, dmin } => Some(Params::Super { sc, mn, d, dmin }),
             GroupParams::Sixteenths { .. } => None,
+        }
+    }
+
+    /// Every per-row field (`[n, per]` for rows of `k` values) laid out in panels
+    /// ([`kernel::panels::to_panels`]) or, with `into_panels` false, back. The 4-bit formats'
+    /// kinds only.
+    fn relaid(&self, n: usize, k: usize, into_panels: bool) -> GroupParams {
+        fn relay<T: Copy + Default + Send + Sync>(
+            x: &[T],
+            n: usize,
+            per: usize,
+            into: bool,
+        ) -> Vec<T> {
+            if into {
+                kernel::panels::to_panels(x, n, per)
+            } else {
+                kernel::panels::from_panels(x, n, per)
+            }
+        }
+        let groups = k.div_ceil(QUANT_GROUP);
+        let supers = groups.div_ceil(SUPER);
+        let into = into_panels;
+        match self {
+            GroupParams::Group { scales, mins, zero } => GroupParams::Group {
+                scales: relay(scales, n, groups, into),
+                mins: relay(mins, n, groups, into),
+                zero: *zero,
+            },
+            GroupParams::Super { sc, mn, d, dmin } => GroupParams::Super {
+                sc: relay(sc, n, groups, into),
+                mn: relay(mn, n, groups, into),
+                d: relay(d, n, supers, into),
+                dmin: relay(dmin, n, supers, into),
+            },
+            GroupParams::Sixteenths { .. } => unreachable!("4-bit values only"),
         }
     }
 
@@ -711,6 +751,9 @@ impl QuantMatrix {
     /// `Q5_0` for matrices read from them), for GGUF files. Errors when `K` is not a multiple of the block (32 values; 256 for
     /// `Q4_K`: GGML blocks are whole).
     pub fn to_ggml(&self) -> Result<(GgmlDType, Vec<u8>)> {
+        if let Cow::Owned(rows) = self.row_major() {
+            return rows.to_ggml();
+        }
         let [n, k] = self.dims;
         let ty = match (self.format, &self.params) {
             (QuantFormat::Q4, GroupParams::Group { zero: 8, .. }) => GgmlDType::Q4_0,
@@ -834,6 +877,48 @@ impl QuantMatrix {
         Ok((ty, out))
     }
 
+    /// The matrix laid out for the kernels of `isa`: on AVX512-VNNI CPUs 4-bit matrices
+    /// ([`QuantFormat::Q4`], [`QuantFormat::Q4K`]) go to panels of 32 interleaved rows, the
+    /// same bytes in another order, which one kernel reads for any number of activation rows
+    /// (decode bound by the bytes it reads; every row's result the same whatever the batch).
+    /// Other matrices and CPUs keep the row layout. A product on another path still works,
+    /// through a row-major copy per call (for tests and forced fallbacks, not for speed).
+    pub fn for_isa(self, isa: Isa) -> Self {
+        let Values::U4(v) = &self.values else {
+            return self;
+        };
+        if isa.avx512_vnni().is_none() {
+            return self;
+        }
+        let [n, k] = self.dims;
+        let values = Values::U4Panels(kernel::panels::pack_u4(v, n, k));
+        let params = self.params.relaid(n, k, true);
+        Self {
+            values,
+            params,
+            ..self
+        }
+    }
+
+    /// Whether the matrix is in panels ([`QuantMatrix::for_isa`]), not in rows.
+    pub fn in_panels(&self) -> bool {
+        matches!(self.values, Values::U4Panels(_))
+    }
+
+    /// The matrix in the row layout: itself, or a copy of a panel-layout one.
+    fn row_major(&self) -> Cow<'_, QuantMatrix> {
+        let Values::U4Panels(v) = &self.values else {
+            return Cow::Borrowed(self);
+        };
+        let [n, k] = self.dims;
+        Cow::Owned(Self {
+            format: self.format,
+            dims: self.dims,
+            values: Values::U4(kernel::panels::unpack_u4(v, n, k)),
+            params: self.params.relaid(n, k, false),
+        })
+    }
+
     /// The format.
     pub fn format(&self) -> QuantFormat {
         self.format
@@ -849,7 +934,9 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
-            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => v.len(),
+            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) | Values::U4Panels(v) => {
+                v.len()
+            }
         };
         values + self.params.bytes()
     }
@@ -927,6 +1014,9 @@ impl QuantMatrix {
 
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
     pub fn dequantize_rows(&self) -> Vec<f32> {
+        if let Cow::Owned(rows) = self.row_major() {
+            return rows.dequantize_rows();
+        }
         let [n, k] = self.dims;
         let groups = k.div_ceil(QUANT_GROUP);
         let mut out = vec![0f32; n * k];
@@ -968,6 +1058,7 @@ impl QuantMatrix {
                     params.view()
                 }
                 (Values::U6(_) | Values::U3(_) | Values::U2(_), _) => None,
+                (Values::U4Panels(_), _) => unreachable!("read through the row layout"),
             };
             let p = p.expect("group parameters").row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
@@ -1001,6 +1092,14 @@ impl QuantMatrix {
             m * k,
             "QuantMatrix::matmul: xs must hold m rows of K"
         );
+        if let Values::U4Panels(v) = &self.values {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(t) = isa.avx512_vnni() {
+                let params = self.params.view().expect("4-bit parameters");
+                return kernel::x86_512_panels::matmul(t, v, params, n, k, xs, m);
+            }
+            return self.row_major().matmul(isa, xs, m);
+        }
         let params = match (&self.values, &self.params) {
             // A scale per 16: the 8-bit activation kernels at every size (the rows as in
             // decode, or the GEMM on VNNI CPUs past GEMV_MAX_ROWS).
@@ -1046,7 +1145,9 @@ impl QuantMatrix {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
                     Values::U5(v) => Weights::U5(v),
-                    Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::U4Panels(_) => {
+                        unreachable!("taken above")
+                    }
                 };
                 return gemm::matmul(t, w, Factors::PerGroup(params), n, k, xs, m);
             }
@@ -1084,7 +1185,9 @@ impl QuantMatrix {
                         let widened = u5_bytes(v, rows.len(), k);
                         kernel::product(isa, &widened, k, xs, m, Some(&scales))
                     }),
-                    Values::U6(_) | Values::U3(_) | Values::U2(_) => unreachable!("taken above"),
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::U4Panels(_) => {
+                        unreachable!("taken above")
+                    }
                 }
             }
         };
@@ -1503,10 +1606,13 @@ mod tests {
             let xs = values(m * k, seed, 1.9);
             for format in QuantFormat::ALL {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
-                for isa in Isa::supported() {
-                    let want = oracle(&q, isa, &xs, m);
-                    let got = q.matmul(isa, &xs, m);
-                    assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                // Also as laid out for this CPU (4-bit panels on AVX512-VNNI).
+                for q in [q.clone(), q.for_isa(Isa::detect())] {
+                    for isa in Isa::supported() {
+                        let want = oracle(&q, isa, &xs, m);
+                        let got = q.matmul(isa, &xs, m);
+                        assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                    }
                 }
             }
         }
@@ -1536,10 +1642,12 @@ mod tests {
             ] {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
                 prop_assert_eq!(q.format(), format);
-                for isa in Isa::supported() {
-                    let want = oracle(&q, isa, &xs, m);
-                    let got = q.matmul(isa, &xs, m);
-                    assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                for q in [q.clone(), q.for_isa(Isa::detect())] {
+                    for isa in Isa::supported() {
+                        let want = oracle(&q, isa, &xs, m);
+                        let got = q.matmul(isa, &xs, m);
+                        assert_matches_oracle(&got, &want, k, &format!("{format} {isa} m {m}"));
+                    }
                 }
             }
         }
@@ -1588,6 +1696,46 @@ mod tests {
                         both[r].to_bits(),
                         "{format} {isa} row {r}"
                     );
+                }
+            }
+        }
+    }
+
+    /// 4-bit matrices laid out for an AVX512-VNNI CPU (`QuantMatrix::for_isa`: panels) hold
+    /// the same values and GGML blocks as in the row layout, and each activation row's
+    /// result has the same bits whatever the number of rows with it: decode, batched decode
+    /// and prefill are one kernel. (On other CPUs the layout does not change.)
+    #[test]
+    fn panels_hold_the_same_matrix_and_keep_each_row_s_bits_at_every_size() {
+        let isa = Isa::detect();
+        let cases = [
+            (QuantFormat::Q4, 70, 290),
+            (QuantFormat::Q4, 33, 320),
+            (QuantFormat::Q4K, 45, 512),
+        ];
+        for (format, n, k) in cases {
+            let w = values(n * k, 7, 0.3);
+            let rows = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+            let q = rows.clone().for_isa(isa);
+            assert_eq!(q.in_panels(), isa.avx512_vnni().is_some());
+            assert!(
+                q.dequantize_rows() == rows.dequantize_rows(),
+                "{format} values"
+            );
+            // (Rows of partial blocks have none: an error either way.)
+            assert!(q.to_ggml().ok() == rows.to_ggml().ok(), "{format} blocks");
+            for m in [1, 2, 4, 5, 33, 40] {
+                let xs = values(m * k, 9 + m as u32, 1.9);
+                let all = q.matmul(isa, &xs, m);
+                for j in 0..m {
+                    let one = q.matmul(isa, &xs[j * k..(j + 1) * k], 1);
+                    for r in 0..n {
+                        assert_eq!(
+                            all[j * n + r].to_bits(),
+                            one[r].to_bits(),
+                            "{format} m {m} row {j} weight row {r}"
+                        );
+                    }
                 }
             }
         }

@@ -10,7 +10,9 @@
 //!   per row per iteration, bf16 activations split per 32-value block);
 //! - [`x86_512_e4m3`]: e4m3 weights widened by byte lookups (AVX512-VBMI);
 //! - [`x86_512_act8`]: the 8/4-bit formats' integer dot products with `vpdpbusd` (AVX512-VNNI);
-//!   [`x86_512_act8_gemm`] the same arithmetic blocked for many activation rows.
+//!   [`x86_512_act8_gemm`] the same arithmetic blocked for many activation rows;
+//!   [`x86_512_panels`] 4-bit matrices stored in [`panels`] of interleaved rows, for any number
+//!   of activation rows.
 //!
 //! Rows are processed four at a time so each activation load serves four weight rows; on
 //! AVX2 several activation rows also go two at a time, so each weight is widened once per
@@ -37,6 +39,7 @@ pub(crate) mod act8;
 pub(crate) mod bf16_act;
 pub(crate) mod combine;
 mod gemm;
+pub(crate) mod panels;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -52,6 +55,8 @@ pub(crate) mod x86_512_dot;
 pub(crate) mod x86_512_e4m3;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_512_exp;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512_panels;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_amx;
 #[cfg(target_arch = "x86_64")]
