@@ -205,10 +205,13 @@ enum Values {
     /// Per row `K / 2` bytes of low-nibble pairs, then the fifth bits, four bytes per group
     /// (`kernel::Nibbles::five`).
     U5(Vec<u8>),
-    /// 4-bit values in panels of interleaved rows (`kernel::panels`), the AVX512-VNNI panel
-    /// kernel's storage ([`QuantMatrix::for_isa`]); the parameters are then in panel order
-    /// too (every per-row field `[panels, per, 32]`).
-    U4Panels(Vec<u8>),
+    /// `bits`-bit values (8, 6, 5 or 4) in panels of interleaved rows (`kernel::panels`), the
+    /// AVX512-VNNI panel kernel's storage ([`QuantMatrix::for_isa`]); the parameters are then
+    /// in panel order too (every per-row field `[panels, per, 32]`).
+    Panels {
+        bits: usize,
+        v: Vec<u8>,
+    },
 }
 
 impl Values {
@@ -274,8 +277,7 @@ impl GroupParams {
     }
 
     /// Every per-row field (`[n, per]` for rows of `k` values) laid out in panels
-    /// ([`kernel::panels::to_panels`]) or, with `into_panels` false, back. The 4-bit formats'
-    /// kinds only.
+    /// ([`kernel::panels::to_panels`]) or, with `into_panels` false, back.
     fn relaid(&self, n: usize, k: usize, into_panels: bool) -> GroupParams {
         fn relay<T: Copy + Default + Send + Sync>(
             x: &[T],
@@ -304,7 +306,11 @@ impl GroupParams {
                 d: relay(d, n, supers, into),
                 dmin: relay(dmin, n, supers, into),
             },
-            GroupParams::Sixteenths { .. } => unreachable!("4-bit values only"),
+            GroupParams::Sixteenths { sc, d, dmin } => GroupParams::Sixteenths {
+                sc: relay(sc, n, 2 * groups, into),
+                d: relay(d, n, supers, into),
+                dmin: relay(dmin, n, supers, into),
+            },
         }
     }
 
@@ -877,44 +883,102 @@ impl QuantMatrix {
         Ok((ty, out))
     }
 
-    /// The matrix laid out for the kernels of `isa`: on AVX512-VNNI CPUs 4-bit matrices
-    /// ([`QuantFormat::Q4`], [`QuantFormat::Q4K`]) go to panels of 32 interleaved rows, the
-    /// same bytes in another order, which one kernel reads for any number of activation rows
-    /// (decode bound by the bytes it reads; every row's result the same whatever the batch).
-    /// Other matrices and CPUs keep the row layout. A product on another path still works,
-    /// through a row-major copy per call (for tests and forced fallbacks, not for speed).
+    /// The matrix laid out for the kernels of `isa`: on AVX512-VNNI CPUs the 8, 6 (Q6_K), 5
+    /// and 4-bit matrices go to panels of 32 interleaved rows, the same bytes in another order
+    /// (one kernel then reads them for any number of activation rows: decode is bound by the
+    /// bytes it reads, and every row's result is the same whatever the batch); Q3_K, Q2_K and
+    /// other CPUs keep the row layout. A product on another path still works, through a
+    /// row-major copy per call (for tests and forced fallbacks, not for speed).
     pub fn for_isa(self, isa: Isa) -> Self {
-        let Values::U4(v) = &self.values else {
-            return self;
-        };
         if isa.avx512_vnni().is_none() {
             return self;
         }
         let [n, k] = self.dims;
-        let values = Values::U4Panels(kernel::panels::pack_u4(v, n, k));
+        let bits = match &self.values {
+            Values::I8(_) => 8,
+            Values::U6(_) => 6,
+            Values::U5(_) => 5,
+            Values::U4(_) => 4,
+            Values::U3(_) | Values::U2(_) | Values::Panels { .. } => return self,
+        };
+        let v = kernel::panels::pack(bits, n, k, |r, out| self.row_values(r, out));
         let params = self.params.relaid(n, k, true);
         Self {
-            values,
+            values: Values::Panels { bits, v },
             params,
             ..self
         }
     }
 
+    /// Row `r`'s values as unsigned integers (8-bit weights plus 128), natural order.
+    fn row_values(&self, r: usize, out: &mut [u8]) {
+        let k = self.dims[1];
+        match &self.values {
+            Values::I8(v) => {
+                for (o, &w) in out.iter_mut().zip(&v[r * k..(r + 1) * k]) {
+                    *o = (w as u8) ^ 0x80;
+                }
+            }
+            Values::U4(v) => {
+                for (o, j) in out.chunks_exact_mut(2).zip(r * k / 2..(r + 1) * k / 2) {
+                    (o[0], o[1]) = (v[j].0 & 0xF, v[j].0 >> 4);
+                }
+            }
+            Values::U5(v) => {
+                let bytes = u5_row_bytes(k);
+                out[..k].copy_from_slice(&u5_values(&v[r * bytes..][..bytes], k));
+            }
+            Values::U6(v) | Values::U3(v) | Values::U2(v) => {
+                let bits = self.values.sixteenths_bits();
+                let (chunk, bytes) = (
+                    act8::chunk_bytes(bits),
+                    k / U6_CHUNK * act8::chunk_bytes(bits),
+                );
+                let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
+                for (w, o) in chunks.zip(out.chunks_exact_mut(U6_CHUNK)) {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = act8::sixteenths_value(bits, w, i);
+                    }
+                }
+            }
+            Values::Panels { bits, v } => kernel::panels::unpack_row(*bits, v, k, r, out),
+        }
+    }
+
     /// Whether the matrix is in panels ([`QuantMatrix::for_isa`]), not in rows.
     pub fn in_panels(&self) -> bool {
-        matches!(self.values, Values::U4Panels(_))
+        matches!(self.values, Values::Panels { .. })
     }
 
     /// The matrix in the row layout: itself, or a copy of a panel-layout one.
     fn row_major(&self) -> Cow<'_, QuantMatrix> {
-        let Values::U4Panels(v) = &self.values else {
+        let Values::Panels { bits, .. } = self.values else {
             return Cow::Borrowed(self);
         };
         let [n, k] = self.dims;
+        let mut q = vec![0u8; k];
+        let mut bytes = Vec::new();
+        for r in 0..n {
+            self.row_values(r, &mut q);
+            match bits {
+                8 => bytes.extend(q.iter().map(|&v| v ^ 0x80)),
+                6 => q
+                    .chunks_exact(U6_CHUNK)
+                    .for_each(|c| bytes.extend(act8::u6_chunk(c))),
+                5 => push_u5_row(&q, &mut bytes),
+                _ => bytes.extend(pairs(&q).into_iter().map(|p| p.0)),
+            }
+        }
+        let values = match bits {
+            8 => Values::I8(bytes.into_iter().map(|b| b as i8).collect()),
+            6 => Values::U6(bytes),
+            5 => Values::U5(bytes),
+            _ => Values::U4(bytes.into_iter().map(U4x2).collect()),
+        };
         Cow::Owned(Self {
             format: self.format,
             dims: self.dims,
-            values: Values::U4(kernel::panels::unpack_u4(v, n, k)),
+            values,
             params: self.params.relaid(n, k, false),
         })
     }
@@ -934,9 +998,8 @@ impl QuantMatrix {
         let values = match &self.values {
             Values::I8(v) => v.len(),
             Values::U4(v) => v.len(),
-            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) | Values::U4Panels(v) => {
-                v.len()
-            }
+            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => v.len(),
+            Values::Panels { v, .. } => v.len(),
         };
         values + self.params.bytes()
     }
@@ -1058,7 +1121,7 @@ impl QuantMatrix {
                     params.view()
                 }
                 (Values::U6(_) | Values::U3(_) | Values::U2(_), _) => None,
-                (Values::U4Panels(_), _) => unreachable!("read through the row layout"),
+                (Values::Panels { .. }, _) => unreachable!("read through the row layout"),
             };
             let p = p.expect("group parameters").row(r, groups);
             for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
@@ -1092,11 +1155,17 @@ impl QuantMatrix {
             m * k,
             "QuantMatrix::matmul: xs must hold m rows of K"
         );
-        if let Values::U4Panels(v) = &self.values {
+        if let Values::Panels { bits, v } = &self.values {
             #[cfg(target_arch = "x86_64")]
             if let Some(t) = isa.avx512_vnni() {
-                let params = self.params.view().expect("4-bit parameters");
-                return kernel::x86_512_panels::matmul(t, v, params, n, k, xs, m);
+                use kernel::x86_512_act8_gemm::Factors;
+                let params = match &self.params {
+                    GroupParams::Sixteenths { sc, d, dmin } => {
+                        Factors::PerSixteen(SixBit { sc, d, dmin })
+                    }
+                    params => Factors::PerGroup(params.view().expect("group parameters")),
+                };
+                return kernel::x86_512_panels::matmul(t, *bits, v, params, n, k, xs, m);
             }
             return self.row_major().matmul(isa, xs, m);
         }
@@ -1145,7 +1214,7 @@ impl QuantMatrix {
                     Values::I8(v) => Weights::I8(v),
                     Values::U4(v) => Weights::U4(v),
                     Values::U5(v) => Weights::U5(v),
-                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::U4Panels(_) => {
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::Panels { .. } => {
                         unreachable!("taken above")
                     }
                 };
@@ -1185,7 +1254,7 @@ impl QuantMatrix {
                         let widened = u5_bytes(v, rows.len(), k);
                         kernel::product(isa, &widened, k, xs, m, Some(&scales))
                     }),
-                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::U4Panels(_) => {
+                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::Panels { .. } => {
                         unreachable!("taken above")
                     }
                 }
@@ -1701,7 +1770,8 @@ mod tests {
         }
     }
 
-    /// 4-bit matrices laid out for an AVX512-VNNI CPU (`QuantMatrix::for_isa`: panels) hold
+    /// 8, 6, 5 and 4-bit matrices laid out for an AVX512-VNNI CPU (`QuantMatrix::for_isa`:
+    /// panels) hold
     /// the same values and GGML blocks as in the row layout, and each activation row's
     /// result has the same bits whatever the number of rows with it: decode, batched decode
     /// and prefill are one kernel. (On other CPUs the layout does not change.)
@@ -1712,6 +1782,10 @@ mod tests {
             (QuantFormat::Q4, 70, 290),
             (QuantFormat::Q4, 33, 320),
             (QuantFormat::Q4K, 45, 512),
+            (QuantFormat::Q8, 70, 290),
+            (QuantFormat::Q5, 40, 320),
+            (QuantFormat::Q5K, 33, 512),
+            (QuantFormat::Q6K, 45, 768),
         ];
         for (format, n, k) in cases {
             let w = values(n * k, 7, 0.3);

@@ -1,7 +1,8 @@
-//! The panel layout of 4-bit matrices (GGUF's Q4_0, Q4_1, Q4_K and this crate's Q4), the
-//! storage the AVX512-VNNI panel kernel ([`super::x86_512_panels`]) reads for every number of
-//! activation rows: [`NR`] weight rows interleaved so that one `vpdpbusd` multiplies four
-//! values of sixteen rows at once, as llama.cpp's CPU "repack" buffers do for Q4_0.
+//! The panel layout of quantised matrices (8, 6, 5 and 4-bit values: GGUF's Q8_0, Q6_K,
+//! Q5_0 / Q5_1 / Q5_K, Q4_0 / Q4_1 / Q4_K and this crate's formats), the storage the
+//! AVX512-VNNI panel kernel ([`super::x86_512_panels`]) reads for every number of activation
+//! rows: [`NR`] weight rows interleaved so that one `vpdpbusd` multiplies four values of
+//! sixteen rows at once, as llama.cpp's CPU "repack" buffers do for Q4_0.
 //!
 //! Why: a row-by-row kernel spends, per row, the work of forming its group factors and of a
 //! horizontal sum at the end; with one row per lane both disappear, and decode (one activation
@@ -9,11 +10,17 @@
 //! rows with the same per-row arithmetic, so the product is batch-invariant at every size.
 //!
 //! Layout, per panel of [`NR`] rows (rows past the matrix are zeros), per group `g` of 32
-//! values, per `p` in `0..4`, per half `h` (rows `16h..16h + 16`): 64 bytes, lane `l` holding
-//! four bytes, byte `t` = value `32g + 4p + t` of row `16h + l` in its low nibble and value
-//! `32g + 16 + 4p + t` in its high nibble. So the low nibbles of the four vectors are quads
-//! `0..4` of the group, the high nibbles quads `4..8`; nibbles stay packed (4 bits per weight
-//! read, as stored on disk) and are split in registers.
+//! values ([`group_bytes`] each), every vector 64 bytes of 16 lanes (rows `16h..16h + 16` of
+//! half `h`), lane `l` holding four bytes `t`:
+//! - **8 bits**: per `p` in `0..4`, half `h` and `s` in `0..2`, byte `t` = value
+//!   `32g + 16s + 4p + t` of row `16h + l` (quad `p + 4s`, stored unsigned: the weight plus
+//!   128), so the kernel reads the group's bytes in order;
+//! - **4, 5 and 6 bits**: per `p` in `0..4` and half, byte `t` = the low four bits of value
+//!   `32g + 4p + t` (quad `p`) in its low nibble and of value `32g + 16 + 4p + t` (quad
+//!   `p + 4`) in its high nibble: nibbles stay packed and are split in registers. Then the
+//!   higher bits, per half: for 5 bits one vector whose byte `t` holds bit 4 of quad `q`'s
+//!   value in bit `q`; for 6 bits two vectors (quads `0..4`, then `4..8`) whose byte `t`
+//!   holds bits 4-5 of quad `q`'s value in bits `2 (q mod 4)..`.
 //!
 //! The parameters go to panel order too ([`to_panels`]): every per-row field `[N, per]`
 //! becomes `[panels, per, NR]`, so a group's 32 scales are one contiguous load.
@@ -21,42 +28,76 @@
 use rayon::prelude::*;
 
 use super::act8::GROUP;
-use super::U4x2;
 
 /// Weight rows per panel (two halves of 16 lanes).
 pub(crate) const NR: usize = 32;
 
-/// Bytes per (panel, group): four vectors of 64 bytes per half.
-pub(crate) const GROUP_BYTES: usize = 4 * 2 * 64;
+/// Bytes of the four nibble vectors of each half of a group.
+const NIBBLES: usize = 4 * 2 * 64;
+
+/// Bytes per (panel, group) of `bits`-bit values (8, 6, 5 or 4).
+pub(crate) const fn group_bytes(bits: usize) -> usize {
+    match bits {
+        8 => 8 * 2 * 64,
+        6 => NIBBLES + 2 * 2 * 64,
+        5 => NIBBLES + 2 * 64,
+        _ => NIBBLES,
+    }
+}
 
 /// Panels of `n` rows.
 pub(crate) fn panels(n: usize) -> usize {
     n.div_ceil(NR)
 }
 
-/// Where value `j` (< `K`) of row `i` (< [`NR`]) of a panel lives: its byte and whether it is
-/// the high nibble.
-fn slot(i: usize, j: usize) -> (usize, bool) {
-    let (g, within) = (j / GROUP, j % GROUP);
-    let (high, v) = (within >= 16, within % 16);
-    let (p, t) = (v / 4, v % 4);
-    let (h, l) = (i / 16, i % 16);
-    ((((g * 4 + p) * 2 + h) * 64) + 4 * l + t, high)
+/// Where the bits of value `j` of row `i` (< [`NR`]) of a panel live, relative to its group:
+/// `(byte, shift)` of its low part (the whole value for 8 bits, four bits otherwise) and, for
+/// 5 and 6 bits, of its higher bits.
+fn slots(bits: usize, i: usize, j: usize) -> ((usize, u32), Option<(usize, u32)>) {
+    let (within, h, l) = (j % GROUP, i / 16, i % 16);
+    let (quad, t) = (within / 4, within % 4);
+    let lane = 64 * h + 4 * l + t;
+    if bits == 8 {
+        return (
+            ((((quad % 4) * 2 + h) * 2 + quad / 4) * 64 + 4 * l + t, 0),
+            None,
+        );
+    }
+    let low = ((quad % 4) * 128 + lane, 4 * (quad / 4) as u32);
+    let high = match bits {
+        5 => Some((NIBBLES + lane, quad as u32)),
+        6 => Some((
+            NIBBLES + 128 * h + 64 * (quad / 4) + 4 * l + t,
+            2 * (quad % 4) as u32,
+        )),
+        _ => None,
+    };
+    (low, high)
 }
 
-/// `[n, k]` 4-bit values (row-major pairs, `k` even) in the panel layout.
-pub(crate) fn pack_u4(w: &[U4x2], n: usize, k: usize) -> Vec<u8> {
-    let groups = k.div_ceil(GROUP);
-    let mut out = vec![0u8; panels(n) * groups * GROUP_BYTES];
-    out.par_chunks_mut((groups * GROUP_BYTES).max(1))
+/// `[n, k]` values of `bits` bits (unsigned; `row(r, out)` writes row `r`'s `k` values) in the
+/// panel layout.
+pub(crate) fn pack(
+    bits: usize,
+    n: usize,
+    k: usize,
+    row: impl Fn(usize, &mut [u8]) + Sync,
+) -> Vec<u8> {
+    let (groups, size) = (k.div_ceil(GROUP), group_bytes(bits));
+    let mut out = vec![0u8; panels(n) * groups * size];
+    let mask = if bits == 8 { 0xFF } else { 0xF };
+    out.par_chunks_mut((groups * size).max(1))
         .enumerate()
         .for_each(|(b, panel)| {
+            let mut values = vec![0u8; k];
             for i in 0..NR.min(n.saturating_sub(b * NR)) {
-                let row = &w[(b * NR + i) * k / 2..][..k / 2];
-                for (j, pair) in row.iter().enumerate() {
-                    for (half, v) in [(0, pair.0 & 0xF), (1, pair.0 >> 4)] {
-                        let (at, high) = slot(i, 2 * j + half);
-                        panel[at] |= if high { v << 4 } else { v };
+                row(b * NR + i, &mut values);
+                for (j, &v) in values.iter().enumerate() {
+                    let at = j / GROUP * size;
+                    let ((low, shift), high) = slots(bits, i, j);
+                    panel[at + low] |= (v & mask) << shift;
+                    if let Some((byte, shift)) = high {
+                        panel[at + byte] |= (v >> 4) << shift;
                     }
                 }
             }
@@ -64,27 +105,20 @@ pub(crate) fn pack_u4(w: &[U4x2], n: usize, k: usize) -> Vec<u8> {
     out
 }
 
-/// The inverse of [`pack_u4`]: the row-major pairs.
-pub(crate) fn unpack_u4(v: &[u8], n: usize, k: usize) -> Vec<U4x2> {
-    let groups = k.div_ceil(GROUP);
-    let mut out = vec![U4x2(0); n * k / 2];
-    out.par_chunks_mut((k / 2).max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let panel = &v[r / NR * groups * GROUP_BYTES..][..groups * GROUP_BYTES];
-            let value = |j: usize| {
-                let (at, high) = slot(r % NR, j);
-                if high {
-                    panel[at] >> 4
-                } else {
-                    panel[at] & 0xF
-                }
-            };
-            for (j, pair) in row.iter_mut().enumerate() {
-                *pair = U4x2(value(2 * j) | value(2 * j + 1) << 4);
-            }
-        });
-    out
+/// Row `r`'s `k` values (as [`pack`] took them) from the panels `v` of `bits`-bit values.
+pub(crate) fn unpack_row(bits: usize, v: &[u8], k: usize, r: usize, out: &mut [u8]) {
+    let (groups, size) = (k.div_ceil(GROUP), group_bytes(bits));
+    let panel = &v[r / NR * groups * size..][..groups * size];
+    for (j, out) in out[..k].iter_mut().enumerate() {
+        let at = j / GROUP * size;
+        let ((low, shift), high) = slots(bits, r % NR, j);
+        let mask = if bits == 8 { 0xFF } else { 0xF };
+        *out = (panel[at + low] >> shift) & mask;
+        if let Some((byte, shift)) = high {
+            let width = if bits == 5 { 1 } else { 3 };
+            *out |= ((panel[at + byte] >> shift) & width) << 4;
+        }
+    }
 }
 
 /// A per-row field `[n, per]` (row-major) as `[panels, per, NR]`, rows past `n` the default.
@@ -134,34 +168,55 @@ pub(crate) fn from_panels<T: Copy + Default + Send + Sync>(
 mod tests {
     use super::*;
 
-    /// Packing and unpacking give back every value and field, for partial panels and a
-    /// partial last group.
+    /// Packing and unpacking give back every value and field, for every width, partial
+    /// panels and a partial last group.
     #[test]
     fn the_layout_round_trips() {
-        for (n, k) in [(1, 2), (5, 30), (32, 64), (33, 96), (70, 290)] {
-            let w: Vec<U4x2> = (0..n * k / 2).map(|i| U4x2((i * 37 % 251) as u8)).collect();
-            let packed = pack_u4(&w, n, k);
-            assert_eq!(packed.len(), panels(n) * k.div_ceil(GROUP) * GROUP_BYTES);
-            assert!(unpack_u4(&packed, n, k) == w, "[{n}, {k}]");
-            let per = 3;
-            let field: Vec<u16> = (0..n * per).map(|i| i as u16 + 1).collect();
-            let laid = to_panels(&field, n, per);
-            assert_eq!(
-                laid[per * NR - 1],
-                if n >= NR { field[NR * per - 1] } else { 0 }
-            );
-            assert_eq!(from_panels(&laid, n, per), field);
+        for bits in [4, 5, 6, 8] {
+            for (n, k) in [(1, 2), (5, 30), (32, 64), (33, 96), (70, 290)] {
+                let value = |r: usize, j: usize| ((r * 131 + j * 37) % (1 << bits)) as u8;
+                let packed = pack(bits, n, k, |r, out| {
+                    out.iter_mut()
+                        .enumerate()
+                        .for_each(|(j, v)| *v = value(r, j))
+                });
+                assert_eq!(
+                    packed.len(),
+                    panels(n) * k.div_ceil(GROUP) * group_bytes(bits)
+                );
+                let mut row = vec![0u8; k];
+                for r in 0..n {
+                    unpack_row(bits, &packed, k, r, &mut row);
+                    assert!(
+                        (0..k).all(|j| row[j] == value(r, j)),
+                        "{bits} bits [{n}, {k}] row {r}"
+                    );
+                }
+            }
         }
+        let (n, per) = (70, 3);
+        let field: Vec<u16> = (0..n * per).map(|i| i as u16 + 1).collect();
+        let laid = to_panels(&field, n, per);
+        assert_eq!(laid[per * NR - 1], field[NR * per - 1]);
+        assert_eq!(from_panels(&laid, n, per), field);
     }
 
-    /// Value `j` of row `i` sits where the kernel reads it: quad `j % 32 / 4` of the group in
-    /// the low nibbles for the first 16 values, the high ones for the rest.
+    /// Value `j` of row `i` sits where the kernel reads it.
     #[test]
     fn values_sit_in_their_lanes() {
-        assert_eq!(slot(0, 0), (0, false));
-        assert_eq!(slot(0, 16), (0, true));
-        assert_eq!(slot(0, 5), (64 * 2 + 1, false));
-        assert_eq!(slot(17, 3), (64 + 4 + 3, false));
-        assert_eq!(slot(2, 32 + 31), (512 + 3 * 128 + 8 + 3, true));
+        // 4 bits: quad j % 32 / 4 of the group, low nibbles for the first 16 values.
+        assert_eq!(slots(4, 0, 0), ((0, 0), None));
+        assert_eq!(slots(4, 0, 16), ((0, 4), None));
+        assert_eq!(slots(4, 0, 5), ((128 + 1, 0), None));
+        assert_eq!(slots(4, 17, 3), ((64 + 4 + 3, 0), None));
+        assert_eq!(slots(4, 2, 32 + 31), ((3 * 128 + 8 + 3, 4), None));
+        // 8 bits: quads p and p + 4 of a half side by side.
+        assert_eq!(
+            slots(8, 17, 29),
+            ((((3 * 2 + 1) * 2 + 1) * 64 + 4 + 1, 0), None)
+        );
+        // The fifth bit of quad 6 in bit 6; bits 4-5 of quad 6 in the second vector, bits 4-5.
+        assert_eq!(slots(5, 1, 25).1, Some((NIBBLES + 4 + 1, 6)));
+        assert_eq!(slots(6, 17, 25).1, Some((NIBBLES + 128 + 64 + 4 + 1, 4)));
     }
 }

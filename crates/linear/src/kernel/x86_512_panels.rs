@@ -1,19 +1,24 @@
-//! The AVX512-VNNI product of 4-bit matrices stored in panels ([`super::panels`]) with 8-bit
-//! activations, for any number of activation rows: decode steps, batched decode and prefill
-//! alike, so a row's result never depends on how many rows came with it.
+//! The AVX512-VNNI product of quantised matrices stored in panels ([`super::panels`]: 8, 6, 5
+//! and 4-bit values) with 8-bit activations, for any number of activation rows: decode steps,
+//! batched decode and prefill alike, so a row's result never depends on how many rows came
+//! with it.
 //!
 //! The arithmetic is [`super::act8`]'s: each group of 32 activations rounded to i8 with its own
-//! `dx` ([`q8_row_natural`]), the integer sums exact, then per group and weight row
-//! `acc += Σ q · xq · (s · dx)` and, for formats with offsets, `off += m · dx · Σ xq` (the
-//! offsets over the rounded activations, `Q8Row::sums`), the result `acc + off`.
+//! `dx` ([`q8_row_natural`]), the integer sums exact, then per weight row and block of
+//! parameters (a group of 32, or 16 values for Q6_K's scale per 16) `acc += Σ q · xq · (s ·
+//! dx)` and, for formats with offsets, `off += m · dx · Σ xq` (the offsets over the rounded
+//! activations, `Q8Row::sums`), the result `acc + off`. Values stored unsigned with a zero
+//! point (8-bit weights plus 128, Q6_K's `q − 32`) subtract `z · Σ xq` from the integer sums,
+//! exactly, as the GEMM of [`super::x86_512_act8_gemm`] does.
 //!
-//! Per group and half panel (16 weight rows): four 64-byte loads, split into low and high
-//! nibbles (quads `0..4` and `4..8`), eight `vpdpbusd` per activation row against that row's
-//! quads broadcast to every lane, then one conversion, one product and one FMA per activation
-//! row with the 16 rows' scales (f16, or K-quant bytes times the superblock's `d`, formed once
-//! per group for all activation rows). Rows go in tiles of four activation rows, so each
-//! unpacked weight vector serves four `vpdpbusd`, or one at a time; the per-row instruction
-//! sequence is the same either way.
+//! Per group and half panel (16 weight rows): the group's vectors loaded once (nibbles split
+//! in registers, higher bit planes ORed in), eight `vpdpbusd` per activation row against that
+//! row's quads broadcast to every lane (quads `0..4` and `4..8` in separate registers: Q6_K's
+//! two sub-blocks), then one conversion, one product and one FMA per activation row and block
+//! with the 16 rows' scales (f16, or integer scales times the superblock's `d`, formed once per
+//! group for all activation rows). Rows go in tiles of four activation rows, so each unpacked
+//! weight vector serves four `vpdpbusd`, or one at a time; the per-row instruction sequence is
+//! the same either way.
 
 use std::arch::x86_64::*;
 
@@ -21,32 +26,45 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::act8::{q8_row_natural, Params, GROUP, SUPER};
-use super::panels::{panels, GROUP_BYTES, NR};
+use super::panels::{group_bytes, panels, NR};
 use super::x86_512::Avx512Vnni;
+use super::x86_512_act8_gemm::Factors;
 
 /// Activation rows per tile.
 const MR: usize = 4;
 
-/// `xs` (`m` rows of `K` f32) times the `[n, K]` 4-bit matrix whose panels are `w`, with the
-/// parameters `params` in panel order (every field `[panels, per, NR]`): `[m, n]` row-major.
+/// `xs` (`m` rows of `K` f32) times the `[n, K]` matrix of `bits`-bit values (8, 6, 5 or 4)
+/// whose panels are `w`, with the parameters `params` in panel order (every field `[panels,
+/// per, NR]`; a scale per 16 only for 6 bits): `[m, n]` row-major.
 ///
 /// # Panics
-/// If `xs` is not `m` rows of `K` or `w` / `params` do not hold `n` rows of `K` values.
+/// If `xs` is not `m` rows of `K`, or `w` / `params` do not hold `n` rows of `K` values.
+#[allow(clippy::too_many_arguments)] // the matrix's fields
 pub(crate) fn matmul(
     _: Avx512Vnni,
+    bits: usize,
     w: &[u8],
-    params: Params,
+    params: Factors,
     n: usize,
     k: usize,
     xs: &[f32],
     m: usize,
 ) -> Vec<f32> {
     assert_eq!(xs.len(), m * k, "panel product: m rows of K");
+    assert!(
+        matches!(bits, 4 | 5 | 6 | 8),
+        "panel product: {bits}-bit values"
+    );
+    assert_eq!(
+        bits == 6,
+        matches!(params, Factors::PerSixteen(_)),
+        "panel product: a scale per 16 goes with 6-bit values"
+    );
     let groups = k.div_ceil(GROUP);
     let supers = groups.div_ceil(SUPER);
-    let count = panels(n);
+    let (count, size) = (panels(n), group_bytes(bits));
     assert!(
-        w.len() >= count * groups * GROUP_BYTES,
+        w.len() >= count * groups * size,
         "panel product: the panels' values"
     );
     let ptrs = Ptrs::of(params, count * groups * NR, count * supers * NR);
@@ -65,11 +83,21 @@ pub(crate) fn matmul(
     }
     let dx: Vec<f32> = rows.iter().flat_map(|r| r.scale.iter().copied()).collect();
     let sums: Vec<f32> = rows.iter().flat_map(|r| r.sums.iter().copied()).collect();
+    // The zero point's integer correction per 16 values: `z · Σ xq`.
+    let zero = zero_point(bits);
+    let correction: Vec<i32> = if zero == 0 {
+        Vec::new()
+    } else {
+        q.chunks_exact(16)
+            .map(|c| zero * c.iter().map(|&v| v as i32).sum::<i32>())
+            .collect()
+    };
     let acts = Acts {
         groups,
         q: &q,
         dx: &dx,
         sums: &sums,
+        correction: &correction,
     };
     // `[panels, m, NR]`, then scattered to `[m, n]`.
     let mut blocks = vec![0f32; count * m * NR];
@@ -79,18 +107,24 @@ pub(crate) fn matmul(
         .for_each(|(b, out)| {
             // SAFETY: `Ptrs::of` checked that the parameters hold `count` panels.
             let p = unsafe { ptrs.panel(b, groups, supers) };
-            let w = &w[b * groups * GROUP_BYTES..][..groups * GROUP_BYTES];
+            let w = &w[b * groups * size..][..groups * size];
             let mut j0 = 0;
             while j0 < m {
                 let tile = if m - j0 >= MR { MR } else { 1 };
                 let out = &mut out[j0 * NR..(j0 + tile) * NR];
                 // SAFETY: the token proves AVX-512 F/BW, VNNI and F16C; `w` is one panel of
-                // `groups` groups, `p` its parameters, `acts` holds rows `j0..j0 + tile`.
+                // `groups` groups of `bits`-bit values, `p` its parameters (a scale per 16
+                // exactly for 6 bits, checked above), `acts` holds rows `j0..j0 + tile`.
                 unsafe {
-                    if tile == MR {
-                        tile_vnni::<MR>(w, p, &acts, j0, out)
-                    } else {
-                        tile_vnni::<1>(w, p, &acts, j0, out)
+                    match (tile, bits) {
+                        (MR, 8) => tile_vnni::<MR, 8>(w, p, &acts, j0, out),
+                        (MR, 6) => tile_vnni::<MR, 6>(w, p, &acts, j0, out),
+                        (MR, 5) => tile_vnni::<MR, 5>(w, p, &acts, j0, out),
+                        (MR, _) => tile_vnni::<MR, 4>(w, p, &acts, j0, out),
+                        (_, 8) => tile_vnni::<1, 8>(w, p, &acts, j0, out),
+                        (_, 6) => tile_vnni::<1, 6>(w, p, &acts, j0, out),
+                        (_, 5) => tile_vnni::<1, 5>(w, p, &acts, j0, out),
+                        (_, _) => tile_vnni::<1, 4>(w, p, &acts, j0, out),
                     }
                 }
                 j0 += tile;
@@ -110,24 +144,36 @@ pub(crate) fn matmul(
     out
 }
 
+/// What a stored `bits`-bit value exceeds the weight's integer by: 128 for 8-bit weights,
+/// Q6_K's 32; none for 4 and 5 bits, whose offsets are parameters.
+const fn zero_point(bits: usize) -> i32 {
+    match bits {
+        8 => 128,
+        6 => 32,
+        _ => 0,
+    }
+}
+
 /// The rounded activation rows: `q` `[m, groups · 32]`, `dx` and `sums` (`dx · Σ xq`)
-/// `[m, groups]`.
+/// `[m, groups]`, `correction` (`z · Σ xq` per 16 values, empty without a zero point)
+/// `[m, 2 · groups]`.
 struct Acts<'a> {
     groups: usize,
     q: &'a [i8],
     dx: &'a [f32],
     sums: &'a [f32],
+    correction: &'a [i32],
 }
 
-/// The parameters' pointers, checked to hold a number of panels.
+/// The parameters, checked to hold a number of panels.
 #[derive(Clone, Copy)]
-struct Ptrs<'a>(Params<'a>);
+struct Ptrs<'a>(Factors<'a>);
 
 impl<'a> Ptrs<'a> {
     /// `params` checked to hold `per_group` group fields and `per_super` superblock fields.
-    fn of(params: Params<'a>, per_group: usize, per_super: usize) -> Ptrs<'a> {
+    fn of(params: Factors<'a>, per_group: usize, per_super: usize) -> Ptrs<'a> {
         match params {
-            Params::Group { scales, mins, .. } => {
+            Factors::PerGroup(Params::Group { scales, mins, .. }) => {
                 assert!(
                     scales.len() >= per_group,
                     "panel product: one scale per group"
@@ -137,9 +183,13 @@ impl<'a> Ptrs<'a> {
                     "panel product: offsets"
                 );
             }
-            Params::Super { sc, mn, d, dmin } => {
+            Factors::PerGroup(Params::Super { sc, mn, d, dmin }) => {
                 assert!(sc.len() >= per_group && mn.len() >= per_group);
                 assert!(d.len() >= per_super && dmin.len() >= per_super);
+            }
+            Factors::PerSixteen(p) => {
+                assert!(p.sc.len() >= 2 * per_group && p.d.len() >= per_super);
+                assert!(!p.has_offsets(), "panel product: no 2-bit values");
             }
         }
         Ptrs(params)
@@ -152,22 +202,27 @@ impl<'a> Ptrs<'a> {
     unsafe fn panel(self, b: usize, groups: usize, supers: usize) -> PanelPtrs {
         let (g, s) = (b * groups * NR, b * supers * NR);
         match self.0 {
-            Params::Group { scales, mins, zero } => PanelPtrs::Group {
+            Factors::PerGroup(Params::Group { scales, mins, zero }) => PanelPtrs::Group {
                 scales: scales.as_ptr().add(g),
                 mins: (!mins.is_empty()).then(|| mins.as_ptr().add(g)),
                 zero: zero as f32,
             },
-            Params::Super { sc, mn, d, dmin } => PanelPtrs::Super {
+            Factors::PerGroup(Params::Super { sc, mn, d, dmin }) => PanelPtrs::Super {
                 sc: sc.as_ptr().add(g),
                 mn: mn.as_ptr().add(g),
                 d: d.as_ptr().add(s),
                 dmin: dmin.as_ptr().add(s),
             },
+            Factors::PerSixteen(p) => PanelPtrs::Sixteenths {
+                sc: p.sc.as_ptr().add(2 * g),
+                d: p.d.as_ptr().add(s),
+            },
         }
     }
 }
 
-/// One panel's parameters: `[groups, NR]` (per group) and `[supers, NR]` (per superblock).
+/// One panel's parameters: `[groups, NR]` (per group), `[2 · groups, NR]` (per 16 values) and
+/// `[supers, NR]` (per superblock).
 #[derive(Clone, Copy)]
 enum PanelPtrs {
     /// f16 scales, f16 offsets or a zero point (`−zero · s`; 0: no offsets).
@@ -183,6 +238,8 @@ enum PanelPtrs {
         d: *const f16,
         dmin: *const f16,
     },
+    /// Signed scales per 16 values and f16 `d`: `s = d · sc` (Q6_K).
+    Sixteenths { sc: *const i8, d: *const f16 },
 }
 
 impl PanelPtrs {
@@ -190,17 +247,20 @@ impl PanelPtrs {
         match self {
             PanelPtrs::Group { mins, zero, .. } => mins.is_some() || zero != 0.0,
             PanelPtrs::Super { .. } => true,
+            PanelPtrs::Sixteenths { .. } => false,
         }
     }
 
-    /// The scales and offsets of half `h` of group `g` (offsets zero without).
+    /// The scales of half `h` of block `b` of group `g` (`b` 0 for the formats with one block
+    /// per group) and its offsets (zero without).
     ///
     /// # Safety
     /// AVX-512 F and F16C must be available; the panel must hold group `g`.
     #[inline]
     #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn factors(self, g: usize, h: usize) -> (__m512, __m512) {
+    unsafe fn factors(self, g: usize, b: usize, h: usize) -> (__m512, __m512) {
         let at = g * NR + 16 * h;
+        let sup = g / SUPER * NR + 16 * h;
         let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let bytes = |p: *const u8| {
             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
@@ -215,63 +275,144 @@ impl PanelPtrs {
                 (s, m)
             }
             PanelPtrs::Super { sc, mn, d, dmin } => {
-                let sup = g / SUPER * NR + 16 * h;
                 let s = _mm512_mul_ps(bytes(sc.add(at)), f16s(d.add(sup)));
                 let m = _mm512_mul_ps(bytes(mn.add(at)), f16s(dmin.add(sup)));
                 (s, _mm512_sub_ps(_mm512_setzero_ps(), m))
+            }
+            PanelPtrs::Sixteenths { sc, d } => {
+                let sc = _mm_loadu_si128(sc.add(2 * g * NR + b * NR + 16 * h) as *const __m128i);
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc));
+                (_mm512_mul_ps(sc, f16s(d.add(sup))), _mm512_setzero_ps())
             }
         }
     }
 }
 
-/// Rows `j0..j0 + T` of `acts` times the panel `w` (parameters `p`) into `out` (`T` rows of
-/// [`NR`]).
+/// Quads `P` and `P + 4` (`P` in `0..4`) of half `h` of the group at `w`, as unsigned bytes
+/// for `vpdpbusd` (`P` a constant, so the bit shifts and masks below are immediates).
+///
+/// # Safety
+/// AVX-512 F/BW must be available; `w` must hold one group of `BITS`-bit values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quads<const BITS: usize, const P: usize>(w: *const u8, h: usize) -> (__m512i, __m512i) {
+    let p = P;
+    let load = |at: usize| _mm512_loadu_si512(w.add(at) as *const _);
+    if BITS == 8 {
+        let at = (p * 2 + h) * 128;
+        return (load(at), load(at + 64));
+    }
+    let nibble = _mm512_set1_epi8(0xF);
+    let v = load(p * 128 + 64 * h);
+    let mut lo = _mm512_and_si512(v, nibble);
+    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+    const NIBBLES: usize = 4 * 2 * 64;
+    if BITS == 5 {
+        // Bit q of each byte is quad q's fifth bit.
+        let fifth = load(NIBBLES + 64 * h);
+        let sixteen = _mm512_set1_epi8(16);
+        let low = _mm512_test_epi8_mask(fifth, _mm512_set1_epi8(1 << p));
+        let high = _mm512_test_epi8_mask(fifth, _mm512_set1_epi8((16 << p) as i8));
+        lo = _mm512_mask_add_epi8(lo, low, lo, sixteen);
+        hi = _mm512_mask_add_epi8(hi, high, hi, sixteen);
+    }
+    if BITS == 6 {
+        // Bits 2p..2p + 2 of each byte are quad p's (then quad p + 4's) bits 4-5, moved to
+        // bits 4-5 (16-bit shifts by at most 4 bits move no bit across bytes into them).
+        let top = _mm512_set1_epi8(0x30);
+        let lift = |x: __m512i| {
+            let x = match P {
+                0 => _mm512_slli_epi16::<4>(x),
+                1 => _mm512_slli_epi16::<2>(x),
+                2 => x,
+                _ => _mm512_srli_epi16::<2>(x),
+            };
+            _mm512_and_si512(x, top)
+        };
+        lo = _mm512_or_si512(lo, lift(load(NIBBLES + 128 * h)));
+        hi = _mm512_or_si512(hi, lift(load(NIBBLES + 128 * h + 64)));
+    }
+    (lo, hi)
+}
+
+/// Rows `j0..j0 + T` of `acts` times the panel `w` of `BITS`-bit values (parameters `p`) into
+/// `out` (`T` rows of [`NR`]).
 ///
 /// # Safety
 /// AVX-512 F/BW, VNNI and F16C must be available; `w` must be one panel of `acts.groups`
-/// groups with `p` its parameters, `acts` must hold rows `j0..j0 + T`, `out` `T · NR` values.
+/// groups with `p` its parameters (per 16 values exactly for 6 bits), `acts` must hold rows
+/// `j0..j0 + T` (and their corrections for 8 and 6 bits), `out` `T · NR` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn tile_vnni<const T: usize>(
+unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     w: &[u8],
     p: PanelPtrs,
     acts: &Acts,
     j0: usize,
     out: &mut [f32],
 ) {
-    let groups = acts.groups;
-    debug_assert!(w.len() == groups * GROUP_BYTES && out.len() >= T * NR);
+    let (groups, size) = (acts.groups, group_bytes(BITS));
+    let zero = zero_point(BITS) != 0;
+    // (Known at compile time, so the block loops unroll and the sums stay in registers.)
+    let sixteenths = BITS == 6;
+    debug_assert!(w.len() == groups * size && out.len() >= T * NR);
     debug_assert!(acts.dx.len() >= (j0 + T) * groups && acts.sums.len() >= (j0 + T) * groups);
+    debug_assert!(!zero || acts.correction.len() >= (j0 + T) * 2 * groups);
+    debug_assert_eq!(sixteenths, matches!(p, PanelPtrs::Sixteenths { .. }));
     let offsets = p.has_offsets();
-    let nibble = _mm512_set1_epi8(0xF);
     let x = acts.q.as_ptr().add(j0 * groups * GROUP);
     let row = groups * GROUP;
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
     let mut off = [[_mm512_setzero_ps(); 2]; T];
     for g in 0..groups {
-        // sums[i][h]: activation row i, weight rows 16h..16h + 16.
-        let mut sums = [[_mm512_setzero_si512(); 2]; T];
-        for quad in 0..4 {
-            for (h, at) in [0, 64].into_iter().enumerate() {
-                let v = _mm512_loadu_si512(w.as_ptr().add((g * 4 + quad) * 128 + at) as *const _);
-                let lo = _mm512_and_si512(v, nibble);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
-                for (i, sums) in sums.iter_mut().enumerate() {
-                    let xq = x.add(i * row + g * GROUP + 4 * quad) as *const i32;
-                    let (xl, xh) = (xq.read_unaligned(), xq.add(4).read_unaligned());
-                    sums[h] = _mm512_dpbusd_epi32(sums[h], lo, _mm512_set1_epi32(xl));
-                    sums[h] = _mm512_dpbusd_epi32(sums[h], hi, _mm512_set1_epi32(xh));
+        let wg = w.as_ptr().add(g * size);
+        // sums[i][h][s]: activation row i, weight rows 16h..16h + 16, quads 4s..4s + 4.
+        let mut sums = [[[_mm512_setzero_si512(); 2]; 2]; T];
+        // Quads `p` and `p + 4` of both halves, `p` spelled out as a constant.
+        macro_rules! quad {
+            ($p:literal) => {
+                for h in 0..2 {
+                    let (lo, hi) = quads::<BITS, $p>(wg, h);
+                    for (i, sums) in sums.iter_mut().enumerate() {
+                        let xq = x.add(i * row + g * GROUP + 4 * $p) as *const i32;
+                        let (xl, xh) = (xq.read_unaligned(), xq.add(4).read_unaligned());
+                        sums[h][0] = _mm512_dpbusd_epi32(sums[h][0], lo, _mm512_set1_epi32(xl));
+                        sums[h][1] = _mm512_dpbusd_epi32(sums[h][1], hi, _mm512_set1_epi32(xh));
+                    }
+                }
+            };
+        }
+        quad!(0);
+        quad!(1);
+        quad!(2);
+        quad!(3);
+        for (i, sums) in sums.iter_mut().enumerate() {
+            if zero {
+                let at = (j0 + i) * 2 * groups + 2 * g;
+                for s in 0..2 {
+                    let c = _mm512_set1_epi32(*acts.correction.get_unchecked(at + s));
+                    for sums in sums.iter_mut() {
+                        sums[s] = _mm512_sub_epi32(sums[s], c);
+                    }
+                }
+            }
+            if !sixteenths {
+                // One block per group: the two halves' quads together (exact in i32).
+                for sums in sums.iter_mut() {
+                    sums[0] = _mm512_add_epi32(sums[0], sums[1]);
                 }
             }
         }
         for h in 0..2 {
-            let (s, m) = p.factors(g, h);
-            for (i, sums) in sums.iter().enumerate() {
-                let at = (j0 + i) * groups + g;
-                let c = _mm512_mul_ps(s, _mm512_set1_ps(*acts.dx.get_unchecked(at)));
-                acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[h]), c, acc[i][h]);
-                if offsets {
-                    let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
-                    off[i][h] = _mm512_fmadd_ps(m, sum, off[i][h]);
+            for b in 0..if sixteenths { 2 } else { 1 } {
+                let (s, m) = p.factors(g, b, h);
+                for (i, sums) in sums.iter().enumerate() {
+                    let at = (j0 + i) * groups + g;
+                    let c = _mm512_mul_ps(s, _mm512_set1_ps(*acts.dx.get_unchecked(at)));
+                    acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[h][b]), c, acc[i][h]);
+                    if offsets {
+                        let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
+                        off[i][h] = _mm512_fmadd_ps(m, sum, off[i][h]);
+                    }
                 }
             }
         }
