@@ -44,7 +44,9 @@
 //!   candle's matmul on a weight already held in f32 in `benchmarks/README.md`. 8-bit and
 //!   4-bit weights on AVX512-VNNI CPUs instead take 8-bit activations, as their decode does,
 //!   in an integer GEMM (`vpdpbusd`, four products per lane per instruction): see
-//!   [`QuantMatrix`].
+//!   [`QuantMatrix`]. There, 8, 6 (Q6_K), 5 and 4-bit matrices loaded through
+//!   [`Matrix::load`] / [`Matrix::quantize`] are stored in panels of interleaved rows
+//!   ([`QuantMatrix::for_isa`]) and one kernel takes every number of rows, both regimes.
 //! - another device: candle's matmul, after converting the weight to the activations' dtype
 //!   when they differ.
 //!

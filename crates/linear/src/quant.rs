@@ -60,6 +60,18 @@
 //!   quantised decode step and a prefill over the same tokens agree to that rounding, not to
 //!   summation order; on the VNNI GEMM they round alike and agree to summation order.
 //!
+//!
+//! **Panels** ([`QuantMatrix::for_isa`], applied by `Matrix::load` and `Matrix::quantize` on
+//! AVX512-VNNI CPUs): the 8, 6 (Q6_K), 5 and 4-bit matrices are relaid once, at load, into
+//! panels of 32 interleaved rows (`kernel::panels`: the same bits per weight, nibbles still
+//! packed), as llama.cpp's CPU repack buffers do. One kernel (`kernel::x86_512_panels`) then
+//! multiplies them for any number of activation rows with the 8-bit activations above: one
+//! weight row per lane, so no per-row factor formation or horizontal sums, and each row's
+//! result is the same bits whatever the batch. Decode of a Q4_0 file gained 12-17% and 16
+//! concurrent streams 27-46% on the Zen 4 (`benchmarks/README.md`, "Panels"). Q3_K and Q2_K
+//! keep the row layout; on other CPUs, or a product asked for on another path, the row layout
+//! is what runs (a panel matrix is copied back to rows for that call).
+//!
 //! The tests check each path against an f64 oracle of its own arithmetic on every
 //! instruction-set path.
 
