@@ -85,24 +85,46 @@ pub(crate) fn pack(
 ) -> Vec<u8> {
     let (groups, size) = (k.div_ceil(GROUP), group_bytes(bits));
     let mut out = vec![0u8; panels(n) * groups * size];
-    let mask = if bits == 8 { 0xFF } else { 0xF };
     out.par_chunks_mut((groups * size).max(1))
         .enumerate()
         .for_each(|(b, panel)| {
-            let mut values = vec![0u8; k];
+            // Rows padded with zeros to whole groups.
+            let mut values = vec![0u8; groups * GROUP];
             for i in 0..NR.min(n.saturating_sub(b * NR)) {
-                row(b * NR + i, &mut values);
-                for (j, &v) in values.iter().enumerate() {
-                    let at = j / GROUP * size;
-                    let ((low, shift), high) = slots(bits, i, j);
-                    panel[at + low] |= (v & mask) << shift;
-                    if let Some((byte, shift)) = high {
-                        panel[at + byte] |= (v >> 4) << shift;
-                    }
+                row(b * NR + i, &mut values[..k]);
+                for (g, v) in values.chunks_exact(GROUP).enumerate() {
+                    place(bits, i, v, &mut panel[g * size..(g + 1) * size]);
                 }
             }
         });
     out
+}
+
+/// The 32 values `v` of one group of panel row `i` into the group's bytes `out` (the layout
+/// [`slots`] describes, written a byte at a time).
+fn place(bits: usize, i: usize, v: &[u8], out: &mut [u8]) {
+    let (h, l) = (i / 16, i % 16);
+    for p in 0..4 {
+        for t in 0..4 {
+            let lane = 64 * h + 4 * l + t;
+            let (a, b) = (v[4 * p + t], v[16 + 4 * p + t]);
+            if bits == 8 {
+                out[(p * 2 + h) * 128 + lane % 64] = a;
+                out[(p * 2 + h) * 128 + 64 + lane % 64] = b;
+                continue;
+            }
+            out[p * 128 + lane] = (a & 0xF) | (b & 0xF) << 4;
+            match bits {
+                5 => out[NIBBLES + lane] |= (a >> 4) << p | (b >> 4) << (4 + p),
+                6 => {
+                    let at = NIBBLES + 128 * h + 4 * l + t;
+                    out[at] |= (a >> 4) << (2 * p);
+                    out[at + 64] |= (b >> 4) << (2 * p);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Row `r`'s `k` values (as [`pack`] took them) from the panels `v` of `bits`-bit values.
