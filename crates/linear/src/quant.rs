@@ -902,7 +902,8 @@ impl QuantMatrix {
     /// other CPUs keep the row layout. A product on another path still works, through a
     /// row-major copy per call (for tests and forced fallbacks, not for speed).
     pub fn for_isa(self, isa: Isa) -> Self {
-        if isa.avx512_vnni().is_none() {
+        // (The paths with AVX512-VNNI, the panel kernel's.)
+        if !isa.rounds_quant_gemm_activations() {
             return self;
         }
         let [n, k] = self.dims;
@@ -954,6 +955,17 @@ impl QuantMatrix {
                 }
             }
             Values::Panels { bits, v } => kernel::panels::unpack_row(*bits, v, k, r, out),
+        }
+    }
+
+    /// Up to how many activation rows each row's product on the kernel path `isa` has the same
+    /// bits whatever the other rows: any number for a panel matrix on an AVX512-VNNI path (one
+    /// kernel at every size), [`GEMV_MAX_ROWS`] otherwise (the row kernels' regime).
+    pub fn batch_invariant_rows(&self, isa: Isa) -> usize {
+        if self.in_panels() && isa.rounds_quant_gemm_activations() {
+            usize::MAX
+        } else {
+            GEMV_MAX_ROWS
         }
     }
 
@@ -1803,7 +1815,7 @@ mod tests {
             let w = values(n * k, 7, 0.3);
             let rows = QuantMatrix::from_rows(&w, n, k, format).unwrap();
             let q = rows.clone().for_isa(isa);
-            assert_eq!(q.in_panels(), isa.avx512_vnni().is_some());
+            assert_eq!(q.in_panels(), isa.rounds_quant_gemm_activations());
             assert!(
                 q.dequantize_rows() == rows.dequantize_rows(),
                 "{format} values"

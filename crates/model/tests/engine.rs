@@ -13,7 +13,7 @@ use model::engine::{
     Completion, Engine, EngineConfig, EngineStats, Event, Request, RequestParams, SubmitError,
 };
 use model::generate::FinishReason;
-use model::{DeepSeek, Precision, SamplingParams, Tokenizer};
+use model::{DeepSeek, MatrixFormat, Precision, SamplingParams, Tokenizer};
 
 fn model() -> (Case, Arc<DeepSeek>) {
     let case = Case::load("v3_noaux");
@@ -181,6 +181,39 @@ fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
     assert!(largest <= rows, "a pass of {largest} decode rows");
     assert!(
         !bf16_kernel || largest > linear::GEMV_MAX_ROWS,
+        "the requests should have decoded in passes of more than 32 rows, not {largest}"
+    );
+}
+
+/// 8-bit matrices: on AVX512-VNNI CPUs they are held in panels, whose one kernel gives every
+/// row the same bits at any number of rows, so a pass may decode all 64 sequences; elsewhere
+/// passes stay at `GEMV_MAX_ROWS`.
+#[test]
+fn with_8_bit_panels_passes_of_64_rows_stay_batch_invariant() {
+    let case = Case::load("v3_noaux");
+    let precision = Precision::mixed(DType::F32, MatrixFormat::Quant(linear::QuantFormat::Q8));
+    let model = Arc::new(DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap());
+    let isa = linear::Isa::detect();
+    let rows = model.batch_invariant_rows();
+    println!("{isa}: passes of up to {rows} decode rows");
+    // (The AVX512-VNNI paths, where 8-bit matrices are held in panels.)
+    let panels = isa.rounds_quant_gemm_activations();
+    assert_eq!(
+        rows,
+        if panels {
+            usize::MAX
+        } else {
+            linear::GEMV_MAX_ROWS
+        }
+    );
+    let config = EngineConfig {
+        page_tokens: 8,
+        ..EngineConfig::default()
+    };
+    let largest = same_alone_and_among_63_others(&case, model, config);
+    assert!(largest <= rows, "a pass of {largest} decode rows");
+    assert!(
+        !panels || largest > linear::GEMV_MAX_ROWS,
         "the requests should have decoded in passes of more than 32 rows, not {largest}"
     );
 }
