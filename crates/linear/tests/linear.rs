@@ -111,7 +111,8 @@ fn default_entry_points_use_the_detected_path() {
 
 #[test]
 fn each_row_is_computed_the_same_whatever_the_other_rows() {
-    // Up to `Matrix::batch_invariant_rows` (at least GEMV_MAX_ROWS) rows, a row's result must
+    // Up to `Matrix::batch_invariant_rows` (at least GEMV_MAX_ROWS; unbounded for quantised
+    // matrices in panels on AVX512-VNNI CPUs) rows, a row's result must
     // not depend on the rows batched with it (a serving engine relies on it for batch
     // invariance): bit for bit the 1-row result, on every path and weight dtype, for odd and
     // even row counts (rows go two at a time).
@@ -134,7 +135,8 @@ fn each_row_is_computed_the_same_whatever_the_other_rows() {
         for isa in Isa::supported() {
             let limit = w.batch_invariant_rows(isa);
             assert!(limit >= linear::GEMV_MAX_ROWS);
-            for rows in [2usize, 5, linear::GEMV_MAX_ROWS, limit] {
+            // (An unbounded limit, quantised matrices in panels, checked at 95 rows.)
+            for rows in [2usize, 5, linear::GEMV_MAX_ROWS, limit.min(95)] {
                 let x = Tensor::randn(0f32, 1.0, (rows, 204), &dev).unwrap();
                 let all = w.forward_with(isa, &x).unwrap();
                 for i in 0..rows {
