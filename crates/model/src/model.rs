@@ -795,7 +795,9 @@ impl DeepSeek {
     /// multiply all of a pass's rows (attention projections, FFNs and experts, the head) on
     /// the detected kernel path. Attention itself runs per sequence and the routers keep
     /// every row ([`moe::Gate::logits`]). `linear::GEMV_MAX_ROWS` in general; 64 for bf16
-    /// matrices under `--bf16-activations` on AVX512-BF16 CPUs.
+    /// matrices under `--bf16-activations` on AVX512-BF16 CPUs; unbounded (`usize::MAX`) when
+    /// every such matrix is quantised and held in panels (AVX512-VNNI CPUs:
+    /// `linear::QuantMatrix::for_isa`).
     pub fn batch_invariant_rows(&self) -> usize {
         let isa = linear::Isa::detect();
         let mut rows = self.lm_head.batch_invariant_rows(isa);
