@@ -1017,15 +1017,22 @@ impl QuantMatrix {
         &self.dims
     }
 
-    /// Bytes a product reads: the packed values and the group parameters.
+    /// Bytes of the matrix a product reads: the packed values and the group parameters (in
+    /// panels, the matrix's own: not the zeros that pad a partial last panel or group).
     pub fn bytes(&self) -> usize {
-        let values = match &self.values {
-            Values::I8(v) => v.len(),
-            Values::U4(v) => v.len(),
-            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => v.len(),
-            Values::Panels { v, .. } => v.len(),
-        };
-        values + self.params.bytes()
+        let [n, k] = self.dims;
+        match &self.values {
+            Values::I8(v) => v.len() + self.params.bytes(),
+            Values::U4(v) => v.len() + self.params.bytes(),
+            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => {
+                v.len() + self.params.bytes()
+            }
+            Values::Panels { bits, .. } => {
+                // Parameters in panels are `[panels, .., 32]`: `n` rows of them are the matrix's.
+                let rows = kernel::panels::panels(n) * kernel::panels::NR;
+                n * (k * bits).div_ceil(8) + self.params.bytes() * n / rows.max(1)
+            }
+        }
     }
 
     /// `fill(row's parameters, its groups, out)` for every row, in parallel over rows:
