@@ -1829,6 +1829,7 @@ mod tests {
             );
             // (Rows of partial blocks have none: an error either way.)
             assert!(q.to_ggml().ok() == rows.to_ggml().ok(), "{format} blocks");
+            assert_eq!(q.bytes(), rows.bytes(), "{format}: the matrix's own bytes");
             for m in [1, 2, 4, 5, 33, 40] {
                 let xs = values(m * k, 9 + m as u32, 1.9);
                 let all = q.matmul(isa, &xs, m);
