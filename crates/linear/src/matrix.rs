@@ -117,10 +117,14 @@ impl Matrix {
             let (n, row_bytes) = raw.dims2()?;
             let k = row_bytes / ty.type_size() * ty.block_size();
             let blocks = crate::host::vec1::<u8>(&raw.flatten_all()?)?;
+            drop(raw);
             // The block types `QuantMatrix::from_ggml` reads hold this crate's formats' values
             // exactly: its kernels are the faster
             // (benchmarks/README.md, "Weight formats"); other block formats run on candle's.
             if let Some(q) = QuantMatrix::from_ggml(ty, &blocks, n, k).map_err(full)? {
+                // The blocks go before the relayout, so at most two copies of the matrix
+                // are alive at once.
+                drop(blocks);
                 return Ok(q.for_isa(Isa::detect()).into());
             }
             return Ok(GgmlMatrix::from_blocks(ty, &blocks, n, k)
