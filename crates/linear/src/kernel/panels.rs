@@ -85,6 +85,12 @@ pub(crate) fn pack(
 ) -> Vec<u8> {
     let (groups, size) = (k.div_ceil(GROUP), group_bytes(bits));
     let mut out = vec![0u8; panels(n) * groups * size];
+    let place = match bits {
+        8 => place::<8>,
+        6 => place::<6>,
+        5 => place::<5>,
+        _ => place::<4>,
+    };
     out.par_chunks_mut((groups * size).max(1))
         .enumerate()
         .for_each(|(b, panel)| {
@@ -92,8 +98,8 @@ pub(crate) fn pack(
             let mut values = vec![0u8; groups * GROUP];
             for i in 0..NR.min(n.saturating_sub(b * NR)) {
                 row(b * NR + i, &mut values[..k]);
-                for (g, v) in values.chunks_exact(GROUP).enumerate() {
-                    place(bits, i, v, &mut panel[g * size..(g + 1) * size]);
+                for (g, v) in values.as_chunks::<GROUP>().0.iter().enumerate() {
+                    place(i, v, &mut panel[g * size..(g + 1) * size]);
                 }
             }
         });
@@ -101,27 +107,28 @@ pub(crate) fn pack(
 }
 
 /// The 32 values `v` of one group of panel row `i` into the group's bytes `out` (the layout
-/// [`slots`] describes, written a byte at a time).
-fn place(bits: usize, i: usize, v: &[u8], out: &mut [u8]) {
+/// [`slots`] describes, four bytes at a time; `BITS` a constant, so no branch per byte: this
+/// runs over every weight at load).
+fn place<const BITS: usize>(i: usize, v: &[u8; GROUP], out: &mut [u8]) {
     let (h, l) = (i / 16, i % 16);
     for p in 0..4 {
+        let (a, b) = (&v[4 * p..4 * p + 4], &v[16 + 4 * p..16 + 4 * p + 4]);
+        if BITS == 8 {
+            let at = (p * 2 + h) * 128 + 4 * l;
+            out[at..at + 4].copy_from_slice(a);
+            out[at + 64..at + 68].copy_from_slice(b);
+            continue;
+        }
+        let lane = 64 * h + 4 * l;
         for t in 0..4 {
-            let lane = 64 * h + 4 * l + t;
-            let (a, b) = (v[4 * p + t], v[16 + 4 * p + t]);
-            if bits == 8 {
-                out[(p * 2 + h) * 128 + lane % 64] = a;
-                out[(p * 2 + h) * 128 + 64 + lane % 64] = b;
-                continue;
+            out[p * 128 + lane + t] = (a[t] & 0xF) | (b[t] & 0xF) << 4;
+            if BITS == 5 {
+                out[NIBBLES + lane + t] |= (a[t] >> 4) << p | (b[t] >> 4) << (4 + p);
             }
-            out[p * 128 + lane] = (a & 0xF) | (b & 0xF) << 4;
-            match bits {
-                5 => out[NIBBLES + lane] |= (a >> 4) << p | (b >> 4) << (4 + p),
-                6 => {
-                    let at = NIBBLES + 128 * h + 4 * l + t;
-                    out[at] |= (a >> 4) << (2 * p);
-                    out[at + 64] |= (b >> 4) << (2 * p);
-                }
-                _ => {}
+            if BITS == 6 {
+                let at = NIBBLES + 128 * h + 4 * l + t;
+                out[at] |= (a[t] >> 4) << (2 * p);
+                out[at + 64] |= (b[t] >> 4) << (2 * p);
             }
         }
     }
