@@ -152,27 +152,18 @@ fn a_request_gives_the_same_output_alone_and_among_63_others() {
     same_alone_and_among_63_others(&case, model, small_pages());
 }
 
-/// bf16 matrices under bf16 activations: on AVX512-BF16 CPUs a pass decodes up to 64
-/// sequences (the unpacked `vdpbf16ps` kernel). Every prompt is prefilled in the first step
-/// but the last few (a chunk's budget holds almost all), so nearly all 64 requests then decode
-/// in one pass.
-#[test]
-fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
+/// A `precision` model whose passes the kernels keep invariant up to `limit` rows on this CPU:
+/// 64 requests each decode as alone, and where `limit` passes `GEMV_MAX_ROWS`, in passes of
+/// more than that.
+fn wide_passes_stay_batch_invariant(precision: Precision, limit: usize) {
     let case = Case::load("v3_noaux");
-    let precision = Precision::mixed(DType::F32, DType::BF16).with_bf16_activations(true);
     let model = Arc::new(DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap());
-    let isa = linear::Isa::detect();
     let rows = model.batch_invariant_rows();
-    println!("{isa}: passes of up to {rows} decode rows");
-    let bf16_kernel = matches!(isa.name(), "avx512bf16" | "amx-bf16");
-    assert_eq!(
-        rows,
-        if bf16_kernel {
-            64
-        } else {
-            linear::GEMV_MAX_ROWS
-        }
+    println!(
+        "{}: passes of up to {rows} decode rows",
+        linear::Isa::detect()
     );
+    assert_eq!(rows, limit);
     let config = EngineConfig {
         page_tokens: 8,
         ..EngineConfig::default()
@@ -180,9 +171,25 @@ fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
     let largest = same_alone_and_among_63_others(&case, model, config);
     assert!(largest <= rows, "a pass of {largest} decode rows");
     assert!(
-        !bf16_kernel || largest > linear::GEMV_MAX_ROWS,
+        limit == linear::GEMV_MAX_ROWS || largest > linear::GEMV_MAX_ROWS,
         "the requests should have decoded in passes of more than 32 rows, not {largest}"
     );
+}
+
+/// bf16 matrices under bf16 activations: on AVX512-BF16 CPUs a pass decodes up to 64
+/// sequences (the unpacked `vdpbf16ps` kernel). Every prompt is prefilled in the first step
+/// but the last few (a chunk's budget holds almost all), so nearly all 64 requests then decode
+/// in one pass.
+#[test]
+fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
+    let precision = Precision::mixed(DType::F32, DType::BF16).with_bf16_activations(true);
+    let bf16_kernel = matches!(linear::Isa::detect().name(), "avx512bf16" | "amx-bf16");
+    let limit = if bf16_kernel {
+        64
+    } else {
+        linear::GEMV_MAX_ROWS
+    };
+    wide_passes_stay_batch_invariant(precision, limit);
 }
 
 /// 8-bit matrices: on AVX512-VNNI CPUs they are held in panels, whose one kernel gives every
@@ -190,32 +197,14 @@ fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
 /// passes stay at `GEMV_MAX_ROWS`.
 #[test]
 fn with_8_bit_panels_passes_of_64_rows_stay_batch_invariant() {
-    let case = Case::load("v3_noaux");
     let precision = Precision::mixed(DType::F32, MatrixFormat::Quant(linear::QuantFormat::Q8));
-    let model = Arc::new(DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap());
-    let isa = linear::Isa::detect();
-    let rows = model.batch_invariant_rows();
-    println!("{isa}: passes of up to {rows} decode rows");
     // (The AVX512-VNNI paths, where 8-bit matrices are held in panels.)
-    let panels = isa.rounds_quant_gemm_activations();
-    assert_eq!(
-        rows,
-        if panels {
-            usize::MAX
-        } else {
-            linear::GEMV_MAX_ROWS
-        }
-    );
-    let config = EngineConfig {
-        page_tokens: 8,
-        ..EngineConfig::default()
+    let limit = if linear::Isa::detect().rounds_quant_gemm_activations() {
+        usize::MAX
+    } else {
+        linear::GEMV_MAX_ROWS
     };
-    let largest = same_alone_and_among_63_others(&case, model, config);
-    assert!(largest <= rows, "a pass of {largest} decode rows");
-    assert!(
-        !panels || largest > linear::GEMV_MAX_ROWS,
-        "the requests should have decoded in passes of more than 32 rows, not {largest}"
-    );
+    wide_passes_stay_batch_invariant(precision, limit);
 }
 
 #[test]

@@ -493,7 +493,7 @@ impl<const J: usize> Rows<J> {
 /// [`Params`] as the VNNI loop reads them: eight groups (two quads, one K-quant superblock)
 /// at a time, or four for a last odd quad.
 #[derive(Clone, Copy)]
-enum QuadParams {
+pub(crate) enum QuadParams {
     /// `mins` or, without, `−zero` times the scales as the offsets (0: none).
     Group {
         scales: *const f16,
@@ -534,7 +534,7 @@ unsafe fn bytes4_times(p: *const u8, d: *const f16) -> __m128 {
 
 impl QuadParams {
     /// `p` (`rows` rows of `groups` groups, checked) as pointers to its first row.
-    fn of(p: Params, rows: usize, groups: usize) -> QuadParams {
+    pub(crate) fn of(p: Params, rows: usize, groups: usize) -> QuadParams {
         let n = rows * groups;
         match p {
             Params::Group { scales, mins, zero } => {
@@ -567,7 +567,7 @@ impl QuadParams {
     ///
     /// # Safety
     /// The parameters must hold row `r`.
-    unsafe fn row(self, r: usize, groups: usize) -> QuadParams {
+    pub(crate) unsafe fn row(self, r: usize, groups: usize) -> QuadParams {
         let supers = groups.div_ceil(SUPER);
         match self {
             QuadParams::Group { scales, mins, zero } => QuadParams::Group {

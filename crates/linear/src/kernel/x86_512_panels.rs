@@ -25,9 +25,10 @@ use std::arch::x86_64::*;
 use half::f16;
 use rayon::prelude::*;
 
-use super::act8::{q8_row_natural, Params, GROUP, SUPER};
+use super::act8::{q8_row_natural, GROUP, SUPER};
 use super::panels::{group_bytes, panels, NR};
 use super::x86_512::Avx512Vnni;
+use super::x86_512_act8::QuadParams;
 use super::x86_512_act8_gemm::Factors;
 
 /// Activation rows per tile.
@@ -61,13 +62,12 @@ pub(crate) fn matmul(
         "panel product: a scale per 16 goes with 6-bit values"
     );
     let groups = k.div_ceil(GROUP);
-    let supers = groups.div_ceil(SUPER);
     let (count, size) = (panels(n), group_bytes(bits));
     assert!(
         w.len() >= count * groups * size,
         "panel product: the panels' values"
     );
-    let ptrs = Ptrs::of(params, count * groups * NR, count * supers * NR);
+    let ptrs = Ptrs::of(params, count * NR, groups);
     if n == 0 || m == 0 {
         return vec![0.0; m * n];
     }
@@ -106,7 +106,7 @@ pub(crate) fn matmul(
         .enumerate()
         .for_each(|(b, out)| {
             // SAFETY: `Ptrs::of` checked that the parameters hold `count` panels.
-            let p = unsafe { ptrs.panel(b, groups, supers) };
+            let p = unsafe { ptrs.panel(b, groups) };
             let w = &w[b * groups * size..][..groups * size];
             let mut j0 = 0;
             while j0 < m {
@@ -165,94 +165,71 @@ struct Acts<'a> {
     correction: &'a [i32],
 }
 
-/// The parameters, checked to hold a number of panels.
+/// The parameters' pointers, checked to hold a number of panels: the per-group kinds as the
+/// row kernels hold them ([`QuadParams`]: panel `b`'s are those of row `b · NR`, since every
+/// field is `[panels, per, NR]`), or a scale per 16 values.
 #[derive(Clone, Copy)]
-struct Ptrs<'a>(Factors<'a>);
+enum Ptrs {
+    PerGroup(QuadParams),
+    /// Q6_K's signed scales per 16 values and f16 `d`: `s = d · sc`.
+    Sixteenths {
+        sc: *const i8,
+        d: *const f16,
+    },
+}
 
-impl<'a> Ptrs<'a> {
-    /// `params` checked to hold `per_group` group fields and `per_super` superblock fields.
-    fn of(params: Factors<'a>, per_group: usize, per_super: usize) -> Ptrs<'a> {
+// SAFETY: read-only pointers into the caller's parameters, which outlive the product.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+impl Ptrs {
+    /// `params` checked to hold `rows` rows (whole panels) of `groups` groups.
+    fn of(params: Factors, rows: usize, groups: usize) -> Ptrs {
         match params {
-            Factors::PerGroup(Params::Group { scales, mins, .. }) => {
-                assert!(
-                    scales.len() >= per_group,
-                    "panel product: one scale per group"
-                );
-                assert!(
-                    mins.is_empty() || mins.len() >= per_group,
-                    "panel product: offsets"
-                );
-            }
-            Factors::PerGroup(Params::Super { sc, mn, d, dmin }) => {
-                assert!(sc.len() >= per_group && mn.len() >= per_group);
-                assert!(d.len() >= per_super && dmin.len() >= per_super);
-            }
+            Factors::PerGroup(p) => Ptrs::PerGroup(QuadParams::of(p, rows, groups)),
             Factors::PerSixteen(p) => {
-                assert!(p.sc.len() >= 2 * per_group && p.d.len() >= per_super);
+                assert!(
+                    p.sc.len() >= rows * 2 * groups,
+                    "panel product: a scale per 16"
+                );
+                assert!(
+                    p.d.len() >= rows * groups.div_ceil(SUPER),
+                    "panel product: d"
+                );
                 assert!(!p.has_offsets(), "panel product: no 2-bit values");
+                Ptrs::Sixteenths {
+                    sc: p.sc.as_ptr(),
+                    d: p.d.as_ptr(),
+                }
             }
         }
-        Ptrs(params)
     }
 
     /// Panel `b`'s parameters.
     ///
     /// # Safety
     /// `b` must be one of the panels [`Ptrs::of`] checked.
-    unsafe fn panel(self, b: usize, groups: usize, supers: usize) -> PanelPtrs {
-        let (g, s) = (b * groups * NR, b * supers * NR);
-        match self.0 {
-            Factors::PerGroup(Params::Group { scales, mins, zero }) => PanelPtrs::Group {
-                scales: scales.as_ptr().add(g),
-                mins: (!mins.is_empty()).then(|| mins.as_ptr().add(g)),
-                zero: zero as f32,
-            },
-            Factors::PerGroup(Params::Super { sc, mn, d, dmin }) => PanelPtrs::Super {
-                sc: sc.as_ptr().add(g),
-                mn: mn.as_ptr().add(g),
-                d: d.as_ptr().add(s),
-                dmin: dmin.as_ptr().add(s),
-            },
-            Factors::PerSixteen(p) => PanelPtrs::Sixteenths {
-                sc: p.sc.as_ptr().add(2 * g),
-                d: p.d.as_ptr().add(s),
+    unsafe fn panel(self, b: usize, groups: usize) -> Ptrs {
+        let r = b * NR;
+        match self {
+            Ptrs::PerGroup(p) => Ptrs::PerGroup(p.row(r, groups)),
+            Ptrs::Sixteenths { sc, d } => Ptrs::Sixteenths {
+                sc: sc.add(r * 2 * groups),
+                d: d.add(r * groups.div_ceil(SUPER)),
             },
         }
     }
-}
 
-/// One panel's parameters: `[groups, NR]` (per group), `[2 · groups, NR]` (per 16 values) and
-/// `[supers, NR]` (per superblock).
-#[derive(Clone, Copy)]
-enum PanelPtrs {
-    /// f16 scales, f16 offsets or a zero point (`−zero · s`; 0: no offsets).
-    Group {
-        scales: *const f16,
-        mins: Option<*const f16>,
-        zero: f32,
-    },
-    /// K-quant bytes `sc`, `mn` and f16 `d`, `dmin`: `s = d · sc`, offset `−dmin · mn`.
-    Super {
-        sc: *const u8,
-        mn: *const u8,
-        d: *const f16,
-        dmin: *const f16,
-    },
-    /// Signed scales per 16 values and f16 `d`: `s = d · sc` (Q6_K).
-    Sixteenths { sc: *const i8, d: *const f16 },
-}
-
-impl PanelPtrs {
     fn has_offsets(self) -> bool {
         match self {
-            PanelPtrs::Group { mins, zero, .. } => mins.is_some() || zero != 0.0,
-            PanelPtrs::Super { .. } => true,
-            PanelPtrs::Sixteenths { .. } => false,
+            Ptrs::PerGroup(QuadParams::Group { mins, zero, .. }) => mins.is_some() || zero != 0.0,
+            Ptrs::PerGroup(QuadParams::Super { .. }) => true,
+            Ptrs::Sixteenths { .. } => false,
         }
     }
 
     /// The scales of half `h` of block `b` of group `g` (`b` 0 for the formats with one block
-    /// per group) and its offsets (zero without).
+    /// per group) and its offsets (zero without), for one panel.
     ///
     /// # Safety
     /// AVX-512 F and F16C must be available; the panel must hold group `g`.
@@ -266,7 +243,7 @@ impl PanelPtrs {
             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
         };
         match self {
-            PanelPtrs::Group { scales, mins, zero } => {
+            Ptrs::PerGroup(QuadParams::Group { scales, mins, zero }) => {
                 let s = f16s(scales.add(at));
                 let m = match mins {
                     Some(m) => f16s(m.add(at)),
@@ -274,12 +251,12 @@ impl PanelPtrs {
                 };
                 (s, m)
             }
-            PanelPtrs::Super { sc, mn, d, dmin } => {
+            Ptrs::PerGroup(QuadParams::Super { sc, mn, d, dmin }) => {
                 let s = _mm512_mul_ps(bytes(sc.add(at)), f16s(d.add(sup)));
                 let m = _mm512_mul_ps(bytes(mn.add(at)), f16s(dmin.add(sup)));
                 (s, _mm512_sub_ps(_mm512_setzero_ps(), m))
             }
-            PanelPtrs::Sixteenths { sc, d } => {
+            Ptrs::Sixteenths { sc, d } => {
                 let sc = _mm_loadu_si128(sc.add(2 * g * NR + b * NR + 16 * h) as *const __m128i);
                 let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc));
                 (_mm512_mul_ps(sc, f16s(d.add(sup))), _mm512_setzero_ps())
@@ -345,7 +322,7 @@ unsafe fn quads<const BITS: usize, const P: usize>(w: *const u8, h: usize) -> (_
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     w: &[u8],
-    p: PanelPtrs,
+    p: Ptrs,
     acts: &Acts,
     j0: usize,
     out: &mut [f32],
@@ -357,7 +334,7 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     debug_assert!(w.len() == groups * size && out.len() >= T * NR);
     debug_assert!(acts.dx.len() >= (j0 + T) * groups && acts.sums.len() >= (j0 + T) * groups);
     debug_assert!(!zero || acts.correction.len() >= (j0 + T) * 2 * groups);
-    debug_assert_eq!(sixteenths, matches!(p, PanelPtrs::Sixteenths { .. }));
+    debug_assert_eq!(sixteenths, matches!(p, Ptrs::Sixteenths { .. }));
     let offsets = p.has_offsets();
     let x = acts.q.as_ptr().add(j0 * groups * GROUP);
     let row = groups * GROUP;
