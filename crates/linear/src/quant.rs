@@ -60,7 +60,6 @@
 //!   quantised decode step and a prefill over the same tokens agree to that rounding, not to
 //!   summation order; on the VNNI GEMM they round alike and agree to summation order.
 //!
-//!
 //! **Panels** ([`QuantMatrix::for_isa`], applied by `Matrix::load` and `Matrix::quantize` on
 //! AVX512-VNNI CPUs): the 8, 6 (Q6_K), 5 and 4-bit matrices are relaid once, at load, into
 //! panels of 32 interleaved rows (`kernel::panels`: the same bits per weight, nibbles still
@@ -289,8 +288,8 @@ impl GroupParams {
     }
 
     /// Every per-row field (`[n, per]` for rows of `k` values) laid out in panels
-    /// ([`kernel::panels::to_panels`]) or, with `into_panels` false, back.
-    fn relaid(&self, n: usize, k: usize, into_panels: bool) -> GroupParams {
+    /// ([`kernel::panels::to_panels`]) or, with `into` false, back.
+    fn relaid(&self, n: usize, k: usize, into: bool) -> GroupParams {
         fn relay<T: Copy + Default + Send + Sync>(
             x: &[T],
             n: usize,
@@ -305,7 +304,6 @@ impl GroupParams {
         }
         let groups = k.div_ceil(QUANT_GROUP);
         let supers = groups.div_ceil(SUPER);
-        let into = into_panels;
         match self {
             GroupParams::Group { scales, mins, zero } => GroupParams::Group {
                 scales: relay(scales, n, groups, into),
@@ -1374,7 +1372,6 @@ fn push_u5_row(q: &[u8], out: &mut Vec<u8>) {
     out.extend(kernel::u5_high_bytes(&bits));
 }
 
-/// The `[n, k]` stored 5-bit rows `v` as one byte per value (`0..=31`), in parallel over rows.
 /// A row of `BITS`-bit values (chunks of 64) as signed bytes `q − zero`: the value functions
 /// with `BITS` known, so the loop has no branches.
 fn widen_sixteenths<const BITS: usize>(row: &[u8], out: &mut [i8]) {
@@ -1420,6 +1417,7 @@ fn in_row_blocks(
     out
 }
 
+/// The `[n, k]` stored 5-bit rows `v` as one byte per value (`0..=31`), in parallel over rows.
 fn u5_bytes(v: &[u8], n: usize, k: usize) -> Vec<i8> {
     let mut out = vec![0i8; n * k];
     out.par_chunks_mut(k.max(1))
@@ -1706,7 +1704,7 @@ mod tests {
             let xs = values(m * k, seed, 1.9);
             for format in QuantFormat::ALL {
                 let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
-                // Also as laid out for this CPU (4-bit panels on AVX512-VNNI).
+                // Also as laid out for this CPU (panels on AVX512-VNNI).
                 for q in [q.clone(), q.for_isa(Isa::detect())] {
                     for isa in Isa::supported() {
                         let want = oracle(&q, isa, &xs, m);
@@ -1802,8 +1800,8 @@ mod tests {
     }
 
     /// 8, 6, 5 and 4-bit matrices laid out for an AVX512-VNNI CPU (`QuantMatrix::for_isa`:
-    /// panels) hold
-    /// the same values and GGML blocks as in the row layout, and each activation row's
+    /// panels) hold the same values, GGML blocks and bytes as in the row layout, and each
+    /// activation row's
     /// result has the same bits whatever the number of rows with it: decode, batched decode
     /// and prefill are one kernel. (On other CPUs the layout does not change.)
     #[test]

@@ -94,7 +94,8 @@ pub(crate) enum Factors<'a> {
 }
 
 impl Factors<'_> {
-    fn has_offsets(&self) -> bool {
+    /// Whether the format has offsets.
+    pub(crate) fn has_offsets(&self) -> bool {
         match self {
             Factors::PerGroup(p) => p.has_offsets(),
             Factors::PerSixteen(p) => p.has_offsets(),

@@ -94,6 +94,7 @@ pub(crate) fn matmul(
     };
     let acts = Acts {
         groups,
+        offsets: params.has_offsets(),
         q: &q,
         dx: &dx,
         sums: &sums,
@@ -154,11 +155,13 @@ const fn zero_point(bits: usize) -> i32 {
     }
 }
 
-/// The rounded activation rows: `q` `[m, groups · 32]`, `dx` and `sums` (`dx · Σ xq`)
-/// `[m, groups]`, `correction` (`z · Σ xq` per 16 values, empty without a zero point)
-/// `[m, 2 · groups]`.
+/// The rounded activation rows, as the product reads them: `q` `[m, groups · 32]`, `dx` and
+/// `sums` (`dx · Σ xq`, read where the matrix has offsets) `[m, groups]`, `correction`
+/// (`z · Σ xq` per 16 values, empty without a zero point) `[m, 2 · groups]`.
 struct Acts<'a> {
     groups: usize,
+    /// Whether the matrix's format has offsets (what `sums` multiply).
+    offsets: bool,
     q: &'a [i8],
     dx: &'a [f32],
     sums: &'a [f32],
@@ -217,14 +220,6 @@ impl Ptrs {
                 sc: sc.add(r * 2 * groups),
                 d: d.add(r * groups.div_ceil(SUPER)),
             },
-        }
-    }
-
-    fn has_offsets(self) -> bool {
-        match self {
-            Ptrs::PerGroup(QuadParams::Group { mins, zero, .. }) => mins.is_some() || zero != 0.0,
-            Ptrs::PerGroup(QuadParams::Super { .. }) => true,
-            Ptrs::Sixteenths { .. } => false,
         }
     }
 
@@ -335,7 +330,7 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     debug_assert!(acts.dx.len() >= (j0 + T) * groups && acts.sums.len() >= (j0 + T) * groups);
     debug_assert!(!zero || acts.correction.len() >= (j0 + T) * 2 * groups);
     debug_assert_eq!(sixteenths, matches!(p, Ptrs::Sixteenths { .. }));
-    let offsets = p.has_offsets();
+    let offsets = acts.offsets;
     let x = acts.q.as_ptr().add(j0 * groups * GROUP);
     let row = groups * GROUP;
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
