@@ -31,6 +31,14 @@ struct Args {
     /// q4k, q6k, q5, q5k, q3k, q2k: `linear`'s group formats).
     #[arg(long, value_delimiter = ',', default_value = "bf16,f32,f16,fp8")]
     dtypes: Vec<String>,
+    /// Only these shapes (q_proj, o_proj, dense_up, dense_down, expert_up, head); all if
+    /// empty.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// For the quantised dtypes, only the layout the model loads on this CPU (no baseline, no
+    /// other paths): for comparing builds of one kernel.
+    #[arg(long)]
+    loaded_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -53,6 +61,9 @@ fn main() -> Result<()> {
         Isa::supported()
     );
     for (name, rows, n, k) in shapes {
+        if !args.shapes.is_empty() && !args.shapes.iter().any(|s| s == name) {
+            continue;
+        }
         let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
         let w32 = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let flops = 2.0 * rows as f64 * n as f64 * k as f64;
@@ -95,6 +106,15 @@ fn main() -> Result<()> {
             if let Some(format) = quant_format(dt) {
                 let q = linear::QuantMatrix::quantize(&w32, format)?;
                 let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let isa = Isa::detect();
+                if args.loaded_only {
+                    let laid = q.for_isa(isa);
+                    let t =
+                        median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
+                    let imp = format!("linear {isa}, as loaded");
+                    print_row(name, rows, n, k, dt, &imp, t, flops, None);
+                    continue;
+                }
                 let wf = q.dequantize()?;
                 let base = median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap())
                     .as_secs_f64();
@@ -107,7 +127,6 @@ fn main() -> Result<()> {
                 }
                 // The layout the model loads this CPU's matrices in, where it differs (4-bit
                 // panels on AVX512-VNNI).
-                let isa = Isa::detect();
                 let laid = q.clone().for_isa(isa);
                 if laid.in_panels() {
                     let t =

@@ -178,6 +178,19 @@ impl Matrix {
         }
     }
 
+    /// Backs the matrix's values with transparent huge pages where the kernel allows
+    /// ([`crate::advise_huge_pages`], [`QuantMatrix::advise_huge_pages`]); returns whether it
+    /// applied. FP8 matrices used in place are the loader's to advise (the mapped range,
+    /// [`crate::advise_huge_pages_bytes`]); GGML blocks on candle's kernels are left as they
+    /// are. Whether to call it is the caller's decision (a loader option, say).
+    pub fn advise_huge_pages(&self) -> bool {
+        match self {
+            Matrix::Dense(t) | Matrix::Bf16Activations(t) => crate::advise_huge_pages(t),
+            Matrix::Quant(q) => q.advise_huge_pages(),
+            Matrix::Fp8(_) | Matrix::Ggml(_) => false,
+        }
+    }
+
     /// The shape `[N, K]` (a dense tensor reports its own dims, whatever its rank).
     pub fn dims(&self) -> &[usize] {
         match self {

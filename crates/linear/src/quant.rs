@@ -226,6 +226,17 @@ enum Values {
 }
 
 impl Values {
+    /// The values' storage, as bytes.
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: `i8` and `U4x2` (`repr(transparent)` over `u8`) have `u8`'s layout.
+            Values::I8(v) => unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len()) },
+            Values::U4(v) => unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len()) },
+            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => v,
+            Values::Panels { v, .. } => v,
+        }
+    }
+
     /// The bits per value of the formats with a scale per 16 (6 otherwise: only called on
     /// those).
     fn sixteenths_bits(&self) -> usize {
@@ -1020,17 +1031,21 @@ impl QuantMatrix {
     pub fn bytes(&self) -> usize {
         let [n, k] = self.dims;
         match &self.values {
-            Values::I8(v) => v.len() + self.params.bytes(),
-            Values::U4(v) => v.len() + self.params.bytes(),
-            Values::U6(v) | Values::U5(v) | Values::U3(v) | Values::U2(v) => {
-                v.len() + self.params.bytes()
-            }
             Values::Panels { bits, .. } => {
                 // Parameters in panels are `[panels, .., 32]`: `n` rows of them are the matrix's.
                 let rows = kernel::panels::panels(n) * kernel::panels::NR;
                 n * (k * bits).div_ceil(8) + self.params.bytes() * n / rows.max(1)
             }
+            v => v.as_bytes().len() + self.params.bytes(),
         }
+    }
+
+    /// Backs the matrix's values (all but a few percent of its bytes) with transparent huge
+    /// pages where the kernel allows ([`crate::advise_huge_pages_bytes`]: the 2 MiB-aligned
+    /// interior of at least 4 MiB), so that a decode step streaming them takes no TLB miss per
+    /// 4 KiB. Returns whether it applied; values never change.
+    pub fn advise_huge_pages(&self) -> bool {
+        crate::advise_huge_pages_bytes(self.values.as_bytes())
     }
 
     /// `fill(row's parameters, its groups, out)` for every row, in parallel over rows:
@@ -1828,7 +1843,8 @@ mod tests {
             // (Rows of partial blocks have none: an error either way.)
             assert!(q.to_ggml().ok() == rows.to_ggml().ok(), "{format} blocks");
             assert_eq!(q.bytes(), rows.bytes(), "{format}: the matrix's own bytes");
-            for m in [1, 2, 4, 5, 33, 40] {
+            // Every tile height (1 to 4 rows) alone and after whole tiles.
+            for m in [1, 2, 3, 4, 5, 6, 7, 33, 40] {
                 let xs = values(m * k, 9 + m as u32, 1.9);
                 let all = q.matmul(isa, &xs, m);
                 for j in 0..m {
@@ -1843,6 +1859,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn huge_page_advice_leaves_the_values() {
+        // 4.7 MB of 8-bit values: more than the advice's 4 MiB floor.
+        let (n, k) = (2048, 2304);
+        let w = values(n * k, 3, 0.5);
+        let q = QuantMatrix::from_rows(&w, n, k, QuantFormat::Q8)
+            .unwrap()
+            .for_isa(Isa::detect());
+        let before = q.dequantize_rows();
+        // (Whether it applies depends on the kernel: `MADV_COLLAPSE` is Linux 6.1.)
+        println!("huge pages applied: {}", q.advise_huge_pages());
+        assert!(q.dequantize_rows() == before);
+        let small = QuantMatrix::from_rows(&w[..64 * k], 64, k, QuantFormat::Q8).unwrap();
+        assert!(!small.advise_huge_pages(), "under 4 MiB: left alone");
     }
 
     #[test]

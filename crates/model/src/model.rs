@@ -102,6 +102,16 @@ impl DecoderLayer {
         Ok(())
     }
 
+    /// Backs the layer's matrices with transparent huge pages
+    /// ([`linear::Matrix::advise_huge_pages`]): those made after load (quantised, or relaid
+    /// into panels) are in fresh allocations, which the loader's advice did not reach.
+    pub fn advise_huge_pages(&mut self) -> Result<()> {
+        self.map_matrices(&|m| {
+            m.advise_huge_pages();
+            Ok(m.clone())
+        })
+    }
+
     /// Stacks the routed experts for device dispatch (a no-op for dense FFNs): routing and
     /// experts then run as device-generic tensor ops with no host copy ([`moe::device`]).
     pub fn stack_experts(&mut self) -> Result<()> {
@@ -489,6 +499,9 @@ impl DeepSeek {
                 let vb = vb.pp(format!("model.layers.{l}"));
                 let mut layer = DecoderLayer::load_with(&config, l, vb, &matrices)?;
                 layer.quantize(precision.matrices)?;
+                if precision.huge_pages {
+                    layer.advise_huge_pages()?;
+                }
                 if precision.bf16_activations {
                     layer.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
                 }
@@ -512,6 +525,9 @@ impl DeepSeek {
         }
         if let Some(format) = precision.head_format() {
             lm_head = lm_head.quantize(format)?;
+        }
+        if precision.huge_pages {
+            lm_head.advise_huge_pages();
         }
         if precision.bf16_activations {
             lm_head = lm_head.with_bf16_activations();

@@ -167,6 +167,11 @@ pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
             layer_weights
                 .quantize(model.precision().matrices)
                 .map_err(MtpError::backend)?;
+            if model.precision().huge_pages {
+                layer_weights
+                    .advise_huge_pages()
+                    .map_err(MtpError::backend)?;
+            }
             if model.device_dispatch() {
                 layer_weights.stack_experts().map_err(MtpError::backend)?;
             }

@@ -7,7 +7,9 @@
 //! `dx` ([`q8_row_natural`]), the integer sums exact, then per weight row and block of
 //! parameters (a group of 32, or 16 values for Q6_K's scale per 16) `acc += Σ q · xq · (s ·
 //! dx)` and, for formats with offsets, `off += m · dx · Σ xq` (the offsets over the rounded
-//! activations, `Q8Row::sums`), the result `acc + off`. Values stored unsigned with a zero
+//! activations, `Q8Row::sums`), the result `acc + off`. A factor shared by a K-quant
+//! superblock's eight groups (`d`, `dmin`; a zero point's `−z` in `m = −z · s`) multiplies the
+//! superblock's sum once instead of every group's term. Values stored unsigned with a zero
 //! point (8-bit weights plus 128, Q6_K's `q − 32`) subtract `z · Σ xq` from the integer sums,
 //! exactly, as the GEMM of [`super::x86_512_act8_gemm`] does.
 //!
@@ -15,10 +17,10 @@
 //! in registers, higher bit planes ORed in), eight `vpdpbusd` per activation row against that
 //! row's quads broadcast to every lane (quads `0..4` and `4..8` in separate registers: Q6_K's
 //! two sub-blocks), then one conversion, one product and one FMA per activation row and block
-//! with the 16 rows' scales (f16, or integer scales times the superblock's `d`, formed once per
-//! group for all activation rows). Rows go in tiles of four activation rows, so each unpacked
-//! weight vector serves four `vpdpbusd`, or one at a time; the per-row instruction sequence is
-//! the same either way.
+//! with the 16 rows' scales (f16, or the integer scales), formed once per group for all
+//! activation rows. Rows go in tiles of up to four activation rows, so each unpacked
+//! weight vector serves up to four `vpdpbusd`; the per-row instruction sequence is the same
+//! whatever the tile's height.
 
 use std::arch::x86_64::*;
 
@@ -31,7 +33,8 @@ use super::x86_512::Avx512Vnni;
 use super::x86_512_act8::QuadParams;
 use super::x86_512_act8_gemm::Factors;
 
-/// Activation rows per tile.
+/// Activation rows per tile at most: a call's rows go in tiles of four, the last one of one to
+/// four (a routed expert's few rows in a batched step are one tile).
 const MR: usize = 4;
 
 /// `xs` (`m` rows of `K` f32) times the `[n, K]` matrix of `bits`-bit values (8, 6, 5 or 4)
@@ -111,23 +114,26 @@ pub(crate) fn matmul(
             let w = &w[b * groups * size..][..groups * size];
             let mut j0 = 0;
             while j0 < m {
-                let tile = if m - j0 >= MR { MR } else { 1 };
+                let tile = (m - j0).min(MR);
                 let out = &mut out[j0 * NR..(j0 + tile) * NR];
+                // One instantiation per tile height and width, so the tile's loops unroll.
+                macro_rules! tile {
+                    ($($t:literal)*) => {
+                        match (tile, bits) {
+                            $(
+                                ($t, 8) => tile_vnni::<$t, 8>(w, p, &acts, j0, out),
+                                ($t, 6) => tile_vnni::<$t, 6>(w, p, &acts, j0, out),
+                                ($t, 5) => tile_vnni::<$t, 5>(w, p, &acts, j0, out),
+                                ($t, _) => tile_vnni::<$t, 4>(w, p, &acts, j0, out),
+                            )*
+                            _ => unreachable!("tiles of 1 to {MR} rows"),
+                        }
+                    };
+                }
                 // SAFETY: the token proves AVX-512 F/BW, VNNI and F16C; `w` is one panel of
                 // `groups` groups of `bits`-bit values, `p` its parameters (a scale per 16
                 // exactly for 6 bits, checked above), `acts` holds rows `j0..j0 + tile`.
-                unsafe {
-                    match (tile, bits) {
-                        (MR, 8) => tile_vnni::<MR, 8>(w, p, &acts, j0, out),
-                        (MR, 6) => tile_vnni::<MR, 6>(w, p, &acts, j0, out),
-                        (MR, 5) => tile_vnni::<MR, 5>(w, p, &acts, j0, out),
-                        (MR, _) => tile_vnni::<MR, 4>(w, p, &acts, j0, out),
-                        (_, 8) => tile_vnni::<1, 8>(w, p, &acts, j0, out),
-                        (_, 6) => tile_vnni::<1, 6>(w, p, &acts, j0, out),
-                        (_, 5) => tile_vnni::<1, 5>(w, p, &acts, j0, out),
-                        (_, _) => tile_vnni::<1, 4>(w, p, &acts, j0, out),
-                    }
-                }
+                unsafe { tile!(1 2 3 4) }
                 j0 += tile;
             }
         });
@@ -223,8 +229,9 @@ impl Ptrs {
         }
     }
 
-    /// The scales of half `h` of block `b` of group `g` (`b` 0 for the formats with one block
-    /// per group) and its offsets (zero without), for one panel.
+    /// The per-group factors of half `h` of block `b` of group `g` (`b` 0 for the formats with
+    /// one block per group), for one panel: what multiplies the integer sums (with `dx`) and
+    /// what multiplies the activations' sums, both before [`Ptrs::superblock`]'s factors.
     ///
     /// # Safety
     /// AVX-512 F and F16C must be available; the panel must hold group `g`.
@@ -232,30 +239,52 @@ impl Ptrs {
     #[target_feature(enable = "avx512f,f16c")]
     unsafe fn factors(self, g: usize, b: usize, h: usize) -> (__m512, __m512) {
         let at = g * NR + 16 * h;
-        let sup = g / SUPER * NR + 16 * h;
         let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let bytes = |p: *const u8| {
             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
         };
         match self {
-            Ptrs::PerGroup(QuadParams::Group { scales, mins, zero }) => {
+            Ptrs::PerGroup(QuadParams::Group { scales, mins, .. }) => {
                 let s = f16s(scales.add(at));
-                let m = match mins {
-                    Some(m) => f16s(m.add(at)),
-                    None => _mm512_mul_ps(s, _mm512_set1_ps(-zero)),
-                };
-                (s, m)
+                // Without stored offsets, the scale: the superblock's factor is `−zero`.
+                (s, mins.map_or(s, |m| f16s(m.add(at))))
             }
-            Ptrs::PerGroup(QuadParams::Super { sc, mn, d, dmin }) => {
-                let s = _mm512_mul_ps(bytes(sc.add(at)), f16s(d.add(sup)));
-                let m = _mm512_mul_ps(bytes(mn.add(at)), f16s(dmin.add(sup)));
-                (s, _mm512_sub_ps(_mm512_setzero_ps(), m))
+            Ptrs::PerGroup(QuadParams::Super { sc, mn, .. }) => {
+                (bytes(sc.add(at)), bytes(mn.add(at)))
             }
-            Ptrs::Sixteenths { sc, d } => {
+            Ptrs::Sixteenths { sc, .. } => {
                 let sc = _mm_loadu_si128(sc.add(2 * g * NR + b * NR + 16 * h) as *const __m128i);
-                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc));
-                (_mm512_mul_ps(sc, f16s(d.add(sup))), _mm512_setzero_ps())
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)),
+                    _mm512_setzero_ps(),
+                )
             }
+        }
+    }
+
+    /// The factors of half `h` of superblock `sb` (groups `8 sb..8 sb + 8`) applied once to
+    /// the sums of [`Ptrs::factors`]' products over its groups: K-quants' `d` and `−dmin`, ones
+    /// for per-group formats (`−zero` for the offsets of those with a zero point). Multiplying
+    /// once per superblock, not per group, takes the f16 loads and products out of the inner
+    /// loop, which at one activation row is compute-bound.
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C must be available; the panel must hold superblock `sb`.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn superblock(self, sb: usize, h: usize) -> (__m512, __m512) {
+        let at = sb * NR + 16 * h;
+        let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        match self {
+            Ptrs::PerGroup(QuadParams::Group { mins, zero, .. }) => {
+                let m = if mins.is_some() { 1.0 } else { -zero };
+                (_mm512_set1_ps(1.0), _mm512_set1_ps(m))
+            }
+            Ptrs::PerGroup(QuadParams::Super { d, dmin, .. }) => {
+                let dmin = f16s(dmin.add(at));
+                (f16s(d.add(at)), _mm512_sub_ps(_mm512_setzero_ps(), dmin))
+            }
+            Ptrs::Sixteenths { d, .. } => (f16s(d.add(at)), _mm512_setzero_ps()),
         }
     }
 }
@@ -335,56 +364,71 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     let row = groups * GROUP;
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
     let mut off = [[_mm512_setzero_ps(); 2]; T];
-    for g in 0..groups {
-        let wg = w.as_ptr().add(g * size);
-        // sums[i][h][s]: activation row i, weight rows 16h..16h + 16, quads 4s..4s + 4.
-        let mut sums = [[[_mm512_setzero_si512(); 2]; 2]; T];
-        // Quads `p` and `p + 4` of both halves, `p` spelled out as a constant.
-        macro_rules! quad {
-            ($p:literal) => {
-                for h in 0..2 {
-                    let (lo, hi) = quads::<BITS, $p>(wg, h);
-                    for (i, sums) in sums.iter_mut().enumerate() {
-                        let xq = x.add(i * row + g * GROUP + 4 * $p) as *const i32;
-                        let (xl, xh) = (xq.read_unaligned(), xq.add(4).read_unaligned());
-                        sums[h][0] = _mm512_dpbusd_epi32(sums[h][0], lo, _mm512_set1_epi32(xl));
-                        sums[h][1] = _mm512_dpbusd_epi32(sums[h][1], hi, _mm512_set1_epi32(xh));
+    for sb in 0..groups.div_ceil(SUPER) {
+        // The superblock's products before its factors.
+        let mut acc_sb = [[_mm512_setzero_ps(); 2]; T];
+        let mut off_sb = [[_mm512_setzero_ps(); 2]; T];
+        for g in sb * SUPER..groups.min(sb * SUPER + SUPER) {
+            let wg = w.as_ptr().add(g * size);
+            // sums[i][h][s]: activation row i, weight rows 16h..16h + 16, quads 4s..4s + 4.
+            let mut sums = [[[_mm512_setzero_si512(); 2]; 2]; T];
+            // Quads `p` and `p + 4` of both halves, `p` spelled out as a constant.
+            macro_rules! quad {
+                ($p:literal) => {
+                    for h in 0..2 {
+                        let (lo, hi) = quads::<BITS, $p>(wg, h);
+                        for (i, sums) in sums.iter_mut().enumerate() {
+                            let xq = x.add(i * row + g * GROUP + 4 * $p) as *const i32;
+                            let (xl, xh) = (xq.read_unaligned(), xq.add(4).read_unaligned());
+                            sums[h][0] = _mm512_dpbusd_epi32(sums[h][0], lo, _mm512_set1_epi32(xl));
+                            sums[h][1] = _mm512_dpbusd_epi32(sums[h][1], hi, _mm512_set1_epi32(xh));
+                        }
+                    }
+                };
+            }
+            quad!(0);
+            quad!(1);
+            quad!(2);
+            quad!(3);
+            for (i, sums) in sums.iter_mut().enumerate() {
+                if zero {
+                    let at = (j0 + i) * 2 * groups + 2 * g;
+                    for s in 0..2 {
+                        let c = _mm512_set1_epi32(*acts.correction.get_unchecked(at + s));
+                        for sums in sums.iter_mut() {
+                            sums[s] = _mm512_sub_epi32(sums[s], c);
+                        }
                     }
                 }
-            };
-        }
-        quad!(0);
-        quad!(1);
-        quad!(2);
-        quad!(3);
-        for (i, sums) in sums.iter_mut().enumerate() {
-            if zero {
-                let at = (j0 + i) * 2 * groups + 2 * g;
-                for s in 0..2 {
-                    let c = _mm512_set1_epi32(*acts.correction.get_unchecked(at + s));
+                if !sixteenths {
+                    // One block per group: the two halves' quads together (exact in i32).
                     for sums in sums.iter_mut() {
-                        sums[s] = _mm512_sub_epi32(sums[s], c);
+                        sums[0] = _mm512_add_epi32(sums[0], sums[1]);
                     }
                 }
             }
-            if !sixteenths {
-                // One block per group: the two halves' quads together (exact in i32).
-                for sums in sums.iter_mut() {
-                    sums[0] = _mm512_add_epi32(sums[0], sums[1]);
+            for h in 0..2 {
+                for b in 0..if sixteenths { 2 } else { 1 } {
+                    let (s, m) = p.factors(g, b, h);
+                    for (i, sums) in sums.iter().enumerate() {
+                        let at = (j0 + i) * groups + g;
+                        let c = _mm512_mul_ps(s, _mm512_set1_ps(*acts.dx.get_unchecked(at)));
+                        let sums = _mm512_cvtepi32_ps(sums[h][b]);
+                        acc_sb[i][h] = _mm512_fmadd_ps(sums, c, acc_sb[i][h]);
+                        if offsets {
+                            let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
+                            off_sb[i][h] = _mm512_fmadd_ps(m, sum, off_sb[i][h]);
+                        }
+                    }
                 }
             }
         }
         for h in 0..2 {
-            for b in 0..if sixteenths { 2 } else { 1 } {
-                let (s, m) = p.factors(g, b, h);
-                for (i, sums) in sums.iter().enumerate() {
-                    let at = (j0 + i) * groups + g;
-                    let c = _mm512_mul_ps(s, _mm512_set1_ps(*acts.dx.get_unchecked(at)));
-                    acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[h][b]), c, acc[i][h]);
-                    if offsets {
-                        let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
-                        off[i][h] = _mm512_fmadd_ps(m, sum, off[i][h]);
-                    }
+            let (d, dm) = p.superblock(sb, h);
+            for i in 0..T {
+                acc[i][h] = _mm512_fmadd_ps(acc_sb[i][h], d, acc[i][h]);
+                if offsets {
+                    off[i][h] = _mm512_fmadd_ps(off_sb[i][h], dm, off[i][h]);
                 }
             }
         }
