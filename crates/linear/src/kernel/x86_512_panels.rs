@@ -7,9 +7,8 @@
 //! `dx` ([`q8_row_natural`]), the integer sums exact, then per weight row and block of
 //! parameters (a group of 32, or 16 values for Q6_K's scale per 16) `acc += Σ q · xq · (s ·
 //! dx)` and, for formats with offsets, `off += m · dx · Σ xq` (the offsets over the rounded
-//! activations, `Q8Row::sums`), the result `acc + off`. A factor shared by a K-quant
-//! superblock's eight groups (`d`, `dmin`; a zero point's `−z` in `m = −z · s`) multiplies the
-//! superblock's sum once instead of every group's term. Values stored unsigned with a zero
+//! activations, `Q8Row::sums`), the result `acc + off`. A K-quant superblock's `d` and
+//! `dmin` are loaded and widened once for its eight groups. Values stored unsigned with a zero
 //! point (8-bit weights plus 128, Q6_K's `q − 32`) subtract `z · Σ xq` from the integer sums,
 //! exactly, as the GEMM of [`super::x86_512_act8_gemm`] does.
 //!
@@ -229,44 +228,10 @@ impl Ptrs {
         }
     }
 
-    /// The per-group factors of half `h` of block `b` of group `g` (`b` 0 for the formats with
-    /// one block per group), for one panel: what multiplies the integer sums (with `dx`) and
-    /// what multiplies the activations' sums, both before [`Ptrs::superblock`]'s factors.
-    ///
-    /// # Safety
-    /// AVX-512 F and F16C must be available; the panel must hold group `g`.
-    #[inline]
-    #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn factors(self, g: usize, b: usize, h: usize) -> (__m512, __m512) {
-        let at = g * NR + 16 * h;
-        let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        let bytes = |p: *const u8| {
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
-        };
-        match self {
-            Ptrs::PerGroup(QuadParams::Group { scales, mins, .. }) => {
-                let s = f16s(scales.add(at));
-                // Without stored offsets, the scale: the superblock's factor is `−zero`.
-                (s, mins.map_or(s, |m| f16s(m.add(at))))
-            }
-            Ptrs::PerGroup(QuadParams::Super { sc, mn, .. }) => {
-                (bytes(sc.add(at)), bytes(mn.add(at)))
-            }
-            Ptrs::Sixteenths { sc, .. } => {
-                let sc = _mm_loadu_si128(sc.add(2 * g * NR + b * NR + 16 * h) as *const __m128i);
-                (
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)),
-                    _mm512_setzero_ps(),
-                )
-            }
-        }
-    }
-
-    /// The factors of half `h` of superblock `sb` (groups `8 sb..8 sb + 8`) applied once to
-    /// the sums of [`Ptrs::factors`]' products over its groups: K-quants' `d` and `−dmin`, ones
-    /// for per-group formats (`−zero` for the offsets of those with a zero point). Multiplying
-    /// once per superblock, not per group, takes the f16 loads and products out of the inner
-    /// loop, which at one activation row is compute-bound.
+    /// The factors of half `h` of superblock `sb` (groups `8 sb..8 sb + 8`) that
+    /// [`Ptrs::factors`] multiplies into each of its groups' own: K-quants' `d` and `−dmin`,
+    /// Q6_K's `d`; ones for per-group formats (unused). Loaded once per superblock, not per
+    /// group: at one activation row the product is compute-bound.
     ///
     /// # Safety
     /// AVX-512 F and F16C must be available; the panel must hold superblock `sb`.
@@ -276,15 +241,53 @@ impl Ptrs {
         let at = sb * NR + 16 * h;
         let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         match self {
-            Ptrs::PerGroup(QuadParams::Group { mins, zero, .. }) => {
-                let m = if mins.is_some() { 1.0 } else { -zero };
-                (_mm512_set1_ps(1.0), _mm512_set1_ps(m))
-            }
+            Ptrs::PerGroup(QuadParams::Group { .. }) => (_mm512_set1_ps(1.0), _mm512_set1_ps(1.0)),
             Ptrs::PerGroup(QuadParams::Super { d, dmin, .. }) => {
                 let dmin = f16s(dmin.add(at));
                 (f16s(d.add(at)), _mm512_sub_ps(_mm512_setzero_ps(), dmin))
             }
             Ptrs::Sixteenths { d, .. } => (f16s(d.add(at)), _mm512_setzero_ps()),
+        }
+    }
+
+    /// The scales of half `h` of block `b` of group `g` (`b` 0 for the formats with one block
+    /// per group) and its offsets (zero without), for one panel, given its superblock's
+    /// factors `sup` ([`Ptrs::superblock`]).
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C must be available; the panel must hold group `g`.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn factors(
+        self,
+        g: usize,
+        b: usize,
+        h: usize,
+        sup: (__m512, __m512),
+    ) -> (__m512, __m512) {
+        let at = g * NR + 16 * h;
+        let f16s = |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let bytes = |p: *const u8| {
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
+        };
+        match self {
+            Ptrs::PerGroup(QuadParams::Group { scales, mins, zero }) => {
+                let s = f16s(scales.add(at));
+                let m = match mins {
+                    Some(m) => f16s(m.add(at)),
+                    None => _mm512_mul_ps(s, _mm512_set1_ps(-zero)),
+                };
+                (s, m)
+            }
+            Ptrs::PerGroup(QuadParams::Super { sc, mn, .. }) => (
+                _mm512_mul_ps(bytes(sc.add(at)), sup.0),
+                _mm512_mul_ps(bytes(mn.add(at)), sup.1),
+            ),
+            Ptrs::Sixteenths { sc, .. } => {
+                let sc = _mm_loadu_si128(sc.add(2 * g * NR + b * NR + 16 * h) as *const __m128i);
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc));
+                (_mm512_mul_ps(sc, sup.0), _mm512_setzero_ps())
+            }
         }
     }
 }
@@ -365,9 +368,7 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
     let mut off = [[_mm512_setzero_ps(); 2]; T];
     for sb in 0..groups.div_ceil(SUPER) {
-        // The superblock's products before its factors.
-        let mut acc_sb = [[_mm512_setzero_ps(); 2]; T];
-        let mut off_sb = [[_mm512_setzero_ps(); 2]; T];
+        let sup = [p.superblock(sb, 0), p.superblock(sb, 1)];
         for g in sb * SUPER..groups.min(sb * SUPER + SUPER) {
             let wg = w.as_ptr().add(g * size);
             // sums[i][h][s]: activation row i, weight rows 16h..16h + 16, quads 4s..4s + 4.
@@ -409,26 +410,17 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
             }
             for h in 0..2 {
                 for b in 0..if sixteenths { 2 } else { 1 } {
-                    let (s, m) = p.factors(g, b, h);
+                    let (s, m) = p.factors(g, b, h, sup[h]);
                     for (i, sums) in sums.iter().enumerate() {
                         let at = (j0 + i) * groups + g;
                         let c = _mm512_mul_ps(s, _mm512_set1_ps(*acts.dx.get_unchecked(at)));
                         let sums = _mm512_cvtepi32_ps(sums[h][b]);
-                        acc_sb[i][h] = _mm512_fmadd_ps(sums, c, acc_sb[i][h]);
+                        acc[i][h] = _mm512_fmadd_ps(sums, c, acc[i][h]);
                         if offsets {
                             let sum = _mm512_set1_ps(*acts.sums.get_unchecked(at));
-                            off_sb[i][h] = _mm512_fmadd_ps(m, sum, off_sb[i][h]);
+                            off[i][h] = _mm512_fmadd_ps(m, sum, off[i][h]);
                         }
                     }
-                }
-            }
-        }
-        for h in 0..2 {
-            let (d, dm) = p.superblock(sb, h);
-            for i in 0..T {
-                acc[i][h] = _mm512_fmadd_ps(acc_sb[i][h], d, acc[i][h]);
-                if offsets {
-                    off[i][h] = _mm512_fmadd_ps(off_sb[i][h], dm, off[i][h]);
                 }
             }
         }
