@@ -106,13 +106,14 @@ fn main() -> Result<()> {
             if let Some(format) = quant_format(dt) {
                 let q = linear::QuantMatrix::quantize(&w32, format)?;
                 let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                // The layout the model loads this CPU's matrices in (panels on AVX512-VNNI).
                 let isa = Isa::detect();
+                let laid = q.clone().for_isa(isa);
+                let time_laid =
+                    || median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
                 if args.loaded_only {
-                    let laid = q.for_isa(isa);
-                    let t =
-                        median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
                     let imp = format!("linear {isa}, as loaded");
-                    print_row(name, rows, n, k, dt, &imp, t, flops, None);
+                    print_row(name, rows, n, k, dt, &imp, time_laid(), flops, None);
                     continue;
                 }
                 let wf = q.dequantize()?;
@@ -125,14 +126,10 @@ fn main() -> Result<()> {
                     let imp = format!("linear {isa}");
                     print_row(name, rows, n, k, dt, &imp, t, flops, Some(base));
                 }
-                // The layout the model loads this CPU's matrices in, where it differs (4-bit
-                // panels on AVX512-VNNI).
-                let laid = q.clone().for_isa(isa);
+                // (Where the loaded layout differs from the rows timed above.)
                 if laid.in_panels() {
-                    let t =
-                        median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
                     let imp = format!("linear {isa}, panels");
-                    print_row(name, rows, n, k, dt, &imp, t, flops, Some(base));
+                    print_row(name, rows, n, k, dt, &imp, time_laid(), flops, Some(base));
                 }
                 continue;
             }
