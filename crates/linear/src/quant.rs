@@ -1816,9 +1816,9 @@ mod tests {
 
     /// 8, 6, 5 and 4-bit matrices laid out for an AVX512-VNNI CPU (`QuantMatrix::for_isa`:
     /// panels) hold the same values, GGML blocks and bytes as in the row layout, and each
-    /// activation row's
-    /// result has the same bits whatever the number of rows with it: decode, batched decode
-    /// and prefill are one kernel. (On other CPUs the layout does not change.)
+    /// activation row's result has the same bits whatever the number of rows with it: decode,
+    /// batched decode and prefill are one kernel. (On other CPUs the layout does not change,
+    /// and the bits hold up to [`GEMV_MAX_ROWS`] rows.)
     #[test]
     fn panels_hold_the_same_matrix_and_keep_each_row_s_bits_at_every_size() {
         let isa = Isa::detect();
@@ -1843,8 +1843,14 @@ mod tests {
             // (Rows of partial blocks have none: an error either way.)
             assert!(q.to_ggml().ok() == rows.to_ggml().ok(), "{format} blocks");
             assert_eq!(q.bytes(), rows.bytes(), "{format}: the matrix's own bytes");
-            // Every tile height (1 to 4 rows) alone and after whole tiles.
-            for m in [1, 2, 3, 4, 5, 6, 7, 33, 40] {
+            // Every tile height (1 to 4 rows) alone and after whole tiles, as many rows as
+            // the matrix keeps each row's bits for (every size in panels; on CPUs without
+            // them, the row kernels' sizes: larger products take the f32 GEMM).
+            let sizes = [1, 2, 3, 4, 5, 6, 7, 16, 32, 33, 40];
+            for m in sizes
+                .into_iter()
+                .filter(|&m| m <= q.batch_invariant_rows(isa))
+            {
                 let xs = values(m * k, 9 + m as u32, 1.9);
                 let all = q.matmul(isa, &xs, m);
                 for j in 0..m {

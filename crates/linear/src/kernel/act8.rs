@@ -290,20 +290,24 @@ impl<'a> Params<'a> {
         }
         let c = &mut c[..groups.len()];
         self.offsets_into(groups.clone(), c);
-        // Eight running sums (a serial chain of 64 adds per row cost as much as the row's
-        // products on AVX2), added pairwise at the end.
-        let mut lanes = [0f32; 8];
-        let (m8, m_rest) = c.as_chunks::<8>();
-        let (s8, s_rest) = sums[groups].as_chunks::<8>();
-        for (m, s) in m8.iter().zip(s8) {
-            for l in 0..8 {
-                lanes[l] += m[l] * s[l];
-            }
-        }
-        let tail: f32 = m_rest.iter().zip(s_rest).map(|(m, s)| m * s).sum();
-        let [a, b, c, d, e, f, g, h] = lanes;
-        ((a + b) + (c + d)) + ((e + f) + (g + h)) + tail
+        offsets_dot(c, &sums[groups])
     }
+}
+
+/// `Σ_g offsets_g · sums_g`, in eight running sums (a serial chain of 64 adds per row cost as
+/// much as the row's products on AVX2) added pairwise at the end: [`Params::offsets`]' bits.
+fn offsets_dot(offsets: &[f32], sums: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (m8, m_rest) = offsets.as_chunks::<8>();
+    let (s8, s_rest) = sums.as_chunks::<8>();
+    for (m, s) in m8.iter().zip(s8) {
+        for l in 0..8 {
+            lanes[l] += m[l] * s[l];
+        }
+    }
+    let tail: f32 = m_rest.iter().zip(s_rest).map(|(m, s)| m * s).sum();
+    let [a, b, c, d, e, f, g, h] = lanes;
+    ((a + b) + (c + d)) + ((e + f) + (g + h)) + tail
 }
 
 /// Runs `fill(groups of one superblock, that superblock's f16 factor as f32, their part of
@@ -460,7 +464,8 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
             if run(isa, w, kw, first, &rows, params, out) {
                 return;
             }
-            let mut c = vec![0f32; 2 * groups];
+            // Room for a row's scales and offsets and four activation rows' factors.
+            let mut c = vec![0f32; (2 + 4) * groups];
             for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
                 let p = params.row(first + i, groups);
                 dots(isa, row, &rows, p, &mut c, o);
@@ -722,8 +727,13 @@ fn dots_u6<const BITS: usize>(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return in_blocks(&SixBitRows::<BITS> { t, w, p }, xs, c, out);
+    {
+        if let Some(t) = isa.avx512_vnni() {
+            return in_blocks(&SixBitRows::<BITS> { t, w, p }, xs, c, out);
+        }
+        if let Some(t) = isa.avx2_fma() {
+            return in_blocks(&SixBitRowsAvx2::<BITS> { t, w, p }, xs, c, out);
+        }
     }
     each(dot_u6::<BITS>, isa, w, xs, p, c, out)
 }
@@ -754,24 +764,18 @@ fn run_u6<const BITS: usize>(
 /// One `BITS`-bit (6, 3 or 2) row: `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over
 /// sub-blocks `s` of 16 values, `c_s = d · sc_s · dx_g` ([`zero_point`]), less
 /// [`SixBit::offsets`] for 2 bits.
+/// Portable code (the x86 kernels go through [`RowsKernel`]s).
 fn dot_u6<const BITS: usize>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u6_q8::<1, BITS>(t, w, [x], p)[0];
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_u6_q8::<BITS>(t, w, x, p);
-    }
     let c = &mut c[..x.q.len() / 16];
     p.factors(&x.scale, c);
     let _ = isa;
     portable::dot_u6_q8::<BITS>(w, &x.q, c) - p.offsets(&x.scale, &x.sums16)
 }
 
-/// A VNNI row kernel that takes `J` activation rows per pass over a weight row: each weight
-/// byte is unpacked (and each group's scales formed) once for all `J`, and every row's
-/// operations are those it gets alone, so its result has the same bits.
+/// A row kernel (AVX512-VNNI or AVX2) that takes `J` activation rows per
+/// pass over a weight row: each weight byte is unpacked (and each group's scales formed) once
+/// for all `J`, and every row's operations are those it gets alone, so its result has the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
 trait RowsKernel {
     /// The weight row against `x`, with room `c` for factors.
@@ -797,6 +801,61 @@ fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f
     }
     if let ([o], [x]) = (outs.into_remainder(), pairs.remainder()) {
         *o = kernel.rows([x], c)[0];
+    }
+}
+
+/// A 4-bit or 5-bit weight row on AVX2 ([`super::x86::dot_u4_q8_rows`]), its scales and
+/// offsets (if the format has them) formed: each activation row's factors are
+/// `scales_g · dx_g`, as [`Params::factors`] forms them, and its offsets are summed as
+/// [`Params::offsets`] sums them, so its result has the bits of its product alone.
+#[cfg(target_arch = "x86_64")]
+struct FourBitRowsAvx2<'a> {
+    t: super::x86::Avx2Fma,
+    w: Nibbles<'a>,
+    scales: &'a [f32],
+    offsets: Option<&'a [f32]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for FourBitRowsAvx2<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
+        let factors = factors_of(self.scales, x, c);
+        let dots = super::x86::dot_u4_q8_rows(self.t, self.w, x.map(|x| &x.q[..]), factors);
+        std::array::from_fn(|j| dots[j] + self.offsets.map_or(0.0, |o| offsets_dot(o, &x[j].sums)))
+    }
+}
+
+/// Each activation row's factors `scales_g · dx_g` (the bits of [`Params::factors`]) in `c`,
+/// one run of `scales.len()` per row.
+#[cfg(target_arch = "x86_64")]
+fn factors_of<'c, const J: usize>(
+    scales: &[f32],
+    x: [&Q8Row; J],
+    c: &'c mut [f32],
+) -> [&'c [f32]; J] {
+    let groups = scales.len();
+    for (c, x) in c.chunks_exact_mut(groups.max(1)).zip(x) {
+        for (c, (s, dx)) in c.iter_mut().zip(scales.iter().zip(&x.scale)) {
+            *c = s * dx;
+        }
+    }
+    let c = &*c;
+    std::array::from_fn(|j| &c[j * groups..(j + 1) * groups])
+}
+
+/// An 8-bit weight row on AVX2 ([`super::x86::dot_i8_q8_rows`]), its scales formed.
+#[cfg(target_arch = "x86_64")]
+struct EightBitRowsAvx2<'a> {
+    t: super::x86::Avx2Fma,
+    w: &'a [i8],
+    scales: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for EightBitRowsAvx2<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
+        let factors = factors_of(self.scales, x, c);
+        super::x86::dot_i8_q8_rows(self.t, self.w, x.map(|x| &x.q[..]), factors)
     }
 }
 
@@ -831,6 +890,21 @@ impl RowsKernel for EightBitRows<'_> {
     }
 }
 
+/// A `BITS`-bit (6, 3 or 2) weight row on AVX2 ([`super::x86::dot_u6_q8_rows`]).
+#[cfg(target_arch = "x86_64")]
+struct SixBitRowsAvx2<'a, const BITS: usize> {
+    t: super::x86::Avx2Fma,
+    w: &'a [u8],
+    p: SixBit<'a>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const BITS: usize> RowsKernel for SixBitRowsAvx2<'_, BITS> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
+        super::x86::dot_u6_q8_rows::<BITS, J>(self.t, self.w, x, self.p)
+    }
+}
+
 /// A `BITS`-bit (6, 3 or 2) weight row on AVX512-VNNI ([`super::x86_512_act8::dot_u6_q8`]).
 #[cfg(target_arch = "x86_64")]
 struct SixBitRows<'a, const BITS: usize> {
@@ -861,8 +935,29 @@ fn dots_u5(isa: Isa, w: &[u8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut
 /// [`dots_u4`] / [`dots_u5`] of either row.
 fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return in_blocks(&FourBitRows { t, w, p }, xs, c, out);
+    {
+        if let Some(t) = isa.avx512_vnni() {
+            return in_blocks(&FourBitRows { t, w, p }, xs, c, out);
+        }
+        if let Some(t) = isa.avx2_fma() {
+            // The row's scales and offsets once for all activation rows (decoding K-quant
+            // scales per activation row was a fifth of a 16-row step).
+            let groups = xs.first().map_or(0, |x| x.scale.len());
+            let (formed, c) = c.split_at_mut(2 * groups);
+            let (scales, offsets) = formed.split_at_mut(groups);
+            p.scales_into(0..groups, scales);
+            let offsets = p.has_offsets().then(|| {
+                p.offsets_into(0..groups, offsets);
+                &*offsets
+            });
+            let kernel = FourBitRowsAvx2 {
+                t,
+                w,
+                scales,
+                offsets,
+            };
+            return in_blocks(&kernel, xs, c, out);
+        }
     }
     for (o, x) in out.iter_mut().zip(xs) {
         *o = dot_u4(isa, w, x, p, c);
@@ -873,8 +968,17 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
 /// load serves all), [`dot_i8`] elsewhere.
 fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
-        return in_blocks(&EightBitRows { t, w, scales }, xs, c, out);
+    {
+        if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
+            return in_blocks(&EightBitRows { t, w, scales }, xs, c, out);
+        }
+        if let Some(t) = isa.avx2_fma() {
+            // The row's scales once for all activation rows.
+            let groups = xs.first().map_or(0, |x| x.scale.len());
+            let (scales, c) = c.split_at_mut(groups);
+            p.scales_into(0..groups, scales);
+            return in_blocks(&EightBitRowsAvx2 { t, w, scales }, xs, c, out);
+        }
     }
     each(dot_i8, isa, w, xs, p, c, out)
 }
@@ -953,26 +1057,14 @@ fn run_i8(
     false
 }
 
-/// One 4-bit or 5-bit row: `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` with
-/// `c_g = s_g · dx_g` and the rounded activations' sums ([`Q8Row::sums`]).
+/// One 4-bit or 5-bit row, portable code (the x86 kernels go through [`RowsKernel`]s):
+/// `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` with `c_g = s_g · dx_g` and the
+/// rounded activations' sums ([`Q8Row::sums`]).
 fn dot_u4(isa: Isa, w: Nibbles, x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        return super::x86_512_act8::dot_u4_q8(t, w, [x], p, c)[0];
-    }
+    let _ = isa;
     let groups = x.scale.len();
     p.factors(0..groups, &x.scale, c);
-    let scaled = {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = isa.avx2_fma() {
-            super::x86::dot_u4_q8(t, w, &x.q, c)
-        } else {
-            portable::dot_u4_q8(w, &x.q, c)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        portable::dot_u4_q8(w, &x.q, c)
-    };
-    scaled + p.offsets(0..groups, &x.sums, c)
+    portable::dot_u4_q8(w, &x.q, c) + p.offsets(0..groups, &x.sums, c)
 }
 
 /// One 8-bit row: `Σ_g c_g · Σ_{i in g} w_i · xq_i` (the format has no offsets).
@@ -982,10 +1074,6 @@ fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
         return super::x86_512_act8::dot_i8_q8(t, w, [x], scales, c)[0];
     }
     p.factors(0..x.scale.len(), &x.scale, c);
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx2_fma() {
-        return super::x86::dot_i8_q8(t, w, &x.q, c);
-    }
     let _ = isa;
     portable::dot_i8_q8(w, &x.q, c)
 }

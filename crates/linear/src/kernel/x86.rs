@@ -515,38 +515,66 @@ unsafe fn e4m3_over_256(p: *const F8E4M3) -> __m256 {
 /// `Σ_g c_g · Σ_{i in g} w_i · xq_i`, each group's 32 products summed exactly in integers
 /// (`maddubs` on `|w|` and `xq · sign(w)`, as llama.cpp's Q8_0 dot does; `|w| ≤ 128` and
 /// `|xq| ≤ 127` keep each pair sum inside i16).
-pub(crate) fn dot_i8_q8(_: Avx2Fma, w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
-    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
-    unsafe { dot_i8_q8_avx2(w, xq, c) }
+pub(crate) fn dot_i8_q8(t: Avx2Fma, w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
+    dot_i8_q8_rows(t, w, [xq], [c])[0]
+}
+
+/// [`dot_i8_q8`] of one weight row against `J` activation rows `xq` (their factors `c`): each
+/// group's weights are loaded (and their magnitudes taken) once for all `J`, and each row's
+/// operations are those it gets alone, so its result has the same bits.
+pub(crate) fn dot_i8_q8_rows<const J: usize>(
+    _: Avx2Fma,
+    w: &[i8],
+    xq: [&[i8]; J],
+    c: [&[f32]; J],
+) -> [f32; J] {
+    let k = xq.iter().map(|x| x.len()).min().unwrap_or(0).min(w.len());
+    assert!(
+        c.iter().all(|c| c.len() >= k.div_ceil(GROUP)),
+        "one factor per group"
+    );
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; `w` and every row
+    // hold `k` values and a factor per group (checked).
+    unsafe { dot_i8_q8_avx2(w, k, xq, c) }
 }
 
 /// # Safety
-/// AVX2 and FMA must be available.
+/// AVX2 and FMA must be available; `w` and every `xq` must hold `k` values, every `c` a
+/// factor per group.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
-    let k = xq.len().min(w.len());
+unsafe fn dot_i8_q8_avx2<const J: usize>(
+    w: &[i8],
+    k: usize,
+    xq: [&[i8]; J],
+    c: [&[f32]; J],
+) -> [f32; J] {
     let full = k / GROUP;
-    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
-    let (pw, px) = (w.as_ptr(), xq.as_ptr());
+    let pw = w.as_ptr();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for (g, &cg) in c.iter().enumerate().take(full) {
+    let mut acc = [_mm256_setzero_ps(); J];
+    for g in 0..full {
         let wv = _mm256_loadu_si256(pw.add(g * GROUP) as *const __m256i);
-        let xv = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
-        let s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        let s32 = _mm256_madd_epi16(s16, ones);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(cg), acc);
+        let magnitude = _mm256_sign_epi8(wv, wv);
+        for j in 0..J {
+            let xv = _mm256_loadu_si256(xq[j].as_ptr().add(g * GROUP) as *const __m256i);
+            let s16 = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
+            let s32 = _mm256_madd_epi16(s16, ones);
+            let cg = _mm256_set1_ps(*c[j].get_unchecked(g));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), cg, acc[j]);
+        }
     }
-    let mut total = hsum(acc);
-    if full * GROUP < k {
-        let tail: i32 = w[full * GROUP..k]
-            .iter()
-            .zip(&xq[full * GROUP..k])
-            .map(|(&a, &b)| a as i32 * b as i32)
-            .sum();
-        total += c[full] * tail as f32;
-    }
-    total
+    std::array::from_fn(|j| {
+        let mut total = hsum(acc[j]);
+        if full * GROUP < k {
+            let tail: i32 = w[full * GROUP..k]
+                .iter()
+                .zip(&xq[j][full * GROUP..k])
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+            total += c[j][full] * tail as f32;
+        }
+        total
+    })
 }
 
 /// One row of the 4-bit or 5-bit product with 8-bit activations (`act8`): per pair of groups
@@ -556,18 +584,41 @@ unsafe fn dot_i8_q8_avx2(w: &[i8], xq: &[i8], c: &[f32]) -> f32 {
 /// per group), converted and multiplied by each group's `c` (the pair's two factors one
 /// 64-bit load and a permute), two pairs per step into two accumulators.
 #[inline]
-pub(crate) fn dot_u4_q8(_: Avx2Fma, w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
-    let k = xq.len().min(2 * w.low.len());
+pub(crate) fn dot_u4_q8(t: Avx2Fma, w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
+    dot_u4_q8_rows(t, w, [xq], [c])[0]
+}
+
+/// [`dot_u4_q8`] of one weight row against `J` activation rows `xq` (their factors `c`): each
+/// pair of groups is unpacked once for all `J`, and each row's operations are those it gets
+/// alone, so its result has the same bits.
+#[inline]
+pub(crate) fn dot_u4_q8_rows<const J: usize>(
+    _: Avx2Fma,
+    w: Nibbles,
+    xq: [&[i8]; J],
+    c: [&[f32]; J],
+) -> [f32; J] {
+    let k = xq
+        .iter()
+        .map(|x| x.len())
+        .min()
+        .unwrap_or(0)
+        .min(2 * w.low.len());
+    assert!(
+        c.iter().all(|c| c.len() >= k.div_ceil(GROUP)),
+        "one factor per group"
+    );
     match w.high {
-        // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
-        None => unsafe { dot_u4_q8_avx2::<false>(w, xq, c) },
+        // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; every row
+        // holds `k` activations and a factor per group (checked).
+        None => unsafe { dot_u4_q8_avx2::<false, J>(w, k, xq, c) },
         Some(high) => {
             assert!(
                 k.is_multiple_of(GROUP) && high.len() >= k / GROUP * U5_HIGH_BYTES,
                 "5-bit rows: whole groups, four bytes of fifth bits each"
             );
             // SAFETY: as above; the fifth bits cover the row's groups (checked).
-            unsafe { dot_u4_q8_avx2::<true>(w, xq, c) }
+            unsafe { dot_u4_q8_avx2::<true, J>(w, k, xq, c) }
         }
     }
 }
@@ -592,13 +643,18 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
 }
 
 /// # Safety
-/// AVX2 and FMA must be available; with `FIVE`, `w.high` must cover the row's groups.
+/// AVX2 and FMA must be available; every `xq` must hold `k` values, every `c` a factor per
+/// group, and `w` `k` values (with `FIVE`, `w.high` covering the row's groups).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> f32 {
-    let k = xq.len().min(2 * w.low.len());
+unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
+    w: Nibbles,
+    k: usize,
+    xq: [&[i8]; J],
+    c: [&[f32]; J],
+) -> [f32; J] {
     let full = k / GROUP;
-    assert!(c.len() >= k.div_ceil(GROUP), "one scale per group");
-    let (pw, px) = (w.low.as_ptr() as *const u8, xq.as_ptr());
+    let pw = w.low.as_ptr() as *const u8;
+    let px = xq.map(|x| x.as_ptr());
     let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
     // `Nibbles`' layout: the 16 evens' bits of group g at `at`, its odds' `gap` bytes on; a
     // pair inside a quad is one u32 of each.
@@ -621,9 +677,8 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
     let ones = _mm256_set1_epi16(1);
     // Lanes 0..4 take the pair's first factor, 4..8 its second.
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    // The eight i32 sums (four per group) of the pair of groups from `g`, `at` as f32 times
-    // their factors.
-    let pair = |g: usize, at: usize| {
+    // The even and odd values of the pair of groups from `g`.
+    let unpack = |g: usize| {
         let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
         let mut lo = _mm256_and_si256(b, nib);
         let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
@@ -632,31 +687,41 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
             lo = _mm256_or_si256(lo, fifth_bits(evens));
             hi = _mm256_or_si256(hi, fifth_bits(odds));
         }
-        let xe = _mm256_loadu_si256(px.add(at) as *const __m256i);
-        let xo = _mm256_loadu_si256(px.add(at + GROUP) as *const __m256i);
+        (lo, hi)
+    };
+    // Row `j`'s eight i32 sums (four per group) of the pair from `g` as f32, times their
+    // factors, into `acc`.
+    let pair = |(lo, hi): (__m256i, __m256i), j: usize, g: usize, acc: __m256| {
+        let at = g * GROUP;
+        let xe = _mm256_loadu_si256(px[j].add(at) as *const __m256i);
+        let xo = _mm256_loadu_si256(px[j].add(at + GROUP) as *const __m256i);
         let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
         let s32 = _mm256_madd_epi16(s16, ones);
         // The two factors in one 64-bit load, spread by one permute.
-        let two = _mm_castpd_ps(_mm_load_sd(c.as_ptr().add(g) as *const f64));
+        let two = _mm_castpd_ps(_mm_load_sd(c[j].as_ptr().add(g) as *const f64));
         let cv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
-        (_mm256_cvtepi32_ps(s32), cv)
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), cv, acc)
     };
-    // Two accumulators: consecutive pairs' FMAs do not wait on each other.
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut g, mut at) = (0, 0);
+    // Two accumulators per row: consecutive pairs' FMAs do not wait on each other.
+    let mut acc = [[_mm256_setzero_ps(); 2]; J];
+    let mut g = 0;
     while g + 3 < full {
-        let (s, cv) = pair(g, at);
-        acc0 = _mm256_fmadd_ps(s, cv, acc0);
-        let (s, cv) = pair(g + 2, at + 2 * GROUP);
-        acc1 = _mm256_fmadd_ps(s, cv, acc1);
-        (g, at) = (g + 4, at + 4 * GROUP);
+        for (half, g) in [g, g + 2].into_iter().enumerate() {
+            let w = unpack(g);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                acc[half] = pair(w, j, g, acc[half]);
+            }
+        }
+        g += 4;
     }
     if g + 1 < full {
-        let (s, cv) = pair(g, at);
-        acc0 = _mm256_fmadd_ps(s, cv, acc0);
-        (g, at) = (g + 2, at + 2 * GROUP);
+        let w = unpack(g);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            acc[0] = pair(w, j, g, acc[0]);
+        }
+        g += 2;
     }
-    let mut total = hsum(_mm256_add_ps(acc0, acc1));
+    let mut total = acc.map(|[a, b]| hsum(_mm256_add_ps(a, b)));
     if g < full {
         let b = _mm_loadu_si128(pw.add(g * GROUP / 2) as *const __m128i);
         let nib = _mm_set1_epi8(15);
@@ -669,71 +734,84 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool>(w: Nibbles, xq: &[i8], c: &[f32]) -> 
             lo = _mm_or_si128(lo, _mm256_castsi256_si128(bits));
             hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(bits));
         }
-        let xe = _mm_loadu_si128(px.add(at) as *const __m128i);
-        let xo = _mm_loadu_si128(px.add(at + GROUP / 2) as *const __m128i);
-        let s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo));
-        let s32 = _mm_madd_epi16(s16, _mm_set1_epi16(1));
-        total += hsum4(_mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[g])));
+        for (j, total) in total.iter_mut().enumerate() {
+            let at = g * GROUP;
+            let xe = _mm_loadu_si128(px[j].add(at) as *const __m128i);
+            let xo = _mm_loadu_si128(px[j].add(at + GROUP / 2) as *const __m128i);
+            let s16 = _mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo));
+            let s32 = _mm_madd_epi16(s16, _mm_set1_epi16(1));
+            *total += hsum4(_mm_mul_ps(_mm_cvtepi32_ps(s32), _mm_set1_ps(c[j][g])));
+        }
     }
     if full * GROUP < k {
         // (4-bit rows only: 5-bit rows are whole groups.)
-        let tail: i32 = w.low[full * GROUP / 2..k / 2]
-            .iter()
-            .zip(xq[full * GROUP..].chunks_exact(2))
-            .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
-            .sum();
-        total += c[full] * tail as f32;
+        for (j, total) in total.iter_mut().enumerate() {
+            let tail: i32 = w.low[full * GROUP / 2..k / 2]
+                .iter()
+                .zip(xq[j][full * GROUP..k].chunks_exact(2))
+                .map(|(b, x)| (b.0 & 15) as i32 * x[0] as i32 + (b.0 >> 4) as i32 * x[1] as i32)
+                .sum();
+            *total += c[j][full] * tail as f32;
+        }
     }
     total
 }
 
-/// One row of the 6-bit product with 8-bit activations (`act8`'s chunk layout, activations in
-/// natural order): per chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs
+/// One weight row of the 6-bit product with 8-bit activations against `J` activation rows `x`
+/// (`act8`'s chunk layout, activations in natural order: [`super::act8::q8_row_six`]): per chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs
 /// of 16 bytes (one 32-bit variable shift per 128-bit lane) make two vectors of 32 values in
 /// `0..=63`; `maddubs` + `madd` give 8 i32 lanes of four products each (two sub-blocks of 16
 /// per vector), each lane pair scaled by its sub-block's `c_s = (d · sc_s) · dx_{s / 2}`
 /// (formed per chunk, four at a time: the bits of [`SixBit::factors`]). The `−32` of every
 /// value is `−32 · Σ_s c_s · sums16_s` over the activations' sums per 16 values, one FMA per
-/// chunk. `x` is the activation row ([`super::act8::q8_row_six`]).
+/// chunk.
 ///
 /// With `BITS` 3, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): the 16 bytes of bit pairs
 /// broadcast to both 128-bit lanes and shifted per lane, the 64 third bits as bytes by a
 /// shuffle and compare, and `−4` for `−32`. With `BITS` 2 (Q2_K), the bit pairs alone, no
 /// zero point, and the offsets ([`SixBit::offsets`]) subtracted after the row.
-pub(crate) fn dot_u6_q8<const BITS: usize>(_: Avx2Fma, w: &[u8], x: &Q8Row, p: SixBit) -> f32 {
+///
+/// Each chunk is unpacked and its scales formed once for all `J` rows, and each row's
+/// operations are those it gets alone, so its result has the same bits.
+pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
+    _: Avx2Fma,
+    w: &[u8],
+    x: [&Q8Row; J],
+    p: SixBit,
+) -> [f32; J] {
     use super::act8::{chunk_bytes, U6_CHUNK};
-    let chunks = (x.q.len() / U6_CHUNK).min(w.len() / chunk_bytes(BITS));
+    let len = x.iter().map(|x| x.q.len()).min().unwrap_or(0);
+    let chunks = (len / U6_CHUNK).min(w.len() / chunk_bytes(BITS));
     // Q6_K / Q3_K / Q2_K rows are whole superblocks (`QuantMatrix` keeps other widths in
     // another format).
     assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
         p.sc.len() >= 4 * chunks
             && p.d.len() >= chunks / 4
-            && x.scale.len() >= 2 * chunks
-            && x.sums16.len() >= 4 * chunks
+            && x.iter()
+                .all(|x| x.scale.len() >= 2 * chunks && x.sums16.len() >= 4 * chunks)
             && (BITS != 2 || p.dmin.len() >= chunks / 4),
         "parameters and activation sums for every chunk"
     );
     // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel reads
-    // `chunks` whole chunks of `w` and `x`, their scales, `d`s and sums, inside the slices
-    // (checked above).
-    let row =
-        unsafe { dot_u6_q8_avx2::<BITS>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) };
-    row - p.offsets(&x.scale, &x.sums16)
+    // `chunks` whole chunks of `w` and of each `x`, their scales, `d`s and sums, inside the
+    // slices (checked above).
+    let rows =
+        unsafe { dot_u6_q8_avx2::<BITS, J>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) };
+    std::array::from_fn(|j| rows[j] - p.offsets(&x[j].scale, &x[j].sums16))
 }
 
 /// # Safety
 /// AVX2 and FMA must be available; `w` must hold `chunks` chunks of `BITS` bits
-/// (`act8::chunk_bytes`), `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16` and `sc` `chunks · 4`,
-/// `d` `chunks / 4`.
+/// (`act8::chunk_bytes`), every `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16`
+/// and `sc` `chunks · 4`, `d` `chunks / 4`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u6_q8_avx2<const BITS: usize>(
+unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
     w: *const u8,
-    x: &Q8Row,
+    x: [&Q8Row; J],
     (sc, d): (*const i8, *const f16),
     chunks: usize,
-) -> f32 {
-    let (xq, dx, sums16) = (x.q.as_ptr(), x.scale.as_ptr(), x.sums16.as_ptr());
+) -> [f32; J] {
     // Sub-blocks 0, 1 of a chunk take its first `dx`, 2, 3 its second.
     let dx_pairs = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 0, 0);
     let (lanes0, lanes1) = (
@@ -751,9 +829,10 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize>(
     );
     // Σ q · x over 4-value lanes of 32 values.
     let dot = |q: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
-    // Two accumulators: the chunk's two FMAs do not wait on each other.
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut offsets = _mm_setzero_ps();
+    // Per row two accumulators (the chunk's two FMAs do not wait on each other) and the
+    // offsets' sums.
+    let mut acc = [[_mm256_setzero_ps(); 2]; J];
+    let mut offsets = [_mm_setzero_ps(); J];
     let mut sd = _mm_setzero_ps();
     for ch in 0..chunks {
         if ch % 4 == 0 {
@@ -766,11 +845,7 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize>(
         } else {
             _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bytes)))
         };
-        let dxs = _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(dx.add(2 * ch) as *const f64))),
-            dx_pairs,
-        );
-        let cs = _mm_mul_ps(_mm_mul_ps(sd, scales), _mm256_castps256_ps128(dxs));
+        let scales = _mm_mul_ps(sd, scales);
         let (q0, q1) = if BITS <= 3 {
             // Values 0..32 / 32..64: bit pairs t = 0, 1 / 2, 3 (shifts 0, 2 / 4, 6 per lane),
             // 3 bits: third bits from the u32 of each half.
@@ -803,16 +878,26 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize>(
                 ),
             )
         };
-        let x = xq.add(ch * 64);
-        let s0 = dot(q0, _mm256_loadu_si256(x as *const __m256i));
-        let s1 = dot(q1, _mm256_loadu_si256(x.add(32) as *const __m256i));
-        let c8 = _mm256_castps128_ps256(cs);
-        let f0 = _mm256_permutevar8x32_ps(c8, lanes0);
-        let f1 = _mm256_permutevar8x32_ps(c8, lanes1);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc1);
-        offsets = _mm_fmadd_ps(cs, _mm_loadu_ps(sums16.add(4 * ch)), offsets);
+        for (j, x) in x.iter().enumerate() {
+            let dxs = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(
+                    x.scale.as_ptr().add(2 * ch) as *const f64
+                ))),
+                dx_pairs,
+            );
+            let cs = _mm_mul_ps(scales, _mm256_castps256_ps128(dxs));
+            let xq = x.q.as_ptr().add(ch * 64);
+            let s0 = dot(q0, _mm256_loadu_si256(xq as *const __m256i));
+            let s1 = dot(q1, _mm256_loadu_si256(xq.add(32) as *const __m256i));
+            let c8 = _mm256_castps128_ps256(cs);
+            let f0 = _mm256_permutevar8x32_ps(c8, lanes0);
+            let f1 = _mm256_permutevar8x32_ps(c8, lanes1);
+            acc[j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc[j][0]);
+            acc[j][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc[j][1]);
+            let sums = _mm_loadu_ps(x.sums16.as_ptr().add(4 * ch));
+            offsets[j] = _mm_fmadd_ps(cs, sums, offsets[j]);
+        }
     }
     let zero = super::act8::zero_point(BITS) as f32;
-    hsum(_mm256_add_ps(acc0, acc1)) - zero * hsum4(offsets)
+    std::array::from_fn(|j| hsum(_mm256_add_ps(acc[j][0], acc[j][1])) - zero * hsum4(offsets[j]))
 }
