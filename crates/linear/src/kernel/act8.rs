@@ -305,6 +305,12 @@ fn offsets_dot(offsets: &[f32], sums: &[f32]) -> f32 {
             lanes[l] += m[l] * s[l];
         }
     }
+    offsets_total(lanes, m_rest, s_rest)
+}
+
+/// The end of [`offsets_dot`]: its eight lanes added pairwise, then the products of the groups
+/// after the last eight (shared with the AVX2 version, `x86::offsets_dot`, for its bits).
+pub(crate) fn offsets_total(lanes: [f32; 8], m_rest: &[f32], s_rest: &[f32]) -> f32 {
     let tail: f32 = m_rest.iter().zip(s_rest).map(|(m, s)| m * s).sum();
     let [a, b, c, d, e, f, g, h] = lanes;
     ((a + b) + (c + d)) + ((e + f) + (g + h)) + tail
@@ -785,7 +791,8 @@ trait RowsKernel {
 /// [`RowDots`] through a [`RowsKernel`]: activation rows four at a time, then a pair, then a
 /// last one. With four the weight work per row falls to a quarter of a single row's (1.1-1.2x
 /// over pairs at `K = 2048`, `benchmarks/README.md`); eight rows' two accumulators and offset
-/// vector each would not fit the 32 vector registers beside the unpacked weights.
+/// vector each would not fit the 32 vector registers beside the unpacked weights. (On AVX2's
+/// 16 the 6-bit kernel spills at four rows, yet runs level with pairs: measured, same file.)
 #[cfg(target_arch = "x86_64")]
 fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
     let mut quads = xs.chunks_exact(4);
@@ -821,7 +828,11 @@ impl RowsKernel for FourBitRowsAvx2<'_> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
         let factors = factors_of(self.scales, x, c);
         let dots = super::x86::dot_u4_q8_rows(self.t, self.w, x.map(|x| &x.q[..]), factors);
-        std::array::from_fn(|j| dots[j] + self.offsets.map_or(0.0, |o| offsets_dot(o, &x[j].sums)))
+        let offsets = |x: &Q8Row| {
+            let dot = |o| super::x86::offsets_dot(self.t, o, &x.sums);
+            self.offsets.map_or(0.0, dot)
+        };
+        std::array::from_fn(|j| dots[j] + offsets(x[j]))
     }
 }
 
@@ -945,11 +956,16 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
             let groups = xs.first().map_or(0, |x| x.scale.len());
             let (formed, c) = c.split_at_mut(2 * groups);
             let (scales, offsets) = formed.split_at_mut(groups);
-            p.scales_into(0..groups, scales);
-            let offsets = p.has_offsets().then(|| {
+            if let Params::Super { sc, mn, d, dmin } = p {
+                // (The bits of `scales_into` / `offsets_into`, eight groups per instruction.)
+                super::x86::super_values(t, sc, d, scales);
+                super::x86::super_values(t, mn, dmin, offsets);
+                offsets.iter_mut().for_each(|o| *o = -*o);
+            } else {
+                p.scales_into(0..groups, scales);
                 p.offsets_into(0..groups, offsets);
-                &*offsets
-            });
+            }
+            let offsets = p.has_offsets().then_some(&*offsets);
             let kernel = FourBitRowsAvx2 {
                 t,
                 w,
@@ -1205,6 +1221,38 @@ mod tests {
             let blocks: Vec<_> = Layout::Quads.blocks(full).collect();
             assert_eq!(blocks.iter().map(|b| b.1).sum::<usize>(), full);
             assert!(blocks.iter().all(|&(g, w)| g % w == 0));
+        }
+    }
+
+    proptest! {
+        /// The AVX2 kernels' vector forms of a K-quant row's scales and offsets and of the
+        /// offsets' sum have the bits of the scalar code they replace (the batch-invariance
+        /// tests compare a path with itself; this ties the AVX2 path to the others).
+        #[test]
+        #[cfg(target_arch = "x86_64")]
+        fn avx2_parameters_have_the_scalar_bits(
+            groups in 0usize..40,
+            seed in any::<u32>(),
+        ) {
+            let Some(t) = Isa::detect().avx2_fma() else {
+                return Ok(());
+            };
+            let wave = |i: usize, f: f32| ((i as f32 + seed as f32 % 97.0) * f).sin();
+            let sc: Vec<u8> = (0..groups).map(|i| (wave(i, 1.3).abs() * 63.0) as u8).collect();
+            let d: Vec<f16> = (0..groups.div_ceil(SUPER))
+                .map(|i| f16::from_f32(wave(i, 0.7) * 1e-2))
+                .collect();
+            let p = Params::Super { sc: &sc, mn: &sc, d: &d, dmin: &d };
+            let (mut scalar, mut vector) = (vec![0f32; groups], vec![0f32; groups]);
+            p.scales_into(0..groups, &mut scalar);
+            super::super::x86::super_values(t, &sc, &d, &mut vector);
+            prop_assert!(scalar.iter().zip(&vector).all(|(a, b)| a.to_bits() == b.to_bits()));
+            let sums: Vec<f32> = (0..groups).map(|i| wave(i, 2.1) * 30.0).collect();
+            let (a, b) = (
+                offsets_dot(&scalar, &sums),
+                super::super::x86::offsets_dot(t, &scalar, &sums),
+            );
+            prop_assert_eq!(a.to_bits(), b.to_bits());
         }
     }
 

@@ -577,6 +577,66 @@ unsafe fn dot_i8_q8_avx2<const J: usize>(
     })
 }
 
+/// `Σ_g offsets_g · sums_g` with the bits of `act8::offsets_dot` (its eight lanes are one
+/// vector here: the same products and sums in each lane).
+pub(crate) fn offsets_dot(_: Avx2Fma, offsets: &[f32], sums: &[f32]) -> f32 {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { offsets_dot_avx2(offsets, sums) }
+}
+
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+unsafe fn offsets_dot_avx2(offsets: &[f32], sums: &[f32]) -> f32 {
+    let (m8, m_rest) = offsets.as_chunks::<8>();
+    let (s8, s_rest) = sums.as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (m, s) in m8.iter().zip(s8) {
+        let product = _mm256_mul_ps(_mm256_loadu_ps(m.as_ptr()), _mm256_loadu_ps(s.as_ptr()));
+        acc = _mm256_add_ps(acc, product);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    super::act8::offsets_total(lanes, m_rest, s_rest)
+}
+
+/// `out[g] = per[g / 8] · q[g]` (f16 `per` widened) for every `g` of `out`: a K-quant row's
+/// scales or offsets from its 6-bit values and superblock factors, with the bits of
+/// `act8::Params::scales_into` (eight groups, one superblock, per instruction).
+///
+/// # Panics
+/// If `q` or `per` is shorter than `out` needs.
+pub(crate) fn super_values(_: Avx2Fma, q: &[u8], per: &[f16], out: &mut [f32]) {
+    use super::act8::SUPER;
+    assert!(
+        q.len() >= out.len() && per.len() >= out.len().div_ceil(SUPER),
+        "a value per group and a factor per superblock"
+    );
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2; the lengths are checked.
+    unsafe { super_values_avx2(q, per, out) }
+}
+
+/// # Safety
+/// AVX2 must be available; `q` must cover `out`, `per` its superblocks.
+#[target_feature(enable = "avx2")]
+unsafe fn super_values_avx2(q: &[u8], per: &[f16], out: &mut [f32]) {
+    use super::act8::SUPER;
+    let (blocks, rest) = out.as_chunks_mut::<SUPER>();
+    let full = blocks.len();
+    for (b, out) in blocks.iter_mut().enumerate() {
+        let d = _mm256_set1_ps(per[b].to_f32());
+        let bytes = _mm_loadl_epi64(q.as_ptr().add(b * SUPER) as *const __m128i);
+        let values = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(d, values));
+    }
+    if !rest.is_empty() {
+        let d = per[full].to_f32();
+        for (out, &q) in rest.iter_mut().zip(&q[full * SUPER..]) {
+            *out = d * q as f32;
+        }
+    }
+}
+
 /// One row of the 4-bit or 5-bit product with 8-bit activations (`act8`): per pair of groups
 /// one 32-byte load of the weights, `& 15` and `>> 4 & 15` for the even and odd values (5-bit
 /// rows OR in `16` where the pair's fifth bits are set: [`fifth_bits`]), two `maddubs` (u8 x
