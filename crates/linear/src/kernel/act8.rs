@@ -722,8 +722,8 @@ fn matmul_sixteenths<const BITS: usize>(
     matmul_act8(isa, w, k, kw, xs, m, params, q8_row_six, kernels)
 }
 
-/// [`RowDots`] of a `BITS`-bit (6, 3 or 2) row: on AVX512-VNNI up to four activation rows per
-/// pass (each chunk unpacked once for all), [`dot_u6`] elsewhere.
+/// [`RowDots`] of a `BITS`-bit (6, 3 or 2) row: on AVX512-VNNI and AVX2 up to four activation
+/// rows per pass (each chunk unpacked once for all), [`dot_u6`] elsewhere.
 fn dots_u6<const BITS: usize>(
     isa: Isa,
     w: &[u8],
@@ -767,10 +767,9 @@ fn run_u6<const BITS: usize>(
     false
 }
 
-/// One `BITS`-bit (6, 3 or 2) row: `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over
-/// sub-blocks `s` of 16 values, `c_s = d · sc_s · dx_g` ([`zero_point`]), less
-/// [`SixBit::offsets`] for 2 bits.
-/// Portable code (the x86 kernels go through [`RowsKernel`]s).
+/// One `BITS`-bit (6, 3 or 2) row, portable code (the x86 kernels go through
+/// [`RowsKernel`]s): `Σ_s c_s · Σ_{i in s} (q_i − zero) · xq_i` over sub-blocks `s` of 16
+/// values, `c_s = d · sc_s · dx_g` ([`zero_point`]), less [`SixBit::offsets`] for 2 bits.
 fn dot_u6<const BITS: usize>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [f32]) -> f32 {
     let c = &mut c[..x.q.len() / 16];
     p.factors(&x.scale, c);
@@ -778,10 +777,9 @@ fn dot_u6<const BITS: usize>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [
     portable::dot_u6_q8::<BITS>(w, &x.q, c) - p.offsets(&x.scale, &x.sums16)
 }
 
-/// A row kernel (AVX512-VNNI or AVX2) that takes `J` activation rows per
-/// pass over a weight row: each weight byte is unpacked (and each group's scales formed) once
-/// for all `J`, and every row's operations are those it gets alone, so its result has the
-/// same bits.
+/// A row kernel (AVX512-VNNI or AVX2) that takes `J` activation rows per pass over a weight
+/// row: each weight byte is unpacked (and each group's scales formed) once for all `J`, and
+/// every row's operations are those it gets alone, so its result has the same bits.
 #[cfg(target_arch = "x86_64")]
 trait RowsKernel {
     /// The weight row against `x`, with room `c` for factors.
@@ -931,8 +929,8 @@ impl<const BITS: usize> RowsKernel for SixBitRows<'_, BITS> {
     }
 }
 
-/// [`RowDots`] of a 4-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
-/// byte unpacked once for all), [`dot_u4`] elsewhere.
+/// [`RowDots`] of a 4-bit row: on AVX512-VNNI and AVX2 up to four activation rows per pass
+/// (each weight byte unpacked once for all), [`dot_u4`] elsewhere.
 fn dots_u4(isa: Isa, w: &[U4x2], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     dots_nibbles(isa, Nibbles::four(w), xs, p, c, out)
 }
@@ -976,12 +974,12 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
         }
     }
     for (o, x) in out.iter_mut().zip(xs) {
-        *o = dot_u4(isa, w, x, p, c);
+        *o = dot_u4(w, x, p, c);
     }
 }
 
-/// [`RowDots`] of an 8-bit row: on AVX512-VNNI up to four activation rows per pass (each weight
-/// load serves all), [`dot_i8`] elsewhere.
+/// [`RowDots`] of an 8-bit row: on AVX512-VNNI and AVX2 up to four activation rows per pass
+/// (each weight load serves all), [`dot_i8`] elsewhere.
 fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -1076,19 +1074,15 @@ fn run_i8(
 /// One 4-bit or 5-bit row, portable code (the x86 kernels go through [`RowsKernel`]s):
 /// `Σ_g c_g · Σ_{i in g} q_i · xq_i + offset_g · sums_g` with `c_g = s_g · dx_g` and the
 /// rounded activations' sums ([`Q8Row::sums`]).
-fn dot_u4(isa: Isa, w: Nibbles, x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
-    let _ = isa;
+fn dot_u4(w: Nibbles, x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
     let groups = x.scale.len();
     p.factors(0..groups, &x.scale, c);
     portable::dot_u4_q8(w, &x.q, c) + p.offsets(0..groups, &x.sums, c)
 }
 
-/// One 8-bit row: `Σ_g c_g · Σ_{i in g} w_i · xq_i` (the format has no offsets).
+/// One 8-bit row, portable code (the x86 kernels go through [`RowsKernel`]s):
+/// `Σ_g c_g · Σ_{i in g} w_i · xq_i` (the format has no offsets).
 fn dot_i8(isa: Isa, w: &[i8], x: &Q8Row, p: Params, c: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let (Some(t), Params::Group { scales, .. }) = (isa.avx512_vnni(), p) {
-        return super::x86_512_act8::dot_i8_q8(t, w, [x], scales, c)[0];
-    }
     p.factors(0..x.scale.len(), &x.scale, c);
     let _ = isa;
     portable::dot_i8_q8(w, &x.q, c)
