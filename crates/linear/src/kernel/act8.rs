@@ -42,6 +42,12 @@ pub(crate) struct Q8Row {
     /// 16 multiplies, or the 2-bit rows' offsets): filled by [`q8_row_six`] only, empty
     /// otherwise.
     pub sums16: Vec<f32>,
+    /// [`Q8Row::sums16`] as integers (at most `16 · 127` in magnitude), for the kernels that
+    /// scale them in integers: filled by [`q8_row_six`] only.
+    pub sums16_i16: Vec<i16>,
+    /// Each group's `dx` four times over (the lanes of the AVX2 K-quant kernel's sums, four
+    /// per group): filled by [`q8_row`] in [`Layout::Pairs`] only.
+    pub scale4: Vec<f32>,
 }
 
 /// How [`q8_row`] blocks the full groups: pairs (the AVX2 kernel's two groups per 32-byte
@@ -111,17 +117,20 @@ pub(crate) fn q8_row_natural(x: &[f32]) -> Q8Row {
         scale,
         sums,
         sums16: Vec::new(),
+        sums16_i16: Vec::new(),
+        scale4: Vec::new(),
     }
 }
 
 /// [`q8_row_natural`] with [`Q8Row::sums16`] (the rounding of the rows with a scale per 16).
 pub(crate) fn q8_row_six(x: &[f32]) -> Q8Row {
     let mut row = q8_row_natural(x);
-    row.sums16 = row
+    row.sums16_i16 = row
         .q
         .chunks(16)
-        .map(|c| c.iter().map(|&v| v as i32).sum::<i32>() as f32)
+        .map(|c| c.iter().map(|&v| v as i16).sum())
         .collect();
+    row.sums16 = row.sums16_i16.iter().map(|&s| s as f32).collect();
     row
 }
 
@@ -132,6 +141,8 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
         scale,
         sums,
         sums16,
+        sums16_i16,
+        ..
     } = q8_row_natural(x);
     let full = x.len() / GROUP;
     let mut q = Vec::with_capacity(x.len());
@@ -144,11 +155,17 @@ pub(crate) fn q8_row(x: &[f32], layout: Layout) -> Q8Row {
         }
     }
     q.extend_from_slice(&rounded[full * GROUP..]);
+    let scale4 = match layout {
+        Layout::Pairs => scale.iter().flat_map(|&dx| [dx; 4]).collect(),
+        Layout::Quads => Vec::new(),
+    };
     Q8Row {
         q,
         scale,
         sums,
         sums16,
+        sums16_i16,
+        scale4,
     }
 }
 
@@ -834,6 +851,24 @@ impl RowsKernel for FourBitRowsAvx2<'_> {
     }
 }
 
+/// A K-quant 4-bit or 5-bit weight row of whole superblocks on AVX2
+/// ([`super::x86::dot_k4_q8_rows`]): the scales stay integers, the offsets `−dmin · mn_g`
+/// formed once for all activation rows.
+#[cfg(target_arch = "x86_64")]
+struct SuperRowsAvx2<'a> {
+    t: super::x86::Avx2Fma,
+    w: Nibbles<'a>,
+    sc_d: (&'a [u8], &'a [f16]),
+    offsets: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsKernel for SuperRowsAvx2<'_> {
+    fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
+        super::x86::dot_k4_q8_rows(self.t, self.w, x, self.sc_d, self.offsets)
+    }
+}
+
 /// Each activation row's factors `scales_g · dx_g` (the bits of [`Params::factors`]) in `c`,
 /// one run of `scales.len()` per row.
 #[cfg(target_arch = "x86_64")]
@@ -955,10 +990,20 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
             let (formed, c) = c.split_at_mut(2 * groups);
             let (scales, offsets) = formed.split_at_mut(groups);
             if let Params::Super { sc, mn, d, dmin } = p {
-                // (The bits of `scales_into` / `offsets_into`, eight groups per instruction.)
-                super::x86::super_values(t, sc, d, scales);
+                // (The bits of `offsets_into`, eight groups per instruction.)
                 super::x86::super_values(t, mn, dmin, offsets);
                 offsets.iter_mut().for_each(|o| *o = -*o);
+                let k = xs.first().map_or(0, |x| x.q.len());
+                if k.is_multiple_of(SUPER * GROUP) {
+                    let kernel = SuperRowsAvx2 {
+                        t,
+                        w,
+                        sc_d: (sc, d),
+                        offsets,
+                    };
+                    return in_blocks(&kernel, xs, c, out);
+                }
+                super::x86::super_values(t, sc, d, scales);
             } else {
                 p.scales_into(0..groups, scales);
                 p.offsets_into(0..groups, offsets);

@@ -624,7 +624,7 @@ unsafe fn super_values_avx2(q: &[u8], per: &[f16], out: &mut [f32]) {
     let (blocks, rest) = out.as_chunks_mut::<SUPER>();
     let full = blocks.len();
     for (b, out) in blocks.iter_mut().enumerate() {
-        let d = _mm256_set1_ps(per[b].to_f32());
+        let d = _mm256_set1_ps(per[b].to_f32_const());
         let bytes = _mm_loadl_epi64(q.as_ptr().add(b * SUPER) as *const __m128i);
         let values = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
         _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(d, values));
@@ -702,6 +702,53 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(16))
 }
 
+/// The fifth bits of group `g` of a 5-bit row of `full` groups whose bits start at `ph`
+/// ([`Nibbles`]' layout): the 16 evens' bits and the 16 odds'.
+///
+/// # Safety
+/// `ph` must hold the fifth bits of `full` groups, `g < full`.
+#[inline(always)]
+unsafe fn u5_group_bits(ph: *const u8, full: usize, g: usize) -> (u32, u32) {
+    let (at, gap) = u5_high_at(full, g);
+    let half = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u16) as u32;
+    (half(at), half(at + gap))
+}
+
+/// The even and odd values of the pair of groups from `g` of a 4-bit (`FIVE` false) or 5-bit
+/// row of `full` groups: one 32-byte load, `& 15` and `>> 4 & 15` (5-bit rows OR in `16`
+/// where the pair's fifth bits are set: [`fifth_bits`]). Lanes 0..16 hold group `g`, 16..32
+/// group `g + 1`.
+///
+/// # Safety
+/// AVX2 must be available; `pw` must hold the row's `full · 16` bytes of pairs, `ph` (5-bit
+/// rows) its fifth bits; `g + 1 < full`.
+#[inline(always)]
+unsafe fn nibble_pair<const FIVE: bool>(
+    pw: *const u8,
+    ph: *const u8,
+    full: usize,
+    g: usize,
+) -> (__m256i, __m256i) {
+    let nib = _mm256_set1_epi8(15);
+    let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
+    let mut lo = _mm256_and_si256(b, nib);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
+    if FIVE {
+        // A pair inside a quad is one u32 of each.
+        let (evens, odds) = if g + 1 < full / 4 * 4 {
+            let (at, gap) = u5_high_at(full, g);
+            let word = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u32);
+            (word(at), word(at + gap))
+        } else {
+            let ((ea, oa), (eb, ob)) = (u5_group_bits(ph, full, g), u5_group_bits(ph, full, g + 1));
+            (ea | (eb << 16), oa | (ob << 16))
+        };
+        lo = _mm256_or_si256(lo, fifth_bits(evens));
+        hi = _mm256_or_si256(hi, fifth_bits(odds));
+    }
+    (lo, hi)
+}
+
 /// # Safety
 /// AVX2 and FMA must be available; every `xq` must hold `k` values, every `c` a factor per
 /// group, and `w` `k` values (with `FIVE`, `w.high` covering the row's groups).
@@ -716,39 +763,11 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
     let pw = w.low.as_ptr() as *const u8;
     let px = xq.map(|x| x.as_ptr());
     let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
-    // `Nibbles`' layout: the 16 evens' bits of group g at `at`, its odds' `gap` bytes on; a
-    // pair inside a quad is one u32 of each.
-    let high = |g: usize| {
-        let (at, gap) = u5_high_at(full, g);
-        let half = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u16) as u32;
-        (half(at), half(at + gap))
-    };
-    let pair_bits = |g: usize| {
-        if g + 1 < full / 4 * 4 {
-            let (at, gap) = u5_high_at(full, g);
-            let word = |at: usize| std::ptr::read_unaligned(ph.add(at) as *const u32);
-            (word(at), word(at + gap))
-        } else {
-            let ((ea, oa), (eb, ob)) = (high(g), high(g + 1));
-            (ea | (eb << 16), oa | (ob << 16))
-        }
-    };
-    let nib = _mm256_set1_epi8(15);
+    let high = |g: usize| u5_group_bits(ph, full, g);
     let ones = _mm256_set1_epi16(1);
     // Lanes 0..4 take the pair's first factor, 4..8 its second.
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    // The even and odd values of the pair of groups from `g`.
-    let unpack = |g: usize| {
-        let b = _mm256_loadu_si256(pw.add(g * GROUP / 2) as *const __m256i);
-        let mut lo = _mm256_and_si256(b, nib);
-        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib);
-        if FIVE {
-            let (evens, odds) = pair_bits(g);
-            lo = _mm256_or_si256(lo, fifth_bits(evens));
-            hi = _mm256_or_si256(hi, fifth_bits(odds));
-        }
-        (lo, hi)
-    };
+    let unpack = |g: usize| nibble_pair::<FIVE>(pw, ph, full, g);
     // Row `j`'s eight i32 sums (four per group) of the pair from `g` as f32, times their
     // factors, into `acc`.
     let pair = |(lo, hi): (__m256i, __m256i), j: usize, g: usize, acc: __m256| {
@@ -817,21 +836,129 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
     total
 }
 
+/// One weight row of GGUF's Q4_K (`FIVE` false) or Q5_K, whole superblocks, against `J`
+/// activation rows `x` (rounded per group of 32, [`super::act8::Layout::Pairs`]): per pair of
+/// groups the values unpacked as [`dot_u4_q8`] does, then per row two `maddubs` and one `madd`
+/// with the groups' integer 6-bit scales (eight i16 lanes each) into 8 i32 lanes of
+/// `sc_g · Σ q · xq` over four values, exact, converted and multiplied by the groups' `dx`
+/// ([`Q8Row::scale4`], an FMA's memory operand). Each superblock's sum is scaled by its `d`
+/// once, and its offsets `−dmin · mn_g` (`offsets`, formed per weight row) meet the
+/// activations' sums in one FMA: per 64 values and row five integer operations, one
+/// conversion and one FMA, and no float factor formed per (weight row, activation row).
+///
+/// Each pair of groups is unpacked and its scales spread once for all `J` rows, and each
+/// row's operations are those it gets alone, so its result has the same bits.
+pub(crate) fn dot_k4_q8_rows<const J: usize>(
+    _: Avx2Fma,
+    w: Nibbles,
+    x: [&Q8Row; J],
+    (sc, d): (&[u8], &[f16]),
+    offsets: &[f32],
+) -> [f32; J] {
+    use super::act8::SUPER;
+    let k = x
+        .iter()
+        .map(|x| x.q.len())
+        .min()
+        .unwrap_or(0)
+        .min(2 * w.low.len());
+    let groups = k / GROUP;
+    assert!(
+        k.is_multiple_of(SUPER * GROUP)
+            && sc.len() >= groups
+            && d.len() >= groups / SUPER
+            && offsets.len() >= groups
+            && x.iter()
+                .all(|x| x.scale4.len() >= 4 * groups && x.sums.len() >= groups),
+        "whole superblocks, their parameters and the activations' scales and sums"
+    );
+    let (sc, d, offsets) = (sc.as_ptr(), d.as_ptr(), offsets.as_ptr());
+    match w.high {
+        // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel
+        // reads `groups` groups of `w` and of every row, their parameters and scales (checked).
+        None => unsafe { dot_k4_q8_avx2::<false, J>(w, groups, x, (sc, d), offsets) },
+        Some(high) => {
+            assert!(
+                high.len() >= groups * U5_HIGH_BYTES,
+                "5-bit rows: four bytes of fifth bits per group"
+            );
+            // SAFETY: as above; the fifth bits cover the row's groups (checked).
+            unsafe { dot_k4_q8_avx2::<true, J>(w, groups, x, (sc, d), offsets) }
+        }
+    }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available; `groups` must be a multiple of 8, `w` and every `x.q` hold
+/// `groups · 32` values (5-bit: `w.high` their fifth bits), `sc` and `offsets` `groups`
+/// values, `d` `groups / 8`, every `x.scale4` `4 · groups` and `x.sums` `groups`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
+    w: Nibbles,
+    groups: usize,
+    x: [&Q8Row; J],
+    (sc, d): (*const u8, *const f16),
+    offsets: *const f32,
+) -> [f32; J] {
+    use super::act8::SUPER;
+    let pw = w.low.as_ptr() as *const u8;
+    let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
+    // The i16 scales of groups `g` (eight low lanes) and `g + 1` (eight high lanes) from the
+    // superblock's eight scale bytes.
+    let spread = |bytes: __m128i, g: i64| {
+        let each = 0x0101_0101_0101_0101_i64;
+        let control = _mm_set_epi64x((g + 1) * each, g * each);
+        _mm256_cvtepu8_epi16(_mm_shuffle_epi8(bytes, control))
+    };
+    let mut total = [_mm256_setzero_ps(); J];
+    for sb in 0..groups / SUPER {
+        let bytes = _mm_loadl_epi64(sc.add(SUPER * sb) as *const __m128i);
+        // One accumulator per row: with several rows their FMAs interleave, and one row
+        // alone is bound by memory, not by the chain.
+        let mut acc = [_mm256_setzero_ps(); J];
+        for p in 0..SUPER / 2 {
+            let g = SUPER * sb + 2 * p;
+            let (lo, hi) = nibble_pair::<FIVE>(pw, ph, groups, g);
+            let scales = spread(bytes, 2 * p as i64);
+            for (j, x) in x.iter().enumerate() {
+                let xq = x.q.as_ptr().add(g * GROUP);
+                let xe = _mm256_loadu_si256(xq as *const __m256i);
+                let xo = _mm256_loadu_si256(xq.add(GROUP) as *const __m256i);
+                let s16 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, scales));
+                let dx = _mm256_loadu_ps(x.scale4.as_ptr().add(4 * g));
+                acc[j] = _mm256_fmadd_ps(s, dx, acc[j]);
+            }
+        }
+        let dsb = _mm256_set1_ps((*d.add(sb)).to_f32_const());
+        let mins = _mm256_loadu_ps(offsets.add(SUPER * sb));
+        for (j, x) in x.iter().enumerate() {
+            let sums = _mm256_loadu_ps(x.sums.as_ptr().add(SUPER * sb));
+            total[j] = _mm256_fmadd_ps(mins, sums, _mm256_fmadd_ps(acc[j], dsb, total[j]));
+        }
+    }
+    total.map(|t| hsum(t))
+}
+
 /// One weight row of the 6-bit product with 8-bit activations against `J` activation rows `x`
-/// (`act8`'s chunk layout, activations in natural order: [`super::act8::q8_row_six`]): per chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs
-/// of 16 bytes (one 32-bit variable shift per 128-bit lane) make two vectors of 32 values in
-/// `0..=63`; `maddubs` + `madd` give 8 i32 lanes of four products each (two sub-blocks of 16
-/// per vector), each lane pair scaled by its sub-block's `c_s = (d · sc_s) · dx_{s / 2}`
-/// (formed per chunk, four at a time: the bits of [`SixBit::factors`]). The `−32` of every
-/// value is `−32 · Σ_s c_s · sums16_s` over the activations' sums per 16 values, one FMA per
-/// chunk.
+/// (`act8`'s chunk layout, activations in natural order: [`super::act8::q8_row_six`]): per
+/// chunk of 64 values, the low nibbles of 32 bytes and the high bit pairs of 16 bytes (one
+/// 32-bit variable shift per 128-bit lane) make two vectors of 32 values in `0..=63`, one
+/// group of 32 activations each. `maddubs` gives i16 sums of two products; `madd` with the
+/// sub-blocks' integer scales `sc_s` (eight lanes each) gives 8 i32 lanes of `sc_s · Σ q · xq`
+/// over four values, exact, converted and multiplied by the group's `dx` (a broadcast). The
+/// zero point, `−32 · Σ_s sc_s · sums16_s` per group, is one `madd` of the activations' i16
+/// sums per 16 with `−32 · sc` per superblock, and each superblock's sum is scaled by its `d`
+/// once: per 64 values and row four integer multiplies, two conversions and two FMAs, no
+/// float factor formed per (weight row, activation row).
 ///
 /// With `BITS` 3, 3-bit rows (GGUF's Q3_K, `act8::u3_chunk`): the 16 bytes of bit pairs
 /// broadcast to both 128-bit lanes and shifted per lane, the 64 third bits as bytes by a
 /// shuffle and compare, and `−4` for `−32`. With `BITS` 2 (Q2_K), the bit pairs alone, no
 /// zero point, and the offsets ([`SixBit::offsets`]) subtracted after the row.
 ///
-/// Each chunk is unpacked and its scales formed once for all `J` rows, and each row's
+/// Each chunk is unpacked and its scales spread once for all `J` rows, and each row's
 /// operations are those it gets alone, so its result has the same bits.
 pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
     _: Avx2Fma,
@@ -848,8 +975,9 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
     assert!(
         p.sc.len() >= 4 * chunks
             && p.d.len() >= chunks / 4
-            && x.iter()
-                .all(|x| x.scale.len() >= 2 * chunks && x.sums16.len() >= 4 * chunks)
+            && x.iter().all(|x| x.scale.len() >= 2 * chunks
+                && x.sums16.len() >= 4 * chunks
+                && x.sums16_i16.len() >= 4 * chunks)
             && (BITS != 2 || p.dmin.len() >= chunks / 4),
         "parameters and activation sums for every chunk"
     );
@@ -863,8 +991,8 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
 
 /// # Safety
 /// AVX2 and FMA must be available; `w` must hold `chunks` chunks of `BITS` bits
-/// (`act8::chunk_bytes`), every `x.q` `chunks · 64` values, `x.scale` `chunks · 2`, `x.sums16`
-/// and `sc` `chunks · 4`, `d` `chunks / 4`.
+/// (`act8::chunk_bytes`), `chunks` a multiple of 4, every `x.q` `chunks · 64` values,
+/// `x.scale` `chunks · 2`, `x.sums16_i16` and `sc` `chunks · 4`, `d` `chunks / 4`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
     w: *const u8,
@@ -872,44 +1000,18 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
     (sc, d): (*const i8, *const f16),
     chunks: usize,
 ) -> [f32; J] {
-    // Sub-blocks 0, 1 of a chunk take its first `dx`, 2, 3 its second.
-    let dx_pairs = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 0, 0);
-    let (lanes0, lanes1) = (
-        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-        _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-    );
-    let (nib, pair, ones) = (
-        _mm256_set1_epi8(0xF),
-        _mm256_set1_epi8(3),
-        _mm256_set1_epi16(1),
-    );
+    use super::act8::{chunk_bytes, zero_point};
+    let (nib, pair) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
     let (first, second) = (
         _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
         _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
     );
-    // Σ q · x over 4-value lanes of 32 values.
-    let dot = |q: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
-    // Per row two accumulators (the chunk's two FMAs do not wait on each other) and the
-    // offsets' sums.
-    let mut acc = [[_mm256_setzero_ps(); 2]; J];
-    let mut offsets = [_mm_setzero_ps(); J];
-    let mut sd = _mm_setzero_ps();
-    for ch in 0..chunks {
-        if ch % 4 == 0 {
-            sd = _mm_set1_ps((*d.add(ch / 4)).to_f32());
-        }
-        let bytes = (sc.add(4 * ch) as *const i32).read_unaligned();
-        let scales = if BITS == 2 {
-            // Q2_K's bytes: the scale is the low nibble (the offsets come after the row).
-            _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes & 0x0F0F_0F0F)))
-        } else {
-            _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(bytes)))
-        };
-        let scales = _mm_mul_ps(sd, scales);
-        let (q0, q1) = if BITS <= 3 {
+    // The two 32-value vectors of chunk `ch`.
+    let unpack = |ch: usize| {
+        if BITS <= 3 {
             // Values 0..32 / 32..64: bit pairs t = 0, 1 / 2, 3 (shifts 0, 2 / 4, 6 per lane),
             // 3 bits: third bits from the u32 of each half.
-            let p = w.add(ch * super::act8::chunk_bytes(BITS));
+            let p = w.add(ch * chunk_bytes(BITS));
             let l = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
             let pairs = |shift: __m256i| _mm256_and_si256(_mm256_srlv_epi32(l, shift), pair);
             let third = |half: usize| {
@@ -920,11 +1022,11 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
                 _mm256_srli_epi16::<2>(fifth_bits(bits))
             };
             (
-                _mm256_or_si256(pairs(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), third(0)),
-                _mm256_or_si256(pairs(_mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), third(1)),
+                _mm256_or_si256(pairs(first), third(0)),
+                _mm256_or_si256(pairs(second), third(1)),
             )
         } else {
-            let p = w.add(ch * 48);
+            let p = w.add(ch * chunk_bytes(BITS));
             let l = _mm256_loadu_si256(p as *const __m256i);
             let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
             let high = |shift: __m256i| {
@@ -937,27 +1039,67 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
                     high(second),
                 ),
             )
-        };
+        }
+    };
+    // The i16 scales of sub-blocks `s` (eight low lanes) and `s + 1` (eight high lanes) from
+    // the superblock's 16 scale bytes.
+    let spread = |bytes: __m128i, s: i64| {
+        let each = 0x0101_0101_0101_0101_i64;
+        let control = _mm_set_epi64x((s + 1) * each, s * each);
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, control))
+    };
+    let dot = |q: __m256i, x: *const i8, sc: __m256i| {
+        let x = _mm256_loadu_si256(x as *const __m256i);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sc))
+    };
+    let zero = zero_point(BITS);
+    // One accumulator per row, whatever `J` (a row's bits must not depend on it): with
+    // several rows their FMAs interleave, and one row alone is bound by memory, not by the
+    // chain. (Two per row would not fit four rows in the 16 registers beside the unpacked
+    // weights: spilled, they cost a third of the time.)
+    let mut acc = [_mm256_setzero_ps(); J];
+    // Each row's `dx_g · d` for the superblock's eight groups.
+    let mut dxd = [[0f32; 8]; J];
+    for sb in 0..chunks / 4 {
+        let mut bytes = _mm_loadu_si128(sc.add(16 * sb) as *const __m128i);
+        if BITS == 2 {
+            // Q2_K's bytes: the scale is the low nibble (the offsets come after the row).
+            bytes = _mm_and_si128(bytes, _mm_set1_epi8(0xF));
+        }
+        let dsb = _mm256_set1_ps((*d.add(sb)).to_f32_const());
         for (j, x) in x.iter().enumerate() {
-            let dxs = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(
-                    x.scale.as_ptr().add(2 * ch) as *const f64
-                ))),
-                dx_pairs,
+            let dx = _mm256_loadu_ps(x.scale.as_ptr().add(8 * sb));
+            _mm256_storeu_ps(dxd[j].as_mut_ptr(), _mm256_mul_ps(dx, dsb));
+        }
+        for c in 0..4 {
+            let ch = 4 * sb + c;
+            let (q0, q1) = unpack(ch);
+            let (s0, s1) = (spread(bytes, 4 * c as i64), spread(bytes, 4 * c as i64 + 2));
+            for (j, x) in x.iter().enumerate() {
+                let xq = x.q.as_ptr().add(ch * 64);
+                let f = (
+                    _mm256_broadcast_ss(&dxd[j][2 * c]),
+                    _mm256_broadcast_ss(&dxd[j][2 * c + 1]),
+                );
+                acc[j] = _mm256_fmadd_ps(dot(q0, xq, s0), f.0, acc[j]);
+                acc[j] = _mm256_fmadd_ps(dot(q1, xq.add(32), s1), f.1, acc[j]);
+            }
+        }
+        if zero != 0 {
+            // −zero · sc (zero a power of two; at most 32 · 128 in magnitude).
+            let zeros = _mm256_mullo_epi16(
+                _mm256_cvtepi8_epi16(bytes),
+                _mm256_set1_epi16(-(zero as i16)),
             );
-            let cs = _mm_mul_ps(scales, _mm256_castps256_ps128(dxs));
-            let xq = x.q.as_ptr().add(ch * 64);
-            let s0 = dot(q0, _mm256_loadu_si256(xq as *const __m256i));
-            let s1 = dot(q1, _mm256_loadu_si256(xq.add(32) as *const __m256i));
-            let c8 = _mm256_castps128_ps256(cs);
-            let f0 = _mm256_permutevar8x32_ps(c8, lanes0);
-            let f1 = _mm256_permutevar8x32_ps(c8, lanes1);
-            acc[j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc[j][0]);
-            acc[j][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc[j][1]);
-            let sums = _mm_loadu_ps(x.sums16.as_ptr().add(4 * ch));
-            offsets[j] = _mm_fmadd_ps(cs, sums, offsets[j]);
+            for (j, x) in x.iter().enumerate() {
+                // Per group (lane) `Σ_s −zero · sc_s · sums16_s` over its two sub-blocks:
+                // at most 2 · 2032 · 4096 in magnitude, exact in f32.
+                let sums = x.sums16_i16.as_ptr().add(16 * sb) as *const __m256i;
+                let z = _mm256_madd_epi16(_mm256_loadu_si256(sums), zeros);
+                let f = _mm256_loadu_ps(dxd[j].as_ptr());
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), f, acc[j]);
+            }
         }
     }
-    let zero = super::act8::zero_point(BITS) as f32;
-    std::array::from_fn(|j| hsum(_mm256_add_ps(acc[j][0], acc[j][1])) - zero * hsum4(offsets[j]))
+    acc.map(|a| hsum(a))
 }
