@@ -852,20 +852,19 @@ impl RowsKernel for FourBitRowsAvx2<'_> {
 }
 
 /// A K-quant 4-bit or 5-bit weight row of whole superblocks on AVX2
-/// ([`super::x86::dot_k4_q8_rows`]): the scales stay integers, the offsets `−dmin · mn_g`
-/// formed once for all activation rows.
+/// ([`super::x86::dot_k4_q8_rows`]): its scales and offsets as stored.
 #[cfg(target_arch = "x86_64")]
 struct SuperRowsAvx2<'a> {
     t: super::x86::Avx2Fma,
     w: Nibbles<'a>,
     sc_d: (&'a [u8], &'a [f16]),
-    offsets: &'a [f32],
+    mn_dmin: (&'a [u8], &'a [f16]),
 }
 
 #[cfg(target_arch = "x86_64")]
 impl RowsKernel for SuperRowsAvx2<'_> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
-        super::x86::dot_k4_q8_rows(self.t, self.w, x, self.sc_d, self.offsets)
+        super::x86::dot_k4_q8_rows(self.t, self.w, x, self.sc_d, self.mn_dmin)
     }
 }
 
@@ -990,20 +989,20 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
             let (formed, c) = c.split_at_mut(2 * groups);
             let (scales, offsets) = formed.split_at_mut(groups);
             if let Params::Super { sc, mn, d, dmin } = p {
-                // (The bits of `offsets_into`, eight groups per instruction.)
-                super::x86::super_values(t, mn, dmin, offsets);
-                offsets.iter_mut().for_each(|o| *o = -*o);
                 let k = xs.first().map_or(0, |x| x.q.len());
                 if k.is_multiple_of(SUPER * GROUP) {
                     let kernel = SuperRowsAvx2 {
                         t,
                         w,
                         sc_d: (sc, d),
-                        offsets,
+                        mn_dmin: (mn, dmin),
                     };
                     return in_blocks(&kernel, xs, c, out);
                 }
+                // (The bits of `scales_into` / `offsets_into`, eight groups per instruction.)
                 super::x86::super_values(t, sc, d, scales);
+                super::x86::super_values(t, mn, dmin, offsets);
+                offsets.iter_mut().for_each(|o| *o = -*o);
             } else {
                 p.scales_into(0..groups, scales);
                 p.offsets_into(0..groups, offsets);

@@ -842,9 +842,9 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
 /// with the groups' integer 6-bit scales (eight i16 lanes each) into 8 i32 lanes of
 /// `sc_g · Σ q · xq` over four values, exact, converted and multiplied by the groups' `dx`
 /// ([`Q8Row::scale4`], an FMA's memory operand). Each superblock's sum is scaled by its `d`
-/// once, and its offsets `−dmin · mn_g` (`offsets`, formed per weight row) meet the
+/// once, and its offsets `−dmin · mn_g` (formed per superblock for all rows) meet the
 /// activations' sums in one FMA: per 64 values and row five integer operations, one
-/// conversion and one FMA, and no float factor formed per (weight row, activation row).
+/// conversion and one FMA, and nothing formed per (weight row, activation row).
 ///
 /// Each pair of groups is unpacked and its scales spread once for all `J` rows, and each
 /// row's operations are those it gets alone, so its result has the same bits.
@@ -853,7 +853,7 @@ pub(crate) fn dot_k4_q8_rows<const J: usize>(
     w: Nibbles,
     x: [&Q8Row; J],
     (sc, d): (&[u8], &[f16]),
-    offsets: &[f32],
+    (mn, dmin): (&[u8], &[f16]),
 ) -> [f32; J] {
     use super::act8::SUPER;
     let k = x
@@ -867,38 +867,40 @@ pub(crate) fn dot_k4_q8_rows<const J: usize>(
         k.is_multiple_of(SUPER * GROUP)
             && sc.len() >= groups
             && d.len() >= groups / SUPER
-            && offsets.len() >= groups
+            && mn.len() >= groups
+            && dmin.len() >= groups / SUPER
             && x.iter()
                 .all(|x| x.scale4.len() >= 4 * groups && x.sums.len() >= groups),
         "whole superblocks, their parameters and the activations' scales and sums"
     );
-    let (sc, d, offsets) = (sc.as_ptr(), d.as_ptr(), offsets.as_ptr());
+    let (sc, d) = (sc.as_ptr(), d.as_ptr());
+    let (mn, dmin) = (mn.as_ptr(), dmin.as_ptr());
     match w.high {
         // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA; the kernel
         // reads `groups` groups of `w` and of every row, their parameters and scales (checked).
-        None => unsafe { dot_k4_q8_avx2::<false, J>(w, groups, x, (sc, d), offsets) },
+        None => unsafe { dot_k4_q8_avx2::<false, J>(w, groups, x, (sc, d), (mn, dmin)) },
         Some(high) => {
             assert!(
                 high.len() >= groups * U5_HIGH_BYTES,
                 "5-bit rows: four bytes of fifth bits per group"
             );
             // SAFETY: as above; the fifth bits cover the row's groups (checked).
-            unsafe { dot_k4_q8_avx2::<true, J>(w, groups, x, (sc, d), offsets) }
+            unsafe { dot_k4_q8_avx2::<true, J>(w, groups, x, (sc, d), (mn, dmin)) }
         }
     }
 }
 
 /// # Safety
 /// AVX2 and FMA must be available; `groups` must be a multiple of 8, `w` and every `x.q` hold
-/// `groups · 32` values (5-bit: `w.high` their fifth bits), `sc` and `offsets` `groups`
-/// values, `d` `groups / 8`, every `x.scale4` `4 · groups` and `x.sums` `groups`.
+/// `groups · 32` values (5-bit: `w.high` their fifth bits), `sc` and `mn` `groups` values,
+/// `d` and `dmin` `groups / 8`, every `x.scale4` `4 · groups` and `x.sums` `groups`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
     w: Nibbles,
     groups: usize,
     x: [&Q8Row; J],
     (sc, d): (*const u8, *const f16),
-    offsets: *const f32,
+    (mn, dmin): (*const u8, *const f16),
 ) -> [f32; J] {
     use super::act8::SUPER;
     let pw = w.low.as_ptr() as *const u8;
@@ -932,7 +934,12 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
             }
         }
         let dsb = _mm256_set1_ps((*d.add(sb)).to_f32_const());
-        let mins = _mm256_loadu_ps(offsets.add(SUPER * sb));
+        // The offsets `−dmin · mn_g` of the superblock's eight groups.
+        let mn8 = _mm_loadl_epi64(mn.add(SUPER * sb) as *const __m128i);
+        let mins = _mm256_mul_ps(
+            _mm256_set1_ps(-(*dmin.add(sb)).to_f32_const()),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)),
+        );
         for (j, x) in x.iter().enumerate() {
             let sums = _mm256_loadu_ps(x.sums.as_ptr().add(SUPER * sb));
             total[j] = _mm256_fmadd_ps(mins, sums, _mm256_fmadd_ps(acc[j], dsb, total[j]));
