@@ -799,17 +799,32 @@ fn dot_u6<const BITS: usize>(isa: Isa, w: &[u8], x: &Q8Row, p: SixBit, c: &mut [
 /// every row's operations are those it gets alone, so its result has the same bits.
 #[cfg(target_arch = "x86_64")]
 trait RowsKernel {
+    /// Whether [`in_blocks`] hands it eight rows at a time before fours.
+    const EIGHTS: bool = false;
+
     /// The weight row against `x`, with room `c` for factors.
     fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J];
 }
 
-/// [`RowDots`] through a [`RowsKernel`]: activation rows four at a time, then a pair, then a
-/// last one. With four the weight work per row falls to a quarter of a single row's (1.1-1.2x
-/// over pairs at `K = 2048`, `benchmarks/README.md`); eight rows' two accumulators and offset
-/// vector each would not fit the 32 vector registers beside the unpacked weights. (On AVX2's
-/// 16 the 6-bit kernel spills at four rows, yet runs level with pairs: measured, same file.)
+/// [`RowDots`] through a [`RowsKernel`]: activation rows eight at a time where the kernel
+/// asks ([`RowsKernel::EIGHTS`]), four at a time, then a pair, then a last one. With four the
+/// weight work per row falls to a quarter of a single row's (1.1-1.2x over pairs at
+/// `K = 2048`, `benchmarks/README.md`); the VNNI kernels' eight rows' two accumulators and
+/// offset vector each would not fit the 32 vector registers beside the unpacked weights. The
+/// AVX2 K-quant kernels keep one or two accumulators per row, and eight rows gain 1.1-1.2x
+/// over fours (6-bit, 5-bit; level at 4-bit: `benchmarks/README.md`).
 #[cfg(target_arch = "x86_64")]
-fn in_blocks(kernel: &impl RowsKernel, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
+fn in_blocks<K: RowsKernel>(kernel: &K, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
+    let (xs, out) = if K::EIGHTS {
+        let mut eights = xs.chunks_exact(8);
+        let mut outs = out.chunks_exact_mut(8);
+        for (o, x) in (&mut outs).zip(&mut eights) {
+            o.copy_from_slice(&kernel.rows(std::array::from_fn::<_, 8, _>(|j| &x[j]), c));
+        }
+        (eights.remainder(), outs.into_remainder())
+    } else {
+        (xs, out)
+    };
     let mut quads = xs.chunks_exact(4);
     let mut outs = out.chunks_exact_mut(4);
     for (o, x) in (&mut outs).zip(&mut quads) {
@@ -863,6 +878,8 @@ struct SuperRowsAvx2<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl RowsKernel for SuperRowsAvx2<'_> {
+    const EIGHTS: bool = true;
+
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
         super::x86::dot_k4_q8_rows(self.t, self.w, x, self.sc_d, self.mn_dmin)
     }
@@ -943,6 +960,8 @@ struct SixBitRowsAvx2<'a, const BITS: usize> {
 
 #[cfg(target_arch = "x86_64")]
 impl<const BITS: usize> RowsKernel for SixBitRowsAvx2<'_, BITS> {
+    const EIGHTS: bool = true;
+
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
         super::x86::dot_u6_q8_rows::<BITS, J>(self.t, self.w, x, self.p)
     }
@@ -1158,12 +1177,13 @@ mod tests {
     use proptest::prelude::*;
 
     /// Each activation row of a many-row 4-bit, 6-bit or 8-bit product has the bits of its
-    /// product alone (the VNNI kernels take rows in fours and pairs), for both 4-bit parameter kinds,
-    /// odd quads and tails.
+    /// product alone (the row kernels take rows in eights, fours and pairs), for every 4-bit
+    /// parameter kind, odd quads and tails.
     #[test]
     fn rows_are_bit_identical_to_single_rows() {
         for k in [64, 160, 256, 512, 1408] {
-            let (n, m) = (5, 7);
+            // Blocks of eight, four, two and one row.
+            let (n, m) = (5, 15);
             let groups = k / GROUP;
             let supers = groups.div_ceil(SUPER);
             let w: Vec<U4x2> = (0..n * k / 2).map(|i| U4x2((i * 37 % 256) as u8)).collect();
