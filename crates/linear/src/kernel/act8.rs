@@ -811,8 +811,8 @@ trait RowsKernel {
 /// weight work per row falls to a quarter of a single row's (1.1-1.2x over pairs at
 /// `K = 2048`, `benchmarks/README.md`); the VNNI kernels' eight rows' two accumulators and
 /// offset vector each would not fit the 32 vector registers beside the unpacked weights. The
-/// AVX2 K-quant kernels keep one or two accumulators per row, and eight rows gain 1.1-1.2x
-/// over fours (6-bit, 5-bit; level at 4-bit: `benchmarks/README.md`).
+/// AVX2 K-quant kernels keep one accumulator per row (4 and 5 bits: and a running total), and
+/// eight rows gain 1.1-1.2x over fours (6-bit, 5-bit; level at 4-bit: `benchmarks/README.md`).
 #[cfg(target_arch = "x86_64")]
 fn in_blocks<K: RowsKernel>(kernel: &K, xs: &[Q8Row], c: &mut [f32], out: &mut [f32]) {
     let (xs, out) = if K::EIGHTS {
