@@ -836,6 +836,19 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
     total
 }
 
+/// Bytes `i` and `i + 1` of `bytes`, each eight times over (`[b_i x8 | b_(i+1) x8]`): the
+/// scales of two neighbouring blocks, ready to widen into the 128-bit lanes whose sums they
+/// scale.
+///
+/// # Safety
+/// SSSE3 must be available (it is wherever AVX2 is); `i < 15`.
+#[inline(always)]
+unsafe fn byte_pair_eights(bytes: __m128i, i: usize) -> __m128i {
+    let each = 0x0101_0101_0101_0101_i64;
+    let i = i as i64;
+    _mm_shuffle_epi8(bytes, _mm_set_epi64x((i + 1) * each, i * each))
+}
+
 /// One weight row of GGUF's Q4_K (`FIVE` false) or Q5_K, whole superblocks, against `J`
 /// activation rows `x` (rounded per group of 32, [`super::act8::Layout::Pairs`]): per pair of
 /// groups the values unpacked as [`dot_u4_q8`] does, then per row two `maddubs` and one `madd`
@@ -906,12 +919,8 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
     let pw = w.low.as_ptr() as *const u8;
     let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
     // The i16 scales of groups `g` (eight low lanes) and `g + 1` (eight high lanes) from the
-    // superblock's eight scale bytes.
-    let spread = |bytes: __m128i, g: i64| {
-        let each = 0x0101_0101_0101_0101_i64;
-        let control = _mm_set_epi64x((g + 1) * each, g * each);
-        _mm256_cvtepu8_epi16(_mm_shuffle_epi8(bytes, control))
-    };
+    // superblock's eight scale bytes (unsigned).
+    let spread = |bytes: __m128i, g: usize| _mm256_cvtepu8_epi16(byte_pair_eights(bytes, g));
     let mut total = [_mm256_setzero_ps(); J];
     for sb in 0..groups / SUPER {
         let bytes = _mm_loadl_epi64(sc.add(SUPER * sb) as *const __m128i);
@@ -921,7 +930,7 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
         for p in 0..SUPER / 2 {
             let g = SUPER * sb + 2 * p;
             let (lo, hi) = nibble_pair::<FIVE>(pw, ph, groups, g);
-            let scales = spread(bytes, 2 * p as i64);
+            let scales = spread(bytes, 2 * p);
             for (j, x) in x.iter().enumerate() {
                 let xq = x.q.as_ptr().add(g * GROUP);
                 let xe = _mm256_loadu_si256(xq as *const __m256i);
@@ -1049,12 +1058,8 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
         }
     };
     // The i16 scales of sub-blocks `s` (eight low lanes) and `s + 1` (eight high lanes) from
-    // the superblock's 16 scale bytes.
-    let spread = |bytes: __m128i, s: i64| {
-        let each = 0x0101_0101_0101_0101_i64;
-        let control = _mm_set_epi64x((s + 1) * each, s * each);
-        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, control))
-    };
+    // the superblock's 16 scale bytes (signed).
+    let spread = |bytes: __m128i, s: usize| _mm256_cvtepi8_epi16(byte_pair_eights(bytes, s));
     let dot = |q: __m256i, x: *const i8, sc: __m256i| {
         let x = _mm256_loadu_si256(x as *const __m256i);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sc))
@@ -1081,7 +1086,7 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
         for c in 0..4 {
             let ch = 4 * sb + c;
             let (q0, q1) = unpack(ch);
-            let (s0, s1) = (spread(bytes, 4 * c as i64), spread(bytes, 4 * c as i64 + 2));
+            let (s0, s1) = (spread(bytes, 4 * c), spread(bytes, 4 * c + 2));
             for (j, x) in x.iter().enumerate() {
                 let xq = x.q.as_ptr().add(ch * 64);
                 let f = (
