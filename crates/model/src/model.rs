@@ -812,8 +812,9 @@ impl DeepSeek {
     /// the detected kernel path. Attention itself runs per sequence and the routers keep
     /// every row ([`moe::Gate::logits`]). `linear::GEMV_MAX_ROWS` in general; 64 for bf16
     /// matrices under `--bf16-activations` on AVX512-BF16 CPUs; unbounded (`usize::MAX`) when
-    /// every such matrix is quantised and held in panels (AVX512-VNNI CPUs:
-    /// `linear::QuantMatrix::for_isa`).
+    /// every such matrix is quantised and either held in panels (AVX512-VNNI CPUs:
+    /// `linear::QuantMatrix::for_isa`) or multiplied by the row kernels at every size (AVX2
+    /// CPUs without VNNI).
     pub fn batch_invariant_rows(&self) -> usize {
         let isa = linear::Isa::detect();
         let mut rows = self.lm_head.batch_invariant_rows(isa);

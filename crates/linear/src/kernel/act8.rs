@@ -458,7 +458,7 @@ fn each<W, P: Copy>(
 /// `round`, each weight row against all of them by `dots` with the row's parameters, or a
 /// task's rows against all of them by `run` where it takes them.
 #[allow(clippy::too_many_arguments)] // the formats' kernels, passed in
-fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
+fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row + Sync>(
     isa: Isa,
     w: &[W],
     k: usize,
@@ -474,9 +474,17 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
         return vec![0.0; n * m];
     }
     let groups = k.div_ceil(GROUP);
-    let rows: Vec<Q8Row> = xs.chunks_exact(k).map(round).collect();
+    let rows: Vec<Q8Row> = if m > ROW_TILE_MIN {
+        xs.par_chunks_exact(k).map(&round).collect()
+    } else {
+        xs.chunks_exact(k).map(round).collect()
+    };
     let per_task = (n / (8 * rayon::current_num_threads())).max(TASK_BYTES / kw.max(1));
     let rows_per_task = per_task.clamp(1, n);
+    // Activation rows per pass over a task's weight rows: the rounded rows of a tile and the
+    // task's weights stay in the core's cache together, so a prompt's many rows do not stream
+    // from memory once per weight row.
+    let tile = (ROW_TILE_BYTES / k.max(1)).max(ROW_TILE_MIN) / 8 * 8;
     let mut out_t = vec![0f32; n * m]; // [N, m]
     out_t
         .par_chunks_mut(rows_per_task * m)
@@ -489,13 +497,23 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row>(
             }
             // Room for a row's scales and offsets and four activation rows' factors.
             let mut c = vec![0f32; (2 + 4) * groups];
-            for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
-                let p = params.row(first + i, groups);
-                dots(isa, row, &rows, p, &mut c, o);
+            for start in (0..m).step_by(tile) {
+                let xs = &rows[start..(start + tile).min(m)];
+                for (i, (o, row)) in out.chunks_exact_mut(m).zip(w.chunks_exact(kw)).enumerate() {
+                    let p = params.row(first + i, groups);
+                    dots(isa, row, xs, p, &mut c, &mut o[start..start + xs.len()]);
+                }
             }
         });
     super::transpose(out_t, n, m)
 }
+
+/// Target bytes of rounded activations per pass over a task's weight rows ([`matmul_act8`]):
+/// with the task's [`TASK_BYTES`] of weights, within a core's L2.
+const ROW_TILE_BYTES: usize = 96 << 10;
+
+/// Fewest activation rows per such pass (a multiple of eight, the row kernels' widest block).
+const ROW_TILE_MIN: usize = 16;
 
 /// Values per chunk of the rows with a scale per 16 ([`matmul_sixteenths_q8`]).
 pub(crate) const U6_CHUNK: usize = 64;
