@@ -82,13 +82,27 @@ impl Isa {
         self.0 == Path::Portable
     }
 
-    /// Whether products of more than [`crate::GEMV_MAX_ROWS`] rows with 8-bit and 4-bit
+    /// Whether products of more than [`Isa::quant_row_kernel_rows`] rows with 8-bit and 4-bit
     /// weights ([`crate::QuantMatrix`]) round the activations to 8 bits per group on this path,
     /// as products of fewer rows always do: true where AVX512-VNNI runs their integer GEMM
-    /// ([`Isa::quant_panels`]) and where AVX2 runs the row kernels at every size; on the
-    /// portable path they take f32 activations (the product with the dequantised matrix).
+    /// ([`Isa::quant_panels`]); elsewhere they take f32 activations (the product with the
+    /// dequantised matrix).
     pub fn rounds_quant_gemm_activations(self) -> bool {
-        !self.is_portable()
+        self.quant_panels()
+    }
+
+    /// Up to how many activation rows products with 8-bit and 4-bit weights
+    /// ([`crate::QuantMatrix`] in the row layout) take the row kernels: activations rounded to
+    /// 8 bits per group, each row's result the same bits whatever the other rows. 64 on AVX2
+    /// without AVX512-VNNI, where they beat the f32 GEMM over widened weights up to about
+    /// that many rows (1.0-1.8x at 64 rows on a Zen 3, 0.6-0.9x for 8-bit weights at 96 and
+    /// 128: `benchmarks/README.md`); [`crate::GEMV_MAX_ROWS`] elsewhere.
+    pub fn quant_row_kernel_rows(self) -> usize {
+        if self.is_portable() || self.quant_panels() {
+            crate::GEMV_MAX_ROWS
+        } else {
+            2 * crate::GEMV_MAX_ROWS
+        }
     }
 
     /// Whether the 8/6/5/4-bit matrices go to panels of interleaved rows on this path

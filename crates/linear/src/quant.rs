@@ -30,8 +30,8 @@
 //!   masked add per 64 values on AVX-512, a shuffle and compare per 32 on AVX2). Read from
 //!   llama.cpp's files as stored (before, candle's kernels multiplied them: ~3x slower decode
 //!   and ~10x slower prefill on the Zen 4), quantised with GGML's reference quantiser. Off
-//!   AVX512-VNNI and AVX2, products of more than [`GEMV_MAX_ROWS`] rows take the f32 path below
-//!   over one byte per value formed for the call.
+//!   AVX512-VNNI, products of more than [`Isa::quant_row_kernel_rows`] rows take the f32 path
+//!   below over one byte per value formed for the call.
 //! - [`QuantFormat::Q3K`] and [`QuantFormat::Q2K`]: GGUF's Q3_K (`d · sc · (q − 4)`, `q` in
 //!   `0..=7`, an i8 `sc` per 16 values: Q6_K's parameters) and Q2_K (`d · sc · q − dmin · mn`,
 //!   `q` in `0..=3`, a 4-bit `sc` and `mn` per 16 values in one byte), the formats of
@@ -49,21 +49,19 @@
 //!   scaling per group, or per 16 values for the formats with a scale per 16). 1.6-2.5x the
 //!   f32 path's whole prefill on a Zen 4 (`benchmarks/README.md`); llama.cpp rounds its
 //!   prefill activations the same way;
-//! - up to [`GEMV_MAX_ROWS`] rows (decode), and any number of rows on AVX2 CPUs without
-//!   AVX512-VNNI: the activations rounded to 8 bits per group, as llama.cpp does for its block
-//!   formats, and the integer products summed exactly by the row kernels (`kernel::act8`):
-//!   2-3x fewer operations per weight, at an activation rounding error below the weights' own
-//!   (8-bit) and far below it (4-bit). A prompt's rows go through them in tiles that stay in
-//!   the core's cache with a task's weight rows; each row's result has the same bits whatever
-//!   the number of rows. On AVX2 that replaced the f32 path below in prefill: 1.2-1.5x the
-//!   whole 512-token prefill of a Q4_K file on a Zen 3 (`benchmarks/README.md`);
-//! - more than [`GEMV_MAX_ROWS`] rows on the portable path: f32 activations against the stored
-//!   integers widened in registers (never dequantised to memory; the 5-bit formats and those
-//!   with a scale per 16 widened to a byte per value for the call), one scale per group (or
-//!   per 16): the product with the dequantised matrix up to f32 summation order. There a
-//!   quantised decode step and a prefill over the same tokens agree to the activations'
-//!   rounding, not to summation order; on the VNNI GEMM and the AVX2 row kernels they round
-//!   alike.
+//! - up to [`Isa::quant_row_kernel_rows`] rows (decode steps; 64 rows on AVX2 CPUs without
+//!   AVX512-VNNI, e.g. the experts of a prompt): the activations rounded to 8 bits per group,
+//!   as llama.cpp does for its block formats, and the integer products summed exactly by the
+//!   row kernels (`kernel::act8`): 2-3x fewer operations per weight, at an activation rounding
+//!   error below the weights' own (8-bit) and far below it (4-bit). Many rows go through them
+//!   in tiles that stay in the core's cache with a task's weight rows; each row's result has
+//!   the same bits whatever the number of rows;
+//! - more rows elsewhere: f32 activations against the stored integers widened in registers
+//!   (never dequantised to memory; the 5-bit formats and those with a scale per 16 widened to
+//!   a byte per value for the call), one scale per group (or per 16): the product with the
+//!   dequantised matrix up to f32 summation order. There a quantised decode step and a
+//!   prefill over the same tokens agree to the activations' rounding, not to summation order;
+//!   on the VNNI GEMM they round alike.
 //!
 //! **Panels** ([`QuantMatrix::for_isa`], applied by `Matrix::load` and `Matrix::quantize` on
 //! AVX512-VNNI CPUs): the 8, 6 (Q6_K), 5 and 4-bit matrices are relaid once, at load, into
@@ -973,14 +971,13 @@ impl QuantMatrix {
 
     /// Up to how many activation rows each row's product on the kernel path `isa` has the same
     /// bits whatever the other rows: any number for a panel matrix on an AVX512-VNNI path (one
-    /// kernel at every size) and on AVX2 without VNNI (the row kernels at every size),
-    /// [`GEMV_MAX_ROWS`] otherwise (the row kernels' regime).
+    /// kernel at every size), [`Isa::quant_row_kernel_rows`] otherwise (the row kernels'
+    /// regime).
     pub fn batch_invariant_rows(&self, isa: Isa) -> usize {
-        let rows_kernels_throughout = !isa.quant_panels() && isa.rounds_quant_gemm_activations();
-        if (self.in_panels() && isa.quant_panels()) || rows_kernels_throughout {
+        if self.in_panels() && isa.quant_panels() {
             usize::MAX
         } else {
-            GEMV_MAX_ROWS
+            isa.quant_row_kernel_rows()
         }
     }
 
@@ -1194,9 +1191,8 @@ impl QuantMatrix {
     }
 
     /// `xs` (`m` row-major f32 rows of `K`) times the matrix: `[m, N]` row-major, on the
-    /// kernel path `isa` (the row kernels up to [`GEMV_MAX_ROWS`] rows and at any number on
-    /// AVX2 without VNNI, the integer GEMM above that on VNNI, the f32 GEMM on the portable
-    /// path: see the module docs).
+    /// kernel path `isa` (the row kernels up to [`Isa::quant_row_kernel_rows`] rows, the
+    /// integer GEMM above that on VNNI, the f32 GEMM elsewhere: see the module docs).
     ///
     /// # Panics
     /// If `xs.len() != m · K`.
@@ -1222,8 +1218,8 @@ impl QuantMatrix {
             return self.row_major().matmul(isa, xs, m);
         }
         let params = match (&self.values, &self.params) {
-            // A scale per 16: the 8-bit activation kernels at every size (the rows as in
-            // decode, or the GEMM on VNNI CPUs past GEMV_MAX_ROWS).
+            // A scale per 16: the 8-bit activation kernels (the rows as in decode, or the GEMM
+            // on VNNI CPUs past GEMV_MAX_ROWS), the f32 GEMM past the row kernels elsewhere.
             (
                 Values::U6(v) | Values::U3(v) | Values::U2(v),
                 GroupParams::Sixteenths { sc, d, dmin },
@@ -1236,17 +1232,14 @@ impl QuantMatrix {
                     let w = Weights::Sixteenths { bits, w: v };
                     return gemm::matmul(t, w, Factors::PerSixteen(p), n, k, xs, m);
                 }
-                if m > GEMV_MAX_ROWS && !isa.rounds_quant_gemm_activations() {
+                if m > isa.quant_row_kernel_rows() {
                     return self.sixteenths_f32_gemm(isa, bits, v, p, xs, m);
                 }
                 return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
             (_, params) => params.view().expect("group parameters"),
         };
-        // The row kernels: decode-sized products everywhere, and every product on AVX2
-        // without VNNI (where they beat the f32 GEMM over widened weights).
-        let rows_kernels =
-            m <= GEMV_MAX_ROWS || (isa.rounds_quant_gemm_activations() && !isa.quant_panels());
+        let rows_kernels = m <= isa.quant_row_kernel_rows();
         let mut out = match &self.values {
             // Decode-sized products round the activations to 8 bits (see `kernel::act8`), the
             // 4-bit offsets summed in the same pass.
@@ -1685,7 +1678,7 @@ mod tests {
     fn oracle(w: &QuantMatrix, isa: Isa, xs: &[f32], m: usize) -> Vec<f64> {
         let [n, k] = w.dims;
         let d = w.dequantize_rows();
-        let rounded = m <= GEMV_MAX_ROWS || isa.rounds_quant_gemm_activations();
+        let rounded = m <= isa.quant_row_kernel_rows() || isa.rounds_quant_gemm_activations();
         let mut out = vec![0f64; m * n];
         for j in 0..m {
             let x = &xs[j * k..(j + 1) * k];
@@ -1800,12 +1793,12 @@ mod tests {
         }
     }
 
-    /// A prompt-sized product (`K = 2048`: the row kernels take its 100 rows in tiles of 48,
-    /// `kernel::act8::matmul_act8`) matches the oracle on every path, and where the path keeps
-    /// each row's bits at that size, every row has the bits it has alone.
+    /// A product of 64 rows of `K = 2048` (on AVX2 the row kernels take them in tiles of 48
+    /// and 16, `kernel::act8::matmul_act8`) matches the oracle on every path, and where the
+    /// path keeps each row's bits at that size, every row has the bits it has alone.
     #[test]
-    fn prompt_sized_products_in_tiles_match_the_oracle_and_keep_each_row_s_bits() {
-        let (n, k, m) = (24, 2048, 100);
+    fn products_in_tiles_match_the_oracle_and_keep_each_row_s_bits() {
+        let (n, k, m) = (24, 2048, 64);
         let w = values(n * k, 17, 0.3);
         let xs = values(m * k, 19, 1.9);
         for format in QuantFormat::ALL {
@@ -1817,7 +1810,7 @@ mod tests {
                 if q.batch_invariant_rows(isa) < m {
                     continue;
                 }
-                for j in [0, 47, 48, 95, 96, 99] {
+                for j in [0, 47, 48, 63] {
                     let one = q.matmul(isa, &xs[j * k..(j + 1) * k], 1);
                     for r in 0..n {
                         assert_eq!(

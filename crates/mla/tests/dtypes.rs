@@ -108,8 +108,8 @@ fn rel_rms(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// A layer with 8-bit or 4-bit projections computes what the same layer holding the
-/// dequantised values in f32 computes: up to summation order past `GEMV_MAX_ROWS` rows where
-/// the CPU's GEMM takes f32 activations, up to the activations' 8-bit rounding below that and
+/// dequantised values in f32 computes: up to summation order past the row kernels' rows
+/// (`Isa::quant_row_kernel_rows`) where the CPU's GEMM takes f32 activations, up to the activations' 8-bit rounding below that and
 /// where it rounds them too (`Isa::rounds_quant_gemm_activations`), on every path.
 #[test]
 fn quantised_matrices_equal_their_dequantised_twin() {
@@ -151,10 +151,11 @@ fn quantised_matrices_equal_their_dequantised_twin() {
                 | linear::QuantFormat::Q3K
                 | linear::QuantFormat::Q2K => 5e-2,
             };
-            // More than GEMV_MAX_ROWS rows: the GEMM (this CPU's path).
-            let rows = linear::GEMV_MAX_ROWS + 8;
+            // More than the row kernels take: the GEMM (this CPU's path).
+            let isa = linear::Isa::detect();
+            let rows = isa.quant_row_kernel_rows() + 8;
             let x = fixtures::seeded_randn(&[1, rows, 64], 1.0, 145);
-            let rounds = linear::Isa::detect().rounds_quant_gemm_activations();
+            let rounds = isa.rounds_quant_gemm_activations();
             for path in PATHS {
                 let mut rope = rope_for(&exact);
                 let want = exact.forward(&x, 0, &mut rope, None, path).unwrap();

@@ -193,16 +193,17 @@ fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
 }
 
 /// 8-bit matrices: on AVX512-VNNI CPUs they are held in panels, whose one kernel gives every
-/// row the same bits at any number of rows, and on AVX2 CPUs the row kernels take every
-/// number of rows, so a pass may decode all 64 sequences; on the portable path passes stay
-/// at `GEMV_MAX_ROWS`.
+/// row the same bits at any number of rows, and on AVX2 CPUs the row kernels take up to 64
+/// rows, so a pass may decode all 64 sequences; on the portable path passes stay at
+/// `GEMV_MAX_ROWS`.
 #[test]
 fn with_8_bit_matrices_passes_of_64_rows_stay_batch_invariant() {
     let precision = Precision::mixed(DType::F32, MatrixFormat::Quant(linear::QuantFormat::Q8));
-    let limit = if linear::Isa::detect().rounds_quant_gemm_activations() {
+    let isa = linear::Isa::detect();
+    let limit = if isa.rounds_quant_gemm_activations() {
         usize::MAX
     } else {
-        linear::GEMV_MAX_ROWS
+        isa.quant_row_kernel_rows()
     };
     wide_passes_stay_batch_invariant(precision, limit);
 }
