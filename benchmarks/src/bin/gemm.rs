@@ -43,6 +43,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Every name checked before the first measurement, so a typo does not surface minutes in.
+    if let Some(bad) = args.dtypes.iter().find(|dt| !known_dtype(dt)) {
+        anyhow::bail!("unknown dtype {bad:?}: {}", dtype_names());
+    }
     let dev = Device::Cpu;
     let m = args.rows;
     // (name, rows, out features N, in features K)
@@ -137,9 +141,7 @@ fn main() -> Result<()> {
                 "f32" => DType::F32,
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
-                other => {
-                    anyhow::bail!("unknown dtype {other:?} (f32, bf16, f16, fp8, q8, q4, q4k)")
-                }
+                other => anyhow::bail!("unknown dtype {other:?}: {}", dtype_names()),
             };
             let w = w32.to_dtype(dtype)?;
             // In huge pages, as the model's weights are (the candle baseline's too).
@@ -179,6 +181,25 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The float dtypes `--dtypes` takes besides the quantised formats.
+const FLOAT_DTYPES: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
+
+/// Whether `--dtypes` takes `name`.
+fn known_dtype(name: &str) -> bool {
+    FLOAT_DTYPES.contains(&name) || quant_format(name).is_some()
+}
+
+/// Every name `--dtypes` takes, for the error message.
+fn dtype_names() -> String {
+    let quant = linear::QuantFormat::ALL.iter().map(|f| f.to_string());
+    let all: Vec<String> = FLOAT_DTYPES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(quant)
+        .collect();
+    format!("one of {}", all.join(", "))
 }
 
 /// The 8/4-bit format a `--dtypes` entry names, if it names one.
