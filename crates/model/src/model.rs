@@ -112,6 +112,25 @@ impl DecoderLayer {
         })
     }
 
+    /// Brings a layer just read into `precision`'s form: its matrices quantised
+    /// ([`DecoderLayer::quantize`]), advised into huge pages and set to multiply bf16-rounded
+    /// activations where `precision` asks, and its experts stacked when `device_dispatch`
+    /// ([`DecoderLayer::stack_experts`]). The one sequence for the main layers and the MTP
+    /// modules' blocks alike.
+    pub fn prepare(&mut self, precision: &Precision, device_dispatch: bool) -> Result<()> {
+        self.quantize(precision.matrices)?;
+        if precision.huge_pages {
+            self.advise_huge_pages()?;
+        }
+        if precision.bf16_activations {
+            self.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
+        }
+        if device_dispatch {
+            self.stack_experts()?;
+        }
+        Ok(())
+    }
+
     /// Stacks the routed experts for device dispatch (a no-op for dense FFNs): routing and
     /// experts then run as device-generic tensor ops with no host copy ([`moe::device`]).
     pub fn stack_experts(&mut self) -> Result<()> {
@@ -498,16 +517,7 @@ impl DeepSeek {
             .map(|l| {
                 let vb = vb.pp(format!("model.layers.{l}"));
                 let mut layer = DecoderLayer::load_with(&config, l, vb, &matrices)?;
-                layer.quantize(precision.matrices)?;
-                if precision.huge_pages {
-                    layer.advise_huge_pages()?;
-                }
-                if precision.bf16_activations {
-                    layer.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
-                }
-                if device_dispatch {
-                    layer.stack_experts()?;
-                }
+                layer.prepare(&precision, device_dispatch)?;
                 Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;

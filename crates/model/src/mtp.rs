@@ -165,16 +165,8 @@ pub fn load_mtp_modules(model: &DeepSeek) -> Result<Vec<Module>> {
             let mut layer_weights = DecoderLayer::load_with(cfg, layer, vb.clone(), &matrices)
                 .map_err(MtpError::backend)?;
             layer_weights
-                .quantize(model.precision().matrices)
+                .prepare(&model.precision(), model.device_dispatch())
                 .map_err(MtpError::backend)?;
-            if model.precision().huge_pages {
-                layer_weights
-                    .advise_huge_pages()
-                    .map_err(MtpError::backend)?;
-            }
-            if model.device_dispatch() {
-                layer_weights.stack_experts().map_err(MtpError::backend)?;
-            }
             let block = MtpBlock::new(layer_weights, model.paths);
             MtpModule::load(vb, cfg.hidden_size, cfg.rms_norm_eps, block)
         })
