@@ -112,6 +112,23 @@ impl DecoderLayer {
         })
     }
 
+    /// The matrices [`DecoderLayer::map_matrices`] replaces: the attention projections and
+    /// the FFN's (every routed expert's and the shared experts').
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut all = self.self_attn.weights().projections();
+        match &self.mlp {
+            Ffn::Dense(m) => all.extend(m.matrices()),
+            Ffn::Moe(m) => {
+                let experts = m.experts();
+                let shared = m.shared().into_iter();
+                for mlp in (0..experts.len()).map(|e| experts.expert(e)).chain(shared) {
+                    all.extend(mlp.matrices());
+                }
+            }
+        }
+        all
+    }
+
     /// Brings a layer just read into `precision`'s form: its matrices quantised
     /// ([`DecoderLayer::quantize`]), advised into huge pages and set to multiply bf16-rounded
     /// activations where `precision` asks, and its experts stacked when `device_dispatch`
@@ -828,24 +845,8 @@ impl DeepSeek {
     pub fn batch_invariant_rows(&self) -> usize {
         let isa = linear::Isa::detect();
         let mut rows = self.lm_head.batch_invariant_rows(isa);
-        let mut take = |m: &linear::Matrix| rows = rows.min(m.batch_invariant_rows(isa));
-        for layer in &self.layers {
-            layer
-                .self_attn
-                .weights()
-                .projections()
-                .into_iter()
-                .for_each(&mut take);
-            match &layer.mlp {
-                Ffn::Dense(m) => m.matrices().into_iter().for_each(&mut take),
-                Ffn::Moe(m) => {
-                    let experts = m.experts();
-                    let shared = m.shared().into_iter();
-                    for mlp in (0..experts.len()).map(|e| experts.expert(e)).chain(shared) {
-                        mlp.matrices().into_iter().for_each(&mut take);
-                    }
-                }
-            }
+        for m in self.layers.iter().flat_map(DecoderLayer::matrices) {
+            rows = rows.min(m.batch_invariant_rows(isa));
         }
         rows
     }

@@ -499,3 +499,30 @@ fn mtp_blocks_use_the_model_path_policy() {
         PathPolicy::default()
     );
 }
+
+/// `--bf16-activations` reaches the MTP blocks as it does the main layers: with bf16 matrices
+/// every projection and expert matrix of both is a `Matrix::Bf16Activations`, and without it
+/// none is.
+#[test]
+fn mtp_blocks_take_the_model_s_bf16_activations() {
+    let case = Case::load("v3_mtp");
+    for on in [true, false] {
+        let precision = model::Precision::mixed(DType::F32, DType::BF16).with_bf16_activations(on);
+        let model = DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap();
+        let modules = load_mtp_modules(&model).unwrap();
+        assert!(!modules.is_empty(), "the fixture has MTP modules");
+        let main = model.layers().iter();
+        let blocks = modules.iter().map(|m| m.block().layer());
+        for (i, layer) in main.chain(blocks).enumerate() {
+            let matrices = layer.matrices();
+            assert!(!matrices.is_empty());
+            for m in matrices {
+                assert_eq!(
+                    matches!(m, linear::Matrix::Bf16Activations(_)),
+                    on,
+                    "layer {i} (main layers first), bf16 activations {on}"
+                );
+            }
+        }
+    }
+}
