@@ -85,8 +85,8 @@ impl Isa {
     /// Whether products of more than [`Isa::quant_row_kernel_rows`] rows with 8-bit and 4-bit
     /// weights ([`crate::QuantMatrix`]) round the activations to 8 bits per group on this path,
     /// as products of fewer rows always do: true where AVX512-VNNI runs their integer GEMM
-    /// ([`Isa::quant_panels`]); elsewhere they take f32 activations (the product with the
-    /// dequantised matrix).
+    /// (the paths whose matrices are held in panels); elsewhere they take f32 activations (the
+    /// product with the dequantised matrix).
     pub fn rounds_quant_gemm_activations(self) -> bool {
         self.quant_panels()
     }
@@ -106,8 +106,9 @@ impl Isa {
     }
 
     /// Whether the 8/6/5/4-bit matrices go to panels of interleaved rows on this path
-    /// ([`crate::QuantMatrix::for_isa`]): where AVX512-VNNI runs the panel kernels.
-    pub fn quant_panels(self) -> bool {
+    /// ([`crate::QuantMatrix::for_isa`]): where AVX512-VNNI runs the panel kernels. (The
+    /// same paths as [`Isa::rounds_quant_gemm_activations`], asked for the layout.)
+    pub(crate) fn quant_panels(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         return self.avx512_vnni().is_some();
         #[cfg(not(target_arch = "x86_64"))]

@@ -1217,6 +1217,7 @@ impl QuantMatrix {
             }
             return self.row_major().matmul(isa, xs, m);
         }
+        let rows_kernels = m <= isa.quant_row_kernel_rows();
         let params = match (&self.values, &self.params) {
             // A scale per 16: the 8-bit activation kernels (the rows as in decode, or the GEMM
             // on VNNI CPUs past GEMV_MAX_ROWS), the f32 GEMM past the row kernels elsewhere.
@@ -1232,17 +1233,16 @@ impl QuantMatrix {
                     let w = Weights::Sixteenths { bits, w: v };
                     return gemm::matmul(t, w, Factors::PerSixteen(p), n, k, xs, m);
                 }
-                if m > isa.quant_row_kernel_rows() {
+                if !rows_kernels {
                     return self.sixteenths_f32_gemm(isa, bits, v, p, xs, m);
                 }
                 return act8::matmul_sixteenths_q8(isa, bits, v, k, xs, m, p);
             }
             (_, params) => params.view().expect("group parameters"),
         };
-        let rows_kernels = m <= isa.quant_row_kernel_rows();
         let mut out = match &self.values {
-            // Decode-sized products round the activations to 8 bits (see `kernel::act8`), the
-            // 4-bit offsets summed in the same pass.
+            // The row kernels' products round the activations to 8 bits (see `kernel::act8`),
+            // the 4-bit offsets summed in the same pass.
             Values::I8(v) if rows_kernels => {
                 let Params::Group { scales, .. } = params else {
                     unreachable!("8-bit values have f16 group scales")

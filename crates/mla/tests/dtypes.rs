@@ -109,8 +109,9 @@ fn rel_rms(a: &Tensor, b: &Tensor) -> f32 {
 
 /// A layer with 8-bit or 4-bit projections computes what the same layer holding the
 /// dequantised values in f32 computes: up to summation order past the row kernels' rows
-/// (`Isa::quant_row_kernel_rows`) where the CPU's GEMM takes f32 activations, up to the activations' 8-bit rounding below that and
-/// where it rounds them too (`Isa::rounds_quant_gemm_activations`), on every path.
+/// (`Isa::quant_row_kernel_rows`) where the CPU's GEMM takes f32 activations, up to the
+/// activations' 8-bit rounding below that and where it rounds them too
+/// (`Isa::rounds_quant_gemm_activations`), on every path.
 #[test]
 fn quantised_matrices_equal_their_dequantised_twin() {
     for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {

@@ -474,7 +474,7 @@ fn matmul_act8<W: Sync, P: RowParams, R: Fn(&[f32]) -> Q8Row + Sync>(
         return vec![0.0; n * m];
     }
     let groups = k.div_ceil(GROUP);
-    let rows: Vec<Q8Row> = if m > ROW_TILE_MIN {
+    let rows: Vec<Q8Row> = if m > PARALLEL_ROUNDING_ROWS {
         xs.par_chunks_exact(k).map(&round).collect()
     } else {
         xs.chunks_exact(k).map(round).collect()
@@ -514,6 +514,10 @@ const ROW_TILE_BYTES: usize = 96 << 10;
 
 /// Fewest activation rows per such pass (a multiple of eight, the row kernels' widest block).
 const ROW_TILE_MIN: usize = 16;
+
+/// Past this many activation rows [`matmul_act8`] rounds them on the thread pool (a prompt's
+/// rows); fewer, a decode step's, are rounded in place.
+const PARALLEL_ROUNDING_ROWS: usize = 16;
 
 /// Values per chunk of the rows with a scale per 16 ([`matmul_sixteenths_q8`]).
 pub(crate) const U6_CHUNK: usize = 64;
