@@ -113,7 +113,8 @@ pub fn random_mla_layer(
         kv_b_proj: w(
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
-        )?,
+        )?
+        .into(),
         o_proj: w(c, h * cfg.v_head_dim)?.into(),
     };
     Ok(mla::Mla::new(cfg.clone(), weights)?)

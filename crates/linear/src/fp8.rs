@@ -177,6 +177,50 @@ impl Fp8Matrix {
         self.shape[0] * self.shape[1] + 4 * self.scales.len()
     }
 
+    /// Rows `start..start + len` as a matrix of their own, over the same bytes (no copy) and
+    /// the scales of their block rows: exact, the same values. `start` must begin a block row
+    /// (a multiple of `bn`), since the rows of the part share their block's scale. Errors name
+    /// what does not fit.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Self> {
+        let (n, k) = self.dims();
+        let (bn, _) = self.block;
+        if !start.is_multiple_of(bn) || start + len > n || len == 0 {
+            candle_core::bail!(
+                "fp8 weight: rows {start}..{} of a [{n}, {k}] matrix in {bn}-row blocks must be \
+                 non-empty, lie inside it and start on a block row",
+                start + len
+            );
+        }
+        let values = match &self.values {
+            Values::Tensor(q) => Values::Tensor(q.narrow(0, start, len)?),
+            Values::Shared(bytes) => Values::Shared(bytes.slice(start * k..(start + len) * k)?),
+        };
+        let scale_inv = self.scale_inv.narrow(0, start / bn, len.div_ceil(bn))?;
+        Self::with_values(values, [len, k], &scale_inv, self.block)
+    }
+
+    /// `Wᵀ` `[K, N]`, exact: the e4m3 bytes transposed (a copy), the scale grid transposed,
+    /// blocks `(bk, bn)`. Block `(i, j)` of `W` is block `(j, i)` of `Wᵀ` with the same scale,
+    /// partial edge blocks included, so the values are the same numbers.
+    pub fn transpose(&self) -> Result<Self> {
+        let (n, k) = self.dims();
+        let (bn, bk) = self.block;
+        let transposed = self.with_host_values(|v| {
+            let mut t = vec![F8E4M3::from_bits(0); n * k];
+            for (r, row) in v.chunks_exact(k.max(1)).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    t[c * n + r] = x;
+                }
+            }
+            t
+        });
+        let q = match transposed {
+            Some(t) => Tensor::from_vec(t, (k, n), &Device::Cpu)?,
+            None => self.weight()?.t()?.contiguous()?,
+        };
+        Self::new(q, &self.scale_inv.t()?.contiguous()?, (bk, bn))
+    }
+
     /// The dequantised f32 matrix `W[r, c] = q[r, c] · scale_inv[r / bn, c / bk]` (what HF
     /// computes at load; the oracle of the kernels).
     pub fn dequantize(&self) -> Result<Tensor> {

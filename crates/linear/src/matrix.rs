@@ -162,6 +162,32 @@ impl Matrix {
         }
     }
 
+    /// [`Matrix::forward`] with each row's result the same bits whatever the other rows, however
+    /// many rows there are: dense matrices through [`crate::linear_row_invariant`], the others
+    /// in passes of at most [`Matrix::batch_invariant_rows`] rows. For small per-sequence
+    /// products, such as MLA's absorbed per-head blocks, where a token's output must not depend
+    /// on the tokens it was batched with.
+    pub fn forward_row_invariant(&self, x: &Tensor) -> Result<Tensor> {
+        let isa = Isa::detect();
+        let step = match self {
+            Matrix::Dense(w) => return crate::linear_row_invariant(x, w),
+            _ => self.batch_invariant_rows(isa).max(1),
+        };
+        let k = *x.dims().last().unwrap_or(&0);
+        let m = x.elem_count() / k.max(1);
+        if m <= step {
+            return self.forward_with(isa, x);
+        }
+        let rows = x.reshape((m, k))?;
+        let parts = (0..m)
+            .step_by(step)
+            .map(|s| self.forward_with(isa, &rows.narrow(0, s, step.min(m - s))?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out_dims = x.dims().to_vec();
+        *out_dims.last_mut().expect("x has a last dimension") = self.dims()[0];
+        Tensor::cat(&parts, 0)?.reshape(out_dims)
+    }
+
     /// Up to how many activation rows each row's product on the kernel path `isa` is the same
     /// bits whatever the other rows: how many sequences a serving engine may decode in one
     /// pass without changing any one's output. [`crate::GEMV_MAX_ROWS`] (the matrix-vector
@@ -321,5 +347,48 @@ mod tests {
             assert!(err < tol, "{}: {err}", m.format());
         }
         assert!(exact.bytes() > exact.quantize(QuantFormat::Q8).unwrap().bytes());
+    }
+
+    #[test]
+    fn row_invariant_products_keep_each_row_s_bits_among_many() {
+        let dev = Device::Cpu;
+        let val = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.377 + s).sin()).collect()
+        };
+        let w = Tensor::from_vec(val(40 * 256, 0.1), (40, 256), &dev).unwrap();
+        let fp8 = Fp8Matrix::new(
+            (&w * 200.0).unwrap().to_dtype(DType::F8E4M3).unwrap(),
+            &Tensor::new(&[[0.005f32, 0.004]], &dev).unwrap(),
+            (128, 128),
+        )
+        .unwrap();
+        let exact = Matrix::from(w.clone());
+        // More rows than any format's invariant pass, so several passes run.
+        let m = 150;
+        let x = Tensor::from_vec(val(m * 256, 2.3), (m, 256), &dev).unwrap();
+        for w in [
+            exact.clone(),
+            Matrix::from(w.to_dtype(DType::BF16).unwrap()),
+            Matrix::from(fp8),
+            exact.quantize(QuantFormat::Q8).unwrap(),
+            exact.quantize(QuantFormat::Q4).unwrap(),
+            exact.quantize(QuantFormat::Q4K).unwrap(),
+        ] {
+            let all = w.forward_row_invariant(&x).unwrap();
+            assert_eq!(all.dims(), &[m, 40]);
+            let close = max_abs(&(&all - w.forward(&x).unwrap()).unwrap());
+            assert!(close < 0.5, "{}: {close}", w.format());
+            for j in [0, 1, 31, 32, 63, 64, 65, 149] {
+                let alone = w
+                    .forward_row_invariant(&x.narrow(0, j, 1).unwrap())
+                    .unwrap();
+                assert_eq!(
+                    all.get(j).unwrap().to_vec1::<f32>().unwrap(),
+                    alone.get(0).unwrap().to_vec1::<f32>().unwrap(),
+                    "{}: row {j}",
+                    w.format()
+                );
+            }
+        }
     }
 }

@@ -48,6 +48,22 @@ impl SharedBytes {
     pub fn is_empty(&self) -> bool {
         self.range.is_empty()
     }
+
+    /// The bytes `range` of these (relative to their start), held by the same owner: no copy.
+    /// An error if it does not lie inside them.
+    pub fn slice(&self, range: Range<usize>) -> Result<Self> {
+        if range.start > range.end || range.end > self.len() {
+            candle_core::bail!(
+                "byte range {range:?} does not lie inside {} shared bytes",
+                self.len()
+            );
+        }
+        let start = self.range.start;
+        Ok(Self {
+            owner: Arc::clone(&self.owner),
+            range: start + range.start..start + range.end,
+        })
+    }
 }
 
 impl fmt::Debug for SharedBytes {
@@ -72,5 +88,7 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let reversed = 3..2;
         assert!(SharedBytes::new(owner, reversed).is_err());
+        assert_eq!(b.slice(1..2).unwrap().as_slice(), &[3]);
+        assert!(b.slice(1..3).is_err());
     }
 }

@@ -257,3 +257,50 @@ fn matches_the_dequantised_matmul_and_rejects_bad_shapes() {
         linear::linear_fp8(&Tensor::ones((1, 3), DType::F32, &dev).unwrap(), &c.w).unwrap_err();
     assert!(err.to_string().contains("in-features 257"), "{err}");
 }
+
+#[test]
+fn row_parts_and_the_transpose_hold_the_same_values() {
+    // Partial edge blocks both ways, small odd blocks, and DeepSeek's; bytes in a tensor and
+    // in place.
+    for (n, k, block, seed) in [
+        (300, 257, (128, 128), 3),
+        (40, 23, (16, 8), 4),
+        (8, 8, (8, 8), 5),
+    ] {
+        let c = case(n, k, block, seed);
+        for w in [&c.w, &c.shared] {
+            let full = w.dequantize().unwrap();
+            let t = w.transpose().unwrap();
+            assert_eq!(t.dims(), (k, n));
+            assert_eq!(t.block(), (block.1, block.0));
+            assert_eq!(
+                t.dequantize().unwrap().to_vec2::<f32>().unwrap(),
+                full.t().unwrap().to_vec2::<f32>().unwrap(),
+                "transpose of [{n}, {k}] in {block:?} blocks"
+            );
+            for start in (0..n).step_by(block.0) {
+                for len in [1, block.0, n - start] {
+                    let len = len.min(n - start);
+                    let part = w.rows(start, len).unwrap();
+                    assert_eq!(part.is_shared(), w.is_shared());
+                    assert_eq!(
+                        part.dequantize().unwrap().to_vec2::<f32>().unwrap(),
+                        full.narrow(0, start, len)
+                            .unwrap()
+                            .to_vec2::<f32>()
+                            .unwrap(),
+                        "rows {start}..{} of [{n}, {k}]",
+                        start + len
+                    );
+                }
+            }
+        }
+        // A part that would split a block row's scale, or leave the matrix, is refused.
+        if block.0 > 1 {
+            let err = c.w.rows(1, 2).unwrap_err();
+            assert!(err.to_string().contains("start on a block row"), "{err}");
+        }
+        assert!(c.shared.rows(0, n + 1).is_err());
+        assert!(c.w.rows(0, 0).is_err());
+    }
+}

@@ -11,7 +11,7 @@ use rope_yarn::{apply_rotary, RopeCache, RopeLayout};
 use crate::cache::{LatentKeys, LayerCache};
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
-use crate::weights::{AbsorbedWeights, MlaWeights, QueryWeights};
+use crate::weights::{AbsorbedWeights, HeadMatrices, MlaWeights, QueryWeights};
 use linear::{MapMatrix, Matrix, QuantFormat};
 
 mod dsa;
@@ -105,7 +105,10 @@ pub struct Mla {
 
 impl Mla {
     /// Builds the layer from weights already in memory (e.g. dequantised by the caller),
-    /// checking every shape and precomputing the absorbed `W_UK` / `W_UVᵀ`.
+    /// checking every shape and splitting the absorbed `W_UK` / `W_UVᵀ` per head out of
+    /// `kv_b_proj`: FP8 blocks as shipped stay FP8 (the key rows transposed with their scale
+    /// grid, exactly), dense matrices keep their dtype on the CPU, and other formats are
+    /// dequantised to the compute dtype.
     pub fn new(config: MlaConfig, weights: MlaWeights) -> Result<Self> {
         weights.validate(&config)?;
         let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config, weights.dtype())?;
@@ -151,7 +154,7 @@ impl Mla {
 
     /// The device holding the weights.
     pub fn device(&self) -> &Device {
-        self.weights.kv_b_proj.device()
+        self.weights.kv_a_layernorm.device()
     }
 
     /// The same layer with its weights converted to `dtype`.
@@ -172,25 +175,23 @@ impl Mla {
     }
 
     /// Converts the projections to `format` ([`MlaWeights::quantize`]); `kv_b_proj` and so
-    /// the absorbed views stay as they are.
+    /// the absorbed blocks stay as they are.
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
         self.weights.quantize(format)
     }
 
     /// Replaces each projection by `f` of it ([`MlaWeights::map_projections`]); `kv_b_proj`
-    /// and so the absorbed views stay as they are.
+    /// and so the absorbed blocks stay as they are.
     pub fn map_projections(&mut self, f: &MapMatrix<'_>) -> Result<()> {
         self.weights.map_projections(f)
     }
 
     /// Bytes of weights one absorbed decode step reads: the projections as kept
     /// ([`MlaWeights::bytes`] less `kv_b_proj`), and `W_UK` / `W_UV` as the per-head products
-    /// read them, the views in the compute dtype (f32 on the CPU, whatever `kv_b_proj`'s
-    /// stored dtype).
+    /// read them (in `kv_b_proj`'s format where that is exact, see [`Mla::new`]).
     pub fn decode_weight_bytes(&self) -> usize {
-        let tensor = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let absorbed = tensor(&self.absorbed.w_uk_t) + tensor(&self.absorbed.w_uv);
-        self.weights.bytes() - tensor(&self.weights.kv_b_proj) + absorbed
+        let absorbed = self.absorbed.w_uk_t.bytes() + self.absorbed.w_uv.bytes();
+        self.weights.bytes() - self.weights.kv_b_proj.bytes() + absorbed
     }
 
     /// An empty cache for this layer: `batch` sequences in the layer's dtype and device.
@@ -503,7 +504,7 @@ impl Mla {
         let (n, r, v) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
         let s = c_all.dim(1)?;
         // [B, S, R] -> [B, S, H·(n+v)] -> [B, S, H, n+v] -> [B, H, S, n+v]
-        let kv = linear_dense(c_all, &self.weights.kv_b_proj)?
+        let kv = linear(c_all, &self.weights.kv_b_proj)?
             .reshape((b, s, h, n + v))?
             .transpose(1, 2)?;
         let k_nope = kv.narrow(D::Minus1, 0, n)?;
@@ -678,26 +679,51 @@ impl Mla {
 /// `[out, in]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadProducts {
-    /// candle's batched matmul against the transposed blocks: any device and dtype, and the
-    /// many rows of a prefill tile.
+    /// candle's batched matmul against the transposed blocks (dense blocks: any device and
+    /// dtype), or [`Matrix::forward`] per head (FP8 blocks): the many rows of a prefill tile.
     Matmul,
-    /// `linear`'s matrix-vector kernel per head (every row through it:
-    /// [`linear::linear_row_invariant`]), the heads in parallel. A row's bits do not depend on
-    /// the other rows, so the decode rows of many sequences share one pass over the weights
-    /// ([`Mla::forward_packed`]) and each still equals its step alone.
+    /// `linear`'s matrix-vector kernels per head (every row through them:
+    /// [`linear::linear_row_invariant`], [`Matrix::forward_row_invariant`]), the heads in
+    /// parallel. A row's bits do not depend on the other rows, so the decode rows of many
+    /// sequences share one pass over the weights ([`Mla::forward_packed`]) and each still
+    /// equals its step alone.
     Rows,
 }
 
 impl HeadProducts {
-    /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w` `[H, N, K]`): `[H, M, N]`.
-    fn run(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        match self {
-            HeadProducts::Matmul => Ok(x.matmul(&w.transpose(1, 2)?)?),
-            HeadProducts::Rows => {
-                use rayon::prelude::*;
-                let outs = (0..w.dim(0)?)
+    /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w[h]` `[N, K]`): `[H, M, N]`.
+    fn run(self, x: &Tensor, w: &HeadMatrices) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let per_head = |h: usize| -> Result<Tensor> {
+            let xh = x.get(h)?;
+            Ok(match (self, w) {
+                (HeadProducts::Rows, HeadMatrices::Stacked(w)) => {
+                    linear::linear_row_invariant(&xh, &w.get(h)?)?
+                }
+                (HeadProducts::Rows, HeadMatrices::PerHead(w)) => {
+                    w[h].forward_row_invariant(&xh)?
+                }
+                (HeadProducts::Matmul, HeadMatrices::PerHead(w)) => w[h].forward(&xh)?,
+                (HeadProducts::Matmul, HeadMatrices::Stacked(_)) => {
+                    unreachable!("stacked blocks take one batched matmul")
+                }
+            })
+        };
+        match (self, w) {
+            (HeadProducts::Matmul, HeadMatrices::Stacked(w)) => {
+                // Dense blocks kept narrower than the activations (bf16 on the CPU) are widened
+                // for the product: a prefill tile's rows amortise it.
+                let w = if w.dtype() == x.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x.dtype())?
+                };
+                Ok(x.matmul(&w.transpose(1, 2)?)?)
+            }
+            _ => {
+                let outs = (0..x.dim(0)?)
                     .into_par_iter()
-                    .map(|h| Ok(linear::linear_row_invariant(&x.get(h)?, &w.get(h)?)?))
+                    .map(per_head)
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&outs, 0)?)
             }
@@ -743,13 +769,8 @@ pub(crate) fn causal_mask(
     Ok(Tensor::from_vec(mask, (t, len), device)?)
 }
 
-/// [`linear`] of a dense weight (`kv_b_proj`).
-fn linear_dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(linear::linear(&x.contiguous()?, w)?)
-}
-
 /// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]` in any [`Matrix`] format.
-fn linear(x: &Tensor, w: &Matrix) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Matrix) -> Result<Tensor> {
     Ok(w.forward(&x.contiguous()?)?)
 }
 

@@ -26,6 +26,9 @@
 //! In a packed step ([`Mla::forward_packed`]) the decode rows of every sequence go through
 //! `W_UK` and `W_UV` together, on `linear`'s matrix-vector kernel per head (a row's bits do not
 //! depend on the other rows), so a step reads the per-head weights once, not once per sequence.
+//! The per-head blocks are `kv_b_proj`'s own values in its own format where that is exact: an
+//! FP8 `kv_b_proj` gives FP8 blocks (`W_UKᵀ_h` is the key rows transposed with their block
+//! scales, which DeepSeek's 128 x 128 blocks allow), a bf16 one bf16 blocks.
 //!
 //! Both also materialise the `[B, H, T, S]` f32 scores of `T` new tokens over `S` keys: 64 GiB
 //! for a single 32K-token prompt on V2-Lite's 16 heads. The **flash** path
@@ -81,7 +84,7 @@
 //!     query: QueryWeights::Direct { q_proj: w(4 * 24, 64)?.into() },
 //!     kv_a_proj_with_mqa: w(32 + 8, 64)?.into(),
 //!     kv_a_layernorm: Tensor::ones(32, DType::F32, &dev)?,
-//!     kv_b_proj: w(4 * (16 + 16), 32)?,
+//!     kv_b_proj: w(4 * (16 + 16), 32)?.into(),
 //!     o_proj: w(64, 4 * 16)?.into(),
 //! };
 //! let mla = Mla::new(cfg.clone(), weights)?;

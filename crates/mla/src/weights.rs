@@ -45,9 +45,10 @@ pub struct MlaWeights {
     /// `kv_a_layernorm.weight` `[R]`.
     pub kv_a_layernorm: Tensor,
     /// `kv_b_proj.weight` `[H · (nope + v), R]`: per head, key rows first, then value rows.
-    /// Kept dense: the absorbed path's per-head views are precomputed from it, and both paths
-    /// must multiply by the same values.
-    pub kv_b_proj: Tensor,
+    /// Kept in the format it was loaded in (FP8 blocks as shipped, bf16, ...), never
+    /// requantised: the absorbed path's per-head blocks are taken from it exactly, and both
+    /// paths must multiply by the same values.
+    pub kv_b_proj: Matrix,
     /// `o_proj.weight` `[C, H · v]`.
     pub o_proj: Matrix,
 }
@@ -122,7 +123,7 @@ impl MlaWeights {
             query,
             kv_a_proj_with_mqa: matrix("kv_a_proj_with_mqa")?,
             kv_a_layernorm: get("kv_a_layernorm")?,
-            kv_b_proj: get("kv_b_proj")?,
+            kv_b_proj: matrix("kv_b_proj")?,
             o_proj: matrix("o_proj")?,
         };
         weights.validate(config)?;
@@ -224,7 +225,7 @@ impl MlaWeights {
             },
             kv_a_proj_with_mqa: cm(&self.kv_a_proj_with_mqa)?,
             kv_a_layernorm: cv(&self.kv_a_layernorm)?,
-            kv_b_proj: cv(&self.kv_b_proj)?,
+            kv_b_proj: cm(&self.kv_b_proj)?,
             o_proj: cm(&self.o_proj)?,
         })
     }
@@ -270,7 +271,7 @@ impl MlaWeights {
         query
             + self.kv_a_proj_with_mqa.bytes()
             + tensor(&self.kv_a_layernorm)
-            + tensor(&self.kv_b_proj)
+            + self.kv_b_proj.bytes()
             + self.o_proj.bytes()
     }
 
@@ -297,34 +298,75 @@ impl MlaWeights {
     }
 }
 
-/// `kv_b_proj` viewed per head as `[H, nope + v, R]` (key rows first) and split. Each head's
-/// block is a weight matrix `[out, in]` as `linear` takes it, so the absorbed decode path runs
-/// `linear`'s matrix-vector kernel per head; candle's batched matmuls take the transposed
-/// views.
+/// `kv_b_proj` split per head into `W_UKᵀ` `[R, nope]` and `W_UV` `[v, R]`, each a weight
+/// `[out, in]` as `linear` takes it, in `kv_b_proj`'s own format where that is exact: FP8 stays
+/// FP8 (the value rows are a view of the same bytes, the key rows a transposed copy with the
+/// scale grid transposed), dense matrices keep their dtype on the CPU. Other formats (GGML or
+/// 8/4-bit blocks, whose groups run along `R` and do not survive the transpose) are
+/// dequantised to the compute dtype.
 #[derive(Debug, Clone)]
 pub(crate) struct AbsorbedWeights {
-    /// `W_UKᵀ` `[H, R, nope]`: `q_lat = q_nope · W_UK` per head.
-    pub w_uk_t: Tensor,
-    /// `W_UV` `[H, v, R]`: `out = out_lat · W_UVᵀ` per head.
-    pub w_uv: Tensor,
+    /// `W_UKᵀ` per head: `q_lat = q_nope · W_UK`.
+    pub w_uk_t: HeadMatrices,
+    /// `W_UV` per head: `out = out_lat · W_UVᵀ`.
+    pub w_uv: HeadMatrices,
+}
+
+/// One weight `[out, in]` per head.
+#[derive(Debug, Clone)]
+pub(crate) enum HeadMatrices {
+    /// Dense `[H, out, in]`, one tensor (candle's batched matmul takes it whole).
+    Stacked(Tensor),
+    /// A [`Matrix`] per head (FP8 blocks).
+    PerHead(Vec<Matrix>),
+}
+
+impl HeadMatrices {
+    /// Bytes a product over every head reads.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            HeadMatrices::Stacked(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            HeadMatrices::PerHead(m) => m.iter().map(Matrix::bytes).sum(),
+        }
+    }
 }
 
 impl AbsorbedWeights {
-    /// Built in the compute `dtype`: the products multiply activations directly.
-    pub(crate) fn new(kv_b_proj: &Tensor, c: &MlaConfig, dtype: DType) -> Result<Self> {
+    /// Split from `kv_b_proj`; `dtype` is the compute dtype, which the dense blocks take off
+    /// the CPU (where no kernel widens them per product) and the inexact formats everywhere.
+    pub(crate) fn new(kv_b_proj: &Matrix, c: &MlaConfig, dtype: DType) -> Result<Self> {
+        let (h, n, v) = (c.num_heads, c.qk_nope_head_dim, c.v_head_dim);
+        if let Matrix::Fp8(w) = kv_b_proj {
+            // Each head's key and value rows must begin block rows to keep their scales.
+            let bn = w.block().0;
+            if w.device().is_cpu() && n.is_multiple_of(bn) && v.is_multiple_of(bn) {
+                let (mut uk, mut uv) = (Vec::with_capacity(h), Vec::with_capacity(h));
+                for head in 0..h {
+                    let key = head * (n + v);
+                    uk.push(w.rows(key, n)?.transpose()?.into());
+                    uv.push(w.rows(key + n, v)?.into());
+                }
+                return Ok(Self {
+                    w_uk_t: HeadMatrices::PerHead(uk),
+                    w_uv: HeadMatrices::PerHead(uv),
+                });
+            }
+        }
+        let dense = match kv_b_proj.as_dense() {
+            Some(t) if t.device().is_cpu() => t.clone(),
+            Some(t) => t.to_dtype(dtype)?,
+            None => kv_b_proj.dequantize()?.to_dtype(dtype)?,
+        };
         // [H·(nope+v), R] -> [H, nope+v, R]
-        let per_head = kv_b_proj.to_dtype(dtype)?.reshape((
-            c.num_heads,
-            c.qk_nope_head_dim + c.v_head_dim,
-            c.kv_lora_rank,
-        ))?;
+        let per_head = dense.reshape((h, n + v, c.kv_lora_rank))?;
         let w_uk_t = per_head
-            .narrow(1, 0, c.qk_nope_head_dim)? // [H, nope, R]
+            .narrow(1, 0, n)? // [H, nope, R]
             .transpose(1, 2)? // [H, R, nope]
             .contiguous()?;
-        let w_uv = per_head
-            .narrow(1, c.qk_nope_head_dim, c.v_head_dim)? // [H, v, R]
-            .contiguous()?;
-        Ok(Self { w_uk_t, w_uv })
+        let w_uv = per_head.narrow(1, n, v)?.contiguous()?; // [H, v, R]
+        Ok(Self {
+            w_uk_t: HeadMatrices::Stacked(w_uk_t),
+            w_uv: HeadMatrices::Stacked(w_uv),
+        })
     }
 }

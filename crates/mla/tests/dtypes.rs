@@ -65,13 +65,14 @@ fn map_matrices(w: &MlaWeights, f: impl Fn(&Tensor) -> Tensor) -> MlaWeights {
         },
         kv_a_proj_with_mqa: f(&w.kv_a_proj_with_mqa),
         kv_a_layernorm: w.kv_a_layernorm.clone(),
-        kv_b_proj: w.kv_b_proj.clone(),
+        kv_b_proj: f(&w.kv_b_proj),
         o_proj: f(&w.o_proj),
     }
 }
 
 /// bf16/f16 matrices with f32 norms compute in f32: equal (up to summation order) to an f32
-/// layer holding the same rounded matrices, on every path, prefill and decode.
+/// layer holding the same rounded matrices, on every path, prefill and decode. `kv_b_proj`'s
+/// absorbed blocks stay narrow too (half the bytes a decode step reads).
 #[test]
 fn narrow_matrices_with_f32_activations() {
     for dtype in [DType::BF16, DType::F16] {
@@ -83,6 +84,13 @@ fn narrow_matrices_with_f32_activations() {
             let mixed = Mla::new(cfg.clone(), map_matrices(mla32.weights(), narrow)).unwrap();
             let exact = Mla::new(cfg, map_matrices(mla32.weights(), rounded)).unwrap();
             assert_eq!(mixed.dtype(), DType::F32);
+            // A decode step reads kv_b_proj as its absorbed blocks: in the narrow dtype, they
+            // save what the stored matrix saves.
+            assert_eq!(
+                exact.decode_weight_bytes() - mixed.decode_weight_bytes(),
+                exact.weights().bytes() - mixed.weights().bytes(),
+                "{dtype:?}: the absorbed blocks keep the narrow dtype"
+            );
             let x = fixtures::seeded_randn(&[1, 7, 64], 1.0, 86);
             let want = &run_every_path(&exact, &x, 1e-5)[0].1;
             for (name, y) in run_every_path(&mixed, &x, 1e-4) {
@@ -185,6 +193,53 @@ fn quantised_matrices_equal_their_dequantised_twin() {
                     rel < bound,
                     "{format} q_lora={q_lora} {name}: relative RMS {rel:e}"
                 );
+            }
+        }
+    }
+}
+
+/// `kv_b_proj` in FP8 blocks (as DeepSeek-V3 ships it) stays FP8 in the absorbed per-head
+/// blocks (a quarter of the f32 bytes each decode step reads) and computes what the layer
+/// holding its f32 dequantisation computes, on every path, with the fused CPU kernel and
+/// with candle's ops.
+#[test]
+fn fp8_kv_b_proj_stays_fp8_and_equals_its_dequantised_twin() {
+    use candle_core::Device;
+    for q_lora in [false, true] {
+        let mla32 = random_layer(q_lora, 0.2);
+        let cfg = mla32.config().clone();
+        let kv_b = mla32.weights().kv_b_proj.as_dense().unwrap().clone();
+        let (rows, cols) = kv_b.dims2().unwrap();
+        // Blocks of 16 x 16: each head's 16 key rows and 16 value rows are whole block rows,
+        // as DeepSeek's 128 x 128 blocks are for its 128 + 128 rows per head.
+        let block = (16, 16);
+        let (sn, sk) = (rows / block.0, cols / block.1);
+        let scales: Vec<f32> = (0..sn * sk)
+            .map(|i| 0.01 * (1.0 + 0.1 * i as f32))
+            .collect();
+        let scales = Tensor::from_vec(scales, (sn, sk), &Device::Cpu).unwrap();
+        let q = (kv_b * 100.0).unwrap().to_dtype(DType::F8E4M3).unwrap();
+        let fp8 = linear::Fp8Matrix::new(q, &scales, block).unwrap();
+        let twin_kv_b = fp8.dequantize().unwrap();
+        let with_kv_b = |m: linear::Matrix| {
+            let mut w = mla32.weights().clone();
+            w.kv_b_proj = m;
+            Mla::new(cfg.clone(), w).unwrap()
+        };
+        let mixed = with_kv_b(fp8.into());
+        let exact = with_kv_b(twin_kv_b.into());
+        let values = rows * cols;
+        let saved = exact.decode_weight_bytes() - mixed.decode_weight_bytes();
+        // The absorbed blocks hold every value once: f32 (4 bytes) against e4m3 (1) plus one
+        // f32 scale per 256 values.
+        assert_eq!(saved, 3 * values - 4 * sn * sk, "q_lora={q_lora}");
+        let x = fixtures::seeded_randn(&[1, 7, 64], 1.0, 87);
+        let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+        for fused in [true, false] {
+            let mixed = mixed.clone().with_fused_cpu(fused);
+            for (name, y) in run_every_path(&mixed, &x, 1e-4) {
+                let d = max_abs_diff(&y, want);
+                assert!(d < 1e-5, "q_lora={q_lora} fused={fused} {name}: {d:e}");
             }
         }
     }

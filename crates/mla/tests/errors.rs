@@ -128,7 +128,9 @@ fn mismatched_cache() {
 fn wrong_weight_shape_names_the_tensor() {
     let good = random_layer(false, 0.1);
     let mut w = good.weights().clone();
-    w.kv_b_proj = Tensor::zeros((4 * 32, 16), DType::F32, &Device::Cpu).unwrap();
+    w.kv_b_proj = Tensor::zeros((4 * 32, 16), DType::F32, &Device::Cpu)
+        .unwrap()
+        .into();
     let err = Mla::new(small_config(false), w).unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -266,7 +266,8 @@ fn v2_lite_shaped() -> Mla {
         kv_b_proj: z(
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
-        ),
+        )
+        .into(),
         o_proj: z(c, h * cfg.v_head_dim).into(),
     };
     Mla::new(cfg, weights).unwrap()

@@ -235,9 +235,15 @@ impl Checkpoint {
         &self.tensors
     }
 
-    /// The dtype most of the matrix bytes are stored in (FP8 checkpoints report
-    /// `F8E4M3`); `None` for a checkpoint without matrices.
+    /// The checkpoint's matrix format: `F8E4M3` if any matrix is stored in FP8 blocks (an FP8
+    /// release: DeepSeek's keep the embedding and the output head in bf16, which outweigh the
+    /// FP8 layers in a model of few layers), else the dtype most of the matrix bytes are stored
+    /// in; `None` for a checkpoint without matrices.
     pub fn matrix_dtype(&self) -> Option<DType> {
+        let mut matrices = self.tensors.values().filter(|m| m.shape.len() == 2);
+        if matrices.any(|m| m.dtype == DType::F8E4M3) {
+            return Some(DType::F8E4M3);
+        }
         let mut bytes: Vec<(DType, usize)> = Vec::new();
         for m in self.tensors.values().filter(|m| m.shape.len() == 2) {
             let b = m.shape.iter().product::<usize>() * m.dtype.size_in_bytes();

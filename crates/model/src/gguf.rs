@@ -8,8 +8,9 @@
 //!   `mlp.experts.{e}.*_proj.weight` per expert (expert `e`'s rows of the blocks, no
 //!   requantisation);
 //! - llama.cpp's split MLA layout, `attn_k_b` `[H, rank, nope]` and `attn_v_b` `[H, v, rank]`,
-//!   is joined back into `kv_b_proj` `[H·(nope + v), rank]` (dequantised: the model keeps
-//!   `kv_b_proj` dense and precomputes its absorbed views);
+//!   is joined back into `kv_b_proj` `[H·(nope + v), rank]` (float halves of one type in that
+//!   type, block formats dequantised to f32: `attn_k_b` is `W_UK` transposed, and its blocks
+//!   run along the other dimension);
 //! - the V3 router bias `exp_probs_b.bias` → `mlp.gate.e_score_correction_bias`.
 //!
 //! Block-quantised tensors (`Q4_K`, `Q8_0`, ...) are served either as their raw blocks (for

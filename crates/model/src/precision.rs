@@ -19,8 +19,8 @@ pub enum MatrixFormat {
     /// The attention projections and the experts' matrices quantised at load to 8 or 4 bits
     /// (`linear::QuantFormat`: q8, q4, or GGUF's Q4_K / Q6_K), the output head to
     /// [`default_head`]; the embedding, the routers and
-    /// `kv_b_proj` (whose absorbed views are precomputed) as [`MatrixFormat::Fp8`] keeps
-    /// them.
+    /// `kv_b_proj` (never requantised: the absorbed per-head blocks are split from its exact
+    /// values) as [`MatrixFormat::Fp8`] keeps them.
     Quant(QuantFormat),
     /// A GGUF file's matrices as stored: `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q4_K`,
     /// `Q5_K` and `Q6_K` on this project's kernels (`linear::QuantMatrix::from_ggml`), other

@@ -109,6 +109,44 @@ fn bf16_activations_stay_close_to_f32_products() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An FP8 release whose bf16 embedding and head outweigh its FP8 layers (a model of few layers
+/// and a large vocabulary) is still an FP8 checkpoint: the automatic choice and `--matrices
+/// fp8` keep its FP8 blocks as shipped.
+#[test]
+fn fp8_layers_under_a_heavier_bf16_embedding_stay_fp8() {
+    let config = std::fs::read_to_string(Case::load("v3_fp8").dir.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["vocab_size"] = 8192.into();
+    let dir = std::env::temp_dir().join(format!("model-test-fp8-vocab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    model::random::write_random_checkpoint(
+        &config.to_string(),
+        &dir,
+        model::random::StoreDtype::Fp8,
+        1,
+        |_, _, _| {},
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let bytes = |dtype: DType| -> usize {
+        let of = |m: &&model::checkpoint::TensorMeta| m.dtype == dtype && m.shape.len() == 2;
+        let size = |m: &model::checkpoint::TensorMeta| {
+            m.shape.iter().product::<usize>() * dtype.size_in_bytes()
+        };
+        ckpt.tensors().values().filter(of).map(size).sum()
+    };
+    assert!(
+        bytes(DType::BF16) > bytes(DType::F8E4M3),
+        "the case needs more bf16 bytes"
+    );
+    assert_eq!(ckpt.matrix_dtype(), Some(DType::F8E4M3));
+    let fp8 = Precision::mixed(DType::F32, MatrixFormat::Fp8);
+    assert_eq!(Precision::auto(&ckpt, DType::F32, &Device::Cpu), fp8);
+    let model = DeepSeek::load(&dir, fp8, &Device::Cpu).unwrap();
+    assert!(model.logits(&[3, 4, 5]).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn auto_precision_rules() {
     let cpu = Device::Cpu;

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use linear::elementwise;
 use rayon::prelude::*;
 
-use super::{causal_mask, linear_dense, HeadProducts, Mla, Projected};
+use super::{causal_mask, linear, HeadProducts, Mla, Projected};
 use crate::cache::LatentKeys;
 use crate::config::MlaConfig;
 use crate::error::Result;
@@ -398,7 +398,7 @@ impl Blocked for ExpandedBlocks<'_> {
         let (c_kv, k_pe) = self.keys.narrow(k0, len)?;
         let b = c_kv.dim(0)?;
         // [B, len, R] -> [B, len, H·(n+v)] -> [B, H, len, n+v]
-        let kv = linear_dense(&c_kv, &self.mla.weights.kv_b_proj)?
+        let kv = linear(&c_kv, &self.mla.weights.kv_b_proj)?
             .reshape((b, len, h, n + v))?
             .transpose(1, 2)?;
         let k_rot = k_pe.unsqueeze(1)?.broadcast_as((b, h, len, r))?;

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor, D};
 use rope_yarn::RopeCache;
 
-use super::{check_start, linear, linear_dense, AttentionPath, HeadProducts, Mla, Projected};
+use super::{check_start, linear, AttentionPath, HeadProducts, Mla, Projected};
 use crate::cache::{LatentKeys, LayerCache};
 use crate::error::{MlaError, Result};
 use crate::sparse::SparsePattern;
@@ -210,7 +210,7 @@ impl Mla {
                 None => {
                     // Only the distinct gathered latents are expanded: [U, R] -> [U, H·(n+v)].
                     let u = c_u.dim(0)?;
-                    let kv = linear_dense(&c_u.unsqueeze(0)?, &self.weights.kv_b_proj)?
+                    let kv = linear(&c_u.unsqueeze(0)?, &self.weights.kv_b_proj)?
                         .reshape((u, h * (n + v)))?
                         .index_select(&idx, 0)?
                         .reshape((t, kmax, h, n + v))?

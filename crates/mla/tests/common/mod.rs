@@ -68,7 +68,7 @@ pub fn random_layer_for(cfg: MlaConfig, seed_scale: f32) -> Mla {
         query,
         kv_a_proj_with_mqa: w(rk + r, c),
         kv_a_layernorm: norm(rk),
-        kv_b_proj: fixtures::seeded_randn(&[h * (n + v), rk], seed_scale, draw()),
+        kv_b_proj: fixtures::seeded_randn(&[h * (n + v), rk], seed_scale, draw()).into(),
         o_proj: w(c, h * v),
     };
     Mla::new(cfg, weights).unwrap()
