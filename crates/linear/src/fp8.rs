@@ -184,11 +184,11 @@ impl Fp8Matrix {
     pub fn rows(&self, start: usize, len: usize) -> Result<Self> {
         let (n, k) = self.dims();
         let (bn, _) = self.block;
-        if !start.is_multiple_of(bn) || start + len > n || len == 0 {
+        let inside = start.checked_add(len).is_some_and(|end| end <= n);
+        if !start.is_multiple_of(bn) || !inside || len == 0 {
             candle_core::bail!(
-                "fp8 weight: rows {start}..{} of a [{n}, {k}] matrix in {bn}-row blocks must be \
-                 non-empty, lie inside it and start on a block row",
-                start + len
+                "fp8 weight: rows {start}.. ({len} rows) of a [{n}, {k}] matrix in {bn}-row \
+                 blocks must be non-empty, lie inside it and start on a block row"
             );
         }
         let values = match &self.values {

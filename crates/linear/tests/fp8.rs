@@ -301,6 +301,7 @@ fn row_parts_and_the_transpose_hold_the_same_values() {
             assert!(err.to_string().contains("start on a block row"), "{err}");
         }
         assert!(c.shared.rows(0, n + 1).is_err());
+        assert!(c.w.rows(0, usize::MAX).is_err());
         assert!(c.w.rows(0, 0).is_err());
     }
 }
