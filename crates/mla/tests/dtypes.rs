@@ -242,5 +242,20 @@ fn fp8_kv_b_proj_stays_fp8_and_equals_its_dequantised_twin() {
                 assert!(d < 1e-5, "q_lora={q_lora} fused={fused} {name}: {d:e}");
             }
         }
+        // bf16 compute keeps the FP8 blocks (candle's ops around the FP8 kernels).
+        let bf16 = mixed.to_dtype(DType::BF16).unwrap();
+        assert_eq!(
+            bf16.decode_weight_bytes(),
+            mixed.decode_weight_bytes() - {
+                let w = mla32.weights();
+                // The other matrices and the norms at half their f32 bytes.
+                (w.bytes() - w.kv_b_proj.bytes()) / 2
+            }
+        );
+        let scale = common::max_abs(want);
+        for (name, y) in run_every_path(&bf16, &x.to_dtype(DType::BF16).unwrap(), f32::INFINITY) {
+            let d = max_abs_diff(&y.to_dtype(DType::F32).unwrap(), want) / scale;
+            assert!(d < 3e-2, "q_lora={q_lora} bf16 {name}: {d:e}");
+        }
     }
 }
