@@ -107,10 +107,21 @@ impl Mla {
     /// Builds the layer from weights already in memory (e.g. dequantised by the caller),
     /// checking every shape and splitting the absorbed `W_UK` / `W_UVᵀ` per head out of
     /// `kv_b_proj`: FP8 blocks as shipped stay FP8 (the key rows transposed with their scale
-    /// grid, exactly), dense matrices keep their dtype on the CPU, and other formats are
-    /// dequantised to the compute dtype.
-    pub fn new(config: MlaConfig, weights: MlaWeights) -> Result<Self> {
+    /// grid, exactly), dense matrices keep their dtype on the CPU.
+    ///
+    /// A `kv_b_proj` in 8/4-bit or GGML blocks (an older GGUF's whole `attn_kv_b`) is
+    /// dequantised to the compute dtype, for both paths: its groups run along `R` and do not
+    /// survive the transpose, and its products would round the activations to 8 bits, so the
+    /// expanded and absorbed paths would no longer multiply by the same values.
+    pub fn new(config: MlaConfig, mut weights: MlaWeights) -> Result<Self> {
         weights.validate(&config)?;
+        if matches!(weights.kv_b_proj, Matrix::Quant(_) | Matrix::Ggml(_)) {
+            weights.kv_b_proj = weights
+                .kv_b_proj
+                .dequantize()?
+                .to_dtype(weights.dtype())?
+                .into();
+        }
         let absorbed = AbsorbedWeights::new(&weights.kv_b_proj, &config, weights.dtype())?;
         Ok(Self {
             softmax_scale: config.softmax_scale(),

@@ -47,7 +47,8 @@ pub struct MlaWeights {
     /// `kv_b_proj.weight` `[H · (nope + v), R]`: per head, key rows first, then value rows.
     /// Kept in the format it was loaded in (FP8 blocks as shipped, bf16, ...), never
     /// requantised: the absorbed path's per-head blocks are taken from it exactly, and both
-    /// paths must multiply by the same values.
+    /// paths must multiply by the same values (8/4-bit and GGML blocks are dequantised by
+    /// [`crate::Mla::new`] for that reason).
     pub kv_b_proj: Matrix,
     /// `o_proj.weight` `[C, H · v]`.
     pub o_proj: Matrix,
@@ -301,9 +302,8 @@ impl MlaWeights {
 /// `kv_b_proj` split per head into `W_UKᵀ` `[R, nope]` and `W_UV` `[v, R]`, each a weight
 /// `[out, in]` as `linear` takes it, in `kv_b_proj`'s own format where that is exact: FP8 stays
 /// FP8 (the value rows are a view of the same bytes, the key rows a transposed copy with the
-/// scale grid transposed), dense matrices keep their dtype on the CPU. Other formats (GGML or
-/// 8/4-bit blocks, whose groups run along `R` and do not survive the transpose) are
-/// dequantised to the compute dtype.
+/// scale grid transposed), dense matrices keep their dtype on the CPU. Other formats are
+/// dequantised to the compute dtype ([`crate::Mla::new`] dequantises block formats before).
 #[derive(Debug, Clone)]
 pub(crate) struct AbsorbedWeights {
     /// `W_UKᵀ` per head: `q_lat = q_nope · W_UK`.

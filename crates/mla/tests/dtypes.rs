@@ -259,3 +259,29 @@ fn fp8_kv_b_proj_stays_fp8_and_equals_its_dequantised_twin() {
         }
     }
 }
+
+/// A `kv_b_proj` in 8/4-bit blocks (an older GGUF's whole `attn_kv_b`) computes what the
+/// layer holding its dequantised values computes, on every path: it is dequantised once, so
+/// the expanded path does not round its activations to 8 bits where the absorbed blocks
+/// (which cannot keep the blocks) would not.
+#[test]
+fn block_quantised_kv_b_proj_equals_its_dequantised_twin() {
+    for format in [linear::QuantFormat::Q8, linear::QuantFormat::Q4] {
+        let mla32 = random_layer(false, 0.2);
+        let quant = mla32.weights().kv_b_proj.quantize(format).unwrap();
+        let with_kv_b = |m: linear::Matrix| {
+            let mut w = mla32.weights().clone();
+            w.kv_b_proj = m;
+            Mla::new(mla32.config().clone(), w).unwrap()
+        };
+        let exact = with_kv_b(quant.dequantize().unwrap().into());
+        let mixed = with_kv_b(quant);
+        assert_eq!(mixed.weights().kv_b_proj.format(), "f32");
+        let x = fixtures::seeded_randn(&[1, 7, 64], 1.0, 88);
+        let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+        for (name, y) in run_every_path(&mixed, &x, 1e-5) {
+            let d = max_abs_diff(&y, want);
+            assert!(d < 1e-5, "{format:?} {name}: {d:e}");
+        }
+    }
+}
