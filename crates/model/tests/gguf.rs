@@ -282,3 +282,85 @@ fn quantized_files_reload_the_quantised_model() {
         .to_string();
     assert!(e.contains("rope_scaling"), "{e}");
 }
+
+/// A GGUF from before llama.cpp split MLA: one `attn_kv_b` `[H·(nope + v), rank]` in Q8_0
+/// blocks, and the per-head widths under `key_length` / `value_length` (made here from the
+/// split Q8_0 fixture). It loads, its `kv_b_proj` is dequantised once (so both attention paths
+/// multiply by the same values: `mla`'s `block_quantised_kv_b_proj_equals_its_dequantised_twin`),
+/// prefill and token-by-token decode agree, and its logits are close to the lossless file's.
+#[test]
+fn older_gguf_with_a_whole_attn_kv_b_in_blocks() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let name = "v2_group_limited";
+    let (content, tensors) = read_all(&gguf(&format!("{name}-Q8_0.gguf")));
+    let md = |k: &str| {
+        content.metadata[&format!("deepseek2.{k}")]
+            .to_u32()
+            .unwrap() as usize
+    };
+    let (h, n, v) = (
+        md("attention.head_count"),
+        md("attention.key_length_mla") - md("rope.dimension_count"),
+        md("attention.value_length_mla"),
+    );
+    let rope = md("rope.dimension_count");
+    let split =
+        |name: &str| name.ends_with(".attn_k_b.weight") || name.ends_with(".attn_v_b.weight");
+    let values: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(name, _)| split(name))
+        .map(|(name, t)| (name.clone(), t.dequantize(&Device::Cpu).unwrap()))
+        .collect();
+    let mut joined = Vec::new();
+    for (tensor, t) in tensors {
+        let Some(layer) = tensor.strip_suffix(".attn_k_b.weight") else {
+            if !split(&tensor) {
+                joined.push((tensor, t));
+            }
+            continue;
+        };
+        // [H, rank, nope] -> [H, nope, rank], then the value rows [H, v, rank] after them.
+        let k = values[&tensor].transpose(1, 2).unwrap();
+        let vb = &values[&format!("{layer}.attn_v_b.weight")];
+        let rank = vb.dim(2).unwrap();
+        let kv_b = Tensor::cat(&[&k, vb], 1)
+            .unwrap()
+            .reshape((h * (n + v), rank))
+            .unwrap();
+        let q = QTensor::quantize(&kv_b, GgmlDType::Q8_0).unwrap();
+        joined.push((format!("{layer}.attn_kv_b.weight"), q));
+    }
+    let mut metadata: Metadata = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.ends_with("_mla"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, value) in metadata.iter_mut() {
+        match k.as_str() {
+            "deepseek2.attention.key_length" => *value = gguf_file::Value::U32((n + rope) as u32),
+            "deepseek2.attention.value_length" => *value = gguf_file::Value::U32(v as u32),
+            "deepseek2.attention.head_count_kv" => *value = gguf_file::Value::U32(h as u32),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("older.gguf");
+    write(&path, &metadata, &joined);
+
+    let model = load(&path, None);
+    for layer in model.layers() {
+        assert_eq!(layer.attention().weights().kv_b_proj.format(), "f32");
+    }
+    let ids = Case::load(name).ids("input_ids");
+    let prefill = model.logits(&ids).unwrap();
+    let decoded = common::decode_each(&model, &ids);
+    assert_close(&decoded, &prefill, 1e-3, "older gguf: decode vs prefill");
+    let f32_model = load(&gguf(&format!("{name}-f32.gguf")), None);
+    assert_close(
+        &prefill,
+        &f32_model.logits(&ids).unwrap(),
+        0.5,
+        "older gguf",
+    );
+}
