@@ -82,6 +82,19 @@ impl Fp8Matrix {
         scale_inv: &Tensor,
         block: (usize, usize),
     ) -> Result<Self> {
+        let mut m = Self::checked(values, shape, scale_inv, block)?;
+        m.has_nan = m.scans_nan();
+        Ok(m)
+    }
+
+    /// `values` of `shape` with `scale_inv` checked against `block`, taken as holding NaN
+    /// codes until scanned ([`Fp8Matrix::scans_nan`]).
+    fn checked(
+        values: Values,
+        shape: [usize; 2],
+        scale_inv: &Tensor,
+        block: (usize, usize),
+    ) -> Result<Self> {
         let [n, k] = shape;
         let (bn, bk) = block;
         if bn == 0 || bk == 0 {
@@ -97,17 +110,33 @@ impl Fp8Matrix {
         }
         let scale_inv = scale_inv.to_dtype(DType::F32)?;
         let scales = crate::host::vec1(&scale_inv.flatten_all()?)?;
-        let mut m = Self {
+        Ok(Self {
             values,
             shape,
             scale_inv,
             scales,
             block,
             has_nan: true,
-        };
-        m.has_nan = m
-            .with_host_values(|v| kernel::E4m3NoNan::view(v).is_none())
-            .unwrap_or(true);
+        })
+    }
+
+    /// Whether some byte is a NaN code (one pass over the values; true off the host).
+    fn scans_nan(&self) -> bool {
+        self.with_host_values(|v| kernel::E4m3NoNan::view(v).is_none())
+            .unwrap_or(true)
+    }
+
+    /// A matrix of `values` taken from this one's (a part, a transpose): values without NaN
+    /// codes have none in any part, so only a matrix with some is scanned again.
+    fn derived(
+        &self,
+        values: Values,
+        shape: [usize; 2],
+        scale_inv: &Tensor,
+        block: (usize, usize),
+    ) -> Result<Self> {
+        let mut m = Self::checked(values, shape, scale_inv, block)?;
+        m.has_nan = self.has_nan && m.scans_nan();
         Ok(m)
     }
 
@@ -196,7 +225,7 @@ impl Fp8Matrix {
             Values::Shared(bytes) => Values::Shared(bytes.slice(start * k..(start + len) * k)?),
         };
         let scale_inv = self.scale_inv.narrow(0, start / bn, len.div_ceil(bn))?;
-        Self::with_values(values, [len, k], &scale_inv, self.block)
+        self.derived(values, [len, k], &scale_inv, self.block)
     }
 
     /// `Wᵀ` `[K, N]`, exact: the e4m3 bytes transposed (a copy), the scale grid transposed,
@@ -218,7 +247,8 @@ impl Fp8Matrix {
             Some(t) => Tensor::from_vec(t, (k, n), &Device::Cpu)?,
             None => self.weight()?.t()?.contiguous()?,
         };
-        Self::new(q, &self.scale_inv.t()?.contiguous()?, (bk, bn))
+        let scale_inv = self.scale_inv.t()?.contiguous()?;
+        self.derived(Values::Tensor(q), [k, n], &scale_inv, (bk, bn))
     }
 
     /// The dequantised f32 matrix `W[r, c] = q[r, c] · scale_inv[r / bn, c / bk]` (what HF

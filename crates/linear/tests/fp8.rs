@@ -199,7 +199,7 @@ fn nan_encodings_propagate_on_every_path() {
         .unwrap();
         let one = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
         let w = Fp8Matrix::new(qt, &one, (128, 128)).unwrap();
-        let in_place = shared(q, (n, k), &one, (128, 128));
+        let in_place = shared(q.clone(), (n, k), &one, (128, 128));
         for m in [1, 10] {
             let x = Tensor::ones((m, k), DType::F32, &dev).unwrap();
             for isa in Isa::supported() {
@@ -214,6 +214,33 @@ fn nan_encodings_propagate_on_every_path() {
                     }
                 }
             }
+        }
+        // Parts and transposes: the part holding the NaN code still propagates it (its
+        // kernels keep the checked widening), the part without one computes as usual.
+        let ones = Tensor::ones((2, 5), DType::F32, &dev).unwrap();
+        let blocked = [
+            Fp8Matrix::new(w.weight().unwrap(), &ones, (4, 8)).unwrap(),
+            shared(q, (n, k), &ones, (4, 8)),
+        ];
+        for w in &blocked {
+            let product = |part: &Fp8Matrix, width: usize| -> Vec<f32> {
+                let x = Tensor::ones((1, width), DType::F32, &dev).unwrap();
+                let y = linear::linear_fp8(&x, part).unwrap();
+                y.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let with = product(&w.rows(0, 4).unwrap(), k);
+            assert!(
+                with[3].is_nan() && with[..3].iter().all(|&v| v == 40.0),
+                "{with:?}"
+            );
+            let without = product(&w.rows(4, 4).unwrap(), k);
+            assert!(without.iter().all(|&v| v == 40.0), "{without:?}");
+            let t = product(&w.transpose().unwrap(), n);
+            assert!(t[17].is_nan(), "{t:?}");
+            assert!(
+                t.iter().enumerate().all(|(c, &v)| c == 17 || v == 8.0),
+                "{t:?}"
+            );
         }
     }
 }
