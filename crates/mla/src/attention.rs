@@ -705,40 +705,32 @@ impl HeadProducts {
     /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w[h]` `[N, K]`): `[H, M, N]`.
     fn run(self, x: &Tensor, w: &HeadMatrices) -> Result<Tensor> {
         use rayon::prelude::*;
+        if let (HeadProducts::Matmul, HeadMatrices::Stacked(w)) = (self, w) {
+            // Dense blocks kept narrower than the activations (bf16 on the CPU) are widened
+            // for the product: a prefill tile's rows amortise it.
+            let w = if w.dtype() == x.dtype() {
+                w.clone()
+            } else {
+                w.to_dtype(x.dtype())?
+            };
+            return Ok(x.matmul(&w.transpose(1, 2)?)?);
+        }
         let per_head = |h: usize| -> Result<Tensor> {
             let xh = x.get(h)?;
-            Ok(match (self, w) {
-                (HeadProducts::Rows, HeadMatrices::Stacked(w)) => {
-                    linear::linear_row_invariant(&xh, &w.get(h)?)?
-                }
-                (HeadProducts::Rows, HeadMatrices::PerHead(w)) => {
+            Ok(match w {
+                // (Rows: the batched matmul took Matmul above.)
+                HeadMatrices::Stacked(w) => linear::linear_row_invariant(&xh, &w.get(h)?)?,
+                HeadMatrices::PerHead(w) if self == HeadProducts::Rows => {
                     w[h].forward_row_invariant(&xh)?
                 }
-                (HeadProducts::Matmul, HeadMatrices::PerHead(w)) => w[h].forward(&xh)?,
-                (HeadProducts::Matmul, HeadMatrices::Stacked(_)) => {
-                    unreachable!("stacked blocks take one batched matmul")
-                }
+                HeadMatrices::PerHead(w) => w[h].forward(&xh)?,
             })
         };
-        match (self, w) {
-            (HeadProducts::Matmul, HeadMatrices::Stacked(w)) => {
-                // Dense blocks kept narrower than the activations (bf16 on the CPU) are widened
-                // for the product: a prefill tile's rows amortise it.
-                let w = if w.dtype() == x.dtype() {
-                    w.clone()
-                } else {
-                    w.to_dtype(x.dtype())?
-                };
-                Ok(x.matmul(&w.transpose(1, 2)?)?)
-            }
-            _ => {
-                let outs = (0..x.dim(0)?)
-                    .into_par_iter()
-                    .map(per_head)
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&outs, 0)?)
-            }
-        }
+        let outs = (0..x.dim(0)?)
+            .into_par_iter()
+            .map(per_head)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&outs, 0)?)
     }
 }
 
@@ -781,7 +773,7 @@ pub(crate) fn causal_mask(
 }
 
 /// `x · wᵀ` for `x` `[B, T, in]` and `w` `[out, in]` in any [`Matrix`] format.
-pub(crate) fn linear(x: &Tensor, w: &Matrix) -> Result<Tensor> {
+fn linear(x: &Tensor, w: &Matrix) -> Result<Tensor> {
     Ok(w.forward(&x.contiguous()?)?)
 }
 
