@@ -56,7 +56,7 @@ impl Fp8Matrix {
         if q.dtype() != DType::F8E4M3 {
             candle_core::bail!("fp8 weight: expected dtype F8E4M3, found {:?}", q.dtype());
         }
-        Self::with_values(Values::Tensor(q.contiguous()?), [n, k], scale_inv, block)
+        Ok(Self::checked(Values::Tensor(q.contiguous()?), [n, k], scale_inv, block)?.scanned(true))
     }
 
     /// The `[N, K]` e4m3 values `bytes` (row-major, one byte per value), used where they are;
@@ -73,22 +73,11 @@ impl Fp8Matrix {
                 bytes.len()
             );
         }
-        Self::with_values(Values::Shared(bytes), [n, k], scale_inv, block)
-    }
-
-    fn with_values(
-        values: Values,
-        shape: [usize; 2],
-        scale_inv: &Tensor,
-        block: (usize, usize),
-    ) -> Result<Self> {
-        let mut m = Self::checked(values, shape, scale_inv, block)?;
-        m.has_nan = m.scans_nan();
-        Ok(m)
+        Ok(Self::checked(Values::Shared(bytes), [n, k], scale_inv, block)?.scanned(true))
     }
 
     /// `values` of `shape` with `scale_inv` checked against `block`, taken as holding NaN
-    /// codes until scanned ([`Fp8Matrix::scans_nan`]).
+    /// codes until scanned ([`Fp8Matrix::scanned`]).
     fn checked(
         values: Values,
         shape: [usize; 2],
@@ -120,24 +109,14 @@ impl Fp8Matrix {
         })
     }
 
-    /// Whether some byte is a NaN code (one pass over the values; true off the host).
-    fn scans_nan(&self) -> bool {
-        self.with_host_values(|v| kernel::E4m3NoNan::view(v).is_none())
-            .unwrap_or(true)
-    }
-
-    /// A matrix of `values` taken from this one's (a part, a transpose): values without NaN
-    /// codes have none in any part, so only a matrix with some is scanned again.
-    fn derived(
-        &self,
-        values: Values,
-        shape: [usize; 2],
-        scale_inv: &Tensor,
-        block: (usize, usize),
-    ) -> Result<Self> {
-        let mut m = Self::checked(values, shape, scale_inv, block)?;
-        m.has_nan = self.has_nan && m.scans_nan();
-        Ok(m)
+    /// The matrix with its NaN flag settled: a pass over the values for NaN codes if it
+    /// `may_hold_nan` (false for a part or transpose of values without any), true off the host.
+    fn scanned(mut self, may_hold_nan: bool) -> Self {
+        self.has_nan = may_hold_nan
+            && self
+                .with_host_values(|v| kernel::E4m3NoNan::view(v).is_none())
+                .unwrap_or(true);
+        self
     }
 
     /// `f` of the values, if they are in host memory (as a slice of the stored bytes).
@@ -225,7 +204,7 @@ impl Fp8Matrix {
             Values::Shared(bytes) => Values::Shared(bytes.slice(start * k..(start + len) * k)?),
         };
         let scale_inv = self.scale_inv.narrow(0, start / bn, len.div_ceil(bn))?;
-        self.derived(values, [len, k], &scale_inv, self.block)
+        Ok(Self::checked(values, [len, k], &scale_inv, self.block)?.scanned(self.has_nan))
     }
 
     /// `Wᵀ` `[K, N]`, exact: the e4m3 bytes transposed (a copy), the scale grid transposed,
@@ -248,7 +227,7 @@ impl Fp8Matrix {
             None => self.weight()?.t()?.contiguous()?,
         };
         let scale_inv = self.scale_inv.t()?.contiguous()?;
-        self.derived(Values::Tensor(q), [k, n], &scale_inv, (bk, bn))
+        Ok(Self::checked(Values::Tensor(q), [k, n], &scale_inv, (bk, bn))?.scanned(self.has_nan))
     }
 
     /// The dequantised f32 matrix `W[r, c] = q[r, c] · scale_inv[r / bn, c / bk]` (what HF
