@@ -996,19 +996,23 @@ macro_rules! e4m3_elem {
                 cols: usize,
             ) -> [f32; 4] {
                 #[cfg(target_arch = "x86_64")]
-                if let Some(t) = isa.avx512_vbmi() {
-                    if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
-                        return x86_512_e4m3::dot4_scaled(t, w, x, scales, cols);
+                {
+                    let natural;
+                    let mut x = x;
+                    if let Some(t) = isa.avx512_vbmi() {
+                        if cols > 0 && cols.is_multiple_of(x86_512_e4m3::STEP) {
+                            return x86_512_e4m3::dot4_scaled(t, w, x, scales, cols);
+                        }
+                        // Blocks the kernel's steps do not tile (no checkpoint ships them):
+                        // the AVX2 kernel on `x` back in natural order.
+                        natural = x86_512_e4m3::unsplit(x, w[0].len());
+                        x = &natural;
                     }
-                    // Blocks the kernel's steps do not tile (no checkpoint ships them): the
-                    // F16C kernel on `x` back in natural order.
-                    let x = x86_512_e4m3::unsplit(x, w[0].len());
-                    let t = t.avx512f().avx2_fma_f16c();
-                    return x86::dot4_scaled_f16c(t, w, &x, next, scales, cols);
-                }
-                #[cfg(target_arch = "x86_64")]
-                if let Some(t) = isa.avx2_fma_f16c() {
-                    return x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
+                    if let Some(out) =
+                        <$t as E4m3Avx2>::dot4_scaled_avx2(isa, w, x, next, scales, cols)
+                    {
+                        return out;
+                    }
                 }
                 dot4_per_block(isa, w, x, next, scales, cols)
             }
@@ -1053,6 +1057,59 @@ macro_rules! e4m3_elem {
 
 e4m3_elem!(F8E4M3);
 e4m3_elem!(E4m3NoNan);
+
+/// The AVX2 block-scaled kernel of each kind of e4m3 bytes, `None` where the CPU lacks what
+/// it needs. `x` is in natural order.
+#[cfg(target_arch = "x86_64")]
+trait E4m3Avx2: WeightElem {
+    fn dot4_scaled_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> Option<[f32; 4]>;
+}
+
+/// Bytes that may hold NaN codes: the F16C widening, which patches them.
+#[cfg(target_arch = "x86_64")]
+impl E4m3Avx2 for F8E4M3 {
+    fn dot4_scaled_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> Option<[f32; 4]> {
+        let t = isa.avx2_fma_f16c()?;
+        Some(x86::dot4_scaled_f16c(t, w, x, next, scales, cols))
+    }
+}
+
+/// NaN-free bytes: the integer widening, whose products are the exact ones over 2³⁰
+/// (`x86::Load8Scaled::X_SCALE`). Where an activation times 2⁹⁰ or a scale times 2³⁰ leaves
+/// f32's range (or the inputs hold an infinity or a NaN) a row's sum is not finite, and the
+/// four rows are summed again at their own scale by the portable loops.
+#[cfg(target_arch = "x86_64")]
+impl E4m3Avx2 for E4m3NoNan {
+    fn dot4_scaled_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> Option<[f32; 4]> {
+        let t = isa.avx2_fma()?;
+        let out = x86::dot4_scaled(t, w, x, next, scales, cols);
+        if out.iter().all(|v| v.is_finite()) {
+            return Some(out);
+        }
+        Some(dot4_per_block(Isa::portable(), w, x, next, scales, cols))
+    }
+}
 
 impl WeightElem for U4x2 {
     const VALUES: usize = 2;

@@ -108,7 +108,9 @@ pub(crate) fn dot4_scaled_f16c<W: Load8Scaled>(
     unsafe { dot4_scaled_f16c_inner(w, x, next, scales, cols) }
 }
 
-/// [`dot4_scaled_f16c`] for the elements that widen with AVX2 alone (i8).
+/// [`dot4_scaled_f16c`] for the elements that widen with AVX2 alone (i8, e4m3 without NaN
+/// codes). For e4m3 an activation `· 2⁹⁰` or a scale `· 2³⁰` past f32's range gives a
+/// non-finite sum, which callers check ([`Load8Scaled::X_SCALE`]).
 #[inline]
 pub(crate) fn dot4_scaled<W: Load8Scaled>(
     _: Avx2Fma,
@@ -150,8 +152,14 @@ unsafe fn dot4_scaled_inner<W: Load8Scaled>(
 
 /// A one-value element that widens 8 at a time to `value / FACTOR`, exactly.
 pub(crate) trait Load8Scaled: Scalar {
-    /// What the widened lanes are divided by (folded into the block scale).
+    /// What the widened lanes are divided by.
     const FACTOR: f32;
+
+    /// What the activations are multiplied by before the products (a power of two, so exact
+    /// while `|x| · X_SCALE` stays finite): it keeps the products of lanes widened to tiny
+    /// values (`FACTOR` 2¹²⁰) inside f32's normal range. The block sums are multiplied by
+    /// `FACTOR / X_SCALE` with their scale.
+    const X_SCALE: f32 = 1.0;
 
     /// # Safety
     /// `p` must point at 8 readable elements, inside a function with the needed features.
@@ -168,18 +176,26 @@ impl Load8Scaled for F8E4M3 {
 }
 
 impl Load8Scaled for E4m3NoNan {
-    const FACTOR: f32 = 256.0;
+    const FACTOR: f32 = (1u128 << 120) as f32;
+    const X_SCALE: f32 = (1u128 << 90) as f32;
 
-    /// Each byte moved to the top of a 16-bit lane (`s.eeee.mmm` then 8 zeros), shifted right
-    /// arithmetically by one (the sign lands on bits 15 and 14) and bit 14 cleared: the sign
-    /// at bit 15 and the magnitude `<< 7`, the f16 pattern of the value over 2⁸ that
-    /// [`e4m3_over_256`] builds, without its NaN patch.
+    /// Each byte sign-extended to 32 bits, shifted left by 20 and masked to `0x87f0_0000`: the
+    /// sign on bit 31 and the magnitude `eeee.mmm` on bits 26..20, the f32 exponent field
+    /// holding `eeee` and the mantissa's top bits `mmm`. That pattern is the value over 2¹²⁰
+    /// for every code without a NaN (a subnormal code, exponent 0, is the f32 subnormal of
+    /// the same value over 2¹²⁰), with three integer ops and no `vcvtph2ps`, which bounds the
+    /// F16C widening at one per cycle (`benchmarks/README.md`, "FP8 decode on AVX2 without
+    /// `vcvtph2ps`"). With `X_SCALE` 2⁹⁰ the products are the exact ones over 2³⁰: normal
+    /// down to `|w · x|` of 2⁻⁹⁶ (below it an f32 subnormal's rounding, under 2⁻¹²⁰ of the
+    /// true product each), and finite for `|x|` under 2³⁸ (past it callers sum again).
     #[inline(always)]
     unsafe fn load8_scaled(p: *const E4m3NoNan) -> __m256 {
-        let b = _mm_loadl_epi64(p as *const __m128i);
-        let high = _mm_unpacklo_epi8(_mm_setzero_si128(), b);
-        let bits = _mm_and_si128(_mm_srai_epi16::<1>(high), _mm_set1_epi16(0xbfff_u16 as i16));
-        _mm256_cvtph_ps(bits)
+        let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
+        let bits = _mm256_and_si256(
+            _mm256_slli_epi32::<20>(b),
+            _mm256_set1_epi32(0x87f0_0000_u32 as i32),
+        );
+        _mm256_castsi256_ps(bits)
     }
 }
 
@@ -192,7 +208,9 @@ impl Load8Scaled for i8 {
     }
 }
 
-/// The body of the block-scaled kernels of one-value elements.
+/// The body of the block-scaled kernels of one-value elements. Two accumulators per row, so
+/// that consecutive FMAs of a row do not wait on each other (one per row ran at one FMA per
+/// cycle, the FMA latency over four rows).
 #[inline(always)]
 unsafe fn dot4_block_scaled<W: Load8Scaled>(
     w: [&[W]; 4],
@@ -203,24 +221,44 @@ unsafe fn dot4_block_scaled<W: Load8Scaled>(
 ) -> [f32; 4] {
     let len = common_len(&w, x);
     let (p, px) = (w.map(|r| r.as_ptr()), x.as_ptr());
+    let load_x = |i: usize| {
+        let v = _mm256_loadu_ps(px.add(i));
+        if W::X_SCALE == 1.0 {
+            v
+        } else {
+            _mm256_mul_ps(v, _mm256_set1_ps(W::X_SCALE))
+        }
+    };
     let mut total = [_mm256_setzero_ps(); 4];
     let mut tail = [0f32; 4];
     let (mut lo, mut kb) = (0, 0);
     while lo < len {
         let hi = (lo + cols.max(1)).min(len);
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let mut i = lo;
-        while i + 8 <= hi {
-            prefetch_line(next, i, 8);
-            let xv = _mm256_loadu_ps(px.add(i));
+        while i + 16 <= hi {
+            prefetch_line(next, i, 16);
+            let xv = [load_x(i), load_x(i + 8)];
             for (acc, p) in acc.iter_mut().zip(p) {
-                *acc = _mm256_fmadd_ps(W::load8_scaled(p.add(i)), xv, *acc);
+                for h in 0..2 {
+                    let wv = W::load8_scaled(p.add(i + 8 * h));
+                    acc[h] = _mm256_fmadd_ps(wv, xv[h], acc[h]);
+                }
+            }
+            i += 16;
+        }
+        if i + 8 <= hi {
+            let xv = load_x(i);
+            for (acc, p) in acc.iter_mut().zip(p) {
+                acc[0] = _mm256_fmadd_ps(W::load8_scaled(p.add(i)), xv, acc[0]);
             }
             i += 8;
         }
         for q in 0..4 {
             let s = scales[q][kb];
-            total[q] = _mm256_fmadd_ps(acc[q], _mm256_set1_ps(s * W::FACTOR), total[q]);
+            let sum = _mm256_add_ps(acc[q][0], acc[q][1]);
+            let factor = _mm256_set1_ps(s * (W::FACTOR / W::X_SCALE));
+            total[q] = _mm256_fmadd_ps(sum, factor, total[q]);
             tail[q] += (i..hi).map(|j| w[q][j].widen() * x[j]).sum::<f32>() * s;
         }
         (lo, kb) = (hi, kb + 1);

@@ -65,13 +65,6 @@ impl Avx512F {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Avx512Vbmi(Avx512F);
 
-impl Avx512Vbmi {
-    /// The AVX-512 F/BW part of the proof.
-    pub(crate) fn avx512f(self) -> Avx512F {
-        self.0
-    }
-}
-
 /// Proof that the CPU runs AVX512-VNNI (`vpdpbusd`: four u8 x i8 products summed into each
 /// i32 lane) on top of AVX-512 F/BW. Made only by [`Avx512F::vnni`], from what detection found.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
