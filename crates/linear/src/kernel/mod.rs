@@ -132,6 +132,21 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
         dot4_per_block(isa, w, x, next, scales, cols)
     }
 
+    /// [`WeightElem::dot4_scaled`] of every prepared row of `xs` into `out`: `out[j]` is bit
+    /// for bit the result of `xs[j]` alone (batch-invariant serving relies on it). Kernels may
+    /// widen each weight once for several rows; by default [`scaled_one_by_one`].
+    fn dot4_scaled_rows(
+        isa: Isa,
+        w: [&[Self]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+        out: &mut [[f32; 4]],
+    ) {
+        scaled_one_by_one(isa, w, xs, next, scales, cols, out)
+    }
+
     /// One row of [`WeightElem::dot4_scaled`] (`scales` the row's): bit for bit the row's
     /// result among four.
     fn dot_scaled(isa: Isa, w: &[Self], x: &[f32], scales: &[f32], cols: usize) -> f32 {
@@ -329,6 +344,22 @@ fn one_by_one<W: WeightElem>(
     }
 }
 
+/// The default [`WeightElem::dot4_scaled_rows`]: one [`WeightElem::dot4_scaled`] per row, the
+/// first prefetching `next`.
+fn scaled_one_by_one<W: WeightElem>(
+    isa: Isa,
+    w: [&[W]; 4],
+    xs: &[Cow<'_, [f32]>],
+    next: [&[W]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+    out: &mut [[f32; 4]],
+) {
+    for (j, (x, o)) in xs.iter().zip(out).enumerate() {
+        *o = W::dot4_scaled(isa, w, x, if j == 0 { next } else { w }, scales, cols);
+    }
+}
+
 /// Activation rows per call of a kernel that widens each weight once for several rows
 /// ([`in_groups`]). Two rows against four weight rows are eight accumulators, which with the
 /// two rows' activation vectors and one widened weight row fill AVX2's 16 registers; with
@@ -435,10 +466,7 @@ pub(crate) fn matmul_rows<W: WeightElem>(
                 let row_scales = scales.map(|s| s.rows4(first_row + 4 * qi, k, &mut bufs));
                 match (scales, row_scales) {
                     (Some(s), Some(rows)) => {
-                        for (j, x) in xs.iter().enumerate() {
-                            let next = if j == 0 { next } else { r };
-                            sums[j] = W::dot4_scaled(isa, r, x, next, rows, s.cols);
-                        }
+                        W::dot4_scaled_rows(isa, r, &xs, next, rows, s.cols, &mut sums)
                     }
                     _ => W::dot4_rows(isa, r, &xs, next, &mut sums),
                 }
@@ -1017,6 +1045,25 @@ macro_rules! e4m3_elem {
                 dot4_per_block(isa, w, x, next, scales, cols)
             }
 
+            fn dot4_scaled_rows(
+                isa: Isa,
+                w: [&[$t]; 4],
+                xs: &[Cow<'_, [f32]>],
+                next: [&[$t]; 4],
+                scales: [&[f32]; 4],
+                cols: usize,
+                out: &mut [[f32; 4]],
+            ) {
+                // (The VBMI kernel reads the split layout, one row at a time.)
+                #[cfg(target_arch = "x86_64")]
+                if isa.avx512_vbmi().is_none()
+                    && <$t as E4m3Avx2>::dot4_scaled_rows_avx2(isa, w, xs, next, scales, cols, out)
+                {
+                    return;
+                }
+                scaled_one_by_one(isa, w, xs, next, scales, cols, out)
+            }
+
             fn dot(isa: Isa, w: &[$t], x: &[f32]) -> f32 {
                 // The VBMI kernel on one block of scale 1.
                 #[cfg(target_arch = "x86_64")]
@@ -1058,10 +1105,10 @@ macro_rules! e4m3_elem {
 e4m3_elem!(F8E4M3);
 e4m3_elem!(E4m3NoNan);
 
-/// The AVX2 block-scaled kernel of each kind of e4m3 bytes, `None` where the CPU lacks what
-/// it needs. `x` is in natural order.
+/// The AVX2 block-scaled kernels of each kind of e4m3 bytes. `x` is in natural order.
 #[cfg(target_arch = "x86_64")]
 trait E4m3Avx2: WeightElem {
+    /// [`WeightElem::dot4_scaled`], `None` where the CPU lacks what the kernel needs.
     fn dot4_scaled_avx2(
         isa: Isa,
         w: [&[Self]; 4],
@@ -1070,6 +1117,21 @@ trait E4m3Avx2: WeightElem {
         scales: [&[f32]; 4],
         cols: usize,
     ) -> Option<[f32; 4]>;
+
+    /// [`WeightElem::dot4_scaled_rows`] with each weight widened once for several rows, if
+    /// there is such a kernel for this CPU (`false`: nothing written).
+    fn dot4_scaled_rows_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+        out: &mut [[f32; 4]],
+    ) -> bool {
+        let _ = (isa, w, xs, next, scales, cols, out);
+        false
+    }
 }
 
 /// Bytes that may hold NaN codes: the F16C widening, which patches them.
@@ -1088,10 +1150,10 @@ impl E4m3Avx2 for F8E4M3 {
     }
 }
 
-/// NaN-free bytes: the integer widening, whose products are the exact ones over 2³⁰
-/// (`x86::Load8Scaled::X_SCALE`). Where an activation times 2⁹⁰ or a scale times 2³⁰ leaves
-/// f32's range (or the inputs hold an infinity or a NaN) a row's sum is not finite, and the
-/// four rows are summed again at their own scale by the portable loops.
+/// NaN-free bytes: the integer widening (`x86::dot4_e4m3_rows`), whose products are the exact
+/// ones over 2³⁰, two activation rows per pass. Where an activation times 2⁹⁰ or a scale
+/// times 2³⁰ leaves f32's range (or the inputs hold an infinity or a NaN) a row's sums are not
+/// finite, and that row is summed again at its own scale by the portable loops.
 #[cfg(target_arch = "x86_64")]
 impl E4m3Avx2 for E4m3NoNan {
     fn dot4_scaled_avx2(
@@ -1103,11 +1165,51 @@ impl E4m3Avx2 for E4m3NoNan {
         cols: usize,
     ) -> Option<[f32; 4]> {
         let t = isa.avx2_fma()?;
-        let out = x86::dot4_scaled(t, w, x, next, scales, cols);
-        if out.iter().all(|v| v.is_finite()) {
-            return Some(out);
+        let [out] = x86::dot4_e4m3_rows(t, w, [x], next, scales, cols);
+        Some(finite_or_portable(out, w, x, scales, cols))
+    }
+
+    fn dot4_scaled_rows_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        xs: &[Cow<'_, [f32]>],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+        out: &mut [[f32; 4]],
+    ) -> bool {
+        let Some(t) = isa.avx2_fma() else {
+            return false;
+        };
+        in_groups(
+            xs,
+            w,
+            next,
+            out,
+            |x, next| x86::dot4_e4m3_rows(t, w, x, next, scales, cols),
+            |x, next| x86::dot4_e4m3_rows(t, w, [x], next, scales, cols)[0],
+        );
+        for (x, o) in xs.iter().zip(out) {
+            *o = finite_or_portable(*o, w, x, scales, cols);
         }
-        Some(dot4_per_block(Isa::portable(), w, x, next, scales, cols))
+        true
+    }
+}
+
+/// `out` if every sum is finite, else the four rows' [`WeightElem::dot4_scaled`] on the
+/// portable loops (see [`E4m3Avx2`] for `E4m3NoNan`).
+#[cfg(target_arch = "x86_64")]
+fn finite_or_portable(
+    out: [f32; 4],
+    w: [&[E4m3NoNan]; 4],
+    x: &[f32],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [f32; 4] {
+    if out.iter().all(|v| v.is_finite()) {
+        out
+    } else {
+        dot4_per_block(Isa::portable(), w, x, w, scales, cols)
     }
 }
 

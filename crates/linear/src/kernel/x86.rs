@@ -108,9 +108,7 @@ pub(crate) fn dot4_scaled_f16c<W: Load8Scaled>(
     unsafe { dot4_scaled_f16c_inner(w, x, next, scales, cols) }
 }
 
-/// [`dot4_scaled_f16c`] for the elements that widen with AVX2 alone (i8, e4m3 without NaN
-/// codes). For e4m3 an activation `· 2⁹⁰` or a scale `· 2³⁰` past f32's range gives a
-/// non-finite sum, which callers check ([`Load8Scaled::X_SCALE`]).
+/// [`dot4_scaled_f16c`] for the elements that widen with AVX2 alone (i8).
 #[inline]
 pub(crate) fn dot4_scaled<W: Load8Scaled>(
     _: Avx2Fma,
@@ -152,14 +150,8 @@ unsafe fn dot4_scaled_inner<W: Load8Scaled>(
 
 /// A one-value element that widens 8 at a time to `value / FACTOR`, exactly.
 pub(crate) trait Load8Scaled: Scalar {
-    /// What the widened lanes are divided by.
+    /// What the widened lanes are divided by (folded into the block scale).
     const FACTOR: f32;
-
-    /// What the activations are multiplied by before the products (a power of two, so exact
-    /// while `|x| · X_SCALE` stays finite): it keeps the products of lanes widened to tiny
-    /// values (`FACTOR` 2¹²⁰) inside f32's normal range. The block sums are multiplied by
-    /// `FACTOR / X_SCALE` with their scale.
-    const X_SCALE: f32 = 1.0;
 
     /// # Safety
     /// `p` must point at 8 readable elements, inside a function with the needed features.
@@ -172,30 +164,6 @@ impl Load8Scaled for F8E4M3 {
     #[inline(always)]
     unsafe fn load8_scaled(p: *const F8E4M3) -> __m256 {
         e4m3_over_256(p)
-    }
-}
-
-impl Load8Scaled for E4m3NoNan {
-    const FACTOR: f32 = (1u128 << 120) as f32;
-    const X_SCALE: f32 = (1u128 << 90) as f32;
-
-    /// Each byte sign-extended to 32 bits, shifted left by 20 and masked to `0x87f0_0000`: the
-    /// sign on bit 31 and the magnitude `eeee.mmm` on bits 26..20, the f32 exponent field
-    /// holding `eeee` and the mantissa's top bits `mmm`. That pattern is the value over 2¹²⁰
-    /// for every code without a NaN (a subnormal code, exponent 0, is the f32 subnormal of
-    /// the same value over 2¹²⁰), with three integer ops and no `vcvtph2ps`, which bounds the
-    /// F16C widening at one per cycle (`benchmarks/README.md`, "FP8 decode on AVX2 without
-    /// `vcvtph2ps`"). With `X_SCALE` 2⁹⁰ the products are the exact ones over 2³⁰: normal
-    /// down to `|w · x|` of 2⁻⁹⁶ (below it an f32 subnormal's rounding, under 2⁻¹²⁰ of the
-    /// true product each), and finite for `|x|` under 2³⁸ (past it callers sum again).
-    #[inline(always)]
-    unsafe fn load8_scaled(p: *const E4m3NoNan) -> __m256 {
-        let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
-        let bits = _mm256_and_si256(
-            _mm256_slli_epi32::<20>(b),
-            _mm256_set1_epi32(0x87f0_0000_u32 as i32),
-        );
-        _mm256_castsi256_ps(bits)
     }
 }
 
@@ -221,16 +189,9 @@ unsafe fn dot4_block_scaled<W: Load8Scaled>(
 ) -> [f32; 4] {
     let len = common_len(&w, x);
     let (p, px) = (w.map(|r| r.as_ptr()), x.as_ptr());
-    let load_x = |i: usize| {
-        let v = _mm256_loadu_ps(px.add(i));
-        if W::X_SCALE == 1.0 {
-            v
-        } else {
-            _mm256_mul_ps(v, _mm256_set1_ps(W::X_SCALE))
-        }
-    };
+    let load_x = |i: usize| _mm256_loadu_ps(px.add(i));
     let mut total = [_mm256_setzero_ps(); 4];
-    let mut tail = [0f32; 4];
+    let mut tail = [[0f32; 4]];
     let (mut lo, mut kb) = (0, 0);
     while lo < len {
         let hi = (lo + cols.max(1)).min(len);
@@ -254,16 +215,150 @@ unsafe fn dot4_block_scaled<W: Load8Scaled>(
             }
             i += 8;
         }
+        let s = std::array::from_fn::<f32, 4, _>(|q| scales[q][kb]);
         for q in 0..4 {
-            let s = scales[q][kb];
             let sum = _mm256_add_ps(acc[q][0], acc[q][1]);
-            let factor = _mm256_set1_ps(s * (W::FACTOR / W::X_SCALE));
+            let factor = _mm256_set1_ps(s[q] * W::FACTOR);
             total[q] = _mm256_fmadd_ps(sum, factor, total[q]);
-            tail[q] += (i..hi).map(|j| w[q][j].widen() * x[j]).sum::<f32>() * s;
+        }
+        if i < hi {
+            tail_sums(&mut tail, w, [x], i..hi, s);
         }
         (lo, kb) = (hi, kb + 1);
     }
-    std::array::from_fn(|q| hsum(total[q]) + tail[q])
+    std::array::from_fn(|q| hsum(total[q]) + tail[0][q])
+}
+
+/// What the activations are multiplied by in [`dot4_e4m3_rows`] (a power of two, exact while
+/// `|x| · 2⁹⁰` stays finite, that is for `|x|` under 2³⁸): the weights widen to their values
+/// over 2¹²⁰ ([`e4m3_over_2_120`]), so the products are the exact ones over 2³⁰, normal down
+/// to `|w · x|` of 2⁻⁹⁶ (below it an f32 subnormal's rounding, under 2⁻¹²⁰ of the product).
+const E4M3_X_SCALE: f32 = (1u128 << 90) as f32;
+
+/// What the block sums of [`dot4_e4m3_rows`] are multiplied by, with their scale: 2¹²⁰ / 2⁹⁰.
+const E4M3_SUM_FACTOR: f32 = (1u64 << 30) as f32;
+
+/// Eight NaN-free e4m3 bytes widened to their values over 2¹²⁰, exactly: each byte
+/// sign-extended to 32 bits, shifted left by 20 and masked to `0x87f0_0000`, which puts the
+/// sign on bit 31 and the magnitude `eeee.mmm` on bits 26..20, so the f32 exponent field holds
+/// `eeee` and the mantissa's top bits `mmm` (a subnormal code, exponent 0, is the f32 subnormal
+/// of the same value over 2¹²⁰). Three integer ops and no `vcvtph2ps`, which bounds the F16C
+/// widening at one per cycle (`benchmarks/README.md`, "FP8 on AVX2 without `vcvtph2ps`"). A
+/// NaN code would read as ±480.
+///
+/// # Safety
+/// `p` must point at 8 readable bytes, inside a function with AVX2.
+#[inline(always)]
+unsafe fn e4m3_over_2_120(p: *const E4m3NoNan) -> __m256 {
+    let b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
+    let bits = _mm256_and_si256(
+        _mm256_slli_epi32::<20>(b),
+        _mm256_set1_epi32(0x87f0_0000_u32 as i32),
+    );
+    _mm256_castsi256_ps(bits)
+}
+
+/// Four rows of NaN-free e4m3 bytes against `J` activation rows `xs` with block scales
+/// (`scales[q][kb]` for row `q`, block `kb` of `cols` values), prefetching `next`: each weight
+/// vector is widened once for the `J` rows. One accumulator per (weight row, activation row),
+/// whose operations do not depend on `J`, so every row's result has the bits it gets alone
+/// (`J = 1`, the decode step). At the end of a block the four rows' sums are gathered into one
+/// vector by horizontal adds and multiplied by their scales with one FMA.
+///
+/// An activation `· 2⁹⁰` or a scale `· 2³⁰` past f32's range gives a non-finite result, which
+/// callers check ([`E4M3_X_SCALE`]).
+#[inline]
+pub(crate) fn dot4_e4m3_rows<const J: usize>(
+    _: Avx2Fma,
+    w: [&[E4m3NoNan]; 4],
+    xs: [&[f32]; J],
+    next: [&[E4m3NoNan]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [[f32; 4]; J] {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { dot4_e4m3_rows_avx2(w, xs, next, scales, cols) }
+}
+
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_e4m3_rows_avx2<const J: usize>(
+    w: [&[E4m3NoNan]; 4],
+    xs: [&[f32]; J],
+    next: [&[E4m3NoNan]; 4],
+    scales: [&[f32]; 4],
+    cols: usize,
+) -> [[f32; 4]; J] {
+    let len = xs.iter().fold(usize::MAX, |l, x| l.min(common_len(&w, x)));
+    let (p, px) = (w.map(|r| r.as_ptr()), xs.map(|x| x.as_ptr()));
+    let x_scale = _mm256_set1_ps(E4M3_X_SCALE);
+    let mut total = [_mm_setzero_ps(); J];
+    let mut tail = [[0f32; 4]; J];
+    let (mut lo, mut kb) = (0, 0);
+    while lo < len {
+        let hi = (lo + cols.max(1)).min(len);
+        let mut acc = [[_mm256_setzero_ps(); 4]; J];
+        let mut i = lo;
+        while i + 8 <= hi {
+            prefetch_line(next, i, 8);
+            let xv: [__m256; J] =
+                std::array::from_fn(|j| _mm256_mul_ps(_mm256_loadu_ps(px[j].add(i)), x_scale));
+            for (q, p) in p.iter().enumerate() {
+                let wv = e4m3_over_2_120(p.add(i));
+                for (acc, xv) in acc.iter_mut().zip(&xv) {
+                    acc[q] = _mm256_fmadd_ps(wv, *xv, acc[q]);
+                }
+            }
+            i += 8;
+        }
+        let s = std::array::from_fn::<f32, 4, _>(|q| scales[q][kb]);
+        let factor = _mm_mul_ps(_mm_loadu_ps(s.as_ptr()), _mm_set1_ps(E4M3_SUM_FACTOR));
+        for j in 0..J {
+            total[j] = _mm_fmadd_ps(sum4(acc[j]), factor, total[j]);
+        }
+        if i < hi {
+            tail_sums(&mut tail, w, xs, i..hi, s);
+        }
+        (lo, kb) = (hi, kb + 1);
+    }
+    std::array::from_fn(|j| {
+        let mut t = [0f32; 4];
+        _mm_storeu_ps(t.as_mut_ptr(), total[j]);
+        std::array::from_fn(|q| t[q] + tail[j][q])
+    })
+}
+
+/// The products past a block's last whole vector (`span`, under 8 values: a block width or a
+/// length that is not a multiple of 8), in scalar code, times the block's scales, into `tail`.
+/// Out of line and cold, so the kernel's loop keeps its accumulators in registers.
+#[cold]
+#[inline(never)]
+fn tail_sums<W: Scalar, const J: usize>(
+    tail: &mut [[f32; 4]; J],
+    w: [&[W]; 4],
+    xs: [&[f32]; J],
+    span: std::ops::Range<usize>,
+    s: [f32; 4],
+) {
+    for (tail, x) in tail.iter_mut().zip(xs) {
+        for q in 0..4 {
+            let t: f32 = span.clone().map(|c| w[q][c].widen() * x[c]).sum();
+            tail[q] += t * s[q];
+        }
+    }
+}
+
+/// The lane sums of four accumulators as the four lanes of one vector.
+#[inline(always)]
+unsafe fn sum4(acc: [__m256; 4]) -> __m128 {
+    let ab = _mm256_hadd_ps(acc[0], acc[1]);
+    let cd = _mm256_hadd_ps(acc[2], acc[3]);
+    let abcd = _mm256_hadd_ps(ab, cd);
+    _mm_add_ps(
+        _mm256_castps256_ps128(abcd),
+        _mm256_extractf128_ps::<1>(abcd),
+    )
 }
 
 /// Four rows of 4-bit pairs against `x` laid out by [`split_even_odd`], with block scales
