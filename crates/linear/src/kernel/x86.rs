@@ -243,8 +243,8 @@ const E4M3_SUM_FACTOR: f32 = (1u64 << 30) as f32;
 /// sign on bit 31 and the magnitude `eeee.mmm` on bits 26..20, so the f32 exponent field holds
 /// `eeee` and the mantissa's top bits `mmm` (a subnormal code, exponent 0, is the f32 subnormal
 /// of the same value over 2¹²⁰). Three integer ops and no `vcvtph2ps`, which bounds the F16C
-/// widening at one per cycle (`benchmarks/README.md`, "FP8 on AVX2 without `vcvtph2ps`"). A
-/// NaN code would read as ±480.
+/// widening at one per cycle (`benchmarks/README.md`, "FP8 on AVX2 without `vcvtph2ps`, two
+/// activation rows per widening"). A NaN code would read as ±480.
 ///
 /// # Safety
 /// `p` must point at 8 readable bytes, inside a function with AVX2.
