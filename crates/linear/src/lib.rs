@@ -52,7 +52,9 @@
 //!
 //! # Instruction sets
 //!
-//! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 and e4m3 weights) on x86-64
+//! The matrix-vector kernel has an AVX2 + FMA path (+ F16C for f16 weights and e4m3 bytes
+//! that hold NaN codes; NaN-free e4m3 widens with integer ops to its value over 2¹²⁰ and
+//! multiplies activations scaled by 2⁹⁰, two activation rows per widening) on x86-64
 //! for every format (bf16, f16, f32, e4m3, i8, 4-bit pairs), an AVX-512F path for f32, f16 and
 //! bf16 weights (32 values per row per iteration), e4m3 weights widened by byte-table lookups
 //! where the CPU also has AVX512-VBMI (64 per row per iteration), the 8-bit and 4-bit formats'

@@ -992,7 +992,8 @@ macro_rules! block_scaled_elem {
 block_scaled_elem!(i8, avx2_fma, dot4_scaled);
 
 /// [`WeightElem`] for e4m3 bytes: the VBMI kernel where the CPU has it (activations laid out
-/// by `x86_512_e4m3::split`), the F16C one otherwise, the portable loops without either.
+/// by `x86_512_e4m3::split`), the AVX2 ones otherwise ([`E4m3Avx2`]), the portable loops
+/// without either.
 macro_rules! e4m3_elem {
     ($t:ty) => {
         impl WeightElem for $t {
