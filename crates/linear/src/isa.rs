@@ -203,6 +203,13 @@ impl Isa {
         }
     }
 
+    /// The AVX-512F path, from its proof token (for kernels that hold the token, not the
+    /// `Isa`).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512f_path(t: x86_512::Avx512F) -> Isa {
+        Isa(Path::Avx512F(t))
+    }
+
     /// The next path down (dropping one feature), `None` below the portable one.
     fn narrower(self) -> Option<Isa> {
         match self.0 {

@@ -74,7 +74,7 @@ pub(crate) fn gemm<W: WeightElem>(
                         None => W::widen_row(src, row),
                         Some(s) => {
                             let scale = s.row(r0 + i, k, &mut row_scales);
-                            W::widen_row_scaled(src, row, scale, s.cols)
+                            W::widen_row_scaled(isa, src, row, scale, s.cols)
                         }
                     }
                 }
@@ -157,7 +157,13 @@ mod tests {
             let (mut row, mut buf) = (vec![0f32; k], Vec::new());
             for r in 0..n {
                 let src = &w[r * k / W::VALUES..(r + 1) * k / W::VALUES];
-                W::widen_row_scaled(src, &mut row, scales.row(r, k, &mut buf), scales.cols);
+                W::widen_row_scaled(
+                    Isa::portable(),
+                    src,
+                    &mut row,
+                    scales.row(r, k, &mut buf),
+                    scales.cols,
+                );
                 for j in 0..m {
                     want[j * n + r] = (0..k).map(|c| row[c] as f64 * xs[j * k + c] as f64).sum();
                 }

@@ -159,13 +159,22 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
 
     /// `src` widened and multiplied by the scale of each `cols`-wide block of it
     /// (`scales[kb]` for block `kb`), in f32: the dequantisation of block-scaled formats.
-    fn widen_row_scaled(src: &[Self], dst: &mut [f32], scales: &[f32], cols: usize) {
-        let per = cols / Self::VALUES;
-        for ((d, s), &f) in dst.chunks_mut(cols).zip(src.chunks(per)).zip(scales) {
-            Self::widen_row(s, d);
-            for d in d.iter_mut() {
-                *d *= f;
-            }
+    /// Kernels of `isa` may do it; the products are the same bits either way (one rounding,
+    /// of the exact value times the scale).
+    fn widen_row_scaled(isa: Isa, src: &[Self], dst: &mut [f32], scales: &[f32], cols: usize) {
+        let _ = isa;
+        widen_scaled_blocks(src, dst, scales, cols)
+    }
+}
+
+/// The default [`WeightElem::widen_row_scaled`]: each block widened by
+/// [`WeightElem::widen_row`], then multiplied by its scale.
+fn widen_scaled_blocks<W: WeightElem>(src: &[W], dst: &mut [f32], scales: &[f32], cols: usize) {
+    let per = cols / W::VALUES;
+    for ((d, s), &f) in dst.chunks_mut(cols).zip(src.chunks(per)).zip(scales) {
+        W::widen_row(s, d);
+        for d in d.iter_mut() {
+            *d *= f;
         }
     }
 }
@@ -1100,6 +1109,21 @@ macro_rules! e4m3_elem {
             fn widen_row(src: &[$t], dst: &mut [f32]) {
                 widen_scalars(src, dst)
             }
+
+            fn widen_row_scaled(
+                isa: Isa,
+                src: &[$t],
+                dst: &mut [f32],
+                scales: &[f32],
+                cols: usize,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                if <$t as E4m3Avx2>::widen_row_scaled_avx2(isa, src, dst, scales, cols) {
+                    return;
+                }
+                let _ = isa;
+                widen_scaled_blocks(src, dst, scales, cols)
+            }
         }
     };
 }
@@ -1121,6 +1145,19 @@ trait E4m3Avx2: WeightElem {
         cols: usize,
         out: &mut [[f32; 4]],
     ) -> bool;
+
+    /// [`WeightElem::widen_row_scaled`] in SIMD code, if there is such a kernel for this CPU
+    /// (`false`: nothing written).
+    fn widen_row_scaled_avx2(
+        isa: Isa,
+        src: &[Self],
+        dst: &mut [f32],
+        scales: &[f32],
+        cols: usize,
+    ) -> bool {
+        let _ = (isa, src, dst, scales, cols);
+        false
+    }
 }
 
 /// Bytes that may hold NaN codes: the F16C widening, which patches them, one row at a time.
@@ -1175,6 +1212,20 @@ impl E4m3Avx2 for E4m3NoNan {
         for (x, o) in xs.iter().zip(out) {
             *o = finite_or_portable(*o, w, x, scales, cols);
         }
+        true
+    }
+
+    fn widen_row_scaled_avx2(
+        isa: Isa,
+        src: &[Self],
+        dst: &mut [f32],
+        scales: &[f32],
+        cols: usize,
+    ) -> bool {
+        let Some(t) = isa.avx2_fma() else {
+            return false;
+        };
+        x86::widen_e4m3_scaled(t, src, dst, scales, cols);
         true
     }
 }
@@ -1241,6 +1292,35 @@ impl WeightElem for U4x2 {
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The GEMM's FP8 weight rows: every path's widening of NaN-free e4m3 bytes times block
+    /// scales has the bits of the table's value times the scale, for every code (subnormals,
+    /// ±0, ±448), scales of every magnitude and blocks and rows that end mid-vector.
+    #[test]
+    fn e4m3_rows_widen_to_the_table_values_times_their_scales() {
+        let codes: Vec<u8> = (0..=255u8).filter(|b| b & 0x7f != 0x7f).collect();
+        let bytes: Vec<F8E4M3> = (0..1000)
+            .map(|i| F8E4M3::from_bits(codes[(i * 37 + i / 7) % codes.len()]))
+            .collect();
+        let src = E4m3NoNan::view(&bytes).expect("no NaN codes");
+        for cols in [128, 13, 8, 1000] {
+            let scales: Vec<f32> = (0..src.len().div_ceil(cols))
+                .map(|b| [1e-4, 3.7, 1e30, 2.5e-38][b % 4])
+                .collect();
+            let mut want = vec![0f32; src.len()];
+            widen_scaled_blocks(src, &mut want, &scales, cols);
+            for (i, (w, b)) in want.iter().zip(&bytes).enumerate() {
+                let value = E4M3[b.to_bits() as usize] * scales[i / cols];
+                assert_eq!(w.to_bits(), value.to_bits(), "cols {cols}, value {i}");
+            }
+            for isa in Isa::supported() {
+                let mut got = vec![f32::NAN; src.len()];
+                E4m3NoNan::widen_row_scaled(isa, src, &mut got, &scales, cols);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa} cols {cols}");
+            }
+        }
+    }
 
     /// The blocked transpose against the element-by-element definition, on sizes around the
     /// block (a short last block, one block, fewer rows than a block) and one activation row.

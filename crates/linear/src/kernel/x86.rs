@@ -329,6 +329,43 @@ unsafe fn dot4_e4m3_rows_avx2<const J: usize>(
     })
 }
 
+/// NaN-free e4m3 bytes `src` widened and multiplied by the scale of each `cols`-wide block
+/// (`scales[kb]` for block `kb`) into `dst`: [`e4m3_over_2_120`] times 2¹²⁰ (exact: the value
+/// itself) times the scale, one rounding, the bits of the table's value times the scale. The
+/// GEMM's weight blocks for FP8 (a prompt chunk's expert gets a few dozen rows, so the widening
+/// is not amortised much).
+pub(crate) fn widen_e4m3_scaled(
+    _: Avx2Fma,
+    src: &[E4m3NoNan],
+    dst: &mut [f32],
+    scales: &[f32],
+    cols: usize,
+) {
+    // SAFETY: the `Avx2Fma` token exists, so detection found AVX2 and FMA.
+    unsafe { widen_e4m3_scaled_avx2(src, dst, scales, cols) }
+}
+
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_e4m3_scaled_avx2(src: &[E4m3NoNan], dst: &mut [f32], scales: &[f32], cols: usize) {
+    let up = _mm256_set1_ps((1u128 << 120) as f32);
+    let blocks = dst.chunks_mut(cols.max(1)).zip(src.chunks(cols.max(1)));
+    for ((d, s), &f) in blocks.zip(scales) {
+        let len = d.len().min(s.len());
+        let scale = _mm256_set1_ps(f);
+        let mut i = 0;
+        while i + 8 <= len {
+            let v = _mm256_mul_ps(e4m3_over_2_120(s.as_ptr().add(i)), up);
+            _mm256_storeu_ps(d.as_mut_ptr().add(i), _mm256_mul_ps(v, scale));
+            i += 8;
+        }
+        for (d, s) in d[i..len].iter_mut().zip(&s[i..len]) {
+            *d = s.widen() * f;
+        }
+    }
+}
+
 /// The products past a block's last whole vector (`span`, under 8 values: a block width or a
 /// length that is not a multiple of 8), in scalar code, times the block's scales, into `tail`.
 /// Out of line and cold, so the kernel's loop keeps its accumulators in registers.

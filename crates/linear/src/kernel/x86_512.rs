@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use super::x86::Avx2FmaF16c;
 use super::{BlockScales, OutPtr, WeightElem};
+use crate::Isa;
 
 /// Proof that the CPU runs AVX-512 F and BW code (and AVX2, FMA and F16C), with what detection
 /// found of the VBMI and VNNI extensions. Made only by [`Avx512F::detect`].
@@ -173,7 +174,7 @@ pub(crate) unsafe fn gemm_with<W: WeightElem>(
 /// [`gemm`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_block<W: WeightElem>(
-    _: Avx512F,
+    t: Avx512F,
     w: &[W],
     k: usize,
     n: usize,
@@ -184,6 +185,7 @@ fn gemm_block<W: WeightElem>(
     micro: MicroKernel,
 ) {
     let kw = k / W::VALUES;
+    let isa = Isa::avx512f_path(t);
     let xp = pack_activations(xs, k, m);
     // Rows per task: multiples of NR, at least two tasks per thread when the matrix allows.
     let balance = n.div_ceil(2 * rayon::current_num_threads());
@@ -216,7 +218,7 @@ fn gemm_block<W: WeightElem>(
                                 None => W::widen_row(src, row),
                                 Some(s) => {
                                     let all = s.row(r0 + r, k, &mut row_scales);
-                                    W::widen_row_scaled(src, row, &all[kb / s.cols..], s.cols)
+                                    W::widen_row_scaled(isa, src, row, &all[kb / s.cols..], s.cols)
                                 }
                             }
                         }
