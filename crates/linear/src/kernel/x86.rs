@@ -177,8 +177,8 @@ impl Load8Scaled for i8 {
 }
 
 /// The body of the block-scaled kernels of one-value elements. Two accumulators per row, so
-/// that consecutive FMAs of a row do not wait on each other (one per row ran at one FMA per
-/// cycle, the FMA latency over four rows).
+/// that consecutive FMAs of a row do not wait on each other (with one, the four rows' chains
+/// allow one FMA per cycle at most on a 4-cycle FMA).
 #[inline(always)]
 unsafe fn dot4_block_scaled<W: Load8Scaled>(
     w: [&[W]; 4],
