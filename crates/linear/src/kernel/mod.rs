@@ -1055,11 +1055,10 @@ macro_rules! e4m3_elem {
                         natural = x86_512_e4m3::unsplit(x, w[0].len());
                         x = &natural;
                     }
-                    let (xs, mut out) = ([Cow::Borrowed(x)], [[0f32; 4]]);
-                    if <$t as E4m3Avx2>::dot4_scaled_rows_avx2(
-                        isa, w, &xs, next, scales, cols, &mut out,
-                    ) {
-                        return out[0];
+                    if let Some(out) =
+                        <$t as E4m3Avx2>::dot4_scaled_avx2(isa, w, x, next, scales, cols)
+                    {
+                        return out;
                     }
                 }
                 dot4_per_block(isa, w, x, next, scales, cols)
@@ -1140,11 +1139,22 @@ macro_rules! e4m3_elem {
 e4m3_elem!(F8E4M3);
 e4m3_elem!(E4m3NoNan);
 
-/// The AVX2 block-scaled kernels of each kind of e4m3 bytes (`x` in natural order):
-/// [`WeightElem::dot4_scaled_rows`], if the CPU has what the kernel needs (`false`: nothing
-/// written).
+/// The AVX2 block-scaled kernels of each kind of e4m3 bytes (`x` in natural order).
 #[cfg(target_arch = "x86_64")]
 trait E4m3Avx2: WeightElem {
+    /// [`WeightElem::dot4_scaled`], `None` where the CPU lacks what the kernel needs.
+    fn dot4_scaled_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> Option<[f32; 4]>;
+
+    /// [`WeightElem::dot4_scaled_rows`] with each weight widened once for several rows, if
+    /// there is such a kernel for this CPU (`false`: nothing written, the rows go one by one
+    /// through [`E4m3Avx2::dot4_scaled_avx2`]).
     fn dot4_scaled_rows_avx2(
         isa: Isa,
         w: [&[Self]; 4],
@@ -1153,7 +1163,10 @@ trait E4m3Avx2: WeightElem {
         scales: [&[f32]; 4],
         cols: usize,
         out: &mut [[f32; 4]],
-    ) -> bool;
+    ) -> bool {
+        let _ = (isa, w, xs, next, scales, cols, out);
+        false
+    }
 
     /// [`WeightElem::widen_row_scaled`] in SIMD code, if there is such a kernel for this CPU
     /// (`false`: nothing written).
@@ -1172,23 +1185,16 @@ trait E4m3Avx2: WeightElem {
 /// Bytes that may hold NaN codes: the F16C widening, which patches them, one row at a time.
 #[cfg(target_arch = "x86_64")]
 impl E4m3Avx2 for F8E4M3 {
-    fn dot4_scaled_rows_avx2(
+    fn dot4_scaled_avx2(
         isa: Isa,
         w: [&[Self]; 4],
-        xs: &[Cow<'_, [f32]>],
+        x: &[f32],
         next: [&[Self]; 4],
         scales: [&[f32]; 4],
         cols: usize,
-        out: &mut [[f32; 4]],
-    ) -> bool {
-        let Some(t) = isa.avx2_fma_f16c() else {
-            return false;
-        };
-        for (j, (x, o)) in xs.iter().zip(out).enumerate() {
-            let next = if j == 0 { next } else { w };
-            *o = x86::dot4_scaled_f16c(t, w, x, next, scales, cols);
-        }
-        true
+    ) -> Option<[f32; 4]> {
+        let t = isa.avx2_fma_f16c()?;
+        Some(x86::dot4_scaled_f16c(t, w, x, next, scales, cols))
     }
 }
 
@@ -1198,6 +1204,19 @@ impl E4m3Avx2 for F8E4M3 {
 /// finite, and that row is summed again at its own scale by the portable loops.
 #[cfg(target_arch = "x86_64")]
 impl E4m3Avx2 for E4m3NoNan {
+    fn dot4_scaled_avx2(
+        isa: Isa,
+        w: [&[Self]; 4],
+        x: &[f32],
+        next: [&[Self]; 4],
+        scales: [&[f32]; 4],
+        cols: usize,
+    ) -> Option<[f32; 4]> {
+        let t = isa.avx2_fma()?;
+        let [out] = x86::dot4_e4m3_rows(t, w, [x], next, scales, cols);
+        Some(finite_or_portable(out, w, x, scales, cols))
+    }
+
     fn dot4_scaled_rows_avx2(
         isa: Isa,
         w: [&[Self]; 4],
