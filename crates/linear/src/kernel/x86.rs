@@ -505,6 +505,61 @@ pub(super) unsafe fn hsum4(v: __m128) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
+/// `h` as an f32, exactly as `half`'s conversion gives it (NaNs quieted), without branches:
+/// a superblock's `d` inside a kernel loop. `half`'s `to_f32` calls an F16C function that
+/// cannot be inlined here, and its `to_f32_const` branches over about twenty instructions,
+/// twice per superblock in the 4-bit K-quant loop.
+#[inline(always)]
+fn f16_to_f32(h: f16) -> f32 {
+    let h = h.to_bits() as u32;
+    let magnitude = h & 0x7fff;
+    // Normal: the exponent rebiased by 127 − 15. Subnormal (and zero): the integer times 2⁻²⁴,
+    // exact. No f32 arithmetic here touches a subnormal (a microcode assist each: 20x slower
+    // products for Q6_K rows, whose `d` is often an f16 subnormal).
+    let normal = (magnitude << 13) + ((127 - 15) << 23);
+    let subnormal = (magnitude as f32 * f32::from_bits((127 - 24) << 23)).to_bits();
+    let nan = if magnitude > 0x7c00 { 0x40_0000 } else { 0 };
+    let special = 0x7f80_0000 | (magnitude << 13) | nan;
+    let bits = if magnitude >= 0x7c00 {
+        special
+    } else if magnitude < 0x400 {
+        subnormal
+    } else {
+        normal
+    };
+    f32::from_bits(((h & 0x8000) << 16) | bits)
+}
+
+/// The i32 lane `i` (`0..4`) of each 128-bit half of `v`, four times over in its half: one
+/// `pshufd`.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn splat_in_lanes(v: __m256i, i: usize) -> __m256i {
+    match i {
+        0 => _mm256_shuffle_epi32::<0x00>(v),
+        1 => _mm256_shuffle_epi32::<0x55>(v),
+        2 => _mm256_shuffle_epi32::<0xAA>(v),
+        _ => _mm256_shuffle_epi32::<0xFF>(v),
+    }
+}
+
+/// `v`, through an empty `asm!` that LLVM cannot see into: the shuffles after it stay the
+/// ones written instead of being merged with those before it into a longer sequence per use
+/// (LLVM turned one shared `unpack` and a `pshufd` per use into two shuffles per use).
+///
+/// # Safety
+/// AVX must be available.
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn opaque(mut v: __m256i) -> __m256i {
+    // SAFETY: the template is empty: no instruction runs, `v` stays in its register.
+    std::arch::asm!("/* {0} */", inout(ymm_reg) v, options(pure, nomem, nostack, preserves_flags));
+    v
+}
+
 /// Prefetches, once per 64-byte line, the line of each `next` row at element `i`
 /// (`step` elements are consumed per call).
 #[inline(always)]
@@ -794,7 +849,7 @@ unsafe fn super_values_avx2(q: &[u8], per: &[f16], out: &mut [f32]) {
     let (blocks, rest) = out.as_chunks_mut::<SUPER>();
     let full = blocks.len();
     for (b, out) in blocks.iter_mut().enumerate() {
-        let d = _mm256_set1_ps(per[b].to_f32_const());
+        let d = _mm256_set1_ps(f16_to_f32(per[b]));
         let bytes = _mm_loadl_epi64(q.as_ptr().add(b * SUPER) as *const __m128i);
         let values = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
         _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(d, values));
@@ -1006,19 +1061,6 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
     total
 }
 
-/// Bytes `i` and `i + 1` of `bytes`, each eight times over (`[b_i x8 | b_(i+1) x8]`): the
-/// scales of two neighbouring blocks, ready to widen into the 128-bit lanes whose sums they
-/// scale.
-///
-/// # Safety
-/// SSSE3 must be available (it is wherever AVX2 is); `i < 15`.
-#[inline(always)]
-unsafe fn byte_pair_eights(bytes: __m128i, i: usize) -> __m128i {
-    let each = 0x0101_0101_0101_0101_i64;
-    let i = i as i64;
-    _mm_shuffle_epi8(bytes, _mm_set_epi64x((i + 1) * each, i * each))
-}
-
 /// One weight row of GGUF's Q4_K (`FIVE` false) or Q5_K, whole superblocks, against `J`
 /// activation rows `x` (rounded per group of 32, [`super::act8::Layout::Pairs`]): per pair of
 /// groups the values unpacked as [`dot_u4_q8`] does, then per row two `maddubs` and one `madd`
@@ -1088,19 +1130,24 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
     use super::act8::SUPER;
     let pw = w.low.as_ptr() as *const u8;
     let ph = w.high.map_or(std::ptr::null(), |h| h.as_ptr());
-    // The i16 scales of groups `g` (eight low lanes) and `g + 1` (eight high lanes) from the
-    // superblock's eight scale bytes (unsigned).
-    let spread = |bytes: __m128i, g: usize| _mm256_cvtepu8_epi16(byte_pair_eights(bytes, g));
+    // The i16 scales of groups `2p` (eight low lanes) and `2p + 1` (eight high lanes) from the
+    // superblock's eight scale bytes (unsigned), as `dot_u6_q8_avx2` spreads its sub-blocks':
+    // evens to the low lane and odds to the high one, each doubled into an i32, then one
+    // in-lane `pshufd` per pair.
+    let evens_odds = _mm_setr_epi8(0, 2, 4, 6, -1, -1, -1, -1, 1, 3, 5, 7, -1, -1, -1, -1);
     let mut total = [_mm256_setzero_ps(); J];
     for sb in 0..groups / SUPER {
         let bytes = _mm_loadl_epi64(sc.add(SUPER * sb) as *const __m128i);
+        let s16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(bytes, evens_odds));
+        let twice = opaque(_mm256_unpacklo_epi16(s16, s16));
+        let spread = |p: usize| splat_in_lanes(twice, p);
         // One accumulator per row: with several rows their FMAs interleave, and one row
         // alone is bound by memory, not by the chain.
         let mut acc = [_mm256_setzero_ps(); J];
         for p in 0..SUPER / 2 {
             let g = SUPER * sb + 2 * p;
             let (lo, hi) = nibble_pair::<FIVE>(pw, ph, groups, g);
-            let scales = spread(bytes, 2 * p);
+            let scales = spread(p);
             for (j, x) in x.iter().enumerate() {
                 let xq = x.q.as_ptr().add(g * GROUP);
                 let xe = _mm256_loadu_si256(xq as *const __m256i);
@@ -1112,11 +1159,11 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
                 acc[j] = _mm256_fmadd_ps(s, dx, acc[j]);
             }
         }
-        let dsb = _mm256_set1_ps((*d.add(sb)).to_f32_const());
+        let dsb = _mm256_set1_ps(f16_to_f32(*d.add(sb)));
         // The offsets `−dmin · mn_g` of the superblock's eight groups.
         let mn8 = _mm_loadl_epi64(mn.add(SUPER * sb) as *const __m128i);
         let mins = _mm256_mul_ps(
-            _mm256_set1_ps(-(*dmin.add(sb)).to_f32_const()),
+            _mm256_set1_ps(-f16_to_f32(*dmin.add(sb))),
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)),
         );
         for (j, x) in x.iter().enumerate() {
@@ -1188,10 +1235,6 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
 ) -> [f32; J] {
     use super::act8::{chunk_bytes, zero_point};
     let (nib, pair) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
-    let (first, second) = (
-        _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
-        _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
-    );
     // The two 32-value vectors of chunk `ch`.
     let unpack = |ch: usize| {
         if BITS <= 3 {
@@ -1208,63 +1251,72 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
                 _mm256_srli_epi16::<2>(fifth_bits(bits))
             };
             (
-                _mm256_or_si256(pairs(first), third(0)),
-                _mm256_or_si256(pairs(second), third(1)),
+                _mm256_or_si256(pairs(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), third(0)),
+                _mm256_or_si256(pairs(_mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), third(1)),
             )
         } else {
+            // Values 0..32 take the bit pairs t = 0 (low lane) and 1 (high lane) of the 16
+            // bytes of high bits, moved to bits 4..5 by left shifts of 4 and 2; values 32..64
+            // take t = 2 and 3, by right shifts of 0 and 2. What a 32-bit shift carries in
+            // from a neighbouring byte lands outside bits 4..5, which the mask keeps.
             let p = w.add(ch * chunk_bytes(BITS));
             let l = _mm256_loadu_si256(p as *const __m256i);
             let h = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i));
-            let high = |shift: __m256i| {
-                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srlv_epi32(h, shift), pair))
-            };
+            let high = _mm256_set1_epi8(0x30);
+            let h0 = _mm256_sllv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2));
+            let h1 = _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
             (
-                _mm256_or_si256(_mm256_and_si256(l, nib), high(first)),
+                _mm256_or_si256(_mm256_and_si256(l, nib), _mm256_and_si256(h0, high)),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(l), nib),
-                    high(second),
+                    _mm256_and_si256(h1, high),
                 ),
             )
         }
     };
-    // The i16 scales of sub-blocks `s` (eight low lanes) and `s + 1` (eight high lanes) from
-    // the superblock's 16 scale bytes (signed).
-    let spread = |bytes: __m128i, s: usize| _mm256_cvtepi8_epi16(byte_pair_eights(bytes, s));
+    let zero = zero_point(BITS);
     let dot = |q: __m256i, x: *const i8, sc: __m256i| {
         let x = _mm256_loadu_si256(x as *const __m256i);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sc))
     };
-    let zero = zero_point(BITS);
-    // One accumulator per row, whatever `J` (a row's bits must not depend on it): with
-    // several rows their FMAs interleave, and one row alone is bound by memory, not by the
-    // chain. (Two per row would not fit four rows in the 16 registers beside the unpacked
-    // weights: spilled, they cost a third of the time.)
-    let mut acc = [_mm256_setzero_ps(); J];
-    // Each row's `dx_g · d` for the superblock's eight groups.
-    let mut dxd = [[0f32; 8]; J];
+    // One accumulator per row for a superblock and one for the row, whatever `J` (a row's
+    // bits must not depend on it): with several rows their FMAs interleave, and one row alone
+    // was no faster with the chain split (measured), so the shuffles and shifts bound it.
+    let mut total = [_mm256_setzero_ps(); J];
+    // The sub-block scales spread for `madd`: `[s_a x8 | s_b x8]` as i16 for the sub-blocks
+    // `a = 2i` (values 0..16 of a group, the low lane) and `b = 2i + 1`. The bytes are put in
+    // the order evens, odds, so that after widening each lane holds the scales it needs, and
+    // each i16 is doubled into an i32 (`madd` adds two products of one sub-block): a pair is
+    // then one in-lane `pshufd`. (A byte shuffle and widening per pair took two vector
+    // operations, which LLVM made four, two of them lane-crossing.)
+    let evens_odds = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for sb in 0..chunks / 4 {
         let mut bytes = _mm_loadu_si128(sc.add(16 * sb) as *const __m128i);
         if BITS == 2 {
             // Q2_K's bytes: the scale is the low nibble (the offsets come after the row).
             bytes = _mm_and_si128(bytes, _mm_set1_epi8(0xF));
         }
-        let dsb = _mm256_set1_ps((*d.add(sb)).to_f32_const());
-        for (j, x) in x.iter().enumerate() {
-            let dx = _mm256_loadu_ps(x.scale.as_ptr().add(8 * sb));
-            _mm256_storeu_ps(dxd[j].as_mut_ptr(), _mm256_mul_ps(dx, dsb));
-        }
+        let s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, evens_odds));
+        // Pairs 0..4 (sub-blocks 0..8) and 4..8.
+        let twice = [
+            opaque(_mm256_unpacklo_epi16(s16, s16)),
+            opaque(_mm256_unpackhi_epi16(s16, s16)),
+        ];
+        let spread = |i: usize| splat_in_lanes(twice[i / 4], i % 4);
+        let mut acc = [_mm256_setzero_ps(); J];
         for c in 0..4 {
             let ch = 4 * sb + c;
             let (q0, q1) = unpack(ch);
-            let (s0, s1) = (spread(bytes, 4 * c), spread(bytes, 4 * c + 2));
+            let (s0, s1) = (spread(2 * c), spread(2 * c + 1));
             for (j, x) in x.iter().enumerate() {
                 let xq = x.q.as_ptr().add(ch * 64);
-                let f = (
-                    _mm256_broadcast_ss(&dxd[j][2 * c]),
-                    _mm256_broadcast_ss(&dxd[j][2 * c + 1]),
+                let dx = x.scale.as_ptr().add(2 * ch);
+                acc[j] = _mm256_fmadd_ps(dot(q0, xq, s0), _mm256_broadcast_ss(&*dx), acc[j]);
+                acc[j] = _mm256_fmadd_ps(
+                    dot(q1, xq.add(32), s1),
+                    _mm256_broadcast_ss(&*dx.add(1)),
+                    acc[j],
                 );
-                acc[j] = _mm256_fmadd_ps(dot(q0, xq, s0), f.0, acc[j]);
-                acc[j] = _mm256_fmadd_ps(dot(q1, xq.add(32), s1), f.1, acc[j]);
             }
         }
         if zero != 0 {
@@ -1278,10 +1330,28 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
                 // at most 2 · 2032 · 4096 in magnitude, exact in f32.
                 let sums = x.sums16_i16.as_ptr().add(16 * sb) as *const __m256i;
                 let z = _mm256_madd_epi16(_mm256_loadu_si256(sums), zeros);
-                let f = _mm256_loadu_ps(dxd[j].as_ptr());
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), f, acc[j]);
+                let dx = _mm256_loadu_ps(x.scale.as_ptr().add(8 * sb));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), dx, acc[j]);
             }
         }
+        let dsb = _mm256_set1_ps(f16_to_f32(*d.add(sb)));
+        for j in 0..J {
+            total[j] = _mm256_fmadd_ps(acc[j], dsb, total[j]);
+        }
     }
-    acc.map(|a| hsum(a))
+    total.map(|t| hsum(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    #[test]
+    fn f16_to_f32_is_half_s_conversion_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            let (ours, theirs) = (super::f16_to_f32(h), h.to_f32_const());
+            assert_eq!(ours.to_bits(), theirs.to_bits(), "{bits:#06x}");
+        }
+    }
 }
