@@ -878,7 +878,7 @@ struct FourBitRowsAvx2<'a> {
 #[cfg(target_arch = "x86_64")]
 impl RowsKernel for FourBitRowsAvx2<'_> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
-        let factors = factors_of(self.scales, x, c);
+        let factors = factors_of(self.t, self.scales, x, c);
         let dots = super::x86::dot_u4_q8_rows(self.t, self.w, x.map(|x| &x.q[..]), factors);
         let offsets = |x: &Q8Row| {
             let dot = |o| super::x86::offsets_dot(self.t, o, &x.sums);
@@ -911,18 +911,39 @@ impl RowsKernel for SuperRowsAvx2<'_> {
 /// one run of `scales.len()` per row.
 #[cfg(target_arch = "x86_64")]
 fn factors_of<'c, const J: usize>(
+    t: super::x86::Avx2Fma,
     scales: &[f32],
     x: [&Q8Row; J],
     c: &'c mut [f32],
 ) -> [&'c [f32]; J] {
     let groups = scales.len();
-    for (c, x) in c.chunks_exact_mut(groups.max(1)).zip(x) {
-        for (c, (s, dx)) in c.iter_mut().zip(scales.iter().zip(&x.scale)) {
-            *c = s * dx;
-        }
+    let (c, _) = c.split_at_mut(J * groups);
+    for (j, x) in x.iter().enumerate() {
+        super::x86::products(t, scales, &x.scale, &mut c[j * groups..(j + 1) * groups]);
     }
     let c = &*c;
     std::array::from_fn(|j| &c[j * groups..(j + 1) * groups])
+}
+
+/// [`Params::scales_into`] of a row's `groups` groups, the same bits: a group format's f16
+/// scales widened in one call where the path has F16C ([`super::x86::widen_f16`]).
+#[cfg(target_arch = "x86_64")]
+fn row_scales(isa: Isa, p: Params, groups: usize, out: &mut [f32]) {
+    match (p, isa.avx2_fma_f16c()) {
+        (Params::Group { scales, .. }, Some(t)) => super::x86::widen_f16(t, &scales[..groups], out),
+        _ => p.scales_into(0..groups, out),
+    }
+}
+
+/// [`Params::offsets_into`] of a row's `groups` groups, as [`row_scales`].
+#[cfg(target_arch = "x86_64")]
+fn row_offsets(isa: Isa, p: Params, groups: usize, out: &mut [f32]) {
+    match (p, isa.avx2_fma_f16c()) {
+        (Params::Group { mins, .. }, Some(t)) if !mins.is_empty() => {
+            super::x86::widen_f16(t, &mins[..groups], out)
+        }
+        _ => p.offsets_into(0..groups, out),
+    }
 }
 
 /// An 8-bit weight row on AVX2 ([`super::x86::dot_i8_q8_rows`]), its scales formed.
@@ -936,7 +957,7 @@ struct EightBitRowsAvx2<'a> {
 #[cfg(target_arch = "x86_64")]
 impl RowsKernel for EightBitRowsAvx2<'_> {
     fn rows<const J: usize>(&self, x: [&Q8Row; J], c: &mut [f32]) -> [f32; J] {
-        let factors = factors_of(self.scales, x, c);
+        let factors = factors_of(self.t, self.scales, x, c);
         super::x86::dot_i8_q8_rows(self.t, self.w, x.map(|x| &x.q[..]), factors)
     }
 }
@@ -1045,8 +1066,8 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
                 super::x86::super_values(t, mn, dmin, offsets);
                 offsets.iter_mut().for_each(|o| *o = -*o);
             } else {
-                p.scales_into(0..groups, scales);
-                p.offsets_into(0..groups, offsets);
+                row_scales(isa, p, groups, scales);
+                row_offsets(isa, p, groups, offsets);
             }
             let offsets = p.has_offsets().then_some(&*offsets);
             let kernel = FourBitRowsAvx2 {
@@ -1075,7 +1096,7 @@ fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut
             // The row's scales once for all activation rows.
             let groups = xs.first().map_or(0, |x| x.scale.len());
             let (scales, c) = c.split_at_mut(groups);
-            p.scales_into(0..groups, scales);
+            row_scales(isa, p, groups, scales);
             return in_blocks(&EightBitRowsAvx2 { t, w, scales }, xs, c, out);
         }
     }
