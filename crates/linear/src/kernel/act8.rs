@@ -783,7 +783,8 @@ fn dots_u6<const BITS: usize>(
     each(dot_u6::<BITS>, isa, w, xs, p, c, out)
 }
 
-/// [`RowsRun`] of `BITS`-bit (6, 3 or 2) rows: AVX512-VNNI only.
+/// [`RowsRun`] of `BITS`-bit (6, 3 or 2) rows: AVX512-VNNI, and AVX2 for a decode step's
+/// rows ([`Avx2Run`]).
 fn run_u6<const BITS: usize>(
     isa: Isa,
     w: &[u8],
@@ -801,6 +802,10 @@ fn run_u6<const BITS: usize>(
             first,
         };
         return super::x86_512_act8::dot_u6_q8_run::<BITS>(t, run, xs, p, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(run) = Avx2Run::new(isa, kw, xs, out.len()) {
+        return run.sixteenths::<BITS>(w, first, p, xs, out);
     }
     let _ = (isa, w, kw, first, xs, p, out);
     false
@@ -1103,7 +1108,7 @@ fn dots_i8(isa: Isa, w: &[i8], xs: &[Q8Row], p: Params, c: &mut [f32], out: &mut
     each(dot_i8, isa, w, xs, p, c, out)
 }
 
-/// [`RowsRun`] of 4-bit rows: AVX512-VNNI only.
+/// [`RowsRun`] of 4-bit rows: AVX512-VNNI, and AVX2 for a decode step's rows ([`Avx2Run`]).
 fn run_u4(
     isa: Isa,
     w: &[U4x2],
@@ -1118,7 +1123,7 @@ fn run_u4(
     run_nibbles(isa, w, kw, first, false, xs, p, out)
 }
 
-/// [`RowsRun`] of 5-bit rows: AVX512-VNNI only.
+/// [`RowsRun`] of 5-bit rows: as [`run_u4`].
 fn run_u5(
     isa: Isa,
     w: &[u8],
@@ -1144,15 +1149,171 @@ fn run_nibbles(
     out: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = isa.avx512_vnni() {
-        let run = super::x86_512_act8::Run { w, stride, first };
-        return super::x86_512_act8::dot_u4_q8_run(t, run, five, xs, p, out);
+    {
+        if let Some(t) = isa.avx512_vnni() {
+            let run = super::x86_512_act8::Run { w, stride, first };
+            return super::x86_512_act8::dot_u4_q8_run(t, run, five, xs, p, out);
+        }
+        if let Some(run) = Avx2Run::new(isa, stride, xs, out.len()) {
+            return run.nibbles(w, first, five, p, xs, out);
+        }
     }
     let _ = (isa, w, stride, first, five, xs, p, out);
     false
 }
 
-/// [`RowsRun`] of 8-bit rows: AVX512-VNNI only.
+/// A task's weight rows on AVX2 against a decode step's few activation rows, the work
+/// [`dots_nibbles`], [`dots_i8`] and [`dots_u6`] do per row with the path and format resolved
+/// once per task,
+/// and a group format's f16 scales (and offsets) widened for all the task's rows in one call:
+/// each row goes through the same [`RowsKernel`] with the same parameters, so every value
+/// keeps its bits. (A decode step has about 300,000 weight rows, and per row the dispatch and
+/// two conversions cost as much as a 1408-wide 4-bit row's products: `benchmarks/README.md`.)
+#[cfg(target_arch = "x86_64")]
+struct Avx2Run {
+    t: super::x86::Avx2Fma,
+    f16c: super::x86::Avx2FmaF16c,
+    /// Weight elements (bytes) per row.
+    stride: usize,
+    /// Groups per row.
+    groups: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Run {
+    /// The run of `xs` (at most [`ROW_TILE_MIN`] rows: one tile, as [`matmul_act8`] would
+    /// take them) on a path with AVX2, FMA and F16C; `None` otherwise (the per-row path).
+    fn new(isa: Isa, stride: usize, xs: &[Q8Row], out: usize) -> Option<Self> {
+        let (t, f16c) = (isa.avx2_fma()?, isa.avx2_fma_f16c()?);
+        let m = xs.len();
+        let groups = xs.first()?.q.len().div_ceil(GROUP);
+        let fits = m <= ROW_TILE_MIN && stride > 0 && out.is_multiple_of(m);
+        fits.then_some(Avx2Run {
+            t,
+            f16c,
+            stride,
+            groups,
+        })
+    }
+
+    /// The task's 4-bit (`five`: 5-bit) rows `w` (from row `first`) against `xs`, `p` the
+    /// whole matrix's parameters.
+    fn nibbles(
+        &self,
+        w: &[u8],
+        first: usize,
+        five: bool,
+        p: Params,
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) -> bool {
+        let (t, groups, m) = (self.t, self.groups, xs.len());
+        let k = xs[0].q.len();
+        let row = |w| match five {
+            true => Nibbles::five(w, k),
+            false => Nibbles::four(U4x2::from_bytes(w)),
+        };
+        let rows = w.chunks_exact(self.stride).zip(out.chunks_exact_mut(m));
+        match p {
+            Params::Super { .. } if k.is_multiple_of(SUPER * GROUP) => {
+                for (i, (w, o)) in rows.enumerate() {
+                    let Params::Super { sc, mn, d, dmin } = p.row(first + i, groups) else {
+                        unreachable!("a row of superblock parameters")
+                    };
+                    let kernel = SuperRowsAvx2 {
+                        t,
+                        w: row(w),
+                        sc_d: (sc, d),
+                        mn_dmin: (mn, dmin),
+                    };
+                    in_blocks(&kernel, xs, &mut [], o);
+                }
+                true
+            }
+            Params::Group { scales, mins, zero } => {
+                let n = w.len() / self.stride;
+                let at = first * groups..(first + n) * groups;
+                let mut formed = vec![0f32; 2 * n * groups + 4 * groups];
+                let (s, rest) = formed.split_at_mut(n * groups);
+                let (o, c) = rest.split_at_mut(n * groups);
+                super::x86::widen_f16(self.f16c, &scales[at.clone()], s);
+                // The bits of `Params::offsets_into`: the mins, or `−z · s` (exact: `z` is a
+                // power of two).
+                if !mins.is_empty() {
+                    super::x86::widen_f16(self.f16c, &mins[at], o);
+                } else {
+                    o.iter_mut()
+                        .zip(&*s)
+                        .for_each(|(o, s)| *o = s * -(zero as f32));
+                }
+                let has_offsets = p.has_offsets();
+                let per_row = s.chunks_exact(groups).zip(o.chunks_exact(groups));
+                for ((w, out), (scales, offsets)) in rows.zip(per_row) {
+                    let kernel = FourBitRowsAvx2 {
+                        t,
+                        w: row(w),
+                        scales,
+                        offsets: has_offsets.then_some(offsets),
+                    };
+                    in_blocks(&kernel, xs, c, out);
+                }
+                true
+            }
+            Params::Super { .. } => false,
+        }
+    }
+
+    /// The task's `BITS`-bit rows with a scale per 16 `w` (from row `first`) against `xs`, `p`
+    /// the whole matrix's parameters.
+    fn sixteenths<const BITS: usize>(
+        &self,
+        w: &[u8],
+        first: usize,
+        p: SixBit,
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) -> bool {
+        let rows = w
+            .chunks_exact(self.stride)
+            .zip(out.chunks_exact_mut(xs.len()));
+        for (i, (w, out)) in rows.enumerate() {
+            let p = p.row(first + i, self.groups);
+            in_blocks(
+                &SixBitRowsAvx2::<BITS> { t: self.t, w, p },
+                xs,
+                &mut [],
+                out,
+            );
+        }
+        true
+    }
+
+    /// The task's 8-bit rows `w` (from row `first`) against `xs`, their f16 `scales` those of
+    /// the whole matrix.
+    fn i8(&self, w: &[i8], first: usize, scales: &[f16], xs: &[Q8Row], out: &mut [f32]) -> bool {
+        let (groups, m) = (self.groups, xs.len());
+        let n = w.len() / self.stride;
+        let mut formed = vec![0f32; n * groups + 4 * groups];
+        let (s, c) = formed.split_at_mut(n * groups);
+        super::x86::widen_f16(self.f16c, &scales[first * groups..(first + n) * groups], s);
+        let rows = w.chunks_exact(self.stride).zip(out.chunks_exact_mut(m));
+        for ((w, out), scales) in rows.zip(s.chunks_exact(groups)) {
+            in_blocks(
+                &EightBitRowsAvx2 {
+                    t: self.t,
+                    w,
+                    scales,
+                },
+                xs,
+                c,
+                out,
+            );
+        }
+        true
+    }
+}
+
+/// [`RowsRun`] of 8-bit rows: as [`run_u4`].
 fn run_i8(
     isa: Isa,
     w: &[i8],
@@ -1172,6 +1333,10 @@ fn run_i8(
             first,
         };
         return super::x86_512_act8::dot_i8_q8_run(t, run, xs, scales, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(run), Params::Group { scales, .. }) = (Avx2Run::new(isa, kw, xs, out.len()), p) {
+        return run.i8(w, first, scales, xs, out);
     }
     let _ = (isa, w, kw, first, xs, p, out);
     false

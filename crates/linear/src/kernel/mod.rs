@@ -198,6 +198,14 @@ fn widen_scalars<W: Scalar>(src: &[W], dst: &mut [f32]) {
 #[repr(transparent)]
 pub(crate) struct U4x2(pub u8);
 
+impl U4x2 {
+    /// Bytes read as pairs.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> &[U4x2] {
+        // SAFETY: `U4x2` is a `repr(transparent)` byte.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const U4x2, bytes.len()) }
+    }
+}
+
 /// Bytes of fifth bits per group of 32 values in a 5-bit row ([`Nibbles::high`]).
 pub(crate) const U5_HIGH_BYTES: usize = 4;
 
