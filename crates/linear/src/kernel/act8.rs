@@ -1164,15 +1164,14 @@ fn run_nibbles(
 
 /// A task's weight rows on AVX2 against a decode step's few activation rows, the work
 /// [`dots_nibbles`], [`dots_i8`] and [`dots_u6`] do per row with the path and format resolved
-/// once per task,
-/// and a group format's f16 scales (and offsets) widened for all the task's rows in one call:
-/// each row goes through the same [`RowsKernel`] with the same parameters, so every value
+/// once per task, and a group format's scales (and offsets) formed for all the task's rows by
+/// one [`row_scales`] (and [`row_offsets`]) call: each row goes through the same [`RowsKernel`] with the same parameters, so every value
 /// keeps its bits. (A decode step has about 300,000 weight rows, and per row the dispatch and
 /// two conversions cost as much as a 1408-wide 4-bit row's products: `benchmarks/README.md`.)
 #[cfg(target_arch = "x86_64")]
 struct Avx2Run {
+    isa: Isa,
     t: super::x86::Avx2Fma,
-    f16c: super::x86::Avx2FmaF16c,
     /// Weight elements (bytes) per row.
     stride: usize,
     /// Groups per row.
@@ -1182,15 +1181,15 @@ struct Avx2Run {
 #[cfg(target_arch = "x86_64")]
 impl Avx2Run {
     /// The run of `xs` (at most [`ROW_TILE_MIN`] rows: one tile, as [`matmul_act8`] would
-    /// take them) on a path with AVX2, FMA and F16C; `None` otherwise (the per-row path).
+    /// take them) on a path with AVX2 and FMA; `None` otherwise (the per-row path).
     fn new(isa: Isa, stride: usize, xs: &[Q8Row], out: usize) -> Option<Self> {
-        let (t, f16c) = (isa.avx2_fma()?, isa.avx2_fma_f16c()?);
+        let t = isa.avx2_fma()?;
         let m = xs.len();
         let groups = xs.first()?.q.len().div_ceil(GROUP);
         let fits = m <= ROW_TILE_MIN && stride > 0 && out.is_multiple_of(m);
         fits.then_some(Avx2Run {
+            isa,
             t,
-            f16c,
             stride,
             groups,
         })
@@ -1233,19 +1232,16 @@ impl Avx2Run {
             Params::Group { scales, mins, zero } => {
                 let n = w.len() / self.stride;
                 let at = first * groups..(first + n) * groups;
+                let task = Params::Group {
+                    scales: &scales[at.clone()],
+                    mins: mins.get(at).unwrap_or_default(),
+                    zero,
+                };
                 let mut formed = vec![0f32; 2 * n * groups + 4 * groups];
                 let (s, rest) = formed.split_at_mut(n * groups);
                 let (o, c) = rest.split_at_mut(n * groups);
-                super::x86::widen_f16(self.f16c, &scales[at.clone()], s);
-                // The bits of `Params::offsets_into`: the mins, or `−z · s` (exact: `z` is a
-                // power of two).
-                if !mins.is_empty() {
-                    super::x86::widen_f16(self.f16c, &mins[at], o);
-                } else {
-                    o.iter_mut()
-                        .zip(&*s)
-                        .for_each(|(o, s)| *o = s * -(zero as f32));
-                }
+                row_scales(self.isa, task, n * groups, s);
+                row_offsets(self.isa, task, n * groups, o);
                 let has_offsets = p.has_offsets();
                 let per_row = s.chunks_exact(groups).zip(o.chunks_exact(groups));
                 for ((w, out), (scales, offsets)) in rows.zip(per_row) {
@@ -1295,7 +1291,12 @@ impl Avx2Run {
         let n = w.len() / self.stride;
         let mut formed = vec![0f32; n * groups + 4 * groups];
         let (s, c) = formed.split_at_mut(n * groups);
-        super::x86::widen_f16(self.f16c, &scales[first * groups..(first + n) * groups], s);
+        let task = Params::Group {
+            scales: &scales[first * groups..(first + n) * groups],
+            mins: &[],
+            zero: 0,
+        };
+        row_scales(self.isa, task, n * groups, s);
         let rows = w.chunks_exact(self.stride).zip(out.chunks_exact_mut(m));
         for ((w, out), scales) in rows.zip(s.chunks_exact(groups)) {
             in_blocks(
