@@ -106,6 +106,28 @@ def _():
     assert sorted(c.index for c in many.choices) == [0, 1]
 
 
+@check("completions: echo with logprobs scores the prompt (lm-eval's loglikelihood request)")
+def _():
+    context = [0] + list(b"Question: 2 + 2 =")
+    prompt = context + list(b" 4")
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0,
+                                  logprobs=1, echo=True, seed=1234)
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(prompt) + 1 == len(lp.top_logprobs)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    # The ids decoded, the tokenizer's BOS text first (as vLLM echoes a token-id prompt).
+    assert r.choices[0].text.split("Question: 2 + 2 = 4")[0] in ("", "<｜begin▁of▁sentence｜>"), r.choices[0].text
+    # lm-eval's parse: the continuation's log-likelihood and whether it is the greedy one.
+    ctxlen = len(context)
+    scores, tops = lp.token_logprobs[ctxlen:-1], lp.top_logprobs[ctxlen:-1]
+    assert len(scores) == 2 and all(s <= 0 for s in scores)
+    assert all(max(t.values()) >= s for s, t in zip(scores, tops))
+    # max_tokens 0: the prompt alone.
+    z = client.completions.create(model=model, prompt=prompt, max_tokens=0, logprobs=0, echo=True)
+    assert z.usage.completion_tokens == 0 and z.choices[0].finish_reason == "length"
+    assert z.choices[0].logprobs.token_logprobs[1:] == lp.token_logprobs[1:-1]
+
+
 @check("errors become the client's exceptions")
 def _():
     expect = [

@@ -541,3 +541,100 @@ fn the_prefix_cache_gives_way_to_admissions() {
     }
     settled(&engine);
 }
+
+/// `log_softmax(row)[token]`, in f64.
+fn log_softmax_at(row: &[f32], token: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[token as usize] as f64 - lse
+}
+
+#[test]
+fn prompt_logprobs_equal_the_log_softmax_of_one_full_pass() {
+    let (case, model) = model();
+    // 40 tokens: three prefill chunks of 16 (the last partial), pages of 8.
+    let prompt: Vec<u32> = prompts(&case.ids("input_ids"), 8).concat()[..40].to_vec();
+    let logits = linear::host::vec2::<f32>(&model.logits(&prompt).unwrap()).unwrap();
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+    // Cache the prompt's prefix first: a scoring request must not reuse it.
+    engine.generate(greedy(prompt.clone(), 2)).unwrap();
+    let scored = |max_tokens, n| {
+        let params = RequestParams {
+            max_tokens,
+            n,
+            prompt_logprobs: Some(3),
+            logprobs: Some(1),
+            ..RequestParams::default()
+        };
+        engine.generate(Request {
+            prompt: prompt.clone(),
+            params,
+        })
+    };
+    let out = scored(2, 2).unwrap();
+    assert_eq!(out.len(), 2);
+    let scores = &out[0].prompt_logprobs;
+    assert_eq!(scores.len(), prompt.len() - 1);
+    assert_eq!(out[1].prompt_logprobs, *scores);
+    for (i, s) in scores.iter().enumerate() {
+        let row = &logits[i];
+        let want = log_softmax_at(row, prompt[i + 1]);
+        assert!(
+            (s.logprob as f64 - want).abs() < 1e-4,
+            "position {}: {} against {want}",
+            i + 1,
+            s.logprob
+        );
+        assert_eq!(s.top.len(), 3);
+        let best = argmax(row);
+        assert_eq!(s.top[0].0, best, "position {}", i + 1);
+        assert!((s.top[0].1 as f64 - log_softmax_at(row, best)).abs() < 1e-4);
+    }
+    // The samples continue as a request without scoring does.
+    assert_eq!(
+        out[0].tokens,
+        engine.generate(greedy(prompt.clone(), 2)).unwrap()[0].tokens
+    );
+
+    // `max_tokens` 0: the scores and nothing generated, every sample finished.
+    let only = scored(0, 3).unwrap();
+    for c in &only {
+        assert_eq!(
+            (c.tokens.len(), c.finish),
+            (0, Some(FinishReason::MaxTokens))
+        );
+        assert_eq!(c.prompt_logprobs, *scores);
+    }
+    // Without scoring, `max_tokens` 0 is refused.
+    let refused = engine.submit(greedy(prompt.clone(), 0), Box::new(|_| true));
+    assert!(matches!(refused, Err(SubmitError::Invalid(m)) if m.contains("max_tokens")));
+    // A one-token prompt has nothing to score.
+    let one = engine
+        .generate(Request {
+            prompt: prompt[..1].to_vec(),
+            params: RequestParams {
+                max_tokens: 0,
+                prompt_logprobs: Some(0),
+                ..RequestParams::default()
+            },
+        })
+        .unwrap();
+    assert!(one[0].prompt_logprobs.is_empty());
+    settled(&engine);
+}
+
+/// Index of the first largest value.
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

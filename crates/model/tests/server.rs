@@ -434,6 +434,160 @@ async fn completions_text_and_token_prompts_n_and_logprobs() {
     s.shut_down().await;
 }
 
+/// `log_softmax(row)[token]` in f64.
+fn log_softmax_at(row: &[f32], token: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[token as usize] as f64 - lse
+}
+
+/// `echo` with `logprobs`, as lm-evaluation-harness's `local-completions` model sends it to
+/// score a continuation: the prompt comes back with a log-probability per token after the
+/// first (`null` first), whole and streamed, with `max_tokens` 1 and 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_with_logprobs_scores_the_prompt_as_lm_eval_asks() {
+    let s = Server::with_tokenizer().await;
+    let tok = Tokenizer::from_dir(&tiny_tokenizer()).unwrap();
+    let (context, continuation) = ("Question: 2 + 2 =", " 4");
+    let ctx = tok.encode(context).unwrap();
+    let prompt: Vec<u32> = [ctx.clone(), tok.encode_plain(continuation).unwrap()].concat();
+    // The reference: one causal pass over the prompt, log-softmax per row.
+    let model = DeepSeek::load(&fixture("v3_noaux"), DType::F32, &Device::Cpu).unwrap();
+    let logits = linear::host::vec2::<f32>(&model.logits(&prompt).unwrap()).unwrap();
+
+    // lm-eval's loglikelihood payload (token ids, max_tokens 1, logprobs 1, echo).
+    let body = json!({"model": NAME, "prompt": prompt, "max_tokens": 1, "temperature": 0,
+                      "logprobs": 1, "seed": 1234, "echo": true});
+    let r = s.ok("/v1/completions", &body).await;
+    let choice = &r["choices"][0];
+    let lp = &choice["logprobs"];
+    let token_logprobs = lp["token_logprobs"].as_array().unwrap();
+    let top = lp["top_logprobs"].as_array().unwrap();
+    assert_eq!(
+        token_logprobs.len(),
+        prompt.len() + 1,
+        "the prompt and one token"
+    );
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), prompt.len() + 1);
+    assert!(token_logprobs[0].is_null() && top[0].is_null());
+    for i in 1..prompt.len() {
+        let want = log_softmax_at(&logits[i - 1], prompt[i]);
+        let got = token_logprobs[i].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "token {i}: {got} against {want}");
+        let best = top[i].as_object().unwrap();
+        assert_eq!(best.len(), 1);
+    }
+    // The text is the prompt's, then the generated token's; offsets follow the tokens.
+    let text = choice["text"].as_str().unwrap();
+    assert!(text.starts_with(&tok.decode(&prompt).unwrap()), "{text}");
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
+    assert_eq!(r["usage"]["completion_tokens"], 1);
+    assert_eq!(r["usage"]["prompt_tokens"], prompt.len());
+    // What lm-eval computes: the continuation's log-likelihood and whether it is greedy.
+    let (ll, greedy) = (ctx.len()..prompt.len()).fold((0.0, true), |(ll, greedy), i| {
+        let l = token_logprobs[i].as_f64().unwrap();
+        let best = top[i]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap());
+        (
+            ll + l,
+            greedy && l >= best.fold(f64::NEG_INFINITY, f64::max),
+        )
+    });
+    let want: f64 = (ctx.len()..prompt.len())
+        .map(|i| log_softmax_at(&logits[i - 1], prompt[i]))
+        .sum();
+    assert!((ll - want).abs() < 1e-3, "{ll} against {want}");
+    let argmax_greedy = (ctx.len()..prompt.len()).all(|i| {
+        let row = &logits[i - 1];
+        row.iter().all(|&l| l <= row[prompt[i] as usize])
+    });
+    assert_eq!(greedy, argmax_greedy);
+
+    // The generated token and its score are those of the same request without echo.
+    let mut plain = body.clone();
+    plain["echo"] = json!(false);
+    let p = s.ok("/v1/completions", &plain).await;
+    assert_eq!(
+        token_logprobs[prompt.len()],
+        p["choices"][0]["logprobs"]["token_logprobs"][0]
+    );
+
+    // max_tokens 0: the prompt alone (text prompt, three alternatives), nothing generated.
+    let zero = json!({"prompt": context, "max_tokens": 0, "logprobs": 3, "echo": true, "n": 2});
+    let z = s.ok("/v1/completions", &zero).await;
+    for c in z["choices"].as_array().unwrap() {
+        assert_eq!(c["text"], context);
+        assert_eq!(c["finish_reason"], "length");
+        let scores = c["logprobs"]["token_logprobs"].as_array().unwrap();
+        assert_eq!(scores.len(), ctx.len());
+        for i in 1..ctx.len() {
+            let want = log_softmax_at(&logits[i - 1], ctx[i]);
+            assert!((scores[i].as_f64().unwrap() - want).abs() < 1e-4);
+            // Keyed by token text: alternatives whose texts coincide (bytes that are not
+            // whole characters all read U+FFFD) share an entry, as in OpenAI's and vLLM's.
+            let alternatives = c["logprobs"]["top_logprobs"][i].as_object().unwrap().len();
+            assert!((1..=3).contains(&alternatives));
+        }
+    }
+    assert_eq!(z["usage"]["completion_tokens"], 0);
+    // Echo without logprobs: the prompt's text, no scores asked for.
+    let e = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": context, "max_tokens": 3, "temperature": 0, "echo": true}),
+        )
+        .await;
+    assert!(e["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with(context));
+    assert!(e["choices"][0]["logprobs"].is_null());
+
+    // Streamed: the echo comes first, and text and logprobs add up to the whole response.
+    for body in [
+        body.clone(),
+        zero.clone(),
+        json!({"prompt": context, "max_tokens": 3, "temperature": 0, "echo": true}),
+    ] {
+        let whole = s.ok("/v1/completions", &body).await;
+        let mut sbody = body.clone();
+        sbody["stream"] = json!(true);
+        let chunks = s.stream("/v1/completions", &sbody).await;
+        let n = whole["choices"].as_array().unwrap().len();
+        let d = completion_deltas(&chunks, n);
+        for (i, c) in whole["choices"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(d[i].0, c["text"].as_str().unwrap(), "{body}");
+            let mut streamed: Vec<Value> = vec![];
+            for chunk in &chunks {
+                for ch in chunk["choices"].as_array().unwrap() {
+                    if ch["index"] == i {
+                        if let Some(l) = ch["logprobs"]["token_logprobs"].as_array() {
+                            streamed.extend(l.iter().cloned());
+                        }
+                    }
+                }
+            }
+            let want = c["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(streamed, want, "{body}");
+        }
+    }
+    s.idle().await;
+    s.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_stop_tokens_min_tokens_and_ignore_eos() {
     let s = Server::with_tokenizer().await;
@@ -572,7 +726,6 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (cmpl, json!({"prompt": "x", "stream": "yes"}), 400, Some("stream")),
         (cmpl, json!({"prompt": "x", "presence_penalty": 0.5}), 400, Some("presence_penalty")),
         (cmpl, json!({"prompt": "x", "logit_bias": {"5": 1}}), 400, Some("logit_bias")),
-        (cmpl, json!({"prompt": "x", "echo": true}), 400, Some("echo")),
         (cmpl, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")),
         (cmpl, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")),
         (chat, json!({"messages": "hi"}), 400, Some("messages")),

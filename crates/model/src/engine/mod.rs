@@ -134,6 +134,12 @@ pub struct RequestParams {
     pub stop_strings: Vec<String>,
     /// Log-probabilities of each chosen token and this many alternatives (`None`: off).
     pub logprobs: Option<usize>,
+    /// Log-probabilities of each prompt token after the first, given the tokens before it,
+    /// and this many alternatives (`None`: off): what scoring a continuation needs (the
+    /// completions API's `echo` with `logprobs`, as lm-evaluation-harness asks for it). The
+    /// request then prefills its whole prompt (no prefix is reused) and may have
+    /// `max_tokens` 0: it ends once the prompt is read.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for RequestParams {
@@ -148,6 +154,7 @@ impl Default for RequestParams {
             ignore_eos: false,
             stop_strings: vec![],
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -196,6 +203,13 @@ pub enum Event {
         completion_tokens: usize,
         /// The rest of its text.
         text: String,
+    },
+    /// The prompt has been read: with [`RequestParams::prompt_logprobs`], the log-probability
+    /// of each prompt token after the first (one entry per token, in order). Sent once,
+    /// before any sample's first token.
+    Prompt {
+        /// `log p(prompt[i] | prompt[..i])` for `i` in `1..prompt.len()`.
+        logprobs: Vec<TokenLogprob>,
     },
     /// The request failed; none of its samples sends anything more.
     Error(String),
@@ -459,6 +473,7 @@ impl Engine {
         self.submit(request, Box::new(move |event| tx.send(event).is_ok()))
             .map_err(|e| ModelError::Input(e.to_string()))?;
         let mut out: Vec<Completion> = (0..n).map(|_| Completion::default()).collect();
+        let mut prompt_logprobs = Vec::new();
         let mut open = n;
         while open > 0 {
             let event = rx.recv().map_err(|_| {
@@ -486,8 +501,12 @@ impl Engine {
                     out[sample].finish = Some(reason);
                     open -= 1;
                 }
+                Event::Prompt { logprobs } => prompt_logprobs = logprobs,
                 Event::Error(e) => return Err(ModelError::Input(format!("engine: {e}"))),
             }
+        }
+        for c in &mut out {
+            c.prompt_logprobs = prompt_logprobs.clone();
         }
         Ok(out)
     }
@@ -511,8 +530,8 @@ impl Engine {
                 cfg.max_running, p.n
             ));
         }
-        if p.max_tokens == 0 {
-            return invalid("max_tokens must be at least 1".into());
+        if p.max_tokens == 0 && p.prompt_logprobs.is_none() {
+            return invalid("max_tokens must be at least 1 (0 only to score the prompt)".into());
         }
         if p.min_tokens > p.max_tokens {
             return invalid(format!(
@@ -579,4 +598,7 @@ pub struct Completion {
     pub finish: Option<FinishReason>,
     /// Per-token log-probabilities when requested.
     pub logprobs: Vec<TokenLogprob>,
+    /// The prompt's tokens after the first, with [`RequestParams::prompt_logprobs`] (the same
+    /// for every sample).
+    pub prompt_logprobs: Vec<TokenLogprob>,
 }

@@ -47,6 +47,8 @@ struct Seq {
     generated: usize,
     sampler: Sampler,
     text: TextStops,
+    /// With [`RequestParams::prompt_logprobs`] (its value), the prompt tokens scored so far.
+    prompt_scores: Option<(usize, Vec<TokenLogprob>)>,
 }
 
 impl Seq {
@@ -61,6 +63,9 @@ struct Work {
     tokens: Vec<u32>,
     /// Its last row's logits are needed (decode, or the prompt's last chunk).
     logits: bool,
+    /// Its rows score the prompt tokens that follow them (a prefill chunk of a request with
+    /// [`RequestParams::prompt_logprobs`]).
+    scores: bool,
 }
 
 pub(super) struct Scheduler {
@@ -207,9 +212,13 @@ impl Scheduler {
             if wanted(self) > total {
                 break;
             }
-            let hit = self.prefix.lookup(&front.request.prompt);
+            // Scoring the prompt needs every prompt row's hidden state: nothing is reused.
+            let scores = p.prompt_logprobs.is_some();
+            let hit = (!scores)
+                .then(|| self.prefix.lookup(&front.request.prompt))
+                .flatten();
             let reused = hit.as_ref().map_or(0, |h| h.tokens);
-            if self.prefix_in_flight(&front.request.prompt) > reused {
+            if !scores && self.prefix_in_flight(&front.request.prompt) > reused {
                 break;
             }
             let s = self.waiting.pop_front().expect("front exists");
@@ -249,6 +258,7 @@ impl Scheduler {
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
                 text: TextStops::new(request.params.stop_strings.clone()),
+                prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
             });
             self.live.insert(
                 id,
@@ -295,6 +305,7 @@ impl Scheduler {
                     seq: i,
                     tokens: vec![t],
                     logits: true,
+                    scores: false,
                 })
             })
             .collect();
@@ -317,6 +328,7 @@ impl Scheduler {
                 seq: i,
                 tokens: s.prompt[s.prefilled..s.prefilled + take].to_vec(),
                 logits: s.prefilled + take == s.prompt.len(),
+                scores: s.prompt_scores.is_some(),
             });
         }
         let largest = if self.config.batch_invariant {
@@ -388,6 +400,9 @@ impl Scheduler {
         let mut wanted = Vec::new();
         let mut row = 0;
         for w in &order {
+            if w.scores {
+                self.score_prompt(w, &hidden.narrow(0, row, w.tokens.len())?)?;
+            }
             row += w.tokens.len();
             if w.logits {
                 rows.push((row - 1) as u32);
@@ -419,8 +434,35 @@ impl Scheduler {
             .collect())
     }
 
+    /// Scores the prompt tokens that follow the rows of prefill chunk `w` (`hidden`, its
+    /// rows' final hidden states): each row's logits give the next prompt token's
+    /// log-probability. The head runs over [`SCORED_ROWS`] rows at a time, and apart from the
+    /// prompt's last row, whose logits are the first sample's as without scoring.
+    fn score_prompt(&mut self, w: &Work, hidden: &Tensor) -> Result<()> {
+        let s = &self.seqs[w.seq];
+        let (first, prompt) = (s.prefilled, s.prompt.clone());
+        // Rows whose next token is in the prompt.
+        let rows = w.tokens.len().min(prompt.len() - 1 - first);
+        let mut scored = Vec::with_capacity(rows);
+        let top = s.prompt_scores.as_ref().map_or(0, |p| p.0);
+        for start in (0..rows).step_by(SCORED_ROWS) {
+            let len = SCORED_ROWS.min(rows - start);
+            let logits = self.model.head(&hidden.narrow(0, start, len)?)?;
+            for (i, logits) in linear::host::vec2::<f32>(&logits)?.iter().enumerate() {
+                let next = prompt[first + start + i + 1];
+                scored.push(token_logprob(logits, next, top));
+            }
+        }
+        if let Some((_, scores)) = &mut self.seqs[w.seq].prompt_scores {
+            scores.extend(scored);
+        }
+        Ok(())
+    }
+
     /// Samples the next token of sample `sample` of request `id` (forking the prompt's cache
-    /// for the other samples when the prompt has just been read).
+    /// for the other samples when the prompt has just been read). With
+    /// [`RequestParams::prompt_logprobs`], the prompt's scores go out first, and a request of
+    /// `max_tokens` 0 ends there.
     fn after_logits(&mut self, id: RequestId, sample: usize, logits: &[f32]) {
         let Some(live) = self.live.get(&id) else {
             return;
@@ -429,7 +471,21 @@ impl Scheduler {
         let Some(pos) = self.position(id, sample) else {
             return;
         };
-        if sample == 0 && self.seqs[pos].generated == 0 && n > 1 {
+        let read = sample == 0 && self.seqs[pos].generated == 0;
+        if let (true, Some((_, scores))) = (read, self.seqs[pos].prompt_scores.take()) {
+            let sent = self
+                .live
+                .get_mut(&id)
+                .map(|live| (live.sink)(Event::Prompt { logprobs: scores }));
+            if sent == Some(false) {
+                self.abort(id, None);
+                return;
+            }
+        }
+        let Some(live) = self.live.get(&id) else {
+            return;
+        };
+        if read && n > 1 {
             let parent = &self.seqs[pos];
             let forks: Vec<Seq> = (1..n)
                 .map(|i| Seq {
@@ -442,14 +498,19 @@ impl Scheduler {
                     generated: 0,
                     sampler: Sampler::new(sample_params(&live.params.sampling, i)),
                     text: TextStops::new(live.params.stop_strings.clone()),
+                    prompt_scores: None,
                 })
                 .collect();
             self.seqs.extend(forks);
-            for i in 0..n {
+        }
+        let scoring_only = live.params.max_tokens == 0;
+        let samples = if read { 0..n } else { sample..sample + 1 };
+        for i in samples {
+            if scoring_only {
+                self.finish(id, i, FinishReason::MaxTokens);
+            } else {
                 self.sample_and_commit(id, i, logits);
             }
-        } else {
-            self.sample_and_commit(id, sample, logits);
         }
     }
 
@@ -632,6 +693,10 @@ enum Outcome {
     /// The sink is gone: cancel the request silently.
     Gone,
 }
+
+/// Rows per head call when scoring a prompt ([`Scheduler::score_prompt`]): 64 rows of logits
+/// over DeepSeek's 102,400-token vocabulary are 26 MB.
+const SCORED_ROWS: usize = 64;
 
 /// Sample `i`'s sampling settings: the request's, with seed `seed + i`.
 fn sample_params(p: &SamplingParams, i: usize) -> SamplingParams {

@@ -209,7 +209,7 @@ impl Render for ChatStream {
                 finish_reason: Some(finish_reason(reason)),
                 ..choice(sample, self.delta(sample, &text, true))
             },
-            Event::Error(_) => return None,
+            Event::Prompt { .. } | Event::Error(_) => return None,
         };
         Some(self.chunk(vec![c], None))
     }

@@ -1,5 +1,7 @@
 //! `POST /v1/completions`: a text or token-id prompt continued as is (`text_completion`,
-//! whole or streamed).
+//! whole or streamed). With `echo` each choice starts with the prompt, and with `logprobs`
+//! too its tokens are scored (the first one `null`): how lm-evaluation-harness's
+//! `local-completions` model computes log-likelihoods.
 
 use std::sync::Arc;
 
@@ -13,10 +15,11 @@ use super::extract::{parse, JsonBody};
 use super::generation::{finish_reason, Scored, Submission};
 use super::logprobs;
 use super::openai::{CompletionChoice, Header, Usage};
+use super::params::{self, Echo};
+use super::response_header;
 use super::sse::{self, frame, Render};
 use super::state::AppState;
-use super::{params, response_header};
-use crate::engine::{Engine, Event};
+use crate::engine::{Engine, Event, TokenLogprob};
 
 type CompletionResponse = super::openai::Response<CompletionChoice>;
 
@@ -27,20 +30,37 @@ pub(crate) async fn completions(
 ) -> Result<Response, ApiError> {
     let prepared = params::completion(&state, parse(&body)?, parse(&body)?)?;
     let wants_logprobs = prepared.request.params.logprobs.is_some();
+    // Without prompt scores the echo needs nothing from the engine: it goes out first.
+    let echo_at_start = prepared.request.params.prompt_logprobs.is_none();
     let submission = Submission::start(&state, prepared.request)?;
     let header = response_header(&state, "cmpl", "text_completion");
+    let echo = prepared.echo;
     if !prepared.stream {
         let (samples, usage) = submission.collect().await?;
         let tokenizer = state.engine.tokenizer();
         let choices = samples
             .into_iter()
             .enumerate()
-            .map(|(index, s)| CompletionChoice {
-                index,
-                logprobs: wants_logprobs.then(|| logprobs::completion(tokenizer, &s.logprobs)),
-                finish_reason: s.finish.map(finish_reason),
-                token_ids: (prepared.return_token_ids || tokenizer.is_none()).then_some(s.tokens),
-                text: s.text,
+            .map(|(index, s)| {
+                let generated =
+                    wants_logprobs.then(|| logprobs::completion(tokenizer, &s.logprobs));
+                let (text, logprobs) = match &echo {
+                    None => (s.text, generated),
+                    Some(e) => {
+                        let prompt =
+                            || logprobs::echoed_prompt(tokenizer, &e.tokens, &s.prompt_logprobs);
+                        let lp = generated.map(|g| prompt().then(g, e.text.len()));
+                        (format!("{}{}", e.text, s.text), lp)
+                    }
+                };
+                CompletionChoice {
+                    index,
+                    logprobs,
+                    finish_reason: s.finish.map(finish_reason),
+                    token_ids: (prepared.return_token_ids || tokenizer.is_none())
+                        .then_some(s.tokens),
+                    text,
+                }
             })
             .collect();
         let response = CompletionResponse {
@@ -57,6 +77,9 @@ pub(crate) async fn completions(
         header,
         emitted: vec![0; submission.n],
         include_usage: prepared.include_usage,
+        echo,
+        echo_at_start,
+        wants_logprobs,
     };
     Ok(sse::respond(submission, render, prepared.include_usage))
 }
@@ -69,6 +92,10 @@ struct CompletionStream {
     emitted: Vec<usize>,
     include_usage: bool,
     return_token_ids: bool,
+    echo: Option<Echo>,
+    /// The echo goes out before any event (no [`Event::Prompt`] is coming).
+    echo_at_start: bool,
+    wants_logprobs: bool,
 }
 
 impl CompletionStream {
@@ -78,6 +105,35 @@ impl CompletionStream {
             choices,
             usage: self.include_usage.then_some(usage),
         })
+    }
+
+    /// Each choice's echoed prompt (none without `echo`), scored by `scores` when the request
+    /// asked for logprobs.
+    fn echo_chunks(&mut self, scores: &[TokenLogprob]) -> Vec<Bytes> {
+        let Some(echo) = self.echo.take() else {
+            return vec![];
+        };
+        let tokenizer = self.engine.tokenizer();
+        let logprobs = self
+            .wants_logprobs
+            .then(|| logprobs::echoed_prompt(tokenizer, &echo.tokens, scores));
+        let chunks = (0..self.emitted.len()).map(|index| {
+            self.chunk(
+                vec![CompletionChoice {
+                    index,
+                    text: echo.text.clone(),
+                    logprobs: logprobs.clone(),
+                    finish_reason: None,
+                    token_ids: None,
+                }],
+                None,
+            )
+        });
+        let chunks = chunks.collect();
+        for at in &mut self.emitted {
+            *at += echo.text.len();
+        }
+        chunks
     }
 
     /// Counts `text` as sent for choice `index`; returns the offset it starts at.
@@ -95,7 +151,10 @@ impl CompletionStream {
 
 impl Render for CompletionStream {
     fn start(&mut self) -> Vec<Bytes> {
-        vec![]
+        match self.echo_at_start {
+            true => self.echo_chunks(&[]),
+            false => vec![],
+        }
     }
 
     fn event(&mut self, event: Event) -> Option<Bytes> {
@@ -141,6 +200,7 @@ impl Render for CompletionStream {
                     token_ids: None,
                 }
             }
+            Event::Prompt { logprobs } => return Some(self.echo_chunks(&logprobs).concat().into()),
             Event::Error(_) => return None,
         };
         Some(self.chunk(vec![c], None))

@@ -120,6 +120,11 @@ impl Submission {
                     s.finish = Some(reason);
                     s.completion_tokens = completion_tokens;
                 }
+                Event::Prompt { logprobs } => {
+                    for s in &mut samples {
+                        s.prompt_logprobs.clone_from(&logprobs);
+                    }
+                }
                 Event::Error(e) => return Err(ApiError::internal(e)),
             }
         }
@@ -154,6 +159,8 @@ pub(crate) struct Sample {
     pub logprobs: Vec<Scored>,
     pub finish: Option<FinishReason>,
     pub completion_tokens: usize,
+    /// The prompt's tokens after the first, scored (an echo with logprobs).
+    pub prompt_logprobs: Vec<TokenLogprob>,
 }
 
 /// OpenAI's `finish_reason`: `stop` for EOS and stop strings, `length` for the budget

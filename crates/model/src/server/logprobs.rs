@@ -47,16 +47,61 @@ pub(crate) fn chat_entry(
 pub(crate) fn completion(tokenizer: Option<&Tokenizer>, scored: &[Scored]) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for s in scored {
-        out.tokens.push(token_text(tokenizer, s.token));
-        out.token_logprobs.push(s.logprob.logprob);
-        out.top_logprobs.push(
-            s.logprob
-                .top
-                .iter()
-                .map(|&(id, lp)| (token_text(tokenizer, id), lp))
-                .collect(),
-        );
-        out.text_offset.push(s.offset);
+        out.push(tokenizer, s.token, Some(&s.logprob), s.offset);
     }
     out
+}
+
+/// The completions `logprobs` entries of an echoed prompt (`tokens`, and `scores` for those
+/// after the first): the first token has no log-probability (`null`, as in OpenAI's and
+/// vLLM's echo), and each token's `text_offset` is where it starts in the concatenation of
+/// the tokens' texts (vLLM's offsets).
+pub(crate) fn echoed_prompt(
+    tokenizer: Option<&Tokenizer>,
+    tokens: &[u32],
+    scores: &[TokenLogprob],
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut offset = 0;
+    let scores = std::iter::once(None).chain(scores.iter().map(Some));
+    for (&token, score) in tokens.iter().zip(scores) {
+        let text = out.push(tokenizer, token, score, offset);
+        offset += text;
+    }
+    out
+}
+
+impl CompletionLogprobs {
+    /// Appends one token's entries; returns the length of its text.
+    fn push(
+        &mut self,
+        tokenizer: Option<&Tokenizer>,
+        token: u32,
+        lp: Option<&TokenLogprob>,
+        offset: usize,
+    ) -> usize {
+        let text = token_text(tokenizer, token);
+        let len = text.len();
+        self.tokens.push(text);
+        self.token_logprobs.push(lp.map(|lp| lp.logprob));
+        self.top_logprobs.push(lp.map(|lp| {
+            lp.top
+                .iter()
+                .map(|&(id, l)| (token_text(tokenizer, id), l))
+                .collect()
+        }));
+        self.text_offset.push(offset);
+        len
+    }
+
+    /// `self` followed by `next`, whose offsets move by `shift` bytes (the echoed prompt's
+    /// text before a sample's).
+    pub(crate) fn then(mut self, next: CompletionLogprobs, shift: usize) -> Self {
+        self.tokens.extend(next.tokens);
+        self.token_logprobs.extend(next.token_logprobs);
+        self.top_logprobs.extend(next.top_logprobs);
+        self.text_offset
+            .extend(next.text_offset.into_iter().map(|o| o + shift));
+        self
+    }
 }

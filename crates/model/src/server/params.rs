@@ -74,6 +74,14 @@ pub(crate) struct Prepared {
     pub return_token_ids: bool,
     /// Chat with the reasoning split: the reply starts inside `<think>`.
     pub thinking: bool,
+    /// Completions with `echo`: the prompt as each choice's text starts.
+    pub echo: Option<Echo>,
+}
+
+/// An echoed prompt: its text (as sent, or decoded from the ids sent) and its tokens.
+pub(crate) struct Echo {
+    pub text: String,
+    pub tokens: Vec<u32>,
 }
 
 /// `POST /v1/chat/completions` into an engine request.
@@ -155,9 +163,6 @@ pub(crate) fn completion(
     req: CompletionRequest,
 ) -> Result<Prepared, ApiError> {
     check_common(state, &common)?;
-    if req.echo == Some(true) {
-        return Err(ApiError::unsupported("echo", "echo"));
-    }
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "suffix"));
     }
@@ -165,11 +170,14 @@ pub(crate) fn completion(
         .logprobs
         .map(|k| logprob_count("logprobs", k))
         .transpose()?;
-    let prompt = match req.prompt {
-        Prompt::Tokens(ids) => ids,
-        Prompt::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
-        Prompt::Text(text) => encode(state, &text)?,
-        Prompt::Texts(texts) if texts.len() == 1 => encode(state, &texts[0])?,
+    let (prompt, text) = match req.prompt {
+        Prompt::Tokens(ids) => (ids, None),
+        Prompt::TokenLists(mut lists) if lists.len() == 1 => (lists.remove(0), None),
+        Prompt::Text(text) => (encode(state, &text)?, Some(text)),
+        Prompt::Texts(mut texts) if texts.len() == 1 => {
+            let text = texts.remove(0);
+            (encode(state, &text)?, Some(text))
+        }
         Prompt::TokenLists(_) | Prompt::Texts(_) => {
             return Err(ApiError::invalid_param(
                 "prompt",
@@ -178,7 +186,26 @@ pub(crate) fn completion(
         }
     };
     let max_tokens = common.max_tokens;
-    build(state, common, prompt, max_tokens, logprobs)
+    let echo = req.echo == Some(true);
+    let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
+    if echo {
+        let params = &mut prepared.request.params;
+        // The prompt's tokens are scored when logprobs are asked for, and always with
+        // `max_tokens` 0 (the engine then ends the request once the prompt is read).
+        if logprobs.is_some() || params.max_tokens == 0 {
+            params.prompt_logprobs = Some(logprobs.unwrap_or(0));
+        }
+        let tokens = prepared.request.prompt.clone();
+        let text = text.unwrap_or_else(|| {
+            state
+                .engine
+                .tokenizer()
+                .and_then(|t| t.decode(&tokens).ok())
+                .unwrap_or_default()
+        });
+        prepared.echo = Some(Echo { text, tokens });
+    }
+    Ok(prepared)
 }
 
 /// The model name, and the OpenAI parameters this server refuses unless they are neutral.
@@ -253,6 +280,7 @@ fn build(
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_strings: c.stop.map(|s| s.into_vec()).unwrap_or_default(),
         logprobs,
+        prompt_logprobs: None,
     };
     Ok(Prepared {
         request: Request { prompt, params },
@@ -263,6 +291,7 @@ fn build(
             .unwrap_or(false),
         return_token_ids: c.return_token_ids.unwrap_or(false),
         thinking: false,
+        echo: None,
     })
 }
 
