@@ -104,6 +104,13 @@ def _():
     many = client.completions.create(model=model, prompt=[5, 17, 42], max_tokens=4, n=2, seed=3,
                                      temperature=1.0, stop=["\u0001never"])
     assert sorted(c.index for c in many.choices) == [0, 1]
+    # A batch of prompts: prompt p's choices from p * n, each as the prompt alone.
+    prompts = ["Once upon a time", "The end"]
+    batch = client.completions.create(model=model, prompt=prompts, max_tokens=4, temperature=0)
+    assert [c.index for c in batch.choices] == [0, 1]
+    for p, c in zip(prompts, batch.choices):
+        alone = client.completions.create(model=model, prompt=p, max_tokens=4, temperature=0)
+        assert c.text == alone.choices[0].text, (p, c.text, alone.choices[0].text)
 
 
 @check("completions: echo with logprobs scores the prompt (lm-eval's loglikelihood request)")

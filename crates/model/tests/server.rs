@@ -421,6 +421,44 @@ async fn completions_text_and_token_prompts_n_and_logprobs() {
     assert_eq!(d[0].1, d[1].1, "greedy samples agree");
     assert!(!d[1].2.is_empty());
 
+    // A batch of prompts: prompt p's samples are choices p·n.., each as that prompt alone,
+    // whole and streamed; usage sums the batch.
+    let batch = json!({"prompt": ["The answer is", "Once"], "max_tokens": 5, "n": 2,
+                       "temperature": 0, "return_token_ids": true});
+    let b = s.ok("/v1/completions", &batch).await;
+    let choices = b["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    let mut usage = (0, 0);
+    let mut want = vec![];
+    for (p, prompt) in ["The answer is", "Once"].into_iter().enumerate() {
+        let mut one = batch.clone();
+        one["prompt"] = json!(prompt);
+        let r = s.ok("/v1/completions", &one).await;
+        usage.0 += r["usage"]["prompt_tokens"].as_u64().unwrap();
+        usage.1 += r["usage"]["completion_tokens"].as_u64().unwrap();
+        for i in 0..2 {
+            let c = &choices[p * 2 + i];
+            assert_eq!(c["index"], p * 2 + i);
+            assert_eq!(c["text"], r["choices"][i]["text"], "prompt {p} sample {i}");
+            want.push((
+                c["text"].as_str().unwrap().to_string(),
+                c["finish_reason"].as_str().unwrap().to_string(),
+                ids(&c["token_ids"]),
+            ));
+        }
+    }
+    assert_eq!(b["usage"]["prompt_tokens"], usage.0);
+    assert_eq!(b["usage"]["completion_tokens"], usage.1);
+    let mut sbatch = batch.clone();
+    sbatch["stream"] = json!(true);
+    sbatch["stream_options"] = json!({"include_usage": true});
+    let chunks = s.stream("/v1/completions", &sbatch).await;
+    assert_eq!(completion_deltas(&chunks, 4), want);
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        usage.1
+    );
+
     // Legacy logprobs: parallel arrays, one entry per token.
     let r = s
         .ok("/v1/completions", &json!({"prompt": [5, 17, 42], "max_tokens": 4, "temperature": 0, "logprobs": 3, "ignore_eos": true}))
@@ -706,7 +744,10 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (cmpl, json!({"prompt": [-1]}), 400, Some("prompt")),
         (cmpl, json!({"prompt": [999]}), 400, None),
         (cmpl, json!({"prompt": []}), 400, None),
-        (cmpl, json!({"prompt": ["a", "b"]}), 400, Some("prompt")),
+        (cmpl, json!({"prompt": vec!["a"; 257]}), 400, Some("prompt")),
+        (cmpl, json!({"prompt": [[5, 6], [999]]}), 400, None),
+        (cmpl, json!({"prompt": [[5, 6], []]}), 400, None),
+        (cmpl, json!({"prompt": ["a", 5]}), 400, Some("prompt")),
         (cmpl, json!({"prompt": "x", "temperature": "hot"}), 400, Some("temperature")),
         (cmpl, json!({"prompt": "x", "max_tokens": -1}), 400, Some("max_tokens")),
         (cmpl, json!({"prompt": "x", "max_tokens": 1.5}), 400, Some("max_tokens")),

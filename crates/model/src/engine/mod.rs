@@ -511,7 +511,9 @@ impl Engine {
         Ok(out)
     }
 
-    fn check(&self, request: &Request) -> std::result::Result<(), SubmitError> {
+    /// The checks [`Engine::submit`] makes, without queueing anything: a caller submitting
+    /// several requests as one (a batch of prompts) refuses all of them before any runs.
+    pub fn check(&self, request: &Request) -> std::result::Result<(), SubmitError> {
         let invalid = |m: String| Err(SubmitError::Invalid(m));
         let p = &request.params;
         let cfg = &self.inner.config;

@@ -65,7 +65,11 @@ pub(crate) async fn completions(
         include_usage: prepared.include_usage,
         return_token_ids: prepared.return_token_ids,
     };
-    Ok(sse::respond(submission, render, prepared.include_usage))
+    Ok(sse::respond(
+        vec![submission],
+        render,
+        prepared.include_usage,
+    ))
 }
 
 /// A finished sample as a response choice.
@@ -175,7 +179,7 @@ impl Render for ChatStream {
             .collect()
     }
 
-    fn event(&mut self, event: Event) -> Option<Bytes> {
+    fn event(&mut self, _: usize, event: Event) -> Option<Bytes> {
         let c = match event {
             Event::Token {
                 sample,

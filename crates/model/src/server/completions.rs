@@ -29,22 +29,44 @@ pub(crate) async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let prepared = params::completion(&state, parse(&body)?, parse(&body)?)?;
-    let wants_logprobs = prepared.request.params.logprobs.is_some();
+    // Every prompt of a batch has the same flags and parameters but its own tokens.
+    let first = &prepared[0];
+    let (stream, include_usage) = (first.stream, first.include_usage);
+    let wants_logprobs = first.request.params.logprobs.is_some();
     // Without prompt scores the echo needs nothing from the engine: it goes out first.
-    let echo_at_start = prepared.request.params.prompt_logprobs.is_none();
-    let submission = Submission::start(&state, prepared.request)?;
+    let echo_at_start = first.request.params.prompt_logprobs.is_none();
+    // Without a tokenizer the ids are the only output.
+    let return_token_ids = first.return_token_ids || state.engine.tokenizer().is_none();
+    let n = first.request.params.n;
+    // A batch is refused whole before any of it runs. (Only a queue that fills between
+    // these checks and the submissions refuses part of one; the submissions before it are
+    // dropped, which cancels them.)
+    for p in &prepared {
+        state
+            .engine
+            .check(&p.request)
+            .map_err(|e| ApiError::from_submit(e, state.config.retry_after_secs))?;
+    }
+    let mut echoes = Vec::with_capacity(prepared.len());
+    let mut submissions = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        echoes.push(p.echo);
+        submissions.push(Submission::start(&state, p.request)?);
+    }
     let header = response_header(&state, "cmpl", "text_completion");
-    let echo = prepared.echo;
-    if !prepared.stream {
-        let (samples, usage) = submission.collect().await?;
+    if !stream {
+        let results =
+            futures_util::future::try_join_all(submissions.into_iter().map(|s| s.collect()))
+                .await?;
         let tokenizer = state.engine.tokenizer();
-        let choices = samples
-            .into_iter()
-            .enumerate()
-            .map(|(index, s)| {
+        let mut usage = Usage::default();
+        let mut choices = Vec::with_capacity(results.len() * n);
+        for ((samples, u), echo) in results.into_iter().zip(&echoes) {
+            usage = usage.plus(u);
+            for s in samples {
                 let generated =
                     wants_logprobs.then(|| logprobs::completion(tokenizer, &s.logprobs));
-                let (text, logprobs) = match &echo {
+                let (text, logprobs) = match echo {
                     None => (s.text, generated),
                     Some(e) => {
                         let prompt =
@@ -53,16 +75,15 @@ pub(crate) async fn completions(
                         (format!("{}{}", e.text, s.text), lp)
                     }
                 };
-                CompletionChoice {
-                    index,
+                choices.push(CompletionChoice {
+                    index: choices.len(),
                     logprobs,
                     finish_reason: s.finish.map(finish_reason),
-                    token_ids: (prepared.return_token_ids || tokenizer.is_none())
-                        .then_some(s.tokens),
+                    token_ids: return_token_ids.then_some(s.tokens),
                     text,
-                }
-            })
-            .collect();
+                });
+            }
+        }
         let response = CompletionResponse {
             header,
             choices,
@@ -71,29 +92,32 @@ pub(crate) async fn completions(
         return Ok(Json(response).into_response());
     }
     let render = CompletionStream {
-        // Without a tokenizer the ids are the only output.
-        return_token_ids: prepared.return_token_ids || state.engine.tokenizer().is_none(),
+        return_token_ids,
         engine: state.engine.clone(),
         header,
-        emitted: vec![0; submission.n],
-        include_usage: prepared.include_usage,
-        echo,
+        n,
+        emitted: vec![0; submissions.len() * n],
+        include_usage,
+        echoes,
         echo_at_start,
         wants_logprobs,
     };
-    Ok(sse::respond(submission, render, prepared.include_usage))
+    Ok(sse::respond(submissions, render, include_usage))
 }
 
-/// Renders a completions stream.
+/// Renders a completions stream: prompt `p`'s sample `i` is choice `p · n + i`.
 struct CompletionStream {
     engine: Engine,
     header: Header,
+    /// Samples per prompt.
+    n: usize,
     /// Bytes of text sent per choice (the next token's `text_offset`).
     emitted: Vec<usize>,
     include_usage: bool,
     return_token_ids: bool,
-    echo: Option<Echo>,
-    /// The echo goes out before any event (no [`Event::Prompt`] is coming).
+    /// Each prompt's echo, until sent.
+    echoes: Vec<Option<Echo>>,
+    /// The echoes go out before any event (no [`Event::Prompt`] is coming).
     echo_at_start: bool,
     wants_logprobs: bool,
 }
@@ -107,33 +131,32 @@ impl CompletionStream {
         })
     }
 
-    /// Each choice's echoed prompt (none without `echo`), scored by `scores` when the request
-    /// asked for logprobs.
-    fn echo_chunks(&mut self, scores: &[TokenLogprob]) -> Vec<Bytes> {
-        let Some(echo) = self.echo.take() else {
+    /// Prompt `prompt`'s choices' echo (nothing without `echo`), scored by `scores` when the
+    /// request asked for logprobs.
+    fn echo_chunks(&mut self, prompt: usize, scores: &[TokenLogprob]) -> Vec<Bytes> {
+        let Some(echo) = self.echoes.get_mut(prompt).and_then(Option::take) else {
             return vec![];
         };
         let tokenizer = self.engine.tokenizer();
         let logprobs = self
             .wants_logprobs
             .then(|| logprobs::echoed_prompt(tokenizer, &echo.tokens, scores));
-        let chunks = (0..self.emitted.len()).map(|index| {
-            self.chunk(
-                vec![CompletionChoice {
+        let choices = prompt * self.n..(prompt + 1) * self.n;
+        for at in &mut self.emitted[choices.clone()] {
+            *at += echo.text.len();
+        }
+        choices
+            .map(|index| {
+                let choice = CompletionChoice {
                     index,
                     text: echo.text.clone(),
                     logprobs: logprobs.clone(),
                     finish_reason: None,
                     token_ids: None,
-                }],
-                None,
-            )
-        });
-        let chunks = chunks.collect();
-        for at in &mut self.emitted {
-            *at += echo.text.len();
-        }
-        chunks
+                };
+                self.chunk(vec![choice], None)
+            })
+            .collect()
     }
 
     /// Counts `text` as sent for choice `index`; returns the offset it starts at.
@@ -152,12 +175,14 @@ impl CompletionStream {
 impl Render for CompletionStream {
     fn start(&mut self) -> Vec<Bytes> {
         match self.echo_at_start {
-            true => self.echo_chunks(&[]),
+            true => (0..self.echoes.len())
+                .flat_map(|p| self.echo_chunks(p, &[]))
+                .collect(),
             false => vec![],
         }
     }
 
-    fn event(&mut self, event: Event) -> Option<Bytes> {
+    fn event(&mut self, prompt: usize, event: Event) -> Option<Bytes> {
         let c = match event {
             Event::Token {
                 sample,
@@ -165,7 +190,8 @@ impl Render for CompletionStream {
                 text,
                 logprob,
             } => {
-                let offset = self.advance(sample, &text);
+                let index = prompt * self.n + sample;
+                let offset = self.advance(index, &text);
                 if text.is_empty() && logprob.is_none() && !self.return_token_ids {
                     return None;
                 }
@@ -178,7 +204,7 @@ impl Render for CompletionStream {
                     logprobs::completion(self.engine.tokenizer(), &[scored])
                 });
                 CompletionChoice {
-                    index: sample,
+                    index,
                     text,
                     logprobs,
                     finish_reason: None,
@@ -191,16 +217,19 @@ impl Render for CompletionStream {
                 text,
                 ..
             } => {
-                self.advance(sample, &text);
+                let index = prompt * self.n + sample;
+                self.advance(index, &text);
                 CompletionChoice {
-                    index: sample,
+                    index,
                     text,
                     logprobs: None,
                     finish_reason: Some(finish_reason(reason)),
                     token_ids: None,
                 }
             }
-            Event::Prompt { logprobs } => return Some(self.echo_chunks(&logprobs).concat().into()),
+            Event::Prompt { logprobs } => {
+                return Some(self.echo_chunks(prompt, &logprobs).concat().into())
+            }
             Event::Error(_) => return None,
         };
         Some(self.chunk(vec![c], None))

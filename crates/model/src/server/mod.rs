@@ -8,12 +8,15 @@
 //!   template opens it, or the server prefills `<think>\n` when the template is silent) is
 //!   split into `reasoning_content` and `content` as vLLM's `deepseek_r1` parser does;
 //! - `POST /v1/completions`: a text prompt, or token ids (the only kind a checkpoint without
-//!   a tokenizer can serve);
+//!   a tokenizer can serve), or a batch of either (prompt `p`'s samples are choices
+//!   `p · n ..`); `echo` (the prompt starts each choice's text) with `logprobs` scores the
+//!   prompt's tokens too, the first one `null`, and `max_tokens` may then be 0: the
+//!   log-likelihood request of lm-evaluation-harness's `local-completions` model;
 //! - both: `max_tokens` (chat: `max_completion_tokens`), `temperature`, `top_p`, `top_k`,
 //!   `seed`, `n`, `stop`, `stream` (SSE, `stream_options.include_usage`), `logprobs`
 //!   (chat: `top_logprobs`), vLLM's `ignore_eos`, `min_tokens`, `stop_token_ids` and
 //!   `return_token_ids`; parameters the server cannot honour (penalties, tools, response
-//!   formats, batched prompts) are refused with a 400, never ignored;
+//!   formats, `suffix`) are refused with a 400, never ignored;
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus).
 //!
 //! Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad

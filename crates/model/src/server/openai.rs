@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Fields both endpoints share.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct CommonRequest {
     pub model: Option<String>,
     pub max_tokens: Option<u64>,
@@ -39,7 +39,7 @@ pub(crate) struct CommonRequest {
 }
 
 /// `stop`: one string or several.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged, expecting = "a string or an array of strings")]
 pub(crate) enum Stop {
     One(String),
@@ -56,7 +56,7 @@ impl Stop {
 }
 
 /// `stream_options`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct StreamOptions {
     pub include_usage: Option<bool>,
 }
@@ -106,11 +106,11 @@ pub(crate) struct CompletionRequest {
     pub suffix: Option<String>,
 }
 
-/// `prompt`: text, token ids, or a batch of either (only batches of one are served).
+/// `prompt`: text, token ids, or a batch of either.
 #[derive(Debug, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a string, an array of token ids, or a one-element array of either"
+    expecting = "a string, an array of token ids, or an array of either"
 )]
 pub(crate) enum Prompt {
     Text(String),
@@ -134,6 +134,14 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
         }
+    }
+
+    /// Both counts summed (a batch of prompts).
+    pub fn plus(self, other: Usage) -> Self {
+        Self::new(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
     }
 }
 

@@ -156,12 +156,16 @@ fn chat_prompt(
     })
 }
 
-/// `POST /v1/completions` into an engine request.
+/// Prompts one `/v1/completions` request may batch: each becomes its own engine request.
+pub(crate) const MAX_BATCHED_PROMPTS: usize = 256;
+
+/// `POST /v1/completions` into engine requests, one per prompt of a batch (OpenAI numbers
+/// the choices of prompt `p` from `p · n`).
 pub(crate) fn completion(
     state: &AppState,
     common: CommonRequest,
     req: CompletionRequest,
-) -> Result<Prepared, ApiError> {
+) -> Result<Vec<Prepared>, ApiError> {
     check_common(state, &common)?;
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "suffix"));
@@ -170,23 +174,41 @@ pub(crate) fn completion(
         .logprobs
         .map(|k| logprob_count("logprobs", k))
         .transpose()?;
-    let (prompt, text) = match req.prompt {
-        Prompt::Tokens(ids) => (ids, None),
-        Prompt::TokenLists(mut lists) if lists.len() == 1 => (lists.remove(0), None),
-        Prompt::Text(text) => (encode(state, &text)?, Some(text)),
-        Prompt::Texts(mut texts) if texts.len() == 1 => {
-            let text = texts.remove(0);
-            (encode(state, &text)?, Some(text))
-        }
-        Prompt::TokenLists(_) | Prompt::Texts(_) => {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                "batched prompts are not supported: send one prompt per request",
-            ))
-        }
+    let prompts: Vec<(Vec<u32>, Option<String>)> = match req.prompt {
+        Prompt::Tokens(ids) => vec![(ids, None)],
+        Prompt::Text(text) => vec![(encode(state, &text)?, Some(text))],
+        Prompt::TokenLists(lists) => lists.into_iter().map(|ids| (ids, None)).collect(),
+        Prompt::Texts(texts) => texts
+            .into_iter()
+            .map(|text| Ok((encode(state, &text)?, Some(text))))
+            .collect::<Result<_, ApiError>>()?,
     };
-    let max_tokens = common.max_tokens;
+    if prompts.is_empty() || prompts.len() > MAX_BATCHED_PROMPTS {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "a batch holds 1 to {MAX_BATCHED_PROMPTS} prompts, got {}",
+                prompts.len()
+            ),
+        ));
+    }
     let echo = req.echo == Some(true);
+    prompts
+        .into_iter()
+        .map(|(prompt, text)| completion_one(state, common.clone(), prompt, text, echo, logprobs))
+        .collect()
+}
+
+/// One prompt of a completions request (`text`: as sent, when it was text).
+fn completion_one(
+    state: &AppState,
+    common: CommonRequest,
+    prompt: Vec<u32>,
+    text: Option<String>,
+    echo: bool,
+    logprobs: Option<usize>,
+) -> Result<Prepared, ApiError> {
+    let max_tokens = common.max_tokens;
     let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
     if echo {
         let params = &mut prepared.request.params;

@@ -2,10 +2,14 @@
 //! usage chunk before it when `stream_options.include_usage` is on, and an error event when
 //! the engine fails after the stream started (the status is already sent).
 //!
-//! The body owns the [`Submission`]: a client that disconnects drops the body, which
-//! cancels the request.
+//! The body owns the [`Submission`]s (a completions request batches prompts, each its own
+//! submission, their events merged as they come): a client that disconnects drops the body,
+//! which cancels every request.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+
+use futures_util::stream::{self, Stream, StreamExt};
 
 use axum::body::{Body, Bytes};
 use axum::http::header;
@@ -20,8 +24,8 @@ use crate::engine::Event;
 pub(crate) trait Render: Send + 'static {
     /// Chunks before the first token (chat: each choice's role).
     fn start(&mut self) -> Vec<Bytes>;
-    /// The chunk for an event, if it has anything to say.
-    fn event(&mut self, event: Event) -> Option<Bytes>;
+    /// The chunk for an event of the `prompt`-th submission, if it has anything to say.
+    fn event(&mut self, prompt: usize, event: Event) -> Option<Bytes>;
     /// The final usage chunk.
     fn usage(&mut self, usage: Usage) -> Bytes;
 }
@@ -35,8 +39,13 @@ pub(crate) fn frame<T: Serialize>(value: &T) -> Bytes {
     out.into()
 }
 
+/// The submissions' events, each with its submission's place, as they arrive.
+type Events = Pin<Box<dyn Stream<Item = (usize, Result<Event, super::error::ApiError>)> + Send>>;
+
 struct State<R> {
-    submission: Submission,
+    events: Events,
+    /// Prompt tokens over all submissions (usage).
+    prompt_tokens: usize,
     render: R,
     include_usage: bool,
     completion_tokens: usize,
@@ -58,19 +67,19 @@ impl<R: Render> State<R> {
             }
         }
         loop {
-            match self.submission.next().await {
-                Some(Ok(event)) => {
+            match self.events.next().await {
+                Some((prompt, Ok(event))) => {
                     if let Event::Finished {
                         completion_tokens, ..
                     } = &event
                     {
                         self.completion_tokens += completion_tokens;
                     }
-                    if let Some(chunk) = self.render.event(event) {
+                    if let Some(chunk) = self.render.event(prompt, event) {
                         return Some(chunk);
                     }
                 }
-                Some(Err(e)) => {
+                Some((_, Err(e))) => {
                     self.done = true;
                     let mut out = b"data: ".to_vec();
                     out.extend(e.body_json());
@@ -81,8 +90,7 @@ impl<R: Render> State<R> {
                     self.done = true;
                     let mut out = Vec::new();
                     if self.include_usage {
-                        let usage =
-                            Usage::new(self.submission.prompt_tokens, self.completion_tokens);
+                        let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
                         out.extend_from_slice(&self.render.usage(usage));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
@@ -93,14 +101,23 @@ impl<R: Render> State<R> {
     }
 }
 
-/// The streaming response for `submission`.
+/// The streaming response for `submissions`.
 pub(crate) fn respond<R: Render>(
-    submission: Submission,
+    submissions: Vec<Submission>,
     render: R,
     include_usage: bool,
 ) -> Response {
+    let prompt_tokens = submissions.iter().map(|s| s.prompt_tokens).sum();
+    let each = submissions.into_iter().enumerate().map(|(i, s)| {
+        stream::unfold(s, move |mut s| async move {
+            let event = s.next().await?;
+            Some(((i, event), s))
+        })
+        .boxed()
+    });
     let state = State {
-        submission,
+        events: stream::select_all(each).boxed(),
+        prompt_tokens,
         render,
         include_usage,
         completion_tokens: 0,
