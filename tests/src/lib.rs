@@ -188,6 +188,19 @@ fn dequantize_fp8_blocks(q: &Tensor, scale_inv: &Tensor) -> Tensor {
     (q.to_dtype(DType::F32).expect("f32") * scale).expect("dequantise")
 }
 
+/// `log softmax(row)[token]`, computed in f64: the reference for a served token's
+/// log-probability.
+pub fn log_softmax_at(row: &[f32], token: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[token as usize] as f64 - lse
+}
+
 /// Maximum absolute difference between two tensors of the same shape (as f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");

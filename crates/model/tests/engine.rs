@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use fixtures::Case;
+use fixtures::{log_softmax_at, Case};
 use model::engine::{
     Completion, Engine, EngineConfig, EngineStats, Event, Request, RequestParams, SubmitError,
 };
@@ -540,18 +540,6 @@ fn the_prefix_cache_gives_way_to_admissions() {
         assert!(s.pages_used <= s.pages_total, "{s:?}");
     }
     settled(&engine);
-}
-
-/// `log_softmax(row)[token]`, in f64.
-fn log_softmax_at(row: &[f32], token: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    row[token as usize] as f64 - lse
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
+use fixtures::log_softmax_at;
 use model::engine::EngineStats;
 use model::server::{self, ServerConfig, ServerError};
 use model::{DeepSeek, Engine, EngineConfig, Tokenizer};
@@ -470,18 +471,6 @@ async fn completions_text_and_token_prompts_n_and_logprobs() {
     assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 3);
     s.idle().await;
     s.shut_down().await;
-}
-
-/// `log_softmax(row)[token]` in f64.
-fn log_softmax_at(row: &[f32], token: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    row[token as usize] as f64 - lse
 }
 
 /// `echo` with `logprobs`, as lm-evaluation-harness's `local-completions` model sends it to
