@@ -21,43 +21,10 @@ fi
 py=$venv/bin/python
 "$py" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 
-echo "== building model"
-cargo build --quiet -p model
-target_dir=$(cargo metadata --format-version 1 --no-deps | "$py" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin=$target_dir/debug/model
-
-echo "== model serve (v3_noaux + tiny_tokenizer)"
 key="check-$$"
-out=$work/server.out
-log=$work/server.log
-"$bin" serve --model tests/fixtures/v3_noaux --tokenizer tests/fixtures/tiny_tokenizer \
-    --host 127.0.0.1 --port 0 --served-model-name tiny --api-key "$key" \
-    --cache-tokens 65536 --page-tokens 16 --prefill-chunk 32 >"$out" 2>"$log" &
-server=$!
-stop_server() {
-    if kill -0 "$server" 2>/dev/null; then
-        kill -TERM "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
-}
-trap stop_server EXIT
-
-url=
-for _ in $(seq 1 600); do
-    url=$(sed -n 's/^listening on //p' "$out")
-    [ -n "$url" ] && break
-    if ! kill -0 "$server" 2>/dev/null; then
-        echo "error: the server exited:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$url" ]; then
-    echo "error: the server did not start within 60 s" >&2
-    exit 1
-fi
-echo "serving on $url"
+# shellcheck source=lib/fixture-server.sh
+source scripts/lib/fixture-server.sh
+start_fixture_server "$work" "$py" --api-key "$key"
 
 echo "== scripts/openai_client_check.py"
 "$py" scripts/openai_client_check.py "$url" tiny "$key"

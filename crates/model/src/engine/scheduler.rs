@@ -436,8 +436,9 @@ impl Scheduler {
 
     /// Scores the prompt tokens that follow the rows of prefill chunk `w` (`hidden`, its
     /// rows' final hidden states): each row's logits give the next prompt token's
-    /// log-probability. The head runs over [`SCORED_ROWS`] rows at a time, and apart from the
-    /// prompt's last row, whose logits are the first sample's as without scoring.
+    /// log-probability. The head runs over at most [`SCORED_ROWS`] rows at a time. The
+    /// prompt's last row is not scored here: its logits are the first sample's, computed as
+    /// without scoring, so the samples do not depend on whether the prompt is scored.
     fn score_prompt(&mut self, w: &Work, hidden: &Tensor) -> Result<()> {
         let s = &self.seqs[w.seq];
         let (first, prompt) = (s.prefilled, s.prompt.clone());
