@@ -159,6 +159,12 @@ fn chat_prompt(
 /// Prompts one `/v1/completions` request may batch: each becomes its own engine request.
 pub(crate) const MAX_BATCHED_PROMPTS: usize = 256;
 
+/// Scores one `echo` with `logprobs` may ask for over its prompts, `Σ tokens · (logprobs +
+/// 1)`: a prefill is cheap next to what its scores weigh as JSON (tens of bytes each), so a
+/// 32 MB body of token ids could otherwise ask for gigabytes. 8M scores are lm-eval's
+/// log-likelihood requests (`logprobs` 1) of 64 prompts of 64K tokens.
+pub(crate) const MAX_ECHO_SCORES: usize = 1 << 23;
+
 /// `POST /v1/completions` into engine requests, one per prompt of a batch (OpenAI numbers
 /// the choices of prompt `p` from `p · n`).
 pub(crate) fn completion(
@@ -193,6 +199,20 @@ pub(crate) fn completion(
         ));
     }
     let echo = req.echo == Some(true);
+    if let (true, Some(k)) = (echo, logprobs) {
+        let tokens: usize = prompts.iter().map(|(p, _)| p.len()).sum();
+        let scores = tokens.saturating_mul(k + 1);
+        if scores > MAX_ECHO_SCORES {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!(
+                    "echo with logprobs {k} over {tokens} prompt tokens asks for {scores} \
+                     scores, more than the {MAX_ECHO_SCORES} one request may: send fewer or \
+                     shorter prompts, or fewer logprobs"
+                ),
+            ));
+        }
+    }
     prompts
         .into_iter()
         .map(|(prompt, text)| completion_one(state, common.clone(), prompt, text, echo, logprobs))
@@ -411,7 +431,13 @@ fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiE
                 ));
             }
             let content = match m.content {
-                None => String::new(),
+                // OpenAI allows a null content only beside tool calls, refused above.
+                None => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{param}.content"),
+                        "content must be a string or an array of content parts, not null",
+                    ))
+                }
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
