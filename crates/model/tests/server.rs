@@ -754,6 +754,8 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (cmpl, json!({"prompt": "x", "min_tokens": 9, "max_tokens": 3}), 400, None),
         (cmpl, json!({"prompt": "x", "logprobs": 21}), 400, Some("logprobs")),
         (cmpl, json!({"prompt": "x", "stop": 3}), 400, Some("stop")),
+        (cmpl, json!({"prompt": "x", "stop": ["a", ""]}), 400, Some("stop")),
+        (chat, json!({"messages": msgs, "stop": ""}), 400, Some("stop")),
         (cmpl, json!({"prompt": "x", "stream": "yes"}), 400, Some("stream")),
         (cmpl, json!({"prompt": "x", "presence_penalty": 0.5}), 400, Some("presence_penalty")),
         (cmpl, json!({"prompt": "x", "logit_bias": {"5": 1}}), 400, Some("logit_bias")),

@@ -311,6 +311,14 @@ fn build(
         Some(m) => to_usize("max_tokens", m)?,
         None => default_max_tokens(state, prompt.len(), n),
     };
+    let stop_strings = c.stop.map(|s| s.into_vec()).unwrap_or_default();
+    if stop_strings.iter().any(String::is_empty) {
+        // Every text contains "": ending at once and never are both defensible readings.
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop strings must not be empty",
+        ));
+    }
     let mut stop_tokens = state.stop_tokens.clone();
     stop_tokens.extend(c.stop_token_ids.unwrap_or_default());
     let params = RequestParams {
@@ -320,7 +328,7 @@ fn build(
         sampling,
         stop_tokens,
         ignore_eos: c.ignore_eos.unwrap_or(false),
-        stop_strings: c.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        stop_strings,
         logprobs,
         prompt_logprobs: None,
     };
