@@ -603,7 +603,7 @@ unsafe fn dot_f32_avx2(w: &[f32], x: &[f32]) -> f32 {
 }
 
 /// 16 weights widened exactly to f32 as the two 8-lane vectors that meet the activations at
-/// `x[i..i + 8]` and `x[i + 8..i + 16]` of the layout [`WeightElem::prepare`] gave
+/// `x[i..i + 8]` and `x[i + 8..i + 16]` of the layout [`super::WeightElem::prepare`] gave
 /// (`super::WeightElem`): natural order for f32 and f16, [`split_even_odd`] blocks of 16 for
 /// bf16 (one 256-bit load holds 8 (even, odd) pairs; `<< 16` widens the evens and
 /// `& 0xffff0000` the odds, exact because bf16 is the top half of an f32).

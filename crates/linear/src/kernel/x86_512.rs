@@ -154,7 +154,7 @@ fn in_row_blocks<W: WeightElem>(
 pub(crate) type MicroKernel =
     unsafe fn(*const f32, *const f32, usize, *mut f32, usize, usize, usize, bool);
 
-/// [`gemm`] with another micro-kernel over 32-bit weight elements `w` (no block scales):
+/// [`gemm()`] with another micro-kernel over 32-bit weight elements `w` (no block scales):
 /// the packing only moves 32-bit values, so `W::widen_row` may copy bit patterns (bf16 pairs)
 /// that `micro` reads as it wants.
 ///
@@ -171,7 +171,7 @@ pub(crate) unsafe fn gemm_with<W: WeightElem>(
     in_row_blocks(t, w, k, xs, None, out, micro);
 }
 
-/// [`gemm`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.
+/// [`gemm()`] of one block of at most [`MC`] activation rows into its rows `out` `[m, n]`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_block<W: WeightElem>(
     t: Avx512F,

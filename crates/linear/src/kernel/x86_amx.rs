@@ -24,7 +24,7 @@
 //! four loads and four `tdpbf16ps`.
 //!
 //! The driver ([`gemm_on`]) is generic over [`Tiles`], so that the packing, the register plan,
-//! the edges and the transposition run against [`tests::TileModel`] (the instructions'
+//! the edges and the transposition run against `tests::TileModel` (the instructions'
 //! documented semantics in plain Rust) on every machine; only [`Amx`], a few lines of inline
 //! assembly per instruction, needs the hardware.
 //!
