@@ -735,6 +735,7 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (cmpl, json!({"prompt": []}), 400, None),
         (cmpl, json!({"prompt": vec!["a"; 257]}), 400, Some("prompt")),
         (cmpl, json!({"prompt": vec![5; 400_000], "echo": true, "logprobs": 20, "max_tokens": 0}), 400, Some("logprobs")),
+        (cmpl, json!({"prompt": vec![5; 70_000], "echo": true, "logprobs": 1, "n": 64, "max_tokens": 0}), 400, Some("logprobs")),
         (cmpl, json!({"prompt": [[5, 6], [999]]}), 400, None),
         (cmpl, json!({"prompt": [[5, 6], []]}), 400, None),
         (cmpl, json!({"prompt": ["a", 5]}), 400, Some("prompt")),

@@ -36,6 +36,11 @@
 //! (tested). Off, each step is one pass over all rows (GEMM above 8 rows): faster at high
 //! concurrency, equal up to rounding.
 //!
+//! **Scoring.** With [`RequestParams::prompt_logprobs`] the head also runs over every
+//! prefill row, and [`Event::Prompt`] carries each prompt token's log-probability given the
+//! tokens before it (what a log-likelihood evaluation reads); such a request reuses no cached
+//! prefix, and with `max_tokens` 0 it ends once its prompt is read.
+//!
 //! Cancellation: [`Engine::cancel`], or a sink returning `false` (a disconnected client),
 //! ends every sample of the request and frees its pages. [`Engine::shutdown`] stops admitting
 //! new submissions and returns once everything accepted has finished.

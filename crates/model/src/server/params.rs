@@ -159,10 +159,11 @@ fn chat_prompt(
 /// Prompts one `/v1/completions` request may batch: each becomes its own engine request.
 pub(crate) const MAX_BATCHED_PROMPTS: usize = 256;
 
-/// Scores one `echo` with `logprobs` may ask for over its prompts, `Σ tokens · (logprobs +
-/// 1)`: a prefill is cheap next to what its scores weigh as JSON (tens of bytes each), so a
-/// 32 MB body of token ids could otherwise ask for gigabytes. 8M scores are lm-eval's
-/// log-likelihood requests (`logprobs` 1) of 64 prompts of 64K tokens.
+/// Scores one `echo` with `logprobs` may return, `Σ tokens · (logprobs + 1) · n` over its
+/// prompts (every choice repeats its prompt's): a prefill is cheap next to what its scores
+/// weigh as JSON (tens of bytes each), so a 32 MB body of token ids could otherwise ask for
+/// gigabytes. 8M scores are lm-eval's log-likelihood requests (`logprobs` 1, `n` 1) of 64
+/// prompts of 64K tokens.
 pub(crate) const MAX_ECHO_SCORES: usize = 1 << 23;
 
 /// `POST /v1/completions` into engine requests, one per prompt of a batch (OpenAI numbers
@@ -201,14 +202,15 @@ pub(crate) fn completion(
     let echo = req.echo == Some(true);
     if let (true, Some(k)) = (echo, logprobs) {
         let tokens: usize = prompts.iter().map(|(p, _)| p.len()).sum();
-        let scores = tokens.saturating_mul(k + 1);
+        let n = common.n.unwrap_or(1).try_into().unwrap_or(usize::MAX);
+        let scores = tokens.saturating_mul(k + 1).saturating_mul(n);
         if scores > MAX_ECHO_SCORES {
             return Err(ApiError::invalid_param(
                 "logprobs",
                 format!(
-                    "echo with logprobs {k} over {tokens} prompt tokens asks for {scores} \
-                     scores, more than the {MAX_ECHO_SCORES} one request may: send fewer or \
-                     shorter prompts, or fewer logprobs"
+                    "echo with logprobs {k} over {tokens} prompt tokens and n {n} asks for \
+                     {scores} scores, more than the {MAX_ECHO_SCORES} one request may: send \
+                     fewer or shorter prompts, a smaller n, or fewer logprobs"
                 ),
             ));
         }
