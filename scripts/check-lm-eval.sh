@@ -16,19 +16,13 @@ LM_EVAL_VERSION=0.4.13
 TRANSFORMERS_VERSION=5.23.0
 start=$(date +%s)
 work=target/check-lm-eval
-venv=$work/venv
-mkdir -p "$work"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-py=$venv/bin/python
-"$py" -m pip install --quiet --disable-pip-version-check \
-    "lm_eval[api]==$LM_EVAL_VERSION" "transformers==$TRANSFORMERS_VERSION"
-"$py" scripts/lm_eval_check.py tasks "$work/tasks"
-rm -rf "$work/served" "$work/hf"
-
+# shellcheck source=lib/venv.sh
+source scripts/lib/venv.sh
 # shellcheck source=lib/fixture-server.sh
 source scripts/lib/fixture-server.sh
+python_venv "$work" "lm_eval[api]==$LM_EVAL_VERSION" "transformers==$TRANSFORMERS_VERSION"
+"$py" scripts/lm_eval_check.py tasks "$work/tasks"
+rm -rf "$work/served" "$work/hf"
 start_fixture_server "$work" "$py"
 
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -13,17 +13,12 @@ cd "$(dirname "$0")/.."
 OPENAI_VERSION=3.57.0
 start=$(date +%s)
 work=target/check-openai-client
-venv=$work/venv
-mkdir -p "$work"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-py=$venv/bin/python
-"$py" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
-
-key="check-$$"
+# shellcheck source=lib/venv.sh
+source scripts/lib/venv.sh
 # shellcheck source=lib/fixture-server.sh
 source scripts/lib/fixture-server.sh
+python_venv "$work" "openai==$OPENAI_VERSION"
+key="check-$$"
 start_fixture_server "$work" "$py" --api-key "$key"
 
 echo "== scripts/openai_client_check.py"

@@ -26,13 +26,9 @@ for arg in "$@"; do
 done
 
 work=target/check-python
-venv=$work/venv
-mkdir -p "$work"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-py=$venv/bin/python
-"$py" -m pip install --quiet --disable-pip-version-check "maturin==$MATURIN_VERSION"
+# shellcheck source=lib/venv.sh
+source scripts/lib/venv.sh
+python_venv "$work" "maturin==$MATURIN_VERSION"
 
 echo "== building deepseek_judge (maturin $MATURIN_VERSION, release)"
 rm -rf "$work/wheels"

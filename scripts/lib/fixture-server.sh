@@ -1,7 +1,9 @@
 # Sourced by the checks that drive `model serve` with real clients
-# (check-openai-client.sh, check-lm-eval.sh): builds the `model` binary (dev profile: the
-# fixture model is tiny) and serves the `v3_noaux` fixture checkpoint with the tiny tokenizer
-# on a free loopback port as model `tiny`.
+# (check-openai-client.sh, check-lm-eval.sh).
+#
+# Builds the `model` binary (dev profile: the fixture model is tiny) and serves the
+# `v3_noaux` fixture checkpoint with the tiny tokenizer on a free loopback port as model
+# `tiny`.
 #
 #   start_fixture_server WORKDIR PYTHON [serve flags...]
 #
