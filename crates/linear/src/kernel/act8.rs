@@ -1164,9 +1164,9 @@ fn run_nibbles(
 
 /// A task's weight rows on AVX2 against a decode step's few activation rows, the work
 /// [`dots_nibbles`], [`dots_i8`] and [`dots_u6`] do per row with the path and format resolved
-/// once per task, and a group format's scales (and offsets) formed for all the task's rows by
-/// one [`row_scales`] (and [`row_offsets`]) call: each row goes through the same [`RowsKernel`] with the same parameters, so every value
-/// keeps its bits. (A decode step has about 300,000 weight rows, and per row the dispatch and
+/// once per task, and a group format's scales (and offsets) formed by one [`row_scales`] (and
+/// [`row_offsets`]) call per [`FORMED_ROWS`] rows: each row goes through the same
+/// [`RowsKernel`] with the same parameters, so every value keeps its bits. (A decode step has about 300,000 weight rows, and per row the dispatch and
 /// two conversions cost as much as a 1408-wide 4-bit row's products: `benchmarks/README.md`.)
 #[cfg(target_arch = "x86_64")]
 struct Avx2Run {
@@ -1232,6 +1232,7 @@ impl Avx2Run {
             Params::Group { scales, mins, zero } => {
                 let mut formed = vec![0f32; 2 * FORMED_ROWS * groups + 4 * groups];
                 let (so, c) = formed.split_at_mut(2 * FORMED_ROWS * groups);
+                let has_offsets = p.has_offsets();
                 for (b, (w, out)) in self.blocks(w, m, out) {
                     let n = w.len() / self.stride;
                     let at = (first + b) * groups..(first + b + n) * groups;
@@ -1243,7 +1244,6 @@ impl Avx2Run {
                     let (s, o) = so[..2 * n * groups].split_at_mut(n * groups);
                     row_scales(self.isa, block, n * groups, s);
                     row_offsets(self.isa, block, n * groups, o);
-                    let has_offsets = p.has_offsets();
                     let rows = w.chunks_exact(self.stride).zip(out.chunks_exact_mut(m));
                     let per_row = s.chunks_exact(groups).zip(o.chunks_exact(groups));
                     for ((w, out), (scales, offsets)) in rows.zip(per_row) {

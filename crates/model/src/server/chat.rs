@@ -11,7 +11,7 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::extract::{parse, JsonBody};
-use super::generation::{finish_reason, Sample, Submission};
+use super::generation::{finish_reason, Collected, Sample, Submission};
 use super::logprobs::chat_entry;
 use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, Usage};
 use super::reasoning::{split_whole, ReasoningSplit, Split};
@@ -32,7 +32,7 @@ pub(crate) async fn completions(
     let header = response_header(&state, "chatcmpl", "chat.completion");
     let reasoning = prepared.thinking;
     if !prepared.stream {
-        let (samples, usage) = submission.collect().await?;
+        let Collected { samples, usage, .. } = submission.collect().await?;
         let choices = samples
             .into_iter()
             .enumerate()

@@ -61,17 +61,23 @@ pub(crate) async fn completions(
         let tokenizer = state.engine.tokenizer();
         let mut usage = Usage::default();
         let mut choices = Vec::with_capacity(results.len() * n);
-        for ((samples, u), echo) in results.into_iter().zip(&echoes) {
-            usage = usage.plus(u);
-            for s in samples {
+        for (done, echo) in results.into_iter().zip(&echoes) {
+            usage = usage.plus(done.usage);
+            // The echoed prompt's entries, once for all of its samples.
+            let prompt = echo
+                .as_ref()
+                .filter(|_| wants_logprobs)
+                .map(|e| logprobs::echoed_prompt(tokenizer, &e.tokens, &done.prompt_logprobs));
+            for s in done.samples {
                 let generated =
                     wants_logprobs.then(|| logprobs::completion(tokenizer, &s.logprobs));
                 let (text, logprobs) = match echo {
                     None => (s.text, generated),
                     Some(e) => {
-                        let prompt =
-                            || logprobs::echoed_prompt(tokenizer, &e.tokens, &s.prompt_logprobs);
-                        let lp = generated.map(|g| prompt().then(g, e.text.len()));
+                        let lp = prompt
+                            .clone()
+                            .zip(generated)
+                            .map(|(p, g)| p.then(g, e.text.len()));
                         (format!("{}{}", e.text, s.text), lp)
                     }
                 };

@@ -83,9 +83,11 @@ impl Submission {
         })
     }
 
-    /// Runs the request to the end: one [`Sample`] per sample, and the usage.
-    pub async fn collect(mut self) -> Result<(Vec<Sample>, Usage), ApiError> {
+    /// Runs the request to the end: one [`Sample`] per sample, the prompt's scores (when the
+    /// request asked for them) and the usage.
+    pub async fn collect(mut self) -> Result<Collected, ApiError> {
         let mut samples: Vec<Sample> = (0..self.n).map(|_| Sample::default()).collect();
+        let mut prompt_logprobs = Vec::new();
         while let Some(event) = self.next().await {
             match event? {
                 Event::Token {
@@ -120,16 +122,16 @@ impl Submission {
                     s.finish = Some(reason);
                     s.completion_tokens = completion_tokens;
                 }
-                Event::Prompt { logprobs } => {
-                    for s in &mut samples {
-                        s.prompt_logprobs.clone_from(&logprobs);
-                    }
-                }
+                Event::Prompt { logprobs } => prompt_logprobs = logprobs,
                 Event::Error(e) => return Err(ApiError::internal(e)),
             }
         }
         let completion = samples.iter().map(|s| s.completion_tokens).sum();
-        Ok((samples, Usage::new(self.prompt_tokens, completion)))
+        Ok(Collected {
+            samples,
+            prompt_logprobs,
+            usage: Usage::new(self.prompt_tokens, completion),
+        })
     }
 }
 
@@ -159,8 +161,15 @@ pub(crate) struct Sample {
     pub logprobs: Vec<Scored>,
     pub finish: Option<FinishReason>,
     pub completion_tokens: usize,
-    /// The prompt's tokens after the first, scored (an echo with logprobs).
+}
+
+/// A request run to the end ([`Submission::collect`]).
+pub(crate) struct Collected {
+    pub samples: Vec<Sample>,
+    /// The prompt's tokens after the first, scored (an echo with logprobs), once for all
+    /// samples.
     pub prompt_logprobs: Vec<TokenLogprob>,
+    pub usage: Usage,
 }
 
 /// OpenAI's `finish_reason`: `stop` for EOS and stop strings, `length` for the budget
