@@ -103,6 +103,10 @@ pub struct HfModelFields {
     /// Share embedding and head (false for every DeepSeek release).
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Biases on `q_a_proj`, `kv_a_proj_with_mqa` and `o_proj` (false for every DeepSeek
+    /// release).
+    #[serde(default)]
+    pub attention_bias: bool,
     /// BOS token id.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
@@ -264,6 +268,12 @@ impl ModelConfig {
                 "DeepSeek models never tie; true is unsupported",
             ));
         }
+        if m.attention_bias {
+            return Err(ModelError::config(
+                "attention_bias",
+                "DeepSeek models have no attention biases; true is unsupported",
+            ));
+        }
         if let Some(q) = &m.quantization_config {
             if q.quant_method != "fp8" {
                 return Err(ModelError::config(
@@ -282,6 +292,24 @@ impl ModelConfig {
                 ));
             }
         }
+        if !(m.rms_norm_eps >= 0.0 && m.rms_norm_eps.is_finite()) {
+            return Err(ModelError::config(
+                "rms_norm_eps",
+                format!("expected a finite value >= 0, found {}", m.rms_norm_eps),
+            ));
+        }
+        // The engine's context limit: a fraction, 0 or a negative number would refuse every
+        // request rather than say what is wrong.
+        let max_position_embeddings = match hf.rope.max_position_embeddings {
+            None => None,
+            Some(v) if v >= 1.0 && v.fract() == 0.0 => Some(v as usize),
+            Some(v) => {
+                return Err(ModelError::config(
+                    "max_position_embeddings",
+                    format!("expected a positive integer, found {v}"),
+                ))
+            }
+        };
         let family = match arch {
             Arch::V2 => moe::hf::RouterFamily::V2,
             // V3.2's router is V3's (HF 5.23 `DeepseekV32TopkRouter`).
@@ -317,7 +345,7 @@ impl ModelConfig {
             first_k_dense_replace: m.first_k_dense_replace,
             moe_layer_freq: m.moe_layer_freq,
             rms_norm_eps: m.rms_norm_eps,
-            max_position_embeddings: hf.rope.max_position_embeddings.map(|v| v as usize),
+            max_position_embeddings,
             bos_token_id: m.bos_token_id,
             eos_token_ids,
             quantization: m.quantization_config.clone(),

@@ -57,7 +57,8 @@ enum Source {
 pub struct GgufFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
-    data_offset: usize,
+    /// Each tensor's bytes in the map, checked to lie inside it at open.
+    ranges: HashMap<String, std::ops::Range<usize>>,
     infos: HashMap<String, TensorInfo>,
     sources: BTreeMap<String, (Source, Vec<usize>)>,
     config_json: String,
@@ -110,8 +111,16 @@ impl GgufFile {
         }
         let config = hf_config(md).map_err(bad)?;
         let data_offset = content.tensor_data_offset as usize;
+        let mut ranges = HashMap::new();
         for (name, info) in &content.tensor_infos {
-            let end = data_offset + info.offset as usize + stored_bytes(info);
+            let size = stored_bytes(info).map_err(|e| bad(format!("{name}: {e}")))?;
+            let start = data_offset.checked_add(info.offset as usize);
+            let Some(end) = start.and_then(|s| s.checked_add(size)) else {
+                return Err(bad(format!(
+                    "{name}: its data offset {} is past any file",
+                    info.offset
+                )));
+            };
             if end > mmap.len() {
                 return Err(bad(format!(
                     "{name}: its data ends at byte {end}, past the end of the file ({} bytes: \
@@ -119,13 +128,14 @@ impl GgufFile {
                     mmap.len()
                 )));
             }
+            ranges.insert(name.clone(), end - size..end);
         }
         let layers = config["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
         let sources = map_tensors(&content.tensor_infos, layers).map_err(bad)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
-            data_offset,
+            ranges,
             infos: content.tensor_infos,
             sources,
             config_json: config.to_string(),
@@ -250,9 +260,7 @@ impl GgufFile {
     }
 
     fn bytes(&self, gguf_name: &str) -> &[u8] {
-        let info = &self.infos[gguf_name];
-        let start = self.data_offset + info.offset as usize;
-        &self.mmap[start..start + stored_bytes(info)]
+        &self.mmap[self.ranges[gguf_name].clone()]
     }
 
     /// The bytes behind a source and their GGML type (expert `e`'s rows of a stacked
@@ -291,9 +299,21 @@ fn float_dtype(ty: GgmlDType) -> DType {
     }
 }
 
-fn stored_bytes(info: &TensorInfo) -> usize {
-    let ty = info.ggml_dtype;
-    info.shape.elem_count() / ty.block_size() * ty.type_size()
+/// The bytes a tensor's data takes, or why no file can hold it: GGML blocks run along a row
+/// (the last dimension), so a row must hold whole blocks.
+fn stored_bytes(info: &TensorInfo) -> std::result::Result<usize, String> {
+    let (ty, dims) = (info.ggml_dtype, info.shape.dims());
+    let row = dims.last().copied().unwrap_or(1);
+    if !row.is_multiple_of(ty.block_size()) {
+        return Err(format!(
+            "rows of {row} values do not split into {ty:?} blocks of {}",
+            ty.block_size()
+        ));
+    }
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| (n / ty.block_size()).checked_mul(ty.type_size()))
+        .ok_or_else(|| format!("shape {dims:?} is larger than any file"))
 }
 
 /// Whether a tensor is one of the matrices the model keeps in an 8/4-bit format under

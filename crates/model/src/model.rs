@@ -21,7 +21,7 @@ use rope_yarn::RopeCache;
 use crate::checkpoint::{Checkpoint, Precision};
 use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::plan::expected_tensors;
+use crate::plan::{expected_tensors, least_tensor_count};
 use crate::precision::MatrixFormat;
 use linear::{MapMatrix, Matrix, MatrixLoader};
 
@@ -479,6 +479,29 @@ impl DeepSeek {
     ) -> Result<Self> {
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         let config = checkpoint.config()?;
+        // A configuration slightly off gets the full list of missing tensors from `check`;
+        // one describing over twice the checkpoint gets this summary instead of a list that
+        // could be unbounded.
+        let (least, held) = (least_tensor_count(&config), checkpoint.tensors().len());
+        if least > held.saturating_mul(2) {
+            let field =
+                if config.moe.is_some() && config.num_hidden_layers.saturating_mul(2) <= held {
+                    "n_routed_experts"
+                } else {
+                    "num_hidden_layers"
+                };
+            return Err(ModelError::config(
+                field,
+                format!(
+                    "the configuration needs at least {least} tensors ({} layers, {} MTP \
+                     modules, {} routed experts); {} holds {held}",
+                    config.num_hidden_layers,
+                    config.num_nextn_predict_layers,
+                    config.moe.as_ref().map_or(0, |m| m.gate.n_routed_experts),
+                    dir.display()
+                ),
+            ));
+        }
         let (plan, optional) = expected_tensors(&config);
         let expected: Vec<(String, Vec<usize>)> =
             plan.into_iter().map(|t| (t.name, t.shape)).collect();

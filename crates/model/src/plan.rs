@@ -64,6 +64,27 @@ pub fn expected_tensors(cfg: &ModelConfig) -> (Vec<WeightSpec>, Vec<String>) {
     (out, optional)
 }
 
+/// A lower bound on the number of tensors [`expected_tensors`] lists, computed without listing
+/// them: two norms per layer (MTP modules included) and three matrices per routed expert of
+/// every MoE layer. A checkpoint holding fewer tensors cannot match the configuration, and
+/// listing the plan of a configuration such as `num_hidden_layers: 4294967297` would take
+/// unbounded time and memory, so loading compares this bound with the checkpoint first.
+pub fn least_tensor_count(cfg: &ModelConfig) -> usize {
+    let layers = cfg
+        .num_hidden_layers
+        .saturating_add(cfg.num_nextn_predict_layers);
+    let experts = cfg.moe.as_ref().map_or(0, |m| m.gate.n_routed_experts);
+    // Main MoE layers are the multiples of `moe_layer_freq` in [first_k_dense_replace, L)
+    // (`ModelConfig::ffn_kind`); every MTP module is MoE in a MoE model.
+    let multiples_below = |n: usize| n.div_ceil(cfg.moe_layer_freq);
+    let main_moe = multiples_below(cfg.num_hidden_layers)
+        .saturating_sub(multiples_below(cfg.first_k_dense_replace));
+    let moe_layers = main_moe.saturating_add(cfg.num_nextn_predict_layers);
+    layers
+        .saturating_mul(2)
+        .saturating_add(moe_layers.saturating_mul(experts).saturating_mul(3))
+}
+
 /// Parameter counts: `(total, active per token)`, MTP modules excluded, embedding and head
 /// included; "active" counts the shared experts and `num_experts_per_tok` routed experts.
 pub fn parameter_counts(cfg: &ModelConfig) -> (usize, usize) {

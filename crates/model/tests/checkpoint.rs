@@ -168,6 +168,18 @@ fn bad_config_fields_are_named() {
             serde_json::json!({"quant_method": "gptq"}),
             "quantization_config.quant_method",
         ),
+        ("attention_bias", true.into(), "attention_bias"),
+        ("rms_norm_eps", (-1e-6).into(), "rms_norm_eps"),
+        (
+            "max_position_embeddings",
+            0.5.into(),
+            "max_position_embeddings",
+        ),
+        (
+            "max_position_embeddings",
+            0.into(),
+            "max_position_embeddings",
+        ),
     ];
     for (field, value, named) in cases {
         let mut c = base.clone();
@@ -181,6 +193,24 @@ fn bad_config_fields_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("config.json: invalid JSON"), "{err}");
+}
+
+/// A configuration asking for more layers or experts than the checkpoint could hold is refused
+/// before its tensor list is built (2^32 layers would take unbounded memory and time).
+#[test]
+fn configs_larger_than_the_checkpoint_are_refused_before_listing_tensors() {
+    for (field, named) in [
+        ("num_hidden_layers", "num_hidden_layers"),
+        ("n_routed_experts", "n_routed_experts"),
+    ] {
+        let dir = scratch_copy("v2_group_limited", field);
+        edit_config(&dir, |c| c[field] = (1u64 << 32).into());
+        let err = load_err(&dir);
+        assert!(
+            err.starts_with(named) && err.contains("needs at least"),
+            "{field}: {err}"
+        );
+    }
 }
 
 #[test]

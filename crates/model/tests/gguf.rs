@@ -129,6 +129,18 @@ fn write(path: &Path, metadata: &Metadata, tensors: &[(String, candle_core::quan
     gguf_file::write(&mut f, &md, &ts).unwrap();
 }
 
+/// Where tensor `name`'s info in a GGUF header continues after its name: its dimension
+/// count (u32), dimensions (u64 each, innermost first), type (u32), data offset (u64).
+fn tensor_info_at(bytes: &[u8], name: &str) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .unwrap_or_else(|| panic!("{name} not in the header"));
+    at + key.len()
+}
+
 fn open_err(path: &Path) -> String {
     match Checkpoint::open(path) {
         Ok(_) => panic!("{}: opened", path.display()),
@@ -189,6 +201,27 @@ fn bad_gguf_files_name_the_key_or_tensor() {
     std::fs::write(&cut, &bytes[..bytes.len() - 4096]).unwrap();
     let e = open_err(&cut);
     assert!(e.contains("past the end of the file"), "{e}");
+
+    // A hostile data offset that wraps past usize::MAX, and a quantised row that does not
+    // split into whole blocks (dimensions rewritten in the header), name their tensor.
+    let name = "blk.0.attn_kv_a_mqa.weight";
+    let at = tensor_info_at(&bytes, name);
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let offset_at = at + 4 + 8 * n_dims + 4;
+    let mut wrapped = bytes.clone();
+    wrapped[offset_at..offset_at + 8].copy_from_slice(&(u64::MAX - 64).to_le_bytes());
+    let wrap = dir.path().join("wrap.gguf");
+    std::fs::write(&wrap, &wrapped).unwrap();
+    let e = open_err(&wrap);
+    assert!(e.contains(name) && e.contains("offset"), "{e}");
+    let q8 = std::fs::read(gguf("v3_noaux-Q8_0.gguf")).unwrap();
+    let at = tensor_info_at(&q8, name);
+    let mut odd = q8.clone();
+    odd[at + 4..at + 12].copy_from_slice(&33u64.to_le_bytes()); // ne[0]: the row length
+    let odd_rows = dir.path().join("odd_rows.gguf");
+    std::fs::write(&odd_rows, &odd).unwrap();
+    let e = open_err(&odd_rows);
+    assert!(e.contains(name) && e.contains("blocks of 32"), "{e}");
 
     // A missing tensor is reported by the checkpoint check, one line per name.
     let missing = dir.path().join("missing.gguf");
@@ -363,4 +396,38 @@ fn older_gguf_with_a_whole_attn_kv_b_in_blocks() {
         0.5,
         "older gguf",
     );
+}
+
+/// Random damage to a GGUF header (bytes, lengths and offsets set to extremes) gives an error
+/// or a model that runs, never a panic: the class of bug behind a wrapped data offset.
+#[test]
+fn damaged_gguf_headers_are_errors_not_panics() {
+    use rand::{Rng, SeedableRng};
+    let src = std::fs::read(gguf("v3_noaux-Q8_0.gguf")).unwrap();
+    // The header (metadata and tensor infos) ends before the first tensor's data.
+    let header = src.len().min(12_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.gguf");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for i in 0..400 {
+        let mut b = src.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..header - 8);
+            match rng.random_range(0..4) {
+                0 => b[at] = rng.random(),
+                1 => b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes()),
+                2 => {
+                    b[at..at + 8].copy_from_slice(&(1u64 << rng.random_range(8..40)).to_le_bytes())
+                }
+                _ => b[at..at + 4].copy_from_slice(&0u32.to_le_bytes()),
+            }
+        }
+        std::fs::write(&path, &b).unwrap();
+        let run = std::panic::catch_unwind(|| {
+            if let Ok(m) = DeepSeek::load_auto(&path, DType::F32, &Device::Cpu) {
+                let _ = m.logits(&[1, 2, 3]);
+            }
+        });
+        assert!(run.is_ok(), "damaged header {i} panicked");
+    }
 }
