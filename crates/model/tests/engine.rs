@@ -371,7 +371,7 @@ fn requests_wait_for_cache_pages_and_all_complete() {
         .submit(greedy(vec![5; 90], 20), Box::new(|_| true))
         .unwrap_err();
     assert!(
-        matches!(err, SubmitError::Invalid(ref m) if m.contains("budget")),
+        matches!(err, SubmitError::Invalid { message: ref m, .. } if m.contains("budget")),
         "{err}"
     );
 }
@@ -383,7 +383,7 @@ fn invalid_requests_are_refused_with_the_reason() {
     let refuse = |r: Request, what: &str| {
         let err = engine.submit(r, Box::new(|_| true)).unwrap_err();
         assert!(
-            matches!(err, SubmitError::Invalid(ref m) if m.contains(what)),
+            matches!(err, SubmitError::Invalid { message: ref m, .. } if m.contains(what)),
             "{what}: {err}"
         );
     };
@@ -600,7 +600,9 @@ fn prompt_logprobs_equal_the_log_softmax_of_one_full_pass() {
     }
     // Without scoring, `max_tokens` 0 is refused.
     let refused = engine.submit(greedy(prompt.clone(), 0), Box::new(|_| true));
-    assert!(matches!(refused, Err(SubmitError::Invalid(m)) if m.contains("max_tokens")));
+    assert!(
+        matches!(refused, Err(SubmitError::Invalid { message: m, .. }) if m.contains("max_tokens"))
+    );
     // A one-token prompt has nothing to score.
     let one = engine
         .generate(Request {

@@ -233,8 +233,14 @@ pub struct RequestId(pub u64);
 pub enum SubmitError {
     /// The request can never run (empty prompt, ids out of range, longer than the context or
     /// the cache budget, bad parameters); the message says which.
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{message}")]
+    Invalid {
+        /// The request field at fault, named as in the OpenAI API (`prompt`, `n`,
+        /// `max_tokens`, `temperature`, `top_p`, `stop`, ...).
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The waiting queue is full: retry later.
     #[error("the queue is full ({0} requests waiting)")]
     QueueFull(usize),
@@ -519,65 +525,90 @@ impl Engine {
     /// The checks [`Engine::submit`] makes, without queueing anything: a caller submitting
     /// several requests as one (a batch of prompts) refuses all of them before any runs.
     pub fn check(&self, request: &Request) -> std::result::Result<(), SubmitError> {
-        let invalid = |m: String| Err(SubmitError::Invalid(m));
+        let invalid = |param, message: String| Err(SubmitError::Invalid { param, message });
         let p = &request.params;
         let cfg = &self.inner.config;
         let vocab = self.inner.model.config().vocab_size;
         if request.prompt.is_empty() {
-            return invalid("the prompt is empty".into());
+            return invalid("prompt", "the prompt is empty".into());
         }
         if let Some(&bad) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
-            return invalid(format!(
-                "prompt token id {bad} is out of range (vocab_size {vocab})"
-            ));
+            return invalid(
+                "prompt",
+                format!("prompt token id {bad} is out of range (vocab_size {vocab})"),
+            );
         }
         if p.n == 0 || p.n > cfg.max_running {
-            return invalid(format!(
-                "n must be between 1 and {} (the engine's max_running), got {}",
-                cfg.max_running, p.n
-            ));
+            return invalid(
+                "n",
+                format!(
+                    "n must be between 1 and {} (the engine's max_running), got {}",
+                    cfg.max_running, p.n
+                ),
+            );
         }
         if p.max_tokens == 0 && p.prompt_logprobs.is_none() {
-            return invalid("max_tokens must be at least 1 (0 only to score the prompt)".into());
+            return invalid(
+                "max_tokens",
+                "max_tokens must be at least 1 (0 only to score the prompt)".into(),
+            );
         }
         if p.min_tokens > p.max_tokens {
-            return invalid(format!(
-                "min_tokens {} exceeds max_tokens {}",
-                p.min_tokens, p.max_tokens
-            ));
+            return invalid(
+                "min_tokens",
+                format!(
+                    "min_tokens {} exceeds max_tokens {}",
+                    p.min_tokens, p.max_tokens
+                ),
+            );
         }
         let s = &p.sampling;
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return invalid(format!("temperature must be >= 0, got {}", s.temperature));
+            return invalid(
+                "temperature",
+                format!("temperature must be >= 0, got {}", s.temperature),
+            );
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            return invalid(format!("top_p must be in (0, 1], got {}", s.top_p));
+            return invalid("top_p", format!("top_p must be in (0, 1], got {}", s.top_p));
         }
         if !p.stop_strings.is_empty() && self.inner.tokenizer.is_none() {
-            return invalid("stop strings need a tokenizer, and this engine has none".into());
+            return invalid(
+                "stop",
+                "stop strings need a tokenizer, and this engine has none".into(),
+            );
         }
         let Some(total) = request.prompt.len().checked_add(p.max_tokens) else {
-            return invalid(format!("max_tokens {} is out of range", p.max_tokens));
+            return invalid(
+                "max_tokens",
+                format!("max_tokens {} is out of range", p.max_tokens),
+            );
         };
         if let Some(ctx) = self.max_context() {
             if total > ctx {
-                return invalid(format!(
-                    "the prompt ({} tokens) plus max_tokens ({}) is {total} tokens, more than \
-                     the model's context of {ctx}",
-                    request.prompt.len(),
-                    p.max_tokens
-                ));
+                return invalid(
+                    "max_tokens",
+                    format!(
+                        "the prompt ({} tokens) plus max_tokens ({}) is {total} tokens, more \
+                         than the model's context of {ctx}",
+                        request.prompt.len(),
+                        p.max_tokens
+                    ),
+                );
             }
         }
         let need = pages_for(request.prompt.len(), p.max_tokens, p.n, cfg.page_tokens);
         if need.is_none_or(|need| need > cfg.total_pages()) {
             let need = need.map_or("more than usize::MAX".into(), |n| n.to_string());
-            return invalid(format!(
-                "the request needs up to {need} cache pages of {} tokens, more than the \
-                 engine's whole budget of {}",
-                cfg.page_tokens,
-                cfg.total_pages()
-            ));
+            return invalid(
+                "max_tokens",
+                format!(
+                    "the request needs up to {need} cache pages of {} tokens, more than the \
+                     engine's whole budget of {}",
+                    cfg.page_tokens,
+                    cfg.total_pages()
+                ),
+            );
         }
         Ok(())
     }

@@ -28,7 +28,9 @@ pub(crate) async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let prepared = params::chat(&state, parse(&body)?, parse(&body)?)?;
-    let submission = Submission::start(&state, prepared.request)?;
+    // The engine names the token prompt; here it was built from `messages`.
+    let submission = Submission::start(&state, prepared.request)
+        .map_err(|e| e.with_param_renamed("prompt", "messages"))?;
     let header = response_header(&state, "chatcmpl", "chat.completion");
     let reasoning = prepared.thinking;
     if !prepared.stream {

@@ -78,6 +78,14 @@ impl ApiError {
         }
     }
 
+    /// The same error with its `param` `from` called `to` (what a route's clients sent).
+    pub fn with_param_renamed(mut self, from: &str, to: &str) -> Self {
+        if self.param.as_deref() == Some(from) {
+            self.param = Some(to.to_string());
+        }
+        self
+    }
+
     /// 400: a feature of the API this server does not implement.
     pub fn unsupported(param: &str, what: &str) -> Self {
         Self::invalid_param(param, format!("{what} is not supported by this server"))
@@ -162,7 +170,7 @@ impl ApiError {
     /// Maps a refused submission; a full queue says when to come back.
     pub fn from_submit(e: SubmitError, retry_after: u64) -> Self {
         match e {
-            SubmitError::Invalid(m) => Self::invalid(m),
+            SubmitError::Invalid { param, message } => Self::invalid_param(param, message),
             SubmitError::QueueFull(_) => Self {
                 retry_after: Some(retry_after),
                 ..Self::new(
