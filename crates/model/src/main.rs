@@ -241,6 +241,20 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
+    /// Seconds a client may stay silent while sending a request (its head, or between body
+    /// chunks) before the connection is closed (408 mid-body); also how long an idle
+    /// keep-alive connection is kept.
+    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    read_timeout: std::time::Duration,
+}
+
+/// A positive number of seconds that a `Duration` holds.
+fn positive_seconds(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("expected a positive number of seconds, found {s:?}"))
 }
 
 #[derive(Subcommand)]
@@ -556,6 +570,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
         default_max_tokens: args.default_max_tokens,
         sampling: SamplingDefaults::from_generation_config(&args.model.model)?,
         max_body_bytes: args.max_body_mb << 20,
+        read_timeout: args.read_timeout,
         ..ServerConfig::new("")
     };
     tracing::info!(

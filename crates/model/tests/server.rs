@@ -1035,6 +1035,79 @@ async fn shutdown_refuses_new_requests_and_finishes_those_in_flight() {
     );
 }
 
+/// A connection that never finishes its request head, one left idle after a keep-alive
+/// response, and one that stops sending its body are closed once `read_timeout` passes (each
+/// held a socket for ever before); a stream that takes longer than that to read is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_and_trickling_clients_are_closed_but_slow_streams_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read_timeout = Duration::from_millis(300);
+    let config = ServerConfig {
+        read_timeout,
+        ..ServerConfig::new(NAME)
+    };
+    let s = Server::start(engine(Some(&tiny_tokenizer()), engine_config()), config).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Reads until the server closes the connection; what it sent, and how long that took.
+    let until_closed = |mut c: tokio::net::TcpStream| async move {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("the server kept the connection open")
+            .unwrap();
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    };
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, waited) = until_closed(slow).await;
+    assert!(waited >= read_timeout / 2, "closed after {waited:?}");
+
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (sent, _) = until_closed(idle).await;
+    assert!(
+        sent.starts_with("HTTP/1.1 200") && sent.ends_with("ok"),
+        "{sent}"
+    );
+
+    // A body that stops half-way: a 408 with an OpenAI error body, and the connection closed.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"prompt\": ",
+        )
+        .await
+        .unwrap();
+    let (sent, _) = until_closed(trickle).await;
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(sent.contains("\"code\":\"request_timeout\""), "{sent}");
+
+    // A stream read slowly, over several head timeouts: every token arrives.
+    let body = json!({"prompt": [5, 6], "max_tokens": 40, "ignore_eos": true, "stream": true,
+                      "return_token_ids": true});
+    let mut resp = s
+        .client
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = completion_deltas(&parse_sse(&text), 1);
+    assert_eq!((d[0].1.as_str(), d[0].2.len()), ("length", 40));
+    s.shut_down().await;
+}
+
 /// The tiny tokenizer with an R1-style template in `dir`: it mentions `</think>` (as R1's
 /// does, dropping the reasoning of earlier turns) and ends the generation prompt with
 /// `prefill` (a Jinja string literal's content); token `think_id` becomes `</think>`.

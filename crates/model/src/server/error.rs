@@ -134,6 +134,19 @@ impl ApiError {
         )
     }
 
+    /// 408: the client went silent before its request was whole.
+    pub fn timeout(silence: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "no part of the request body arrived for {} s",
+                silence.as_secs_f64()
+            ),
+        )
+    }
+
     /// 503 while shutting down.
     pub fn shutting_down() -> Self {
         Self::new(

@@ -1,6 +1,7 @@
 //! Request bodies: read within the size limit (413, sent once an over-long body has been read
-//! to its end), parsed as a JSON object (400 for anything else), then typed field by field
-//! with the failing field named in `param`.
+//! to its end) and the read timeout (408 when the client goes silent mid-body), parsed as a
+//! JSON object (400 for anything else), then typed field by field with the failing field
+//! named in `param`.
 
 use std::sync::Arc;
 
@@ -19,7 +20,8 @@ impl FromRequest<Arc<AppState>> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let bytes = read_within(req, state.config.max_body_bytes).await?;
+        let config = &state.config;
+        let bytes = read_within(req, config.max_body_bytes, config.read_timeout).await?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
         if !value.is_object() {
@@ -33,14 +35,20 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 /// goes out; longer ones are cut off.
 const DRAIN_FACTOR: usize = 8;
 
-/// The whole body, if it holds at most `limit` bytes; otherwise a 413.
+/// The whole body, if it holds at most `limit` bytes (otherwise a 413) and no wait for its next
+/// chunk lasts over `silence` (otherwise a 408: a client trickling a body would hold its
+/// connection for ever).
 ///
 /// An over-long body is still read to its end, kept nowhere, before the 413 is sent (up to
 /// [`DRAIN_FACTOR`] times the limit, judged by `Content-Length` up front and by the bytes
 /// seen): a server that answers while the client is still sending and then closes the
 /// connection makes the client fail writing (broken pipe) or reuse a dead connection, so it
 /// never sees the 413 (the reason for nginx's "lingering close").
-async fn read_within(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_within(
+    req: Request,
+    limit: usize,
+    silence: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     use futures_util::StreamExt;
     let cap = limit.saturating_mul(DRAIN_FACTOR);
     let declared = req
@@ -52,7 +60,11 @@ async fn read_within(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     }
     let mut stream = req.into_body().into_data_stream();
     let (mut kept, mut seen) = (Vec::new(), 0usize);
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout(silence, stream.next())
+            .await
+            .map_err(|_| ApiError::timeout(silence))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read the body: {e}")))?;
         seen = seen.saturating_add(chunk.len());
         if seen <= limit {

@@ -29,6 +29,7 @@
 
 mod chat;
 mod completions;
+mod connections;
 mod error;
 mod extract;
 mod generation;
@@ -43,6 +44,7 @@ mod state;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -75,11 +77,17 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `Retry-After` seconds sent with 429.
     pub retry_after_secs: u64,
+    /// How long a client may stay silent while the server waits for its request: for a
+    /// whole request head, counted from when the server starts waiting for one (then the
+    /// connection is closed), and between body chunks (then a 408). This bounds slow or
+    /// silent clients and idle keep-alive connections, each of which holds a socket.
+    pub read_timeout: Duration,
 }
 
 impl ServerConfig {
     /// Defaults for serving `model_name`: no key, no reasoning split, 4096 default tokens,
-    /// OpenAI's sampling defaults, 32 MiB bodies, retry after 1 s.
+    /// OpenAI's sampling defaults, 32 MiB bodies, retry after 1 s, 30 s of silence from a client (hyper's
+    /// default for request heads).
     pub fn new(model_name: &str) -> Self {
         Self {
             model_name: model_name.to_string(),
@@ -89,6 +97,7 @@ impl ServerConfig {
             sampling: SamplingDefaults::default(),
             max_body_bytes: 32 << 20,
             retry_after_secs: 1,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -114,9 +123,7 @@ pub async fn serve(
             state.drain().await;
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain)
-        .await?;
+    connections::serve_connections(listener, app, state.config.read_timeout, drain).await;
     tracing::info!("requests drained; stopping the engine");
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
