@@ -27,7 +27,10 @@ pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let prepared = params::chat(&state, parse(&body)?, parse(&body)?)?;
+    let prepared = {
+        let state = state.clone();
+        params::off_the_runtime(move || params::chat(&state, parse(&body)?, parse(&body)?)).await?
+    };
     // The engine names the token prompt; here it was built from `messages`.
     let submission = Submission::start(&state, prepared.request)
         .map_err(|e| e.with_param_renamed("prompt", "messages"))?;

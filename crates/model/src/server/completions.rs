@@ -28,7 +28,11 @@ pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let prepared = params::completion(&state, parse(&body)?, parse(&body)?)?;
+    let prepared = {
+        let state = state.clone();
+        params::off_the_runtime(move || params::completion(&state, parse(&body)?, parse(&body)?))
+            .await?
+    };
     // Every prompt of a batch has the same flags and parameters but its own tokens.
     let first = &prepared[0];
     let (stream, include_usage) = (first.stream, first.include_usage);

@@ -84,6 +84,17 @@ pub(crate) struct Echo {
     pub tokens: Vec<u32>,
 }
 
+/// Runs `prepare` (a request's parsing, chat template and tokenisation) on tokio's blocking
+/// pool: tokenising a prompt of tens of MiB takes seconds, and on a runtime worker it would
+/// stall every other connection's stream for that long.
+pub(crate) async fn off_the_runtime<T: Send + 'static>(
+    prepare: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(prepare)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
 /// `POST /v1/chat/completions` into an engine request.
 pub(crate) fn chat(
     state: &AppState,
