@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;

@@ -558,7 +558,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let reasoning = match args.reasoning {
         Reasoning::On => true,
         Reasoning::Off => false,
-        Reasoning::Auto => tokenizer.is_some() && server::template_thinks(&tok_dir),
+        Reasoning::Auto => tokenizer.as_ref().is_some_and(server::template_thinks),
     };
     let config = ServerConfig {
         model_name: args

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::chat_template::ChatTemplate;
 use crate::error::{ModelError, Result};
 
 /// One chat message.
@@ -57,7 +58,37 @@ pub struct Tokenizer {
     bos: Option<(String, u32)>,
     eos: Option<(String, u32)>,
     add_bos: bool,
-    chat_template: Option<String>,
+    chat_template: Option<ChatTemplate>,
+}
+
+/// The chat template: `chat_template.jinja` beside the tokenizer when present (how
+/// transformers 5 saves it), else `tokenizer_config.json`'s `chat_template`, a string or a list
+/// of named templates (the one named `default`). A syntax error names the file.
+fn read_chat_template(dir: &Path, cfg: &Value) -> Result<Option<ChatTemplate>> {
+    let jinja = dir.join("chat_template.jinja");
+    let (source, from) = if jinja.is_file() {
+        let text = std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?;
+        (text, jinja)
+    } else {
+        let named_default = |list: &Vec<Value>| {
+            list.iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string)
+        };
+        let source = match &cfg["chat_template"] {
+            Value::String(s) => s.clone(),
+            Value::Array(list) => match named_default(list) {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        (source, dir.join("tokenizer_config.json"))
+    };
+    ChatTemplate::new(&source)
+        .map(Some)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", from.display())))
 }
 
 impl Tokenizer {
@@ -96,7 +127,7 @@ impl Tokenizer {
             bos: special("bos_token"),
             eos: special("eos_token"),
             add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
-            chat_template: cfg["chat_template"].as_str().map(str::to_string),
+            chat_template: read_chat_template(dir, &cfg)?,
             inner,
         })
     }
@@ -143,24 +174,22 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// The chat template's text, if the tokenizer has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_ref().map(ChatTemplate::source)
+    }
+
     /// Renders the chat template over `messages`.
     pub fn apply_chat_template(&self, messages: &[Message], opts: ChatOptions) -> Result<String> {
-        let template = self.chat_template.as_deref().ok_or_else(|| {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
             ModelError::Tokenizer("tokenizer_config.json has no chat_template".into())
         })?;
-        let mut env = minijinja::Environment::new();
-        env.add_template("chat", template)
-            .map_err(|e| ModelError::Tokenizer(format!("chat_template: {e}")))?;
-        let ctx = minijinja::context! {
+        let mut text = template.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => opts.add_generation_prompt,
             bos_token => self.bos.as_ref().map_or("", |b| b.0.as_str()),
             eos_token => self.eos.as_ref().map_or("", |b| b.0.as_str()),
-        };
-        let mut text = env
-            .get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| ModelError::Tokenizer(format!("chat_template: {e}")))?;
+        })?;
         if opts.think_prefill && !text.ends_with("<think>\n") {
             text.push_str("<think>\n");
         }

@@ -1167,7 +1167,9 @@ async fn r1_reasoning_is_split_whole_and_streamed() {
     // A template that does not open the think block: the server prefills `<think>\n`. The
     // random model never writes `</think>`: everything is reasoning, content null.
     r1_tokenizer(dir.path(), "", None);
-    assert!(server::template_thinks(dir.path()));
+    assert!(server::template_thinks(
+        &Tokenizer::from_dir(dir.path()).unwrap()
+    ));
     let s = r1_server(dir.path(), true).await;
     let r = s.ok("/v1/chat/completions", &body).await;
     let m = &r["choices"][0]["message"];

@@ -69,3 +69,81 @@ fn chat_template_gives_one_bos_and_the_r1_think_prefill() {
         .unwrap();
     assert!(plain.ends_with("<｜Assistant｜>"), "{plain}");
 }
+
+/// Every case of `tests/fixtures/chat_templates.json` (HF transformers' renders, written by
+/// `tests/reference/chat_templates.py`) renders the same through `Tokenizer::apply_chat_template`
+/// (the tiny tokenizer with the case's template): trim_blocks / lstrip_blocks, Python methods,
+/// HF's `tojson`, loop controls, macros, `namespace`, `raise_exception`, `strftime_now`, and
+/// DeepSeek-V3's own template.
+#[test]
+fn chat_templates_render_as_hf_renders_them() {
+    let fixtures = fixtures::fixtures_dir();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("chat_templates.json")).unwrap(),
+    )
+    .unwrap();
+    let tiny = fixtures.join("tiny_tokenizer");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["bos_token"], fixture["bos_token"]);
+    assert_eq!(config["eos_token"], fixture["eos_token"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tiny.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15, "{} cases", cases.len());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        config["chat_template"] = case["template"].clone();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let opts = ChatOptions {
+            add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
+            think_prefill: false,
+        };
+        let got = tok.apply_chat_template(&messages, opts);
+        match (&case["rendered"], &case["error"]) {
+            (serde_json::Value::String(want), _) => assert_eq!(&got.unwrap(), want, "{name}"),
+            (_, serde_json::Value::String(want)) => {
+                let e = got.expect_err(name).to_string();
+                assert!(e.contains(want.as_str()), "{name}: {e}");
+            }
+            _ => panic!("{name}: neither rendered nor error"),
+        }
+    }
+}
+
+/// A template with a syntax error is refused when the tokenizer is read, naming the file.
+#[test]
+fn a_broken_chat_template_is_an_error_at_load() {
+    let tiny = fixtures::fixtures_dir().join("tiny_tokenizer");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tiny.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{% for m in messages %}{{ m.content }",
+    )
+    .unwrap();
+    let e = Tokenizer::from_dir(dir.path())
+        .err()
+        .expect("loaded")
+        .to_string();
+    assert!(
+        e.contains("chat_template.jinja") && e.contains("syntax error"),
+        "{e}"
+    );
+}

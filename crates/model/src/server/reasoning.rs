@@ -13,23 +13,17 @@
 //! nothing (the server then prefills `<think>\n`, as DeepSeek recommends), and hybrid
 //! templates (V3.1's non-thinking mode) close it, so the reply is all content.
 
-use std::path::Path;
+use crate::tokenizer::Tokenizer;
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
-/// True when the chat template in `dir/tokenizer_config.json` speaks R1's think tags: the
-/// server then prefills `<think>\n` and splits replies. Unreadable or absent: false.
-pub fn template_thinks(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|cfg| {
-            cfg["chat_template"]
-                .as_str()
-                .map(|t| t.contains(OPEN) || t.contains(CLOSE))
-        })
-        .unwrap_or(false)
+/// True when the tokenizer's chat template speaks R1's think tags: the server then prefills
+/// `<think>\n` and splits replies. No template: false.
+pub fn template_thinks(tokenizer: &Tokenizer) -> bool {
+    tokenizer
+        .chat_template_source()
+        .is_some_and(|t| t.contains(OPEN) || t.contains(CLOSE))
 }
 
 /// How a template's generation prompt leaves the think block.
@@ -232,14 +226,19 @@ mod tests {
 
     #[test]
     fn detects_think_templates() {
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny_tokenizer");
         let dir = std::env::temp_dir().join(format!("think-template-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(!template_thinks(&dir));
-        let cfg = |t: &str| serde_json::json!({ "chat_template": t }).to_string();
-        std::fs::write(dir.join("tokenizer_config.json"), cfg("{{ x }}<think>\n")).unwrap();
-        assert!(template_thinks(&dir));
-        std::fs::write(dir.join("tokenizer_config.json"), cfg("{{ x }}")).unwrap();
-        assert!(!template_thinks(&dir));
+        std::fs::copy(tiny.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+        let thinks = |template: Option<&str>| {
+            let cfg = serde_json::json!({ "chat_template": template }).to_string();
+            std::fs::write(dir.join("tokenizer_config.json"), cfg).unwrap();
+            template_thinks(&Tokenizer::from_dir(&dir).unwrap())
+        };
+        assert!(!thinks(None));
+        assert!(thinks(Some("{{ x }}<think>\n")));
+        assert!(!thinks(Some("{{ x }}")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/chat_templates.json: chat templates rendered by HF transformers 5.23's
+own renderer (`render_jinja_template`: jinja2's sandbox with trim_blocks, lstrip_blocks, loop
+controls, Python string / dict methods, `tojson` without HTML escaping, `raise_exception`,
+`strftime_now`, `namespace`), so the model crate's minijinja environment is checked against the
+renders a checkpoint's template gets in HF.
+
+Each case: a template, the messages, `add_generation_prompt`, and either the rendered text or
+the error message `raise_exception` gave. With the real DeepSeek-V3 tokenizer fetched
+(scripts/fetch-tokenizer.sh), its template is a case too.
+
+Run with transformers==5.23.0 installed: python tests/reference/chat_templates.py
+"""
+import json
+from pathlib import Path
+
+import transformers
+from transformers.utils.chat_template_utils import render_jinja_template
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+OUT = ROOT / "tests" / "fixtures" / "chat_templates.json"
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+
+CONVERSATION = [
+    {"role": "system", "content": "  You are terse.\n"},
+    {"role": "user", "content": "What is 2+2? Ünïcödé 深度求索 \"quoted\" <tag> & more"},
+    {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+    {"role": "user", "content": "hello again"},
+]
+
+TEMPLATES = {
+    # Block tags on their own indented lines: trim_blocks drops the newline after a tag,
+    # lstrip_blocks the indentation before one.
+    "trim_and_lstrip_blocks": """{{ bos_token }}
+{% for m in messages %}
+    {% if m['role'] == 'user' %}
+User: {{ m['content'] }}
+    {% elif m['role'] == 'assistant' %}
+Assistant: {{ m['content'] }}{{ eos_token }}
+    {% else %}
+System: {{ m['content'] }}
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+Assistant:
+{% endif %}""",
+    # Python methods on strings, dicts and lists (minijinja's pycompat).
+    "python_methods": """{%- for m in messages -%}
+[{{ m['content'].strip() }}|{{ m['content'].lstrip() }}|{{ m['content'].rstrip() }}]
+{{- m['content'].startswith('What') }},{{ m['content'].endswith('4') }}
+{{- '|' + m['content'].replace('a', 'A') + '|' + m['content'].upper() + '|' + m['content'].lower() }}
+{{- '|' + m['content'].split('</think>')[-1] + '|' + (m['content'].split() | join('_')) }}
+{{- '|' + m.get('name', 'anon') + '|' + (m.keys() | list | join(',')) }}
+{%- for k, v in m.items() %}({{ k }}={{ v | length }}){% endfor %}
+{{- '|' + m['content'] | trim + '|' + m['content'].title() }}
+{% endfor %}""",
+    # tojson as HF overrides it: json.dumps(ensure_ascii=False), no HTML escaping, and indent.
+    "tojson": """{{ messages | tojson }}
+{{ messages[1] | tojson(indent=2) }}
+{{ {'a': [1, 2.5, true, none], 'b': 'x<y>&'} | tojson }}
+{{ 'plain' | tojson }}""",
+    # {% break %} / {% continue %} (jinja2.ext.loopcontrols) and macros.
+    "loop_controls_and_macros": """{% macro turn(m, n) -%}
+<{{ n }}:{{ m.role }}>{{ m.content | length }}
+{%- endmacro %}
+{% for m in messages %}
+{% if m.role == 'system' %}{% continue %}{% endif %}
+{% if loop.index > 3 %}{% break %}{% endif %}
+{{ turn(m, loop.index) }}
+{% endfor %}""",
+    # namespace() attributes set in a loop, as DeepSeek's own templates keep state.
+    "namespace": """{% set ns = namespace(system='', turns=0) %}
+{% for m in messages %}
+{% if m.role == 'system' %}{% set ns.system = ns.system + m.content.strip() %}{% else %}{% set ns.turns = ns.turns + 1 %}{% endif %}
+{% endfor %}
+{{ bos_token }}{{ ns.system }}|{{ ns.turns }}
+{% if add_generation_prompt %}<｜Assistant｜>{% endif %}""",
+    # raise_exception, as templates refuse roles they do not support.
+    "raise_exception": """{% for m in messages %}
+{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}
+{{ m.content }}
+{% endfor %}""",
+    # strftime_now (its output depends on the day: only its length is compared).
+    "strftime_now": """{{ strftime_now('%Y-%m-%d') | length }}{{ messages | length }}""",
+}
+
+
+def render(template, messages, add_generation_prompt):
+    try:
+        rendered, _ = render_jinja_template(
+            conversations=[messages],
+            chat_template=template,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=BOS,
+            eos_token=EOS,
+        )
+        return {"rendered": rendered[0]}
+    except Exception as e:  # noqa: BLE001 - the message is the expected output
+        return {"error": str(e)}
+
+
+def main():
+    templates = dict(TEMPLATES)
+    v3 = ROOT / "target" / "deepseek-v3-tokenizer" / "tokenizer_config.json"
+    if v3.is_file():
+        templates["deepseek_v3"] = json.loads(v3.read_text())["chat_template"]
+    else:
+        print(f"no {v3}: the DeepSeek-V3 template is left out (run scripts/fetch-tokenizer.sh)")
+    cases = []
+    for name, template in templates.items():
+        for add in (True, False):
+            messages = CONVERSATION if name != "raise_exception" else CONVERSATION[1:]
+            cases.append({"name": f"{name}/{add}", "template": template, "messages": messages,
+                          "add_generation_prompt": add, **render(template, messages, add)})
+        if name == "raise_exception":
+            cases.append({"name": f"{name}/system", "template": template, "messages": CONVERSATION,
+                          "add_generation_prompt": True, **render(template, CONVERSATION, True)})
+    OUT.write_text(json.dumps({"transformers": transformers.__version__, "bos_token": BOS,
+                               "eos_token": EOS, "cases": cases}, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {len(cases)} cases to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
