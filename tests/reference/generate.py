@@ -116,7 +116,20 @@ CASES = {
                     quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
                                          "quant_method": "fp8", "weight_block_size": [128, 128]}),
     ),
-    # 6. V3.2 (DSA): a lightning indexer per layer keeps the top-8 of a 24-token prompt (then 40
+    # 6. V3 with `rope_interleave: false`: HF rotates half-split pairs (`rotate_half`) instead
+    #    of DeepSeek's interleaved ones; plain q_proj, two MoE layers.
+    "v3_rope_half": dict(
+        arch="v3", seed=7, negative_bias=True,
+        config=dict(COMMON, architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3",
+                    hidden_size=64, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=32,
+                    qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16, n_routed_experts=8,
+                    n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=0, moe_layer_freq=1,
+                    topk_method="noaux_tc", n_group=2, topk_group=1, norm_topk_prob=True,
+                    routed_scaling_factor=2.5, scoring_func="sigmoid", num_nextn_predict_layers=0,
+                    rope_interleave=False, rope_scaling=YARN_V3),
+    ),
+    # 7. V3.2 (DSA): a lightning indexer per layer keeps the top-8 of a 24-token prompt (then 40
     #    with the greedy continuation), so selection really drops keys; FP8 as released (the
     #    indexer's wq_b / wk too, weights_proj not); transformers 5.x `rope_parameters` spelling.
     "v32_dsa": dict(
@@ -318,8 +331,12 @@ def rope_reference(model, arch, gen):
     if arch in ("v3", "v32"):
         cos, sin = rotary(x, pos)
         ref["rope.cos"], ref["rope.sin"] = cos[0], sin[0]
-        q_out, k_out = hf_v3.apply_rotary_pos_emb_interleave(q, k, cos, sin)
-        ref["rope.layout"] = torch.tensor([1])  # [rotated evens | rotated odds]
+        if model.config.rope_interleave is False:
+            q_out, k_out = hf_v3.apply_rotary_pos_emb(q, k, cos, sin)
+            ref["rope.layout"] = torch.tensor([2])  # half-split pairs (i, i + d/2) in place
+        else:
+            q_out, k_out = hf_v3.apply_rotary_pos_emb_interleave(q, k, cos, sin)
+            ref["rope.layout"] = torch.tensor([1])  # [rotated evens | rotated odds]
     else:
         freqs_cis = rotary(x, pos)
         ref["rope.cos"] = torch.cat([freqs_cis.real, freqs_cis.real], -1)[0].float()

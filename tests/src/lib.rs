@@ -11,7 +11,7 @@
 //! | `input_ids` | `[T]` | the prompt |
 //! | `rope.inv_freq`, `rope.attention_scaling` | `[d/2]`, `[1]` | the rotary table's parameters |
 //! | `rope.positions`, `rope.cos`, `rope.sin` | `[P]`, `[P, d]` | HF cos/sin (`cat(f, f)`) at far positions |
-//! | `rope.q_in/k_in`, `rope.q_out/k_out` | `[1, h, P, d]` | rotation in the case's HF layout (`rope.layout`: 0 interleaved, 1 evens-then-odds) |
+//! | `rope.q_in/k_in`, `rope.q_out/k_out` | `[1, h, P, d]` | rotation in the case's HF layout (`rope.layout`: 0 interleaved, 1 evens-then-odds, 2 half-split pairs) |
 //! | `prefill.layers.{l}.attn_in/attn_out` | `[T, hidden]` | attention input (after `input_layernorm`) and output |
 //! | `prefill.layers.{l}.mlp_in/mlp_out` | `[T, hidden]` | FFN/MoE input and output |
 //! | `prefill.layers.{l}.layer_in/layer_out` | `[T, hidden]` | decoder layer input and output |
@@ -44,6 +44,7 @@ pub const CASES: &[&str] = &[
     "v3_noaux",
     "v3_mtp",
     "v3_fp8",
+    "v3_rope_half",
 ];
 
 /// The directory holding the committed fixtures.

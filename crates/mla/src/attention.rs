@@ -6,7 +6,7 @@
 //! `H` heads, `R` kv_lora_rank, `n` qk_nope_head_dim, `r` qk_rope_head_dim, `v` v_head_dim.
 
 use candle_core::{DType, Device, Tensor, D};
-use rope_yarn::{apply_rotary, RopeCache, RopeLayout};
+use rope_yarn::{apply_rotary, RopeCache};
 
 use crate::cache::{LatentKeys, LayerCache};
 use crate::config::MlaConfig;
@@ -476,8 +476,8 @@ impl Mla {
             .contiguous()?
             .reshape((b, 1, t, r))?; // one shared rotary key "head"
 
-        let q_pe = apply_rotary(&q_pe, cos, sin, RopeLayout::Interleaved)?;
-        let k_pe = apply_rotary(&k_pe, cos, sin, RopeLayout::Interleaved)?.reshape((b, t, r))?;
+        let q_pe = apply_rotary(&q_pe, cos, sin, c.rope_layout)?;
+        let k_pe = apply_rotary(&k_pe, cos, sin, c.rope_layout)?.reshape((b, t, r))?;
         Ok(Projected {
             q_nope,
             q_pe,

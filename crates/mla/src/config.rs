@@ -1,6 +1,6 @@
 //! [`MlaConfig`]: the dimensions of one MLA layer, validated once by a builder.
 
-use rope_yarn::{RopeConfig, RopeScaling, YarnParams};
+use rope_yarn::{RopeConfig, RopeLayout, RopeScaling, YarnParams};
 
 use crate::error::{MlaError, Result};
 
@@ -31,6 +31,11 @@ pub struct MlaConfig {
     pub rms_norm_eps: f64,
     /// Rotary settings of the `qk_rope_head_dim` part (built by `rope-yarn`).
     pub rope: RopeConfig,
+    /// Which rotary dimensions of `q_pe` / `k_pe` form a rotated pair: interleaved
+    /// `(2i, 2i + 1)` in every DeepSeek release (HF's V2, and V3 with its default
+    /// `rope_interleave: true`), half-split `(i, i + r/2)` for a V3 config with
+    /// `rope_interleave: false` (weights stored for HF's `rotate_half`).
+    pub rope_layout: RopeLayout,
 }
 
 impl MlaConfig {
@@ -110,6 +115,7 @@ pub struct MlaConfigBuilder {
     v_head_dim: Option<usize>,
     rms_norm_eps: Option<f64>,
     rope: Option<RopeConfig>,
+    rope_layout: Option<RopeLayout>,
 }
 
 macro_rules! setter {
@@ -159,6 +165,11 @@ impl MlaConfigBuilder {
         /// Rotary settings, e.g. `RopeConfig::from_hf_config(qk_rope_head_dim, &json)` (rope-yarn feature `hf`)
         /// (default: plain RoPE, base 10000). Its `dim` must equal `qk_rope_head_dim`.
         rope, rope, RopeConfig
+    );
+    setter!(
+        /// Pairing of the rotary dimensions (default [`RopeLayout::Interleaved`], DeepSeek's);
+        /// HF V3's `rope_interleave: false` is [`RopeLayout::HalfSplit`].
+        rope_layout, rope_layout, RopeLayout
     );
 
     /// Validates every field and returns the configuration.
@@ -222,6 +233,7 @@ impl MlaConfigBuilder {
             v_head_dim,
             rms_norm_eps,
             rope,
+            rope_layout: self.rope_layout.unwrap_or(RopeLayout::Interleaved),
         })
     }
 }

@@ -49,6 +49,11 @@ fn check_case(name: &str) {
 }
 
 #[test]
+fn parity_v3_half_split_rope() {
+    check_case("v3_rope_half");
+}
+
+#[test]
 fn parity_v2_greedy_q_proj() {
     check_case("v2_greedy");
 }

@@ -103,6 +103,11 @@ pub struct HfModelFields {
     /// Share embedding and head (false for every DeepSeek release).
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// V3: rotary pairs interleaved (`true`, HF's default and every release) or half-split
+    /// (`false`: HF's `rotate_half`, for weights permuted to that layout). HF's V2 and V3.2
+    /// have no such field and always interleave.
+    #[serde(default)]
+    pub rope_interleave: Option<bool>,
     /// Biases on `q_a_proj`, `kv_a_proj_with_mqa` and `o_proj` (false for every DeepSeek
     /// release).
     #[serde(default)]
@@ -328,6 +333,10 @@ impl ModelConfig {
             // their default eps whatever `rms_norm_eps` says (equal in every release).
             .rms_norm_eps(1e-6)
             .rope(hf.rope.resolve(m.qk_rope_head_dim)?)
+            .rope_layout(match (arch, m.rope_interleave) {
+                (Arch::V3, Some(false)) => rope_yarn::RopeLayout::HalfSplit,
+                _ => rope_yarn::RopeLayout::Interleaved,
+            })
             .build()?;
         let indexer = resolve_indexer(m, arch, &mla)?;
         let eos_token_ids = match &m.eos_token_id {

@@ -791,6 +791,13 @@ pub fn write_quantized(
             "DeepSeek-V3.2's indexer has no GGUF layout here".into(),
         ));
     }
+    if cfg.mla.rope_layout != rope_yarn::RopeLayout::Interleaved {
+        return Err(input(
+            "rope_interleave: false (half-split rotary pairs); llama.cpp's deepseek2 rotates \
+             interleaved pairs, so a GGUF of these weights would describe another model"
+                .into(),
+        ));
+    }
     let factor = cfg.mla.rope.attention_factor();
     if (factor - 1.0).abs() > 1e-9 {
         return Err(input(format!(

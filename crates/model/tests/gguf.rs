@@ -314,6 +314,12 @@ fn quantized_files_reload_the_quantised_model() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("rope_scaling"), "{e}");
+    // So are half-split rotary pairs (llama.cpp's deepseek2 rotates interleaved ones).
+    let checkpoint = Checkpoint::open(&Case::load("v3_rope_half").dir).unwrap();
+    let e = model::gguf::write_quantized(&checkpoint, linear::QuantFormat::Q8, &out, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_interleave"), "{e}");
 }
 
 /// A GGUF from before llama.cpp split MLA: one `attn_kv_b` `[H·(nope + v), rank]` in Q8_0

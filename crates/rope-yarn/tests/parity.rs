@@ -60,10 +60,15 @@ fn rotated_q_and_k_match_hf() {
             .collect();
         let (cos, sin) = cache.cos_sin_at(&positions, &Device::Cpu).unwrap();
         let hf_layout = case.ids("rope.layout")[0];
+        let layout = if hf_layout == 2 {
+            RopeLayout::HalfSplit
+        } else {
+            RopeLayout::Interleaved
+        };
         for (input, output) in [("rope.q_in", "rope.q_out"), ("rope.k_in", "rope.k_out")] {
-            let rotated =
-                apply_rotary(&case.tensor(input), &cos, &sin, RopeLayout::Interleaved).unwrap();
-            // V3 in HF writes [rotated evens | rotated odds]; V2 keeps the pairs in place.
+            let rotated = apply_rotary(&case.tensor(input), &cos, &sin, layout).unwrap();
+            // V3 in HF writes [rotated evens | rotated odds]; V2 keeps the pairs in place, and
+            // so does V3 with `rope_interleave: false` (layout 2: half-split pairs).
             let rotated = if hf_layout == 1 {
                 deinterleave(&rotated).unwrap()
             } else {

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use fixtures::Case;
 use mla::{AttentionPath, Mla, MlaConfig, MlaWeights, QueryWeights};
-use rope_yarn::{RopeCache, RopeConfig};
+use rope_yarn::{RopeCache, RopeConfig, RopeLayout};
 
 /// `MlaConfig` from a fixture's `config.json` (what the model crate will do).
 pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
@@ -22,6 +22,13 @@ pub fn config_from_json(cfg: &serde_json::Value) -> MlaConfig {
         .v_head_dim(us("v_head_dim"))
         .rms_norm_eps(cfg["rms_norm_eps"].as_f64().unwrap())
         .rope(RopeConfig::from_hf_config(rope_dim, cfg).unwrap())
+        .rope_layout(
+            if cfg["model_type"] == "deepseek_v3" && cfg["rope_interleave"] == false {
+                RopeLayout::HalfSplit
+            } else {
+                RopeLayout::Interleaved
+            },
+        )
         .build()
         .unwrap()
 }
