@@ -13,6 +13,11 @@
 //!   run along the other dimension);
 //! - the V3 router bias `exp_probs_b.bias` → `mlp.gate.e_score_correction_bias`.
 //!
+//! A file split by llama.cpp's `gguf-split` (`NAME-00001-of-0000n.gguf`, ...: the metadata in
+//! the first part, the tensors spread over all, each part with its own header) is one
+//! checkpoint, opened from any of its parts; every part is checked (`split.no`, `split.count`,
+//! `split.tensors.count`).
+//!
 //! Block-quantised tensors (`Q4_K`, `Q8_0`, ...) are served either as their raw blocks (for
 //! [`linear::GgmlMatrix`], through the [`linear::GGML_TYPE_SUFFIX`] sibling) or dequantised
 //! to f32; float tensors (`F32`, `F16`, `BF16`) as tensors of their own dtype. YaRN's two
@@ -53,22 +58,30 @@ enum Source {
     KvB { k_b: String, v_b: String },
 }
 
-/// An open GGUF file mapped to HF tensor names.
+/// An open GGUF file (or llama.cpp split, `NAME-0000k-of-0000n.gguf`) mapped to HF tensor
+/// names.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
-    /// Each tensor's bytes in the map, checked to lie inside it at open.
-    ranges: HashMap<String, std::ops::Range<usize>>,
+    /// One map per file of a split (one for a whole file).
+    parts: Vec<memmap2::Mmap>,
+    /// Each tensor's part and bytes in that part's map, checked to lie inside it at open.
+    ranges: HashMap<String, (usize, std::ops::Range<usize>)>,
     infos: HashMap<String, TensorInfo>,
     sources: BTreeMap<String, (Source, Vec<usize>)>,
     config_json: String,
 }
 
-impl GgufFile {
-    /// Opens and maps `path`, checks the architecture, derives the configuration and maps
-    /// every tensor; an unknown tensor name, a tensor outside the file or an architecture
-    /// other than `deepseek2` is an error naming it.
-    pub fn open(path: &Path) -> Result<Self> {
+/// One mapped GGUF file and its parsed header.
+struct Part {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    content: Content,
+}
+
+impl Part {
+    /// Maps and parses `path`; the first tensor of a type this build cannot read is named
+    /// (candle's parser reports it without its name).
+    fn open(path: &Path) -> Result<Self> {
         let bad = |reason: String| ModelError::Gguf {
             path: path.to_path_buf(),
             reason,
@@ -77,8 +90,7 @@ impl GgufFile {
         // SAFETY: mapped read-only; like every GGUF/safetensors loader we rely on the file
         // not being modified while it is open.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        // Name the first tensor of a type candle cannot read (IQ2_XXS, IQ4_XS, ...: common in
-        // DeepSeek-R1 files), which candle's parser reports without its name.
+        // IQ2_XXS, IQ4_XS, ...: common in DeepSeek-R1 files.
         if let Ok(tensors) = tensor_types(&mmap) {
             if let Some((name, id, _)) = tensors
                 .iter()
@@ -97,46 +109,148 @@ impl GgufFile {
         }
         let content = Content::read(&mut std::io::Cursor::new(&mmap[..]))
             .map_err(|e| bad(format!("not a GGUF file this build reads: {e}")))?;
-        let md = &content.metadata;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            content,
+        })
+    }
+
+    /// A `split.*` count or index from the header (llama.cpp's `gguf-split` writes them).
+    fn split_key(&self, key: &str) -> Option<usize> {
+        num(&self.content.metadata, key).map(|v| v as usize)
+    }
+}
+
+/// The files of llama.cpp's split `PREFIX-00001-of-0000N.gguf` for `path` (any of them), or
+/// `None` when the name does not follow that pattern.
+fn split_paths(path: &Path) -> Option<Vec<PathBuf>> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".gguf")?;
+    let (rest, count) = stem.rsplit_once("-of-")?;
+    let (prefix, index) = rest.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(count) || !digits(index) {
+        return None;
+    }
+    let n: usize = count.parse().ok()?;
+    Some(
+        (1..=n)
+            .map(|i| path.with_file_name(format!("{prefix}-{i:05}-of-{n:05}.gguf")))
+            .collect(),
+    )
+}
+
+impl GgufFile {
+    /// Opens and maps `path`, checks the architecture, derives the configuration and maps
+    /// every tensor; an unknown tensor name, a tensor outside the file or an architecture
+    /// other than `deepseek2` is an error naming it. A file of a llama.cpp split
+    /// (`NAME-0000k-of-0000n.gguf`, as `gguf-split` writes them: the metadata in the first,
+    /// tensors spread over all) opens the whole split; a missing or mismatched part is an
+    /// error naming it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bad = |path: &Path, reason: String| ModelError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let names = split_paths(path);
+        let first = Part::open(names.as_ref().map_or(path, |n| n[0].as_path()))?;
+        let count = first.split_key("split.count").unwrap_or(1);
+        let paths = match names {
+            Some(names) if names.len() == count => names,
+            None if count == 1 => vec![path.to_path_buf()],
+            _ => {
+                return Err(bad(
+                    &first.path,
+                    format!(
+                        "split.count is {count}, but the file name is not \
+                         PREFIX-00001-of-{count:05}.gguf (how llama.cpp names the parts)"
+                    ),
+                ))
+            }
+        };
+        let mut parts = vec![first];
+        for (i, p) in paths.iter().enumerate().skip(1) {
+            let part = Part::open(p)?;
+            let (no, n) = (part.split_key("split.no"), part.split_key("split.count"));
+            if (no, n) != (Some(i), Some(count)) {
+                return Err(bad(
+                    p,
+                    format!(
+                        "expected part {} of {count} (split.no {i}), found split.no {no:?} of \
+                         split.count {n:?}",
+                        i + 1
+                    ),
+                ));
+            }
+            parts.push(part);
+        }
+        let md = &parts[0].content.metadata;
         let arch = md
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
         if arch != ARCH {
-            return Err(bad(format!(
-                "general.architecture is '{arch}', not '{ARCH}' (llama.cpp's DeepSeek-V2/V3 \
-                 architecture)"
-            )));
+            return Err(bad(
+                path,
+                format!(
+                    "general.architecture is '{arch}', not '{ARCH}' (llama.cpp's DeepSeek-V2/V3 \
+                     architecture)"
+                ),
+            ));
         }
-        let config = hf_config(md).map_err(bad)?;
-        let data_offset = content.tensor_data_offset as usize;
+        let config = hf_config(md).map_err(|e| bad(path, e))?;
         let mut ranges = HashMap::new();
-        for (name, info) in &content.tensor_infos {
-            let size = stored_bytes(info).map_err(|e| bad(format!("{name}: {e}")))?;
-            let start = data_offset.checked_add(info.offset as usize);
-            let Some(end) = start.and_then(|s| s.checked_add(size)) else {
-                return Err(bad(format!(
-                    "{name}: its data offset {} is past any file",
-                    info.offset
-                )));
-            };
-            if end > mmap.len() {
-                return Err(bad(format!(
-                    "{name}: its data ends at byte {end}, past the end of the file ({} bytes: \
-                     truncated?)",
-                    mmap.len()
-                )));
+        let mut infos = HashMap::new();
+        for (i, part) in parts.iter_mut().enumerate() {
+            let data_offset = part.content.tensor_data_offset as usize;
+            let part_path = &part.path;
+            for (name, info) in std::mem::take(&mut part.content.tensor_infos) {
+                let size =
+                    stored_bytes(&info).map_err(|e| bad(part_path, format!("{name}: {e}")))?;
+                let start = data_offset.checked_add(info.offset as usize);
+                let Some(end) = start.and_then(|s| s.checked_add(size)) else {
+                    return Err(bad(
+                        part_path,
+                        format!("{name}: its data offset {} is past any file", info.offset),
+                    ));
+                };
+                if end > part.mmap.len() {
+                    return Err(bad(
+                        part_path,
+                        format!(
+                            "{name}: its data ends at byte {end}, past the end of the file ({} \
+                             bytes: truncated?)",
+                            part.mmap.len()
+                        ),
+                    ));
+                }
+                if infos.contains_key(&name) {
+                    return Err(bad(part_path, format!("{name}: also in an earlier part")));
+                }
+                ranges.insert(name.clone(), (i, end - size..end));
+                infos.insert(name, info);
             }
-            ranges.insert(name.clone(), end - size..end);
+        }
+        if let Some(total) = parts[0].split_key("split.tensors.count") {
+            if total != infos.len() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "split.tensors.count is {total}, but the {count} part(s) hold {}",
+                        infos.len()
+                    ),
+                ));
+            }
         }
         let layers = config["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
-        let sources = map_tensors(&content.tensor_infos, layers).map_err(bad)?;
+        let sources = map_tensors(&infos, layers).map_err(|e| bad(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            parts: parts.into_iter().map(|p| p.mmap).collect(),
             ranges,
-            infos: content.tensor_infos,
+            infos,
             sources,
             config_json: config.to_string(),
         })
@@ -195,7 +309,7 @@ impl GgufFile {
             Some((bytes, ty)) if !is_float(ty) => {
                 let rows = shape[0];
                 let t = Tensor::from_slice(bytes, (rows, bytes.len() / rows), &Device::Cpu)?;
-                crate::checkpoint::release_mapped(&self.mmap, bytes);
+                self.release(bytes);
                 Ok(Some(t))
             }
             _ => Ok(None),
@@ -251,7 +365,7 @@ impl GgufFile {
             path: self.path.clone(),
             reason: format!("{gguf_name}: {e}"),
         })?;
-        crate::checkpoint::release_mapped(&self.mmap, bytes);
+        self.release(bytes);
         let t = q.dequantize(&Device::Cpu)?;
         Ok(match float_dtype(ty) {
             DType::F32 => t,
@@ -260,7 +374,20 @@ impl GgufFile {
     }
 
     fn bytes(&self, gguf_name: &str) -> &[u8] {
-        &self.mmap[self.ranges[gguf_name].clone()]
+        let (part, range) = &self.ranges[gguf_name];
+        &self.parts[*part][range.clone()]
+    }
+
+    /// Drops `bytes` (values just copied out of one of the maps) from the resident set.
+    fn release(&self, bytes: &[u8]) {
+        let at = bytes.as_ptr() as usize;
+        if let Some(map) = self
+            .parts
+            .iter()
+            .find(|m| (m.as_ptr() as usize..m.as_ptr() as usize + m.len()).contains(&at))
+        {
+            crate::checkpoint::release_mapped(map, bytes);
+        }
     }
 
     /// The bytes behind a source and their GGML type (expert `e`'s rows of a stacked

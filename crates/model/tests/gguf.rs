@@ -437,3 +437,35 @@ fn damaged_gguf_headers_are_errors_not_panics() {
         assert!(run.is_ok(), "damaged header {i} panicked");
     }
 }
+
+/// A GGUF split by llama.cpp's `gguf-split` (three parts, the metadata in the first), opened
+/// from any of its parts, is the model of the whole file: the same logits, bit for bit. A
+/// missing part, a part from another split and a renamed first part are errors naming the file.
+#[test]
+fn split_gguf_files_load_as_the_whole_file() {
+    let whole = load(&gguf("v3_noaux-Q8_0.gguf"), None);
+    let part = |k: usize| gguf(&format!("split/v3_noaux-Q8_0-0000{k}-of-00003.gguf"));
+    let ids = [5u32, 6, 7, 8, 9];
+    let want = whole.logits(&ids).unwrap();
+    for k in [1, 3] {
+        let split = load(&part(k), None);
+        let got = split.logits(&ids).unwrap();
+        assert_close(&got, &want, 0.0, &format!("split opened from part {k}"));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |k: usize, name: &str| std::fs::copy(part(k), dir.path().join(name)).unwrap();
+    copy(1, "m-00001-of-00003.gguf");
+    copy(2, "m-00002-of-00003.gguf");
+    let e = open_err(&dir.path().join("m-00001-of-00003.gguf"));
+    assert!(e.contains("m-00003-of-00003.gguf"), "{e}");
+    copy(2, "m-00003-of-00003.gguf");
+    let e = open_err(&dir.path().join("m-00001-of-00003.gguf"));
+    assert!(
+        e.contains("m-00003-of-00003.gguf") && e.contains("split.no"),
+        "{e}"
+    );
+    copy(1, "renamed.gguf");
+    let e = open_err(&dir.path().join("renamed.gguf"));
+    assert!(e.contains("split.count is 3"), "{e}");
+}
