@@ -141,6 +141,20 @@ fn split_paths(path: &Path) -> Option<Vec<PathBuf>> {
     )
 }
 
+/// The tokenizer a GGUF file (or a split, read from its first part) carries, as the HF
+/// `tokenizer.json` text and `tokenizer_config.json` fields it describes
+/// ([`crate::gguf_tokenizer`]); `None` when it carries none.
+pub fn embedded_tokenizer(path: &Path) -> Result<Option<(String, serde_json::Value)>> {
+    let first = split_paths(path).map_or_else(|| path.to_path_buf(), |p| p[0].clone());
+    let part = Part::open(&first)?;
+    crate::gguf_tokenizer::tokenizer_files(&part.content.metadata).map_err(|reason| {
+        ModelError::Gguf {
+            path: first.clone(),
+            reason,
+        }
+    })
+}
+
 impl GgufFile {
     /// Opens and maps `path`, checks the architecture, derives the configuration and maps
     /// every tensor; an unknown tensor name, a tensor outside the file or an architecture

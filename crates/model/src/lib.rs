@@ -59,6 +59,7 @@ pub mod engine;
 mod error;
 pub mod generate;
 pub mod gguf;
+mod gguf_tokenizer;
 pub mod host_memory;
 pub mod model;
 pub mod mtp;

@@ -128,16 +128,6 @@ impl ModelArgs {
     /// Where tokenizer.json is looked for by default: the checkpoint directory, or the
     /// directory holding a GGUF file (this reader does not build a tokenizer from GGUF
     /// metadata).
-    fn default_tokenizer_dir(&self) -> PathBuf {
-        if self.model.is_file() {
-            self.model
-                .parent()
-                .map_or_else(PathBuf::new, Path::to_path_buf)
-        } else {
-            self.model.clone()
-        }
-    }
-
     fn load(&self) -> Result<DeepSeek> {
         let device = if self.cuda {
             Device::new_cuda(0).context(if cfg!(feature = "cuda") {
@@ -197,8 +187,9 @@ enum Reasoning {
 struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Directory with tokenizer.json (+ tokenizer_config.json); default: the model dir. Without
-    /// one, only `/v1/completions` with token-id prompts is served.
+    /// Directory with tokenizer.json (+ tokenizer_config.json); default: the one beside the
+    /// checkpoint, else the tokenizer inside a GGUF file. Without one, only `/v1/completions`
+    /// with token-id prompts is served.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Address to listen on.
@@ -274,7 +265,8 @@ enum Command {
     Generate {
         #[command(flatten)]
         model: ModelArgs,
-        /// Directory with tokenizer.json (+ tokenizer_config.json); default: the model dir.
+        /// Directory with tokenizer.json (+ tokenizer_config.json); default: the one beside
+        /// the checkpoint, else the tokenizer inside a GGUF file.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// The prompt.
@@ -397,10 +389,9 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 seed,
             };
-            let tok_dir = tokenizer.unwrap_or_else(|| model.default_tokenizer_dir());
             run_generate(
                 &model,
-                &tok_dir,
+                tokenizer.as_deref(),
                 &prompt,
                 chat,
                 GenerateOptions {
@@ -448,12 +439,18 @@ fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> Result<()> {
 
 fn run_generate(
     args: &ModelArgs,
-    tok_dir: &Path,
+    tokenizer_dir: Option<&Path>,
     prompt: &str,
     chat: bool,
     mut opts: GenerateOptions,
 ) -> Result<()> {
-    let tokenizer = Tokenizer::from_dir(tok_dir)?;
+    let tokenizer = Tokenizer::for_model(&args.model, tokenizer_dir)?.with_context(|| {
+        format!(
+            "no tokenizer for {}: no tokenizer.json beside it (nor one inside a GGUF file); \
+             pass --tokenizer DIR",
+            args.model.display()
+        )
+    })?;
     let model = args.load()?;
     let ids = if chat {
         let opts = ChatOptions {
@@ -508,21 +505,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
     use model::server::{self, SamplingDefaults, ServerConfig};
     use model::{Engine, EngineConfig};
 
-    let tok_dir = args
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| args.model.default_tokenizer_dir());
-    let tokenizer = if tok_dir.join("tokenizer.json").is_file() {
-        Some(Tokenizer::from_dir(&tok_dir)?)
-    } else if args.tokenizer.is_some() {
-        bail!("{} has no tokenizer.json", tok_dir.display());
-    } else {
+    let tokenizer = Tokenizer::for_model(&args.model.model, args.tokenizer.as_deref())?;
+    if tokenizer.is_none() {
         tracing::warn!(
-            "no tokenizer.json in {}: serving /v1/completions with token-id prompts only",
-            tok_dir.display()
+            "no tokenizer for {} (no tokenizer.json beside it, none inside a GGUF file): \
+             serving /v1/completions with token-id prompts only",
+            args.model.model.display()
         );
-        None
-    };
+    }
     if args.model.sparse.is_some() {
         bail!("--sparse is not supported by serve (the engine runs dense attention)");
     }

@@ -62,33 +62,36 @@ pub struct Tokenizer {
 }
 
 /// The chat template: `chat_template.jinja` beside the tokenizer when present (how
-/// transformers 5 saves it), else `tokenizer_config.json`'s `chat_template`, a string or a list
-/// of named templates (the one named `default`). A syntax error names the file.
+/// transformers 5 saves it), else `tokenizer_config.json`'s ([`chat_template`]). A syntax
+/// error names the file.
 fn read_chat_template(dir: &Path, cfg: &Value) -> Result<Option<ChatTemplate>> {
     let jinja = dir.join("chat_template.jinja");
     let (source, from) = if jinja.is_file() {
         let text = std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?;
         (text, jinja)
     } else {
-        let named_default = |list: &Vec<Value>| {
-            list.iter()
-                .find(|t| t["name"] == "default")
-                .and_then(|t| t["template"].as_str())
-                .map(str::to_string)
-        };
-        let source = match &cfg["chat_template"] {
-            Value::String(s) => s.clone(),
-            Value::Array(list) => match named_default(list) {
-                Some(s) => s,
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
-        };
-        (source, dir.join("tokenizer_config.json"))
+        match chat_template(cfg) {
+            Some(source) => (source, dir.join("tokenizer_config.json")),
+            None => return Ok(None),
+        }
     };
     ChatTemplate::new(&source)
         .map(Some)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", from.display())))
+}
+
+/// `tokenizer_config.json`'s `chat_template`: a string, or a list of named templates (the one
+/// named `default`).
+fn chat_template(cfg: &Value) -> Option<String> {
+    match &cfg["chat_template"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    }
 }
 
 impl Tokenizer {
@@ -113,6 +116,56 @@ impl Tokenizer {
         } else {
             Value::Null
         };
+        let chat_template = read_chat_template(dir, &cfg)?;
+        Ok(Self::from_parts(inner, &cfg, chat_template))
+    }
+
+    /// The tokenizer a llama.cpp GGUF file carries (`tokenizer.ggml.*` and its chat template;
+    /// DeepSeek's byte-level BPE with the `deepseek-v3` or `deepseek-llm` pre-tokenizer),
+    /// rebuilt as the HF tokenizer it was converted from; `None` when the file has none.
+    pub fn from_gguf(path: &Path) -> Result<Option<Self>> {
+        let Some((json, cfg)) = crate::gguf::embedded_tokenizer(path)? else {
+            return Ok(None);
+        };
+        let in_file = |e: String| ModelError::Tokenizer(format!("{}: {e}", path.display()));
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| in_file(e.to_string()))?;
+        let chat_template = chat_template(&cfg)
+            .map(|t| ChatTemplate::new(&t))
+            .transpose()
+            .map_err(|e| in_file(e.to_string()))?;
+        Ok(Some(Self::from_parts(inner, &cfg, chat_template)))
+    }
+
+    /// The tokenizer for the checkpoint at `model`: `dir`'s when given (it must have one);
+    /// otherwise `tokenizer.json` beside the checkpoint (in its directory, or the GGUF file's),
+    /// else the tokenizer a GGUF file carries; `None` when there is none.
+    pub fn for_model(model: &Path, dir: Option<&Path>) -> Result<Option<Self>> {
+        if let Some(dir) = dir {
+            return Self::from_dir(dir).map(Some);
+        }
+        let is_gguf = model.is_file() && model.extension().is_some_and(|x| x == "gguf");
+        let beside = if is_gguf {
+            model.parent().unwrap_or(Path::new("."))
+        } else {
+            model
+        };
+        if beside.join("tokenizer.json").is_file() {
+            return Self::from_dir(beside).map(Some);
+        }
+        if is_gguf {
+            return Self::from_gguf(model);
+        }
+        Ok(None)
+    }
+
+    /// A tokenizer from its model and its `tokenizer_config.json` fields.
+    fn from_parts(
+        inner: tokenizers::Tokenizer,
+        cfg: &Value,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
         let special = |key: &str| -> Option<(String, u32)> {
             // Either a plain string or an AddedToken object with "content".
             let text = match &cfg[key] {
@@ -123,13 +176,13 @@ impl Tokenizer {
             let id = inner.token_to_id(&text)?;
             Some((text, id))
         };
-        Ok(Self {
+        Self {
             bos: special("bos_token"),
             eos: special("eos_token"),
             add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
-            chat_template: read_chat_template(dir, &cfg)?,
+            chat_template,
             inner,
-        })
+        }
     }
 
     /// The BOS token id, if the config names one.

@@ -469,3 +469,190 @@ fn split_gguf_files_load_as_the_whole_file() {
     let e = open_err(&dir.path().join("renamed.gguf"));
     assert!(e.contains("split.count is 3"), "{e}");
 }
+
+/// `tokenizer.ggml.*` metadata for the HF tokenizer in `dir`, written as llama.cpp's converter
+/// writes it (`_set_vocab_gpt2`: every id's token, type 3 for special added tokens and those
+/// that look special, 4 for other added ones, 1 for the rest, 5 for ids without a token; the
+/// merges as "a b"), with the
+/// given pre-tokenizer name. Checked by hand against the converter's own output for the real
+/// DeepSeek-V3 tokenizer (`convert_hf_to_gguf.py --vocab-only`): the same tokens, types and
+/// merges.
+fn tokenizer_metadata(dir: &Path, pre: &str, vocab_size: usize) -> Metadata {
+    use gguf_file::Value as V;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
+    for (token, id) in json["model"]["vocab"].as_object().unwrap() {
+        tokens[id.as_u64().unwrap() as usize] = Some((token.clone(), 1));
+    }
+    for added in json["added_tokens"].as_array().unwrap() {
+        let content = added["content"].as_str().unwrap();
+        // The converter's `does_token_look_special`: DeepSeek's `<｜...｜>` are control tokens
+        // even where tokenizer.json says `special: false`.
+        let looks_special = content.starts_with("<｜") && content.ends_with("｜>")
+            || content.starts_with("<|") && content.ends_with("|>");
+        let ty = if added["special"] == true || looks_special {
+            3
+        } else {
+            4
+        };
+        tokens[added["id"].as_u64().unwrap() as usize] = Some((content.to_string(), ty));
+    }
+    let (names, types): (Vec<V>, Vec<V>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (name, ty) = t.unwrap_or((format!("[PAD{i}]"), 5));
+            (V::String(name), V::I32(ty))
+        })
+        .unzip();
+    let merges = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => V::String(s.clone()),
+            pair => V::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            )),
+        })
+        .collect();
+    let special = |key: &str| {
+        let text = config[key]
+            .as_str()
+            .or(config[key]["content"].as_str())
+            .unwrap();
+        let id = names
+            .iter()
+            .position(|n| matches!(n, V::String(s) if s == text))
+            .unwrap();
+        V::U32(id as u32)
+    };
+    vec![
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String(pre.into())),
+        ("tokenizer.ggml.bos_token_id".into(), special("bos_token")),
+        ("tokenizer.ggml.eos_token_id".into(), special("eos_token")),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            V::Bool(config["add_bos_token"].as_bool().unwrap_or(false)),
+        ),
+        (
+            "tokenizer.chat_template".into(),
+            V::String(config["chat_template"].as_str().unwrap().into()),
+        ),
+        ("tokenizer.ggml.tokens".into(), V::Array(names)),
+        ("tokenizer.ggml.token_type".into(), V::Array(types)),
+        ("tokenizer.ggml.merges".into(), V::Array(merges)),
+    ]
+}
+
+/// Texts to tokenize: the shared benchmark questions and real model outputs when present, and
+/// a few hand-picked edge cases (special tokens, think tags, whitespace runs, digits, CJK,
+/// kana, Greek, emoji) always.
+fn tokenizer_texts() -> Vec<String> {
+    let mut texts: Vec<String> = [
+        "<｜begin▁of▁sentence｜>hi<｜User｜>x<think>\n</think>  \t\r\n 12345 深度求索 こんにちは カタカナ ǅ Ωmega 🚀",
+        "def f(x):\n    return x**2  # 1234567\n\n\n",
+        "   leading spaces, trailing spaces   ",
+        "",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(data) = fixtures::shared_data_dir() {
+        for file in ["math500.jsonl", "real_outputs/skythought_math.jsonl"] {
+            let Ok(text) = std::fs::read_to_string(data.join(file)) else {
+                continue;
+            };
+            for line in text.lines().take(200) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                texts.extend(
+                    v.as_object()
+                        .unwrap()
+                        .values()
+                        .filter_map(|x| x.as_str().map(String::from)),
+                );
+            }
+        }
+    }
+    texts
+}
+
+/// The tokenizer inside a GGUF file: the fixture model with the tiny tokenizer's metadata
+/// added loads it with no tokenizer.json anywhere, and it encodes, decodes and templates as
+/// the HF tokenizer does; with the real DeepSeek-V3 tokenizer (fetched by
+/// scripts/fetch-tokenizer.sh; skipped without it) the same over the shared data's texts.
+/// An unknown pre-tokenizer is an error naming the key.
+#[test]
+fn gguf_files_carry_their_tokenizer() {
+    use model::{ChatOptions, Message, Tokenizer};
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = fixtures_dir().join("tiny_tokenizer");
+    let (content, tensors) = read_all(&gguf("v3_noaux-Q8_0.gguf"));
+    let with_tokenizer = |pre: &str, tokenizer_dir: &Path, vocab: usize, name: &str| {
+        let mut md: Metadata = content
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        md.extend(tokenizer_metadata(tokenizer_dir, pre, vocab));
+        let path = dir.path().join(name);
+        write(&path, &md, if vocab == 256 { &tensors } else { &[] });
+        path
+    };
+    let texts = tokenizer_texts();
+    let same = |hf: &Tokenizer, ours: &Tokenizer, what: &str| {
+        assert_eq!(
+            (hf.bos_id(), hf.eos_id()),
+            (ours.bos_id(), ours.eos_id()),
+            "{what}"
+        );
+        for t in &texts {
+            let ids = hf.encode(t).unwrap();
+            assert_eq!(ours.encode(t).unwrap(), ids, "{what}: {t:?}");
+            assert_eq!(
+                ours.decode(&ids).unwrap(),
+                hf.decode(&ids).unwrap(),
+                "{what}"
+            );
+        }
+        let chat = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "1+1?"),
+        ];
+        let opts = ChatOptions::default();
+        assert_eq!(
+            ours.apply_chat_template(&chat, opts).unwrap(),
+            hf.apply_chat_template(&chat, opts).unwrap(),
+            "{what}"
+        );
+    };
+
+    // The model file, alone in its directory: for_model finds the tokenizer inside.
+    let model_file = with_tokenizer("deepseek-v3", &tiny, 256, "model.gguf");
+    let ours = Tokenizer::for_model(&model_file, None)
+        .unwrap()
+        .expect("a tokenizer");
+    same(&Tokenizer::from_dir(&tiny).unwrap(), &ours, "tiny");
+    load(&model_file, None);
+
+    let bad = with_tokenizer("qwen2", &tiny, 256, "qwen.gguf");
+    let e = Tokenizer::from_gguf(&bad).err().expect("read").to_string();
+    assert!(e.contains("tokenizer.ggml.pre is 'qwen2'"), "{e}");
+
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/deepseek-v3-tokenizer");
+    if !real.join("tokenizer.json").is_file() {
+        println!("SKIP: no DeepSeek-V3 tokenizer (scripts/fetch-tokenizer.sh)");
+        return;
+    }
+    let v3 = with_tokenizer("deepseek-v3", &real, 129_280, "v3-vocab.gguf");
+    let ours = Tokenizer::from_gguf(&v3).unwrap().expect("a tokenizer");
+    same(&Tokenizer::from_dir(&real).unwrap(), &ours, "deepseek-v3");
+}

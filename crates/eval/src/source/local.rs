@@ -42,17 +42,22 @@ struct Inner {
 impl LocalModel {
     /// Loads `model_dir` on the CPU with the model CLI's default precision (f32 compute over
     /// the checkpoint's bf16/f16 matrices, see `model::Precision::auto`) and the tokenizer
-    /// from `tokenizer_dir` (default: the model directory), and starts the engine.
+    /// from `tokenizer_dir` (default: `model::Tokenizer::for_model`'s: the one beside the
+    /// checkpoint, or inside a GGUF file), and starts the engine.
     pub fn load(model_dir: &Path, tokenizer_dir: Option<&Path>) -> anyhow::Result<Self> {
         let model = Arc::new(DeepSeek::load_auto(
             model_dir,
             candle_core::DType::F32,
             &candle_core::Device::Cpu,
         )?);
-        let tok_dir = tokenizer_dir.unwrap_or(model_dir);
         let tokenizer = Arc::new(
-            Tokenizer::from_dir(tok_dir)
-                .with_context(|| format!("tokenizer in {}", tok_dir.display()))?,
+            Tokenizer::for_model(model_dir, tokenizer_dir)?.with_context(|| {
+                format!(
+                    "no tokenizer for {}: no tokenizer.json beside it (nor one inside a GGUF \
+                     file)",
+                    model_dir.display()
+                )
+            })?,
         );
         let config = EngineConfig {
             cache_tokens: CACHE_BYTES / model.cache_bytes_per_token(),
