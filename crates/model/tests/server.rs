@@ -105,6 +105,17 @@ impl Server {
         }
     }
 
+    /// Posts `body` and returns the response as it starts, its body left to the caller
+    /// (streams read slowly, cut off, or held open).
+    async fn open(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.post(self.url(path)).json(body)).await
     }
@@ -122,13 +133,7 @@ impl Server {
 
     /// A stream's data events (JSON), checking it ends with `data: [DONE]`.
     async fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = self.open(path, body).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         parse_sse(&resp.text().await.unwrap())
@@ -859,13 +864,7 @@ async fn a_full_queue_gets_429_with_retry_after() {
     .await;
     // One request runs (a long stream, read slowly)...
     let long = json!({"prompt": [5, 6, 7], "max_tokens": 4000, "ignore_eos": true, "stream": true});
-    let running = s
-        .client
-        .post(s.url("/v1/completions"))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let running = s.open("/v1/completions", &long).await;
     s.until("one running", |st| st.running == 1).await;
     // ...one waits...
     let waiting = {
@@ -904,13 +903,7 @@ async fn a_full_queue_gets_429_with_retry_after() {
         .await;
     let mut queued = long.clone();
     queued["max_tokens"] = json!(2);
-    let queued = s
-        .client
-        .post(s.url("/v1/completions"))
-        .json(&queued)
-        .send()
-        .await
-        .unwrap();
+    let queued = s.open("/v1/completions", &queued).await;
     s.until("queued stream", |st| st.waiting == 1).await;
     drop(queued);
     s.until("queue empty again", |st| st.waiting == 0 && st.running == 1)
@@ -933,13 +926,7 @@ async fn disconnecting_clients_cancel_their_requests_and_free_pages() {
                "max_tokens": 4000, "ignore_eos": true, "stream": stream, "n": 2})
     };
     // Mid-stream: read a few chunks, then drop the response.
-    let mut resp = s
-        .client
-        .post(s.url("/v1/chat/completions"))
-        .json(&long(true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = s.open("/v1/chat/completions", &long(true)).await;
     let mut got = 0;
     while got < 3 {
         got += usize::from(resp.chunk().await.unwrap().is_some());
@@ -985,13 +972,7 @@ async fn shutdown_refuses_new_requests_and_finishes_those_in_flight() {
     let s = Server::with_tokenizer().await;
     let body = json!({"prompt": [5, 6], "max_tokens": 300, "ignore_eos": true, "temperature": 0,
                       "stream": true, "return_token_ids": true});
-    let mut resp = s
-        .client
-        .post(s.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = s.open("/v1/completions", &body).await;
     let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     let Server {
         base,
@@ -1091,13 +1072,7 @@ async fn silent_idle_and_trickling_clients_are_closed_but_slow_streams_are_not()
     // A stream read slowly, over several head timeouts: every token arrives.
     let body = json!({"prompt": [5, 6], "max_tokens": 40, "ignore_eos": true, "stream": true,
                       "return_token_ids": true});
-    let mut resp = s
-        .client
-        .post(s.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = s.open("/v1/completions", &body).await;
     let mut text = String::new();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         text.push_str(std::str::from_utf8(&chunk).unwrap());
@@ -1400,13 +1375,7 @@ async fn load_test_outputs_match_solo_runs_and_every_page_comes_back() {
                     body["stream"] = json!(true);
                     body["max_tokens"] = json!(400);
                     body["ignore_eos"] = json!(true);
-                    let mut resp = s
-                        .client
-                        .post(s.url(spec.path))
-                        .json(&body)
-                        .send()
-                        .await
-                        .unwrap();
+                    let mut resp = s.open(spec.path, &body).await;
                     for _ in 0..2 {
                         resp.chunk().await.unwrap();
                     }
