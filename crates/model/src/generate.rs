@@ -211,6 +211,9 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Generation> {
+    opts.sampling
+        .check()
+        .map_err(|(_, message)| ModelError::Input(message))?;
     match opts.decoding {
         Decoding::Plain => generate_plain(model, prompt, opts, on_token),
         Decoding::Mtp => {

@@ -444,6 +444,10 @@ fn run_generate(
     chat: bool,
     mut opts: GenerateOptions,
 ) -> Result<()> {
+    // Before the (possibly long) load: generate would refuse them after it.
+    if let Err((_, message)) = opts.sampling.check() {
+        bail!(message);
+    }
     let tokenizer = Tokenizer::for_model(&args.model, tokenizer_dir)?.with_context(|| {
         format!(
             "no tokenizer for {}: no tokenizer.json beside it (nor one inside a GGUF file); \

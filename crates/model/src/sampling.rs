@@ -27,6 +27,25 @@ impl SamplingParams {
         }
     }
 
+    /// Whether the settings can be sampled from: a finite `temperature >= 0` and `top_p` in
+    /// `(0, 1]`; otherwise the field at fault and why (the one check the engine, the server
+    /// and [`crate::generate`] make).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err((
+                "temperature",
+                format!("temperature must be >= 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err((
+                "top_p",
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+            ));
+        }
+        Ok(())
+    }
+
     /// DeepSeek's recommendation for R1 chat: temperature 0.6, top-p 0.95.
     pub fn r1_chat(seed: u64) -> Self {
         Self {
@@ -140,6 +159,27 @@ mod tests {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&[0.0, 1.0, 5.0]), 2);
+    }
+
+    #[test]
+    fn settings_that_cannot_be_sampled_name_their_field() {
+        let with = |temperature, top_p| SamplingParams {
+            temperature,
+            top_p,
+            ..SamplingParams::greedy()
+        };
+        assert!(with(0.0, 1.0).check().is_ok());
+        assert!(with(0.6, 0.95).check().is_ok());
+        for (t, p, field) in [
+            (-1.0, 1.0, "temperature"),
+            (f32::NAN, 1.0, "temperature"),
+            (f32::INFINITY, 1.0, "temperature"),
+            (1.0, 0.0, "top_p"),
+            (1.0, 1.5, "top_p"),
+            (1.0, f32::NAN, "top_p"),
+        ] {
+            assert_eq!(with(t, p).check().unwrap_err().0, field, "{t} {p}");
+        }
     }
 
     #[test]

@@ -562,15 +562,8 @@ impl Engine {
                 ),
             );
         }
-        let s = &p.sampling;
-        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return invalid(
-                "temperature",
-                format!("temperature must be >= 0, got {}", s.temperature),
-            );
-        }
-        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            return invalid("top_p", format!("top_p must be in (0, 1], got {}", s.top_p));
+        if let Err((param, message)) = p.sampling.check() {
+            return invalid(param, message);
         }
         if !p.stop_strings.is_empty() && self.inner.tokenizer.is_none() {
             return invalid(
