@@ -80,6 +80,11 @@ Assistant:
 {% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}
 {{ m.content }}
 {% endfor %}""",
+    # HF passes `tools` and `documents` as None when there are none: `is not none` is false
+    # (an undefined variable would be "not none").
+    "tools_and_documents_none": """{% if tools is not none %}TOOLS{% endif %}
+{% if documents is not none %}DOCS{% endif %}
+{% if tools %}T{% endif %}{{ messages | length }}""",
     # strftime_now (its output depends on the day: only its length is compared).
     "strftime_now": """{{ strftime_now('%Y-%m-%d') | length }}{{ messages | length }}""",
 }

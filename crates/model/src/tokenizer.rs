@@ -237,8 +237,12 @@ impl Tokenizer {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             ModelError::Tokenizer("tokenizer_config.json has no chat_template".into())
         })?;
+        // HF's `render_jinja_template` defines `tools` and `documents` as None when there are
+        // none (templates test `tools is not none`).
         let mut text = template.render(minijinja::context! {
             messages => messages,
+            tools => (),
+            documents => (),
             add_generation_prompt => opts.add_generation_prompt,
             bos_token => self.bos.as_ref().map_or("", |b| b.0.as_str()),
             eos_token => self.eos.as_ref().map_or("", |b| b.0.as_str()),
