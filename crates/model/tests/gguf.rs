@@ -643,6 +643,14 @@ fn gguf_files_carry_their_tokenizer() {
     same(&Tokenizer::from_dir(&tiny).unwrap(), &ours, "tiny");
     load(&model_file, None);
 
+    // V2's pre-tokenizer (llama.cpp's regexes) compiles and, with no merges, gives the same ids.
+    let v2 = with_tokenizer("deepseek-llm", &tiny, 256, "v2.gguf");
+    same(
+        &Tokenizer::from_dir(&tiny).unwrap(),
+        &Tokenizer::from_gguf(&v2).unwrap().expect("a tokenizer"),
+        "tiny deepseek-llm",
+    );
+
     let bad = with_tokenizer("qwen2", &tiny, 256, "qwen.gguf");
     let e = Tokenizer::from_gguf(&bad).err().expect("read").to_string();
     assert!(e.contains("tokenizer.ggml.pre is 'qwen2'"), "{e}");
