@@ -662,6 +662,21 @@ fn info(path: &Path) -> Result<()> {
     );
     if let Some(types) = types {
         println!("tensors (as served, experts one each): {types}");
+        // What `generate` / `serve` would tokenize with when given no --tokenizer.
+        let tokenizer = match Tokenizer::for_model(path, None) {
+            Ok(Some(t)) => format!(
+                "{} tokens, chat template {}",
+                t.vocab_size(),
+                if t.chat_template_source().is_some() {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ),
+            Ok(None) => "none (pass --tokenizer DIR)".into(),
+            Err(e) => format!("unusable: {e}"),
+        };
+        println!("tokenizer (beside the file, else inside it): {tokenizer}");
     }
     let dense: Vec<usize> = (0..cfg.num_hidden_layers)
         .filter(|&l| !cfg.is_moe_layer(l))
