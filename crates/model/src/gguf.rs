@@ -143,7 +143,8 @@ fn split_paths(path: &Path) -> Option<Vec<PathBuf>> {
 
 /// The tokenizer a GGUF file (or a split, read from its first part) carries, as the HF
 /// `tokenizer.json` text and `tokenizer_config.json` fields it describes
-/// ([`crate::gguf_tokenizer`]); `None` when it carries none.
+/// (DeepSeek's byte-level BPE, see [`crate::Tokenizer::from_gguf`]); `None` when it carries
+/// none.
 pub fn embedded_tokenizer(path: &Path) -> Result<Option<(String, serde_json::Value)>> {
     let first = split_paths(path).map_or_else(|| path.to_path_buf(), |p| p[0].clone());
     let part = Part::open(&first)?;
