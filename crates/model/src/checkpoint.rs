@@ -112,7 +112,7 @@ impl Checkpoint {
     ///
     /// A path to a file ending in `.gguf` opens a GGUF file instead ([`crate::gguf`]).
     pub fn open(dir: &Path) -> Result<Self> {
-        if dir.is_file() && dir.extension().is_some_and(|x| x == "gguf") {
+        if crate::gguf::is_gguf_file(dir) {
             let gguf = GgufFile::open(dir)?;
             return Ok(Self {
                 dir: dir.to_path_buf(),

@@ -122,6 +122,12 @@ impl Part {
     }
 }
 
+/// Whether `path` names a GGUF file (by its `.gguf` extension, as llama.cpp's tools do): what
+/// [`crate::checkpoint::Checkpoint::open`] opens as GGUF instead of an HF directory.
+pub fn is_gguf_file(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|x| x == "gguf")
+}
+
 /// The files of llama.cpp's split `PREFIX-00001-of-0000N.gguf` for `path` (any of them), or
 /// `None` when the name does not follow that pattern.
 fn split_paths(path: &Path) -> Option<Vec<PathBuf>> {

@@ -638,7 +638,7 @@ fn info(path: &Path) -> Result<()> {
     } else {
         path.to_path_buf()
     };
-    let is_gguf = path.is_file() && path.extension().is_some_and(|x| x == "gguf");
+    let is_gguf = model::gguf::is_gguf_file(path);
     let (cfg, types) = if is_gguf {
         let checkpoint = model::checkpoint::Checkpoint::open(path)?;
         (checkpoint.config()?, Some(gguf_types(&checkpoint)))

@@ -145,7 +145,7 @@ impl Tokenizer {
         if let Some(dir) = dir {
             return Self::from_dir(dir).map(Some);
         }
-        let is_gguf = model.is_file() && model.extension().is_some_and(|x| x == "gguf");
+        let is_gguf = crate::gguf::is_gguf_file(model);
         let beside = if is_gguf {
             model.parent().unwrap_or(Path::new("."))
         } else {

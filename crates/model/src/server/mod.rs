@@ -86,8 +86,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults for serving `model_name`: no key, no reasoning split, 4096 default tokens,
-    /// OpenAI's sampling defaults, 32 MiB bodies, retry after 1 s, 30 s of silence from a client (hyper's
-    /// default for request heads).
+    /// OpenAI's sampling defaults, 32 MiB bodies, retry after 1 s, 30 s of silence from a
+    /// client (hyper's default for request heads).
     pub fn new(model_name: &str) -> Self {
         Self {
             model_name: model_name.to_string(),
