@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running `model serve` with the official `openai` Python client and asserts what
 comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
-prompts, logprobs, vLLM's extra parameters, and the errors the client maps to exceptions.
+prompts, logprobs, penalties and logit_bias, vLLM's extra parameters, and the errors the client maps to exceptions.
 
     python scripts/openai_client_check.py BASE_URL MODEL API_KEY
 
@@ -135,13 +135,28 @@ def _():
     assert z.choices[0].logprobs.token_logprobs[1:] == lp.token_logprobs[1:-1]
 
 
+@check("penalties and logit_bias, as the client sends them")
+def _():
+    kw = dict(model=model, prompt=[5, 17, 42], max_tokens=6, temperature=0,
+              extra_body={"ignore_eos": True, "return_token_ids": True})
+    forced = client.completions.create(**kw, logit_bias={"7": 100})
+    assert forced.choices[0].model_extra["token_ids"] == [7] * 6, forced
+    plain = client.completions.create(**kw)
+    same = client.completions.create(**kw, presence_penalty=0, frequency_penalty=0)
+    assert same.choices[0].text == plain.choices[0].text
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=6,
+                                       frequency_penalty=1.0, presence_penalty=0.5,
+                                       extra_body={"repetition_penalty": 1.3})
+    assert r.choices[0].finish_reason in ("length", "stop")
+
+
 @check("errors become the client's exceptions")
 def _():
     expect = [
         (openai.NotFoundError, dict(model="no-such-model")),
         (openai.BadRequestError, dict(model=model, temperature=-1)),
         (openai.BadRequestError, dict(model=model, max_tokens=10**7)),
-        (openai.BadRequestError, dict(model=model, presence_penalty=1.0)),
+        (openai.BadRequestError, dict(model=model, presence_penalty=3.0)),
     ]
     for exc, kw in expect:
         try:

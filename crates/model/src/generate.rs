@@ -20,6 +20,7 @@ use mtp::{AcceptanceStats, Speculator};
 use crate::error::{ModelError, Result};
 use crate::model::{DeepSeek, PathPolicy};
 use crate::mtp::{into_model_error, load_mtp_modules, Module};
+use crate::penalties::{Penalties, TokenHistory};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{TextStream, Tokenizer};
 
@@ -41,6 +42,9 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Greedy or sampled selection.
     pub sampling: SamplingParams,
+    /// Logit bias and presence / frequency / repetition penalties before each selection
+    /// (plain decoding only: [`Decoding::Mtp`] with penalties is an error).
+    pub penalties: Penalties,
     /// Ids that end generation (the EOS token is not part of the output).
     pub stop_tokens: Vec<u32>,
     /// Strings that end generation (the text is cut before them; needs a tokenizer).
@@ -54,10 +58,30 @@ impl Default for GenerateOptions {
         Self {
             max_new_tokens: 256,
             sampling: SamplingParams::greedy(),
+            penalties: Penalties::default(),
             stop_tokens: vec![],
             stop_strings: vec![],
             decoding: Decoding::Plain,
         }
+    }
+}
+
+impl GenerateOptions {
+    /// What [`generate`] refuses before it starts, for a model of `vocab` tokens: sampling
+    /// values ([`SamplingParams::check`]), penalties ([`Penalties::check`]), and penalties
+    /// with MTP decoding.
+    pub fn check(&self, vocab: usize) -> Result<()> {
+        let input = |(_, message): (&str, String)| ModelError::Input(message);
+        self.sampling.check().map_err(input)?;
+        self.penalties.check(vocab).map_err(input)?;
+        if self.decoding == Decoding::Mtp && !self.penalties.is_neutral() {
+            // Speculative acceptance would need every draft position's history-dependent
+            // distribution; plain decoding applies them exactly.
+            return Err(ModelError::Input(
+                "logit bias and penalties need plain decoding, not MTP speculative decoding".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -211,9 +235,7 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Generation> {
-    opts.sampling
-        .check()
-        .map_err(|(_, message)| ModelError::Input(message))?;
+    opts.check(model.config().vocab_size)?;
     match opts.decoding {
         Decoding::Plain => generate_plain(model, prompt, opts, on_token),
         Decoding::Mtp => {
@@ -317,9 +339,17 @@ fn generate_plain(
     let mut out = model.forward_last(prompt, &mut session)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    let mut history = (!opts.penalties.is_neutral()).then(|| TokenHistory::new(prompt));
     let (mut commit, mut state) = Commit::begin(opts, on_token);
     while let Next::Continue = state {
-        let next = sampler.sample(&DeepSeek::last_logits(&out)?);
+        let mut logits = DeepSeek::last_logits(&out)?;
+        if let Some(history) = &history {
+            opts.penalties.apply(&mut logits, history);
+        }
+        let next = sampler.sample(&logits);
+        if let Some(history) = &mut history {
+            history.push(next);
+        }
         state = commit.push(next)?;
         if let Next::Continue = state {
             out = model.forward(&[next], &mut session)?;

@@ -11,6 +11,7 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::generate::{generate_text, Decoding, GenerateOptions};
+use model::penalties::Penalties;
 use model::precision::parse_float_dtype;
 use model::random::{write_random_checkpoint, StoreDtype};
 use model::MatrixFormat;
@@ -293,6 +294,16 @@ enum Command {
         /// Stop strings (repeatable).
         #[arg(long)]
         stop: Vec<String>,
+        /// Divides positive logits of tokens already in the prompt or output by this and
+        /// multiplies negative ones (1: off; HF's `repetition_penalty`).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Subtracted from the logit of every token the output already holds ([-2, 2]).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        presence_penalty: f32,
+        /// Subtracted per occurrence in the output so far ([-2, 2]).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        frequency_penalty: f32,
         /// Speculative decoding with the checkpoint's MTP modules (drafts verified by the main
         /// model; greedy output identical, sampled output distribution unchanged; stop strings
         /// and the token budget apply as without it). Adds the acceptance rate to the summary.
@@ -376,6 +387,9 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             seed,
             stop,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
             mtp,
         } => {
             let defaults = if chat {
@@ -397,6 +411,12 @@ fn run(cli: Cli) -> Result<()> {
                 GenerateOptions {
                     max_new_tokens: max_tokens,
                     sampling,
+                    penalties: Penalties {
+                        presence: presence_penalty,
+                        frequency: frequency_penalty,
+                        repetition: repetition_penalty,
+                        logit_bias: vec![],
+                    },
                     stop_tokens: vec![],
                     stop_strings: stop,
                     decoding: if mtp { Decoding::Mtp } else { Decoding::Plain },
@@ -445,9 +465,8 @@ fn run_generate(
     mut opts: GenerateOptions,
 ) -> Result<()> {
     // Before the (possibly long) load: generate would refuse them after it.
-    if let Err((_, message)) = opts.sampling.check() {
-        bail!(message);
-    }
+    // The CLI sets no logit bias, so no token id needs the vocabulary's size yet.
+    opts.check(0)?;
     let tokenizer = Tokenizer::for_model(&args.model, tokenizer_dir)?.with_context(|| {
         format!(
             "no tokenizer for {}: no tokenizer.json beside it (nor one inside a GGUF file); \

@@ -12,7 +12,8 @@ use fixtures::{log_softmax_at, Case};
 use model::engine::{
     Completion, Engine, EngineConfig, EngineStats, Event, Request, RequestParams, SubmitError,
 };
-use model::generate::FinishReason;
+use model::generate::{generate, FinishReason, GenerateOptions};
+use model::penalties::Penalties;
 use model::{DeepSeek, MatrixFormat, Precision, SamplingParams, Tokenizer};
 
 fn model() -> (Case, Arc<DeepSeek>) {
@@ -280,6 +281,82 @@ fn n_samples_share_one_prefill_and_each_equals_its_own_seeded_request() {
     settled(&engine);
 }
 
+/// Penalties act per sample over that sample's own history: each of `n` sampled outputs
+/// equals plain generation with its seed and the same penalties (whose arithmetic
+/// `model::penalties` tests against the equations), greedy output changes, and a large bias
+/// forces its token.
+#[test]
+fn penalties_apply_per_sample_as_in_plain_generation() {
+    let (case, model) = model();
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+    let prompt = case.ids("input_ids");
+    let plain_greedy = case.ids("greedy");
+    let penalties = Penalties {
+        presence: 0.4,
+        frequency: 0.7,
+        repetition: 1.5,
+        logit_bias: vec![(plain_greedy[1], -5.0)],
+    };
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.9,
+        top_k: 0,
+        seed: 3,
+    };
+    let params = RequestParams {
+        n: 3,
+        max_tokens: 16,
+        sampling,
+        penalties: penalties.clone(),
+        ..RequestParams::default()
+    };
+    let request = |params: RequestParams| Request {
+        prompt: prompt.clone(),
+        params,
+    };
+    let plain = |sampling: SamplingParams, penalties: &Penalties| {
+        let opts = GenerateOptions {
+            max_new_tokens: 16,
+            sampling,
+            penalties: penalties.clone(),
+            ..GenerateOptions::default()
+        };
+        generate(&model, &prompt, &opts, |_| Ok(true))
+            .unwrap()
+            .tokens
+    };
+    let samples = engine.generate(request(params.clone())).unwrap();
+    for (i, s) in samples.iter().enumerate() {
+        let seed = 3 + i as u64;
+        let want = plain(SamplingParams { seed, ..sampling }, &penalties);
+        assert_eq!(s.tokens, want, "sample {i}");
+    }
+    let greedy_penalised = RequestParams {
+        n: 1,
+        sampling: SamplingParams::greedy(),
+        ..params.clone()
+    };
+    let out = engine.generate(request(greedy_penalised)).unwrap();
+    assert_eq!(out[0].tokens, plain(SamplingParams::greedy(), &penalties));
+    assert_ne!(
+        out[0].tokens,
+        plain_greedy[..16],
+        "the penalties changed nothing"
+    );
+    let forced = Penalties {
+        logit_bias: vec![(7, 100.0)],
+        ..Penalties::default()
+    };
+    let out = engine
+        .generate(request(RequestParams {
+            penalties: forced,
+            ..params
+        }))
+        .unwrap();
+    assert!(out.iter().all(|s| s.tokens == [7; 16]), "{out:?}");
+    settled(&engine);
+}
+
 #[test]
 fn forked_samples_hold_the_prompt_pages_once() {
     let (case, model) = model();
@@ -399,6 +476,14 @@ fn invalid_requests_are_refused_with_the_reason() {
     r.params.n = 65;
     refuse(r.clone(), "n must be");
     r.params.n = 1;
+    r.params.penalties.logit_bias = vec![(256, 1.0)];
+    refuse(r.clone(), "logit_bias token id 256");
+    r.params.penalties = Penalties {
+        repetition: 0.0,
+        ..Penalties::default()
+    };
+    refuse(r.clone(), "repetition_penalty");
+    r.params.penalties = Penalties::default();
     r.params.stop_strings = vec!["x".into()];
     refuse(r, "tokenizer");
     assert_eq!(engine.stats().waiting, 0);

@@ -411,6 +411,30 @@ async fn completions_text_and_token_prompts_n_and_logprobs() {
         ids(&choices[1]["token_ids"]),
         "seed + i per sample"
     );
+    // Penalties and logit_bias reach the sampler: a bias of 100 forces its token, and the
+    // penalties change the greedy continuation (`engine.rs` checks them against generate).
+    let mut biased = nbody.clone();
+    biased["logit_bias"] = json!({"7": 100});
+    let r = s.ok("/v1/completions", &biased).await;
+    for c in r["choices"].as_array().unwrap() {
+        assert_eq!(ids(&c["token_ids"]), [7; 8]);
+    }
+    let greedy = json!({"prompt": [5, 17, 42], "max_tokens": 40, "temperature": 0,
+                        "ignore_eos": true, "return_token_ids": true});
+    let mut penalised = greedy.clone();
+    penalised["repetition_penalty"] = json!(1.8);
+    penalised["frequency_penalty"] = json!(1.5);
+    penalised["presence_penalty"] = json!(1.0);
+    let (plain, penalised) = (
+        ids(&s.ok("/v1/completions", &greedy).await["choices"][0]["token_ids"]),
+        ids(&s.ok("/v1/completions", &penalised).await["choices"][0]["token_ids"]),
+    );
+    let distinct = |t: &[u64]| t.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(
+        distinct(&plain) < 40,
+        "no repeat for the penalties to act on"
+    );
+    assert_ne!(plain, penalised);
     // Streamed n: every choice finishes, and the samples are the whole response's.
     let mut snbody = nbody.clone();
     snbody["stream"] = json!(true);
@@ -763,8 +787,14 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (cmpl, json!({"prompt": "x", "stop": ["a", ""]}), 400, Some("stop")),
         (chat, json!({"messages": msgs, "stop": ""}), 400, Some("stop")),
         (cmpl, json!({"prompt": "x", "stream": "yes"}), 400, Some("stream")),
-        (cmpl, json!({"prompt": "x", "presence_penalty": 0.5}), 400, Some("presence_penalty")),
-        (cmpl, json!({"prompt": "x", "logit_bias": {"5": 1}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "presence_penalty": 2.5}), 400, Some("presence_penalty")),
+        (cmpl, json!({"prompt": "x", "frequency_penalty": -3}), 400, Some("frequency_penalty")),
+        (cmpl, json!({"prompt": "x", "repetition_penalty": 0}), 400, Some("repetition_penalty")),
+        (cmpl, json!({"prompt": "x", "logit_bias": {"5": 101}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "logit_bias": {"999": 1}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "logit_bias": {"five": 1}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "logit_bias": {"5": "1"}}), 400, Some("logit_bias")),
+        (cmpl, json!({"prompt": "x", "logit_bias": [5]}), 400, Some("logit_bias")),
         (cmpl, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")),
         (cmpl, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")),
         (chat, json!({"messages": "hi"}), 400, Some("messages")),

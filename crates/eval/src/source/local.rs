@@ -143,6 +143,7 @@ impl Inner {
                     stop_tokens,
                     stop_strings: req.stop.clone(),
                     decoding: Decoding::Mtp,
+                    ..GenerateOptions::default()
                 };
                 let (gen, text) =
                     self.generator

@@ -13,8 +13,9 @@
 //!   sequences still reading their prompt, as [`DeepSeek::forward_packed`] passes: the
 //!   projections, norms and MoE run once over all rows, attention per sequence over its own
 //!   paged latent cache;
-//! - **samples** each sequence that produced logits with its own seeded sampler, applies
-//!   EOS / `min_tokens` / stop strings / `max_tokens`, and sends the events.
+//! - **samples** each sequence that produced logits with its own seeded sampler (after its
+//!   request's [`Penalties`] over what that sequence has seen), applies EOS / `min_tokens` /
+//!   stop strings / `max_tokens`, and sends the events.
 //!
 //! **Prefix sharing.** The `n` samples of a request prefill the prompt once: when the prompt
 //! is in, sample 0's cache is forked ([`mla::LatentKvCache::fork`]) for the others, sharing
@@ -56,6 +57,7 @@ use std::thread::JoinHandle;
 use crate::error::{ModelError, Result};
 use crate::generate::FinishReason;
 use crate::model::DeepSeek;
+use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -131,6 +133,9 @@ pub struct RequestParams {
     pub min_tokens: usize,
     /// Temperature, top-p, top-k; sample `i` draws with seed `seed + i`.
     pub sampling: SamplingParams,
+    /// Logit bias and presence / frequency / repetition penalties, applied before sampling
+    /// (log-probabilities stay those of the model's own distribution, as vLLM's default).
+    pub penalties: Penalties,
     /// Ids that end a sample (not part of its output).
     pub stop_tokens: Vec<u32>,
     /// Keep generating through stop tokens (benchmarks: always `max_tokens`).
@@ -155,6 +160,7 @@ impl Default for RequestParams {
             max_tokens: 256,
             min_tokens: 0,
             sampling: SamplingParams::greedy(),
+            penalties: Penalties::default(),
             stop_tokens: vec![],
             ignore_eos: false,
             stop_strings: vec![],
@@ -563,6 +569,9 @@ impl Engine {
             );
         }
         if let Err((param, message)) = p.sampling.check() {
+            return invalid(param, message);
+        }
+        if let Err((param, message)) = p.penalties.check(vocab) {
             return invalid(param, message);
         }
         if !p.stop_strings.is_empty() && self.inner.tokenizer.is_none() {

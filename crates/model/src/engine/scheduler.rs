@@ -19,6 +19,7 @@ use super::{
 use crate::error::Result;
 use crate::generate::{FinishReason, TextStops};
 use crate::model::DeepSeek;
+use crate::penalties::TokenHistory;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
@@ -46,6 +47,8 @@ struct Seq {
     pending: Option<u32>,
     generated: usize,
     sampler: Sampler,
+    /// What the sequence has seen, kept only when its request has penalties to apply.
+    history: Option<TokenHistory>,
     text: TextStops,
     /// With [`RequestParams::prompt_logprobs`] (its value), the prompt tokens scored so far.
     prompt_scores: Option<(usize, Vec<TokenLogprob>)>,
@@ -248,6 +251,8 @@ impl Scheduler {
             self.slots += request.params.n;
             self.reserved += need;
             self.stats.prompt_tokens_reused += reused as u64;
+            let history = (!request.params.penalties.is_neutral())
+                .then(|| TokenHistory::new(&request.prompt));
             self.seqs.push(Seq {
                 request: id,
                 sample: 0,
@@ -257,6 +262,7 @@ impl Scheduler {
                 pending: None,
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
+                history,
                 text: TextStops::new(request.params.stop_strings.clone()),
                 prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
             });
@@ -498,6 +504,7 @@ impl Scheduler {
                     pending: None,
                     generated: 0,
                     sampler: Sampler::new(sample_params(&live.params.sampling, i)),
+                    history: parent.history.as_ref().map(TokenHistory::fork),
                     text: TextStops::new(live.params.stop_strings.clone()),
                     prompt_scores: None,
                 })
@@ -539,14 +546,20 @@ impl Scheduler {
         };
         let seq = &mut self.seqs[pos];
         let p = &live.params;
-        let token = if seq.generated < p.min_tokens && !p.stop_tokens.is_empty() {
-            let mut masked = logits.to_vec();
-            for &t in &p.stop_tokens {
-                if let Some(l) = masked.get_mut(t as usize) {
-                    *l = f32::NEG_INFINITY;
+        let mask_stops = seq.generated < p.min_tokens && !p.stop_tokens.is_empty();
+        let token = if mask_stops || seq.history.is_some() {
+            let mut adjusted = logits.to_vec();
+            if let Some(history) = &seq.history {
+                p.penalties.apply(&mut adjusted, history);
+            }
+            if mask_stops {
+                for &t in &p.stop_tokens {
+                    if let Some(l) = adjusted.get_mut(t as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
                 }
             }
-            seq.sampler.sample(&masked)
+            seq.sampler.sample(&adjusted)
         } else {
             seq.sampler.sample(logits)
         };
@@ -559,6 +572,9 @@ impl Scheduler {
             None => String::new(),
         };
         seq.generated += 1;
+        if let Some(history) = &mut seq.history {
+            history.push(token);
+        }
         self.stats.generated_tokens += 1;
         if !live.answered {
             live.answered = true;

@@ -14,9 +14,10 @@
 //!   log-likelihood request of lm-evaluation-harness's `local-completions` model;
 //! - both: `max_tokens` (chat: `max_completion_tokens`), `temperature`, `top_p`, `top_k`,
 //!   `seed`, `n`, `stop`, `stream` (SSE, `stream_options.include_usage`), `logprobs`
-//!   (chat: `top_logprobs`), vLLM's `ignore_eos`, `min_tokens`, `stop_token_ids` and
-//!   `return_token_ids`; parameters the server cannot honour (penalties, tools, response
-//!   formats, `suffix`) are refused with a 400, never ignored;
+//!   (chat: `top_logprobs`), `presence_penalty`, `frequency_penalty`, `logit_bias`, vLLM's
+//!   `repetition_penalty`, `ignore_eos`, `min_tokens`, `stop_token_ids` and
+//!   `return_token_ids`; parameters the server cannot honour (tools, response formats,
+//!   `suffix`) are refused with a 400, never ignored;
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus).
 //!
 //! Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad

@@ -1,8 +1,9 @@
 //! The JSON of OpenAI's chat and (legacy) completions APIs, with vLLM's extensions
-//! (`top_k`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `return_token_ids`).
+//! (`top_k`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `return_token_ids`,
+//! `repetition_penalty`).
 //!
 //! Requests keep every field the server acts on, plus the ones it must refuse rather than
-//! silently ignore (penalties, tools, response formats...): those are checked in
+//! silently ignore (tools, response formats, `best_of`...): those are checked in
 //! [`super::params`]. Unknown fields are ignored, as OpenAI's clients send extras. A body is
 //! read twice from the same JSON value, as [`CommonRequest`] and as the endpoint's own
 //! fields, rather than through `#[serde(flatten)]`, which would lose the field names in type
@@ -30,11 +31,11 @@ pub(crate) struct CommonRequest {
     pub min_tokens: Option<u64>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub return_token_ids: Option<bool>,
-    // Refused unless neutral.
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub logit_bias: Option<BTreeMap<String, Value>>,
+    // Refused unless equal to `n`.
     pub best_of: Option<u64>,
 }
 

@@ -6,13 +6,17 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::error::{ApiError, ServerError};
 use super::openai::{ChatRequest, CommonRequest, CompletionRequest, Content, Prompt};
 use super::reasoning::{generation_think, Think};
 use super::state::AppState;
 use crate::engine::{Request, RequestParams};
+use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{ChatOptions, Message, Tokenizer};
 
@@ -270,19 +274,6 @@ fn check_common(state: &AppState, c: &CommonRequest) -> Result<(), ApiError> {
             return Err(ApiError::model_not_found(name));
         }
     }
-    let penalties = [
-        ("presence_penalty", c.presence_penalty, 0.0),
-        ("frequency_penalty", c.frequency_penalty, 0.0),
-        ("repetition_penalty", c.repetition_penalty, 1.0),
-    ];
-    for (name, value, neutral) in penalties {
-        if value.is_some_and(|v| v != neutral) {
-            return Err(ApiError::unsupported(name, name));
-        }
-    }
-    if c.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::unsupported("logit_bias", "logit_bias"));
-    }
     if let Some(best_of) = c.best_of {
         if best_of != c.n.unwrap_or(1) {
             return Err(ApiError::unsupported("best_of", "best_of other than n"));
@@ -319,6 +310,12 @@ fn build(
         // No seed: a fresh one, so repeated requests differ as OpenAI's do.
         seed: c.seed.map_or_else(rand::random, |s| s as u64),
     };
+    let penalties = Penalties {
+        presence: c.presence_penalty.unwrap_or(0.0),
+        frequency: c.frequency_penalty.unwrap_or(0.0),
+        repetition: c.repetition_penalty.unwrap_or(1.0),
+        logit_bias: logit_bias(c.logit_bias.unwrap_or_default())?,
+    };
     let n = to_usize("n", c.n.unwrap_or(1))?;
     let max_tokens = match max_tokens {
         Some(m) => to_usize("max_tokens", m)?,
@@ -339,6 +336,7 @@ fn build(
         max_tokens,
         min_tokens: to_usize("min_tokens", c.min_tokens.unwrap_or(0))?,
         sampling,
+        penalties,
         stop_tokens,
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_strings,
@@ -379,6 +377,28 @@ fn default_max_tokens(state: &AppState, prompt: usize, n: usize) -> usize {
         .min(ctx_room)
         .min(cache_room)
         .max(1)
+}
+
+/// OpenAI's `logit_bias`, token ids (as JSON object keys) to numbers; the engine checks the
+/// ids against the vocabulary and the values' range.
+fn logit_bias(map: BTreeMap<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    map.into_iter()
+        .map(|(key, value)| {
+            let token = key.trim().parse::<u32>().map_err(|_| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    format!("logit_bias keys must be token ids, got {key:?}"),
+                )
+            })?;
+            let bias = value.as_f64().ok_or_else(|| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    format!("logit_bias values must be numbers, got {value} for token {token}"),
+                )
+            })?;
+            Ok((token, bias as f32))
+        })
+        .collect()
 }
 
 /// A count from the request, at most `u32::MAX`: far beyond any context, and small enough
