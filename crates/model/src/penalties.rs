@@ -66,7 +66,7 @@ impl Penalties {
             ("presence_penalty", self.presence),
             ("frequency_penalty", self.frequency),
         ] {
-            if !(v.abs() <= MAX_PENALTY) {
+            if !(-MAX_PENALTY..=MAX_PENALTY).contains(&v) {
                 return Err((
                     param,
                     format!("{param} must be in [-{MAX_PENALTY}, {MAX_PENALTY}], got {v}"),
@@ -89,7 +89,7 @@ impl Penalties {
                     format!("logit_bias token id {token} is out of range (vocab_size {vocab})"),
                 ));
             }
-            if !(bias.abs() <= MAX_LOGIT_BIAS) {
+            if !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&bias) {
                 return Err((
                     "logit_bias",
                     format!(
