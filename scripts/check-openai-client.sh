@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks `model serve` with the official `openai` Python client: installs it from PyPI into a
 # virtual environment under target/, builds the `model` binary (dev profile: the fixture model
-# is tiny), serves the `v3_noaux` fixture checkpoint with the tiny tokenizer on a free loopback
-# port (with an API key), runs scripts/openai_client_check.py against it, then stops the
+# is tiny), serves the `v3_noaux` fixture checkpoint with the tiny tokenizer and the
+# function-calling chat template on a free loopback port (with an API key), runs scripts/openai_client_check.py against it, then stops the
 # server with SIGTERM and checks that it drains and exits cleanly. Prints the elapsed time.
 # Needs python3 (with venv) and network access to PyPI.
 #
@@ -19,7 +19,9 @@ source scripts/lib/venv.sh
 source scripts/lib/fixture-server.sh
 python_venv "$work" "openai==$OPENAI_VERSION"
 key="check-$$"
-start_fixture_server "$work" "$py" --api-key "$key"
+# The repository's function-calling template, so the client's `tools` requests are served.
+start_fixture_server "$work" "$py" --api-key "$key" \
+    --chat-template crates/model/templates/deepseek-v3-tools.jinja
 
 echo "== scripts/openai_client_check.py"
 "$py" scripts/openai_client_check.py "$url" tiny "$key"

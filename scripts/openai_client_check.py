@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running `model serve` with the official `openai` Python client and asserts what
 comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
-prompts, logprobs, penalties and logit_bias, vLLM's extra parameters, and the errors the client maps to exceptions.
+prompts, logprobs, penalties and logit_bias, tools, vLLM's extra parameters, and the errors the client maps to exceptions.
 
     python scripts/openai_client_check.py BASE_URL MODEL API_KEY
 
@@ -148,6 +148,42 @@ def _():
                                        frequency_penalty=1.0, presence_penalty=0.5,
                                        extra_body={"repetition_penalty": 1.3})
     assert r.choices[0].finish_reason in ("length", "stop")
+
+
+@check("tools: calls and their outputs in the history, as the client sends them")
+def _():
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Current temperature in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 18}'},
+    ]
+    r = client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                       tool_choice="auto", parallel_tool_calls=True,
+                                       max_tokens=6, temperature=0)
+    c = r.choices[0]
+    # The random model writes no call: its reply is content, as without tools.
+    assert c.finish_reason in ("length", "stop") and c.message.tool_calls is None, c
+    # The reply goes back into the history as the client gives it.
+    follow = messages + [c.message.model_dump(exclude_none=True), {"role": "user", "content": "Thanks"}]
+    r2 = client.chat.completions.create(model=model, messages=follow, tools=tools, max_tokens=4)
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+    chunks = list(client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                                 max_tokens=6, temperature=0, stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == c.message.content, (text, c.message.content)
+    try:
+        client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                       tool_choice="required", max_tokens=4)
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "tool_choice", e.body
+    else:
+        raise AssertionError("tool_choice required was accepted")
 
 
 @check("errors become the client's exceptions")

@@ -7,7 +7,9 @@ renders a checkpoint's template gets in HF.
 
 Each case: a template, the messages, `add_generation_prompt`, and either the rendered text or
 the error message `raise_exception` gave. With the real DeepSeek-V3 tokenizer fetched
-(scripts/fetch-tokenizer.sh), its template is a case too.
+(scripts/fetch-tokenizer.sh), its template is a case too, as is the repository's function-calling template
+(crates/model/templates/deepseek-v3-tools.jinja), with a conversation holding tool calls and
+their outputs and, for the latter, `tools`.
 
 Run with transformers==5.23.0 installed: python tests/reference/chat_templates.py
 """
@@ -27,6 +29,39 @@ CONVERSATION = [
     {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
     {"role": "user", "content": "hello again"},
 ]
+
+# A function-calling exchange in OpenAI's message shape: an assistant turn that only calls
+# tools (content None), their outputs, then the answer.
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Weather in Paris and in Zürich?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"id": "call_2", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Zürich\"}"}},
+    ]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\": 18}"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "{\"celsius\": 12}"},
+    {"role": "assistant", "content": "Paris 18 °C, Zürich 12 °C."},
+    {"role": "user", "content": "And Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_3", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+    ]},
+    {"role": "tool", "tool_call_id": "call_3", "content": "{\"celsius\": 4}"},
+]
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current temperature in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}},
+    {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}},
+]
+
+# The repository's function-calling template (model serve --chat-template).
+TOOLS_TEMPLATE = ROOT / "crates" / "model" / "templates" / "deepseek-v3-tools.jinja"
 
 TEMPLATES = {
     # Block tags on their own indented lines: trim_blocks drops the newline after a tag,
@@ -90,10 +125,11 @@ Assistant:
 }
 
 
-def render(template, messages, add_generation_prompt):
+def render(template, messages, add_generation_prompt, tools=None):
     try:
         rendered, _ = render_jinja_template(
             conversations=[messages],
+            tools=tools,
             chat_template=template,
             add_generation_prompt=add_generation_prompt,
             bos_token=BOS,
@@ -111,12 +147,21 @@ def main():
         templates["deepseek_v3"] = json.loads(v3.read_text())["chat_template"]
     else:
         print(f"no {v3}: the DeepSeek-V3 template is left out (run scripts/fetch-tokenizer.sh)")
+    templates["deepseek_v3_tools"] = TOOLS_TEMPLATE.read_text()
     cases = []
     for name, template in templates.items():
         for add in (True, False):
             messages = CONVERSATION if name != "raise_exception" else CONVERSATION[1:]
             cases.append({"name": f"{name}/{add}", "template": template, "messages": messages,
                           "add_generation_prompt": add, **render(template, messages, add)})
+        if name in ("deepseek_v3", "deepseek_v3_tools"):
+            # Calls and their outputs in the history (V3's own template shows no tools).
+            tools = TOOLS if name == "deepseek_v3_tools" else None
+            for add in (True, False):
+                cases.append({"name": f"{name}/tool_history/{add}", "template": template,
+                              "messages": TOOL_CONVERSATION, "tools": tools,
+                              "add_generation_prompt": add,
+                              **render(template, TOOL_CONVERSATION, add, tools)})
         if name == "raise_exception":
             cases.append({"name": f"{name}/system", "template": template, "messages": CONVERSATION,
                           "add_generation_prompt": True, **render(template, CONVERSATION, True)})

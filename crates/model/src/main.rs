@@ -193,6 +193,11 @@ struct ServeArgs {
     /// with token-id prompts is served.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// A Jinja chat template file to use instead of the tokenizer's (vLLM's and llama-server's
+    /// `--chat-template`): e.g. one that shows `tools` to the model, which DeepSeek-V3's own
+    /// template does not.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -528,7 +533,16 @@ fn serve(args: &ServeArgs) -> Result<()> {
     use model::server::{self, SamplingDefaults, ServerConfig};
     use model::{Engine, EngineConfig};
 
-    let tokenizer = Tokenizer::for_model(&args.model.model, args.tokenizer.as_deref())?;
+    let mut tokenizer = Tokenizer::for_model(&args.model.model, args.tokenizer.as_deref())?;
+    if let Some(path) = &args.chat_template {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --chat-template {}", path.display()))?;
+        let t = tokenizer.context("--chat-template needs a tokenizer")?;
+        tokenizer = Some(
+            t.with_chat_template(&source)
+                .with_context(|| format!("--chat-template {}", path.display()))?,
+        );
+    }
     if tokenizer.is_none() {
         tracing::warn!(
             "no tokenizer for {} (no tokenizer.json beside it, none inside a GGUF file): \

@@ -9,19 +9,27 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
 use crate::error::{ModelError, Result};
 
-/// One chat message.
-#[derive(Debug, Clone, Serialize)]
+/// One chat message, as chat templates see it (the fields of OpenAI's and HF's messages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text.
-    pub content: String,
+    /// The text; `None` only for an assistant turn that just calls tools (DeepSeek's
+    /// templates test `content is none`).
+    pub content: Option<String>,
+    /// The tool calls of an assistant turn (left out of the template's message when empty,
+    /// as HF passes messages without the key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Which call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -29,9 +37,33 @@ impl Message {
     pub fn new(role: &str, content: &str) -> Self {
         Self {
             role: role.to_string(),
-            content: content.to_string(),
+            content: Some(content.to_string()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
+}
+
+/// A function call in OpenAI's shape (`{"id", "type": "function", "function": {"name",
+/// "arguments"}}`), as templates render it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id (a `tool` message answering it names it).
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+/// The function a [`ToolCall`] calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as the model wrote them (JSON text, not checked).
+    pub arguments: String,
 }
 
 /// How a conversation is turned into a prompt.
@@ -227,6 +259,13 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// The same tokenizer with `source` as its chat template instead of its own (vLLM's and
+    /// llama-server's `--chat-template`: a template that shows tools to the model, say).
+    pub fn with_chat_template(mut self, source: &str) -> Result<Self> {
+        self.chat_template = Some(ChatTemplate::new(source)?);
+        Ok(self)
+    }
+
     /// The chat template's text, if the tokenizer has one.
     pub fn chat_template_source(&self) -> Option<&str> {
         self.chat_template.as_ref().map(ChatTemplate::source)
@@ -234,6 +273,18 @@ impl Tokenizer {
 
     /// Renders the chat template over `messages`.
     pub fn apply_chat_template(&self, messages: &[Message], opts: ChatOptions) -> Result<String> {
+        self.apply_chat_template_with_tools(messages, None, opts)
+    }
+
+    /// Renders the chat template over `messages` with `tools`, the JSON schemas of the
+    /// functions the model may call (OpenAI's `tools` array, HF's `tools` argument), for
+    /// templates that show them to the model.
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Value]>,
+        opts: ChatOptions,
+    ) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             ModelError::Tokenizer("tokenizer_config.json has no chat_template".into())
         })?;
@@ -241,7 +292,7 @@ impl Tokenizer {
         // none (templates test `tools is not none`).
         let mut text = template.render(minijinja::context! {
             messages => messages,
-            tools => (),
+            tools => tools,
             documents => (),
             add_generation_prompt => opts.add_generation_prompt,
             bos_token => self.bos.as_ref().map_or("", |b| b.0.as_str()),

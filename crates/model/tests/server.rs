@@ -802,11 +802,11 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (chat, json!({"messages": [{"content": "hi"}]}), 400, Some("messages[0]")),
         (chat, json!({"messages": [{"role": "user", "content": null}]}), 400, Some("messages[0].content")),
         (chat, json!({"messages": [{"role": "user"}]}), 400, Some("messages[0].content")),
-        (chat, json!({"messages": [{"role": "tool", "content": "x"}]}), 400, Some("messages[0].role")),
+        (chat, json!({"messages": [{"role": "function", "content": "x"}]}), 400, Some("messages[0].role")),
         (chat, json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), 400, Some("messages[0].content[0]")),
         (chat, json!({"messages": msgs, "top_logprobs": 2}), 400, Some("top_logprobs")),
         (chat, json!({"messages": msgs, "logprobs": true, "top_logprobs": 50}), 400, Some("top_logprobs")),
-        (chat, json!({"messages": msgs, "tools": [{"type": "function"}]}), 400, Some("tools")),
+        (chat, json!({"messages": msgs, "tools": [{"type": "function"}]}), 400, Some("tools[0]")),
         (chat, json!({"messages": msgs, "response_format": {"type": "json_object"}}), 400, Some("response_format")),
         (chat, json!({"messages": msgs, "model": "other"}), 404, Some("model")),
         (chat, json!({"messages": msgs, "n": 65}), 400, Some("n")),
@@ -1449,4 +1449,178 @@ async fn load_test_outputs_match_solo_runs_and_every_page_comes_back() {
         .expect("tasks done")
         .shut_down()
         .await;
+}
+
+/// The tiny tokenizer with the repository's function-calling template in `dir`, and ids 7 and
+/// 8 (bytes 0x07 and 0x08, in no text prompt) renamed to `calls` and `more`: with a logit
+/// bias the random model then writes a DeepSeek tool-call section.
+fn tools_tokenizer(dir: &Path, calls: &str, more: &str) {
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(tiny_tokenizer().join(f)).unwrap()).unwrap()
+    };
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/deepseek-v3-tools.jinja"),
+    )
+    .unwrap();
+    let mut cfg = read("tokenizer_config.json");
+    cfg["chat_template"] = json!(template);
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let mut tj = read("tokenizer.json");
+    for (id, text) in [(7, calls), (8, more)] {
+        // An added token decodes to its text as it is (a vocabulary entry would go through
+        // the byte-level alphabet); the entry it replaces is renamed to match.
+        let vocab = tj["model"]["vocab"].as_object_mut().unwrap();
+        let old = vocab.iter().find(|(_, v)| **v == id).unwrap().0.clone();
+        vocab.remove(&old);
+        vocab.insert(text.into(), json!(id));
+        tj["added_tokens"].as_array_mut().unwrap().push(json!({
+            "id": id, "content": text, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": false}));
+    }
+    std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_reach_the_template_and_replies_are_read_for_calls() {
+    const CALL: &str = "Let me look.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function\
+        <｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>";
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Current temperature.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let history = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\": 18}"},
+        {"role": "assistant", "content": "18 °C."},
+        {"role": "user", "content": "And now?"}]);
+    let body = |max_tokens: u64, bias: u32| {
+        json!({"messages": history, "tools": tools, "max_tokens": max_tokens,
+               "temperature": 0, "logit_bias": {bias.to_string(): 100}})
+    };
+
+    // The tiny tokenizer's own template shows no tools: refused, not dropped.
+    let s = Server::with_tokenizer().await;
+    let ask = json!({"messages": [{"role": "user", "content": "Weather?"}], "tools": tools});
+    let e = assert_error(&s.post("/v1/chat/completions", &ask).await, 400);
+    assert_eq!(e["param"], "tools");
+    assert!(
+        e["message"].as_str().unwrap().contains("--chat-template"),
+        "{e}"
+    );
+    s.shut_down().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    tools_tokenizer(dir.path(), CALL, "<｜tool▁calls▁end｜>");
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(tok.decode(&[7]).unwrap(), CALL);
+    let s = Server::start(
+        engine(Some(dir.path()), engine_config()),
+        ServerConfig::new(NAME),
+    )
+    .await;
+
+    // The prompt is the template's render of the whole exchange with the tools.
+    let messages: Vec<model::Message> = serde_json::from_value(history.clone()).unwrap();
+    let tool_list = tools.as_array().unwrap().as_slice();
+    let prompt = tok
+        .apply_chat_template_with_tools(&messages, Some(tool_list), model::ChatOptions::default())
+        .unwrap();
+    assert!(
+        prompt.contains("### get_weather\nCurrent temperature.\n"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("<｜tool▁output▁begin｜>{\"celsius\": 18}"),
+        "{prompt}"
+    );
+    let r = s.ok("/v1/chat/completions", &body(1, 7)).await;
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        tok.encode_plain(&prompt).unwrap().len()
+    );
+
+    // A reply holding a call: content before it, the call, finish_reason tool_calls.
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let m = &choice["message"];
+    assert_eq!(m["content"], "Let me look.");
+    let calls = m["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(
+        calls[0]["function"],
+        json!({"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"})
+    );
+    // Streamed: the same content, then the call in one delta with its index.
+    let mut sbody = body(1, 7);
+    sbody["stream"] = json!(true);
+    let chunks = s.stream("/v1/chat/completions", &sbody).await;
+    let d = chat_deltas(&chunks, 1);
+    assert_eq!(
+        (d[0].1.as_str(), d[0].2.as_str()),
+        ("Let me look.", "tool_calls")
+    );
+    let streamed: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0][0]["index"], 0);
+    assert_eq!(streamed[0][0]["function"], calls[0]["function"]);
+
+    // Text after the call section: nothing is read as a call, nothing is lost.
+    let r = s.ok("/v1/chat/completions", &body(2, 7)).await;
+    assert_eq!(r["choices"][0]["message"]["content"], CALL.repeat(2));
+    assert!(r["choices"][0]["message"].get("tool_calls").is_none());
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    // tool_choice none: the tools are shown, the reply is not read for calls.
+    let mut none = body(1, 7);
+    none["tool_choice"] = json!("none");
+    let r = s.ok("/v1/chat/completions", &none).await;
+    assert_eq!(r["choices"][0]["message"]["content"], CALL);
+    // Without tools nothing is read either.
+    let mut plain = body(1, 7);
+    plain.as_object_mut().unwrap().remove("tools");
+    let r = s.ok("/v1/chat/completions", &plain).await;
+    assert_eq!(r["choices"][0]["message"]["content"], CALL);
+
+    // Requests the server cannot honour, or malformed tool fields.
+    let chat = "/v1/chat/completions";
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            json!({"messages": user, "tools": tools, "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user, "tools": [{"type": "function"}]}),
+            "tools[0]",
+        ),
+        (
+            json!({"messages": user, "tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+            "tools[0]",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}),
+            "messages[0].tool_calls",
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+            {"type": "function", "function": {"arguments": "{}"}}]}]}),
+            "messages[0].tool_calls[0].function",
+        ),
+        (
+            json!({"messages": [{"role": "tool", "content": null}]}),
+            "messages[0].content",
+        ),
+    ];
+    for (body, param) in &cases {
+        let e = assert_error(&s.post(chat, body).await, 400);
+        assert_eq!(e["param"], *param, "{body}");
+    }
+    s.idle().await;
+    s.shut_down().await;
 }

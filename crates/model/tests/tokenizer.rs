@@ -73,8 +73,10 @@ fn chat_template_gives_one_bos_and_the_r1_think_prefill() {
 /// Every case of `tests/fixtures/chat_templates.json` (HF transformers' renders, written by
 /// `tests/reference/chat_templates.py`) renders the same through `Tokenizer::apply_chat_template`
 /// (the tiny tokenizer with the case's template): trim_blocks / lstrip_blocks, Python methods,
-/// HF's `tojson`, loop controls, macros, `namespace`, `raise_exception`, `strftime_now`, and
-/// DeepSeek-V3's own template.
+/// HF's `tojson`, loop controls, macros, `namespace`, `raise_exception`, `strftime_now`,
+/// DeepSeek-V3's own template (with tool calls and outputs in the history too), and the
+/// repository's function-calling template with `tools` (which renders plain conversations as
+/// V3's own does).
 #[test]
 fn chat_templates_render_as_hf_renders_them() {
     let fixtures = fixtures::fixtures_dir();
@@ -101,17 +103,13 @@ fn chat_templates_render_as_hf_renders_them() {
         config["chat_template"] = case["template"].clone();
         std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
         let tok = Tokenizer::from_dir(dir.path()).unwrap();
-        let messages: Vec<Message> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-            .collect();
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let tools = case["tools"].as_array().map(Vec::as_slice);
         let opts = ChatOptions {
             add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
             think_prefill: false,
         };
-        let got = tok.apply_chat_template(&messages, opts);
+        let got = tok.apply_chat_template_with_tools(&messages, tools, opts);
         match (&case["rendered"], &case["error"]) {
             (serde_json::Value::String(want), _) => assert_eq!(&got.unwrap(), want, "{name}"),
             (_, serde_json::Value::String(want)) => {

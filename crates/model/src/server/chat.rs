@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: whole responses (`chat.completion`) and streams
 //! (`chat.completion.chunk`), with the R1 reasoning split when the reply starts inside
-//! `<think>` (see [`super::reasoning`]).
+//! `<think>` (see [`super::reasoning`]) and, when the request has tools, DeepSeek's tool
+//! calls read into `tool_calls` (see [`super::tool_calls`]).
 
 use std::sync::Arc;
 
@@ -13,12 +14,14 @@ use super::error::ApiError;
 use super::extract::{parse, JsonBody};
 use super::generation::{finish_reason, Collected, Sample, Submission};
 use super::logprobs::chat_entry;
-use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, Usage};
+use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, ToolCallOut, Usage};
 use super::reasoning::{split_whole, ReasoningSplit, Split};
 use super::sse::{self, frame, Render};
 use super::state::AppState;
+use super::tool_calls::{self, Finished, ToolCallSplit};
 use super::{params, response_header};
 use crate::engine::{Engine, Event};
+use crate::tokenizer::FunctionCall;
 
 type ChatResponse = super::openai::Response<ChatChoice>;
 
@@ -36,6 +39,7 @@ pub(crate) async fn completions(
         .map_err(|e| e.with_param_renamed("prompt", "messages"))?;
     let header = response_header(&state, "chatcmpl", "chat.completion");
     let reasoning = prepared.thinking;
+    let tools = prepared.tool_calls;
     if !prepared.stream {
         let Collected { samples, usage, .. } = submission.collect().await?;
         let choices = samples
@@ -46,7 +50,7 @@ pub(crate) async fn completions(
                     &state.engine,
                     index,
                     s,
-                    reasoning,
+                    Reading { reasoning, tools },
                     prepared.return_token_ids,
                 )
             })
@@ -67,6 +71,9 @@ pub(crate) async fn completions(
         splits: (0..submission.n)
             .map(|_| reasoning.then(ReasoningSplit::default))
             .collect(),
+        calls: (0..submission.n)
+            .map(|_| tools.then(ToolCallSplit::default))
+            .collect(),
         include_usage: prepared.include_usage,
         return_token_ids: prepared.return_token_ids,
     };
@@ -77,27 +84,44 @@ pub(crate) async fn completions(
     ))
 }
 
+/// How a reply is read: the R1 reasoning split, tool calls.
+#[derive(Clone, Copy)]
+struct Reading {
+    reasoning: bool,
+    tools: bool,
+}
+
 /// A finished sample as a response choice.
 fn whole_choice(
     engine: &Engine,
     index: usize,
     s: Sample,
-    reasoning: bool,
+    reading: Reading,
     return_token_ids: bool,
 ) -> ChatChoice {
-    let message = if reasoning {
+    let (reasoning, content) = if reading.reasoning {
         let (reasoning, content) = split_whole(&s.text);
-        ChatOutput {
-            role: Some("assistant"),
-            content: Some(content),
-            reasoning_content: Some(reasoning),
-        }
+        (Some(reasoning), content)
     } else {
-        ChatOutput {
-            role: Some("assistant"),
-            content: Some(Some(s.text)),
-            reasoning_content: None,
+        (None, Some(s.text))
+    };
+    let (content, tool_calls) = match content {
+        Some(text) if reading.tools => {
+            let Finished { content, calls } = tool_calls::split_whole(&text);
+            let content = (!content.is_empty() || calls.is_empty()).then_some(content);
+            (content, calls_out(calls, false))
         }
+        content => (content, None),
+    };
+    let finish_reason = match (&tool_calls, s.finish) {
+        (Some(_), Some(_)) => Some("tool_calls"),
+        (_, finish) => finish.map(finish_reason),
+    };
+    let message = ChatOutput {
+        role: Some("assistant"),
+        content: Some(content),
+        reasoning_content: reasoning,
+        tool_calls,
     };
     let logprobs = (!s.logprobs.is_empty()).then(|| ChatLogprobs {
         content: s
@@ -111,9 +135,25 @@ fn whole_choice(
         message: Some(message),
         delta: None,
         logprobs,
-        finish_reason: s.finish.map(finish_reason),
+        finish_reason,
         token_ids: return_token_ids.then_some(s.tokens),
     }
+}
+
+/// A reply's calls in OpenAI's shape, each with a fresh id (`indexed`: in a stream delta);
+/// `None` when there are none.
+fn calls_out(calls: Vec<FunctionCall>, indexed: bool) -> Option<Vec<ToolCallOut>> {
+    let out: Vec<ToolCallOut> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, function)| ToolCallOut {
+            index: indexed.then_some(i),
+            id: format!("call_{:016x}", rand::random::<u64>()),
+            kind: "function",
+            function,
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
 }
 
 /// Renders a chat stream.
@@ -122,6 +162,8 @@ struct ChatStream {
     header: Header,
     /// Per choice, with reasoning on.
     splits: Vec<Option<ReasoningSplit>>,
+    /// Per choice, with tools.
+    calls: Vec<Option<ToolCallSplit>>,
     include_usage: bool,
     return_token_ids: bool,
 }
@@ -151,10 +193,24 @@ impl ChatStream {
                 content: text.to_string(),
             },
         };
+        let (content, tool_calls) = match self.calls.get_mut(index) {
+            Some(slot @ Some(_)) => {
+                let mut content = slot.as_mut().map(|c| c.push(&content)).unwrap_or_default();
+                let mut calls = None;
+                if last {
+                    let rest = slot.take().map(ToolCallSplit::finish).unwrap_or_default();
+                    content.push_str(&rest.content);
+                    calls = calls_out(rest.calls, true);
+                }
+                (content, calls)
+            }
+            _ => (content, None),
+        };
         ChatOutput {
             role: None,
             content: (!content.is_empty()).then_some(Some(content)),
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls,
         }
     }
 }
@@ -177,7 +233,7 @@ impl Render for ChatStream {
                 let delta = ChatOutput {
                     role: Some("assistant"),
                     content: Some(Some(String::new())),
-                    reasoning_content: None,
+                    ..ChatOutput::default()
                 };
                 self.chunk(vec![choice(index, delta)], None)
             })
@@ -214,10 +270,17 @@ impl Render for ChatStream {
                 reason,
                 text,
                 ..
-            } => ChatChoice {
-                finish_reason: Some(finish_reason(reason)),
-                ..choice(sample, self.delta(sample, &text, true))
-            },
+            } => {
+                let delta = self.delta(sample, &text, true);
+                let reason = match delta.tool_calls {
+                    Some(_) => "tool_calls",
+                    None => finish_reason(reason),
+                };
+                ChatChoice {
+                    finish_reason: Some(reason),
+                    ..choice(sample, delta)
+                }
+            }
             Event::Prompt { .. } | Event::Error(_) => return None,
         };
         Some(self.chunk(vec![c], None))

@@ -42,6 +42,7 @@ mod reasoning;
 mod routes;
 mod sse;
 mod state;
+mod tool_calls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::tokenizer::FunctionCall;
+
 /// Fields both endpoints share.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct CommonRequest {
@@ -70,6 +72,7 @@ pub(crate) struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
     pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
     pub functions: Option<Vec<Value>>,
     pub response_format: Option<Value>,
 }
@@ -79,7 +82,36 @@ pub(crate) struct ChatRequest {
 pub(crate) struct ChatMessage {
     pub role: String,
     pub content: Option<Content>,
-    pub tool_calls: Option<Vec<Value>>,
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    pub tool_call_id: Option<String>,
+}
+
+/// A past call in an assistant message.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ToolCallIn {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionIn,
+}
+
+/// The function of a past call; `arguments` is JSON text in OpenAI's API (an object is
+/// taken too and written out as JSON).
+#[derive(Debug, Deserialize)]
+pub(crate) struct FunctionIn {
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// A call in a reply: `message.tool_calls[i]`, or in a delta with its `index`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ToolCallOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
 }
 
 /// Message content: a string, or parts of which only text is understood.
@@ -191,6 +223,8 @@ pub(crate) struct ChatOutput {
     pub content: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 /// Chat `logprobs`: one entry per generated token.

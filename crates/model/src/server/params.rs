@@ -12,13 +12,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, ServerError};
-use super::openai::{ChatRequest, CommonRequest, CompletionRequest, Content, Prompt};
+use super::openai::{ChatRequest, CommonRequest, CompletionRequest, Content, Prompt, ToolCallIn};
 use super::reasoning::{generation_think, Think};
 use super::state::AppState;
 use crate::engine::{Request, RequestParams};
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
-use crate::tokenizer::{ChatOptions, Message, Tokenizer};
+use crate::tokenizer::{ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};
 
 /// Most alternatives per token `logprobs` / `top_logprobs` may ask for (OpenAI: 20).
 pub(crate) const MAX_LOGPROBS: u64 = 20;
@@ -78,6 +78,8 @@ pub(crate) struct Prepared {
     pub return_token_ids: bool,
     /// Chat with the reasoning split: the reply starts inside `<think>`.
     pub thinking: bool,
+    /// Chat with tools: replies are read for calls ([`super::tool_calls`]).
+    pub tool_calls: bool,
     /// Completions with `echo`: the prompt as each choice's text starts.
     pub echo: Option<Echo>,
 }
@@ -106,9 +108,7 @@ pub(crate) fn chat(
     req: ChatRequest,
 ) -> Result<Prepared, ApiError> {
     check_common(state, &common)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::unsupported("tools", "tool calling"));
-    }
+    let (tools, parse_calls) = tools(req.tools, req.tool_choice)?;
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(ApiError::unsupported("functions", "function calling"));
     }
@@ -132,36 +132,81 @@ pub(crate) fn chat(
     };
     let messages = messages(req.messages)?;
     let tokenizer = tokenizer(state, "messages", "chat completions need a tokenizer")?;
-    let (text, thinking) = chat_prompt(state, tokenizer, &messages)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let (text, thinking) = chat_prompt(state, tokenizer, &messages, tools.as_deref())?;
     let prompt = tokenizer
         .encode_plain(&text)
         .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
     prepared.thinking = thinking;
+    prepared.tool_calls = parse_calls;
     Ok(prepared)
 }
 
+/// The request's `tools` (none when empty) and whether replies are read for calls: with
+/// tools and `tool_choice` `auto` (the default) or `none` (tools shown, replies not read).
+/// Forcing a call (`required`, or a named function) would need constrained decoding, which
+/// this server does not do, so it is refused.
+fn tools(
+    tools: Option<Vec<Value>>,
+    choice: Option<Value>,
+) -> Result<(Option<Vec<Value>>, bool), ApiError> {
+    let tools = tools.filter(|t| !t.is_empty());
+    for (i, tool) in tools.iter().flatten().enumerate() {
+        let named = tool["function"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.trim().is_empty());
+        if tool["type"] != "function" || !named {
+            return Err(ApiError::invalid_param(
+                &format!("tools[{i}]"),
+                "a tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            ));
+        }
+    }
+    let read_calls = match choice.as_ref().map(|c| c.as_str()) {
+        None | Some(Some("auto")) => tools.is_some(),
+        Some(Some("none")) => false,
+        _ => {
+            return Err(ApiError::unsupported(
+                "tool_choice",
+                "a tool_choice other than auto or none",
+            ))
+        }
+    };
+    Ok((tools, read_calls))
+}
+
 /// The rendered conversation, and whether the reply starts inside the reasoning (only with
-/// [`super::ServerConfig::reasoning`]; see [`generation_think`]).
+/// [`super::ServerConfig::reasoning`]; see [`generation_think`]). Tools that the template
+/// does not show to the model are refused rather than silently dropped.
 fn chat_prompt(
     state: &AppState,
     tokenizer: &Tokenizer,
     messages: &[Message],
-) -> crate::Result<(String, bool)> {
-    let render = |add_generation_prompt| {
+    tools: Option<&[Value]>,
+) -> Result<(String, bool), ApiError> {
+    let render = |add_generation_prompt, tools| {
         let opts = ChatOptions {
             add_generation_prompt,
             think_prefill: false,
         };
-        tokenizer.apply_chat_template(messages, opts)
+        tokenizer
+            .apply_chat_template_with_tools(messages, tools, opts)
+            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))
     };
-    let mut text = render(true)?;
+    let mut text = render(true, tools)?;
+    if tools.is_some() && text == render(true, None)? {
+        return Err(ApiError::invalid_param(
+            "tools",
+            "this server's chat template does not show `tools` to the model (DeepSeek-V3's own \
+             does not): start the server with --chat-template FILE of a template that renders \
+             them",
+        ));
+    }
     if !state.config.reasoning {
         return Ok((text, false));
     }
-    Ok(match generation_think(&text, &render(false)?) {
+    Ok(match generation_think(&text, &render(false, tools)?) {
         Think::Open => (text, true),
         Think::Closed => (text, false),
         Think::Silent => {
@@ -352,6 +397,7 @@ fn build(
             .unwrap_or(false),
         return_token_ids: c.return_token_ids.unwrap_or(false),
         thinking: false,
+        tool_calls: false,
         echo: None,
     })
 }
@@ -440,6 +486,28 @@ fn encode(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// Conversation messages for the template; text parts only.
+/// A call from an earlier assistant turn, as templates render it (`arguments` as JSON text).
+fn past_call(param: &str, call: ToolCallIn) -> Result<ToolCall, ApiError> {
+    if call.kind.as_deref().is_some_and(|k| k != "function") {
+        return Err(ApiError::invalid_param(
+            &format!("{param}.type"),
+            "tool calls are of type function",
+        ));
+    }
+    let arguments = match call.function.arguments {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Ok(ToolCall {
+        id: call.id.unwrap_or_default(),
+        kind: "function".into(),
+        function: FunctionCall {
+            name: call.function.name,
+            arguments,
+        },
+    })
+}
+
 fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::invalid_param(
@@ -456,30 +524,39 @@ fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiE
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(ApiError::invalid_param(
                         &format!("{param}.role"),
                         format!(
-                            "role `{other}` is not supported (system, developer, user, assistant)"
+                            "role `{other}` is not supported (system, developer, user, \
+                             assistant, tool)"
                         ),
                     ))
                 }
             };
-            if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(ApiError::unsupported(
+            let tool_calls = m.tool_calls.unwrap_or_default();
+            if !tool_calls.is_empty() && role != "assistant" {
+                return Err(ApiError::invalid_param(
                     &format!("{param}.tool_calls"),
-                    "tool calling",
+                    "only assistant messages carry tool_calls",
                 ));
             }
+            let tool_calls = tool_calls
+                .into_iter()
+                .enumerate()
+                .map(|(j, call)| past_call(&format!("{param}.tool_calls[{j}]"), call))
+                .collect::<Result<Vec<_>, _>>()?;
             let content = match m.content {
-                // OpenAI allows a null content only beside tool calls, refused above.
+                // OpenAI allows a null content only beside tool calls.
+                None if !tool_calls.is_empty() => None,
                 None => {
                     return Err(ApiError::invalid_param(
                         &format!("{param}.content"),
                         "content must be a string or an array of content parts, not null",
                     ))
                 }
-                Some(Content::Text(t)) => t,
+                Some(Content::Text(t)) => Some(t),
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for (j, part) in parts.into_iter().enumerate() {
@@ -493,10 +570,15 @@ fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiE
                             }
                         }
                     }
-                    text
+                    Some(text)
                 }
             };
-            Ok(Message::new(role, &content))
+            Ok(Message {
+                role: role.to_string(),
+                content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+            })
         })
         .collect()
 }
