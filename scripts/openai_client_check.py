@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running `model serve` with the official `openai` Python client and asserts what
 comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
-prompts, logprobs, penalties and logit_bias, tools, vLLM's extra parameters, and the errors the client maps to exceptions.
+prompts, logprobs, penalties and logit_bias, tools, structured outputs, vLLM's extra parameters, and the errors the client maps to exceptions.
 
     python scripts/openai_client_check.py BASE_URL MODEL API_KEY
 
@@ -184,6 +184,34 @@ def _():
         assert e.body["param"] == "tool_choice", e.body
     else:
         raise AssertionError("tool_choice required was accepted")
+
+
+@check("structured outputs: the client's parse() with a pydantic model, json_object")
+def _():
+    from typing import Literal
+
+    import pydantic
+
+    class Weather(pydantic.BaseModel):
+        city: Literal["Paris", "Oslo"]
+        # Bounded, so that a random model's output fits the budget on any machine.
+        celsius: int = pydantic.Field(ge=-40, le=50)
+        sunny: bool
+
+    r = client.chat.completions.parse(model=model, messages=MESSAGES, response_format=Weather,
+                                      max_tokens=60, temperature=1.0, seed=3)
+    c = r.choices[0]
+    assert c.finish_reason == "stop", c
+    assert isinstance(c.message.parsed, Weather), c.message
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=200,
+                                       response_format={"type": "json_object"})
+    text = r.choices[0].message.content
+    if r.choices[0].finish_reason == "stop":
+        import json
+        assert isinstance(json.loads(text), dict), text
+    c = client.completions.create(model=model, prompt="Pick:", max_tokens=10,
+                                  extra_body={"guided_choice": ["red", "green"]})
+    assert c.choices[0].text in ("red", "green"), c
 
 
 @check("errors become the client's exceptions")

@@ -70,6 +70,7 @@ pub mod random;
 pub mod sampling;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod structured;
 pub mod tokenizer;
 
 pub use checkpoint::{dequantize_fp8, Checkpoint, CheckpointMatrices};

@@ -266,6 +266,16 @@ impl Tokenizer {
         Ok(self)
     }
 
+    /// The tokenizer as HF's `tokenizer.json` (what [`crate::structured`] reads token bytes
+    /// from).
+    pub(crate) fn hf_json(&self) -> Result<Value> {
+        let text = self
+            .inner
+            .to_string(false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
     /// The chat template's text, if the tokenizer has one.
     pub fn chat_template_source(&self) -> Option<&str> {
         self.chat_template.as_ref().map(ChatTemplate::source)

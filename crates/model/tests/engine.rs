@@ -14,6 +14,7 @@ use model::engine::{
 };
 use model::generate::{generate, FinishReason, GenerateOptions};
 use model::penalties::Penalties;
+use model::structured::Structure;
 use model::{DeepSeek, MatrixFormat, Precision, SamplingParams, Tokenizer};
 
 fn model() -> (Case, Arc<DeepSeek>) {
@@ -354,6 +355,68 @@ fn penalties_apply_per_sample_as_in_plain_generation() {
         }))
         .unwrap();
     assert!(out.iter().all(|s| s.tokens == [7; 16]), "{out:?}");
+    settled(&engine);
+}
+
+/// Structured outputs: every sample of a constrained request, sampled at temperature 1 from
+/// the random model, is complete JSON valid under the schema (checked by parsing it), ends
+/// when the grammar does, and a bad schema or a missing tokenizer is refused at submission.
+#[test]
+fn structured_outputs_follow_their_schema_in_every_sample() {
+    let (case, model) = model();
+    let schema = serde_json::json!({"type": "object", "additionalProperties": false,
+        "properties": {"answer": {"type": "integer", "minimum": -50, "maximum": 50},
+                       "unit": {"enum": ["m", "s"]}},
+        "required": ["answer", "unit"]});
+    let params = RequestParams {
+        n: 4,
+        max_tokens: 64,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 9,
+        },
+        structure: Some(Structure::JsonSchema(schema)),
+        ..RequestParams::default()
+    };
+    let request = Request {
+        prompt: case.ids("input_ids"),
+        params: params.clone(),
+    };
+    let engine = Engine::start(model.clone(), Some(tokenizer()), small_pages()).unwrap();
+    let out = engine.generate(request.clone()).unwrap();
+    assert_eq!(out.len(), 4);
+    for s in &out {
+        let v: serde_json::Value =
+            serde_json::from_str(&s.text).unwrap_or_else(|e| panic!("{:?}: {e}", s.text));
+        assert!(
+            (-50..=50).contains(&v["answer"].as_i64().unwrap()),
+            "{}",
+            s.text
+        );
+        assert!(
+            ["m", "s"].contains(&v["unit"].as_str().unwrap()),
+            "{}",
+            s.text
+        );
+        assert_eq!(s.finish, Some(FinishReason::Eos), "{}", s.text);
+    }
+    let texts: std::collections::HashSet<_> = out.iter().map(|s| &s.text).collect();
+    assert!(texts.len() > 1, "four samples at temperature 1 all equal");
+
+    let refuse = |engine: &Engine, structure: Structure, what: &str| {
+        let mut r = request.clone();
+        r.params.structure = Some(structure);
+        let err = engine.submit(r, Box::new(|_| true)).unwrap_err();
+        assert!(
+            matches!(&err, SubmitError::Invalid { param: "response_format", message } if message.contains(what)),
+            "{what}: {err}"
+        );
+    };
+    refuse(&engine, Structure::Regex("(".into()), "");
+    let bare = Engine::start(model, None, small_pages()).unwrap();
+    refuse(&bare, Structure::JsonObject, "tokenizer");
     settled(&engine);
 }
 

@@ -807,7 +807,12 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (chat, json!({"messages": msgs, "top_logprobs": 2}), 400, Some("top_logprobs")),
         (chat, json!({"messages": msgs, "logprobs": true, "top_logprobs": 50}), 400, Some("top_logprobs")),
         (chat, json!({"messages": msgs, "tools": [{"type": "function"}]}), 400, Some("tools[0]")),
-        (chat, json!({"messages": msgs, "response_format": {"type": "json_object"}}), 400, Some("response_format")),
+        (chat, json!({"messages": msgs, "response_format": {"type": "xml"}}), 400, Some("response_format.type")),
+        (chat, json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}), 400, Some("response_format.json_schema.schema")),
+        (chat, json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}), 400, Some("response_format")),
+        (cmpl, json!({"prompt": "x", "guided_regex": "(unclosed"}), 400, Some("guided_regex")),
+        (cmpl, json!({"prompt": "x", "guided_choice": []}), 400, Some("guided_choice")),
+        (cmpl, json!({"prompt": "x", "guided_json": {"type": "object"}, "guided_choice": ["a"]}), 400, Some("guided_choice")),
         (chat, json!({"messages": msgs, "model": "other"}), 404, Some("model")),
         (chat, json!({"messages": msgs, "n": 65}), 400, Some("n")),
         (chat, json!({"messages": msgs, "max_tokens": 200_000}), 400, Some("max_tokens")),
@@ -1621,6 +1626,78 @@ async fn tool_calls_reach_the_template_and_replies_are_read_for_calls() {
         let e = assert_error(&s.post(chat, body).await, 400);
         assert_eq!(e["param"], *param, "{body}");
     }
+    s.idle().await;
+    s.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_outputs_whole_and_streamed() {
+    let s = Server::with_tokenizer().await;
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}, "celsius": {"type": "integer",
+        "minimum": -40, "maximum": 50}}, "required": ["city", "celsius"]});
+    let mut body = chat_body("Weather?", 64);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(4);
+    body["n"] = json!(3);
+    body["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "weather", "strict": true, "schema": schema}});
+    let r = s.ok("/v1/chat/completions", &body).await;
+    let mut contents = vec![];
+    for c in r["choices"].as_array().unwrap() {
+        let text = c["message"]["content"].as_str().unwrap();
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(
+            ["Paris", "Oslo"].contains(&v["city"].as_str().unwrap()),
+            "{text}"
+        );
+        assert!(
+            (-40..=50).contains(&v["celsius"].as_i64().unwrap()),
+            "{text}"
+        );
+        assert_eq!(c["finish_reason"], "stop");
+        contents.push(text.to_string());
+    }
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let d = chat_deltas(&s.stream("/v1/chat/completions", &sbody).await, 3);
+    for (i, (_, content, finish)) in d.iter().enumerate() {
+        assert_eq!((content, finish.as_str()), (&contents[i], "stop"));
+    }
+    // json_object, and vLLM's guided_choice / guided_regex on completions.
+    let mut obj = chat_body("Weather?", 200);
+    obj["response_format"] = json!({"type": "json_object"});
+    let r = s.ok("/v1/chat/completions", &obj).await;
+    let c = &r["choices"][0];
+    let text = c["message"]["content"].as_str().unwrap();
+    if c["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<Value>(text).unwrap().is_object(),
+            "{text}"
+        );
+    } else {
+        assert!(text.starts_with('{'), "{text}");
+    }
+    let choices = ["left", "right", "up (1)"];
+    let r = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": "Go", "max_tokens": 20, "n": 4,
+        "temperature": 1.0, "seed": 1, "guided_choice": choices}),
+        )
+        .await;
+    for c in r["choices"].as_array().unwrap() {
+        assert!(choices.contains(&c["text"].as_str().unwrap()), "{c}");
+    }
+    let r = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": "Go", "max_tokens": 20,
+        "guided_regex": "[0-9]{2}:[0-9]{2}"}),
+        )
+        .await;
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(text.len() == 5 && text.as_bytes()[2] == b':', "{text}");
     s.idle().await;
     s.shut_down().await;
 }

@@ -51,7 +51,7 @@ mod scheduler;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use crate::error::{ModelError, Result};
@@ -59,6 +59,7 @@ use crate::generate::FinishReason;
 use crate::model::DeepSeek;
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
+use crate::structured::{Grammars, Structure};
 use crate::tokenizer::Tokenizer;
 
 /// Engine limits and modes.
@@ -136,6 +137,9 @@ pub struct RequestParams {
     /// Logit bias and presence / frequency / repetition penalties, applied before sampling
     /// (log-probabilities stay those of the model's own distribution, as vLLM's default).
     pub penalties: Penalties,
+    /// Output constrained to a JSON Schema, a regular expression... (needs a tokenizer); a
+    /// sample ends once its output is complete.
+    pub structure: Option<Structure>,
     /// Ids that end a sample (not part of its output).
     pub stop_tokens: Vec<u32>,
     /// Keep generating through stop tokens (benchmarks: always `max_tokens`).
@@ -161,6 +165,7 @@ impl Default for RequestParams {
             min_tokens: 0,
             sampling: SamplingParams::greedy(),
             penalties: Penalties::default(),
+            structure: None,
             stop_tokens: vec![],
             ignore_eos: false,
             stop_strings: vec![],
@@ -312,6 +317,31 @@ struct Shared {
     waiting: AtomicUsize,
     closing: AtomicBool,
     next_id: AtomicU64,
+    /// The vocabulary indexed for structured outputs, built by the first request with one.
+    grammars: OnceLock<std::result::Result<Arc<Grammars>, String>>,
+}
+
+impl Shared {
+    /// [`Grammars`] for `tokenizer` over the model's vocabulary (built once).
+    fn grammars(
+        &self,
+        model: &DeepSeek,
+        tokenizer: Option<&Tokenizer>,
+    ) -> std::result::Result<Arc<Grammars>, String> {
+        let tokenizer =
+            tokenizer.ok_or("structured outputs need a tokenizer, and this engine has none")?;
+        self.grammars
+            .get_or_init(|| {
+                let eos = tokenizer
+                    .eos_id()
+                    .or(model.config().eos_token_ids.first().copied())
+                    .ok_or("structured outputs need an EOS token")?;
+                Grammars::new(tokenizer, model.config().vocab_size, eos)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
 }
 
 /// A handle to a running engine (cheap to clone; the engine stops when [`Engine::shutdown`]
@@ -371,6 +401,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
+            grammars: OnceLock::new(),
         });
         let (tx, rx) = channel();
         let worker = scheduler::Scheduler::new(
@@ -528,6 +559,19 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether `structure` compiles for this engine's tokenizer (the first call indexes the
+    /// vocabulary: up to a second for DeepSeek's 129K tokens); otherwise why not.
+    pub fn check_structure(&self, structure: &Structure) -> std::result::Result<(), String> {
+        let inner = &self.inner;
+        let grammars = inner
+            .shared
+            .grammars(&inner.model, inner.tokenizer.as_deref())?;
+        grammars
+            .constraint(structure)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// The checks [`Engine::submit`] makes, without queueing anything: a caller submitting
     /// several requests as one (a batch of prompts) refuses all of them before any runs.
     pub fn check(&self, request: &Request) -> std::result::Result<(), SubmitError> {
@@ -573,6 +617,11 @@ impl Engine {
         }
         if let Err((param, message)) = p.penalties.check(vocab) {
             return invalid(param, message);
+        }
+        if let Some(structure) = &p.structure {
+            if let Err(message) = self.check_structure(structure) {
+                return invalid("response_format", message);
+            }
         }
         if !p.stop_strings.is_empty() && self.inner.tokenizer.is_none() {
             return invalid(

@@ -21,6 +21,7 @@ use crate::generate::{FinishReason, TextStops};
 use crate::model::DeepSeek;
 use crate::penalties::TokenHistory;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::structured::Constraint;
 use crate::tokenizer::Tokenizer;
 
 /// An admitted request.
@@ -49,6 +50,8 @@ struct Seq {
     sampler: Sampler,
     /// What the sequence has seen, kept only when its request has penalties to apply.
     history: Option<TokenHistory>,
+    /// Where its output stands in the request's grammar (structured outputs).
+    constraint: Option<Constraint>,
     text: TextStops,
     /// With [`RequestParams::prompt_logprobs`] (its value), the prompt tokens scored so far.
     prompt_scores: Option<(usize, Vec<TokenLogprob>)>,
@@ -253,6 +256,25 @@ impl Scheduler {
             self.stats.prompt_tokens_reused += reused as u64;
             let history = (!request.params.penalties.is_neutral())
                 .then(|| TokenHistory::new(&request.prompt));
+            // Compiled at submission too ([`super::Engine::check`]): an error here is rare.
+            let constraint = match &request.params.structure {
+                None => None,
+                Some(structure) => match self
+                    .shared
+                    .grammars(&self.model, self.tokenizer.as_deref())
+                    .and_then(|g| g.constraint(structure).map_err(|e| e.to_string()))
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let mut sink = sink;
+                        sink(Event::Error(e));
+                        self.slots -= request.params.n;
+                        self.reserved -= need;
+                        self.stats.requests_aborted += 1;
+                        continue;
+                    }
+                },
+            };
             self.seqs.push(Seq {
                 request: id,
                 sample: 0,
@@ -263,6 +285,7 @@ impl Scheduler {
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
                 history,
+                constraint,
                 text: TextStops::new(request.params.stop_strings.clone()),
                 prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
             });
@@ -505,6 +528,7 @@ impl Scheduler {
                     generated: 0,
                     sampler: Sampler::new(sample_params(&live.params.sampling, i)),
                     history: parent.history.as_ref().map(TokenHistory::fork),
+                    constraint: parent.constraint.as_ref().map(Constraint::fork),
                     text: TextStops::new(live.params.stop_strings.clone()),
                     prompt_scores: None,
                 })
@@ -546,11 +570,19 @@ impl Scheduler {
         };
         let seq = &mut self.seqs[pos];
         let p = &live.params;
-        let mask_stops = seq.generated < p.min_tokens && !p.stop_tokens.is_empty();
-        let token = if mask_stops || seq.history.is_some() {
+        let mut mask_stops = seq.generated < p.min_tokens && !p.stop_tokens.is_empty();
+        let token = if mask_stops || seq.history.is_some() || seq.constraint.is_some() {
             let mut adjusted = logits.to_vec();
             if let Some(history) = &seq.history {
                 p.penalties.apply(&mut adjusted, history);
+            }
+            if let Some(constraint) = &mut seq.constraint {
+                constraint.mask(&mut adjusted)?;
+                // A complete output allows only its end: the grammar wins over min_tokens.
+                mask_stops &= adjusted
+                    .iter()
+                    .enumerate()
+                    .any(|(t, l)| *l > f32::NEG_INFINITY && !p.stop_tokens.contains(&(t as u32)));
             }
             if mask_stops {
                 for &t in &p.stop_tokens {
@@ -563,8 +595,12 @@ impl Scheduler {
         } else {
             seq.sampler.sample(logits)
         };
-        if !p.ignore_eos && p.stop_tokens.contains(&token) {
+        let stop_token = p.stop_tokens.contains(&token);
+        if stop_token && (!p.ignore_eos || seq.constraint.as_ref().is_some_and(|c| c.finished())) {
             return Ok(Outcome::Finish(FinishReason::Eos));
+        }
+        if let Some(constraint) = &mut seq.constraint {
+            constraint.commit(token)?;
         }
         let logprob = p.logprobs.map(|top| token_logprob(logits, token, top));
         let text = match &self.tokenizer {
@@ -591,6 +627,9 @@ impl Scheduler {
         }
         Ok(if seq.text.stopped() {
             Outcome::Finish(FinishReason::StopString)
+        } else if seq.constraint.as_ref().is_some_and(Constraint::finished) {
+            // The output is complete: its grammar allows nothing more.
+            Outcome::Finish(FinishReason::Eos)
         } else if seq.generated >= live.params.max_tokens {
             Outcome::Finish(FinishReason::MaxTokens)
         } else {

@@ -1,6 +1,6 @@
 //! The JSON of OpenAI's chat and (legacy) completions APIs, with vLLM's extensions
 //! (`top_k`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `return_token_ids`,
-//! `repetition_penalty`).
+//! `repetition_penalty`, `guided_json` / `guided_regex` / `guided_choice`).
 //!
 //! Requests keep every field the server acts on, plus the ones it must refuse rather than
 //! silently ignore (tools, response formats, `best_of`...): those are checked in
@@ -37,6 +37,11 @@ pub(crate) struct CommonRequest {
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub logit_bias: Option<BTreeMap<String, Value>>,
+    // Structured outputs: OpenAI's, and vLLM's extensions.
+    pub response_format: Option<ResponseFormat>,
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
     // Refused unless equal to `n`.
     pub best_of: Option<u64>,
 }
@@ -58,6 +63,23 @@ impl Stop {
     }
 }
 
+/// `response_format`: `{"type": "text" | "json_object"}` or `{"type": "json_schema",
+/// "json_schema": {"name", "schema", "strict"}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// The `json_schema` of a `response_format` (its `name` and `strict` change nothing here:
+/// output always follows the schema).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct JsonSchemaFormat {
+    pub schema: Option<Value>,
+}
+
 /// `stream_options`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct StreamOptions {
@@ -74,7 +96,6 @@ pub(crate) struct ChatRequest {
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
     pub functions: Option<Vec<Value>>,
-    pub response_format: Option<Value>,
 }
 
 /// One message of a conversation.

@@ -12,12 +12,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, ServerError};
-use super::openai::{ChatRequest, CommonRequest, CompletionRequest, Content, Prompt, ToolCallIn};
+use super::openai::{
+    ChatRequest, CommonRequest, CompletionRequest, Content, Prompt, ResponseFormat, ToolCallIn,
+};
 use super::reasoning::{generation_think, Think};
 use super::state::AppState;
 use crate::engine::{Request, RequestParams};
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
+use crate::structured::Structure;
 use crate::tokenizer::{ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};
 
 /// Most alternatives per token `logprobs` / `top_logprobs` may ask for (OpenAI: 20).
@@ -111,14 +114,6 @@ pub(crate) fn chat(
     let (tools, parse_calls) = tools(req.tools, req.tool_choice)?;
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(ApiError::unsupported("functions", "function calling"));
-    }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "a response format other than text",
-            ));
-        }
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(_)) => {
@@ -355,6 +350,18 @@ fn build(
         // No seed: a fresh one, so repeated requests differ as OpenAI's do.
         seed: c.seed.map_or_else(rand::random, |s| s as u64),
     };
+    let structure = match structure(&c)? {
+        // Compiled here, off the runtime (the first one also indexes the vocabulary), so
+        // that the error names the parameter the client used.
+        Some((param, structure)) => {
+            state
+                .engine
+                .check_structure(&structure)
+                .map_err(|e| ApiError::invalid_param(param, e))?;
+            Some(structure)
+        }
+        None => None,
+    };
     let penalties = Penalties {
         presence: c.presence_penalty.unwrap_or(0.0),
         frequency: c.frequency_penalty.unwrap_or(0.0),
@@ -382,6 +389,7 @@ fn build(
         min_tokens: to_usize("min_tokens", c.min_tokens.unwrap_or(0))?,
         sampling,
         penalties,
+        structure,
         stop_tokens,
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_strings,
@@ -423,6 +431,51 @@ fn default_max_tokens(state: &AppState, prompt: usize, n: usize) -> usize {
         .min(ctx_room)
         .min(cache_room)
         .max(1)
+}
+
+/// What the output must be: OpenAI's `response_format`, or one of vLLM's `guided_json`,
+/// `guided_regex`, `guided_choice` (at most one of them all), and the parameter it came
+/// from.
+fn structure(c: &CommonRequest) -> Result<Option<(&'static str, Structure)>, ApiError> {
+    let format = match &c.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(("response_format", Structure::JsonObject)),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let schema = json_schema.schema.clone().ok_or_else(|| {
+                ApiError::invalid_param(
+                    "response_format.json_schema.schema",
+                    "a json_schema response format needs its schema",
+                )
+            })?;
+            Some(("response_format", Structure::JsonSchema(schema)))
+        }
+    };
+    let given: Vec<(&'static str, Structure)> = [
+        format,
+        c.guided_json
+            .clone()
+            .map(|s| ("guided_json", Structure::JsonSchema(s))),
+        c.guided_regex
+            .clone()
+            .map(|r| ("guided_regex", Structure::Regex(r))),
+        c.guided_choice
+            .clone()
+            .map(|v| ("guided_choice", Structure::Choice(v))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.as_slice() {
+        [] => Ok(None),
+        [(param, structure)] => Ok(Some((param, structure.clone()))),
+        [_, (second, _), ..] => Err(ApiError::invalid_param(
+            second,
+            format!(
+                "one output structure per request: {} are all given",
+                given.iter().map(|g| g.0).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
 }
 
 /// OpenAI's `logit_bias`, token ids (as JSON object keys) to numbers; the engine checks the
