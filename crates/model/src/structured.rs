@@ -6,8 +6,7 @@
 //! llama.cpp, vLLM and SGLang use: before each token a [`Constraint`] computes the set of
 //! tokens that keep the output a prefix of some word of the grammar, every other logit
 //! becomes `-inf`, and the chosen token advances it. When the grammar is complete only EOS
-//! is allowed. JSON is compact (`", "` and `": "` separators, no free whitespace), so a
-//! model cannot pad its output with whitespace forever.
+//! is allowed. JSON is [`compact`].
 //!
 //! A [`Grammars`] indexes one tokenizer's vocabulary (the bytes of every token) once; it
 //! compiles each request's [`Structure`] into a fresh [`Constraint`].
@@ -34,26 +33,20 @@ pub enum Structure {
     Regex(String),
     /// Exactly one of these strings.
     Choice(Vec<String>),
+    /// Text of a context-free grammar in llguidance's Lark syntax (rules may embed JSON
+    /// Schemas as `%json { ... }`); vLLM's `guided_grammar`.
+    Lark(String),
 }
 
 impl Structure {
     /// The llguidance grammar.
     fn grammar(&self) -> Result<TopLevelGrammar> {
-        // Compact JSON: with free whitespace a weak model may write spaces until its budget
-        // runs out.
-        let compact = json!({"whitespace_flexible": false, "item_separator": ", ",
-                             "key_separator": ": "});
-        let schema = |mut schema: Value| -> Result<TopLevelGrammar> {
-            let Some(obj) = schema.as_object_mut() else {
-                return Err(ModelError::Input("a JSON Schema must be an object".into()));
-            };
-            obj.entry("x-guidance").or_insert(compact.clone());
-            Ok(TopLevelGrammar::from_json_schema(schema))
-        };
+        let schema = |schema: Value| Ok(TopLevelGrammar::from_json_schema(compact(schema)?));
         match self {
             Structure::JsonObject => schema(json!({"type": "object"})),
             Structure::JsonSchema(s) => schema(s.clone()),
             Structure::Regex(rx) => Ok(TopLevelGrammar::from_regex(rx)),
+            Structure::Lark(grammar) => Ok(TopLevelGrammar::from_lark(grammar.clone())),
             Structure::Choice(choices) => {
                 if choices.is_empty() {
                     return Err(ModelError::Input("the list of choices is empty".into()));
@@ -64,6 +57,20 @@ impl Structure {
             }
         }
     }
+}
+
+/// `schema` with llguidance's compact-JSON options (unless it sets its own `x-guidance`):
+/// `", "` and `": "` separators and no free whitespace, so a model cannot pad its output
+/// with whitespace until its budget runs out. Also for `%json` rules of a
+/// [`Structure::Lark`] grammar.
+pub fn compact(mut schema: Value) -> Result<Value> {
+    let Some(obj) = schema.as_object_mut() else {
+        return Err(ModelError::Input("a JSON Schema must be an object".into()));
+    };
+    obj.entry("x-guidance").or_insert_with(
+        || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+    );
+    Ok(schema)
 }
 
 /// One tokenizer's vocabulary indexed for constraints.

@@ -812,6 +812,7 @@ async fn every_bad_input_gets_an_openai_error_and_changes_nothing() {
         (chat, json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}), 400, Some("response_format")),
         (cmpl, json!({"prompt": "x", "guided_regex": "(unclosed"}), 400, Some("guided_regex")),
         (cmpl, json!({"prompt": "x", "guided_choice": []}), 400, Some("guided_choice")),
+        (cmpl, json!({"prompt": "x", "guided_grammar": "start: undefined_rule"}), 400, Some("guided_grammar")),
         (cmpl, json!({"prompt": "x", "guided_json": {"type": "object"}, "guided_choice": ["a"]}), 400, Some("guided_choice")),
         (chat, json!({"messages": msgs, "model": "other"}), 404, Some("model")),
         (chat, json!({"messages": msgs, "n": 65}), 400, Some("n")),
@@ -1591,12 +1592,65 @@ async fn tool_calls_reach_the_template_and_replies_are_read_for_calls() {
     let r = s.ok("/v1/chat/completions", &plain).await;
     assert_eq!(r["choices"][0]["message"]["content"], CALL);
 
+    // tool_choice required / named: the reply is calls only, each call's arguments valid
+    // under its tool's schema, though the random model would write none of its own.
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"]});
+    // Bounded arguments, and id 10 (the newline byte) discouraged where a call could be
+    // followed by another, so that the random model's replies end on any machine.
+    let mut forced = json!({"messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": schema}},
+                  {"type": "function", "function": {"name": "now", "parameters":
+                      {"type": "object", "properties": {}, "additionalProperties": false}}}],
+        "max_tokens": 400, "temperature": 1.0, "seed": 2, "n": 3, "logit_bias": {"10": -100}});
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    ] {
+        forced["tool_choice"] = choice.clone();
+        let r = s.ok("/v1/chat/completions", &forced).await;
+        for c in r["choices"].as_array().unwrap() {
+            assert_eq!(c["finish_reason"], "tool_calls", "{c}");
+            assert!(c["message"]["content"].is_null(), "{c}");
+            let calls = c["message"]["tool_calls"].as_array().unwrap();
+            assert!(!calls.is_empty());
+            for call in calls {
+                let f = &call["function"];
+                let args: Value = serde_json::from_str(f["arguments"].as_str().unwrap()).unwrap();
+                match f["name"].as_str().unwrap() {
+                    "get_weather" => {
+                        assert!(["Paris", "Oslo"].contains(&args["city"].as_str().unwrap()))
+                    }
+                    "now" => assert!(choice == "required" && args.is_object()),
+                    other => panic!("{other}"),
+                }
+            }
+            if choice != "required" {
+                assert_eq!(calls.len(), 1);
+            }
+        }
+    }
+
     // Requests the server cannot honour, or malformed tool fields.
     let chat = "/v1/chat/completions";
     let user = json!([{"role": "user", "content": "hi"}]);
     let cases = [
         (
-            json!({"messages": user, "tools": tools, "tool_choice": "required"}),
+            json!({"messages": user, "tools": tools, "tool_choice": "any"}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user, "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user, "tools": tools, "tool_choice":
+            {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": user, "tools": tools, "tool_choice": "required",
+            "response_format": {"type": "json_object"}}),
             "tool_choice",
         ),
         (
@@ -1698,6 +1752,19 @@ async fn structured_outputs_whole_and_streamed() {
         .await;
     let text = r["choices"][0]["text"].as_str().unwrap();
     assert!(text.len() == 5 && text.as_bytes()[2] == b':', "{text}");
+    let r = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": "Go", "max_tokens": 40, "temperature": 1.0,
+        "guided_grammar": "start: \"move \" dir (\", \" dir)?\ndir: \"north\" | \"south\""}),
+        )
+        .await;
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    let dirs: Vec<&str> = text.strip_prefix("move ").unwrap().split(", ").collect();
+    assert!(
+        dirs.iter().all(|d| ["north", "south"].contains(d)),
+        "{text}"
+    );
     s.idle().await;
     s.shut_down().await;
 }

@@ -17,11 +17,12 @@
 //!   (chat: `top_logprobs`), `presence_penalty`, `frequency_penalty`, `logit_bias`, vLLM's
 //!   `repetition_penalty`, `ignore_eos`, `min_tokens`, `stop_token_ids` and
 //!   `return_token_ids`; structured outputs (`response_format` `json_object` /
-//!   `json_schema`, vLLM's `guided_json` / `guided_regex` / `guided_choice`); parameters the
-//!   server cannot honour (`tool_choice` `required`, `suffix`, `best_of` other than `n`) are
-//!   refused with a 400, never ignored;
+//!   `json_schema`, vLLM's `guided_json` / `guided_regex` / `guided_choice` /
+//!   `guided_grammar`); parameters the server cannot honour (`suffix`, `best_of` other than
+//!   `n`) are refused with a 400, never ignored;
 //! - chat: `tools` (shown to the model by the chat template; a template that ignores them is
-//!   a 400), replies read for DeepSeek's tool calls into `tool_calls`;
+//!   a 400), replies read for DeepSeek's tool calls into `tool_calls`, `tool_choice` `auto`,
+//!   `none`, `required` or a named function (the last two force calls by a grammar);
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus).
 //!
 //! Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad

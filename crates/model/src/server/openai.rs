@@ -1,6 +1,6 @@
 //! The JSON of OpenAI's chat and (legacy) completions APIs, with vLLM's extensions
 //! (`top_k`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `return_token_ids`,
-//! `repetition_penalty`, `guided_json` / `guided_regex` / `guided_choice`).
+//! `repetition_penalty`, `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`).
 //!
 //! Requests keep every field the server acts on, plus the ones it must refuse rather than
 //! silently ignore (tools, response formats, `best_of`...): those are checked in
@@ -42,6 +42,7 @@ pub(crate) struct CommonRequest {
     pub guided_json: Option<Value>,
     pub guided_regex: Option<String>,
     pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
     // Refused unless equal to `n`.
     pub best_of: Option<u64>,
 }

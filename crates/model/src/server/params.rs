@@ -17,6 +17,7 @@ use super::openai::{
 };
 use super::reasoning::{generation_think, Think};
 use super::state::AppState;
+use super::tool_calls;
 use crate::engine::{Request, RequestParams};
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
@@ -111,7 +112,11 @@ pub(crate) fn chat(
     req: ChatRequest,
 ) -> Result<Prepared, ApiError> {
     check_common(state, &common)?;
-    let (tools, parse_calls) = tools(req.tools, req.tool_choice)?;
+    let ToolUse {
+        tools,
+        read_calls,
+        forced,
+    } = tools(req.tools, req.tool_choice)?;
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(ApiError::unsupported("functions", "function calling"));
     }
@@ -134,18 +139,31 @@ pub(crate) fn chat(
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
     prepared.thinking = thinking;
-    prepared.tool_calls = parse_calls;
+    prepared.tool_calls = read_calls;
+    if let Some(forced) = forced {
+        let params = &mut prepared.request.params;
+        if params.structure.is_some() {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "a tool_choice that forces a call constrains the reply, and so does the \
+                 response format given: send one of them",
+            ));
+        }
+        state
+            .engine
+            .check_structure(&forced)
+            .map_err(|e| ApiError::invalid_param("tool_choice", e))?;
+        params.structure = Some(forced);
+    }
     Ok(prepared)
 }
 
-/// The request's `tools` (none when empty) and whether replies are read for calls: with
-/// tools and `tool_choice` `auto` (the default) or `none` (tools shown, replies not read).
-/// Forcing a call (`required`, or a named function) would need constrained decoding, which
-/// this server does not do, so it is refused.
-fn tools(
-    tools: Option<Vec<Value>>,
-    choice: Option<Value>,
-) -> Result<(Option<Vec<Value>>, bool), ApiError> {
+/// The request's `tools` (none when empty), whether replies are read for calls, and the
+/// grammar that forces a call: `tool_choice` `auto` (the default) reads calls, `none` shows
+/// the tools but reads none, `required` forces one or more calls and
+/// `{"type": "function", "function": {"name": ...}}` exactly one call of that function (both
+/// through [`tool_calls::forced_calls`], with arguments valid under the tool's schema).
+fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, ApiError> {
     let tools = tools.filter(|t| !t.is_empty());
     for (i, tool) in tools.iter().flatten().enumerate() {
         let named = tool["function"]["name"]
@@ -158,17 +176,63 @@ fn tools(
             ));
         }
     }
-    let read_calls = match choice.as_ref().map(|c| c.as_str()) {
-        None | Some(Some("auto")) => tools.is_some(),
-        Some(Some("none")) => false,
-        _ => {
-            return Err(ApiError::unsupported(
-                "tool_choice",
-                "a tool_choice other than auto or none",
-            ))
-        }
+    let Some(choice) = choice else {
+        return Ok(ToolUse {
+            read_calls: tools.is_some(),
+            tools,
+            forced: None,
+        });
     };
-    Ok((tools, read_calls))
+    let needs_tools = || {
+        ApiError::invalid_param(
+            "tool_choice",
+            "a tool_choice that forces a call needs tools",
+        )
+    };
+    let forced = |only: Option<&str>| {
+        let list = tools.as_deref().ok_or_else(needs_tools)?;
+        tool_calls::forced_calls(list, only)
+            .map_err(|e| ApiError::invalid_param("tool_choice", e.to_string()))
+    };
+    let (read, forced) =
+        match (&choice, choice["function"]["name"].as_str()) {
+            (Value::String(c), _) if c == "auto" => (tools.is_some(), None),
+            (Value::String(c), _) if c == "none" => (false, None),
+            (Value::String(c), _) if c == "required" => (true, Some(forced(None)?)),
+            (Value::Object(_), Some(name)) if choice["type"] == "function" => {
+                let known = tools
+                    .iter()
+                    .flatten()
+                    .any(|t| t["function"]["name"] == name);
+                if !known {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        format!("tool_choice names `{name}`, which is not among the tools"),
+                    ));
+                }
+                (true, Some(forced(Some(name))?))
+            }
+            _ => return Err(ApiError::invalid_param(
+                "tool_choice",
+                "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \
+                 \"function\": {\"name\": ...}}",
+            )),
+        };
+    Ok(ToolUse {
+        tools,
+        read_calls: read,
+        forced,
+    })
+}
+
+/// What a chat request's `tools` and `tool_choice` ask for.
+struct ToolUse {
+    /// The tools, for the template (none when empty).
+    tools: Option<Vec<Value>>,
+    /// Replies are read for calls.
+    read_calls: bool,
+    /// The grammar that forces calls (`required` or a named function).
+    forced: Option<Structure>,
 }
 
 /// The rendered conversation, and whether the reply starts inside the reasoning (only with
@@ -434,7 +498,8 @@ fn default_max_tokens(state: &AppState, prompt: usize, n: usize) -> usize {
 }
 
 /// What the output must be: OpenAI's `response_format`, or one of vLLM's `guided_json`,
-/// `guided_regex`, `guided_choice` (at most one of them all), and the parameter it came
+/// `guided_regex`, `guided_choice`, `guided_grammar` (llguidance's Lark syntax; at most one
+/// of them all), and the parameter it came
 /// from.
 fn structure(c: &CommonRequest) -> Result<Option<(&'static str, Structure)>, ApiError> {
     let format = match &c.response_format {
@@ -461,6 +526,9 @@ fn structure(c: &CommonRequest) -> Result<Option<(&'static str, Structure)>, Api
         c.guided_choice
             .clone()
             .map(|v| ("guided_choice", Structure::Choice(v))),
+        c.guided_grammar
+            .clone()
+            .map(|g| ("guided_grammar", Structure::Lark(g))),
     ]
     .into_iter()
     .flatten()

@@ -19,6 +19,9 @@
 //! through the same [`ToolCallSplit`]: content streams until the section starts (a tail
 //! that could begin its marker is held back), and the calls go out in the final delta.
 
+use serde_json::Value;
+
+use crate::structured::{self, Structure};
 use crate::tokenizer::FunctionCall;
 
 const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
@@ -26,6 +29,46 @@ const CALLS_END: &str = "<｜tool▁calls▁end｜>";
 const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 const CALL_END: &str = "<｜tool▁call▁end｜>";
 const SEP: &str = "<｜tool▁sep｜>";
+
+/// A grammar ([`Structure::Lark`]) for a reply that is nothing but calls in V3's format:
+/// one or more calls of any of `tools` (`tool_choice` `required`), or exactly one call of
+/// `only` (a named `tool_choice`), each function's arguments valid under its `parameters`
+/// schema (any object when it has none).
+pub(crate) fn forced_calls(tools: &[Value], only: Option<&str>) -> crate::Result<Structure> {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let mut rules = Vec::new();
+    let mut alternatives = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let function = &tool["function"];
+        let name = function["name"].as_str().unwrap_or_default();
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let schema = match function.get("parameters") {
+            Some(p) if p.is_object() => p.clone(),
+            _ => serde_json::json!({"type": "object"}),
+        };
+        let schema = structured::compact(schema)?;
+        rules.push(format!(
+            "call{i}: {} args{i} {}\nargs{i}: %json {schema}",
+            quote(&format!("{CALL_BEGIN}function{SEP}{name}\n```json\n")),
+            quote(&format!("\n```{CALL_END}"))
+        ));
+        alternatives.push(format!("call{i}"));
+    }
+    let call = alternatives.join(" | ");
+    let repeat = if only.is_some() {
+        ""
+    } else {
+        " (\"\\n\" call)*"
+    };
+    Ok(Structure::Lark(format!(
+        "start: {} call{repeat} {}\ncall: {call}\n{}\n",
+        quote(CALLS_BEGIN),
+        quote(CALLS_END),
+        rules.join("\n")
+    )))
+}
 
 /// Splits a reply that arrives in pieces into content and, at the end, its calls.
 #[derive(Debug, Clone, Default)]
