@@ -415,6 +415,51 @@ fn structured_outputs_follow_their_schema_in_every_sample() {
         );
     };
     refuse(&engine, Structure::Regex("(".into()), "");
+
+    // `structure_after`: free output up to the marker (here the text of the greedy output's
+    // fourth token, where R1 would write `</think>`), then the structure.
+    let tok = tokenizer();
+    let free = engine
+        .generate(Request {
+            prompt: case.ids("input_ids"),
+            params: RequestParams {
+                max_tokens: 12,
+                ..RequestParams::default()
+            },
+        })
+        .unwrap()
+        .remove(0);
+    let k = (3..free.tokens.len())
+        .find(|&k| {
+            let piece = tok.decode(&free.tokens[k..=k]).unwrap();
+            !piece.is_empty() && !tok.decode(&free.tokens[..k]).unwrap().contains(&piece)
+        })
+        .expect("a token whose text is new");
+    let marker = tok.decode(&free.tokens[k..=k]).unwrap();
+    let guided = engine
+        .generate(Request {
+            prompt: case.ids("input_ids"),
+            params: RequestParams {
+                max_tokens: 40,
+                structure: Some(Structure::Regex("[0-9]{4}".into())),
+                structure_after: Some(marker.clone()),
+                ..RequestParams::default()
+            },
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        guided.tokens[..=k],
+        free.tokens[..=k],
+        "free until the marker"
+    );
+    let after = tok.decode(&guided.tokens[k + 1..]).unwrap();
+    assert!(
+        after.len() == 4 && after.bytes().all(|b| b.is_ascii_digit()),
+        "{marker:?} then {after:?}"
+    );
+    assert_eq!(guided.finish, Some(FinishReason::Eos));
+
     let bare = Engine::start(model, None, small_pages()).unwrap();
     refuse(&bare, Structure::JsonObject, "tokenizer");
     settled(&engine);

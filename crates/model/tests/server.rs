@@ -1192,6 +1192,12 @@ async fn r1_reasoning_is_split_whole_and_streamed() {
         "prefilled"
     );
     let tokens = ids(&r["choices"][0]["token_ids"]);
+    // A response format constrains the answer after `</think>`, not the reasoning: this
+    // reply, all reasoning, is unchanged.
+    let mut json_body = body.clone();
+    json_body["response_format"] = json!({"type": "json_object"});
+    let j = s.ok("/v1/chat/completions", &json_body).await;
+    assert_eq!(j["choices"][0]["message"], r["choices"][0]["message"]);
     s.shut_down().await;
 
     // So make one of its tokens `</think>`: a token that first appears mid-reply, and not in

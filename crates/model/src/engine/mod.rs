@@ -46,6 +46,7 @@
 //! ends every sample of the request and frees its pages. [`Engine::shutdown`] stops admitting
 //! new submissions and returns once everything accepted has finished.
 
+mod guide;
 mod prefix;
 mod scheduler;
 
@@ -140,6 +141,9 @@ pub struct RequestParams {
     /// Output constrained to a JSON Schema, a regular expression... (needs a tokenizer); a
     /// sample ends once its output is complete.
     pub structure: Option<Structure>,
+    /// With a `structure`: it applies only after this text has appeared in the output (R1's
+    /// `</think>`: the reasoning is free, the answer follows the structure).
+    pub structure_after: Option<String>,
     /// Ids that end a sample (not part of its output).
     pub stop_tokens: Vec<u32>,
     /// Keep generating through stop tokens (benchmarks: always `max_tokens`).
@@ -166,6 +170,7 @@ impl Default for RequestParams {
             sampling: SamplingParams::greedy(),
             penalties: Penalties::default(),
             structure: None,
+            structure_after: None,
             stop_tokens: vec![],
             ignore_eos: false,
             stop_strings: vec![],

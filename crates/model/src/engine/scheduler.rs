@@ -11,6 +11,7 @@ use mla::LatentKvCache;
 use moe::Dispatch;
 use rope_yarn::RopeCache;
 
+use super::guide::Guide;
 use super::prefix::{adopt, PrefixCache};
 use super::{
     pages_for, EngineConfig, EngineStats, Event, Msg, RequestId, RequestParams, Shared, Sink,
@@ -21,7 +22,6 @@ use crate::generate::{FinishReason, TextStops};
 use crate::model::DeepSeek;
 use crate::penalties::TokenHistory;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::structured::Constraint;
 use crate::tokenizer::Tokenizer;
 
 /// An admitted request.
@@ -51,7 +51,7 @@ struct Seq {
     /// What the sequence has seen, kept only when its request has penalties to apply.
     history: Option<TokenHistory>,
     /// Where its output stands in the request's grammar (structured outputs).
-    constraint: Option<Constraint>,
+    guide: Option<Guide>,
     text: TextStops,
     /// With [`RequestParams::prompt_logprobs`] (its value), the prompt tokens scored so far.
     prompt_scores: Option<(usize, Vec<TokenLogprob>)>,
@@ -264,7 +264,7 @@ impl Scheduler {
                     .grammars(&self.model, self.tokenizer.as_deref())
                     .and_then(|g| g.constraint(structure).map_err(|e| e.to_string()))
                 {
-                    Ok(c) => Some(c),
+                    Ok(c) => Some(Guide::new(c, request.params.structure_after.as_deref())),
                     Err(e) => {
                         let mut sink = sink;
                         sink(Event::Error(e));
@@ -285,7 +285,7 @@ impl Scheduler {
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
                 history,
-                constraint,
+                guide: constraint,
                 text: TextStops::new(request.params.stop_strings.clone()),
                 prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
             });
@@ -528,7 +528,7 @@ impl Scheduler {
                     generated: 0,
                     sampler: Sampler::new(sample_params(&live.params.sampling, i)),
                     history: parent.history.as_ref().map(TokenHistory::fork),
-                    constraint: parent.constraint.as_ref().map(Constraint::fork),
+                    guide: parent.guide.as_ref().map(Guide::fork),
                     text: TextStops::new(live.params.stop_strings.clone()),
                     prompt_scores: None,
                 })
@@ -571,12 +571,13 @@ impl Scheduler {
         let seq = &mut self.seqs[pos];
         let p = &live.params;
         let mut mask_stops = seq.generated < p.min_tokens && !p.stop_tokens.is_empty();
-        let token = if mask_stops || seq.history.is_some() || seq.constraint.is_some() {
+        let mut constraint = seq.guide.as_mut().and_then(Guide::active);
+        let token = if mask_stops || seq.history.is_some() || constraint.is_some() {
             let mut adjusted = logits.to_vec();
             if let Some(history) = &seq.history {
                 p.penalties.apply(&mut adjusted, history);
             }
-            if let Some(constraint) = &mut seq.constraint {
+            if let Some(constraint) = &mut constraint {
                 constraint.mask(&mut adjusted)?;
                 // A complete output allows only its end: the grammar wins over min_tokens.
                 mask_stops &= adjusted
@@ -596,11 +597,17 @@ impl Scheduler {
             seq.sampler.sample(logits)
         };
         let stop_token = p.stop_tokens.contains(&token);
-        if stop_token && (!p.ignore_eos || seq.constraint.as_ref().is_some_and(|c| c.finished())) {
+        if stop_token && (!p.ignore_eos || seq.guide.as_ref().is_some_and(Guide::finished)) {
             return Ok(Outcome::Finish(FinishReason::Eos));
         }
-        if let Some(constraint) = &mut seq.constraint {
-            constraint.commit(token)?;
+        if let Some(guide) = &mut seq.guide {
+            // The marker is looked for in each token's own text (`</think>` is one token in
+            // R1's vocabulary; longer markers are found across tokens).
+            let piece = match (&self.tokenizer, guide.active().is_some()) {
+                (Some(tok), false) => tok.decode(&[token])?,
+                _ => String::new(),
+            };
+            guide.commit(token, &piece)?;
         }
         let logprob = p.logprobs.map(|top| token_logprob(logits, token, top));
         let text = match &self.tokenizer {
@@ -627,7 +634,7 @@ impl Scheduler {
         }
         Ok(if seq.text.stopped() {
             Outcome::Finish(FinishReason::StopString)
-        } else if seq.constraint.as_ref().is_some_and(Constraint::finished) {
+        } else if seq.guide.as_ref().is_some_and(Guide::finished) {
             // The output is complete: its grammar allows nothing more.
             Outcome::Finish(FinishReason::Eos)
         } else if seq.generated >= live.params.max_tokens {

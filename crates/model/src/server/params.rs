@@ -155,6 +155,10 @@ pub(crate) fn chat(
             .map_err(|e| ApiError::invalid_param("tool_choice", e))?;
         params.structure = Some(forced);
     }
+    if thinking {
+        // The reply starts inside R1's reasoning: the structure applies to the answer.
+        prepared.request.params.structure_after = Some(super::reasoning::CLOSE.to_string());
+    }
     Ok(prepared)
 }
 
@@ -454,6 +458,7 @@ fn build(
         sampling,
         penalties,
         structure,
+        structure_after: None,
         stop_tokens,
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_strings,

@@ -16,7 +16,7 @@
 use crate::tokenizer::Tokenizer;
 
 const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+pub(crate) const CLOSE: &str = "</think>";
 
 /// True when the tokenizer's chat template speaks R1's think tags: the server then prefills
 /// `<think>\n` and splits replies. No template: false.
