@@ -221,6 +221,57 @@ mod tests {
         format!("{CALLS_BEGIN}{}{CALLS_END}", body.join("\n"))
     }
 
+    /// The forced-call grammar accepts the calls DeepSeek writes, token by token as each
+    /// tokenizer cuts them (the tiny byte-level one, and the real V3 one when fetched, where
+    /// each marker is one token), and ends with the section; a call of another function or
+    /// with arguments outside the schema is refused.
+    #[test]
+    fn forced_call_grammars_accept_the_format_as_tokenized() {
+        use crate::structured::Grammars;
+        use crate::tokenizer::Tokenizer;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut tokenizers = vec![root.join("tests/fixtures/tiny_tokenizer")];
+        let real = root.join("target/deepseek-v3-tokenizer");
+        if real.join("tokenizer.json").is_file() {
+            tokenizers.push(real);
+        } else {
+            eprintln!("skipping the real V3 tokenizer: run scripts/fetch-tokenizer.sh");
+        }
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"], "additionalProperties": false}}}),
+            serde_json::json!({"type": "function", "function": {"name": "now"}}),
+        ];
+        let two = v3(&[("get_weather", "{\"city\": \"Zürich\"}"), ("now", "{}")]);
+        for dir in tokenizers {
+            let tok = Tokenizer::from_dir(&dir).unwrap();
+            let g = Grammars::new(&tok, tok.vocab_size().max(260), tok.eos_id().unwrap()).unwrap();
+            let run = |structure: &Structure, text: &str| -> bool {
+                let mut c = g.constraint(structure).unwrap();
+                for t in tok.encode_plain(text).unwrap() {
+                    if !c.allows(t) {
+                        return false;
+                    }
+                    c.commit(t).unwrap();
+                }
+                c.finished()
+            };
+            let any = forced_calls(&tools, None).unwrap();
+            let named = forced_calls(&tools, Some("get_weather")).unwrap();
+            assert!(run(&any, &two), "{dir:?}");
+            assert!(run(&any, &v3(&[("now", "{}")])));
+            assert!(run(&named, &v3(&[("get_weather", "{\"city\": \"Oslo\"}")])));
+            assert!(!run(&named, &two), "two calls where one is forced");
+            assert!(!run(&named, &v3(&[("now", "{}")])));
+            assert!(!run(&any, &v3(&[("get_weather", "{\"town\": \"Oslo\"}")])));
+            assert!(
+                !run(&any, &format!("Sure.{two}")),
+                "content before the calls"
+            );
+        }
+    }
+
     #[test]
     fn v3_and_v31_calls_are_read() {
         let text = format!(
