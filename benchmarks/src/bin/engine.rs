@@ -27,7 +27,7 @@ use candle_core::{DType, Device};
 use clap::Parser;
 use model::engine::{Engine, EngineConfig, Event, Request, RequestParams};
 use model::generate::{generate, GenerateOptions};
-use model::{DeepSeek, Precision};
+use model::{DeepSeek, Precision, SamplingParams};
 
 #[derive(Parser)]
 struct Args {
@@ -52,6 +52,12 @@ struct Args {
     /// Prompt tokens of the shared-prefill line.
     #[arg(long, default_value_t = 2048)]
     samples_prompt: usize,
+    /// Sampling temperature of every request (0: greedy; DeepSeek's R1 evaluations: 0.6).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus mass of every request (R1's evaluations: 0.95).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
     /// bf16 matrices multiply bf16-rounded activations (`model serve --bf16-activations`).
     #[arg(long)]
     bf16_activations: bool,
@@ -81,7 +87,12 @@ struct Burst {
 /// Submits `prompts` at once with a budget none of them reaches, waits until every stream
 /// has its first token (all prefills done), then times the next `window` tokens of all streams
 /// together (every step decodes all of them: llama-batched-bench's S_TG), and cancels them.
-fn burst(engine: &Engine, prompts: Vec<Vec<u32>>, window: usize) -> Result<Burst> {
+fn burst(
+    engine: &Engine,
+    prompts: Vec<Vec<u32>>,
+    window: usize,
+    sampling: SamplingParams,
+) -> Result<Burst> {
     let t0 = Instant::now();
     let (tx, rx) = channel();
     let count = prompts.len();
@@ -94,6 +105,10 @@ fn burst(engine: &Engine, prompts: Vec<Vec<u32>>, window: usize) -> Result<Burst
                 params: RequestParams {
                     max_tokens: MAX_TOKENS,
                     ignore_eos: true,
+                    sampling: SamplingParams {
+                        seed: i as u64,
+                        ..sampling
+                    },
                     ..RequestParams::default()
                 },
             },
@@ -158,9 +173,16 @@ fn main() -> Result<()> {
     )?);
     let vocab = model.config().vocab_size;
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: 0,
+        seed: 0,
+    };
     let params = RequestParams {
         max_tokens: args.new_tokens,
         ignore_eos: true,
+        sampling,
         ..RequestParams::default()
     };
     let mut rows = Vec::new();
@@ -169,6 +191,7 @@ fn main() -> Result<()> {
         let p = prompt(0, args.prompt_len, vocab);
         let opts = GenerateOptions {
             max_new_tokens: args.new_tokens,
+            sampling,
             ..GenerateOptions::default()
         };
         generate(
@@ -209,7 +232,7 @@ fn main() -> Result<()> {
         })?;
         for &c in &args.concurrency {
             let prompts = (0..c).map(|i| prompt(i, args.prompt_len, vocab)).collect();
-            let b = burst(&engine, prompts, c * args.new_tokens)?;
+            let b = burst(&engine, prompts, c * args.new_tokens, sampling)?;
             let mut sorted = b.ttft.clone();
             sorted.sort_by(f64::total_cmp);
             let row = serde_json::json!({
