@@ -1,7 +1,7 @@
 //! The sampler's cost per token over DeepSeek's 129,280-token vocabulary with R1's settings
 //! (temperature 0.6, top-p 0.95) and OpenAI's defaults (temperature 1, no truncation),
-//! against the full sort of the vocabulary the sampler used to make (the named baseline,
-//! same run). Every sample of every running sequence pays it once per step, so at 64
+//! against the full sort of the vocabulary the sampler used to make
+//! (`Sampler::distribution_by_full_sort` and a draw: the named baseline, same run). Every sample of every running sequence pays it once per step, so at 64
 //! sampled streams it is 64 times per step. Prints one JSON line per logit shape:
 //! `peaked` (Zipf-like: a language model's usual next-token distribution, where top-p keeps
 //! a few tokens) and `flat` (a random model's, where it keeps most of them).
@@ -22,38 +22,6 @@ struct Args {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 31)]
     iters: usize,
-}
-
-/// The sampler before partial selection: sort every token by probability, truncate, draw.
-fn full_sort_sample(p: SamplingParams, logits: &[f32], u: f32) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, ((l - max) / p.temperature).exp()))
-        .collect();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let total: f32 = probs.iter().map(|x| x.1).sum();
-    if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        let keep = probs
-            .iter()
-            .position(|&(_, w)| {
-                acc += w / total;
-                acc >= p.top_p
-            })
-            .map_or(probs.len(), |i| i + 1);
-        probs.truncate(keep);
-    }
-    let total: f32 = probs.iter().map(|x| x.1).sum();
-    let mut acc = 0.0;
-    for &(t, w) in &probs {
-        acc += w / total;
-        if u < acc {
-            return t;
-        }
-    }
-    probs.last().map_or(0, |x| x.0)
 }
 
 fn main() -> Result<()> {
@@ -88,7 +56,11 @@ fn main() -> Result<()> {
         for (name, params) in settings {
             let mut sampler = Sampler::new(params);
             let ours = median_time(3, args.iters, || sampler.sample(logits));
-            let sort = median_time(3, args.iters, || full_sort_sample(params, logits, 0.5));
+            let mut by_sort = Sampler::new(params);
+            let sort = median_time(3, args.iters, || {
+                let dist = by_sort.distribution_by_full_sort(logits);
+                by_sort.draw(&dist)
+            });
             let kept = Sampler::new(params).distribution(logits).len();
             println!(
                 "{}",

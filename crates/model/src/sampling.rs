@@ -91,6 +91,48 @@ impl Sampler {
         kept
     }
 
+    /// Every token with its weight `exp((logit - max) / temperature)` (its probability up
+    /// to their sum).
+    fn weights(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let t = self.params.temperature;
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
+            .collect()
+    }
+
+    /// [`Sampler::distribution`] by its definition: a full sort of the vocabulary, then the
+    /// top-k and top-p cuts (how it was computed before partial selection). Slow; kept as the
+    /// oracle of the fast path's tests and the baseline of `benchmarks --bin sampling`.
+    pub fn distribution_by_full_sort(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        let p = self.params;
+        if p.temperature <= 0.0 {
+            return vec![(argmax(logits), 1.0)];
+        }
+        let mut probs = self.weights(logits);
+        probs.sort_by(by_probability);
+        if p.top_k > 0 {
+            probs.truncate(p.top_k);
+        }
+        if p.top_p < 1.0 {
+            let total: f64 = probs.iter().map(|x| x.1 as f64).sum();
+            let mut acc = 0.0f64;
+            let keep = probs
+                .iter()
+                .position(|&(_, w)| {
+                    acc += w as f64;
+                    acc >= p.top_p as f64 * total
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+        }
+        let total: f32 = probs.iter().map(|x| x.1).sum();
+        probs.iter_mut().for_each(|x| x.1 /= total);
+        probs
+    }
+
     /// The tokens that survive top-k and top-p, with their weights
     /// `exp((logit - max) / temperature)`, in no particular order.
     ///
@@ -100,12 +142,7 @@ impl Sampler {
     /// sample per step (`benchmarks --bin sampling`).
     fn kept(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let p = self.params;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut items: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, ((l - max) / p.temperature).exp()))
-            .collect();
+        let mut items = self.weights(logits);
         if p.top_k > 0 && p.top_k < items.len() {
             items.select_nth_unstable_by(p.top_k - 1, by_probability);
             items.truncate(p.top_k);
@@ -282,36 +319,6 @@ mod tests {
         assert_eq!(s.distribution(&logits).len(), 1);
     }
 
-    /// The distribution by a full sort of the vocabulary (the implementation before partial
-    /// selection): the oracle for `distribution`.
-    fn sorted_oracle(p: SamplingParams, logits: &[f32]) -> Vec<(u32, f32)> {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, ((l - max) / p.temperature).exp()))
-            .collect();
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            probs.truncate(p.top_k);
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0f64;
-            let total: f64 = probs.iter().map(|x| x.1 as f64).sum();
-            let keep = probs
-                .iter()
-                .position(|&(_, w)| {
-                    acc += w as f64;
-                    acc >= p.top_p as f64 * total
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-        }
-        let total: f32 = probs.iter().map(|x| x.1).sum();
-        probs.iter_mut().for_each(|x| x.1 /= total);
-        probs
-    }
-
     #[test]
     fn distribution_matches_the_full_sort_oracle() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -335,7 +342,7 @@ mod tests {
                 seed: 0,
             };
             let got = Sampler::new(p).distribution(&logits);
-            let want = sorted_oracle(p, &logits);
+            let want = Sampler::new(p).distribution_by_full_sort(&logits);
             assert_eq!(got.len(), want.len(), "case {case} {p:?}");
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(g.0, w.0, "case {case} {p:?}");

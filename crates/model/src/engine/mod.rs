@@ -60,7 +60,7 @@ use crate::generate::FinishReason;
 use crate::model::DeepSeek;
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
-use crate::structured::{Grammars, Structure};
+use crate::structured::{Constraint, Grammars, Structure};
 use crate::tokenizer::Tokenizer;
 
 /// Engine limits and modes.
@@ -347,6 +347,18 @@ impl Shared {
             })
             .clone()
     }
+
+    /// A fresh constraint for `structure` (the vocabulary indexed on first use).
+    fn constraint(
+        &self,
+        model: &DeepSeek,
+        tokenizer: Option<&Tokenizer>,
+        structure: &Structure,
+    ) -> std::result::Result<Constraint, String> {
+        self.grammars(model, tokenizer)?
+            .constraint(structure)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A handle to a running engine (cheap to clone; the engine stops when [`Engine::shutdown`]
@@ -568,13 +580,10 @@ impl Engine {
     /// vocabulary: up to a second for DeepSeek's 129K tokens); otherwise why not.
     pub fn check_structure(&self, structure: &Structure) -> std::result::Result<(), String> {
         let inner = &self.inner;
-        let grammars = inner
+        inner
             .shared
-            .grammars(&inner.model, inner.tokenizer.as_deref())?;
-        grammars
-            .constraint(structure)
+            .constraint(&inner.model, inner.tokenizer.as_deref(), structure)
             .map(drop)
-            .map_err(|e| e.to_string())
     }
 
     /// The checks [`Engine::submit`] makes, without queueing anything: a caller submitting

@@ -235,12 +235,22 @@ impl Scheduler {
                 .and_then(|c| match hit {
                     Some(hit) => adopt(c, hit),
                     None => Ok(c),
-                });
-            let cache = match cache {
-                Ok(c) => c,
-                Err(e) => {
+                })
+                .map_err(|e| e.to_string());
+            // The structure was compiled at submission too ([`super::Engine::check`]): an
+            // error here is rare.
+            let params = &s.request.params;
+            let guide = params.structure.as_ref().map(|structure| {
+                let marker = params.structure_after.as_deref();
+                self.shared
+                    .constraint(&self.model, self.tokenizer.as_deref(), structure)
+                    .map(|c| Guide::new(c, marker))
+            });
+            let (cache, guide) = match (cache, guide.transpose()) {
+                (Ok(cache), Ok(guide)) => (cache, guide),
+                (Err(e), _) | (_, Err(e)) => {
                     let mut sink = s.sink;
-                    sink(Event::Error(e.to_string()));
+                    sink(Event::Error(e));
                     self.stats.requests_aborted += 1;
                     continue;
                 }
@@ -256,25 +266,6 @@ impl Scheduler {
             self.stats.prompt_tokens_reused += reused as u64;
             let history = (!request.params.penalties.is_neutral())
                 .then(|| TokenHistory::new(&request.prompt));
-            // Compiled at submission too ([`super::Engine::check`]): an error here is rare.
-            let constraint = match &request.params.structure {
-                None => None,
-                Some(structure) => match self
-                    .shared
-                    .grammars(&self.model, self.tokenizer.as_deref())
-                    .and_then(|g| g.constraint(structure).map_err(|e| e.to_string()))
-                {
-                    Ok(c) => Some(Guide::new(c, request.params.structure_after.as_deref())),
-                    Err(e) => {
-                        let mut sink = sink;
-                        sink(Event::Error(e));
-                        self.slots -= request.params.n;
-                        self.reserved -= need;
-                        self.stats.requests_aborted += 1;
-                        continue;
-                    }
-                },
-            };
             self.seqs.push(Seq {
                 request: id,
                 sample: 0,
@@ -285,7 +276,7 @@ impl Scheduler {
                 generated: 0,
                 sampler: Sampler::new(sample_params(&request.params.sampling, 0)),
                 history,
-                guide: constraint,
+                guide,
                 text: TextStops::new(request.params.stop_strings.clone()),
                 prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
             });

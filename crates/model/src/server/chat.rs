@@ -193,18 +193,17 @@ impl ChatStream {
                 content: text.to_string(),
             },
         };
-        let (content, tool_calls) = match self.calls.get_mut(index) {
-            Some(slot @ Some(_)) => {
-                let mut content = slot.as_mut().map(|c| c.push(&content)).unwrap_or_default();
-                let mut calls = None;
-                if last {
-                    let rest = slot.take().map(ToolCallSplit::finish).unwrap_or_default();
-                    content.push_str(&rest.content);
-                    calls = calls_out(rest.calls, true);
-                }
-                (content, calls)
+        let split = self.calls.get_mut(index).and_then(Option::as_mut);
+        let (content, tool_calls) = match split {
+            Some(split) if !last => (split.push(&content), None),
+            Some(split) => {
+                // The last piece: the content held back, then the calls.
+                let mut content = split.push(&content);
+                let rest = std::mem::take(split).finish();
+                content.push_str(&rest.content);
+                (content, calls_out(rest.calls, true))
             }
-            _ => (content, None),
+            None => (content, None),
         };
         ChatOutput {
             role: None,

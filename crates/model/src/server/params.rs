@@ -4,9 +4,8 @@
 //! Everything else (context length, cache budget, `n`, `top_p`...) the engine checks at
 //! submission, and its message becomes the 400.
 
-use std::path::Path;
-
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -504,8 +503,7 @@ fn default_max_tokens(state: &AppState, prompt: usize, n: usize) -> usize {
 
 /// What the output must be: OpenAI's `response_format`, or one of vLLM's `guided_json`,
 /// `guided_regex`, `guided_choice`, `guided_grammar` (llguidance's Lark syntax; at most one
-/// of them all), and the parameter it came
-/// from.
+/// of them all), and the parameter it came from.
 fn structure(c: &CommonRequest) -> Result<Option<(&'static str, Structure)>, ApiError> {
     let format = match &c.response_format {
         None | Some(ResponseFormat::Text) => None,
@@ -611,7 +609,6 @@ fn encode(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
     .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
 }
 
-/// Conversation messages for the template; text parts only.
 /// A call from an earlier assistant turn, as templates render it (`arguments` as JSON text).
 fn past_call(param: &str, call: ToolCallIn) -> Result<ToolCall, ApiError> {
     if call.kind.as_deref().is_some_and(|k| k != "function") {
@@ -634,6 +631,8 @@ fn past_call(param: &str, call: ToolCallIn) -> Result<ToolCall, ApiError> {
     })
 }
 
+/// Conversation messages for the template: text parts only, and the calls of earlier
+/// assistant turns.
 fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::invalid_param(
