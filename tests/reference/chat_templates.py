@@ -6,7 +6,10 @@ controls, Python string / dict methods, `tojson` without HTML escaping, `raise_e
 renders a checkpoint's template gets in HF.
 
 Each case: a template, the messages, `add_generation_prompt`, and either the rendered text or
-the error message `raise_exception` gave. With the real DeepSeek-V3 tokenizer fetched
+the error message `raise_exception` gave. Some cases pass extra template variables (`kwargs`:
+HF's extra `apply_chat_template` arguments, vLLM's `chat_template_kwargs`), or ask for
+`continue_final_message` (the prompt ends inside the final message, cut where transformers'
+tag lands; for those the error text is transformers' own, so only its presence is compared). With the real DeepSeek-V3 tokenizer fetched
 (scripts/fetch-tokenizer.sh), its template is a case too, as is the repository's function-calling template
 (crates/model/templates/deepseek-v3-tools.jinja), with a conversation holding tool calls and
 their outputs and, for the latter, `tools`.
@@ -62,6 +65,19 @@ TOOLS = [
 
 # The repository's function-calling template (model serve --chat-template).
 TOOLS_TEMPLATE = ROOT / "crates" / "model" / "templates" / "deepseek-v3-tools.jinja"
+
+# A final assistant message to continue: with trailing whitespace (kept by templates that keep
+# spacing, trimmed by those that trim) and without.
+CONTINUED = [
+    CONVERSATION[:3] + [{"role": "user", "content": "and 3+3?"},
+                        {"role": "assistant", "content": "It is "}],
+    CONVERSATION[:3] + [{"role": "user", "content": "and 3+3?"},
+                        {"role": "assistant", "content": "<think>\nsix\n</think>\n\nIt is"}],
+]
+
+# Extra template variables, as DeepSeek-V3.1's hybrid template reads `thinking`; a kwarg may
+# also replace a special token.
+KWARGS = [{"thinking": True}, {"thinking": False, "greeting": "hi"}, {"eos_token": "<END>"}]
 
 TEMPLATES = {
     # Block tags on their own indented lines: trim_blocks drops the newline after a tag,
@@ -120,20 +136,38 @@ Assistant:
     "tools_and_documents_none": """{% if tools is not none %}TOOLS{% endif %}
 {% if documents is not none %}DOCS{% endif %}
 {% if tools %}T{% endif %}{{ messages | length }}""",
+    # A hybrid template in the manner of DeepSeek-V3.1's: a `thinking` variable (off unless
+    # given) opens or closes the think block after the generation prompt.
+    "thinking_kwarg": """{% if not thinking is defined %}{% set thinking = false %}{% endif %}
+{{ bos_token }}{% for m in messages %}
+{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}
+{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}{{ eos_token }}
+{% endif %}
+{% endfor %}
+{% if add_generation_prompt %}<｜Assistant｜>{% if thinking %}<think>{% else %}</think>{% endif %}{% endif %}
+{{ greeting | default('') }}""",
+    # Messages trimmed by the template: a continued message's trailing space goes too.
+    "trimmed_messages": """{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>{% endfor %}""",
+    # R1's way with assistant turns (the reasoning dropped): a continued message that holds
+    # reasoning is not in the render, which is an error.
+    "drops_reasoning": """{% for m in messages %}{% if m.role == 'assistant' %}A:{{ m.content.split('</think>')[-1] }}{% else %}U:{{ m.content }}{% endif %}{% endfor %}""",
     # strftime_now (its output depends on the day: only its length is compared).
     "strftime_now": """{{ strftime_now('%Y-%m-%d') | length }}{{ messages | length }}""",
 }
 
 
-def render(template, messages, add_generation_prompt, tools=None):
+def render(template, messages, add_generation_prompt, tools=None, kwargs=None,
+           continue_final_message=False):
+    # As apply_chat_template merges them: the kwargs over the special tokens.
+    variables = {"bos_token": BOS, "eos_token": EOS, **(kwargs or {})}
     try:
         rendered, _ = render_jinja_template(
             conversations=[messages],
             tools=tools,
             chat_template=template,
             add_generation_prompt=add_generation_prompt,
-            bos_token=BOS,
-            eos_token=EOS,
+            continue_final_message=continue_final_message,
+            **variables,
         )
         return {"rendered": rendered[0]}
     except Exception as e:  # noqa: BLE001 - the message is the expected output
@@ -162,6 +196,20 @@ def main():
                               "messages": TOOL_CONVERSATION, "tools": tools,
                               "add_generation_prompt": add,
                               **render(template, TOOL_CONVERSATION, add, tools)})
+        if name == "thinking_kwarg":
+            for kwargs in KWARGS:
+                for add in (True, False):
+                    cases.append({"name": f"{name}/{json.dumps(kwargs)}/{add}",
+                                  "template": template, "messages": CONVERSATION,
+                                  "add_generation_prompt": add, "kwargs": kwargs,
+                                  **render(template, CONVERSATION, add, kwargs=kwargs)})
+        if name in ("trim_and_lstrip_blocks", "deepseek_v3", "deepseek_v3_tools",
+                    "thinking_kwarg", "trimmed_messages", "drops_reasoning"):
+            for i, messages in enumerate(CONTINUED):
+                cases.append({"name": f"{name}/continue_final_message/{i}", "template": template,
+                              "messages": messages, "add_generation_prompt": False,
+                              "continue_final_message": True,
+                              **render(template, messages, False, continue_final_message=True)})
         if name == "raise_exception":
             cases.append({"name": f"{name}/system", "template": template, "messages": CONVERSATION,
                           "add_generation_prompt": True, **render(template, CONVERSATION, True)})

@@ -81,4 +81,4 @@ pub use model::{DeepSeek, Output, PathPolicy, Session, DEFAULT_PREFILL_CHUNK};
 pub use penalties::Penalties;
 pub use precision::{MatrixFormat, Precision};
 pub use sampling::{Sampler, SamplingParams};
-pub use tokenizer::{ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};
+pub use tokenizer::{ChatExtras, ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};

@@ -484,6 +484,7 @@ fn run_generate(
         let opts = ChatOptions {
             add_generation_prompt: true,
             think_prefill: true,
+            ..ChatOptions::default()
         };
         tokenizer.encode_chat(&[Message::new("user", prompt)], opts)?
     } else {

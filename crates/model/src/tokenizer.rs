@@ -71,8 +71,15 @@ pub struct FunctionCall {
 pub struct ChatOptions {
     /// Append the assistant header so the model answers (HF's `add_generation_prompt`).
     pub add_generation_prompt: bool,
-    /// End the prompt with `<think>\n` (R1) unless the template already does.
+    /// End the prompt with `<think>\n` (R1) unless the template already does (not with
+    /// `continue_final_message`, whose prompt ends inside a message).
     pub think_prefill: bool,
+    /// End the prompt inside the final message, so the model continues it (HF's and vLLM's
+    /// `continue_final_message`: an assistant reply prefilled by the caller). The template
+    /// renders the conversation with a tag after that message's text and the prompt is cut
+    /// where the tag starts (before any whitespace the template trimmed from the message's
+    /// end), as transformers does. Not with `add_generation_prompt`.
+    pub continue_final_message: bool,
 }
 
 impl Default for ChatOptions {
@@ -80,9 +87,50 @@ impl Default for ChatOptions {
         Self {
             add_generation_prompt: true,
             think_prefill: false,
+            continue_final_message: false,
         }
     }
 }
+
+/// What a chat template sees besides the messages and the options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatExtras<'a> {
+    /// The JSON schemas of the functions the model may call (OpenAI's `tools` array, HF's
+    /// `tools` argument), for templates that show them to the model.
+    pub tools: Option<&'a [Value]>,
+    /// More variables for the template (HF's extra `apply_chat_template` arguments, vLLM's
+    /// and SGLang's `chat_template_kwargs`): DeepSeek-V3.1's `thinking`, say. They may
+    /// replace `bos_token` / `eos_token`, not the messages, tools, documents or
+    /// `add_generation_prompt`.
+    pub kwargs: Option<&'a serde_json::Map<String, Value>>,
+}
+
+impl ChatExtras<'_> {
+    /// An error naming a kwarg that would replace a variable the caller may not set.
+    pub fn check(&self) -> Result<()> {
+        match self
+            .kwargs
+            .into_iter()
+            .flat_map(|k| k.keys())
+            .find(|k| RESERVED_TEMPLATE_VARIABLES.contains(&k.as_str()))
+        {
+            Some(key) => Err(ModelError::Input(format!(
+                "the chat template variable `{key}` cannot be set as an extra argument"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Template variables the caller's [`ChatExtras::kwargs`] may not set: HF passes them as
+/// named arguments, so a second value is an error there too.
+const RESERVED_TEMPLATE_VARIABLES: [&str; 4] =
+    ["messages", "tools", "documents", "add_generation_prompt"];
+
+/// What [`ChatOptions::continue_final_message`] appends to the final message before
+/// rendering (transformers' tag, trailing space included: a template that trims the
+/// message also trims the space, which tells the two cases apart).
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 
 /// A tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
@@ -283,35 +331,91 @@ impl Tokenizer {
 
     /// Renders the chat template over `messages`.
     pub fn apply_chat_template(&self, messages: &[Message], opts: ChatOptions) -> Result<String> {
-        self.apply_chat_template_with_tools(messages, None, opts)
+        self.render_chat(messages, ChatExtras::default(), opts)
     }
 
-    /// Renders the chat template over `messages` with `tools`, the JSON schemas of the
-    /// functions the model may call (OpenAI's `tools` array, HF's `tools` argument), for
-    /// templates that show them to the model.
-    pub fn apply_chat_template_with_tools(
+    /// Renders the chat template over `messages` with `extras` (tools, template variables),
+    /// as transformers' `apply_chat_template` renders it.
+    pub fn render_chat(
         &self,
         messages: &[Message],
-        tools: Option<&[Value]>,
+        extras: ChatExtras<'_>,
         opts: ChatOptions,
     ) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             ModelError::Tokenizer("tokenizer_config.json has no chat_template".into())
         })?;
+        extras.check()?;
+        if !opts.continue_final_message {
+            let mut text = self.render_with(template, messages, extras, opts)?;
+            if opts.think_prefill && !text.ends_with("<think>\n") {
+                text.push_str("<think>\n");
+            }
+            return Ok(text);
+        }
+        if opts.add_generation_prompt {
+            return Err(ModelError::Input(
+                "continue_final_message and add_generation_prompt cannot both be set: the \
+                 first continues the final message, the second starts a new one"
+                    .into(),
+            ));
+        }
+        let Some(final_text) = messages.last().and_then(|m| m.content.as_deref()) else {
+            return Err(ModelError::Input(
+                "continue_final_message needs a final message with content to continue".into(),
+            ));
+        };
+        let mut tagged = messages.to_vec();
+        if let Some(last) = tagged.last_mut() {
+            last.content = Some(format!("{final_text}{CONTINUE_TAG}"));
+        }
+        let text = self.render_with(template, &tagged, extras, opts)?;
+        let tag = CONTINUE_TAG.trim();
+        let at = match text.rfind(tag) {
+            Some(at) if text.contains(final_text.trim()) => at,
+            _ => {
+                return Err(ModelError::Input(
+                    "continue_final_message: the chat template drops part of the final \
+                     message, so the prompt cannot end inside it"
+                        .into(),
+                ))
+            }
+        };
+        Ok(if text[at..].starts_with(CONTINUE_TAG) {
+            text[..at].to_string()
+        } else {
+            // The template trimmed the message's end: so is the prompt.
+            text[..at].trim_end().to_string()
+        })
+    }
+
+    /// One render of `template`, with HF's variables.
+    fn render_with(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        extras: ChatExtras<'_>,
+        opts: ChatOptions,
+    ) -> Result<String> {
         // HF's `render_jinja_template` defines `tools` and `documents` as None when there are
-        // none (templates test `tools is not none`).
-        let mut text = template.render(minijinja::context! {
-            messages => messages,
-            tools => tools,
-            documents => (),
-            add_generation_prompt => opts.add_generation_prompt,
+        // none (templates test `tools is not none`). The caller's kwargs replace the special
+        // tokens (HF merges them over its special-tokens map).
+        let specials = minijinja::context! {
             bos_token => self.bos.as_ref().map_or("", |b| b.0.as_str()),
             eos_token => self.eos.as_ref().map_or("", |b| b.0.as_str()),
-        })?;
-        if opts.think_prefill && !text.ends_with("<think>\n") {
-            text.push_str("<think>\n");
-        }
-        Ok(text)
+        };
+        let named = minijinja::context! {
+            messages => messages,
+            tools => extras.tools,
+            documents => (),
+            add_generation_prompt => opts.add_generation_prompt,
+        };
+        // Later maps win.
+        template.render(minijinja::value::merge_maps([
+            specials,
+            minijinja::Value::from_serialize(extras.kwargs),
+            named,
+        ]))
     }
 
     /// Renders and encodes a conversation (the template supplies BOS).

@@ -124,6 +124,13 @@ impl Server {
         self.send(self.client.get(self.url(path))).await
     }
 
+    /// A successful GET.
+    async fn ok_get(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
+    }
+
     /// A successful whole response.
     async fn ok(&self, path: &str, body: &Value) -> Value {
         let r = self.post(path, body).await;
@@ -880,6 +887,7 @@ async fn api_key_guards_the_api_but_not_health() {
         assert_eq!(e["code"], "invalid_api_key");
     }
     assert_error(&s.get("/v1/models").await, 401);
+    assert_error(&s.post("/tokenize", &json!({"prompt": "hi"})).await, 401);
     assert_eq!(post(Some("Bearer sekret")).await.status, 200);
     assert_eq!(s.get("/health").await.status, 200);
     assert_eq!(s.get("/metrics").await.status, 200);
@@ -1206,6 +1214,7 @@ async fn r1_reasoning_is_split_whole_and_streamed() {
     let opts = model::ChatOptions {
         add_generation_prompt: true,
         think_prefill: true,
+        ..model::ChatOptions::default()
     };
     let prompt = Tokenizer::from_dir(dir.path())
         .unwrap()
@@ -1535,8 +1544,12 @@ async fn tool_calls_reach_the_template_and_replies_are_read_for_calls() {
     // The prompt is the template's render of the whole exchange with the tools.
     let messages: Vec<model::Message> = serde_json::from_value(history.clone()).unwrap();
     let tool_list = tools.as_array().unwrap().as_slice();
+    let extras = model::ChatExtras {
+        tools: Some(tool_list),
+        ..Default::default()
+    };
     let prompt = tok
-        .apply_chat_template_with_tools(&messages, Some(tool_list), model::ChatOptions::default())
+        .render_chat(&messages, extras, model::ChatOptions::default())
         .unwrap();
     assert!(
         prompt.contains("### get_weather\nCurrent temperature.\n"),
@@ -1635,6 +1648,25 @@ async fn tool_calls_reach_the_template_and_replies_are_read_for_calls() {
                 assert_eq!(calls.len(), 1);
             }
         }
+    }
+    // parallel_tool_calls false: `required` forces exactly one call.
+    forced["tool_choice"] = json!("required");
+    forced["parallel_tool_calls"] = json!(false);
+    forced["logit_bias"] = json!({});
+    forced["n"] = json!(4);
+    forced["return_token_ids"] = json!(true);
+    let r = s.ok("/v1/chat/completions", &forced).await;
+    for c in r["choices"].as_array().unwrap() {
+        assert_eq!(c["finish_reason"], "tool_calls", "{c}");
+        assert_eq!(
+            c["message"]["tool_calls"].as_array().unwrap().len(),
+            1,
+            "{c}"
+        );
+        // The model wrote one call (not several, of which one was kept).
+        let ids: Vec<u32> = ids(&c["token_ids"]).iter().map(|&t| t as u32).collect();
+        let text = tok.decode(&ids).unwrap();
+        assert_eq!(text.matches("<｜tool▁call▁begin｜>").count(), 1, "{text}");
     }
 
     // Requests the server cannot honour, or malformed tool fields.
@@ -1771,6 +1803,191 @@ async fn structured_outputs_whole_and_streamed() {
         dirs.iter().all(|d| ["north", "south"].contains(d)),
         "{text}"
     );
+    s.idle().await;
+    s.shut_down().await;
+}
+
+/// vLLM's chat-template fields (`chat_template_kwargs`, `continue_final_message`,
+/// `add_generation_prompt`) and `/tokenize` / `/detokenize`, over a hybrid template in the
+/// manner of DeepSeek-V3.1's, whose `thinking` variable opens or closes the think block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_fields_continued_messages_and_tokenize() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{% if not thinking is defined %}{% set thinking = false %}{% endif %}\
+        {{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}\
+        {% else %}<｜Assistant｜>{{ m['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}\
+        <｜Assistant｜>{% if thinking %}<think>{% else %}</think>{% endif %}{% endif %}";
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(tiny_tokenizer().join(f)).unwrap()).unwrap()
+    };
+    let mut cfg = read("tokenizer_config.json");
+    cfg["chat_template"] = json!(template);
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        tiny_tokenizer().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let bos = "<｜begin▁of▁sentence｜>";
+    let s = r1_server(dir.path(), true).await;
+    let chat = "/v1/chat/completions";
+
+    // Thinking off (the template's default): the reply is content.
+    let mut body = chat_body("Why?", 8);
+    let r = s.ok(chat, &body).await;
+    let m = &r["choices"][0]["message"];
+    assert!(
+        m["content"].is_string() && m.get("reasoning_content").is_none(),
+        "{m}"
+    );
+    let off = format!("{bos}<｜User｜>Why?<｜Assistant｜></think>");
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        tok.encode_plain(&off).unwrap().len()
+    );
+    // Thinking on: the prompt opens the block, so the reply is reasoning (the random model
+    // never closes it).
+    body["chat_template_kwargs"] = json!({"thinking": true});
+    let r = s.ok(chat, &body).await;
+    let m = &r["choices"][0]["message"];
+    assert!(m["content"].is_null(), "{m}");
+    assert!(!m["reasoning_content"].as_str().unwrap().is_empty(), "{m}");
+    let on = tok
+        .encode_plain(&format!("{bos}<｜User｜>Why?<｜Assistant｜><think>"))
+        .unwrap();
+    assert_eq!(r["usage"]["prompt_tokens"], on.len());
+    // /tokenize renders a conversation exactly as chat completions run it.
+    let t = s
+        .ok(
+            "/tokenize",
+            &json!({"messages": body["messages"], "chat_template_kwargs": {"thinking": true}}),
+        )
+        .await;
+    assert_eq!(t["tokens"], json!(on));
+    assert_eq!(t["count"], on.len());
+    let models = s.ok_get("/v1/models").await;
+    assert_eq!(t["max_model_len"], models["data"][0]["max_model_len"]);
+    assert!(t["token_strs"].is_null());
+
+    // continue_final_message: the prompt ends inside the assistant's message, and the reply
+    // is its continuation: the same tokens as /v1/completions on that prompt.
+    let continued = |prefix: &str| {
+        json!({"messages": [{"role": "user", "content": "Why?"},
+                            {"role": "assistant", "content": prefix}],
+               "continue_final_message": true, "add_generation_prompt": false,
+               "max_tokens": 6, "temperature": 0, "return_token_ids": true})
+    };
+    let r = s.ok(chat, &continued("Because")).await;
+    let prompt = tok
+        .encode_plain(&format!("{bos}<｜User｜>Why?<｜Assistant｜>Because"))
+        .unwrap();
+    assert_eq!(r["usage"]["prompt_tokens"], prompt.len());
+    assert!(r["choices"][0]["message"]["content"].is_string());
+    let c = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0,
+                    "return_token_ids": true}),
+        )
+        .await;
+    assert_eq!(r["choices"][0]["token_ids"], c["choices"][0]["token_ids"]);
+    // `add_generation_prompt` defaults to false when continuing.
+    let mut implicit = continued("Because");
+    implicit
+        .as_object_mut()
+        .unwrap()
+        .remove("add_generation_prompt");
+    let r2 = s.ok(chat, &implicit).await;
+    assert_eq!(r2["choices"][0]["token_ids"], r["choices"][0]["token_ids"]);
+    // A continued message that opened the reasoning and did not close it: reasoning.
+    let r = s.ok(chat, &continued("<think>\nBecause")).await;
+    let m = &r["choices"][0]["message"];
+    assert!(
+        m["content"].is_null() && m["reasoning_content"].is_string(),
+        "{m}"
+    );
+
+    // /tokenize's prompt form encodes as /v1/completions does; /detokenize inverts it.
+    let t = s
+        .ok(
+            "/tokenize",
+            &json!({"prompt": "héllo", "return_token_strs": true}),
+        )
+        .await;
+    let ids = tok.encode("héllo").unwrap();
+    assert_eq!(t["tokens"], json!(ids));
+    let strs: Vec<String> = ids.iter().map(|&i| tok.decode(&[i]).unwrap()).collect();
+    assert_eq!(t["token_strs"], json!(strs));
+    let t = s
+        .ok(
+            "/tokenize",
+            &json!({"prompt": "héllo", "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(t["tokens"], json!(tok.encode_plain("héllo").unwrap()));
+    let d = s.ok("/detokenize", &json!({"tokens": ids})).await;
+    assert_eq!(d["prompt"], tok.decode(&ids).unwrap());
+
+    // Bad input: a 400 naming the field (404 for another model), nothing run.
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            chat,
+            json!({"messages": user, "chat_template_kwargs": {"messages": []}}),
+            400,
+            "chat_template_kwargs",
+        ),
+        (
+            chat,
+            json!({"messages": user, "chat_template_kwargs": ["thinking"]}),
+            400,
+            "chat_template_kwargs",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "So"}],
+                   "continue_final_message": true, "add_generation_prompt": true}),
+            400,
+            "continue_final_message",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+                   "continue_final_message": true}),
+            400,
+            "continue_final_message",
+        ),
+        ("/tokenize", json!({}), 400, ""),
+        (
+            "/tokenize",
+            json!({"prompt": "a", "messages": user}),
+            400,
+            "",
+        ),
+        ("/tokenize", json!({"prompt": 5}), 400, "prompt"),
+        (
+            "/tokenize",
+            json!({"prompt": "a", "model": "other"}),
+            404,
+            "",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [1, 1_000_000]}),
+            400,
+            "tokens[1]",
+        ),
+        ("/detokenize", json!({"tokens": "abc"}), 400, "tokens"),
+    ];
+    for (path, body, status, param) in &cases {
+        let e = assert_error(&s.post(path, body).await, *status);
+        if !param.is_empty() {
+            assert_eq!(e["param"], *param, "{path} {body}: {e}");
+        }
+    }
     s.idle().await;
     s.shut_down().await;
 }

@@ -99,6 +99,7 @@ impl Inner {
             ChatOptions {
                 add_generation_prompt: true,
                 think_prefill: true,
+                ..ChatOptions::default()
             },
         )?;
         // Sample i of a problem gets seed base + i; without a base seed, a hash of the key

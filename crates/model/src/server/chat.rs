@@ -18,7 +18,7 @@ use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, ToolCallOut, U
 use super::reasoning::{split_whole, ReasoningSplit, Split};
 use super::sse::{self, frame, Render};
 use super::state::AppState;
-use super::tool_calls::{self, Finished, ToolCallSplit};
+use super::tool_calls::{self, Calls, Finished, ToolCallSplit};
 use super::{params, response_header};
 use crate::engine::{Engine, Event};
 use crate::tokenizer::FunctionCall;
@@ -32,7 +32,10 @@ pub(crate) async fn completions(
 ) -> Result<Response, ApiError> {
     let prepared = {
         let state = state.clone();
-        params::off_the_runtime(move || params::chat(&state, parse(&body)?, parse(&body)?)).await?
+        params::off_the_runtime(move || {
+            params::chat(&state, parse(&body)?, parse(&body)?, parse(&body)?)
+        })
+        .await?
     };
     // The engine names the token prompt; here it was built from `messages`.
     let submission = Submission::start(&state, prepared.request)
@@ -72,7 +75,7 @@ pub(crate) async fn completions(
             .map(|_| reasoning.then(ReasoningSplit::default))
             .collect(),
         calls: (0..submission.n)
-            .map(|_| tools.then(ToolCallSplit::default))
+            .map(|_| tools.map(ToolCallSplit::new))
             .collect(),
         include_usage: prepared.include_usage,
         return_token_ids: prepared.return_token_ids,
@@ -88,7 +91,7 @@ pub(crate) async fn completions(
 #[derive(Clone, Copy)]
 struct Reading {
     reasoning: bool,
-    tools: bool,
+    tools: Option<Calls>,
 }
 
 /// A finished sample as a response choice.
@@ -105,13 +108,13 @@ fn whole_choice(
     } else {
         (None, Some(s.text))
     };
-    let (content, tool_calls) = match content {
-        Some(text) if reading.tools => {
-            let Finished { content, calls } = tool_calls::split_whole(&text);
+    let (content, tool_calls) = match (content, reading.tools) {
+        (Some(text), Some(limit)) => {
+            let Finished { content, calls } = tool_calls::split_whole(&text, limit);
             let content = (!content.is_empty() || calls.is_empty()).then_some(content);
             (content, calls_out(calls, false))
         }
-        content => (content, None),
+        (content, _) => (content, None),
     };
     let finish_reason = match (&tool_calls, s.finish) {
         (Some(_), Some(_)) => Some("tool_calls"),

@@ -22,7 +22,13 @@
 //!   `n`) are refused with a 400, never ignored;
 //! - chat: `tools` (shown to the model by the chat template; a template that ignores them is
 //!   a 400), replies read for DeepSeek's tool calls into `tool_calls`, `tool_choice` `auto`,
-//!   `none`, `required` or a named function (the last two force calls by a grammar);
+//!   `none`, `required` or a named function (the last two force calls by a grammar),
+//!   `parallel_tool_calls` (false: at most one call); vLLM's template fields
+//!   `chat_template_kwargs` (DeepSeek-V3.1's `thinking`, say), `add_generation_prompt` and
+//!   `continue_final_message` (the reply continues a final assistant message the client
+//!   wrote);
+//! - `POST /tokenize` (a `prompt`, or `messages` rendered as chat completions would) and
+//!   `POST /detokenize`, vLLM's;
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus).
 //!
 //! Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with a 4xx for bad
@@ -47,6 +53,7 @@ mod reasoning;
 mod routes;
 mod sse;
 mod state;
+mod tokenize;
 mod tool_calls;
 
 use std::future::Future;

@@ -96,7 +96,17 @@ pub(crate) struct ChatRequest {
     pub top_logprobs: Option<u64>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub functions: Option<Vec<Value>>,
+}
+
+/// How a chat request's conversation is rendered beside its messages and tools: vLLM's and
+/// SGLang's chat-template extensions (chat completions and `/tokenize`).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TemplateFields {
+    pub add_generation_prompt: Option<bool>,
+    pub continue_final_message: Option<bool>,
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 /// One message of a conversation.

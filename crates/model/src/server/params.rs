@@ -12,16 +12,17 @@ use serde_json::Value;
 
 use super::error::{ApiError, ServerError};
 use super::openai::{
-    ChatRequest, CommonRequest, CompletionRequest, Content, Prompt, ResponseFormat, ToolCallIn,
+    ChatMessage, ChatRequest, CommonRequest, CompletionRequest, Content, Prompt, ResponseFormat,
+    TemplateFields, ToolCallIn,
 };
 use super::reasoning::{generation_think, Think};
 use super::state::AppState;
-use super::tool_calls;
+use super::tool_calls::{self, Calls};
 use crate::engine::{Request, RequestParams};
 use crate::penalties::Penalties;
 use crate::sampling::SamplingParams;
 use crate::structured::Structure;
-use crate::tokenizer::{ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};
+use crate::tokenizer::{ChatExtras, ChatOptions, FunctionCall, Message, Tokenizer, ToolCall};
 
 /// Most alternatives per token `logprobs` / `top_logprobs` may ask for (OpenAI: 20).
 pub(crate) const MAX_LOGPROBS: u64 = 20;
@@ -81,8 +82,8 @@ pub(crate) struct Prepared {
     pub return_token_ids: bool,
     /// Chat with the reasoning split: the reply starts inside `<think>`.
     pub thinking: bool,
-    /// Chat with tools: replies are read for calls ([`super::tool_calls`]).
-    pub tool_calls: bool,
+    /// Chat with tools: replies are read for calls ([`super::tool_calls`]), this many.
+    pub tool_calls: Option<Calls>,
     /// Completions with `echo`: the prompt as each choice's text starts.
     pub echo: Option<Echo>,
 }
@@ -109,13 +110,14 @@ pub(crate) fn chat(
     state: &AppState,
     common: CommonRequest,
     req: ChatRequest,
+    template: TemplateFields,
 ) -> Result<Prepared, ApiError> {
     check_common(state, &common)?;
     let ToolUse {
         tools,
         read_calls,
         forced,
-    } = tools(req.tools, req.tool_choice)?;
+    } = tools(req.tools, req.tool_choice, req.parallel_tool_calls)?;
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(ApiError::unsupported("functions", "function calling"));
     }
@@ -129,12 +131,8 @@ pub(crate) fn chat(
         (false, None) => None,
         (true, top) => Some(logprob_count("top_logprobs", top.unwrap_or(0))?),
     };
-    let messages = messages(req.messages)?;
-    let tokenizer = tokenizer(state, "messages", "chat completions need a tokenizer")?;
-    let (text, thinking) = chat_prompt(state, tokenizer, &messages, tools.as_deref())?;
-    let prompt = tokenizer
-        .encode_plain(&text)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let (text, thinking) = chat_text(state, req.messages, tools.as_deref(), template)?;
+    let prompt = encode_chat(state, &text)?;
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
     prepared.thinking = thinking;
@@ -161,13 +159,57 @@ pub(crate) fn chat(
     Ok(prepared)
 }
 
+/// A conversation's prompt (the chat template's render, with `tools` and the template
+/// fields), and whether the reply starts inside the reasoning.
+pub(crate) fn chat_text(
+    state: &AppState,
+    messages: Vec<ChatMessage>,
+    tools: Option<&[Value]>,
+    template: TemplateFields,
+) -> Result<(String, bool), ApiError> {
+    let messages = self::messages(messages)?;
+    let tokenizer = tokenizer(state, "messages", "chat prompts need a tokenizer")?;
+    let continue_final_message = template.continue_final_message.unwrap_or(false);
+    let opts = ChatOptions {
+        // vLLM's default: a generation prompt unless the final message is continued.
+        add_generation_prompt: template
+            .add_generation_prompt
+            .unwrap_or(!continue_final_message),
+        think_prefill: false,
+        continue_final_message,
+    };
+    let extras = ChatExtras {
+        tools,
+        kwargs: template.chat_template_kwargs.as_ref(),
+    };
+    extras
+        .check()
+        .map_err(|e| ApiError::invalid_param("chat_template_kwargs", e.to_string()))?;
+    chat_prompt(state, tokenizer, &messages, extras, opts)
+}
+
+/// The tokens of a rendered conversation (the template writes BOS itself).
+pub(crate) fn encode_chat(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    tokenizer(state, "messages", "chat prompts need a tokenizer")?
+        .encode_plain(text)
+        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))
+}
+
 /// The request's `tools` (none when empty), whether replies are read for calls, and the
 /// grammar that forces a call: `tool_choice` `auto` (the default) reads calls, `none` shows
 /// the tools but reads none, `required` forces one or more calls and
 /// `{"type": "function", "function": {"name": ...}}` exactly one call of that function (both
 /// through [`tool_calls::forced_calls`], with arguments valid under the tool's schema).
-fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, ApiError> {
+pub(crate) fn tools(
+    tools: Option<Vec<Value>>,
+    choice: Option<Value>,
+    parallel: Option<bool>,
+) -> Result<ToolUse, ApiError> {
     let tools = tools.filter(|t| !t.is_empty());
+    let limit = match parallel {
+        Some(false) => Calls::One,
+        _ => Calls::Parallel,
+    };
     for (i, tool) in tools.iter().flatten().enumerate() {
         let named = tool["function"]["name"]
             .as_str()
@@ -181,7 +223,7 @@ fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, Ap
     }
     let Some(choice) = choice else {
         return Ok(ToolUse {
-            read_calls: tools.is_some(),
+            read_calls: tools.is_some().then_some(limit),
             tools,
             forced: None,
         });
@@ -194,14 +236,14 @@ fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, Ap
     };
     let forced = |only: Option<&str>| {
         let list = tools.as_deref().ok_or_else(needs_tools)?;
-        tool_calls::forced_calls(list, only)
+        tool_calls::forced_calls(list, only, limit)
             .map_err(|e| ApiError::invalid_param("tool_choice", e.to_string()))
     };
     let (read, forced) =
         match (&choice, choice["function"]["name"].as_str()) {
-            (Value::String(c), _) if c == "auto" => (tools.is_some(), None),
-            (Value::String(c), _) if c == "none" => (false, None),
-            (Value::String(c), _) if c == "required" => (true, Some(forced(None)?)),
+            (Value::String(c), _) if c == "auto" => (tools.is_some().then_some(limit), None),
+            (Value::String(c), _) if c == "none" => (None, None),
+            (Value::String(c), _) if c == "required" => (Some(limit), Some(forced(None)?)),
             (Value::Object(_), Some(name)) if choice["type"] == "function" => {
                 let known = tools
                     .iter()
@@ -213,7 +255,7 @@ fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, Ap
                         format!("tool_choice names `{name}`, which is not among the tools"),
                     ));
                 }
-                (true, Some(forced(Some(name))?))
+                (Some(limit), Some(forced(Some(name))?))
             }
             _ => return Err(ApiError::invalid_param(
                 "tool_choice",
@@ -229,35 +271,45 @@ fn tools(tools: Option<Vec<Value>>, choice: Option<Value>) -> Result<ToolUse, Ap
 }
 
 /// What a chat request's `tools` and `tool_choice` ask for.
-struct ToolUse {
+pub(crate) struct ToolUse {
     /// The tools, for the template (none when empty).
-    tools: Option<Vec<Value>>,
-    /// Replies are read for calls.
-    read_calls: bool,
+    pub tools: Option<Vec<Value>>,
+    /// Replies are read for calls, this many.
+    pub read_calls: Option<Calls>,
     /// The grammar that forces calls (`required` or a named function).
-    forced: Option<Structure>,
+    pub forced: Option<Structure>,
 }
 
 /// The rendered conversation, and whether the reply starts inside the reasoning (only with
-/// [`super::ServerConfig::reasoning`]; see [`generation_think`]). Tools that the template
-/// does not show to the model are refused rather than silently dropped.
+/// [`super::ServerConfig::reasoning`]). With the generation prompt, [`generation_think`]
+/// reads it off what the prompt adds; a reply that continues the final message
+/// (`continue_final_message`) is inside the reasoning when that message opened it and did
+/// not close it; without either, the reply is content. Tools that the template does not
+/// show to the model are refused rather than silently dropped.
 fn chat_prompt(
     state: &AppState,
     tokenizer: &Tokenizer,
     messages: &[Message],
-    tools: Option<&[Value]>,
+    extras: ChatExtras<'_>,
+    opts: ChatOptions,
 ) -> Result<(String, bool), ApiError> {
-    let render = |add_generation_prompt, tools| {
-        let opts = ChatOptions {
-            add_generation_prompt,
-            think_prefill: false,
-        };
-        tokenizer
-            .apply_chat_template_with_tools(messages, tools, opts)
-            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))
+    let render = |extras, opts| {
+        tokenizer.render_chat(messages, extras, opts).map_err(|e| {
+            let param = match e {
+                crate::ModelError::Input(_) if opts.continue_final_message => {
+                    "continue_final_message"
+                }
+                _ => "messages",
+            };
+            ApiError::invalid_param(param, e.to_string())
+        })
     };
-    let mut text = render(true, tools)?;
-    if tools.is_some() && text == render(true, None)? {
+    let mut text = render(extras, opts)?;
+    let without_tools = ChatExtras {
+        tools: None,
+        ..extras
+    };
+    if extras.tools.is_some() && text == render(without_tools, opts)? {
         return Err(ApiError::invalid_param(
             "tools",
             "this server's chat template does not show `tools` to the model (DeepSeek-V3's own \
@@ -268,7 +320,22 @@ fn chat_prompt(
     if !state.config.reasoning {
         return Ok((text, false));
     }
-    Ok(match generation_think(&text, &render(false, tools)?) {
+    let think = if opts.continue_final_message {
+        let last = messages.last().and_then(|m| m.content.as_deref());
+        match generation_think(last.unwrap_or_default(), "") {
+            Think::Silent => Think::Closed,
+            think => think,
+        }
+    } else if opts.add_generation_prompt {
+        let without = ChatOptions {
+            add_generation_prompt: false,
+            ..opts
+        };
+        generation_think(&text, &render(extras, without)?)
+    } else {
+        Think::Closed
+    };
+    Ok(match think {
         Think::Open => (text, true),
         Think::Closed => (text, false),
         Think::Silent => {
@@ -375,12 +442,16 @@ fn completion_one(
 }
 
 /// The model name, and the OpenAI parameters this server refuses unless they are neutral.
-fn check_common(state: &AppState, c: &CommonRequest) -> Result<(), ApiError> {
-    if let Some(name) = &c.model {
-        if *name != state.config.model_name {
-            return Err(ApiError::model_not_found(name));
-        }
+/// A 404 for a model name this server does not serve (none named: this one).
+pub(crate) fn check_model(state: &AppState, name: Option<&str>) -> Result<(), ApiError> {
+    match name {
+        Some(name) if name != state.config.model_name => Err(ApiError::model_not_found(name)),
+        _ => Ok(()),
     }
+}
+
+fn check_common(state: &AppState, c: &CommonRequest) -> Result<(), ApiError> {
+    check_model(state, c.model.as_deref())?;
     if let Some(best_of) = c.best_of {
         if best_of != c.n.unwrap_or(1) {
             return Err(ApiError::unsupported("best_of", "best_of other than n"));
@@ -473,7 +544,7 @@ fn build(
             .unwrap_or(false),
         return_token_ids: c.return_token_ids.unwrap_or(false),
         thinking: false,
-        tool_calls: false,
+        tool_calls: None,
         echo: None,
     })
 }
@@ -592,14 +663,18 @@ fn logprob_count(param: &str, k: u64) -> Result<usize, ApiError> {
     to_usize(param, k)
 }
 
-fn tokenizer<'a>(state: &'a AppState, param: &str, why: &str) -> Result<&'a Tokenizer, ApiError> {
+pub(crate) fn tokenizer<'a>(
+    state: &'a AppState,
+    param: &str,
+    why: &str,
+) -> Result<&'a Tokenizer, ApiError> {
     state
         .engine
         .tokenizer()
         .ok_or_else(|| ApiError::invalid_param(param, format!("{why}, and this server has none")))
 }
 
-fn encode(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+pub(crate) fn encode(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
     tokenizer(
         state,
         "prompt",
@@ -633,7 +708,7 @@ fn past_call(param: &str, call: ToolCallIn) -> Result<ToolCall, ApiError> {
 
 /// Conversation messages for the template: text parts only, and the calls of earlier
 /// assistant turns.
-fn messages(input: Vec<super::openai::ChatMessage>) -> Result<Vec<Message>, ApiError> {
+fn messages(input: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",

@@ -1,4 +1,4 @@
-//! The router: the `/v1` API behind the API key, `/health` and `/metrics` open (as vLLM
+//! The router: the `/v1` API and `/tokenize` / `/detokenize` behind the API key, `/health` and `/metrics` open (as vLLM
 //! leaves them), OpenAI-style JSON errors for unknown paths and methods, the body limit.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use super::error::ApiError;
 use super::openai::{ModelCard, ModelList};
 use super::state::AppState;
-use super::{chat, completions, metrics};
+use super::{chat, completions, metrics, tokenize};
 
 /// Every route.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -22,6 +22,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))

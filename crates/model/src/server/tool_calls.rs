@@ -18,6 +18,9 @@
 //! call without a name) is returned whole as content. Streams and whole responses go
 //! through the same [`ToolCallSplit`]: content streams until the section starts (a tail
 //! that could begin its marker is held back), and the calls go out in the final delta.
+//!
+//! With `parallel_tool_calls: false` ([`Calls::One`]) a forced call is exactly one, and a
+//! reply read for calls keeps its first (vLLM's behaviour).
 
 use serde_json::Value;
 
@@ -30,11 +33,25 @@ const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 const CALL_END: &str = "<｜tool▁call▁end｜>";
 const SEP: &str = "<｜tool▁sep｜>";
 
+/// How many calls a reply may make (OpenAI's `parallel_tool_calls`, true by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Calls {
+    /// Any number.
+    #[default]
+    Parallel,
+    /// At most one.
+    One,
+}
+
 /// A grammar ([`Structure::Lark`]) for a reply that is nothing but calls in V3's format:
-/// one or more calls of any of `tools` (`tool_choice` `required`), or exactly one call of
-/// `only` (a named `tool_choice`), each function's arguments valid under its `parameters`
-/// schema (any object when it has none).
-pub(crate) fn forced_calls(tools: &[Value], only: Option<&str>) -> crate::Result<Structure> {
+/// one or more calls of any of `tools` (`tool_choice` `required`; exactly one with
+/// [`Calls::One`]), or exactly one call of `only` (a named `tool_choice`), each function's
+/// arguments valid under its `parameters` schema (any object when it has none).
+pub(crate) fn forced_calls(
+    tools: &[Value],
+    only: Option<&str>,
+    limit: Calls,
+) -> crate::Result<Structure> {
     let quote = |s: &str| serde_json::to_string(s).expect("a string serialises");
     let mut rules = Vec::new();
     let mut alternatives = Vec::new();
@@ -57,7 +74,7 @@ pub(crate) fn forced_calls(tools: &[Value], only: Option<&str>) -> crate::Result
         alternatives.push(format!("call{i}"));
     }
     let call = alternatives.join(" | ");
-    let repeat = if only.is_some() {
+    let repeat = if only.is_some() || limit == Calls::One {
         ""
     } else {
         " (\"\\n\" call)*"
@@ -77,6 +94,8 @@ pub(crate) struct ToolCallSplit {
     held: String,
     /// The call section, from its marker on, once it has started.
     calls: Option<String>,
+    /// The calls kept.
+    limit: Calls,
 }
 
 /// What is left when a reply ends: content not yet handed out, and the calls.
@@ -87,6 +106,14 @@ pub(crate) struct Finished {
 }
 
 impl ToolCallSplit {
+    /// A reply's split, keeping `limit`'s number of calls.
+    pub fn new(limit: Calls) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
     /// Adds a piece of the reply's content; returns the content now known not to be part of
     /// a call section.
     pub fn push(&mut self, piece: &str) -> String {
@@ -114,10 +141,15 @@ impl ToolCallSplit {
             };
         };
         match parse_section(&section) {
-            Some(calls) => Finished {
-                content: self.held,
-                calls,
-            },
+            Some(mut calls) => {
+                if self.limit == Calls::One {
+                    calls.truncate(1);
+                }
+                Finished {
+                    content: self.held,
+                    calls,
+                }
+            }
             None => Finished {
                 content: self.held + &section,
                 calls: Vec::new(),
@@ -126,9 +158,9 @@ impl ToolCallSplit {
     }
 }
 
-/// A whole reply's content (before the calls) and its calls.
-pub(crate) fn split_whole(text: &str) -> Finished {
-    let mut split = ToolCallSplit::default();
+/// A whole reply's content (before the calls) and its calls (as many as `limit` keeps).
+pub(crate) fn split_whole(text: &str, limit: Calls) -> Finished {
+    let mut split = ToolCallSplit::new(limit);
     let mut content = split.push(text);
     let rest = split.finish();
     content.push_str(&rest.content);
@@ -257,12 +289,15 @@ mod tests {
                 }
                 c.finished()
             };
-            let any = forced_calls(&tools, None).unwrap();
-            let named = forced_calls(&tools, Some("get_weather")).unwrap();
+            let any = forced_calls(&tools, None, Calls::Parallel).unwrap();
+            let named = forced_calls(&tools, Some("get_weather"), Calls::Parallel).unwrap();
             assert!(run(&any, &two), "{dir:?}");
             assert!(run(&any, &v3(&[("now", "{}")])));
             assert!(run(&named, &v3(&[("get_weather", "{\"city\": \"Oslo\"}")])));
             assert!(!run(&named, &two), "two calls where one is forced");
+            let one = forced_calls(&tools, None, Calls::One).unwrap();
+            assert!(run(&one, &v3(&[("now", "{}")])));
+            assert!(!run(&one, &two), "two calls without parallel calls");
             assert!(!run(&named, &v3(&[("now", "{}")])));
             assert!(!run(&any, &v3(&[("get_weather", "{\"town\": \"Oslo\"}")])));
             assert!(
@@ -281,7 +316,7 @@ mod tests {
                 ("get_time", "{\"tz\": \"CET\"}")
             ])
         );
-        let got = split_whole(&text);
+        let got = split_whole(&text, Calls::Parallel);
         assert_eq!(got.content, "Let me check.");
         assert_eq!(
             got.calls,
@@ -292,14 +327,28 @@ mod tests {
         );
         let v31 =
             format!("{CALLS_BEGIN}{CALL_BEGIN}search{SEP}{{\"q\": \"rust\"}}{CALL_END}{CALLS_END}");
-        let got = split_whole(&v31);
+        let got = split_whole(&v31, Calls::Parallel);
         assert_eq!(
             (got.content.as_str(), got.calls),
             ("", vec![call("search", "{\"q\": \"rust\"}")])
         );
         // A section the model did not close is still read.
         let open = v3(&[("f", "{}")]).replace(CALLS_END, "");
-        assert_eq!(split_whole(&open).calls, vec![call("f", "{}")]);
+        assert_eq!(
+            split_whole(&open, Calls::Parallel).calls,
+            vec![call("f", "{}")]
+        );
+    }
+
+    #[test]
+    fn one_call_is_kept_when_parallel_calls_are_off() {
+        let text = format!("Sure.{}", v3(&[("a", "{}"), ("b", "{\"x\": 1}")]));
+        assert_eq!(split_whole(&text, Calls::Parallel).calls.len(), 2);
+        let one = split_whole(&text, Calls::One);
+        assert_eq!(
+            (one.content.as_str(), one.calls),
+            ("Sure.", vec![call("a", "{}")])
+        );
     }
 
     #[test]
@@ -316,7 +365,7 @@ mod tests {
             // Half a marker at the very end.
             "Done <｜tool▁ca".to_string(),
         ] {
-            let got = split_whole(&text);
+            let got = split_whole(&text, Calls::Parallel);
             assert_eq!((got.content, got.calls), (text.clone(), vec![]), "{text}");
         }
     }
@@ -334,7 +383,7 @@ mod tests {
             format!("x{CALLS_BEGIN}{CALL_BEGIN}function{SEP}f\n```json\n{{"),
         ];
         for text in &texts {
-            let whole = split_whole(text);
+            let whole = split_whole(text, Calls::Parallel);
             let chars: Vec<(usize, char)> = text.char_indices().collect();
             for step in 1..=7 {
                 let mut split = ToolCallSplit::default();
