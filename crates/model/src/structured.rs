@@ -9,10 +9,15 @@
 //! is allowed. JSON is [`compact`].
 //!
 //! A [`Grammars`] indexes one tokenizer's vocabulary (the bytes of every token) once; it
-//! compiles each request's [`Structure`] into a fresh [`Constraint`].
+//! compiles each request's [`Structure`] into a fresh [`Constraint`]. The last
+//! [`COMPILED_KEPT`] compiled grammars are kept, so a structure seen again (the k samples of
+//! an evaluation, a server checking a request before its engine admits it) costs a copy of
+//! the compiled start state, not a compilation (about a millisecond for a small schema, far
+//! more for a large one).
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
@@ -73,9 +78,14 @@ pub fn compact(mut schema: Value) -> Result<Value> {
     Ok(schema)
 }
 
+/// Compiled grammars a [`Grammars`] keeps, most recently used last.
+pub const COMPILED_KEPT: usize = 64;
+
 /// One tokenizer's vocabulary indexed for constraints.
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    /// Recently compiled grammars by their llguidance JSON, at their start state.
+    compiled: Mutex<VecDeque<(String, Constraint)>>,
 }
 
 impl Grammars {
@@ -111,21 +121,45 @@ impl Grammars {
         factory.quiet();
         Ok(Self {
             factory: Arc::new(factory),
+            compiled: Mutex::new(VecDeque::new()),
         })
     }
 
     /// A constraint for `structure`, at the start of the output; an error (naming the
     /// problem) for a schema or expression that does not compile.
     pub fn constraint(&self, structure: &Structure) -> Result<Constraint> {
+        let grammar = structure.grammar()?;
+        let key = serde_json::to_string(&grammar)
+            .map_err(|e| ModelError::Input(format!("the grammar: {e}")))?;
+        if let Some(hit) = self.kept(&key) {
+            return Ok(hit);
+        }
         let parser = self
             .factory
-            .create_parser(structure.grammar()?)
+            .create_parser(grammar)
             .map_err(|e| ModelError::Input(format!("{e}")))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(ModelError::Input(e));
         }
-        Ok(Constraint { matcher })
+        let constraint = Constraint { matcher };
+        if let Ok(mut kept) = self.compiled.lock() {
+            if kept.len() == COMPILED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((key, constraint.fork()));
+        }
+        Ok(constraint)
+    }
+
+    /// A copy of the kept constraint compiled from `key`, which becomes the most recent.
+    fn kept(&self, key: &str) -> Option<Constraint> {
+        let mut kept = self.compiled.lock().ok()?;
+        let at = kept.iter().position(|(k, _)| k == key)?;
+        let entry = kept.remove(at)?;
+        let copy = entry.1.fork();
+        kept.push_back(entry);
+        Some(copy)
     }
 }
 
@@ -299,6 +333,28 @@ mod tests {
         }
         // A vocabulary smaller than the tokenizer's cannot hold its tokens.
         assert!(Grammars::new(&tok, 100, 1).is_err());
+    }
+
+    #[test]
+    fn a_structure_seen_again_starts_at_its_beginning() {
+        let tok = tiny();
+        let g = Grammars::new(&tok, 260, 1).unwrap();
+        let id = |s: &str| tok.encode_plain(s).unwrap()[0];
+        let choice = |a: &str, b: &str| Structure::Choice(vec![a.into(), b.into()]);
+        let mut first = g.constraint(&choice("ab", "cd")).unwrap();
+        first.commit(id("a")).unwrap();
+        // Kept: the copy starts afresh, whatever became of the first.
+        let mut again = g.constraint(&choice("ab", "cd")).unwrap();
+        assert!(again.allows(id("c")) && !first.allows(id("c")));
+        again.commit(id("c")).unwrap();
+        assert!(first.allows(id("b")) && !first.allows(id("d")));
+        // More structures than are kept: the oldest is compiled again, the same.
+        for i in 0..COMPILED_KEPT {
+            g.constraint(&choice(&format!("x{i}"), "y")).unwrap();
+        }
+        let mut late = g.constraint(&choice("ab", "cd")).unwrap();
+        assert!(late.allows(id("a")) && late.allows(id("c")) && !late.allows(id("x")));
+        assert_eq!(g.compiled.lock().unwrap().len(), COMPILED_KEPT);
     }
 
     #[test]

@@ -237,8 +237,8 @@ impl Scheduler {
                     None => Ok(c),
                 })
                 .map_err(|e| e.to_string());
-            // The structure was compiled at submission too ([`super::Engine::check`]): an
-            // error here is rare.
+            // The structure was compiled at submission ([`super::Engine::check`]), so this
+            // is a copy of the kept compilation and an error here is rare.
             let params = &s.request.params;
             let guide = params.structure.as_ref().map(|structure| {
                 let marker = params.structure_after.as_deref();
