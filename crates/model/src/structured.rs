@@ -81,6 +81,11 @@ pub fn compact(mut schema: Value) -> Result<Value> {
 /// Compiled grammars a [`Grammars`] keeps, most recently used last.
 pub const COMPILED_KEPT: usize = 64;
 
+/// Grammars longer than this (as llguidance JSON) are not kept: 64 of them stay within a
+/// few tens of MiB whatever clients send, and a grammar that long takes far longer to
+/// generate under than to compile.
+pub const KEPT_MAX_BYTES: usize = 64 << 10;
+
 /// One tokenizer's vocabulary indexed for constraints.
 pub struct Grammars {
     factory: Arc<ParserFactory>,
@@ -143,6 +148,9 @@ impl Grammars {
             return Err(ModelError::Input(e));
         }
         let constraint = Constraint { matcher };
+        if key.len() > KEPT_MAX_BYTES {
+            return Ok(constraint);
+        }
         if let Ok(mut kept) = self.compiled.lock() {
             if kept.len() == COMPILED_KEPT {
                 kept.pop_front();
@@ -355,6 +363,11 @@ mod tests {
         let mut late = g.constraint(&choice("ab", "cd")).unwrap();
         assert!(late.allows(id("a")) && late.allows(id("c")) && !late.allows(id("x")));
         assert_eq!(g.compiled.lock().unwrap().len(), COMPILED_KEPT);
+        // A long one is compiled every time, not kept.
+        let long = choice(&"z".repeat(KEPT_MAX_BYTES), "y");
+        g.constraint(&long).unwrap();
+        let kept = g.compiled.lock().unwrap();
+        assert!(kept.iter().all(|(k, _)| k.len() <= KEPT_MAX_BYTES));
     }
 
     #[test]
