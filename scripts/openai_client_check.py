@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Drives a running `model serve` with the official `openai` Python client and asserts what
 comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
-prompts, logprobs, penalties and logit_bias, tools, structured outputs, vLLM's extra parameters, and the errors the client maps to exceptions.
+prompts, logprobs, penalties and logit_bias, tools, structured outputs, vLLM's extra parameters
+and chat-template fields, `/tokenize` and `/detokenize`, and the errors the client maps to
+exceptions.
 
     python scripts/openai_client_check.py BASE_URL MODEL API_KEY
 
@@ -220,6 +222,42 @@ def _():
     c = client.completions.create(model=model, prompt="Pick:", max_tokens=10,
                                   extra_body={"guided_choice": ["red", "green"]})
     assert c.choices[0].text in ("red", "green"), c
+
+
+@check("template fields (extra_body) and /tokenize agree with the chat prompt")
+def _():
+    import json
+    import urllib.request
+
+    def post(path, body):
+        req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.load(resp)
+
+    cont = MESSAGES + [{"role": "assistant", "content": "Sure, "}]
+    extra = {"continue_final_message": True, "add_generation_prompt": False,
+             "chat_template_kwargs": {"unused_by_this_template": 1}}
+    r = client.chat.completions.create(model=model, messages=cont, max_tokens=4, temperature=0,
+                                       extra_body=extra)
+    t = post("/tokenize", {"model": model, "messages": cont, **extra})
+    assert t["count"] == r.usage.prompt_tokens == len(t["tokens"]), (t, r.usage)
+    # Without continue_final_message the assistant turn is closed and a new one opened.
+    plain = client.chat.completions.create(model=model, messages=cont, max_tokens=1)
+    assert plain.usage.prompt_tokens != r.usage.prompt_tokens
+    d = post("/detokenize", {"tokens": t["tokens"]})
+    assert d["prompt"].endswith("Sure, "), d
+
+
+@check("tools: parallel_tool_calls=False forces one call")
+def _():
+    tools = [{"type": "function", "function": {"name": "now", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}}]
+    r = client.chat.completions.create(model=model, messages=MESSAGES, tools=tools,
+                                       tool_choice="required", parallel_tool_calls=False,
+                                       max_tokens=300, temperature=1.0, seed=4, n=3)
+    for c in r.choices:
+        assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
 
 
 @check("errors become the client's exceptions")
