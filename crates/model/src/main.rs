@@ -238,6 +238,10 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
+    /// Origins browsers may call the API from (CORS), comma-separated: `*` for any (vLLM's
+    /// and llama-server's default), '' for none.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    allowed_origins: Vec<String>,
     /// Seconds a client may stay silent while sending a request (its head, or between body
     /// chunks) before the connection is closed (408 mid-body); also how long an idle
     /// keep-alive connection is kept.
@@ -599,6 +603,12 @@ fn serve(args: &ServeArgs) -> Result<()> {
         sampling: SamplingDefaults::from_generation_config(&args.model.model)?,
         max_body_bytes: args.max_body_mb << 20,
         read_timeout: args.read_timeout,
+        allowed_origins: args
+            .allowed_origins
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .cloned()
+            .collect(),
         ..ServerConfig::new("")
     };
     tracing::info!(

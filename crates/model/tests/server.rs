@@ -894,6 +894,92 @@ async fn api_key_guards_the_api_but_not_health() {
     s.shut_down().await;
 }
 
+/// Browsers can call the API (CORS): preflights are answered before the API key is asked
+/// for, responses name the allowed origin; a list admits only its origins, and none turns
+/// CORS off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_browsers_call_the_api() {
+    let allow = "access-control-allow-origin";
+    for (origins, origin, allowed) in [
+        (vec!["*"], "http://ui.example", Some("*")),
+        (
+            vec!["http://ui.example", "http://b.example"],
+            "http://ui.example",
+            Some("http://ui.example"),
+        ),
+        (vec!["http://ui.example"], "http://evil.example", None),
+        (vec![], "http://ui.example", None),
+    ] {
+        let config = ServerConfig {
+            api_key: Some("sekret".into()),
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            ..ServerConfig::new(NAME)
+        };
+        let s = Server::start(engine(Some(&tiny_tokenizer()), engine_config()), config).await;
+        let preflight = s
+            .send(
+                s.client
+                    .request(reqwest::Method::OPTIONS, s.url("/v1/chat/completions"))
+                    .header("origin", origin)
+                    .header("access-control-request-method", "POST")
+                    .header(
+                        "access-control-request-headers",
+                        "authorization,content-type",
+                    ),
+            )
+            .await;
+        let posted = s
+            .send(
+                s.client
+                    .post(s.url("/v1/chat/completions"))
+                    .header("origin", origin)
+                    .header("authorization", "Bearer sekret")
+                    .json(&chat_body("hi", 2)),
+            )
+            .await;
+        assert_eq!(posted.status, 200, "{origins:?}");
+        let header = |r: &Reply| {
+            r.headers
+                .get(allow)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(header(&posted).as_deref(), allowed, "{origins:?} {origin}");
+        if origins.is_empty() {
+            assert_eq!(preflight.status, 405);
+        } else {
+            assert_eq!(preflight.status, 200, "{origins:?}: {}", preflight.body);
+            assert_eq!(
+                header(&preflight).as_deref(),
+                allowed,
+                "{origins:?} {origin}"
+            );
+        }
+        if allowed.is_some() {
+            let methods = preflight.headers["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(methods.contains("POST"), "{methods}");
+        }
+        s.shut_down().await;
+    }
+    // An origin that cannot be a header is refused at start.
+    let config = ServerConfig {
+        allowed_origins: vec!["http://bad\norigin".into()],
+        ..ServerConfig::new(NAME)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = server::serve(
+        listener,
+        engine(None, engine_config()),
+        config,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("allowed origin"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_gets_429_with_retry_after() {
     let config = EngineConfig {

@@ -35,6 +35,9 @@
 //! input (413 over the body limit, 404 for another model name, 401 without the API key),
 //! 429 with `Retry-After` when the engine's queue is full, 503 while shutting down.
 //!
+//! Browsers may call the API from [`ServerConfig::allowed_origins`] (CORS, any origin by
+//! default): preflight `OPTIONS` requests are answered before the API key is checked.
+//!
 //! A client that disconnects cancels its request in the engine (pages freed at once).
 //! [`serve`] returns after its `shutdown` future resolves and the drain ends: new requests
 //! get 503 while those in flight finish, then the listener closes and the engine shuts down.
@@ -96,12 +99,16 @@ pub struct ServerConfig {
     /// connection is closed), and between body chunks (then a 408). This bounds slow or
     /// silent clients and idle keep-alive connections, each of which holds a socket.
     pub read_timeout: Duration,
+    /// Origins a browser may call the API from (CORS: preflights answered, responses carry
+    /// `Access-Control-Allow-Origin`): `*` for any, as vLLM and llama-server allow by
+    /// default; empty for no CORS headers (browsers then refuse cross-origin calls).
+    pub allowed_origins: Vec<String>,
 }
 
 impl ServerConfig {
     /// Defaults for serving `model_name`: no key, no reasoning split, 4096 default tokens,
     /// OpenAI's sampling defaults, 32 MiB bodies, retry after 1 s, 30 s of silence from a
-    /// client (hyper's default for request heads).
+    /// client (hyper's default for request heads), browser calls from any origin.
     pub fn new(model_name: &str) -> Self {
         Self {
             model_name: model_name.to_string(),
@@ -112,6 +119,7 @@ impl ServerConfig {
             max_body_bytes: 32 << 20,
             retry_after_secs: 1,
             read_timeout: Duration::from_secs(30),
+            allowed_origins: vec!["*".into()],
         }
     }
 }
@@ -124,8 +132,9 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let cors = routes::cors(&config.allowed_origins)?;
     let state = Arc::new(AppState::new(engine.clone(), config));
-    let app = routes::router(state.clone());
+    let app = routes::router(state.clone(), cors);
     let drain = {
         let state = state.clone();
         async move {

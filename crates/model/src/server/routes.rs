@@ -4,19 +4,51 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::error::ApiError;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use super::error::{ApiError, ServerError};
 use super::openai::{ModelCard, ModelList};
 use super::state::AppState;
 use super::{chat, completions, metrics, tokenize};
 
-/// Every route.
-pub(crate) fn router(state: Arc<AppState>) -> Router {
+/// The CORS layer for `origins` (`*`: any; none: no layer); an origin that is not a valid
+/// header value is an error.
+pub(crate) fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|_| ServerError::Config(format!("allowed origin `{o}` is not valid")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    // Any header (clients send `Authorization`, `Content-Type`, the SDKs' `X-Stainless-*`);
+    // no credentials (the API key is a header, not a cookie).
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(Any)
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
+/// Every route, behind `cors` when given (outermost, so preflights are answered before the
+/// API key is asked for).
+pub(crate) fn router(state: Arc<AppState>, cors: Option<CorsLayer>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
@@ -25,13 +57,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// With an API key, `/v1` requests must carry `Authorization: Bearer <key>`.
