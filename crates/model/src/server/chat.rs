@@ -15,10 +15,10 @@ use super::extract::{parse, JsonBody};
 use super::generation::{finish_reason, Collected, Sample, Submission};
 use super::logprobs::chat_entry;
 use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, ToolCallOut, Usage};
-use super::reasoning::{split_whole, ReasoningSplit, Split};
+use super::reply::{read_whole, Piece, ReplyReader};
 use super::sse::{self, frame, Render};
 use super::state::AppState;
-use super::tool_calls::{self, Calls, Finished, ToolCallSplit};
+use super::tool_calls::Calls;
 use super::{params, response_header};
 use crate::engine::{Engine, Event};
 use crate::tokenizer::FunctionCall;
@@ -71,11 +71,8 @@ pub(crate) async fn completions(
             object: "chat.completion.chunk",
             ..header
         },
-        splits: (0..submission.n)
-            .map(|_| reasoning.then(ReasoningSplit::default))
-            .collect(),
-        calls: (0..submission.n)
-            .map(|_| tools.map(ToolCallSplit::new))
+        readers: (0..submission.n)
+            .map(|_| ReplyReader::new(reasoning, tools))
             .collect(),
         include_usage: prepared.include_usage,
         return_token_ids: prepared.return_token_ids,
@@ -102,20 +99,8 @@ fn whole_choice(
     reading: Reading,
     return_token_ids: bool,
 ) -> ChatChoice {
-    let (reasoning, content) = if reading.reasoning {
-        let (reasoning, content) = split_whole(&s.text);
-        (Some(reasoning), content)
-    } else {
-        (None, Some(s.text))
-    };
-    let (content, tool_calls) = match (content, reading.tools) {
-        (Some(text), Some(limit)) => {
-            let Finished { content, calls } = tool_calls::split_whole(&text, limit);
-            let content = (!content.is_empty() || calls.is_empty()).then_some(content);
-            (content, calls_out(calls, false))
-        }
-        (content, _) => (content, None),
-    };
+    let (reasoning, content, calls) = read_whole(&s.text, reading.reasoning, reading.tools);
+    let tool_calls = calls_out(calls, false);
     let finish_reason = match (&tool_calls, s.finish) {
         (Some(_), Some(_)) => Some("tool_calls"),
         (_, finish) => finish.map(finish_reason),
@@ -163,10 +148,8 @@ fn calls_out(calls: Vec<FunctionCall>, indexed: bool) -> Option<Vec<ToolCallOut>
 struct ChatStream {
     engine: Engine,
     header: Header,
-    /// Per choice, with reasoning on.
-    splits: Vec<Option<ReasoningSplit>>,
-    /// Per choice, with tools.
-    calls: Vec<Option<ToolCallSplit>>,
+    /// Per choice.
+    readers: Vec<ReplyReader>,
     include_usage: bool,
     return_token_ids: bool,
 }
@@ -181,38 +164,23 @@ impl ChatStream {
         })
     }
 
-    /// The delta for a piece of choice `index`'s text (`last`: flush held reasoning).
+    /// The delta for a piece of choice `index`'s text (`last`: the reply ends, so held text
+    /// and the calls go out).
     fn delta(&mut self, index: usize, text: &str, last: bool) -> ChatOutput {
-        let Split { reasoning, content } = match self.splits.get_mut(index) {
-            Some(Some(split)) => {
-                let mut s = split.push(text);
-                if last {
-                    s.reasoning.push_str(&split.finish().reasoning);
-                }
-                s
-            }
-            _ => Split {
-                reasoning: String::new(),
-                content: text.to_string(),
-            },
-        };
-        let split = self.calls.get_mut(index).and_then(Option::as_mut);
-        let (content, tool_calls) = match split {
-            Some(split) if !last => (split.push(&content), None),
-            Some(split) => {
-                // The last piece: the content held back, then the calls.
-                let mut content = split.push(&content);
-                let rest = std::mem::take(split).finish();
-                content.push_str(&rest.content);
-                (content, calls_out(rest.calls, true))
-            }
-            None => (content, None),
+        let Piece {
+            reasoning,
+            content,
+            calls,
+        } = match self.readers.get_mut(index) {
+            Some(reader) if last => reader.finish(text),
+            Some(reader) => reader.push(text),
+            None => Piece::default(),
         };
         ChatOutput {
             role: None,
             content: (!content.is_empty()).then_some(Some(content)),
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-            tool_calls,
+            tool_calls: calls_out(calls, true),
         }
     }
 }
@@ -230,7 +198,7 @@ fn choice(index: usize, delta: ChatOutput) -> ChatChoice {
 
 impl Render for ChatStream {
     fn start(&mut self) -> Vec<Bytes> {
-        (0..self.splits.len())
+        (0..self.readers.len())
             .map(|index| {
                 let delta = ChatOutput {
                     role: Some("assistant"),

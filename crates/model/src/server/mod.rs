@@ -53,6 +53,7 @@ mod metrics;
 mod openai;
 mod params;
 mod reasoning;
+mod reply;
 mod routes;
 mod sse;
 mod state;

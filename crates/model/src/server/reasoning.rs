@@ -118,8 +118,10 @@ fn partial_tag_len(text: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Splits a whole reply at once: `(reasoning, content)`, content `None` when empty.
-pub(crate) fn split_whole(text: &str) -> (String, Option<String>) {
+/// Splits a whole reply at once: `(reasoning, content)`, content `None` when empty (the
+/// tests' view of a whole reply; the server reads through [`super::reply::ReplyReader`]).
+#[cfg(test)]
+fn split_whole(text: &str) -> (String, Option<String>) {
     let mut split = ReasoningSplit::default();
     let mut a = split.push(text);
     let b = split.finish();

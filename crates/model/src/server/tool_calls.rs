@@ -158,8 +158,10 @@ impl ToolCallSplit {
     }
 }
 
-/// A whole reply's content (before the calls) and its calls (as many as `limit` keeps).
-pub(crate) fn split_whole(text: &str, limit: Calls) -> Finished {
+/// A whole reply's content (before the calls) and its calls (as many as `limit` keeps): the
+/// tests' view of a whole reply (the server reads through [`super::reply::ReplyReader`]).
+#[cfg(test)]
+fn split_whole(text: &str, limit: Calls) -> Finished {
     let mut split = ToolCallSplit::new(limit);
     let mut content = split.push(text);
     let rest = split.finish();
