@@ -2,7 +2,7 @@
 """Drives a running `model serve` with the official `openai` Python client and asserts what
 comes back: models, chat and completions (whole and streamed, with usage), n > 1, token-id
 prompts, logprobs, penalties and logit_bias, tools, structured outputs, vLLM's extra parameters
-and chat-template fields, `/tokenize` and `/detokenize`, and the errors the client maps to
+and chat-template fields, `/tokenize` and `/detokenize`, the Responses API, and the errors the client maps to
 exceptions.
 
     python scripts/openai_client_check.py BASE_URL MODEL API_KEY
@@ -258,6 +258,47 @@ def _():
                                        max_tokens=300, temperature=1.0, seed=4, n=3)
     for c in r.choices:
         assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
+
+
+@check("responses API: create, stream (the client's event accumulator), parse(), function calls")
+def _():
+    r = client.responses.create(model=model, input="Hello!", instructions="Be brief.",
+                                max_output_tokens=8, temperature=0)
+    assert r.object == "response" and r.status == "incomplete", r
+    assert r.incomplete_details.reason == "max_output_tokens"
+    chat = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8,
+                                          temperature=0)
+    assert r.output_text == chat.choices[0].message.content, (r.output_text, chat)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens
+    from typing import Literal
+
+    import pydantic
+
+    class City(pydantic.BaseModel):
+        city: Literal["Paris", "Oslo"]
+
+    p = client.responses.parse(model=model, input="Where?", text_format=City,
+                               max_output_tokens=60, temperature=0)
+    assert p.status == "completed" and isinstance(p.output_parsed, City), p
+    # The streaming helper rebuilds the response from the events (it wants them in order and
+    # a `response.completed`, which a reply cut by max_output_tokens does not end with).
+    with client.responses.stream(model=model, input="Where?", text_format=City,
+                                 max_output_tokens=60, temperature=0) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert deltas == final.output_text == p.output_text, (deltas, final.output_text)
+    assert final.output_parsed == p.output_parsed
+    # A forced call, and the call sent back with its output as the next turn's input.
+    tools = [{"type": "function", "name": "now", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}]
+    r = client.responses.create(model=model, input="Time?", tools=tools, tool_choice="required",
+                                parallel_tool_calls=False, max_output_tokens=300)
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    assert call.name == "now" and call.arguments == "{}", call
+    follow = [{"role": "user", "content": "Time?"}, call.model_dump(exclude_none=True),
+              {"type": "function_call_output", "call_id": call.call_id, "output": "12:00"}]
+    r2 = client.responses.create(model=model, input=follow, tools=tools, max_output_tokens=4)
+    assert r2.usage.input_tokens > r.usage.input_tokens, (r2.usage, r.usage)
 
 
 @check("errors become the client's exceptions")

@@ -2077,3 +2077,249 @@ async fn template_fields_continued_messages_and_tokenize() {
     s.idle().await;
     s.shut_down().await;
 }
+
+/// The events of a Responses stream (`event:` and `data:` lines), checking each event's name
+/// matches its `type` and the sequence numbers count from 0.
+async fn response_events(s: &Server, body: &Value) -> Vec<Value> {
+    let resp = s.open("/v1/responses", body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut name = None;
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_string());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                if d == "[DONE]" {
+                    continue;
+                }
+                let e: Value = serde_json::from_str(d).unwrap();
+                assert_eq!(Some(e["type"].as_str().unwrap().to_string()), name, "{e}");
+                assert_eq!(e["sequence_number"], events.len(), "{e}");
+                events.push(e);
+            }
+        }
+    }
+    events
+}
+
+/// A whole response's items without their ids (streams and whole responses draw fresh ones).
+fn without_ids(output: &Value) -> Value {
+    let mut output = output.clone();
+    for item in output.as_array_mut().unwrap() {
+        let o = item.as_object_mut().unwrap();
+        o.remove("id");
+        o.remove("call_id");
+    }
+    output
+}
+
+/// Checks a stream against the whole response: its events in OpenAI's order, text deltas
+/// adding up to each item's text, and the final response equal to the whole one.
+fn check_stream(events: &[Value], whole: &Value) {
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["response.created", "response.in_progress"]);
+    assert_eq!(events[0]["response"]["status"], "in_progress");
+    let last = events.last().unwrap();
+    let status = whole["status"].as_str().unwrap();
+    assert_eq!(last["type"], format!("response.{status}"));
+    let streamed = &last["response"];
+    assert_eq!(
+        without_ids(&streamed["output"]),
+        without_ids(&whole["output"])
+    );
+    assert_eq!(streamed["usage"], whole["usage"]);
+    // Per output item: added, (part added, deltas, done, part done | argument events), done.
+    for (index, item) in streamed["output"].as_array().unwrap().iter().enumerate() {
+        let mine: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["output_index"] == index)
+            .collect();
+        assert_eq!(mine.first().unwrap()["type"], "response.output_item.added");
+        assert_eq!(mine.last().unwrap()["type"], "response.output_item.done");
+        assert_eq!(mine.last().unwrap()["item"], *item);
+        let deltas: String = mine
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().ends_with(".delta"))
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        let want = match item["type"].as_str().unwrap() {
+            "function_call" => item["arguments"].as_str().unwrap(),
+            _ => item["content"][0]["text"].as_str().unwrap(),
+        };
+        assert_eq!(deltas, want, "{item}");
+    }
+}
+
+/// OpenAI's Responses API over the chat machinery: the same prompt and reply as chat
+/// completions, whole and streamed, with reasoning, tool calls, structured output, input
+/// items, and its errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_whole_and_streamed() {
+    let s = Server::with_tokenizer().await;
+    let chat = s.ok("/v1/chat/completions", &chat_body("Why?", 8)).await;
+    let body = json!({"model": NAME, "input": "Why?", "max_output_tokens": 8, "temperature": 0});
+    let r = s.ok("/v1/responses", &body).await;
+    assert_eq!(r["object"], "response");
+    assert!(r["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(r["usage"]["input_tokens"], chat["usage"]["prompt_tokens"]);
+    assert_eq!(r["usage"]["output_tokens"], 8);
+    let output = r["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0]["type"], "message");
+    assert_eq!(output[0]["status"], "incomplete");
+    assert_eq!(
+        output[0]["content"][0]["text"],
+        chat["choices"][0]["message"]["content"]
+    );
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    check_stream(&response_events(&s, &sbody).await, &r);
+
+    // Instructions and input items render as the equivalent chat messages.
+    let items = json!({"model": NAME, "instructions": "Be brief.", "max_output_tokens": 4,
+        "temperature": 0, "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Why"},
+                                         {"type": "input_text", "text": "?"}]},
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Because."}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"role": "user", "content": "Why not?"}]});
+    let messages = json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."},
+        {"role": "user", "content": "Why not?"}]);
+    let c = s
+        .ok(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 4, "temperature": 0}),
+        )
+        .await;
+    let r = s.ok("/v1/responses", &items).await;
+    assert_eq!(r["usage"]["input_tokens"], c["usage"]["prompt_tokens"]);
+    assert_eq!(
+        r["output"][0]["content"][0]["text"],
+        c["choices"][0]["message"]["content"]
+    );
+    // A structured answer: text.format json_schema.
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"]});
+    let format = json!({"model": NAME, "input": "Where?", "max_output_tokens": 64,
+        "temperature": 1.0, "seed": 5,
+        "text": {"format": {"type": "json_schema", "name": "place", "schema": schema,
+                            "strict": true}}});
+    let r = s.ok("/v1/responses", &format).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let text = r["output"][0]["content"][0]["text"].as_str().unwrap();
+    let place: Value = serde_json::from_str(text).unwrap();
+    assert!(["Paris", "Oslo"].contains(&place["city"].as_str().unwrap()));
+
+    // Errors name the Responses API's fields.
+    let cases = [
+        (
+            json!({"input": "hi", "previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (json!({"input": "hi", "background": true}), "background"),
+        (json!({}), "input"),
+        (json!({"input": 5}), "input"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_image",
+            "image_url": "http://x"}]}]}),
+            "input[0].content[0]",
+        ),
+        (
+            json!({"input": [{"type": "item_reference", "id": "x"}]}),
+            "input[0].type",
+        ),
+        (
+            json!({"input": [{"role": "tool", "content": "x"}]}),
+            "input[0].role",
+        ),
+        (
+            json!({"input": [{"type": "function_call_output", "output": "x"}]}),
+            "input[0].call_id",
+        ),
+        (
+            json!({"input": "hi", "tools": [{"type": "web_search"}]}),
+            "tools[0]",
+        ),
+        (
+            json!({"input": "hi", "text": {"format": {"type": "xml"}}}),
+            "text.format",
+        ),
+        (
+            json!({"input": "hi", "max_output_tokens": 10_000_000}),
+            "max_output_tokens",
+        ),
+        (json!({"input": "hi", "temperature": -1}), "temperature"),
+    ];
+    for (body, param) in &cases {
+        let e = assert_error(&s.post("/v1/responses", body).await, 400);
+        assert_eq!(e["param"], *param, "{body}: {e}");
+    }
+    s.idle().await;
+    s.shut_down().await;
+
+    // R1's reasoning: a reasoning item (the random model never closes it: all reasoning).
+    let dir = tempfile::tempdir().unwrap();
+    r1_tokenizer(dir.path(), "<think>\\n", None);
+    let s = r1_server(dir.path(), true).await;
+    let r = s.ok("/v1/responses", &body).await;
+    let output = r["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{r}");
+    assert_eq!(output[0]["type"], "reasoning");
+    assert!(!output[0]["content"][0]["text"].as_str().unwrap().is_empty());
+    assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 8);
+    check_stream(&response_events(&s, &sbody).await, &r);
+    s.shut_down().await;
+
+    // Tool calls: a function_call item after the content, from a reply that writes one;
+    // function_call and function_call_output items render as chat's calls and tool turns.
+    const CALL: &str = "Let me look.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function\
+        <｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>";
+    let dir = tempfile::tempdir().unwrap();
+    tools_tokenizer(dir.path(), CALL, "<｜tool▁calls▁end｜>");
+    let s = Server::start(
+        engine(Some(dir.path()), engine_config()),
+        ServerConfig::new(NAME),
+    )
+    .await;
+    let tool = json!({"type": "function", "name": "get_weather", "description": "Temperature.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}});
+    let body = json!({"model": NAME, "tools": [tool], "max_output_tokens": 1, "temperature": 0,
+        "logit_bias": {"7": 100}, "input": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+             "arguments": "{\"city\": \"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "{\"celsius\": 18}"},
+            {"role": "user", "content": "And now?"}]});
+    let r = s.ok("/v1/responses", &body).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let output = r["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2, "{r}");
+    assert_eq!(output[0]["content"][0]["text"], "Let me look.");
+    assert_eq!(output[1]["type"], "function_call");
+    assert_eq!(output[1]["name"], "get_weather");
+    assert_eq!(output[1]["arguments"], "{\"city\": \"Paris\"}");
+    assert!(output[1]["call_id"].as_str().unwrap().starts_with("call_"));
+    let chat = json!({"model": NAME, "max_tokens": 1, "temperature": 0,
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "description": "Temperature.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "get_weather",
+                "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\": 18}"},
+            {"role": "user", "content": "And now?"}]});
+    let c = s.ok("/v1/chat/completions", &chat).await;
+    assert_eq!(r["usage"]["input_tokens"], c["usage"]["prompt_tokens"]);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    check_stream(&response_events(&s, &sbody).await, &r);
+    s.idle().await;
+    s.shut_down().await;
+}

@@ -27,6 +27,9 @@
 //!   `chat_template_kwargs` (DeepSeek-V3.1's `thinking`, say), `add_generation_prompt` and
 //!   `continue_final_message` (the reply continues a final assistant message the client
 //!   wrote);
+//! - `POST /v1/responses`: OpenAI's Responses API, turned into a chat request and its reply
+//!   into output items (`reasoning`, `message`, `function_call`), whole or as OpenAI's stream
+//!   events (see `responses.rs`); nothing is stored;
 //! - `POST /tokenize` (a `prompt`, or `messages` rendered as chat completions would) and
 //!   `POST /detokenize`, vLLM's;
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus).
@@ -54,6 +57,7 @@ mod openai;
 mod params;
 mod reasoning;
 mod reply;
+mod responses;
 mod routes;
 mod sse;
 mod state;

@@ -15,7 +15,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use super::error::{ApiError, ServerError};
 use super::openai::{ModelCard, ModelList};
 use super::state::AppState;
-use super::{chat, completions, metrics, tokenize};
+use super::{chat, completions, metrics, responses, tokenize};
 
 /// The CORS layer for `origins` (`*`: any; none: no layer); an origin that is not a valid
 /// header value is an error.
@@ -52,6 +52,7 @@ pub(crate) fn router(state: Arc<AppState>, cors: Option<CorsLayer>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/tokenize", post(tokenize::tokenize))
