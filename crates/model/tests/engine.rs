@@ -702,8 +702,15 @@ fn a_later_request_reuses_the_cached_prefix_and_still_equals_its_run_alone() {
         (40 + 51 - 32, 32)
     );
     let fresh = Engine::start(model, None, small_pages()).unwrap();
-    assert_eq!(got, fresh.generate(greedy(b, 6)).unwrap());
+    let alone = fresh.generate(greedy(b, 6)).unwrap();
     assert_eq!(fresh.stats().prompt_tokens_reused, 0);
+    // The same output; each completion says how much of its prompt came from the cache.
+    assert_eq!((got[0].cached_tokens, alone[0].cached_tokens), (32, 0));
+    let cached = Completion {
+        cached_tokens: 0,
+        ..got[0].clone()
+    };
+    assert_eq!(vec![cached], alone);
 }
 
 #[test]
@@ -713,7 +720,11 @@ fn identical_prompts_submitted_together_are_prefilled_once() {
     let engine = Engine::start(model, None, small_pages()).unwrap();
     let requests = vec![greedy(prompt.clone(), 5); 4];
     let out = run_together(&engine, &requests);
-    assert!(out.windows(2).all(|w| w[0] == w[1]));
+    let tokens: Vec<&Vec<u32>> = out.iter().map(|c| &c[0].tokens).collect();
+    assert!(tokens.windows(2).all(|w| w[0] == w[1]));
+    let mut cached: Vec<usize> = out.iter().map(|c| c[0].cached_tokens).collect();
+    cached.sort();
+    assert_eq!(cached, [0, 32, 32, 32]);
     let s = settled(&engine);
     // The first prefills all 40 tokens; the others wait for it, reuse 32 and prefill 8.
     assert_eq!(

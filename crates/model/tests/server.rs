@@ -2129,7 +2129,15 @@ fn check_stream(events: &[Value], whole: &Value) {
         without_ids(&streamed["output"]),
         without_ids(&whole["output"])
     );
-    assert_eq!(streamed["usage"], whole["usage"]);
+    // (The cached prompt tokens differ: the stream reran a prompt the cache now holds.)
+    for count in [
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "output_tokens_details",
+    ] {
+        assert_eq!(streamed["usage"][count], whole["usage"][count], "{count}");
+    }
     // Per output item: added, (part added, deltas, done, part done | argument events), done.
     for (index, item) in streamed["output"].as_array().unwrap().iter().enumerate() {
         let mine: Vec<&Value> = events
@@ -2320,6 +2328,46 @@ async fn responses_api_whole_and_streamed() {
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     check_stream(&response_events(&s, &sbody).await, &r);
+    s.idle().await;
+    s.shut_down().await;
+}
+
+/// `usage.prompt_tokens_details.cached_tokens`: the prompt tokens a request took from the
+/// prefix cache (whole pages of whole prefill chunks an earlier request left), whole and
+/// streamed, and in the Responses API's `input_tokens_details`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_the_prompt_tokens_the_prefix_cache_supplied() {
+    let s = Server::with_tokenizer().await;
+    let long = "a fairly long question that fills a few cache pages of sixteen tokens";
+    let body = chat_body(long, 2);
+    let first = s.ok("/v1/chat/completions", &body).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    // Prefill chunks of 32, pages of 16: the prompt's whole chunks are cached.
+    let want = prompt / 32 * 32;
+    assert!(want >= 32, "{prompt}");
+    let again = s.ok("/v1/chat/completions", &body).await;
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"],
+        want
+    );
+    assert_eq!(again["choices"], first["choices"]);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let chunks = s.stream("/v1/chat/completions", &sbody).await;
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], want,
+        "{usage}"
+    );
+    let r = s
+        .ok(
+            "/v1/responses",
+            &json!({"input": long, "max_output_tokens": 2, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], want);
     s.idle().await;
     s.shut_down().await;
 }

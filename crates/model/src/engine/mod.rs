@@ -222,6 +222,9 @@ pub enum Event {
         reason: FinishReason,
         /// Tokens it produced.
         completion_tokens: usize,
+        /// Prompt tokens taken from the prefix cache rather than prefilled (the same for
+        /// every sample of the request; 0 for one that never started).
+        cached_tokens: usize,
         /// The rest of its text.
         text: String,
     },
@@ -560,10 +563,12 @@ impl Engine {
                     sample,
                     reason,
                     text,
+                    cached_tokens,
                     ..
                 } => {
                     out[sample].text.push_str(&text);
                     out[sample].finish = Some(reason);
+                    out[sample].cached_tokens = cached_tokens;
                     open -= 1;
                 }
                 Event::Prompt { logprobs } => prompt_logprobs = logprobs,
@@ -704,4 +709,6 @@ pub struct Completion {
     /// The prompt's tokens after the first, with [`RequestParams::prompt_logprobs`] (the same
     /// for every sample).
     pub prompt_logprobs: Vec<TokenLogprob>,
+    /// Prompt tokens taken from the prefix cache rather than prefilled.
+    pub cached_tokens: usize,
 }

@@ -34,6 +34,8 @@ struct Live {
     reserved: usize,
     submitted: Instant,
     answered: bool,
+    /// Prompt tokens adopted from the prefix cache.
+    cached: usize,
 }
 
 /// One running sequence: a sample of a request, or (while prefilling) the request's prompt.
@@ -182,6 +184,7 @@ impl Scheduler {
                     sample,
                     reason: FinishReason::Callback,
                     completion_tokens: 0,
+                    cached_tokens: 0,
                     text: String::new(),
                 });
             }
@@ -289,6 +292,7 @@ impl Scheduler {
                     reserved: need,
                     submitted: at,
                     answered: false,
+                    cached: reused,
                 },
             );
         }
@@ -684,6 +688,7 @@ impl Scheduler {
             sample,
             reason,
             completion_tokens: seq.generated,
+            cached_tokens: live.cached,
             text,
         });
         live.open -= 1;
@@ -732,6 +737,7 @@ impl Scheduler {
                         sample,
                         reason: FinishReason::Callback,
                         completion_tokens: generated,
+                        cached_tokens: live.cached,
                         text: String::new(),
                     });
                 }

@@ -88,6 +88,7 @@ impl Submission {
     pub async fn collect(mut self) -> Result<Collected, ApiError> {
         let mut samples: Vec<Sample> = (0..self.n).map(|_| Sample::default()).collect();
         let mut prompt_logprobs = Vec::new();
+        let mut cached = 0;
         while let Some(event) = self.next().await {
             match event? {
                 Event::Token {
@@ -113,8 +114,10 @@ impl Submission {
                     sample,
                     reason,
                     completion_tokens,
+                    cached_tokens,
                     text,
                 } => {
+                    cached = cached.max(cached_tokens);
                     let Some(s) = samples.get_mut(sample) else {
                         continue;
                     };
@@ -130,7 +133,7 @@ impl Submission {
         Ok(Collected {
             samples,
             prompt_logprobs,
-            usage: Usage::new(self.prompt_tokens, completion),
+            usage: Usage::new(self.prompt_tokens, completion, cached),
         })
     }
 }

@@ -426,6 +426,7 @@ impl Builder {
             Event::Finished {
                 reason,
                 completion_tokens,
+                cached_tokens,
                 text,
                 ..
             } => {
@@ -441,7 +442,7 @@ impl Builder {
                 self.end(
                     &mut out,
                     reason,
-                    Usage::new(prompt_tokens, completion_tokens),
+                    Usage::new(prompt_tokens, completion_tokens, cached_tokens),
                 );
             }
             Event::Prompt { .. } | Event::Error(_) => {}
@@ -609,7 +610,9 @@ impl Builder {
             "output": self.items,
             "usage": {
                 "input_tokens": usage.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": usage.prompt_tokens_details.cached_tokens,
+                },
                 "output_tokens": usage.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
                 "total_tokens": usage.total_tokens,

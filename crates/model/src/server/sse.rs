@@ -49,6 +49,8 @@ struct State<R> {
     render: R,
     include_usage: bool,
     completion_tokens: usize,
+    /// Prompt tokens from the prefix cache, over all submissions (sample 0 of each).
+    cached_tokens: usize,
     started: bool,
     done: bool,
 }
@@ -70,10 +72,16 @@ impl<R: Render> State<R> {
             match self.events.next().await {
                 Some((prompt, Ok(event))) => {
                     if let Event::Finished {
-                        completion_tokens, ..
+                        sample,
+                        completion_tokens,
+                        cached_tokens,
+                        ..
                     } = &event
                     {
                         self.completion_tokens += completion_tokens;
+                        if *sample == 0 {
+                            self.cached_tokens += cached_tokens;
+                        }
                     }
                     if let Some(chunk) = self.render.event(prompt, event) {
                         return Some(chunk);
@@ -90,7 +98,11 @@ impl<R: Render> State<R> {
                     self.done = true;
                     let mut out = Vec::new();
                     if self.include_usage {
-                        let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
+                        let usage = Usage::new(
+                            self.prompt_tokens,
+                            self.completion_tokens,
+                            self.cached_tokens,
+                        );
                         out.extend_from_slice(&self.render.usage(usage));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
@@ -121,6 +133,7 @@ pub(crate) fn respond<R: Render>(
         render,
         include_usage,
         completion_tokens: 0,
+        cached_tokens: 0,
         started: false,
         done: false,
     };
