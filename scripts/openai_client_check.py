@@ -249,7 +249,7 @@ def _():
     assert d["prompt"].endswith("Sure, "), d
 
 
-@check("tools: parallel_tool_calls=False forces one call")
+@check("tools: parallel_tool_calls=False forces one call; a streamed call in pieces")
 def _():
     tools = [{"type": "function", "function": {"name": "now", "parameters": {
         "type": "object", "properties": {}, "additionalProperties": False}}}]
@@ -258,6 +258,23 @@ def _():
                                        max_tokens=300, temperature=1.0, seed=4, n=3)
     for c in r.choices:
         assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
+    # Streamed, the call arrives in pieces (its name, then its arguments as they are
+    # written); the client's stream helper puts them together into the same call.
+    weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}},
+        "required": ["city"], "additionalProperties": False}}}]
+    kw = dict(model=model, messages=MESSAGES, tools=weather, tool_choice="required",
+              parallel_tool_calls=False, max_tokens=300, temperature=1.0, seed=6)
+    whole = client.chat.completions.create(**kw).choices[0]
+    pieces = 0
+    with client.chat.completions.stream(**kw) as stream:
+        for event in stream:
+            pieces += event.type == "tool_calls.function.arguments.delta"
+        final = stream.get_final_completion().choices[0]
+    assert final.finish_reason == whole.finish_reason == "tool_calls", (final, whole)
+    (a,), (b,) = final.message.tool_calls, whole.message.tool_calls
+    assert (a.function.name, a.function.arguments) == (b.function.name, b.function.arguments)
+    assert pieces > 1, pieces
 
 
 @check("responses API: create, stream (the client's event accumulator), parse(), function calls")

@@ -14,11 +14,13 @@ use super::error::ApiError;
 use super::extract::{parse, JsonBody};
 use super::generation::{finish_reason, Collected, Sample, Submission};
 use super::logprobs::chat_entry;
-use super::openai::{ChatChoice, ChatLogprobs, ChatOutput, Header, ToolCallOut, Usage};
+use super::openai::{
+    ChatChoice, ChatLogprobs, ChatOutput, FunctionOut, Header, ToolCallOut, Usage,
+};
 use super::reply::{read_whole, Piece, ReplyReader};
 use super::sse::{self, frame, Render};
 use super::state::AppState;
-use super::tool_calls::Calls;
+use super::tool_calls::{CallDelta, Calls};
 use super::{params, response_header};
 use crate::engine::{Engine, Event};
 use crate::tokenizer::FunctionCall;
@@ -100,7 +102,7 @@ fn whole_choice(
     return_token_ids: bool,
 ) -> ChatChoice {
     let (reasoning, content, calls) = read_whole(&s.text, reading.reasoning, reading.tools);
-    let tool_calls = calls_out(calls, false);
+    let tool_calls = calls_out(calls);
     let finish_reason = match (&tool_calls, s.finish) {
         (Some(_), Some(_)) => Some("tool_calls"),
         (_, finish) => finish.map(finish_reason),
@@ -128,17 +130,44 @@ fn whole_choice(
     }
 }
 
-/// A reply's calls in OpenAI's shape, each with a fresh id (`indexed`: in a stream delta);
-/// `None` when there are none.
-fn calls_out(calls: Vec<FunctionCall>, indexed: bool) -> Option<Vec<ToolCallOut>> {
+/// A fresh call id.
+fn call_id() -> String {
+    format!("call_{:016x}", rand::random::<u64>())
+}
+
+/// A whole reply's calls in OpenAI's shape, each with a fresh id; `None` when there are none.
+fn calls_out(calls: Vec<FunctionCall>) -> Option<Vec<ToolCallOut>> {
     let out: Vec<ToolCallOut> = calls
         .into_iter()
-        .enumerate()
-        .map(|(i, function)| ToolCallOut {
-            index: indexed.then_some(i),
-            id: format!("call_{:016x}", rand::random::<u64>()),
-            kind: "function",
-            function,
+        .map(|f| ToolCallOut {
+            index: None,
+            id: Some(call_id()),
+            kind: Some("function"),
+            function: FunctionOut {
+                name: Some(f.name),
+                arguments: f.arguments,
+            },
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// Calls' progress as stream delta pieces: a call's first piece carries its fresh id, type
+/// and name.
+fn call_deltas(deltas: Vec<CallDelta>) -> Option<Vec<ToolCallOut>> {
+    let out: Vec<ToolCallOut> = deltas
+        .into_iter()
+        .map(|d| {
+            let first = d.name.is_some();
+            ToolCallOut {
+                index: Some(d.index),
+                id: first.then(call_id),
+                kind: first.then_some("function"),
+                function: FunctionOut {
+                    name: d.name,
+                    arguments: d.arguments,
+                },
+            }
         })
         .collect();
     (!out.is_empty()).then_some(out)
@@ -165,23 +194,26 @@ impl ChatStream {
     }
 
     /// The delta for a piece of choice `index`'s text (`last`: the reply ends, so held text
-    /// and the calls go out).
-    fn delta(&mut self, index: usize, text: &str, last: bool) -> ChatOutput {
+    /// and the rest of the calls go out), and whether the reply's calls were read (at the
+    /// end).
+    fn delta(&mut self, index: usize, text: &str, last: bool) -> (ChatOutput, bool) {
         let Piece {
             reasoning,
             content,
+            deltas,
             calls,
         } = match self.readers.get_mut(index) {
             Some(reader) if last => reader.finish(text),
             Some(reader) => reader.push(text),
             None => Piece::default(),
         };
-        ChatOutput {
+        let delta = ChatOutput {
             role: None,
             content: (!content.is_empty()).then_some(Some(content)),
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-            tool_calls: calls_out(calls, true),
-        }
+            tool_calls: call_deltas(deltas),
+        };
+        (delta, !calls.is_empty())
     }
 }
 
@@ -218,12 +250,13 @@ impl Render for ChatStream {
                 text,
                 logprob,
             } => {
-                let delta = self.delta(sample, &text, false);
+                let (delta, _) = self.delta(sample, &text, false);
                 let logprobs = logprob.map(|lp| ChatLogprobs {
                     content: vec![chat_entry(self.engine.tokenizer(), token, &lp)],
                 });
                 if delta.content.is_none()
                     && delta.reasoning_content.is_none()
+                    && delta.tool_calls.is_none()
                     && logprobs.is_none()
                     && !self.return_token_ids
                 {
@@ -241,10 +274,11 @@ impl Render for ChatStream {
                 text,
                 ..
             } => {
-                let delta = self.delta(sample, &text, true);
-                let reason = match delta.tool_calls {
-                    Some(_) => "tool_calls",
-                    None => finish_reason(reason),
+                let (delta, called) = self.delta(sample, &text, true);
+                let reason = if called {
+                    "tool_calls"
+                } else {
+                    finish_reason(reason)
                 };
                 ChatChoice {
                     finish_reason: Some(reason),

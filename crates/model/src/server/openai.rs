@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tokenizer::FunctionCall;
-
 /// Fields both endpoints share.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct CommonRequest {
@@ -135,15 +133,25 @@ pub(crate) struct FunctionIn {
     pub arguments: Value,
 }
 
-/// A call in a reply: `message.tool_calls[i]`, or in a delta with its `index`.
+/// A call in a reply: `message.tool_calls[i]` (every field), or a stream delta's piece of
+/// call `index` (its id, type and name on its first delta only, then pieces of arguments).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ToolCallOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub function: FunctionCall,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionOut,
+}
+
+/// The function of a [`ToolCallOut`].
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FunctionOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// Message content: a string, or parts of which only text is understood.

@@ -5,7 +5,7 @@
 //! whole reply.
 
 use super::reasoning::{ReasoningSplit, Split};
-use super::tool_calls::{Calls, ToolCallSplit};
+use super::tool_calls::{CallDelta, Calls, ToolCallSplit};
 use crate::tokenizer::FunctionCall;
 
 /// Reads one reply.
@@ -20,7 +20,9 @@ pub(crate) struct ReplyReader {
 pub(crate) struct Piece {
     pub reasoning: String,
     pub content: String,
-    /// The calls (only from [`ReplyReader::finish`]).
+    /// The calls' progress (names, then pieces of arguments) in this piece.
+    pub deltas: Vec<CallDelta>,
+    /// The calls, whole (only from [`ReplyReader::finish`]).
     pub calls: Vec<FunctionCall>,
 }
 
@@ -36,13 +38,17 @@ impl ReplyReader {
     /// Adds a piece of the reply's text; returns what is now known.
     pub fn push(&mut self, text: &str) -> Piece {
         let Split { reasoning, content } = self.split(text);
-        let content = match &mut self.calls {
-            Some(calls) => calls.push(&content),
-            None => content,
+        let (content, deltas) = match &mut self.calls {
+            Some(calls) => {
+                let pushed = calls.push(&content);
+                (pushed.content, pushed.calls)
+            }
+            None => (content, Vec::new()),
         };
         Piece {
             reasoning,
             content,
+            deltas,
             calls: Vec::new(),
         }
     }
@@ -56,18 +62,22 @@ impl ReplyReader {
         if let Some(split) = &mut self.reasoning {
             reasoning.push_str(&split.finish().reasoning);
         }
-        let (content, calls) = match self.calls.take() {
+        let (content, deltas, calls) = match self.calls.take() {
             Some(mut split) => {
-                let mut content = split.push(&content);
+                let pushed = split.push(&content);
                 let rest = split.finish();
-                content.push_str(&rest.content);
-                (content, rest.calls)
+                let mut deltas = pushed.calls;
+                for delta in rest.rest {
+                    CallDelta::merge_into(&mut deltas, delta);
+                }
+                (pushed.content + &rest.content, deltas, rest.calls)
             }
-            None => (content, Vec::new()),
+            None => (content, Vec::new(), Vec::new()),
         };
         Piece {
             reasoning,
             content,
+            deltas,
             calls,
         }
     }
@@ -95,6 +105,7 @@ pub(crate) fn read_whole(
         reasoning: thought,
         content,
         calls,
+        ..
     } = reader.finish(text);
     let content = if reasoning {
         (!content.is_empty()).then_some(content)

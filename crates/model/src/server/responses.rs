@@ -41,7 +41,6 @@ use super::sse::{self, Render};
 use super::state::{unix_now, AppState};
 use crate::engine::Event;
 use crate::generate::FinishReason;
-use crate::tokenizer::FunctionCall;
 
 /// Fields carried over to the chat request as they are (sampling and vLLM's extensions).
 const CARRIED: [&str; 13] = [
@@ -338,8 +337,20 @@ fn fresh_id(prefix: &str) -> String {
 
 /// The item being written.
 enum Open {
-    Reasoning { id: String, text: String },
-    Message { id: String, text: String },
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
 }
 
 /// Builds a response from the reply's events: the stream's events as it goes, and the
@@ -420,8 +431,7 @@ impl Builder {
                     self.reasoning_tokens += 1;
                 }
                 let piece = self.reader.push(&text);
-                // Calls come only with the reply's end.
-                self.write_text(&mut out, piece);
+                self.write(&mut out, piece);
             }
             Event::Finished {
                 reason,
@@ -431,13 +441,16 @@ impl Builder {
                 ..
             } => {
                 let piece = self.reader.finish(&text);
-                let calls = self.write_text(&mut out, piece);
+                let called = !piece.calls.is_empty();
+                self.write(&mut out, piece);
                 // Text cut off by the budget is incomplete (a reply whose calls were read
                 // is not: see `end`).
-                let cut = reason == FinishReason::MaxTokens && calls.is_empty();
+                let cut = reason == FinishReason::MaxTokens && !called;
                 self.close(&mut out, if cut { "incomplete" } else { "completed" });
-                for call in calls {
-                    self.call(&mut out, call);
+                if !called {
+                    // A section that streamed as calls but did not parse came back as
+                    // content: the response keeps that, not the calls.
+                    self.items.retain(|i| i["type"] != "function_call");
                 }
                 self.end(
                     &mut out,
@@ -450,8 +463,8 @@ impl Builder {
         out
     }
 
-    /// Writes a piece's reasoning and content; returns its calls.
-    fn write_text(&mut self, out: &mut Vec<Value>, piece: Piece) -> Vec<FunctionCall> {
+    /// Writes a piece: reasoning, content, then the calls' progress.
+    fn write(&mut self, out: &mut Vec<Value>, piece: Piece) {
         if !piece.reasoning.is_empty() {
             if !matches!(self.open, Some(Open::Reasoning { .. })) {
                 self.close(out, "completed");
@@ -461,7 +474,7 @@ impl Builder {
                 self.added(
                     out,
                     item,
-                    json!({"type": "reasoning_text", "text": ""}),
+                    Some(json!({"type": "reasoning_text", "text": ""})),
                     &id,
                 );
                 self.open = Some(Open::Reasoning {
@@ -484,7 +497,7 @@ impl Builder {
                 let item = json!({"type": "message", "id": id, "role": "assistant",
                     "status": "in_progress", "content": []});
                 let part = json!({"type": "output_text", "text": "", "annotations": []});
-                self.added(out, item, part, &id);
+                self.added(out, item, Some(part), &id);
                 self.open = Some(Open::Message {
                     id,
                     text: String::new(),
@@ -497,22 +510,49 @@ impl Builder {
                 self.emit(out, "response.output_text.delta", fields);
             }
         }
-        piece.calls
+        for delta in piece.deltas {
+            if let Some(name) = delta.name {
+                // A new call: the item before it is done.
+                self.close(out, "completed");
+                let (id, call_id) = (fresh_id("fc"), fresh_id("call"));
+                let item = json!({"type": "function_call", "id": id, "call_id": call_id,
+                    "name": name, "arguments": "", "status": "in_progress"});
+                self.added(out, item, None, &id);
+                self.open = Some(Open::Call {
+                    id,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                });
+            }
+            if delta.arguments.is_empty() {
+                continue;
+            }
+            if let Some(Open::Call { id, arguments, .. }) = &mut self.open {
+                arguments.push_str(&delta.arguments);
+                let fields = json!({"item_id": id, "output_index": self.items.len(),
+                    "delta": delta.arguments});
+                self.emit(out, "response.function_call_arguments.delta", fields);
+            }
+        }
     }
 
-    /// `response.output_item.added` and `response.content_part.added` for a new item.
-    fn added(&mut self, out: &mut Vec<Value>, item: Value, part: Value, id: &str) {
+    /// `response.output_item.added`, and `response.content_part.added` for an item with
+    /// content, for a new item.
+    fn added(&mut self, out: &mut Vec<Value>, item: Value, part: Option<Value>, id: &str) {
         let index = self.items.len();
         self.emit(
             out,
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
         );
-        self.emit(
-            out,
-            "response.content_part.added",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-        );
+        if let Some(part) = part {
+            self.emit(
+                out,
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+            );
+        }
     }
 
     /// Ends the open item with `status`: its `.done` events, and it joins the output.
@@ -527,7 +567,7 @@ impl Builder {
                 self.emit(out, "response.reasoning_text.done", fields);
                 let item = json!({"type": "reasoning", "id": id, "summary": [],
                     "content": [part], "status": status});
-                (item, part)
+                (item, Some(part))
             }
             Some(Open::Message { id, text }) => {
                 let part = json!({"type": "output_text", "text": text, "annotations": [],
@@ -537,55 +577,36 @@ impl Builder {
                 self.emit(out, "response.output_text.done", fields);
                 let item = json!({"type": "message", "id": id, "role": "assistant",
                     "status": status, "content": [part]});
-                (item, part)
+                (item, Some(part))
+            }
+            Some(Open::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            }) => {
+                let fields = json!({"item_id": id, "output_index": index, "name": name,
+                    "arguments": arguments});
+                self.emit(out, "response.function_call_arguments.done", fields);
+                let item = json!({"type": "function_call", "id": id, "call_id": call_id,
+                    "name": name, "arguments": arguments, "status": "completed"});
+                (item, None)
             }
         };
-        let id = item["id"].clone();
-        self.emit(
-            out,
-            "response.content_part.done",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-        );
+        if let Some(part) = part {
+            let id = item["id"].clone();
+            self.emit(
+                out,
+                "response.content_part.done",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+            );
+        }
         self.emit(
             out,
             "response.output_item.done",
             json!({"output_index": index, "item": item}),
         );
         self.items.push(item);
-    }
-
-    /// A call's item and events.
-    fn call(&mut self, out: &mut Vec<Value>, call: FunctionCall) {
-        let index = self.items.len();
-        let id = fresh_id("fc");
-        let call_id = fresh_id("call");
-        let item = |arguments: &str, status: &str| {
-            json!({"type": "function_call", "id": id, "call_id": call_id, "name": call.name,
-                "arguments": arguments, "status": status})
-        };
-        self.emit(
-            out,
-            "response.output_item.added",
-            json!({"output_index": index, "item": item("", "in_progress")}),
-        );
-        self.emit(
-            out,
-            "response.function_call_arguments.delta",
-            json!({"item_id": id, "output_index": index, "delta": call.arguments}),
-        );
-        self.emit(
-            out,
-            "response.function_call_arguments.done",
-            json!({"item_id": id, "output_index": index, "name": call.name,
-                "arguments": call.arguments}),
-        );
-        let done = item(&call.arguments, "completed");
-        self.emit(
-            out,
-            "response.output_item.done",
-            json!({"output_index": index, "item": done}),
-        );
-        self.items.push(done);
     }
 
     /// The whole response, and its final event.

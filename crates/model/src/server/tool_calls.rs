@@ -17,7 +17,11 @@
 //! Nothing is lost: a reply whose call section does not parse (cut off by `max_tokens`, a
 //! call without a name) is returned whole as content. Streams and whole responses go
 //! through the same [`ToolCallSplit`]: content streams until the section starts (a tail
-//! that could begin its marker is held back), and the calls go out in the final delta.
+//! that could begin its marker is held back); then each call streams as vLLM's parsers
+//! stream it: its name once its header is complete, then its arguments as they arrive
+//! ([`CallDelta`]s; a tail that could be the closing fence or marker is held back, so the
+//! pieces add up to exactly the arguments of the whole reply). A section that turns out not
+//! to parse after some of it streamed as calls still comes back as content at the end.
 //!
 //! With `parallel_tool_calls: false` ([`Calls::One`]) a forced call is exactly one, and a
 //! reply read for calls keeps its first (vLLM's behaviour).
@@ -87,7 +91,7 @@ pub(crate) fn forced_calls(
     )))
 }
 
-/// Splits a reply that arrives in pieces into content and, at the end, its calls.
+/// Splits a reply that arrives in pieces into content and calls.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ToolCallSplit {
     /// Content not handed out yet: a possible start of [`CALLS_BEGIN`] at its end.
@@ -96,13 +100,65 @@ pub(crate) struct ToolCallSplit {
     calls: Option<String>,
     /// The calls kept.
     limit: Calls,
+    /// How far the section has streamed.
+    streamed: Streamed,
 }
 
-/// What is left when a reply ends: content not yet handed out, and the calls.
+/// A call's progress in a stream: its name (on its first delta only), then pieces of its
+/// arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallDelta {
+    /// Which call of the reply.
+    pub index: usize,
+    /// The function's name, on the call's first delta.
+    pub name: Option<String>,
+    /// More of its arguments.
+    pub arguments: String,
+}
+
+impl CallDelta {
+    /// Appends `delta` to `out`, merged into the last delta when both are of one call (a
+    /// name and the arguments after it go out together).
+    pub fn merge_into(out: &mut Vec<CallDelta>, delta: CallDelta) {
+        match out.last_mut() {
+            Some(last) if last.index == delta.index && delta.name.is_none() => {
+                last.arguments.push_str(&delta.arguments);
+            }
+            _ => out.push(delta),
+        }
+    }
+}
+
+/// What a piece of the reply turned out to be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    /// Content known not to be part of a call section.
+    pub content: String,
+    /// Calls' progress.
+    pub calls: Vec<CallDelta>,
+}
+
+/// What is left when a reply ends: content not yet handed out, the calls, and the calls'
+/// progress not streamed yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Finished {
     pub content: String,
     pub calls: Vec<FunctionCall>,
+    pub rest: Vec<CallDelta>,
+}
+
+/// How far a call section has streamed.
+#[derive(Debug, Clone, Default)]
+struct Streamed {
+    /// Per call whose name went out, the arguments sent.
+    sent: Vec<String>,
+    /// The open call's arguments: where they start in the section, and whether they sit in
+    /// V3's Markdown fence.
+    args: Option<(usize, bool)>,
+    /// Where the next call is looked for.
+    cursor: usize,
+    /// The section stopped looking like calls: nothing more streams (the end decides).
+    stuck: bool,
 }
 
 impl ToolCallSplit {
@@ -115,47 +171,178 @@ impl ToolCallSplit {
     }
 
     /// Adds a piece of the reply's content; returns the content now known not to be part of
-    /// a call section.
-    pub fn push(&mut self, piece: &str) -> String {
+    /// a call section, and the calls' progress.
+    pub fn push(&mut self, piece: &str) -> Pushed {
         if let Some(calls) = &mut self.calls {
             calls.push_str(piece);
-            return String::new();
+            return Pushed {
+                content: String::new(),
+                calls: self.streamed.advance(calls, self.limit),
+            };
         }
         self.held.push_str(piece);
         if let Some(at) = self.held.find(CALLS_BEGIN) {
-            self.calls = Some(self.held.split_off(at));
-            return std::mem::take(&mut self.held);
+            let section = self.held.split_off(at);
+            let calls = self.streamed.advance(&section, self.limit);
+            self.calls = Some(section);
+            return Pushed {
+                content: std::mem::take(&mut self.held),
+                calls,
+            };
         }
         let keep = partial_marker_len(&self.held);
         let rest = self.held.split_off(self.held.len() - keep);
-        std::mem::replace(&mut self.held, rest)
+        Pushed {
+            content: std::mem::replace(&mut self.held, rest),
+            calls: Vec::new(),
+        }
     }
 
-    /// Ends the reply: the held content, and the calls (none, with the section returned as
-    /// content, when it does not parse).
+    /// Ends the reply: the held content, the calls (none, with the section returned as
+    /// content, when it does not parse) and their progress not streamed yet.
     pub fn finish(self) -> Finished {
         let Some(section) = self.calls else {
             return Finished {
                 content: self.held,
-                calls: Vec::new(),
+                ..Finished::default()
             };
         };
-        match parse_section(&section) {
-            Some(mut calls) => {
-                if self.limit == Calls::One {
-                    calls.truncate(1);
-                }
-                Finished {
-                    content: self.held,
-                    calls,
-                }
-            }
-            None => Finished {
+        let Some(mut calls) = parse_section(&section) else {
+            return Finished {
                 content: self.held + &section,
-                calls: Vec::new(),
-            },
+                ..Finished::default()
+            };
+        };
+        if self.limit == Calls::One {
+            calls.truncate(1);
+        }
+        let rest = calls
+            .iter()
+            .enumerate()
+            .filter_map(|(index, call)| match self.streamed.sent.get(index) {
+                // Streamed pieces are prefixes of the arguments as read whole.
+                Some(sent) => call
+                    .arguments
+                    .strip_prefix(sent.as_str())
+                    .filter(|more| !more.is_empty())
+                    .map(|more| CallDelta {
+                        index,
+                        name: None,
+                        arguments: more.to_string(),
+                    }),
+                None => Some(CallDelta {
+                    index,
+                    name: Some(call.name.clone()),
+                    arguments: call.arguments.clone(),
+                }),
+            })
+            .collect();
+        Finished {
+            content: self.held,
+            calls,
+            rest,
         }
     }
+}
+
+impl Streamed {
+    /// The progress `section` (the call section so far) allows since the last call.
+    fn advance(&mut self, section: &str, limit: Calls) -> Vec<CallDelta> {
+        let mut out = Vec::new();
+        self.cursor = self.cursor.max(CALLS_BEGIN.len());
+        while !self.stuck {
+            let Some((at, fenced)) = self.args else {
+                if limit == Calls::One && !self.sent.is_empty() {
+                    break;
+                }
+                let rest = section[self.cursor..].trim_start();
+                let Some(body) = rest.strip_prefix(CALL_BEGIN) else {
+                    // The section's end, part of a marker, or text the end will judge.
+                    break;
+                };
+                let Some((name, args_at, fenced)) = header(body) else {
+                    break;
+                };
+                let name = name.trim();
+                if name.is_empty() || name.contains(char::is_whitespace) {
+                    self.stuck = true;
+                    break;
+                }
+                out.push(CallDelta {
+                    index: self.sent.len(),
+                    name: Some(name.to_string()),
+                    arguments: String::new(),
+                });
+                self.sent.push(String::new());
+                self.args = Some((section.len() - body.len() + args_at, fenced));
+                continue;
+            };
+            let region = &section[at..];
+            let end = region.find(CALL_END);
+            let arguments = match end {
+                Some(end) if fenced => unfence(&region[..end]).trim(),
+                Some(end) => region[..end].trim(),
+                None => settled_arguments(region, fenced),
+            };
+            let index = self.sent.len() - 1;
+            let sent = &mut self.sent[index];
+            match arguments.strip_prefix(sent.as_str()) {
+                Some("") => {}
+                Some(more) => {
+                    let delta = CallDelta {
+                        index,
+                        name: None,
+                        arguments: more.to_string(),
+                    };
+                    CallDelta::merge_into(&mut out, delta);
+                    sent.push_str(more);
+                }
+                None => {
+                    self.stuck = true;
+                    break;
+                }
+            }
+            let Some(end) = end else { break };
+            self.cursor = at + end + CALL_END.len();
+            self.args = None;
+        }
+        out
+    }
+}
+
+/// A call's name (after [`CALL_BEGIN`]), where its arguments start, and whether they sit in
+/// V3's fence: `function<sep>NAME\n` (V3) or `NAME<sep>` (V3.1); `None` until that much has
+/// arrived.
+fn header(body: &str) -> Option<(&str, usize, bool)> {
+    let (head, tail) = body.split_once(SEP)?;
+    let tail_at = head.len() + SEP.len();
+    if head.trim() != "function" {
+        return Some((head, tail_at, false));
+    }
+    let newline = tail.find('\n')?;
+    Some((&tail[..newline], tail_at + newline + 1, true))
+}
+
+/// The part of an open call's arguments (`region`, from their start) that cannot change:
+/// V3's opening fence dropped once complete, and a tail held back that could still be
+/// trimmed at the call's end (whitespace, the closing fence, part of [`CALL_END`]).
+fn settled_arguments(region: &str, fenced: bool) -> &str {
+    let mut t = region.trim_start();
+    if fenced {
+        if let Some(open) = t.strip_prefix("```") {
+            t = match open.split_once('\n') {
+                Some((_lang, body)) => body,
+                None => return "",
+            };
+        } else if "```".starts_with(t) {
+            return "";
+        }
+    }
+    let t = t.trim_start();
+    let t = &t[..t.len() - partial_len(t, CALL_END)];
+    let t = t.trim_end();
+    let t = t.strip_suffix("```").unwrap_or(t.trim_end_matches('`'));
+    t.trim_end()
 }
 
 /// A whole reply's content (before the calls) and its calls (as many as `limit` keeps): the
@@ -163,23 +350,29 @@ impl ToolCallSplit {
 #[cfg(test)]
 fn split_whole(text: &str, limit: Calls) -> Finished {
     let mut split = ToolCallSplit::new(limit);
-    let mut content = split.push(text);
+    let mut content = split.push(text).content;
     let rest = split.finish();
     content.push_str(&rest.content);
     Finished {
         content,
         calls: rest.calls,
+        rest: Vec::new(),
     }
 }
 
 /// Bytes at the end of `text` that could be the start of [`CALLS_BEGIN`].
 fn partial_marker_len(text: &str) -> usize {
-    (1..CALLS_BEGIN.len().min(text.len() + 1))
+    partial_len(text, CALLS_BEGIN)
+}
+
+/// Bytes at the end of `text` that could be the start of `marker` (a proper prefix).
+fn partial_len(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
         .rev()
         .find(|&n| {
             text.is_char_boundary(text.len() - n)
-                && CALLS_BEGIN.is_char_boundary(n)
-                && CALLS_BEGIN.starts_with(&text[text.len() - n..])
+                && marker.is_char_boundary(n)
+                && marker.starts_with(&text[text.len() - n..])
         })
         .unwrap_or(0)
 }
@@ -373,7 +566,9 @@ mod tests {
     }
 
     /// Every way of cutting a reply into pieces streams the same content and calls as the
-    /// whole reply, and no piece of a marker is handed out as content before the calls.
+    /// whole reply: no piece of a marker is handed out as content before the calls, each
+    /// call's name goes out once, before its arguments, and the argument pieces add up to
+    /// the whole reply's arguments, streaming before the reply ends.
     #[test]
     fn streamed_pieces_add_up_to_the_whole_reply() {
         let texts = [
@@ -383,6 +578,22 @@ mod tests {
             ),
             "Plain answer with a ｜ bar and a < sign.".to_string(),
             format!("x{CALLS_BEGIN}{CALL_BEGIN}function{SEP}f\n```json\n{{"),
+            v3(&[
+                ("search", "{\"q\": \"a `tick`, a ``` fence\", \"n\": 10}"),
+                ("now", "{}"),
+            ]),
+            // V3.1's calls: no type, no fence.
+            format!(
+                "{CALLS_BEGIN}{CALL_BEGIN}search{SEP}{{\"q\": \"rust\"}}{CALL_END}\
+                 {CALL_BEGIN}now{SEP}{{}}{CALL_END}{CALLS_END}"
+            ),
+            // Whitespace around the fence and the arguments, a backtick at a piece's end.
+            format!(
+                "{CALLS_BEGIN}{CALL_BEGIN}function{SEP}f\n  ```json\n {{\"a\": \"x`\"}} \n``` \
+                 {CALL_END}{CALLS_END}"
+            ),
+            // Calls that stream, then text after the section: all content at the end.
+            format!("{} and then more", v3(&[("f", "{\"long\": \"argument\"}")])),
         ];
         for text in &texts {
             let whole = split_whole(text, Calls::Parallel);
@@ -390,16 +601,39 @@ mod tests {
             for step in 1..=7 {
                 let mut split = ToolCallSplit::default();
                 let mut streamed = String::new();
+                let mut deltas = Vec::new();
                 for piece in chars.chunks(step) {
                     let (start, last) = (piece[0].0, piece[piece.len() - 1]);
                     let out = split.push(&text[start..last.0 + last.1.len_utf8()]);
-                    assert!(!out.contains('｜') || whole.calls.is_empty(), "{out:?}");
-                    streamed.push_str(&out);
+                    assert!(
+                        !out.content.contains('｜') || whole.calls.is_empty(),
+                        "{out:?}"
+                    );
+                    streamed.push_str(&out.content);
+                    deltas.extend(out.calls);
                 }
+                let early: usize = deltas.iter().map(|d| d.arguments.len()).sum();
                 let rest = split.finish();
                 streamed.push_str(&rest.content);
                 assert_eq!(streamed, whole.content, "{text} in pieces of {step}");
                 assert_eq!(rest.calls, whole.calls);
+                if whole.calls.is_empty() {
+                    assert!(rest.rest.is_empty());
+                    continue;
+                }
+                deltas.extend(rest.rest);
+                let mut rebuilt: Vec<FunctionCall> = Vec::new();
+                for d in deltas {
+                    match d.name {
+                        Some(name) => {
+                            assert_eq!(d.index, rebuilt.len(), "{text}");
+                            rebuilt.push(call(&name, &d.arguments));
+                        }
+                        None => rebuilt[d.index].arguments.push_str(&d.arguments),
+                    }
+                }
+                assert_eq!(rebuilt, whole.calls, "{text} in pieces of {step}");
+                assert!(early > 0, "nothing streamed before the end: {text}");
             }
         }
     }
