@@ -120,7 +120,9 @@ fn renamed(e: ApiError) -> ApiError {
 /// The request as a chat completions body, and the fields the response repeats.
 fn chat_request(body: &Value) -> Result<(Value, Value), ApiError> {
     for (field, what) in REFUSED {
-        if !body.get(field).is_none_or(|v| v.is_null() || *v == false) {
+        // Null, false and 0 ask for nothing.
+        let unset = |v: &Value| v.is_null() || *v == false || *v == 0;
+        if !body.get(field).is_none_or(unset) {
             return Err(ApiError::unsupported(field, what));
         }
     }

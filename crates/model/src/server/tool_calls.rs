@@ -311,16 +311,22 @@ impl Streamed {
 }
 
 /// A call's name (after [`CALL_BEGIN`]), where its arguments start, and whether they sit in
-/// V3's fence: `function<sep>NAME\n` (V3) or `NAME<sep>` (V3.1); `None` until that much has
-/// arrived.
+/// V3's fence: `function<sep>NAME\n` (V3) or `NAME<sep>` (V3.1), read as [`parse_call`]
+/// reads them (within the call, up to [`CALL_END`]); `None` until that much has arrived.
 fn header(body: &str) -> Option<(&str, usize, bool)> {
-    let (head, tail) = body.split_once(SEP)?;
+    let end = body.find(CALL_END);
+    let call = end.map_or(body, |e| &body[..e]);
+    let (head, tail) = call.split_once(SEP)?;
     let tail_at = head.len() + SEP.len();
     if head.trim() != "function" {
         return Some((head, tail_at, false));
     }
-    let newline = tail.find('\n')?;
-    Some((&tail[..newline], tail_at + newline + 1, true))
+    match tail.find('\n') {
+        Some(newline) => Some((&tail[..newline], tail_at + newline + 1, true)),
+        // A whole call without a newline: V3.1's form of a function named `function`.
+        None if end.is_some() => Some((head, tail_at, false)),
+        None => None,
+    }
 }
 
 /// The part of an open call's arguments (`region`, from their start) that cannot change:
@@ -591,6 +597,11 @@ mod tests {
             format!(
                 "{CALLS_BEGIN}{CALL_BEGIN}function{SEP}f\n  ```json\n {{\"a\": \"x`\"}} \n``` \
                  {CALL_END}{CALLS_END}"
+            ),
+            // V3's type without the newline: read as V3.1's call of `function`, as whole.
+            format!(
+                "{CALLS_BEGIN}{CALL_BEGIN}function{SEP}{{\"a\": 1}}{CALL_END}\n\
+                 {CALL_BEGIN}g{SEP}{{}}{CALL_END}{CALLS_END}"
             ),
             // Calls that stream, then text after the section: all content at the end.
             format!("{} and then more", v3(&[("f", "{\"long\": \"argument\"}")])),
