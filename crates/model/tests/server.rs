@@ -2251,6 +2251,10 @@ async fn responses_api_whole_and_streamed() {
             "input[0].call_id",
         ),
         (
+            json!({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}),
+            "input[0].arguments",
+        ),
+        (
             json!({"input": "hi", "tools": [{"type": "web_search"}]}),
             "tools[0]",
         ),

@@ -216,8 +216,16 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), ApiErro
                 else {
                     return Err(bad("", "a function_call needs `call_id` and `name`"));
                 };
+                // Arguments are JSON text; an object is taken too and written out.
+                let arguments = match &item["arguments"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => {
+                        return Err(bad(".arguments", "a function_call needs `arguments`"))
+                    }
+                    other => other.to_string(),
+                };
                 let call = json!({"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": item["arguments"].as_str().unwrap_or("{}")}});
+                    "function": {"name": name, "arguments": arguments}});
                 // Consecutive calls are one assistant turn.
                 match messages.last_mut() {
                     Some(last) if last["role"] == "assistant" && last["tool_calls"].is_array() => {
