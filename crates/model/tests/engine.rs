@@ -783,6 +783,15 @@ fn prompt_logprobs_equal_the_log_softmax_of_one_full_pass() {
             s.logprob
         );
         assert_eq!(s.top.len(), 3);
+        // The rank: 1 + the tokens more likely (up to rounding near ties).
+        let own = row[prompt[i + 1] as usize];
+        let above = |margin: f32| row.iter().filter(|&&l| l > own + margin).count();
+        assert!(
+            (1 + above(1e-4)..=1 + above(-1e-4)).contains(&s.rank),
+            "position {}: rank {}",
+            i + 1,
+            s.rank
+        );
         let best = argmax(row);
         assert_eq!(s.top[0].0, best, "position {}", i + 1);
         assert!((s.top[0].1 as f64 - log_softmax_at(row, best)).abs() < 1e-4);

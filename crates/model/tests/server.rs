@@ -2375,3 +2375,83 @@ async fn usage_counts_the_prompt_tokens_the_prefix_cache_supplied() {
     s.idle().await;
     s.shut_down().await;
 }
+
+/// vLLM's `prompt_logprobs`: per prompt token (the first `null`) the prompt's token with its
+/// log-probability and rank, and the most likely alternatives, by token id; per choice in
+/// completions, at the top level in chat; the same scores as `echo` with `logprobs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_score_the_prompt_as_vllm_returns_them() {
+    let s = Server::with_tokenizer().await;
+    let prompt = "The quick brown fox";
+    let echo = s
+        .ok(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1}),
+        )
+        .await;
+    let echoed = &echo["choices"][0]["logprobs"];
+    let body = json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "n": 2,
+        "prompt_logprobs": 2});
+    let r = s.ok("/v1/completions", &body).await;
+    let tokens = Tokenizer::from_dir(&tiny_tokenizer())
+        .unwrap()
+        .encode(prompt)
+        .unwrap();
+    for choice in r["choices"].as_array().unwrap() {
+        let p = choice["prompt_logprobs"].as_array().unwrap();
+        assert_eq!(p.len(), tokens.len());
+        assert!(p[0].is_null());
+        for (i, entry) in p.iter().enumerate().skip(1) {
+            let entry = entry.as_object().unwrap();
+            assert!((1..=3).contains(&entry.len()), "{entry:?}");
+            let own = &entry[&tokens[i].to_string()];
+            let want = echoed["token_logprobs"][i].as_f64().unwrap();
+            assert!((own["logprob"].as_f64().unwrap() - want).abs() < 1e-5);
+            assert!(own["rank"].as_u64().unwrap() >= 1);
+            assert_eq!(own["decoded_token"], echoed["tokens"][i]);
+            let ranks: Vec<u64> = entry
+                .values()
+                .map(|e| e["rank"].as_u64().unwrap())
+                .collect();
+            assert!(ranks.contains(&1), "{entry:?}");
+        }
+    }
+    // The samples are those of a request without scores.
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("prompt_logprobs");
+    let p = s.ok("/v1/completions", &plain).await;
+    assert_eq!(p["choices"][0]["text"], r["choices"][0]["text"]);
+    assert!(p["choices"][0].get("prompt_logprobs").is_none());
+    // Chat: at the top level, one entry per prompt token.
+    let mut chat = chat_body("hi", 2);
+    chat["prompt_logprobs"] = json!(0);
+    let c = s.ok("/v1/chat/completions", &chat).await;
+    let entries = c["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(
+        entries.len() as u64,
+        c["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    assert!(entries[1..]
+        .iter()
+        .all(|e| e.as_object().unwrap().len() == 1));
+    // Not with stream; at most 20 alternatives.
+    for (body, param) in [
+        (
+            json!({"prompt": prompt, "prompt_logprobs": 1, "stream": true}),
+            "prompt_logprobs",
+        ),
+        (
+            json!({"prompt": prompt, "prompt_logprobs": 21}),
+            "prompt_logprobs",
+        ),
+        (
+            json!({"prompt": prompt, "prompt_logprobs": -1}),
+            "prompt_logprobs",
+        ),
+    ] {
+        let e = assert_error(&s.post("/v1/completions", &body).await, 400);
+        assert_eq!(e["param"], param, "{body}");
+    }
+    s.idle().await;
+    s.shut_down().await;
+}

@@ -195,6 +195,8 @@ pub struct Request {
 pub struct TokenLogprob {
     /// `log p(token)`.
     pub logprob: f32,
+    /// The token's rank in the distribution: 1 plus the number of tokens more likely.
+    pub rank: usize,
     /// The `logprobs` most likely tokens with theirs, most likely first.
     pub top: Vec<(u32, f32)>,
 }

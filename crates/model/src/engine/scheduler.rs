@@ -836,7 +836,7 @@ fn sample_params(p: &SamplingParams, i: usize) -> SamplingParams {
     }
 }
 
-/// `log softmax(logits)[token]` and the `top` most likely tokens with theirs.
+/// `log softmax(logits)[token]`, its rank and the `top` most likely tokens with theirs.
 fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
@@ -850,10 +850,12 @@ fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
             }
         }
     }
+    let own = logits.get(token as usize).copied();
     TokenLogprob {
-        logprob: logits
-            .get(token as usize)
-            .map_or(f32::NEG_INFINITY, |&l| l - lse),
+        logprob: own.map_or(f32::NEG_INFINITY, |l| l - lse),
+        rank: 1 + own.map_or(logits.len(), |own| {
+            logits.iter().filter(|&&l| l > own).count()
+        }),
         top: best.into_iter().map(|(t, l)| (t, l - lse)).collect(),
     }
 }

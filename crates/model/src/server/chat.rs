@@ -13,7 +13,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{parse, JsonBody};
 use super::generation::{finish_reason, Collected, Sample, Submission};
-use super::logprobs::chat_entry;
+use super::logprobs::{self, chat_entry};
 use super::openai::{
     ChatChoice, ChatLogprobs, ChatOutput, FunctionOut, Header, ToolCallOut, Usage,
 };
@@ -46,7 +46,11 @@ pub(crate) async fn completions(
     let reasoning = prepared.thinking;
     let tools = prepared.tool_calls;
     if !prepared.stream {
-        let Collected { samples, usage, .. } = submission.collect().await?;
+        let Collected {
+            samples,
+            usage,
+            prompt_logprobs,
+        } = submission.collect().await?;
         let choices = samples
             .into_iter()
             .enumerate()
@@ -60,10 +64,14 @@ pub(crate) async fn completions(
                 )
             })
             .collect();
+        let prompt_logprobs = prepared.prompt_scores.map(|(k, tokens)| {
+            logprobs::prompt_logprobs(state.engine.tokenizer(), &tokens, &prompt_logprobs, k)
+        });
         let response = ChatResponse {
             header,
             choices,
             usage: Some(Some(usage)),
+            prompt_logprobs,
         };
         return Ok(Json(response).into_response());
     }
@@ -190,6 +198,7 @@ impl ChatStream {
             choices,
             // With include_usage every chunk carries `usage`, null until the last.
             usage: self.include_usage.then_some(usage),
+            prompt_logprobs: None,
         })
     }
 

@@ -37,6 +37,7 @@ pub(crate) async fn completions(
     let first = &prepared[0];
     let (stream, include_usage) = (first.stream, first.include_usage);
     let wants_logprobs = first.request.params.logprobs.is_some();
+    let top = first.request.params.logprobs.unwrap_or(0);
     // Without prompt scores the echo needs nothing from the engine: it goes out first.
     let echo_at_start = first.request.params.prompt_logprobs.is_none();
     // Without a tokenizer the ids are the only output.
@@ -52,9 +53,11 @@ pub(crate) async fn completions(
             .map_err(|e| ApiError::from_submit(e, state.config.retry_after_secs))?;
     }
     let mut echoes = Vec::with_capacity(prepared.len());
+    let mut scored = Vec::with_capacity(prepared.len());
     let mut submissions = Vec::with_capacity(prepared.len());
     for p in prepared {
         echoes.push(p.echo);
+        scored.push(p.prompt_scores);
         submissions.push(Submission::start(&state, p.request)?);
     }
     let header = response_header(&state, "cmpl", "text_completion");
@@ -65,13 +68,16 @@ pub(crate) async fn completions(
         let tokenizer = state.engine.tokenizer();
         let mut usage = Usage::default();
         let mut choices = Vec::with_capacity(results.len() * n);
-        for (done, echo) in results.into_iter().zip(&echoes) {
+        for ((done, echo), scored) in results.into_iter().zip(&echoes).zip(&scored) {
             usage = usage.plus(done.usage);
             // The echoed prompt's entries, once for all of its samples.
             let prompt = echo
                 .as_ref()
                 .filter(|_| wants_logprobs)
-                .map(|e| logprobs::echoed_prompt(tokenizer, &e.tokens, &done.prompt_logprobs));
+                .map(|e| logprobs::echoed_prompt(tokenizer, &e.tokens, &done.prompt_logprobs, top));
+            let prompt_logprobs = scored.as_ref().map(|(k, tokens)| {
+                logprobs::prompt_logprobs(tokenizer, tokens, &done.prompt_logprobs, *k)
+            });
             for s in done.samples {
                 let generated =
                     wants_logprobs.then(|| logprobs::completion(tokenizer, &s.logprobs));
@@ -91,6 +97,7 @@ pub(crate) async fn completions(
                     finish_reason: s.finish.map(finish_reason),
                     token_ids: return_token_ids.then_some(s.tokens),
                     text,
+                    prompt_logprobs: prompt_logprobs.clone(),
                 });
             }
         }
@@ -98,6 +105,7 @@ pub(crate) async fn completions(
             header,
             choices,
             usage: Some(Some(usage)),
+            prompt_logprobs: None,
         };
         return Ok(Json(response).into_response());
     }
@@ -138,6 +146,7 @@ impl CompletionStream {
             header: self.header.clone(),
             choices,
             usage: self.include_usage.then_some(usage),
+            prompt_logprobs: None,
         })
     }
 
@@ -150,7 +159,9 @@ impl CompletionStream {
         let tokenizer = self.engine.tokenizer();
         let logprobs = self
             .wants_logprobs
-            .then(|| logprobs::echoed_prompt(tokenizer, &echo.tokens, scores));
+            // (A stream's scores hold exactly `logprobs` alternatives: `prompt_logprobs` is
+            // refused with `stream`.)
+            .then(|| logprobs::echoed_prompt(tokenizer, &echo.tokens, scores, usize::MAX));
         let choices = prompt * self.n..(prompt + 1) * self.n;
         for at in &mut self.emitted[choices.clone()] {
             *at += echo.text.len();
@@ -163,6 +174,7 @@ impl CompletionStream {
                     logprobs: logprobs.clone(),
                     finish_reason: None,
                     token_ids: None,
+                    prompt_logprobs: None,
                 };
                 self.chunk(vec![choice], None)
             })
@@ -219,6 +231,7 @@ impl Render for CompletionStream {
                     logprobs,
                     finish_reason: None,
                     token_ids: self.return_token_ids.then(|| vec![token]),
+                    prompt_logprobs: None,
                 }
             }
             Event::Finished {
@@ -235,6 +248,7 @@ impl Render for CompletionStream {
                     logprobs: None,
                     finish_reason: Some(finish_reason(reason)),
                     token_ids: None,
+                    prompt_logprobs: None,
                 }
             }
             Event::Prompt { logprobs } => {

@@ -5,8 +5,12 @@
 //! character decodes to U+FFFD (the tokenizer API gives no raw bytes), and `bytes` are those
 //! of that text. Without a tokenizer tokens are named `token_id:<id>` (vLLM's spelling).
 
+use std::collections::BTreeMap;
+
 use super::generation::Scored;
-use super::openai::{ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs};
+use super::openai::{
+    ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs, PromptLogprob, PromptLogprobs,
+};
 use crate::engine::TokenLogprob;
 use crate::tokenizer::Tokenizer;
 
@@ -60,15 +64,51 @@ pub(crate) fn echoed_prompt(
     tokenizer: Option<&Tokenizer>,
     tokens: &[u32],
     scores: &[TokenLogprob],
+    top: usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut offset = 0;
-    let scores = std::iter::once(None).chain(scores.iter().map(Some));
+    // Scores may hold more alternatives than the echo asked for (`prompt_logprobs` too).
+    let scores = scores.iter().map(|s| TokenLogprob {
+        top: s.top.iter().take(top).copied().collect(),
+        ..s.clone()
+    });
+    let scores = std::iter::once(None).chain(scores.map(Some));
     for (&token, score) in tokens.iter().zip(scores) {
-        let text = out.push(tokenizer, token, score, offset);
+        let text = out.push(tokenizer, token, score.as_ref(), offset);
         offset += text;
     }
     out
+}
+
+/// vLLM's `prompt_logprobs` of a prompt's `tokens` from their `scores` (one per token after
+/// the first), with `top` alternatives each.
+pub(crate) fn prompt_logprobs(
+    tokenizer: Option<&Tokenizer>,
+    tokens: &[u32],
+    scores: &[TokenLogprob],
+    top: usize,
+) -> PromptLogprobs {
+    let entry = |id: u32, logprob: f32, rank: usize| {
+        let decoded_token = token_text(tokenizer, id);
+        let lp = PromptLogprob {
+            logprob,
+            rank,
+            decoded_token,
+        };
+        (id.to_string(), lp)
+    };
+    let scored = tokens.iter().skip(1).zip(scores).map(|(&token, s)| {
+        let mut m: BTreeMap<String, PromptLogprob> = BTreeMap::new();
+        let (key, own) = entry(token, s.logprob, s.rank);
+        m.insert(key, own);
+        for (i, &(id, logprob)) in s.top.iter().take(top).enumerate() {
+            let (key, alt) = entry(id, logprob, i + 1);
+            m.entry(key).or_insert(alt);
+        }
+        Some(m)
+    });
+    std::iter::once(None).chain(scored).collect()
 }
 
 impl CompletionLogprobs {

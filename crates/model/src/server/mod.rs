@@ -15,8 +15,8 @@
 //! - both: `max_tokens` (chat: `max_completion_tokens`), `temperature`, `top_p`, `top_k`,
 //!   `seed`, `n`, `stop`, `stream` (SSE, `stream_options.include_usage`), `logprobs`
 //!   (chat: `top_logprobs`), `presence_penalty`, `frequency_penalty`, `logit_bias`, vLLM's
-//!   `repetition_penalty`, `ignore_eos`, `min_tokens`, `stop_token_ids` and
-//!   `return_token_ids`; structured outputs (`response_format` `json_object` /
+//!   `repetition_penalty`, `ignore_eos`, `min_tokens`, `stop_token_ids`,
+//!   `return_token_ids` and `prompt_logprobs` (not with `stream`); structured outputs (`response_format` `json_object` /
 //!   `json_schema`, vLLM's `guided_json` / `guided_regex` / `guided_choice` /
 //!   `guided_grammar`); parameters the server cannot honour (`suffix`, `best_of` other than
 //!   `n`) are refused with a 400, never ignored;

@@ -43,6 +43,8 @@ pub(crate) struct CommonRequest {
     pub guided_grammar: Option<String>,
     // Refused unless equal to `n`.
     pub best_of: Option<u64>,
+    // vLLM's: the prompt's tokens scored, with this many alternatives each.
+    pub prompt_logprobs: Option<u64>,
 }
 
 /// `stop`: one string or several.
@@ -247,6 +249,21 @@ pub(crate) struct Response<C> {
     pub choices: Vec<C>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
+    /// vLLM's `prompt_logprobs` of a chat request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
+}
+
+/// vLLM's `prompt_logprobs`: per prompt token, `null` for the first, then by token id (as a
+/// string) the prompt's token and the most likely alternatives.
+pub(crate) type PromptLogprobs = Vec<Option<BTreeMap<String, PromptLogprob>>>;
+
+/// One token of a [`PromptLogprobs`] entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct PromptLogprob {
+    pub logprob: f32,
+    pub rank: usize,
+    pub decoded_token: String,
 }
 
 /// A chat choice: `message` in a response, `delta` in a chunk.
@@ -309,6 +326,8 @@ pub(crate) struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// The legacy completions `logprobs` object.

@@ -86,6 +86,8 @@ pub(crate) struct Prepared {
     pub tool_calls: Option<Calls>,
     /// Completions with `echo`: the prompt as each choice's text starts.
     pub echo: Option<Echo>,
+    /// vLLM's `prompt_logprobs`: the alternatives asked for, and the prompt.
+    pub prompt_scores: Option<(usize, Vec<u32>)>,
 }
 
 /// An echoed prompt: its text (as sent, or decoded from the ids sent) and its tokens.
@@ -425,8 +427,13 @@ fn completion_one(
         let params = &mut prepared.request.params;
         // The prompt's tokens are scored when logprobs are asked for, and always with
         // `max_tokens` 0 (the engine then ends the request once the prompt is read).
+        // (With vLLM's `prompt_logprobs` too, the larger count is scored.)
         if logprobs.is_some() || params.max_tokens == 0 {
-            params.prompt_logprobs = Some(logprobs.unwrap_or(0));
+            let k = params
+                .prompt_logprobs
+                .unwrap_or(0)
+                .max(logprobs.unwrap_or(0));
+            params.prompt_logprobs = Some(k);
         }
         let tokens = prepared.request.prompt.clone();
         let text = text.unwrap_or_else(|| {
@@ -521,6 +528,31 @@ fn build(
     }
     let mut stop_tokens = state.stop_tokens.clone();
     stop_tokens.extend(c.stop_token_ids.unwrap_or_default());
+    let stream = c.stream.unwrap_or(false);
+    let prompt_logprobs = match c.prompt_logprobs {
+        None => None,
+        Some(_) if stream => {
+            return Err(ApiError::invalid_param(
+                "prompt_logprobs",
+                "prompt_logprobs is not available with stream (as in vLLM)",
+            ))
+        }
+        Some(k) => {
+            let k = logprob_count("prompt_logprobs", k)?;
+            let scores = prompt.len().saturating_mul(k + 1);
+            if scores > MAX_ECHO_SCORES {
+                return Err(ApiError::invalid_param(
+                    "prompt_logprobs",
+                    format!(
+                        "prompt_logprobs {k} over {} prompt tokens asks for more than \
+                         {MAX_ECHO_SCORES} scores",
+                        prompt.len()
+                    ),
+                ));
+            }
+            Some(k)
+        }
+    };
     let params = RequestParams {
         n,
         max_tokens,
@@ -533,11 +565,12 @@ fn build(
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_strings,
         logprobs,
-        prompt_logprobs: None,
+        prompt_logprobs,
     };
+    let prompt_scores = prompt_logprobs.map(|k| (k, prompt.clone()));
     Ok(Prepared {
         request: Request { prompt, params },
-        stream: c.stream.unwrap_or(false),
+        stream,
         include_usage: c
             .stream_options
             .and_then(|o| o.include_usage)
@@ -546,6 +579,7 @@ fn build(
         thinking: false,
         tool_calls: None,
         echo: None,
+        prompt_scores,
     })
 }
 
