@@ -190,7 +190,7 @@ impl ToolCallSplit {
                 calls,
             };
         }
-        let keep = partial_marker_len(&self.held);
+        let keep = partial_len(&self.held, CALLS_BEGIN);
         let rest = self.held.split_off(self.held.len() - keep);
         Pushed {
             content: std::mem::replace(&mut self.held, rest),
@@ -260,14 +260,15 @@ impl Streamed {
                     // The section's end, part of a marker, or text the end will judge.
                     break;
                 };
-                let Some((name, args_at, fenced)) = header(body) else {
+                let end = body.find(CALL_END);
+                let call = end.map_or(body, |e| &body[..e]);
+                let Some((name, args_at, fenced)) = header(call, end.is_some()) else {
                     break;
                 };
-                let name = name.trim();
-                if name.is_empty() || name.contains(char::is_whitespace) {
+                let Some(name) = call_name(name) else {
                     self.stuck = true;
                     break;
-                }
+                };
                 out.push(CallDelta {
                     index: self.sent.len(),
                     name: Some(name.to_string()),
@@ -280,8 +281,7 @@ impl Streamed {
             let region = &section[at..];
             let end = region.find(CALL_END);
             let arguments = match end {
-                Some(end) if fenced => unfence(&region[..end]).trim(),
-                Some(end) => region[..end].trim(),
+                Some(end) => call_arguments(&region[..end], fenced),
                 None => settled_arguments(region, fenced),
             };
             let index = self.sent.len() - 1;
@@ -310,12 +310,11 @@ impl Streamed {
     }
 }
 
-/// A call's name (after [`CALL_BEGIN`]), where its arguments start, and whether they sit in
-/// V3's fence: `function<sep>NAME\n` (V3) or `NAME<sep>` (V3.1), read as [`parse_call`]
-/// reads them (within the call, up to [`CALL_END`]); `None` until that much has arrived.
-fn header(body: &str) -> Option<(&str, usize, bool)> {
-    let end = body.find(CALL_END);
-    let call = end.map_or(body, |e| &body[..e]);
+/// A call's name as written (after [`CALL_BEGIN`]), where its arguments start in `call`,
+/// and whether they sit in V3's fence: `function<sep>NAME\n` (V3) or `NAME<sep>` (V3.1).
+/// `call` ends at [`CALL_END`] when `complete`, else it is what has arrived; `None` until
+/// the header has.
+fn header(call: &str, complete: bool) -> Option<(&str, usize, bool)> {
     let (head, tail) = call.split_once(SEP)?;
     let tail_at = head.len() + SEP.len();
     if head.trim() != "function" {
@@ -324,8 +323,24 @@ fn header(body: &str) -> Option<(&str, usize, bool)> {
     match tail.find('\n') {
         Some(newline) => Some((&tail[..newline], tail_at + newline + 1, true)),
         // A whole call without a newline: V3.1's form of a function named `function`.
-        None if end.is_some() => Some((head, tail_at, false)),
+        None if complete => Some((head, tail_at, false)),
         None => None,
+    }
+}
+
+/// A call's name, trimmed; `None` when it is not one (empty, or with whitespace inside).
+fn call_name(raw: &str) -> Option<&str> {
+    let name = raw.trim();
+    (!name.is_empty() && !name.contains(char::is_whitespace)).then_some(name)
+}
+
+/// A whole call's arguments, from where [`header`] says they start to [`CALL_END`]: V3's
+/// fence dropped, trimmed.
+fn call_arguments(raw: &str, fenced: bool) -> &str {
+    if fenced {
+        unfence(raw).trim()
+    } else {
+        raw.trim()
     }
 }
 
@@ -366,11 +381,6 @@ fn split_whole(text: &str, limit: Calls) -> Finished {
     }
 }
 
-/// Bytes at the end of `text` that could be the start of [`CALLS_BEGIN`].
-fn partial_marker_len(text: &str) -> usize {
-    partial_len(text, CALLS_BEGIN)
-}
-
 /// Bytes at the end of `text` that could be the start of `marker` (a proper prefix).
 fn partial_len(text: &str, marker: &str) -> usize {
     (1..marker.len().min(text.len() + 1))
@@ -408,18 +418,10 @@ fn parse_section(section: &str) -> Option<Vec<FunctionCall>> {
 /// One call between its markers: `function<sep>NAME\n```json\nARGS\n```` (V3) or
 /// `NAME<sep>ARGS` (V3.1).
 fn parse_call(body: &str) -> Option<FunctionCall> {
-    let (head, tail) = body.split_once(SEP)?;
-    let (name, arguments) = match tail.split_once('\n') {
-        Some((name, fenced)) if head.trim() == "function" => (name, unfence(fenced)),
-        _ => (head, tail),
-    };
-    let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
-    }
+    let (name, args_at, fenced) = header(body, true)?;
     Some(FunctionCall {
-        name: name.to_string(),
-        arguments: arguments.trim().to_string(),
+        name: call_name(name)?.to_string(),
+        arguments: call_arguments(&body[args_at..], fenced).to_string(),
     })
 }
 
