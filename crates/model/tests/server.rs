@@ -2448,6 +2448,11 @@ async fn prompt_logprobs_score_the_prompt_as_vllm_returns_them() {
             json!({"prompt": prompt, "prompt_logprobs": -1}),
             "prompt_logprobs",
         ),
+        // Every choice repeats the scores: 70,000 tokens x 2 x 64 choices is over the budget.
+        (
+            json!({"prompt": vec![5; 70_000], "prompt_logprobs": 1, "n": 64, "max_tokens": 1}),
+            "prompt_logprobs",
+        ),
     ] {
         let e = assert_error(&s.post("/v1/completions", &body).await, 400);
         assert_eq!(e["param"], param, "{body}");

@@ -135,6 +135,15 @@ pub(crate) fn chat(
     };
     let (text, thinking) = chat_text(state, req.messages, tools.as_deref(), template)?;
     let prompt = encode_chat(state, &text)?;
+    if let Some(k) = common.prompt_logprobs {
+        // Chat gives the prompt's scores once, whatever `n`.
+        check_scores(
+            "prompt_logprobs",
+            logprob_count("prompt_logprobs", k)?,
+            prompt.len(),
+            1,
+        )?;
+    }
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     let mut prepared = build(state, common, prompt, max_tokens, logprobs)?;
     prepared.thinking = thinking;
@@ -347,11 +356,29 @@ fn chat_prompt(
     })
 }
 
+/// Refuses prompt scores (`tokens` prompt tokens with `k` alternatives each, repeated in
+/// `copies` choices) that would weigh more than [`MAX_ECHO_SCORES`] in the response.
+fn check_scores(param: &str, k: usize, tokens: usize, copies: usize) -> Result<(), ApiError> {
+    let scores = tokens.saturating_mul(k + 1).saturating_mul(copies);
+    if scores <= MAX_ECHO_SCORES {
+        return Ok(());
+    }
+    Err(ApiError::invalid_param(
+        param,
+        format!(
+            "{param} {k} over {tokens} prompt tokens in {copies} choices asks for {scores} \
+             scores, more than the {MAX_ECHO_SCORES} one request may: send fewer or shorter \
+             prompts, a smaller n, or fewer alternatives"
+        ),
+    ))
+}
+
 /// Prompts one `/v1/completions` request may batch: each becomes its own engine request.
 pub(crate) const MAX_BATCHED_PROMPTS: usize = 256;
 
-/// Scores one `echo` with `logprobs` may return, `Σ tokens · (logprobs + 1) · n` over its
-/// prompts (every choice repeats its prompt's): a prefill is cheap next to what its scores
+/// Scores one `echo` with `logprobs`, or vLLM's `prompt_logprobs`, may return,
+/// `Σ tokens · (k + 1) · n` over its prompts (every completions choice repeats its prompt's;
+/// chat gives them once): a prefill is cheap next to what its scores
 /// weigh as JSON (tens of bytes each), so a 32 MB body of token ids could otherwise ask for
 /// gigabytes. 8M scores are lm-eval's log-likelihood requests (`logprobs` 1, `n` 1) of 64
 /// prompts of 64K tokens.
@@ -391,20 +418,19 @@ pub(crate) fn completion(
         ));
     }
     let echo = req.echo == Some(true);
+    // Every choice repeats its prompt's scores, for the echo and for `prompt_logprobs`.
+    let tokens: usize = prompts.iter().map(|(p, _)| p.len()).sum();
+    let n = common.n.unwrap_or(1).try_into().unwrap_or(usize::MAX);
     if let (true, Some(k)) = (echo, logprobs) {
-        let tokens: usize = prompts.iter().map(|(p, _)| p.len()).sum();
-        let n = common.n.unwrap_or(1).try_into().unwrap_or(usize::MAX);
-        let scores = tokens.saturating_mul(k + 1).saturating_mul(n);
-        if scores > MAX_ECHO_SCORES {
-            return Err(ApiError::invalid_param(
-                "logprobs",
-                format!(
-                    "echo with logprobs {k} over {tokens} prompt tokens and n {n} asks for \
-                     {scores} scores, more than the {MAX_ECHO_SCORES} one request may: send \
-                     fewer or shorter prompts, a smaller n, or fewer logprobs"
-                ),
-            ));
-        }
+        check_scores("logprobs", k, tokens, n)?;
+    }
+    if let Some(k) = common.prompt_logprobs {
+        check_scores(
+            "prompt_logprobs",
+            logprob_count("prompt_logprobs", k)?,
+            tokens,
+            n,
+        )?;
     }
     prompts
         .into_iter()
@@ -537,21 +563,9 @@ fn build(
                 "prompt_logprobs is not available with stream (as in vLLM)",
             ))
         }
-        Some(k) => {
-            let k = logprob_count("prompt_logprobs", k)?;
-            let scores = prompt.len().saturating_mul(k + 1);
-            if scores > MAX_ECHO_SCORES {
-                return Err(ApiError::invalid_param(
-                    "prompt_logprobs",
-                    format!(
-                        "prompt_logprobs {k} over {} prompt tokens asks for more than \
-                         {MAX_ECHO_SCORES} scores",
-                        prompt.len()
-                    ),
-                ));
-            }
-            Some(k)
-        }
+        // The response's weight is checked by the endpoint: completions repeat the scores
+        // in every choice, chat gives them once.
+        Some(k) => Some(logprob_count("prompt_logprobs", k)?),
     };
     let params = RequestParams {
         n,
