@@ -2416,6 +2416,15 @@ async fn prompt_logprobs_score_the_prompt_as_vllm_returns_them() {
             assert!(ranks.contains(&1), "{entry:?}");
         }
     }
+    // With echo and logprobs too: the echo keeps its own count of alternatives.
+    let both = json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1,
+        "prompt_logprobs": 3});
+    let c = &s.ok("/v1/completions", &both).await["choices"][0];
+    assert_eq!(
+        c["logprobs"]["top_logprobs"][1].as_object().unwrap().len(),
+        1
+    );
+    assert!(c["prompt_logprobs"][1].as_object().unwrap().len() >= 3);
     // The samples are those of a request without scores.
     let mut plain = body.clone();
     plain.as_object_mut().unwrap().remove("prompt_logprobs");

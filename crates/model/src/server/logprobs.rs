@@ -51,7 +51,7 @@ pub(crate) fn chat_entry(
 pub(crate) fn completion(tokenizer: Option<&Tokenizer>, scored: &[Scored]) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for s in scored {
-        out.push(tokenizer, s.token, Some(&s.logprob), s.offset);
+        out.push(tokenizer, s.token, Some(&s.logprob), s.offset, usize::MAX);
     }
     out
 }
@@ -68,14 +68,10 @@ pub(crate) fn echoed_prompt(
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut offset = 0;
-    // Scores may hold more alternatives than the echo asked for (`prompt_logprobs` too).
-    let scores = scores.iter().map(|s| TokenLogprob {
-        top: s.top.iter().take(top).copied().collect(),
-        ..s.clone()
-    });
-    let scores = std::iter::once(None).chain(scores.map(Some));
+    let scores = std::iter::once(None).chain(scores.iter().map(Some));
     for (&token, score) in tokens.iter().zip(scores) {
-        let text = out.push(tokenizer, token, score.as_ref(), offset);
+        // Scores may hold more alternatives than the echo asked for (`prompt_logprobs` too).
+        let text = out.push(tokenizer, token, score, offset, top);
         offset += text;
     }
     out
@@ -112,13 +108,15 @@ pub(crate) fn prompt_logprobs(
 }
 
 impl CompletionLogprobs {
-    /// Appends one token's entries; returns the length of its text.
+    /// Appends one token's entries, with at most `top` alternatives; returns the length of
+    /// its text.
     fn push(
         &mut self,
         tokenizer: Option<&Tokenizer>,
         token: u32,
         lp: Option<&TokenLogprob>,
         offset: usize,
+        top: usize,
     ) -> usize {
         let text = token_text(tokenizer, token);
         let len = text.len();
@@ -127,6 +125,7 @@ impl CompletionLogprobs {
         self.top_logprobs.push(lp.map(|lp| {
             lp.top
                 .iter()
+                .take(top)
                 .map(|&(id, l)| (token_text(tokenizer, id), l))
                 .collect()
         }));
