@@ -1,5 +1,6 @@
-//! The router: the `/v1` API and `/tokenize` / `/detokenize` behind the API key, `/health` and `/metrics` open (as vLLM
-//! leaves them), OpenAI-style JSON errors for unknown paths and methods, the body limit.
+//! The router: the `/v1` API and `/tokenize` / `/detokenize` behind the API key, `/health`
+//! and `/metrics` open (as vLLM leaves them), CORS, OpenAI-style JSON errors for unknown
+//! paths and methods, the body limit.
 
 use std::sync::Arc;
 

@@ -38,7 +38,7 @@ struct TokenizeRequest {
 
 /// `/tokenize`'s answer.
 #[derive(Debug, Serialize)]
-struct Tokenized {
+pub(crate) struct Tokenized {
     count: usize,
     max_model_len: Option<usize>,
     tokens: Vec<u32>,
@@ -62,7 +62,7 @@ pub(crate) struct Detokenized {
 pub(crate) async fn tokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tokenized>, ApiError> {
     params::off_the_runtime(move || {
         let req: TokenizeRequest = parse(&body)?;
         check_model(&state, req.model.as_deref())?;
@@ -91,13 +91,12 @@ pub(crate) async fn tokenize(
         let tokenizer = state.engine.tokenizer();
         let token_strs = (req.return_token_strs == Some(true))
             .then(|| tokens.iter().map(|&t| token_text(tokenizer, t)).collect());
-        let answer = Tokenized {
+        Ok(Tokenized {
             count: tokens.len(),
             max_model_len: state.engine.max_context(),
             tokens,
             token_strs,
-        };
-        serde_json::to_value(answer).map_err(|e| ApiError::internal(e.to_string()))
+        })
     })
     .await
     .map(Json)
