@@ -1,8 +1,9 @@
 //! The sampler's cost per token over DeepSeek's 129,280-token vocabulary with R1's settings
 //! (temperature 0.6, top-p 0.95) and OpenAI's defaults (temperature 1, no truncation),
 //! against the full sort of the vocabulary the sampler used to make
-//! (`Sampler::distribution_by_full_sort` and a draw: the named baseline, same run). Every sample of every running sequence pays it once per step, so at 64
-//! sampled streams it is 64 times per step. Prints one JSON line per logit shape:
+//! (`Sampler::distribution_by_full_sort` and a draw: the named baseline, same run). Every
+//! sample of every running sequence pays it once per step, so at 64 sampled streams it is 64
+//! times per step. Prints one JSON line per logit shape:
 //! `peaked` (Zipf-like: a language model's usual next-token distribution, where top-p keeps
 //! a few tokens) and `flat` (a random model's, where it keeps most of them).
 //!
