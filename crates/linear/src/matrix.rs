@@ -217,6 +217,18 @@ impl Matrix {
         }
     }
 
+    /// The address ranges of the matrix's host memory that [`Matrix::advise_huge_pages`]
+    /// would advise ([`crate::advise_matrices_huge_pages`] joins those of many matrices).
+    pub(crate) fn host_spans(&self) -> Vec<std::ops::Range<usize>> {
+        match self {
+            Matrix::Dense(t) | Matrix::Bf16Activations(t) => {
+                crate::huge_pages::tensor_span(t).into_iter().collect()
+            }
+            Matrix::Quant(q) => q.host_spans(),
+            Matrix::Fp8(_) | Matrix::Ggml(_) => Vec::new(),
+        }
+    }
+
     /// The shape `[N, K]` (a dense tensor reports its own dims, whatever its rank).
     pub fn dims(&self) -> &[usize] {
         match self {

@@ -1043,12 +1043,33 @@ impl QuantMatrix {
         }
     }
 
-    /// Backs the matrix's values (all but a few percent of its bytes) with transparent huge
-    /// pages where the kernel allows ([`crate::advise_huge_pages_bytes`]: the 2 MiB-aligned
-    /// interior of at least 4 MiB), so that a decode step streaming them takes no TLB miss per
-    /// 4 KiB. Returns whether it applied; values never change.
+    /// Backs the matrix's values and parameters with transparent huge pages where the kernel
+    /// allows ([`crate::advise_matrices_huge_pages`] of this matrix alone), so that a decode
+    /// step streaming them takes no TLB miss per 4 KiB. Returns whether it applied; values
+    /// never change.
     pub fn advise_huge_pages(&self) -> bool {
-        crate::advise_huge_pages_bytes(self.values.as_bytes())
+        crate::huge_pages::advise_spans(self.host_spans()) > 0
+    }
+
+    /// The address ranges of the matrix's storage: its values and each parameter array.
+    pub(crate) fn host_spans(&self) -> Vec<Range<usize>> {
+        use crate::huge_pages::slice_span;
+        let mut spans = vec![crate::huge_pages::bytes_span(self.values.as_bytes())];
+        match &self.params {
+            GroupParams::Group { scales, mins, .. } => {
+                spans.extend([slice_span(scales), slice_span(mins)])
+            }
+            GroupParams::Super { sc, mn, d, dmin } => spans.extend([
+                slice_span(sc),
+                slice_span(mn),
+                slice_span(d),
+                slice_span(dmin),
+            ]),
+            GroupParams::Sixteenths { sc, d, dmin } => {
+                spans.extend([slice_span(sc), slice_span(d), slice_span(dmin)])
+            }
+        }
+        spans
     }
 
     /// `fill(row's parameters, its groups, out)` for every row, in parallel over rows:

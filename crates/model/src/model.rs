@@ -102,14 +102,14 @@ impl DecoderLayer {
         Ok(())
     }
 
-    /// Backs the layer's matrices with transparent huge pages
-    /// ([`linear::Matrix::advise_huge_pages`]): those made after load (quantised, or relaid
-    /// into panels) are in fresh allocations, which the loader's advice did not reach.
-    pub fn advise_huge_pages(&mut self) -> Result<()> {
-        self.map_matrices(&|m| {
-            m.advise_huge_pages();
-            Ok(m.clone())
-        })
+    /// Backs the layer's matrices with transparent huge pages, taken together
+    /// ([`linear::advise_matrices_huge_pages`]): those made after load (quantised, or relaid
+    /// into panels) are in fresh allocations, which the loader's advice did not reach, and a
+    /// routed expert's matrix alone is mostly too small for a 2 MiB page of its own, where
+    /// the layer's experts, made one after another, fill whole pages together. Returns the
+    /// bytes advised.
+    pub fn advise_huge_pages(&self) -> usize {
+        linear::advise_matrices_huge_pages(&self.matrices())
     }
 
     /// The matrices [`DecoderLayer::map_matrices`] replaces: the attention projections and
@@ -137,7 +137,7 @@ impl DecoderLayer {
     pub fn prepare(&mut self, precision: &Precision, device_dispatch: bool) -> Result<()> {
         self.quantize(precision.matrices)?;
         if precision.huge_pages {
-            self.advise_huge_pages()?;
+            self.advise_huge_pages();
         }
         if precision.bf16_activations {
             self.map_matrices(&|m| Ok(m.with_bf16_activations()))?;
