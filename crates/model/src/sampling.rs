@@ -184,38 +184,38 @@ impl Sampler {
         let kept = self.kept(logits);
         let total: f32 = kept.iter().map(|x| x.1).sum();
         let target = self.uniform() * total;
-        let mut acc = 0.0;
-        for &(t, w) in &kept {
-            acc += w;
-            if target < acc {
-                return t;
-            }
-        }
-        // Rounding left the target at the very top: the last token that can be drawn.
-        kept.iter()
-            .rev()
-            .find(|x| x.1 > 0.0)
-            .or(kept.last())
-            .map_or(0, |x| x.0)
+        pick(&kept, target)
     }
 
     /// Draws from an explicit `(token, probability)` distribution (probabilities sum to 1).
     pub fn draw(&mut self, dist: &[(u32, f32)]) -> u32 {
-        let u: f32 = self.rng.random();
-        let mut acc = 0.0;
-        for &(t, w) in dist {
-            acc += w;
-            if u < acc {
-                return t;
-            }
-        }
-        dist.last().map_or(0, |x| x.0)
+        let target = self.uniform();
+        pick(dist, target)
     }
 
     /// A uniform draw in `[0, 1)` from the same stream (speculative acceptance tests use it).
     pub fn uniform(&mut self) -> f32 {
         self.rng.random()
     }
+}
+
+/// The token where the running sum of `weights` first passes `target` (a uniform draw times
+/// their total). Where rounding leaves `target` at the very top, the last token that can be
+/// drawn (weight above zero); 0 for no tokens.
+fn pick(weights: &[(u32, f32)], target: f32) -> u32 {
+    let mut acc = 0.0;
+    for &(t, w) in weights {
+        acc += w;
+        if target < acc {
+            return t;
+        }
+    }
+    weights
+        .iter()
+        .rev()
+        .find(|x| x.1 > 0.0)
+        .or(weights.last())
+        .map_or(0, |x| x.0)
 }
 
 /// Decreasing weight, then increasing id: the order top-k and top-p truncate in.
@@ -267,6 +267,19 @@ mod tests {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&[0.0, 1.0, 5.0]), 2);
+    }
+
+    #[test]
+    fn a_draw_lands_on_the_token_whose_running_sum_passes_it() {
+        let dist = [(7, 0.25), (3, 0.5), (9, 0.25), (4, 0.0)];
+        assert_eq!(pick(&dist, 0.0), 7);
+        assert_eq!(pick(&dist, 0.25), 3);
+        assert_eq!(pick(&dist, 0.74), 3);
+        assert_eq!(pick(&dist, 0.8), 9);
+        // Rounding at the top: never the zero-weight token after the last that can be drawn.
+        assert_eq!(pick(&dist, 1.0), 9);
+        assert_eq!(pick(&[(5, 0.0)], 0.5), 5);
+        assert_eq!(pick(&[], 0.5), 0);
     }
 
     #[test]
