@@ -220,6 +220,8 @@ mod tests {
             assert_eq!(ours.format(), format);
             let want = values(&g);
             assert_eq!(ours.dequantize_rows(), want, "{ty:?} read as {format:?}");
+            // Offsets or per-16 scales: no zero point to fold into 8-bit values.
+            assert!(ours.zero_point_as_q8().is_none(), "{ty:?}");
             // Ours written as GGML's blocks, and back.
             let q = QuantMatrix::quantize(&w, format).unwrap();
             let (t, blocks) = q.to_ggml().unwrap();
@@ -251,6 +253,13 @@ mod tests {
                 let ours = QuantMatrix::from_ggml(ty, &blocks, n, k).unwrap().unwrap();
                 assert_eq!(ours.format(), format, "{ty:?}, d {d:?}");
                 assert_eq!(ours.dequantize_rows(), values(&theirs), "{ty:?}, d {d:?}");
+                let q8 = ours.zero_point_as_q8().expect("a zero point");
+                assert_eq!(q8.format(), QuantFormat::Q8);
+                assert_eq!(
+                    q8.dequantize_rows(),
+                    values(&theirs),
+                    "{ty:?} as Q8, d {d:?}"
+                );
                 let (written, again) = ours.to_ggml().unwrap();
                 assert_eq!(written, ty);
                 assert!(

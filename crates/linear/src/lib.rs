@@ -17,7 +17,9 @@
 //!   ([`QuantMatrix`], [`linear_quant`]): `W = s·q` (Q8) or `s·q + m` (Q4, with least-squares
 //!   `s, m`); `Σ_c x·W = Σ_g s_g Σ_{c∈g} x·q + Σ_g m_g Σ_{c∈g} x`. GGUF's Q4_K is the same
 //!   sum with `s_g = d·sc_g`, `m_g = −dmin·mn_g` (6-bit `sc`, `mn` under a 256-value
-//!   superblock's f16 `d`, `dmin`).
+//!   superblock's f16 `d`, `dmin`). Decode-sized products round the activations to 8 bits
+//!   per group, as llama.cpp does; [`linear_quant_f32_activations`] keeps them in f32 (the
+//!   products with the dequantised values, for small blocks that must match them).
 //!
 //! [`Matrix::load`] reads a projection from a candle `VarBuilder` (a weight with a
 //! `weight_scale_inv` sibling is FP8) and [`Matrix::quantize`] converts one. A loader that
@@ -79,7 +81,8 @@
 //! paged cache.
 //!
 //! The crate reads no environment variables: whether to back weights with huge pages
-//! ([`advise_huge_pages`]) or to force a path is the caller's decision, passed as a value.
+//! ([`advise_huge_pages`], [`advise_matrices_huge_pages`] for a set made one after another)
+//! or to force a path is the caller's decision, passed as a value.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -117,7 +120,10 @@ pub use ggml::{ggml_type_from_id, ggml_type_id, ggml_type_name, GgmlMatrix};
 pub use huge_pages::{advise_huge_pages, advise_huge_pages_bytes, advise_matrices_huge_pages};
 pub use isa::Isa;
 pub use matrix::{MapMatrix, Matrix, MatrixLoader, ThroughVarBuilder, GGML_TYPE_SUFFIX};
-pub use quant::{linear_quant, linear_quant_with, QuantFormat, QuantMatrix, QUANT_GROUP};
+pub use quant::{
+    linear_quant, linear_quant_f32_activations, linear_quant_with, QuantFormat, QuantMatrix,
+    QUANT_GROUP,
+};
 pub use shared_bytes::{ByteOwner, SharedBytes};
 pub use spec::WeightSpec;
 

@@ -147,6 +147,12 @@ impl QuantFormat {
         }
     }
 
+    /// Whether [`QuantMatrix::matmul_f32_activations`] takes matrices of this format: those
+    /// with a group per 32 values (not Q6K, Q3K, Q2K, whose scales are per 16).
+    pub fn takes_f32_activations(self) -> bool {
+        !matches!(self, QuantFormat::Q6K | QuantFormat::Q3K | QuantFormat::Q2K)
+    }
+
     /// `q8`, `q4`, `q4k`, `q6k`, `q5`, `q5k`, `q3k` or `q2k`.
     pub fn name(self) -> &'static str {
         match self {
@@ -1211,6 +1217,87 @@ impl QuantMatrix {
         )
     }
 
+    /// The same values as 8-bit groups ([`QuantFormat::Q8`]: `s · (q − z)` is `s` times an
+    /// i8) for a matrix with a zero point and no stored offsets (GGUF's Q4_0 / Q5_0 as
+    /// [`QuantMatrix::from_ggml`] holds them); `None` for the other formats, whose values an
+    /// 8-bit group cannot always hold. 8.5 bits per weight instead of 4.5 / 5.5, but products
+    /// with f32 activations ([`QuantMatrix::matmul_f32_activations`]) then widen no nibbles
+    /// per call: for small blocks read often, such as MLA's absorbed per-head blocks.
+    pub fn zero_point_as_q8(&self) -> Option<QuantMatrix> {
+        let rows = self.row_major();
+        let GroupParams::Group { scales, mins, zero } = &rows.params else {
+            return None;
+        };
+        if !mins.is_empty() || *zero == 0 {
+            return None;
+        }
+        let ([n, k], z) = (self.dims, i16::from(*zero));
+        let mut q = vec![0i8; n * k];
+        let of = |v: u8| (i16::from(v) - z) as i8;
+        match &rows.values {
+            Values::U4(v) => {
+                for (out, row) in q.chunks_exact_mut(k).zip(v.chunks_exact(k / 2)) {
+                    kernel::Nibbles::four(row).values_into(out, of);
+                }
+            }
+            Values::U5(v) => {
+                for (out, row) in q.chunks_exact_mut(k).zip(v.chunks_exact(u5_row_bytes(k))) {
+                    kernel::Nibbles::five(row, k).values_into(out, of);
+                }
+            }
+            _ => return None,
+        }
+        Some(QuantMatrix {
+            format: QuantFormat::Q8,
+            dims: self.dims,
+            values: Values::I8(q),
+            params: GroupParams::Group {
+                scales: scales.clone(),
+                mins: Vec::new(),
+                zero: 0,
+            },
+        })
+    }
+
+    /// `xs` (`m` row-major f32 rows of `K`) times the matrix with the activations kept in
+    /// f32: each weight widened to its exact value (`s_g · q + m_g`; each group's products
+    /// summed unscaled, then multiplied by its scale in f32, as the FP8 kernels do), so the
+    /// result equals the product with [`QuantMatrix::dequantize_rows`] up to the summation
+    /// order, where [`QuantMatrix::matmul`] rounds the activations to 8 bits. With
+    /// `row_invariant` every row goes through the matrix-vector kernel, so each row's result
+    /// has the same bits whatever the other rows; otherwise more than [`GEMV_MAX_ROWS`] rows
+    /// take the f32 GEMM over the widened values. The formats with a group per 32 values
+    /// (Q8, Q4, Q4K, Q5, Q5K); an error for those with a scale per 16 (Q6K, Q3K, Q2K).
+    ///
+    /// # Panics
+    /// If `xs.len() != m · K`.
+    pub fn matmul_f32_activations(
+        &self,
+        isa: Isa,
+        xs: &[f32],
+        m: usize,
+        row_invariant: bool,
+    ) -> Result<Vec<f32>> {
+        let [_, k] = self.dims;
+        assert_eq!(
+            xs.len(),
+            m * k,
+            "matmul_f32_activations: xs must hold m rows of K"
+        );
+        if !self.format.takes_f32_activations() {
+            candle_core::bail!(
+                "products with f32 activations take formats with a group per 32 values, not {}",
+                self.format.name()
+            );
+        }
+        let rows = self.row_major();
+        let params = rows
+            .params
+            .view()
+            .expect("a group per 32 values: checked above");
+        Ok(rows.matmul_widened(isa, params, xs, m, row_invariant))
+    }
+
     /// `xs` (`m` row-major f32 rows of `K`) times the matrix: `[m, N]` row-major, on the
     /// kernel path `isa` (the row kernels up to [`Isa::quant_row_kernel_rows`] rows, the
     /// integer GEMM above that on VNNI, the f32 GEMM elsewhere: see the module docs).
@@ -1261,21 +1348,17 @@ impl QuantMatrix {
             }
             (_, params) => params.view().expect("group parameters"),
         };
-        let mut out = match &self.values {
+        match &self.values {
             // The row kernels' products round the activations to 8 bits (see `kernel::act8`),
             // the 4-bit offsets summed in the same pass.
             Values::I8(v) if rows_kernels => {
                 let Params::Group { scales, .. } = params else {
                     unreachable!("8-bit values have f16 group scales")
                 };
-                return kernel::act8::matmul_i8_q8(isa, v, k, xs, m, scales);
+                kernel::act8::matmul_i8_q8(isa, v, k, xs, m, scales)
             }
-            Values::U4(v) if rows_kernels => {
-                return kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params);
-            }
-            Values::U5(v) if rows_kernels => {
-                return kernel::act8::matmul_u5_q8(isa, v, k, xs, m, params);
-            }
+            Values::U4(v) if rows_kernels => kernel::act8::matmul_u4_q8(isa, v, k, xs, m, params),
+            Values::U5(v) if rows_kernels => kernel::act8::matmul_u5_q8(isa, v, k, xs, m, params),
             #[cfg(target_arch = "x86_64")]
             values if isa.quant_panels() => {
                 use kernel::x86_512_act8_gemm::{self as gemm, Factors, Weights};
@@ -1288,46 +1371,66 @@ impl QuantMatrix {
                         unreachable!("taken above")
                     }
                 };
-                return gemm::matmul(t, w, Factors::PerGroup(params), n, k, xs, m);
+                gemm::matmul(t, w, Factors::PerGroup(params), n, k, xs, m)
             }
-            values => {
-                // K-quant scales are formed once per call in f32 (a 64th of the weights).
-                let formed;
-                let scale = match params {
-                    Params::Group { scales, .. } => Scales::F16(scales),
-                    Params::Super { .. } => {
-                        formed = self.per_group(|p, g, out| p.scales_into(g, out));
-                        Scales::F32(&formed)
-                    }
-                };
+            _ => self.matmul_widened(isa, params, xs, m, false),
+        }
+    }
+
+    /// The product with f32 activations over the values widened to f32 (8, 4 and 5-bit
+    /// groups): each group's products summed unscaled, then scaled in f32, and the offsets
+    /// against the activations' exact group sums. Every row through the matrix-vector kernel
+    /// with `row_invariant`, the f32 GEMM past [`GEMV_MAX_ROWS`] rows otherwise.
+    fn matmul_widened(
+        &self,
+        isa: Isa,
+        params: Params,
+        xs: &[f32],
+        m: usize,
+        row_invariant: bool,
+    ) -> Vec<f32> {
+        let [n, k] = self.dims;
+        let product = |w: Widened, k: usize, xs: &[f32], scales: Option<&BlockScales>| match w {
+            Widened::I8(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
+            Widened::U4(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
+            Widened::F16(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
+            Widened::F32(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
+        };
+        // K-quant scales are formed once per call in f32 (a 64th of the weights).
+        let formed;
+        let scale = match params {
+            Params::Group { scales, .. } => Scales::F16(scales),
+            Params::Super { .. } => {
+                formed = self.per_group(|p, g, out| p.scales_into(g, out));
+                Scales::F32(&formed)
+            }
+        };
+        let scales = BlockScales {
+            scale,
+            rows: 1,
+            cols: QUANT_GROUP,
+        };
+        let mut out = match &self.values {
+            Values::I8(v) => product(Widened::I8(v), k, xs, Some(&scales)),
+            Values::U4(v) => product(Widened::U4(v), k, xs, Some(&scales)),
+            // One byte per value for this call (the f32 GEMM widens bytes or nibble
+            // pairs, not split bit planes), a block of rows at a time.
+            Values::U5(v) => in_row_blocks(n, k, m, |rows| {
+                let (bytes, per) = (u5_row_bytes(k), k.div_ceil(QUANT_GROUP));
+                let v = &v[rows.start * bytes..rows.end * bytes];
+                let at = rows.start * per..rows.end * per;
                 let scales = BlockScales {
-                    scale,
-                    rows: 1,
-                    cols: QUANT_GROUP,
+                    scale: match scales.scale {
+                        Scales::F16(s) => Scales::F16(&s[at]),
+                        Scales::F32(s) => Scales::F32(&s[at]),
+                    },
+                    ..scales
                 };
-                match values {
-                    Values::I8(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-                    Values::U4(v) => kernel::product(isa, v, k, xs, m, Some(&scales)),
-                    // One byte per value for this call (the f32 GEMM widens bytes or nibble
-                    // pairs, not split bit planes), a block of rows at a time.
-                    Values::U5(v) => in_row_blocks(n, k, m, |rows| {
-                        let (bytes, per) = (u5_row_bytes(k), k.div_ceil(QUANT_GROUP));
-                        let v = &v[rows.start * bytes..rows.end * bytes];
-                        let at = rows.start * per..rows.end * per;
-                        let scales = BlockScales {
-                            scale: match scales.scale {
-                                Scales::F16(s) => Scales::F16(&s[at]),
-                                Scales::F32(s) => Scales::F32(&s[at]),
-                            },
-                            ..scales
-                        };
-                        let widened = u5_bytes(v, rows.len(), k);
-                        kernel::product(isa, &widened, k, xs, m, Some(&scales))
-                    }),
-                    Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::Panels { .. } => {
-                        unreachable!("taken above")
-                    }
-                }
+                let widened = u5_bytes(v, rows.len(), k);
+                product(Widened::I8(&widened), k, xs, Some(&scales))
+            }),
+            Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::Panels { .. } => {
+                unreachable!("per-group parameters: taken by the caller")
             }
         };
         if params.has_offsets() && n > 0 {
@@ -1339,11 +1442,11 @@ impl QuantMatrix {
                 .collect();
             let offsets = match params {
                 Params::Group { mins, .. } if !mins.is_empty() => {
-                    kernel::product(isa, mins, groups, &sums, m, None)
+                    product(Widened::F16(mins), groups, &sums, None)
                 }
                 _ => {
                     let mins = self.per_group(|p, g, out| p.offsets_into(g, out));
-                    kernel::product(isa, &mins, groups, &sums, m, None)
+                    product(Widened::F32(&mins), groups, &sums, None)
                 }
             };
             for (o, v) in out.iter_mut().zip(offsets) {
@@ -1351,6 +1454,32 @@ impl QuantMatrix {
             }
         }
         out
+    }
+}
+
+/// The stored values (or per-group offsets) a [`QuantMatrix::matmul_widened`] product reads.
+enum Widened<'a> {
+    I8(&'a [i8]),
+    U4(&'a [U4x2]),
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+/// `kernel::matmul_rows` (every row through the matrix-vector kernel: each row's bits
+/// whatever the others) with `row_invariant`, `kernel::product` otherwise.
+fn widened_product<W: kernel::WeightElem>(
+    isa: Isa,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    scales: Option<&BlockScales>,
+    row_invariant: bool,
+) -> Vec<f32> {
+    if row_invariant {
+        kernel::matmul_rows(isa, w, k, xs, m, scales)
+    } else {
+        kernel::product(isa, w, k, xs, m, scales)
     }
 }
 
@@ -1687,6 +1816,35 @@ pub fn linear_quant_with(isa: Isa, x: &Tensor, w: &QuantMatrix) -> Result<Tensor
     Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
 }
 
+/// `x · Wᵀ` for `x` `[..., K]` and an 8-bit `w` `[N, K]` with the activations kept in f32
+/// ([`QuantMatrix::matmul_f32_activations`]): `[..., N]` in `x`'s dtype. For small blocks
+/// whose products must equal those with the dequantised values (MLA's absorbed per-head
+/// blocks), where [`linear_quant_with`] would round the activations to 8 bits.
+pub fn linear_quant_f32_activations(
+    isa: Isa,
+    x: &Tensor,
+    w: &QuantMatrix,
+    row_invariant: bool,
+) -> Result<Tensor> {
+    let [n, k] = w.dims;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "linear ({}): input {dims:?} does not end in the weight's in-features {k} (weight [{n}, {k}])",
+            w.format
+        );
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    let product = |xs: &[f32]| w.matmul_f32_activations(isa, xs, m, row_invariant);
+    let y = match crate::elementwise::with_host_rows(x, product)? {
+        Some(y) => y?,
+        None => product(&crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?)?,
+    };
+    Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1810,6 +1968,61 @@ mod tests {
                 let want = oracle(&q, isa, &xs, m);
                 let got = q.matmul(isa, &xs, m);
                 assert_matches_oracle(&got, &want, k, &format!("{format} {isa} in blocks"));
+            }
+        }
+    }
+
+    /// Products with f32 activations, for every format with a group per 32 values, on every
+    /// path, one row and past `GEMV_MAX_ROWS`: the f64 product with the dequantised matrix
+    /// and the unrounded activations; row-invariant products keep each row's bits among
+    /// many; the formats with a scale per 16 are refused.
+    #[test]
+    fn products_with_f32_activations_match_the_dequantised_matrix_and_keep_each_row_s_bits() {
+        let (n, k) = (40, 512);
+        let w = values(n * k, 5, 0.7);
+        let xs = values(40 * k, 9, 1.3);
+        let exact = |q: &QuantMatrix, m: usize| -> Vec<f64> {
+            let d = q.dequantize_rows();
+            (0..m * n)
+                .map(|i| {
+                    let (j, r) = (i / n, i % n);
+                    (0..k)
+                        .map(|c| d[r * k + c] as f64 * xs[j * k + c] as f64)
+                        .sum()
+                })
+                .collect()
+        };
+        for format in QuantFormat::ALL {
+            let q = QuantMatrix::from_rows(&w, n, k, format).unwrap();
+            if matches!(
+                format,
+                QuantFormat::Q6K | QuantFormat::Q3K | QuantFormat::Q2K
+            ) {
+                assert!(q
+                    .matmul_f32_activations(Isa::detect(), &xs[..k], 1, true)
+                    .is_err());
+                continue;
+            }
+            for isa in Isa::supported() {
+                for (m, invariant) in [(1, true), (1, false), (40, true), (40, false)] {
+                    let got = q
+                        .matmul_f32_activations(isa, &xs[..m * k], m, invariant)
+                        .unwrap();
+                    let what = format!("{format} {isa} m {m} invariant {invariant}");
+                    assert_matches_oracle(&got, &exact(&q, m), k, &what);
+                }
+                let many = q.matmul_f32_activations(isa, &xs, 40, true).unwrap();
+                for j in [0, 17, 39] {
+                    let alone = q
+                        .matmul_f32_activations(isa, &xs[j * k..(j + 1) * k], 1, true)
+                        .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&many[j * n..(j + 1) * n]),
+                        bits(&alone),
+                        "{format} {isa}"
+                    );
+                }
             }
         }
     }

@@ -132,6 +132,117 @@ impl Mla {
         })
     }
 
+    /// Multiplies the absorbed per-head blocks (`W_UKᵀ` `[R, nope]` and `W_UV` `[v, R]` of
+    /// each head) in the block-quantised form a checkpoint stores them in apart from
+    /// `kv_b_proj` (llama.cpp's GGUF `attn_k_b` / `attn_v_b`, whose groups run along each
+    /// block's input), with f32 activations: the products are those with the dequantised
+    /// values up to summation order, as with the dense blocks, but decode reads the blocks'
+    /// bytes (Q8_0: 8.5 bits per weight) instead of f32 copies (32). `kv_b_proj` itself is
+    /// kept for the expanded path.
+    ///
+    /// Either set may be `None` (its blocks stay as split from `kv_b_proj`). Every block must
+    /// be one of `H`, of the right shape, in a format with a group per 32 values
+    /// (Q8, Q4, Q4K, Q5, Q5K), on the CPU, and hold `kv_b_proj`'s values (to within 1e-6 of
+    /// the block's largest value: the same numbers dequantised in another order); anything
+    /// else is an error and nothing changes.
+    pub fn use_absorbed_blocks(
+        &mut self,
+        w_uk_t: Option<Vec<linear::QuantMatrix>>,
+        w_uv: Option<Vec<linear::QuantMatrix>>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (h, n, v, r) = (
+            c.num_heads,
+            c.qk_nope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        if !self.weights.kv_b_proj.device().is_cpu() {
+            return Err(MlaError::InvalidConfig {
+                field: "kv_b_proj",
+                reason: "absorbed blocks in groups are CPU matrices: kv_b_proj is on a device"
+                    .into(),
+            });
+        }
+        let takes = |b: &Option<Vec<linear::QuantMatrix>>| {
+            b.iter()
+                .flatten()
+                .all(|q| q.format().takes_f32_activations())
+        };
+        if !takes(&w_uk_t) || !takes(&w_uv) {
+            return Err(MlaError::InvalidConfig {
+                field: "kv_b_proj",
+                reason: "absorbed blocks with f32 activations take formats with a group per 32 \
+                         values (Q8, Q4, Q4K, Q5, Q5K)"
+                    .into(),
+            });
+        }
+        // [H·(nope+v), R] -> per head: the key rows transposed, the value rows.
+        let dense = self
+            .weights
+            .kv_b_proj
+            .dequantize()?
+            .to_dtype(DType::F32)?
+            .reshape((h, n + v, r))?;
+        let check = |name: &str, blocks: &[linear::QuantMatrix], expected: Tensor| {
+            let (rows, cols) = expected.dims3().map(|(_, a, b)| (a, b))?;
+            if blocks.len() != h {
+                return Err(MlaError::WeightShape {
+                    tensor: format!("{name} (absorbed blocks)"),
+                    expected: vec![h, rows, cols],
+                    found: vec![blocks.len()],
+                });
+            }
+            for (head, block) in blocks.iter().enumerate() {
+                if block.dims() != [rows, cols] {
+                    return Err(MlaError::WeightShape {
+                        tensor: format!("{name} (absorbed block of head {head})"),
+                        expected: vec![rows, cols],
+                        found: block.dims().to_vec(),
+                    });
+                }
+                let want: Vec<f32> = linear::host::vec1(&expected.get(head)?.flatten_all()?)?;
+                let got = block.dequantize_rows();
+                let largest = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+                let far = got
+                    .iter()
+                    .zip(&want)
+                    .position(|(g, w)| (g - w).abs() > 1e-6 * largest);
+                if let Some(i) = far {
+                    return Err(MlaError::InvalidConfig {
+                        field: "kv_b_proj",
+                        reason: format!(
+                            "{name}'s block of head {head} does not hold kv_b_proj's values \
+                             (element {i}: {} against {})",
+                            got[i], want[i]
+                        ),
+                    });
+                }
+            }
+            Ok(())
+        };
+        if let Some(w) = &w_uk_t {
+            check(
+                "W_UK",
+                w,
+                dense.narrow(1, 0, n)?.transpose(1, 2)?.contiguous()?,
+            )?;
+        }
+        if let Some(w) = &w_uv {
+            check("W_UV", w, dense.narrow(1, n, v)?.contiguous()?)?;
+        }
+        let per_head = |b: Vec<linear::QuantMatrix>| {
+            HeadMatrices::QuantPerHead(b.into_iter().map(std::sync::Arc::new).collect())
+        };
+        if let Some(w) = w_uk_t {
+            self.absorbed.w_uk_t = per_head(w);
+        }
+        if let Some(w) = w_uv {
+            self.absorbed.w_uv = per_head(w);
+        }
+        Ok(())
+    }
+
     /// Loads the weights from `vb` (prefixed at the layer's `self_attn`) under the HF names.
     pub fn load(vb: &candle_nn::VarBuilder, config: MlaConfig) -> Result<Self> {
         Self::load_with(vb, config, &linear::ThroughVarBuilder)
@@ -691,7 +802,8 @@ impl Mla {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadProducts {
     /// candle's batched matmul against the transposed blocks (dense blocks: any device and
-    /// dtype), or [`Matrix::forward`] per head (FP8 blocks): the many rows of a prefill tile.
+    /// dtype), [`Matrix::forward`] per head (FP8 blocks), or the f32 GEMM over the widened
+    /// groups per head (blocks as stored): the many rows of a prefill tile.
     Matmul,
     /// `linear`'s matrix-vector kernels per head (every row through them:
     /// [`linear::linear_row_invariant`], [`Matrix::forward_row_invariant`]), the heads in
@@ -724,6 +836,12 @@ impl HeadProducts {
                     w[h].forward_row_invariant(&xh)?
                 }
                 HeadMatrices::PerHead(w) => w[h].forward(&xh)?,
+                HeadMatrices::QuantPerHead(w) => linear::linear_quant_f32_activations(
+                    linear::Isa::detect(),
+                    &xh,
+                    &w[h],
+                    self == HeadProducts::Rows,
+                )?,
             })
         };
         let outs = (0..x.dim(0)?)

@@ -1,9 +1,11 @@
 //! [`MlaWeights`]: the projection matrices of one layer, loaded under the HF names or handed
 //! in as tensors, and the absorbed views of `kv_b_proj` precomputed from them.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use linear::{MapMatrix, Matrix, QuantFormat, WeightSpec};
+use linear::{MapMatrix, Matrix, QuantFormat, QuantMatrix, WeightSpec};
 
 use crate::config::MlaConfig;
 use crate::error::{MlaError, Result};
@@ -303,7 +305,9 @@ impl MlaWeights {
 /// `[out, in]` as `linear` takes it, in `kv_b_proj`'s own format where that is exact: FP8 stays
 /// FP8 (the value rows are a view of the same bytes, the key rows a transposed copy with the
 /// scale grid transposed), dense matrices keep their dtype on the CPU. Other formats are
-/// dequantised to the compute dtype ([`crate::Mla::new`] dequantises block formats before).
+/// dequantised to the compute dtype ([`crate::Mla::new`] dequantises block formats before);
+/// blocks a checkpoint stores apart replace them afterwards
+/// ([`crate::Mla::use_absorbed_blocks`]).
 #[derive(Debug, Clone)]
 pub(crate) struct AbsorbedWeights {
     /// `W_UKᵀ` per head: `q_lat = q_nope · W_UK`.
@@ -319,6 +323,11 @@ pub(crate) enum HeadMatrices {
     Stacked(Tensor),
     /// A [`Matrix`] per head (FP8 blocks).
     PerHead(Vec<Matrix>),
+    /// Block-quantised groups per head as a checkpoint stores them apart (llama.cpp's GGUF
+    /// `attn_k_b` / `attn_v_b`: groups along each block's input), multiplied with f32
+    /// activations ([`linear::linear_quant_f32_activations`]), so the products are those with
+    /// the dequantised values: [`crate::Mla::use_absorbed_blocks`].
+    QuantPerHead(Vec<Arc<QuantMatrix>>),
 }
 
 impl HeadMatrices {
@@ -327,6 +336,7 @@ impl HeadMatrices {
         match self {
             HeadMatrices::Stacked(t) => t.elem_count() * t.dtype().size_in_bytes(),
             HeadMatrices::PerHead(m) => m.iter().map(Matrix::bytes).sum(),
+            HeadMatrices::QuantPerHead(m) => m.iter().map(|m| m.bytes()).sum(),
         }
     }
 }

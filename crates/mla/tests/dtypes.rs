@@ -285,3 +285,97 @@ fn block_quantised_kv_b_proj_equals_its_dequantised_twin() {
         }
     }
 }
+
+/// The absorbed blocks as a GGUF file stores them apart (llama.cpp's `attn_k_b` / `attn_v_b`,
+/// groups along each block's input), multiplied with f32 activations, compute what the layer
+/// holding their dequantised values computes on every path, decode reads fewer bytes, and
+/// blocks that do not fit are refused with nothing changed.
+#[test]
+fn absorbed_blocks_as_stored_equal_their_dequantised_twin() {
+    use linear::{QuantFormat, QuantMatrix};
+    let mla32 = random_layer(false, 0.2);
+    let c = mla32.config().clone();
+    let (h, n, v, r) = (
+        c.num_heads,
+        c.qk_nope_head_dim,
+        c.v_head_dim,
+        c.kv_lora_rank,
+    );
+    let dense = mla32
+        .weights()
+        .kv_b_proj
+        .as_dense()
+        .unwrap()
+        .reshape((h, n + v, r))
+        .unwrap();
+    for format in [QuantFormat::Q8, QuantFormat::Q4] {
+        // Each head's W_UKᵀ [R, n] and W_UV [v, R] in blocks, and kv_b_proj joined from
+        // their dequantised values (what the GGUF loader serves).
+        let blocks = |rows: Tensor| -> Vec<QuantMatrix> {
+            (0..h)
+                .map(|head| QuantMatrix::quantize(&rows.get(head).unwrap(), format).unwrap())
+                .collect()
+        };
+        let uk = blocks(
+            dense
+                .narrow(1, 0, n)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        );
+        let uv = blocks(dense.narrow(1, n, v).unwrap().contiguous().unwrap());
+        let values = |b: &[QuantMatrix]| {
+            Tensor::stack(
+                &b.iter()
+                    .map(|q| q.dequantize().unwrap())
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .unwrap()
+        };
+        let joined = Tensor::cat(&[values(&uk).transpose(1, 2).unwrap(), values(&uv)], 1)
+            .unwrap()
+            .reshape((h * (n + v), r))
+            .unwrap();
+        let mut w = mla32.weights().clone();
+        w.kv_b_proj = joined.into();
+        let exact = Mla::new(c.clone(), w).unwrap();
+        let x = fixtures::seeded_randn(&[1, 7, 64], 1.0, 91);
+        let want = &run_every_path(&exact, &x, 1e-5)[0].1;
+
+        let mut stored = exact.clone();
+        // Refused, and nothing changes: a head short, and blocks of other values.
+        let short = stored.use_absorbed_blocks(Some(uk[1..].to_vec()), None);
+        assert!(
+            short.unwrap_err().to_string().contains("W_UK"),
+            "{format:?}"
+        );
+        let other = blocks(fixtures::seeded_randn(&[h, v, r], 0.2, 5));
+        let err = stored
+            .use_absorbed_blocks(None, Some(other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not hold kv_b_proj's values"),
+            "{format:?}: {err}"
+        );
+        assert_eq!(stored.decode_weight_bytes(), exact.decode_weight_bytes());
+
+        stored
+            .use_absorbed_blocks(Some(uk.clone()), Some(uv.clone()))
+            .unwrap();
+        assert!(stored.decode_weight_bytes() < exact.decode_weight_bytes());
+        for (name, y) in run_every_path(&stored, &x, 1e-5) {
+            let d = max_abs_diff(&y, want);
+            assert!(d < 1e-5, "{format:?} {name}: {d:e}");
+        }
+        // One half alone (a GGUF whose attn_k_b is f16 and attn_v_b Q8_0).
+        let mut half = exact.clone();
+        half.use_absorbed_blocks(None, Some(uv)).unwrap();
+        for (name, y) in run_every_path(&half, &x, 1e-5) {
+            assert!(max_abs_diff(&y, want) < 1e-5, "{format:?} half {name}");
+        }
+    }
+}

@@ -315,6 +315,15 @@ impl Checkpoint {
         }
     }
 
+    /// The absorbed per-head blocks of the `kv_b_proj` named `name` as a GGUF file stores them
+    /// apart ([`crate::gguf::GgufFile::kv_b_heads`]); `None` for safetensors checkpoints.
+    pub fn kv_b_heads(&self, name: &str) -> Result<Option<crate::gguf::KvBHeads>> {
+        match &self.store {
+            Store::Gguf(g) => g.kv_b_heads(name),
+            Store::Safetensors(_) => Ok(None),
+        }
+    }
+
     /// Compares the stored tensors with the `expected` (name, shape) list and returns ONE
     /// error listing every missing, unexpected and mis-shaped tensor. An FP8 weight's
     /// `weight_scale_inv` is expected with shape `[ceil(rows/128), ceil(cols/128)]`; names in

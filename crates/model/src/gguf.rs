@@ -10,7 +10,9 @@
 //! - llama.cpp's split MLA layout, `attn_k_b` `[H, rank, nope]` and `attn_v_b` `[H, v, rank]`,
 //!   is joined back into `kv_b_proj` `[H·(nope + v), rank]` (float halves of one type in that
 //!   type, block formats dequantised to f32: `attn_k_b` is `W_UK` transposed, and its blocks
-//!   run along the other dimension);
+//!   run along the other dimension); the halves' blocks as stored are also handed to the
+//!   absorbed path per head ([`GgufFile::kv_b_heads`], `mla::Mla::use_absorbed_blocks`), which
+//!   multiplies them with f32 activations, so decode reads the blocks instead of f32 copies;
 //! - the V3 router bias `exp_probs_b.bias` → `mlp.gate.e_score_correction_bias`.
 //!
 //! A file split by llama.cpp's `gguf-split` (`NAME-00001-of-0000n.gguf`, ...: the metadata in
@@ -337,6 +339,50 @@ impl GgufFile {
         }
     }
 
+    /// The per-head blocks of a `kv_b_proj` joined from llama.cpp's `attn_k_b` `[H, rank,
+    /// nope]` and `attn_v_b` `[H, v, rank]` (`name` its HF name) as they are stored: each
+    /// head's `W_UKᵀ` `[rank, nope]` and `W_UV` `[v, rank]`, whose groups run along their
+    /// inputs, for `mla::Mla::use_absorbed_blocks`. A half stored as floats, or in a format
+    /// those products do not take (a scale per 16), is `None` (its blocks are split from the
+    /// joined values); `None` for any other tensor and where neither half is blocks.
+    pub fn kv_b_heads(&self, name: &str) -> Result<Option<KvBHeads>> {
+        let Some((Source::KvB { k_b, v_b }, _)) = self.sources.get(name) else {
+            return Ok(None);
+        };
+        let heads = |gguf_name: &str| -> Result<Option<Vec<QuantMatrix>>> {
+            let info = &self.infos[gguf_name];
+            let ty = info.ggml_dtype;
+            let takes = QuantMatrix::format_of_ggml(ty).is_some_and(|f| f.takes_f32_activations());
+            let &[h, rows, cols] = info.shape.dims() else {
+                return Ok(None);
+            };
+            if is_float(ty) || !takes || h == 0 {
+                return Ok(None);
+            }
+            let bytes = self.bytes(gguf_name);
+            let per_head = bytes.len() / h;
+            if per_head == 0 || !bytes.len().is_multiple_of(h) {
+                return Ok(None);
+            }
+            let bad = |e: candle_core::Error| ModelError::Gguf {
+                path: self.path.clone(),
+                reason: format!("{gguf_name}: {e}"),
+            };
+            // Q4_0 / Q5_0 (llama.cpp's `attn_k_b` in its K-quant mixes) as the same values in
+            // 8 bits: these small blocks are read every step, and 8-bit groups take no
+            // unpacking per product.
+            let head = |bytes| {
+                let q = QuantMatrix::from_ggml(ty, bytes, rows, cols).map_err(bad)?;
+                Ok(q.map(|q| q.zero_point_as_q8().unwrap_or(q)))
+            };
+            bytes.chunks_exact(per_head).map(head).collect()
+        };
+        Ok(match (heads(k_b)?, heads(v_b)?) {
+            (None, None) => None,
+            (w_uk_t, w_uv) => Some(KvBHeads { w_uk_t, w_uv }),
+        })
+    }
+
     /// `name`'s values on the host: float tensors in their own dtype, block formats
     /// dequantised to f32.
     pub fn load(&self, name: &str) -> Result<Tensor> {
@@ -431,6 +477,14 @@ impl GgufFile {
             reason: format!("{name}: no such tensor"),
         }
     }
+}
+
+/// `kv_b_proj`'s per-head blocks as a GGUF file stores them ([`GgufFile::kv_b_heads`]).
+pub struct KvBHeads {
+    /// Each head's `W_UKᵀ` `[rank, nope]` (llama.cpp's `attn_k_b`), if stored in blocks.
+    pub w_uk_t: Option<Vec<QuantMatrix>>,
+    /// Each head's `W_UV` `[v, rank]` (llama.cpp's `attn_v_b`), if stored in blocks.
+    pub w_uv: Option<Vec<QuantMatrix>>,
 }
 
 /// Whether a GGML type is a plain float type (served as a tensor, not as blocks).

@@ -557,6 +557,18 @@ impl DeepSeek {
             .map(|l| {
                 let vb = vb.pp(format!("model.layers.{l}"));
                 let mut layer = DecoderLayer::load_with(&config, l, vb, &matrices)?;
+                // A GGUF file's `attn_k_b` / `attn_v_b` blocks as stored for decode's absorbed
+                // products (exact, a quarter of the f32 copies' bytes at 8 bits) unless every
+                // matrix was asked for as floats.
+                let floats = matches!(precision.matrices, MatrixFormat::Float(_));
+                if device.is_cpu() && !floats {
+                    let kv_b = format!("model.layers.{l}.self_attn.kv_b_proj.weight");
+                    if let Some(heads) = checkpoint.kv_b_heads(&kv_b)? {
+                        layer
+                            .self_attn
+                            .use_absorbed_blocks(heads.w_uk_t, heads.w_uv)?;
+                    }
+                }
                 layer.prepare(&precision, device_dispatch)?;
                 Ok(layer)
             })

@@ -91,6 +91,22 @@ fn q8_0_gguf_keeps_its_blocks() {
         assert!(formats.contains(&"q8"), "{name}: {formats:?}");
         let dequantised = load(&path, Some(Precision::from(DType::F32)));
         same_matrices(&kept, &dequantised, name);
+        // The absorbed blocks: `attn_v_b` (Q8_0) as stored, `attn_k_b` (f16, its rows of 16
+        // are not whole Q8_0 blocks) as the f16 half; both f32 when dequantised.
+        let absorbed = |m: &DeepSeek| -> usize {
+            m.layers()
+                .iter()
+                .map(|l| {
+                    let a = l.attention();
+                    a.decode_weight_bytes() + a.weights().kv_b_proj.bytes() - a.weights().bytes()
+                })
+                .sum()
+        };
+        let (stored, f32_blocks) = (absorbed(&kept), absorbed(&dequantised));
+        assert!(
+            4 * stored < 3 * f32_blocks,
+            "{name}: {stored} against {f32_blocks}"
+        );
         let ids = Case::load(name).ids("input_ids");
         let a = kept.logits(&ids).unwrap();
         // Against the lossless file (HF's model, up to GGUF's YaRN reading for v3_noaux).
