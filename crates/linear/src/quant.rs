@@ -1793,38 +1793,32 @@ pub fn linear_quant(x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
 
 /// [`linear_quant`] on the kernel path `isa`.
 pub fn linear_quant_with(isa: Isa, x: &Tensor, w: &QuantMatrix) -> Result<Tensor> {
-    let [n, k] = w.dims;
-    let dims = x.dims();
-    if dims.last() != Some(&k) {
-        candle_core::bail!(
-            "linear ({}): input {dims:?} does not end in the weight's in-features {k} (weight [{n}, {k}])",
-            w.format
-        );
-    }
-    let m = x.elem_count() / k.max(1);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("checked above") = n;
-    let y = match crate::elementwise::with_host_rows(x, |xs| w.matmul(isa, xs, m))? {
-        Some(y) => y,
-        // The 8/4-bit kernels are CPU kernels: on another device this is a counted host read.
-        None => w.matmul(
-            isa,
-            &crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?,
-            m,
-        ),
-    };
-    Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
+    on_host_rows(x, w, |xs, m| Ok(w.matmul(isa, xs, m)))
 }
 
-/// `x · Wᵀ` for `x` `[..., K]` and an 8-bit `w` `[N, K]` with the activations kept in f32
-/// ([`QuantMatrix::matmul_f32_activations`]): `[..., N]` in `x`'s dtype. For small blocks
-/// whose products must equal those with the dequantised values (MLA's absorbed per-head
-/// blocks), where [`linear_quant_with`] would round the activations to 8 bits.
+/// `x · Wᵀ` for `x` `[..., K]` and `w` `[N, K]` (a format with a group per 32 values) with
+/// the activations kept in f32 ([`QuantMatrix::matmul_f32_activations`]): `[..., N]` in
+/// `x`'s dtype. For small blocks whose products must equal those with the dequantised
+/// values (MLA's absorbed per-head blocks), where [`linear_quant_with`] would round the
+/// activations to 8 bits.
 pub fn linear_quant_f32_activations(
     isa: Isa,
     x: &Tensor,
     w: &QuantMatrix,
     row_invariant: bool,
+) -> Result<Tensor> {
+    on_host_rows(x, w, |xs, m| {
+        w.matmul_f32_activations(isa, xs, m, row_invariant)
+    })
+}
+
+/// `product(rows, m)` of `x` `[..., K]`'s `m` rows as f32 on the host, as `[..., N]` in
+/// `x`'s dtype and device (the 8/4-bit kernels are CPU kernels: on another device this is a
+/// counted host read); an error naming both shapes when `x` does not end in `K`.
+fn on_host_rows(
+    x: &Tensor,
+    w: &QuantMatrix,
+    product: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
 ) -> Result<Tensor> {
     let [n, k] = w.dims;
     let dims = x.dims();
@@ -1837,10 +1831,12 @@ pub fn linear_quant_f32_activations(
     let m = x.elem_count() / k.max(1);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("checked above") = n;
-    let product = |xs: &[f32]| w.matmul_f32_activations(isa, xs, m, row_invariant);
-    let y = match crate::elementwise::with_host_rows(x, product)? {
+    let y = match crate::elementwise::with_host_rows(x, |xs| product(xs, m))? {
         Some(y) => y?,
-        None => product(&crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?)?,
+        None => product(
+            &crate::host::vec1(&x.to_dtype(DType::F32)?.flatten_all()?)?,
+            m,
+        )?,
     };
     Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype())
 }
