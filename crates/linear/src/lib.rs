@@ -263,20 +263,6 @@ fn host_product(
     m: usize,
     every_row_gemv: bool,
 ) -> Option<Vec<f32>> {
-    fn run<W: kernel::WeightElem>(
-        isa: Isa,
-        w: &[W],
-        k: usize,
-        xs: &[f32],
-        m: usize,
-        every_row_gemv: bool,
-    ) -> Vec<f32> {
-        if every_row_gemv {
-            kernel::matmul_rows(isa, w, k, xs, m, None)
-        } else {
-            kernel::product(isa, w, k, xs, m, None)
-        }
-    }
     let (_, k) = w.dims2().ok()?;
     assert_eq!(xs.len(), m * k, "matmul_rows: xs must hold m rows of K");
     let (storage, layout) = w.storage_and_layout();
@@ -285,9 +271,15 @@ fn host_product(
         return None;
     };
     Some(match cpu {
-        CpuStorage::F32(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
-        CpuStorage::BF16(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
-        CpuStorage::F16(v) => run(isa, &v[start..end], k, xs, m, every_row_gemv),
+        CpuStorage::F32(v) => {
+            kernel::product_rows(isa, &v[start..end], k, xs, m, None, every_row_gemv)
+        }
+        CpuStorage::BF16(v) => {
+            kernel::product_rows(isa, &v[start..end], k, xs, m, None, every_row_gemv)
+        }
+        CpuStorage::F16(v) => {
+            kernel::product_rows(isa, &v[start..end], k, xs, m, None, every_row_gemv)
+        }
         _ => return None,
     })
 }

@@ -210,11 +210,7 @@ impl Matrix {
     /// [`crate::advise_huge_pages_bytes`]); GGML blocks on candle's kernels are left as they
     /// are. Whether to call it is the caller's decision (a loader option, say).
     pub fn advise_huge_pages(&self) -> bool {
-        match self {
-            Matrix::Dense(t) | Matrix::Bf16Activations(t) => crate::advise_huge_pages(t),
-            Matrix::Quant(q) => q.advise_huge_pages(),
-            Matrix::Fp8(_) | Matrix::Ggml(_) => false,
-        }
+        crate::huge_pages::advise_spans(self.host_spans()) > 0
     }
 
     /// The address ranges of the matrix's host memory that [`Matrix::advise_huge_pages`]

@@ -1390,12 +1390,6 @@ impl QuantMatrix {
         row_invariant: bool,
     ) -> Vec<f32> {
         let [n, k] = self.dims;
-        let product = |w: Widened, k: usize, xs: &[f32], scales: Option<&BlockScales>| match w {
-            Widened::I8(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
-            Widened::U4(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
-            Widened::F16(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
-            Widened::F32(w) => widened_product(isa, w, k, xs, m, scales, row_invariant),
-        };
         // K-quant scales are formed once per call in f32 (a 64th of the weights).
         let formed;
         let scale = match params {
@@ -1411,8 +1405,8 @@ impl QuantMatrix {
             cols: QUANT_GROUP,
         };
         let mut out = match &self.values {
-            Values::I8(v) => product(Widened::I8(v), k, xs, Some(&scales)),
-            Values::U4(v) => product(Widened::U4(v), k, xs, Some(&scales)),
+            Values::I8(v) => kernel::product_rows(isa, v, k, xs, m, Some(&scales), row_invariant),
+            Values::U4(v) => kernel::product_rows(isa, v, k, xs, m, Some(&scales), row_invariant),
             // One byte per value for this call (the f32 GEMM widens bytes or nibble
             // pairs, not split bit planes), a block of rows at a time.
             Values::U5(v) => in_row_blocks(n, k, m, |rows| {
@@ -1427,7 +1421,7 @@ impl QuantMatrix {
                     ..scales
                 };
                 let widened = u5_bytes(v, rows.len(), k);
-                product(Widened::I8(&widened), k, xs, Some(&scales))
+                kernel::product_rows(isa, &widened, k, xs, m, Some(&scales), row_invariant)
             }),
             Values::U6(_) | Values::U3(_) | Values::U2(_) | Values::Panels { .. } => {
                 unreachable!("per-group parameters: taken by the caller")
@@ -1442,11 +1436,11 @@ impl QuantMatrix {
                 .collect();
             let offsets = match params {
                 Params::Group { mins, .. } if !mins.is_empty() => {
-                    product(Widened::F16(mins), groups, &sums, None)
+                    kernel::product_rows(isa, mins, groups, &sums, m, None, row_invariant)
                 }
                 _ => {
                     let mins = self.per_group(|p, g, out| p.offsets_into(g, out));
-                    product(Widened::F32(&mins), groups, &sums, None)
+                    kernel::product_rows(isa, &mins, groups, &sums, m, None, row_invariant)
                 }
             };
             for (o, v) in out.iter_mut().zip(offsets) {
@@ -1454,32 +1448,6 @@ impl QuantMatrix {
             }
         }
         out
-    }
-}
-
-/// The stored values (or per-group offsets) a [`QuantMatrix::matmul_widened`] product reads.
-enum Widened<'a> {
-    I8(&'a [i8]),
-    U4(&'a [U4x2]),
-    F16(&'a [f16]),
-    F32(&'a [f32]),
-}
-
-/// `kernel::matmul_rows` (every row through the matrix-vector kernel: each row's bits
-/// whatever the others) with `row_invariant`, `kernel::product` otherwise.
-fn widened_product<W: kernel::WeightElem>(
-    isa: Isa,
-    w: &[W],
-    k: usize,
-    xs: &[f32],
-    m: usize,
-    scales: Option<&BlockScales>,
-    row_invariant: bool,
-) -> Vec<f32> {
-    if row_invariant {
-        kernel::matmul_rows(isa, w, k, xs, m, scales)
-    } else {
-        kernel::product(isa, w, k, xs, m, scales)
     }
 }
 

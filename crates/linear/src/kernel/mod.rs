@@ -628,6 +628,24 @@ fn transpose(out_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
 /// Weight rows per task of [`transpose`]: `m · 4` KiB of its input.
 const TRANSPOSE_BLOCK: usize = 1024;
 
+/// [`product`], or with `every_row_gemv` [`matmul_rows`] whatever `m`: every row through the
+/// matrix-vector kernel, so each row's result has the same bits whatever the other rows.
+pub(crate) fn product_rows<W: WeightElem>(
+    isa: Isa,
+    w: &[W],
+    k: usize,
+    xs: &[f32],
+    m: usize,
+    scales: Option<&BlockScales>,
+    every_row_gemv: bool,
+) -> Vec<f32> {
+    if every_row_gemv {
+        matmul_rows(isa, w, k, xs, m, scales)
+    } else {
+        product(isa, w, k, xs, m, scales)
+    }
+}
+
 /// `[N, K]` weights times `m` rows `xs` `[m, K]` → `[m, N]` in the regime `m` calls for: the
 /// matrix-vector kernel up to [`GEMV_MAX_ROWS`] rows, the GEMM above (the crate docs).
 pub(crate) fn product<W: WeightElem>(
