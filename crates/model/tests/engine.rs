@@ -831,6 +831,68 @@ fn prompt_logprobs_equal_the_log_softmax_of_one_full_pass() {
     settled(&engine);
 }
 
+/// The choices of a multiple-choice question scored one after another, then together: the
+/// first prefills the shared context, the others adopt its pages with their scores, and each
+/// equals its run alone on a fresh engine.
+#[test]
+fn scoring_requests_reuse_a_scored_prefix_and_equal_their_runs_alone() {
+    let (case, model) = model();
+    let base = prompts(&case.ids("input_ids"), 8).concat();
+    let context = &base[..36];
+    let choice = |i: usize, len: usize| [context, &base[40 + 5 * i..40 + 5 * i + len]].concat();
+    let scoring = |prompt: Vec<u32>, top: usize| Request {
+        prompt,
+        params: RequestParams {
+            max_tokens: 0,
+            prompt_logprobs: Some(top),
+            ..RequestParams::default()
+        },
+    };
+    let alone = |r: &Request| {
+        let fresh = Engine::start(model.clone(), None, small_pages()).unwrap();
+        fresh.generate(r.clone()).unwrap()
+    };
+    // What a request got, and how much of its prompt came from the cache.
+    let run = |engine: &Engine, r: &Request| {
+        let mut got = engine.generate(r.clone()).unwrap();
+        let cached = got[0].cached_tokens;
+        got[0].cached_tokens = 0;
+        assert_eq!(got, alone(r), "{} tokens", r.prompt.len());
+        cached
+    };
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+    // A prefix cached without scores serves no scoring request.
+    engine.generate(greedy(choice(0, 2), 1)).unwrap();
+    assert_eq!(run(&engine, &scoring(choice(0, 2), 2)), 0);
+    // Chunks of 16, pages of 8: the first two chunks' 4 pages now hold their scores, the
+    // last of them that of token 32, which every choice shares.
+    assert_eq!(run(&engine, &scoring(choice(1, 3), 2)), 32);
+    assert_eq!(run(&engine, &scoring(choice(2, 1), 1)), 32);
+    // More alternatives than kept: nothing reused, and then those are kept.
+    assert_eq!(run(&engine, &scoring(choice(3, 2), 3)), 0);
+    assert_eq!(run(&engine, &scoring(choice(4, 2), 3)), 32);
+    // A prompt leaving the context at token 32: page 4's last score is not its own, so only
+    // the first chunk (two pages) is reused.
+    let mut other = context[..33].to_vec();
+    other[32] = (other[32] + 1) % 256;
+    assert_eq!(run(&engine, &scoring(other, 2),), 16);
+    let s = settled(&engine);
+    assert_eq!(s.prompt_tokens_reused, 32 * 3 + 16);
+
+    // Four choices at once: one prefills the context, the others wait and adopt it.
+    let engine = Engine::start(model.clone(), None, small_pages()).unwrap();
+    let requests: Vec<Request> = (0..4).map(|i| scoring(choice(i, 2 + i % 2), 1)).collect();
+    let out = run_together(&engine, &requests);
+    let mut cached: Vec<usize> = out.iter().map(|c| c[0].cached_tokens).collect();
+    cached.sort();
+    assert_eq!(cached, [0, 32, 32, 32]);
+    for (mut got, r) in out.into_iter().zip(&requests) {
+        got[0].cached_tokens = 0;
+        assert_eq!(got, alone(r));
+    }
+    settled(&engine);
+}
+
 /// Index of the first largest value.
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;

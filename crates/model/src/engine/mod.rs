@@ -39,8 +39,11 @@
 //!
 //! **Scoring.** With [`RequestParams::prompt_logprobs`] the head also runs over every
 //! prefill row, and [`Event::Prompt`] carries each prompt token's log-probability given the
-//! tokens before it (what a log-likelihood evaluation reads); such a request reuses no cached
-//! prefix, and with `max_tokens` 0 it ends once its prompt is read.
+//! tokens before it (what a log-likelihood evaluation reads). Pages a scoring request prefilled
+//! keep their scores in the prefix cache, so the next scoring request with the same prefix (the
+//! other choices of a multiple-choice question) prefills and scores only the rest; pages
+//! prefilled without scoring are not reused by it. With `max_tokens` 0 it ends once its prompt
+//! is read.
 //!
 //! Cancellation: [`Engine::cancel`], or a sink returning `false` (a disconnected client),
 //! ends every sample of the request and frees its pages. [`Engine::shutdown`] stops admitting

@@ -11,6 +11,15 @@
 //! computed by whole chunks of `align`: under batch invariance `align` is the prefill chunk, so
 //! a request resuming after a match prefills exactly the chunks it would have prefilled alone
 //! and every page it adopts holds the values its own prefill would have written.
+//!
+//! **Scores.** A page prefilled by a scoring request (`prompt_logprobs`) also keeps the scores
+//! its positions gave: position `p`'s is the log-probability of prompt token `p + 1` with the
+//! `top` alternatives. So a later scoring request with the same prefix (the choices of one
+//! multiple-choice question, as lm-evaluation-harness sends them) adopts the scores with the
+//! pages. The score at a page's last position is of the token after the page, so the page
+//! serves only a prompt that continues with that token, and only for `top` at most the kept
+//! one (the alternatives are kept most likely first, ties by token id, so the first `k` of
+//! them are what `k` would have given).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -18,7 +27,18 @@ use std::hash::{Hash, Hasher};
 
 use mla::{LatentKvCache, SharedPage};
 
+use super::TokenLogprob;
 use crate::error::Result;
+
+/// What a scoring request's prefill of a page gave (see the module's docs).
+struct Scores {
+    /// Alternatives kept per position.
+    top: usize,
+    /// The prompt token after the page, which the last position scored.
+    next: u32,
+    /// One per position of the page.
+    logprobs: Vec<TokenLogprob>,
+}
 
 struct Entry {
     /// The page's tokens (its prefix is checked through the chain of keys).
@@ -27,6 +47,8 @@ struct Entry {
     parent: u64,
     /// Page `i` of every layer.
     layers: Vec<SharedPage>,
+    /// Set when a scoring request prefilled (or met) the page.
+    scores: Option<Scores>,
     last_used: u64,
 }
 
@@ -41,6 +63,8 @@ pub(super) struct PrefixCache {
 pub(super) struct Hit {
     pub tokens: usize,
     pub layers: Vec<Vec<SharedPage>>,
+    /// For a scoring lookup, the scores of positions `0..tokens`, cut to its `top`.
+    pub scores: Vec<TokenLogprob>,
 }
 
 impl PrefixCache {
@@ -86,28 +110,48 @@ impl PrefixCache {
     }
 
     /// The longest cached prefix of `prompt` that leaves at least one token to prefill (its
-    /// logits are needed), rounded down to the alignment.
-    pub(super) fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
+    /// logits are needed), rounded down to the alignment. With `scoring` (a request's
+    /// `prompt_logprobs`), only pages whose scores it can take, and those scores.
+    pub(super) fn lookup(&mut self, prompt: &[u32], scoring: Option<usize>) -> Option<Hit> {
         let mut found: Vec<u64> = Vec::new();
+        // Tokens the found pages hold (for scores: whose scores are of this prompt's tokens).
+        let mut common = 0;
         let mut parent = 0;
         for (key, tokens) in self
             .keys(prompt)
             .into_iter()
             .zip(prompt.chunks_exact(self.page))
         {
-            match self.entries.get(&key) {
-                Some(e) if e.parent == parent && e.tokens == tokens => found.push(key),
-                _ => break,
+            let Some(e) = self
+                .entries
+                .get(&key)
+                .filter(|e| e.parent == parent && e.tokens == tokens)
+            else {
+                break;
+            };
+            if let Some(k) = scoring {
+                let Some(s) = e.scores.as_ref().filter(|s| s.top >= k) else {
+                    break;
+                };
+                if prompt.get(common + self.page) != Some(&s.next) {
+                    // The page's last score is of another prompt's next token; the rest serve.
+                    found.push(key);
+                    common += self.page - 1;
+                    break;
+                }
             }
+            found.push(key);
+            common += self.page;
             parent = key;
         }
-        let tokens = self.reusable(found.len() * self.page, prompt.len());
+        let tokens = self.reusable(common, prompt.len());
         if tokens == 0 {
             return None;
         }
         let pages = tokens.div_ceil(self.page);
         self.clock += 1;
         let mut layers: Vec<Vec<SharedPage>> = Vec::new();
+        let mut scores = Vec::new();
         for key in &found[..pages] {
             let e = self.entries.get_mut(key).expect("found above");
             e.last_used = self.clock;
@@ -117,8 +161,20 @@ impl PrefixCache {
             for (l, p) in layers.iter_mut().zip(&e.layers) {
                 l.push(p.clone());
             }
+            if let (Some(k), Some(s)) = (scoring, &e.scores) {
+                scores.extend(s.logprobs.iter().map(|t| TokenLogprob {
+                    logprob: t.logprob,
+                    rank: t.rank,
+                    top: t.top[..k.min(t.top.len())].to_vec(),
+                }));
+            }
         }
-        Some(Hit { tokens, layers })
+        scores.truncate(tokens);
+        Some(Hit {
+            tokens,
+            layers,
+            scores,
+        })
     }
 
     /// Of `common` tokens shared with a prompt of `prompt_len`, how many a lookup can reuse:
@@ -129,8 +185,15 @@ impl PrefixCache {
     }
 
     /// Offers the pages of `prompt` that `cache` holds within its first `exact` tokens (those
-    /// computed by whole aligned chunks).
-    pub(super) fn insert(&mut self, prompt: &[u32], cache: &LatentKvCache, exact: usize) {
+    /// computed by whole aligned chunks), with `scores` (`top`, and the scores of positions
+    /// `0..`) where a scoring request gave them for a page's every position.
+    pub(super) fn insert(
+        &mut self,
+        prompt: &[u32],
+        cache: &LatentKvCache,
+        exact: usize,
+        scores: Option<(usize, &[TokenLogprob])>,
+    ) {
         let full = exact.min(prompt.len()) / self.page;
         self.clock += 1;
         let mut parent = 0;
@@ -139,8 +202,23 @@ impl PrefixCache {
             .into_iter()
             .enumerate()
         {
+            let end = (i + 1) * self.page;
+            let page_scores = scores.and_then(|(top, all)| {
+                Some(Scores {
+                    top,
+                    next: *prompt.get(end)?,
+                    logprobs: all.get(end - self.page..end)?.to_vec(),
+                })
+            });
             if let Some(e) = self.entries.get_mut(&key) {
                 e.last_used = self.clock;
+                if let Some(s) = page_scores {
+                    // Keep what serves the most lookups: scores over none, more alternatives
+                    // over fewer.
+                    if e.scores.as_ref().is_none_or(|old| old.top < s.top) {
+                        e.scores = Some(s);
+                    }
+                }
             } else {
                 let layers: Option<Vec<SharedPage>> = (0..cache.num_layers())
                     .map(|l| cache.layer(l).ok().and_then(|c| c.share_page(i)))
@@ -151,9 +229,10 @@ impl PrefixCache {
                 self.entries.insert(
                     key,
                     Entry {
-                        tokens: prompt[i * self.page..(i + 1) * self.page].to_vec(),
+                        tokens: prompt[i * self.page..end].to_vec(),
                         parent,
                         layers,
+                        scores: page_scores,
                         last_used: self.clock,
                     },
                 );

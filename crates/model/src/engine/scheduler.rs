@@ -221,15 +221,14 @@ impl Scheduler {
             if wanted(self) > total {
                 break;
             }
-            // Scoring the prompt needs every prompt row's hidden state: nothing is reused.
-            let scores = p.prompt_logprobs.is_some();
-            let hit = (!scores)
-                .then(|| self.prefix.lookup(&front.request.prompt))
-                .flatten();
+            // A scoring request reuses only pages that kept their scores (see prefix.rs).
+            let scoring = p.prompt_logprobs;
+            let mut hit = self.prefix.lookup(&front.request.prompt, scoring);
             let reused = hit.as_ref().map_or(0, |h| h.tokens);
-            if !scores && self.prefix_in_flight(&front.request.prompt) > reused {
+            if self.prefix_in_flight(&front.request.prompt, scoring) > reused {
                 break;
             }
+            let reused_scores = hit.as_mut().map(|h| std::mem::take(&mut h.scores));
             let s = self.waiting.pop_front().expect("front exists");
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             let cache = self
@@ -281,7 +280,10 @@ impl Scheduler {
                 history,
                 guide,
                 text: TextStops::new(request.params.stop_strings.clone()),
-                prompt_scores: request.params.prompt_logprobs.map(|k| (k, Vec::new())),
+                prompt_scores: request
+                    .params
+                    .prompt_logprobs
+                    .map(|k| (k, reused_scores.unwrap_or_default())),
             });
             self.live.insert(
                 id,
@@ -299,11 +301,18 @@ impl Scheduler {
     }
 
     /// Tokens of `prompt` that a sequence still prefilling will make reusable (its common
-    /// prefix with `prompt`, as the prefix cache would round it).
-    fn prefix_in_flight(&self, prompt: &[u32]) -> usize {
+    /// prefix with `prompt`, as the prefix cache would round it). For a scoring request
+    /// (`scoring`, its `prompt_logprobs`), only sequences scoring at least as many
+    /// alternatives, and a page only with the token after it in common (its last score).
+    fn prefix_in_flight(&self, prompt: &[u32], scoring: Option<usize>) -> usize {
         self.seqs
             .iter()
             .filter(|s| s.prefilling())
+            .filter(|s| match (scoring, &s.prompt_scores) {
+                (None, _) => true,
+                (Some(k), Some((top, _))) => *top >= k,
+                (Some(_), None) => false,
+            })
             .map(|s| {
                 let common = s
                     .prompt
@@ -311,6 +320,7 @@ impl Scheduler {
                     .zip(prompt)
                     .take_while(|(a, b)| a == b)
                     .count();
+                let common = common - usize::from(scoring.is_some() && common > 0);
                 self.prefix.reusable(common, prompt.len())
             })
             .max()
@@ -454,7 +464,8 @@ impl Scheduler {
                 // Pages of whole chunks are offered for reuse (all of them without batch
                 // invariance, where chunking does not matter).
                 if !self.config.batch_invariant || w.tokens.len() == self.config.prefill_chunk {
-                    self.prefix.insert(&s.prompt, &s.cache, s.prefilled);
+                    let scores = s.prompt_scores.as_ref().map(|(k, v)| (*k, v.as_slice()));
+                    self.prefix.insert(&s.prompt, &s.cache, s.prefilled, scores);
                 }
             } else {
                 s.pending = None;
