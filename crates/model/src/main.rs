@@ -285,6 +285,13 @@ enum Command {
         /// Wrap the prompt in the chat template as a user message (R1: ends with `<think>\n`).
         #[arg(long)]
         chat: bool,
+        /// With --chat: a system message before the prompt.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// With --chat: a Jinja chat template file to use instead of the tokenizer's (as
+        /// `serve --chat-template`).
+        #[arg(long, requires = "chat")]
+        chat_template: Option<PathBuf>,
         /// Token budget.
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
@@ -390,6 +397,8 @@ fn run(cli: Cli) -> Result<()> {
             tokenizer,
             prompt,
             chat,
+            system,
+            chat_template,
             max_tokens,
             temperature,
             top_p,
@@ -412,6 +421,10 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 seed,
             };
+            let chat = chat.then_some(Chat {
+                system: system.as_deref(),
+                template: chat_template.as_deref(),
+            });
             run_generate(
                 &model,
                 tokenizer.as_deref(),
@@ -466,34 +479,69 @@ fn logits(args: &ModelArgs, tokens: &[u32], out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `generate --chat`: the prompt as a user message, after an optional system message, in the
+/// tokenizer's chat template or another one.
+struct Chat<'a> {
+    system: Option<&'a str>,
+    template: Option<&'a Path>,
+}
+
+/// The checkpoint's tokenizer (`dir`, else the one beside it or inside its GGUF file), with the
+/// chat template of the file `template` in place of its own.
+fn load_tokenizer(
+    model: &Path,
+    dir: Option<&Path>,
+    template: Option<&Path>,
+) -> Result<Option<Tokenizer>> {
+    let tokenizer = Tokenizer::for_model(model, dir)?;
+    let Some(path) = template else {
+        return Ok(tokenizer);
+    };
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --chat-template {}", path.display()))?;
+    let t = tokenizer.context("--chat-template needs a tokenizer")?;
+    let t = t
+        .with_chat_template(&source)
+        .with_context(|| format!("--chat-template {}", path.display()))?;
+    Ok(Some(t))
+}
+
 fn run_generate(
     args: &ModelArgs,
     tokenizer_dir: Option<&Path>,
     prompt: &str,
-    chat: bool,
+    chat: Option<Chat>,
     mut opts: GenerateOptions,
 ) -> Result<()> {
     // Before the (possibly long) load: generate would refuse them after it.
     // The CLI sets no logit bias, so no token id needs the vocabulary's size yet.
     opts.check(0)?;
-    let tokenizer = Tokenizer::for_model(&args.model, tokenizer_dir)?.with_context(|| {
+    let template = chat.as_ref().and_then(|c| c.template);
+    let tokenizer = load_tokenizer(&args.model, tokenizer_dir, template)?.with_context(|| {
         format!(
             "no tokenizer for {}: no tokenizer.json beside it (nor one inside a GGUF file); \
              pass --tokenizer DIR",
             args.model.display()
         )
     })?;
-    let model = args.load()?;
-    let ids = if chat {
-        let opts = ChatOptions {
-            add_generation_prompt: true,
-            think_prefill: true,
-            ..ChatOptions::default()
-        };
-        tokenizer.encode_chat(&[Message::new("user", prompt)], opts)?
-    } else {
-        tokenizer.encode(prompt)?
+    // Rendered before the load too, so that a template error costs no wait.
+    let ids = match &chat {
+        Some(chat) => {
+            let opts = ChatOptions {
+                add_generation_prompt: true,
+                think_prefill: true,
+                ..ChatOptions::default()
+            };
+            let system = chat.system.map(|s| Message::new("system", s));
+            let messages: Vec<Message> = system
+                .into_iter()
+                .chain([Message::new("user", prompt)])
+                .collect();
+            tokenizer.encode_chat(&messages, opts)?
+        }
+        None => tokenizer.encode(prompt)?,
     };
+    let model = args.load()?;
     opts.stop_tokens.extend(
         model
             .config()
@@ -538,16 +586,11 @@ fn serve(args: &ServeArgs) -> Result<()> {
     use model::server::{self, SamplingDefaults, ServerConfig};
     use model::{Engine, EngineConfig};
 
-    let mut tokenizer = Tokenizer::for_model(&args.model.model, args.tokenizer.as_deref())?;
-    if let Some(path) = &args.chat_template {
-        let source = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --chat-template {}", path.display()))?;
-        let t = tokenizer.context("--chat-template needs a tokenizer")?;
-        tokenizer = Some(
-            t.with_chat_template(&source)
-                .with_context(|| format!("--chat-template {}", path.display()))?,
-        );
-    }
+    let tokenizer = load_tokenizer(
+        &args.model.model,
+        args.tokenizer.as_deref(),
+        args.chat_template.as_deref(),
+    )?;
     if tokenizer.is_none() {
         tracing::warn!(
             "no tokenizer for {} (no tokenizer.json beside it, none inside a GGUF file): \

@@ -217,3 +217,59 @@ fn sparse_option_applies_and_refuses_bad_input() {
         assert!(err.contains(want), "{sparse}: {err}");
     }
 }
+
+/// `generate --chat` with `--system` and `--chat-template`: the file's template renders the
+/// messages (the prompt's token count follows what it renders); an unreadable or invalid
+/// template fails in one line naming it, and both flags need `--chat`.
+#[test]
+fn generate_takes_a_system_message_and_a_chat_template() {
+    let case = Case::load("v3_noaux");
+    let template = tmp("template.jinja");
+    std::fs::write(
+        &template,
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = model_bin()
+            .args(["generate", "--model"])
+            .arg(&case.dir)
+            .arg("--tokenizer")
+            .arg(fixtures::fixtures_dir().join("tiny_tokenizer"))
+            .args(["--prompt", "two plus two", "--max-tokens", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let prompt_tokens = |err: &str| -> usize {
+        let at = err.find("prompt ").expect(err) + "prompt ".len();
+        err[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    let path = template.to_str().unwrap();
+    let (ok, plain) = run(&["--chat", "--chat-template", path]);
+    assert!(ok, "{plain}");
+    let system = "you are a careful calculator, answer in digits";
+    let (ok, with_system) = run(&["--chat", "--chat-template", path, "--system", system]);
+    assert!(ok, "{with_system}");
+    assert!(prompt_tokens(&with_system) > prompt_tokens(&plain) + 5);
+
+    std::fs::write(&template, "{% for m in messages %}").unwrap();
+    for args in [
+        vec!["--chat", "--chat-template", path],
+        vec!["--chat", "--chat-template", "/nonexistent/t.jinja"],
+    ] {
+        let (ok, err) = run(&args);
+        assert!(!ok && err.trim().lines().count() == 1, "{err}");
+        assert!(
+            err.contains("--chat-template") && err.contains(args[2]),
+            "{err}"
+        );
+    }
+    let (ok, err) = run(&["--system", "s"]);
+    assert!(!ok && err.contains("--chat"), "{err}");
+    let _ = std::fs::remove_file(template);
+}
