@@ -294,6 +294,43 @@ impl Matrix {
         }
     }
 
+    /// Rows `ids` as f32 `[ids.len(), K]` on the matrix's device: the reads of a lookup table
+    /// kept in its stored format, such as a token embedding (dense: the rows widened;
+    /// quantised: the rows dequantised, [`QuantMatrix::dequantize_rows_at`]). FP8 and GGML
+    /// tables are refused: [`Matrix::lookup_table`] makes them dense.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(w) | Matrix::Bf16Activations(w) => {
+                let ids = Tensor::new(ids, w.device())?;
+                w.index_select(&ids, 0)?.to_dtype(DType::F32)
+            }
+            Matrix::Quant(w) => {
+                let [n, k] = [w.dims()[0], w.dims()[1]];
+                if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
+                    candle_core::bail!("row {bad} of a {n}-row matrix");
+                }
+                let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+                let values = w.dequantize_rows_at(&rows);
+                Tensor::from_vec(values, (ids.len(), k), &Device::Cpu)
+            }
+            Matrix::Fp8(_) | Matrix::Ggml(_) => candle_core::bail!(
+                "rows of a {} matrix: make it a lookup table first",
+                self.format()
+            ),
+        }
+    }
+
+    /// The matrix as a lookup table that [`Matrix::rows`] reads without a copy: dense and
+    /// quantised matrices as they are (panels re-laid in rows), FP8 and GGML blocks
+    /// dequantised to f32.
+    pub fn lookup_table(self) -> Result<Matrix> {
+        Ok(match self {
+            Matrix::Quant(w) if w.in_panels() => Matrix::Quant(Arc::new(w.to_row_layout())),
+            Matrix::Fp8(_) | Matrix::Ggml(_) => Matrix::Dense(self.dequantize()?),
+            m => m,
+        })
+    }
+
     /// The matrix in `format`, from its exact values (FP8 is dequantised in f32 first). A
     /// matrix already in `format` is returned as is.
     pub fn quantize(&self, format: QuantFormat) -> Result<Matrix> {
@@ -355,6 +392,53 @@ mod tests {
             assert!(err < tol, "{}: {err}", m.format());
         }
         assert!(exact.bytes() > exact.quantize(QuantFormat::Q8).unwrap().bytes());
+    }
+
+    /// A lookup table's rows are those of its dequantised values, in every format.
+    #[test]
+    fn rows_of_a_lookup_table_are_its_dequantised_rows() {
+        let dev = Device::Cpu;
+        let w: Vec<f32> = (0..40 * 256).map(|i| (i as f32 * 0.377).sin()).collect();
+        let w = Tensor::from_vec(w, (40, 256), &dev).unwrap();
+        let fp8 = Fp8Matrix::new(
+            (&w * 200.0).unwrap().to_dtype(DType::F8E4M3).unwrap(),
+            &Tensor::new(&[[0.005f32, 0.004]], &dev).unwrap(),
+            (128, 128),
+        )
+        .unwrap();
+        let exact = Matrix::from(w.clone());
+        let ids = [39u32, 0, 7, 7, 31];
+        let mut tables = vec![
+            exact.clone(),
+            Matrix::from(w.to_dtype(DType::BF16).unwrap()),
+            Matrix::from(fp8),
+        ];
+        for format in [
+            QuantFormat::Q8,
+            QuantFormat::Q4,
+            QuantFormat::Q4K,
+            QuantFormat::Q6K,
+            QuantFormat::Q5,
+            QuantFormat::Q3K,
+        ] {
+            tables.push(exact.quantize(format).unwrap());
+        }
+        for table in tables {
+            let all = table.dequantize().unwrap();
+            let want = all
+                .index_select(&Tensor::new(&ids, &dev).unwrap(), 0)
+                .unwrap();
+            let lookup = table.clone().lookup_table().unwrap();
+            let got = lookup.rows(&ids).unwrap();
+            assert_eq!(got.dims(), &[ids.len(), 256]);
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+                "{}",
+                table.format()
+            );
+            assert!(lookup.rows(&[40]).is_err(), "{}", table.format());
+        }
     }
 
     #[test]

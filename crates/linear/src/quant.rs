@@ -1151,61 +1151,83 @@ impl QuantMatrix {
 
     /// The dequantised row-major `[N, K]` values (the oracle of the kernels).
     pub fn dequantize_rows(&self) -> Vec<f32> {
-        if let Cow::Owned(rows) = self.row_major() {
-            return rows.dequantize_rows();
-        }
+        self.dequantize_rows_at(&(0..self.dims[0]).collect::<Vec<_>>())
+    }
+
+    /// Rows `rows` dequantised, row-major `[rows.len(), K]`: the reads of a lookup table kept
+    /// in its stored format (a token embedding), with the values [`QuantMatrix::dequantize_rows`]
+    /// gives. A matrix in panels is read through a row-layout copy made per call, so a table
+    /// is kept in the row layout ([`QuantMatrix::to_row_layout`]).
+    ///
+    /// # Panics
+    /// If a row is out of range (`N` rows).
+    pub fn dequantize_rows_at(&self, rows: &[usize]) -> Vec<f32> {
+        let table = self.row_major();
         let [n, k] = self.dims;
-        let groups = k.div_ceil(QUANT_GROUP);
-        let mut out = vec![0f32; n * k];
-        for (r, row) in out.chunks_exact_mut(k.max(1)).enumerate().take(n) {
-            let p = match (&self.values, &self.params) {
-                (
-                    Values::U6(v) | Values::U3(v) | Values::U2(v),
-                    GroupParams::Sixteenths { sc, d, dmin },
-                ) => {
-                    // (q − zero) · (d · sc) (− dmin · mn), as GGML dequantises.
-                    let bits = self.values.sixteenths_bits();
-                    let p = SixBit { sc, d, dmin }.row(r, groups);
-                    let chunk = act8::chunk_bytes(bits);
-                    let bytes = k / U6_CHUNK * chunk;
-                    let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
-                    for (ch, (w, vals)) in chunks.zip(row.chunks_exact_mut(U6_CHUNK)).enumerate() {
-                        for (i, v) in vals.iter_mut().enumerate() {
-                            let s = p.scale((ch * U6_CHUNK + i) / 16);
-                            let q = act8::sixteenths_value(bits, w, i) as i32;
-                            let s16 = (ch * U6_CHUNK + i) / 16;
-                            *v = (q - act8::zero_point(bits)) as f32 * s + p.offset(s16);
-                        }
-                    }
-                    continue;
-                }
-                (Values::I8(v), params) => {
-                    i8::widen_row(&v[r * k..(r + 1) * k], row);
-                    params.view()
-                }
-                (Values::U4(v), params) => {
-                    U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row);
-                    params.view()
-                }
-                (Values::U5(v), params) => {
-                    let bytes = u5_row_bytes(k);
-                    for (v, q) in row.iter_mut().zip(u5_values(&v[r * bytes..][..bytes], k)) {
-                        *v = q as f32;
-                    }
-                    params.view()
-                }
-                (Values::U6(_) | Values::U3(_) | Values::U2(_), _) => None,
-                (Values::Panels { .. }, _) => unreachable!("read through the row layout"),
-            };
-            let p = p.expect("group parameters").row(r, groups);
-            for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
-                let (s, m) = (p.scale(g), p.offset(g));
-                for v in vals {
-                    *v = *v * s + m;
-                }
-            }
+        assert!(rows.iter().all(|&r| r < n), "rows of a {n}-row matrix");
+        let mut out = vec![0f32; rows.len() * k];
+        for (&r, row) in rows.iter().zip(out.chunks_exact_mut(k.max(1))) {
+            table.dequantize_row(r, row);
         }
         out
+    }
+
+    /// The matrix in the row layout (a copy of a panel-layout one): what
+    /// [`QuantMatrix::dequantize_rows_at`] reads without a copy.
+    pub fn to_row_layout(&self) -> QuantMatrix {
+        self.row_major().into_owned()
+    }
+
+    /// Row `r` dequantised into `row` (`K` values); `self` in the row layout.
+    fn dequantize_row(&self, r: usize, row: &mut [f32]) {
+        let k = self.dims[1];
+        let groups = k.div_ceil(QUANT_GROUP);
+        let p = match (&self.values, &self.params) {
+            (
+                Values::U6(v) | Values::U3(v) | Values::U2(v),
+                GroupParams::Sixteenths { sc, d, dmin },
+            ) => {
+                // (q − zero) · (d · sc) (− dmin · mn), as GGML dequantises.
+                let bits = self.values.sixteenths_bits();
+                let p = SixBit { sc, d, dmin }.row(r, groups);
+                let chunk = act8::chunk_bytes(bits);
+                let bytes = k / U6_CHUNK * chunk;
+                let chunks = v[r * bytes..(r + 1) * bytes].chunks_exact(chunk);
+                for (ch, (w, vals)) in chunks.zip(row.chunks_exact_mut(U6_CHUNK)).enumerate() {
+                    for (i, v) in vals.iter_mut().enumerate() {
+                        let s = p.scale((ch * U6_CHUNK + i) / 16);
+                        let q = act8::sixteenths_value(bits, w, i) as i32;
+                        let s16 = (ch * U6_CHUNK + i) / 16;
+                        *v = (q - act8::zero_point(bits)) as f32 * s + p.offset(s16);
+                    }
+                }
+                return;
+            }
+            (Values::I8(v), params) => {
+                i8::widen_row(&v[r * k..(r + 1) * k], row);
+                params.view()
+            }
+            (Values::U4(v), params) => {
+                U4x2::widen_row(&v[r * k / 2..(r + 1) * k / 2], row);
+                params.view()
+            }
+            (Values::U5(v), params) => {
+                let bytes = u5_row_bytes(k);
+                for (v, q) in row.iter_mut().zip(u5_values(&v[r * bytes..][..bytes], k)) {
+                    *v = q as f32;
+                }
+                params.view()
+            }
+            (Values::U6(_) | Values::U3(_) | Values::U2(_), _) => None,
+            (Values::Panels { .. }, _) => unreachable!("read through the row layout"),
+        };
+        let p = p.expect("group parameters").row(r, groups);
+        for (g, vals) in row.chunks_mut(QUANT_GROUP).enumerate() {
+            let (s, m) = (p.scale(g), p.offset(g));
+            for v in vals {
+                *v = *v * s + m;
+            }
+        }
     }
 
     /// [`QuantMatrix::dequantize_rows`] as an f32 tensor on the CPU.
