@@ -394,11 +394,13 @@ mod tests {
         assert!(exact.bytes() > exact.quantize(QuantFormat::Q8).unwrap().bytes());
     }
 
-    /// A lookup table's rows are those of its dequantised values, in every format.
-    #[test]
-    fn rows_of_a_lookup_table_are_its_dequantised_rows() {
+    /// A `[40, 256]` matrix of `sin(0.377 i + phase)` and an FP8 matrix of about its values
+    /// (two 128-column blocks).
+    fn forty_rows_and_their_fp8(phase: f32) -> (Tensor, Fp8Matrix) {
         let dev = Device::Cpu;
-        let w: Vec<f32> = (0..40 * 256).map(|i| (i as f32 * 0.377).sin()).collect();
+        let w: Vec<f32> = (0..40 * 256)
+            .map(|i| (i as f32 * 0.377 + phase).sin())
+            .collect();
         let w = Tensor::from_vec(w, (40, 256), &dev).unwrap();
         let fp8 = Fp8Matrix::new(
             (&w * 200.0).unwrap().to_dtype(DType::F8E4M3).unwrap(),
@@ -406,6 +408,14 @@ mod tests {
             (128, 128),
         )
         .unwrap();
+        (w, fp8)
+    }
+
+    /// A lookup table's rows are those of its dequantised values, in every format.
+    #[test]
+    fn rows_of_a_lookup_table_are_its_dequantised_rows() {
+        let dev = Device::Cpu;
+        let (w, fp8) = forty_rows_and_their_fp8(0.0);
         let exact = Matrix::from(w.clone());
         let ids = [39u32, 0, 7, 7, 31];
         let mut tables = vec![
@@ -447,13 +457,7 @@ mod tests {
         let val = |n: usize, s: f32| -> Vec<f32> {
             (0..n).map(|i| (i as f32 * 0.377 + s).sin()).collect()
         };
-        let w = Tensor::from_vec(val(40 * 256, 0.1), (40, 256), &dev).unwrap();
-        let fp8 = Fp8Matrix::new(
-            (&w * 200.0).unwrap().to_dtype(DType::F8E4M3).unwrap(),
-            &Tensor::new(&[[0.005f32, 0.004]], &dev).unwrap(),
-            (128, 128),
-        )
-        .unwrap();
+        let (w, fp8) = forty_rows_and_their_fp8(0.1);
         let exact = Matrix::from(w.clone());
         // More rows than any format's invariant pass, so several passes run.
         let m = 150;
