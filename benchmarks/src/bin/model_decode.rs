@@ -85,6 +85,11 @@ struct Args {
     /// the CLI's `model::host_memory::retain_freed_memory`: for comparing the two.
     #[arg(long)]
     system_malloc: bool,
+    /// Leave the heap as malloc grows it instead of reserving the checkpoint's size in huge
+    /// pages before the load (the CLI's `model::host_memory::reserve_huge_page_heap`): for
+    /// comparing the two.
+    #[arg(long)]
+    no_huge_page_heap: bool,
 }
 
 fn parse_path(s: &str) -> std::result::Result<AttentionPath, String> {
@@ -195,6 +200,15 @@ fn matvec_formats(n: usize, k: usize) -> Result<Vec<(&'static str, usize, f64)>>
 fn main() -> Result<()> {
     let args = Args::parse();
     let retained = !args.system_malloc && model::host_memory::retain_freed_memory();
+    // Before the bandwidth probe, as the CLI reserves before anything else: the probe's buffer
+    // is freed into the heap, and the load reuses it.
+    let reserved = if args.no_huge_page_heap {
+        0
+    } else {
+        model::host_memory::reserve_huge_page_heap(model::host_memory::checkpoint_bytes(
+            &args.model,
+        ))
+    };
     let dtype = args.dtype;
     let threads = candle_core::utils::get_num_threads();
     let bw = read_bandwidth();
@@ -295,7 +309,7 @@ fn main() -> Result<()> {
          \"decode_secs\":{:.4},\"prefill_tok_s\":{prefill:.3},\"decode_tok_s\":{decode:.4},\
          \"decode_bytes\":{bytes},\"decode_bytes_bf16\":{bytes_bf16},\"roofline_tok_s\":{roof:.3},\
          \"roofline_bf16_tok_s\":{roof_bf16:.3},\"matrices\":\"{}\",\"long_path\":\"{:?}\",\"short_path\":\"{:?}\",\
-         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"head\":\"{}\",\"retain_freed_memory\":{retained},\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
+         \"prefill_chunk\":{},\"bf16_activations\":{},\"mmap\":{},\"head\":\"{}\",\"retain_freed_memory\":{retained},\"huge_page_heap_bytes\":{reserved},\"peak_rss_bytes\":{},\"rss_anon_bytes\":{},\"rss_file_bytes\":{},\
          \"first_tokens\":{:?}}}",
         label,
         bw / 1e9,

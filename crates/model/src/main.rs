@@ -87,7 +87,9 @@ struct ModelArgs {
     #[arg(long)]
     device_dispatch: bool,
     /// Keep weight matrices in ordinary 4 KiB pages (default: transparent huge pages, which
-    /// spare decode a TLB miss per 4 KiB of weights; values are the same either way).
+    /// spare decode a TLB miss per 4 KiB of weights, with the heap the load copies into
+    /// advised before it is touched, so the copies are faulted in as huge pages; values are
+    /// the same either way).
     #[arg(long)]
     no_huge_pages: bool,
     /// Copy FP8 weights out of the checkpoint's memory map into the process (default: use them
@@ -143,6 +145,11 @@ impl ModelArgs {
             bail!("--prefill-chunk must be at least 1");
         }
         let huge_pages = !self.no_huge_pages;
+        if huge_pages && !self.cuda {
+            // What the load copies lands in 2 MiB pages from the first touch (see the module).
+            let bytes = model::host_memory::checkpoint_bytes(&self.model);
+            model::host_memory::reserve_huge_page_heap(bytes);
+        }
         let dtype = self
             .dtype
             .unwrap_or(if self.cuda { DType::BF16 } else { DType::F32 });
