@@ -78,6 +78,19 @@ pub(crate) fn advise_spans(mut spans: Vec<Range<usize>>) -> usize {
         .sum()
 }
 
+/// Advises `MADV_HUGEPAGE` on the 2 MiB-aligned interiors of `spans` (address ranges; sorted
+/// and neighbours joined as [`advise_matrices_huge_pages`] joins allocations) and nothing else:
+/// for memory nothing has touched yet, whose pages are then faulted in as 2 MiB pages from the
+/// first write. Nothing is collapsed or made resident, and no value changes; a range the
+/// process does not map is refused by the kernel. Returns the bytes the kernel accepted.
+pub fn advise_huge_pages_ahead(mut spans: Vec<Range<usize>>) -> usize {
+    spans.sort_by_key(|s| s.start);
+    joined(spans)
+        .into_iter()
+        .map(|span| advise_with(span, false))
+        .sum()
+}
+
 /// `span` cut at 2 MiB boundaries into pieces of [`PIECE`] at most, advised in parallel:
 /// `MADV_COLLAPSE` copies each 2 MiB page it rebuilds, about 1 GB/s per core.
 fn pieces(span: Range<usize>) -> Vec<Range<usize>> {
@@ -135,23 +148,31 @@ pub(crate) fn tensor_span(w: &Tensor) -> Option<Range<usize>> {
     Some(all.start + start * size..all.start + end * size)
 }
 
-/// Advises the 2 MiB-aligned interior of `span`; the bytes advised, 0 where there is no whole
-/// page inside or the kernel refused.
-#[cfg(target_os = "linux")]
+/// Advises the 2 MiB-aligned interior of `span` and collapses it into huge pages; the bytes
+/// advised, 0 where there is no whole page inside or the kernel refused.
 fn advise(span: Range<usize>) -> usize {
+    advise_with(span, true)
+}
+
+/// `MADV_HUGEPAGE` on the 2 MiB-aligned interior of `span`, then with `collapse`
+/// `MADV_COLLAPSE`; the bytes advised, 0 where there is no whole page inside or the kernel
+/// refused.
+#[cfg(target_os = "linux")]
+fn advise_with(span: Range<usize>, collapse: bool) -> usize {
     let start = span.start.next_multiple_of(HUGE_PAGE);
     let end = span.end / HUGE_PAGE * HUGE_PAGE;
     if end <= start {
         return 0;
     }
     let (ptr, len) = (start as *mut libc::c_void, end - start);
-    // SAFETY: [start, end) lies inside memory the process holds alive (the storage of tensors
-    // and matrices the caller borrows, borrowed bytes, and between neighbouring allocations,
-    // the process's own heap); these advices change how the kernel backs the pages, never
-    // their contents.
+    // SAFETY: these advices change how the kernel backs the pages of [start, end), never
+    // their contents (a range the process does not map is refused). The callers pass memory
+    // the process holds alive: the storage of tensors and matrices they borrow, borrowed
+    // bytes, between neighbouring allocations the process's own heap, and for the advice
+    // ahead, heap memory the caller holds.
     let applied = unsafe {
         libc::madvise(ptr, len, libc::MADV_HUGEPAGE) == 0
-            && libc::madvise(ptr, len, MADV_COLLAPSE) == 0
+            && (!collapse || libc::madvise(ptr, len, MADV_COLLAPSE) == 0)
     };
     if applied {
         len
@@ -161,7 +182,7 @@ fn advise(span: Range<usize>) -> usize {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise(_span: Range<usize>) -> usize {
+fn advise_with(_span: Range<usize>, _collapse: bool) -> usize {
     0
 }
 
@@ -183,6 +204,30 @@ mod tests {
         assert!(!advise_huge_pages(
             &Tensor::ones((4, 4), DType::F32, &dev).unwrap()
         ));
+    }
+
+    /// Advice ahead on untouched memory: the aligned interior is accepted (on Linux with THP), small
+    /// spans are skipped, and what is written afterwards reads back.
+    #[test]
+    fn advice_ahead_covers_the_aligned_interior_and_keeps_values() {
+        let len = 8 * HUGE_PAGE;
+        let mut v: Vec<u32> = Vec::with_capacity(len / 4);
+        let span = slice_span(v.spare_capacity_mut());
+        let advised = advise_huge_pages_ahead(vec![span.clone()]);
+        // (A kernel built without transparent huge pages refuses the advice.)
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
+        if cfg!(target_os = "linux") && thp {
+            let interior =
+                span.end / HUGE_PAGE * HUGE_PAGE - span.start.next_multiple_of(HUGE_PAGE);
+            assert_eq!(advised, interior);
+        }
+        let small = span.start..span.start + 4096;
+        assert_eq!(advise_huge_pages_ahead(vec![small]), 0);
+        v.extend((0..len as u32 / 4).map(|i| i.wrapping_mul(2654435761)));
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == (i as u32).wrapping_mul(2654435761)));
     }
 
     #[test]

@@ -117,7 +117,9 @@ mod spec;
 pub use candle_core::quantized::GgmlDType;
 pub use fp8::{linear_fp8, linear_fp8_with, Fp8Matrix, FP8_BLOCK};
 pub use ggml::{ggml_type_from_id, ggml_type_id, ggml_type_name, GgmlMatrix};
-pub use huge_pages::{advise_huge_pages, advise_huge_pages_bytes, advise_matrices_huge_pages};
+pub use huge_pages::{
+    advise_huge_pages, advise_huge_pages_ahead, advise_huge_pages_bytes, advise_matrices_huge_pages,
+};
 pub use isa::Isa;
 pub use matrix::{MapMatrix, Matrix, MatrixLoader, ThroughVarBuilder, GGML_TYPE_SUFFIX};
 pub use quant::{

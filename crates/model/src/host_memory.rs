@@ -58,9 +58,6 @@ static RETAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const RESERVE_PIECE: usize = 256 << 20;
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const HUGE_PAGE: usize = 2 << 20;
-
 /// Grows the heap by about `bytes`, advises that memory `MADV_HUGEPAGE` while nothing has
 /// touched it, and frees it for `malloc` to hand out: what the process allocates next there
 /// (weights re-laid at load, then activations) is faulted in as 2 MiB pages from the start,
@@ -90,36 +87,14 @@ pub fn reserve_huge_page_heap(bytes: usize) -> usize {
             left -= size;
         }
         // The pieces lie one after another in the heap (only malloc's chunk headers between
-        // them): one range, so the 2 MiB pages across their boundaries count too.
-        let start = pieces.iter().map(|&(p, _)| p as usize).min().unwrap_or(0);
-        let end = pieces
-            .iter()
-            .map(|&(p, size)| p as usize + size)
-            .max()
-            .unwrap_or(0);
-        let contiguous = end - start <= bytes + pieces.len() * 4096;
-        let ranges: Vec<(usize, usize)> = if contiguous {
-            vec![(start, end)]
-        } else {
+        // them), so joined they are one range, and the 2 MiB pages across their boundaries
+        // count too.
+        let advised = linear::advise_huge_pages_ahead(
             pieces
                 .iter()
-                .map(|&(p, size)| (p as usize, p as usize + size))
-                .collect()
-        };
-        let mut advised = 0;
-        for (start, end) in ranges {
-            let (start, end) = (
-                start.next_multiple_of(HUGE_PAGE),
-                end / HUGE_PAGE * HUGE_PAGE,
-            );
-            // SAFETY: [start, end) lies inside the pieces, which this process holds until the
-            // frees below; the advice changes how the kernel backs pages, not their contents.
-            if end > start
-                && unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_HUGEPAGE) } == 0
-            {
-                advised += end - start;
-            }
-        }
+                .map(|&(p, size)| p as usize..p as usize + size)
+                .collect(),
+        );
         for (p, _) in pieces {
             // SAFETY: allocated above by malloc, freed once.
             unsafe { libc::free(p) };
