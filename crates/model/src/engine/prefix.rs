@@ -203,19 +203,24 @@ impl PrefixCache {
             .enumerate()
         {
             let end = (i + 1) * self.page;
-            let page_scores = scores.and_then(|(top, all)| {
-                Some(Scores {
-                    top,
-                    next: *prompt.get(end)?,
-                    logprobs: all.get(end - self.page..end)?.to_vec(),
+            // The page's scores, when every position has one (copied only where kept).
+            let page_scores = || {
+                scores.and_then(|(top, all)| {
+                    Some(Scores {
+                        top,
+                        next: *prompt.get(end)?,
+                        logprobs: all.get(end - self.page..end)?.to_vec(),
+                    })
                 })
-            });
+            };
             if let Some(e) = self.entries.get_mut(&key) {
                 e.last_used = self.clock;
-                if let Some(s) = page_scores {
-                    // Keep what serves the most lookups: scores over none, more alternatives
-                    // over fewer.
-                    if e.scores.as_ref().is_none_or(|old| old.top < s.top) {
+                // Keep what serves the most lookups: scores over none, more alternatives over
+                // fewer.
+                let better = scores
+                    .is_some_and(|(top, _)| e.scores.as_ref().is_none_or(|old| old.top < top));
+                if better {
+                    if let Some(s) = page_scores() {
                         e.scores = Some(s);
                     }
                 }
@@ -232,7 +237,7 @@ impl PrefixCache {
                         tokens: prompt[i * self.page..end].to_vec(),
                         parent,
                         layers,
-                        scores: page_scores,
+                        scores: page_scores(),
                         last_used: self.clock,
                     },
                 );
