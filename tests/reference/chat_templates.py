@@ -12,10 +12,15 @@ HF's extra `apply_chat_template` arguments, vLLM's `chat_template_kwargs`), or a
 tag lands; for those the error text is transformers' own, so only its presence is compared). With the real DeepSeek-V3 tokenizer fetched
 (scripts/fetch-tokenizer.sh), its template is a case too, as is the repository's function-calling template
 (crates/model/templates/deepseek-v3-tools.jinja), with a conversation holding tool calls and
-their outputs and, for the latter, `tools`.
+their outputs and, for the latter, `tools`. Given a llama.cpp source tree (`--llama-cpp DIR`,
+the one ../shared/notes/anchors.md builds), DeepSeek-V3.1's hybrid template as llama.cpp keeps
+it (models/templates/deepseek-ai-DeepSeek-V3.1.jinja) is a case too: thinking on and off,
+tool calls in the history, a continued message.
 
-Run with transformers==5.23.0 installed: python tests/reference/chat_templates.py
+Run with transformers==5.23.0 installed:
+python tests/reference/chat_templates.py [--llama-cpp DIR]
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -77,7 +82,12 @@ CONTINUED = [
 
 # Extra template variables, as DeepSeek-V3.1's hybrid template reads `thinking`; a kwarg may
 # also replace a special token.
-KWARGS = [{"thinking": True}, {"thinking": False, "greeting": "hi"}, {"eos_token": "<END>"}]
+KWARGS = {
+    "thinking_kwarg": [{"thinking": True}, {"thinking": False, "greeting": "hi"},
+                       {"eos_token": "<END>"}],
+    # V3.1's own switch, and the name llama.cpp's copy of it also reads.
+    "deepseek_v31": [{"thinking": True}, {"thinking": False}, {"enable_thinking": True}],
+}
 
 TEMPLATES = {
     # Block tags on their own indented lines: trim_blocks drops the newline after a tag,
@@ -175,6 +185,10 @@ def render(template, messages, add_generation_prompt, tools=None, kwargs=None,
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--llama-cpp", type=Path,
+                        help="a llama.cpp source tree, for DeepSeek-V3.1's template")
+    args = parser.parse_args()
     templates = dict(TEMPLATES)
     v3 = ROOT / "target" / "deepseek-v3-tokenizer" / "tokenizer_config.json"
     if v3.is_file():
@@ -182,13 +196,18 @@ def main():
     else:
         print(f"no {v3}: the DeepSeek-V3 template is left out (run scripts/fetch-tokenizer.sh)")
     templates["deepseek_v3_tools"] = TOOLS_TEMPLATE.read_text()
+    if args.llama_cpp:
+        templates["deepseek_v31"] = (
+            args.llama_cpp / "models" / "templates" / "deepseek-ai-DeepSeek-V3.1.jinja").read_text()
+    else:
+        print("no --llama-cpp: the DeepSeek-V3.1 template is left out")
     cases = []
     for name, template in templates.items():
         for add in (True, False):
             messages = CONVERSATION if name != "raise_exception" else CONVERSATION[1:]
             cases.append({"name": f"{name}/{add}", "template": template, "messages": messages,
                           "add_generation_prompt": add, **render(template, messages, add)})
-        if name in ("deepseek_v3", "deepseek_v3_tools"):
+        if name in ("deepseek_v3", "deepseek_v3_tools", "deepseek_v31"):
             # Calls and their outputs in the history (V3's own template shows no tools).
             tools = TOOLS if name == "deepseek_v3_tools" else None
             for add in (True, False):
@@ -196,14 +215,23 @@ def main():
                               "messages": TOOL_CONVERSATION, "tools": tools,
                               "add_generation_prompt": add,
                               **render(template, TOOL_CONVERSATION, add, tools)})
-        if name == "thinking_kwarg":
-            for kwargs in KWARGS:
+            if name == "deepseek_v31":
+                # The history's last turn a user's after the tool outputs: the prompt opens
+                # the think block with thinking on.
+                messages = TOOL_CONVERSATION[:-2] + [{"role": "user", "content": "Thanks."}]
+                kwargs = {"thinking": True}
+                cases.append({"name": f"{name}/tool_history/thinking", "template": template,
+                              "messages": messages, "add_generation_prompt": True,
+                              "kwargs": kwargs,
+                              **render(template, messages, True, kwargs=kwargs)})
+        if name in KWARGS:
+            for kwargs in KWARGS[name]:
                 for add in (True, False):
                     cases.append({"name": f"{name}/{json.dumps(kwargs)}/{add}",
                                   "template": template, "messages": CONVERSATION,
                                   "add_generation_prompt": add, "kwargs": kwargs,
                                   **render(template, CONVERSATION, add, kwargs=kwargs)})
-        if name in ("trim_and_lstrip_blocks", "deepseek_v3", "deepseek_v3_tools",
+        if name in ("trim_and_lstrip_blocks", "deepseek_v3", "deepseek_v3_tools", "deepseek_v31",
                     "thinking_kwarg", "trimmed_messages", "drops_reasoning"):
             for i, messages in enumerate(CONTINUED):
                 cases.append({"name": f"{name}/continue_final_message/{i}", "template": template,
