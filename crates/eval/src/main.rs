@@ -775,6 +775,11 @@ fn local_source(
     use model::generate::Decoding;
     let dir = dir.expect("checked by the caller");
     let decoding = if mtp { Decoding::Mtp } else { Decoding::Plain };
+    // As the model CLI loads: freed activations stay in the heap for the next forward pass,
+    // and what the load copies lands in 2 MiB pages from the first touch
+    // (`model::host_memory`).
+    model::host_memory::retain_freed_memory();
+    model::host_memory::reserve_huge_page_heap(model::host_memory::checkpoint_bytes(dir));
     Ok(Arc::new(
         eval::source::local::LocalModel::load(dir, tokenizer)?.with_decoding(decoding)?,
     ))
