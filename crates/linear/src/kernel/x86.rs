@@ -778,6 +778,9 @@ unsafe fn dot_i8_q8_avx2<const J: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); J];
     for g in 0..full {
+        if g % 2 == 0 {
+            prefetch_ahead(pw.wrapping_add(g * GROUP) as *const u8, 2 * GROUP);
+        }
         let wv = _mm256_loadu_si256(pw.add(g * GROUP) as *const __m256i);
         let magnitude = _mm256_sign_epi8(wv, wv);
         for j in 0..J {
@@ -800,6 +803,26 @@ unsafe fn dot_i8_q8_avx2<const J: usize>(
         }
         total
     })
+}
+
+/// How far ahead of a row kernel's reads [`prefetch_ahead`] asks for weights: about one
+/// DRAM latency of a core's stream (2 KiB at ~10 GB/s is ~200 ns). Without it a decode step's
+/// kernels, which do some ten cycles of arithmetic per 64 bytes, read a matrix at about half
+/// of what one core streams (the hardware prefetchers run too short a distance ahead);
+/// `benchmarks/README.md` has the measurements.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks for the cache lines of `bytes` bytes at `p` plus [`PREFETCH_AHEAD`] (the next weight
+/// row's, past a row's end: a matrix's rows lie one after another). Called once per `bytes` the
+/// kernel reads, so every line of the stream is asked for. A prefetch never faults, so the
+/// address may lie past the matrix (hence the wrapping arithmetic).
+#[inline(always)]
+fn prefetch_ahead<T>(p: *const T, bytes: usize) {
+    let ahead = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint: it neither faults nor changes memory.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line)) };
+    }
 }
 
 /// `Σ_g offsets_g · sums_g` with the bits of `act8::offsets_dot` (its eight lanes are one
@@ -1051,6 +1074,10 @@ unsafe fn dot_u4_q8_avx2<const FIVE: bool, const J: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; J];
     let mut g = 0;
     while g + 3 < full {
+        prefetch_ahead(pw.wrapping_add(g * GROUP / 2), 2 * GROUP);
+        if FIVE && g % 16 == 0 {
+            prefetch_ahead(ph.wrapping_add(g * U5_HIGH_BYTES), 16 * U5_HIGH_BYTES);
+        }
         for (half, g) in [g, g + 2].into_iter().enumerate() {
             let w = unpack(g);
             for (j, acc) in acc.iter_mut().enumerate() {
@@ -1178,6 +1205,13 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
     let evens_odds = _mm_setr_epi8(0, 2, 4, 6, -1, -1, -1, -1, 1, 3, 5, 7, -1, -1, -1, -1);
     let mut total = [_mm256_setzero_ps(); J];
     for sb in 0..groups / SUPER {
+        prefetch_ahead(pw.wrapping_add(sb * SUPER * GROUP / 2), SUPER * GROUP / 2);
+        if FIVE && sb % 2 == 0 {
+            prefetch_ahead(
+                ph.wrapping_add(sb * SUPER * U5_HIGH_BYTES),
+                2 * SUPER * U5_HIGH_BYTES,
+            );
+        }
         let bytes = _mm_loadl_epi64(sc.add(SUPER * sb) as *const __m128i);
         let s16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(bytes, evens_odds));
         let twice = opaque(_mm256_unpacklo_epi16(s16, s16));
@@ -1332,6 +1366,10 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
     // operations, which LLVM made four, two of them lane-crossing.)
     let evens_odds = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for sb in 0..chunks / 4 {
+        prefetch_ahead(
+            w.wrapping_add(4 * sb * chunk_bytes(BITS)),
+            4 * chunk_bytes(BITS),
+        );
         let mut bytes = _mm_loadu_si128(sc.add(16 * sb) as *const __m128i);
         if BITS == 2 {
             // Q2_K's bytes: the scale is the low nibble (the offsets come after the row).
