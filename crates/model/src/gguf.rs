@@ -971,7 +971,10 @@ const ALIGN: usize = 32;
 /// for q4, `Q4_K` for q4k: the values [`crate::MatrixFormat::Quant`] computes at load), the
 /// head in [`crate::precision::default_head`] (`Q8_0`, `Q6_K` under q4k),
 /// the embedding, `kv_b_proj` (as `attn_k_b` / `attn_v_b`) and the routers in their stored
-/// float type (FP8 dequantised to f32), norms in f32. MTP modules are not written. Tensors are
+/// float type (FP8 dequantised to f32), norms in f32; a checkpoint's half-split rotary pairs
+/// (`rope_interleave: false`) are written as the interleaved pairs llama.cpp rotates (the
+/// query and `kv_a_proj_with_mqa` rotary rows reordered: the same model). MTP modules are not
+/// written. Tensors are
 /// quantised and written one at a time (memory: one tensor, not the model). `progress` is
 /// called with (tensors done, total). Returns the bytes written.
 pub fn write_quantized(
@@ -991,13 +994,6 @@ pub fn write_quantized(
     if cfg.arch == Arch::V32 {
         return Err(input(
             "DeepSeek-V3.2's indexer has no GGUF layout here".into(),
-        ));
-    }
-    if cfg.mla.rope_layout != rope_yarn::RopeLayout::Interleaved {
-        return Err(input(
-            "rope_interleave: false (half-split rotary pairs); llama.cpp's deepseek2 rotates \
-             interleaved pairs, so a GGUF of these weights would describe another model"
-                .into(),
         ));
     }
     let factor = cfg.mla.rope.attention_factor();
@@ -1210,7 +1206,7 @@ fn tensor_bytes(
         Ok(q.data()?.into_owned())
     };
     let quantised = |hf: &str, format: QuantFormat| -> Result<Vec<u8>> {
-        let w = checkpoint.load(hf, DType::F32, &Device::Cpu)?;
+        let w = rope_rows_interleaved(checkpoint.load(hf, DType::F32, &Device::Cpu)?, hf, mla)?;
         let q = QuantMatrix::quantize(&w, format)?;
         if t.ty == GgmlDType::F32 {
             return Ok(q
@@ -1251,6 +1247,50 @@ fn tensor_bytes(
             float(x.narrow(1, nope, t.dims[1])?.contiguous()?)
         }
     }
+}
+
+/// The rows of projection `w` (HF tensor `hf`) in the order llama.cpp's `deepseek2` rotates.
+/// Its rotary pairs are interleaved, `(2i, 2i + 1)`; a checkpoint with `rope_interleave: false`
+/// pairs `(i, i + d/2)` (HF's `rotate_half`). Rotating the pairs of `P · q` where `P` moves
+/// row `i` to `2i` and row `i + d/2` to `2i + 1` gives `P · rotate_half(q)` (pair `i` keeps its
+/// frequency), and the scores `q · k` sum the same products in another order, so the query
+/// projection's rotary rows (each head's last `qk_rope_head_dim`) and `kv_a_proj_with_mqa`'s
+/// (after the latent's `kv_lora_rank`) are written so moved. Other tensors, and interleaved
+/// checkpoints, are returned as they are.
+fn rope_rows_interleaved(w: Tensor, hf: &str, mla: &mla::MlaConfig) -> Result<Tensor> {
+    if mla.rope_layout == rope_yarn::RopeLayout::Interleaved {
+        return Ok(w);
+    }
+    let d = mla.qk_rope_head_dim;
+    let (blocks, before) =
+        if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_b_proj.weight") {
+            (mla.num_heads, mla.qk_nope_head_dim)
+        } else if hf.ends_with("self_attn.kv_a_proj_with_mqa.weight") {
+            (1, mla.kv_lora_rank)
+        } else {
+            return Ok(w);
+        };
+    let per_block = before + d;
+    if w.dims().first() != Some(&(blocks * per_block)) {
+        return Err(ModelError::Input(format!(
+            "{hf}: {:?} rows, expected {blocks} x ({before} + {d}) for its rotary rows",
+            w.dims()
+        )));
+    }
+    // `order[new] = old`: the block's leading rows stay, rotary row 2i takes i, 2i + 1 takes
+    // i + d/2.
+    let order: Vec<u32> = (0..blocks * per_block)
+        .map(|new| {
+            let (block, r) = (new / per_block, new % per_block);
+            let old = match r.checked_sub(before) {
+                None => r,
+                Some(j) => before + j / 2 + (j % 2) * (d / 2),
+            };
+            (block * per_block + old) as u32
+        })
+        .collect();
+    let order = Tensor::from_vec(order, blocks * per_block, w.device())?;
+    Ok(w.index_select(&order, 0)?)
 }
 
 /// `deepseek2.*` metadata for `cfg` (the inverse of [`hf_config`]).

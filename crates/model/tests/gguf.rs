@@ -330,12 +330,91 @@ fn quantized_files_reload_the_quantised_model() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("rope_scaling"), "{e}");
-    // So are half-split rotary pairs (llama.cpp's deepseek2 rotates interleaved ones).
-    let checkpoint = Checkpoint::open(&Case::load("v3_rope_half").dir).unwrap();
-    let e = model::gguf::write_quantized(&checkpoint, linear::QuantFormat::Q8, &out, |_, _| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("rope_interleave"), "{e}");
+}
+
+/// The v3_rope_half fixture (`rope_interleave: false`) copied to `dir` as GGUF reads it
+/// (`mscale = mscale_all_dim`), with `edit` applied to its weights and config.
+fn rope_half_copy(
+    dir: &Path,
+    edit: impl Fn(&mut std::collections::HashMap<String, Tensor>, &mut serde_json::Value),
+) {
+    let src = Case::load("v3_rope_half").dir;
+    let mut tensors = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("model-") && name.ends_with(".safetensors") {
+            tensors.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
+        }
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let all_dim = cfg["rope_scaling"]["mscale_all_dim"].clone();
+    cfg["rope_scaling"]["mscale"] = all_dim;
+    edit(&mut tensors, &mut cfg);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+}
+
+/// A checkpoint with half-split rotary pairs (`rope_interleave: false`) is quantised into the
+/// file llama.cpp's interleaved rotation reads as the same model: byte for byte the file of
+/// its interleaved twin (the query and `kv_a_proj_with_mqa` rotary rows `(i, i + d/2)` moved
+/// to `(2i, 2i + 1)`), and the twin is the same model (the same logits, in f32).
+#[test]
+fn half_split_rotary_rows_are_quantised_as_interleaved_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (half, twin) = (dir.path().join("half"), dir.path().join("twin"));
+    std::fs::create_dir(&half).unwrap();
+    std::fs::create_dir(&twin).unwrap();
+    rope_half_copy(&half, |_, _| {});
+    rope_half_copy(&twin, |tensors, cfg| {
+        let n = |k: &str| cfg[k].as_u64().unwrap() as usize;
+        let (heads, nope, d, rank) = (
+            n("num_attention_heads"),
+            n("qk_nope_head_dim"),
+            n("qk_rope_head_dim"),
+            n("kv_lora_rank"),
+        );
+        // Each block's rotary rows, from `before` on, interleaved: i, i + d/2, i + 1, ...
+        let interleave = |w: &Tensor, blocks: usize, before: usize| -> Tensor {
+            let per = before + d;
+            let mut rows = Vec::new();
+            for b in 0..blocks {
+                rows.push(w.narrow(0, b * per, before).unwrap());
+                for i in 0..d / 2 {
+                    for j in [i, i + d / 2] {
+                        rows.push(w.narrow(0, b * per + before + j, 1).unwrap());
+                    }
+                }
+            }
+            Tensor::cat(&rows, 0).unwrap()
+        };
+        for (name, w) in tensors.iter_mut() {
+            if name.ends_with("self_attn.q_proj.weight") {
+                *w = interleave(w, heads, nope);
+            } else if name.ends_with("self_attn.kv_a_proj_with_mqa.weight") {
+                *w = interleave(w, 1, rank);
+            }
+        }
+        cfg["rope_interleave"] = serde_json::Value::Bool(true);
+    });
+    let ids = Case::load("v3_rope_half").ids("input_ids");
+    let (a, b) = (load(&half, None), load(&twin, None));
+    assert_close(
+        &a.logits(&ids).unwrap(),
+        &b.logits(&ids).unwrap(),
+        1e-5,
+        "the interleaved twin",
+    );
+    let write = |src: &Path, name: &str| -> Vec<u8> {
+        let out = dir.path().join(name);
+        let checkpoint = Checkpoint::open(src).unwrap();
+        model::gguf::write_quantized(&checkpoint, linear::QuantFormat::Q8, &out, |_, _| {})
+            .unwrap();
+        std::fs::read(out).unwrap()
+    };
+    let (from_half, from_twin) = (write(&half, "half.gguf"), write(&twin, "twin.gguf"));
+    assert!(from_half == from_twin, "the two files differ");
 }
 
 /// A GGUF from before llama.cpp split MLA: one `attn_kv_b` `[H·(nope + v), rank]` in Q8_0
