@@ -777,7 +777,8 @@ fn dots_u6<const BITS: usize>(
             return in_blocks(&SixBitRows::<BITS> { t, w, p }, xs, c, out);
         }
         if let Some(t) = isa.avx2_fma() {
-            return in_blocks(&SixBitRowsAvx2::<BITS> { t, w, p }, xs, c, out);
+            let (d, c) = superblock_factors(isa, p.d, c);
+            return in_blocks(&SixBitRowsAvx2::<BITS> { t, w, p, d }, xs, c, out);
         }
     }
     each(dot_u6::<BITS>, isa, w, xs, p, c, out)
@@ -899,8 +900,28 @@ impl RowsKernel for FourBitRowsAvx2<'_> {
 struct SuperRowsAvx2<'a> {
     t: super::x86::Avx2Fma,
     w: Nibbles<'a>,
-    sc_d: (&'a [u8], &'a [f16]),
-    mn_dmin: (&'a [u8], &'a [f16]),
+    /// The scales and each superblock's `d` ([`superblock_factors`]).
+    sc_d: (&'a [u8], &'a [f32]),
+    /// The offsets' bytes and each superblock's `dmin`.
+    mn_dmin: (&'a [u8], &'a [f32]),
+}
+
+/// A row's per-superblock f16 factors (`d`, `dmin`) as f32 at the start of `room`, widened
+/// once for all its activation rows: the same values, without the AVX2 kernels converting each
+/// f16 (about twenty integer instructions per superblock and factor, as `Avx2Fma` does not
+/// prove F16C: that made the one-row Q4_K product a third slower, `benchmarks/README.md`).
+/// Returns them and what is left of `room`.
+#[cfg(target_arch = "x86_64")]
+fn superblock_factors<'r>(isa: Isa, f: &[f16], room: &'r mut [f32]) -> (&'r [f32], &'r mut [f32]) {
+    let (out, rest) = room.split_at_mut(f.len());
+    match isa.avx2_fma_f16c() {
+        Some(t) => super::x86::widen_f16(t, f, out),
+        None => {
+            use half::slice::HalfFloatSliceExt;
+            f.convert_to_f32_slice(out);
+        }
+    }
+    (out, rest)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1004,6 +1025,8 @@ struct SixBitRowsAvx2<'a, const BITS: usize> {
     t: super::x86::Avx2Fma,
     w: &'a [u8],
     p: SixBit<'a>,
+    /// `p.d` as f32 ([`superblock_factors`]).
+    d: &'a [f32],
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1011,7 +1034,7 @@ impl<const BITS: usize> RowsKernel for SixBitRowsAvx2<'_, BITS> {
     const EIGHTS: bool = true;
 
     fn rows<const J: usize>(&self, x: [&Q8Row; J], _: &mut [f32]) -> [f32; J] {
-        super::x86::dot_u6_q8_rows::<BITS, J>(self.t, self.w, x, self.p)
+        super::x86::dot_u6_q8_rows::<BITS, J>(self.t, self.w, x, self.p, self.d)
     }
 }
 
@@ -1058,6 +1081,8 @@ fn dots_nibbles(isa: Isa, w: Nibbles, xs: &[Q8Row], p: Params, c: &mut [f32], ou
             if let Params::Super { sc, mn, d, dmin } = p {
                 let k = xs.first().map_or(0, |x| x.q.len());
                 if k.is_multiple_of(SUPER * GROUP) {
+                    let (d, c) = superblock_factors(isa, d, c);
+                    let (dmin, c) = superblock_factors(isa, dmin, c);
                     let kernel = SuperRowsAvx2 {
                         t,
                         w,
@@ -1215,10 +1240,13 @@ impl Avx2Run {
         let rows = w.chunks_exact(self.stride).zip(out.chunks_exact_mut(m));
         match p {
             Params::Super { .. } if k.is_multiple_of(SUPER * GROUP) => {
+                let mut factors = vec![0f32; 2 * groups.div_ceil(SUPER)];
                 for (i, (w, o)) in rows.enumerate() {
                     let Params::Super { sc, mn, d, dmin } = p.row(first + i, groups) else {
                         unreachable!("a row of superblock parameters")
                     };
+                    let (d, rest) = superblock_factors(self.isa, d, &mut factors);
+                    let (dmin, _) = superblock_factors(self.isa, dmin, rest);
                     let kernel = SuperRowsAvx2 {
                         t,
                         w: row(w),
@@ -1275,10 +1303,12 @@ impl Avx2Run {
         let rows = w
             .chunks_exact(self.stride)
             .zip(out.chunks_exact_mut(xs.len()));
+        let mut factors = vec![0f32; self.groups.div_ceil(SUPER)];
         for (i, (w, out)) in rows.enumerate() {
             let p = p.row(first + i, self.groups);
+            let (d, _) = superblock_factors(self.isa, p.d, &mut factors);
             in_blocks(
-                &SixBitRowsAvx2::<BITS> { t: self.t, w, p },
+                &SixBitRowsAvx2::<BITS> { t: self.t, w, p, d },
                 xs,
                 &mut [],
                 out,

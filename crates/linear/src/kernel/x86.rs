@@ -506,9 +506,10 @@ pub(super) unsafe fn hsum4(v: __m128) -> f32 {
 }
 
 /// `h` as an f32, exactly as `half`'s conversion gives it (NaNs quieted), without branches:
-/// a superblock's `d` inside a kernel loop. `half`'s `to_f32` calls an F16C function that
-/// cannot be inlined here, and its `to_f32_const` branches over about twenty instructions,
-/// twice per superblock in the 4-bit K-quant loop.
+/// a superblock's `d` inside a loop of a kernel that cannot assume F16C. `half`'s `to_f32`
+/// calls an F16C function that cannot be inlined here, and its `to_f32_const` branches. (The
+/// K-quant row kernels take their `d` widened beforehand: even this is about twenty
+/// instructions per superblock.)
 #[inline(always)]
 fn f16_to_f32(h: f16) -> f32 {
     let h = h.to_bits() as u32;
@@ -1145,8 +1146,8 @@ pub(crate) fn dot_k4_q8_rows<const J: usize>(
     _: Avx2Fma,
     w: Nibbles,
     x: [&Q8Row; J],
-    (sc, d): (&[u8], &[f16]),
-    (mn, dmin): (&[u8], &[f16]),
+    (sc, d): (&[u8], &[f32]),
+    (mn, dmin): (&[u8], &[f32]),
 ) -> [f32; J] {
     use super::act8::SUPER;
     let k = x
@@ -1192,8 +1193,8 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
     w: Nibbles,
     groups: usize,
     x: [&Q8Row; J],
-    (sc, d): (*const u8, *const f16),
-    (mn, dmin): (*const u8, *const f16),
+    (sc, d): (*const u8, *const f32),
+    (mn, dmin): (*const u8, *const f32),
 ) -> [f32; J] {
     use super::act8::SUPER;
     let pw = w.low.as_ptr() as *const u8;
@@ -1234,11 +1235,11 @@ unsafe fn dot_k4_q8_avx2<const FIVE: bool, const J: usize>(
                 acc[j] = _mm256_fmadd_ps(s, dx, acc[j]);
             }
         }
-        let dsb = _mm256_set1_ps(f16_to_f32(*d.add(sb)));
+        let dsb = _mm256_set1_ps(*d.add(sb));
         // The offsets `−dmin · mn_g` of the superblock's eight groups.
         let mn8 = _mm_loadl_epi64(mn.add(SUPER * sb) as *const __m128i);
         let mins = _mm256_mul_ps(
-            _mm256_set1_ps(-f16_to_f32(*dmin.add(sb))),
+            _mm256_set1_ps(-*dmin.add(sb)),
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)),
         );
         for (j, x) in x.iter().enumerate() {
@@ -1273,6 +1274,7 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
     w: &[u8],
     x: [&Q8Row; J],
     p: SixBit,
+    d: &[f32],
 ) -> [f32; J] {
     use super::act8::{chunk_bytes, U6_CHUNK};
     let len = x.iter().map(|x| x.q.len()).min().unwrap_or(0);
@@ -1282,7 +1284,7 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
     assert!(chunks.is_multiple_of(4), "rows of whole superblocks");
     assert!(
         p.sc.len() >= 4 * chunks
-            && p.d.len() >= chunks / 4
+            && d.len() >= chunks / 4
             && x.iter().all(|x| x.scale.len() >= 2 * chunks
                 && x.sums16.len() >= 4 * chunks
                 && x.sums16_i16.len() >= 4 * chunks)
@@ -1293,7 +1295,7 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
     // `chunks` whole chunks of `w` and of each `x`, their scales, `d`s and sums, inside the
     // slices (checked above).
     let rows =
-        unsafe { dot_u6_q8_avx2::<BITS, J>(w.as_ptr(), x, (p.sc.as_ptr(), p.d.as_ptr()), chunks) };
+        unsafe { dot_u6_q8_avx2::<BITS, J>(w.as_ptr(), x, (p.sc.as_ptr(), d.as_ptr()), chunks) };
     std::array::from_fn(|j| rows[j] - p.offsets(&x[j].scale, &x[j].sums16))
 }
 
@@ -1305,7 +1307,7 @@ pub(crate) fn dot_u6_q8_rows<const BITS: usize, const J: usize>(
 unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
     w: *const u8,
     x: [&Q8Row; J],
-    (sc, d): (*const i8, *const f16),
+    (sc, d): (*const i8, *const f32),
     chunks: usize,
 ) -> [f32; J] {
     use super::act8::{chunk_bytes, zero_point};
@@ -1413,7 +1415,7 @@ unsafe fn dot_u6_q8_avx2<const BITS: usize, const J: usize>(
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), dx, acc[j]);
             }
         }
-        let dsb = _mm256_set1_ps(f16_to_f32(*d.add(sb)));
+        let dsb = _mm256_set1_ps(*d.add(sb));
         for j in 0..J {
             total[j] = _mm256_fmadd_ps(acc[j], dsb, total[j]);
         }
