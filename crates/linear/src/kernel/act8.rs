@@ -914,14 +914,22 @@ struct SuperRowsAvx2<'a> {
 #[cfg(target_arch = "x86_64")]
 fn superblock_factors<'r>(isa: Isa, f: &[f16], room: &'r mut [f32]) -> (&'r [f32], &'r mut [f32]) {
     let (out, rest) = room.split_at_mut(f.len());
+    widen_f16s(isa, f, out);
+    (out, rest)
+}
+
+/// `src` widened into `dst` (the common length), `half`'s bits: in one call where the path
+/// has F16C ([`super::x86::widen_f16`]), by `half`'s conversion elsewhere.
+#[cfg(target_arch = "x86_64")]
+fn widen_f16s(isa: Isa, src: &[f16], dst: &mut [f32]) {
     match isa.avx2_fma_f16c() {
-        Some(t) => super::x86::widen_f16(t, f, out),
+        Some(t) => super::x86::widen_f16(t, src, dst),
         None => {
             use half::slice::HalfFloatSliceExt;
-            f.convert_to_f32_slice(out);
+            let n = src.len().min(dst.len());
+            src[..n].convert_to_f32_slice(&mut dst[..n]);
         }
     }
-    (out, rest)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -952,11 +960,11 @@ fn factors_of<'c, const J: usize>(
 }
 
 /// [`Params::scales_into`] of a row's `groups` groups, the same bits: a group format's f16
-/// scales widened in one call where the path has F16C ([`super::x86::widen_f16`]).
+/// scales by [`widen_f16s`].
 #[cfg(target_arch = "x86_64")]
 fn row_scales(isa: Isa, p: Params, groups: usize, out: &mut [f32]) {
-    match (p, isa.avx2_fma_f16c()) {
-        (Params::Group { scales, .. }, Some(t)) => super::x86::widen_f16(t, &scales[..groups], out),
+    match p {
+        Params::Group { scales, .. } => widen_f16s(isa, &scales[..groups], out),
         _ => p.scales_into(0..groups, out),
     }
 }
@@ -964,10 +972,8 @@ fn row_scales(isa: Isa, p: Params, groups: usize, out: &mut [f32]) {
 /// [`Params::offsets_into`] of a row's `groups` groups, as [`row_scales`].
 #[cfg(target_arch = "x86_64")]
 fn row_offsets(isa: Isa, p: Params, groups: usize, out: &mut [f32]) {
-    match (p, isa.avx2_fma_f16c()) {
-        (Params::Group { mins, .. }, Some(t)) if !mins.is_empty() => {
-            super::x86::widen_f16(t, &mins[..groups], out)
-        }
+    match p {
+        Params::Group { mins, .. } if !mins.is_empty() => widen_f16s(isa, &mins[..groups], out),
         _ => p.offsets_into(0..groups, out),
     }
 }
