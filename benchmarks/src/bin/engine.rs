@@ -163,8 +163,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // As the CLI does: large tensors reuse freed heap pages, and what the load copies lands
     // in huge pages from the first touch.
-    model::host_memory::retain_freed_memory();
-    model::host_memory::reserve_huge_page_heap(model::host_memory::checkpoint_bytes(&args.model));
+    model::host_memory::prepare_heap_for(&args.model);
     let model = Arc::new(DeepSeek::load_with(
         &args.model,
         &Device::Cpu,

@@ -778,8 +778,7 @@ fn local_source(
     // As the model CLI loads: freed activations stay in the heap for the next forward pass,
     // and what the load copies lands in 2 MiB pages from the first touch
     // (`model::host_memory`).
-    model::host_memory::retain_freed_memory();
-    model::host_memory::reserve_huge_page_heap(model::host_memory::checkpoint_bytes(dir));
+    model::host_memory::prepare_heap_for(dir);
     Ok(Arc::new(
         eval::source::local::LocalModel::load(dir, tokenizer)?.with_decoding(decoding)?,
     ))

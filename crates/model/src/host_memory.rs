@@ -108,6 +108,14 @@ pub fn reserve_huge_page_heap(bytes: usize) -> usize {
     }
 }
 
+/// Both settings a CPU inference process makes before loading the checkpoint at `path`:
+/// [`retain_freed_memory`], then [`reserve_huge_page_heap`] of [`checkpoint_bytes`]. Returns
+/// the bytes advised (0 where the settings do not apply).
+pub fn prepare_heap_for(path: &std::path::Path) -> usize {
+    retain_freed_memory();
+    reserve_huge_page_heap(checkpoint_bytes(path))
+}
+
 /// The bytes of the checkpoint at `path` (a file, or a directory's `.safetensors` and `.gguf`
 /// files), capped at the machine's memory: about what a load copies into the heap at most,
 /// for [`reserve_huge_page_heap`]. 0 where it cannot be read (the load reports that).
