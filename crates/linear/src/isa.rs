@@ -44,7 +44,8 @@ enum Path {
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16(x86_bf16::Avx512Bf16),
     /// AMX-TILE and AMX-BF16 on top, with the OS's permission for the tile registers: the
-    /// bf16-activation GEMM regime on tiles (`kernel::x86_amx`) in place of `vdpbf16ps`.
+    /// bf16-activation products on tiles (`kernel::x86_amx`) in place of `vdpbf16ps`, at
+    /// every number of rows when `K` is a multiple of 32.
     #[cfg(target_arch = "x86_64")]
     AmxBf16(x86_amx::AmxBf16),
 }

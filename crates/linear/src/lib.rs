@@ -161,8 +161,10 @@ pub fn linear_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// widening instructions per weight byte, which is what bounds a product of several
 /// activation rows (a batched decode step, an expert's tokens) on few cores. Up to 64 rows
 /// the weights are read as stored, each row's result the same whatever the other rows; above,
-/// a packed GEMM (on AMX tiles where the CPU has them and `K` is a multiple of 32). Elsewhere the f32 kernels run on the rounded activations (the same product
-/// up to summation order); on other devices it is candle's bf16 matmul.
+/// a packed GEMM. On AMX CPUs with `K` a multiple of 32 every product runs on bf16 tiles,
+/// each row's result again the same whatever the other rows. Elsewhere the f32 kernels run
+/// on the rounded activations (the same product up to summation order); on other devices it
+/// is candle's bf16 matmul.
 /// [`Matrix::Bf16Activations`] is the layer-level form.
 pub fn linear_bf16_activations_with(isa: Isa, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.dtype() != DType::BF16 {

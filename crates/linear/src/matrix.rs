@@ -192,12 +192,13 @@ impl Matrix {
     /// bits whatever the other rows: how many sequences a serving engine may decode in one
     /// pass without changing any one's output. [`crate::GEMV_MAX_ROWS`] (the matrix-vector
     /// regime) but for bf16 weights under bf16 activations on AVX512-BF16 CPUs, whose unpacked
-    /// kernel keeps every row's arithmetic up to 64 rows, and for quantised matrices in panels
+    /// kernel keeps every row's arithmetic up to 64 rows (any number on AMX CPUs when `K` is a
+    /// multiple of 32: the tiles sum each row on its own), and for quantised matrices in panels
     /// on AVX512-VNNI CPUs, any number ([`QuantMatrix::batch_invariant_rows`]).
     pub fn batch_invariant_rows(&self, isa: Isa) -> usize {
         match self {
             Matrix::Bf16Activations(w) if w.device().is_cpu() => {
-                crate::kernel::bf16_act::invariant_rows(isa)
+                crate::kernel::bf16_act::invariant_rows(isa, *w.dims().last().unwrap_or(&0))
             }
             Matrix::Quant(w) => w.batch_invariant_rows(isa),
             _ => crate::GEMV_MAX_ROWS,

@@ -887,7 +887,8 @@ impl DeepSeek {
     /// multiply all of a pass's rows (attention projections, FFNs and experts, the head) on
     /// the detected kernel path. Attention itself runs per sequence and the routers keep
     /// every row ([`moe::Gate::logits`]). `linear::GEMV_MAX_ROWS` in general; 64 for bf16
-    /// matrices under `--bf16-activations` on AVX512-BF16 CPUs; 64 when every such matrix is
+    /// matrices under `--bf16-activations` on AVX512-BF16 CPUs, unbounded on AMX CPUs when
+    /// every such matrix's `K` is a multiple of 32 (V2/V3's are); 64 when every such matrix is
     /// quantised on AVX2 CPUs without VNNI (`linear::Isa::quant_row_kernel_rows`); unbounded
     /// (`usize::MAX`) when every such matrix is quantised and held in panels (AVX512-VNNI
     /// CPUs: `linear::QuantMatrix::for_isa`).

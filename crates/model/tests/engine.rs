@@ -159,7 +159,12 @@ fn a_request_gives_the_same_output_alone_and_among_63_others() {
 /// more than that.
 fn wide_passes_stay_batch_invariant(precision: Precision, limit: usize) {
     let case = Case::load("v3_noaux");
-    let model = Arc::new(DeepSeek::load(&case.dir, precision, &Device::Cpu).unwrap());
+    wide_passes_of(&case, &case.dir, precision, limit);
+}
+
+/// [`wide_passes_stay_batch_invariant`] on the checkpoint in `dir`, prompted with `case`'s.
+fn wide_passes_of(case: &Case, dir: &std::path::Path, precision: Precision, limit: usize) {
+    let model = Arc::new(DeepSeek::load(dir, precision, &Device::Cpu).unwrap());
     let rows = model.batch_invariant_rows();
     println!(
         "{}: passes of up to {rows} decode rows",
@@ -170,7 +175,7 @@ fn wide_passes_stay_batch_invariant(precision: Precision, limit: usize) {
         page_tokens: 8,
         ..EngineConfig::default()
     };
-    let largest = same_alone_and_among_63_others(&case, model, config);
+    let largest = same_alone_and_among_63_others(case, model, config);
     assert!(largest <= rows, "a pass of {largest} decode rows");
     assert!(
         limit == linear::GEMV_MAX_ROWS || largest > linear::GEMV_MAX_ROWS,
@@ -192,6 +197,31 @@ fn with_bf16_activations_passes_of_64_rows_stay_batch_invariant() {
         linear::GEMV_MAX_ROWS
     };
     wide_passes_stay_batch_invariant(precision, limit);
+}
+
+/// bf16 matrices under bf16 activations on a model whose every matrix has `K` a multiple of
+/// 32 (a random checkpoint of the fixture's shape with the expert width and query rank rounded
+/// up to 32 and 64): on AMX CPUs every product runs on tiles, which sum each row on its own,
+/// so passes are unbounded and each of 64 requests decoding together still equals its run
+/// alone; elsewhere as the test above.
+#[test]
+fn with_bf16_activations_on_tile_shapes_passes_stay_batch_invariant() {
+    let case = Case::load("v3_noaux");
+    let config = std::fs::read_to_string(case.dir.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["moe_intermediate_size"] = 32.into();
+    config["q_lora_rank"] = 64.into();
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = model::random::StoreDtype::Bf16;
+    model::random::write_random_checkpoint(&config.to_string(), dir.path(), bf16, 5, |_, _, _| {})
+        .unwrap();
+    let precision = Precision::mixed(DType::F32, DType::BF16).with_bf16_activations(true);
+    let limit = match linear::Isa::detect().name() {
+        "amx-bf16" => usize::MAX,
+        "avx512bf16" => 64,
+        _ => linear::GEMV_MAX_ROWS,
+    };
+    wide_passes_of(&case, dir.path(), precision, limit);
 }
 
 /// 8-bit matrices: on AVX512-VNNI CPUs they are held in panels, whose one kernel gives every

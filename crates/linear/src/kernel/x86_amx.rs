@@ -271,7 +271,12 @@ impl Tiles for Amx {
 /// bf16: `[m, N]` row-major, on AMX. `None` unless `K` is a positive multiple of 32 (a tile
 /// row): the weights are loaded as stored, so a partial last step would read past a row.
 pub(crate) fn gemm(t: AmxBf16, w: &[u16], k: usize, xs: &[f32], m: usize) -> Option<Vec<f32>> {
-    (k > 0 && k.is_multiple_of(K_STEP)).then(|| gemm_on(|| Amx::configure(t), w, k, xs, m))
+    takes(k).then(|| gemm_on(|| Amx::configure(t), w, k, xs, m))
+}
+
+/// Whether [`gemm`] takes rows of `k` values: a positive multiple of 32.
+pub(crate) fn takes(k: usize) -> bool {
+    k > 0 && k.is_multiple_of(K_STEP)
 }
 
 /// One 64-byte line of packed activations: pair `p` of 16 activation rows.
