@@ -3,7 +3,8 @@
 # llama.cpp's `llama-batched-bench` (bf16 GGUF of the same checkpoint), in the same run, on
 # the random V2-Lite-shaped 4-layer checkpoint: aggregate decode tok/s and time to first token
 # at several numbers of concurrent streams (512-token prompts), and the cost of n samples of
-# one prompt. Prints a Markdown table.
+# one prompt. Prints a Markdown table. (Over HTTP, `model serve` against llama.cpp's
+# `llama-server -np N`: serving_http.sh.)
 #
 # Usage: benchmarks/model_cpu/serving.sh
 # Environment:
