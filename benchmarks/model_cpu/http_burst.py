@@ -35,7 +35,8 @@ import urllib.parse
 
 
 def prompt(i, length, vocab):
-    """Deterministic token ids for request i (xorshift, as benchmarks/src/bin/engine.rs)."""
+    """Deterministic token ids for request i: benchmarks/src/bin/engine.rs's xorshift, but drawn
+    below the top 1000 ids (so not the engine benchmark's prompts)."""
     mask = (1 << 64) - 1
     state = (0x9E3779B97F4A7C15 ^ (i * 0x2545F4914F6CDD1D)) & mask
     out = []

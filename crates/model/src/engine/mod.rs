@@ -31,12 +31,11 @@
 //! groups of at most [`DeepSeek::batch_invariant_rows`] (the matrix kernels compute each row
 //! identically whatever the group: [`linear::GEMV_MAX_ROWS`] rows, 64 for bf16 matrices under
 //! bf16 activations on AVX512-BF16 CPUs (any number on AMX CPUs), any number for quantised
-//! matrices held in panels on
-//! AVX512-VNNI CPUs, 64 for quantised matrices on AVX2 CPUs without VNNI), routed experts
-//! always take grouped dispatch, and each prompt is prefilled alone in fixed chunks of
-//! [`EngineConfig::prefill_chunk`]: greedy outputs are then identical alone or among 63 others
-//! (tested). Off, each step is one pass over all rows (GEMM above 8 rows): faster at high
-//! concurrency, equal up to rounding.
+//! matrices held in panels on AVX512-VNNI CPUs, 64 for quantised matrices on AVX2 CPUs
+//! without VNNI), routed experts always take grouped dispatch, and each prompt is prefilled
+//! alone in fixed chunks of [`EngineConfig::prefill_chunk`]: greedy outputs are then
+//! identical alone or among 63 others (tested). Off, each step is one pass over all rows
+//! (GEMM above 8 rows): faster at high concurrency, equal up to rounding.
 //!
 //! **Scoring.** With [`RequestParams::prompt_logprobs`] the head also runs over every
 //! prefill row, and [`Event::Prompt`] carries each prompt token's log-probability given the
