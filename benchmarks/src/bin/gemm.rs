@@ -74,6 +74,8 @@ fn main() -> Result<()> {
         for dt in &args.dtypes {
             if dt == "fp8" {
                 let w = quantize_fp8(&w32)?;
+                // In huge pages, as the model's weights are (in place in the map, or copied).
+                w.advise_huge_pages();
                 let wf = w.dequantize()?;
                 let base = median_time(1, args.iters, || x.matmul(&wf.t().unwrap()).unwrap())
                     .as_secs_f64();
@@ -109,10 +111,12 @@ fn main() -> Result<()> {
             }
             if let Some(format) = quant_format(dt) {
                 let q = linear::QuantMatrix::quantize(&w32, format)?;
+                q.advise_huge_pages();
                 let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
                 // The layout the model loads this CPU's matrices in (panels on AVX512-VNNI).
                 let isa = Isa::detect();
                 let laid = q.clone().for_isa(isa);
+                laid.advise_huge_pages();
                 let time_laid =
                     || median_time(1, args.iters, || laid.matmul(isa, &xs, rows)).as_secs_f64();
                 if args.loaded_only {

@@ -161,6 +161,26 @@ impl Fp8Matrix {
         }
     }
 
+    /// Backs the matrix's values and scales with transparent huge pages where the kernel
+    /// allows, as [`crate::QuantMatrix::advise_huge_pages`] does. Returns whether it applied;
+    /// values never change.
+    pub fn advise_huge_pages(&self) -> bool {
+        crate::huge_pages::advise_spans(self.host_spans()) > 0
+    }
+
+    /// The address ranges of the matrix's host storage: its values (in a memory map when used
+    /// in place, [`Fp8Matrix::from_shared`]) and its scales. A device tensor has none.
+    pub(crate) fn host_spans(&self) -> Vec<std::ops::Range<usize>> {
+        let values = match &self.values {
+            Values::Tensor(q) => crate::huge_pages::tensor_span(q),
+            Values::Shared(bytes) => Some(crate::huge_pages::bytes_span(bytes.as_slice())),
+        };
+        values
+            .into_iter()
+            .chain([crate::huge_pages::slice_span(&self.scales)])
+            .collect()
+    }
+
     /// Whether the values are bytes someone else holds, used in place
     /// ([`Fp8Matrix::from_shared`]).
     pub fn is_shared(&self) -> bool {

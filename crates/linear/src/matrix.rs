@@ -207,9 +207,10 @@ impl Matrix {
 
     /// Backs the matrix's values with transparent huge pages where the kernel allows
     /// ([`crate::advise_huge_pages`], [`QuantMatrix::advise_huge_pages`]); returns whether it
-    /// applied. FP8 matrices used in place are the loader's to advise (the mapped range,
-    /// [`crate::advise_huge_pages_bytes`]); GGML blocks on candle's kernels are left as they
-    /// are. Whether to call it is the caller's decision (a loader option, say).
+    /// applied. FP8 matrices used in place advise their range of the memory map: whether a
+    /// file's pages can be huge depends on the kernel and the file system (Linux 6.18 on ext4
+    /// collapses them). GGML blocks on candle's kernels are left as they are. Whether to call
+    /// it is the caller's decision (a loader option, say).
     pub fn advise_huge_pages(&self) -> bool {
         crate::huge_pages::advise_spans(self.host_spans()) > 0
     }
@@ -222,7 +223,8 @@ impl Matrix {
                 crate::huge_pages::tensor_span(t).into_iter().collect()
             }
             Matrix::Quant(q) => q.host_spans(),
-            Matrix::Fp8(_) | Matrix::Ggml(_) => Vec::new(),
+            Matrix::Fp8(w) => w.host_spans(),
+            Matrix::Ggml(_) => Vec::new(),
         }
     }
 
@@ -352,6 +354,22 @@ mod tests {
 
     fn max_abs(t: &Tensor) -> f32 {
         t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fp8_in_place_spans_are_its_mapped_bytes_and_its_scales() {
+        // What the loader's huge-page advice joins across a layer: the bytes where they lie
+        // (a checkpoint's memory map in the model) and the scales it read.
+        let (n, k) = (256, 384);
+        let owner: std::sync::Arc<crate::ByteOwner> = std::sync::Arc::new(vec![0x38u8; n * k]);
+        let start = (*owner).as_ref().as_ptr() as usize;
+        let bytes = crate::SharedBytes::new(owner.clone(), 0..n * k).unwrap();
+        let scale = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let w = crate::Fp8Matrix::from_shared(bytes, (n, k), &scale, (128, 128)).unwrap();
+        let spans = Matrix::from(w).host_spans();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0], start..start + n * k);
+        assert_eq!(spans[1].len(), 6 * 4, "the six f32 block scales");
     }
 
     #[test]

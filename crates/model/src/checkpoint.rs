@@ -412,13 +412,33 @@ impl Checkpoint {
         device: &Device,
     ) -> CheckpointMatrices {
         let precision = precision.into();
+        let in_place = precision.mmap
+            && precision.matrices == MatrixFormat::Fp8
+            && device.is_cpu()
+            && matches!(self.store, Store::Safetensors(_));
+        if in_place && precision.huge_pages {
+            self.advise_maps_huge_pages();
+        }
         CheckpointMatrices {
             checkpoint: Arc::clone(self),
-            in_place: precision.mmap
-                && precision.matrices == MatrixFormat::Fp8
-                && device.is_cpu()
-                && matches!(self.store, Store::Safetensors(_)),
+            in_place,
             huge_pages: precision.huge_pages,
+        }
+    }
+
+    /// `MADV_HUGEPAGE` on every shard's whole map, before the weights used in place are first
+    /// read: a page the page cache does not hold yet is then read in as a 2 MiB folio and
+    /// mapped as one (Linux 6.18 on ext4 does), where advising each matrix alone covers only
+    /// the 2 MiB pages inside it (a routed expert has one at most). Pages the cache already
+    /// holds keep their size: the kernel collapses no file pages in place without
+    /// `CONFIG_READ_ONLY_THP_FOR_FS` (`MADV_COLLAPSE` answers `EINVAL`).
+    fn advise_maps_huge_pages(&self) {
+        if let Store::Safetensors(shards) = &self.store {
+            let spans = shards.maps.iter().map(|m| {
+                let start = m.as_ptr() as usize;
+                start..start + m.len()
+            });
+            linear::advise_huge_pages_ahead(spans.collect());
         }
     }
 

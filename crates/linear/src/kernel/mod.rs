@@ -96,7 +96,8 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
 
     /// Whether `isa` has one-row [`WeightElem::dot`] / [`WeightElem::dot_scaled`] kernels that
     /// read the row once, and four-row [`WeightElem::dot4`] / [`WeightElem::dot4_scaled`]
-    /// kernels that take any four rows without prefetching, so that the matrix-vector regime
+    /// kernels that take any four rows and prefetch only ahead in their own rows, so that the
+    /// matrix-vector regime
     /// reads rows as [`stream_rows`] does rather than four adjacent rows at a time. By
     /// default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four copies of the row.
     fn streams_rows(isa: Isa) -> bool {
@@ -533,9 +534,11 @@ pub(crate) fn rows_apart(
 /// The matrix-vector regime where [`WeightElem::streams_rows`]: `rows` (a task's, `K /
 /// W::VALUES` elements each) against every prepared row of `xs` into `out` (`[rows, m]`).
 /// While the activations fit [`ONE_ROW_MAX_X_BYTES`] the rows are read one after another, one
-/// sequential stream per core that the hardware prefetchers follow (four adjacent rows at a
-/// time, four 4 KiB streams restarting every row with software prefetches, streamed
-/// 1.2-1.4x slower in the model on a Zen 4). Past it, one row from each quarter of the task
+/// sequential stream per core, which the kernels prefetch a fixed distance ahead of their
+/// reads (`x86::prefetch_ahead`; four adjacent rows at a time, four 4 KiB streams restarting
+/// every row with software prefetches of the next four, streamed 1.2-1.4x slower in the model
+/// on a Zen 4; without the prefetches ahead, one stream ran at 0.6-0.7x the four on a
+/// Sapphire Rapids, `benchmarks/README.md`). Past it, one row from each quarter of the task
 /// at a time ([`rows_apart`]): four long streams, each activation load serving four rows. With
 /// `scales` (and the task's first row) the rows are block-scaled. Every row's result is its
 /// [`WeightElem::dot`] / [`WeightElem::dot_scaled`], whatever `m` and the task split.
@@ -556,7 +559,7 @@ fn stream_rows<W: WeightElem>(
     for at in quads {
         let row_scales =
             scales.map(|(s, first)| (s.rows_at(at.map(|r| first + r), k, &mut bufs), s.cols));
-        // The rows are their own `next`: streaming kernels do not prefetch.
+        // The rows are their own `next`: streaming kernels prefetch only ahead in their rows.
         let w = at.map(row);
         let mut put = |j: usize, sums: [f32; 4]| {
             for (r, v) in at.into_iter().zip(sums) {

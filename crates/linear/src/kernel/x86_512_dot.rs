@@ -1,12 +1,14 @@
 //! AVX-512F matrix-vector kernels: four weight rows (or one) against one activation row, 32
 //! values per row per iteration in two 16-lane accumulators, for f32, f16 and bf16 weights.
 //!
-//! The driver reads a task's rows one at a time (one sequential stream per core, which the
-//! hardware prefetchers follow at ~1.2-1.8x the rate of four adjacent 4 KiB row streams with
-//! software prefetches of the next four), or, when the activations outgrow L1, four at a
-//! time from the four quarters of the task, without prefetches (`super::stream_rows`,
-//! `benchmarks/README.md`, "Weight streams per core"). Both give a row the same operations
-//! in the same order, so its result does not depend on which ran.
+//! The driver reads a task's rows one at a time (one sequential stream per core, at ~1.2-1.8x
+//! the rate of four adjacent 4 KiB row streams with software prefetches of the next four on a
+//! Zen 4), or, when the activations outgrow L1, four at a time from the four quarters of the
+//! task (`super::stream_rows`, `benchmarks/README.md`, "Weight streams per core"). Both give
+//! a row the same operations in the same order, so its result does not depend on which ran.
+//! Every weight line is asked for `x86::PREFETCH_AHEAD` bytes before it is read
+//! (`super::x86::prefetch_ahead`): on a Sapphire Rapids the hardware prefetchers alone
+//! streamed `lm_head` at 0.6x the rate with it.
 //!
 //! The same arithmetic as the AVX2 kernels in [`super::x86`] (exact widening to f32, f32
 //! FMAs), with half the instructions per weight byte. On the 2-core dev machine the AVX2 bf16
@@ -24,6 +26,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::x86::prefetch_ahead;
 use super::x86_512::Avx512F;
 use super::Scalar;
 
@@ -169,6 +172,7 @@ unsafe fn dot_widening<W: Load16 + Scalar, const R: usize, const J: usize>(
         let x0 = px.map(|x| _mm512_loadu_ps(x.add(i)));
         let x1 = px.map(|x| _mm512_loadu_ps(x.add(i + 16)));
         for r in 0..R {
+            prefetch_ahead(p[r].add(i), STEP * std::mem::size_of::<W>());
             let (w0, w1) = (W::load16(p[r].add(i)), W::load16(p[r].add(i + 16)));
             for j in 0..J {
                 lo[j][r] = _mm512_fmadd_ps(w0, x0[j], lo[j][r]);
@@ -198,6 +202,7 @@ unsafe fn dot_pairs<const R: usize, const J: usize>(
         let even_x = px.map(|x| _mm512_loadu_ps(x.add(i)));
         let odd_x = px.map(|x| _mm512_loadu_ps(x.add(i + 16)));
         for r in 0..R {
+            prefetch_ahead(p[r].add(i), 64);
             let pairs = _mm512_loadu_si512(p[r].add(i) as *const _);
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, odd_mask));

@@ -175,6 +175,7 @@ unsafe fn dot_scaled_vbmi<const R: usize>(
             let whole = i + STEP <= hi;
             let mask = if whole { !0 } else { (1u64 << (hi - i)) - 1 };
             for q in 0..R {
+                super::x86::prefetch_ahead(w[q].add(i), STEP);
                 let b = if whole {
                     _mm512_loadu_si512(w[q].add(i).cast())
                 } else {

@@ -82,6 +82,7 @@ unsafe fn dot_tile_avx512<const R: usize, const X: usize>(
     let block = |acc: &mut [[__m512; X]; R], i: usize| {
         let xv: [__m512bh; X] = std::array::from_fn(|j| load(x[j], i));
         for (a, w) in acc.iter_mut().zip(w) {
+            super::x86::prefetch_ahead(w.as_ptr().wrapping_add(i), 64);
             let wv = load(w, i);
             for (a, &xv) in a.iter_mut().zip(&xv) {
                 *a = _mm512_dpbf16_ps(*a, wv, xv);
