@@ -371,6 +371,7 @@ unsafe fn tile_vnni<const T: usize, const BITS: usize>(
         let sup = [p.superblock(sb, 0), p.superblock(sb, 1)];
         for g in sb * SUPER..groups.min(sb * SUPER + SUPER) {
             let wg = w.as_ptr().add(g * size);
+            super::x86::prefetch_ahead(wg, size);
             // sums[i][h][s]: activation row i, weight rows 16h..16h + 16, quads 4s..4s + 4.
             let mut sums = [[[_mm512_setzero_si512(); 2]; 2]; T];
             // Quads `p` and `p + 4` of both halves, `p` spelled out as a constant.
