@@ -5,9 +5,11 @@
 //! rows too long for their f32 activations to stay in L1 (`K = 7168`, V3's hidden size, and
 //! `K = 10944`, V2-Lite's dense MLP). `linear` picks between one and four streams by the
 //! activations' size (`ONE_ROW_MAX_X_BYTES` in `crates/linear/src/kernel/mod.rs`); this
-//! is the measurement behind that choice.
+//! is the measurement behind that choice. A fourth order, one row at a time with every line
+//! prefetched 2 KiB ahead, is what `linear`'s row kernels do since the hardware prefetchers
+//! alone were found to fall short on a Sapphire Rapids.
 //!
-//! The three orders run interleaved, one pass each per round, over several matrices of a
+//! The orders run interleaved, one pass each per round, over several matrices of a
 //! shape read in turn (so none is cache-resident), and the median of the rounds is reported:
 //! a shared machine's bandwidth drifts by up to 2x between minutes, which interleaving
 //! cancels. The kernel is a plain AVX-512F bf16 dot (two accumulators per row), the same
@@ -75,12 +77,13 @@ fn measure(args: &Args) -> Result<()> {
             .collect();
         let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0f32; n];
-        let mut times = [vec![], vec![], vec![]];
+        let mut times = [vec![], vec![], vec![], vec![]];
+        let orders = [(1usize, false), (2, false), (4, false), (1, true)];
         for _ in 0..args.rounds {
-            for (streams, t) in [1usize, 2, 4].into_iter().zip(&mut times) {
+            for ((streams, ahead), t) in orders.into_iter().zip(&mut times) {
                 let start = Instant::now();
                 for w in &rows {
-                    pass(w, k, &x, &mut out, streams);
+                    pass(w, k, &x, &mut out, streams, ahead);
                 }
                 t.push(start.elapsed().as_secs_f64());
             }
@@ -90,9 +93,9 @@ fn measure(args: &Args) -> Result<()> {
             t.sort_by(f64::total_cmp);
             bytes / t[t.len() / 2] / 1e9
         };
-        let [one, two, four] = times.each_mut().map(gbs);
+        let [one, two, four, ahead] = times.each_mut().map(gbs);
         println!(
-            "{{\"shape\":\"{count} x [{n}, {k}]\",\"x_bytes\":{},\"one_row_gbs\":{one:.1},\"two_apart_gbs\":{two:.1},\"four_apart_gbs\":{four:.1}}}",
+            "{{\"shape\":\"{count} x [{n}, {k}]\",\"x_bytes\":{},\"one_row_gbs\":{one:.1},\"two_apart_gbs\":{two:.1},\"four_apart_gbs\":{four:.1},\"one_row_prefetched_gbs\":{ahead:.1}}}",
             k * 4
         );
     }
@@ -100,9 +103,10 @@ fn measure(args: &Args) -> Result<()> {
 }
 
 /// One matrix-vector product of `w` (`[N, K]` bf16 bits) with `x`, the rows of each task read
-/// as `streams` streams (1, 2 or 4).
+/// as `streams` streams (1, 2 or 4), with every line asked for [`AHEAD`] bytes early when
+/// `ahead`.
 #[cfg(target_arch = "x86_64")]
-fn pass(w: &[u16], k: usize, x: &[f32], out: &mut [f32], streams: usize) {
+fn pass(w: &[u16], k: usize, x: &[f32], out: &mut [f32], streams: usize, ahead: bool) {
     let n = w.len() / k;
     let per_task = (n / (8 * rayon::current_num_threads()))
         .max(TASK_BYTES / (2 * k))
@@ -118,38 +122,42 @@ fn pass(w: &[u16], k: usize, x: &[f32], out: &mut [f32], streams: usize) {
                 match streams {
                     4 => {
                         let at = [i, q + i, 2 * q + i, 3 * q + i];
-                        for (r, v) in at.into_iter().zip(dot(at.map(row), x)) {
+                        for (r, v) in at.into_iter().zip(dot(at.map(row), x, ahead)) {
                             o[r] = v;
                         }
                     }
                     2 => {
                         let at = [i, q + i];
-                        for (r, v) in at.into_iter().zip(dot(at.map(row), x)) {
+                        for (r, v) in at.into_iter().zip(dot(at.map(row), x, ahead)) {
                             o[r] = v;
                         }
                     }
-                    _ => o[i] = dot([row(i)], x)[0],
+                    _ => o[i] = dot([row(i)], x, ahead)[0],
                 }
             }
             for (r, o) in o.iter_mut().enumerate().skip(streams * q) {
-                *o = dot([row(r)], x)[0];
+                *o = dot([row(r)], x, ahead)[0];
             }
         });
 }
 
-/// `R` bf16 rows against `x`.
+/// How far ahead the prefetched order asks for each weight line: `linear`'s row kernels'
+/// distance (`PREFETCH_AHEAD` in `crates/linear/src/kernel/x86.rs`).
+const AHEAD: usize = 2048;
+
+/// `R` bf16 rows against `x`, prefetching [`AHEAD`] bytes ahead in each row when `ahead`.
 #[cfg(target_arch = "x86_64")]
-fn dot<const R: usize>(w: [&[u16]; R], x: &[f32]) -> [f32; R] {
+fn dot<const R: usize>(w: [&[u16]; R], x: &[f32], ahead: bool) -> [f32; R] {
     assert!(w.iter().all(|r| r.len() >= x.len()));
     // SAFETY: `measure` runs only where AVX-512F was detected; every load is within `x.len()`.
-    unsafe { dot_avx512(w, x) }
+    unsafe { dot_avx512(w, x, ahead) }
 }
 
 /// # Safety
 /// AVX-512F must be available and every row at least `x.len()` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512<const R: usize>(w: [&[u16]; R], x: &[f32]) -> [f32; R] {
+unsafe fn dot_avx512<const R: usize>(w: [&[u16]; R], x: &[f32], ahead: bool) -> [f32; R] {
     use std::arch::x86_64::*;
     let odd = _mm512_set1_epi32(0xffff_0000_u32 as i32);
     let mut lo = [_mm512_setzero_ps(); R];
@@ -163,6 +171,11 @@ unsafe fn dot_avx512<const R: usize>(w: [&[u16]; R], x: &[f32]) -> [f32; R] {
             _mm512_loadu_ps(x.as_ptr().add(i + 16)),
         );
         for r in 0..R {
+            if ahead {
+                // A hint: it never faults, so the address may lie past the row.
+                let line = (w[r].as_ptr().add(i) as *const i8).wrapping_add(AHEAD);
+                _mm_prefetch::<_MM_HINT_T0>(line);
+            }
             let v = _mm512_loadu_si512(w[r].as_ptr().add(i) as *const _);
             lo[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), xe, lo[r]);
             hi[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, odd)), xo, hi[r]);
