@@ -94,8 +94,11 @@ pub struct Precision {
     /// Use FP8 weights where they lie in the memory-mapped safetensors shards, as shipped,
     /// instead of copying them (on by default, CPU only: `Checkpoint::matrix_loader`). No load
     /// time copy and no anonymous memory for them: the pages are the page cache's, shared with
-    /// other processes mapping the same files. Off (the CLI's `--no-mmap`) copies them into
-    /// the process, e.g. for files on a network file system.
+    /// other processes mapping the same files. With [`Precision::huge_pages`] each shard's
+    /// whole map is advised before the first read, so pages read in from disk are 2 MiB folios
+    /// where the kernel and file system allow it (pages already cached keep their size).
+    /// Off (the CLI's `--no-mmap`) copies them into the process, e.g. for files on a network
+    /// file system.
     pub mmap: bool,
     /// bf16 matrices multiply activations rounded to bf16 (`linear::Matrix::Bf16Activations`,
     /// HF's and llama.cpp's bf16 arithmetic), which on AVX512-BF16 CPUs runs batched decode on
