@@ -1,7 +1,7 @@
 //! Routing and routed experts in device-generic tensor ops: a forward pass that never waits
 //! for the host.
 //!
-//! The host path ([`crate::gate::route`], [`Experts::forward_grouped`]) copies the gate logits
+//! The host path ([`crate::gate::route`], [`crate::dispatch::Experts::forward_grouped`]) copies the gate logits
 //! to the CPU, selects there and plans the dispatch there: on a GPU that is a device-to-host
 //! copy and a stream synchronisation in every MoE layer of every step. Here the same
 //! decisions are candle ops on whatever device the logits are on:
