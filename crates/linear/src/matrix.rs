@@ -208,8 +208,9 @@ impl Matrix {
     /// Backs the matrix's values with transparent huge pages where the kernel allows
     /// ([`crate::advise_huge_pages`], [`QuantMatrix::advise_huge_pages`]); returns whether it
     /// applied. FP8 matrices used in place advise their range of the memory map: whether a
-    /// file's pages can be huge depends on the kernel and the file system (Linux 6.18 on ext4
-    /// collapses them). GGML blocks on candle's kernels are left as they are. Whether to call
+    /// file's cached pages can be collapsed depends on the kernel (Linux needs
+    /// `CONFIG_READ_ONLY_THP_FOR_FS`; without it only pages read in after the advice come as
+    /// huge pages). GGML blocks on candle's kernels are left as they are. Whether to call
     /// it is the caller's decision (a loader option, say).
     pub fn advise_huge_pages(&self) -> bool {
         crate::huge_pages::advise_spans(self.host_spans()) > 0

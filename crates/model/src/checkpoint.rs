@@ -422,7 +422,6 @@ impl Checkpoint {
         CheckpointMatrices {
             checkpoint: Arc::clone(self),
             in_place,
-            huge_pages: precision.huge_pages,
         }
     }
 
@@ -444,7 +443,8 @@ impl Checkpoint {
 
     /// The FP8 weight `name` over its bytes in the memory map, if it is one (stored e4m3,
     /// rank 2, with its scales beside it, in a safetensors shard).
-    fn mapped_fp8(&self, name: &str, huge_pages: bool) -> Result<Option<linear::Fp8Matrix>> {
+    /// Its pages are advised with the whole map ([`Checkpoint::matrix_loader`]).
+    fn mapped_fp8(&self, name: &str) -> Result<Option<linear::Fp8Matrix>> {
         let Store::Safetensors(shards) = &self.store else {
             return Ok(None);
         };
@@ -465,9 +465,6 @@ impl Checkpoint {
         };
         let owner: Arc<linear::ByteOwner> = shards.maps[*shard].clone();
         let bytes = linear::SharedBytes::new(owner, range.clone()).map_err(invalid)?;
-        if huge_pages {
-            linear::advise_huge_pages_bytes(bytes.as_slice());
-        }
         let scale = self.load(&scale_name, DType::F32, &Device::Cpu)?;
         let block = (FP8_BLOCK, FP8_BLOCK);
         let w = linear::Fp8Matrix::from_shared(bytes, (n, k), &scale, block).map_err(invalid)?;
@@ -480,7 +477,6 @@ pub struct CheckpointMatrices {
     checkpoint: Arc<Checkpoint>,
     /// Whether FP8 weights are used in place.
     in_place: bool,
-    huge_pages: bool,
 }
 
 impl CheckpointMatrices {
@@ -499,7 +495,7 @@ impl linear::MatrixLoader for CheckpointMatrices {
             };
             let mapped = self
                 .checkpoint
-                .mapped_fp8(&full, self.huge_pages)
+                .mapped_fp8(&full)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             if let Some(w) = mapped {
                 return Ok(w.into());

@@ -97,9 +97,9 @@ pub(crate) trait WeightElem: Copy + Send + Sync + 'static {
     /// Whether `isa` has one-row [`WeightElem::dot`] / [`WeightElem::dot_scaled`] kernels that
     /// read the row once, and four-row [`WeightElem::dot4`] / [`WeightElem::dot4_scaled`]
     /// kernels that take any four rows and prefetch only ahead in their own rows, so that the
-    /// matrix-vector regime
-    /// reads rows as [`stream_rows`] does rather than four adjacent rows at a time. By
-    /// default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four copies of the row.
+    /// matrix-vector regime reads rows as [`stream_rows`] does rather than four adjacent rows
+    /// at a time. By default no: [`WeightElem::dot`] is then [`WeightElem::dot4`] on four
+    /// copies of the row.
     fn streams_rows(isa: Isa) -> bool {
         let _ = isa;
         false
