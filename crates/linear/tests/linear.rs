@@ -173,3 +173,66 @@ fn row_invariant_products_keep_every_row_past_gemv_max_rows() {
         assert!(max_diff(&all, &gemm) < 1e-3, "{dtype:?}");
     }
 }
+
+#[test]
+fn row_invariant_blocks_are_each_blocks_product_bit_for_bit() {
+    // `linear_row_invariant_blocks` (MLA's absorbed per-head products): each block's rows the
+    // same bits as `linear_row_invariant` on that block alone, for every weight dtype, one row
+    // and several, contiguous or not, and the f64 product up to f32 summation error.
+    let dev = Device::Cpu;
+    let (b, n, k) = (5, 37, 130);
+    let w32 = Tensor::randn(0f32, 1.0, (b, n, k), &dev).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let w = w32.to_dtype(dtype).unwrap();
+        // A strided view of the same blocks takes the per-block route.
+        let wide = Tensor::cat(&[&w, &w], 2).unwrap();
+        let strided = wide.narrow(2, 0, k).unwrap();
+        assert!(!strided.is_contiguous());
+        for m in [1usize, 3] {
+            let x = Tensor::randn(0f32, 1.0, (b, m, k), &dev).unwrap();
+            let want = Tensor::stack(
+                &(0..b)
+                    .map(|i| {
+                        let (x, w) = (x.get(i).unwrap(), w.get(i).unwrap());
+                        linear::linear_row_invariant(&x, &w).unwrap()
+                    })
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .unwrap();
+            for w in [&w, &strided] {
+                let y = linear::linear_row_invariant_blocks(&x, w).unwrap();
+                assert_eq!(y.dims(), &[b, m, n]);
+                assert_eq!(max_diff(&y, &want), 0.0, "{dtype:?} {m} rows");
+            }
+            let oracle = x
+                .to_dtype(DType::F64)
+                .unwrap()
+                .matmul(&w.to_dtype(DType::F64).unwrap().transpose(1, 2).unwrap())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert!(max_diff(&want, &oracle) < 1e-4, "{dtype:?} {m} rows");
+        }
+    }
+    // Activations that are not contiguous f32 are read as f32 first; the result takes their
+    // dtype.
+    let x = Tensor::randn(0f32, 1.0, (b, k, 2), &dev).unwrap();
+    let x = x.transpose(1, 2).unwrap();
+    let y = linear::linear_row_invariant_blocks(&x, &w32).unwrap();
+    let want = linear::linear_row_invariant_blocks(&x.contiguous().unwrap(), &w32).unwrap();
+    assert_eq!(max_diff(&y, &want), 0.0);
+    let half = x.to_dtype(DType::BF16).unwrap();
+    let y = linear::linear_row_invariant_blocks(&half, &w32).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    // Mismatched blocks or inner sizes are errors naming the shapes, not panics.
+    let bad = Tensor::zeros((b + 1, 2, k), DType::F32, &dev).unwrap();
+    let err = linear::linear_row_invariant_blocks(&bad, &w32).unwrap_err();
+    assert!(err.to_string().contains("[6, 2, 130]"), "{err}");
+    let bad = Tensor::zeros((b, 2, k - 1), DType::F32, &dev).unwrap();
+    assert!(linear::linear_row_invariant_blocks(&bad, &w32).is_err());
+    // No rows: an empty result of the right shape.
+    let empty = Tensor::zeros((b, 0, k), DType::F32, &dev).unwrap();
+    let y = linear::linear_row_invariant_blocks(&empty, &w32).unwrap();
+    assert_eq!(y.dims(), &[b, 0, n]);
+}

@@ -805,11 +805,11 @@ enum HeadProducts {
     /// dtype), [`Matrix::forward`] per head (FP8 blocks), or the f32 GEMM over the widened
     /// groups per head (blocks as stored): the many rows of a prefill tile.
     Matmul,
-    /// `linear`'s matrix-vector kernels per head (every row through them:
-    /// [`linear::linear_row_invariant`], [`Matrix::forward_row_invariant`]), the heads in
-    /// parallel. A row's bits do not depend on the other rows, so the decode rows of many
-    /// sequences share one pass over the weights ([`Mla::forward_packed`]) and each still
-    /// equals its step alone.
+    /// `linear`'s matrix-vector kernels per head, every row through them: dense blocks all
+    /// heads in one pass ([`linear::linear_row_invariant_blocks`]), the other formats head by
+    /// head in parallel ([`Matrix::forward_row_invariant`]). A row's bits do not depend on the
+    /// other rows, so the decode rows of many sequences share one pass over the weights
+    /// ([`Mla::forward_packed`]) and each still equals its step alone.
     Rows,
 }
 
@@ -817,32 +817,34 @@ impl HeadProducts {
     /// `x` `[H, M, K]` times each head's `w[h]ᵀ` (`w[h]` `[N, K]`): `[H, M, N]`.
     fn run(self, x: &Tensor, w: &HeadMatrices) -> Result<Tensor> {
         use rayon::prelude::*;
-        if let (HeadProducts::Matmul, HeadMatrices::Stacked(w)) = (self, w) {
-            // Dense blocks kept narrower than the activations (bf16 on the CPU) are widened
-            // for the product: a prefill tile's rows amortise it.
-            let w = if w.dtype() == x.dtype() {
-                w.clone()
-            } else {
-                w.to_dtype(x.dtype())?
-            };
-            return Ok(x.matmul(&w.transpose(1, 2)?)?);
-        }
-        let per_head = |h: usize| -> Result<Tensor> {
-            let xh = x.get(h)?;
-            Ok(match w {
-                // (Rows: the batched matmul took Matmul above.)
-                HeadMatrices::Stacked(w) => linear::linear_row_invariant(&xh, &w.get(h)?)?,
-                HeadMatrices::PerHead(w) if self == HeadProducts::Rows => {
-                    w[h].forward_row_invariant(&xh)?
-                }
-                HeadMatrices::PerHead(w) => w[h].forward(&xh)?,
-                HeadMatrices::QuantPerHead(w) => linear::linear_quant_f32_activations(
-                    linear::Isa::detect(),
-                    &xh,
+        let rows = self == HeadProducts::Rows;
+        let per_head: &(dyn Fn(usize) -> Result<Tensor> + Sync) = match w {
+            HeadMatrices::Stacked(w) if rows => {
+                // One pass over every head's block: as 16 calls, tensor bookkeeping cost
+                // more than reading the 128 KB blocks.
+                return Ok(linear::linear_row_invariant_blocks(x, w)?);
+            }
+            HeadMatrices::Stacked(w) => {
+                // Dense blocks kept narrower than the activations (bf16 on the CPU) are
+                // widened for the product: a prefill tile's rows amortise it.
+                let w = if w.dtype() == x.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x.dtype())?
+                };
+                return Ok(x.matmul(&w.transpose(1, 2)?)?);
+            }
+            HeadMatrices::PerHead(w) if rows => &|h| Ok(w[h].forward_row_invariant(&x.get(h)?)?),
+            HeadMatrices::PerHead(w) => &|h| Ok(w[h].forward(&x.get(h)?)?),
+            HeadMatrices::QuantPerHead(w) => &|h| {
+                let isa = linear::Isa::detect();
+                Ok(linear::linear_quant_f32_activations(
+                    isa,
+                    &x.get(h)?,
                     &w[h],
-                    self == HeadProducts::Rows,
-                )?,
-            })
+                    rows,
+                )?)
+            },
         };
         let outs = (0..x.dim(0)?)
             .into_par_iter()
