@@ -9,6 +9,13 @@
 //! prefetched 2 KiB ahead, is what `linear`'s row kernels do since the hardware prefetchers
 //! alone were found to fall short on a Sapphire Rapids.
 //!
+//! Those four run one parallel pass per matrix, as a layer calls `linear` per projection. A
+//! fifth reads the same rows in the prefetched order with each core taking whole matrices,
+//! one pass over all of them: what a step would gain from fewer, larger passes (the gap is
+//! the cost of a fork-join per matrix; with one matrix, as `lm_head`, one core reads it
+//! alone). The decode step did not gain it when its experts' projections were regrouped so
+//! (`benchmarks/README.md`, "Where a bf16 decode step's time goes").
+//!
 //! The orders run interleaved, one pass each per round, over several matrices of a
 //! shape read in turn (so none is cache-resident), and the median of the rounds is reported:
 //! a shared machine's bandwidth drifts by up to 2x between minutes, which interleaving
@@ -77,8 +84,9 @@ fn measure(args: &Args) -> Result<()> {
             .collect();
         let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0f32; n];
-        let mut times = [vec![], vec![], vec![], vec![]];
+        let mut times = [vec![], vec![], vec![], vec![], vec![]];
         let orders = [(1usize, false), (2, false), (4, false), (1, true)];
+        let mut outs = vec![0f32; n * count];
         for _ in 0..args.rounds {
             for ((streams, ahead), t) in orders.into_iter().zip(&mut times) {
                 let start = Instant::now();
@@ -87,15 +95,22 @@ fn measure(args: &Args) -> Result<()> {
                 }
                 t.push(start.elapsed().as_secs_f64());
             }
+            // The prefetched order again, with each core taking whole matrices: one parallel
+            // pass over all of them instead of one per matrix.
+            let start = Instant::now();
+            outs.par_chunks_mut(n)
+                .zip(&rows)
+                .for_each(|(o, w)| one_row_each(w, k, &x, o, true));
+            times[4].push(start.elapsed().as_secs_f64());
         }
         let bytes = (count * n * k * 2) as f64;
         let gbs = |t: &mut Vec<f64>| {
             t.sort_by(f64::total_cmp);
             bytes / t[t.len() / 2] / 1e9
         };
-        let [one, two, four, ahead] = times.each_mut().map(gbs);
+        let [one, two, four, ahead, whole] = times.each_mut().map(gbs);
         println!(
-            "{{\"shape\":\"{count} x [{n}, {k}]\",\"x_bytes\":{},\"one_row_gbs\":{one:.1},\"two_apart_gbs\":{two:.1},\"four_apart_gbs\":{four:.1},\"one_row_prefetched_gbs\":{ahead:.1}}}",
+            "{{\"shape\":\"{count} x [{n}, {k}]\",\"x_bytes\":{},\"one_row_gbs\":{one:.1},\"two_apart_gbs\":{two:.1},\"four_apart_gbs\":{four:.1},\"one_row_prefetched_gbs\":{ahead:.1},\"whole_matrices_gbs\":{whole:.1}}}",
             k * 4
         );
     }
@@ -135,10 +150,16 @@ fn pass(w: &[u16], k: usize, x: &[f32], out: &mut [f32], streams: usize, ahead: 
                     _ => o[i] = dot([row(i)], x, ahead)[0],
                 }
             }
-            for (r, o) in o.iter_mut().enumerate().skip(streams * q) {
-                *o = dot([row(r)], x, ahead)[0];
-            }
+            one_row_each(&rows[streams * q * k..], k, x, &mut o[streams * q..], ahead);
         });
+}
+
+/// Rows `w` (`[n, K]` bf16 bits) against `x` one at a time on this thread, into `out[..n]`.
+#[cfg(target_arch = "x86_64")]
+fn one_row_each(w: &[u16], k: usize, x: &[f32], out: &mut [f32], ahead: bool) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(k)) {
+        *o = dot([row], x, ahead)[0];
+    }
 }
 
 /// How far ahead the prefetched order asks for each weight line: `linear`'s row kernels'
