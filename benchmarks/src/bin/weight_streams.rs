@@ -6,8 +6,8 @@
 //! `K = 10944`, V2-Lite's dense MLP). `linear` picks between one and four streams by the
 //! activations' size (`ONE_ROW_MAX_X_BYTES` in `crates/linear/src/kernel/mod.rs`); this
 //! is the measurement behind that choice. A fourth order, one row at a time with every line
-//! prefetched 2 KiB ahead, is what `linear`'s row kernels do since the hardware prefetchers
-//! alone were found to fall short on a Sapphire Rapids.
+//! prefetched into L2 4 KiB ahead, is what `linear`'s row kernels do since the hardware
+//! prefetchers alone were found to fall short on a Sapphire Rapids.
 //!
 //! Those four run one parallel pass per matrix, as a layer calls `linear` per projection. A
 //! fifth reads the same rows in the prefetched order with each core taking whole matrices,
@@ -162,9 +162,9 @@ fn one_row_each(w: &[u16], k: usize, x: &[f32], out: &mut [f32], ahead: bool) {
     }
 }
 
-/// How far ahead the prefetched order asks for each weight line: `linear`'s row kernels'
-/// distance (`PREFETCH_AHEAD` in `crates/linear/src/kernel/x86.rs`).
-const AHEAD: usize = 2048;
+/// How far ahead the prefetched order asks for each weight line (into L2): `linear`'s row
+/// kernels' distance and hint (`PREFETCH_AHEAD` in `crates/linear/src/kernel/x86.rs`).
+const AHEAD: usize = 4096;
 
 /// `R` bf16 rows against `x`, prefetching [`AHEAD`] bytes ahead in each row when `ahead`.
 #[cfg(target_arch = "x86_64")]
@@ -195,7 +195,7 @@ unsafe fn dot_avx512<const R: usize>(w: [&[u16]; R], x: &[f32], ahead: bool) -> 
             if ahead {
                 // A hint: it never faults, so the address may lie past the row.
                 let line = (w[r].as_ptr().add(i) as *const i8).wrapping_add(AHEAD);
-                _mm_prefetch::<_MM_HINT_T0>(line);
+                _mm_prefetch::<_MM_HINT_T1>(line);
             }
             let v = _mm512_loadu_si512(w[r].as_ptr().add(i) as *const _);
             lo[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), xe, lo[r]);

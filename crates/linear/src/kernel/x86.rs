@@ -806,25 +806,31 @@ unsafe fn dot_i8_q8_avx2<const J: usize>(
     })
 }
 
-/// How far ahead of a row kernel's reads [`prefetch_ahead`] asks for weights: about one
-/// DRAM latency of a core's stream (2 KiB at ~10 GB/s is ~200 ns). Without it a decode step's
+/// How far ahead of a row kernel's reads [`prefetch_ahead`] asks for weights: about two DRAM
+/// latencies of a core's stream (4 KiB at ~15 GB/s is ~270 ns). Without it a decode step's
 /// kernels, which do some ten cycles of arithmetic per 64 bytes, read a matrix at about half
 /// of what one core streams (the hardware prefetchers run too short a distance ahead), and
 /// on a Sapphire Rapids the AVX-512 f32/bf16/e4m3 row kernels, with two to six cycles per 64
-/// bytes, at 0.6-0.7x; `benchmarks/README.md` has the measurements. 4 KiB measured level with
-/// 2 KiB there, 8 KiB slower.
-const PREFETCH_AHEAD: usize = 2048;
+/// bytes, at 0.6-0.7x; `benchmarks/README.md` has the measurements.
+const PREFETCH_AHEAD: usize = 4096;
 
 /// Asks for the cache lines of `bytes` bytes at `p` plus [`PREFETCH_AHEAD`] (the next weight
-/// row's, past a row's end: a matrix's rows lie one after another). Called once per `bytes` the
-/// kernel reads, so every line of the stream is asked for. A prefetch never faults, so the
-/// address may lie past the matrix (hence the wrapping arithmetic).
+/// row's, past a row's end: a matrix's rows lie one after another), into L2 (`prefetcht1`).
+/// Called once per `bytes` the kernel reads, so every line of the stream is asked for. A
+/// prefetch never faults, so the address may lie past the matrix (hence the wrapping
+/// arithmetic).
+///
+/// Into L2, not L1: on the Sapphire Rapids VM, 2 KiB ahead into L1 (`prefetcht0`, what the
+/// kernels did first) kept bf16 decode at 24.4-25.9 tok/s; 4 KiB ahead into L2 gives
+/// 26.5-27.4, and FP8, 8-bit and 4-bit decode gain 3-5% (`benchmarks/README.md`, "Weights
+/// prefetched into L2"). L1 has a few fill buffers, which far prefetches occupy ahead of the
+/// loads; L2 has many more, and the loads then find their lines there.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<T>(p: *const T, bytes: usize) {
     let ahead = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
     for line in (0..bytes).step_by(64) {
         // SAFETY: a prefetch is a hint: it neither faults nor changes memory.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line)) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line)) };
     }
 }
 

@@ -6,7 +6,7 @@
 //! Zen 4), or, when the activations outgrow L1, four at a time from the four quarters of the
 //! task (`super::stream_rows`, `benchmarks/README.md`, "Weight streams per core"). Both give
 //! a row the same operations in the same order, so its result does not depend on which ran.
-//! Every weight line is asked for `x86::PREFETCH_AHEAD` bytes before it is read
+//! Every weight line is asked for (into L2) `x86::PREFETCH_AHEAD` bytes before it is read
 //! (`super::x86::prefetch_ahead`): on a Sapphire Rapids the hardware prefetchers alone
 //! streamed `lm_head` at 0.6x the rate with it.
 //!
