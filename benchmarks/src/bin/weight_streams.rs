@@ -16,10 +16,9 @@
 //! alone). The decode step did not gain it when its experts' projections were regrouped so
 //! (`benchmarks/README.md`, "Where a bf16 decode step's time goes").
 //!
-//! The orders run interleaved, one pass each per round, over several matrices of a
-//! shape read in turn (so none is cache-resident), and the median of the rounds is reported:
-//! a shared machine's bandwidth drifts by up to 2x between minutes, which interleaving
-//! cancels. The kernel is a plain AVX-512F bf16 dot (two accumulators per row), the same
+//! The orders run interleaved, one pass each per round, over 1 GiB of matrices of a shape
+//! read in turn (so none is cache-resident), and the median of the rounds is reported: a
+//! shared machine's bandwidth drifts by up to 2x between minutes, which interleaving cancels. The kernel is a plain AVX-512F bf16 dot (two accumulators per row), the same
 //! arithmetic for every order; the binary says so and exits where the CPU lacks AVX-512F.
 //!
 //! Run: `cargo run --release -p benchmarks --bin weight_streams`
@@ -39,6 +38,11 @@ struct Args {
     rounds: usize,
 }
 
+/// Bytes of matrices each shape reads per round: past the last-level cache (a Sapphire Rapids
+/// class VM reports 480 MB of L3, which held the 64 expert-shaped matrices first read here, 369
+/// MB, and flattered the orders that read them), so every order streams from memory.
+const READ_BYTES: usize = 1 << 30;
+
 /// Weight bytes per rayon task, as `linear`'s matrix-vector driver splits rows.
 const TASK_BYTES: usize = 256 << 10;
 
@@ -55,14 +59,15 @@ fn main() -> Result<()> {
 #[cfg(target_arch = "x86_64")]
 fn measure(args: &Args) -> Result<()> {
     println!("# cores {}", rayon::current_num_threads());
-    // (rows N, row length K, matrices read in turn)
-    for (n, k, count) in [
-        (1408, 2048, 64),
-        (3072, 2048, 16),
-        (102400, 2048, 1),
-        (2048, 7168, 6),
-        (2048, 10944, 4),
+    // (rows N, row length K): as many matrices of each, read in turn, as fill READ_BYTES.
+    for (n, k) in [
+        (1408, 2048),
+        (3072, 2048),
+        (102400, 2048),
+        (2048, 7168),
+        (2048, 10944),
     ] {
+        let count = READ_BYTES.div_ceil(n * k * 2);
         let mats: Vec<Tensor> = (0..count)
             .map(|_| {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
