@@ -13,9 +13,9 @@
 //! fifth reads the same rows in the prefetched order with each core taking whole matrices,
 //! one pass over all of them: what a step would gain from fewer, larger passes (the gap is
 //! the cost of a fork-join per matrix; with one matrix, as `lm_head`, one core reads it
-//! alone). The decode step did not gain it when its experts' projections were regrouped with
-//! nested rayon loops (`benchmarks/README.md`, "Weights prefetched into L2, and where a bf16
-//! decode step's time goes").
+//! alone). The decode step did not gain it when its experts' projections were regrouped so,
+//! with nested rayon loops or one flat loop of tasks (`benchmarks/README.md`, "Weights
+//! prefetched into L2, and where a bf16 decode step's time goes").
 //!
 //! The orders run interleaved, one pass each per round, over 1 GiB of matrices of a shape
 //! read in turn (so none is cache-resident), and the median of the rounds is reported: a
