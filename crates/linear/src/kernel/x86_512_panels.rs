@@ -254,8 +254,8 @@ impl Ptrs {
     /// distance ahead in each of their streams, as the values' own stream is: a panel's
     /// parameters are streams of their own (`[panels, groups, NR]` per field, 4 KiB a panel
     /// for 4-bit f16 scales at `K = 2048`), and the hardware prefetchers restart at every
-    /// 4 KiB page, so each panel began with misses on its scales and offsets (at one
-    /// activation row `lm_head` in 4 bits read 20 GB/s where the probe read 35).
+    /// 4 KiB page, so each panel began with misses on its scales and offsets. Measured: 4-bit
+    /// decode +3%, 8-bit within noise (`benchmarks/README.md`, "Weights prefetched into L2").
     #[inline(always)]
     fn prefetch_ahead(self, g: usize) {
         use super::x86::prefetch_ahead;
