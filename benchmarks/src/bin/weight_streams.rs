@@ -19,7 +19,8 @@
 //!
 //! The orders run interleaved, one pass each per round, over 1 GiB of matrices of a shape
 //! read in turn (so none is cache-resident), and the median of the rounds is reported: a
-//! shared machine's bandwidth drifts by up to 2x between minutes, which interleaving cancels. The kernel is a plain AVX-512F bf16 dot (two accumulators per row), the same
+//! shared machine's bandwidth drifts by up to 2x between minutes, which interleaving cancels.
+//! The kernel is a plain AVX-512F bf16 dot (two accumulators per row), the same
 //! arithmetic for every order; the binary says so and exits where the CPU lacks AVX-512F.
 //!
 //! Run: `cargo run --release -p benchmarks --bin weight_streams`

@@ -219,36 +219,19 @@ pub fn linear_row_invariant_blocks(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// [`linear_row_invariant_blocks`] on host memory: `xs` holds `B` blocks of `m` rows of `K`;
-/// `None` when `w` is not a contiguous f32/bf16/f16 CPU tensor `[B, N, K]`.
+/// [`linear_row_invariant_blocks`] on host memory: `xs` holds `B` blocks of `m` rows of `K`,
+/// each block through [`host_product`] on a view of its weights, the blocks in parallel;
+/// `None` when a block is not a contiguous f32/bf16/f16 CPU tensor.
 fn host_blocks(isa: Isa, w: &Tensor, xs: &[f32], m: usize) -> Option<Vec<f32>> {
     use rayon::prelude::*;
-    fn blocks<W: kernel::WeightElem>(
-        isa: Isa,
-        w: &[W],
-        (n, k): (usize, usize),
-        xs: &[f32],
-        m: usize,
-    ) -> Vec<f32> {
-        let parts: Vec<Vec<f32>> = w
-            .par_chunks(n * k)
-            .zip(xs.par_chunks(m * k))
-            .map(|(w, x)| kernel::product_rows(isa, w, k, x, m, None, true))
-            .collect();
-        parts.concat()
-    }
-    let (_, n, k) = w.dims3().ok()?;
-    let (storage, layout) = w.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    let Storage::Cpu(cpu) = &*storage else {
-        return None;
-    };
-    Some(match cpu {
-        CpuStorage::F32(v) => blocks(isa, &v[start..end], (n, k), xs, m),
-        CpuStorage::BF16(v) => blocks(isa, &v[start..end], (n, k), xs, m),
-        CpuStorage::F16(v) => blocks(isa, &v[start..end], (n, k), xs, m),
-        _ => return None,
-    })
+    let (b, _, k) = w.dims3().ok()?;
+    let blocks = (0..b).map(|i| w.get(i)).collect::<Result<Vec<_>>>().ok()?;
+    let parts = blocks
+        .par_iter()
+        .zip(xs.par_chunks(m * k))
+        .map(|(w, x)| host_product(isa, w, x, m, true))
+        .collect::<Option<Vec<_>>>()?;
+    Some(parts.concat())
 }
 
 /// How [`dense_product`] multiplies on the host.
